@@ -1,0 +1,26 @@
+# The worker and dashboard image. One image serves both roles:
+#   worker:    docker run IMAGE nsbi worker <job-uri> --attempt N
+#   dashboard: docker run -p 8501:8501 IMAGE nsbi up --host 0.0.0.0   (a login is then required)
+# Build with CUDA JAX for GPU workers:  docker build --build-arg EXTRAS=gpu -t nsbi-workbench .
+FROM python:3.11-slim
+
+ARG EXTRAS=""
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    NSBI_HOME=/var/lib/nsbi
+
+WORKDIR /opt/nsbi
+COPY pyproject.toml README.md ./
+COPY sbi_engine ./sbi_engine
+COPY backend ./backend
+COPY dashboard ./dashboard
+COPY app.py ./
+COPY .streamlit ./.streamlit
+
+RUN if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]"; else pip install .; fi \
+    && useradd --create-home nsbi && mkdir -p "$NSBI_HOME" && chown nsbi "$NSBI_HOME"
+
+USER nsbi
+EXPOSE 8501
+ENTRYPOINT ["nsbi"]
+CMD ["--help"]

@@ -1,0 +1,64 @@
+"""The `nsbi` command line.
+
+Each command group lives in its own module under `backend.commands` and is imported lazily,
+so `nsbi --help` stays fast and a missing optional dependency only breaks its own command.
+A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Order is the order shown by `nsbi --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("backend.commands.up", "Start the controller and the dashboard (what `make run` does)."),
+    "demo": ("backend.commands.demo", "Headless demo: simulate, train a small ensemble, fit mu on Asimov data."),
+    "controller": ("backend.commands.controller", "Run the controller: the reconcile loop that launches and tracks jobs."),
+    "worker": ("backend.commands.worker", "Run one job attempt from its job URI (used by launchers)."),
+    "db": ("backend.commands.db", "Database maintenance (`nsbi db upgrade`)."),
+    "campaign": ("backend.commands.campaign", "Create, launch, cancel, retry and inspect campaigns."),
+    "jobs": ("backend.commands.jobs", "List jobs and their states."),
+    "cost": ("backend.commands.cost", "GPU-hours and cost per campaign; estimates before launch."),
+    "fit": ("backend.commands.fit", "Fit a workspace: best fit, errors, pulls, impacts, scans, toys."),
+    "bench": ("backend.commands.bench", "Benchmarks with JSON output (train, fit, controlplane, launch)."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nsbi",
+        description="nsbi-workbench: neural simulation-based inference at scale.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            cmd.set_defaults(_missing=True)
+            continue
+        module.add_arguments(cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"nsbi {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

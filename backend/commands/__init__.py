@@ -1,0 +1,1 @@
+"""One module per `nsbi` command group; each exposes `add_arguments(parser)` and `run(args)`."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for the control-plane database (driven by backend.db.migrate)."""

@@ -1,0 +1,490 @@
+"""Database helpers for the controller: attempts, liveness, costs, intents and idempotent ingest.
+
+The controller (and only it) moves jobs through their states; these functions keep each step
+small and crash-safe. The caller owns the session and commits. The launch protocol is:
+
+1. `begin_attempt()` -> job PENDING -> LAUNCHING and a new `Attempt` (LAUNCHING, unique
+   (job_id, attempt_no)); **commit**;
+2. call the launcher;
+3. `mark_launched()` (job -> RUNNING, instance id, billing starts) or `end_attempt(..., FAILED)`.
+
+A controller restarted between 1 and 3 finds the LAUNCHING attempt (`half_done_launches()`)
+and can ask the launcher whether that instance exists instead of launching a duplicate.
+
+Ingest is idempotent: `ingest_metrics()` / `ingest_resources()` insert with
+ON CONFLICT DO NOTHING against the tables' unique keys, so re-reading a segment is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlmodel import Session, select
+
+from backend.costs import accrued_cost, hours_between, region_of_zone
+from backend.db.models import (
+    Artifact,
+    Attempt,
+    Campaign,
+    Event,
+    FitResult,
+    Job,
+    JobDependency,
+    MetricPoint,
+    ResourceSample,
+)
+from backend.states import CampaignStatus, DesiredState, JobStatus, transition, utcnow
+
+_OPEN = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def ready_jobs(session: Session, *, campaign_id: int | None = None, limit: int | None = None) -> list[Job]:
+    """PENDING jobs the controller may launch now: launch requested (desired RUN), campaign
+    ACTIVE, no cancel requested, and every dependency SUCCEEDED. Highest priority first."""
+    dep = sa.orm.aliased(Job)
+    unmet = (
+        sa.select(JobDependency.job_id)
+        .join(dep, dep.id == JobDependency.depends_on_id)
+        .where(JobDependency.job_id == Job.id, dep.status != JobStatus.SUCCEEDED)
+    )
+    q = (
+        select(Job)
+        .join(Campaign, Campaign.id == Job.campaign_id)
+        .where(
+            Job.status == JobStatus.PENDING,
+            Job.desired_state == DesiredState.RUN,
+            Job.cancel_requested.is_(False),
+            Campaign.status == CampaignStatus.ACTIVE,
+            ~sa.exists(unmet),
+        )
+        .order_by(Job.priority.desc(), Job.id)
+    )
+    if campaign_id is not None:
+        q = q.where(Job.campaign_id == campaign_id)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.exec(q))
+
+
+def active_counts(session: Session) -> dict[int, int]:
+    """Jobs in LAUNCHING or RUNNING per campaign (for max_concurrency)."""
+    q = (
+        sa.select(Job.campaign_id, sa.func.count())
+        .where(Job.status.in_(_OPEN))
+        .group_by(Job.campaign_id)
+    )
+    return {cid: n for cid, n in session.execute(q)}
+
+
+def open_attempts(session: Session) -> list[tuple[Job, Attempt]]:
+    """(job, its current attempt) for every job in LAUNCHING or RUNNING."""
+    q = (
+        select(Job, Attempt)
+        .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
+        .where(Job.status.in_(_OPEN))
+        .order_by(Job.id)
+    )
+    return [(j, a) for j, a in session.exec(q)]
+
+
+def half_done_launches(session: Session) -> list[tuple[Job, Attempt]]:
+    """LAUNCHING attempts: the launcher may or may not have started them (controller crashed)."""
+    return [(j, a) for j, a in open_attempts(session) if a.status == JobStatus.LAUNCHING]
+
+
+def jobs_with_dead_dependencies(session: Session) -> list[Job]:
+    """PENDING jobs that wait on a CANCELLED job, or on a FAILED one with no retries left and no
+    retry requested: they can never run, so the controller should cancel them."""
+    dep = sa.orm.aliased(Job)
+    dead = sa.or_(
+        dep.status == JobStatus.CANCELLED,
+        sa.and_(dep.status == JobStatus.FAILED, dep.retry_requested.is_(False),
+                sa.or_(dep.retries >= dep.max_retries, dep.cancel_requested.is_(True))),
+    )
+    blocked = (
+        sa.select(JobDependency.job_id)
+        .join(dep, dep.id == JobDependency.depends_on_id)
+        .where(JobDependency.job_id == Job.id, dead)
+    )
+    q = select(Job).where(Job.status == JobStatus.PENDING, sa.exists(blocked)).order_by(Job.id)
+    return list(session.exec(q))
+
+
+def retryable_failed_jobs(session: Session) -> list[Job]:
+    """FAILED jobs the controller should retry automatically: retries left, no cancel requested,
+    launch requested, campaign ACTIVE (requeue them with `requeue()`)."""
+    q = (
+        select(Job)
+        .join(Campaign, Campaign.id == Job.campaign_id)
+        .where(
+            Job.status == JobStatus.FAILED,
+            Job.retries < Job.max_retries,
+            Job.cancel_requested.is_(False),
+            Job.desired_state == DesiredState.RUN,
+            Campaign.status == CampaignStatus.ACTIVE,
+        )
+        .order_by(Job.id)
+    )
+    return list(session.exec(q))
+
+
+def dependency_results(session: Session, job: Job) -> list[Job]:
+    """The jobs `job` depends on (to resolve their URIs / results into its spec inputs)."""
+    q = (
+        select(Job)
+        .join(JobDependency, JobDependency.depends_on_id == Job.id)
+        .where(JobDependency.job_id == job.id)
+        .order_by(Job.id)
+    )
+    return list(session.exec(q))
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+def begin_attempt(
+    session: Session,
+    job: Job,
+    *,
+    launcher: str,
+    price_per_hour: float,
+    zone: str | None = None,
+    machine_type: str | None = None,
+    gpu_type: str | None = None,
+    gpu_count: int | None = None,
+    spot: bool | None = None,
+    now: datetime | None = None,
+) -> Attempt:
+    """Job PENDING -> LAUNCHING and a new LAUNCHING attempt row; commit before launching.
+
+    The unique (job_id, attempt_no) makes a second controller racing on the same job fail at
+    flush time instead of launching twice.
+    """
+    now = now or utcnow()
+    attempt_no = job.current_attempt + 1
+    attempt = Attempt(
+        job_id=job.id,
+        attempt_no=attempt_no,
+        status=JobStatus.LAUNCHING,
+        launcher=launcher,
+        machine_type=machine_type or job.machine_type,
+        gpu_type=gpu_type if gpu_type is not None else job.gpu_type,
+        gpu_count=gpu_count if gpu_count is not None else job.gpu_count,
+        spot=spot if spot is not None else job.spot,
+        zone=zone,
+        region=region_of_zone(zone),
+        created_at=now,
+        price_per_hour=price_per_hour,
+    )
+    job.current_attempt = attempt_no
+    transition(session, job, JobStatus.LAUNCHING, f"attempt {attempt_no} on {launcher}",
+               attempt_no=attempt_no, now=now)
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def mark_launched(
+    session: Session, job: Job, attempt: Attempt, instance_id: str, *, now: datetime | None = None
+) -> None:
+    """The launcher accepted: record the instance, start billing, job LAUNCHING -> RUNNING."""
+    now = now or utcnow()
+    attempt.instance_id = instance_id
+    attempt.launched_at = attempt.launched_at or now
+    attempt.status = JobStatus.RUNNING
+    session.add(attempt)
+    transition(session, job, JobStatus.RUNNING, f"launched as {instance_id}", attempt_no=attempt.attempt_no, now=now)
+
+
+def end_attempt(
+    session: Session,
+    job: Job,
+    attempt: Attempt,
+    status: JobStatus | str,
+    *,
+    exit_code: int | None = None,
+    failure_reason: str | None = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> None:
+    """Close `attempt` (SUCCEEDED / FAILED / PREEMPTED / CANCELLED): stop billing, fix its cost,
+    and move the job to the same state (one Event row)."""
+    now = now or utcnow()
+    status = JobStatus(status)
+    attempt.status = status
+    attempt.exit_code = exit_code
+    attempt.failure_reason = failure_reason
+    if attempt.ended_at is None:
+        attempt.ended_at = now
+    _accrue(attempt, attempt.ended_at)
+    session.add(attempt)
+    transition(session, job, status, reason or failure_reason or status.lower(),
+               attempt_no=attempt.attempt_no, now=now,
+               detail={"exit_code": exit_code} if exit_code is not None else None)
+
+
+def _accrue(attempt: Attempt, until: datetime) -> None:
+    hours = hours_between(attempt.launched_at, until)
+    attempt.cost_usd = accrued_cost(attempt.price_per_hour, attempt.launched_at, until)
+    attempt.gpu_hours = hours * attempt.gpu_count
+
+
+def accrue_costs(session: Session, *, now: datetime | None = None) -> int:
+    """Bring cost_usd / gpu_hours of every open (launched, not ended) attempt up to `now`."""
+    now = now or utcnow()
+    rows = session.exec(select(Attempt).where(Attempt.launched_at.is_not(None), Attempt.ended_at.is_(None))).all()
+    for a in rows:
+        _accrue(a, now)
+        session.add(a)
+    return len(rows)
+
+
+def record_heartbeat(session: Session, job: Job, attempt: Attempt, when: datetime) -> None:
+    """Liveness: newest heartbeat time on the attempt and the job (never moves backwards)."""
+    if attempt.last_heartbeat is None or when > attempt.last_heartbeat:
+        attempt.last_heartbeat = when
+        session.add(attempt)
+    if job.last_heartbeat is None or when > job.last_heartbeat:
+        job.last_heartbeat = when
+        session.add(job)
+
+
+def requeue(session: Session, job: Job, reason: str, *, manual: bool = False, now: datetime | None = None) -> None:
+    """PREEMPTED / FAILED -> PENDING (a recovery); FAILED needs retries left unless manual."""
+    transition(session, job, JobStatus.PENDING, reason, manual=manual, now=now)
+    job.retry_requested = False
+
+
+# --------------------------------------------------------------------------- intents
+
+
+def apply_simple_intents(session: Session, *, now: datetime | None = None) -> dict[str, list[int]]:
+    """Act on the intents that need no machine: cancel jobs that are PENDING/PREEMPTED (or whose
+    dependencies can never succeed), and requeue FAILED jobs whose retry was requested.
+
+    Returns {"cancelled": [...], "retried": [...], "to_stop": [...]} where to_stop lists jobs in
+    LAUNCHING/RUNNING with cancel_requested: the controller must stop their instances and then
+    call `end_attempt(..., CANCELLED)`.
+    """
+    now = now or utcnow()
+    out: dict[str, list[int]] = {"cancelled": [], "retried": [], "to_stop": []}
+    q = select(Job).where(Job.cancel_requested.is_(True), Job.status.in_([
+        JobStatus.PENDING, JobStatus.PREEMPTED, JobStatus.LAUNCHING, JobStatus.RUNNING]))
+    for job in session.exec(q).all():
+        if JobStatus(job.status) in _OPEN:
+            out["to_stop"].append(job.id)
+        else:
+            transition(session, job, JobStatus.CANCELLED, "cancel requested", actor="controller", now=now)
+            out["cancelled"].append(job.id)
+    for job in jobs_with_dead_dependencies(session):
+        transition(session, job, JobStatus.CANCELLED, "a dependency failed or was cancelled", now=now)
+        out["cancelled"].append(job.id)
+    q = select(Job).where(Job.retry_requested.is_(True), Job.status == JobStatus.FAILED)
+    for job in session.exec(q).all():
+        requeue(session, job, "retry requested", manual=True, now=now)
+        job.desired_state = DesiredState.RUN
+        out["retried"].append(job.id)
+    return out
+
+
+def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[int, str]:
+    """Mark ACTIVE / CANCELLING campaigns whose jobs are all final as SUCCEEDED, FAILED or
+    CANCELLED. A FAILED job with retries left (or a retry requested) is not final here."""
+    now = now or utcnow()
+    changed: dict[int, str] = {}
+    retries_left = Job.retries < Job.max_retries
+    q = (
+        sa.select(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
+                  Campaign.status, sa.func.count())
+        .join(Campaign, Campaign.id == Job.campaign_id)
+        .where(Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]))
+        .group_by(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
+                  Campaign.status)
+    )
+    per: dict[int, dict[str, int]] = {}
+    for cid, status, left, retry_req, cancel_req, camp_status, n in session.execute(q):
+        c = per.setdefault(cid, {})
+        key = status
+        will_retry = retry_req or (left and not cancel_req and camp_status == CampaignStatus.ACTIVE)
+        if status == JobStatus.FAILED and will_retry:
+            key = "FAILED_RETRYABLE"
+        c[key] = c.get(key, 0) + n
+    for cid, counts in per.items():
+        if set(counts) - {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}:
+            continue
+        camp = session.get(Campaign, cid)
+        if counts.get(JobStatus.FAILED):
+            new = CampaignStatus.FAILED
+        elif counts.get(JobStatus.CANCELLED) and camp.status == CampaignStatus.CANCELLING:
+            new = CampaignStatus.CANCELLED
+        elif counts.get(JobStatus.CANCELLED):
+            new = CampaignStatus.FAILED
+        else:
+            new = CampaignStatus.SUCCEEDED
+        old = camp.status
+        camp.status = new
+        camp.updated_at = now
+        session.add(camp)
+        session.add(Event(campaign_id=cid, time=now, from_state=old, to_state=new,
+                          reason="all jobs final", actor="controller", detail=counts))
+        changed[cid] = new
+    return changed
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def _insert_ignore(session: Session, table: sa.Table, index_elements: Sequence[str]):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+    if dialect == "sqlite":
+        return sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+    raise NotImplementedError(f"idempotent ingest is implemented for sqlite and postgresql, not {dialect}")
+
+
+_METRIC_KEY = ("job_id", "name", "member", "step", "attempt_no")
+_METRIC_COLS = ("job_id", "name", "member", "step", "attempt_no", "epoch", "value")
+_COPY_THRESHOLD = 5000
+
+_PG_METRIC_TEMP = sa.text(
+    "CREATE TEMP TABLE IF NOT EXISTS _metric_in "
+    "(job_id integer, name varchar(64), member integer, step integer, attempt_no integer, "
+    "epoch integer, value double precision) ON COMMIT DELETE ROWS"
+)
+_PG_METRIC_COPY = "COPY _metric_in (job_id, name, member, step, attempt_no, epoch, value) FROM STDIN"
+_PG_METRIC_MERGE = sa.text(
+    "INSERT INTO metric_point (job_id, name, member, step, attempt_no, epoch, value) "
+    "SELECT job_id, name, member, step, attempt_no, epoch, value FROM _metric_in "
+    "ON CONFLICT (job_id, name, member, step, attempt_no) DO NOTHING"
+)
+_PG_METRIC_CLEAR = sa.text("DELETE FROM _metric_in")
+
+
+def metric_rows(
+    job_id: int, attempt_no: int, records: Iterable[Mapping[str, Any]], member_map: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Worker metric records -> metric_point rows. Member indices local to the job's pack
+    (0..k-1) become global ensemble indices through `member_map` (the job's `members`)."""
+    rows = []
+    for r in records:
+        member = int(r.get("member", -1) if r.get("member") is not None else -1)
+        if member_map and 0 <= member < len(member_map):
+            member = int(member_map[member])
+        epoch = r.get("epoch")
+        rows.append({
+            "job_id": job_id, "name": str(r["name"]), "member": member, "step": int(r["step"]),
+            "attempt_no": attempt_no, "epoch": None if epoch is None else int(epoch), "value": float(r["value"]),
+        })
+    return rows
+
+
+def insert_metric_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert metric rows, skipping ones already present; returns how many were new.
+
+    PostgreSQL with many rows: COPY into a temp table, then one INSERT ... SELECT ... ON
+    CONFLICT DO NOTHING. Otherwise an executemany INSERT ... ON CONFLICT DO NOTHING.
+    """
+    if not rows:
+        return 0
+    if session.get_bind().dialect.name == "postgresql" and len(rows) >= _COPY_THRESHOLD:
+        conn = session.connection()
+        conn.execute(_PG_METRIC_TEMP)
+        conn.execute(_PG_METRIC_CLEAR)
+        raw = conn.connection.driver_connection  # psycopg.Connection
+        with raw.cursor() as cur, cur.copy(_PG_METRIC_COPY) as copy:
+            for r in rows:
+                copy.write_row(tuple(r[c] for c in _METRIC_COLS))
+        n = conn.execute(_PG_METRIC_MERGE).rowcount
+        conn.execute(_PG_METRIC_CLEAR)
+        return int(n)
+    stmt = _insert_ignore(session, MetricPoint.__table__, _METRIC_KEY)
+    result = session.connection().execute(stmt, list(rows))
+    return max(int(result.rowcount), 0)
+
+
+def ingest_metrics(
+    session: Session,
+    job: Job,
+    attempt_no: int,
+    records: Iterable[Mapping[str, Any]],
+) -> int:
+    """Ingest one metrics segment of an attempt (idempotent); returns the number of new points."""
+    return insert_metric_rows(session, metric_rows(job.id, attempt_no, records, job.members or None))
+
+
+def ingest_resources(session: Session, job_id: int, attempt_no: int, samples: Iterable[Mapping[str, Any]]) -> int:
+    """Ingest resource samples ({"time": datetime or epoch seconds, "cpu_percent", "rss_bytes",
+    "gpus": [...]}) of an attempt, skipping ones already present; returns how many were new."""
+    from datetime import UTC
+
+    rows = []
+    for s in samples:
+        t = s["time"]
+        if isinstance(t, (int, float)):
+            t = datetime.fromtimestamp(float(t), UTC)
+        elif isinstance(t, str):
+            t = datetime.fromisoformat(t)
+            t = t if t.tzinfo else t.replace(tzinfo=UTC)
+        rows.append({
+            "job_id": job_id, "attempt_no": attempt_no, "time": t,
+            "cpu_percent": s.get("cpu_percent"), "rss_bytes": s.get("rss_bytes"), "gpus": list(s.get("gpus") or []),
+        })
+    if not rows:
+        return 0
+    stmt = _insert_ignore(session, ResourceSample.__table__, ("job_id", "attempt_no", "time"))
+    return max(int(session.connection().execute(stmt, rows).rowcount), 0)
+
+
+def record_artifact(
+    session: Session,
+    job_id: int,
+    kind: str,
+    uri: str,
+    *,
+    attempt_no: int | None = None,
+    size_bytes: int | None = None,
+    checksum: str | None = None,
+) -> bool:
+    """Record an artifact once per URI; returns True if it was new."""
+    stmt = _insert_ignore(session, Artifact.__table__, ("uri",))
+    row = {"job_id": job_id, "attempt_no": attempt_no, "kind": kind, "uri": uri,
+           "size_bytes": size_bytes, "checksum": checksum, "created_at": utcnow()}
+    return session.connection().execute(stmt, [row]).rowcount > 0
+
+
+def record_fit_result(
+    session: Session,
+    job: Job,
+    payload: Mapping[str, Any],
+    *,
+    mu_hat: float | None = None,
+    sigma: float | None = None,
+) -> FitResult:
+    """Store (or replace) the result of a fit-like job."""
+    row = session.exec(select(FitResult).where(FitResult.job_id == job.id)).first()
+    if row is None:
+        row = FitResult(job_id=job.id, campaign_id=job.campaign_id, kind=job.kind)
+    row.payload = dict(payload)
+    row.mu_hat = mu_hat
+    row.sigma = sigma
+    row.created_at = utcnow()
+    session.add(row)
+    return row
+
+
+def set_ingest_cursor(session: Session, attempt: Attempt, stream: str, seq: int) -> None:
+    """Remember the last segment of `stream` ingested for this attempt (never moves back)."""
+    cur = dict(attempt.ingest_cursor or {})
+    if seq > int(cur.get(stream, 0)):
+        cur[stream] = int(seq)
+        attempt.ingest_cursor = cur  # reassign: JSON columns do not track in-place changes
+        session.add(attempt)

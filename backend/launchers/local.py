@@ -1,0 +1,344 @@
+"""Local launcher: each attempt is a subprocess in its own process group.
+
+The worker runs under a tiny ``sh`` wrapper that records the worker's exit status in a file
+(so the status survives a controller restart, when the process is no longer our child) and
+ignores SIGTERM itself (so it outlives a graceful worker shutdown and still records it).
+Each instance has a JSON record ``<var>/instances/<id>.json`` holding the wrapper pid and its
+start time; a restarted launcher finds the process again with psutil and checks the start
+time so a recycled pid is never mistaken for our worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from backend.launchers.base import (
+    CapacityError,
+    InstanceState,
+    InstanceStatus,
+    LauncherError,
+    LaunchHandle,
+    LaunchRequest,
+    sequence_of,
+    worker_command,
+)
+
+MARKER = "nsbi-instance:"  # $0 of the sh wrapper; lets a restarted launcher find a process
+
+
+@dataclass(frozen=True)
+class _Record:
+    instance_id: str
+    campaign: str
+    job: str
+    attempt: int
+    job_uri: str
+    pid: int | None
+    create_time: float | None
+    started_at: float
+    deadline: float | None
+    gpus: tuple[int, ...]
+    log: str
+    term_sent_at: float | None = None
+    term_reason: str = ""
+    killed: bool = False
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["gpus"] = list(self.gpus)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "_Record":
+        d = dict(d)
+        d["gpus"] = tuple(d.get("gpus", ()))
+        return cls(**d)
+
+    def replace(self, **kw) -> "_Record":
+        return _Record(**{**self.__dict__, **kw})
+
+
+class LocalLauncher:
+    """Runs workers as local subprocesses; see the module docstring for how it stays idempotent."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        var_dir: Path | str,
+        *,
+        max_concurrent: int = 2,
+        gpus: Sequence[int] | None = None,
+        grace_s: float = 25.0,
+        python: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+    ) -> None:
+        self.var_dir = Path(var_dir)
+        self.instances_dir = self.var_dir / "instances"
+        self.logs_dir = self.var_dir / "logs"
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if max_concurrent < 1:
+            raise LauncherError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        self.max_concurrent = int(max_concurrent)
+        if gpus is None:
+            from backend.resources import gpu_count
+
+            gpus = list(range(gpu_count()))
+        self.gpus = tuple(int(g) for g in gpus)
+        self.grace_s = float(grace_s)
+        self.python = python or sys.executable
+        self.extra_env = dict(extra_env or {})
+        self.cwd = str(cwd) if cwd else None
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------------ files
+    def _record_path(self, instance_id: str) -> Path:
+        return self.instances_dir / f"{instance_id}.json"
+
+    def _rc_path(self, instance_id: str) -> Path:
+        return self.instances_dir / f"{instance_id}.rc"
+
+    def _read(self, instance_id: str) -> _Record | None:
+        try:
+            return _Record.from_json(json.loads(self._record_path(instance_id).read_text()))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise LauncherError(f"{self._record_path(instance_id)}: corrupt instance record ({exc})") from exc
+
+    def _write(self, rec: _Record) -> None:
+        path = self._record_path(rec.instance_id)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec.to_json(), sort_keys=True))
+        os.replace(tmp, path)
+
+    def _records(self) -> Iterator[_Record]:
+        for p in sorted(self.instances_dir.glob("*.json")):
+            rec = self._read(p.stem)
+            if rec is not None:
+                yield rec
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise launches across processes sharing this var dir (belt and braces)."""
+        with open(self.var_dir / "launcher.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ process identity
+    def _process(self, rec: _Record) -> psutil.Process | None:
+        """The live wrapper process of ``rec`` (None if gone, a zombie, or a recycled pid)."""
+        child = self._children.get(rec.instance_id)
+        if child is not None and child.poll() is not None:  # reap our own children
+            self._children.pop(rec.instance_id, None)
+        if rec.pid is None:
+            return None
+        try:
+            proc = psutil.Process(rec.pid)
+            if rec.create_time is not None and abs(proc.create_time() - rec.create_time) > 1.0:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def _find_by_marker(self, instance_id: str) -> psutil.Process | None:
+        """Find a wrapper started by a launcher that crashed before writing its pid."""
+        want = MARKER + instance_id
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            try:
+                cmd = proc.info["cmdline"] or []
+                if want in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    return proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return None
+
+    def _rc(self, instance_id: str) -> int | None:
+        try:
+            text = self._rc_path(instance_id).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.lstrip("-").isdigit() else None
+
+    def _status(self, rec: _Record) -> InstanceStatus:
+        common = dict(campaign=rec.campaign, job=rec.job, attempt=rec.attempt)
+        if rec.pid is None:
+            proc = self._find_by_marker(rec.instance_id)
+            if proc is not None:
+                rec = rec.replace(pid=proc.pid, create_time=proc.create_time())
+                self._write(rec)
+        if self._process(rec) is not None:
+            return InstanceStatus(rec.instance_id, InstanceState.RUNNING, None, rec.term_reason, **common)
+        rc = self._rc(rec.instance_id)
+        if rc is None:
+            child = self._children.pop(rec.instance_id, None)
+            if child is not None and child.returncode is not None:
+                rc = child.returncode if child.returncode >= 0 else 128 - child.returncode
+        if rc is None:
+            if rec.pid is None:
+                return InstanceStatus(rec.instance_id, InstanceState.GONE, None, "never started", **common)
+            why = rec.term_reason or "process vanished without recording an exit status"
+            return InstanceStatus(rec.instance_id, InstanceState.GONE, None, why, **common)
+        detail = rec.term_reason
+        if rc > 128 and not detail:
+            detail = f"killed by signal {rc - 128}"
+        return InstanceStatus(rec.instance_id, InstanceState.EXITED, rc, detail, **common)
+
+    # ------------------------------------------------------------------ Launcher API
+    def alive(self) -> list[InstanceStatus]:
+        return [s for s in (self._status(r) for r in self._records()) if s.state.is_alive()]
+
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrent - len(self.alive()))
+
+    def _free_gpus(self) -> list[int]:
+        used = set()
+        for rec in self._records():
+            if self._status(rec).state.is_alive():
+                used.update(rec.gpus)
+        return [g for g in self.gpus if g not in used]
+
+    def launch(self, request: LaunchRequest) -> LaunchHandle:
+        iid = request.instance_id
+        with self._lock():
+            existing = self._read(iid)
+            if existing is not None:
+                st = self._status(existing)
+                never_started = st.state is InstanceState.GONE and existing.pid is None
+                if not never_started:
+                    return LaunchHandle(iid, self.name, already_running=True,
+                                        detail=f"existing instance is {st.state.value}")
+            if self.free_slots() < 1:
+                raise CapacityError(f"local launcher: all {self.max_concurrent} slots busy; {iid} waits")
+            gpu_ids: list[int] = []
+            if request.gpus > 0 and self.gpus:
+                free = self._free_gpus()
+                if len(free) < request.gpus:
+                    raise CapacityError(f"local launcher: {iid} needs {request.gpus} GPU(s), {len(free)} free")
+                gpu_ids = free[: request.gpus]
+            log = self.logs_dir / f"{iid}.log"
+            now = time.time()
+            rec = _Record(
+                instance_id=iid, campaign=request.campaign, job=request.job, attempt=request.attempt,
+                job_uri=request.job_uri, pid=None, create_time=None, started_at=now,
+                deadline=(now + request.time_limit_s) if request.time_limit_s else None,
+                gpus=tuple(gpu_ids), log=str(log),
+            )
+            self._write(rec)  # before the process exists: a crash here leaves a findable name
+            self._rc_path(iid).unlink(missing_ok=True)
+            env = {**os.environ, **self.extra_env, **request.env, "NSBI_INSTANCE_ID": iid}
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            rc_path = shlex.quote(str(self._rc_path(iid)))
+            script = (
+                "trap ':' TERM INT; "
+                + shlex.join(worker_command(self.python, request))
+                + f'; rc=$?; echo $rc > {rc_path}.tmp && mv {rc_path}.tmp {rc_path}'
+            )
+            try:
+                with open(log, "ab") as logf:
+                    child = subprocess.Popen(
+                        ["sh", "-c", script, MARKER + iid],
+                        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                        env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
+                    )
+            except OSError as exc:
+                self._record_path(iid).unlink(missing_ok=True)
+                raise LauncherError(f"local launcher: cannot start {iid}: {exc}") from exc
+            self._children[iid] = child
+            try:
+                ctime = psutil.Process(child.pid).create_time()
+            except psutil.NoSuchProcess:
+                ctime = None
+            self._write(rec.replace(pid=child.pid, create_time=ctime))
+            return LaunchHandle(iid, self.name, detail=f"pid {child.pid}, log {log}")
+
+    def poll(self, instance_ids: Sequence[str] | str) -> dict[str, InstanceStatus]:
+        out = {}
+        now = time.time()
+        for iid in sequence_of(instance_ids):
+            rec = self._read(iid)
+            if rec is None:
+                out[iid] = InstanceStatus(iid, InstanceState.GONE, None, "no such instance")
+                continue
+            st = self._status(rec)
+            if st.state.is_alive():
+                if rec.deadline is not None and now > rec.deadline and rec.term_sent_at is None:
+                    self._signal(rec, signal.SIGTERM, f"time limit of {rec.deadline - rec.started_at:.0f} s exceeded")
+                elif rec.term_sent_at is not None and not rec.killed and now > rec.term_sent_at + self.grace_s:
+                    self._signal(rec, signal.SIGKILL, rec.term_reason + f"; killed after {self.grace_s:.0f} s grace")
+                st = self._status(self._read(iid) or rec)
+            out[iid] = st
+        return out
+
+    def _signal(self, rec: _Record, sig: int, reason: str) -> None:
+        if rec.pid is not None:
+            try:
+                os.killpg(rec.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as exc:
+                raise LauncherError(f"local launcher: cannot signal {rec.instance_id} (pgid {rec.pid}): {exc}") from exc
+        if sig == signal.SIGKILL:
+            rec = rec.replace(killed=True, term_reason=reason)
+        else:
+            rec = rec.replace(term_sent_at=time.time(), term_reason=reason)
+        self._write(rec)
+
+    def cancel(self, instance_id: str, *, reason: str = "cancelled") -> None:
+        """SIGTERM the instance's process group now; a later ``poll`` sends SIGKILL after the grace."""
+        rec = self._read(instance_id)
+        if rec is None or rec.term_sent_at is not None:
+            return
+        if self._status(rec).state.is_alive():
+            self._signal(rec, signal.SIGTERM, reason)
+
+    def kill(self, instance_id: str) -> None:
+        """SIGKILL the whole process group immediately."""
+        rec = self._read(instance_id)
+        if rec is not None:
+            self._signal(rec, signal.SIGKILL, rec.term_reason or "killed")
+
+    def list_instances(self, campaign: str | None = None) -> list[InstanceStatus]:
+        return [self._status(r) for r in self._records() if campaign is None or r.campaign == campaign]
+
+    def forget(self, instance_id: str) -> None:
+        """Drop the record of a finished instance (keeps the log)."""
+        rec = self._read(instance_id)
+        if rec is not None and self._status(rec).state.is_alive():
+            raise LauncherError(f"local launcher: {instance_id} is still running; cancel it first")
+        self._record_path(instance_id).unlink(missing_ok=True)
+        self._rc_path(instance_id).unlink(missing_ok=True)
+
+    def log_path(self, instance_id: str) -> Path:
+        return self.logs_dir / f"{instance_id}.log"
+
+    def worker_pids(self, instance_id: str) -> list[int]:
+        """Pids of the worker processes under the wrapper (for tests and diagnostics)."""
+        rec = self._read(instance_id)
+        proc = self._process(rec) if rec else None
+        if proc is None:
+            return []
+        try:
+            return [c.pid for c in proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []

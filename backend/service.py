@@ -1,0 +1,736 @@
+"""What the dashboard and the CLI call: create campaigns, write intents, read views.
+
+Writes here are *intents* only (launch requested, cancel requested, retry requested); the
+controller acts on them. Reads return frozen dataclasses or plain dicts, never ORM rows, so
+callers can keep them after the session closes. Every function takes an optional `engine`
+(default: the cached engine for `DATABASE_URL`).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from backend.campaigns import CampaignConfig, expand, validate_config
+from backend.costs import Estimate, JobEstimate, accrued_cost, hours_between, load_catalogue
+from backend.db.engine import session_scope
+from backend.db.models import (
+    Attempt,
+    Campaign,
+    Event,
+    FitResult,
+    Job,
+    JobDependency,
+    MetricPoint,
+    ResourceSample,
+)
+from backend.states import CampaignStatus, DesiredState, JobStatus, utcnow
+
+__all__ = [
+    "BudgetDecision", "CampaignDetail", "CampaignSummary", "JobRow", "NotFound",
+    "budget_allows_launch", "campaign_ids", "cost_summary", "create_campaign", "estimate_campaign",
+    "fit_results", "get_campaign", "get_job", "job_events", "list_campaigns", "list_jobs", "metric_names",
+    "metric_series", "request_cancel", "request_launch", "request_retry", "resource_series",
+]
+
+
+class NotFound(LookupError):
+    """No campaign / job with the given id."""
+
+
+class IntentError(ValueError):
+    """An intent that does not apply to the campaign's current status."""
+
+
+# --------------------------------------------------------------------------- result types
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    id: int
+    name: str
+    status: str
+    owner: str
+    launcher: str
+    created_at: datetime
+    n_jobs: int
+    counts: dict[str, int]  # jobs per JobStatus value (every status present, zeros included)
+    progress: float  # fraction of jobs SUCCEEDED
+    cost_usd: float  # accrued so far, live attempts up to now
+    gpu_hours: float
+    budget_usd: float | None
+    estimate_cost_usd: float
+    estimate_gpu_hours: float
+
+
+@dataclass(frozen=True)
+class CampaignDetail:
+    summary: CampaignSummary
+    description: str
+    config: dict[str, Any]
+    config_hash: str
+    code_version: str
+    max_concurrency: int
+    retry_limit: int
+    counts_by_kind: dict[str, dict[str, int]]  # kind -> status -> n
+    launch_requested_at: datetime | None
+    cancel_requested_at: datetime | None
+    budget: "BudgetDecision"
+    events: list[dict[str, Any]] = field(default_factory=list)  # campaign-level events, newest first
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    campaign_id: int
+    name: str
+    kind: str
+    task: str | None
+    status: str
+    status_reason: str
+    desired_state: str
+    cancel_requested: bool
+    retry_requested: bool
+    members: list[int]
+    np_subset: list[str]
+    seeds: list[int]
+    depends_on: list[int]
+    attempts: int
+    current_attempt: int
+    retries: int
+    recoveries: int
+    max_retries: int
+    machine_type: str
+    gpu_type: str | None
+    gpu_count: int
+    spot: bool
+    last_heartbeat: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cost_usd: float
+    gpu_hours: float
+    instance_id: str | None
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """Whether the controller may launch one more job of a campaign, and why (shown to users)."""
+
+    allowed: bool
+    reason: str
+    budget_usd: float | None
+    spent_usd: float
+    running_usd: float  # estimated remaining cost of attempts now running
+    next_usd: float  # estimated cost of the job about to launch
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _code_version() -> str:
+    """git describe of the checkout if there is one, else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("nsbi-workbench")
+    except Exception:  # noqa: BLE001 - not installed: no version to report
+        return "unknown"
+
+
+def _campaign_or_raise(session: Session, campaign_id: int) -> Campaign:
+    c = session.get(Campaign, campaign_id)
+    if c is None:
+        raise NotFound(f"no campaign with id {campaign_id}")
+    return c
+
+
+def _live_cost(a_launched: datetime | None, a_ended: datetime | None, price: float, stored: float,
+               now: datetime) -> float:
+    if a_launched is not None and a_ended is None:
+        return accrued_cost(price, a_launched, now)
+    return stored
+
+
+def _campaign_costs(session: Session, campaign_ids: Sequence[int] | None, now: datetime) -> dict[int, tuple[float, float]]:
+    """campaign id -> (cost, gpu_hours): closed attempts summed in SQL, open ones accrued to now."""
+    base = sa.select(Job.campaign_id, sa.func.sum(Attempt.cost_usd), sa.func.sum(Attempt.gpu_hours)).join(
+        Job, Job.id == Attempt.job_id
+    )
+    closed = base.where(sa.or_(Attempt.ended_at.is_not(None), Attempt.launched_at.is_(None)))
+    if campaign_ids is not None:
+        closed = closed.where(Job.campaign_id.in_(campaign_ids))
+    out: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for cid, cost, gh in session.execute(closed.group_by(Job.campaign_id)):
+        out[cid][0] += cost or 0.0
+        out[cid][1] += gh or 0.0
+    live = sa.select(Job.campaign_id, Attempt.launched_at, Attempt.price_per_hour, Attempt.gpu_count).join(
+        Job, Job.id == Attempt.job_id
+    ).where(Attempt.launched_at.is_not(None), Attempt.ended_at.is_(None))
+    if campaign_ids is not None:
+        live = live.where(Job.campaign_id.in_(campaign_ids))
+    for cid, launched, price, gpus in session.execute(live):
+        out[cid][0] += accrued_cost(price, launched, now)
+        out[cid][1] += hours_between(launched, now) * gpus
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _status_counts(session: Session, campaign_ids: Sequence[int] | None) -> dict[int, dict[str, int]]:
+    q = sa.select(Job.campaign_id, Job.status, sa.func.count()).group_by(Job.campaign_id, Job.status)
+    if campaign_ids is not None:
+        q = q.where(Job.campaign_id.in_(campaign_ids))
+    out: dict[int, dict[str, int]] = defaultdict(lambda: {s.value: 0 for s in JobStatus})
+    for cid, status, n in session.execute(q):
+        out[cid][status] = n
+    return out
+
+
+def _summaries(session: Session, campaigns: Sequence[Campaign]) -> list[CampaignSummary]:
+    now = utcnow()
+    ids = [c.id for c in campaigns]
+    counts = _status_counts(session, ids)
+    costs = _campaign_costs(session, ids, now)
+    out = []
+    for c in campaigns:
+        cnt = dict(counts[c.id])
+        n = sum(cnt.values())
+        cost, gh = costs.get(c.id, (0.0, 0.0))
+        out.append(CampaignSummary(
+            id=c.id, name=c.name, status=c.status, owner=c.owner, launcher=c.launcher,
+            created_at=c.created_at, n_jobs=n, counts=cnt,
+            progress=(cnt[JobStatus.SUCCEEDED] / n) if n else 0.0,
+            cost_usd=cost, gpu_hours=gh, budget_usd=c.budget_usd,
+            estimate_cost_usd=c.estimate_cost_usd, estimate_gpu_hours=c.estimate_gpu_hours,
+        ))
+    return out
+
+
+def _event_dict(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "campaign_id": e.campaign_id, "job_id": e.job_id, "attempt_no": e.attempt_no,
+            "time": e.time, "from_state": e.from_state, "to_state": e.to_state, "reason": e.reason,
+            "actor": e.actor, "detail": dict(e.detail or {})}
+
+
+def _add_campaign_event(session: Session, c: Campaign, to_state: str, reason: str, actor: str,
+                        now: datetime, detail: dict[str, Any] | None = None) -> None:
+    session.add(Event(campaign_id=c.id, time=now, from_state=c.status, to_state=to_state,
+                      reason=reason, actor=actor, detail=detail or {}))
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def estimate_campaign(config: Mapping[str, Any] | CampaignConfig) -> Estimate:
+    """GPU-hours and cost before launch, from the config's per-job time estimates and the
+    price catalogue (no retries or preemptions counted)."""
+    cfg = validate_config(config)
+    catalogue = load_catalogue()
+    region = cfg.region
+    per_job = []
+    prices: dict[tuple, float] = {}
+    for p in expand(cfg):
+        key = (p.machine_type, p.gpu_type, p.gpu_count, p.spot)
+        if key not in prices:
+            prices[key] = catalogue.price_per_hour(p.machine_type, p.gpu_type, p.gpu_count, p.spot, region)
+        price = prices[key]
+        per_job.append(JobEstimate(p.name, p.kind, p.est_hours, p.est_hours * p.gpu_count, price, p.est_hours * price))
+    return Estimate(
+        machine_hours=sum(j.hours for j in per_job),
+        gpu_hours=sum(j.gpu_hours for j in per_job),
+        cost=sum(j.cost for j in per_job),
+        currency=catalogue.currency,
+        catalogue_date=catalogue.date,
+        per_job=tuple(per_job),
+    )
+
+
+# --------------------------------------------------------------------------- create + intents
+
+
+def create_campaign(
+    config: Mapping[str, Any] | CampaignConfig, *, owner: str = "local", engine: Engine | None = None
+) -> int:
+    """Validate `config`, store the campaign and its jobs (PENDING, desired HOLD) with their DAG
+    edges, all in one transaction; returns the campaign id. Nothing is written if the config
+    is invalid (`CampaignConfigError`) or any insert fails."""
+    cfg = validate_config(config)
+    plans = expand(cfg)
+    estimate = estimate_campaign(cfg)
+    est_by_name = {j.name: j for j in estimate.per_job}
+    now = utcnow()
+    backend = cfg.backend
+    with session_scope(engine) as session:
+        camp = Campaign(
+            name=cfg.name, description=cfg.data.get("description", ""), config=cfg.data,
+            config_hash=cfg.config_hash, code_version=cfg.data.get("code_version") or _code_version(),
+            owner=owner, status=CampaignStatus.CREATED, launcher=backend["launcher"],
+            budget_usd=backend["budget_usd"], max_concurrency=backend["max_concurrency"],
+            retry_limit=backend["retry_limit"], estimate_gpu_hours=estimate.gpu_hours,
+            estimate_cost_usd=estimate.cost, created_at=now, updated_at=now,
+        )
+        session.add(camp)
+        session.flush()
+        conn = session.connection()
+        rows = [
+            {
+                "campaign_id": camp.id, "name": p.name, "kind": p.kind, "task": p.task,
+                "members": list(p.members), "np_subset": list(p.np_subset), "seeds": list(p.seeds),
+                "depends_on": [], "spec": p.spec, "uri": None, "status": JobStatus.PENDING.value,
+                "status_reason": "created", "desired_state": DesiredState.HOLD.value,
+                "cancel_requested": False, "retry_requested": False, "current_attempt": 0,
+                "retries": 0, "recoveries": 0, "max_retries": backend["retry_limit"],
+                "priority": p.priority, "launcher": backend["launcher"], "machine_type": p.machine_type,
+                "gpu_type": p.gpu_type, "gpu_count": p.gpu_count, "spot": p.spot,
+                "zones": list(backend["zones"]), "est_hours": est_by_name[p.name].hours,
+                "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
+                "last_heartbeat": None,
+            }
+            for p in plans
+        ]
+        if rows:
+            conn.execute(sa.insert(Job.__table__), rows)
+        ids = dict(conn.execute(sa.select(Job.name, Job.id).where(Job.campaign_id == camp.id)).all())
+        edges = [{"job_id": ids[p.name], "depends_on_id": ids[d]} for p in plans for d in p.depends_on]
+        if edges:
+            conn.execute(sa.insert(JobDependency.__table__), edges)
+        updates = [
+            {"_id": ids[p.name], "_deps": [ids[d] for d in p.depends_on],
+             "_spec": {**p.spec, "job_id": ids[p.name], "depends_on": {d: ids[d] for d in p.depends_on}}}
+            for p in plans if p.depends_on
+        ]
+        if updates:
+            conn.execute(
+                sa.update(Job.__table__)
+                .where(Job.__table__.c.id == sa.bindparam("_id"))
+                .values(depends_on=sa.bindparam("_deps", type_=Job.__table__.c.depends_on.type),
+                        spec=sa.bindparam("_spec", type_=Job.__table__.c.spec.type)),
+                updates,
+            )
+        session.add(Event(campaign_id=camp.id, time=now, from_state=None, to_state=CampaignStatus.CREATED,
+                          reason=f"created with {len(plans)} jobs", actor=owner,
+                          detail={"config_hash": cfg.config_hash}))
+        return camp.id
+
+
+def request_launch(campaign_id: int, engine: Engine | None = None, *, actor: str = "user") -> int:
+    """Intent: let the controller launch this campaign's jobs. Marks PENDING jobs desired RUN
+    and the campaign ACTIVE; returns how many jobs were marked."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        c = _campaign_or_raise(session, campaign_id)
+        if c.status not in (CampaignStatus.CREATED, CampaignStatus.ACTIVE):
+            raise IntentError(f"campaign {campaign_id} is {c.status}; only CREATED or ACTIVE campaigns can be launched")
+        n = session.execute(
+            sa.update(Job).where(Job.campaign_id == campaign_id, Job.status == JobStatus.PENDING,
+                                 Job.cancel_requested.is_(False))
+            .values(desired_state=DesiredState.RUN, updated_at=now)
+        ).rowcount
+        _add_campaign_event(session, c, CampaignStatus.ACTIVE, "launch requested", actor, now, {"jobs": n})
+        c.status = CampaignStatus.ACTIVE
+        c.launch_requested_at = c.launch_requested_at or now
+        c.updated_at = now
+        session.add(c)
+        return int(n)
+
+
+def _select_jobs(campaign_id: int | None, job_ids: Iterable[int] | None):
+    if campaign_id is None and job_ids is None:
+        raise ValueError("give campaign_id or job_ids")
+    conds = []
+    if campaign_id is not None:
+        conds.append(Job.campaign_id == campaign_id)
+    if job_ids is not None:
+        conds.append(Job.id.in_(list(job_ids)))
+    return conds
+
+
+def request_cancel(campaign_id: int | None = None, job_ids: Iterable[int] | None = None,
+                   engine: Engine | None = None, *, actor: str = "user") -> int:
+    """Intent: stop these jobs (all of a campaign's, or the given ones). Sets cancel_requested
+    on jobs not yet final; the controller stops machines and marks them CANCELLED."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        if campaign_id is not None:
+            c = _campaign_or_raise(session, campaign_id)
+        conds = _select_jobs(campaign_id, job_ids)
+        final = [JobStatus.SUCCEEDED, JobStatus.CANCELLED]
+        ids = list(session.execute(sa.select(Job.id).where(*conds, Job.status.not_in(final))).scalars())
+        if ids:
+            session.execute(sa.update(Job).where(Job.id.in_(ids))
+                            .values(cancel_requested=True, retry_requested=False, updated_at=now))
+            session.execute(sa.insert(Event.__table__), [
+                {"campaign_id": cid, "job_id": jid, "time": now, "to_state": "CANCEL_REQUESTED",
+                 "reason": "cancel requested", "actor": actor, "detail": {}}
+                for jid, cid in session.execute(sa.select(Job.id, Job.campaign_id).where(Job.id.in_(ids)))
+            ])
+        if campaign_id is not None and c.status not in (CampaignStatus.SUCCEEDED, CampaignStatus.CANCELLED):
+            _add_campaign_event(session, c, CampaignStatus.CANCELLING, "cancel requested", actor, now, {"jobs": len(ids)})
+            c.status = CampaignStatus.CANCELLING
+            c.cancel_requested_at = now
+            c.updated_at = now
+            session.add(c)
+        return len(ids)
+
+
+def request_retry(campaign_id: int | None = None, job_ids: Iterable[int] | None = None,
+                  engine: Engine | None = None, *, actor: str = "user") -> int:
+    """Intent: retry FAILED jobs (beyond the automatic retry limit if need be). Sets
+    retry_requested and desired RUN; reopens a FAILED campaign as ACTIVE."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        if campaign_id is not None:
+            c = _campaign_or_raise(session, campaign_id)
+        conds = _select_jobs(campaign_id, job_ids)
+        ids = list(session.execute(sa.select(Job.id).where(*conds, Job.status == JobStatus.FAILED)).scalars())
+        if ids:
+            session.execute(sa.update(Job).where(Job.id.in_(ids))
+                            .values(retry_requested=True, desired_state=DesiredState.RUN,
+                                    cancel_requested=False, updated_at=now))
+            rows = list(session.execute(sa.select(Job.id, Job.campaign_id).where(Job.id.in_(ids))))
+            session.execute(sa.insert(Event.__table__), [
+                {"campaign_id": cid, "job_id": jid, "time": now, "to_state": "RETRY_REQUESTED",
+                 "reason": "retry requested", "actor": actor, "detail": {}} for jid, cid in rows
+            ])
+            for cid in {cid for _, cid in rows}:
+                camp = session.get(Campaign, cid)
+                if camp.status in (CampaignStatus.FAILED, CampaignStatus.CANCELLED, CampaignStatus.CANCELLING):
+                    _add_campaign_event(session, camp, CampaignStatus.ACTIVE, "retry requested", actor, now)
+                    camp.status = CampaignStatus.ACTIVE
+                    camp.updated_at = now
+                    session.add(camp)
+        return len(ids)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def campaign_ids(engine: Engine | None = None) -> list[int]:
+    with session_scope(engine) as session:
+        return list(session.execute(sa.select(Campaign.id).order_by(Campaign.id.desc())).scalars())
+
+
+def list_campaigns(engine: Engine | None = None) -> list[CampaignSummary]:
+    """Every campaign, newest first, with job counts, progress, cost so far and estimate."""
+    with session_scope(engine) as session:
+        camps = list(session.exec(select(Campaign).order_by(Campaign.id.desc())))
+        return _summaries(session, camps)
+
+
+def budget_allows_launch(
+    campaign_id: int,
+    next_job_cost: float | None = None,
+    *,
+    session: Session | None = None,
+    engine: Engine | None = None,
+    now: datetime | None = None,
+) -> BudgetDecision:
+    """May the controller launch one more job of this campaign without exceeding its budget?
+
+    Compares spent (accrued, live attempts up to now) + the estimated remaining cost of running
+    attempts + `next_job_cost` (default: the costliest pending job's estimate) with the budget.
+    """
+    if session is None:
+        with session_scope(engine) as s:
+            return budget_allows_launch(campaign_id, next_job_cost, session=s, now=now)
+    now = now or utcnow()
+    c = _campaign_or_raise(session, campaign_id)
+    spent, _ = _campaign_costs(session, [campaign_id], now).get(campaign_id, (0.0, 0.0))
+    running = 0.0
+    q = (sa.select(Job.est_hours, Attempt.launched_at, Attempt.price_per_hour)
+         .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
+         .where(Job.campaign_id == campaign_id, Job.status.in_([JobStatus.LAUNCHING, JobStatus.RUNNING])))
+    for est_h, launched, price in session.execute(q):
+        running += max(est_h - hours_between(launched, now), 0.0) * price
+    if next_job_cost is None:
+        catalogue = load_catalogue()
+        region = validate_config(c.config).region
+        q = (sa.select(Job.machine_type, Job.gpu_type, Job.gpu_count, Job.spot, sa.func.max(Job.est_hours))
+             .where(Job.campaign_id == campaign_id, Job.status == JobStatus.PENDING)
+             .group_by(Job.machine_type, Job.gpu_type, Job.gpu_count, Job.spot))
+        next_job_cost = max((h * catalogue.price_per_hour(m, g, n, s, region) for m, g, n, s, h in session.execute(q)),
+                            default=0.0)
+    if c.budget_usd is None:
+        return BudgetDecision(True, "no budget set", None, spent, running, next_job_cost)
+    total = spent + running + next_job_cost
+    txt = (f"spent {spent:.2f} + running {running:.2f} + next job {next_job_cost:.2f} = {total:.2f} USD "
+           f"of budget {c.budget_usd:.2f} USD")
+    if total > c.budget_usd + 1e-12:
+        return BudgetDecision(False, f"over budget: {txt}", c.budget_usd, spent, running, next_job_cost)
+    return BudgetDecision(True, f"within budget: {txt}", c.budget_usd, spent, running, next_job_cost)
+
+
+def get_campaign(campaign_id: int, engine: Engine | None = None) -> CampaignDetail:
+    """One campaign in full: summary, config, counts per kind, budget decision, recent events."""
+    with session_scope(engine) as session:
+        c = _campaign_or_raise(session, campaign_id)
+        summary = _summaries(session, [c])[0]
+        by_kind: dict[str, dict[str, int]] = defaultdict(dict)
+        q = sa.select(Job.kind, Job.status, sa.func.count()).where(Job.campaign_id == campaign_id).group_by(Job.kind, Job.status)
+        for kind, status, n in session.execute(q):
+            by_kind[kind][status] = n
+        events = [_event_dict(e) for e in session.exec(
+            select(Event).where(Event.campaign_id == campaign_id, Event.job_id.is_(None))
+            .order_by(Event.time.desc(), Event.id.desc()).limit(50))]
+        budget = budget_allows_launch(campaign_id, session=session)
+        return CampaignDetail(
+            summary=summary, description=c.description, config=dict(c.config), config_hash=c.config_hash,
+            code_version=c.code_version, max_concurrency=c.max_concurrency, retry_limit=c.retry_limit,
+            counts_by_kind=dict(by_kind), launch_requested_at=c.launch_requested_at,
+            cancel_requested_at=c.cancel_requested_at, budget=budget, events=events,
+        )
+
+
+def _job_rows(session: Session, jobs: Sequence[Job]) -> list[JobRow]:
+    """JobRows for `jobs`, with attempt counts and costs aggregated over their attempts."""
+    now = utcnow()
+    ids = [j.id for j in jobs]
+    agg: dict[int, list[Any]] = {i: [0, 0.0, 0.0, None] for i in ids}
+    if ids:
+        q = (sa.select(Attempt.job_id, Attempt.launched_at, Attempt.ended_at, Attempt.price_per_hour,
+                       Attempt.cost_usd, Attempt.gpu_hours, Attempt.gpu_count, Attempt.instance_id)
+             .where(Attempt.job_id.in_(ids)).order_by(Attempt.job_id, Attempt.attempt_no))
+        for jid, launched, ended, price, cost, gh, gpus, inst in session.execute(q):
+            a = agg[jid]
+            a[0] += 1
+            if launched is not None and ended is None:
+                a[1] += accrued_cost(price, launched, now)
+                a[2] += hours_between(launched, now) * gpus
+            else:
+                a[1] += cost
+                a[2] += gh
+            a[3] = inst
+    return [
+        JobRow(
+            id=j.id, campaign_id=j.campaign_id, name=j.name, kind=j.kind, task=j.task, status=j.status,
+            status_reason=j.status_reason, desired_state=j.desired_state,
+            cancel_requested=j.cancel_requested, retry_requested=j.retry_requested,
+            members=list(j.members), np_subset=list(j.np_subset), seeds=list(j.seeds),
+            depends_on=list(j.depends_on), attempts=agg[j.id][0], current_attempt=j.current_attempt,
+            retries=j.retries, recoveries=j.recoveries, max_retries=j.max_retries,
+            machine_type=j.machine_type, gpu_type=j.gpu_type, gpu_count=j.gpu_count, spot=j.spot,
+            last_heartbeat=j.last_heartbeat, created_at=j.created_at, started_at=j.started_at,
+            finished_at=j.finished_at, cost_usd=agg[j.id][1], gpu_hours=agg[j.id][2], instance_id=agg[j.id][3],
+        )
+        for j in jobs
+    ]
+
+
+def list_jobs(
+    campaign_id: int | None = None,
+    states: Iterable[str] | None = None,
+    kind: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    engine: Engine | None = None,
+) -> tuple[list[JobRow], int]:
+    """One page of the job table (ordered by id) and the total number of matching jobs."""
+    conds = []
+    if campaign_id is not None:
+        conds.append(Job.campaign_id == campaign_id)
+    if states:
+        conds.append(Job.status.in_([JobStatus(s).value for s in states]))
+    if kind is not None:
+        conds.append(Job.kind == kind)
+    with session_scope(engine) as session:
+        total = session.execute(sa.select(sa.func.count()).select_from(Job).where(*conds)).scalar_one()
+        jobs = list(session.exec(select(Job).where(*conds).order_by(Job.id).offset(offset).limit(limit)))
+        return _job_rows(session, jobs), int(total)
+
+
+def get_job(job_id: int, engine: Engine | None = None) -> JobRow:
+    """One job as a `JobRow` (raises NotFound)."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        return _job_rows(session, [job])[0]
+
+
+def metric_names(job_id: int | None = None, campaign_id: int | None = None, engine: Engine | None = None) -> list[str]:
+    """Distinct metric names of a job or campaign (for the dashboard's selector)."""
+    q = sa.select(MetricPoint.name).distinct()
+    if job_id is not None:
+        q = q.where(MetricPoint.job_id == job_id)
+    elif campaign_id is not None:
+        q = q.where(MetricPoint.job_id.in_(sa.select(Job.id).where(Job.campaign_id == campaign_id)))
+    with session_scope(engine) as session:
+        return sorted(session.execute(q).scalars())
+
+
+def metric_series(
+    job_id: int | None = None,
+    campaign_id: int | None = None,
+    names: Iterable[str] | None = None,
+    max_points: int = 2000,
+    engine: Engine | None = None,
+) -> list[dict[str, Any]]:
+    """Metric curves as rows {job_id, attempt_no, member, step, epoch, name, value}, ordered by
+    (job, name, member, step).
+
+    Downsampled in the database: each (job, member, name) series keeps every k-th point
+    (k = ceil(n / max_points)) plus its last point, so a curve never has more than
+    max_points + 1 points however long training ran.
+    """
+    if job_id is None and campaign_id is None:
+        raise ValueError("give job_id or campaign_id")
+    mp = MetricPoint.__table__.c
+    conds = []
+    if job_id is not None:
+        conds.append(mp.job_id == job_id)
+    else:
+        conds.append(mp.job_id.in_(sa.select(Job.id).where(Job.campaign_id == campaign_id)))
+    if names is not None:
+        conds.append(mp.name.in_(list(names)))
+    part = (mp.job_id, mp.name, mp.member)
+    rn = sa.func.row_number().over(partition_by=part, order_by=(mp.step, mp.attempt_no)).label("rn")
+    cnt = sa.func.count().over(partition_by=part).label("cnt")
+    inner = sa.select(mp.job_id, mp.attempt_no, mp.member, mp.step, mp.epoch, mp.name, mp.value, rn, cnt).where(*conds).subquery()
+    max_points = max(int(max_points), 1)
+    stride = (inner.c.cnt + (max_points - 1)) / max_points  # integer division: ceil(cnt / max_points)
+    q = (
+        sa.select(inner.c.job_id, inner.c.attempt_no, inner.c.member, inner.c.step, inner.c.epoch,
+                  inner.c.name, inner.c.value)
+        .where(sa.or_(inner.c.cnt <= max_points, (inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.cnt))
+        .order_by(inner.c.job_id, inner.c.name, inner.c.member, inner.c.step, inner.c.attempt_no)
+    )
+    with session_scope(engine) as session:
+        return [dict(r._mapping) for r in session.execute(q)]
+
+
+def resource_series(
+    job_id: int | None = None,
+    campaign_id: int | None = None,
+    max_points: int = 2000,
+    engine: Engine | None = None,
+) -> list[dict[str, Any]]:
+    """Resource samples as rows {job_id, attempt_no, time, cpu_percent, rss_bytes, gpus,
+    gpu_util_mean, gpu_memory_bytes, gpu_power_w}, time-ordered, thinned to ~max_points per job."""
+    if job_id is None and campaign_id is None:
+        raise ValueError("give job_id or campaign_id")
+    rs = ResourceSample.__table__.c
+    cond = rs.job_id == job_id if job_id is not None else rs.job_id.in_(
+        sa.select(Job.id).where(Job.campaign_id == campaign_id))
+    rn = sa.func.row_number().over(partition_by=rs.job_id, order_by=(rs.time, rs.attempt_no)).label("rn")
+    cnt = sa.func.count().over(partition_by=rs.job_id).label("cnt")
+    inner = sa.select(rs.job_id, rs.attempt_no, rs.time, rs.cpu_percent, rs.rss_bytes, rs.gpus, rn, cnt).where(cond).subquery()
+    max_points = max(int(max_points), 1)
+    stride = (inner.c.cnt + (max_points - 1)) / max_points
+    q = (sa.select(inner.c.job_id, inner.c.attempt_no, inner.c.time, inner.c.cpu_percent, inner.c.rss_bytes, inner.c.gpus)
+         .where(sa.or_(inner.c.cnt <= max_points, (inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.cnt))
+         .order_by(inner.c.job_id, inner.c.time))
+    out = []
+    with session_scope(engine) as session:
+        for r in session.execute(q):
+            d = dict(r._mapping)
+            gpus = list(d["gpus"] or [])
+            utils = [g.get("util_percent") for g in gpus if g.get("util_percent") is not None]
+            d["gpu_util_mean"] = sum(utils) / len(utils) if utils else None
+            d["gpu_memory_bytes"] = sum(g.get("memory_bytes") or 0 for g in gpus) if gpus else None
+            d["gpu_power_w"] = sum(g.get("power_w") or 0.0 for g in gpus) if gpus else None
+            out.append(d)
+    return out
+
+
+_GROUP_KEYS = ("campaign", "day", "machine", "gpu", "spot", "kind", "job")
+
+
+def cost_summary(group_by: Sequence[str] = ("campaign",), engine: Engine | None = None,
+                 campaign_id: int | None = None) -> list[dict[str, Any]]:
+    """GPU-hours and cost over attempts, grouped by any of campaign, day (launch date, UTC),
+    machine, gpu, spot, kind, job. Closed attempts are summed in SQL; open ones accrue to now.
+
+    Each row: the group keys (campaign also gives campaign_name), attempts, hours, gpu_hours, cost.
+    """
+    bad = [g for g in group_by if g not in _GROUP_KEYS]
+    if bad:
+        raise ValueError(f"unknown group_by key(s) {bad}; allowed: {', '.join(_GROUP_KEYS)}")
+    a, j, c = Attempt.__table__.c, Job.__table__.c, Campaign.__table__.c
+    cols = {
+        "campaign": [j.campaign_id.label("campaign"), c.name.label("campaign_name")],
+        "day": [sa.func.date(a.launched_at).label("day")],
+        "machine": [a.machine_type.label("machine")],
+        "gpu": [a.gpu_type.label("gpu")],
+        "spot": [a.spot.label("spot")],
+        "kind": [j.kind.label("kind")],
+        "job": [a.job_id.label("job")],
+    }
+    keys = [col for g in group_by for col in cols[g]]
+    src = sa.join(Attempt.__table__, Job.__table__, j.id == a.job_id).join(Campaign.__table__, c.id == j.campaign_id)
+    base_cond = [a.launched_at.is_not(None)]
+    if campaign_id is not None:
+        base_cond.append(j.campaign_id == campaign_id)
+    now = utcnow()
+    out: dict[tuple, dict[str, Any]] = {}
+
+    def slot(mapping: Mapping[str, Any]) -> dict[str, Any]:
+        key = tuple(str(mapping[k.name]) if k.name == "day" and mapping[k.name] is not None else mapping[k.name] for k in keys)
+        if key not in out:
+            out[key] = {**{k.name: v for k, v in zip(keys, key)}, "attempts": 0, "hours": 0.0, "gpu_hours": 0.0, "cost": 0.0}
+        return out[key]
+
+    closed = (sa.select(*keys, sa.func.count().label("n"), sa.func.sum(a.cost_usd).label("cost"),
+                        sa.func.sum(a.gpu_hours).label("gh"),
+                        sa.func.sum(sa.case((a.price_per_hour > 0, a.cost_usd / a.price_per_hour), else_=0.0)).label("h"))
+              .select_from(src).where(*base_cond, a.ended_at.is_not(None)))
+    if keys:
+        closed = closed.group_by(*keys)
+    with session_scope(engine) as session:
+        for r in session.execute(closed):
+            m = r._mapping
+            if not m["n"]:
+                continue
+            s = slot(m)
+            s["attempts"] += m["n"]
+            s["cost"] += m["cost"] or 0.0
+            s["gpu_hours"] += m["gh"] or 0.0
+            s["hours"] += m["h"] or 0.0
+        live = sa.select(*keys, a.launched_at, a.price_per_hour, a.gpu_count, a.ended_at).select_from(src).where(
+            *base_cond, a.ended_at.is_(None))
+        for r in session.execute(live):
+            m = r._mapping
+            s = slot(m)
+            h = hours_between(m["launched_at"], now)
+            s["attempts"] += 1
+            s["hours"] += h
+            s["gpu_hours"] += h * m["gpu_count"]
+            s["cost"] += h * m["price_per_hour"]
+    return sorted(out.values(), key=lambda d: tuple((v is None, str(v)) for v in list(d.values())[: len(keys)]))
+
+
+def fit_results(campaign_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Results of the campaign's fit / impacts / scan / toys jobs: {job_id, job_name, kind,
+    mu_hat, sigma, payload, created_at}, in job order."""
+    q = (select(FitResult, Job.name).join(Job, Job.id == FitResult.job_id)
+         .where(FitResult.campaign_id == campaign_id).order_by(FitResult.job_id))
+    with session_scope(engine) as session:
+        return [
+            {"job_id": f.job_id, "job_name": name, "kind": f.kind, "mu_hat": f.mu_hat, "sigma": f.sigma,
+             "payload": dict(f.payload), "created_at": f.created_at}
+            for f, name in session.exec(q)
+        ]
+
+
+def job_events(job_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The audit trail of one job, oldest first."""
+    with session_scope(engine) as session:
+        return [_event_dict(e) for e in session.exec(
+            select(Event).where(Event.job_id == job_id).order_by(Event.time, Event.id))]

@@ -1,0 +1,100 @@
+"""Cached data loaders for the pages: thin `st.cache_data` wrappers over `dashboard.queries`.
+
+Live views use a TTL of a couple of seconds so the monitor fragment sees new rows on its next
+run without hammering the database on every widget interaction. Every loader takes the
+database URL as its first argument so the cache never serves one database's rows for another
+(tests and `nsbi up` point DATABASE_URL elsewhere per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries
+
+LIVE_TTL_S = 2.0
+SLOW_TTL_S = 30.0
+
+
+def database_key() -> str:
+    """The database the service will use, as the cache key component."""
+    from backend.settings import get_settings
+
+    return get_settings().database_url
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def campaigns(db: str) -> pd.DataFrame:
+    return queries.load_campaigns()
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def campaign(db: str, campaign_id: int) -> dict:
+    return queries.load_campaign(campaign_id)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def jobs(db: str, campaign_id: int | None, states: tuple[str, ...] = (), kind: str | None = None,
+         offset: int = 0, limit: int = 50) -> tuple[pd.DataFrame, int]:
+    return queries.load_jobs(campaign_id, states or None, kind, offset, limit)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def metrics(db: str, job_id: int | None, campaign_id: int | None, names: tuple[str, ...] = (),
+            max_points: int = 2000) -> pd.DataFrame:
+    return queries.load_metrics(job_id, campaign_id, names or None, max_points)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def resources(db: str, job_id: int | None, campaign_id: int | None, max_points: int = 2000) -> pd.DataFrame:
+    return queries.load_resources(job_id, campaign_id, max_points)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def events(db: str, job_id: int) -> pd.DataFrame:
+    return queries.load_events(job_id)
+
+
+@st.cache_data(ttl=SLOW_TTL_S / 3, show_spinner=False)
+def costs(db: str, group_by: tuple[str, ...]) -> pd.DataFrame:
+    return queries.load_costs(group_by)
+
+
+@st.cache_data(ttl=SLOW_TTL_S / 3, show_spinner=False)
+def fit(db: str, campaign_id: int) -> tuple[queries.FitView, pd.DataFrame]:
+    return queries.load_fit(campaign_id)
+
+
+@st.cache_data(ttl=SLOW_TTL_S / 3, show_spinner=False)
+def diagnostics(db: str, campaign_id: int) -> dict:
+    return queries.load_diagnostics(campaign_id)
+
+
+def clear() -> None:
+    """Drop every cached answer (after an intent such as launch, so the next view is fresh)."""
+    st.cache_data.clear()
+
+
+def campaign_choices(db: str) -> dict[int, str]:
+    """{id: "id · name (status)"} for select boxes, newest first."""
+    df = campaigns(db)
+    if df.empty:
+        return {}
+    df = df.sort_values("id", ascending=False)
+    return {int(r.id): f"{int(r.id)} · {r.name} ({r.status})" for r in df.itertuples()}
+
+
+def select_campaign(label: str = "Campaign", *, key: str, options: Sequence[int] | None = None) -> int | None:
+    """A campaign select box remembered across pages through `st.session_state['campaign_id']`."""
+    choices = campaign_choices(database_key())
+    ids = [i for i in choices if options is None or i in options]
+    if not ids:
+        return None
+    current = st.session_state.get("campaign_id")
+    index = ids.index(current) if current in ids else 0
+    chosen = st.selectbox(label, ids, index=index, format_func=lambda i: choices[i], key=key)
+    st.session_state["campaign_id"] = chosen
+    return chosen

@@ -1,0 +1,471 @@
+"""Plotly figure builders for the dashboard.
+
+Every builder takes plain pandas DataFrames or dicts (the shapes `dashboard.queries` returns)
+and returns a `go.Figure`. Nothing here calls Streamlit, so plain pytest covers it, and the
+same figures can be exported to PNG/PDF by `dashboard.export`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Colours: train/validation and pre/post-fit pairs that stay readable in print.
+TRAIN_COLOUR = "#1f77b4"
+VAL_COLOUR = "#d62728"
+PREFIT_COLOUR = "#7fb3e6"
+POSTFIT_COLOUR = "#1f4e9c"
+STATUS_COLOURS = {"green": "#2ca02c", "amber": "#ff9f1c", "red": "#d62728", "unknown": "#999999"}
+
+# Quantiles of the chi2 distribution with one degree of freedom: the thresholds for 68 % and
+# 95 % intervals of a one-parameter profile-likelihood scan of q = -2 Delta ln L.
+Q_68 = 1.0
+Q_95 = 3.841458820694124
+
+
+def _layout(fig: go.Figure, title: str, *, height: int = 420) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 60, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1.0, "xanchor": "right"},
+    )
+    return fig
+
+
+def empty_figure(message: str, *, title: str = "") -> go.Figure:
+    """A blank figure carrying a message, so a page never shows a broken chart."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font={"size": 15, "color": "#666"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, height=300)
+
+
+def _is_validation(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.startswith("val") or "valid" in lowered or lowered.endswith("_val")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def loss_curves(metrics: pd.DataFrame, band: pd.DataFrame, *, title: str = "Loss per member",
+                show_members: bool = True, log_y: bool = False) -> go.Figure:
+    """Per-member loss curves plus the ensemble band (mean +- std and min/max).
+
+    `metrics` has columns member, step, name, value; `band` is `queries.ensemble_band(metrics)`
+    (columns name, step, mean, std, min, max, n). Validation series (names starting with
+    "val") are drawn dashed in red, training series solid in blue.
+    """
+    if metrics.empty and band.empty:
+        return empty_figure("No metrics recorded yet.", title=title)
+    fig = go.Figure()
+    for name in sorted(band["name"].unique()) if not band.empty else []:
+        colour = VAL_COLOUR if _is_validation(name) else TRAIN_COLOUR
+        b = band[band["name"] == name].sort_values("step")
+        x = b["step"].to_numpy()
+        fill = "rgba(214,39,40,{a})" if colour == VAL_COLOUR else "rgba(31,119,180,{a})"
+        # min/max envelope (light) then mean +- std (darker), drawn as closed polygons.
+        for lo, hi, alpha, label in ((b["min"], b["max"], 0.12, "min/max"),
+                                     (b["mean"] - b["std"], b["mean"] + b["std"], 0.28, "mean ± std")):
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([x, x[::-1]]),
+                y=np.concatenate([hi.to_numpy(), lo.to_numpy()[::-1]]),
+                fill="toself", fillcolor=fill.format(a=alpha), line={"width": 0},
+                hoverinfo="skip", name=f"{name} {label}", legendgroup=name,
+            ))
+        fig.add_trace(go.Scatter(x=x, y=b["mean"], mode="lines", name=f"{name} mean",
+                                 line={"color": colour, "width": 2.5,
+                                       "dash": "dash" if colour == VAL_COLOUR else "solid"},
+                                 legendgroup=name))
+    if show_members and not metrics.empty:
+        for (name, member), g in metrics.groupby(["name", "member"], sort=True):
+            colour = VAL_COLOUR if _is_validation(str(name)) else TRAIN_COLOUR
+            g = g.sort_values("step")
+            fig.add_trace(go.Scatter(
+                x=g["step"], y=g["value"], mode="lines", opacity=0.35,
+                line={"color": colour, "width": 1, "dash": "dash" if colour == VAL_COLOUR else "solid"},
+                name=f"{name} member {member}", legendgroup=f"{name}-members", showlegend=False,
+            ))
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="loss", type="log" if log_y else "linear")
+    return _layout(fig, title)
+
+
+def resource_usage(resources: pd.DataFrame, *, title: str = "Resource usage",
+                   summed: bool = False) -> go.Figure:
+    """Resource samples over time, one subplot per metric (GPU util, memory, power, CPU, RSS).
+
+    `resources` is long: columns time, job_id, name, value. With `summed`, values of all jobs
+    are added per (time bucket, name) to show the campaign's total footprint.
+    """
+    if resources.empty:
+        return empty_figure("No resource samples yet.", title=title)
+    names = sorted(resources["name"].unique())
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names,
+                        vertical_spacing=0.06 if len(names) > 1 else 0.0)
+    for row, name in enumerate(names, start=1):
+        r = resources[resources["name"] == name]
+        if summed:
+            total = r.groupby("time", as_index=False)["value"].sum().sort_values("time")
+            fig.add_trace(go.Scatter(x=total["time"], y=total["value"], mode="lines",
+                                     name=f"{name} (sum)", showlegend=False), row=row, col=1)
+        else:
+            for job_id, g in r.groupby("job_id", sort=True):
+                g = g.sort_values("time")
+                fig.add_trace(go.Scatter(x=g["time"], y=g["value"], mode="lines",
+                                         name=f"job {job_id}", legendgroup=str(job_id),
+                                         showlegend=row == 1), row=row, col=1)
+    return _layout(fig, title, height=max(300, 170 * len(names)))
+
+
+def job_states(counts: Mapping[str, int], *, title: str = "Jobs by state") -> go.Figure:
+    """A horizontal bar of job counts by state."""
+    items = [(k, int(v)) for k, v in counts.items() if int(v) > 0]
+    if not items:
+        return empty_figure("No jobs.", title=title)
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                           text=[v for _, v in items], textposition="auto"))
+    fig.update_xaxes(title="jobs")
+    return _layout(fig, title, height=80 + 32 * len(items))
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def calibration(curves: pd.DataFrame, *, title: str = "Calibration") -> go.Figure:
+    """Reliability curves: observed vs predicted classifier output, with the diagonal.
+
+    `curves` has columns label (e.g. ensemble member or "ensemble"), predicted, observed and
+    optionally error.
+    """
+    if curves.empty:
+        return empty_figure("No calibration data.", title=title)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect",
+                             line={"color": "#888", "dash": "dot"}))
+    for label, g in curves.groupby("label", sort=True):
+        err = g["error"] if "error" in g and g["error"].notna().any() else None
+        fig.add_trace(go.Scatter(
+            x=g["predicted"], y=g["observed"], mode="lines+markers", name=str(label),
+            error_y={"type": "data", "array": err, "visible": True} if err is not None else None,
+        ))
+    fig.update_xaxes(title="predicted s(x)", range=[0, 1])
+    fig.update_yaxes(title="observed fraction", range=[0, 1])
+    return _layout(fig, title)
+
+
+def closure(hist: Mapping, *, title: str | None = None) -> go.Figure:
+    """Closure of one observable: numerator vs ratio-reweighted denominator, with the ratio.
+
+    `hist` has edges, numerator, reweighted, optionally denominator, numerator_err,
+    reweighted_err, chi2, ndf, observable.
+    """
+    edges = np.asarray(hist.get("edges", []), dtype=float)
+    if edges.size < 2:
+        return empty_figure("No closure histogram.", title=title or "Closure")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    num = np.asarray(hist["numerator"], dtype=float)
+    rew = np.asarray(hist["reweighted"], dtype=float)
+    obs = hist.get("observable", "x")
+    chi2, ndf = hist.get("chi2"), hist.get("ndf")
+    label = f"{obs}" + (f": χ²/ndf = {chi2:.1f}/{ndf}" if chi2 is not None and ndf else "")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.04)
+    if hist.get("denominator") is not None:
+        fig.add_trace(go.Scatter(x=centres, y=np.asarray(hist["denominator"], dtype=float), mode="lines",
+                                 line={"shape": "hvh", "color": "#999"}, name="denominator"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=centres, y=num, mode="lines", line={"shape": "hvh", "color": "black"},
+                             name="numerator",
+                             error_y=_err(hist.get("numerator_err"))), row=1, col=1)
+    fig.add_trace(go.Scatter(x=centres, y=rew, mode="lines", line={"shape": "hvh", "color": VAL_COLOUR, "dash": "dash"},
+                             name="denominator × r(x)", error_y=_err(hist.get("reweighted_err"))), row=1, col=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(num > 0, rew / num, np.nan)
+    fig.add_trace(go.Scatter(x=centres, y=ratio, mode="markers", marker={"color": VAL_COLOUR},
+                             name="ratio", showlegend=False), row=2, col=1)
+    fig.add_hline(y=1.0, line={"color": "#888", "dash": "dot"}, row=2, col=1)
+    fig.update_yaxes(title="weighted events", row=1, col=1)
+    fig.update_yaxes(title="reweighted / num", row=2, col=1)
+    fig.update_xaxes(title=obs, row=2, col=1)
+    return _layout(fig, title or label)
+
+
+def _err(values) -> dict | None:
+    if values is None:
+        return None
+    return {"type": "data", "array": np.asarray(values, dtype=float), "visible": True, "thickness": 1}
+
+
+def histogram(values: Sequence[float] | np.ndarray, *, title: str, x_title: str,
+              threshold: float | None = None, bins: int = 40) -> go.Figure:
+    """A histogram with an optional vertical threshold line (ensemble spread, normalisation)."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return empty_figure("No values.", title=title)
+    fig = go.Figure(go.Histogram(x=arr, nbinsx=bins, marker={"color": TRAIN_COLOUR}, name=x_title))
+    if threshold is not None:
+        fig.add_vline(x=threshold, line={"color": VAL_COLOUR, "dash": "dash"},
+                      annotation_text=f"threshold {threshold:g}")
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title="entries")
+    return _layout(fig, title)
+
+
+def roc(curve: pd.DataFrame, *, title: str = "ROC") -> go.Figure:
+    """ROC curves (columns label, fpr, tpr, optional auc) for train and validation sets."""
+    if curve.empty:
+        return empty_figure("No ROC data.", title=title)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "#888", "dash": "dot"},
+                             name="random"))
+    for label, g in curve.groupby("label", sort=True):
+        auc = g["auc"].iloc[0] if "auc" in g else None
+        name = f"{label} (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else str(label)
+        fig.add_trace(go.Scatter(x=g["fpr"], y=g["tpr"], mode="lines", name=name))
+    fig.update_xaxes(title="false positive rate", range=[0, 1])
+    fig.update_yaxes(title="true positive rate", range=[0, 1])
+    return _layout(fig, title)
+
+
+def checks_table(checks: pd.DataFrame, *, title: str = "Checks") -> go.Figure:
+    """Traffic-light table of diagnostics checks (columns check, value, threshold, status)."""
+    if checks.empty:
+        return empty_figure("No checks.", title=title)
+    colours = [STATUS_COLOURS.get(s, STATUS_COLOURS["unknown"]) for s in checks["status"]]
+    fig = go.Figure(go.Table(
+        header={"values": ["", "check", "value", "threshold"], "align": "left"},
+        cells={"values": [["●"] * len(checks), checks["check"],
+                          [_fmt(v) for v in checks["value"]], checks["threshold"].astype(str)],
+               "font": {"color": [colours, "black", "black", "black"], "size": 13}, "align": "left"},
+    ))
+    return _layout(fig, title, height=120 + 28 * len(checks))
+
+
+def _fmt(v) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{f:.4g}" if math.isfinite(f) else "n/a"
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def pulls(pulls_df: pd.DataFrame, *, title: str = "Nuisance-parameter pulls") -> go.Figure:
+    """Pulls (theta_hat - theta_0)/sigma_0 with post-fit constraints as error bars.
+
+    Columns: name, pull, constraint. The green/yellow bands mark +-1 and +-2 sigma.
+    """
+    if pulls_df.empty:
+        return empty_figure("No nuisance parameters.", title=title)
+    df = pulls_df.iloc[::-1]  # first parameter on top
+    fig = go.Figure()
+    fig.add_vrect(x0=-2, x1=2, fillcolor="#ffd92f", opacity=0.45, line_width=0, layer="below")
+    fig.add_vrect(x0=-1, x1=1, fillcolor="#66c2a5", opacity=0.55, line_width=0, layer="below")
+    fig.add_vline(x=0, line={"color": "#333", "dash": "dot", "width": 1})
+    fig.add_trace(go.Scatter(x=df["pull"], y=df["name"], mode="markers", marker={"color": "black", "size": 8},
+                             error_x={"type": "data", "array": df["constraint"], "visible": True,
+                                      "color": "black", "thickness": 1.5},
+                             name="pull ± post-fit constraint"))
+    span = max(2.5, float(np.nanmax(np.abs(df["pull"]) + df["constraint"])) + 0.3)
+    fig.update_xaxes(title="(θ̂ − θ₀) / Δθ", range=[-span, span], zeroline=False)
+    fig.update_yaxes(type="category")
+    return _layout(fig, title, height=max(300, 120 + 24 * len(df)))
+
+
+def impacts_ranking(impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20,
+                    title: str | None = None) -> go.Figure:
+    """The ranking plot of the largest impacts, in the ATLAS/cabinetry style.
+
+    Bars on the top axis: pre-fit (open) and post-fit (filled) +-1 sigma impacts on the POI,
+    up-variations in one colour and down in another; black points with error bars on the
+    bottom axis: the pull and post-fit constraint of each nuisance parameter. Columns: name,
+    prefit_up, prefit_down, postfit_up, postfit_down, and optionally pull, constraint.
+    Rows are ordered by the larger absolute post-fit impact, biggest on top.
+    """
+    title = title or f"Impact on {poi}: top {top}"
+    if impacts_df.empty:
+        return empty_figure("No impacts.", title=title)
+    df = impacts_df.copy()
+    df["_rank"] = np.maximum(np.abs(df["postfit_up"]), np.abs(df["postfit_down"]))
+    df = df.sort_values("_rank", ascending=False).head(top).iloc[::-1]
+    names = df["name"].tolist()
+    fig = go.Figure()
+    bar = {"orientation": "h", "xaxis": "x2", "y": names}
+    fig.add_trace(go.Bar(x=df["prefit_up"], name="pre-fit +1σ", marker={"color": "rgba(0,0,0,0)",
+                         "line": {"color": PREFIT_COLOUR, "width": 2}}, **bar))
+    fig.add_trace(go.Bar(x=df["prefit_down"], name="pre-fit −1σ", marker={"color": "rgba(0,0,0,0)",
+                         "line": {"color": "#7fc97f", "width": 2}}, **bar))
+    fig.add_trace(go.Bar(x=df["postfit_up"], name="post-fit +1σ", marker={"color": POSTFIT_COLOUR}, **bar))
+    fig.add_trace(go.Bar(x=df["postfit_down"], name="post-fit −1σ", marker={"color": "#2ca25f"}, **bar))
+    if "pull" in df:
+        fig.add_trace(go.Scatter(
+            x=df["pull"], y=names, mode="markers", marker={"color": "black", "size": 8}, xaxis="x",
+            error_x={"type": "data", "array": df.get("constraint", pd.Series(np.ones(len(df)))),
+                     "visible": True, "color": "black"},
+            name="pull",
+        ))
+    reach = float(np.nanmax(np.abs(df[["prefit_up", "prefit_down", "postfit_up", "postfit_down"]].to_numpy())))
+    reach = reach * 1.15 if reach > 0 else 1.0
+    fig.update_layout(
+        barmode="overlay", bargap=0.35,
+        xaxis={"title": "(θ̂ − θ₀) / Δθ", "range": [-2.2, 2.2], "side": "bottom", "zeroline": False},
+        xaxis2={"title": f"Δ{poi}", "overlaying": "x", "side": "top", "range": [-reach, reach],
+                "showgrid": False},
+        yaxis={"type": "category"},
+    )
+    fig.add_vline(x=0, line={"color": "#333", "width": 1})
+    fig = _layout(fig, title, height=max(350, 150 + 28 * len(df)))
+    fig.update_layout(margin={"t": 110}, legend={"y": -0.12, "yanchor": "top", "x": 0, "xanchor": "left"})
+    return fig
+
+
+def correlation(names: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray,
+                *, title: str = "Correlation matrix", max_params: int = 60) -> go.Figure:
+    """Heat map of the post-fit correlation matrix, diverging colour scale fixed to [-1, 1].
+
+    Above `max_params`, keep the parameters with the largest off-diagonal correlation so
+    the map stays legible.
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.size == 0:
+        return empty_figure("No correlation matrix.", title=title)
+    labels = list(names)
+    if len(labels) > max_params:
+        off = np.abs(m - np.diag(np.diag(m))).max(axis=1)
+        keep = np.sort(np.argsort(-off)[:max_params])
+        m = m[np.ix_(keep, keep)]
+        labels = [labels[i] for i in keep]
+        title = f"{title} (top {max_params} by |ρ|)"
+    text = [[f"{v:.2f}" for v in row] for row in m] if len(labels) <= 25 else None
+    fig = go.Figure(go.Heatmap(z=m, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r",
+                               text=text, texttemplate="%{text}" if text else None,
+                               colorbar={"title": "ρ"}))
+    fig.update_yaxes(autorange="reversed")
+    side = max(400, 120 + 22 * len(labels))
+    return _layout(fig, title, height=side)
+
+
+def likelihood_scan(scan: pd.DataFrame, *, poi: str = "mu", title: str | None = None) -> go.Figure:
+    """Profile-likelihood scan q = -2 Delta ln L with the 68 % and 95 % CL lines.
+
+    `scan` has columns value (the POI) and q; if an `expected` column is present it is drawn
+    dashed. The 1D intervals are where q crosses 1.0 and 3.84.
+    """
+    title = title or f"Profile likelihood scan of {poi}"
+    if scan.empty:
+        return empty_figure("No scan points.", title=title)
+    s = scan.sort_values("value")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=s["value"], y=s["q"], mode="lines+markers", name="observed",
+                             line={"color": "black"}))
+    if "expected" in s and s["expected"].notna().any():
+        fig.add_trace(go.Scatter(x=s["value"], y=s["expected"], mode="lines", name="expected",
+                                 line={"color": "black", "dash": "dash"}))
+    for level, label, colour in ((Q_68, "68 % CL", "#1b9e77"), (Q_95, "95 % CL", "#d95f02")):
+        fig.add_hline(y=level, line={"color": colour, "dash": "dash"}, annotation_text=label,
+                      annotation_position="top left")
+    fig.update_xaxes(title=poi)
+    fig.update_yaxes(title="−2 Δ ln L", rangemode="tozero")
+    return _layout(fig, title)
+
+
+def toy_pulls(pulls_values: Sequence[float] | np.ndarray, *, poi: str = "mu",
+              title: str | None = None, bins: int = 30) -> go.Figure:
+    """Distribution of toy pulls (mu_hat - mu_true)/sigma with a fitted Gaussian overlay.
+
+    For a well-behaved fit the pulls follow a unit normal; the legend shows the sample mean
+    and standard deviation so a bias or mis-estimated error shows at a glance.
+    """
+    title = title or f"Toy pulls of {poi}"
+    arr = np.asarray(pulls_values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return empty_figure("No toys.", title=title)
+    mean, std = float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    lo, hi = min(-4.0, arr.min()), max(4.0, arr.max())
+    counts, edges = np.histogram(arr, bins=bins, range=(lo, hi))
+    width = edges[1] - edges[0]
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=width, name=f"{arr.size} toys",
+                           marker={"color": PREFIT_COLOUR}))
+    xs = np.linspace(lo, hi, 200)
+    norm = arr.size * width / math.sqrt(2 * math.pi)
+    fig.add_trace(go.Scatter(x=xs, y=norm * np.exp(-0.5 * xs**2), mode="lines", name="N(0, 1)",
+                             line={"color": "#888", "dash": "dot"}))
+    if std > 0:
+        fig.add_trace(go.Scatter(x=xs, y=norm / std * np.exp(-0.5 * ((xs - mean) / std) ** 2), mode="lines",
+                                 name=f"mean {mean:.2f}, std {std:.2f}", line={"color": POSTFIT_COLOUR}))
+    fig.update_xaxes(title=f"({poi}̂ − {poi}_true) / σ")
+    fig.update_yaxes(title="toys")
+    return _layout(fig, title)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def cost_bars(costs: pd.DataFrame, *, by: str, value: str = "cost",
+              colour_by: str | None = None, title: str | None = None) -> go.Figure:
+    """Bar chart of cost or GPU-hours grouped by one column, optionally stacked by another."""
+    title = title or f"{value.replace('_', ' ')} by {by.replace('_', ' ')}"
+    if costs.empty or by not in costs or value not in costs:
+        return empty_figure("No usage recorded yet.", title=title)
+    fig = go.Figure()
+    if colour_by and colour_by in costs:
+        for key, g in costs.groupby(colour_by, sort=True):
+            agg = g.groupby(by, as_index=False)[value].sum()
+            fig.add_trace(go.Bar(x=agg[by].astype(str), y=agg[value], name=str(key)))
+        fig.update_layout(barmode="stack")
+    else:
+        agg = costs.groupby(by, as_index=False)[value].sum()
+        fig.add_trace(go.Bar(x=agg[by].astype(str), y=agg[value], name=value))
+    fig.update_xaxes(title=by.replace("_", " "), type="category")
+    fig.update_yaxes(title=_unit(value))
+    return _layout(fig, title)
+
+
+def _unit(value: str) -> str:
+    return {"cost": "cost (USD)", "gpu_hours": "GPU-hours"}.get(value, value)
+
+
+def burn_down(spend: pd.DataFrame, budget: float | None, *, title: str = "Budget burn-down") -> go.Figure:
+    """Remaining budget over time (columns time, cost: incremental spend per time bucket)."""
+    if spend.empty:
+        return empty_figure("Nothing spent yet.", title=title)
+    s = spend.sort_values("time")
+    cumulative = s["cost"].cumsum()
+    fig = go.Figure()
+    if budget is not None and budget > 0:
+        fig.add_trace(go.Scatter(x=s["time"], y=budget - cumulative, mode="lines", fill="tozeroy",
+                                 name="remaining budget", line={"color": POSTFIT_COLOUR}))
+        fig.add_hline(y=0, line={"color": VAL_COLOUR})
+    fig.add_trace(go.Scatter(x=s["time"], y=cumulative, mode="lines", name="spent",
+                             line={"color": VAL_COLOUR, "dash": "dash"}))
+    fig.update_yaxes(title="USD")
+    return _layout(fig, title)
+
+
+def usage_over_time(usage: pd.DataFrame, *, value: str = "gpu_hours", by: str | None = None,
+                    title: str | None = None) -> go.Figure:
+    """GPU-hours (or cost) per time bucket, stacked by `by` when given (columns time, value, by)."""
+    title = title or f"{value.replace('_', ' ')} over time"
+    if usage.empty or value not in usage:
+        return empty_figure("No usage recorded yet.", title=title)
+    fig = go.Figure()
+    groups = usage.groupby(by, sort=True) if by and by in usage else [(value, usage)]
+    for key, g in groups:
+        agg = g.groupby("time", as_index=False)[value].sum().sort_values("time")
+        fig.add_trace(go.Bar(x=agg["time"], y=agg[value], name=str(key)))
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title=_unit(value))
+    return _layout(fig, title)

@@ -1,0 +1,238 @@
+"""Campaigns: configure (with validation beside each field), estimate, launch; list with progress; bulk actions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, forms, intents, widgets
+
+ERRORS_KEY = "campaign-form-errors"
+
+
+def campaigns_page() -> None:
+    st.title("Campaigns")
+    top = st.columns([2, 5])
+    if top[0].button("Demo campaign", type="primary", icon=":material/play_arrow:", key="demo-campaign",
+                     help="create and launch the built-in demo campaign in one click"):
+        try:
+            cid = intents.create_demo(launch=True)
+            cache.clear()
+            st.session_state["campaign_id"] = cid
+            st.toast(f"Demo campaign {cid} created and launched.")
+        except Exception as exc:
+            widgets.report_error("Could not create the demo campaign", exc)
+    _campaign_list()
+    with st.expander("New campaign", expanded=bool(st.session_state.get(ERRORS_KEY))):
+        _campaign_form()
+
+
+# --------------------------------------------------------------------------- list
+
+
+def _campaign_list() -> None:
+    db = cache.database_key()
+    df = cache.campaigns(db)
+    st.subheader("Campaigns")
+    if df.empty:
+        widgets.nothing_yet("No campaigns yet: press “Demo campaign” or fill in the form below.")
+        return
+    df = df.sort_values("id", ascending=False)
+    state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
+    shown = [c for c in ("id", "name", "status", "progress", "n_jobs", *state_cols, "cost", "budget",
+                         "estimate_cost", "created") if c in df]
+    event = st.dataframe(
+        df[shown], hide_index=True, key="campaign-table", on_select="rerun", selection_mode="multi-row",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "cost": st.column_config.NumberColumn("cost (USD)", format="%.2f"),
+            "budget": st.column_config.NumberColumn("budget (USD)", format="%.2f"),
+            **{c: st.column_config.NumberColumn(c[2:].lower()) for c in state_cols},
+        },
+    )
+    rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+    selected = [int(df.iloc[i]["id"]) for i in rows]
+    cols = st.columns([1, 1, 1, 4])
+    label = f" ({len(selected)})" if selected else ""
+    actions = (("Launch", intents.launch, ":material/rocket_launch:"),
+               ("Cancel", lambda ids: intents.cancel(campaign_ids=ids), ":material/cancel:"),
+               ("Retry failed", lambda ids: intents.retry(campaign_ids=ids), ":material/replay:"))
+    for col, (name, action, icon) in zip(cols, actions):
+        if col.button(name + label, disabled=not selected, key=f"bulk-{name}", icon=icon):
+            try:
+                action(selected)
+                cache.clear()
+                st.toast(f"{name}: requested for campaign(s) {', '.join(map(str, selected))}.")
+            except Exception as exc:
+                widgets.report_error(f"{name} failed", exc)
+    if not selected:
+        cols[3].caption("Select campaigns in the table for launch, cancel or retry.")
+
+
+# --------------------------------------------------------------------------- form
+
+
+def _field_errors(field: str) -> None:
+    for message in st.session_state.get(ERRORS_KEY, {}).get(field, []):
+        st.error(message, icon=":material/error:")
+
+
+def _catalogue_options() -> tuple[list[str], list[str]]:
+    try:
+        from backend.costs import load_catalogue
+
+        cat = load_catalogue()
+        machines = sorted({m.machine_type for m in cat.machines}, key=lambda m: (m != "local", m))
+        gpus = sorted({g.gpu_type for g in cat.gpus})
+        return machines, gpus
+    except Exception:  # a broken catalogue must not hide the form
+        return ["local"], []
+
+
+def _campaign_form() -> None:
+    defaults = forms.default_values()
+    machines, gpus = _catalogue_options()
+    with st.form("campaign-form", border=False):
+        c = st.columns(2)
+        with c[0]:
+            name = st.text_input("Name", value=defaults["name"], key="f-name")
+            _field_errors("name")
+        with c[1]:
+            budget = st.number_input("Budget (USD, 0 = none)", min_value=0.0, value=float(defaults["budget"]),
+                                     step=10.0, key="f-budget")
+            _field_errors("budget")
+
+        st.markdown("**Samples** (source: `demo` for the built-in simulator, or a file path)")
+        samples = st.data_editor(pd.DataFrame(defaults["samples"]), num_rows="dynamic", key="f-samples",
+                                 hide_index=True, width="stretch")
+        _field_errors("samples")
+        c = st.columns(2)
+        with c[0]:
+            process_names = [p for p in samples["process"].dropna().astype(str) if p.strip()]
+            reference = st.selectbox("Reference process (denominator of every ratio task)",
+                                     process_names or ["B"],
+                                     index=(process_names.index(defaults["reference"])
+                                            if defaults["reference"] in process_names else 0), key="f-reference")
+            _field_errors("reference")
+        with c[1]:
+            nuisances = st.text_input("Extra nuisance parameters (comma separated)", value=defaults["nuisances"],
+                                      key="f-nuisances")
+            _field_errors("nuisances")
+        st.markdown("**Systematic variations** (up/down: `demo` or a file path)")
+        systematics = st.data_editor(pd.DataFrame(defaults["systematics"]), num_rows="dynamic",
+                                     key="f-systematics", hide_index=True, width="stretch")
+        _field_errors("systematics")
+
+        st.markdown("**Ratio estimators**")
+        c = st.columns(5)
+        hidden = c[0].number_input("Hidden layers", min_value=0, value=defaults["hidden_layers"], key="f-layers")
+        width = c[1].number_input("Width", min_value=0, value=defaults["width"], key="f-width")
+        activation = c[2].selectbox("Activation", forms.ACTIVATIONS, key="f-activation")
+        max_steps = c[3].number_input("Steps", min_value=0, value=defaults["max_steps"], key="f-steps")
+        batch = c[4].number_input("Batch size", min_value=0, value=defaults["batch_size"], key="f-batch")
+        _field_errors("architecture")
+        c = st.columns(2)
+        with c[0]:
+            ens = st.number_input("Ensemble size", min_value=0, value=defaults["ensemble_size"], key="f-ensemble")
+            per_job = st.number_input("Members per job", min_value=0, value=defaults["members_per_job"],
+                                      key="f-per-job")
+            _field_errors("ensemble_size")
+        with c[1]:
+            grid = st.text_area("Hyper-parameter grid (one `key = v1, v2` per line)", value=defaults["grid"],
+                                placeholder="learning_rate = 1e-3, 3e-4\nwidth = 32, 64", key="f-grid")
+            _field_errors("grid")
+
+        st.markdown("**Where it runs**")
+        c = st.columns(4)
+        with c[0]:
+            launcher = st.selectbox("Backend", forms.LAUNCHERS, key="f-launcher")
+            _field_errors("launcher")
+        with c[1]:
+            machine = st.selectbox("Machine type", machines, key="f-machine")
+        with c[2]:
+            gpu_type = st.selectbox("GPU type", [None, *gpus], format_func=lambda g: g or "none", key="f-gpu")
+        with c[3]:
+            gpu_count = st.number_input("GPUs", min_value=0, max_value=16, value=0, key="f-gpus")
+        _field_errors("machine")
+        c = st.columns(3)
+        with c[0]:
+            spot = st.checkbox("Spot (preemptible)", value=False, key="f-spot")
+            _field_errors("spot")
+        with c[1]:
+            zones = st.text_input("Zones (comma separated)", value="", placeholder="us-central1-a, us-central1-b",
+                                  key="f-zones")
+            _field_errors("zones")
+        with c[2]:
+            concurrency = st.number_input("Max concurrent jobs", min_value=1, value=defaults["max_concurrency"],
+                                          key="f-concurrency")
+
+        st.markdown("**After training**")
+        c = st.columns(5)
+        fit = c[0].checkbox("Fit", value=defaults["fit"], key="f-fit")
+        impacts = c[1].checkbox("Impacts", value=defaults["impacts"], key="f-impacts")
+        scan = c[2].checkbox("Scan", value=defaults["scan"], key="f-scan")
+        toys = c[3].checkbox("Toys", value=defaults["toys"], key="f-toys")
+        n_toys = c[4].number_input("Number of toys", min_value=1, value=defaults["n_toys"], key="f-ntoys")
+        _field_errors("stages")
+        _field_errors("_general")
+
+        b = st.columns([1, 1, 1, 3])
+        do_estimate = b[0].form_submit_button("Estimate", icon=":material/calculate:")
+        do_create = b[1].form_submit_button("Create", icon=":material/add:")
+        do_launch = b[2].form_submit_button("Create and launch", type="primary", icon=":material/rocket_launch:")
+
+    if not (do_estimate or do_create or do_launch):
+        _show_estimate()
+        return
+    values = {
+        "name": name, "budget": budget, "samples": samples.to_dict("records"), "reference": reference,
+        "systematics": systematics.to_dict("records"), "nuisances": nuisances,
+        "hidden_layers": hidden, "width": width, "activation": activation, "max_steps": max_steps,
+        "batch_size": batch, "ensemble_size": ens, "members_per_job": per_job, "grid": grid,
+        "launcher": launcher, "machine_type": machine, "gpu_type": gpu_type, "gpu_count": gpu_count,
+        "spot": spot, "zones": zones, "max_concurrency": concurrency,
+        "fit": fit, "impacts": impacts, "scan": scan, "toys": toys, "n_toys": n_toys,
+    }
+    _submit(values, create=do_create or do_launch, launch=do_launch)
+
+
+def _submit(values: dict, *, create: bool, launch: bool) -> None:
+    result = forms.build_config(values)
+    errors = dict(result.errors)
+    estimate = None
+    if not errors:
+        try:
+            estimate = intents.estimate(result.config)
+        except Exception as exc:  # CampaignConfigError carries one message per problem
+            errors = forms.file_backend_errors(getattr(exc, "errors", None) or [str(exc)])
+    st.session_state[ERRORS_KEY] = errors
+    st.session_state["campaign-estimate"] = estimate
+    if errors or not create:
+        st.rerun()
+    try:
+        cid = intents.create(result.config, launch=launch)
+    except Exception as exc:
+        st.session_state[ERRORS_KEY] = forms.file_backend_errors(getattr(exc, "errors", None) or [str(exc)])
+        st.rerun()
+    cache.clear()
+    st.session_state["campaign_id"] = cid
+    st.session_state["campaign-created"] = (cid, launch)
+    st.rerun()
+
+
+def _show_estimate() -> None:
+    created = st.session_state.pop("campaign-created", None)
+    if created:
+        cid, launched = created
+        st.success(f"Campaign {cid} created" + (" and launch requested." if launched else ". Launch it from the list."))
+    if st.session_state.get(ERRORS_KEY):
+        st.warning("The form has problems: see the messages beside the fields.")
+    est = st.session_state.get("campaign-estimate")
+    if est:
+        c = st.columns(3)
+        c[0].metric("Estimated cost (USD)", f"{float(est.get('cost', 0.0)):.2f}")
+        c[1].metric("Estimated GPU-hours", f"{float(est.get('gpu_hours', 0.0)):.2f}")
+        c[2].metric("Jobs", len(est.get("per_job", ()) or ()))
+
+
+campaigns_page()

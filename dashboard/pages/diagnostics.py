@@ -1,0 +1,69 @@
+"""Diagnostics per ratio task: traffic lights, calibration, closure, normalisation, spread, AUC."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, figures, queries, widgets
+
+LIGHTS = {"green": "🟢", "amber": "🟠", "red": "🔴", "unknown": "⚪"}
+
+
+def diagnostics_page() -> None:
+    st.title("Diagnostics")
+    db = cache.database_key()
+    campaign_id = cache.select_campaign(key="diag-campaign")
+    if campaign_id is None:
+        widgets.nothing_yet("Nothing yet: train an ensemble first (Campaigns page).")
+        return
+    try:
+        by_task = cache.diagnostics(db, campaign_id)
+    except Exception as exc:
+        widgets.report_error("Could not load diagnostics", exc)
+        return
+    if not by_task:
+        widgets.nothing_yet("Nothing yet: no diagnostics for this campaign. Train first: diagnostics are "
+                            "written when an ensemble finishes training.")
+        return
+    task = st.selectbox("Ratio task", sorted(by_task), key="diag-task")
+    view = queries.diagnostics_view(task, by_task[task])
+    _lights(view.checks)
+    left, right = st.columns(2)
+    with left:
+        widgets.chart(figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration")
+    with right:
+        if view.roc.empty:
+            st.metric("AUC (holdout)", queries.format_value(view.auc))
+        else:
+            widgets.chart(figures.roc(view.roc, title=f"ROC: {task}"), "roc")
+    left, right = st.columns(2)
+    with left:
+        widgets.chart(figures.histogram(view.spread["normalisation"], title="Ensemble spread: member normalisations",
+                                        x_title="E_ref[r̂] per member", threshold=1.0, bins=20), "spread")
+    with right:
+        widgets.chart(figures.histogram(view.spread["auc"], title="Ensemble spread: member AUCs",
+                                        x_title="AUC per member", bins=20), "spread-auc")
+    if not view.losses.empty:
+        st.markdown("**Overtraining**: training vs holdout loss per member")
+        st.dataframe(view.losses, hide_index=True)
+    if view.closure:
+        st.subheader("Closure per observable")
+        names = [str(h.get("observable", i)) for i, h in enumerate(view.closure)]
+        tabs = st.tabs(names)
+        for tab, name, hist in zip(tabs, names, view.closure):
+            with tab:
+                widgets.chart(figures.closure(hist), f"closure-{name}")
+    else:
+        widgets.nothing_yet("No closure histograms for this task.")
+
+
+def _lights(checks) -> None:
+    st.subheader("Checks")
+    cols = st.columns(len(checks))
+    for col, row in zip(cols, checks.itertuples()):
+        value = queries.format_value(row.value)
+        col.markdown(f"{LIGHTS[row.status]} **{row.check.replace('_', ' ')}**  \n{value}  \n"
+                     f"<small>{row.threshold}</small>", unsafe_allow_html=True, help=row.description)
+
+
+diagnostics_page()

@@ -1,0 +1,115 @@
+"""Monitor: live job table, loss curves with the ensemble band, resource usage."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import streamlit as st
+
+from dashboard import cache, figures, queries, widgets
+
+STATES = ("PENDING", "LAUNCHING", "RUNNING", "SUCCEEDED", "FAILED", "PREEMPTED", "CANCELLED")
+KINDS = ("train", "fit", "impacts", "scan", "toys")
+PAGE_SIZE = 50
+MAX_TRAIN_JOBS = 5000
+
+
+def monitor_page() -> None:
+    st.title("Monitor")
+    db = cache.database_key()
+    campaign_id = cache.select_campaign(key="monitor-campaign")
+    if campaign_id is None:
+        widgets.nothing_yet("No campaigns yet: create one on the Campaigns page.")
+        return
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    states = c1.multiselect("States", STATES, key="monitor-states")
+    kind = c2.selectbox("Kind", ("all", *KINDS), key="monitor-kind")
+    live = c3.toggle("Live", value=True, key="monitor-live", help="refresh without reloading the page")
+    every = c4.number_input("Every (s)", min_value=1, max_value=60, value=3, key="monitor-every")
+    run_every = timedelta(seconds=int(every)) if live else None
+    _live_view(db, campaign_id, tuple(states), None if kind == "all" else kind, run_every)
+
+
+def _live_view(db: str, campaign_id: int, states: tuple[str, ...], kind: str | None, run_every) -> None:
+    @st.fragment(run_every=run_every)
+    def view() -> None:
+        _summary(db, campaign_id)
+        n_jobs = _job_table(db, campaign_id, states, kind)
+        _curves(db, campaign_id)
+        _resources(db, campaign_id, n_jobs)
+
+    view()
+
+
+def _summary(db: str, campaign_id: int) -> None:
+    df = cache.campaigns(db)
+    row = df[df["id"] == campaign_id]
+    if row.empty:
+        return
+    r = row.iloc[0]
+    cols = st.columns(6)
+    cols[0].metric("Status", str(r.get("status", "")))
+    for col, state in zip(cols[1:5], ("running", "pending", "succeeded", "failed")):
+        col.metric(state.capitalize(), int(r.get(f"n_{state}", 0) or 0))
+    cols[5].metric("Cost (USD)", f"{float(r.get('cost', 0) or 0):.2f}")
+    st.progress(float(r.get("progress", 0) or 0), text=f"{100 * float(r.get('progress', 0) or 0):.0f} % done")
+
+
+def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | None):
+    total_pages_key = "monitor-page"
+    page = int(st.session_state.get(total_pages_key, 1))
+    jobs, total = cache.jobs(db, campaign_id, states, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    n_pages = max(1, -(-total // PAGE_SIZE))
+    st.subheader(f"Jobs ({total})")
+    if jobs.empty:
+        widgets.nothing_yet("No jobs match the filters.")
+        return total
+    shown = [c for c in ("id", "name", "kind", "task", "state", "attempts", "retries", "recoveries",
+                         "machine_type", "gpu_type", "spot", "cost_usd", "started_at", "finished_at",
+                         "status_reason") if c in jobs]
+    st.dataframe(jobs[shown], hide_index=True, key="monitor-jobs", height=min(400, 38 + 35 * len(jobs)))
+    if n_pages > 1:
+        st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=min(page, n_pages),
+                        key=total_pages_key)
+    return total
+
+
+def _curves(db: str, campaign_id: int) -> None:
+    st.subheader("Loss curves")
+    train, _ = cache.jobs(db, campaign_id, (), "train", 0, MAX_TRAIN_JOBS)
+    if train.empty:
+        widgets.nothing_yet("This campaign has no training jobs.")
+        return
+    groups = queries.ensembles(train)
+    c1, c2, c3 = st.columns([3, 3, 1])
+    key = c1.selectbox("Ensemble", list(groups), key="monitor-ensemble")
+    job_ids = groups[key]
+    names = {0: "all members"} | {j: f"job {j}" for j in job_ids}
+    one = c2.selectbox("Jobs", list(names), format_func=names.get, key="monitor-job")
+    show_members = c3.checkbox("Members", value=True, key="monitor-members")
+    chosen = job_ids if one == 0 else [one]
+    # a budget of a few thousand points per chart, shared by the series of the chosen jobs
+    per_series = max(50, queries.MAX_CHART_POINTS // max(1, 4 * len(chosen)))
+    frames = [cache.metrics(db, j, None, (), per_series) for j in chosen]
+    metrics = queries.label_members(frames)
+    if metrics.empty:
+        widgets.nothing_yet("No training metrics yet: they appear as soon as a worker reports.")
+        return
+    loss = metrics[metrics["name"].str.contains("loss", case=False)]
+    band = queries.ensemble_band(loss)
+    widgets.chart(figures.loss_curves(loss, band, show_members=show_members,
+                                      title=f"Training vs validation loss: {key}"), "loss")
+
+
+def _resources(db: str, campaign_id: int, n_jobs: int) -> None:
+    st.subheader("Resource usage")
+    summed = st.toggle("Sum over jobs", value=True, key="monitor-summed")
+    res = cache.resources(db, None, campaign_id, max(10, queries.MAX_CHART_POINTS // max(1, n_jobs)))
+    if res.empty:
+        widgets.nothing_yet("No resource samples yet.")
+        return
+    data = queries.sum_resources(res) if summed else res
+    widgets.chart(figures.resource_usage(data, summed=summed), "resources")
+
+
+monitor_page()

@@ -1,0 +1,1 @@
+"""Benchmarks with JSON output: ``train_bench`` (ratio-ensemble training) and ``fit_bench``."""

@@ -1,0 +1,303 @@
+"""Can an ensemble be trusted? Calibration, closure, normalisation, AUC, overtraining, saturation.
+
+Everything is computed on held-out samples (events not used in training) and returned as
+plain frozen dataclasses whose ``to_dict()`` is JSON-safe, so the dashboard can draw them
+later without JAX. Conventions:
+
+* scores s = sigmoid(log r-hat); with class-balanced weights a calibrated classifier has
+  P(numerator | s) = s in every bin (the reliability curve lies on the diagonal);
+* closure: the reference reweighted by r-hat must reproduce the numerator's distribution of
+  every observable; compared as unit-area histograms (shape) with chi2 over the bins and
+  ndf = bins - 1. The normalisation E_ref[r-hat] (should be 1) is reported separately;
+* losses use the training definition: mean of weight x BCE with each class's weights scaled
+  to half the events, so holdout and training losses are directly comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .ensemble import Ensemble
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True)
+class CalibrationCurve:
+    """Reliability curve of one member (``member`` index) or of the ensemble (``member=None``)."""
+
+    member: int | None
+    bin_edges: tuple[float, ...]
+    mean_score: tuple[float, ...]
+    observed_fraction: tuple[float, ...]
+    observed_error: tuple[float, ...]
+    weight: tuple[float, ...]
+    max_deviation: float  # largest |observed - mean score| over bins with events, in sigma units
+
+
+@dataclass(frozen=True)
+class Closure:
+    """Reference reweighted by r-hat versus the target, for one observable (unit-area histograms)."""
+
+    observable: str
+    bin_edges: tuple[float, ...]
+    target: tuple[float, ...]
+    target_error: tuple[float, ...]
+    reweighted: tuple[float, ...]
+    reweighted_error: tuple[float, ...]
+    reference: tuple[float, ...]
+    chi2: float
+    ndf: int
+
+    @property
+    def chi2_ndf(self) -> float:
+        return self.chi2 / max(self.ndf, 1)
+
+
+@dataclass(frozen=True)
+class HistogramCalibration:
+    """Piecewise-linear map log r-hat -> calibrated log r from histograms of the ensemble output.
+
+    In each bin of log r-hat the calibrated value is log(fraction of numerator weight /
+    fraction of reference weight); ``apply`` interpolates between bin centres.
+    """
+
+    bin_edges: tuple[float, ...]
+    centers: tuple[float, ...]
+    calibrated_log_ratio: tuple[float, ...]
+
+    def apply(self, log_r: np.ndarray) -> np.ndarray:
+        return np.interp(np.asarray(log_r, np.float64), self.centers, self.calibrated_log_ratio)
+
+
+@dataclass(frozen=True)
+class MemberLosses:
+    """Overtraining check of one member: a holdout loss well above the training loss is a warning."""
+
+    member: int
+    train_loss: float | None
+    holdout_loss: float
+    best_val_loss: float | None
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """All diagnostics of one ensemble on one pair of holdout samples."""
+
+    members: int
+    aggregate: str
+    n_numerator: int
+    n_reference: int
+    normalization: float
+    normalization_error: float
+    member_normalization: tuple[float, ...]
+    auc: float
+    member_auc: tuple[float, ...]
+    roc_fpr: tuple[float, ...]
+    roc_tpr: tuple[float, ...]
+    calibration: tuple[CalibrationCurve, ...]  # ensemble first, then members
+    closure: tuple[Closure, ...]
+    losses: tuple[MemberLosses, ...]
+    saturated_fraction: float
+    member_saturated_fraction: tuple[float, ...]
+    histogram_calibration: HistogramCalibration | None = None
+
+    @property
+    def max_closure_chi2_ndf(self) -> float:
+        return max((c.chi2_ndf for c in self.closure), default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _jsonable(self)
+        out["max_closure_chi2_ndf"] = _jsonable(self.max_closure_chi2_ndf)
+        for c, d in zip(self.closure, out["closure"]):
+            d["chi2_ndf"] = _jsonable(c.chi2_ndf)
+        return out
+
+
+# ---- pieces (pure NumPy, usable on their own) ----------------------------------------------
+
+def balanced_weights(w_num: np.ndarray, w_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both classes to the same total (half of all events), as in training."""
+    n = len(w_num) + len(w_ref)
+    return (np.asarray(w_num, np.float64) * (0.5 * n / np.sum(w_num)),
+            np.asarray(w_ref, np.float64) * (0.5 * n / np.sum(w_ref)))
+
+
+def weighted_bce(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray) -> float:
+    """The training loss definition evaluated on given logits (float64)."""
+    bn, br = balanced_weights(w_num, w_ref)
+    loss = np.sum(bn * np.logaddexp(0.0, -np.asarray(logit_num, np.float64)))
+    loss += np.sum(br * np.logaddexp(0.0, np.asarray(logit_ref, np.float64)))
+    return float(loss / (len(w_num) + len(w_ref)))
+
+
+def weighted_roc(score_num: np.ndarray, score_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray,
+                 points: int = 101) -> tuple[float, np.ndarray, np.ndarray]:
+    """(AUC, fpr, tpr) with event weights; ties between scores are grouped."""
+    s = np.concatenate([score_num, score_ref]).astype(np.float64)
+    y = np.concatenate([np.ones(len(score_num)), np.zeros(len(score_ref))])
+    w = np.concatenate([w_num, w_ref]).astype(np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, y, w = s[order], y[order], w[order]
+    tp = np.cumsum(w * y)
+    fp = np.cumsum(w * (1 - y))
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # end of each tie group
+    tpr = np.r_[0.0, tp[last] / tp[-1]]
+    fpr = np.r_[0.0, fp[last] / fp[-1]]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    grid = np.linspace(0, 1, points)
+    return auc, grid, np.interp(grid, fpr, tpr)
+
+
+def calibration_curve(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray,
+                      bins: int = 20, member: int | None = None) -> CalibrationCurve:
+    """Weighted reliability curve: per bin of s, weighted mean s and weighted numerator fraction."""
+    bn, br = balanced_weights(w_num, w_ref)
+    s = 1.0 / (1.0 + np.exp(-np.concatenate([logit_num, logit_ref]).astype(np.float64)))
+    y = np.concatenate([np.ones(len(logit_num)), np.zeros(len(logit_ref))])
+    w = np.concatenate([bn, br])
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(s, edges) - 1, 0, bins - 1)
+    sw = np.bincount(idx, w, bins)
+    sw2 = np.bincount(idx, w * w, bins)
+    mean_s = np.bincount(idx, w * s, bins) / np.where(sw > 0, sw, 1)
+    frac = np.bincount(idx, w * y, bins) / np.where(sw > 0, sw, 1)
+    n_eff = np.where(sw2 > 0, sw * sw / np.where(sw2 > 0, sw2, 1), 0)
+    err = np.sqrt(np.clip(frac * (1 - frac), 1e-12, None) / np.where(n_eff > 0, n_eff, 1))
+    has = sw > 0
+    dev = np.abs(frac - mean_s) / err
+    mean_s[~has], frac[~has], err[~has] = np.nan, np.nan, np.nan
+    return CalibrationCurve(member, tuple(edges), tuple(mean_s), tuple(frac), tuple(err), tuple(sw),
+                            float(np.max(dev[has])) if has.any() else float("nan"))
+
+
+def _weighted_quantile_edges(x: np.ndarray, w: np.ndarray, bins: int) -> np.ndarray:
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    cw /= cw[-1]
+    inner = np.interp(np.linspace(0, 1, bins + 1)[1:-1], cw, x[order])
+    edges = np.unique(np.r_[x.min(), inner, x.max()])
+    return edges
+
+
+def closure(name: str, x_num: np.ndarray, w_num: np.ndarray, x_ref: np.ndarray, w_ref: np.ndarray,
+            ratio: np.ndarray, bins: int = 20) -> Closure:
+    """Reweighting closure of one observable with equal-target-weight bins."""
+    edges = _weighted_quantile_edges(np.asarray(x_num, np.float64), np.asarray(w_num, np.float64), bins)
+    lo, hi = edges[0], edges[-1]
+    x_ref = np.clip(x_ref, lo, hi)  # overflow into the edge bins
+
+    def hist(x, w):
+        h, _ = np.histogram(x, edges, weights=w)
+        h2, _ = np.histogram(x, edges, weights=w * w)
+        return h / np.sum(w), np.sqrt(h2) / np.sum(w)
+
+    t, te = hist(x_num, w_num)
+    wr = np.asarray(w_ref, np.float64) * np.asarray(ratio, np.float64)
+    r, re = hist(x_ref, wr)
+    ref, _ = hist(x_ref, np.asarray(w_ref, np.float64))
+    var = te**2 + re**2
+    ok = var > 0
+    chi2 = float(np.sum((t[ok] - r[ok]) ** 2 / var[ok]))
+    return Closure(name, tuple(edges), tuple(t), tuple(te), tuple(r), tuple(re), tuple(ref),
+                   chi2, int(ok.sum()) - 1)
+
+
+def histogram_calibration(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray,
+                          w_ref: np.ndarray, bins: int = 30) -> HistogramCalibration:
+    """Calibrate log r-hat by histogramming it for both classes (equal-population bins)."""
+    z = np.concatenate([logit_num, logit_ref]).astype(np.float64)
+    bn, br = balanced_weights(w_num, w_ref)
+    edges = _weighted_quantile_edges(z, np.concatenate([bn, br]), bins)
+    hn, _ = np.histogram(np.clip(logit_num, edges[0], edges[-1]), edges, weights=w_num)
+    hr, _ = np.histogram(np.clip(logit_ref, edges[0], edges[-1]), edges, weights=w_ref)
+    cn, _ = np.histogram(np.clip(logit_num, edges[0], edges[-1]), edges, weights=w_num * logit_num)
+    cr, _ = np.histogram(np.clip(logit_ref, edges[0], edges[-1]), edges, weights=w_ref * logit_ref)
+    hn, hr = hn / np.sum(w_num), hr / np.sum(w_ref)
+    ok = (hn > 0) & (hr > 0)
+    centers = ((cn / np.sum(w_num) + cr / np.sum(w_ref)) / np.where(hn + hr > 0, hn + hr, 1))[ok]
+    cal = np.log(hn[ok] / hr[ok])
+    order = np.argsort(centers)
+    return HistogramCalibration(tuple(edges), tuple(centers[order]), tuple(cal[order]))
+
+
+# ---- the whole set ----------------------------------------------------------------------------
+
+def diagnostics(ensemble: Ensemble, numerator_holdout: Any, reference_holdout: Any, *,
+                aggregate: str = "mean_ratio", bins: int = 20, closure_bins: int = 20,
+                train_numerator: Any = None, train_reference: Any = None,
+                max_member_curves: int = 32, saturation_logit: float = 13.8,
+                calibrate: bool = False, chunk_size: int = 65536) -> Diagnostics:
+    """Every diagnostic of ``ensemble`` on held-out numerator and reference samples.
+
+    ``train_numerator``/``train_reference``: pass the training samples to get per-member
+    training losses for the overtraining check (otherwise only holdout and best validation
+    losses are reported). ``saturation_logit``: |log r| beyond which an output counts as
+    saturated (13.8 = scores within 1e-6 of 0 or 1). ``calibrate``: also fit a
+    ``HistogramCalibration``.
+    """
+    names = ensemble.feature_names
+    wn, wr = np.asarray(numerator_holdout.weights, np.float64), np.asarray(reference_holdout.weights, np.float64)
+    zn = ensemble.member_log_ratios(numerator_holdout, chunk_size=chunk_size).astype(np.float64)
+    zr = ensemble.member_log_ratios(reference_holdout, chunk_size=chunk_size).astype(np.float64)
+    en, _ = ensemble.log_ratio(numerator_holdout, chunk_size=chunk_size, aggregate=aggregate)
+    er, _ = ensemble.log_ratio(reference_holdout, chunk_size=chunk_size, aggregate=aggregate)
+    m = ensemble.members
+
+    r_ref = np.exp(er)
+    total = np.sum(wr)
+    norm = float(np.sum(wr * r_ref) / total)
+    norm_err = float(np.sqrt(np.sum(wr**2 * (r_ref - norm) ** 2)) / total)
+    member_norm = tuple(float(np.sum(wr * np.exp(zr[k])) / total) for k in range(m))
+
+    auc, fpr, tpr = weighted_roc(en, er, wn, wr)
+    member_auc = tuple(weighted_roc(zn[k], zr[k], wn, wr, points=2)[0] for k in range(m))
+
+    curves = [calibration_curve(en, er, wn, wr, bins)]
+    curves += [calibration_curve(zn[k], zr[k], wn, wr, bins, member=k) for k in range(min(m, max_member_curves))]
+
+    closures = tuple(closure(name, numerator_holdout.features[:, j], wn, reference_holdout.features[:, j], wr,
+                             r_ref, closure_bins) for j, name in enumerate(names))
+
+    train_losses: list[float | None] = [None] * m
+    if train_numerator is not None and train_reference is not None:
+        tn = ensemble.member_log_ratios(train_numerator, chunk_size=chunk_size)
+        tr = ensemble.member_log_ratios(train_reference, chunk_size=chunk_size)
+        train_losses = [weighted_bce(tn[k], tr[k], train_numerator.weights, train_reference.weights)
+                        for k in range(m)]
+    best_val = {rec["member"]: rec["best_val_loss"]
+                for rec in ensemble.metadata.get("training", {}).get("members", [])}
+    losses = tuple(MemberLosses(k, train_losses[k], weighted_bce(zn[k], zr[k], wn, wr), best_val.get(k))
+                   for k in range(m))
+
+    all_z = np.concatenate([zn, zr], axis=1)
+    member_sat = tuple(float(np.mean(np.abs(all_z[k]) > saturation_logit)) for k in range(m))
+    sat = float(np.mean(np.abs(np.concatenate([en, er])) > saturation_logit))
+
+    return Diagnostics(
+        members=m, aggregate=aggregate, n_numerator=len(wn), n_reference=len(wr),
+        normalization=norm, normalization_error=norm_err, member_normalization=member_norm,
+        auc=auc, member_auc=member_auc, roc_fpr=tuple(fpr), roc_tpr=tuple(tpr),
+        calibration=tuple(curves), closure=closures, losses=losses,
+        saturated_fraction=sat, member_saturated_fraction=member_sat,
+        histogram_calibration=histogram_calibration(en, er, wn, wr) if calibrate else None,
+    )

@@ -1,0 +1,144 @@
+"""Turn two ``Sample``s into the arrays training needs.
+
+Stratified seeded train/validation split, feature standardisation fitted on the training
+events, and class-balanced weights: each class's weights are rescaled to the same total
+(half the events of the split), so the Bayes-optimal classifier logit is log p_num/p_den
+whatever the samples' absolute yields are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class RatioDataError(ValueError):
+    """The samples given to training cannot be used (names differ, empty, bad weights)."""
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """x -> (x - mean) / scale, fitted on training features; plain lists in ``to_dict``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardizer":
+        mean = x.mean(axis=0, dtype=np.float64)
+        scale = x.std(axis=0, dtype=np.float64)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        return cls(mean.astype(np.float32), scale.astype(np.float32))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float32) - self.mean) / self.scale).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": [float(v) for v in self.mean], "scale": [float(v) for v in self.scale]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Standardizer":
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["scale"], np.float32))
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Standardised float32 arrays; labels 1 = numerator, 0 = denominator."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    w_train: np.ndarray  # class-balanced, mean 1 over the split
+    x_val: np.ndarray
+    y_val: np.ndarray
+    w_val: np.ndarray
+    scaler: Standardizer
+    names: tuple[str, ...]
+    split: dict[str, Any]
+    fingerprint: str
+
+
+def _balanced(w: np.ndarray, y: np.ndarray, where: str) -> np.ndarray:
+    out = np.empty_like(w, dtype=np.float64)
+    n = len(w)
+    for label, name in ((1, "numerator"), (0, "denominator")):
+        mask = y == label
+        total = float(w[mask].sum())
+        if not total > 0:
+            raise RatioDataError(
+                f"{where}: {name} weights sum to {total:g} over {int(mask.sum())} events; "
+                "need a positive total to balance the classes"
+            )
+        out[mask] = w[mask] * (0.5 * n / total)
+    return out.astype(np.float32)
+
+
+def _split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    n_val = int(round(n * val_fraction))
+    n_val = min(max(n_val, 1), n - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """Short content hash, so a resume can refuse a checkpoint made on other data."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int) -> PreparedData:
+    """Split, standardise and balance. Raises ``RatioDataError`` naming the offending sample."""
+    for s, role in ((numerator, "numerator"), (denominator, "denominator")):
+        if len(s.features) < 2:
+            raise RatioDataError(f"{role} sample {s.source}: needs at least 2 events, got {len(s.features)}")
+    if tuple(numerator.names) != tuple(denominator.names):
+        raise RatioDataError(
+            f"feature names differ: numerator {numerator.source} has {list(numerator.names)}, "
+            f"denominator {denominator.source} has {list(denominator.names)}"
+        )
+    for s, role in ((numerator, "numerator"), (denominator, "denominator")):
+        if not np.all(np.isfinite(s.features)):
+            bad = int((~np.isfinite(s.features)).any(axis=1).sum())
+            raise RatioDataError(f"{role} sample {s.source}: {bad} events have non-finite features")
+        if not np.all(np.isfinite(s.weights)):
+            raise RatioDataError(f"{role} sample {s.source}: non-finite weights")
+
+    fp = fingerprint(numerator.features, numerator.weights, denominator.features, denominator.weights)
+    rng = np.random.default_rng([seed, 0x5EED])
+    tr_n, va_n = _split_indices(len(numerator.features), val_fraction, rng)
+    tr_d, va_d = _split_indices(len(denominator.features), val_fraction, rng)
+
+    def stack(idx_n: np.ndarray, idx_d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.concatenate([numerator.features[idx_n], denominator.features[idx_d]]).astype(np.float32)
+        y = np.concatenate([np.ones(len(idx_n), np.float32), np.zeros(len(idx_d), np.float32)])
+        w = np.concatenate([numerator.weights[idx_n], denominator.weights[idx_d]]).astype(np.float64)
+        return x, y, w
+
+    x_tr, y_tr, w_tr = stack(tr_n, tr_d)
+    x_va, y_va, w_va = stack(va_n, va_d)
+    scaler = Standardizer.fit(x_tr)
+    split = {
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "numerator": {"source": str(numerator.source), "n_train": int(len(tr_n)), "n_val": int(len(va_n))},
+        "denominator": {"source": str(denominator.source), "n_train": int(len(tr_d)), "n_val": int(len(va_d))},
+        "data_fingerprint": fp,
+    }
+    return PreparedData(
+        x_train=scaler.transform(x_tr),
+        y_train=y_tr,
+        w_train=_balanced(w_tr, y_tr, "training split"),
+        x_val=scaler.transform(x_va),
+        y_val=y_va,
+        w_val=_balanced(w_va, y_va, "validation split"),
+        scaler=scaler,
+        names=tuple(numerator.names),
+        split=split,
+        fingerprint=fp,
+    )

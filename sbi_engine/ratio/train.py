@@ -1,0 +1,341 @@
+"""``train_ensemble``: the training loop around the compiled steps.
+
+Members train in packs (one pack = all members when the layout is "vmap"). Each pack runs
+intervals of ``eval_every`` steps as one compiled program, then evaluates the validation
+loss, keeps each member's best parameters, and checkpoints when due. A checkpoint holds the
+whole loop state (parameters, optimiser state, best copies, patience counters, RNG keys,
+finished packs and history), so a run killed and resumed ends with the same parameters as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .callbacks import TrainCallbacks
+from .checkpoint import Checkpointer
+from .config import TrainConfig
+from .ensemble import FORMAT, Ensemble
+from .model import build_model, init_stacked
+from .prepare import PreparedData, prepare
+from .steps import MemberState, make_interval, make_loss_sums, make_optimizer, update_best
+from .strategy import Layout, choose_layout
+
+CKPT_FORMAT = "nsbi-ratio-checkpoint/1"
+_EVAL_BUDGET = 256 << 20  # bytes of activations per validation chunk
+_HISTORY_COLUMNS = ("member", "step", "train_loss", "val_loss", "best_val_loss")
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint found was written by a run with another configuration or other data."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train_ensemble`` returns.
+
+    ``steps_run``: optimiser steps executed in total over all packs (including steps before a
+    resume); ``resumed_from``: checkpoint step resumed from, or None; ``stopped_early``: True
+    when ``callbacks.should_stop()`` interrupted training (a checkpoint was saved; call again
+    to resume); ``history``: metric records as given to ``on_metrics``.
+    """
+
+    ensemble: Ensemble
+    steps_run: int
+    resumed_from: int | None
+    stopped_early: bool
+    history: tuple[dict, ...]
+    layout: Layout
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return self.steps_run
+
+
+def member_key(seed: int, member: int) -> jax.Array:
+    """The root PRNG key of one member: depends on (seed, member index) only."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), member)
+
+
+def bootstrap_weights(seed: int, member: int, n: int) -> np.ndarray:
+    """Poisson(1) bootstrap multiplicities of one member, a function of (seed, member) only."""
+    return np.random.default_rng([seed, member, 0xB007]).poisson(1.0, n).astype(np.float32)
+
+
+class _Trainer:
+    def __init__(self, data: PreparedData, config: TrainConfig, layout: Layout) -> None:
+        self.data, self.config, self.layout = data, config, layout
+        self.model = build_model(config.hidden_layers, config.width, config.activation, config.dtype)
+        self.tx = make_optimizer(config)
+        self.n_features = data.x_train.shape[1]
+        self.donate = True  # reuse parameter and optimiser buffers in place (CPU and GPU)
+        self._intervals: dict[int, Any] = {}
+        self.loss_sums = make_loss_sums(self.model)
+        self.x = jnp.asarray(data.x_train)
+        self.y = jnp.asarray(data.y_train)
+        self._val_chunks = self._make_val_chunks()
+
+    def _make_val_chunks(self) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+        d = self.data
+        n = len(d.x_val)
+        per_event = 2 * 4 * self.config.width * max(1, self.layout.pack_size)
+        chunk = int(max(256, min(n, 32768, _EVAL_BUDGET // per_event)))
+        pad = (-n) % chunk
+        x = np.concatenate([d.x_val, np.zeros((pad, d.x_val.shape[1]), np.float32)])
+        y = np.concatenate([d.y_val, np.zeros(pad, np.float32)])
+        w = np.concatenate([d.w_val, np.zeros(pad, np.float32)])
+        return [(jnp.asarray(x[i:i + chunk]), jnp.asarray(y[i:i + chunk]), jnp.asarray(w[i:i + chunk]))
+                for i in range(0, len(x), chunk)]
+
+    def interval(self, n_steps: int):
+        if n_steps not in self._intervals:
+            self._intervals[n_steps] = make_interval(self.model, self.tx, self.config.batch_size, n_steps, self.donate)
+        return self._intervals[n_steps]
+
+    def pack_weights(self, members: range) -> jax.Array:
+        n = len(self.data.w_train)
+        if self.config.bootstrap:
+            w = np.stack([self.data.w_train * bootstrap_weights(self.config.seed, m, n) for m in members])
+        else:
+            w = np.broadcast_to(self.data.w_train, (len(members), n))
+        return jnp.asarray(w, jnp.float32)
+
+    def fresh_state(self, members: range) -> MemberState:
+        keys = jnp.stack([member_key(self.config.seed, m) for m in members])
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+        batch_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        params = init_stacked(self.model, init_keys, self.n_features)
+        opt_state = jax.vmap(self.tx.init)(params)
+        k = len(members)
+        return MemberState(
+            params=params,
+            opt_state=opt_state,
+            best_params=jax.tree.map(jnp.copy, params),
+            best_val=jnp.full((k,), jnp.inf, jnp.float32),
+            best_step=jnp.zeros((k,), jnp.int32),
+            bad_evals=jnp.zeros((k,), jnp.int32),
+            stopped=jnp.zeros((k,), bool),
+            batch_keys=batch_keys,
+        )
+
+    def val_loss(self, params: Any) -> jax.Array:
+        total = None
+        for x, y, w in self._val_chunks:
+            s = self.loss_sums(params, x, y, w)
+            total = s if total is None else total + s
+        return (total / len(self.data.x_val)).astype(jnp.float32)
+
+
+# ---- checkpoint payloads ------------------------------------------------------------------
+
+def _leaves_dict(tree: Any) -> dict[str, np.ndarray]:
+    leaves = jax.device_get(jax.tree.leaves(tree))
+    return {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def _restore_leaves(template: Any, stored: dict[str, np.ndarray], what: str) -> Any:
+    leaves, treedef = jax.tree.flatten(template)
+    if len(stored) != len(leaves):
+        raise CheckpointMismatch(f"checkpoint {what}: {len(stored)} arrays, this run expects {len(leaves)}")
+    out = []
+    for i, ref in enumerate(leaves):
+        arr = np.asarray(stored[str(i)])
+        if arr.shape != ref.shape:
+            raise CheckpointMismatch(f"checkpoint {what}[{i}]: shape {arr.shape}, expected {ref.shape}")
+        out.append(jnp.asarray(arr, dtype=ref.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def _history_array(history: list[dict]) -> np.ndarray:
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for rec in history:
+        rows.setdefault((rec["member"], rec["step"]), {})[rec["name"]] = rec["value"]
+    out = np.full((len(rows), len(_HISTORY_COLUMNS)), np.nan)
+    for i, ((member, step), vals) in enumerate(rows.items()):
+        out[i, 0], out[i, 1] = member, step
+        for j, name in enumerate(_HISTORY_COLUMNS[2:], start=2):
+            out[i, j] = vals.get(name, np.nan)
+    return out
+
+
+def _history_records(arr: np.ndarray, n_train: int, batch_size: int) -> list[dict]:
+    records = []
+    for row in np.asarray(arr).reshape(-1, len(_HISTORY_COLUMNS)):
+        member, step = int(row[0]), int(row[1])
+        for j, name in enumerate(_HISTORY_COLUMNS[2:], start=2):
+            if np.isfinite(row[j]):
+                records.append({"member": member, "step": step, "epoch": step * batch_size / n_train,
+                                "name": name, "value": float(row[j])})
+    return records
+
+
+def _encode(config: TrainConfig, fp: str, pack: int, step: int, total: int, done: list[Any],
+            state: MemberState | None, history: list[dict], best: list[dict]) -> bytes:
+    payload: dict[str, Any] = {
+        "format": CKPT_FORMAT,
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+        "fingerprint": fp,
+        "pack": pack,
+        "step": step,
+        "total": total,
+        "n_done": len(done),
+        "history": _history_array(history),
+        "best": json.dumps(best),
+    }
+    for i, params in enumerate(done):
+        payload[f"done_{i}"] = _leaves_dict(params)
+    if state is not None:
+        payload["state"] = _leaves_dict(state)
+    return flax.serialization.msgpack_serialize(payload)
+
+
+def _check_resumable(payload: dict, config: TrainConfig, fp: str) -> None:
+    if payload.get("format") != CKPT_FORMAT:
+        raise CheckpointMismatch(f"checkpoint format {payload.get('format')!r}, expected {CKPT_FORMAT!r}")
+    saved = json.loads(payload["config"])
+    if saved != config.to_dict():
+        diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+        raise CheckpointMismatch(f"checkpoint was written with a different TrainConfig (differs in {diff})")
+    if payload["fingerprint"] != fp:
+        raise CheckpointMismatch(f"checkpoint was written for other data (fingerprint {payload['fingerprint']} "
+                                 f"!= {fp}); refusing to resume")
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None = None, *,
+                   checkpointer: Checkpointer | None = None, callbacks: TrainCallbacks | None = None,
+                   progress: bool = False) -> TrainResult:
+    """Train ``config.members`` classifiers of numerator (label 1) against denominator (label 0).
+
+    Resumes automatically from ``checkpointer.load_latest()`` when one exists (the config and
+    data must match). Returns the ensemble of each member's best-validation parameters.
+    """
+    config = config or TrainConfig()
+    callbacks = callbacks or TrainCallbacks()
+    t0 = time.perf_counter()
+    data = prepare(numerator, denominator, config.val_fraction, config.seed)
+    n_train = len(data.x_train)
+    layout = choose_layout(config, data.x_train.shape[1], n_train)
+    packs = layout.packs(config.members)
+    trainer = _Trainer(data, config, layout)
+
+    pack_i, step, total, done, state, history, best = 0, 0, 0, [], None, [], []
+    resumed_from = None
+    latest = checkpointer.load_latest() if checkpointer is not None else None
+    if latest is not None:
+        resumed_from, raw = latest
+        payload = flax.serialization.msgpack_restore(raw)
+        _check_resumable(payload, config, data.fingerprint)
+        pack_i, step, total = int(payload["pack"]), int(payload["step"]), int(payload["total"])
+        history = _history_records(payload["history"], n_train, config.batch_size)
+        best = json.loads(payload["best"])
+        for i in range(int(payload["n_done"])):
+            template = trainer.fresh_state(packs[i]).params
+            done.append(_restore_leaves(template, payload[f"done_{i}"], f"done_{i}"))
+        if "state" in payload and pack_i < len(packs):
+            state = _restore_leaves(trainer.fresh_state(packs[pack_i]), payload["state"], "state")
+
+    last_ckpt = total
+    stopped_early = False
+
+    def save(pack: int, step_: int, st: MemberState | None) -> None:
+        nonlocal last_ckpt
+        if checkpointer is not None:
+            checkpointer.save(total, _encode(config, data.fingerprint, pack, step_, total, done, st, history, best))
+        last_ckpt = total
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(packs) * config.max_steps, desc=f"train {config.members}x"
+                   f"{config.hidden_layers}x{config.width}", unit="step")
+        bar.update(pack_i * config.max_steps + step)
+
+    patience = jnp.asarray(config.patience, jnp.int32)
+    while pack_i < len(packs) and not stopped_early:
+        members = packs[pack_i]
+        if state is None:
+            state, step = trainer.fresh_state(members), 0
+        weights = trainer.pack_weights(members)
+        while step < config.max_steps and not bool(jnp.all(state.stopped)):
+            n = min(config.eval_every, config.max_steps - step)
+            params, opt_state, train_loss = trainer.interval(n)(
+                state.params, state.opt_state, jnp.asarray(step, jnp.int32), ~state.stopped,
+                state.batch_keys, trainer.x, trainer.y, weights)
+            state = state._replace(params=params, opt_state=opt_state)
+            step += n
+            total += n
+            val = trainer.val_loss(state.params)
+            was_stopped = np.asarray(state.stopped)
+            state = update_best(state, val, jnp.asarray(step, jnp.int32), patience)
+            tl, vl, bv = (np.asarray(a, np.float64) for a in (train_loss, val, state.best_val))
+            records = []
+            for j, m in enumerate(members):
+                if was_stopped[j]:
+                    continue
+                for name, value in (("train_loss", tl[j]), ("val_loss", vl[j]), ("best_val_loss", bv[j])):
+                    records.append({"member": m, "step": step, "epoch": step * config.batch_size / n_train,
+                                    "name": name, "value": float(value)})
+            history.extend(records)
+            callbacks.on_metrics(step, records)
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(pack=f"{pack_i + 1}/{len(packs)}", val=f"{float(np.mean(vl)):.4f}")
+            if callbacks.should_stop():
+                stopped_early = True
+                save(pack_i, step, state)
+                break
+            if total - last_ckpt >= config.checkpoint_every:
+                save(pack_i, step, state)
+        if stopped_early:
+            break
+        done.append(state.best_params)
+        best.extend({"member": m, "best_step": int(s), "best_val_loss": float(v)}
+                    for m, s, v in zip(members, np.asarray(state.best_step), np.asarray(state.best_val)))
+        if bar is not None:
+            bar.update(config.max_steps - step)
+        pack_i, state, step = pack_i + 1, None, 0
+        save(pack_i, 0, None)
+    if bar is not None:
+        bar.close()
+
+    if stopped_early:
+        # Not finished: hand back what exists (finished packs plus the current pack's best so far).
+        partial = done + ([state.best_params] if state is not None else [])
+        params = jax.tree.map(lambda *a: jnp.concatenate(a), *partial)
+    else:
+        params = jax.tree.map(lambda *a: jnp.concatenate(a), *done)
+    n_members = int(jax.tree.leaves(params)[0].shape[0])
+    ensemble = Ensemble(jax.device_get(params),
+                        _metadata(config, data, layout, total, best, stopped_early, n_members))
+    return TrainResult(ensemble, total, resumed_from, stopped_early, tuple(history), layout,
+                       time.perf_counter() - t0)
+
+
+def _metadata(config: TrainConfig, data: PreparedData, layout: Layout, total: int, best: list[dict],
+              partial: bool, n_members: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "model": {"kind": "mlp", "hidden_layers": config.hidden_layers, "width": config.width,
+                  "activation": config.activation, "dtype": config.dtype,
+                  "n_features": int(data.x_train.shape[1]), "output": "logit = log r"},
+        "feature_names": list(data.names),
+        "scaler": data.scaler.to_dict(),
+        "config": config.to_dict(),
+        "split": data.split,
+        "members": n_members,
+        "member_seeds": [[config.seed, m] for m in range(n_members)],
+        "layout": {"strategy": layout.strategy, "pack_size": layout.pack_size, "reason": layout.reason},
+        "training": {"steps_run": total, "complete": not partial, "members": best},
+    }

@@ -1,0 +1,188 @@
+"""AppTest tests for every page, against a seeded SQLite database (see seed.py)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, page
+
+TIMEOUT = 60
+
+
+def run_page(name: str) -> AppTest:
+    at = AppTest.from_file(page(name), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric_values(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_campaigns_page_lists_seeded_campaign(seeded):
+    at = run_page("campaigns")
+    table = at.dataframe[0].value
+    assert table["name"].tolist() == ["seeded"]
+    assert table["n_succeeded"].iloc[0] == seeded.state_counts["SUCCEEDED"]
+    assert table["progress"].iloc[0] == pytest.approx(seeded.state_counts["SUCCEEDED"] / len(seeded.job_ids))
+
+
+def test_demo_button_creates_and_launches(empty_db):
+    from backend import service
+
+    at = run_page("campaigns")
+    assert at.info  # the empty state
+    at.button(key="demo-campaign").click().run()
+    assert not at.exception
+    (c,) = service.list_campaigns()
+    assert c.name.startswith("demo-") and c.status == "ACTIVE" and c.n_jobs > 0
+    assert at.dataframe[0].value["id"].tolist() == [c.id]
+
+
+def test_form_shows_errors_beside_fields_and_creates_nothing(empty_db):
+    from backend import service
+
+    at = run_page("campaigns")
+    at.text_input(key="f-name").set_value("")
+    at.text_area(key="f-grid").set_value("bogus = 1, 2")
+    at.selectbox(key="f-launcher").set_value("gce")
+    at.button(key="FormSubmitter:campaign-form-Create and launch").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("give the campaign a name" in e for e in errors)
+    assert any("unknown key 'bogus'" in e for e in errors)
+    assert any("zone" in e for e in errors)
+    assert service.list_campaigns() == []
+
+
+def test_form_estimate_matches_service_then_create_and_launch(empty_db):
+    from backend import service
+    from dashboard import forms
+
+    at = run_page("campaigns")
+    at.text_input(key="f-name").set_value("form-made")
+    at.number_input(key="f-ensemble").set_value(6)
+    at.number_input(key="f-budget").set_value(25.0)
+    at.button(key="FormSubmitter:campaign-form-Estimate").click().run()
+    assert not at.exception
+    values = forms.default_values() | {"name": "form-made", "ensemble_size": 6, "budget": 25.0}
+    expected = service.estimate_campaign(forms.build_config(values).config)
+    shown = metric_values(at)
+    assert shown["Estimated GPU-hours"] == f"{expected.gpu_hours:.2f}"
+    assert shown["Jobs"] == str(len(expected.per_job))
+    assert service.list_campaigns() == []  # estimating creates nothing
+    at.button(key="FormSubmitter:campaign-form-Create and launch").click().run()
+    assert not at.exception
+    (c,) = service.list_campaigns()
+    assert (c.name, c.status, c.budget_usd, c.n_jobs) == ("form-made", "ACTIVE", 25.0, len(expected.per_job))
+
+
+def test_bulk_cancel_selected_campaign(seeded):
+    from backend import service
+
+    at = run_page("campaigns")
+    at.dataframe[0]  # the table exists
+    # selection state of st.dataframe is set through the widget's session state key
+    at.session_state["campaign-table"] = {"selection": {"rows": [0], "columns": []}}
+    at.run()
+    at.button(key="bulk-Cancel").click().run()
+    assert not at.exception
+    assert service.get_campaign(seeded.campaign_id).cancel_requested_at is not None
+
+
+def test_monitor_shows_states_jobs_and_curves(seeded):
+    at = run_page("monitor")
+    shown = metric_values(at)
+    assert shown["Running"] == str(seeded.state_counts["RUNNING"])
+    assert shown["Failed"] == str(seeded.state_counts["FAILED"])
+    jobs = at.dataframe[0].value
+    assert len(jobs) == len(seeded.job_ids)
+    assert set(jobs["state"]) == set(seeded.state_counts)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # loss curves and resources
+    at.multiselect(key="monitor-states").set_value(["FAILED"]).run()
+    assert set(at.dataframe[0].value["state"]) == {"FAILED"}
+
+
+def test_monitor_without_campaigns(empty_db):
+    at = run_page("monitor")
+    assert "No campaigns yet" in at.info[0].value
+
+
+def test_fit_page_shows_mu_pulls_impacts(seeded):
+    at = run_page("fit")
+    shown = metric_values(at)
+    assert shown["mû"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
+    assert shown["Nuisance parameters"] == "5"
+    assert len(at.tabs) == 6
+    assert len(at.get("plotly_chart")) == 5  # pulls, impacts, correlation, scan, toys
+
+
+def test_fit_page_nothing_yet(empty_db):
+    from backend import service
+    from backend.campaigns import DEMO_CONFIG
+
+    service.create_campaign(DEMO_CONFIG)
+    at = run_page("fit")
+    assert any("Nothing yet" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_diagnostics_page_nothing_yet(seeded):
+    at = run_page("diagnostics")
+    assert any("Nothing yet" in i.value for i in at.info)
+
+
+def test_costs_page_totals_match_seed(seeded):
+    at = run_page("costs")
+    shown = metric_values(at)
+    assert shown["Total cost (USD)"] == f"{seeded.cost:,.2f}"
+    assert shown["GPU-hours"] == f"{seeded.gpu_hours:,.1f}"
+    assert len(at.get("plotly_chart")) >= 2
+    assert at.get("download_button")
+
+
+def test_costs_page_empty(empty_db):
+    at = run_page("costs")
+    assert any("No usage yet" in i.value for i in at.info)
+
+
+def test_app_open_on_loopback(seeded):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Campaigns"
+
+
+@pytest.fixture
+def public_address():
+    from streamlit import config
+
+    old = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    yield
+    config.set_option("server.address", old)
+
+
+def test_app_locked_without_password_on_public_address(seeded, public_address, monkeypatch):
+    monkeypatch.delenv("NSBI_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert "no login is configured" in at.error[0].value
+    assert not at.title or at.title[0].value != "Campaigns"
+
+
+def test_app_password_login_on_public_address(seeded, public_address, monkeypatch):
+    monkeypatch.setenv("NSBI_DASHBOARD_PASSWORD", "s3cret")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.dataframe  # nothing shown before login
+    at.text_input(key="_nsbi_password").set_value("wrong")
+    at.button(key="FormSubmitter:login-Log in").click().run()
+    assert at.error[0].value == "Wrong password."
+    at.text_input(key="_nsbi_password").set_value("s3cret")
+    at.button(key="FormSubmitter:login-Log in").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Campaigns"
