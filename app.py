@@ -6,10 +6,12 @@ dashboard/pages/ that calls one named function.
 
 import streamlit as st
 
+from dashboard import warmup
 from dashboard.auth import guard
 
 st.set_page_config(page_title="nsbi-workbench", page_icon=":material/insights:", layout="wide")
 guard()
+warmup.start()  # builds one figure of each kind in the background (plotly's lazy imports)
 
 PAGES = [
     st.Page("dashboard/pages/campaigns.py", title="Campaigns", icon=":material/rocket_launch:", default=True),

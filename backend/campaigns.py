@@ -39,7 +39,7 @@ LAUNCHERS: tuple[str, ...] = ("local", "gce")
 TRAIN_KEYS: tuple[str, ...] = (
     "hidden_layers", "width", "activation", "members", "optimizer", "learning_rate", "schedule",
     "warmup_steps", "weight_decay", "batch_size", "max_steps", "eval_every", "patience",
-    "val_fraction", "seed", "bootstrap", "strategy", "pack_size", "checkpoint_every", "dtype",
+    "val_fraction", "seed", "bootstrap", "strategy", "pack_size", "checkpoint_every", "dtype", "periodic_features",
 )
 _SETTABLE_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in ("members", "seed"))
 
@@ -258,8 +258,9 @@ def _check_sample_spec(spec: Any, where: str) -> list[str]:
         if set(spec) != {"demo"}:
             return [f"{where}: a demo sample spec has only the key 'demo'; got {sorted(spec)}"]
         if not isinstance(demo, Mapping):
-            return [f"{where}.demo: expected a table with process, n, seed"]
-        errs = [f"{where}.demo: missing required key {k!r}" for k in ("process", "n", "seed") if k not in demo]
+            return [f"{where}.demo: expected a table with process, n, seed (or mu, seed for data)"]
+        required = ("mu", "seed") if "mu" in demo else ("process", "n", "seed")
+        errs = [f"{where}.demo: missing required key {k!r}" for k in required if k not in demo]
         if "n" in demo and not (isinstance(demo["n"], int) and demo["n"] > 0):
             errs.append(f"{where}.demo.n: expected a positive integer, got {demo['n']!r}")
         return errs
@@ -301,6 +302,11 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
 
 def _region(backend: Mapping[str, Any], default: str) -> str:
     return backend.get("region") or region_of_zone((backend.get("zones") or [None])[0]) or default
+
+
+def config_region(data: Mapping[str, Any]) -> str:
+    """The pricing region of a stored (already validated) config, without re-validating it."""
+    return _region(data.get("backend", {}), load_catalogue().default_region)
 
 
 def _stage_resources(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -518,6 +524,7 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
         "reference": d["reference"],
         "tasks": {t.name: {"kind": t.kind, "process": t.process, "systematic": t.systematic,
                            "direction": t.direction} for t in tasks},
+        "systematics": d["systematics"],
         "nuisances": nuisance_names(cfg),
         "data": fit["data"],
         "mu_true": fit["mu_true"],

@@ -26,7 +26,9 @@ The dashboard and the CLI only write intents (campaign status, ``desired_state``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -34,8 +36,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -69,6 +73,8 @@ class ControllerConfig:
     startup_timeout_s: float = 900.0     # launched but no first heartbeat yet (VM boot, JAX import)
     max_launches_per_tick: int = 32
     max_preemptions: int = 20            # PREEMPTED -> PENDING recoveries before giving up
+    max_active_jobs: int | None = None   # quota: LAUNCHING + RUNNING jobs over all campaigns
+    gpu_quota: int | None = None         # quota: GPUs of LAUNCHING + RUNNING jobs over all campaigns
 
 
 @dataclass
@@ -101,6 +107,12 @@ def campaign_key(campaign: Campaign) -> str:
     return f"{_slug(campaign.name)}-{campaign.id}-{tag}"
 
 
+def job_key(job: Job) -> str:
+    """Folder/instance name of a job within its campaign: the readable name plus the id, so
+    names that differ only in case or punctuation never share a folder or an instance."""
+    return f"{_slug(job.name, 60)}-{job.id}"
+
+
 def _aware(t: datetime | None) -> datetime | None:
     if t is None:
         return None
@@ -118,7 +130,7 @@ class Controller:
         config: ControllerConfig | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        budget_check: Callable[[Session, Campaign, Job], str | None] | None = None,
+        budget_check: Callable[[Session, Campaign, Job, float], str | None] | None = None,
     ) -> None:
         self.engine = engine
         self.store = open_store(store) if isinstance(store, str) else store
@@ -151,7 +163,7 @@ class Controller:
         spec = job.spec or {}
         limit = spec.get("time_limit_s")
         return LaunchRequest(
-            campaign=campaign_key(campaign), job=job.name, attempt=attempt_no, job_uri=job.uri or "",
+            campaign=campaign_key(campaign), job=job_key(job), attempt=attempt_no, job_uri=job.uri or "",
             gpus=int(job.gpu_count or 0), time_limit_s=float(limit) if limit else None,
             labels={"campaign_id": str(campaign.id), "job_id": str(job.id)},
         )
@@ -357,13 +369,28 @@ class Controller:
 
     # step 5: launches ----------------------------------------------------------
     def _launch_ready(self, report: TickReport) -> None:
+        """Pick ready jobs within every limit, then create and launch their attempts.
+
+        Limits: the campaign's ``max_concurrency``; the launcher's free slots; the controller's
+        quotas (``max_active_jobs``, ``gpu_quota``); the campaign budget, counting the jobs
+        already picked in this pass so one pass cannot overshoot it.
+        """
+        cfg = self.config
         plan: list[tuple[int, str]] = []
         with Session(self.engine, expire_on_commit=False) as s:
             active = jobs_repo.active_counts(s)
+            n_active = sum(active.values())
+            gpus_busy = int(s.exec(select(sa.func.coalesce(sa.func.sum(Job.gpu_count), 0))
+                                   .where(Job.status.in_(ACTIVE))).one())
             slots: dict[str, int | None] = {}
+            planned_usd: dict[int, float] = {}
             for job in jobs_repo.ready_jobs(s):
-                if len(plan) >= self.config.max_launches_per_tick:
+                if len(plan) >= cfg.max_launches_per_tick:
                     break
+                if cfg.max_active_jobs is not None and n_active >= cfg.max_active_jobs:
+                    break
+                if cfg.gpu_quota is not None and gpus_busy + job.gpu_count > cfg.gpu_quota:
+                    continue
                 campaign = s.get(Campaign, job.campaign_id)
                 if active.get(campaign.id, 0) >= max(1, int(campaign.max_concurrency or 1)):
                     continue
@@ -372,7 +399,8 @@ class Controller:
                     slots[lname] = self.launcher(lname).free_slots()
                 if slots[lname] is not None and slots[lname] <= 0:
                     continue
-                why_not = self.budget_check(s, campaign, job)
+                cost = job_price_per_hour(job) * float(job.est_hours or 0.0)
+                why_not = self.budget_check(s, campaign, job, planned_usd.get(campaign.id, 0.0) + cost)
                 if why_not:
                     if job.status_reason != why_not:
                         job.status_reason = why_not
@@ -380,7 +408,10 @@ class Controller:
                         s.commit()
                     continue
                 plan.append((job.id, lname))
+                planned_usd[campaign.id] = planned_usd.get(campaign.id, 0.0) + cost
                 active[campaign.id] = active.get(campaign.id, 0) + 1
+                n_active += 1
+                gpus_busy += job.gpu_count
                 if slots[lname] is not None:
                     slots[lname] -= 1
         for job_id, lname in plan:
@@ -396,7 +427,7 @@ class Controller:
             if JobStatus(job.status) != JobStatus.PENDING:
                 return None
             if not job.uri:
-                job.uri = join_uri(self.store.uri, layout.job_prefix(campaign_key(campaign), _slug(job.name, 60)))
+                job.uri = join_uri(self.store.uri, layout.job_prefix(campaign_key(campaign), job_key(job)))
             put_json(self.job_store(job), layout.SPEC, self._spec_with_inputs(s, campaign, job))
             attempt = jobs_repo.begin_attempt(s, job, launcher=lname, price_per_hour=job_price_per_hour(job),
                                               now=self.clock())
@@ -431,10 +462,12 @@ class Controller:
 
     # ------------------------------------------------------------------ loop
     def run_forever(self, stop: threading.Event | None = None, *, max_ticks: int | None = None,
-                    until_idle: bool = False) -> int:
+                    until_idle: bool = False, status_path: Path | None = None) -> int:
         """Tick every ``tick_interval_s`` until ``stop`` is set (SIGTERM/SIGINT set it too).
 
         ``until_idle`` returns once no campaign is ACTIVE or CANCELLING (handy for scripts).
+        ``status_path`` gets a small JSON after every pass ({"pid", "ticks", "time", ...}) so
+        the dashboard, ``nsbi up`` and tests can tell that a controller is alive.
         Returns the number of ticks run.
         """
         stop = stop or threading.Event()
@@ -444,10 +477,18 @@ class Controller:
         ticks = 0
         while not stop.is_set():
             t0 = time.monotonic()
-            report = self.tick()
+            try:
+                report = self.tick()
+            except StoreError:
+                raise  # the store root is gone: stop with a clear error rather than spin
+            except Exception:  # noqa: BLE001 - one bad pass (DB locked, a launcher hiccup) must not end the loop
+                log.exception("controller: pass %d failed; retrying after the interval", ticks + 1)
+                report = TickReport(errors=["pass failed; see the log"])
             ticks += 1
             if report.busy() or report.errors:
                 log.info("tick %d: %s", ticks, report)
+            if status_path is not None:
+                _write_status(status_path, ticks, report)
             if max_ticks is not None and ticks >= max_ticks:
                 break
             if until_idle and not self.has_work():
@@ -459,6 +500,14 @@ class Controller:
         with Session(self.engine) as s:
             return s.exec(select(Campaign.id).where(Campaign.status.in_(
                 [CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]))).first() is not None
+
+
+def _write_status(path: Path, ticks: int, report: TickReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "ticks": ticks, "time": time.time(),
+                               "errors": report.errors[-5:]}))
+    os.replace(tmp, path)
 
 
 def job_price_per_hour(job: Job) -> float:
@@ -473,13 +522,15 @@ def job_price_per_hour(job: Job) -> float:
         return 0.0
 
 
-def default_budget_check(session: Session, campaign: Campaign, job: Job) -> str | None:
-    """None when launching ``job`` keeps the campaign within its budget, else the reason why not
-    (the decision itself is the data side's ``service.budget_allows_launch``)."""
+def default_budget_check(session: Session, campaign: Campaign, job: Job, next_usd: float) -> str | None:
+    """None when launching ``job`` keeps the campaign within its budget, else the reason why not.
+
+    ``next_usd`` is the estimated cost of this job plus the jobs already picked in this pass;
+    the decision itself is the data side's ``service.budget_allows_launch``.
+    """
     if campaign.budget_usd is None:
         return None
     from backend.service import budget_allows_launch
 
-    decision = budget_allows_launch(campaign.id, job_price_per_hour(job) * float(job.est_hours or 0.0),
-                                    session=session)
+    decision = budget_allows_launch(campaign.id, next_usd, session=session)
     return None if decision.allowed else decision.reason

@@ -41,6 +41,8 @@ from backend.db.models import (
 from backend.states import CampaignStatus, DesiredState, JobStatus, transition, utcnow
 
 _OPEN = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+# Listing thousands of candidate jobs should not decode their JSON; it loads on first access.
+_DEFER_JSON = tuple(sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "np_subset", "seeds", "zones"))
 
 
 # --------------------------------------------------------------------------- reading
@@ -48,7 +50,11 @@ _OPEN = (JobStatus.LAUNCHING, JobStatus.RUNNING)
 
 def ready_jobs(session: Session, *, campaign_id: int | None = None, limit: int | None = None) -> list[Job]:
     """PENDING jobs the controller may launch now: launch requested (desired RUN), campaign
-    ACTIVE, no cancel requested, and every dependency SUCCEEDED. Highest priority first."""
+    ACTIVE, no cancel requested, and every dependency SUCCEEDED. Highest priority first.
+
+    The JSON columns (spec, members, ...) are deferred: they load when first touched, so
+    listing thousands of ready jobs to launch a few stays cheap. Pass `limit` when you can.
+    """
     dep = sa.orm.aliased(Job)
     unmet = (
         sa.select(JobDependency.job_id)
@@ -57,6 +63,7 @@ def ready_jobs(session: Session, *, campaign_id: int | None = None, limit: int |
     )
     q = (
         select(Job)
+        .options(*_DEFER_JSON)
         .join(Campaign, Campaign.id == Job.campaign_id)
         .where(
             Job.status == JobStatus.PENDING,
@@ -351,9 +358,22 @@ def _insert_ignore(session: Session, table: sa.Table, index_elements: Sequence[s
     raise NotImplementedError(f"idempotent ingest is implemented for sqlite and postgresql, not {dialect}")
 
 
+def _insert_count(session: Session, stmt, rows: Sequence[Mapping[str, Any]], table: sa.Table) -> int:
+    """Run an INSERT ... ON CONFLICT DO NOTHING over `rows`; return how many were inserted.
+
+    SQLite's executemany reports the summed rowcount; psycopg's batched executemany does not,
+    so on PostgreSQL the inserted rows are counted through RETURNING.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        first_pk = next(iter(table.primary_key.columns))
+        return len(conn.execute(stmt.returning(first_pk), list(rows)).all())
+    return max(int(conn.execute(stmt, list(rows)).rowcount), 0)
+
+
 _METRIC_KEY = ("job_id", "name", "member", "step", "attempt_no")
 _METRIC_COLS = ("job_id", "name", "member", "step", "attempt_no", "epoch", "value")
-_COPY_THRESHOLD = 5000
+_COPY_THRESHOLD = 500
 
 _PG_METRIC_TEMP = sa.text(
     "CREATE TEMP TABLE IF NOT EXISTS _metric_in "
@@ -407,8 +427,7 @@ def insert_metric_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> i
         conn.execute(_PG_METRIC_CLEAR)
         return int(n)
     stmt = _insert_ignore(session, MetricPoint.__table__, _METRIC_KEY)
-    result = session.connection().execute(stmt, list(rows))
-    return max(int(result.rowcount), 0)
+    return _insert_count(session, stmt, rows, MetricPoint.__table__)
 
 
 def ingest_metrics(
@@ -441,7 +460,7 @@ def ingest_resources(session: Session, job_id: int, attempt_no: int, samples: It
     if not rows:
         return 0
     stmt = _insert_ignore(session, ResourceSample.__table__, ("job_id", "attempt_no", "time"))
-    return max(int(session.connection().execute(stmt, rows).rowcount), 0)
+    return _insert_count(session, stmt, rows, ResourceSample.__table__)
 
 
 def record_artifact(
@@ -458,7 +477,7 @@ def record_artifact(
     stmt = _insert_ignore(session, Artifact.__table__, ("uri",))
     row = {"job_id": job_id, "attempt_no": attempt_no, "kind": kind, "uri": uri,
            "size_bytes": size_bytes, "checksum": checksum, "created_at": utcnow()}
-    return session.connection().execute(stmt, [row]).rowcount > 0
+    return _insert_count(session, stmt, [row], Artifact.__table__) > 0
 
 
 def record_fit_result(
@@ -469,7 +488,9 @@ def record_fit_result(
     mu_hat: float | None = None,
     sigma: float | None = None,
 ) -> FitResult:
-    """Store (or replace) the result of a fit-like job."""
+    """Store (or replace) the result summary of a job: fit-like jobs (fit, impacts, scan,
+    toys) for `service.fit_results`, and train jobs too (their summary's "diagnostics" feed
+    `service.campaign_diagnostics`). One row per job."""
     row = session.exec(select(FitResult).where(FitResult.job_id == job.id)).first()
     if row is None:
         row = FitResult(job_id=job.id, campaign_id=job.campaign_id, kind=job.kind)
@@ -488,3 +509,6 @@ def set_ingest_cursor(session: Session, attempt: Attempt, stream: str, seq: int)
         cur[stream] = int(seq)
         attempt.ingest_cursor = cur  # reassign: JSON columns do not track in-place changes
         session.add(attempt)
+
+
+record_job_result = record_fit_result  # the same row serves every job kind

@@ -8,6 +8,8 @@ callers can keep them after the session closes. Every function takes an optional
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import subprocess
 from collections import defaultdict
@@ -21,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from backend.campaigns import CampaignConfig, expand, validate_config
+from backend.campaigns import CampaignConfig, config_region, expand, validate_config
 from backend.costs import Estimate, JobEstimate, accrued_cost, hours_between, load_catalogue
 from backend.db.engine import session_scope
 from backend.db.models import (
@@ -37,10 +39,11 @@ from backend.db.models import (
 from backend.states import CampaignStatus, DesiredState, JobStatus, utcnow
 
 __all__ = [
-    "BudgetDecision", "CampaignDetail", "CampaignSummary", "JobRow", "NotFound",
-    "budget_allows_launch", "campaign_ids", "cost_summary", "create_campaign", "estimate_campaign",
-    "fit_results", "get_campaign", "get_job", "job_events", "list_campaigns", "list_jobs", "metric_names",
-    "metric_series", "request_cancel", "request_launch", "request_retry", "resource_series",
+    "FIT_KINDS", "BudgetDecision", "CampaignDetail", "CampaignSummary", "IntentError", "JobRow", "NotFound",
+    "budget_allows_launch", "campaign_diagnostics", "campaign_ids", "cost_summary", "create_campaign",
+    "estimate_campaign", "fit_results", "get_campaign", "get_job", "job_events", "list_campaigns", "list_jobs",
+    "metric_names", "metric_series", "request_cancel", "request_launch", "request_retry", "resource_series",
+    "start_fit",
 ]
 
 
@@ -164,13 +167,6 @@ def _campaign_or_raise(session: Session, campaign_id: int) -> Campaign:
     return c
 
 
-def _live_cost(a_launched: datetime | None, a_ended: datetime | None, price: float, stored: float,
-               now: datetime) -> float:
-    if a_launched is not None and a_ended is None:
-        return accrued_cost(price, a_launched, now)
-    return stored
-
-
 def _campaign_costs(session: Session, campaign_ids: Sequence[int] | None, now: datetime) -> dict[int, tuple[float, float]]:
     """campaign id -> (cost, gpu_hours): closed attempts summed in SQL, open ones accrued to now."""
     base = sa.select(Job.campaign_id, sa.func.sum(Attempt.cost_usd), sa.func.sum(Attempt.gpu_hours)).join(
@@ -266,6 +262,51 @@ def estimate_campaign(config: Mapping[str, Any] | CampaignConfig) -> Estimate:
 # --------------------------------------------------------------------------- create + intents
 
 
+def _job_row_values(camp_id: int, p: Any, backend: Mapping[str, Any], est_hours: float, desired: str,
+                    now: datetime) -> dict[str, Any]:
+    return {
+        "campaign_id": camp_id, "name": p.name, "kind": p.kind, "task": p.task,
+        "members": list(p.members), "np_subset": list(p.np_subset), "seeds": list(p.seeds),
+        "depends_on": [], "spec": p.spec, "uri": None, "status": JobStatus.PENDING.value,
+        "status_reason": "created", "desired_state": desired,
+        "cancel_requested": False, "retry_requested": False, "current_attempt": 0,
+        "retries": 0, "recoveries": 0, "max_retries": backend["retry_limit"],
+        "priority": p.priority, "launcher": backend["launcher"], "machine_type": p.machine_type,
+        "gpu_type": p.gpu_type, "gpu_count": p.gpu_count, "spot": p.spot,
+        "zones": list(backend["zones"]), "est_hours": est_hours,
+        "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
+        "last_heartbeat": None,
+    }
+
+
+def _insert_plans(session: Session, camp_id: int, plans: Sequence[Any], backend: Mapping[str, Any],
+                  est_hours: Mapping[str, float], desired: str, now: datetime) -> dict[str, int]:
+    """Bulk-insert job plans and their DAG edges; `depends_on` names may also name jobs that
+    already exist in the campaign. Returns name -> id for every job of the campaign."""
+    conn = session.connection()
+    if plans:
+        conn.execute(sa.insert(Job.__table__),
+                     [_job_row_values(camp_id, p, backend, est_hours[p.name], desired, now) for p in plans])
+    ids = dict(conn.execute(sa.select(Job.name, Job.id).where(Job.campaign_id == camp_id)).all())
+    edges = [{"job_id": ids[p.name], "depends_on_id": ids[d]} for p in plans for d in p.depends_on]
+    if edges:
+        conn.execute(sa.insert(JobDependency.__table__), edges)
+    updates = [
+        {"_id": ids[p.name], "_deps": [ids[d] for d in p.depends_on],
+         "_spec": {**p.spec, "job_id": ids[p.name], "depends_on": {d: ids[d] for d in p.depends_on}}}
+        for p in plans if p.depends_on
+    ]
+    if updates:
+        t = Job.__table__
+        conn.execute(
+            sa.update(t).where(t.c.id == sa.bindparam("_id"))
+            .values(depends_on=sa.bindparam("_deps", type_=t.c.depends_on.type),
+                    spec=sa.bindparam("_spec", type_=t.c.spec.type)),
+            updates,
+        )
+    return ids
+
+
 def create_campaign(
     config: Mapping[str, Any] | CampaignConfig, *, owner: str = "local", engine: Engine | None = None
 ) -> int:
@@ -275,7 +316,6 @@ def create_campaign(
     cfg = validate_config(config)
     plans = expand(cfg)
     estimate = estimate_campaign(cfg)
-    est_by_name = {j.name: j for j in estimate.per_job}
     now = utcnow()
     backend = cfg.backend
     with session_scope(engine) as session:
@@ -289,46 +329,102 @@ def create_campaign(
         )
         session.add(camp)
         session.flush()
-        conn = session.connection()
-        rows = [
-            {
-                "campaign_id": camp.id, "name": p.name, "kind": p.kind, "task": p.task,
-                "members": list(p.members), "np_subset": list(p.np_subset), "seeds": list(p.seeds),
-                "depends_on": [], "spec": p.spec, "uri": None, "status": JobStatus.PENDING.value,
-                "status_reason": "created", "desired_state": DesiredState.HOLD.value,
-                "cancel_requested": False, "retry_requested": False, "current_attempt": 0,
-                "retries": 0, "recoveries": 0, "max_retries": backend["retry_limit"],
-                "priority": p.priority, "launcher": backend["launcher"], "machine_type": p.machine_type,
-                "gpu_type": p.gpu_type, "gpu_count": p.gpu_count, "spot": p.spot,
-                "zones": list(backend["zones"]), "est_hours": est_by_name[p.name].hours,
-                "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
-                "last_heartbeat": None,
-            }
-            for p in plans
-        ]
-        if rows:
-            conn.execute(sa.insert(Job.__table__), rows)
-        ids = dict(conn.execute(sa.select(Job.name, Job.id).where(Job.campaign_id == camp.id)).all())
-        edges = [{"job_id": ids[p.name], "depends_on_id": ids[d]} for p in plans for d in p.depends_on]
-        if edges:
-            conn.execute(sa.insert(JobDependency.__table__), edges)
-        updates = [
-            {"_id": ids[p.name], "_deps": [ids[d] for d in p.depends_on],
-             "_spec": {**p.spec, "job_id": ids[p.name], "depends_on": {d: ids[d] for d in p.depends_on}}}
-            for p in plans if p.depends_on
-        ]
-        if updates:
-            conn.execute(
-                sa.update(Job.__table__)
-                .where(Job.__table__.c.id == sa.bindparam("_id"))
-                .values(depends_on=sa.bindparam("_deps", type_=Job.__table__.c.depends_on.type),
-                        spec=sa.bindparam("_spec", type_=Job.__table__.c.spec.type)),
-                updates,
-            )
+        _insert_plans(session, camp.id, plans, backend, {j.name: j.hours for j in estimate.per_job},
+                      DesiredState.HOLD.value, now)
         session.add(Event(campaign_id=camp.id, time=now, from_state=None, to_state=CampaignStatus.CREATED,
                           reason=f"created with {len(plans)} jobs", actor=owner,
                           detail={"config_hash": cfg.config_hash}))
         return camp.id
+
+
+FIT_KINDS = ("fit", "impacts", "scan", "toys")
+
+
+def start_fit(campaign_id: int, request: Mapping[str, Any], engine: Engine | None = None, *,
+              actor: str = "user") -> list[int]:
+    """Add a new fit run (a fit job plus optional impacts / scan / toys jobs) on the campaign's
+    trained ensembles; returns the new job ids.
+
+    request keys (all optional): steps (subset of fit, impacts, scan, toys; a fit is always
+    included because the others start from it), data ("asimov", "observed" or a sample spec),
+    mu_true, scan {"low", "high", "points"} or poi_values, points_per_job, toys (count),
+    toys_per_job, nps_per_job. The new fit waits for every training job; the new jobs launch
+    once the campaign is launched (a finished campaign is reopened as ACTIVE).
+    """
+    steps = set(request.get("steps") or FIT_KINDS) | {"fit"}
+    bad = sorted(steps - set(FIT_KINDS))
+    if bad:
+        raise ValueError(f"start_fit: steps: unknown {bad}; allowed: {', '.join(FIT_KINDS)}")
+    now = utcnow()
+    with session_scope(engine) as session:
+        c = _campaign_or_raise(session, campaign_id)
+        if c.status in (CampaignStatus.CANCELLING, CampaignStatus.CANCELLED):
+            raise IntentError(f"campaign {campaign_id} is {c.status}; a new fit needs a campaign that is not cancelled")
+        raw = json.loads(json.dumps(c.config))
+        mu_true = float(request.get("mu_true", raw["fit"].get("mu_true", 1.0)))
+        data = request.get("data", "asimov")
+        if data == "observed":
+            data = raw["fit"].get("data")
+            if not isinstance(data, Mapping):
+                if all("demo" in spec for spec in raw["processes"].values()):
+                    data = {"demo": {"mu": mu_true, "seed": 20_000 + len(FIT_KINDS) * campaign_id, "poisson": True}}
+                else:
+                    raise ValueError("start_fit: data 'observed': the campaign config has no observed sample "
+                                     "(set fit.data to a sample spec)")
+        raw["fit"].update(enabled=True, data=data, mu_true=mu_true)
+        raw["impacts"].update(enabled="impacts" in steps)
+        if "nps_per_job" in request:
+            raw["impacts"]["nps_per_job"] = int(request["nps_per_job"])
+        raw["scan"].update(enabled="scan" in steps)
+        scan = request.get("scan")
+        if isinstance(scan, Mapping):
+            n = max(int(scan.get("points", 11)), 2)
+            lo, hi = float(scan.get("low", 0.0)), float(scan.get("high", 2.0))
+            raw["scan"]["poi_values"] = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+        if "poi_values" in request:
+            raw["scan"]["poi_values"] = [float(v) for v in request["poi_values"]]
+        if "points_per_job" in request:
+            raw["scan"]["points_per_job"] = int(request["points_per_job"])
+        raw["toys"].update(enabled="toys" in steps)
+        if "toys" in request:
+            raw["toys"]["n_toys"] = int(request["toys"])
+        if "toys_per_job" in request:
+            raw["toys"]["toys_per_job"] = int(request["toys_per_job"])
+        cfg = validate_config(raw, source=f"start_fit on campaign {campaign_id}")
+        existing = dict(session.execute(sa.select(Job.name, Job.kind).where(Job.campaign_id == campaign_id)).all())
+        run = 1 + sum(1 for k in existing.values() if k == "fit")
+        train_names = tuple(n for n, k in existing.items() if k == "train")
+        if not train_names:
+            raise IntentError(f"campaign {campaign_id} has no training jobs to fit with")
+        suffix = f"-r{run}"
+        rename = {"fit": f"fit{suffix}"}
+        plans = []
+        for p in expand(cfg):
+            if p.kind == "train":
+                continue
+            name = rename.get(p.name) or p.name.replace(p.kind + "-", f"{p.kind}{suffix}-", 1)
+            rename[p.name] = name
+            deps = train_names if p.kind == "fit" else tuple(rename[d] for d in p.depends_on)
+            spec = {**p.spec, "name": name, "fit_job": rename["fit"], "run": run}
+            plans.append(dataclasses.replace(p, name=name, depends_on=deps, spec=spec))
+        catalogue = load_catalogue()
+        region = cfg.region
+        est = {p.name: p.est_hours for p in plans}
+        desired = DesiredState.RUN.value if c.launch_requested_at is not None else DesiredState.HOLD.value
+        ids = _insert_plans(session, campaign_id, plans, cfg.backend, est, desired, now)
+        added_cost = sum(p.est_hours * catalogue.price_per_hour(p.machine_type, p.gpu_type, p.gpu_count, p.spot, region)
+                         for p in plans)
+        c.estimate_cost_usd += added_cost
+        c.estimate_gpu_hours += sum(p.est_hours * p.gpu_count for p in plans)
+        detail = {"run": run, "jobs": [p.name for p in plans], "data": "asimov" if data == "asimov" else "sample"}
+        if c.status in (CampaignStatus.SUCCEEDED, CampaignStatus.FAILED) and desired == DesiredState.RUN.value:
+            _add_campaign_event(session, c, CampaignStatus.ACTIVE, f"fit run {run} added", actor, now, detail)
+            c.status = CampaignStatus.ACTIVE
+        else:
+            _add_campaign_event(session, c, c.status, f"fit run {run} added", actor, now, detail)
+        c.updated_at = now
+        session.add(c)
+        return [ids[p.name] for p in plans]
 
 
 def request_launch(campaign_id: int, engine: Engine | None = None, *, actor: str = "user") -> int:
@@ -442,6 +538,7 @@ def budget_allows_launch(
     session: Session | None = None,
     engine: Engine | None = None,
     now: datetime | None = None,
+    spent: float | None = None,
 ) -> BudgetDecision:
     """May the controller launch one more job of this campaign without exceeding its budget?
 
@@ -450,10 +547,11 @@ def budget_allows_launch(
     """
     if session is None:
         with session_scope(engine) as s:
-            return budget_allows_launch(campaign_id, next_job_cost, session=s, now=now)
+            return budget_allows_launch(campaign_id, next_job_cost, session=s, now=now, spent=spent)
     now = now or utcnow()
     c = _campaign_or_raise(session, campaign_id)
-    spent, _ = _campaign_costs(session, [campaign_id], now).get(campaign_id, (0.0, 0.0))
+    if spent is None:
+        spent, _ = _campaign_costs(session, [campaign_id], now).get(campaign_id, (0.0, 0.0))
     running = 0.0
     q = (sa.select(Job.est_hours, Attempt.launched_at, Attempt.price_per_hour)
          .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
@@ -462,7 +560,7 @@ def budget_allows_launch(
         running += max(est_h - hours_between(launched, now), 0.0) * price
     if next_job_cost is None:
         catalogue = load_catalogue()
-        region = validate_config(c.config).region
+        region = config_region(c.config)
         q = (sa.select(Job.machine_type, Job.gpu_type, Job.gpu_count, Job.spot, sa.func.max(Job.est_hours))
              .where(Job.campaign_id == campaign_id, Job.status == JobStatus.PENDING)
              .group_by(Job.machine_type, Job.gpu_type, Job.gpu_count, Job.spot))
@@ -482,15 +580,25 @@ def get_campaign(campaign_id: int, engine: Engine | None = None) -> CampaignDeta
     """One campaign in full: summary, config, counts per kind, budget decision, recent events."""
     with session_scope(engine) as session:
         c = _campaign_or_raise(session, campaign_id)
-        summary = _summaries(session, [c])[0]
+        now = utcnow()
         by_kind: dict[str, dict[str, int]] = defaultdict(dict)
+        counts = {s.value: 0 for s in JobStatus}
         q = sa.select(Job.kind, Job.status, sa.func.count()).where(Job.campaign_id == campaign_id).group_by(Job.kind, Job.status)
         for kind, status, n in session.execute(q):
             by_kind[kind][status] = n
+            counts[status] += n
+        n_jobs = sum(counts.values())
+        cost, gh = _campaign_costs(session, [campaign_id], now).get(campaign_id, (0.0, 0.0))
+        summary = CampaignSummary(
+            id=c.id, name=c.name, status=c.status, owner=c.owner, launcher=c.launcher, created_at=c.created_at,
+            n_jobs=n_jobs, counts=counts, progress=(counts[JobStatus.SUCCEEDED] / n_jobs) if n_jobs else 0.0,
+            cost_usd=cost, gpu_hours=gh, budget_usd=c.budget_usd, estimate_cost_usd=c.estimate_cost_usd,
+            estimate_gpu_hours=c.estimate_gpu_hours,
+        )
         events = [_event_dict(e) for e in session.exec(
             select(Event).where(Event.campaign_id == campaign_id, Event.job_id.is_(None))
             .order_by(Event.time.desc(), Event.id.desc()).limit(50))]
-        budget = budget_allows_launch(campaign_id, session=session)
+        budget = budget_allows_launch(campaign_id, session=session, now=now, spent=cost)
         return CampaignDetail(
             summary=summary, description=c.description, config=dict(c.config), config_hash=c.config_hash,
             code_version=c.code_version, max_concurrency=c.max_concurrency, retry_limit=c.retry_limit,
@@ -499,7 +607,14 @@ def get_campaign(campaign_id: int, engine: Engine | None = None) -> CampaignDeta
         )
 
 
-def _job_rows(session: Session, jobs: Sequence[Job]) -> list[JobRow]:
+_JOB_ROW_COLS = tuple(getattr(Job, c) for c in (
+    "id", "campaign_id", "name", "kind", "task", "status", "status_reason", "desired_state", "cancel_requested",
+    "retry_requested", "members", "np_subset", "seeds", "depends_on", "current_attempt", "retries", "recoveries",
+    "max_retries", "machine_type", "gpu_type", "gpu_count", "spot", "last_heartbeat", "created_at", "started_at",
+    "finished_at"))
+
+
+def _job_rows(session: Session, jobs: Sequence[Any]) -> list[JobRow]:
     """JobRows for `jobs`, with attempt counts and costs aggregated over their attempts."""
     now = utcnow()
     ids = [j.id for j in jobs]
@@ -552,14 +667,14 @@ def list_jobs(
         conds.append(Job.kind == kind)
     with session_scope(engine) as session:
         total = session.execute(sa.select(sa.func.count()).select_from(Job).where(*conds)).scalar_one()
-        jobs = list(session.exec(select(Job).where(*conds).order_by(Job.id).offset(offset).limit(limit)))
+        jobs = list(session.execute(sa.select(*_JOB_ROW_COLS).where(*conds).order_by(Job.id).offset(offset).limit(limit)))
         return _job_rows(session, jobs), int(total)
 
 
 def get_job(job_id: int, engine: Engine | None = None) -> JobRow:
     """One job as a `JobRow` (raises NotFound)."""
     with session_scope(engine) as session:
-        job = session.get(Job, job_id)
+        job = session.execute(sa.select(*_JOB_ROW_COLS).where(Job.id == job_id)).first()
         if job is None:
             raise NotFound(f"no job with id {job_id}")
         return _job_rows(session, [job])[0]
@@ -576,6 +691,52 @@ def metric_names(job_id: int | None = None, campaign_id: int | None = None, engi
         return sorted(session.execute(q).scalars())
 
 
+def _series_stats(session: Session, conds: list) -> list[tuple[int, str, int, int, int, int]]:
+    mp = MetricPoint.__table__.c
+    q = (sa.select(mp.job_id, mp.name, mp.member, sa.func.count(), sa.func.min(mp.step), sa.func.max(mp.step))
+         .where(*conds).group_by(mp.job_id, mp.name, mp.member))
+    return [tuple(r) for r in session.execute(q)]
+
+
+def _job_series(session: Session, job_id: int, names: list[str] | None) -> list[tuple[str, int]]:
+    """The (name, member) series of one job by index seeks (a loose index scan), so finding them
+    costs one short query per series instead of a scan over every point of the job."""
+    mp = MetricPoint.__table__.c
+    found: list[tuple[str, int]] = []
+    while True:
+        q = sa.select(mp.name, mp.member).where(mp.job_id == job_id)
+        if names is not None:
+            q = q.where(mp.name.in_(names))
+        if found:
+            name, member = found[-1]
+            # a row-value comparison is an index condition on both SQLite and PostgreSQL
+            q = q.where(sa.tuple_(mp.name, mp.member) > sa.tuple_(sa.literal(name), sa.literal(member)))
+        row = session.execute(q.order_by(mp.name, mp.member).limit(1)).first()
+        if row is None:
+            return found
+        found.append((row[0], row[1]))
+
+
+def _series_plan(session: Session, job_id: int, name: str, member: int, max_points: int):
+    """How to thin one series: None to return all of it, else (lo, hi, stride).
+
+    From the first few distinct steps (typical spacing) and the last step, both index seeks,
+    estimate the number of points; if it exceeds max_points keep steps lo + i * stride with
+    stride = spacing * ceil(n / max_points), plus the last step hi.
+    """
+    mp = MetricPoint.__table__.c
+    key = (mp.job_id == job_id, mp.name == name, mp.member == member)
+    head = list(session.execute(sa.select(mp.step).where(*key).distinct().order_by(mp.step).limit(8)).scalars())
+    hi = session.execute(sa.select(mp.step).where(*key).order_by(mp.step.desc()).limit(1)).scalar_one()
+    lo = head[0]
+    gaps = [b - a for a, b in zip(head, head[1:])]
+    spacing = max(1, min(gaps)) if gaps else 1
+    n_est = (hi - lo) // spacing + 1
+    if n_est <= max_points:
+        return None
+    return lo, hi, spacing * math.ceil(n_est / max_points)
+
+
 def metric_series(
     job_id: int | None = None,
     campaign_id: int | None = None,
@@ -584,36 +745,58 @@ def metric_series(
     engine: Engine | None = None,
 ) -> list[dict[str, Any]]:
     """Metric curves as rows {job_id, attempt_no, member, step, epoch, name, value}, ordered by
-    (job, name, member, step).
+    (job, name, member, step, attempt).
 
-    Downsampled in the database: each (job, member, name) series keeps every k-th point
-    (k = ceil(n / max_points)) plus its last point, so a curve never has more than
-    max_points + 1 points however long training ran.
+    Downsampled in the database, per (job, name, member) series: a series of n points keeps
+    all of them when n <= max_points; otherwise the points whose step is lo + i * stride
+    (lo: its first step; stride: its typical step spacing times ceil(n / max_points)) plus its
+    last step. For evenly logged steps that is exactly "every k-th point", at most about
+    max_points + 1 per curve.
+
+    For one job the series are found by index seeks and each is read as one primary-key range,
+    so the time grows with that job's points, never with the table. For a whole campaign,
+    per-series counts come from one aggregate and the same stride filter is applied.
     """
     if job_id is None and campaign_id is None:
         raise ValueError("give job_id or campaign_id")
     mp = MetricPoint.__table__.c
-    conds = []
-    if job_id is not None:
-        conds.append(mp.job_id == job_id)
-    else:
-        conds.append(mp.job_id.in_(sa.select(Job.id).where(Job.campaign_id == campaign_id)))
-    if names is not None:
-        conds.append(mp.name.in_(list(names)))
-    part = (mp.job_id, mp.name, mp.member)
-    rn = sa.func.row_number().over(partition_by=part, order_by=(mp.step, mp.attempt_no)).label("rn")
-    cnt = sa.func.count().over(partition_by=part).label("cnt")
-    inner = sa.select(mp.job_id, mp.attempt_no, mp.member, mp.step, mp.epoch, mp.name, mp.value, rn, cnt).where(*conds).subquery()
+    names_l = list(names) if names is not None else None
     max_points = max(int(max_points), 1)
-    stride = (inner.c.cnt + (max_points - 1)) / max_points  # integer division: ceil(cnt / max_points)
-    q = (
-        sa.select(inner.c.job_id, inner.c.attempt_no, inner.c.member, inner.c.step, inner.c.epoch,
-                  inner.c.name, inner.c.value)
-        .where(sa.or_(inner.c.cnt <= max_points, (inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.cnt))
-        .order_by(inner.c.job_id, inner.c.name, inner.c.member, inner.c.step, inner.c.attempt_no)
-    )
+    cols = (mp.job_id, mp.attempt_no, mp.member, mp.step, mp.epoch, mp.name, mp.value)
+    keys = [c.name for c in cols]
+    order = (mp.job_id, mp.name, mp.member, mp.step, mp.attempt_no)
+    out: list[dict[str, Any]] = []
     with session_scope(engine) as session:
-        return [dict(r._mapping) for r in session.execute(q)]
+        if job_id is not None:
+            for name, member in _job_series(session, job_id, names_l):
+                q = sa.select(*cols).where(mp.job_id == job_id, mp.name == name, mp.member == member)
+                plan = _series_plan(session, job_id, name, member, max_points)
+                if plan is not None:
+                    # a range scan of this series' primary-key slice with a cheap filter; plans
+                    # stay stable on both databases (no long IN lists)
+                    lo, hi, stride = plan
+                    q = q.where(sa.or_((mp.step - lo) % stride == 0, mp.step == hi))
+                out += [dict(zip(keys, r)) for r in session.execute(q.order_by(*order)).all()]
+            return out
+        conds = [mp.job_id.in_(sa.select(Job.id).where(Job.campaign_id == campaign_id))]
+        if names_l is not None:
+            conds.append(mp.name.in_(names_l))
+        stats = _series_stats(session, conds)
+        if all(n <= max_points for *_k, n, _lo, _hi in stats):
+            return [dict(zip(keys, r)) for r in session.execute(sa.select(*cols).where(*conds).order_by(*order)).all()]
+        by_job: dict[int, list] = defaultdict(list)
+        for jid, name, member, n, lo, hi in stats:
+            key = sa.and_(mp.name == name, mp.member == member)
+            if n <= max_points:
+                by_job[jid].append(key)
+                continue
+            spacing = max(1, (hi - lo) // max(n - 1, 1))
+            stride = spacing * math.ceil(n / max_points)
+            by_job[jid].append(sa.and_(key, sa.or_((mp.step - lo) % stride == 0, mp.step == hi)))
+        for jid in sorted(by_job):  # one primary-key range per job: job_id = ? AND (series ...)
+            q = sa.select(*cols).where(mp.job_id == jid, sa.or_(*by_job[jid])).order_by(*order)
+            out += [dict(zip(keys, r)) for r in session.execute(q).all()]
+    return out
 
 
 def resource_series(
@@ -633,7 +816,7 @@ def resource_series(
     cnt = sa.func.count().over(partition_by=rs.job_id).label("cnt")
     inner = sa.select(rs.job_id, rs.attempt_no, rs.time, rs.cpu_percent, rs.rss_bytes, rs.gpus, rn, cnt).where(cond).subquery()
     max_points = max(int(max_points), 1)
-    stride = (inner.c.cnt + (max_points - 1)) / max_points
+    stride = (inner.c.cnt + (max_points - 1)) // max_points
     q = (sa.select(inner.c.job_id, inner.c.attempt_no, inner.c.time, inner.c.cpu_percent, inner.c.rss_bytes, inner.c.gpus)
          .where(sa.or_(inner.c.cnt <= max_points, (inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.cnt))
          .order_by(inner.c.job_id, inner.c.time))
@@ -720,13 +903,39 @@ def fit_results(campaign_id: int, engine: Engine | None = None) -> list[dict[str
     """Results of the campaign's fit / impacts / scan / toys jobs: {job_id, job_name, kind,
     mu_hat, sigma, payload, created_at}, in job order."""
     q = (select(FitResult, Job.name).join(Job, Job.id == FitResult.job_id)
-         .where(FitResult.campaign_id == campaign_id).order_by(FitResult.job_id))
+         .where(FitResult.campaign_id == campaign_id, FitResult.kind.in_(FIT_KINDS)).order_by(FitResult.job_id))
     with session_scope(engine) as session:
         return [
             {"job_id": f.job_id, "job_name": name, "kind": f.kind, "mu_hat": f.mu_hat, "sigma": f.sigma,
              "payload": dict(f.payload), "created_at": f.created_at}
             for f, name in session.exec(q)
         ]
+
+
+def campaign_diagnostics(campaign_id: int, engine: Engine | None = None) -> dict[str, dict[str, Any]]:
+    """{ratio task: diagnostics} from the recorded results of the campaign's train jobs.
+
+    Each task maps to the "diagnostics" of its first finished job that reported some (lowest
+    grid index, then lowest members), plus "jobs": every job id of the task with a result.
+    Empty until train results are recorded (`jobs_repo.record_job_result`).
+    """
+    q = (sa.select(Job.id, Job.task, Job.members, Job.spec, FitResult.payload)
+         .join(FitResult, FitResult.job_id == Job.id)
+         .where(Job.campaign_id == campaign_id, Job.kind == "train").order_by(Job.id))
+    out: dict[str, dict[str, Any]] = {}
+    with session_scope(engine) as session:
+        rows = session.execute(q).all()
+    rows.sort(key=lambda r: ((r.spec or {}).get("params", {}).get("grid_index", 0), list(r.members or []), r.id))
+    have_diag: set[str] = set()
+    for r in rows:
+        task = r.task or f"job {r.id}"
+        entry = out.setdefault(task, {"jobs": []})
+        entry["jobs"].append(r.id)
+        diag = (r.payload or {}).get("diagnostics")
+        if isinstance(diag, Mapping) and task not in have_diag:
+            entry.update({k: v for k, v in diag.items() if k != "jobs"})
+            have_diag.add(task)
+    return out
 
 
 def job_events(job_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:

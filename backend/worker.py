@@ -268,19 +268,22 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
     config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
     result = train_ensemble(numerator, denominator, config, checkpointer=ctx.checkpointer,
                             callbacks=_TrainHooks(ctx))
-    if getattr(result, "stopped_early", False) and ctx.stop:
-        raise Preempted(ctx.stop.reason)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ensemble.nsbi"
-        result.ensemble.save(path)
-        saved = path if path.exists() else next(Path(tmp).iterdir())
-        uri = ctx.put_artifact(f"ensemble{''.join(saved.suffixes) or '.bin'}", saved.read_bytes())
-    summary = {"steps_run": int(getattr(result, "steps_run", getattr(result, "steps", 0)) or 0),
-               "resumed_from": getattr(result, "resumed_from", None),
-               "task": p.get("task")}
-    history = getattr(result, "history", None)
-    if isinstance(history, dict):
-        summary["final"] = {k: float(v[-1]) for k, v in history.items() if hasattr(v, "__len__") and len(v)}
+    if result.stopped_early and ctx.stop:
+        raise Preempted(ctx.stop.reason)  # a checkpoint was saved; the retry resumes from it
+    uri = ctx.put_artifact("ensemble.npz", result.ensemble.to_bytes())
+    resumed = result.resumed_from
+    finals: dict[str, float] = {}
+    for rec in result.history:  # last value of each metric, averaged over members
+        finals.setdefault(rec["name"], {})[rec["member"]] = float(rec["value"])  # type: ignore[index]
+    summary = {
+        "task": p.get("task"),
+        "members": list(p.get("members") or []),
+        "steps_total": int(result.steps_run),          # all attempts together
+        "resumed_from": resumed,                         # checkpoint step this attempt started at
+        "steps_run": int(result.steps_run) - int(resumed or 0),  # steps executed by this attempt
+        "seconds": float(result.seconds),
+        "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},  # type: ignore[union-attr]
+    }
     return {"artifacts": {"ensemble": uri}, "summary": summary}
 
 
@@ -296,28 +299,60 @@ def local_path(uri: str, tmpdir: Path) -> Path:
     return dest
 
 
-def run_fit(ctx: JobContext) -> dict[str, Any]:
-    """Fit job: gather the ensembles of the train jobs it depends on, delegate to the pipeline."""
+def collect_ensembles(inputs: dict[str, Any]) -> dict[str, list[str]]:
+    """Ensemble URIs per ratio task from the dependencies' results: a train job's
+    ``artifacts.ensemble`` (task from its summary) and a fit job's pass-through ``ensembles``."""
+    out: dict[str, list[str]] = {}
+    for dep_name, dep in sorted(inputs.items()):
+        uri = (dep.get("artifacts") or {}).get("ensemble")
+        if uri:
+            task = (dep.get("summary") or {}).get("task") or dep_name
+            out.setdefault(task, []).append(uri)
+        for task, uris in (dep.get("ensembles") or {}).items():
+            out.setdefault(task, []).extend(u for u in uris if u not in out.get(task, []))
+    return out
+
+
+def _fit_entry(kind: str) -> Callable[[dict, dict], dict]:
+    """The engine's job-level function for a fit-stage kind (kept in sbi_engine: it is science)."""
+    try:
+        from sbi_engine import fit_jobs
+    except ImportError:
+        fit_jobs = None
+    if fit_jobs is not None and hasattr(fit_jobs, "run_job"):
+        return lambda params, ensembles: fit_jobs.run_job(kind, params, ensembles)
     from sbi_engine import pipeline
 
-    inputs = ctx.spec.get("inputs") or {}
+    if kind == "fit" and hasattr(pipeline, "run_demo_fit"):
+        return pipeline.run_demo_fit
+    raise JobSpecError(f"this build has no engine entry point for {kind!r} jobs "
+                       "(expected sbi_engine.fit_jobs.run_job or sbi_engine.pipeline.run_demo_fit)")
+
+
+def run_fit_like(ctx: JobContext) -> dict[str, Any]:
+    """fit / impacts / scan / toys: fetch the ensembles the job depends on, hand the params and
+    local ensemble paths to the engine, and store what it returns."""
+    kind = str(ctx.spec.get("kind"))
+    uris = collect_ensembles(ctx.spec.get("inputs") or {})
     with tempfile.TemporaryDirectory() as tmp:
-        ensembles: dict[str, str] = {}
-        for dep_name, dep in sorted(inputs.items()):
-            uri = (dep.get("artifacts") or {}).get("ensemble")
-            if uri:
-                task = (dep.get("summary") or {}).get("task") or dep_name
-                ensembles.setdefault(task, [])
-                ensembles[task].append(str(local_path(uri, Path(tmp))))
-        out = pipeline.run_demo_fit(ctx.spec, ensembles)
-    out = dict(out) if isinstance(out, dict) else {"result": out}
-    return {"artifacts": dict(out.pop("artifacts", {}) or {}), "summary": out}
+        paths = {task: [str(local_path(u, Path(tmp))) for u in us] for task, us in uris.items()}
+        out = _fit_entry(kind)(dict(ctx.params), paths)
+        out = dict(out) if isinstance(out, dict) else {"result": out}
+        artifacts = {}
+        for name, item in sorted((out.pop("files", None) or {}).items()):
+            data = item if isinstance(item, bytes) else Path(item).read_bytes()
+            artifacts[name] = ctx.put_artifact(name, data)
+    artifacts.update({k: v for k, v in (out.pop("artifacts", None) or {}).items() if isinstance(v, str)})
+    return {"artifacts": artifacts, "summary": out, "ensembles": uris}
 
 
 KINDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "noop": run_noop,
     "train": run_train,
-    "fit": run_fit,
+    "fit": run_fit_like,
+    "impacts": run_fit_like,
+    "scan": run_fit_like,
+    "toys": run_fit_like,
 }
 
 

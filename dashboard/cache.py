@@ -42,6 +42,13 @@ def jobs(db: str, campaign_id: int | None, states: tuple[str, ...] = (), kind: s
     return queries.load_jobs(campaign_id, states or None, kind, offset, limit)
 
 
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def train_jobs(db: str, campaign_id: int) -> pd.DataFrame:
+    """A campaign's train jobs (id, name, task): the set is fixed at creation, so cache longer."""
+    df, _ = queries.load_jobs(campaign_id, None, "train", 0, 100_000)
+    return df[[c for c in ("id", "name", "task") if c in df]]
+
+
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def metrics(db: str, job_id: int | None, campaign_id: int | None, names: tuple[str, ...] = (),
             max_points: int = 2000) -> pd.DataFrame:

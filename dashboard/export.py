@@ -45,6 +45,7 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", *, width: int = 1100, height:
         raise ExportError("no Chromium found for kaleido: install it (apt-get install chromium) "
                           "or set BROWSER_PATH")
     h = height or fig.layout.height or 500
+    fig = go.Figure(fig).update_layout(template="plotly_white")  # a white page for print
     try:
         return fig.to_image(format=fmt, width=width, height=h, scale=scale if fmt == "png" else 1.0)
     except Exception as exc:  # kaleido raises a variety of errors from the browser side

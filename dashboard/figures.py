@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 # Colours: train/validation and pre/post-fit pairs that stay readable in print.
 TRAIN_COLOUR = "#1f77b4"
@@ -28,30 +27,86 @@ Q_68 = 1.0
 Q_95 = 3.841458820694124
 
 
-def _layout(fig: go.Figure, title: str, *, height: int = 420) -> go.Figure:
+def _layout(fig: go.Figure, title: str, *, height: int = 420, shapes: Sequence[dict] = (),
+            annotations: Sequence[dict] = ()) -> go.Figure:
+    # No template here: Streamlit applies its theme in the app, and `export` sets plotly_white
+    # for static files. Assigning a template costs ~40 ms per figure (it is deep-copied and
+    # validated), which adds up on pages with several charts.
     fig.update_layout(
         title={"text": title, "x": 0.01},
-        template="plotly_white",
         height=height,
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1.0, "xanchor": "right"},
+        shapes=[*fig.layout.shapes, *shapes],
+        annotations=[*fig.layout.annotations, *annotations],
     )
     return fig
+
+
+# Reference lines and bands as plain shape dicts: fig.add_hline/add_vrect re-validate the whole
+# layout on every call (~12 ms each), these cost nothing until the one update_layout above.
+def _hline(y: float, colour: str, dash: str = "dash", *, xref: str = "x domain", yref: str = "y",
+           width: float = 1.5) -> dict:
+    return {"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": y, "y1": y,
+            "line": {"color": colour, "dash": dash, "width": width}}
+
+
+def _vline(x: float, colour: str, dash: str = "solid", *, width: float = 1.0) -> dict:
+    return {"type": "line", "yref": "y domain", "y0": 0, "y1": 1, "xref": "x", "x0": x, "x1": x,
+            "line": {"color": colour, "dash": dash, "width": width}}
+
+
+def _vrect(x0: float, x1: float, colour: str, opacity: float) -> dict:
+    return {"type": "rect", "yref": "y domain", "y0": 0, "y1": 1, "xref": "x", "x0": x0, "x1": x1,
+            "fillcolor": colour, "opacity": opacity, "line": {"width": 0}, "layer": "below"}
+
+
+def _label(text: str, *, x: float, y: float, xref: str = "x domain", yref: str = "y",
+           xanchor: str = "left") -> dict:
+    return {"text": text, "x": x, "y": y, "xref": xref, "yref": yref, "showarrow": False,
+            "xanchor": xanchor, "yanchor": "bottom", "font": {"size": 11}}
 
 
 def empty_figure(message: str, *, title: str = "") -> go.Figure:
     """A blank figure carrying a message, so a page never shows a broken chart."""
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper",
-                       showarrow=False, font={"size": 15, "color": "#666"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _layout(fig, title, height=300)
+    note = {"text": message, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper", "showarrow": False,
+            "font": {"size": 15, "color": "#666"}}
+    return _layout(fig, title, height=300, annotations=[note])
 
 
 def _is_validation(name: str) -> bool:
     lowered = name.lower()
     return lowered.startswith("val") or "valid" in lowered or lowered.endswith("_val")
+
+
+def _stacked_axes(titles: Sequence[str], heights: Sequence[float] | None = None,
+                  gap: float = 0.06) -> tuple[dict, list[dict]]:
+    """Layout axes for panels stacked vertically over one shared x axis (top panel first).
+
+    A hand-made replacement for make_subplots(rows=n, shared_xaxes=True), which spends
+    ~200 ms building and validating its grid; here panel i uses yaxis 'y<i+1>'.
+    """
+    n = len(titles)
+    heights = list(heights or [1.0] * n)
+    usable = 1.0 - gap * (n - 1)
+    total = sum(heights)
+    layout: dict = {}
+    notes: list[dict] = []
+    top = 1.0
+    for i, (title, h) in enumerate(zip(titles, heights)):
+        span = usable * h / total
+        lo = max(0.0, top - span)
+        key = "yaxis" if i == 0 else f"yaxis{i + 1}"
+        layout[key] = {"domain": [lo, top], "anchor": "x"}
+        if title:
+            notes.append({"text": f"<b>{title}</b>", "x": 0.0, "y": top, "xref": "paper", "yref": "paper",
+                          "showarrow": False, "xanchor": "left", "yanchor": "bottom", "font": {"size": 12}})
+        top = lo - gap
+    layout["xaxis"] = {"anchor": "y" if n == 1 else f"y{n}"}
+    return layout, notes
 
 
 # --------------------------------------------------------------------------- training
@@ -67,36 +122,34 @@ def loss_curves(metrics: pd.DataFrame, band: pd.DataFrame, *, title: str = "Loss
     """
     if metrics.empty and band.empty:
         return empty_figure("No metrics recorded yet.", title=title)
-    fig = go.Figure()
+    traces: list[dict] = []  # plain dicts: ~3x cheaper than go.Scatter + add_trace per line
     for name in sorted(band["name"].unique()) if not band.empty else []:
-        colour = VAL_COLOUR if _is_validation(name) else TRAIN_COLOUR
+        val = _is_validation(name)
+        colour = VAL_COLOUR if val else TRAIN_COLOUR
+        fill = "rgba(214,39,40,{a})" if val else "rgba(31,119,180,{a})"
         b = band[band["name"] == name].sort_values("step")
         x = b["step"].to_numpy()
-        fill = "rgba(214,39,40,{a})" if colour == VAL_COLOUR else "rgba(31,119,180,{a})"
         # min/max envelope (light) then mean +- std (darker), drawn as closed polygons.
         for lo, hi, alpha, label in ((b["min"], b["max"], 0.12, "min/max"),
                                      (b["mean"] - b["std"], b["mean"] + b["std"], 0.28, "mean ± std")):
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([x, x[::-1]]),
-                y=np.concatenate([hi.to_numpy(), lo.to_numpy()[::-1]]),
-                fill="toself", fillcolor=fill.format(a=alpha), line={"width": 0},
-                hoverinfo="skip", name=f"{name} {label}", legendgroup=name,
-            ))
-        fig.add_trace(go.Scatter(x=x, y=b["mean"], mode="lines", name=f"{name} mean",
-                                 line={"color": colour, "width": 2.5,
-                                       "dash": "dash" if colour == VAL_COLOUR else "solid"},
-                                 legendgroup=name))
+            traces.append({"type": "scatter", "x": np.concatenate([x, x[::-1]]),
+                           "y": np.concatenate([hi.to_numpy(), lo.to_numpy()[::-1]]),
+                           "fill": "toself", "fillcolor": fill.format(a=alpha), "line": {"width": 0},
+                           "hoverinfo": "skip", "name": f"{name} {label}", "legendgroup": name})
+        traces.append({"type": "scatter", "x": x, "y": b["mean"].to_numpy(), "mode": "lines",
+                       "name": f"{name} mean", "legendgroup": name,
+                       "line": {"color": colour, "width": 2.5, "dash": "dash" if val else "solid"}})
     if show_members and not metrics.empty:
         for (name, member), g in metrics.groupby(["name", "member"], sort=True):
-            colour = VAL_COLOUR if _is_validation(str(name)) else TRAIN_COLOUR
+            val = _is_validation(str(name))
             g = g.sort_values("step")
-            fig.add_trace(go.Scatter(
-                x=g["step"], y=g["value"], mode="lines", opacity=0.35,
-                line={"color": colour, "width": 1, "dash": "dash" if colour == VAL_COLOUR else "solid"},
-                name=f"{name} member {member}", legendgroup=f"{name}-members", showlegend=False,
-            ))
-    fig.update_xaxes(title="step")
-    fig.update_yaxes(title="loss", type="log" if log_y else "linear")
+            traces.append({"type": "scatter", "x": g["step"].to_numpy(), "y": g["value"].to_numpy(),
+                           "mode": "lines", "opacity": 0.35, "showlegend": False,
+                           "line": {"color": VAL_COLOUR if val else TRAIN_COLOUR, "width": 1,
+                                    "dash": "dash" if val else "solid"},
+                           "name": f"{name} member {member}", "legendgroup": f"{name}-members"})
+    fig = go.Figure(data=traces, layout={"xaxis": {"title": "step"},
+                                         "yaxis": {"title": "loss", "type": "log" if log_y else "linear"}})
     return _layout(fig, title)
 
 
@@ -110,21 +163,23 @@ def resource_usage(resources: pd.DataFrame, *, title: str = "Resource usage",
     if resources.empty:
         return empty_figure("No resource samples yet.", title=title)
     names = sorted(resources["name"].unique())
-    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names,
-                        vertical_spacing=0.06 if len(names) > 1 else 0.0)
+    axes, notes = _stacked_axes(names)
+    traces = []
     for row, name in enumerate(names, start=1):
+        yaxis = "y" if row == 1 else f"y{row}"
         r = resources[resources["name"] == name]
         if summed:
             total = r.groupby("time", as_index=False)["value"].sum().sort_values("time")
-            fig.add_trace(go.Scatter(x=total["time"], y=total["value"], mode="lines",
-                                     name=f"{name} (sum)", showlegend=False), row=row, col=1)
+            traces.append({"type": "scatter", "x": total["time"], "y": total["value"], "mode": "lines",
+                           "name": f"{name} (sum)", "showlegend": False, "yaxis": yaxis})
         else:
             for job_id, g in r.groupby("job_id", sort=True):
                 g = g.sort_values("time")
-                fig.add_trace(go.Scatter(x=g["time"], y=g["value"], mode="lines",
-                                         name=f"job {job_id}", legendgroup=str(job_id),
-                                         showlegend=row == 1), row=row, col=1)
-    return _layout(fig, title, height=max(300, 170 * len(names)))
+                traces.append({"type": "scatter", "x": g["time"], "y": g["value"], "mode": "lines",
+                               "name": f"job {job_id}", "legendgroup": str(job_id), "showlegend": row == 1,
+                               "yaxis": yaxis})
+    fig = go.Figure(data=traces, layout=axes)
+    return _layout(fig, title, height=max(300, 170 * len(names)), annotations=notes)
 
 
 def job_states(counts: Mapping[str, int], *, title: str = "Jobs by state") -> go.Figure:
@@ -178,24 +233,25 @@ def closure(hist: Mapping, *, title: str | None = None) -> go.Figure:
     obs = hist.get("observable", "x")
     chi2, ndf = hist.get("chi2"), hist.get("ndf")
     label = f"{obs}" + (f": χ²/ndf = {chi2:.1f}/{ndf}" if chi2 is not None and ndf else "")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.04)
+    axes, _ = _stacked_axes(["", ""], heights=[0.7, 0.3], gap=0.04)
+    axes["yaxis"]["title"] = "weighted events"
+    axes["yaxis2"]["title"] = "reweighted / num"
+    axes["xaxis"]["title"] = obs
+    traces = []
     if hist.get("denominator") is not None:
-        fig.add_trace(go.Scatter(x=centres, y=np.asarray(hist["denominator"], dtype=float), mode="lines",
-                                 line={"shape": "hvh", "color": "#999"}, name="denominator"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=centres, y=num, mode="lines", line={"shape": "hvh", "color": "black"},
-                             name="numerator",
-                             error_y=_err(hist.get("numerator_err"))), row=1, col=1)
-    fig.add_trace(go.Scatter(x=centres, y=rew, mode="lines", line={"shape": "hvh", "color": VAL_COLOUR, "dash": "dash"},
-                             name="denominator × r(x)", error_y=_err(hist.get("reweighted_err"))), row=1, col=1)
+        traces.append({"type": "scatter", "x": centres, "y": np.asarray(hist["denominator"], dtype=float),
+                       "mode": "lines", "line": {"shape": "hvh", "color": "#999"}, "name": "denominator"})
+    traces.append({"type": "scatter", "x": centres, "y": num, "mode": "lines", "name": "numerator",
+                   "line": {"shape": "hvh", "color": "black"}, "error_y": _err(hist.get("numerator_err"))})
+    traces.append({"type": "scatter", "x": centres, "y": rew, "mode": "lines", "name": "denominator × r(x)",
+                   "line": {"shape": "hvh", "color": VAL_COLOUR, "dash": "dash"},
+                   "error_y": _err(hist.get("reweighted_err"))})
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(num > 0, rew / num, np.nan)
-    fig.add_trace(go.Scatter(x=centres, y=ratio, mode="markers", marker={"color": VAL_COLOUR},
-                             name="ratio", showlegend=False), row=2, col=1)
-    fig.add_hline(y=1.0, line={"color": "#888", "dash": "dot"}, row=2, col=1)
-    fig.update_yaxes(title="weighted events", row=1, col=1)
-    fig.update_yaxes(title="reweighted / num", row=2, col=1)
-    fig.update_xaxes(title=obs, row=2, col=1)
-    return _layout(fig, title or label)
+    traces.append({"type": "scatter", "x": centres, "y": ratio, "mode": "markers", "yaxis": "y2",
+                   "marker": {"color": VAL_COLOUR}, "name": "ratio", "showlegend": False})
+    fig = go.Figure(data=[{k: v for k, v in t.items() if v is not None} for t in traces], layout=axes)
+    return _layout(fig, title or label, shapes=[_hline(1.0, "#888", "dot", yref="y2")])
 
 
 def _err(values) -> dict | None:
@@ -212,12 +268,13 @@ def histogram(values: Sequence[float] | np.ndarray, *, title: str, x_title: str,
     if arr.size == 0:
         return empty_figure("No values.", title=title)
     fig = go.Figure(go.Histogram(x=arr, nbinsx=bins, marker={"color": TRAIN_COLOUR}, name=x_title))
+    shapes, notes = [], []
     if threshold is not None:
-        fig.add_vline(x=threshold, line={"color": VAL_COLOUR, "dash": "dash"},
-                      annotation_text=f"threshold {threshold:g}")
+        shapes.append(_vline(threshold, VAL_COLOUR, "dash", width=1.5))
+        notes.append(_label(f"threshold {threshold:g}", x=threshold, y=1.0, xref="x", yref="y domain"))
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="entries")
-    return _layout(fig, title)
+    return _layout(fig, title, shapes=shapes, annotations=notes)
 
 
 def roc(curve: pd.DataFrame, *, title: str = "ROC") -> go.Figure:
@@ -270,9 +327,6 @@ def pulls(pulls_df: pd.DataFrame, *, title: str = "Nuisance-parameter pulls") ->
         return empty_figure("No nuisance parameters.", title=title)
     df = pulls_df.iloc[::-1]  # first parameter on top
     fig = go.Figure()
-    fig.add_vrect(x0=-2, x1=2, fillcolor="#ffd92f", opacity=0.45, line_width=0, layer="below")
-    fig.add_vrect(x0=-1, x1=1, fillcolor="#66c2a5", opacity=0.55, line_width=0, layer="below")
-    fig.add_vline(x=0, line={"color": "#333", "dash": "dot", "width": 1})
     fig.add_trace(go.Scatter(x=df["pull"], y=df["name"], mode="markers", marker={"color": "black", "size": 8},
                              error_x={"type": "data", "array": df["constraint"], "visible": True,
                                       "color": "black", "thickness": 1.5},
@@ -280,7 +334,8 @@ def pulls(pulls_df: pd.DataFrame, *, title: str = "Nuisance-parameter pulls") ->
     span = max(2.5, float(np.nanmax(np.abs(df["pull"]) + df["constraint"])) + 0.3)
     fig.update_xaxes(title="(θ̂ − θ₀) / Δθ", range=[-span, span], zeroline=False)
     fig.update_yaxes(type="category")
-    return _layout(fig, title, height=max(300, 120 + 24 * len(df)))
+    bands = [_vrect(-2, 2, "#ffd92f", 0.45), _vrect(-1, 1, "#66c2a5", 0.55), _vline(0, "#333", "dot")]
+    return _layout(fig, title, height=max(300, 120 + 24 * len(df)), shapes=bands)
 
 
 def impacts_ranking(impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20,
@@ -324,9 +379,10 @@ def impacts_ranking(impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20,
                 "showgrid": False},
         yaxis={"type": "category"},
     )
-    fig.add_vline(x=0, line={"color": "#333", "width": 1})
-    fig = _layout(fig, title, height=max(350, 150 + 28 * len(df)))
-    fig.update_layout(margin={"t": 110}, legend={"y": -0.12, "yanchor": "top", "x": 0, "xanchor": "left"})
+    height = max(380, 190 + 28 * len(df))
+    fig = _layout(fig, title, height=height, shapes=[_vline(0, "#333")])
+    fig.update_layout(margin={"t": 110, "b": 110},
+                      legend={"y": -70 / (height - 220), "yanchor": "top", "x": 0, "xanchor": "left"})
     return fig
 
 
@@ -372,12 +428,11 @@ def likelihood_scan(scan: pd.DataFrame, *, poi: str = "mu", title: str | None = 
     if "expected" in s and s["expected"].notna().any():
         fig.add_trace(go.Scatter(x=s["value"], y=s["expected"], mode="lines", name="expected",
                                  line={"color": "black", "dash": "dash"}))
-    for level, label, colour in ((Q_68, "68 % CL", "#1b9e77"), (Q_95, "95 % CL", "#d95f02")):
-        fig.add_hline(y=level, line={"color": colour, "dash": "dash"}, annotation_text=label,
-                      annotation_position="top left")
+    levels = ((Q_68, "68 % CL", "#1b9e77"), (Q_95, "95 % CL", "#d95f02"))
     fig.update_xaxes(title=poi)
     fig.update_yaxes(title="−2 Δ ln L", rangemode="tozero")
-    return _layout(fig, title)
+    return _layout(fig, title, shapes=[_hline(q, c) for q, _, c in levels],
+                   annotations=[_label(t, x=0.0, y=q) for q, t, _ in levels])
 
 
 def toy_pulls(pulls_values: Sequence[float] | np.ndarray, *, poi: str = "mu",
@@ -448,11 +503,11 @@ def burn_down(spend: pd.DataFrame, budget: float | None, *, title: str = "Budget
     if budget is not None and budget > 0:
         fig.add_trace(go.Scatter(x=s["time"], y=budget - cumulative, mode="lines", fill="tozeroy",
                                  name="remaining budget", line={"color": POSTFIT_COLOUR}))
-        fig.add_hline(y=0, line={"color": VAL_COLOUR})
     fig.add_trace(go.Scatter(x=s["time"], y=cumulative, mode="lines", name="spent",
                              line={"color": VAL_COLOUR, "dash": "dash"}))
     fig.update_yaxes(title="USD")
-    return _layout(fig, title)
+    zero = [_hline(0.0, VAL_COLOUR, "solid")] if budget is not None and budget > 0 else []
+    return _layout(fig, title, shapes=zero)
 
 
 def usage_over_time(usage: pd.DataFrame, *, value: str = "gpu_hours", by: str | None = None,

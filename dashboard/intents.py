@@ -65,15 +65,27 @@ def retry(campaign_ids: Sequence[int] = (), job_ids: Sequence[int] = ()) -> None
         service.request_retry(job_ids=[int(j) for j in job_ids])
 
 
+FIT_KINDS = ("fit", "impacts", "scan", "toys")
+
+
 def start_fit(campaign_id: int, request: Mapping[str, Any]) -> int:
     """Start fit / impacts / scan / toys jobs on a campaign's trained ensembles.
 
-    Uses `service.start_fit(campaign_id, request)` when the backend offers it; returns the
-    campaign that holds the new jobs.
+    With `service.start_fit(campaign_id, request)` (new fit-like jobs on existing ensembles)
+    that is used. Otherwise the campaign's own fit-like jobs, created with it from the config
+    stages and still PENDING, are released with a launch request; returns how many there are.
     """
     service = _service()
     fn = getattr(service, "start_fit", None)
-    if fn is None:
-        raise NotImplementedError("the backend has no service.start_fit yet; fit jobs come with the campaign "
-                                  "config (fit/impacts/scan/toys stages) and run after training")
-    return int(fn(campaign_id, dict(request)) or campaign_id)
+    if fn is not None:
+        return len(fn(campaign_id, dict(request)) or [])
+    steps = set(request.get("steps") or FIT_KINDS)
+    pending = [j for kind in steps & set(FIT_KINDS)
+               for j in service.list_jobs(campaign_id=campaign_id, states=["PENDING"], kind=kind, limit=10_000)[0]]
+    if not pending:
+        raise RuntimeError(
+            f"campaign {campaign_id} has no pending {'/'.join(sorted(steps))} jobs to start; enable the fit, "
+            "impacts, scan or toys stages in the campaign config (new fits on finished ensembles need "
+            "backend.service.start_fit)")
+    service.request_launch(campaign_id)
+    return len(pending)

@@ -202,14 +202,25 @@ def label_members(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return df
 
 
-RESOURCE_NAMES = ("gpu_util", "gpu_mem", "gpu_power", "cpu", "rss")
+# service column -> (label shown, factor to the unit in the label); other columns are ignored.
+RESOURCE_LABELS: dict[str, tuple[str, float]] = {
+    "gpu_util_mean": ("GPU utilisation (%)", 1.0),
+    "gpu_util_percent": ("GPU utilisation (%)", 1.0),
+    "gpu_memory_bytes": ("GPU memory (GB)", 1e-9),
+    "gpu_memory_used_bytes": ("GPU memory (GB)", 1e-9),
+    "gpu_power_w": ("GPU power (W)", 1.0),
+    "gpu_power_watts": ("GPU power (W)", 1.0),
+    "cpu_percent": ("CPU (%)", 1.0),
+    "rss_bytes": ("RSS (GB)", 1e-9),
+}
 
 
 def resources_frame(samples: Iterable[Any]) -> pd.DataFrame:
     """Resource samples in long form (time, job_id, name, value).
 
-    Accepts long rows ({time, job_id, name, value}) or wide rows with one column per resource
-    ({time, job_id, gpu_util, gpu_mem, ...}); time may be a timestamp or epoch seconds.
+    Accepts long rows ({time, job_id, name, value}) or the service's wide rows with one column
+    per resource (cpu_percent, rss_bytes, gpu_util_mean, ...); time may be a timestamp or epoch
+    seconds. Known resources are renamed to labels with units and bytes become GB.
     """
     df = records_frame(samples)
     if df.empty:
@@ -221,9 +232,12 @@ def resources_frame(samples: Iterable[Any]) -> pd.DataFrame:
     if "job_id" not in df:
         df["job_id"] = -1
     if "name" not in df or "value" not in df:
-        value_cols = [c for c in df.columns if c not in ("time", "job_id", "attempt", "member", "step")
-                      and pd.api.types.is_numeric_dtype(df[c])]
+        value_cols = [c for c in df.columns if c in RESOURCE_LABELS]
         df = df.melt(id_vars=["time", "job_id"], value_vars=value_cols, var_name="name", value_name="value")
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    known = df["name"].isin(list(RESOURCE_LABELS))
+    df.loc[known, "value"] = df.loc[known, "value"] * df.loc[known, "name"].map(lambda n: RESOURCE_LABELS[n][1])
+    df.loc[known, "name"] = df.loc[known, "name"].map(lambda n: RESOURCE_LABELS[n][0])
     if pd.api.types.is_numeric_dtype(df["time"]):
         df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
     else:

@@ -1,21 +1,20 @@
-"""Event samples: the `Sample` container, validation, seeded splits and feature scaling.
+"""Event samples: the `Sample` container, validation, seeded splits, feature scaling, loaders.
 
 Every estimator and the fit consume a `Sample`: float32 features (n, d), float64 weights (n,)
 whose sum is the expected yield for simulated samples, feature names and a human-readable
-source used in error messages. File loaders (`load_sample`, `load_sample_spec`) read Parquet, ROOT, HDF5
-and NumPy files; all bad input is reported as `DataError` naming the file,
-the column and how many rows are affected, so a user never sees a traceback from deep inside
-JAX.
+source used in error messages. `load_sample` / `load_sample_spec` read Parquet, ROOT (TTree
+and RNTuple), HDF5 and NumPy files, with feature expressions over (jagged) columns. All bad
+input is reported as `DataError` naming the file, the column and how many rows are affected,
+so a user never meets a traceback from deep inside awkward or JAX.
 """
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import ast
 
 import numpy as np
 
@@ -452,35 +451,54 @@ def _open_numpy(path: Path, columns: Sequence[str] | None, entry_stop: int | Non
 
 
 def _open_hdf5(path: Path, group: str | None, columns: Sequence[str] | None, entry_stop: int | None) -> _Table:
+    """Columns are 1-D datasets of a group, or the columns of a 2-D dataset whose names come
+    from its "names"/"columns" attribute, a sibling "names" dataset, or `columns`. Only the
+    datasets an expression needs are read."""
     import h5py
 
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
         raise DataError(f"{path}: cannot be read as HDF5 ({type(exc).__name__}: {exc})") from None
+    layout: dict[str, tuple[str, int | None]] = {}  # column -> (dataset path, column index or None)
+    lengths: dict[str, int] = {}
     with f:
         node = f if group is None else f.get(group)
         if node is None:
             raise DataError(f"{path}: no group or dataset {group!r}; top-level keys: {sorted(f.keys())}")
         where = f"{path}:{node.name}"
-        cols: dict[str, np.ndarray] = {}
         if isinstance(node, h5py.Dataset):
-            datasets = {node.name.rsplit("/", 1)[-1]: node}
-            sidecar = None
+            datasets, sidecar = {node.name.rsplit("/", 1)[-1]: node}, None
         else:
             datasets = {k: v for k, v in node.items() if isinstance(v, h5py.Dataset)}
             sidecar = _decode_names(datasets.pop("names")[()]) if "names" in datasets else None
         for key, ds in datasets.items():
             if ds.ndim == 2:
-                names = ds.attrs.get("names", ds.attrs.get("columns"))
-                names = _decode_names(names) if names is not None else (sidecar or columns)
-                cols.update(_matrix_columns(ds[:entry_stop], names, f"{where}/{key}"))
+                attr = ds.attrs.get("names", ds.attrs.get("columns"))
+                names = _decode_names(attr) if attr is not None else (sidecar or columns)
+                names = list(_matrix_columns(np.empty((0, ds.shape[1])), names, f"{where}/{key}"))
+                for j, name in enumerate(names):
+                    layout[name] = (ds.name, j)
+                    lengths[name] = ds.shape[0]
             elif ds.ndim == 1:
-                cols[key] = ds[:entry_stop]
-    if not cols:
-        raise DataError(f"{where}: no 1-D column datasets or named 2-D dataset found")
-    n = _check_lengths(cols, where)
-    return _Table(where, list(cols), lambda names: {k: cols[k] for k in names}, n)
+                layout[key] = (ds.name, None)
+                lengths[key] = ds.shape[0]
+    if not layout:
+        raise DataError(f"{where}: no 1-D column datasets or 2-D dataset found")
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{where}: length mismatch between columns: {lengths}")
+    n = next(iter(lengths.values()))
+    n = n if entry_stop is None else min(n, int(entry_stop))
+
+    def read(names: Sequence[str]) -> dict[str, np.ndarray]:
+        with h5py.File(path, "r") as fh:
+            out = {}
+            for name in names:
+                ds_path, j = layout[name]
+                out[name] = fh[ds_path][:n] if j is None else fh[ds_path][:n, j]
+            return out
+
+    return _Table(where, list(layout), read, n)
 
 
 # ------------------------------------------------------------------------------- expressions
@@ -710,9 +728,17 @@ def load_sample(
     columns of an unnamed 2-D array (.npy, or 2-D HDF5/npz data without names; default x0,
     x1, ...). entry_stop: read at most this many rows.
     """
-    path = Path(path)
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise DataError(f"{text}: only local files can be read; copy remote objects (gs://, root://, ...) "
+                        "to a local path first")
+    path = Path(text).expanduser()
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: file not found (working directory {Path.cwd()})")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give one file")
     fmt = _resolve_format(path, format)
     if fmt == "root":
         table = _open_root(path, tree, entry_stop)
@@ -756,8 +782,11 @@ def load_sample(
             raise DataError(f"{table.source}: feature {name!r} ({expr.text!r}) has {n_nan} NaN and {n_inf} "
                             f"infinite value(s) out of {n} rows")
         cols.append(col.astype(np.float32))
-    weights = (np.ones(n) if w_expr is None
-               else _to_column(_evaluate(w_expr, table, mask), n, f"weight {weight!r}", table.source).astype(np.float64))
+    if w_expr is None:
+        weights = np.ones(n)
+    else:
+        weights = _to_column(_evaluate(w_expr, table, mask), n, f"weight {weight!r}", table.source)
+        weights = weights.astype(np.float64)
     desc = table.source + (f" [{selection}]" if selection else "")
     sample = Sample(np.stack(cols, axis=1), weights, tuple(feat_exprs), desc)
     try:

@@ -52,13 +52,24 @@ unless it is a common rescaling, the SBI shape. `Nuisance.shape_processes` and
 `Nuisance.norm_processes` say exactly which processes change shape / yield.
 
 Base nuisances (the first n_nuisances are used; beyond five, small extra ones are generated
-deterministically):
+deterministically, named npKKK_<S|B>_<param>[_c<i>][_norm]: a 2-4 % shift of one angular
+amplitude coefficient, a mass slope or a yield, every third one also with a 2-3.5 % yield
+effect, sizes shrinking like 1/sqrt(1 + (k-5)/16) so hundreds of them stay valid in toys):
 
 1. m4l_scale  energy-scale-like: tau_S and tau_B x 1.06^alpha (shape of S, B, SBI; SBI yield).
 2. bkg_norm   B yield x 1.10^alpha and a +0.06 alpha tilt of the B cos_theta1 amplitude.
-3. gg_scale   S and B yields x 1.08^alpha (pure norm on all) and a +0.08 alpha cos phi term in S.
+3. gg_scale   S and B yields x 1.08^alpha (a common rescaling, so SBI x 1.08 too) and a
+              +0.08 alpha cos phi term in the S amplitude (shape of S and SBI).
 4. lumi       all yields x 1.025^alpha (pure normalisation).
 5. sig_shape  tau_S x 0.92^alpha and +0.05 alpha c^2 term of the S cos_theta2 amplitude.
+
+Sampling
+--------
+S and B are drawn exactly (inverse CDF in m4l, accept/reject in each angle); SBI and the
+mixture f(x|mu) by accept/reject from the S+B mixture (acceptance f / (mu f_S + f_B) <= 1).
+Weighted samples draw the same process from a broadened model (damped angular modulations,
+slower mass fall-off) whose density is also closed form, so the importance weights are exact,
+positive and within a factor ~3 of each other.
 """
 
 from __future__ import annotations
@@ -67,7 +78,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 import math
-from typing import Literal
 
 import numpy as np
 
@@ -78,6 +88,7 @@ __all__ = [
     "PROCESSES",
     "M_LOW",
     "M_HIGH",
+    "BOUNDS",
     "Nuisance",
     "DemoProblem",
     "default_problem",
@@ -96,9 +107,6 @@ _MIN_AMPLITUDE = 0.15  # angular amplitude factors must stay above this on their
 _MAX_NUISANCES = 500
 # Importance-sampling proposal: angular modulations damped, mass spectrum falling more slowly.
 _PROPOSAL_DAMPING, _PROPOSAL_TAU_FACTOR = 0.7, 1.1
-
-ProcessName = Literal["S", "SBI", "B"]
-
 
 def poi_coefficients(mu: float) -> dict[str, float]:
     """m_c(mu) with nu(mu) p(x|mu) = sum_c m_c(mu) nu_c p_c(x): S, SBI, B -> mu-sqrt(mu), sqrt(mu), 1-sqrt(mu)."""
@@ -262,33 +270,51 @@ _BASE_NUISANCES: tuple[tuple[str, tuple[_Effect, ...]], ...] = (
     ("sig_shape", (_Effect("S", "tau", 0, -0.08, "mul"), _Effect("S", "cos2", 2, 0.05, "add"))),
 )
 
-_EXTRA_SLOTS = (("cos1", 1), ("cos2", 1), ("phi", 1), ("tau", 0), ("cos1", 2), ("phi", 2))
+_EXTRA_SLOTS = (
+    ("cos1", 1), ("cos2", 1), ("phi", 1), ("tau", 0), ("cos1", 2), ("cos2", 2), ("phi", 2), ("norm", 0),
+)
 
 
 def _extra_nuisance(k: int) -> tuple[str, tuple[_Effect, ...]]:
-    """Deterministic small extra nuisance number k (k >= len(_BASE_NUISANCES))."""
+    """Deterministic small extra nuisance number k (k >= len(_BASE_NUISANCES)).
+
+    They cycle over S/B and eight amplitude parameters; sizes shrink like 1/sqrt(1 + i/16) so
+    that even hundreds of them drawn at once (toys) keep every amplitude safely positive. The
+    effect of nuisance k depends on k only, not on how many nuisances the problem has.
+    """
     i = k - len(_BASE_NUISANCES)
     comp = "SB"[i % 2]
     param, index = _EXTRA_SLOTS[(i // 2) % len(_EXTRA_SLOTS)]
     sign = 1.0 if (i // 3) % 2 == 0 else -1.0
-    size = sign * (0.02 + 0.01 * (i % 3))
-    effects = [_Effect(comp, param, index, size, "mul" if param == "tau" else "add")]
-    name = f"np{k:03d}_{comp}_{param}{index if param != 'tau' else ''}"
-    if i % 3 == 0:
-        effects.append(_Effect(comp, "norm", 0, 0.02 + 0.005 * (i % 4), "mul"))
+    shrink = 1.0 / math.sqrt(1.0 + i / 16.0)
+    size = sign * (0.02 + 0.01 * (i % 3)) * shrink
+    mode = "mul" if param in ("tau", "norm") else "add"
+    if param == "norm":
+        size = abs(size)
+    effects = [_Effect(comp, param, index, size, mode)]
+    name = f"np{k:03d}_{comp}_{param}" + (f"_c{index}" if param not in ("tau", "norm") else "")
+    if i % 3 == 0 and param != "norm":
+        effects.append(_Effect(comp, "norm", 0, (0.02 + 0.005 * (i % 4)) * shrink, "mul"))
         name += "_norm"
     return name, tuple(effects)
 
 
+def _shift(value: float, eff: _Effect, a: float) -> float:
+    return value * (1.0 + eff.size) ** a if eff.mode == "mul" else value + eff.size * a
+
+
 def _apply(amp: _Amplitude, effects: list[tuple[_Effect, float]]) -> _Amplitude:
-    vals = {"norm": amp.norm, "tau": amp.tau, "cos1": list(amp.cos1), "cos2": list(amp.cos2), "phi": list(amp.phi)}
+    """The amplitude parameters with every (effect, alpha) applied in turn."""
+    scalars = {"norm": amp.norm, "tau": amp.tau}
+    coeffs = {"cos1": list(amp.cos1), "cos2": list(amp.cos2), "phi": list(amp.phi)}
     for eff, a in effects:
-        if eff.param in ("norm", "tau"):
-            vals[eff.param] = vals[eff.param] * (1.0 + eff.size) ** a if eff.mode == "mul" else vals[eff.param] + eff.size * a
+        if eff.param in scalars:
+            scalars[eff.param] = _shift(scalars[eff.param], eff, a)
         else:
-            coeffs = vals[eff.param]
-            coeffs[eff.index] = coeffs[eff.index] * (1.0 + eff.size) ** a if eff.mode == "mul" else coeffs[eff.index] + eff.size * a
-    return _Amplitude(vals["norm"], vals["tau"], tuple(vals["cos1"]), tuple(vals["cos2"]), tuple(vals["phi"]))
+            coeffs[eff.param][eff.index] = _shift(coeffs[eff.param][eff.index], eff, a)
+    return _Amplitude(
+        scalars["norm"], scalars["tau"], tuple(coeffs["cos1"]), tuple(coeffs["cos2"]), tuple(coeffs["phi"])
+    )
 
 
 # --------------------------------------------------------------------------- the problem
@@ -397,11 +423,37 @@ class DemoProblem:
             s = _Amplitude(s.norm * lumi, s.tau, s.cos1, s.cos2, s.phi)
             b = _Amplitude(b.norm * lumi, b.tau, b.cos1, b.cos2, b.phi)
             model = _Model(s, b)
-            model.check(f"alpha={dict(key)}")
+            try:
+                model.check("nuisance values")
+            except ValueError as exc:
+                big = sorted(key, key=lambda kv: -abs(kv[1]))[:5]
+                more = f" and {len(key) - 5} more" if len(key) > 5 else ""
+                raise ValueError(f"{exc} (largest: {dict(big)}{more})") from None
             if len(cache) > 4096:
                 cache.clear()
             cache[key] = model
         return cache[key]
+
+    def to_dict(self) -> dict:
+        """JSON-able summary: settings, nominal yields and every nuisance's exact +-1 yield ratios."""
+        return {
+            "n_nuisances": self.n_nuisances,
+            "luminosity": self.luminosity,
+            "observables": list(OBSERVABLES),
+            "bounds": [list(b) for b in BOUNDS],
+            "yields": {c: self.yield_(c) for c in PROCESSES},
+            "interference_yield": self.interference_yield(),
+            "nuisances": [
+                {
+                    "name": n.name,
+                    "shape_processes": list(n.shape_processes),
+                    "norm_processes": list(n.norm_processes),
+                    "yield_ratios": {c: [self.yield_ratio(c, n.name, -1.0), self.yield_ratio(c, n.name, 1.0)]
+                                     for c in PROCESSES},
+                }
+                for n in self.nuisances
+            ],
+        }
 
     # ------------------------------------------------------------------ yields
 
@@ -475,13 +527,54 @@ class DemoProblem:
         """log p_c(x | alpha_k = direction) - log p_c(x | 0): the per-event shape variation."""
         return self.log_ratio(process, process, x, {nuisance: direction}, None)
 
-    def mixture_log_density(self, mu: float, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None) -> np.ndarray:
+    def mixture_log_density(
+        self, mu: float, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """log p(x | mu) with nu(mu) p(x|mu) = mu f_S + sqrt(mu) f_I + f_B (normalised)."""
         _check_mu(mu)
         x = _as_x(x)
         f = self._unnormalised("mix", x, self._model(alpha), mu)
         with np.errstate(divide="ignore"):
             return np.log(f) - math.log(self.total_yield(mu, alpha))
+
+    # ------------------------------------------------------------------ expected precision
+
+    def fisher_information(
+        self,
+        mu: float = 1.0,
+        nuisances: bool | tuple[str, ...] = False,
+        nodes: tuple[int, int, int, int] = (48, 16, 16, 24),
+    ) -> tuple[tuple[str, ...], np.ndarray]:
+        """Expected Fisher information of the extended unbinned likelihood at (mu, alpha = 0).
+
+        I_ij = int d_i f d_j f / f dx with f(x) = nu(mu, alpha) p(x | mu, alpha), plus the unit
+        Gaussian constraint on each nuisance. Integrated by tensor Gauss-Legendre quadrature
+        (relative accuracy ~1e-8); alpha derivatives are central differences (h = 1e-4) of
+        the continuous truth. sqrt((I^-1)_{mu,mu}) is the ideal (profiled) sigma(mu) an Asimov
+        fit with exact ratios should reproduce. A fit whose systematics interpolation differs
+        from this truth between the +-1 points can differ slightly in the nuisance block.
+        Returns (parameter names, matrix).
+        """
+        _check_mu(mu)
+        if mu <= 0:
+            raise ValueError("fisher_information needs mu > 0 (d/dmu of sqrt(mu) diverges at 0)")
+        names = ("mu",) + (self.nuisance_names if nuisances is True else tuple(nuisances or ()))
+        x, w = _gauss_legendre_grid(nodes)
+        model0 = self._model(None)
+        f0 = self._unnormalised("mix", x, model0, mu)
+        u = np.cos(x[:, 3])
+        a_s, a_b = model0.amplitude("S", x, u), model0.amplitude("B", x, u)
+        cos_d = _COS_D0 + _COS_D1 * (x[:, 0] - M_LOW) / _L
+        grads = [a_s * a_s + cos_d * a_s * a_b / math.sqrt(mu)]  # d f / d mu
+        h = 1e-4
+        for name in names[1:]:
+            up = self._unnormalised("mix", x, self._model({name: h}), mu)
+            down = self._unnormalised("mix", x, self._model({name: -h}), mu)
+            grads.append((up - down) / (2 * h))
+        g = np.stack(grads)
+        info = (g * (w / f0)) @ g.T
+        info[1:, 1:] += np.eye(len(names) - 1)
+        return names, info
 
     # ------------------------------------------------------------------ sampling
 
@@ -495,9 +588,10 @@ class DemoProblem:
     ) -> Sample:
         """n events of process c with weights summing to (an estimate of) nu_c(alpha).
 
-        weighted=True: importance sampling from a broadened proposal (flatter angles, slower
-        mass fall-off; for SBI the broadened S+B mixture); weights nu_c p_c / (n q) are positive
-        and unbiased. weighted=False: exact draws from p_c, every weight nu_c / n.
+        weighted=True: importance sampling from the same process in a broadened model (angular
+        modulations damped, slower mass fall-off); weights nu_c p_c / (n q) are positive,
+        unbiased and within a factor ~3 of each other. weighted=False: exact draws from p_c,
+        every weight nu_c / n.
         """
         _check_process(process)
         n = _check_n(n)
@@ -509,12 +603,13 @@ class DemoProblem:
             w = np.full(n, nu / n)
             tag = "unweighted"
         else:
+            # The proposal is the same process in a broadened model: drawn exactly, and its
+            # density q = f_c^prop / nu_c^prop is closed form, so the weights are unbiased.
             prop = _Model(_broaden(model.S), _broaden(model.B))
-            if process in ("S", "B"):
-                x = _draw_component(prop.amp(process), n, rng)
-                q = prop.amplitude(process, x) ** 2 / prop.amp(process).norm
-            else:
-                x, q = self._draw_mixture_proposal(prop, n, rng)
+            x = self._draw_exact(process, prop, n, rng)
+            nu_prop = prop.amp(process).norm if process in ("S", "B") else (
+                prop.S.norm + prop.B.norm + prop.interference_yield())
+            q = self._unnormalised(process, x, prop) / nu_prop
             w = self._unnormalised(process, x, model) / (n * q)
             tag = "weighted"
         alpha_txt = f", alpha={dict(alpha)}" if alpha else ""
@@ -562,15 +657,19 @@ class DemoProblem:
             have += keep.shape[0]
         return np.concatenate(chunks)[:n] if chunks else np.empty((0, len(OBSERVABLES)))
 
-    @staticmethod
-    def _draw_mixture_proposal(prop: _Model, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Draw from the normalised S+B mixture of the proposal; return x and its density q(x)."""
-        p_s = prop.S.norm / (prop.S.norm + prop.B.norm)
-        n_s = rng.binomial(n, p_s)
-        x = np.concatenate([_draw_component(prop.S, n_s, rng), _draw_component(prop.B, n - n_s, rng)])
-        x = x[rng.permutation(n)]
-        q = (prop.amplitude("S", x) ** 2 + prop.amplitude("B", x) ** 2) / (prop.S.norm + prop.B.norm)
-        return x, q
+
+def _gauss_legendre_grid(nodes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor Gauss-Legendre points (n, 4) and weights over the observable box."""
+    axes, wts = [], []
+    for k, (lo, hi) in zip(nodes, BOUNDS):
+        t, wt = np.polynomial.legendre.leggauss(k)
+        axes.append(0.5 * (hi - lo) * t + 0.5 * (hi + lo))
+        wts.append(0.5 * (hi - lo) * wt)
+    pts = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+    w = np.ones(1)
+    for wt in wts:
+        w = np.multiply.outer(w, wt)
+    return pts, w.reshape(-1)
 
 
 def _broaden(a: _Amplitude) -> _Amplitude:

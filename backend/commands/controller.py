@@ -1,14 +1,18 @@
 """`nsbi controller`: run the reconcile loop (launch, poll, ingest, retry, cancel).
 
 Settings come from the environment (NSBI_HOME, DATABASE_URL, NSBI_STORE); the default store
-folder under NSBI_HOME is created, an explicitly configured one must already exist.
+folder under NSBI_HOME is created, an explicitly configured one must already exist. After each
+pass the controller writes ``<NSBI_HOME>/controller.json`` ({"pid", "ticks", "time"}).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
+import os
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +43,14 @@ def run(args: argparse.Namespace) -> int:
         # the store is checked before the database is touched: a bad path changes nothing
         store = open_store(settings.store_uri, create=settings.store_uri.rstrip("/") in (default_store, f"file://{settings.home / 'store'}"))
     except StoreError as exc:
-        print(f"nsbi controller: {exc}", file=sys.stderr)
+        print(f"nsbi controller: {exc}; create it or point NSBI_STORE at an existing store. "
+              "Nothing was changed in the database.", file=sys.stderr)
         return 2
+    lock = _single_instance_lock(settings.home / "controller.lock")
+    if lock is None:
+        print(f"nsbi controller: another controller holds {settings.home / 'controller.lock'}; "
+              "only one may run per NSBI_HOME", file=sys.stderr)
+        return 1
     engine = init_db(get_engine(settings.database_url))
     config = ControllerConfig(tick_interval_s=args.interval, heartbeat_timeout_s=args.heartbeat_timeout,
                               startup_timeout_s=args.startup_timeout)
@@ -50,8 +60,40 @@ def run(args: argparse.Namespace) -> int:
             report = controller.tick()
             print(report)
             return 1 if report.errors else 0
-        controller.run_forever(max_ticks=args.max_ticks, until_idle=args.until_idle)
+        controller.run_forever(max_ticks=args.max_ticks, until_idle=args.until_idle,
+                               status_path=settings.home / "controller.json")
     except StoreError as exc:
         print(f"nsbi controller: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _single_instance_lock(path: Path):
+    """An exclusive, non-blocking flock held for the life of the process (None if taken).
+
+    The kernel drops it when the process dies, even by SIGKILL, so a crashed controller never
+    blocks its successor.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Direct entry (``python -m backend.commands.controller``), same as ``nsbi controller``."""
+    parser = argparse.ArgumentParser(prog="nsbi controller", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

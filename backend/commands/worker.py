@@ -27,3 +27,15 @@ def run(args: argparse.Namespace) -> int:
     line = f"nsbi worker: attempt {args.attempt} of {args.job_uri}: {outcome.status} (exit {outcome.exit_code})"
     print(line if not outcome.error else f"{line}\n{outcome.error}", file=sys.stderr if outcome.exit_code else sys.stdout)
     return outcome.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Direct entry (``python -m backend.commands.worker``): what launchers run, so a worker
+    never pays for, or depends on, importing the other command groups."""
+    parser = argparse.ArgumentParser(prog="nsbi worker", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

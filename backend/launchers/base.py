@@ -122,8 +122,12 @@ class Launcher(Protocol):
 
 
 def worker_command(python: str, request: LaunchRequest) -> list[str]:
-    """The command line that runs one attempt (shared by launchers that start processes)."""
-    return [python, "-m", "backend.cli", "worker", request.job_uri, "--attempt", str(request.attempt)]
+    """The command line that runs one attempt (shared by launchers that start processes).
+
+    Same as ``nsbi worker <job-uri> --attempt N``, but through the worker command's own entry
+    so a worker neither waits for nor depends on the imports of the other command groups.
+    """
+    return [python, "-m", "backend.commands.worker", request.job_uri, "--attempt", str(request.attempt)]
 
 
 def sequence_of(ids: Sequence[str] | str) -> list[str]:

@@ -38,6 +38,11 @@ from backend.launchers.base import (
 
 MARKER = "nsbi-instance:"  # $0 of the sh wrapper; lets a restarted launcher find a process
 
+# Workers on one machine share JAX's persistent compilation cache (unless the environment
+# says otherwise): every training job of a campaign compiles the same functions, and a cache
+# hit turns ~10 s of XLA compilation into well under a second.
+JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+
 
 @dataclass(frozen=True)
 class _Record:
@@ -246,7 +251,8 @@ class LocalLauncher:
             )
             self._write(rec)  # before the process exists: a crash here leaves a findable name
             self._rc_path(iid).unlink(missing_ok=True)
-            env = {**os.environ, **self.extra_env, **request.env, "NSBI_INSTANCE_ID": iid}
+            env = {**JAX_CACHE_ENV, "JAX_COMPILATION_CACHE_DIR": str(self.var_dir / "jax-cache"),
+                   **os.environ, **self.extra_env, **request.env, "NSBI_INSTANCE_ID": iid}
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
             rc_path = shlex.quote(str(self._rc_path(iid)))
             script = (

@@ -53,7 +53,7 @@ class LocalStore:
                 raise StoreError(f"cannot create store root {self.root}: {exc}") from exc
         elif must_exist and not self.root.is_dir():
             raise StoreError(
-                f"store root {self.root} does not exist (URI {self.uri}); create it or fix NSBI_STORE"
+                f"store root {self.root} does not exist (URI {self.uri})"
             )
 
     # -- naming

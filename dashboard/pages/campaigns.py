@@ -22,8 +22,13 @@ def campaigns_page() -> None:
             st.toast(f"Demo campaign {cid} created and launched.")
         except Exception as exc:
             widgets.report_error("Could not create the demo campaign", exc)
+    created = st.session_state.pop("campaign-created", None)
+    if created:
+        cid, launched = created
+        st.success(f"Campaign {cid} created" + (" and launch requested." if launched else ". Launch it from the list."))
     _campaign_list()
-    with st.expander("New campaign", expanded=bool(st.session_state.get(ERRORS_KEY))):
+    keep_open = bool(st.session_state.get(ERRORS_KEY) or st.session_state.get("campaign-estimate"))
+    with st.expander("New campaign", expanded=keep_open):
         _campaign_form()
 
 
@@ -217,14 +222,11 @@ def _submit(values: dict, *, create: bool, launch: bool) -> None:
     cache.clear()
     st.session_state["campaign_id"] = cid
     st.session_state["campaign-created"] = (cid, launch)
+    st.session_state["campaign-estimate"] = None
     st.rerun()
 
 
 def _show_estimate() -> None:
-    created = st.session_state.pop("campaign-created", None)
-    if created:
-        cid, launched = created
-        st.success(f"Campaign {cid} created" + (" and launch requested." if launched else ". Launch it from the list."))
     if st.session_state.get(ERRORS_KEY):
         st.warning("The form has problems: see the messages beside the fields.")
     est = st.session_state.get("campaign-estimate")

@@ -23,7 +23,10 @@ def fit_page() -> None:
     _headline(view)
     tabs = st.tabs(["Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs"])
     with tabs[0]:
-        widgets.chart(figures.pulls(view.pulls), "pulls") if not view.pulls.empty else widgets.nothing_yet("No pulls.")
+        if view.pulls.empty:
+            widgets.nothing_yet("No pulls.")
+        else:
+            widgets.chart(figures.pulls(view.pulls), "pulls")
     with tabs[1]:
         if view.impacts.empty:
             widgets.nothing_yet("No impacts yet: start an impacts job.")
@@ -57,7 +60,7 @@ def _headline(view) -> None:
             text = f"{view.mu_hat:.3f} +{abs(view.sigma_up):.3f} −{abs(view.sigma_down):.3f}"
         else:
             text = f"{view.mu_hat:.3f} ± {view.sigma:.3f}" if view.sigma is not None else f"{view.mu_hat:.3f}"
-        cols[0].metric(f"{view.poi}̂", text)
+        cols[0].metric(f"best-fit {view.poi}", text)
     cols[1].metric("Data", view.data)
     cols[2].metric("Nuisance parameters", len(view.pulls))
 
@@ -67,7 +70,7 @@ def _start_form(campaign_id: int) -> None:
         c1, c2 = st.columns(2)
         data = c1.radio("Data", ("asimov", "observed"), horizontal=True, key="fit-data")
         mu_true = c2.number_input("Asimov μ", value=1.0, key="fit-mu-true")
-        steps = st.multiselect("Run", ("fit", "impacts", "scan", "toys"), default=["fit", "impacts"], key="fit-steps")
+        steps = st.multiselect("Run", intents.FIT_KINDS, default=list(intents.FIT_KINDS), key="fit-steps")
         c3, c4, c5 = st.columns(3)
         scan_lo = c3.number_input("Scan from", value=0.0, key="fit-scan-lo")
         scan_hi = c4.number_input("Scan to", value=2.0, key="fit-scan-hi")
@@ -78,12 +81,12 @@ def _start_form(campaign_id: int) -> None:
         request = {"data": data, "mu_true": mu_true, "steps": steps,
                    "scan": {"low": scan_lo, "high": scan_hi, "points": int(scan_n)}, "toys": int(n_toys)}
         try:
-            new_id = intents.start_fit(campaign_id, request)
+            n = intents.start_fit(campaign_id, request)
         except Exception as exc:  # validation or backend errors: shown, page keeps working
             widgets.report_error("Could not start the fit", exc)
             return
         cache.clear()
-        st.success(f"Fit jobs created (campaign {new_id}); they run when the controller picks them up.")
+        st.success(f"{n} fit job(s) started; they run when the controller picks them up.")
 
 
 fit_page()

@@ -11,7 +11,6 @@ from dashboard import cache, figures, queries, widgets
 STATES = ("PENDING", "LAUNCHING", "RUNNING", "SUCCEEDED", "FAILED", "PREEMPTED", "CANCELLED")
 KINDS = ("train", "fit", "impacts", "scan", "toys")
 PAGE_SIZE = 50
-MAX_TRAIN_JOBS = 5000
 
 
 def monitor_page() -> None:
@@ -76,7 +75,7 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
 
 def _curves(db: str, campaign_id: int) -> None:
     st.subheader("Loss curves")
-    train, _ = cache.jobs(db, campaign_id, (), "train", 0, MAX_TRAIN_JOBS)
+    train = cache.train_jobs(db, campaign_id)
     if train.empty:
         widgets.nothing_yet("This campaign has no training jobs.")
         return

@@ -389,3 +389,29 @@ class Model:
     def hvp(self, theta, v, data=None, aux=None) -> np.ndarray:
         t, d, a = self._args(theta, data, aux)
         return np.asarray(self._f_hvp(t, jnp.asarray(v, jnp.float64), d, a))
+
+
+def _event_intensity(model: Model, theta, data):
+    """s_i(theta) = sum_c A_c R_c(x_i) for every event, chunk by chunk (float64, (n,))."""
+    n = model.n_events
+    m = min(model.chunk_size, n)
+    n_chunks = -(-n // m)
+    A = model.amplitudes(theta)
+    terms = model._proc_terms(theta)
+
+    def body(out, i):
+        start = jnp.minimum(i * m, n - m)
+        chunk = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, start, m), data)
+        R, _, _ = model._per_event_R(chunk, terms, 0)
+        return lax.dynamic_update_slice_in_dim(out, R @ A, start, 0), None
+
+    out, _ = lax.scan(body, jnp.zeros(n, jnp.float64), jnp.arange(n_chunks))
+    return out
+
+
+def event_intensity(model: Model, theta, data=None) -> np.ndarray:
+    """Per-event s_i(theta) (NumPy), used to reweight events to other parameter values."""
+    cache = model.__dict__.setdefault("_fit_cache", {})
+    if "intensity" not in cache:
+        cache["intensity"] = Compiled(lambda t, d: _event_intensity(model, t, d), "intensity", model.clock)
+    return np.asarray(cache["intensity"](jnp.asarray(theta, jnp.float64), model.data if data is None else data))

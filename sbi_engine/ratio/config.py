@@ -23,8 +23,9 @@ class TrainConfig:
 
     The defaults (3x64 SiLU, 2 members) train the demo problem in seconds on a laptop CPU.
     ``patience`` counts evaluations (every ``eval_every`` steps) without a validation-loss
-    improvement before a member stops. ``checkpoint_every`` is rounded up to a multiple of
-    ``eval_every`` because checkpoints are taken at evaluation boundaries.
+    improvement before a member stops. Checkpoints are taken at evaluation boundaries, once at least
+    ``checkpoint_every`` steps have run since the last one.
+    ``periodic_features`` names angle features (radians) fed to the network as (cos, sin).
     """
 
     hidden_layers: int = 3
@@ -47,6 +48,7 @@ class TrainConfig:
     pack_size: int | None = None
     checkpoint_every: int = 500
     dtype: str = "float32"
+    periodic_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -73,6 +75,9 @@ class TrainConfig:
              f"pack_size must be None or >= 1, got {self.pack_size}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         need(self.dtype in DTYPES, f"dtype {self.dtype!r} not in {DTYPES}")
+        if isinstance(self.periodic_features, str):
+            raise ValueError("TrainConfig: periodic_features must be a list of feature names, not a string")
+        object.__setattr__(self, "periodic_features", tuple(str(n) for n in self.periodic_features))
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -80,8 +85,10 @@ class TrainConfig:
         return (self.width,) * self.hidden_layers
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict of all fields."""
-        return dataclasses.asdict(self)
+        """JSON-safe dict of all fields (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["periodic_features"] = list(self.periodic_features)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

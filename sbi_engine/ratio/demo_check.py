@@ -52,8 +52,9 @@ class TaskCheck:
 
 def default_check_config(members: int = 4) -> TrainConfig:
     """The configuration used for the demo accuracy figures."""
-    return TrainConfig(hidden_layers=3, width=64, members=members, learning_rate=2e-3, batch_size=2048,
-                       max_steps=4000, eval_every=200, patience=8, schedule="cosine", bootstrap=True)
+    return TrainConfig(hidden_layers=3, width=64, members=members, learning_rate=3e-3, batch_size=4096,
+                       max_steps=2000, eval_every=250, patience=8, schedule="cosine", bootstrap=True,
+                       periodic_features=("phi",))
 
 
 def check_task(task: dict[str, Any], n_events: int, config: TrainConfig, seed: int = 0,

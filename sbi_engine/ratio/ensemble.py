@@ -7,7 +7,8 @@ record and per-member seeds. A physicist can use it with NumPy alone::
 
     z = np.load("ensemble.npz")
     meta = json.loads(z["metadata.json"].tobytes())
-    # x_std = (x - meta["scaler"]["mean"]) / meta["scaler"]["scale"]
+    # columns listed in meta["scaler"]["periodic"] are replaced by (cos x, sin x), then
+    # x_std = (x_enc - meta["scaler"]["mean"]) / meta["scaler"]["scale"]
     # member m: h = act(h @ kernel[m] + bias[m]) per hidden layer; log r_m = h @ out_kernel[m] + out_bias[m]
 
 or simply ``Ensemble.load(path).log_ratio(x)``.
@@ -15,6 +16,7 @@ or simply ``Ensemble.load(path).log_ratio(x)``.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -65,7 +67,6 @@ class Ensemble:
                                  model_meta["activation"], model_meta.get("dtype", "float32"))
         self.scaler = Standardizer.from_dict(self.metadata["scaler"])
         self._device_params = None
-        self._fns: dict[tuple, Any] = {}
 
     # ---- basic facts -------------------------------------------------------------------
     @property
@@ -105,18 +106,10 @@ class Ensemble:
         return max(1, min(self.members, _ACTIVATION_BUDGET // max(1, 2 * 4 * chunk * width)))
 
     def _logits_fn(self, chunk: int):
-        key = ("logits", chunk)
-        if key not in self._fns:
-            model, batch = self.model, self._member_batch(chunk)
-
-            def logits(params, x):
-                apply = lambda p: model.apply({"params": p}, x)  # noqa: E731
-                if batch >= self.members:
-                    return jax.vmap(apply)(params)
-                return jax.lax.map(apply, params, batch_size=batch)
-
-            self._fns[key] = jax.jit(logits)
-        return self._fns[key]
+        m = self.metadata["model"]
+        batch = self._member_batch(chunk)
+        return _logits_program(m["hidden_layers"], m["width"], m["activation"], m.get("dtype", "float32"),
+                               batch if batch < self.members else 0)
 
     def _chunks(self, x: np.ndarray, chunk_size: int, progress: bool, what: str) -> Iterator[tuple[int, np.ndarray]]:
         n = len(x)
@@ -220,6 +213,23 @@ class Ensemble:
         return cls(_unflatten(flat), meta)
 
 
+@functools.lru_cache(maxsize=32)
+def _logits_program(hidden_layers: int, width: int, activation: str, dtype: str, member_batch: int):
+    """Jitted (stacked params, x) -> (M, n) logits; ``member_batch`` > 0 evaluates members
+    sequentially in groups of that size to bound activation memory. Shared by all ensembles
+    of one architecture, so loading or slicing an ensemble does not recompile."""
+    model = build_model(hidden_layers, width, activation, dtype)
+
+    def logits(params, x):
+        apply = lambda p: model.apply({"params": p}, x)  # noqa: E731
+        if member_batch == 0:
+            return jax.vmap(apply)(params)
+        return jax.lax.map(apply, params, batch_size=member_batch)
+
+    return jax.jit(logits)
+
+
+@functools.lru_cache(maxsize=32)
 def _aggregator(aggregate: str, members: int):
     def agg(logits):
         z = logits.astype(jnp.float64)

@@ -21,27 +21,54 @@ class RatioDataError(ValueError):
 
 @dataclass(frozen=True)
 class Standardizer:
-    """x -> (x - mean) / scale, fitted on training features; plain lists in ``to_dict``."""
+    """Network input preprocessing, fitted on training features.
+
+    Features named in ``periodic`` are angles in radians and enter the network as
+    (cos x, sin x), so the network never sees the artificial edge at +-pi; then every
+    encoded column is standardised, z -> (z - mean) / scale. ``to_dict`` is plain JSON.
+    """
 
     mean: np.ndarray
     scale: np.ndarray
+    periodic: tuple[int, ...] = ()
+
+    @staticmethod
+    def encode(x: np.ndarray, periodic: tuple[int, ...]) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if not periodic:
+            return x
+        cols = []
+        for j in range(x.shape[1]):
+            if j in periodic:
+                cols += [np.cos(x[:, j]), np.sin(x[:, j])]
+            else:
+                cols.append(x[:, j])
+        return np.stack(cols, axis=1).astype(np.float32)
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Standardizer":
-        mean = x.mean(axis=0, dtype=np.float64)
-        scale = x.std(axis=0, dtype=np.float64)
+    def fit(cls, x: np.ndarray, periodic: tuple[int, ...] = ()) -> "Standardizer":
+        z = cls.encode(x, periodic)
+        mean = z.mean(axis=0, dtype=np.float64)
+        scale = z.std(axis=0, dtype=np.float64)
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls(mean.astype(np.float32), scale.astype(np.float32))
+        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(j) for j in periodic))
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of the network input (after the periodic encoding)."""
+        return int(len(self.mean))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float32) - self.mean) / self.scale).astype(np.float32)
+        return ((self.encode(x, self.periodic) - self.mean) / self.scale).astype(np.float32)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": [float(v) for v in self.mean], "scale": [float(v) for v in self.scale]}
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": [float(v) for v in self.mean], "scale": [float(v) for v in self.scale],
+                "periodic": list(self.periodic)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Standardizer":
-        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["scale"], np.float32))
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["scale"], np.float32),
+                   tuple(int(j) for j in data.get("periodic", ())))
 
 
 @dataclass(frozen=True)
@@ -92,7 +119,8 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int) -> PreparedData:
+def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int,
+            periodic_features: tuple[str, ...] = ()) -> PreparedData:
     """Split, standardise and balance. Raises ``RatioDataError`` naming the offending sample."""
     for s, role in ((numerator, "numerator"), (denominator, "denominator")):
         if len(s.features) < 2:
@@ -109,6 +137,11 @@ def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int) ->
         if not np.all(np.isfinite(s.weights)):
             raise RatioDataError(f"{role} sample {s.source}: non-finite weights")
 
+    missing = [name for name in periodic_features if name not in numerator.names]
+    if missing:
+        raise RatioDataError(f"periodic_features {missing} are not features of {numerator.source} "
+                             f"(features: {list(numerator.names)})")
+    periodic = tuple(numerator.names.index(name) for name in periodic_features)
     fp = fingerprint(numerator.features, numerator.weights, denominator.features, denominator.weights)
     rng = np.random.default_rng([seed, 0x5EED])
     tr_n, va_n = _split_indices(len(numerator.features), val_fraction, rng)
@@ -122,7 +155,7 @@ def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int) ->
 
     x_tr, y_tr, w_tr = stack(tr_n, tr_d)
     x_va, y_va, w_va = stack(va_n, va_d)
-    scaler = Standardizer.fit(x_tr)
+    scaler = Standardizer.fit(x_tr, periodic)
     split = {
         "seed": int(seed),
         "val_fraction": float(val_fraction),

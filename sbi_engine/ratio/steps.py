@@ -7,6 +7,7 @@ run resumed from a checkpoint replays exactly the batches an uninterrupted run w
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from .config import TrainConfig
-from .model import MLP, weighted_bce
+from .model import MLP, build_model, weighted_bce
 
 Params = Any
 
@@ -120,3 +121,29 @@ def update_best(state: MemberState, val: jax.Array, step: jax.Array, patience: j
         bad_evals=bad,
         stopped=state.stopped | (bad >= patience),
     )
+
+
+_OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "schedule", "warmup_steps", "weight_decay", "max_steps")
+_MODEL_FIELDS = ("hidden_layers", "width", "activation", "dtype")
+
+
+def interval_program(config: TrainConfig, n_steps: int, donate: bool = True) -> Callable:
+    """``make_interval`` for a config, shared between calls so a resumed or repeated run
+    reuses the compiled program instead of tracing and compiling it again."""
+    key = (tuple(getattr(config, f) for f in _MODEL_FIELDS + _OPTIMIZER_FIELDS), config.batch_size, n_steps, donate)
+    return _cached_interval(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_interval(key: tuple) -> Callable:
+    fields, batch_size, n_steps, donate = key
+    values = dict(zip(_MODEL_FIELDS + _OPTIMIZER_FIELDS, fields))
+    config = TrainConfig(**values)
+    model = build_model(config.hidden_layers, config.width, config.activation, config.dtype)
+    return make_interval(model, make_optimizer(config), batch_size, n_steps, donate)
+
+
+@functools.lru_cache(maxsize=64)
+def loss_sums_program(hidden_layers: int, width: int, activation: str, dtype: str) -> Callable:
+    """``make_loss_sums`` shared between calls (one compiled program per architecture and shape)."""
+    return make_loss_sums(build_model(hidden_layers, width, activation, dtype))

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .ensemble import FORMAT, Ensemble
 from .model import build_model, init_stacked
 from .prepare import PreparedData, prepare
-from .steps import MemberState, make_interval, make_loss_sums, make_optimizer, update_best
+from .steps import MemberState, interval_program, loss_sums_program, make_optimizer, update_best
 from .strategy import Layout, choose_layout
 
 CKPT_FORMAT = "nsbi-ratio-checkpoint/1"
@@ -78,8 +78,7 @@ class _Trainer:
         self.tx = make_optimizer(config)
         self.n_features = data.x_train.shape[1]
         self.donate = True  # reuse parameter and optimiser buffers in place (CPU and GPU)
-        self._intervals: dict[int, Any] = {}
-        self.loss_sums = make_loss_sums(self.model)
+        self.loss_sums = loss_sums_program(config.hidden_layers, config.width, config.activation, config.dtype)
         self.x = jnp.asarray(data.x_train)
         self.y = jnp.asarray(data.y_train)
         self._val_chunks = self._make_val_chunks()
@@ -97,9 +96,7 @@ class _Trainer:
                 for i in range(0, len(x), chunk)]
 
     def interval(self, n_steps: int):
-        if n_steps not in self._intervals:
-            self._intervals[n_steps] = make_interval(self.model, self.tx, self.config.batch_size, n_steps, self.donate)
-        return self._intervals[n_steps]
+        return interval_program(self.config, n_steps, self.donate)
 
     def pack_weights(self, members: range) -> jax.Array:
         n = len(self.data.w_train)
@@ -223,7 +220,7 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
     config = config or TrainConfig()
     callbacks = callbacks or TrainCallbacks()
     t0 = time.perf_counter()
-    data = prepare(numerator, denominator, config.val_fraction, config.seed)
+    data = prepare(numerator, denominator, config.val_fraction, config.seed, config.periodic_features)
     n_train = len(data.x_train)
     layout = choose_layout(config, data.x_train.shape[1], n_train)
     packs = layout.packs(config.members)
@@ -329,7 +326,7 @@ def _metadata(config: TrainConfig, data: PreparedData, layout: Layout, total: in
         "format": FORMAT,
         "model": {"kind": "mlp", "hidden_layers": config.hidden_layers, "width": config.width,
                   "activation": config.activation, "dtype": config.dtype,
-                  "n_features": int(data.x_train.shape[1]), "output": "logit = log r"},
+                  "n_inputs": int(data.x_train.shape[1]), "output": "logit = log r"},
         "feature_names": list(data.names),
         "scaler": data.scaler.to_dict(),
         "config": config.to_dict(),

@@ -64,20 +64,25 @@ class JobDef:
     kind: str = "noop"
     max_retries: int = 2
     spec: dict[str, Any] | None = None
+    machine_type: str = "local"
+    est_hours: float = 0.0
+    gpu_count: int = 0
 
 
 def make_campaign(engine, jobs: Sequence[JobDef], *, name: str = "camp", max_concurrency: int = 2,
-                  status: str = CampaignStatus.ACTIVE) -> int:
+                  status: str = CampaignStatus.ACTIVE, budget_usd: float | None = None) -> int:
     """Insert an ACTIVE campaign whose jobs are all desired RUN; returns the campaign id."""
     with Session(engine, expire_on_commit=False) as s:
-        camp = Campaign(name=name, config_hash=uuid.uuid4().hex, status=status, max_concurrency=max_concurrency)
+        camp = Campaign(name=name, config_hash=uuid.uuid4().hex, status=status, max_concurrency=max_concurrency,
+                        budget_usd=budget_usd)
         s.add(camp)
         s.flush()
         ids: dict[str, int] = {}
         for jd in jobs:
             spec = jd.spec if jd.spec is not None else {"kind": jd.kind, "name": jd.name, "params": jd.params}
             job = Job(campaign_id=camp.id, name=jd.name, kind=jd.kind, spec=spec, max_retries=jd.max_retries,
-                      desired_state=DesiredState.RUN, depends_on=[ids[d] for d in jd.deps])
+                      desired_state=DesiredState.RUN, depends_on=[ids[d] for d in jd.deps],
+                      machine_type=jd.machine_type, est_hours=jd.est_hours, gpu_count=jd.gpu_count)
             s.add(job)
             s.flush()
             ids[jd.name] = job.id
@@ -156,3 +161,18 @@ def job_status_is(engine, job_name: str, *states: str) -> Callable[[], bool]:
 
 
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def controller_process_main(db_url: str, store_uri: str, var_dir: str, status_path: str,
+                            interval: float = 0.05) -> None:
+    """Body of a controller process (started through a multiprocessing forkserver so that 20
+    restarts cost milliseconds, not 20 interpreter start-ups); killed with SIGKILL by tests."""
+    from pathlib import Path
+
+    from backend.controller import Controller, ControllerConfig
+    from backend.launchers.local import LocalLauncher
+
+    engine = create_engine(db_url)
+    launcher = LocalLauncher(var_dir, max_concurrent=2, gpus=[], extra_env=FAST_ENV)
+    ctl = Controller(engine, store_uri, {"local": launcher}, ControllerConfig(tick_interval_s=interval))
+    ctl.run_forever(status_path=Path(status_path))

@@ -69,7 +69,7 @@ def test_campaign_with_dependencies_runs_to_completion(engine, tmp_path):
     with Session(engine) as s:
         camp = s.get(Campaign, cid)
         c = s.exec(select(Job).where(Job.name == "c")).one()
-        assert c.uri == ctl.store.uri + f"/campaigns/{campaign_key(camp)}/jobs/c"
+        assert c.uri == ctl.store.uri + f"/campaigns/{campaign_key(camp)}/jobs/c-{c.id}"
         spec = get_json(ctl.job_store(c), layout.SPEC)
         a = s.exec(select(Job).where(Job.name == "a")).one()
         # the dependent job's spec carries its dependencies' results (artifact URIs)
@@ -202,3 +202,75 @@ def test_missing_store_changes_nothing_in_the_database(sqlite_file_engine, tmp_p
     assert job_states(engine) == before == {"j": JobStatus.PENDING}
     with Session(engine) as s:
         assert s.exec(select(Attempt)).first() is None and s.exec(select(Event)).first() is None
+
+
+def test_budget_holds_back_launches_that_would_exceed_it_and_costs_accrue(sqlite_file_engine, tmp_path):
+    engine = sqlite_file_engine
+    ctl = make_controller(engine, tmp_path, max_concurrent=3)
+    # n1-standard-4 costs 0.19 USD/h in the shipped catalogue; each job is estimated at 1 h
+    jobs = [JobDef(n, {"steps": 4, "step_s": 0.05}, machine_type="n1-standard-4", est_hours=1.0) for n in "xyz"]
+    cid = make_campaign(engine, jobs, max_concurrency=3, budget_usd=0.5)
+    try:
+        report = ctl.tick()
+        assert report.launched == 2  # 2 x 0.19 fits in 0.5 USD, a third would not
+        with Session(engine) as s:
+            z = s.exec(select(Job).where(Job.name == "z")).one()
+            assert z.status == JobStatus.PENDING and z.status_reason.startswith("over budget")
+        run_until(ctl, campaign_done(engine, cid), timeout=60)
+    finally:
+        kill_all(ctl)
+    assert job_states(engine) == {n: JobStatus.SUCCEEDED for n in "xyz"}
+    for name in "xyz":
+        (att,) = attempts_of(engine, name)
+        hours = (att.ended_at - att.launched_at).total_seconds() / 3600
+        assert att.price_per_hour == 0.19 and att.cost_usd == pytest.approx(0.19 * hours, rel=1e-9)
+        assert att.cost_usd > 0
+
+
+def test_gpu_quota_limits_gpu_jobs_but_not_cpu_jobs(sqlite_file_engine, tmp_path):
+    engine = sqlite_file_engine
+    ctl = make_controller(engine, tmp_path, max_concurrent=4, gpu_quota=1)
+    make_campaign(engine, [JobDef("g1", {"steps": 200, "step_s": 0.02}, gpu_count=1),
+                           JobDef("g2", {"steps": 1}, gpu_count=1),
+                           JobDef("cpu", {"steps": 200, "step_s": 0.02})], max_concurrency=4)
+    try:
+        assert ctl.tick().launched == 2
+        assert job_states(engine) == {"g1": JobStatus.RUNNING, "g2": JobStatus.PENDING, "cpu": JobStatus.RUNNING}
+    finally:
+        kill_all(ctl)
+
+
+def test_active_job_quota_spans_campaigns(sqlite_file_engine, tmp_path):
+    engine = sqlite_file_engine
+    ctl = make_controller(engine, tmp_path, max_concurrent=4, max_active_jobs=2)
+    make_campaign(engine, [JobDef("a1", {"steps": 200, "step_s": 0.02}), JobDef("a2", {"steps": 200, "step_s": 0.02})], name="one")
+    make_campaign(engine, [JobDef("b1", {"steps": 200, "step_s": 0.02})], name="two")
+    try:
+        assert ctl.tick().launched == 2
+        assert sorted(job_states(engine).values()).count(JobStatus.RUNNING) == 2
+        assert ctl.tick().launched == 0
+    finally:
+        kill_all(ctl)
+
+
+def test_user_retry_intent_reopens_a_failed_campaign(sqlite_file_engine, tmp_path):
+    from backend import service
+
+    engine = sqlite_file_engine
+    ctl = make_controller(engine, tmp_path)
+    cid = make_campaign(engine, [JobDef("once", {"steps": 4, "step_s": 0.01, "fail_on_attempts": [1],
+                                                 "fail_at_step": 2}, max_retries=0)])
+    try:
+        run_until(ctl, campaign_done(engine, cid), timeout=30)
+        assert campaign_status(engine, cid) == CampaignStatus.FAILED
+        with Session(engine) as s:
+            job_id = s.exec(select(Job)).one().id
+        assert service.request_retry(job_ids=[job_id], engine=engine) == 1  # the intent only
+        assert job_states(engine) == {"once": JobStatus.FAILED}
+        run_until(ctl, campaign_done(engine, cid), timeout=30)
+    finally:
+        kill_all(ctl)
+    assert campaign_status(engine, cid) == CampaignStatus.SUCCEEDED
+    assert [(a.attempt_no, a.status) for a in attempts_of(engine, "once")] == [(1, JobStatus.FAILED),
+                                                                              (2, JobStatus.SUCCEEDED)]
+    assert [s for a, s, _ in metric_keys(engine, "once") if a == 2] == [3, 4]  # resumed after step 2

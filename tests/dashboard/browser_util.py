@@ -79,24 +79,27 @@ def chromium_page(width: int = 1400, height: int = 1000):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(60_000)
             yield page
         finally:
             browser.close()
 
 
-def wait_idle(page, timeout_ms: int = 30_000) -> None:
-    """Wait until the Streamlit script run finished (the 'running' status widget is gone)."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector(\"[data-testid='stStatusWidget']\")"
-        " || document.querySelector(\"[data-testid='stStatusWidget']\").innerText.trim() === ''",
-        timeout=timeout_ms,
-    )
+def wait_title(page, timeout_ms: int = 60_000) -> None:
+    """Wait until the page's script has started drawing (every page begins with a title).
+
+    Streamlit has no reliable "script finished" marker in the DOM (the status widget only
+    appears for long runs), so tests then wait for the specific content they check.
+    """
+    page.wait_for_selector("[data-testid='stApp'] h1", timeout=timeout_ms)
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, *, show=None) -> Path:
+    """Save test-artifacts/<name>.png; `show` (a locator) is scrolled into view first, since
+    Streamlit scrolls inside its main container and full-page shots only see the viewport."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if show is not None:
+        show.scroll_into_view_if_needed()
+    page.screenshot(path=str(path))
     return path

@@ -56,8 +56,14 @@ def fit_payloads(rng: np.random.Generator, mu_hat: float = 1.05, sigma: float = 
 
 def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 50,
          metric_names: tuple[str, ...] = ("train_loss", "val_loss"), resource_points: int = 20,
-         with_fit: bool = True, name: str = "seeded", seed_value: int = 0) -> Seeded:
-    """Write one campaign with `n_jobs` train jobs (plus fit jobs) and their metrics."""
+         with_fit: bool = True, name: str = "seeded", seed_value: int = 0,
+         train_states: tuple[str, ...] = STATES, fit_states: dict[str, str] | None = None) -> Seeded:
+    """Write one campaign with `n_jobs` train jobs (plus fit jobs) and their metrics.
+
+    Train job i gets state train_states[i % len]; fit-like jobs are SUCCEEDED with results
+    unless `fit_states` names another state (PENDING ones are held, without results).
+    """
+    fit_states = fit_states or {}
     rng = np.random.default_rng(seed_value)
     engine = get_engine(url)
     init_db(engine)
@@ -69,7 +75,7 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
         )).inserted_primary_key[0]
         jobs = []
         for i in range(n_jobs):
-            state = STATES[i % len(STATES)]
+            state = train_states[i % len(train_states)]
             jobs.append({"campaign_id": cid, "name": f"train-{i:04d}", "kind": "train", "task": f"task{i % 3}",
                          "members": list(range(members_per_job)), "status": state, "desired_state": "RUN",
                          "current_attempt": 1 + (i % 2), "retries": i % 2, "recoveries": i % 3,
@@ -79,7 +85,9 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
         fit_kinds = ("fit", "impacts", "scan", "toys") if with_fit else ()
         for kind in fit_kinds:
             jobs.append({"campaign_id": cid, "name": kind, "kind": kind, "task": None, "members": [],
-                         "status": "SUCCEEDED", "desired_state": "RUN", "current_attempt": 1, "retries": 0,
+                         "status": fit_states.get(kind, "SUCCEEDED"),
+                         "desired_state": "HOLD" if fit_states.get(kind) == "PENDING" else "RUN",
+                         "current_attempt": 0 if fit_states.get(kind) == "PENDING" else 1, "retries": 0,
                          "recoveries": 0, "machine_type": "local", "gpu_type": None, "gpu_count": 0,
                          "spot": False, "created_at": now, "updated_at": now})
         jobs = [{"np_subset": [], "seeds": [], "depends_on": [], "spec": {}, "zones": [], **j} for j in jobs]
@@ -90,6 +98,8 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
         train_ids = [r.id for r in rows if r.kind == "train"]
         attempts, cost, gpu_hours = [], 0.0, 0.0
         for k, r in enumerate(rows):
+            if r.status == "PENDING" and r.kind != "train":
+                continue
             hours = 0.5 + (k % 4) * 0.25
             price = 0.7 if k % 2 else 0.38
             launched = now - timedelta(days=k % 2, hours=hours)
@@ -133,7 +143,7 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
             fit_rows = [{"job_id": r.id, "campaign_id": cid, "kind": r.kind, "payload": payloads[r.kind],
                          "mu_hat": mu_hat if r.kind == "fit" else None, "sigma": sigma if r.kind == "fit" else None,
                          "created_at": now}
-                        for r in rows if r.kind in payloads]
+                        for r in rows if r.kind in payloads and r.status == "SUCCEEDED"]
             conn.execute(sa.insert(FitResult.__table__), fit_rows)
     counts: dict[str, int] = {}
     for r in rows:

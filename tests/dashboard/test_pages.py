@@ -114,7 +114,7 @@ def test_monitor_without_campaigns(empty_db):
 def test_fit_page_shows_mu_pulls_impacts(seeded):
     at = run_page("fit")
     shown = metric_values(at)
-    assert shown["mû"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
+    assert shown["best-fit mu"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
     assert shown["Nuisance parameters"] == "5"
     assert len(at.tabs) == 6
     assert len(at.get("plotly_chart")) == 5  # pulls, impacts, correlation, scan, toys

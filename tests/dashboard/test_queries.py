@@ -49,11 +49,12 @@ def test_metrics_frame_from_dataclasses():
 
 
 def test_resources_frame_wide_to_long_epoch_seconds():
-    rows = [{"t": 0.0, "job_id": 1, "cpu_percent": 50.0, "rss_bytes": 1e9, "gpus": []},
-            {"t": 30.0, "job_id": 1, "cpu_percent": 70.0, "rss_bytes": 2e9, "gpus": []}]
+    rows = [{"t": 0.0, "job_id": 1, "attempt_no": 1, "cpu_percent": 50.0, "rss_bytes": 1e9, "gpus": []},
+            {"t": 30.0, "job_id": 1, "attempt_no": 1, "cpu_percent": 70.0, "rss_bytes": 2e9, "gpus": []}]
     df = queries.resources_frame(rows)
-    assert set(df["name"]) == {"cpu_percent", "rss_bytes"}
-    assert df[df.name == "cpu_percent"]["value"].mean() == pytest.approx(60.0)
+    assert set(df["name"]) == {"CPU (%)", "RSS (GB)"}  # attempt_no and gpus are not resources
+    assert df[df.name == "CPU (%)"]["value"].mean() == pytest.approx(60.0)
+    assert df[df.name == "RSS (GB)"]["value"].tolist() == pytest.approx([1.0, 2.0])
     assert str(df["time"].dt.tz) == "UTC"
 
 

@@ -180,6 +180,10 @@ def test_parquet_bad_input_named(parquet_file):
         load_sample(parquet_file, features={"j0": "jets[:, 0]"})
     with pytest.raises(DataError, match="jagged"):
         load_sample(parquet_file, features={"j": "jets"})
+    with pytest.raises(DataError, match=r"weights have 1 NaN and 1 infinite value\(s\) out of 6 rows \(weight 'b'\)"):
+        load_sample(parquet_file, features=["a"], weight="b")
+    ok = load_sample(parquet_file, features=["a", "b"], selection="np.isfinite(b)")  # the selection removes them
+    assert len(ok) == 4
     with pytest.raises(DataError, match=r"keeps 0 of 6 rows"):
         load_sample(parquet_file, features=["a"], selection="a > 100")
     with pytest.raises(DataError, match=r"2 of 6 rows have negative weights.*\(weight .w - 0.75.\)"):
@@ -248,8 +252,11 @@ def test_numpy_formats(tmp_path):
     np.savez(tmp_path / "bad.npz", a=np.zeros(3), b=np.zeros(2))
     with pytest.raises(DataError, match=r"bad.npz: length mismatch between columns: \{'a': 3, 'b': 2\}"):
         load_sample(tmp_path / "bad.npz", features=["a"])
-    with pytest.raises(DataError, match="file not found"):
+    with pytest.raises(DataError, match="missing.npz: file not found"):
         load_sample(tmp_path / "missing.npz", features=["a"])
+    with pytest.raises(DataError, match="only local files"):
+        load_sample("gs://bucket/x.root", features=["a"])
+    assert len(load_sample(f"file://{tmp_path / 'named.npz'}", features=["pt"])) == 4
     (tmp_path / "x.csv").write_text("a\n1\n")
     with pytest.raises(DataError, match="cannot tell the format from the suffix '.csv'"):
         load_sample(tmp_path / "x.csv", features=["a"])

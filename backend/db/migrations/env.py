@@ -23,9 +23,15 @@ def _configure(connection) -> None:
         context.run_migrations()
 
 
+def _url() -> str:
+    from backend.settings import get_settings
+
+    return config.get_main_option("sqlalchemy.url") or get_settings().database_url
+
+
 def run_migrations_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=_url(),
         target_metadata=target_metadata,
         literal_binds=True,
     )
@@ -38,7 +44,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _configure(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(_url())
     with engine.begin() as conn:
         _configure(conn)
     engine.dispose()

@@ -1,0 +1,117 @@
+"""`nsbi fit WORKSPACE`: best fit, errors, pulls, impacts, scans, Asimov and toys, as a text
+summary and (optionally) JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workspace", help="workspace JSON file (see docs/workspace.md)")
+    parser.add_argument("--json", metavar="FILE", help="write all results as JSON to FILE")
+    parser.add_argument("--backend", choices=("newton", "minuit"), default="newton",
+                        help="minimiser: JAX Newton on the exact Hessian (default) or iminuit MIGRAD+HESSE")
+    parser.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                        help="hold a parameter fixed (repeatable)")
+    parser.add_argument("--impacts", choices=("none", "covariance", "refit", "both"), default="covariance",
+                        help="impacts on the POIs (refit: one refit per NP and direction)")
+    parser.add_argument("--impact-nps", default=None, metavar="A,B,...",
+                        help="only these nuisances for refit impacts (to fan the work out)")
+    parser.add_argument("--scan", action="store_true", help="profile-likelihood scan of each POI (68%%/95%% intervals)")
+    parser.add_argument("--scan-points", type=int, default=21)
+    parser.add_argument("--asimov", action="store_true", help="also fit Asimov data at the initial values (expected)")
+    parser.add_argument("--toys", type=int, default=0, metavar="N", help="toy study with N toys at the reference point")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=16384)
+    parser.add_argument("--mmap", action="store_true", help="memory-map .npy arrays instead of reading them")
+
+
+def _parse_fix(items: list[str]) -> dict[str, float]:
+    out = {}
+    for it in items:
+        name, _, value = it.partition("=")
+        if not value:
+            raise SystemExit(f"nsbi fit: --fix needs NAME=VALUE, got {it!r}")
+        out[name] = float(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from sbi_engine.fit import Model, Workspace, WorkspaceError, fit  # noqa: PLC0415
+    from sbi_engine.fit.impacts import breakdown, covariance_impacts, pulls, ranking, refit_impacts  # noqa: PLC0415
+    from sbi_engine.fit.results import to_jsonable  # noqa: PLC0415
+    from sbi_engine.fit.scan import profile_scan  # noqa: PLC0415
+    from sbi_engine.fit.summary import format_summary  # noqa: PLC0415
+    from sbi_engine.fit.toys import expected_fit, toy_study  # noqa: PLC0415
+
+    try:
+        ws = Workspace.load(args.workspace, mmap=args.mmap)
+    except WorkspaceError as exc:
+        print(f"nsbi fit: {exc}", file=sys.stderr)
+        return 2
+    fixed = _parse_fix(args.fix)
+    steps = ["compile + fit"]
+    if args.impacts in ("refit", "both"):
+        steps.append("refit impacts")
+    if args.scan:
+        steps.append("scans")
+    if args.asimov:
+        steps.append("Asimov")
+    if args.toys:
+        steps.append("toys")
+    out: dict = {"workspace": str(Path(args.workspace))}
+    with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
+        bar.set_postfix_str("compile + fit")
+        model = Model(ws, chunk_size=args.chunk_size)
+        try:
+            res = fit(model, fixed=fixed or None, backend=args.backend)
+        except KeyError as exc:
+            print(f"nsbi fit: {exc}", file=sys.stderr)
+            return 2
+        bar.update()
+        out["fit"] = res.to_dict()
+        out["pulls"] = pulls(model, res)
+        out["breakdown"] = breakdown(model, res)
+        imps = []
+        if args.impacts in ("covariance", "both"):
+            cov = covariance_impacts(model, res)
+            out["impacts_covariance"] = [i.to_dict() for i in cov]
+            imps = cov
+        if args.impacts in ("refit", "both"):
+            subset = args.impact_nps.split(",") if args.impact_nps else None
+            names = subset or list(model.nuisance_names)
+            ref = []
+            for name in tqdm(names, desc="refit impacts", unit="NP", leave=False, file=sys.stderr):
+                ref += refit_impacts(model, res, [name])
+            out["impacts_refit"] = [i.to_dict() for i in ref]
+            imps = ref
+            bar.update()
+        out["ranking"] = [i.to_dict() for i in ranking(imps)]
+        scans = []
+        if args.scan:
+            for poi in model.poi_names:
+                scans.append(profile_scan(model, res, poi, n_points=args.scan_points))
+            out["scans"] = [s.to_dict() for s in scans]
+            bar.update()
+        if args.asimov:
+            out["asimov"] = expected_fit(model).to_dict()
+            bar.update()
+        if args.toys:
+            out["toys"] = toy_study(model, args.toys, args.seed)
+            bar.update()
+    out["compile_s"] = model.clock.seconds
+    print(format_summary(res, model.poi_names, out["pulls"], ranking(imps), out["breakdown"], scans))
+    if args.toys:
+        t = out["toys"]
+        print(f"\nToys ({t['n_converged']}/{t['n_toys']} converged): pull mean {t['pull_mean']:+.3f}, "
+              f"width {t['pull_width']:.3f}, 68% profile coverage {t['coverage_profile_68']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_jsonable(out), indent=2, sort_keys=True) + "\n")
+    return 0 if res.converged else 1

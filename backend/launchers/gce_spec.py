@@ -1,0 +1,345 @@
+"""What a GCE worker VM looks like: configuration, names, labels, the instance body and the
+startup script. Pure functions (no network), so they are easy to test and to read.
+
+The startup script is one constant text, identical for every VM: it reads every job value
+(job URI, attempt, worker image, environment) from the instance *metadata* at boot, so no
+user-supplied string is ever pasted into shell code. See docs/gcp.md for its contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from backend.launchers.base import LauncherError, LaunchRequest
+
+# ----------------------------------------------------------------------------- configuration
+
+DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
+COS_IMAGE = "projects/cos-cloud/global/images/family/cos-stable"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+BUILTIN_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-")  # machine types that come with their GPUs
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """The hardware of one VM (per job; defaults come from :class:`GceConfig`)."""
+
+    machine_type: str = "n1-standard-8"
+    gpu_type: str | None = "nvidia-tesla-t4"
+    gpu_count: int = 1
+    spot: bool = True
+    zones: tuple[str, ...] = ()
+
+    def has_builtin_gpus(self) -> bool:
+        return self.machine_type.startswith(BUILTIN_GPU_FAMILIES)
+
+
+@dataclass(frozen=True)
+class GceConfig:
+    """Everything the GCE launcher needs besides the per-job request.
+
+    ``endpoint`` ("127.0.0.1:8080") plus ``url_scheme="http"`` point the SDK at a fake or a
+    proxy; left empty, the real API is used with application-default credentials.
+    """
+
+    project: str
+    zones: tuple[str, ...]
+    machine: MachineSpec = field(default_factory=MachineSpec)
+    image: str = DEFAULT_IMAGE
+    boot_disk_gb: int = 100
+    boot_disk_type: str = "pd-balanced"
+    network: str = "global/networks/default"
+    subnetwork: str | None = None
+    external_ip: bool = True
+    service_account: str | None = None          # None: the project's default compute SA
+    worker_image: str = ""                      # e.g. europe-docker.pkg.dev/p/nsbi/worker:1.0
+    runtime: str = "docker"                     # docker | python (DLVM with nsbi pip-installed)
+    python: str = "python3"                     # interpreter for runtime=python
+    max_run_duration_s: int = 24 * 3600         # VM deleted by GCE after this (cost guard)
+    time_limit_grace_s: int = 300               # added to a job's time limit for boot + upload
+    owner: str = "nsbi"                         # label nsbi_owner: which deployment owns a VM
+    max_instances: int | None = 1000            # free_slots() limit (None: unlimited)
+    insert_threads: int = 32
+    watch_threads: int = 16
+    provision_timeout_s: float = 900.0          # keep cycling through zones this long
+    capacity_backoff_s: float = 60.0            # pause after every zone said no
+    list_ttl_s: float = 1.0                     # reuse one aggregated listing this long
+    endpoint: str | None = None
+    url_scheme: str = "https"
+    env: Mapping[str, str] = field(default_factory=dict)   # extra worker environment
+
+    def __post_init__(self) -> None:
+        if not self.project:
+            raise LauncherError("gce launcher: no project configured (set NSBI_GCE_PROJECT)")
+        if not self.zones:
+            raise LauncherError("gce launcher: no zones configured (set NSBI_GCE_ZONES=zone-a,zone-b)")
+        if self.runtime not in ("docker", "python"):
+            raise LauncherError(f"gce launcher: runtime must be 'docker' or 'python', got {self.runtime!r}")
+        if self.runtime == "docker" and not self.worker_image:
+            raise LauncherError("gce launcher: runtime 'docker' needs a worker image (set NSBI_GCE_WORKER_IMAGE)")
+        check_env(self.env, "GceConfig.env")
+
+
+def _bool(text: str, key: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise LauncherError(f"{key}={text!r}: expected true/false")
+
+
+def config_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> GceConfig:
+    """Build a :class:`GceConfig` from ``NSBI_GCE_*`` variables (see docs/gcp.md)."""
+    env = os.environ if env is None else env
+
+    def get(key: str, default: str = "") -> str:
+        return env.get(f"NSBI_GCE_{key}", default)
+
+    def num(key: str, default: str, cast: Any = int) -> Any:
+        try:
+            return cast(get(key, default))
+        except ValueError:
+            raise LauncherError(f"NSBI_GCE_{key}={get(key)!r}: expected a number") from None
+
+    zones = tuple(z.strip() for z in get("ZONES").split(",") if z.strip())
+    gpu_type = get("GPU_TYPE", "nvidia-tesla-t4") or None
+    machine = MachineSpec(get("MACHINE_TYPE", "n1-standard-8"), gpu_type,
+                          num("GPU_COUNT", "1" if gpu_type else "0"), _bool(get("SPOT", "true"), "NSBI_GCE_SPOT"),
+                          zones)
+    max_inst = get("MAX_INSTANCES", "1000")
+    kwargs: dict[str, Any] = dict(
+        project=get("PROJECT") or env.get("GOOGLE_CLOUD_PROJECT", ""),
+        zones=zones, machine=machine, image=get("IMAGE", DEFAULT_IMAGE),
+        boot_disk_gb=num("BOOT_DISK_GB", "100"), service_account=get("SERVICE_ACCOUNT") or None,
+        worker_image=get("WORKER_IMAGE"), runtime=get("RUNTIME", "docker"), python=get("PYTHON", "python3"),
+        network=get("NETWORK", "global/networks/default"), subnetwork=get("SUBNETWORK") or None,
+        external_ip=_bool(get("EXTERNAL_IP", "true"), "NSBI_GCE_EXTERNAL_IP"),
+        max_run_duration_s=int(num("MAX_RUN_HOURS", "24", float) * 3600),
+        owner=get("OWNER", "nsbi"), max_instances=int(max_inst) if max_inst.strip() else None,
+        insert_threads=num("INSERT_THREADS", "32"), endpoint=get("ENDPOINT") or None,
+        url_scheme=get("URL_SCHEME", "https"),
+    )
+    kwargs.update(overrides)
+    return GceConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- names and labels
+
+_NAME_OK = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def vm_name(instance_id: str) -> str:
+    """A valid GCE instance name for ``instance_id``: itself when valid, else a cleaned,
+    shortened form with a hash of the original (deterministic, so launches stay idempotent)."""
+    if _NAME_OK.match(instance_id):
+        return instance_id
+    clean = re.sub(r"[^a-z0-9-]+", "-", instance_id.lower()).strip("-")
+    if not clean or not clean[0].isalpha():
+        clean = "n-" + clean
+    digest = hashlib.sha1(instance_id.encode()).hexdigest()[:8]
+    return f"{clean[:54].rstrip('-')}-{digest}"
+
+
+def label_value(text: Any) -> str:
+    """GCE label value: lower-case letters, digits, '_' and '-', at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]+", "-", str(text).lower())[:63]
+
+
+def label_key(text: str) -> str:
+    key = re.sub(r"[^a-z0-9_-]+", "_", str(text).lower())[:63]
+    return key if key[:1].isalpha() else f"x_{key}"[:63]
+
+
+def labels_for(request: LaunchRequest, owner: str) -> dict[str, str]:
+    """Labels that let the launcher find its VMs by one filtered, aggregated listing."""
+    labels = {label_key(k): label_value(v) for k, v in request.labels.items()}
+    labels.update({
+        "nsbi_owner": label_value(owner),
+        "nsbi_campaign": label_value(request.campaign),
+        "nsbi_job": label_value(request.job),
+        "nsbi_attempt": str(int(request.attempt)),
+    })
+    return labels
+
+
+def check_env(env: Mapping[str, str], where: str) -> None:
+    for k, v in env.items():
+        if not _ENV_KEY.match(str(k)):
+            raise LauncherError(f"{where}: environment name {k!r} is not a valid variable name")
+        if "\n" in str(v) or "\0" in str(v):
+            raise LauncherError(f"{where}: environment value of {k} contains a newline or NUL")
+
+
+def machine_for(request: LaunchRequest, default: MachineSpec, config_zones: Sequence[str]) -> MachineSpec:
+    """The request's hardware where it says (attributes machine_type, gpu_type, spot, zones, as
+    the controller passes them from the job row), the launcher's defaults elsewhere."""
+    spec = default
+    mt = getattr(request, "machine_type", None)
+    if mt and mt != "local":  # the job row names its machine: take its GPUs as they are
+        spec = replace(spec, machine_type=str(mt), gpu_type=getattr(request, "gpu_type", None) or None,
+                       gpu_count=int(request.gpus))
+    elif request.gpus:
+        spec = replace(spec, gpu_count=int(request.gpus))
+    if getattr(request, "spot", None) is not None:
+        spec = replace(spec, spot=bool(getattr(request, "spot")))
+    zones = tuple(getattr(request, "zones", None) or ()) or tuple(spec.zones) or tuple(config_zones)
+    spec = replace(spec, zones=zones)
+    if spec.gpu_count and not spec.gpu_type and not spec.has_builtin_gpus():
+        raise LauncherError(f"gce launcher: {request.instance_id} asks for {spec.gpu_count} GPU(s) "
+                            f"but no gpu_type, and {spec.machine_type} has no built-in GPUs")
+    return spec
+
+
+# ----------------------------------------------------------------------------- startup script
+
+STARTUP_SCRIPT = r"""#!/bin/bash
+# nsbi-workbench worker startup script. Identical on every VM: all job values come from the
+# instance metadata (nsbi-job-uri, nsbi-attempt, nsbi-runtime, nsbi-worker-image, nsbi-python,
+# nsbi-env), are kept in quoted variables and are never evaluated as shell code.
+set -u
+MD="${NSBI_METADATA_URL:-http://metadata.google.internal/computeMetadata/v1}"
+md() { curl -sSf --retry 5 --retry-connrefused -H "Metadata-Flavor: Google" "$MD/instance/attributes/$1" 2>/dev/null; }
+child=""
+trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; fi' TERM INT
+JOB_URI="$(md nsbi-job-uri)" || { echo "nsbi: no nsbi-job-uri in metadata" >&2; exit 2; }
+ATTEMPT="$(md nsbi-attempt)" || { echo "nsbi: no nsbi-attempt in metadata" >&2; exit 2; }
+RUNTIME="$(md nsbi-runtime)" || RUNTIME=docker
+NAME="$(curl -sSf -H "Metadata-Flavor: Google" "$MD/instance/name" 2>/dev/null)" || NAME="$(hostname)"
+ENVFILE="$(mktemp)"
+md nsbi-env > "$ENVFILE" || : > "$ENVFILE"
+echo "NSBI_INSTANCE_ID=$NAME" >> "$ENVFILE"
+if [ "$RUNTIME" = "docker" ]; then
+  IMAGE="$(md nsbi-worker-image)" || { echo "nsbi: no nsbi-worker-image in metadata" >&2; exit 2; }
+  REGISTRY="${IMAGE%%/*}"
+  if command -v cos-extensions >/dev/null 2>&1 && [ "$(md nsbi-gpus || echo 0)" != "0" ]; then
+    cos-extensions install gpu && mount --bind /var/lib/nvidia /var/lib/nvidia && mount -o remount,exec /var/lib/nvidia
+    GPU_FLAGS=(--volume /var/lib/nvidia/lib64:/usr/local/nvidia/lib64 --volume /var/lib/nvidia/bin:/usr/local/nvidia/bin
+               --device /dev/nvidia0:/dev/nvidia0 --device /dev/nvidia-uvm:/dev/nvidia-uvm --device /dev/nvidiactl:/dev/nvidiactl)
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    GPU_FLAGS=(--gpus all)
+  else
+    GPU_FLAGS=()
+  fi
+  if command -v docker-credential-gcr >/dev/null 2>&1; then
+    docker-credential-gcr configure-docker --registries="$REGISTRY" >/dev/null 2>&1 || true
+  elif command -v gcloud >/dev/null 2>&1; then
+    gcloud auth configure-docker "$REGISTRY" --quiet >/dev/null 2>&1 || true
+  fi
+  docker run --rm --name nsbi-worker --network host --stop-timeout 25 "${GPU_FLAGS[@]}" \
+    --env-file "$ENVFILE" --entrypoint python "$IMAGE" -m backend.commands.worker "$JOB_URI" --attempt "$ATTEMPT" &
+  child=$!
+else
+  PY="$(md nsbi-python)" || PY=python3
+  (
+    while IFS= read -r line; do
+      case "$line" in [A-Za-z_]*=*) export "$line" ;; esac
+    done < "$ENVFILE"
+    exec "$PY" -m backend.commands.worker "$JOB_URI" --attempt "$ATTEMPT"
+  ) &
+  child=$!
+fi
+rc=0
+wait "$child" || rc=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+echo "nsbi: worker exited with status $rc"
+if [ -z "${NSBI_NO_POWEROFF:-}" ]; then shutdown -h now; fi
+exit "$rc"
+"""
+
+
+# ----------------------------------------------------------------------------- instance body
+
+
+def _zonal(zone: str, kind: str, name: str) -> str:
+    return name if name.startswith(("projects/", "https://")) else f"zones/{zone}/{kind}/{name}"
+
+
+def build_instance(config: GceConfig, request: LaunchRequest, machine: MachineSpec, zone: str) -> Any:
+    """The ``compute_v1.Instance`` for one attempt in ``zone``."""
+    from google.cloud import compute_v1
+
+    name = vm_name(request.instance_id)
+    env = {**config.env, **request.env}
+    check_env(request.env, f"launch request {request.instance_id}")
+    env_text = "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
+    limit = int(request.time_limit_s + config.time_limit_grace_s) if request.time_limit_s else config.max_run_duration_s
+    limit = max(30, min(limit, config.max_run_duration_s))
+    scheduling = compute_v1.Scheduling(
+        provisioning_model="SPOT" if machine.spot else "STANDARD",
+        instance_termination_action="DELETE",
+        on_host_maintenance="TERMINATE",
+        automatic_restart=False,
+        max_run_duration=compute_v1.Duration(seconds=limit),
+    )
+    accelerators = []
+    if machine.gpu_count and machine.gpu_type and not machine.has_builtin_gpus():
+        accelerators.append(compute_v1.AcceleratorConfig(
+            accelerator_type=_zonal(zone, "acceleratorTypes", machine.gpu_type),
+            accelerator_count=int(machine.gpu_count)))
+    metadata = {
+        "startup-script": STARTUP_SCRIPT,
+        "nsbi-job-uri": request.job_uri,
+        "nsbi-attempt": str(int(request.attempt)),
+        "nsbi-runtime": config.runtime,
+        "nsbi-gpus": str(int(machine.gpu_count or 0)),
+        "nsbi-env": env_text,
+        "install-nvidia-driver": "True" if machine.gpu_count else "False",
+    }
+    if config.worker_image:
+        metadata["nsbi-worker-image"] = config.worker_image
+    if config.runtime == "python":
+        metadata["nsbi-python"] = config.python
+    nic = compute_v1.NetworkInterface(network=config.network)
+    if config.subnetwork:
+        nic.subnetwork = config.subnetwork
+    if config.external_ip:
+        nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+    sa = compute_v1.ServiceAccount(email=config.service_account or "default", scopes=[CLOUD_PLATFORM_SCOPE])
+    return compute_v1.Instance(
+        name=name,
+        machine_type=_zonal(zone, "machineTypes", machine.machine_type),
+        labels=labels_for(request, config.owner),
+        scheduling=scheduling,
+        guest_accelerators=accelerators,
+        disks=[compute_v1.AttachedDisk(
+            boot=True, auto_delete=True, type_="PERSISTENT",
+            initialize_params=compute_v1.AttachedDiskInitializeParams(
+                source_image=config.image, disk_size_gb=int(config.boot_disk_gb),
+                disk_type=_zonal(zone, "diskTypes", config.boot_disk_type)))],
+        network_interfaces=[nic],
+        service_accounts=[sa],
+        metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
+    )
+
+
+# ----------------------------------------------------------------------------- errors
+
+CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "ZONE_RESOURCE_POOL_EXHAUSTED",
+                  "RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "quotaExceeded", "STOCKOUT",
+                  "resourcePoolExhausted")
+
+
+def capacity_code(text: str) -> str | None:
+    """The stockout/quota code named in an error text, or None (then it is not a capacity error)."""
+    for code in CAPACITY_CODES:
+        if code.lower() in text.lower():
+            return "QUOTA_EXCEEDED" if code in ("quotaExceeded",) else code
+    if re.search(r"Quota '[^']+' exceeded", text):
+        return "QUOTA_EXCEEDED"
+    return None
+
+
+def operation_errors(op: Any) -> list[tuple[str, str]]:
+    """(code, message) of each error of a finished ``compute_v1.Operation``."""
+    err = getattr(op, "error", None)
+    out = [(e.code, e.message) for e in (err.errors if err else [])]
+    if not out and getattr(op, "http_error_status_code", 0) and op.http_error_status_code >= 400:
+        out.append((str(op.http_error_status_code), op.http_error_message or "operation failed"))
+    return out

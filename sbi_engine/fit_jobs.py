@@ -1,0 +1,160 @@
+"""Fit-stage jobs of a campaign (fit, impacts, scan, toys) from trained ratio ensembles.
+
+Why here: the control plane's worker hands over a job spec (plain JSON) and local paths of
+the ensembles its training jobs produced; everything that turns those into a workspace and
+a result is science, so it lives in the engine and runs the same in a notebook.
+
+Spec shape (what `backend.campaigns.expand` writes under "params"):
+processes {name: sample spec}, reference, tasks {task: {kind, process, systematic,
+direction}}, systematics [{name, process, up, down}], nuisances [names], coefficients
+{process: expression} (default: the off-shell mixture for S, SBI, B), data ("asimov" or an
+observed sample spec), mu_true, options, plus per kind: nps (impacts), poi_values (scan),
+toy_seeds / toy_mu_true (toys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .data import Sample, load_sample_spec
+from .pipeline import COEFFICIENTS
+
+ASIMOV_SEED_OFFSET = 100_003  # fresh simulation for Asimov events, away from training seeds
+
+
+class FitJobError(ValueError):
+    """A fit-stage job spec that cannot be turned into a workspace (names the key)."""
+
+
+def _is_demo(spec: Mapping[str, Any]) -> bool:
+    return isinstance(spec, Mapping) and "demo" in spec
+
+
+def _fresh(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The same sample definition with new random draws (demo specs only)."""
+    if not _is_demo(spec):
+        return dict(spec)
+    demo = dict(spec["demo"])
+    demo["seed"] = int(demo.get("seed", 0)) + ASIMOV_SEED_OFFSET
+    return {"demo": demo}
+
+
+def ensemble_log_ratio(paths: Sequence[str], x: np.ndarray) -> np.ndarray:
+    """log of the member-weighted mean ratio over several ensemble files (packs of one task)."""
+    from .ratio import Ensemble
+
+    if not paths:
+        raise FitJobError("no ensemble files for a ratio task")
+    total, members = None, 0
+    for path in paths:
+        ens = Ensemble.load(path)
+        log_r, _ = ens.log_ratio(x)
+        m = int(ens.metadata.get("members", 1)) if hasattr(ens, "metadata") else 1
+        term = m * np.exp(log_r)
+        total = term if total is None else total + term
+        members += m
+    return np.log(total / members)
+
+
+def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
+    given = dict(params.get("coefficients") or {})
+    out = {}
+    for proc in params["processes"]:
+        expr = given.get(proc, COEFFICIENTS.get(proc))
+        if expr is None:
+            raise FitJobError(f"params.coefficients: process {proc!r} has no coefficient function of mu")
+        out[proc] = expr
+    return out
+
+
+def asimov_data(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> Sample:
+    """Weighted Asimov events at mu_true from each process's (fresh) simulation."""
+    from .fit import parse_expression
+
+    mu = float(params.get("mu_true", 1.0))
+    parts = []
+    for proc, spec in params["processes"].items():
+        c = float(parse_expression(coefficients[proc], ["mu"], where=f"process {proc!r}")({"mu": mu}, np))
+        if abs(c) < 1e-12:
+            continue
+        s = load_sample_spec(_fresh(spec))
+        parts.append(Sample(s.features, s.weights * c, s.names, f"asimov[{proc}]"))
+    return Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
+                  parts[0].names, f"Asimov at mu={mu}")
+
+
+def _demo_norm_effects(params: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """Exact yield ratios of a demo nuisance (only for campaigns whose samples are demo specs)."""
+    from .demo import DemoProblem
+
+    specs = params["processes"]
+    if not all(_is_demo(s) for s in specs.values()):
+        raise FitJobError(f"params.nuisances: {name!r} has no systematic samples and the samples are not demo ones")
+    n_np = max(int(s["demo"].get("n_nuisances", 3)) for s in specs.values())
+    problem = DemoProblem(n_nuisances=max(n_np, 5))
+    if name not in problem.nuisance_names:
+        raise FitJobError(f"params.nuisances: unknown nuisance {name!r} (demo nuisances: {list(problem.nuisance_names)})")
+    nk = problem.nuisance(name)
+    return {c: {"norm": (problem.yield_ratio(c, name, 1.0), problem.yield_ratio(c, name, -1.0))}
+            for c in nk.norm_processes if c in specs}
+
+
+def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
+    """The fit workspace of a campaign's fit-stage job.
+
+    `ensembles` maps ratio-task names to local ensemble files. Processes get r_c = p_c/p_ref
+    from their task (r_ref = 1); each systematic gets per-event shape ratios from its up/down
+    tasks and yield ratios from the up/down sample weights against the nominal sample.
+    """
+    from .fit import Workspace
+
+    params = spec["params"]
+    ref = params["reference"]
+    coefficients = _coefficients(params)
+    data = asimov_data(params, coefficients) if params.get("data", "asimov") == "asimov" else load_sample_spec(params["data"])
+    x = data.features
+    tasks = params.get("tasks", {})
+    by_process = {t["process"]: name for name, t in tasks.items() if t["kind"] == "process"}
+    nominal = {p: load_sample_spec(s) for p, s in params["processes"].items()}
+
+    processes = {}
+    for proc in params["processes"]:
+        if proc == ref:
+            ratio = np.ones(len(x))
+        else:
+            task = by_process.get(proc)
+            if task is None or task not in ensembles:
+                raise FitJobError(f"process {proc!r}: no trained ensemble for its ratio task against {ref!r}")
+            ratio = np.exp(ensemble_log_ratio(ensembles[task], x))
+        processes[proc] = {"yield": float(nominal[proc].weights.sum()), "coefficient": coefficients[proc], "ratio": ratio}
+
+    nuisances: dict[str, dict[str, Any]] = {}
+    for syst in params.get("systematics", []):
+        name, proc = syst["name"], syst["process"]
+        effect: dict[str, Any] = {}
+        arrays, norms = [], []
+        for direction in ("up", "down"):
+            task = next((t for t, d in tasks.items() if d["kind"] == "systematic" and d["systematic"] == name
+                         and d["process"] == proc and d["direction"] == direction), None)
+            if task is None or task not in ensembles:
+                raise FitJobError(f"systematic {name!r} ({direction}) on {proc!r}: no trained ensemble")
+            arrays.append(np.exp(ensemble_log_ratio(ensembles[task], x)))
+            norms.append(float(load_sample_spec(syst[direction]).weights.sum() / nominal[proc].weights.sum()))
+        effect["shape"] = tuple(arrays)
+        effect["norm"] = tuple(norms)
+        nuisances.setdefault(name, {})[proc] = effect
+    for name in params.get("nuisances", []):
+        if name not in nuisances:
+            nuisances[name] = _demo_norm_effects(params, name)
+
+    return Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        processes=processes,
+        weights=np.asarray(data.weights, dtype=np.float64),
+        nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
+        data_kind="asimov" if params.get("data", "asimov") == "asimov" else "observed",
+        metadata={"campaign": spec.get("campaign"), "job": spec.get("name"), "ensembles": {k: list(v) for k, v in ensembles.items()}},
+    )

@@ -1,0 +1,199 @@
+"""Campaign configs: validation errors name the key and allowed values; expansion counts."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from backend.campaigns import (
+    DEMO_CONFIG,
+    LAUNCHERS,
+    TRAIN_KEYS,
+    CampaignConfigError,
+    demo_config,
+    expand,
+    load_config,
+    ratio_tasks,
+    validate_config,
+)
+
+
+def _cfg(**changes):
+    d = copy.deepcopy(DEMO_CONFIG)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = d
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return d
+
+
+def _errors(raw) -> list[str]:
+    with pytest.raises(CampaignConfigError) as info:
+        validate_config(raw)
+    return info.value.errors
+
+
+def test_train_keys_match_the_engine_train_config():
+    """TRAIN_KEYS mirrors sbi_engine.ratio.config.TrainConfig (loaded without importing JAX)."""
+    path = Path(__file__).resolve().parents[2] / "sbi_engine" / "ratio" / "config.py"
+    spec = importlib.util.spec_from_file_location("_train_config_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
+    assert tuple(f.name for f in dataclasses.fields(mod.TrainConfig)) == TRAIN_KEYS
+
+
+def test_unknown_launcher_names_key_and_allowed_values():
+    (err,) = _errors(_cfg(backend__launcher="slurm"))
+    assert err.startswith("backend.launcher: 'slurm' is not allowed")
+    assert all(repr(name) in err for name in LAUNCHERS)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"backend__gpu_count": -1}, "backend.gpu_count: -1 is less than the minimum of 0"),
+        ({"backend__zone": "us-central1-a"}, "backend: unknown key(s) 'zone'; allowed keys: budget_usd"),
+        ({"training__params": {"lr": 0.1}}, "training.params: unknown key 'lr'; allowed keys: hidden_layers"),
+        ({"training__grid": {"width": 64}}, "training.grid.width: expected array"),
+        ({"training__ensemble_size": "four"}, "training.ensemble_size: expected integer, got str 'four'"),
+        ({"reference": "ttbar"}, "reference: 'ttbar' is not a process; allowed values: B, S, SBI"),
+        ({"backend__machine_type": "n9-huge"}, "backend: unknown machine type 'n9-huge'"),
+        ({"fit__data": "observed"}, "fit.data: 'observed' is not allowed"),
+        ({"processes__S": {"demo": {"process": "S", "n": 10}}}, "processes.S.demo: missing required key 'seed'"),
+        ({"processes__S": {"file": "x.root"}}, "processes.S: a sample spec needs the key 'demo' or 'path'"),
+    ],
+)
+def test_errors_name_the_key(changes, expected):
+    errs = _errors(_cfg(**changes))
+    assert any(e.startswith(expected) for e in errs), errs
+
+
+def test_all_errors_are_reported_at_once():
+    raw = _cfg(backend__launcher="x", backend__retry_limit=-1)
+    del raw["name"]
+    errs = _errors(raw)
+    assert len(errs) == 3
+    assert any("missing required key(s) 'name'" in e for e in errs)
+
+
+def test_systematic_of_unknown_process():
+    raw = _cfg()
+    raw["systematics"][0]["process"] = "Z"
+    assert _errors(raw) == ["systematics[0].process: 'Z' is not a process; allowed values: B, S, SBI"]
+
+
+def test_bundled_gpu_mismatch_is_an_error():
+    errs = _errors(_cfg(backend__launcher="gce", backend__machine_type="g2-standard-8",
+                        backend__gpu_type="nvidia-tesla-t4", backend__gpu_count=1))
+    assert errs and "comes with 1 x nvidia-l4" in errs[0]
+
+
+def test_demo_expansion():
+    cfg = demo_config()
+    tasks = ratio_tasks(cfg)
+    # S and SBI against the reference B, and the one systematic up and down against nominal B
+    assert [t.name for t in tasks] == ["S_vs_B", "SBI_vs_B", "m4l_scale_up_B", "m4l_scale_down_B"]
+    up = tasks[2]
+    assert up.numerator["demo"]["alpha"] == {"m4l_scale": 1.0} and up.denominator == DEMO_CONFIG["processes"]["B"]
+    plans = expand(cfg)
+    kinds = [p.kind for p in plans]
+    assert kinds.count("train") == 4 * 2  # 4 tasks x (4 members / 2 per job)
+    fit = next(p for p in plans if p.kind == "fit")
+    assert set(fit.depends_on) == {p.name for p in plans if p.kind == "train"}
+    impacts = [p for p in plans if p.kind == "impacts"]
+    # NPs: the systematic then fit.nuisances, 2 per job
+    assert [p.np_subset for p in impacts] == [("m4l_scale", "bkg_norm"), ("gg_scale",)]
+    assert all(p.depends_on == ("fit",) for p in plans if p.kind in ("impacts", "scan", "toys"))
+    assert len({p.name for p in plans}) == len(plans)
+
+
+@pytest.mark.parametrize("n_proc, n_syst, ens, per_job, grid, toys, per_toy_job", [
+    (3, 0, 5, 2, {"width": [16, 32, 64]}, 0, 1),
+    (4, 3, 8, 3, {"width": [16, 32], "learning_rate": [1e-3, 3e-4]}, 25, 10),
+])
+def test_expansion_counts(n_proc, n_syst, ens, per_job, grid, toys, per_toy_job):
+    procs = {f"P{i}": {"demo": {"process": "B", "n": 10, "seed": i}} for i in range(n_proc)}
+    raw = {
+        "name": "c", "processes": procs, "reference": "P0",
+        "systematics": [{"name": f"s{k}", "process": "P1", "up": procs["P1"], "down": procs["P1"]} for k in range(n_syst)],
+        "training": {"ensemble_size": ens, "members_per_job": per_job, "grid": grid},
+        "toys": {"enabled": toys > 0, "n_toys": max(toys, 1), "toys_per_job": per_toy_job},
+    }
+    plans = expand(validate_config(raw))
+    n_grid = math.prod(len(v) for v in grid.values())
+    n_tasks = (n_proc - 1) + 2 * n_syst
+    train = [p for p in plans if p.kind == "train"]
+    assert len(train) == n_tasks * n_grid * math.ceil(ens / per_job)
+    # every (task, grid point) gets every member exactly once
+    per_key: dict = {}
+    for p in train:
+        per_key.setdefault((p.task, p.spec["params"]["grid_index"]), []).extend(p.members)
+    assert len(per_key) == n_tasks * n_grid
+    assert all(sorted(m) == list(range(ens)) for m in per_key.values())
+    toy_jobs = [p for p in plans if p.kind == "toys"]
+    assert len(toy_jobs) == (math.ceil(toys / per_toy_job) if toys else 0)
+    assert sorted(s for p in toy_jobs for s in p.seeds) == list(range(1000, 1000 + toys))
+    seeds = [p.spec["params"]["train"]["seed"] for p in train]
+    assert len(set(zip(seeds, [p.task for p in train]))) == len(train)
+
+
+def test_load_toml_and_yaml_agree(tmp_path):
+    import yaml
+
+    toml_text = """
+name = "tiny"
+reference = "B"
+[backend]
+launcher = "gce"
+machine_type = "n1-standard-8"
+gpu_type = "T4"
+gpu_count = 1
+spot = true
+zones = ["us-central1-a"]
+budget_usd = 5.0
+[processes]
+S = { demo = { process = "S", n = 100, seed = 1 } }
+B = { demo = { process = "B", n = 100, seed = 2 } }
+[training]
+ensemble_size = 2
+members_per_job = 1
+[training.grid]
+width = [8, 16]
+"""
+    (tmp_path / "c.toml").write_text(toml_text)
+    import tomllib
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tomllib.loads(toml_text)))
+    a, b = load_config(tmp_path / "c.toml"), load_config(tmp_path / "c.yaml")
+    assert a.data == b.data and a.config_hash == b.config_hash
+    assert a.region == "us-central1" and a.backend["budget_usd"] == 5.0
+    assert len([p for p in expand(a) if p.kind == "train"]) == 1 * 2 * 2
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(CampaignConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(CampaignConfigError, match="allowed: .toml, .yaml, .yml"):
+        (tmp_path / "c.json").write_text("{}")
+        load_config(tmp_path / "c.json")
+
+
+def test_observed_demo_data_spec_is_accepted_and_checked():
+    validate_config(_cfg(fit__data={"demo": {"mu": 1.0, "seed": 3, "poisson": True}}))
+    errs = _errors(_cfg(fit__data={"demo": {"mu": 1.0}}))
+    assert errs == ["fit.data.demo: missing required key 'seed'"]

@@ -1,0 +1,144 @@
+"""Browser tests: Playwright drives Debian's Chromium against `streamlit run app.py`.
+
+Each test starts its own dashboard on a free loopback port with DATABASE_URL / NSBI_HOME in a
+temp dir, and plays the controller's part by writing job states and metric points straight
+into the database, so the monitor must pick them up live (no page reload).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from browser_util import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"),
+]
+
+METRIC_JS = """(label) => {
+  for (const m of document.querySelectorAll("[data-testid='stMetric']")) {
+    const l = m.querySelector("[data-testid='stMetricLabel']");
+    const v = m.querySelector("[data-testid='stMetricValue']");
+    if (l && v && l.innerText.trim() === label) return v.innerText.trim();
+  }
+  return null;
+}"""
+
+# Largest step drawn on the loss chart (found by its title), or -1 while there is none.
+LOSS_MAX_STEP_JS = """() => {
+  let best = -1;
+  for (const gd of document.querySelectorAll(".js-plotly-plot")) {
+    const title = gd.layout && gd.layout.title && gd.layout.title.text || "";
+    if (!title.includes("loss") || !gd._fullData) continue;
+    for (const t of gd._fullData) {  // decoded traces (gd.data may hold base64 typed arrays)
+      const xs = t.x || [];
+      for (let i = 0; i < xs.length; i++) if (typeof xs[i] === "number" && xs[i] > best) best = xs[i];
+    }
+  }
+  return best;
+}"""
+
+
+def _metric(page, label: str) -> str | None:
+    return page.evaluate(METRIC_JS, label)
+
+
+def _wait_metric(page, label: str, value: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _metric(page, label) == value:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"metric {label!r} is {_metric(page, label)!r}, expected {value!r} within {timeout_s} s")
+
+
+def _write_metrics(url: str, job_id: int, steps: range) -> None:
+    from backend.db import MetricPoint, get_engine
+
+    rows = [{"job_id": job_id, "name": name, "member": m, "step": s, "attempt_no": 1,
+             "value": (1.0 + 0.1 * k + 0.05 * m) / (1 + 0.1 * s)}
+            for k, name in enumerate(("train_loss", "val_loss")) for m in range(2) for s in steps]
+    with get_engine(url).begin() as conn:
+        conn.execute(sa.insert(MetricPoint.__table__), rows)
+
+
+def _set_running(url: str, job_ids: list[int]) -> None:
+    from backend.db import Job, get_engine
+
+    with get_engine(url).begin() as conn:
+        conn.execute(sa.update(Job.__table__).where(Job.__table__.c.id.in_(job_ids))
+                     .values(status="RUNNING", started_at=datetime.now(UTC)))
+
+
+def test_form_launch_and_live_monitor(tmp_path, monkeypatch):
+    from backend import service
+    from backend.db import get_engine, init_db
+
+    url = f"sqlite:///{tmp_path / 'nsbi.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    init_db(get_engine(url))
+    with streamlit_server(tmp_path) as base, chromium_page() as page:
+        page.goto(base)
+        wait_title(page)
+        page.get_by_text("New campaign").click()
+        name = page.get_by_label("Name", exact=True)
+        name.fill("browser-made")
+        name.press("Tab")
+        page.get_by_role("button", name="Create and launch").click()
+        page.get_by_text("created and launch requested").wait_for()
+        screenshot(page, "campaign-created")
+        (c,) = service.list_campaigns()
+        assert (c.name, c.status) == ("browser-made", "ACTIVE")
+
+        page.get_by_role("link", name="Monitor").click()
+        wait_title(page)
+        page.evaluate("() => { window.__noReload = 'same document'; }")
+        _wait_metric(page, "Pending", str(c.n_jobs))
+        page.get_by_text("No training metrics yet").wait_for()
+
+        train, _ = service.list_jobs(campaign_id=c.id, kind="train")
+        first = min(j.id for j in train)
+        _set_running(url, [first, first + 1])
+        _write_metrics(url, first, range(0, 10))
+        _wait_metric(page, "Running", "2")
+        page.wait_for_function(f"({LOSS_MAX_STEP_JS})() >= 9", timeout=60_000)
+        _write_metrics(url, first, range(10, 40))
+        page.wait_for_function(f"({LOSS_MAX_STEP_JS})() >= 39", timeout=60_000)
+        assert page.evaluate("() => window.__noReload") == "same document"  # updated without reload
+        screenshot(page, "monitor-live", show=page.locator("[data-testid='stPlotlyChart']").first)
+
+
+def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
+    import seed
+    from backend import service
+
+    url = f"sqlite:///{tmp_path / 'nsbi.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    seeded = seed.seed(url, n_jobs=4, train_states=("SUCCEEDED",), fit_states={"scan": "PENDING", "toys": "PENDING"})
+    with streamlit_server(tmp_path) as base, chromium_page() as page:
+        page.goto(f"{base}/fit")
+        wait_title(page)
+        _wait_metric(page, "best-fit mu", f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}")
+        page.get_by_text("Start a fit").click()
+        page.get_by_role("button", name="Start fit").click()
+        page.get_by_text("2 fit job(s) started").wait_for()
+        held = service.list_jobs(campaign_id=seeded.campaign_id, states=["PENDING"])[0]
+        assert {(j.kind, j.desired_state) for j in held} == {("scan", "RUN"), ("toys", "RUN")}
+        page.locator(".js-plotly-plot").first.wait_for()
+        titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                               ".map(g => g.layout.title.text)")
+        assert any("Nuisance-parameter pulls" in t for t in titles), titles
+        screenshot(page, "fit-pulls")
+        page.get_by_role("tab", name="Impacts").click()
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                               ".some(g => g.layout.title.text.includes('Impact on mu') && g.offsetParent)")
+        n_bars = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                               ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length")
+        assert n_bars == len(seed.NPS)
+        screenshot(page, "fit-impacts", show=page.locator("[data-testid='stPlotlyChart']:visible").first)

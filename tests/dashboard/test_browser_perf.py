@@ -1,0 +1,79 @@
+"""Page render times in the browser with 1,000 jobs and 1,000,000 metric points.
+
+For each page: the time from clicking its navigation link (in-app navigation, the app
+already loaded) until the page's main content is drawn, and the cold time from `page.goto`
+(a fresh session: loading the app, connecting, running the script). The budget is 2 s per
+page (NSBI_PAGE_BUDGET_S overrides it, e.g. on a loaded machine); figures are printed and
+written to test-artifacts/page-times.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from browser_util import ARTIFACTS, CHROMIUM, chromium_page, streamlit_server, wait_title
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"),
+]
+
+BUDGET_S = float(os.environ.get("NSBI_PAGE_BUDGET_S", "2.0"))
+
+# page title in the navigation, url path, JS condition that is true once the content is drawn
+PAGES = [
+    ("Campaigns", "", "document.querySelector(\"[data-testid='stDataFrame']\")"),
+    ("Monitor", "monitor", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+                           "g.layout.title.text.includes('loss') && g._fullData.length > 0)"),
+    ("Diagnostics", "diagnostics", "document.querySelector(\"[data-testid='stAlert']\")"),
+    ("Fit", "fit", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+                   "g.layout.title.text.includes('pulls'))"),
+    ("Usage and cost", "costs", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+                                "g.layout.title.text.includes('by'))"),
+]
+
+
+def _on_page(page, title: str) -> str:
+    return f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {json.dumps(title.split(' ')[0])})"
+
+
+def test_every_page_renders_within_budget(tmp_path, monkeypatch):
+    import seed
+
+    url = f"sqlite:///{tmp_path / 'nsbi.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    t = time.perf_counter()
+    seeded = seed.seed(url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20)
+    seed_s = time.perf_counter() - t
+    assert seeded.n_metric_points == 1_000_000 and len(seeded.train_job_ids) == 1000
+    times: dict[str, dict[str, float]] = {}
+    with streamlit_server(tmp_path) as base, chromium_page() as page:
+        page.goto(base)
+        wait_title(page)
+        page.wait_for_function(f"() => {PAGES[0][2]}")  # warm: imports and first queries done
+        for title, path, ready in PAGES:
+            heading = "Usage and cost" if title == "Usage and cost" else title
+            t0 = time.perf_counter()
+            page.get_by_role("link", name=title).click()
+            page.wait_for_function(f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
+                                   f"{json.dumps(heading)}) && ({ready})", timeout=60_000)
+            nav = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            page.goto(f"{base}/{path}")
+            page.wait_for_function(f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
+                                   f"{json.dumps(heading)}) && ({ready})", timeout=60_000)
+            cold = time.perf_counter() - t0
+            times[title] = {"navigate_s": round(nav, 3), "cold_load_s": round(cold, 3)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    report = {"jobs": len(seeded.job_ids), "metric_points": seeded.n_metric_points, "seed_s": round(seed_s, 1),
+              "load_average": os.getloadavg(), "budget_s": BUDGET_S, "pages": times}
+    (ARTIFACTS / "page-times.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    slow = {k: v["navigate_s"] for k, v in times.items() if v["navigate_s"] > BUDGET_S}
+    assert not slow, f"pages slower than {BUDGET_S} s after navigation: {slow} (all: {times})"
