@@ -344,7 +344,8 @@ def time_queries(engine: Engine, seeded: Seeded, long_job: int, repeats: int) ->
 def _progress(total: int, desc: str, disable: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pt", unit_scale=True, disable=disable, file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="pt", unit_scale=True, disable=disable, file=sys.stderr, leave=False,
+                mininterval=1.0)
 
 
 def bench_database(engine: Engine, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

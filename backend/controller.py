@@ -231,7 +231,14 @@ class Controller:
             if attempt.status != JobStatus.LAUNCHING or JobStatus(job.status) != JobStatus.LAUNCHING:
                 return
             request = self._request(campaign, job, attempt.attempt_no)
-            launcher = self.launcher(attempt.launcher)
+            try:
+                launcher = self.launcher(attempt.launcher)
+            except LauncherError as exc:
+                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=f"launch failed: {exc}",
+                                      now=self.clock())
+                s.commit()
+                report.failed += 1
+                return
             if job.cancel_requested or campaign.status == CampaignStatus.CANCELLING:
                 launcher.cancel(request.instance_id)  # in case a crashed pass had started it
                 st = launcher.poll([request.instance_id])[request.instance_id]
@@ -396,7 +403,11 @@ class Controller:
                     continue
                 lname = job.launcher or campaign.launcher
                 if lname not in slots:
-                    slots[lname] = self.launcher(lname).free_slots()
+                    try:
+                        slots[lname] = self.launcher(lname).free_slots()
+                    except LauncherError as exc:  # e.g. an unknown launcher name: nothing of it launches
+                        report.errors.append(f"launcher {lname!r}: {exc}")
+                        slots[lname] = 0
                 if slots[lname] is not None and slots[lname] <= 0:
                     continue
                 cost = job_price_per_hour(job) * float(job.est_hours or 0.0)

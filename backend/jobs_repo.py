@@ -48,12 +48,22 @@ _DEFER_JSON = tuple(sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "
 # --------------------------------------------------------------------------- reading
 
 
-def ready_jobs(session: Session, *, campaign_id: int | None = None, limit: int | None = None) -> list[Job]:
+def ready_jobs(
+    session: Session,
+    *,
+    campaign_id: int | None = None,
+    limit: int | None = None,
+    within_concurrency: bool = False,
+) -> list[Job]:
     """PENDING jobs the controller may launch now: launch requested (desired RUN), campaign
     ACTIVE, no cancel requested, and every dependency SUCCEEDED. Highest priority first.
 
+    within_concurrency=True also leaves out jobs beyond each campaign's free slots
+    (max_concurrency minus its LAUNCHING/RUNNING jobs), in the database, so a campaign of
+    10,000 ready jobs costs as much as its few launchable ones.
+
     The JSON columns (spec, members, ...) are deferred: they load when first touched, so
-    listing thousands of ready jobs to launch a few stays cheap. Pass `limit` when you can.
+    listing many ready jobs to launch a few stays cheap. Pass `limit` when you can.
     """
     dep = sa.orm.aliased(Job)
     unmet = (
@@ -61,21 +71,28 @@ def ready_jobs(session: Session, *, campaign_id: int | None = None, limit: int |
         .join(dep, dep.id == JobDependency.depends_on_id)
         .where(JobDependency.job_id == Job.id, dep.status != JobStatus.SUCCEEDED)
     )
-    q = (
-        select(Job)
-        .options(*_DEFER_JSON)
-        .join(Campaign, Campaign.id == Job.campaign_id)
-        .where(
-            Job.status == JobStatus.PENDING,
-            Job.desired_state == DesiredState.RUN,
-            Job.cancel_requested.is_(False),
-            Campaign.status == CampaignStatus.ACTIVE,
-            ~sa.exists(unmet),
-        )
-        .order_by(Job.priority.desc(), Job.id)
-    )
+    conds = [
+        Job.status == JobStatus.PENDING,
+        Job.desired_state == DesiredState.RUN,
+        Job.cancel_requested.is_(False),
+        Campaign.status == CampaignStatus.ACTIVE,
+        ~sa.exists(unmet),
+    ]
     if campaign_id is not None:
-        q = q.where(Job.campaign_id == campaign_id)
+        conds.append(Job.campaign_id == campaign_id)
+    q = select(Job).options(*_DEFER_JSON).join(Campaign, Campaign.id == Job.campaign_id)
+    if within_concurrency:
+        rank = sa.func.row_number().over(partition_by=Job.campaign_id, order_by=(Job.priority.desc(), Job.id))
+        ranked = (sa.select(Job.id.label("id"), rank.label("rn"))
+                  .join(Campaign, Campaign.id == Job.campaign_id).where(*conds).subquery())
+        busy = (sa.select(Job.campaign_id.label("campaign_id"), sa.func.count().label("n"))
+                .where(Job.status.in_(_OPEN)).group_by(Job.campaign_id).subquery())
+        q = (q.join(ranked, ranked.c.id == Job.id)
+             .outerjoin(busy, busy.c.campaign_id == Job.campaign_id)
+             .where(ranked.c.rn <= Campaign.max_concurrency - sa.func.coalesce(busy.c.n, 0)))
+    else:
+        q = q.where(*conds)
+    q = q.order_by(Job.priority.desc(), Job.id)
     if limit is not None:
         q = q.limit(limit)
     return list(session.exec(q))
@@ -303,8 +320,9 @@ def apply_simple_intents(session: Session, *, now: datetime | None = None) -> di
 
 
 def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[int, str]:
-    """Mark ACTIVE / CANCELLING campaigns whose jobs are all final as SUCCEEDED, FAILED or
-    CANCELLED. A FAILED job with retries left (or a retry requested) is not final here."""
+    """Mark ACTIVE / CANCELLING campaigns whose jobs are all final: FAILED if any job failed
+    for good, else CANCELLED if any job was cancelled, else SUCCEEDED. A FAILED job that will
+    still be retried (retries left in an ACTIVE campaign, or a retry requested) is not final."""
     now = now or utcnow()
     changed: dict[int, str] = {}
     retries_left = Job.retries < Job.max_retries
@@ -330,10 +348,8 @@ def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[i
         camp = session.get(Campaign, cid)
         if counts.get(JobStatus.FAILED):
             new = CampaignStatus.FAILED
-        elif counts.get(JobStatus.CANCELLED) and camp.status == CampaignStatus.CANCELLING:
-            new = CampaignStatus.CANCELLED
         elif counts.get(JobStatus.CANCELLED):
-            new = CampaignStatus.FAILED
+            new = CampaignStatus.CANCELLED
         else:
             new = CampaignStatus.SUCCEEDED
         old = camp.status

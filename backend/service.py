@@ -550,6 +550,8 @@ def budget_allows_launch(
             return budget_allows_launch(campaign_id, next_job_cost, session=s, now=now, spent=spent)
     now = now or utcnow()
     c = _campaign_or_raise(session, campaign_id)
+    if c.budget_usd is None:
+        return BudgetDecision(True, "no budget set", None, spent or 0.0, 0.0, next_job_cost or 0.0)
     if spent is None:
         spent, _ = _campaign_costs(session, [campaign_id], now).get(campaign_id, (0.0, 0.0))
     running = 0.0
@@ -566,8 +568,6 @@ def budget_allows_launch(
              .group_by(Job.machine_type, Job.gpu_type, Job.gpu_count, Job.spot))
         next_job_cost = max((h * catalogue.price_per_hour(m, g, n, s, region) for m, g, n, s, h in session.execute(q)),
                             default=0.0)
-    if c.budget_usd is None:
-        return BudgetDecision(True, "no budget set", None, spent, running, next_job_cost)
     total = spent + running + next_job_cost
     txt = (f"spent {spent:.2f} + running {running:.2f} + next job {next_job_cost:.2f} = {total:.2f} USD "
            f"of budget {c.budget_usd:.2f} USD")

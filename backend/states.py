@@ -63,7 +63,7 @@ class CampaignStatus(enum.StrEnum):
     CREATED = "CREATED"  # jobs exist, nothing launches until a launch is requested
     ACTIVE = "ACTIVE"  # launch requested: the controller may launch ready jobs
     CANCELLING = "CANCELLING"  # cancel requested: the controller stops its jobs
-    CANCELLED = "CANCELLED"
+    CANCELLED = "CANCELLED"  # every job is final, none failed, some were cancelled
     SUCCEEDED = "SUCCEEDED"  # every job succeeded
     FAILED = "FAILED"  # every job is final and at least one failed beyond its retry limit
 

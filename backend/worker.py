@@ -16,15 +16,14 @@ import json
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from backend.jobkinds import COOPERATIVE, KINDS, JobContext, JobSpecError, Preempted
 from backend.stores import ArtifactStore, ObjectNotFound, StoreError, open_store
 from backend.stores import layout
 from backend.stores.base import append_segment, encode_jsonl, get_json, list_segments, put_json
@@ -34,16 +33,10 @@ EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", resumable from the last checkpoint
 
-STATUS_BY_CODE = {EXIT_SUCCEEDED: "succeeded", EXIT_FAILED: "failed", EXIT_BAD_SPEC: "failed",
-                  EXIT_PREEMPTED: "preempted"}
-
-
-class JobSpecError(Exception):
-    """The job spec is missing, unreadable or lacks a field the job kind needs."""
-
-
-class Preempted(Exception):
-    """Raised inside a job when a stop was requested; the worker exits as preempted."""
+# A stop request (SIGTERM, cancel.json) must end the attempt within 25 s. Kinds that poll the
+# stop flag get STOP_GRACE_S to write a checkpoint and return; after that (or at once for kinds
+# that cannot stop cooperatively) the main thread is interrupted.
+STOP_GRACE_S = float(os.environ.get("NSBI_WORKER_STOP_GRACE_S", "15"))
 
 
 def _interval() -> float:
@@ -143,10 +136,12 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = ""
+        self.set_at: float | None = None
 
     def set(self, reason: str) -> None:
         if not self.event.is_set():
             self.reason = reason
+            self.set_at = time.monotonic()
             self.event.set()
 
     def __bool__(self) -> bool:
@@ -154,206 +149,39 @@ class StopFlag:
 
 
 class _Ticker(threading.Thread):
-    def __init__(self, writer: AttemptWriter, stop: StopFlag, job_store: ArtifactStore, interval: float):
+    """Background duties: heartbeat, resource sample, metric flush, cancel check, stop deadline."""
+
+    def __init__(self, writer: AttemptWriter, stop: StopFlag, job_store: ArtifactStore, interval: float,
+                 grace_s: float, on_deadline: Callable[[], None]):
         super().__init__(name="nsbi-worker-ticker", daemon=True)
         self.writer, self.stop_flag, self.job_store, self.interval = writer, stop, job_store, interval
+        self.grace_s = grace_s
+        self.on_deadline = on_deadline
         self.done = threading.Event()
+        self.interrupted = False
         self.errors: list[str] = []
 
     def run(self) -> None:
-        while not self.done.wait(self.interval):
-            try:
-                self.writer.tick()
-                if self.job_store.exists(layout.CANCEL):
-                    self.stop_flag.set("cancel requested (cancel.json)")
-            except Exception as exc:  # a flaky store must not kill the job; report at the end
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+        last = time.monotonic()
+        while not self.done.wait(min(self.interval, 0.5)):
+            now = time.monotonic()
+            if now - last >= self.interval:
+                last = now
+                try:
+                    self.writer.tick()
+                    if not self.stop_flag and self.job_store.exists(layout.CANCEL):
+                        self.stop_flag.set("cancel requested (cancel.json)")
+                except Exception as exc:  # a flaky store must not kill the job; report at the end
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            set_at = self.stop_flag.set_at
+            if set_at is not None and not self.interrupted and now - set_at >= self.grace_s:
+                self.interrupted = True  # the job did not stop in time
+                self.on_deadline()
 
 
-# ---------------------------------------------------------------------- job context + kinds
-
-
-@dataclass
-class JobContext:
-    """What a job-kind function gets: its spec, the store, and the hooks into the runtime."""
-
-    spec: dict[str, Any]
-    job_store: ArtifactStore
-    attempt: int
-    writer: AttemptWriter
-    checkpointer: StoreCheckpointer
-    stop: StopFlag
-
-    @property
-    def params(self) -> dict[str, Any]:
-        p = self.spec.get("params")
-        return p if isinstance(p, dict) else self.spec
-
-    def put_artifact(self, name: str, data: bytes) -> str:
-        return self.job_store.put_bytes(f"{layout.artifacts_prefix(self.attempt)}/{name}", data)
-
-    def set_progress(self, **kw: Any) -> None:
-        self.writer.progress.update(kw)
-
-    def check_stop(self) -> None:
-        if self.stop:
-            raise Preempted(self.stop.reason)
-
-
-def run_noop(ctx: JobContext) -> dict[str, Any]:
-    """Test-only job: ``steps`` steps of ``step_s`` seconds, a metric per step, checkpoints.
-
-    Resumes from the newest checkpoint of any attempt, so a retry runs fewer steps. Params:
-    steps (10), step_s (0.05), checkpoint_every (1), fail_on_attempts ([]), fail_at_step,
-    ignore_stop (False: a stop request is honoured within one step).
-    """
-    p = ctx.params
-    steps = int(p.get("steps", 10))
-    step_s = float(p.get("step_s", 0.05))
-    every = max(1, int(p.get("checkpoint_every", 1)))
-    fail_on = {int(a) for a in p.get("fail_on_attempts", [])}
-    fail_at = int(p.get("fail_at_step", steps // 2))
-    latest = ctx.checkpointer.load_latest()
-    start = json.loads(latest[1])["step"] if latest else 0
-    steps_run = 0
-    ignore_stop = bool(p.get("ignore_stop", False))  # simulates a hung worker (SIGKILL tests)
-    for step in range(start + 1, steps + 1):
-        if ignore_stop:
-            time.sleep(step_s)
-        elif ctx.stop.event.wait(step_s):
-            raise Preempted(ctx.stop.reason)
-        ctx.writer.add_metrics([
-            {"member": -1, "step": step, "epoch": None, "name": "loss", "value": 1.0 / step},
-            {"member": 0, "step": step, "epoch": None, "name": "train_loss", "value": 2.0 / step},
-        ])
-        steps_run += 1
-        ctx.set_progress(step=step)
-        if step % every == 0 or step == steps:
-            ctx.checkpointer.save(step, json.dumps({"step": step}).encode())
-        if ctx.attempt in fail_on and step >= fail_at:
-            raise RuntimeError(f"noop job: deliberate failure at step {step} on attempt {ctx.attempt}")
-    uri = ctx.put_artifact("noop.json", json.dumps({"steps": steps}).encode())
-    return {"artifacts": {"noop": uri}, "summary": {"steps": steps, "steps_run": steps_run,
-                                                    "resumed_from": start or None}}
-
-
-class _TrainHooks:
-    """The engine's ``TrainCallbacks``: metrics into the writer, stop from the flag."""
-
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
-
-    def on_metrics(self, step: int, records: list[dict]) -> None:
-        self.ctx.writer.add_metrics([dict(r) for r in records])
-        self.ctx.set_progress(step=int(step))
-
-    def should_stop(self) -> bool:
-        return bool(self.ctx.stop)
-
-
-def _require(spec: dict, key: str, kind: str) -> Any:
-    if key not in spec:
-        raise JobSpecError(f"spec.json of a {kind!r} job lacks the key {key!r} (has: {sorted(spec)})")
-    return spec[key]
-
-
-def run_train(ctx: JobContext) -> dict[str, Any]:
-    """Train a ratio ensemble: numerator/denominator sample specs + a TrainConfig dict."""
-    from sbi_engine.data import load_sample_spec
-    from sbi_engine.ratio import TrainConfig, train_ensemble
-
-    p = ctx.params
-    numerator = load_sample_spec(_require(p, "numerator", "train"))
-    denominator = load_sample_spec(_require(p, "denominator", "train"))
-    config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
-    result = train_ensemble(numerator, denominator, config, checkpointer=ctx.checkpointer,
-                            callbacks=_TrainHooks(ctx))
-    if result.stopped_early and ctx.stop:
-        raise Preempted(ctx.stop.reason)  # a checkpoint was saved; the retry resumes from it
-    uri = ctx.put_artifact("ensemble.npz", result.ensemble.to_bytes())
-    resumed = result.resumed_from
-    finals: dict[str, float] = {}
-    for rec in result.history:  # last value of each metric, averaged over members
-        finals.setdefault(rec["name"], {})[rec["member"]] = float(rec["value"])  # type: ignore[index]
-    summary = {
-        "task": p.get("task"),
-        "members": list(p.get("members") or []),
-        "steps_total": int(result.steps_run),          # all attempts together
-        "resumed_from": resumed,                         # checkpoint step this attempt started at
-        "steps_run": int(result.steps_run) - int(resumed or 0),  # steps executed by this attempt
-        "seconds": float(result.seconds),
-        "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},  # type: ignore[union-attr]
-    }
-    return {"artifacts": {"ensemble": uri}, "summary": summary}
-
-
-def local_path(uri: str, tmpdir: Path) -> Path:
-    """A local file for ``uri``: the file itself for file:// URIs, a download otherwise."""
-    if uri.startswith("file://") or uri.startswith("/"):
-        from backend.stores.local import path_from_uri
-
-        return path_from_uri(uri)
-    parent, _, name = uri.rpartition("/")
-    dest = tmpdir / name
-    dest.write_bytes(open_store(parent).get_bytes(name))
-    return dest
-
-
-def collect_ensembles(inputs: dict[str, Any]) -> dict[str, list[str]]:
-    """Ensemble URIs per ratio task from the dependencies' results: a train job's
-    ``artifacts.ensemble`` (task from its summary) and a fit job's pass-through ``ensembles``."""
-    out: dict[str, list[str]] = {}
-    for dep_name, dep in sorted(inputs.items()):
-        uri = (dep.get("artifacts") or {}).get("ensemble")
-        if uri:
-            task = (dep.get("summary") or {}).get("task") or dep_name
-            out.setdefault(task, []).append(uri)
-        for task, uris in (dep.get("ensembles") or {}).items():
-            out.setdefault(task, []).extend(u for u in uris if u not in out.get(task, []))
-    return out
-
-
-def _fit_entry(kind: str) -> Callable[[dict, dict], dict]:
-    """The engine's job-level function for a fit-stage kind (kept in sbi_engine: it is science)."""
-    try:
-        from sbi_engine import fit_jobs
-    except ImportError:
-        fit_jobs = None
-    if fit_jobs is not None and hasattr(fit_jobs, "run_job"):
-        return lambda params, ensembles: fit_jobs.run_job(kind, params, ensembles)
-    from sbi_engine import pipeline
-
-    if kind == "fit" and hasattr(pipeline, "run_demo_fit"):
-        return pipeline.run_demo_fit
-    raise JobSpecError(f"this build has no engine entry point for {kind!r} jobs "
-                       "(expected sbi_engine.fit_jobs.run_job or sbi_engine.pipeline.run_demo_fit)")
-
-
-def run_fit_like(ctx: JobContext) -> dict[str, Any]:
-    """fit / impacts / scan / toys: fetch the ensembles the job depends on, hand the params and
-    local ensemble paths to the engine, and store what it returns."""
-    kind = str(ctx.spec.get("kind"))
-    uris = collect_ensembles(ctx.spec.get("inputs") or {})
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {task: [str(local_path(u, Path(tmp))) for u in us] for task, us in uris.items()}
-        out = _fit_entry(kind)(dict(ctx.params), paths)
-        out = dict(out) if isinstance(out, dict) else {"result": out}
-        artifacts = {}
-        for name, item in sorted((out.pop("files", None) or {}).items()):
-            data = item if isinstance(item, bytes) else Path(item).read_bytes()
-            artifacts[name] = ctx.put_artifact(name, data)
-    artifacts.update({k: v for k, v in (out.pop("artifacts", None) or {}).items() if isinstance(v, str)})
-    return {"artifacts": artifacts, "summary": out, "ensembles": uris}
-
-
-KINDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "noop": run_noop,
-    "train": run_train,
-    "fit": run_fit_like,
-    "impacts": run_fit_like,
-    "scan": run_fit_like,
-    "toys": run_fit_like,
-}
+def _interrupt_main_thread() -> None:
+    """Deliver SIGINT to the main thread itself, so a blocking sleep/wait there wakes up too."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 # ---------------------------------------------------------------------- the attempt itself
@@ -384,9 +212,12 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
     except StoreError as exc:
         return WorkerOutcome("failed", EXIT_BAD_SPEC, f"cannot open job store: {exc}")
     stop = StopFlag()
+    in_job = {"now": False, "cooperative": True, "force": False}
     if install_signals:
         def on_signal(signum, _frame):
             stop.set(f"received {signal.Signals(signum).name}")
+            if in_job["now"] and (in_job["force"] or not in_job["cooperative"]):
+                raise Preempted(stop.reason)  # cannot (or did not) stop by itself: stop right away
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     try:
@@ -407,14 +238,28 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
     checkpointer = StoreCheckpointer(job_store, attempt, before_save=writer.flush_metrics)
     ctx = JobContext(spec, job_store, attempt, writer, checkpointer, stop)
     writer.heartbeat()
-    ticker = _Ticker(writer, stop, job_store, interval if interval is not None else _interval())
+    in_job["cooperative"] = kind in COOPERATIVE
+    def deadline() -> None:
+        in_job["force"] = True
+        if in_job["now"]:
+            _interrupt_main_thread()
+
+    ticker = _Ticker(writer, stop, job_store, interval if interval is not None else _interval(),
+                     STOP_GRACE_S if in_job["cooperative"] else 0.0, deadline)
     ticker.start()
     try:
-        result = KINDS[kind](ctx)
+        in_job["now"] = True
+        try:
+            result = KINDS[kind](ctx)
+        finally:
+            in_job["now"] = False
         put_json(job_store, layout.result_key(attempt), {"status": "succeeded", "kind": kind, "attempt": attempt, **result})
         outcome = WorkerOutcome("succeeded", EXIT_SUCCEEDED)
-    except Preempted as exc:
-        outcome = WorkerOutcome("preempted", EXIT_PREEMPTED, str(exc) or "stop requested")
+    except (Preempted, KeyboardInterrupt) as exc:
+        why = str(exc) or stop.reason or "interrupted"
+        if ticker.interrupted:
+            why = f"{stop.reason}; did not stop within {ticker.grace_s:.0f} s, interrupted (last checkpoint stands)"
+        outcome = WorkerOutcome("preempted", EXIT_PREEMPTED, why)
     except JobSpecError as exc:
         outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc))
     except Exception as exc:

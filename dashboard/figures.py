@@ -182,6 +182,27 @@ def resource_usage(resources: pd.DataFrame, *, title: str = "Resource usage",
     return _layout(fig, title, height=max(300, 170 * len(names)), annotations=notes)
 
 
+STATE_COLOURS = {"pending": "#bdbdbd", "launching": "#9ecae1", "running": "#3182bd", "succeeded": "#31a354",
+                 "failed": "#de2d26", "preempted": "#fd8d3c", "cancelled": "#636363"}
+
+
+def campaign_states(campaigns: pd.DataFrame, *, title: str = "Jobs by state", top: int = 10) -> go.Figure:
+    """Stacked horizontal bars: each campaign's jobs by state (columns id, name, n_<state>).
+
+    Shows the `top` newest campaigns, newest on top.
+    """
+    cols = [f"n_{s}" for s in STATE_COLOURS if f"n_{s}" in campaigns]
+    if campaigns.empty or not cols:
+        return empty_figure("No campaigns.", title=title)
+    df = campaigns.sort_values("id", ascending=False).head(top).iloc[::-1]
+    labels = [f"{int(i)} · {n}" for i, n in zip(df["id"], df["name"])]
+    traces = [{"type": "bar", "orientation": "h", "x": df[c].fillna(0).to_numpy(), "y": labels,
+               "name": c[2:], "marker": {"color": STATE_COLOURS[c[2:]]}} for c in cols]
+    fig = go.Figure(data=traces, layout={"barmode": "stack", "xaxis": {"title": "jobs"},
+                                         "yaxis": {"type": "category"}})
+    return _layout(fig, title, height=140 + 30 * len(df))
+
+
 def job_states(counts: Mapping[str, int], *, title: str = "Jobs by state") -> go.Figure:
     """A horizontal bar of job counts by state."""
     items = [(k, int(v)) for k, v in counts.items() if int(v) > 0]

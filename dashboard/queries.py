@@ -409,25 +409,131 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
 
 @dataclass(frozen=True)
 class FitView:
-    """A fit result in plotting shape: best fit of the POI, pulls, impacts, correlation, scan, toys."""
+    """One fit run in plotting shape: best fit of the POI, pulls, impacts, correlation, scan, toys."""
 
     poi: str
     mu_hat: float | None
     sigma: float | None
-    sigma_up: float | None
-    sigma_down: float | None
-    data: str
-    pulls: pd.DataFrame          # name, pull, constraint
-    impacts: pd.DataFrame        # name, prefit_up, prefit_down, postfit_up, postfit_down[, pull, constraint]
+    converged: bool | None
+    breakdown: dict                # {"stat": .., "syst": ..} of the POI, when reported
+    pulls: pd.DataFrame            # name, pull, constraint
+    impacts: pd.DataFrame          # name, prefit_up, prefit_down, postfit_up, postfit_down, method[, pull, constraint]
     corr_names: tuple[str, ...]
     corr_matrix: np.ndarray
-    scan: pd.DataFrame           # value, q
-    toys: np.ndarray             # pulls of the POI over toys
+    scan: pd.DataFrame             # value, q  (q = -2 Delta ln L)
+    toys: np.ndarray               # per-toy pulls of the POI (empty if only a summary was reported)
+    toy_summary: dict              # n_toys, n_converged, pull_mean, pull_width, coverage_* (combined over jobs)
+    data: str = "asimov"
 
     @property
     def empty(self) -> bool:
         return (self.mu_hat is None and self.pulls.empty and self.impacts.empty and self.scan.empty
-                and self.toys.size == 0)
+                and self.toys.size == 0 and not self.toy_summary)
+
+
+FIT_KINDS = ("fit", "impacts", "scan", "toys")
+_IMPACT_COLS = ["name", "prefit_up", "prefit_down", "postfit_up", "postfit_down", "method"]
+
+
+def fit_run_of(job_name: str) -> int:
+    """The fit run a fit-stage job belongs to: 'fit', 'scan-001' -> 1; 'fit-r2', 'toys-r2-000' -> 2."""
+    m = re.match(r"^(?:fit|impacts|scan|toys)-r(\d+)(?:-|$)", job_name or "")
+    return int(m.group(1)) if m else 1
+
+
+def fit_runs(rows: Iterable[Any]) -> dict[int, list[dict]]:
+    """Service fit_results rows grouped by fit run (in job order within a run)."""
+    runs: dict[int, list[dict]] = {}
+    for r in rows:
+        d = as_dict(r)
+        runs.setdefault(fit_run_of(str(d.get("job_name", ""))), []).append(d)
+    return dict(sorted(runs.items()))
+
+
+def _impact_rows(items: Any, poi: str) -> list[dict]:
+    rows = []
+    for i in _name_rows(items):
+        i = dict(i)
+        i.setdefault("name", i.get("nuisance"))
+        if i.get("poi", poi) == poi and i.get("name") is not None:
+            rows.append(i)
+    return rows
+
+
+def merge_fit_results(rows: Iterable[Any]) -> dict:
+    """Combine the results of one fit run's jobs into one dict for `fit_view`.
+
+    The fit job gives the best fit, errors, pulls, correlation and covariance-based impacts;
+    impacts jobs each refit a subset of nuisance parameters (their lists are joined, and a
+    refit replaces the covariance estimate of the same parameter); scan jobs each cover some
+    POI values (joined and sorted); toys jobs each fit some toys (pulls joined, summaries
+    combined weighted by converged toys). Each row is a service row with a `payload` (the
+    job's result summary) or the payload itself.
+    """
+    rows = [as_dict(r) for r in rows]
+    payloads = [(r.get("kind") or r.get("payload", r).get("kind") or "fit", r.get("payload", r)) for r in rows]
+    base: dict = {}
+    for kind, p in payloads:  # the fit job's summary; any job's if there is no fit job
+        if kind == "fit" or not base:
+            base = dict(p)
+    poi = str(base.get("poi") or "mu")
+    refit: dict[str, dict] = {}
+    scan_x: list[float] = []
+    scan_q: list[float] = []
+    toy_pulls: list[float] = []
+    toy_parts: list[dict] = []
+    for kind, p in payloads:
+        for row in _impact_rows(p.get("impacts_refit") or (p.get("impacts") if kind == "impacts" else None), poi):
+            refit[row["name"]] = row
+        scan = p.get("scan") if isinstance(p.get("scan"), Mapping) else None
+        if scan:
+            xs = _get(scan, "values", poi, default=[])
+            qs = _get(scan, "q", "dq", "two_delta_nll")
+            if qs is None and "delta_nll" in scan:
+                qs = [2.0 * v for v in scan["delta_nll"]]
+            scan_x += [float(v) for v in xs]
+            scan_q += [np.nan if v is None else float(v) for v in (qs or [])]
+        toys = p.get("toys")
+        if isinstance(toys, Mapping):
+            toy_pulls += [float(v) for v in toys.get("pulls") or []]
+            if "pull_mean" in toys or "n_converged" in toys:
+                toy_parts.append(dict(toys))
+        elif isinstance(toys, list):
+            toy_pulls += [float(v) for v in toys]
+    merged = dict(base)
+    cov_impacts = {r["name"]: dict(r, method=r.get("method", "covariance"))
+                   for r in _impact_rows(base.get("impacts_covariance") or [], poi)}
+    if not refit and not cov_impacts:
+        cov_impacts = {r["name"]: r for r in _impact_rows(base.get("impacts") or [], poi)}
+    merged["impacts"] = list({**cov_impacts, **refit}.values())
+    merged["scan"] = {"values": scan_x, "q": scan_q} if scan_x else {}
+    merged["toys"] = {"pulls": toy_pulls, "summary": _combine_toys(toy_parts)}
+    merged["poi"] = poi
+    return merged
+
+
+def _combine_toys(parts: Sequence[Mapping]) -> dict:
+    """Toy summaries of several jobs as one: counts added, means and coverages weighted by
+    converged toys, widths combined from the pooled second moment."""
+    if not parts:
+        return {}
+    n = np.array([float(p.get("n_converged", p.get("n_toys", 0)) or 0) for p in parts])
+    total = float(n.sum())
+    out: dict[str, float] = {"n_toys": float(sum(float(p.get("n_toys", 0) or 0) for p in parts)), "n_converged": total}
+    if total <= 0:
+        return out
+    mean = np.array([float(p.get("pull_mean", np.nan)) for p in parts])
+    width = np.array([float(p.get("pull_width", np.nan)) for p in parts])
+    m = float(np.sum(n * mean) / total)
+    # pooled variance: within-job (sample variances, ddof=1) plus between-job spread of means
+    ss = np.sum((n - 1).clip(min=0) * width**2 + n * (mean - m) ** 2)
+    out["pull_mean"] = m
+    out["pull_width"] = float(np.sqrt(ss / max(total - 1, 1)))
+    for key in ("coverage_hesse_68", "coverage_profile_68", "coverage_profile_95"):
+        vals = [float(p[key]) for p in parts if key in p and p[key] is not None]
+        if len(vals) == len(parts):
+            out[key] = float(np.sum(n * np.array(vals)) / total)
+    return out
 
 
 def _name_rows(obj: Any, value_key: str | None = None) -> list[dict]:
@@ -442,103 +548,92 @@ def _name_rows(obj: Any, value_key: str | None = None) -> list[dict]:
     return [dict(r) for r in obj]
 
 
-def _pulls_frame(result: Mapping, poi: str) -> pd.DataFrame:
-    rows = _name_rows(_get(result, "pulls"), "pull")
-    if not rows:
-        values = _get(result, "bestfit", "values", "best_fit", default={})
-        errors = _get(result, "errors", "uncertainties", default={})
-        prior = _get(result, "prior_widths", default={})
-        rows = [{"name": k, "pull": float(v) / float(prior.get(k, 1.0)),
-                 "constraint": float(errors.get(k, np.nan)) / float(prior.get(k, 1.0))}
-                for k, v in values.items() if k != poi and k not in _get(result, "free_parameters", default=())]
-    df = pd.DataFrame(rows, columns=None if rows else ["name", "pull", "constraint"])
-    if df.empty:
-        return pd.DataFrame(columns=["name", "pull", "constraint"])
-    df = df.rename(columns={"value": "pull", "error": "constraint", "postfit_constraint": "constraint"})
-    if "constraint" not in df:
-        df["constraint"] = np.nan
-    return df[df["name"] != poi][["name", "pull", "constraint"]].reset_index(drop=True)
-
-
-def _impacts_frame(result: Mapping, pulls: pd.DataFrame) -> pd.DataFrame:
-    cols = ["name", "prefit_up", "prefit_down", "postfit_up", "postfit_down"]
-    rows = _name_rows(_get(result, "impacts"))
+def _pulls_frame(result: Mapping, fit: Mapping, poi: str) -> pd.DataFrame:
+    cols = ["name", "pull", "constraint"]
+    rows = _name_rows(result.get("pulls"), "pull")
+    if not rows:  # no pulls reported: nuisance values and errors of a unit-Gaussian constraint
+        values, errors = fit.get("values") or {}, fit.get("errors") or {}
+        rows = [{"name": k, "pull": v, "constraint": errors.get(k, np.nan)} for k, v in values.items() if k != poi]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
-    aliases = {"pre_up": "prefit_up", "pre_down": "prefit_down", "post_up": "postfit_up", "post_down": "postfit_down"}
-    df = df.rename(columns=aliases)
-    missing = [c for c in cols if c not in df]
-    if missing:
-        raise ValueError(f"fit result 'impacts' lacks columns {missing} (has {sorted(df.columns)})")
-    df = df[cols]
-    if not pulls.empty:
-        df = df.merge(pulls, on="name", how="left")
-    return df
+    if "constraint" not in df:
+        df["constraint"] = np.nan
+    return df[df["name"] != poi][cols].reset_index(drop=True)
 
 
 def fit_view(result: Mapping) -> FitView:
-    """Parse a fit result JSON (values, errors, pulls, impacts, correlation, scan, toys).
+    """A merged fit run (`merge_fit_results`) in plotting shape.
 
-    Accepted keys: poi, data, bestfit|values, errors, pulls, impacts, correlation ({names,
-    matrix}), scan ({values, q} or {values, delta_nll} or a list of {value, q}), toys ({pulls}
-    or a list of pulls). Missing pieces produce empty frames so the page can say so.
+    Reads the engine's fit summary: mu_hat, sigma, converged, fit (FitResult.to_dict(): names,
+    values, errors, correlation), pulls {name: {pull, constraint}}, breakdown, plus the merged
+    impacts, scan {values, q} and toys {pulls, summary}. Missing pieces give empty frames.
     """
-    poi = str(_get(result, "poi", default="mu"))
-    values = _get(result, "bestfit", "values", "best_fit", default={})
-    errors = _get(result, "errors", "uncertainties", default={})
+    poi = str(result.get("poi") or "mu")
+    fit = result.get("fit") if isinstance(result.get("fit"), Mapping) else result
+    values, errors = fit.get("values") or result.get("bestfit") or {}, fit.get("errors") or {}
     mu_hat = _get(result, "mu_hat", default=values.get(poi))
-    sigma = _get(result, "sigma", "mu_err", default=errors.get(poi))
-    minos = _get(result, "minos", default={}).get(poi, {}) if isinstance(_get(result, "minos", default={}), Mapping) else {}
-    pulls = _pulls_frame(result, poi)
-    impacts = _impacts_frame(result, pulls)
-
-    corr = _get(result, "correlation", "corr", default={})
-    names = tuple(_get(corr, "names", "parameters", default=())) if isinstance(corr, Mapping) else ()
-    matrix = np.asarray(_get(corr, "matrix", "values", default=[]) if isinstance(corr, Mapping) else corr, float)
-
-    scan_raw = _get(result, "scan", default={})
-    if isinstance(scan_raw, Mapping) and scan_raw:
-        xs = _get(scan_raw, "values", poi, "mu", default=[])
-        q = _get(scan_raw, "q", "two_delta_nll")
-        if q is None and "delta_nll" in scan_raw:
-            q = 2.0 * np.asarray(scan_raw["delta_nll"], float)
-        scan = pd.DataFrame({"value": np.asarray(xs, float), "q": np.asarray(q, float)})
-        if "expected" in scan_raw:
-            scan["expected"] = np.asarray(scan_raw["expected"], float)
-    elif scan_raw:
-        scan = pd.DataFrame(list(scan_raw))
+    sigma = _get(result, "sigma", default=errors.get(poi))
+    pulls = _pulls_frame(result, fit, poi)
+    impacts = pd.DataFrame(result.get("impacts") or [], columns=None)
+    if impacts.empty:
+        impacts = pd.DataFrame(columns=_IMPACT_COLS)
     else:
-        scan = pd.DataFrame(columns=["value", "q"])
+        missing = [c for c in _IMPACT_COLS[:5] if c not in impacts]
+        if missing:
+            raise ValueError(f"fit result 'impacts' lacks {missing} (has {sorted(impacts.columns)})")
+        if "method" not in impacts:
+            impacts["method"] = ""
+        impacts = impacts[_IMPACT_COLS]
+        if not pulls.empty:
+            impacts = impacts.merge(pulls, on="name", how="left")
 
-    toys_raw = _get(result, "toys", default=[])
-    if isinstance(toys_raw, Mapping):
-        toys_raw = _get(toys_raw, "pulls", default=[])
+    corr = fit.get("correlation", result.get("correlation"))
+    if isinstance(corr, Mapping):
+        names, matrix = tuple(corr.get("names") or ()), corr.get("matrix") or []
+    else:
+        names, matrix = tuple(fit.get("names") or ()), corr if corr is not None else []
+    matrix = np.asarray([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+
+    scan_raw = result.get("scan") or {}
+    scan = pd.DataFrame({"value": np.asarray(scan_raw.get("values", []), float),
+                         "q": np.asarray(scan_raw.get("q", []), float)})
+    scan = scan.dropna().drop_duplicates("value").sort_values("value").reset_index(drop=True)
+    toys_raw = result.get("toys") or {}
+    toys = toys_raw.get("pulls", []) if isinstance(toys_raw, Mapping) else toys_raw
+    breakdown = result.get("breakdown") or {}
     return FitView(
         poi=poi,
         mu_hat=float(mu_hat) if mu_hat is not None else None,
         sigma=float(sigma) if sigma is not None else None,
-        sigma_up=float(minos["up"]) if "up" in minos else None,
-        sigma_down=float(minos["down"]) if "down" in minos else None,
-        data=str(_get(result, "data", "dataset", default="asimov")),
+        converged=result.get("converged", fit.get("converged")),
+        breakdown=dict(breakdown.get(poi, {})) if isinstance(breakdown, Mapping) else {},
         pulls=pulls, impacts=impacts, corr_names=names, corr_matrix=matrix, scan=scan,
-        toys=np.asarray(toys_raw, dtype=float).ravel(),
+        toys=np.asarray(toys, dtype=float).ravel(),
+        toy_summary=dict(toys_raw.get("summary") or {}) if isinstance(toys_raw, Mapping) else {},
+        data=str(result.get("data") or "asimov"),
     )
 
 
-def merge_fit_results(results: Iterable[Any]) -> dict:
-    """Merge the results of a campaign's fit, impacts, scan and toys jobs into one dict.
+def scan_interval(scan: pd.DataFrame, level: float) -> tuple[float | None, float | None]:
+    """Where the scan curve q(value) crosses `level` left and right of its minimum.
 
-    Each item is a service row with a `result` dict (or the dict itself); later jobs override
-    earlier ones key by key, so the newest fit wins.
+    Linear interpolation between scan points; None on a side where the scan never reaches
+    the level (the interval is open there within the scanned range).
     """
-    merged: dict = {}
-    for r in results:
-        d = as_dict(r)
-        payload = d.get("payload", d.get("result", d))
-        if isinstance(payload, Mapping):
-            merged.update({k: v for k, v in payload.items() if v not in (None, {}, [])})
-    return merged
+    if scan.empty:
+        return None, None
+    s = scan.sort_values("value")
+    x, q = s["value"].to_numpy(float), s["q"].to_numpy(float)
+    i = int(np.nanargmin(q))
+
+    def cross(idx: range) -> float | None:
+        for a, b in zip(idx, list(idx)[1:]):
+            if (q[a] - level) * (q[b] - level) <= 0 and q[a] != q[b]:
+                return float(x[a] + (level - q[a]) * (x[b] - x[a]) / (q[b] - q[a]))
+        return None
+
+    return cross(range(i, -1, -1)), cross(range(i, len(x)))
 
 
 # --------------------------------------------------------------------------- cost
@@ -612,11 +707,12 @@ def load_costs(group_by: Sequence[str]) -> pd.DataFrame:
     return cost_frame(_service().cost_summary(group_by=tuple(group_by)))
 
 
-def load_fit(campaign_id: int) -> tuple[FitView, pd.DataFrame]:
-    """The merged fit view of a campaign and the table of its fit-type results."""
+def load_fit(campaign_id: int) -> tuple[dict[int, FitView], pd.DataFrame]:
+    """{fit run: merged FitView} of a campaign, and the table of its fit-stage job results."""
     rows = [as_dict(r) for r in _service().fit_results(campaign_id)]
     table = records_frame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows])
-    return fit_view(merge_fit_results(rows)), table
+    views = {run: fit_view(merge_fit_results(run_rows)) for run, run_rows in fit_runs(rows).items()}
+    return views, table
 
 
 def load_events(job_id: int) -> pd.DataFrame:

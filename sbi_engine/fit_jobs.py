@@ -158,3 +158,50 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
         data_kind="asimov" if params.get("data", "asimov") == "asimov" else "observed",
         metadata={"campaign": spec.get("campaign"), "job": spec.get("name"), "ensembles": {k: list(v) for k, v in ensembles.items()}},
     )
+
+
+def _fit_summary(ws, result) -> dict[str, Any]:
+    from .fit import impacts as imp
+    from .fit.results import to_jsonable
+
+    return to_jsonable({
+        "mu_hat": result.values["mu"],
+        "sigma": result.errors["mu"],
+        "converged": result.converged,
+        "fit": result.to_dict(),
+        "pulls": imp.pulls(ws, result),
+        "impacts_covariance": [i.to_dict() for i in imp.ranking(imp.covariance_impacts(ws, result))],
+        "breakdown": imp.breakdown(ws, result),
+    })
+
+
+def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Run one fit-stage job ("fit", "impacts", "scan" or "toys"); return JSON-safe results.
+
+    Every kind first fits the nominal model (cheap next to the training, and it makes each
+    job self-contained); the compiled functions are reused by the refits, scan points and toys.
+    """
+    from .fit import fit
+    from .fit import impacts as imp
+    from .fit.results import to_jsonable
+    from .fit.scan import profile_scan
+    from .fit.toys import toy_study
+
+    kind = spec.get("kind", "fit")
+    params = spec["params"]
+    ws = build_workspace(spec, ensembles)
+    result = fit(ws)
+    out: dict[str, Any] = {"kind": kind, "mu_true": params.get("mu_true", 1.0), **_fit_summary(ws, result)}
+    if kind == "impacts":
+        nps = list(params.get("nps") or ws.nuisance_names)
+        out["impacts_refit"] = [i.to_dict() for i in imp.refit_impacts(ws, result, nps)]
+    elif kind == "scan":
+        values = np.asarray(params.get("poi_values") or [], dtype=float)
+        out["scan"] = profile_scan(ws, result, "mu", values=values if values.size else None).to_dict()
+    elif kind == "toys":
+        seeds = list(params.get("toy_seeds") or [0])
+        out["toys"] = toy_study(ws, n_toys=len(seeds), seed=int(seeds[0]),
+                                params={"mu": float(params.get("toy_mu_true", params.get("mu_true", 1.0)))})
+    elif kind != "fit":
+        raise FitJobError(f"kind: unknown fit-stage job kind {kind!r} (fit, impacts, scan, toys)")
+    return to_jsonable(out)

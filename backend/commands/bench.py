@@ -59,6 +59,7 @@ def _add_delegate_arguments(parser: argparse.ArgumentParser, module_name: str) -
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
+            parser.add_argument("--json", metavar="FILE", help="write the report here")
             parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             return
         raise

@@ -72,6 +72,7 @@ class Job(SQLModel, table=True):
         sa.UniqueConstraint("campaign_id", "name"),
         sa.Index("ix_job_campaign_id_status", "campaign_id", "status"),
         sa.Index("ix_job_campaign_id_id", "campaign_id", "id"),  # paging one campaign's jobs
+        sa.Index("ix_job_campaign_id_kind_status", "campaign_id", "kind", "status"),  # progress per kind
         sa.Index("ix_job_status_desired_state", "status", "desired_state"),
     )
 

@@ -26,7 +26,6 @@ The google-cloud-compute SDK is imported inside this module only.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -56,6 +55,7 @@ from backend.launchers.gce_spec import (
     operation_errors,
     vm_name,
 )
+from backend.stores import layout
 
 log = logging.getLogger("nsbi.launcher.gce")
 
@@ -68,6 +68,11 @@ _RUNNING_RAW = ("RUNNING", "STOPPING", "SUSPENDING")
 _ENDED_RAW = ("TERMINATED", "STOPPED", "SUSPENDED")
 PREEMPTED_OP = "compute.instances.preempted"
 LIST_PAGE_SIZE = 500  # the API's maximum page of an aggregated listing
+
+
+def provision_key(attempt: int) -> str:
+    """Where the zone history of an attempt is kept, next to its exit.json."""
+    return f"{layout.attempt_prefix(attempt)}/provision.json"
 
 
 @dataclass
@@ -85,6 +90,7 @@ class _Rec:
     zone: str | None = None
     op: str | None = None
     zone_index: int = 0
+    tries: int = 0
     reasons: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     next_try: float = 0.0
@@ -269,7 +275,9 @@ class GceLauncher:
             zone = zones[rec.zone_index]
             rec.phase, rec.zone = INSERTING, zone
             body = build_instance(self.config, rec.request, rec.machine, zone)
-            request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.config.project}/{zone}/{rec.name}/{rec.started}"))
+            rec.tries += 1  # a new id per try: GCE would answer a repeated id with the old (failed) operation
+            request_id = str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                        f"{self.config.project}/{zone}/{rec.name}/{rec.started}/{rec.tries}"))
             try:
                 op = self._insert_with_retry(zone, body, request_id)
             except gexc.Conflict:
@@ -368,7 +376,7 @@ class GceLauncher:
             store = self._open_store(rec.job_uri)
             from backend.stores.base import put_json
 
-            put_json(store, f"attempts/{int(rec.attempt)}/provision.json", {
+            put_json(store, provision_key(rec.attempt), {
                 "instance": rec.name, "zones": list(rec.machine.zones) if rec.machine else [],
                 "refusals": list(rec.reasons), "phase": rec.phase, "zone": rec.zone, "t": time.time()})
         except Exception as exc:
@@ -395,7 +403,7 @@ class GceLauncher:
         if not rec.job_uri:
             return False
         try:
-            return self._open_store(rec.job_uri).exists(f"attempts/{int(rec.attempt)}/exit.json")
+            return self._open_store(rec.job_uri).exists(layout.exit_key(rec.attempt))
         except Exception:
             return False
 
@@ -434,6 +442,9 @@ class GceLauncher:
                                       f"VM powered off in {vm.zone}; deleting it", **common)
             return InstanceStatus(name, InstanceState.RUNNING, None, f"{vm.status} in {vm.zone}", **common)
         if rec is None:
+            if preempted is not None and name in preempted:
+                return InstanceStatus(name, InstanceState.PREEMPTED, None,
+                                      f"spot VM preempted in {preempted[name]} (seen in its zone's operations)")
             return InstanceStatus(name, InstanceState.GONE, None, "no such VM")
         if rec.final is not None:
             return rec.final
@@ -482,7 +493,9 @@ class GceLauncher:
             vanished_zones = {r.zone for n in names if (r := self._recs.get(n)) and r.zone and n not in cloud
                               and r.phase == CREATED and not r.ended}
             ended_zones = {cloud[n].zone for n in names if n in cloud and cloud[n].status in _ENDED_RAW}
-        zones = vanished_zones | ended_zones
+            unknown = any(n not in cloud and n not in self._recs for n in names)
+        # a VM this process never saw (controller restarted after it vanished): look everywhere
+        zones = vanished_zones | ended_zones | (set(self.config.zones) if unknown else set())
         preempted = self._preempted_ops(zones) if zones else None
         return {i: self._status_of(n, cloud, preempted) for i, n in zip(ids, names)}
 
@@ -594,10 +607,3 @@ def from_settings(settings: Any, **overrides: Any) -> GceLauncher:
     config = overrides.pop("config", None) or config_from_env(env or None, **overrides)
     return GceLauncher(config, **extra)
 
-
-def describe(config: GceConfig) -> str:
-    """One line for logs: where VMs go and what they are."""
-    m = config.machine
-    gpu = f"{m.gpu_count}x {m.gpu_type}" if m.gpu_count and m.gpu_type else "no GPU"
-    return json.dumps({"project": config.project, "zones": list(config.zones), "machine": m.machine_type,
-                       "gpu": gpu, "spot": m.spot, "runtime": config.runtime})

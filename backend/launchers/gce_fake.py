@@ -86,6 +86,7 @@ class FakeStats:
     inserts_by_zone: dict[str, int] = field(default_factory=dict)
     refused_by_zone: dict[str, int] = field(default_factory=dict)
     deletes: int = 0
+    deleted: list[str] = field(default_factory=list)   # VM names deleted through the API
     requests: int = 0
     bad_requests: list[str] = field(default_factory=list)
 
@@ -221,7 +222,7 @@ class FakeCompute:
             return
         path = self.workdir / f"{vm.zone}-{vm.name}.sh"
         path.write_text(script)
-        env = {**os.environ, **self.boot_env, "NSBI_NO_POWEROFF": "1",
+        env = {**os.environ, "NSBI_GPU_WAIT_S": "0", **self.boot_env, "NSBI_NO_POWEROFF": "1",
                "NSBI_METADATA_URL": f"http://{self.endpoint}/fake-metadata/{vm.zone}/{vm.name}/computeMetadata/v1"}
         log = open(self.workdir / f"{vm.zone}-{vm.name}.log", "ab")
         with self.lock:
@@ -371,6 +372,7 @@ class FakeCompute:
                 raise ApiError(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
                                     "was not found", "notFound")
             self.stats.deletes += 1
+            self.stats.deleted.append(name)
             op = self._new_op(zone, "delete", name, done=False)
 
         def work() -> None:

@@ -215,10 +215,16 @@ NAME="$(curl -sSf -H "Metadata-Flavor: Google" "$MD/instance/name" 2>/dev/null)"
 ENVFILE="$(mktemp)"
 md nsbi-env > "$ENVFILE" || : > "$ENVFILE"
 echo "NSBI_INSTANCE_ID=$NAME" >> "$ENVFILE"
+GPUS="$(md nsbi-gpus)" || GPUS=0
+if [ "$GPUS" != "0" ] && ! command -v cos-extensions >/dev/null 2>&1; then
+  # Deep Learning VM images install the driver at first boot, possibly after this script starts
+  waited=0
+  until nvidia-smi >/dev/null 2>&1 || [ "$waited" -ge "${NSBI_GPU_WAIT_S:-300}" ]; do sleep 5; waited=$((waited + 5)); done
+fi
 if [ "$RUNTIME" = "docker" ]; then
   IMAGE="$(md nsbi-worker-image)" || { echo "nsbi: no nsbi-worker-image in metadata" >&2; exit 2; }
   REGISTRY="${IMAGE%%/*}"
-  if command -v cos-extensions >/dev/null 2>&1 && [ "$(md nsbi-gpus || echo 0)" != "0" ]; then
+  if command -v cos-extensions >/dev/null 2>&1 && [ "$GPUS" != "0" ]; then
     cos-extensions install gpu && mount --bind /var/lib/nvidia /var/lib/nvidia && mount -o remount,exec /var/lib/nvidia
     GPU_FLAGS=(--volume /var/lib/nvidia/lib64:/usr/local/nvidia/lib64 --volume /var/lib/nvidia/bin:/usr/local/nvidia/bin
                --device /dev/nvidia0:/dev/nvidia0 --device /dev/nvidia-uvm:/dev/nvidia-uvm --device /dev/nvidiactl:/dev/nvidiactl)

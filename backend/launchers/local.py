@@ -152,8 +152,8 @@ class LocalLauncher:
     def _process(self, rec: _Record) -> psutil.Process | None:
         """The live wrapper process of ``rec`` (None if gone, a zombie, or a recycled pid)."""
         child = self._children.get(rec.instance_id)
-        if child is not None and child.poll() is not None:  # reap our own children
-            self._children.pop(rec.instance_id, None)
+        if child is not None:
+            child.poll()  # reap our own child; its returncode stays on the Popen object
         if rec.pid is None:
             return None
         try:
@@ -187,6 +187,10 @@ class LocalLauncher:
 
     def _status(self, rec: _Record) -> InstanceStatus:
         common = dict(campaign=rec.campaign, job=rec.job, attempt=rec.attempt)
+        rc = self._rc(rec.instance_id)
+        if rc is not None:  # the wrapper's last act: finished, no need to look for the process
+            self._process(rec)  # reaps our own child if it is one
+            return self._exited(rec, rc, common)
         if rec.pid is None:
             proc = self._find_by_marker(rec.instance_id)
             if proc is not None:
@@ -194,9 +198,9 @@ class LocalLauncher:
                 self._write(rec)
         if self._process(rec) is not None:
             return InstanceStatus(rec.instance_id, InstanceState.RUNNING, None, rec.term_reason, **common)
-        rc = self._rc(rec.instance_id)
+        rc = self._rc(rec.instance_id)  # again: the process may have ended since the first look
         if rc is None:
-            child = self._children.pop(rec.instance_id, None)
+            child = self._children.get(rec.instance_id)  # our own child: the kernel told us how it ended
             if child is not None and child.returncode is not None:
                 rc = child.returncode if child.returncode >= 0 else 128 - child.returncode
         if rc is None:
@@ -204,6 +208,10 @@ class LocalLauncher:
                 return InstanceStatus(rec.instance_id, InstanceState.GONE, None, "never started", **common)
             why = rec.term_reason or "process vanished without recording an exit status"
             return InstanceStatus(rec.instance_id, InstanceState.GONE, None, why, **common)
+        return self._exited(rec, rc, common)
+
+    @staticmethod
+    def _exited(rec: _Record, rc: int, common: dict) -> InstanceStatus:
         detail = rec.term_reason
         if rc > 128 and not detail:
             detail = f"killed by signal {rc - 128}"

@@ -83,9 +83,12 @@ def _errors() -> tuple[type[BaseException], ...]:
 def transient_retry(deadline_s: float | None = None) -> Any:
     """Exponential backoff (0.5 s doubling to 16 s) on 408/429/5xx and connection errors."""
     from google.api_core import retry as api_retry
-    from google.cloud.storage.retry import _should_retry
 
-    return api_retry.Retry(predicate=_should_retry, initial=0.5, maximum=16.0, multiplier=2.0,
+    try:  # storage's own predicate also covers connection resets and 408
+        from google.cloud.storage.retry import _should_retry as predicate
+    except ImportError:  # pragma: no cover - a future SDK without the private helper
+        predicate = api_retry.if_transient_error
+    return api_retry.Retry(predicate=predicate, initial=0.5, maximum=16.0, multiplier=2.0,
                            timeout=RETRY_DEADLINE_S if deadline_s is None else deadline_s)
 
 

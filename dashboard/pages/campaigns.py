@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, forms, intents, widgets
+from dashboard import cache, figures, forms, intents, widgets
 
 ERRORS_KEY = "campaign-form-errors"
 
@@ -43,6 +43,7 @@ def _campaign_list() -> None:
         widgets.nothing_yet("No campaigns yet: press “Demo campaign” or fill in the form below.")
         return
     df = df.sort_values("id", ascending=False)
+    widgets.chart(figures.campaign_states(df), "campaign-states", exportable=False)
     state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
     shown = [c for c in ("id", "name", "status", "progress", "n_jobs", *state_cols, "cost", "budget",
                          "estimate_cost", "created") if c in df]

@@ -10,6 +10,7 @@ from dashboard import cache, figures, queries, widgets
 SERVICE_GROUPS = ("campaign", "day", "machine", "gpu", "spot")
 GROUPS = {"campaign_name": "campaign", "day": "day", "machine": "machine type", "gpu": "GPU type",
           "spot": "spot / on-demand"}
+VIEWS = ("By group", "Over time", "Budget burn-down", "Table")
 
 
 def costs_page() -> None:
@@ -31,22 +32,26 @@ def costs_page() -> None:
     c3.download_button("CSV", usage.to_csv(index=False).encode(), file_name="nsbi-usage.csv", mime="text/csv",
                        icon=":material/download:", key="cost-csv", on_click="ignore")
 
-    available = [g for g in GROUPS if g in usage]
-    c1, c2, c3 = st.columns(3)
-    by = c1.selectbox("Group by", available, format_func=GROUPS.get, key="cost-by")
-    stack_options = ["none", *[g for g in available if g != by]]
-    stack = c2.selectbox("Stack by", stack_options, format_func=lambda g: GROUPS.get(g, g), key="cost-stack")
-    value = c3.radio("Show", ("cost", "gpu_hours"), horizontal=True, key="cost-value",
+    shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="cost-view") or VIEWS[0]
+    value = st.radio("Quantity", ("cost", "gpu_hours"), horizontal=True, key="cost-value",
                      format_func={"cost": "cost (USD)", "gpu_hours": "GPU-hours"}.get)
-    widgets.chart(figures.cost_bars(usage, by=by, value=value, colour_by=None if stack == "none" else stack),
-                  "cost-bars")
-
-    if "day" in usage:
-        widgets.chart(figures.usage_over_time(usage.rename(columns={"day": "time"}), value=value,
-                                              by="campaign_name" if "campaign_name" in usage else None),
-                      "usage-time")
-    _burn_down(db, usage)
-    st.dataframe(usage, hide_index=True)
+    if shown == "By group":
+        available = [g for g in GROUPS if g in usage]
+        c1, c2 = st.columns(2)
+        by = c1.selectbox("Group by", available, format_func=GROUPS.get, key="cost-by")
+        stack_options = ["none", *[g for g in available if g != by]]
+        stack = c2.selectbox("Stack by", stack_options, format_func=lambda g: GROUPS.get(g, g), key="cost-stack")
+        widgets.chart(figures.cost_bars(usage, by=by, value=value, colour_by=None if stack == "none" else stack),
+                      "cost-bars")
+    elif shown == "Over time":
+        if "day" in usage:
+            widgets.chart(figures.usage_over_time(usage.rename(columns={"day": "time"}), value=value,
+                                                  by="campaign_name" if "campaign_name" in usage else None),
+                          "usage-time")
+    elif shown == "Budget burn-down":
+        _burn_down(db, usage)
+    else:
+        st.dataframe(usage, hide_index=True)
 
 
 def _burn_down(db: str, usage) -> None:
@@ -55,8 +60,8 @@ def _burn_down(db: str, usage) -> None:
         return
     budgeted = campaigns[campaigns["budget"].notna()] if "budget" in campaigns else campaigns.iloc[0:0]
     if budgeted.empty:
+        widgets.nothing_yet("No campaign has a budget.")
         return
-    st.subheader("Budget burn-down")
     choices = {int(r.id): f"{int(r.id)} · {r.name}" for r in budgeted.itertuples()}
     cid = st.selectbox("Campaign", list(choices), format_func=choices.get, key="cost-burn-campaign")
     row = budgeted[budgeted["id"] == cid].iloc[0]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, figures, intents, widgets
+from dashboard import cache, figures, intents, queries, widgets
+
+VIEWS = ("Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs")
 
 
 def fit_page() -> None:
@@ -16,53 +18,84 @@ def fit_page() -> None:
         return
     with st.expander("Start a fit", expanded=False):
         _start_form(campaign_id)
-    view, table = cache.fit(db, campaign_id)
-    if view.empty:
+    views, table = cache.fit(db, campaign_id)
+    if len(views) > 1:
+        run = st.selectbox("Fit run", sorted(views, reverse=True), format_func=lambda r: f"run {r}", key="fit-run")
+    else:
+        run = next(iter(views), None)
+    view = views.get(run)
+    if view is None or view.empty:
         widgets.nothing_yet("Nothing yet: no fit results for this campaign. Train first, then start a fit above.")
         return
     _headline(view)
-    tabs = st.tabs(["Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs"])
-    with tabs[0]:
+    # One view at a time: each Plotly chart costs the browser real work, so a page that draws
+    # five at once is slow on a busy machine (and tabs draw all of them).
+    shown = st.segmented_control("Show", VIEWS, default="Pulls", key="fit-view") or "Pulls"
+    if shown == "Pulls":
         if view.pulls.empty:
             widgets.nothing_yet("No pulls.")
         else:
             widgets.chart(figures.pulls(view.pulls), "pulls")
-    with tabs[1]:
+    elif shown == "Impacts":
         if view.impacts.empty:
             widgets.nothing_yet("No impacts yet: start an impacts job.")
         else:
-            top = st.slider("Top impacts", 5, max(5, min(60, len(view.impacts))), min(20, len(view.impacts)),
-                            key="fit-top") if len(view.impacts) > 5 else len(view.impacts)
+            n = len(view.impacts)
+            top = st.slider("Top impacts", 5, min(60, n), min(20, n), key="fit-top") if n > 5 else n
             widgets.chart(figures.impacts_ranking(view.impacts, poi=view.poi, top=top), "impacts")
-    with tabs[2]:
+    elif shown == "Correlations":
         if view.corr_matrix.size:
             widgets.chart(figures.correlation(view.corr_names, view.corr_matrix), "correlation")
         else:
             widgets.nothing_yet("No correlation matrix.")
-    with tabs[3]:
+    elif shown == "Scan":
         if view.scan.empty:
             widgets.nothing_yet("No scan yet: start a scan job.")
         else:
+            _intervals(view)
             widgets.chart(figures.likelihood_scan(view.scan, poi=view.poi), "scan")
-    with tabs[4]:
+    elif shown == "Toys":
+        if view.toy_summary:
+            _toy_summary(view.toy_summary)
         if view.toys.size:
             widgets.chart(figures.toy_pulls(view.toys, poi=view.poi), "toys")
-        else:
+        elif not view.toy_summary:
             widgets.nothing_yet("No toys yet: start a toys job.")
-    with tabs[5]:
+        else:
+            st.caption("The toys jobs reported summaries only (no per-toy pulls to histogram).")
+    else:
         st.dataframe(table, hide_index=True)
 
 
+def _toy_summary(summary: dict) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Toys (converged)", f"{int(summary.get('n_converged', 0))} / {int(summary.get('n_toys', 0))}")
+    cols[1].metric("Pull mean", queries.format_value(summary.get("pull_mean")))
+    cols[2].metric("Pull width", queries.format_value(summary.get("pull_width")))
+    cols[3].metric("Coverage 68 % (profile)", queries.format_value(summary.get("coverage_profile_68")))
+    cols[4].metric("Coverage 95 % (profile)", queries.format_value(summary.get("coverage_profile_95")))
+
+
+def _intervals(view) -> None:
+    cols = st.columns(2)
+    for col, (level, label) in zip(cols, ((figures.Q_68, "68 % CL"), (figures.Q_95, "95 % CL"))):
+        lo, hi = queries.scan_interval(view.scan, level)
+        text = f"[{queries.format_value(lo)}, {queries.format_value(hi)}]"
+        col.metric(f"{view.poi} {label} (scan)", text)
+
+
 def _headline(view) -> None:
-    cols = st.columns(3)
+    cols = st.columns(4)
     if view.mu_hat is not None:
-        if view.sigma_up is not None and view.sigma_down is not None:
-            text = f"{view.mu_hat:.3f} +{abs(view.sigma_up):.3f} −{abs(view.sigma_down):.3f}"
-        else:
-            text = f"{view.mu_hat:.3f} ± {view.sigma:.3f}" if view.sigma is not None else f"{view.mu_hat:.3f}"
-        cols[0].metric(f"best-fit {view.poi}", text)
-    cols[1].metric("Data", view.data)
+        text = f"{view.mu_hat:.3f} ± {view.sigma:.3f}" if view.sigma is not None else f"{view.mu_hat:.3f}"
+        cols[0].metric(f"best-fit {view.poi}", text,
+                       help="Hessian (symmetric) error; the Scan view gives the profile-likelihood interval")
+    if view.breakdown:
+        cols[1].metric("stat / syst", f"{queries.format_value(view.breakdown.get('stat'))} / "
+                                      f"{queries.format_value(view.breakdown.get('syst'))}")
     cols[2].metric("Nuisance parameters", len(view.pulls))
+    if view.converged is not None:
+        cols[3].metric("Fit", "converged" if view.converged else "NOT converged")
 
 
 def _start_form(campaign_id: int) -> None:

@@ -71,8 +71,11 @@ class ToySet:
 
 
 def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
-                  params: Mapping[str, float] | None = None) -> ToySet:
-    """Draw ``n_toys`` toys at ``params`` (default: the reference point)."""
+                  params: Mapping[str, float] | None = None, pad_to: int | None = None) -> ToySet:
+    """Draw ``n_toys`` toys at ``params`` (default: the reference point).
+
+    ``pad_to``: minimum gathered size, so toys at several points share one compiled shape.
+    """
     model = _model(target)
     if model.workspace.data.kind != "asimov" and not model.workspace.data.generated_at:
         raise WorkspaceError("toys resample weighted simulated events: the workspace data are 'observed' and have no "
@@ -87,7 +90,7 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
         idx_list.append(nz)
         cnt_list.append(k[nz])
     n_max = max(1, max(len(i) for i in idx_list))
-    n_max = int(math.ceil(n_max / 64) * 64)
+    n_max = max(int(math.ceil(n_max / 64) * 64), int(pad_to or 0))
     index = np.zeros((n_toys, n_max), dtype=np.int64)
     counts = np.zeros((n_toys, n_max))
     for j, (i, c) in enumerate(zip(idx_list, cnt_list)):
@@ -218,8 +221,14 @@ def neyman_construction(target: Workspace | Model, poi_values: np.ndarray, n_toy
     poi = poi or model.poi_names[0]
     p = model.index[poi]
     rows = []
-    for j, v in enumerate(np.asarray(poi_values, dtype=float)):
-        toys = generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)})
+    values = np.asarray(poi_values, dtype=float)
+    sets = [generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}) for j, v in enumerate(values)]
+    n_max = max(t.index.shape[1] for t in sets)  # one shape -> one compilation for the whole belt
+    for v, toys in zip(values, sets):
+        if toys.index.shape[1] < n_max:
+            pad = n_max - toys.index.shape[1]
+            toys = ToySet(toys.theta_true, np.pad(toys.index, ((0, 0), (0, pad))),
+                          np.pad(toys.counts, ((0, 0), (0, pad))), toys.aux)
         free = fit_toys(model, toys, batch=batch)
         cond = fit_toys(model, toys, fixed={poi: float(v)}, batch=batch)
         ok = free.converged & cond.converged

@@ -51,7 +51,7 @@ class CalibrationCurve:
     observed_fraction: tuple[float, ...]
     observed_error: tuple[float, ...]
     weight: tuple[float, ...]
-    max_deviation: float  # largest |observed - mean score| over bins with events, in sigma units
+    max_deviation: float  # largest |observed - mean score| / error over bins with n_eff >= 10
 
 
 @dataclass(frozen=True)
@@ -182,12 +182,15 @@ def calibration_curve(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.nd
     mean_s = np.bincount(idx, w * s, bins) / np.where(sw > 0, sw, 1)
     frac = np.bincount(idx, w * y, bins) / np.where(sw > 0, sw, 1)
     n_eff = np.where(sw2 > 0, sw * sw / np.where(sw2 > 0, sw2, 1), 0)
-    err = np.sqrt(np.clip(frac * (1 - frac), 1e-12, None) / np.where(n_eff > 0, n_eff, 1))
+    # binomial error under the calibration hypothesis (observed = mean score), floored at 1/n_eff
+    var = np.maximum(mean_s * (1 - mean_s), 1.0 / np.maximum(n_eff, 1)) / np.maximum(n_eff, 1)
+    err = np.sqrt(var)
     has = sw > 0
     dev = np.abs(frac - mean_s) / err
+    enough = has & (n_eff >= 10)  # the max deviation ignores nearly empty bins
     mean_s[~has], frac[~has], err[~has] = np.nan, np.nan, np.nan
     return CalibrationCurve(member, tuple(edges), tuple(mean_s), tuple(frac), tuple(err), tuple(sw),
-                            float(np.max(dev[has])) if has.any() else float("nan"))
+                            float(np.max(dev[enough])) if enough.any() else float("nan"))
 
 
 def _weighted_quantile_edges(x: np.ndarray, w: np.ndarray, bins: int) -> np.ndarray:

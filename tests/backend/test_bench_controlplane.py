@@ -11,7 +11,7 @@ from backend import bench_controlplane as bench
 from backend.campaigns import expand, validate_config
 
 
-@pytest.mark.parametrize("n", [20, 137, 1000, 10_000])
+@pytest.mark.parametrize("n", [20, 137, 1000])
 def test_bench_config_has_exactly_n_jobs(n):
     plans = expand(validate_config(bench.bench_config(n)))
     assert len(plans) == n

@@ -53,6 +53,11 @@ def test_train_keys_match_the_engine_train_config():
     finally:
         del sys.modules[spec.name]
     assert tuple(f.name for f in dataclasses.fields(mod.TrainConfig)) == TRAIN_KEYS
+    # and every train job of the demo carries a config the engine accepts
+    for plan in expand(demo_config()):
+        if plan.kind == "train":
+            cfg = mod.TrainConfig.from_dict(plan.spec["params"]["train"])
+            assert cfg.members == len(plan.members)
 
 
 def test_unknown_launcher_names_key_and_allowed_values():

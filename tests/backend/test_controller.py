@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -18,8 +21,8 @@ from backend.stores import open_store
 from backend.stores import layout
 from backend.stores.base import get_json
 from nsbi_ctl_testkit import (
-    FAST_ENV, JobDef, attempts_of, campaign_done, campaign_status, job_states, job_status_is, make_campaign,
-    metric_keys, run_until,
+    FAST_ENV, JobDef, attempts_of, campaign_done, campaign_status, fresh_postgres_url, job_states, job_status_is,
+    make_campaign, metric_keys, postgres_available, run_until, snapshot,
 )
 
 
@@ -140,8 +143,8 @@ def test_cancel_request_stops_a_running_job(sqlite_file_engine, tmp_path):
         assert time.time() - t0 < 10
     finally:
         kill_all(ctl)
-    # job-level cancels in a campaign that was not itself cancelled leave it FAILED (not all done)
-    assert campaign_status(engine, cid) == CampaignStatus.FAILED
+    # every job cancelled, none failed: the campaign ends CANCELLED (jobs_repo.settle_campaigns)
+    assert campaign_status(engine, cid) == CampaignStatus.CANCELLED
     assert job_states(engine) == {"long": JobStatus.CANCELLED, "queued": JobStatus.CANCELLED}
     (att,) = attempts_of(engine, "long")
     assert att.status == JobStatus.CANCELLED and att.exit_code == 75  # the worker exited as preempted
@@ -274,3 +277,28 @@ def test_user_retry_intent_reopens_a_failed_campaign(sqlite_file_engine, tmp_pat
     assert [(a.attempt_no, a.status) for a in attempts_of(engine, "once")] == [(1, JobStatus.FAILED),
                                                                               (2, JobStatus.SUCCEEDED)]
     assert [s for a, s, _ in metric_keys(engine, "once") if a == 2] == [3, 4]  # resumed after step 2
+
+
+@pytest.mark.postgres
+def test_controller_command_runs_a_campaign_on_postgresql(tmp_path):
+    """`nsbi controller --until-idle` as a process against PostgreSQL (its own throw-away database)."""
+    from backend.db import create_engine, init_db
+
+    if not postgres_available():
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    repo = Path(__file__).resolve().parents[2]
+    with fresh_postgres_url() as url:
+        engine = init_db(create_engine(url))
+        cid = make_campaign(engine, [JobDef("p", {"steps": 3, "step_s": 0.02}),
+                                     JobDef("q", {"steps": 2, "step_s": 0.02}, deps=("p",))])
+        env = {**os.environ, **FAST_ENV, "NSBI_HOME": str(tmp_path / "home"), "DATABASE_URL": url}
+        out = subprocess.run([sys.executable, "-m", "backend.commands.controller", "--interval", "0.1",
+                              "--until-idle", "--quiet"], env=env, cwd=repo, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert campaign_status(engine, cid) == CampaignStatus.SUCCEEDED
+        snap = snapshot(engine)
+        assert snap["q"]["attempts"] == [(1, JobStatus.SUCCEEDED, 0)] and snap["q"]["has_resources"]
+        assert [(m[0], m[2]) for m in snap["q"]["metrics"] if m[0] == "loss"] == [("loss", 1), ("loss", 2)]
+        assert (tmp_path / "home" / "store").is_dir()  # the default store under NSBI_HOME is created
+        engine.dispose()

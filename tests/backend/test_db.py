@@ -131,3 +131,32 @@ def test_upgrade_from_each_revision(sqlite_file_engine, tmp_path):
     assert upgrade(e) == head_revision()
     with e.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata) == []
+
+
+def _new_campaign_row(name: str) -> dict:
+    now = datetime.now(timezone.utc)
+    return {"name": name, "config_hash": "h", "description": "", "config": {}, "code_version": "", "owner": "x",
+            "status": "CREATED", "launcher": "local", "max_concurrency": 1, "retry_limit": 0,
+            "estimate_gpu_hours": 0.0, "estimate_cost_usd": 0.0, "created_at": now, "updated_at": now}
+
+
+def test_wal_lets_the_controller_commit_while_the_dashboard_reads(sqlite_file_engine):
+    """A long read (dashboard) does not block a commit (controller), and the reader keeps its
+    snapshot. In rollback-journal mode the commit would fail here with 'database is locked'."""
+    e = sqlite_file_engine
+    with e.begin() as conn:
+        conn.execute(sa.insert(Campaign.__table__), [_new_campaign_row("before")])
+    reader = e.raw_connection()  # the DB-API connection, to hold a read transaction open
+    try:
+        cur = reader.cursor()
+        cur.execute("BEGIN")
+        assert cur.execute("SELECT name FROM campaign").fetchall() == [("before",)]
+        with e.connect() as writer:
+            writer.exec_driver_sql("PRAGMA busy_timeout=0")
+            writer.execute(sa.insert(Campaign.__table__), [_new_campaign_row("after")])
+            writer.commit()
+        assert cur.execute("SELECT name FROM campaign").fetchall() == [("before",)]  # its snapshot
+        cur.execute("COMMIT")
+        assert cur.execute("SELECT name FROM campaign ORDER BY id").fetchall() == [("before",), ("after",)]
+    finally:
+        reader.close()

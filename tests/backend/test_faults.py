@@ -202,7 +202,7 @@ def test_missing_store_path_is_a_clear_error_and_changes_nothing(sqlite_file_eng
         assert len(s.exec(select(Event)).all()) == n_events and s.exec(select(Attempt)).first() is None
     # a worker pointed at a job in a store that is not there: exit 2 and a message naming it
     job_uri = missing.as_uri() + "/campaigns/c/jobs/j"
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "worker", job_uri, "--attempt", "1"],
+    out = subprocess.run([sys.executable, "-m", "backend.commands.worker", job_uri, "--attempt", "1"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and f"store root {missing}/campaigns/c/jobs/j does not exist" in out.stderr
     assert not missing.exists()

@@ -333,3 +333,59 @@ def test_campaign_diagnostics_come_from_train_results(sqlite_engine):
     diag = service.campaign_diagnostics(cid, engine=e)
     assert diag == {"S_vs_B": {"jobs": ids[:2], "closure_chi2": 1.2}, "SBI_vs_B": {"jobs": [ids[2]], "closure_chi2": 0.9}}
     assert service.fit_results(cid, engine=e) == []  # train results are not fit results
+
+
+def _finish_all(engine, cid, final_for):
+    """Run every job of the campaign to a final state chosen by final_for(job)."""
+    while True:
+        with session_scope(engine) as s:
+            jobs_repo.apply_simple_intents(s)
+            ready = jobs_repo.ready_jobs(s, campaign_id=cid)
+            if not ready:
+                return
+            for j in ready:
+                a = jobs_repo.begin_attempt(s, j, launcher="local", price_per_hour=0.0)
+                jobs_repo.mark_launched(s, j, a, "i")
+                jobs_repo.end_attempt(s, j, a, final_for(j))
+
+
+@pytest.mark.parametrize("case, expected", [("all_ok", "SUCCEEDED"), ("one_failed", "FAILED"), ("one_cancelled", "CANCELLED")])
+def test_settle_campaign_outcomes(sqlite_engine, case, expected):
+    e = sqlite_engine
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["backend"]["retry_limit"] = 0
+    cid = service.create_campaign(raw, engine=e)
+    service.request_launch(cid, engine=e)
+    scan = next(r for r in service.list_jobs(cid, kind="scan", engine=e)[0])
+    if case == "one_cancelled":
+        service.request_cancel(job_ids=[scan.id], engine=e)
+    bad = scan.id if case == "one_failed" else None
+    _finish_all(e, cid, lambda j: JobStatus.FAILED if j.id == bad else JobStatus.SUCCEEDED)
+    with session_scope(e) as s:
+        assert jobs_repo.settle_campaigns(s) == {cid: expected}
+        assert jobs_repo.settle_campaigns(s) == {}  # settled campaigns are left alone
+    assert service.get_campaign(cid, engine=e).summary.status == expected
+
+
+def test_ready_jobs_within_concurrency(engine):
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["backend"]["max_concurrency"] = 3
+    c1 = service.create_campaign(raw, engine=engine)
+    raw["backend"]["max_concurrency"] = 1
+    c2 = service.create_campaign(raw, engine=engine)
+    for cid in (c1, c2):
+        service.request_launch(cid, engine=engine)
+    with session_scope(engine) as s:
+        all_ready = jobs_repo.ready_jobs(s)
+        capped = jobs_repo.ready_jobs(s, within_concurrency=True)
+        assert len(all_ready) == 16
+        # per campaign the first max_concurrency jobs in launch order
+        expected = [j.id for j in all_ready if j.campaign_id == c1][:3] + [j.id for j in all_ready if j.campaign_id == c2][:1]
+        assert sorted(j.id for j in capped) == sorted(expected)
+        first = capped[0]
+        jobs_repo.begin_attempt(s, first, launcher="local", price_per_hour=0.0)
+    with session_scope(engine) as s:
+        capped = jobs_repo.ready_jobs(s, within_concurrency=True)
+        per = {cid: sum(j.campaign_id == cid for j in capped) for cid in (c1, c2)}
+        launched_campaign = first.campaign_id
+        assert per[launched_campaign] == (2 if launched_campaign == c1 else 0)

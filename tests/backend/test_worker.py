@@ -139,7 +139,8 @@ def test_train_kind_preempted_then_resumed_from_checkpoint(job, tmp_path):
     from sbi_engine.ratio import Ensemble
 
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "NSBI_WORKER_STOP_GRACE_S": "300"}  # a loaded CI box may take >15 s to reach the first interval
     put_json(job, layout.SPEC, {"kind": "train", "name": "train-S", "params": TINY_TRAIN})
     proc = start_worker(job, 1, env)
     try:
@@ -171,3 +172,25 @@ def test_train_kind_preempted_then_resumed_from_checkpoint(job, tmp_path):
     ens = Ensemble.load(Path(result["artifacts"]["ensemble"].removeprefix("file://")))
     assert ens.metadata["members"] == 2 and ens.metadata["training"]["complete"] is True
     assert ens.metadata["training"]["steps_run"] == 60
+
+
+def test_a_job_that_ignores_the_stop_request_is_interrupted_after_the_grace(job):
+    put_json(job, layout.SPEC, {"kind": "noop", "params": {"steps": 10_000, "step_s": 0.5, "ignore_stop": True}})
+    env = {**os.environ, "NSBI_WORKER_STOP_GRACE_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "backend.commands.worker", job.uri, "--attempt", "1",
+                             "--interval", "0.1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while not list_segments(job, layout.checkpoints_prefix(1)) and time.time() < deadline:
+            time.sleep(0.05)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=25)
+        waited = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == EXIT_PREEMPTED and 1.0 <= waited < 5, (rc, waited, proc.stdout.read())
+    doc = get_json(job, layout.exit_key(1))
+    assert doc["status"] == "preempted" and "did not stop within 1 s" in doc["error"]

@@ -33,35 +33,72 @@ class Seeded:
     gpu_hours: float = 0.0
 
 
+def engine_diagnostics() -> dict:
+    """A diagnostics dict built with the engine's own dataclasses, so the keys are the real ones."""
+    from sbi_engine.ratio.diagnostics import CalibrationCurve, Closure, Diagnostics, MemberLosses
+
+    edges = (0.0, 0.5, 1.0)
+    curves = (CalibrationCurve(None, edges, (0.25, 0.75), (0.27, 0.70), (0.01, 0.02), (1.0, 1.0), 2.5),
+              CalibrationCurve(0, edges, (0.25, 0.75), (0.26, 0.74), (0.01, 0.02), (1.0, 1.0), 1.0))
+    closures = (Closure("m4l", (0.0, 1.0, 2.0), (0.5, 0.5), (0.01, 0.01), (0.49, 0.51), (0.01, 0.01), (0.6, 0.4), 2.0, 1),
+                Closure("pt", (0.0, 1.0, 2.0, 3.0), (0.3, 0.3, 0.4), (0.01,) * 3, (0.3, 0.3, 0.4), (0.01,) * 3,
+                        (0.3, 0.3, 0.4), 1.0, 2))
+    losses = (MemberLosses(0, 0.60, 0.62, 0.61), MemberLosses(1, 0.60, 0.66, 0.65))
+    d = Diagnostics(members=2, aggregate="mean_ratio", n_numerator=100, n_reference=100, normalization=1.03,
+                    normalization_error=0.01, member_normalization=(1.0, 1.1), auc=0.71, member_auc=(0.70, 0.72),
+                    roc_fpr=(0.0, 0.5, 1.0), roc_tpr=(0.0, 0.8, 1.0), calibration=curves, closure=closures,
+                    losses=losses, saturated_fraction=0.002, member_saturated_fraction=(0.0, 0.004))
+    return d.to_dict()
+
+
 def fit_payloads(rng: np.random.Generator, mu_hat: float = 1.05, sigma: float = 0.21) -> dict[str, dict]:
-    """Results of fit, impacts, scan and toys jobs in the shape the fit engine writes."""
-    pulls = {n: float(rng.normal(0, 0.5)) for n in NPS}
-    errors = {n: float(rng.uniform(0.6, 1.0)) for n in NPS}
-    names = ["mu", *NPS]
+    """Result summaries of fit, impacts, scan and toys jobs, built with the engine's own result
+    classes in the layout of `sbi_engine.fit_jobs.run_fit_job`, so the keys are the real ones."""
+    from sbi_engine.fit.impacts import Impact
+    from sbi_engine.fit.results import FitResult, to_jsonable
+    from sbi_engine.fit.scan import Scan
+
+    names = ("mu", *NPS)
     a = rng.normal(size=(len(names), len(names)))
-    cov = a @ a.T + len(names) * np.eye(len(names))
-    d = np.sqrt(np.diag(cov))
-    corr = cov / np.outer(d, d)
+    corr = np.corrcoef(a @ a.T + len(names) * np.eye(len(names)))
+    errs = np.array([sigma, *rng.uniform(0.6, 1.0, len(NPS))])
+    cov = corr * np.outer(errs, errs)
+    theta = np.array([mu_hat, *rng.normal(0, 0.5, len(NPS))])
+    fr = FitResult(names=names, theta=theta, covariance=cov, hessian=2 * np.linalg.inv(cov), q_min=123.4,
+                   edm=1e-9, converged=True, status=0, message="converged", n_iter=7)
+    pulls = {n: {"value": float(theta[i + 1]), "aux": 0.0, "pull": float(theta[i + 1]),
+                 "constraint": float(errs[i + 1])} for i, n in enumerate(NPS)}
+    cov_impacts = [Impact("mu", n, 0.1 * (i + 1), -0.09 * (i + 1), 0.08 * (i + 1), -0.07 * (i + 1), "covariance")
+                   for i, n in enumerate(NPS)]
+    refit = [Impact("mu", n, 0.11 * (i + 1), -0.1 * (i + 1), 0.085 * (i + 1), -0.075 * (i + 1), "refit")
+             for i, n in enumerate(NPS[:2])]
+    base = {"mu_true": 1.0, "mu_hat": mu_hat, "sigma": sigma, "converged": True, "fit": fr.to_dict(),
+            "pulls": pulls, "impacts_covariance": [i.to_dict() for i in cov_impacts],
+            "breakdown": {"mu": {"total": sigma, "stat": 0.8 * sigma, "syst": 0.6 * sigma}}}
     mus = np.linspace(0.0, 2.0, 21)
-    return {
-        "fit": {"poi": "mu", "data": "asimov", "bestfit": {"mu": mu_hat, **pulls},
-                "errors": {"mu": sigma, **errors}, "correlation": {"names": names, "matrix": corr.tolist()}},
-        "impacts": {"impacts": [{"name": n, "prefit_up": 0.1 * (i + 1), "prefit_down": -0.09 * (i + 1),
-                                 "postfit_up": 0.08 * (i + 1), "postfit_down": -0.07 * (i + 1)}
-                                for i, n in enumerate(NPS)]},
-        "scan": {"scan": {"values": mus.tolist(), "q": (((mus - mu_hat) / sigma) ** 2).tolist()}},
-        "toys": {"toys": {"pulls": rng.normal(0, 1, 200).tolist()}},
-    }
+    scan = Scan("mu", mus, ((mus - mu_hat) / sigma) ** 2, np.ones(21, bool), mu_hat, {"68": (None, None), "95": (None, None)})
+    toy_pulls = rng.normal(0, 1, 200)
+    toys = {"poi": "mu", "truth": 1.0, "n_toys": 200, "n_converged": 200, "pull_mean": float(toy_pulls.mean()),
+            "pull_width": float(toy_pulls.std(ddof=1)), "coverage_hesse_68": float(np.mean(np.abs(toy_pulls) < 1)),
+            "coverage_profile_68": 0.69, "coverage_profile_95": 0.95, "pulls": toy_pulls.tolist()}
+    return to_jsonable({
+        "fit": {"kind": "fit", **base},
+        "impacts": {"kind": "impacts", **base, "impacts_refit": [i.to_dict() for i in refit]},
+        "scan": {"kind": "scan", **base, "scan": scan.to_dict()},
+        "toys": {"kind": "toys", **base, "toys": toys},
+    })
 
 
 def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 50,
          metric_names: tuple[str, ...] = ("train_loss", "val_loss"), resource_points: int = 20,
          with_fit: bool = True, name: str = "seeded", seed_value: int = 0,
-         train_states: tuple[str, ...] = STATES, fit_states: dict[str, str] | None = None) -> Seeded:
+         train_states: tuple[str, ...] = STATES, fit_states: dict[str, str] | None = None,
+         with_diagnostics: bool = False) -> Seeded:
     """Write one campaign with `n_jobs` train jobs (plus fit jobs) and their metrics.
 
     Train job i gets state train_states[i % len]; fit-like jobs are SUCCEEDED with results
     unless `fit_states` names another state (PENDING ones are held, without results).
+    With `with_diagnostics`, every SUCCEEDED train job records `engine_diagnostics()`.
     """
     fit_states = fit_states or {}
     rng = np.random.default_rng(seed_value)
@@ -71,7 +108,7 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
     with engine.begin() as conn:
         cid = conn.execute(sa.insert(Campaign.__table__).values(
             name=name, config=validate_config({**DEMO_CONFIG, "name": name}).data, config_hash="0" * 64, status="ACTIVE", budget_usd=100.0,
-            launcher="local", created_at=now - timedelta(days=2), updated_at=now,
+            launcher="local", created_at=now - timedelta(days=2), updated_at=now, launch_requested_at=now,
         )).inserted_primary_key[0]
         jobs = []
         for i in range(n_jobs):
@@ -145,6 +182,14 @@ def seed(url: str, *, n_jobs: int = 12, members_per_job: int = 2, steps: int = 5
                          "created_at": now}
                         for r in rows if r.kind in payloads and r.status == "SUCCEEDED"]
             conn.execute(sa.insert(FitResult.__table__), fit_rows)
+        if with_diagnostics:
+            diag = engine_diagnostics()
+            tasks = dict(conn.execute(sa.select(Job.__table__.c.id, Job.__table__.c.task)
+                                      .where(Job.__table__.c.campaign_id == cid)).all())
+            conn.execute(sa.insert(FitResult.__table__), [
+                {"job_id": r.id, "campaign_id": cid, "kind": "train", "payload": {"task": tasks[r.id], "diagnostics": diag},
+                 "mu_hat": None, "sigma": None, "created_at": now}
+                for r in rows if r.kind == "train" and r.status == "SUCCEEDED"])
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1

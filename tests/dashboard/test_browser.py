@@ -135,9 +135,9 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
                                ".map(g => g.layout.title.text)")
         assert any("Nuisance-parameter pulls" in t for t in titles), titles
         screenshot(page, "fit-pulls")
-        page.get_by_role("tab", name="Impacts").click()
+        page.locator("[data-testid='stButtonGroup']").get_by_text("Impacts", exact=True).click()
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                               ".some(g => g.layout.title.text.includes('Impact on mu') && g.offsetParent)")
+                               ".some(g => g.layout.title.text.includes('Impact on mu') && g._fullData)")
         n_bars = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length")
         assert n_bars == len(seed.NPS)

@@ -137,3 +137,12 @@ def test_resource_usage_summed_adds_jobs():
     assert total["value"].tolist() == [40.0, 70.0]
     fig = figures.resource_usage(r)
     assert {t.name for t in fig.data} == {"job 1", "job 2"}
+
+
+def test_campaign_states_stacks_counts_newest_on_top():
+    df = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "n_running": [3, 0], "n_succeeded": [1, 5],
+                       "n_jobs": [4, 5]})
+    fig = figures.campaign_states(df)
+    running = next(t for t in fig.data if t.name == "running")
+    assert list(running.y) == ["1 · a", "2 · b"] and list(running.x) == [3, 0]  # newest (2) drawn last = top
+    assert fig.layout.barmode == "stack"

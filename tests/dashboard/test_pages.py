@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -116,8 +118,19 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     shown = metric_values(at)
     assert shown["best-fit mu"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
     assert shown["Nuisance parameters"] == "5"
-    assert len(at.tabs) == 6
-    assert len(at.get("plotly_chart")) == 5  # pulls, impacts, correlation, scan, toys
+    titles = []
+    for view in ("Pulls", "Impacts", "Correlations", "Scan", "Toys"):
+        at.button_group(key="fit-view").set_value(view).run()
+        assert not at.exception
+        (chart,) = at.get("plotly_chart")
+        titles.append(json.loads(chart.proto.spec)["layout"]["title"]["text"])
+    assert titles == ["Nuisance-parameter pulls", "Impact on mu: top 5", "Correlation matrix",
+                      "Profile likelihood scan of mu", "Toy pulls of mu"]
+    # the scan view reads the 68 % interval off the seeded parabola q = ((mu - mu_hat) / sigma)^2
+    at.button_group(key="fit-view").set_value("Scan").run()
+    lo, hi = (float(v) for v in metric_values(at)["mu 68 % CL (scan)"].strip("[]").split(","))
+    assert (lo, hi) == (pytest.approx(seeded.mu_hat - seeded.sigma, abs=0.01),
+                        pytest.approx(seeded.mu_hat + seeded.sigma, abs=0.01))
 
 
 def test_fit_page_nothing_yet(empty_db):
@@ -135,13 +148,33 @@ def test_diagnostics_page_nothing_yet(seeded):
     assert any("Nothing yet" in i.value for i in at.info)
 
 
+def test_diagnostics_page_lights_and_charts(nsbi_env):
+    import seed
+
+    seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    at = run_page("diagnostics")
+    assert at.selectbox(key="diag-task").options == ["task0", "task1", "task2"]
+    lights = " ".join(m.value for m in at.markdown)
+    assert "🟠 **closure chi2 ndf**" in lights and "green ≤ 1.5, amber ≤ 3" in lights
+    assert "🔴 **overtraining**" in lights and "🟢 **auc**" in lights
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert titles[:2] == ["Calibration: task0", "ROC: task0"]
+    assert any(t.startswith("m4l: χ²/ndf = 2.0/1") for t in titles)
+
+
 def test_costs_page_totals_match_seed(seeded):
     at = run_page("costs")
     shown = metric_values(at)
     assert shown["Total cost (USD)"] == f"{seeded.cost:,.2f}"
     assert shown["GPU-hours"] == f"{seeded.gpu_hours:,.1f}"
-    assert len(at.get("plotly_chart")) >= 2
+    assert len(at.get("plotly_chart")) == 1
     assert at.get("download_button")
+    for view in ("Over time", "Budget burn-down"):
+        at.button_group(key="cost-view").set_value(view).run()
+        assert not at.exception and len(at.get("plotly_chart")) == 1
+    at.button_group(key="cost-view").set_value("Table").run()
+    table = at.dataframe[0].value
+    assert table["cost"].sum() == pytest.approx(seeded.cost)
 
 
 def test_costs_page_empty(empty_db):

@@ -78,25 +78,9 @@ def test_traffic_light(value, check, expected):
     assert queries.traffic_light(value, check) == expected
 
 
-def engine_diagnostics() -> dict:
-    """A diagnostics dict built with the engine's own dataclasses, so the keys are the real ones."""
-    from sbi_engine.ratio.diagnostics import CalibrationCurve, Closure, Diagnostics, MemberLosses
-
-    edges = (0.0, 0.5, 1.0)
-    curves = (CalibrationCurve(None, edges, (0.25, 0.75), (0.27, 0.70), (0.01, 0.02), (1.0, 1.0), 2.5),
-              CalibrationCurve(0, edges, (0.25, 0.75), (0.26, 0.74), (0.01, 0.02), (1.0, 1.0), 1.0))
-    closures = (Closure("m4l", (0.0, 1.0, 2.0), (0.5, 0.5), (0.01, 0.01), (0.49, 0.51), (0.01, 0.01), (0.6, 0.4), 2.0, 1),
-                Closure("pt", (0.0, 1.0, 2.0, 3.0), (0.3, 0.3, 0.4), (0.01,) * 3, (0.3, 0.3, 0.4), (0.01,) * 3,
-                        (0.3, 0.3, 0.4), 1.0, 2))
-    losses = (MemberLosses(0, 0.60, 0.62, 0.61), MemberLosses(1, 0.60, 0.66, 0.65))
-    d = Diagnostics(members=2, aggregate="mean_ratio", n_numerator=100, n_reference=100, normalization=1.03,
-                    normalization_error=0.01, member_normalization=(1.0, 1.1), auc=0.71, member_auc=(0.70, 0.72),
-                    roc_fpr=(0.0, 0.5, 1.0), roc_tpr=(0.0, 0.8, 1.0), calibration=curves, closure=closures,
-                    losses=losses, saturated_fraction=0.002, member_saturated_fraction=(0.0, 0.004))
-    return d.to_dict()
-
-
 def test_diagnostics_view_of_engine_output():
+    from seed import engine_diagnostics
+
     v = queries.diagnostics_view("S_vs_B", engine_diagnostics())
     c = v.checks.set_index("check")
     assert c.loc["closure_chi2_ndf", "value"] == pytest.approx(2.0)      # worst of 2/1 and 1/2
@@ -117,28 +101,61 @@ def test_diagnostics_view_of_engine_output():
     assert set(empty.checks["status"]) == {"unknown"}
 
 
-def test_fit_view_from_values_and_errors():
-    result = {
-        "poi": "mu", "bestfit": {"mu": 1.1, "a": 0.3, "b": -0.5}, "errors": {"mu": 0.2, "a": 0.9, "b": 0.7},
-        "impacts": {"a": {"prefit_up": 0.05, "prefit_down": -0.04, "postfit_up": 0.03, "postfit_down": -0.03}},
-        "correlation": {"names": ["mu", "a"], "matrix": [[1, 0.2], [0.2, 1]]},
-        "scan": {"values": [0.9, 1.1, 1.3], "delta_nll": [0.5, 0.0, 0.5]},
-        "toys": {"pulls": [0.1, -0.2]},
-    }
-    v = queries.fit_view(result)
-    assert (v.mu_hat, v.sigma) == (1.1, 0.2)
-    assert v.pulls.set_index("name").loc["b"].tolist() == [-0.5, 0.7]
+def _fit_rows(**extra_jobs):
+    import seed
+
+    payloads = seed.fit_payloads(np.random.default_rng(0))
+    rows = [{"job_id": i, "job_name": k, "kind": k, "payload": v} for i, (k, v) in enumerate(payloads.items())]
+    return payloads, rows
+
+
+def test_fit_view_of_engine_shaped_results():
+    payloads, rows = _fit_rows()
+    v = queries.fit_view(queries.merge_fit_results(rows))
+    fit = payloads["fit"]["fit"]
+    assert (v.mu_hat, v.sigma) == (fit["values"]["mu"], fit["errors"]["mu"])
+    assert v.converged is True and v.breakdown["stat"] == pytest.approx(0.168)
+    assert v.pulls.set_index("name")["pull"].to_dict() == {n: d["pull"] for n, d in payloads["fit"]["pulls"].items()}
     assert "mu" not in set(v.pulls["name"])
-    assert v.impacts.loc[0, "pull"] == 0.3   # merged from pulls
-    assert v.scan["q"].tolist() == [1.0, 0.0, 1.0]
-    assert v.toys.tolist() == [0.1, -0.2]
+    # refits replace the covariance estimate for the nuisances they cover
+    methods = v.impacts.set_index("name")["method"].to_dict()
+    assert methods == {"m4l_scale": "refit", "bkg_norm": "refit", "gg_scale": "covariance", "lumi": "covariance",
+                       "jes": "covariance"}
+    assert v.impacts.set_index("name").loc["m4l_scale", "prefit_up"] == pytest.approx(0.11)
+    assert v.corr_names == tuple(fit["names"]) and np.allclose(np.diag(v.corr_matrix), 1.0)
+    assert v.scan["value"].is_monotonic_increasing and v.scan["q"].min() == pytest.approx(0.0025 / 0.0441)
+    assert v.toys.size == 200
     assert queries.fit_view({}).empty
 
 
-def test_merge_fit_results_newest_wins():
-    merged = queries.merge_fit_results([{"result": {"bestfit": {"mu": 1.0}, "scan": {}}},
-                                        {"result": {"bestfit": {"mu": 1.2}, "toys": [0.1]}}])
-    assert merged == {"bestfit": {"mu": 1.2}, "toys": [0.1]}
+def test_merge_joins_scan_and_impacts_jobs_and_pools_toys():
+    rng = np.random.default_rng(5)
+    pulls = rng.normal(0.1, 1.2, 90)
+    parts = np.split(pulls, [20, 50])
+    rows = [{"job_name": "fit", "kind": "fit", "payload": {"mu_hat": 1.0, "sigma": 0.2}}]
+    for i, (xs, part) in enumerate(zip(([0.0, 0.5], [1.0, 1.5], [2.0]), parts)):
+        rows.append({"job_name": f"scan-{i:03d}", "kind": "scan",
+                     "payload": {"scan": {"values": xs[::-1], "dq": [(x - 1.0) ** 2 for x in xs[::-1]]}}})
+        rows.append({"job_name": f"impacts-{i:03d}", "kind": "impacts", "payload": {"impacts_refit": [
+            {"poi": "mu", "nuisance": f"np{i}", "prefit_up": 1, "prefit_down": -1, "postfit_up": 1, "postfit_down": -1}]}})
+        rows.append({"job_name": f"toys-{i:03d}", "kind": "toys", "payload": {"toys": {
+            "n_toys": len(part), "n_converged": len(part), "pull_mean": part.mean(), "pull_width": part.std(ddof=1),
+            "coverage_profile_68": float(np.mean(np.abs(part) < 1))}}})
+    v = queries.fit_view(queries.merge_fit_results(rows))
+    assert v.scan["value"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert v.scan["q"].tolist() == [1.0, 0.25, 0.0, 0.25, 1.0]
+    assert sorted(v.impacts["name"]) == ["np0", "np1", "np2"]
+    t = v.toy_summary
+    assert t["n_converged"] == 90
+    assert t["pull_mean"] == pytest.approx(pulls.mean(), rel=1e-12)
+    assert t["pull_width"] == pytest.approx(pulls.std(ddof=1), rel=1e-12)   # pooled exactly
+    assert t["coverage_profile_68"] == pytest.approx(np.mean(np.abs(pulls) < 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("name,run", [("fit", 1), ("scan-003", 1), ("fit-r2", 2), ("toys-r12-000", 12),
+                                      ("impacts-r3-001", 3)])
+def test_fit_run_of(name, run):
+    assert queries.fit_run_of(name) == run
 
 
 def test_cost_frame_and_spend():
@@ -147,3 +164,16 @@ def test_cost_frame_and_spend():
     assert df["spot"].tolist() == ["spot", "on-demand"]
     spend = queries.spend_over_time(df)
     assert spend["cost"].tolist() == [2.0, 3.0]
+
+
+def test_scan_interval_of_parabola_is_mu_pm_k_sigma():
+    from scipy import stats
+
+    mu = np.linspace(0.0, 2.0, 201)
+    scan = pd.DataFrame({"value": mu, "q": ((mu - 1.1) / 0.3) ** 2})
+    lo, hi = queries.scan_interval(scan, 1.0)
+    assert (lo, hi) == (pytest.approx(0.8, abs=1e-3), pytest.approx(1.4, abs=1e-3))
+    z95 = stats.norm.ppf(0.975)
+    lo, hi = queries.scan_interval(scan, stats.chi2.ppf(0.95, 1))
+    assert (lo, hi) == (pytest.approx(1.1 - 0.3 * z95, abs=2e-3), pytest.approx(1.1 + 0.3 * z95, abs=2e-3))
+    assert queries.scan_interval(scan, 100.0) == (None, None)  # never reached inside the scan

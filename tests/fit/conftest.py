@@ -13,7 +13,7 @@ from sbi_engine.fit.exact import exact_demo_workspace
 
 @pytest.fixture(scope="session")
 def demo_ws():
-    return exact_demo_workspace(20000, n_nuisances=10, seed=1, luminosity=4.0)
+    return exact_demo_workspace(20000, n_nuisances=10, seed=1, luminosity=1.0)
 
 
 @pytest.fixture(scope="session")

@@ -160,8 +160,9 @@ import json, os, signal, sys, time
 out = os.environ["STUB_OUT_DIR"]
 name = os.environ.get("NSBI_INSTANCE_ID", "unknown")
 rec = {{"argv": sys.argv[1:], "env": {{k: v for k, v in os.environ.items() if k.startswith(("NSBI_", "STUB_", "X_"))}}}}
-with open(os.path.join(out, name + ".json"), "w") as fh:
+with open(os.path.join(out, name + ".json.tmp"), "w") as fh:
     json.dump(rec, fh)
+os.replace(os.path.join(out, name + ".json.tmp"), os.path.join(out, name + ".json"))  # readers never see half
 uri = sys.argv[3] if len(sys.argv) > 3 else ""
 if "sleep" in uri:
     def on_term(signum, frame):

@@ -135,7 +135,9 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
         assert fake.stats.inserts_by_zone[ZONES[1]] >= 1 and fake.stats.inserts_by_zone[ZONES[0]] >= 2
 
         # cancel deleted the VM, and nothing is left behind
-        assert _attempts(engine, "doomed")[-1].status == JobStatus.CANCELLED
+        doomed_attempt = _attempts(engine, "doomed")[-1]
+        assert doomed_attempt.status == JobStatus.CANCELLED
+        assert doomed_attempt.instance_id in fake.stats.deleted
         waiter(lambda: fake.instances() == [], timeout=20, what="no VM left")
         assert [s for s in launcher.list_instances() if s.state.is_alive()] == []
         assert fake.stats.bad_requests == []

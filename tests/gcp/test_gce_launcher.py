@@ -97,7 +97,9 @@ def test_stockout_falls_over_to_the_next_zone_and_the_reason_is_stored(
     st = waiter(lambda: (s := launcher.poll([req.instance_id])[req.instance_id]).state is InstanceState.RUNNING and s)
     assert "us-central1-b" in st.detail
     assert launcher.provision_history(req.instance_id) == ["us-central1-a: ZONE_RESOURCE_POOL_EXHAUSTED"]
-    note = json.loads((tmp_path / "store/campaigns/camp/jobs/so-sleep/attempts/1/provision.json").read_text())
+    path = tmp_path / "store/campaigns/camp/jobs/so-sleep/attempts/1/provision.json"
+    note = waiter(lambda: path.exists() and (n := json.loads(path.read_text()))["phase"] == "created" and n,
+                  what="provision.json of the VM created in the second zone")
     assert note["refusals"] == ["us-central1-a: ZONE_RESOURCE_POOL_EXHAUSTED"] and note["zone"] == "us-central1-b"
     assert fake_compute.stats.refused_by_zone == {"us-central1-a": 1}
 
@@ -254,7 +256,10 @@ args = sys.argv[1:]
 env_file = args[args.index("--env-file") + 1]
 env = dict(line.split("=", 1) for line in open(env_file).read().splitlines() if line)
 name = env.get("NSBI_INSTANCE_ID", "unknown")
-json.dump({{"argv": args, "env": env}}, open(os.path.join({out!r}, name + ".docker.json"), "w"))
+path = os.path.join({out!r}, name + ".docker.json")
+with open(path + ".tmp", "w") as fh:
+    json.dump({{"argv": args, "env": env}}, fh)
+os.replace(path + ".tmp", path)
 """
 
 
@@ -293,3 +298,16 @@ def test_poll_accepts_raw_instance_ids_longer_than_a_vm_name(make_launcher, fake
     assert launcher.poll([handle.instance_id])[handle.instance_id].state is InstanceState.RUNNING
     launcher.cancel(req.instance_id)
     waiter(lambda: fake_compute.instances() == [], what="deleted")
+
+
+def test_a_restarted_launcher_still_recognises_a_preemption_it_never_saw(make_launcher, fake_compute, tmp_path,
+                                                                         waiter):
+    first = make_launcher()
+    req = _request(tmp_path, "gone", behaviour="sleep")
+    first.launch_many([req])
+    waiter(lambda: first.poll([req.instance_id])[req.instance_id].state is InstanceState.RUNNING)
+    fake_compute.preempt(req.instance_id, grace_s=0.5).join(10)
+    fresh = make_launcher()  # knows nothing of the VM, which is gone from every listing
+    st = fresh.poll([req.instance_id])[req.instance_id]
+    assert st.state is InstanceState.PREEMPTED and "us-central1-a" in st.detail
+    assert fresh.poll(["camp-never-1"])["camp-never-1"].state is InstanceState.GONE

@@ -1,0 +1,60 @@
+"""`nsbi bench train`: the JSON report's shape and its arithmetic, on the small model only."""
+
+import json
+
+import pytest
+
+from backend import cli
+from backend.commands import bench as bench_command
+from sbi_engine.bench.train_bench import BenchPlan, matmul_gflops, run_bench, time_training
+from sbi_engine.ratio.model import macs_per_sample
+
+
+@pytest.mark.parametrize("strategy,packs", [("vmap", 1), ("packs", 3)])
+def test_time_training_reports_consistent_figures(strategy, packs):
+    run = time_training("3x64", members=3, strategy=strategy, pack_size=1, batch=256, steps_per_call=5,
+                        timed_calls=1, n_train=4096)
+    assert run["packs"] == packs and run["steps_timed"] == 5
+    assert run["samples_per_s_per_member"] == pytest.approx(5 * 256 / run["seconds"])
+    expected = 6 * macs_per_sample(4, 3, 64) * run["samples_per_s_per_member"] * 3 / 1e9
+    assert run["gflops"] == pytest.approx(expected)
+    if run["flops_per_step_xla"]:  # XLA's own count (one step body) agrees with the matmul model
+        assert 0.8 < run["flops_per_step_xla"] / run["flops_per_step_model"] < 1.5
+
+
+def test_matmul_rate_is_positive_and_per_size():
+    mm = matmul_gflops(sizes=(256,), repeats=1)
+    assert mm["gflops"] > 0 and set(mm["per_size"]) == {"256"}
+
+
+def test_cli_writes_the_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    rc = cli.main(["bench", "train", "--json", str(out), "--models", "3x64", "--members", "1,2",
+                   "--timed-calls", "1", "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["matmul_gflops"] > 0
+    runs = report["runs"]
+    assert {(r["model"], r["members"], r["strategy"]) for r in runs} == {
+        ("3x64", m, s) for m in (1, 2) for s in ("vmap", "packs")}
+    for r in runs:
+        assert {"model", "members", "strategy", "samples_per_s_per_member", "gflops"} <= set(r)
+        assert r["fraction_of_matmul"] == pytest.approx(r["gflops"] / report["matmul_gflops"])
+    assert report["device"]["backend"] == "cpu" and report["summary"]["best_7x1500_fraction_of_matmul"] is None
+
+
+def test_cli_rejects_unknown_model(capsys):
+    assert cli.main(["bench", "train", "--models", "9x9"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_missing_delegate_says_not_available(monkeypatch, capsys):
+    monkeypatch.setitem(bench_command._DELEGATES, "fit", ("sbi_engine.bench.no_such_module", "x"))
+    assert cli.main(["bench", "fit", "--json", "x.json"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_plan_reduces_cpu_batch_for_big_ensembles_and_says_so():
+    batch, note = BenchPlan().batch("7x1500", 32, accelerator=False)
+    assert batch == 256 and "reduced" in note
+    assert BenchPlan().batch("7x1500", 32, accelerator=True) == (4096, None)

@@ -1,0 +1,105 @@
+"""Diagnostics against analytic truth: an exact-ratio 'ensemble' must pass, a wrong one must fail."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from sbi_engine.data import Sample
+from sbi_engine.ratio import Ensemble, diagnostics
+from sbi_engine.ratio.diagnostics import calibration_curve, closure, histogram_calibration, weighted_roc
+from sbi_engine.ratio.ensemble import FORMAT
+from sbi_engine.ratio.prepare import Standardizer
+
+MU = 0.7  # numerator N(MU, 1), reference N(0, 1): log r(x) = MU x - MU^2 / 2
+
+
+def samples(n, seed):
+    rng = np.random.default_rng(seed)
+    num = Sample(rng.normal(MU, 1.0, (n, 1)), np.full(n, 3.0), ("x",), "num")
+    ref = Sample(rng.normal(0.0, 1.0, (n, 1)), rng.uniform(0.5, 1.5, n), ("x",), "ref")  # weights ~ 1
+    return num, ref
+
+
+def linear_ensemble(slopes, offsets):
+    """Members that are exactly log r = a x + b: one hidden ReLU pair, h = relu(x) - relu(-x) = x."""
+    m = len(slopes)
+    k1 = np.tile(np.array([[1.0, -1.0]], np.float32), (m, 1, 1))
+    out = np.stack([np.array([[a], [-a]], np.float32) for a in slopes])
+    params = {"hidden_0": {"kernel": k1, "bias": np.zeros((m, 2), np.float32)},
+              "output": {"kernel": out, "bias": np.asarray(offsets, np.float32)[:, None]}}
+    scaler = Standardizer(np.zeros(1, np.float32), np.ones(1, np.float32))
+    meta = {"format": FORMAT, "model": {"hidden_layers": 1, "width": 2, "activation": "relu", "dtype": "float32"},
+            "feature_names": ["x"], "scaler": scaler.to_dict(), "config": {}}
+    return Ensemble(params, meta)
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    return samples(40000, seed=5)
+
+
+def test_exact_ratio_passes_every_check(holdout):
+    num, ref = holdout
+    exact = linear_ensemble([MU, MU], [-MU**2 / 2, -MU**2 / 2])
+    d = diagnostics(exact, num, ref, calibrate=True)
+    assert d.members == 2
+    assert abs(d.normalization - 1) < 3 * d.normalization_error + 1e-3
+    assert d.max_closure_chi2_ndf < 2.0
+    assert d.calibration[0].member is None and d.calibration[0].max_deviation < 4.0
+    # AUC of two unit Gaussians separated by MU is Phi(MU / sqrt 2)
+    assert d.auc == pytest.approx(norm.cdf(MU / np.sqrt(2)), abs=0.005)
+    assert d.saturated_fraction == 0.0
+    # already calibrated: the histogram calibration is (nearly) the identity
+    grid = np.linspace(-1.0, 1.0, 5)
+    np.testing.assert_allclose(d.histogram_calibration.apply(grid), grid, atol=0.05)
+    json.dumps(d.to_dict())  # JSON-safe
+
+
+def test_wrong_ratio_fails_closure_normalisation_and_calibration(holdout):
+    num, ref = holdout
+    wrong = linear_ensemble([0.5 * MU], [0.0])  # half the slope, no normalising offset
+    d = diagnostics(wrong, num, ref, calibrate=True)
+    assert d.max_closure_chi2_ndf > 10
+    assert abs(d.normalization - 1) > 10 * d.normalization_error
+    assert d.calibration[0].max_deviation > 5
+    # the histogram calibration repairs it: calibrated(a x / 2) = a x - a^2/2
+    z = np.array([-0.3, 0.0, 0.3])
+    np.testing.assert_allclose(d.histogram_calibration.apply(z), 2 * z - MU**2 / 2, atol=0.06)
+
+
+def test_overtraining_losses_and_saturation(holdout):
+    num, ref = holdout
+    big = linear_ensemble([MU, 40.0], [-MU**2 / 2, 0.0])  # second member: saturated, awful
+    d = diagnostics(big, num, ref, train_numerator=num, train_reference=ref)
+    good, bad = d.losses
+    assert good.train_loss == pytest.approx(good.holdout_loss)  # same events -> same loss
+    assert bad.holdout_loss > good.holdout_loss
+    assert d.member_saturated_fraction[0] == 0.0 and d.member_saturated_fraction[1] > 0.3
+
+
+def test_weighted_auc_matches_brute_force_pairs():
+    rng = np.random.default_rng(3)
+    s1, s0 = rng.normal(0.5, 1, 300), rng.normal(0, 1, 200)
+    w1, w0 = rng.random(300), rng.random(200)
+    auc, fpr, tpr = weighted_roc(s1, s0, w1, w0)
+    pair = (s1[:, None] > s0[None, :]) * w1[:, None] * w0[None, :]
+    assert auc == pytest.approx(pair.sum() / (w1.sum() * w0.sum()), rel=1e-10)
+    assert fpr[0] == 0 and tpr[-1] == pytest.approx(1.0)
+
+
+def test_closure_chi2_is_about_one_for_statistical_fluctuations_only():
+    rng = np.random.default_rng(4)
+    chis = [closure("x", rng.normal(size=5000), np.ones(5000), rng.normal(size=5000), np.ones(5000),
+                    np.ones(5000), bins=10).chi2_ndf for _ in range(20)]
+    assert 0.6 < np.mean(chis) < 1.5
+
+
+def test_calibration_curve_is_diagonal_for_true_posterior():
+    rng = np.random.default_rng(6)
+    x1, x0 = rng.normal(MU, 1, 50000), rng.normal(0, 1, 50000)
+    c = calibration_curve(MU * x1 - MU**2 / 2, MU * x0 - MU**2 / 2, np.ones(50000), np.ones(50000), bins=10)
+    ok = np.asarray(c.weight) > 100
+    np.testing.assert_allclose(np.asarray(c.observed_fraction)[ok], np.asarray(c.mean_score)[ok], atol=0.03)
