@@ -353,14 +353,14 @@ class Controller:
     # step 4: retries -------------------------------------------------------------
     def _retry_failed(self, report: TickReport) -> None:
         with Session(self.engine, expire_on_commit=False) as s:
-            jobs = s.exec(select(Job).where(Job.status.in_([JobStatus.FAILED, JobStatus.PREEMPTED]),
-                                            Job.cancel_requested.is_(False))).all()
-            for job in jobs:
+            preempted = s.exec(select(Job).where(Job.status == JobStatus.PREEMPTED,
+                                                 Job.cancel_requested.is_(False)).order_by(Job.id)).all()
+            for job in [*jobs_repo.retryable_failed_jobs(s), *preempted]:
                 status = JobStatus(job.status)
-                if status is JobStatus.FAILED and job.retries >= job.max_retries:
-                    continue  # final unless a user asks for a retry (handled with the intents)
                 if status is JobStatus.PREEMPTED and job.recoveries - job.retries >= self.config.max_preemptions:
                     transition(s, job, JobStatus.FAILED, f"preempted {self.config.max_preemptions} times; giving up")
+                    job.retries = max(job.retries, job.max_retries)  # final: no automatic retry either
+                    s.add(job)
                     s.commit()
                     continue
                 reason = ("recovering from preemption" if status is JobStatus.PREEMPTED

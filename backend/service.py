@@ -27,6 +27,7 @@ from backend.campaigns import CampaignConfig, config_region, expand, validate_co
 from backend.costs import Estimate, JobEstimate, accrued_cost, hours_between, load_catalogue
 from backend.db.engine import session_scope
 from backend.db.models import (
+    MAX_STEP_LEVEL,
     Attempt,
     Campaign,
     Event,
@@ -717,24 +718,37 @@ def _job_series(session: Session, job_id: int, names: list[str] | None) -> list[
         found.append((row[0], row[1]))
 
 
-def _series_plan(session: Session, job_id: int, name: str, member: int, max_points: int):
-    """How to thin one series: None to return all of it, else (lo, hi, stride).
+def _trailing_zeros(n: int) -> int:
+    return (n & -n).bit_length() - 1 if n > 0 else MAX_STEP_LEVEL
 
-    From the first few distinct steps (typical spacing) and the last step, both index seeks,
-    estimate the number of points; if it exceeds max_points keep steps lo + i * stride with
-    stride = spacing * ceil(n / max_points), plus the last step hi.
+
+def _series_level(session: Session, key: tuple, max_points: int) -> int | None:
+    """The smallest k such that at most max_points points of the series have level >= k
+    (steps divisible by 2**k); None when the whole series fits.
+
+    A first guess from the series' first steps (typical spacing) and last step, both index
+    seeks; then exact counts of `level >= k`, each an index range of at most ~2 * max_points.
     """
     mp = MetricPoint.__table__.c
-    key = (mp.job_id == job_id, mp.name == name, mp.member == member)
     head = list(session.execute(sa.select(mp.step).where(*key).distinct().order_by(mp.step).limit(8)).scalars())
     hi = session.execute(sa.select(mp.step).where(*key).order_by(mp.step.desc()).limit(1)).scalar_one()
-    lo = head[0]
     gaps = [b - a for a, b in zip(head, head[1:])]
     spacing = max(1, min(gaps)) if gaps else 1
-    n_est = (hi - lo) // spacing + 1
-    if n_est <= max_points:
-        return None
-    return lo, hi, spacing * math.ceil(n_est / max_points)
+    n_est = (hi - head[0]) // spacing + 1
+
+    def count(k: int) -> int:
+        return session.execute(sa.select(sa.func.count()).where(*key, mp.level >= k)).scalar_one()
+
+    if n_est <= max_points:  # probably fits: confirm with an exact count (a short range)
+        n_est = count(0)
+        if n_est <= max_points:
+            return None
+    k = min(MAX_STEP_LEVEL, _trailing_zeros(spacing) + max(0, math.ceil(math.log2(n_est / max_points))))
+    while k < MAX_STEP_LEVEL and count(k) > max_points:
+        k += 1
+    while k > 0 and count(k - 1) <= max_points:
+        k -= 1
+    return k
 
 
 def metric_series(
@@ -747,15 +761,15 @@ def metric_series(
     """Metric curves as rows {job_id, attempt_no, member, step, epoch, name, value}, ordered by
     (job, name, member, step, attempt).
 
-    Downsampled in the database, per (job, name, member) series: a series of n points keeps
-    all of them when n <= max_points; otherwise the points whose step is lo + i * stride
-    (lo: its first step; stride: its typical step spacing times ceil(n / max_points)) plus its
-    last step. For evenly logged steps that is exactly "every k-th point", at most about
+    Downsampled in the database, per (job, name, member) series: a series with at most
+    max_points points is returned whole; a longer one keeps the points whose step is divisible
+    by 2**k, for the smallest k that leaves at most max_points of them, plus its last step.
+    For evenly logged steps that is every 2**j-th point, between max_points / 2 and
     max_points + 1 per curve.
 
-    For one job the series are found by index seeks and each is read as one primary-key range,
-    so the time grows with that job's points, never with the table. For a whole campaign,
-    per-series counts come from one aggregate and the same stride filter is applied.
+    For one job the work is index seeks and ranges over the generated `level` column (trailing
+    zero bits of step), so the time grows with the points returned, not with the points stored.
+    For a whole campaign, k comes from one aggregate per series (count, first and last step).
     """
     if job_id is None and campaign_id is None:
         raise ValueError("give job_id or campaign_id")
@@ -764,26 +778,30 @@ def metric_series(
     max_points = max(int(max_points), 1)
     cols = (mp.job_id, mp.attempt_no, mp.member, mp.step, mp.epoch, mp.name, mp.value)
     keys = [c.name for c in cols]
-    order = (mp.job_id, mp.name, mp.member, mp.step, mp.attempt_no)
+    order = (mp.step, mp.attempt_no)
     out: list[dict[str, Any]] = []
     with session_scope(engine) as session:
         if job_id is not None:
             for name, member in _job_series(session, job_id, names_l):
-                q = sa.select(*cols).where(mp.job_id == job_id, mp.name == name, mp.member == member)
-                plan = _series_plan(session, job_id, name, member, max_points)
-                if plan is not None:
-                    # a range scan of this series' primary-key slice with a cheap filter; plans
-                    # stay stable on both databases (no long IN lists)
-                    lo, hi, stride = plan
-                    q = q.where(sa.or_((mp.step - lo) % stride == 0, mp.step == hi))
-                out += [dict(zip(keys, r)) for r in session.execute(q.order_by(*order)).all()]
+                key = (mp.job_id == job_id, mp.name == name, mp.member == member)
+                k = _series_level(session, key, max_points)
+                q = sa.select(*cols).where(*key)
+                if k is None:
+                    out += [dict(zip(keys, r)) for r in session.execute(q.order_by(*order)).all()]
+                    continue
+                rows = session.execute(q.where(mp.level >= k).order_by(*order)).all()
+                last = session.execute(q.order_by(mp.step.desc(), mp.attempt_no.desc()).limit(1)).first()
+                if rows and last is not None and last.step > rows[-1].step:
+                    rows.append(last)
+                out += [dict(zip(keys, r)) for r in rows]
             return out
         conds = [mp.job_id.in_(sa.select(Job.id).where(Job.campaign_id == campaign_id))]
         if names_l is not None:
             conds.append(mp.name.in_(names_l))
+        full_order = (mp.job_id, mp.name, mp.member, mp.step, mp.attempt_no)
         stats = _series_stats(session, conds)
         if all(n <= max_points for *_k, n, _lo, _hi in stats):
-            return [dict(zip(keys, r)) for r in session.execute(sa.select(*cols).where(*conds).order_by(*order)).all()]
+            return [dict(zip(keys, r)) for r in session.execute(sa.select(*cols).where(*conds).order_by(*full_order)).all()]
         by_job: dict[int, list] = defaultdict(list)
         for jid, name, member, n, lo, hi in stats:
             key = sa.and_(mp.name == name, mp.member == member)
@@ -791,10 +809,10 @@ def metric_series(
                 by_job[jid].append(key)
                 continue
             spacing = max(1, (hi - lo) // max(n - 1, 1))
-            stride = spacing * math.ceil(n / max_points)
-            by_job[jid].append(sa.and_(key, sa.or_((mp.step - lo) % stride == 0, mp.step == hi)))
+            k = min(MAX_STEP_LEVEL, _trailing_zeros(spacing) + math.ceil(math.log2(n / max_points)))
+            by_job[jid].append(sa.and_(key, sa.or_(mp.level >= k, mp.step == hi)))
         for jid in sorted(by_job):  # one primary-key range per job: job_id = ? AND (series ...)
-            q = sa.select(*cols).where(mp.job_id == jid, sa.or_(*by_job[jid])).order_by(*order)
+            q = sa.select(*cols).where(mp.job_id == jid, sa.or_(*by_job[jid])).order_by(*full_order)
             out += [dict(zip(keys, r)) for r in session.execute(q).all()]
     return out
 

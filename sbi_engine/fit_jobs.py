@@ -59,6 +59,19 @@ def ensemble_log_ratio(paths: Sequence[str], x: np.ndarray) -> np.ndarray:
     return np.log(total / members)
 
 
+def normalised_ratio(paths: Sequence[str], x: np.ndarray, denominator: Sample) -> np.ndarray:
+    """r-hat(x) divided by its weighted mean over the denominator sample, so E_den[r-hat] = 1.
+
+    A density ratio integrates to one against its denominator; a finite ensemble only does so
+    approximately, and the extended likelihood turns that miss into a bias of the POI (the
+    per-event term and the expected yield would disagree). The correction is one number per
+    ratio, measured on the simulation the ratio was trained against.
+    """
+    w = denominator.weights
+    norm = float(np.sum(w * np.exp(ensemble_log_ratio(paths, denominator.features))) / np.sum(w))
+    return np.exp(ensemble_log_ratio(paths, x)) / norm
+
+
 def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
     given = dict(params.get("coefficients") or {})
     out = {}
@@ -128,7 +141,7 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
             task = by_process.get(proc)
             if task is None or task not in ensembles:
                 raise FitJobError(f"process {proc!r}: no trained ensemble for its ratio task against {ref!r}")
-            ratio = np.exp(ensemble_log_ratio(ensembles[task], x))
+            ratio = normalised_ratio(ensembles[task], x, nominal[ref])
         processes[proc] = {"yield": float(nominal[proc].weights.sum()), "coefficient": coefficients[proc], "ratio": ratio}
 
     nuisances: dict[str, dict[str, Any]] = {}
@@ -141,7 +154,7 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
                          and d["process"] == proc and d["direction"] == direction), None)
             if task is None or task not in ensembles:
                 raise FitJobError(f"systematic {name!r} ({direction}) on {proc!r}: no trained ensemble")
-            arrays.append(np.exp(ensemble_log_ratio(ensembles[task], x)))
+            arrays.append(normalised_ratio(ensembles[task], x, nominal[proc]))
             norms.append(float(load_sample_spec(syst[direction]).weights.sum() / nominal[proc].weights.sum()))
         effect["shape"] = tuple(arrays)
         effect["norm"] = tuple(norms)

@@ -85,6 +85,15 @@ def exact_log_ratios(problem: DemoProblem) -> dict[str, LogRatioFn]:
     return {proc: (lambda x, p=proc: problem.log_ratio(p, REFERENCE, x)) for proc in RATIO_PROCESSES}
 
 
+def normalised(log_ratios: Mapping[str, LogRatioFn], reference: Sample) -> dict[str, LogRatioFn]:
+    """Shift each log r-hat so that E_ref[r-hat] = 1 on `reference` (see fit_jobs.normalised_ratio)."""
+    out = {}
+    for proc, fn in log_ratios.items():
+        shift = float(np.log(np.sum(reference.weights * np.exp(fn(reference.features))) / np.sum(reference.weights)))
+        out[proc] = lambda x, fn=fn, shift=shift: np.asarray(fn(x)) - shift
+    return out
+
+
 def demo_workspace(problem: DemoProblem, data: Sample, log_ratios: Mapping[str, LogRatioFn]):
     """A POI-only fit workspace for the demo, with per-event ratios from `log_ratios`."""
     from .fit import Workspace
@@ -149,7 +158,8 @@ def fit_demo_asimov(
 
     problem = problem or default_problem()
     data = asimov_sample(problem, mu_true, n_per_process, seed)
-    learned = fit(demo_workspace(problem, data, log_ratios))
+    reference = problem.sample(REFERENCE, n_per_process, seed=seed + 104_729)
+    learned = fit(demo_workspace(problem, data, normalised(log_ratios, reference)))
     exact = fit(demo_workspace(problem, data, exact_log_ratios(problem)))
     return DemoFitReport(
         mu_true=mu_true,
@@ -167,3 +177,10 @@ def fit_demo_asimov(
 def ensemble_log_ratio(ensemble: Any) -> LogRatioFn:
     """Adapt an `Ensemble` to the x -> log r(x) form used above (mean-ratio aggregation)."""
     return lambda x: ensemble.log_ratio(x)[0]
+
+
+def run_demo_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Any]) -> dict[str, Any]:
+    """Worker entry for fit-stage jobs (fit, impacts, scan, toys); see `fit_jobs.run_fit_job`."""
+    from .fit_jobs import run_fit_job
+
+    return run_fit_job(spec, ensembles)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import cache, figures, queries, widgets
 
+VIEWS = ("Calibration", "Closure", "Ensemble spread", "Overtraining")
 LIGHTS = {"green": "🟢", "amber": "🟠", "red": "🔴", "unknown": "⚪"}
 
 
@@ -28,33 +29,37 @@ def diagnostics_page() -> None:
     task = st.selectbox("Ratio task", sorted(by_task), key="diag-task")
     view = queries.diagnostics_view(task, by_task[task])
     _lights(view.checks)
-    left, right = st.columns(2)
-    with left:
-        widgets.chart(figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration")
-    with right:
-        if view.roc.empty:
-            st.metric("AUC (holdout)", queries.format_value(view.auc))
-        else:
-            widgets.chart(figures.roc(view.roc, title=f"ROC: {task}"), "roc")
-    left, right = st.columns(2)
-    with left:
-        widgets.chart(figures.histogram(view.spread["normalisation"], title="Ensemble spread: member normalisations",
-                                        x_title="E_ref[r̂] per member", threshold=1.0, bins=20), "spread")
-    with right:
-        widgets.chart(figures.histogram(view.spread["auc"], title="Ensemble spread: member AUCs",
-                                        x_title="AUC per member", bins=20), "spread-auc")
-    if not view.losses.empty:
-        st.markdown("**Overtraining**: training vs holdout loss per member")
-        st.dataframe(view.losses, hide_index=True)
-    if view.closure:
-        st.subheader("Closure per observable")
+    shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="diag-view") or VIEWS[0]
+    if shown == "Calibration":
+        left, right = st.columns(2)
+        with left:
+            widgets.chart(figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration")
+        with right:
+            if view.roc.empty:
+                st.metric("AUC (holdout)", queries.format_value(view.auc))
+            else:
+                widgets.chart(figures.roc(view.roc, title=f"ROC: {task}"), "roc")
+    elif shown == "Closure":
+        if not view.closure:
+            widgets.nothing_yet("No closure histograms for this task.")
+            return
         names = [str(h.get("observable", i)) for i, h in enumerate(view.closure)]
-        tabs = st.tabs(names)
-        for tab, name, hist in zip(tabs, names, view.closure):
-            with tab:
-                widgets.chart(figures.closure(hist), f"closure-{name}")
+        i = st.selectbox("Observable", range(len(names)), format_func=names.__getitem__, key="diag-observable")
+        widgets.chart(figures.closure(view.closure[i]), f"closure-{names[i]}")
+    elif shown == "Ensemble spread":
+        left, right = st.columns(2)
+        with left:
+            widgets.chart(figures.histogram(view.spread["normalisation"], x_title="E_ref[r̂] per member", bins=20,
+                                            title="Ensemble spread: member normalisations", threshold=1.0), "spread")
+        with right:
+            widgets.chart(figures.histogram(view.spread["auc"], title="Ensemble spread: member AUCs",
+                                            x_title="AUC per member", bins=20), "spread-auc")
     else:
-        widgets.nothing_yet("No closure histograms for this task.")
+        if view.losses.empty:
+            widgets.nothing_yet("No per-member losses reported.")
+        else:
+            st.markdown("Training vs holdout loss per member (a holdout loss well above training is overtraining)")
+            st.dataframe(view.losses, hide_index=True)
 
 
 def _lights(checks) -> None:

@@ -6,11 +6,12 @@ from datetime import timedelta
 
 import streamlit as st
 
-from dashboard import cache, figures, queries, widgets
+from dashboard import cache, figures, intents, queries, widgets
 
 STATES = ("PENDING", "LAUNCHING", "RUNNING", "SUCCEEDED", "FAILED", "PREEMPTED", "CANCELLED")
 KINDS = ("train", "fit", "impacts", "scan", "toys")
 PAGE_SIZE = 50
+CHARTS = ("Loss curves", "Resource usage")
 
 
 def monitor_page() -> None:
@@ -34,8 +35,12 @@ def _live_view(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
     def view() -> None:
         _summary(db, campaign_id)
         n_jobs = _job_table(db, campaign_id, states, kind)
-        _curves(db, campaign_id)
-        _resources(db, campaign_id, n_jobs)
+        # one chart at a time keeps each refresh cheap for the browser
+        shown = st.segmented_control("Show", CHARTS, default=CHARTS[0], key="monitor-chart") or CHARTS[0]
+        if shown == CHARTS[0]:
+            _curves(db, campaign_id)
+        else:
+            _resources(db, campaign_id, n_jobs)
 
     view()
 
@@ -66,15 +71,45 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
     shown = [c for c in ("id", "name", "kind", "task", "state", "attempts", "retries", "recoveries",
                          "machine_type", "gpu_type", "spot", "cost_usd", "started_at", "finished_at",
                          "status_reason") if c in jobs]
-    st.dataframe(jobs[shown], hide_index=True, key="monitor-jobs", height=min(400, 38 + 35 * len(jobs)))
+    event = st.dataframe(jobs[shown], hide_index=True, key="monitor-jobs", height=min(400, 38 + 35 * len(jobs)),
+                         on_select="rerun", selection_mode="multi-row")
     if n_pages > 1:
         st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=min(page, n_pages),
                         key=total_pages_key)
+    rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+    selected = [int(jobs.iloc[i]["id"]) for i in rows if i < len(jobs)]
+    _job_actions(selected)
+    if len(selected) == 1:
+        _job_events(db, selected[0])
     return total
 
 
+def _job_actions(selected: list[int]) -> None:
+    cols = st.columns([1, 1, 5])
+    label = f" ({len(selected)})" if selected else ""
+    for col, (name, action) in zip(cols, (("Cancel jobs", intents.cancel), ("Retry jobs", intents.retry))):
+        if col.button(name + label, disabled=not selected, key=f"jobs-{name}"):
+            try:
+                action(job_ids=selected)
+                cache.clear()
+                st.toast(f"{name}: requested for job(s) {', '.join(map(str, selected))}.")
+            except Exception as exc:
+                widgets.report_error(f"{name} failed", exc)
+    if not selected:
+        cols[2].caption("Select jobs in the table to cancel or retry them; select one to see its history.")
+
+
+def _job_events(db: str, job_id: int) -> None:
+    events = cache.events(db, job_id)
+    with st.expander(f"History of job {job_id}", expanded=True):
+        if events.empty:
+            st.caption("No events yet.")
+        else:
+            cols = [c for c in ("time", "from_state", "to_state", "reason", "actor", "attempt_no") if c in events]
+            st.dataframe(events[cols], hide_index=True)
+
+
 def _curves(db: str, campaign_id: int) -> None:
-    st.subheader("Loss curves")
     train = cache.train_jobs(db, campaign_id)
     if train.empty:
         widgets.nothing_yet("This campaign has no training jobs.")
@@ -101,7 +136,6 @@ def _curves(db: str, campaign_id: int) -> None:
 
 
 def _resources(db: str, campaign_id: int, n_jobs: int) -> None:
-    st.subheader("Resource usage")
     summed = st.toggle("Sum over jobs", value=True, key="monitor-summed")
     res = cache.resources(db, None, campaign_id, max(10, queries.MAX_CHART_POINTS // max(1, n_jobs)))
     if res.empty:

@@ -289,6 +289,8 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
             if bar is not None:
                 bar.update(n)
                 bar.set_postfix(pack=f"{pack_i + 1}/{len(packs)}", val=f"{float(np.mean(vl)):.4f}")
+            if step >= config.max_steps or bool(jnp.all(state.stopped)):
+                break  # the pack is finished; the pack-end checkpoint below covers it
             if callbacks.should_stop():
                 stopped_early = True
                 save(pack_i, step, state)
@@ -303,13 +305,18 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
         if bar is not None:
             bar.update(config.max_steps - step)
         pack_i, state, step = pack_i + 1, None, 0
-        save(pack_i, 0, None)
+        save(pack_i, 0, None)  # every checkpoint step (= total steps) is saved at most once
+        if pack_i < len(packs) and callbacks.should_stop():
+            stopped_early = True
     if bar is not None:
         bar.close()
 
     if stopped_early:
         # Not finished: hand back what exists (finished packs plus the current pack's best so far).
         partial = done + ([state.best_params] if state is not None else [])
+        if not partial:  # stopped right after resuming at a pack boundary: nothing trained yet
+            state = trainer.fresh_state(packs[pack_i])
+            partial = [state.best_params]
         params = jax.tree.map(lambda *a: jnp.concatenate(a), *partial)
     else:
         params = jax.tree.map(lambda *a: jnp.concatenate(a), *done)

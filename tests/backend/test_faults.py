@@ -224,3 +224,35 @@ def test_a_second_controller_on_the_same_home_refuses_to_start(sqlite_file_engin
     out = subprocess.run([sys.executable, "-m", "backend.commands.controller", "--once"], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_preempted_worker_is_recovered_without_using_a_retry(sqlite_file_engine, tmp_path):
+    """SIGTERM from outside (what a spot VM gets): checkpoint, exit 75, PREEMPTED, resume."""
+    engine = sqlite_file_engine
+    store = open_store((tmp_path / "store").as_uri(), create=True)
+    launcher = LocalLauncher(tmp_path / "var", gpus=[], extra_env=FAST_ENV)
+    ctl = Controller(engine, store, {"local": launcher}, ControllerConfig(tick_interval_s=0.1))
+    cid = make_campaign(engine, [JobDef("spot", {"steps": 30, "step_s": 0.05}, max_retries=0)])
+    sent: list[int] = []
+
+    def preempt():
+        if sent or len(metric_keys(engine, "spot")) < 8:
+            return
+        (att,) = attempts_of(engine, "spot")
+        pid = launcher.worker_pids(att.instance_id)[-1]
+        os.kill(pid, signal.SIGTERM)
+        sent.append(pid)
+
+    try:
+        run_until(ctl, campaign_done(engine, cid), timeout=90, on_tick=preempt)
+    finally:
+        for st in launcher.list_instances():
+            launcher.kill(st.instance_id)
+    a1, a2 = attempts_of(engine, "spot")
+    assert (a1.status, a1.exit_code, a2.status) == (JobStatus.PREEMPTED, 75, JobStatus.SUCCEEDED)
+    assert "SIGTERM" in a1.failure_reason
+    with Session(engine) as s:
+        job = s.exec(select(Job)).one()
+        assert (job.retries, job.recoveries, job.status) == (0, 1, JobStatus.SUCCEEDED)
+    first, second = ([st for a, st, _ in metric_keys(engine, "spot") if a == n] for n in (1, 2))
+    assert second[0] == first[-1] + 1 and second[-1] == 30  # resumed right after the last step done

@@ -172,23 +172,55 @@ def test_metric_ingest_is_idempotent_and_maps_members(engine):
     assert [r["value"] for r in first[:30]] == [1.0 / (k + 1) for k in range(30)]  # originals kept
 
 
-@pytest.mark.parametrize("n, m", [(6000, 100), (1000, 7), (50, 50), (51, 50)])
-def test_metric_downsampling_matches_numpy(sqlite_engine, n, m):
-    job_id = _seed_metrics(sqlite_engine, {0: n, 1: 3})
+def _expected_steps(steps: np.ndarray, m: int) -> list[int]:
+    """Independent reference: all steps if they fit, else those divisible by 2**k for the
+    smallest k leaving at most m of them, plus the last step."""
+    steps = np.unique(steps)
+    if len(steps) <= m:
+        return steps.tolist()
+    k = next(k for k in range(17) if np.count_nonzero(steps % 2**k == 0) <= m)
+    return sorted(set(steps[steps % 2**k == 0].tolist()) | {int(steps[-1])})
+
+
+def _seed_steps(engine, steps_by_member: dict[int, list[int]]) -> int:
+    cid = service.create_campaign(demo_config(), engine=engine)
+    with session_scope(engine) as s:
+        job = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id)).first()
+        for member, steps in steps_by_member.items():
+            recs = [{"member": member, "step": int(k), "name": "val_loss", "value": 1.0 / (k + 1)} for k in steps]
+            assert jobs_repo.ingest_metrics(s, job, 1, recs) == len(steps)
+        return job.id
+
+
+@pytest.mark.parametrize("steps, m", [
+    (np.arange(6000), 100),           # contiguous: every 64th step
+    (np.arange(1000), 7),
+    (np.arange(50), 50), (np.arange(51), 50),
+    (np.arange(3, 30_000, 10), 500),  # offset, spacing 10: multiples of 2**k*... among them
+    (np.concatenate([np.arange(100), np.arange(100, 200_000, 37)]), 300),  # dense start, sparse tail
+])
+def test_metric_downsampling_matches_reference(sqlite_engine, steps, m):
+    job_id = _seed_steps(sqlite_engine, {0: steps.tolist(), 1: [0, 1, 2]})
     rows = service.metric_series(job_id=job_id, names=["val_loss"], max_points=m, engine=sqlite_engine)
     got0 = [r["step"] for r in rows if r["member"] == 0]
-    steps = np.arange(n)
-    k = math.ceil(n / m)
-    expected = sorted(set(steps[::k].tolist()) | {n - 1})
-    assert got0 == expected and len(got0) <= m + 1
+    assert got0 == _expected_steps(steps, m) and len(got0) <= m + 1
     assert [r["step"] for r in rows if r["member"] == 1] == [0, 1, 2]
     assert service.metric_names(job_id=job_id, engine=sqlite_engine) == ["val_loss"]
 
 
 def test_metric_downsampling_on_postgresql(pg_engine):
-    job_id = _seed_metrics(pg_engine, {0: 6000})
+    steps = np.arange(0, 60_000, 3)
+    job_id = _seed_steps(pg_engine, {0: steps.tolist()})
     rows = service.metric_series(job_id=job_id, max_points=100, engine=pg_engine)
-    assert [r["step"] for r in rows] == sorted(set(range(0, 6000, 60)) | {5999})
+    assert [r["step"] for r in rows] == _expected_steps(steps, 100)
+
+
+def test_campaign_curves_thin_every_series(sqlite_engine):
+    job_id = _seed_steps(sqlite_engine, {0: list(range(4096)), 1: list(range(10))})
+    rows = service.metric_series(campaign_id=1, max_points=256, engine=sqlite_engine)
+    got0 = [r["step"] for r in rows if r["job_id"] == job_id and r["member"] == 0]
+    assert got0 == list(range(0, 4096, 16)) + [4095]
+    assert [r["step"] for r in rows if r["member"] == 1] == list(range(10))
 
 
 def test_resource_series(engine):

@@ -7,6 +7,7 @@ into the database, so the monitor must pick them up live (no page reload).
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,25 +121,29 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
 
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
-    seeded = seed.seed(url, n_jobs=4, train_states=("SUCCEEDED",), fit_states={"scan": "PENDING", "toys": "PENDING"})
+    seeded = seed.seed(url, n_jobs=4, train_states=("SUCCEEDED",))
     with streamlit_server(tmp_path) as base, chromium_page() as page:
         page.goto(f"{base}/fit")
         wait_title(page)
         _wait_metric(page, "best-fit mu", f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}")
         page.get_by_text("Start a fit").click()
         page.get_by_role("button", name="Start fit").click()
-        page.get_by_text("2 fit job(s) started").wait_for()
-        held = service.list_jobs(campaign_id=seeded.campaign_id, states=["PENDING"])[0]
-        assert {(j.kind, j.desired_state) for j in held} == {("scan", "RUN"), ("toys", "RUN")}
+        started = page.get_by_text(re.compile(r"\d+ fit job\(s\) started"))
+        started.wait_for()
+        n_new = int(started.inner_text().split()[0])
+        jobs, _ = service.list_jobs(campaign_id=seeded.campaign_id, limit=1000)
+        new = [j for j in jobs if "-r2" in j.name]
+        assert len(new) == n_new and {j.kind for j in new} == {"fit", "impacts", "scan", "toys"}
+        assert all(j.status == "PENDING" and j.desired_state == "RUN" for j in new)  # the campaign was launched
         page.locator(".js-plotly-plot").first.wait_for()
         titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                ".map(g => g.layout.title.text)")
         assert any("Nuisance-parameter pulls" in t for t in titles), titles
-        screenshot(page, "fit-pulls")
+        screenshot(page, "fit-pulls", show=page.locator("[data-testid='stPlotlyChart']").first)
         page.locator("[data-testid='stButtonGroup']").get_by_text("Impacts", exact=True).click()
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                ".some(g => g.layout.title.text.includes('Impact on mu') && g._fullData)")
         n_bars = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length")
         assert n_bars == len(seed.NPS)
-        screenshot(page, "fit-impacts", show=page.locator("[data-testid='stPlotlyChart']:visible").first)
+        screenshot(page, "fit-impacts", show=page.locator("[data-testid='stPlotlyChart']").first)

@@ -26,13 +26,23 @@ pytestmark = [
 
 BUDGET_S = float(os.environ.get("NSBI_PAGE_BUDGET_S", "2.0"))
 
+
+def load_factor() -> float:
+    """How oversubscribed the CPUs are (1-minute load average per core, at least 1).
+
+    The 2 s budget is for an idle machine; on a shared CI box running other suites at once
+    the browser and the server get a fraction of a core, so the budget is scaled by this
+    factor (reported next to the raw times)."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
 # page title in the navigation, url path, JS condition that is true once the content is drawn
 PAGES = [
     ("Campaigns", "", "document.querySelector(\"[data-testid='stDataFrame']\") && "
                       "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData)"),
     ("Monitor", "monitor", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
                            "g.layout.title.text.includes('loss') && g._fullData.length > 0)"),
-    ("Diagnostics", "diagnostics", "document.querySelector(\"[data-testid='stAlert']\")"),
+    ("Diagnostics", "diagnostics", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+                                   "g.layout.title.text.includes('Calibration'))"),
     ("Fit", "fit", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
                    "g.layout.title.text.includes('pulls'))"),
     ("Usage and cost", "costs", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
@@ -50,7 +60,7 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     t = time.perf_counter()
-    seeded = seed.seed(url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20)
+    seeded = seed.seed(url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20, with_diagnostics=True)
     seed_s = time.perf_counter() - t
     assert seeded.n_metric_points == 1_000_000 and len(seeded.train_job_ids) == 1000
     times: dict[str, dict[str, float]] = {}
@@ -72,10 +82,38 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
                                    f"{json.dumps(heading)}) && ({ready})", timeout=60_000)
             cold = time.perf_counter() - t0
             times[title] = {"navigate_s": round(nav, 3), "cold_load_s": round(cold, 3)}
+    server = _server_times()
+    for title, seconds in server.items():
+        times[title]["server_script_s"] = seconds
+    factor = load_factor()
     ARTIFACTS.mkdir(exist_ok=True)
     report = {"jobs": len(seeded.job_ids), "metric_points": seeded.n_metric_points, "seed_s": round(seed_s, 1),
-              "load_average": os.getloadavg(), "budget_s": BUDGET_S, "pages": times}
+              "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "load_factor": round(factor, 2),
+              "budget_s": BUDGET_S, "scaled_budget_s": round(BUDGET_S * factor, 2), "pages": times}
     (ARTIFACTS / "page-times.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    slow = {k: v["navigate_s"] for k, v in times.items() if v["navigate_s"] > BUDGET_S}
-    assert not slow, f"pages slower than {BUDGET_S} s after navigation: {slow} (all: {times})"
+    slow = {k: v["navigate_s"] for k, v in times.items() if v["navigate_s"] > BUDGET_S * factor}
+    assert not slow, f"pages slower than {BUDGET_S} s x load factor {factor:.2f} after navigation: {slow} ({times})"
+    slow_server = {k: s for k, s in server.items() if s > BUDGET_S * factor}
+    assert not slow_server, f"page scripts slower than the budget on the server: {slow_server}"
+
+
+def _server_times() -> dict[str, float]:
+    """Seconds one run of each page script takes on the server (AppTest, caches cleared),
+    the part of the render time that does not depend on the browser."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import page
+
+    out = {}
+    for title, name in (("Campaigns", "campaigns"), ("Monitor", "monitor"), ("Diagnostics", "diagnostics"),
+                        ("Fit", "fit"), ("Usage and cost", "costs")):
+        at = AppTest.from_file(page(name), default_timeout=120)
+        at.run()  # imports
+        st.cache_data.clear()
+        t0 = time.perf_counter()
+        at.run()
+        out[title] = round(time.perf_counter() - t0, 3)
+        assert not at.exception, (title, [e.value for e in at.exception])
+    return out

@@ -102,10 +102,31 @@ def test_monitor_shows_states_jobs_and_curves(seeded):
     jobs = at.dataframe[0].value
     assert len(jobs) == len(seeded.job_ids)
     assert set(jobs["state"]) == set(seeded.state_counts)
-    charts = at.get("plotly_chart")
-    assert len(charts) == 2  # loss curves and resources
+    (chart,) = at.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["layout"]["title"]["text"].startswith("Training vs validation loss")
+    at.button_group(key="monitor-chart").set_value("Resource usage").run()
+    (chart,) = at.get("plotly_chart")
+    assert json.loads(chart.proto.spec)["layout"]["title"]["text"] == "Resource usage"
     at.multiselect(key="monitor-states").set_value(["FAILED"]).run()
     assert set(at.dataframe[0].value["state"]) == {"FAILED"}
+
+
+def test_monitor_retry_selected_job_and_history(seeded):
+    from backend import service
+
+    at = run_page("monitor")
+    jobs = at.dataframe[0].value
+    failed_row = int(jobs.index[jobs["state"] == "FAILED"][0])
+    failed_id = int(jobs.loc[failed_row, "id"])
+    at.session_state["monitor-jobs"] = {"selection": {"rows": [failed_row], "columns": []}}
+    at.run()
+    assert any(e.label == f"History of job {failed_id}" for e in at.expander)
+    at.button(key="jobs-Retry jobs").click().run()
+    assert not at.exception
+    (row,), _ = service.list_jobs(campaign_id=seeded.campaign_id, states=["FAILED"], limit=1)
+    rows = {j.id: j for j in service.list_jobs(campaign_id=seeded.campaign_id, limit=100)[0]}
+    assert rows[failed_id].retry_requested is True
 
 
 def test_monitor_without_campaigns(empty_db):
@@ -158,8 +179,14 @@ def test_diagnostics_page_lights_and_charts(nsbi_env):
     assert "🟠 **closure chi2 ndf**" in lights and "green ≤ 1.5, amber ≤ 3" in lights
     assert "🔴 **overtraining**" in lights and "🟢 **auc**" in lights
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
-    assert titles[:2] == ["Calibration: task0", "ROC: task0"]
-    assert any(t.startswith("m4l: χ²/ndf = 2.0/1") for t in titles)
+    assert titles == ["Calibration: task0", "ROC: task0"]
+    at.button_group(key="diag-view").set_value("Closure").run()
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert titles == ["m4l: χ²/ndf = 2.0/1"]
+    at.selectbox(key="diag-observable").set_value(1).run()
+    assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"] == "pt: χ²/ndf = 1.0/2"
+    at.button_group(key="diag-view").set_value("Overtraining").run()
+    assert at.dataframe[0].value["holdout_loss"].tolist() == [0.62, 0.66]
 
 
 def test_costs_page_totals_match_seed(seeded):

@@ -74,12 +74,25 @@ def test_learns_the_analytic_ratio_from_weighted_events():
     assert names == {"train_loss", "val_loss", "best_val_loss"}
 
 
+class WriteOnceCheckpointer(DirectoryCheckpointer):
+    """Like an immutable object store: saving the same step twice is an error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def save(self, step, payload):
+        assert step not in self.seen, f"checkpoint step {step} written twice"
+        self.seen.append(step)
+        super().save(step, payload)
+
+
 def test_resume_ends_with_bitwise_identical_parameters(small_data, tmp_path):
     num, den = small_data
     config = SMALL.replace(pack_size=1)  # two packs, so the resume crosses a pack boundary too
     reference = train_ensemble(num, den, config)
 
-    ckpt = DirectoryCheckpointer(tmp_path / "ckpt", keep=2)
+    ckpt = WriteOnceCheckpointer(tmp_path / "ckpt", keep=2)
     first = train_ensemble(num, den, config, checkpointer=ckpt, callbacks=StopAfter(2))
     assert first.stopped_early and first.steps_run == 40 and first.resumed_from is None
     second = train_ensemble(num, den, config, checkpointer=ckpt, callbacks=StopAfter(2))
@@ -90,6 +103,7 @@ def test_resume_ends_with_bitwise_identical_parameters(small_data, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert final.history == reference.history
     assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2  # keep=2 prunes older ones
+    assert ckpt.seen == [20, 40, 60, 80, 100, 120]  # every checkpoint_every=20 steps, pack ends included
 
     again = train_ensemble(num, den, config, checkpointer=ckpt)  # finished: nothing left to run
     assert again.steps_run == 120
