@@ -722,9 +722,11 @@ def _trailing_zeros(n: int) -> int:
     return (n & -n).bit_length() - 1 if n > 0 else MAX_STEP_LEVEL
 
 
-def _series_level(session: Session, key: tuple, max_points: int) -> int | None:
-    """The smallest k such that at most max_points points of the series have level >= k
-    (steps divisible by 2**k); None when the whole series fits.
+def _series_level(session: Session, key: tuple, max_points: int) -> int | tuple[int, int, int] | None:
+    """How to thin one series: None when it fits whole; else the smallest k such that at most
+    max_points of its points have level >= k (steps divisible by 2**k); or, when that keeps
+    fewer than max_points / 4 (the steps share an odd offset, e.g. 1, 11, 21, ...), a
+    (lo, hi, stride) for "every stride-th step from the first one".
 
     A first guess from the series' first steps (typical spacing) and last step, both index
     seeks; then exact counts of `level >= k`, each an index range of at most ~2 * max_points.
@@ -748,6 +750,8 @@ def _series_level(session: Session, key: tuple, max_points: int) -> int | None:
         k += 1
     while k > 0 and count(k - 1) <= max_points:
         k -= 1
+    if count(k) < max_points // 4:
+        return head[0], hi, spacing * math.ceil(n_est / max_points)
     return k
 
 
@@ -765,7 +769,9 @@ def metric_series(
     max_points points is returned whole; a longer one keeps the points whose step is divisible
     by 2**k, for the smallest k that leaves at most max_points of them, plus its last step.
     For evenly logged steps that is every 2**j-th point, between max_points / 2 and
-    max_points + 1 per curve.
+    max_points + 1 per curve. Where that would keep fewer than max_points / 4 (steps that
+    share an odd offset, such as 1, 11, 21, ...) it keeps every ceil(n / max_points)-th
+    logged step from the first instead (a range scan of the series).
 
     For one job the work is index seeks and ranges over the generated `level` column (trailing
     zero bits of step), so the time grows with the points returned, not with the points stored.
@@ -789,7 +795,12 @@ def metric_series(
                 if k is None:
                     out += [dict(zip(keys, r)) for r in session.execute(q.order_by(*order)).all()]
                     continue
-                rows = session.execute(q.where(mp.level >= k).order_by(*order)).all()
+                if isinstance(k, tuple):
+                    lo, hi, stride = k
+                    thin = sa.and_(mp.step.between(lo, hi), (mp.step - lo) % stride == 0)
+                else:
+                    thin = mp.level >= k
+                rows = session.execute(q.where(thin).order_by(*order)).all()
                 last = session.execute(q.order_by(mp.step.desc(), mp.attempt_no.desc()).limit(1)).first()
                 if rows and last is not None and last.step > rows[-1].step:
                     rows.append(last)

@@ -18,6 +18,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _app_path() -> Path:
+    """app.py from the source checkout, or from the working directory (installed image)."""
+    for candidate in (REPO_ROOT / "app.py", Path.cwd() / "app.py"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("nsbi up: cannot find app.py (run from the project folder)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1; any other address requires a login)")
     parser.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
@@ -27,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _dashboard_command(host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(_app_path()),
         "--server.address", host, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]
@@ -51,20 +59,22 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.db import upgrade_database
+    from backend.db import get_engine, init_db
     from backend.settings import Settings
 
     settings = Settings.from_env()
-    settings.ensure_dirs()
-    upgrade_database(settings.database_url)
-    env = dict(os.environ, **settings.as_env())
+    (settings.home / "store").mkdir(parents=True, exist_ok=True)
+    init_db(get_engine(settings.database_url)).dispose()
+    env = dict(os.environ, NSBI_HOME=str(settings.home), DATABASE_URL=settings.database_url,
+               NSBI_STORE=settings.store_uri)
     print(f"nsbi up: database {settings.database_url}", flush=True)
     print(f"nsbi up: artifact store {settings.store_uri}", flush=True)
 
     procs: list[subprocess.Popen] = []
     if not args.no_controller:
-        procs.append(subprocess.Popen(_controller_command(args.tick), env=env, cwd=REPO_ROOT))
-    procs.append(subprocess.Popen(_dashboard_command(args.host, args.port), env=env, cwd=REPO_ROOT))
+        procs.append(subprocess.Popen(_controller_command(args.tick), env=env))
+    app = _app_path()
+    procs.append(subprocess.Popen(_dashboard_command(args.host, args.port), env=env, cwd=app.parent))
     print(f"nsbi up: dashboard at http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
 
     def _on_term(signum, frame):  # SIGTERM behaves like Ctrl-C

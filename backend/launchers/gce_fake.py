@@ -11,7 +11,8 @@ are a 400, as with the real API), answers aggregated listings with label filters
 - **preempt** a VM: SIGTERM to its process group, SIGKILL after ``grace_s``, a
   ``compute.instances.preempted`` operation, then deletion (termination action DELETE);
 - refuse inserts in a zone with ``ZONE_RESOURCE_POOL_EXHAUSTED`` (in the operation, as GCE
-  does) or ``QUOTA_EXCEEDED`` (a synchronous 403 or an operation error).
+  does) or ``QUOTA_EXCEEDED`` (a synchronous 403 or an operation error), or answer them with a
+  transient 503 (``BACKEND_ERROR``).
 
 With ``boot=False`` (the bench) VMs go straight to RUNNING and nothing is started.
 """
@@ -75,7 +76,7 @@ class FakeVM:
 
 @dataclass
 class ZoneFailure:
-    code: str                 # ZONE_RESOURCE_POOL_EXHAUSTED | QUOTA_EXCEEDED
+    code: str                 # ZONE_RESOURCE_POOL_EXHAUSTED | QUOTA_EXCEEDED | BACKEND_ERROR (a 503)
     sync: bool = False        # a synchronous HTTP error instead of a failed operation
     remaining: int | None = None  # None: every insert; n: the next n inserts
 
@@ -296,6 +297,8 @@ class FakeCompute:
                     fail = None
             if fail is not None:
                 self.stats.refused_by_zone[zone] = self.stats.refused_by_zone.get(zone, 0) + 1
+                if fail.code == "BACKEND_ERROR":  # a transient server error, as GCE sometimes answers
+                    raise ApiError(503, "Internal error. Please try again or contact Google Support.", "backendError")
                 if fail.sync:
                     raise ApiError(403, f"Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region {zone[:-2]}.",
                                    "quotaExceeded")

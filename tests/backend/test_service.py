@@ -173,13 +173,20 @@ def test_metric_ingest_is_idempotent_and_maps_members(engine):
 
 
 def _expected_steps(steps: np.ndarray, m: int) -> list[int]:
-    """Independent reference: all steps if they fit, else those divisible by 2**k for the
-    smallest k leaving at most m of them, plus the last step."""
+    """Independent reference of the documented rule: all steps if they fit; else those
+    divisible by 2**k for the smallest k leaving at most m of them, plus the last step; if
+    that leaves fewer than m // 4, every ceil(n / m)-th step of the evenly spaced grid from
+    the first step (spacing: smallest gap among the first steps), plus the last."""
     steps = np.unique(steps)
     if len(steps) <= m:
         return steps.tolist()
     k = next(k for k in range(17) if np.count_nonzero(steps % 2**k == 0) <= m)
-    return sorted(set(steps[steps % 2**k == 0].tolist()) | {int(steps[-1])})
+    keep = steps[steps % 2**k == 0]
+    if len(keep) < m // 4:
+        spacing = int(np.diff(steps[:8]).min())
+        n_est = (steps[-1] - steps[0]) // spacing + 1
+        keep = steps[(steps - steps[0]) % (spacing * math.ceil(n_est / m)) == 0]
+    return sorted(set(keep.tolist()) | {int(steps[-1])})
 
 
 def _seed_steps(engine, steps_by_member: dict[int, list[int]]) -> int:

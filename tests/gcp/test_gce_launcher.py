@@ -311,3 +311,13 @@ def test_a_restarted_launcher_still_recognises_a_preemption_it_never_saw(make_la
     st = fresh.poll([req.instance_id])[req.instance_id]
     assert st.state is InstanceState.PREEMPTED and "us-central1-a" in st.detail
     assert fresh.poll(["camp-never-1"])["camp-never-1"].state is InstanceState.GONE
+
+
+def test_transient_insert_errors_are_retried_in_the_same_zone(make_launcher, fake_compute, tmp_path, waiter):
+    fake_compute.fail_zone("us-central1-a", "BACKEND_ERROR", times=2)
+    launcher = make_launcher()
+    req = _request(tmp_path, "flaky", behaviour="sleep")
+    launcher.launch_many([req])
+    assert waiter(lambda: fake_compute.find(req.instance_id)).zone == "us-central1-a"
+    assert fake_compute.stats.inserts_by_zone == {"us-central1-a": 3}
+    assert launcher.provision_history(req.instance_id) == []

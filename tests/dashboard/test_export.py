@@ -1,0 +1,35 @@
+"""Static export with kaleido and Debian's Chromium: real PNG and PDF files come out."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dashboard import export, figures
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/chromium").exists() and not export.ensure_browser_path(),
+                                reason="no Chromium for kaleido")
+
+
+def test_png_and_pdf_of_a_dashboard_figure():
+    df = pd.DataFrame({"name": ["a", "b"], "pull": [0.3, -1.1], "constraint": [0.8, 0.9]})
+    fig = figures.pulls(df)
+    png = export.figure_bytes(fig, "png", width=800, height=400, scale=1.0)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])   # IHDR: the size we asked for
+    assert (width, height) == (800, 400)
+    pdf = export.figure_bytes(fig, "pdf")
+    assert pdf[:5] == b"%PDF-" and b"%%EOF" in pdf[-64:]
+    assert fig.layout.template.layout.paper_bgcolor is None  # the app figure itself is left untouched
+
+
+def test_unsupported_format_names_the_choices():
+    with pytest.raises(export.ExportError, match="choose one of"):
+        export.figure_bytes(figures.empty_figure("x"), "svgz")
+
+
+def test_safe_filename():
+    assert export.safe_filename("Impact on mu: top 20", "pdf") == "impact_on_mu_top_20.pdf"
