@@ -166,6 +166,8 @@ class Controller:
             campaign=campaign_key(campaign), job=job_key(job), attempt=attempt_no, job_uri=job.uri or "",
             gpus=int(job.gpu_count or 0), time_limit_s=float(limit) if limit else None,
             labels={"campaign_id": str(campaign.id), "job_id": str(job.id)},
+            machine_type=job.machine_type or None, gpu_type=job.gpu_type, spot=bool(job.spot),
+            zones=tuple(job.zones or ()),
         )
 
     def _check_store(self) -> None:

@@ -738,8 +738,12 @@ def _series_level(session: Session, key: tuple, max_points: int) -> int | tuple[
     spacing = max(1, min(gaps)) if gaps else 1
     n_est = (hi - head[0]) // spacing + 1
 
+    counts: dict[int, int] = {}
+
     def count(k: int) -> int:
-        return session.execute(sa.select(sa.func.count()).where(*key, mp.level >= k)).scalar_one()
+        if k not in counts:
+            counts[k] = session.execute(sa.select(sa.func.count()).where(*key, mp.level >= k)).scalar_one()
+        return counts[k]
 
     if n_est <= max_points:  # probably fits: confirm with an exact count (a short range)
         n_est = count(0)
@@ -748,7 +752,8 @@ def _series_level(session: Session, key: tuple, max_points: int) -> int | tuple[
     k = min(MAX_STEP_LEVEL, _trailing_zeros(spacing) + max(0, math.ceil(math.log2(n_est / max_points))))
     while k < MAX_STEP_LEVEL and count(k) > max_points:
         k += 1
-    while k > 0 and count(k - 1) <= max_points:
+    # one level down keeps about twice as many points: only worth a look if that could fit
+    while k > 0 and count(k) <= max_points // 2 and count(k - 1) <= max_points:
         k -= 1
     if count(k) < max_points // 4:
         return head[0], hi, spacing * math.ceil(n_est / max_points)
@@ -767,8 +772,8 @@ def metric_series(
 
     Downsampled in the database, per (job, name, member) series: a series with at most
     max_points points is returned whole; a longer one keeps the points whose step is divisible
-    by 2**k, for the smallest k that leaves at most max_points of them, plus its last step.
-    For evenly logged steps that is every 2**j-th point, between max_points / 2 and
+    by 2**k, for the smallest k that leaves at most max_points of them (exact index counts; with
+    irregular steps it may stay one level coarser), plus its last step. For evenly logged steps that is every 2**j-th point, between max_points / 2 and
     max_points + 1 per curve. Where that would keep fewer than max_points / 4 (steps that
     share an odd offset, such as 1, 11, 21, ...) it keeps every ceil(n / max_points)-th
     logged step from the first instead (a range scan of the series).
@@ -797,10 +802,14 @@ def metric_series(
                     continue
                 if isinstance(k, tuple):
                     lo, hi, stride = k
-                    thin = sa.and_(mp.step.between(lo, hi), (mp.step - lo) % stride == 0)
+                    rows = session.execute(
+                        q.where(mp.step.between(lo, hi), (mp.step - lo) % stride == 0).order_by(*order)).all()
                 else:
-                    thin = mp.level >= k
-                rows = session.execute(q.where(thin).order_by(*order)).all()
+                    # read through the level index (SQLite would otherwise walk the primary key to
+                    # save a sort, evaluating level on every point); sort the few rows here
+                    lq = q.where(mp.level >= k).with_hint(
+                        MetricPoint.__table__, "INDEXED BY ix_metric_point_job_id_name_member_level", "sqlite")
+                    rows = sorted(session.execute(lq).all(), key=lambda r: (r.step, r.attempt_no))
                 last = session.execute(q.order_by(mp.step.desc(), mp.attempt_no.desc()).limit(1)).first()
                 if rows and last is not None and last.step > rows[-1].step:
                     rows.append(last)

@@ -32,11 +32,6 @@ def campaigns(db: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def campaign(db: str, campaign_id: int) -> dict:
-    return queries.load_campaign(campaign_id)
-
-
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def jobs(db: str, campaign_id: int | None, states: tuple[str, ...] = (), kind: str | None = None,
          offset: int = 0, limit: int = 50) -> tuple[pd.DataFrame, int]:
     return queries.load_jobs(campaign_id, states or None, kind, offset, limit)

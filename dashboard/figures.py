@@ -8,6 +8,7 @@ same figures can be exported to PNG/PDF by `dashboard.export`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,7 +20,6 @@ TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
 PREFIT_COLOUR = "#7fb3e6"
 POSTFIT_COLOUR = "#1f4e9c"
-STATUS_COLOURS = {"green": "#2ca02c", "amber": "#ff9f1c", "red": "#d62728", "unknown": "#999999"}
 
 # Quantiles of the chi2 distribution with one degree of freedom: the thresholds for 68 % and
 # 95 % intervals of a one-parameter profile-likelihood scan of q = -2 Delta ln L.
@@ -78,8 +78,9 @@ def empty_figure(message: str, *, title: str = "") -> go.Figure:
 
 
 def _is_validation(name: str) -> bool:
-    lowered = name.lower()
-    return lowered.startswith("val") or "valid" in lowered or lowered.endswith("_val")
+    """val_loss, validation_loss, loss_val, best_val_loss: any 'val'/'valid(ation)' token."""
+    tokens = set(re.split(r"[^a-z]+", name.lower()))
+    return bool(tokens & {"val", "valid", "validation", "holdout"})
 
 
 def _stacked_axes(titles: Sequence[str], heights: Sequence[float] | None = None,
@@ -203,17 +204,6 @@ def campaign_states(campaigns: pd.DataFrame, *, title: str = "Jobs by state", to
     return _layout(fig, title, height=140 + 30 * len(df))
 
 
-def job_states(counts: Mapping[str, int], *, title: str = "Jobs by state") -> go.Figure:
-    """A horizontal bar of job counts by state."""
-    items = [(k, int(v)) for k, v in counts.items() if int(v) > 0]
-    if not items:
-        return empty_figure("No jobs.", title=title)
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           text=[v for _, v in items], textposition="auto"))
-    fig.update_xaxes(title="jobs")
-    return _layout(fig, title, height=80 + 32 * len(items))
-
-
 # --------------------------------------------------------------------------- diagnostics
 
 
@@ -312,28 +302,6 @@ def roc(curve: pd.DataFrame, *, title: str = "ROC") -> go.Figure:
     fig.update_xaxes(title="false positive rate", range=[0, 1])
     fig.update_yaxes(title="true positive rate", range=[0, 1])
     return _layout(fig, title)
-
-
-def checks_table(checks: pd.DataFrame, *, title: str = "Checks") -> go.Figure:
-    """Traffic-light table of diagnostics checks (columns check, value, threshold, status)."""
-    if checks.empty:
-        return empty_figure("No checks.", title=title)
-    colours = [STATUS_COLOURS.get(s, STATUS_COLOURS["unknown"]) for s in checks["status"]]
-    fig = go.Figure(go.Table(
-        header={"values": ["", "check", "value", "threshold"], "align": "left"},
-        cells={"values": [["●"] * len(checks), checks["check"],
-                          [_fmt(v) for v in checks["value"]], checks["threshold"].astype(str)],
-               "font": {"color": [colours, "black", "black", "black"], "size": 13}, "align": "left"},
-    ))
-    return _layout(fig, title, height=120 + 28 * len(checks))
-
-
-def _fmt(v) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return f"{f:.4g}" if math.isfinite(f) else "n/a"
 
 
 # --------------------------------------------------------------------------- fit

@@ -12,11 +12,10 @@ Two kinds of functions live here, neither calls Streamlit:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -663,10 +662,6 @@ def spend_over_time(usage: pd.DataFrame, *, time_col: str = "day") -> pd.DataFra
     return out.sort_values("time").reset_index(drop=True)
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 # --------------------------------------------------------------------------- service loaders
 # Each calls one backend.service function (imported lazily: the service pulls in the database
 # layer, which the pure helpers above do not need) and returns plotting-ready frames.
@@ -680,10 +675,6 @@ def _service():
 
 def load_campaigns() -> pd.DataFrame:
     return campaigns_frame(_service().list_campaigns())
-
-
-def load_campaign(campaign_id: int) -> dict:
-    return as_dict(_service().get_campaign(campaign_id))
 
 
 def load_jobs(campaign_id: int | None = None, states: Sequence[str] | None = None, kind: str | None = None,

@@ -64,6 +64,11 @@ class LaunchRequest:
     time_limit_s: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Hardware asked for by the job (cloud launchers use it; the local one ignores it).
+    machine_type: str | None = None
+    gpu_type: str | None = None
+    spot: bool | None = None
+    zones: tuple[str, ...] = ()
 
     @property
     def instance_id(self) -> str:

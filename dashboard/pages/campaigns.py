@@ -43,7 +43,6 @@ def _campaign_list() -> None:
         widgets.nothing_yet("No campaigns yet: press “Demo campaign” or fill in the form below.")
         return
     df = df.sort_values("id", ascending=False)
-    widgets.chart(figures.campaign_states(df), "campaign-states", exportable=False)
     state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
     shown = [c for c in ("id", "name", "status", "progress", "n_jobs", *state_cols, "cost", "budget",
                          "estimate_cost", "created") if c in df]
@@ -73,6 +72,7 @@ def _campaign_list() -> None:
                 widgets.report_error(f"{name} failed", exc)
     if not selected:
         cols[3].caption("Select campaigns in the table for launch, cancel or retry.")
+    widgets.chart(figures.campaign_states(df), "campaign-states", exportable=False)
 
 
 # --------------------------------------------------------------------------- form

@@ -129,7 +129,8 @@ def _curves(db: str, campaign_id: int) -> None:
     if metrics.empty:
         widgets.nothing_yet("No training metrics yet: they appear as soon as a worker reports.")
         return
-    loss = metrics[metrics["name"].str.contains("loss", case=False)]
+    # train_loss and val_loss; best_val_loss (a running minimum) would only duplicate val_loss
+    loss = metrics[metrics["name"].str.contains("loss", case=False) & ~metrics["name"].str.startswith("best")]
     band = queries.ensemble_band(loss)
     widgets.chart(figures.loss_curves(loss, band, show_members=show_members,
                                       title=f"Training vs validation loss: {key}"), "loss")

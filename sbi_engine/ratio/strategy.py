@@ -3,7 +3,11 @@
 Stacking members under ``jax.vmap`` turns M small matmuls into one batched matmul, which is
 what makes small networks fast (per-step overhead is paid once) but multiplies memory by M.
 The choice is a cheap heuristic: the largest pack whose parameters, optimiser state and
-activations fit a fraction of the device's memory; all members at once when they fit.
+activations fit a fraction of the device's memory; all members at once when they fit. On a
+CPU a large network already keeps the cores busy with plain matrix products, and stacking
+members turns them into batched products that XLA's CPU backend runs slower
+(``nsbi bench train``: 7x1500 with M = 8 reached ~18 GFLOP/s in packs of one against ~11 vmapped),
+so there big networks train one member at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from dataclasses import dataclass
 import jax
 
 from .config import TrainConfig
-from .model import n_parameters
+from .model import macs_per_sample, n_parameters
+
+
+# Above this many multiply-accumulates per event, a CPU trains members one at a time.
+CPU_SEQUENTIAL_MACS = 250_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ def choose_layout(config: TrainConfig, n_features: int, n_train: int,
     if config.pack_size is not None:
         k = min(config.pack_size, m)
         return Layout("vmap" if k >= m else "packs", k, "pack_size given")
+    macs = macs_per_sample(n_features, config.hidden_layers, config.width)
+    if jax.default_backend() == "cpu" and macs >= CPU_SEQUENTIAL_MACS:
+        return Layout("packs", 1, f"CPU and a large network ({macs} MACs per event): one member at a time")
     budget = int(device_memory_bytes() * memory_fraction)
     per = bytes_per_member(config, n_features, n_train)
     k = max(1, min(m, budget // max(per, 1)))

@@ -146,3 +146,9 @@ def test_campaign_states_stacks_counts_newest_on_top():
     running = next(t for t in fig.data if t.name == "running")
     assert list(running.y) == ["1 · a", "2 · b"] and list(running.x) == [3, 0]  # newest (2) drawn last = top
     assert fig.layout.barmode == "stack"
+
+
+@pytest.mark.parametrize("name,val", [("val_loss", True), ("best_val_loss", True), ("validation_loss", True),
+                                      ("train_loss", False), ("interval", False), ("loss", False)])
+def test_validation_series_are_recognised(name, val):
+    assert figures._is_validation(name) is val

@@ -138,6 +138,7 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     shown = metric_values(at)
     assert shown["best-fit mu"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
     assert shown["Nuisance parameters"] == "5"
+    assert [b.label for b in at.download_button] == ["PNG", "PDF"]  # every chart is exportable
     titles = []
     for view in ("Pulls", "Impacts", "Correlations", "Scan", "Toys"):
         at.button_group(key="fit-view").set_value(view).run()

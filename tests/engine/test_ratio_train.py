@@ -13,10 +13,13 @@ from sbi_engine.ratio import (
     StopAfter,
     TrainCallbacks,
     TrainConfig,
+    Layout,
     choose_layout,
     train_ensemble,
 )
 from sbi_engine.ratio.prepare import RatioDataError
+from sbi_engine.ratio import strategy
+from sbi_engine.ratio.strategy import bytes_per_member
 
 NAMES = ("a", "b")
 MU_NUM, SD_NUM, SD_DEN, SD_PROPOSAL = 0.6, 1.0, 1.3, 1.6
@@ -180,10 +183,19 @@ def test_bad_inputs_are_reported_with_the_sample_source():
         train_ensemble(num, den, SMALL.replace(periodic_features=("phi",)))
 
 
-def test_auto_layout_packs_when_memory_is_short():
-    big = TrainConfig(hidden_layers=7, width=1500, members=64)
+def test_auto_layout_packs_when_memory_is_short(monkeypatch):
+    mid = TrainConfig(hidden_layers=2, width=256, members=64)
+    monkeypatch.setattr(strategy, "device_memory_bytes", lambda device=None: 8 << 30)  # a fixed 8 GiB device
     assert choose_layout(TrainConfig(members=8), 4, 10_000).strategy == "vmap"
-    layout = choose_layout(big, 4, 10_000, memory_fraction=1e-3)
-    assert layout.strategy == "packs" and 1 <= layout.pack_size < 64
-    assert sum(len(p) for p in layout.packs(64)) == 64
-    assert choose_layout(big.replace(strategy="vmap"), 4, 10).pack_size == 64
+    assert choose_layout(mid, 4, 10_000).strategy == "vmap"
+    per_member = bytes_per_member(mid, 4, 10_000)
+    layout = choose_layout(mid, 4, 10_000, memory_fraction=10.5 * per_member / (8 << 30))
+    assert layout.strategy == "packs" and layout.pack_size == 10
+    assert [len(p) for p in layout.packs(64)] == [10] * 6 + [4]
+
+
+def test_auto_layout_trains_big_networks_one_at_a_time_on_cpu():
+    big = TrainConfig(hidden_layers=7, width=1500, members=64)
+    assert choose_layout(big, 4, 10_000) == Layout("packs", 1, choose_layout(big, 4, 10_000).reason)
+    assert choose_layout(big.replace(strategy="vmap"), 4, 10).pack_size == 64  # the user's choice wins
+    assert choose_layout(big.replace(pack_size=4), 4, 10).pack_size == 4
