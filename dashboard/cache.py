@@ -66,7 +66,7 @@ def costs(db: str, group_by: tuple[str, ...]) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=SLOW_TTL_S / 3, show_spinner=False)
-def fit(db: str, campaign_id: int) -> tuple[queries.FitView, pd.DataFrame]:
+def fit(db: str, campaign_id: int) -> tuple[dict[int, queries.FitView], pd.DataFrame]:
     return queries.load_fit(campaign_id)
 
 

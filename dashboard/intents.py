@@ -6,6 +6,8 @@ here so the pages stay thin and these stay testable.
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,9 +37,6 @@ def create(config: Mapping[str, Any], *, launch: bool = False, owner: str = "das
 def create_demo(*, launch: bool = True) -> int:
     """The one-click demo campaign (the backend's built-in config, named uniquely)."""
     from backend.campaigns import DEMO_CONFIG
-
-    import copy
-    import datetime as dt
 
     config = copy.deepcopy(DEMO_CONFIG)
     config["name"] = f"demo-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
@@ -69,11 +68,11 @@ FIT_KINDS = ("fit", "impacts", "scan", "toys")
 
 
 def start_fit(campaign_id: int, request: Mapping[str, Any]) -> int:
-    """Start fit / impacts / scan / toys jobs on a campaign's trained ensembles.
+    """Start fit / impacts / scan / toys jobs on a campaign's trained ensembles; returns how many.
 
-    With `service.start_fit(campaign_id, request)` (new fit-like jobs on existing ensembles)
-    that is used. Otherwise the campaign's own fit-like jobs, created with it from the config
-    stages and still PENDING, are released with a launch request; returns how many there are.
+    `service.start_fit(campaign_id, request)` adds a new fit run (request keys: data, mu_true,
+    steps, scan {low, high, points}, toys). A backend without it falls back to releasing the
+    campaign's own still-PENDING fit-stage jobs with a launch request.
     """
     service = _service()
     fn = getattr(service, "start_fit", None)

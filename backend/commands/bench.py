@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--timed-calls", type=int, default=2, help="timed calls per configuration (after warm-up)")
     train.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="matmul dtype of the networks (bfloat16 is meant for GPUs)")
+    train.add_argument("--matmul-sizes", type=_int_list, default=None,
+                       help="square matmul sizes for the reference rate (default 1024,2048 on CPU, 4096,8192 on GPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(_bench_run=_run_train)
     for name, (module, help_text) in _DELEGATES.items():
@@ -83,7 +85,8 @@ def _run_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     plan = BenchPlan(models=tuple(args.models), members=tuple(args.members), strategies=tuple(args.strategies),
-                     pack_size=args.pack_size, timed_calls=args.timed_calls, dtype=args.dtype)
+                     pack_size=args.pack_size, timed_calls=args.timed_calls, dtype=args.dtype,
+                     matmul_sizes=tuple(args.matmul_sizes) if args.matmul_sizes else None)
     report = run_bench(plan, progress=not args.no_progress,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

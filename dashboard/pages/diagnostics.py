@@ -7,7 +7,11 @@ import streamlit as st
 from dashboard import cache, figures, queries, widgets
 
 VIEWS = ("Calibration", "Closure", "Ensemble spread", "Overtraining")
-LIGHTS = {"green": "🟢", "amber": "🟠", "red": "🔴", "unknown": "⚪"}
+# Streamlit badge colours (text badges: no emoji font needed in the browser or in screenshots)
+LIGHTS = {"green": "green", "amber": "orange", "red": "red", "unknown": "gray"}
+LABELS = {"closure_chi2_ndf": "closure χ²/ndf", "normalisation": "normalisation", "calibration": "calibration",
+          "overtraining": "overtraining", "ensemble_spread": "ensemble spread", "saturation": "saturation",
+          "auc": "AUC"}
 
 
 def diagnostics_page() -> None:
@@ -67,7 +71,8 @@ def _lights(checks) -> None:
     cols = st.columns(len(checks))
     for col, row in zip(cols, checks.itertuples()):
         value = queries.format_value(row.value)
-        col.markdown(f"{LIGHTS[row.status]} **{row.check.replace('_', ' ')}**  \n{value}  \n"
+        badge = f":{LIGHTS[row.status]}-badge[{row.status.upper()}]"
+        col.markdown(f"{badge}  \n**{LABELS.get(row.check, row.check)}**  \n{value}  \n"
                      f"<small>{row.threshold}</small>", unsafe_allow_html=True, help=row.description)
 
 

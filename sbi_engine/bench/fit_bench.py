@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=16384)
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many calls for nll/grad/hessian")
     parser.add_argument("--refit-nps", type=int, default=2, help="NPs used to time refit impacts")
     parser.add_argument("--no-iminuit", action="store_true", help="skip the iminuit baseline")
     parser.add_argument("--iminuit-max-s", type=float, default=1800.0,
@@ -165,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
 
     theta = model.init.copy()
     theta[model.n_free:] = 0.1
-    out["nll_s"], _ = timed(lambda: model.nll(theta), 2, "nll")
-    out["grad_s"], _ = timed(lambda: model.value_and_grad(theta), 2, "grad")
-    out["hessian_s"], _ = timed(lambda: model.value_grad_hessian(theta), 2, "hessian")
+    out["nll_s"], _ = timed(lambda: model.nll(theta), args.repeat, "nll")
+    out["grad_s"], _ = timed(lambda: model.value_and_grad(theta), args.repeat, "grad")
+    out["hessian_s"], _ = timed(lambda: model.value_grad_hessian(theta), args.repeat, "hessian")
     print(f"  nll {out['nll_s']:.3f} s, grad {out['grad_s']:.3f} s, hessian {out['hessian_s']:.3f} s", file=sys.stderr)
     out["fit_s"], res = timed(lambda: fit(model), 1, "fit")
     out["fit_converged"] = bool(res.converged)

@@ -58,6 +58,7 @@ class BenchPlan:
     dtype: str = "float32"
     n_features: int = 4
     n_train: int = 65536
+    matmul_sizes: tuple[int, ...] | None = None  # None: (1024, 2048) on CPU, (4096, 8192) on accelerators
 
     def batch(self, model: str, members: int, accelerator: bool) -> tuple[int, str | None]:
         if model == "3x64" or accelerator:
@@ -197,7 +198,7 @@ def run_bench(plan: BenchPlan | None = None, progress: bool = False,
     info = device_info()
     accelerator = info["backend"] != "cpu"
     t_start = time.perf_counter()
-    mm_start = matmul_gflops()
+    mm_start = matmul_gflops(plan.matmul_sizes)
     jobs = []
     for model in plan.models:
         for members in plan.members:
@@ -232,7 +233,7 @@ def run_bench(plan: BenchPlan | None = None, progress: bool = False,
                 f"{run['samples_per_s_per_member']:>12.0f} samples/s/member {run['gflops']:>8.1f} GFLOP/s")
     if bar is not None:
         bar.close()
-    mm_end = matmul_gflops()
+    mm_end = matmul_gflops(plan.matmul_sizes)
     matmul = max(mm_start["gflops"], mm_end["gflops"])
     for run in runs:
         run["fraction_of_matmul"] = run["gflops"] / matmul

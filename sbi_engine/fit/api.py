@@ -53,18 +53,17 @@ def covariance_from_hessian(H: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarra
     return cov, pd
 
 
-def newton_executable(model: Model, edm_tol: float, max_iter: int) -> Compiled:
-    """The compiled whole-fit function for this model (cached per tolerance / iteration cap)."""
-    key = ("newton", float(edm_tol), int(max_iter))
+def newton_executable(model: Model) -> Compiled:
+    """The compiled whole-fit function for this model: tolerance and iteration cap are runtime
+    arguments, so every fit, refit, scan point and Asimov fit shares one compilation."""
     cache = model.__dict__.setdefault("_fit_cache", {})
-    if key not in cache:
-        def run(theta0, fixed, lower, upper, data, aux):
+    if "newton" not in cache:
+        def run(theta0, fixed, lower, upper, data, aux, edm_tol, max_iter):
             vgh = lambda t: model.q_vgh(t, data, aux)  # noqa: E731
-            state, status = newton_minimize(vgh, theta0, fixed, lower, upper, edm_tol=edm_tol, max_iter=max_iter)
-            return state, status
+            return newton_minimize(vgh, theta0, fixed, lower, upper, edm_tol=edm_tol, max_iter=max_iter)
 
-        cache[key] = Compiled(run, f"newton_fit(tol={edm_tol},it={max_iter})", model.clock)
-    return cache[key]
+        cache["newton"] = Compiled(run, "newton_fit", model.clock)
+    return cache["newton"]
 
 
 def _lbfgs(model: Model, theta0: np.ndarray, mask: np.ndarray, data: Any, aux: Any) -> np.ndarray:
@@ -149,9 +148,9 @@ def fit(
     if backend != "newton":
         raise ValueError(f"unknown backend {backend!r}; use 'newton' or 'minuit'")
     t0 = time.perf_counter()
-    exe = newton_executable(model, edm_tol, max_iter)
+    exe = newton_executable(model)
     args = (jnp.asarray(theta0), jnp.asarray(mask), jnp.asarray(model.lower), jnp.asarray(model.upper), data,
-            jnp.asarray(aux_arr))
+            jnp.asarray(aux_arr), jnp.asarray(edm_tol, jnp.float64), jnp.asarray(max_iter, jnp.int32))
     state, status = exe(*args)
     status = int(status)
     method = "newton"

@@ -84,8 +84,13 @@ def refit_impacts(
     nuisances: Iterable[str] | None = None,
     pois: Sequence[str] | None = None,
     prefit: bool = True,
+    edm_tol: float = 1e-7,
 ) -> list[Impact]:
-    """Impacts by refitting with each nuisance fixed at +-sigma-hat (and +-1 if ``prefit``)."""
+    """Impacts by refitting with each nuisance fixed at +-sigma-hat (and +-1 if ``prefit``).
+
+    Refits start from the linear prediction; ``edm_tol`` 1e-7 bounds the error of each shift at
+    about 5e-4 sigma, far below the 10 % level at which impacts are compared.
+    """
     model = _model(target)
     C = result.covariance
     names = list(nuisances) if nuisances is not None else list(model.nuisance_names)
@@ -105,7 +110,7 @@ def refit_impacts(
             start = np.clip(start, model.lower, model.upper)
             fixed = {n: float(result.theta[model.index[n]]) for n in base_fixed}
             fixed[name] = target_val
-            r = fit(model, fixed=fixed, init=start)
+            r = fit(model, fixed=fixed, init=start, edm_tol=edm_tol)
             for p in pois:
                 delta[p][label] = float(r.theta[model.index[p]] - result.theta[model.index[p]])
         for p in pois:

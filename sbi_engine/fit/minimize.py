@@ -69,8 +69,8 @@ def newton_minimize(
     fixed: jnp.ndarray,
     lower: jnp.ndarray,
     upper: jnp.ndarray,
-    edm_tol: float = 1e-9,
-    max_iter: int = 60,
+    edm_tol: float | jnp.ndarray = 1e-9,
+    max_iter: int | jnp.ndarray = 60,
     max_reject: int = 25,
 ) -> tuple[NewtonState, jnp.ndarray]:
     """Minimise with bounds; traceable (``vgh`` must be), so it can be jitted and vmapped.

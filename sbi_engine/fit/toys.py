@@ -129,26 +129,26 @@ class ToyFits:
                             "converged": self.converged})
 
 
-def _batched_fit(tm: Model, edm_tol: float, max_iter: int) -> Compiled:
+def _batched_fit(tm: Model) -> Compiled:
     cache = tm.__dict__.setdefault("_fit_cache", {})
-    key = ("vfit", edm_tol, max_iter)
+    key = "vfit"
     if key not in cache:
-        def one(theta0, fixed, lower, upper, data, aux):
+        def one(theta0, fixed, lower, upper, data, aux, edm_tol, max_iter):
             state, status = newton_minimize(lambda t: tm.q_vgh(t, data, aux), theta0, fixed, lower, upper,
                                             edm_tol=edm_tol, max_iter=max_iter)
             return state.theta, state.q, state.H, status
 
-        cache[key] = Compiled(jax.vmap(one, in_axes=(0, None, None, None, 0, 0)), "toy_fits", tm.clock)
+        cache[key] = Compiled(jax.vmap(one, in_axes=(0, None, None, None, 0, 0, None, None)), "toy_fits", tm.clock)
     return cache[key]
 
 
 def fit_toys(target: Workspace | Model, toys: ToySet, fixed: Mapping[str, float] | None = None,
-             batch: int = 100, edm_tol: float = 1e-8, max_iter: int = 40) -> ToyFits:
+             batch: int = 100, edm_tol: float = 1e-8, max_iter: int = 30) -> ToyFits:
     """Fit every toy (vectorised in batches of ``batch``; one compilation per batch shape)."""
     model = _model(target)
     T, n_max = toys.index.shape
     tm = _toy_model(model, n_max)
-    exe = _batched_fit(tm, edm_tol, max_iter)
+    exe = _batched_fit(tm)
     mask, fvals = fixed_mask(model, fixed)
     theta0 = np.tile(toys.theta_true, (T, 1))
     for n, v in fvals.items():
@@ -168,7 +168,8 @@ def fit_toys(target: Workspace | Model, toys: ToySet, fixed: Mapping[str, float]
         data = jax.tree_util.tree_map(lambda a: a[jidx], {k: v for k, v in model.data.items() if k != "w"})
         data["w"] = jnp.asarray(cnt)
         theta, q, H, status = exe(jnp.asarray(th0), jnp.asarray(mask), jnp.asarray(model.lower),
-                                  jnp.asarray(model.upper), data, jnp.asarray(aux))
+                                  jnp.asarray(model.upper), data, jnp.asarray(aux),
+                                  jnp.asarray(edm_tol, jnp.float64), jnp.asarray(max_iter, jnp.int32))
         H = np.asarray(H)
         free = ~mask
         e = np.zeros((batch, model.n_params))

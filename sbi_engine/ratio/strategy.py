@@ -4,10 +4,10 @@ Stacking members under ``jax.vmap`` turns M small matmuls into one batched matmu
 what makes small networks fast (per-step overhead is paid once) but multiplies memory by M.
 The choice is a cheap heuristic: the largest pack whose parameters, optimiser state and
 activations fit a fraction of the device's memory; all members at once when they fit. On a
-CPU a large network already keeps the cores busy with plain matrix products, and stacking
-members turns them into batched products that XLA's CPU backend runs slower
-(``nsbi bench train``: 7x1500 with M = 8 reached ~18 GFLOP/s in packs of one against ~11 vmapped),
-so there big networks train one member at a time.
+CPU, stacking members turns plain matrix products into batched ones that XLA's CPU backend
+runs slower: ``nsbi bench train`` on the 2-core development machine gave, per member, 3x64
+M = 8: 31 GFLOP/s in packs of one against 21 vmapped; 7x1500 M = 8: 18 against 11 (a loaded
+machine, so rough). So on a CPU members train one at a time unless the user says otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from dataclasses import dataclass
 import jax
 
 from .config import TrainConfig
-from .model import macs_per_sample, n_parameters
-
-
-# Above this many multiply-accumulates per event, a CPU trains members one at a time.
-CPU_SEQUENTIAL_MACS = 250_000
+from .model import n_parameters
 
 
 @dataclass(frozen=True)
@@ -64,8 +60,9 @@ def bytes_per_member(config: TrainConfig, n_features: int, n_train: int) -> int:
 
 
 def choose_layout(config: TrainConfig, n_features: int, n_train: int,
-                  memory_fraction: float = 0.4) -> Layout:
-    """Resolve ``config.strategy`` / ``pack_size`` into a ``Layout``; the user's choice wins."""
+                  memory_fraction: float = 0.4, backend: str | None = None) -> Layout:
+    """Resolve ``config.strategy`` / ``pack_size`` into a ``Layout``; the user's choice wins.
+    ``backend`` defaults to JAX's default backend ("cpu", "gpu", "tpu")."""
     m = config.members
     if config.strategy == "vmap":
         return Layout("vmap", m, "requested")
@@ -75,9 +72,8 @@ def choose_layout(config: TrainConfig, n_features: int, n_train: int,
     if config.pack_size is not None:
         k = min(config.pack_size, m)
         return Layout("vmap" if k >= m else "packs", k, "pack_size given")
-    macs = macs_per_sample(n_features, config.hidden_layers, config.width)
-    if jax.default_backend() == "cpu" and macs >= CPU_SEQUENTIAL_MACS:
-        return Layout("packs", 1, f"CPU and a large network ({macs} MACs per event): one member at a time")
+    if (backend or jax.default_backend()) == "cpu":
+        return Layout("vmap" if m == 1 else "packs", 1, "CPU: batched matmuls are slower there; one member at a time")
     budget = int(device_memory_bytes() * memory_fraction)
     per = bytes_per_member(config, n_features, n_train)
     k = max(1, min(m, budget // max(per, 1)))

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))  # for `import seed`
+sys.path.insert(0, str(HERE))  # for `import dash_testkit`
 
-import seed as seed_module  # noqa: E402
+import dash_testkit as seed_module  # noqa: E402
 
 
 @pytest.fixture
@@ -42,7 +41,3 @@ def empty_db(nsbi_env):
 @pytest.fixture
 def seeded(nsbi_env):
     return seed_module.seed(nsbi_env)
-
-
-def page(name: str) -> str:
-    return str(REPO / "dashboard" / "pages" / f"{name}.py")

@@ -30,10 +30,10 @@ def test_matmul_rate_is_positive_and_per_size():
 def test_cli_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
     rc = cli.main(["bench", "train", "--json", str(out), "--models", "3x64", "--members", "1,2",
-                   "--timed-calls", "1", "--no-progress"])
+                   "--timed-calls", "1", "--matmul-sizes", "512", "--no-progress"])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert report["matmul_gflops"] > 0
+    assert report["matmul_gflops"] > 0 and set(report["matmul"]["start"]["per_size"]) == {"512"}
     runs = report["runs"]
     assert {(r["model"], r["members"], r["strategy"]) for r in runs} == {
         ("3x64", m, s) for m in (1, 2) for s in ("vmap", "packs")}

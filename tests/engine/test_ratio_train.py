@@ -13,7 +13,6 @@ from sbi_engine.ratio import (
     StopAfter,
     TrainCallbacks,
     TrainConfig,
-    Layout,
     choose_layout,
     train_ensemble,
 )
@@ -42,7 +41,7 @@ def gaussian_samples(n, seed):
 
 
 SMALL = TrainConfig(hidden_layers=2, width=32, members=2, batch_size=256, max_steps=60, eval_every=20,
-                    checkpoint_every=20, learning_rate=3e-3, seed=3)
+                    checkpoint_every=20, learning_rate=3e-3, seed=3, strategy="vmap")
 
 
 def leaves(ensemble):
@@ -92,7 +91,7 @@ class WriteOnceCheckpointer(DirectoryCheckpointer):
 
 def test_resume_ends_with_bitwise_identical_parameters(small_data, tmp_path):
     num, den = small_data
-    config = SMALL.replace(pack_size=1)  # two packs, so the resume crosses a pack boundary too
+    config = SMALL.replace(strategy="packs", pack_size=1)  # two packs: the resume crosses a pack boundary too
     reference = train_ensemble(num, den, config)
 
     ckpt = WriteOnceCheckpointer(tmp_path / "ckpt", keep=2)
@@ -186,16 +185,18 @@ def test_bad_inputs_are_reported_with_the_sample_source():
 def test_auto_layout_packs_when_memory_is_short(monkeypatch):
     mid = TrainConfig(hidden_layers=2, width=256, members=64)
     monkeypatch.setattr(strategy, "device_memory_bytes", lambda device=None: 8 << 30)  # a fixed 8 GiB device
-    assert choose_layout(TrainConfig(members=8), 4, 10_000).strategy == "vmap"
-    assert choose_layout(mid, 4, 10_000).strategy == "vmap"
+    assert choose_layout(TrainConfig(members=8), 4, 10_000, backend="gpu").strategy == "vmap"
+    assert choose_layout(mid, 4, 10_000, backend="gpu").strategy == "vmap"
     per_member = bytes_per_member(mid, 4, 10_000)
-    layout = choose_layout(mid, 4, 10_000, memory_fraction=10.5 * per_member / (8 << 30))
+    layout = choose_layout(mid, 4, 10_000, memory_fraction=10.5 * per_member / (8 << 30), backend="gpu")
     assert layout.strategy == "packs" and layout.pack_size == 10
     assert [len(p) for p in layout.packs(64)] == [10] * 6 + [4]
 
 
-def test_auto_layout_trains_big_networks_one_at_a_time_on_cpu():
+def test_auto_layout_trains_one_member_at_a_time_on_cpu():
     big = TrainConfig(hidden_layers=7, width=1500, members=64)
-    assert choose_layout(big, 4, 10_000) == Layout("packs", 1, choose_layout(big, 4, 10_000).reason)
+    for config in (big, TrainConfig(members=8)):
+        layout = choose_layout(config, 4, 10_000, backend="cpu")
+        assert (layout.strategy, layout.pack_size) == ("packs", 1)
     assert choose_layout(big.replace(strategy="vmap"), 4, 10).pack_size == 64  # the user's choice wins
     assert choose_layout(big.replace(pack_size=4), 4, 10).pack_size == 4

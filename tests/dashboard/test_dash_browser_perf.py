@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import ARTIFACTS, CHROMIUM, chromium_page, streamlit_server, wait_title
+from dash_browser import ARTIFACTS, CHROMIUM, chromium_page, streamlit_server, wait_title
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,7 +55,7 @@ def _on_page(page, title: str) -> str:
 
 
 def test_every_page_renders_within_budget(tmp_path, monkeypatch):
-    import seed
+    import dash_testkit as seed
 
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
@@ -104,7 +104,7 @@ def _server_times() -> dict[str, float]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from conftest import page
+    from dash_testkit import page
 
     out = {}
     for title, name in (("Campaigns", "campaigns"), ("Monitor", "monitor"), ("Diagnostics", "diagnostics"),

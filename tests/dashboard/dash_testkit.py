@@ -1,4 +1,4 @@
-"""Seed a control-plane database for dashboard tests with bulk inserts.
+"""Dashboard test kit: page paths, and seeding a control-plane database with bulk inserts.
 
 Rows go straight into the tables (SQLAlchemy Core executemany), so a database with 1,000 jobs
 and 1,000,000 metric points is written in seconds. The numbers are generated from a seeded
@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
 from backend.campaigns import DEMO_CONFIG, validate_config
 from backend.db import Attempt, Campaign, FitResult, Job, MetricPoint, ResourceSample, get_engine, init_db
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def page(name: str) -> str:
+    """Absolute path of a page script (AppTest resolves relative paths against the caller)."""
+    return str(REPO / "dashboard" / "pages" / f"{name}.py")
+
 
 STATES = ("SUCCEEDED", "RUNNING", "PENDING", "FAILED", "PREEMPTED", "CANCELLED", "LAUNCHING")
 NPS = ("m4l_scale", "bkg_norm", "gg_scale", "lumi", "jes")

@@ -7,7 +7,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, page
+from dash_testkit import REPO, page
 
 TIMEOUT = 60
 
@@ -170,14 +170,14 @@ def test_diagnostics_page_nothing_yet(seeded):
 
 
 def test_diagnostics_page_lights_and_charts(nsbi_env):
-    import seed
+    import dash_testkit as seed
 
     seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
     at = run_page("diagnostics")
     assert at.selectbox(key="diag-task").options == ["task0", "task1", "task2"]
     lights = " ".join(m.value for m in at.markdown)
-    assert "🟠 **closure chi2 ndf**" in lights and "green ≤ 1.5, amber ≤ 3" in lights
-    assert "🔴 **overtraining**" in lights and "🟢 **auc**" in lights
+    assert ":orange-badge[AMBER]  \n**closure χ²/ndf**  \n2" in lights and "green ≤ 1.5, amber ≤ 3" in lights
+    assert ":red-badge[RED]  \n**overtraining**" in lights and ":green-badge[GREEN]  \n**AUC**" in lights
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert titles == ["Calibration: task0", "ROC: task0"]
     at.button_group(key="diag-view").set_value("Closure").run()

@@ -79,7 +79,7 @@ def test_traffic_light(value, check, expected):
 
 
 def test_diagnostics_view_of_engine_output():
-    from seed import engine_diagnostics
+    from dash_testkit import engine_diagnostics
 
     v = queries.diagnostics_view("S_vs_B", engine_diagnostics())
     c = v.checks.set_index("check")
@@ -102,7 +102,7 @@ def test_diagnostics_view_of_engine_output():
 
 
 def _fit_rows(**extra_jobs):
-    import seed
+    import dash_testkit as seed
 
     payloads = seed.fit_payloads(np.random.default_rng(0))
     rows = [{"job_id": i, "job_name": k, "kind": k, "payload": v} for i, (k, v) in enumerate(payloads.items())]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from browser_util import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
 
 pytestmark = [
     pytest.mark.browser,
@@ -116,7 +116,7 @@ def test_form_launch_and_live_monitor(tmp_path, monkeypatch):
 
 
 def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
-    import seed
+    import dash_testkit as seed
     from backend import service
 
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
