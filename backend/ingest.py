@@ -121,10 +121,12 @@ def ingest_result(session: Session, job: Job, attempt: Attempt, job_store: Artif
         if isinstance(uri, str):
             jobs_repo.record_artifact(session, job.id, str(kind)[:32], uri, attempt_no=attempt.attempt_no,
                                       size_bytes=_size(job_store, uri))
+    summary = result.get("summary") or {}
     if job.kind in FIT_KINDS:
-        summary = result.get("summary") or {}
         mu_hat, sigma = _mu_sigma(summary)
         jobs_repo.record_fit_result(session, job, summary, mu_hat=mu_hat, sigma=sigma)
+    elif job.kind == "train":  # its diagnostics feed the dashboard's Diagnostics page
+        jobs_repo.record_fit_result(session, job, summary)
     return result
 
 

@@ -142,8 +142,33 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         "steps_run": int(result.steps_run) - int(resumed or 0),  # steps executed by this attempt
         "seconds": float(result.seconds),
         "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},  # type: ignore[union-attr]
+        "diagnostics": ensemble_diagnostics(result.ensemble, p, numerator, denominator),
     }
     return {"artifacts": {"ensemble": uri}, "summary": summary}
+
+
+def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominator: Any) -> dict[str, Any]:
+    """Calibration, closure, normalisation, AUC and overtraining of a freshly trained ensemble.
+
+    Demo samples are re-simulated with new seeds, so the checks run on events the networks
+    never saw; file samples have no independent copy here, so their checks run on the
+    training samples and say so (``held_out`` false). A failure is reported, never fatal:
+    the trained ensemble is what the job is for.
+    """
+    from sbi_engine.data import load_sample_spec
+    from sbi_engine.fit_jobs import fresh_sample_spec
+    from sbi_engine.ratio import diagnostics
+
+    try:
+        specs = (params["numerator"], params["denominator"])
+        held_out = all(isinstance(s, dict) and "demo" in s for s in specs)
+        num_h, den_h = ((load_sample_spec(fresh_sample_spec(s)) for s in specs) if held_out
+                        else (numerator, denominator))
+        out = diagnostics(ensemble, num_h, den_h, train_numerator=numerator, train_reference=denominator).to_dict()
+        out["held_out"] = held_out
+        return out
+    except Exception as exc:  # noqa: BLE001 - reported in the result, shown by the dashboard
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def local_path(uri: str, tmpdir: Path) -> Path:

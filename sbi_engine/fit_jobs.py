@@ -33,7 +33,7 @@ def _is_demo(spec: Mapping[str, Any]) -> bool:
     return isinstance(spec, Mapping) and "demo" in spec
 
 
-def _fresh(spec: Mapping[str, Any]) -> dict[str, Any]:
+def fresh_sample_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The same sample definition with new random draws (demo specs only)."""
     if not _is_demo(spec):
         return dict(spec)
@@ -93,7 +93,7 @@ def asimov_data(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> S
         c = float(parse_expression(coefficients[proc], ["mu"], where=f"process {proc!r}")({"mu": mu}, np))
         if abs(c) < 1e-12:
             continue
-        s = load_sample_spec(_fresh(spec))
+        s = load_sample_spec(fresh_sample_spec(spec))
         parts.append(Sample(s.features, s.weights * c, s.names, f"asimov[{proc}]"))
     return Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
                   parts[0].names, f"Asimov at mu={mu}")

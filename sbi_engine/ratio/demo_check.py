@@ -24,8 +24,10 @@ from .train import train_ensemble
 DEFAULT_TASKS: tuple[dict[str, Any], ...] = (
     {"name": "S/B", "num": "S", "den": "B"},
     {"name": "SBI/B", "num": "SBI", "den": "B"},
-    {"name": "B(m4l_scale=+1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": 1.0}},
-    {"name": "B(m4l_scale=-1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": -1.0}},
+    # Shape ratios of a systematic are small effects: they converge in fewer steps, and training
+    # twice as long only absorbs sample noise (closure chi2/ndf 2.02 / 2.07 at 2000 steps).
+    {"name": "B(m4l_scale=+1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": 1.0}, "max_steps": 1000},
+    {"name": "B(m4l_scale=-1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": -1.0}, "max_steps": 1000},
 )
 
 
@@ -42,6 +44,7 @@ class TaskCheck:
     normalization_error: float
     auc: float
     mean_spread: float
+    explained_variance: float  # 1 - var(log r-hat - log r) / var(log r) over reference events
     steps_run: int
     train_seconds: float
 
@@ -92,6 +95,7 @@ def check_task(task: dict[str, Any], n_events: int, config: TrainConfig, seed: i
         normalization_error=diag.normalization_error,
         auc=diag.auc,
         mean_spread=float(np.mean(spread)),
+        explained_variance=float(1.0 - np.var(log_r - truth) / np.var(truth)),
         steps_run=result.steps_run,
         train_seconds=seconds,
     )
@@ -111,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in DEFAULT_TASKS if args.tasks == "all" or t["name"] in args.tasks.split(",")]
     out = []
     for task in tasks:
-        check = check_task(task, args.events, config, progress=True)
-        out.append({**check.__dict__, "passes": check.passes()})
+        task_config = config if args.max_steps else config.replace(max_steps=task.get("max_steps", config.max_steps))
+        check = check_task(task, args.events, task_config, progress=True)
+        out.append({**check.__dict__, "passes": check.passes(), "config": task_config.to_dict()})
         print(json.dumps(out[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:

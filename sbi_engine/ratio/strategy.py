@@ -5,9 +5,10 @@ what makes small networks fast (per-step overhead is paid once) but multiplies m
 The choice is a cheap heuristic: the largest pack whose parameters, optimiser state and
 activations fit a fraction of the device's memory; all members at once when they fit. On a
 CPU, stacking members turns plain matrix products into batched ones that XLA's CPU backend
-runs slower: ``nsbi bench train`` on the 2-core development machine gave, per member, 3x64
-M = 8: 31 GFLOP/s in packs of one against 21 vmapped; 7x1500 M = 8: 18 against 11 (a loaded
-machine, so rough). So on a CPU members train one at a time unless the user says otherwise.
+runs slower: ``nsbi bench train`` on the 2-core development machine gave 7x1500, M = 8:
+18 GFLOP/s in packs of one against 11 vmapped. So on a CPU large networks train one member at
+a time. (3x64 showed the same trend, 31 against 21 GFLOP/s, but on a heavily loaded machine;
+small networks keep the memory rule until an idle-machine bench confirms it.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from dataclasses import dataclass
 import jax
 
 from .config import TrainConfig
-from .model import n_parameters
+from .model import macs_per_sample, n_parameters
+
+
+# On a CPU, networks with at least this many multiply-accumulates per event train one member
+# at a time (3x64: 8.5k, 3x256: 133k, 7x1500: 13.5M).
+CPU_SEQUENTIAL_MACS = 250_000
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,9 @@ def choose_layout(config: TrainConfig, n_features: int, n_train: int,
     if config.pack_size is not None:
         k = min(config.pack_size, m)
         return Layout("vmap" if k >= m else "packs", k, "pack_size given")
-    if (backend or jax.default_backend()) == "cpu":
-        return Layout("vmap" if m == 1 else "packs", 1, "CPU: batched matmuls are slower there; one member at a time")
+    macs = macs_per_sample(n_features, config.hidden_layers, config.width)
+    if (backend or jax.default_backend()) == "cpu" and macs >= CPU_SEQUENTIAL_MACS and m > 1:
+        return Layout("packs", 1, f"CPU and a large network ({macs} MACs per event): one member at a time")
     budget = int(device_memory_bytes() * memory_fraction)
     per = bytes_per_member(config, n_features, n_train)
     k = max(1, min(m, budget // max(per, 1)))

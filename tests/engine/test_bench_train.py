@@ -10,7 +10,7 @@ from sbi_engine.bench.train_bench import BenchPlan, matmul_gflops, run_bench, ti
 from sbi_engine.ratio.model import macs_per_sample
 
 
-@pytest.mark.parametrize("strategy,packs", [("vmap", 1), ("packs", 3)])
+@pytest.mark.parametrize("strategy,packs", [("packs", 3)])  # vmap: covered by the CLI test
 def test_time_training_reports_consistent_figures(strategy, packs):
     run = time_training("3x64", members=3, strategy=strategy, pack_size=1, batch=256, steps_per_call=5,
                         timed_calls=1, n_train=4096)
