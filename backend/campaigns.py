@@ -589,7 +589,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "members_per_job": 2,
         "seed": 0,
         "params": {"hidden_layers": 2, "width": 32, "max_steps": 400, "eval_every": 50,
-                   "batch_size": 512, "checkpoint_every": 100},
+                   "batch_size": 512, "checkpoint_every": 100, "periodic_features": ["phi"]},
     },
     "fit": {"enabled": True, "data": "asimov", "mu_true": 1.0, "nuisances": ["bkg_norm", "gg_scale"]},
     "impacts": {"enabled": True, "nps_per_job": 2},

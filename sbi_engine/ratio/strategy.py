@@ -3,12 +3,13 @@
 Stacking members under ``jax.vmap`` turns M small matmuls into one batched matmul, which is
 what makes small networks fast (per-step overhead is paid once) but multiplies memory by M.
 The choice is a cheap heuristic: the largest pack whose parameters, optimiser state and
-activations fit a fraction of the device's memory; all members at once when they fit. On a
-CPU, stacking members turns plain matrix products into batched ones that XLA's CPU backend
-runs slower: ``nsbi bench train`` on the 2-core development machine gave 7x1500, M = 8:
-18 GFLOP/s in packs of one against 11 vmapped. So on a CPU large networks train one member at
-a time. (3x64 showed the same trend, 31 against 21 GFLOP/s, but on a heavily loaded machine;
-small networks keep the memory rule until an idle-machine bench confirms it.)
+activations fit a fraction of the device's memory; all members at once when they fit.
+
+Measured with ``nsbi bench train`` on the 2-core development CPU (load 4-8, per-member
+GFLOP/s, vmap vs packs of one): 7x1500 M=8 66 vs 65, M=32 54 vs 49; 3x64 M=8 18 vs 26,
+M=32 24 vs 26. So on a CPU stacking is as fast or faster for big networks and up to ~1.4x
+slower for tiny ones, where the wall time is small anyway; the memory rule is kept everywhere
+and ``strategy="packs", pack_size=1`` is the override for tiny networks on a CPU.
 """
 
 from __future__ import annotations
@@ -18,12 +19,7 @@ from dataclasses import dataclass
 import jax
 
 from .config import TrainConfig
-from .model import macs_per_sample, n_parameters
-
-
-# On a CPU, networks with at least this many multiply-accumulates per event train one member
-# at a time (3x64: 8.5k, 3x256: 133k, 7x1500: 13.5M).
-CPU_SEQUENTIAL_MACS = 250_000
+from .model import n_parameters
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,8 @@ def bytes_per_member(config: TrainConfig, n_features: int, n_train: int) -> int:
 
 
 def choose_layout(config: TrainConfig, n_features: int, n_train: int,
-                  memory_fraction: float = 0.4, backend: str | None = None) -> Layout:
-    """Resolve ``config.strategy`` / ``pack_size`` into a ``Layout``; the user's choice wins.
-    ``backend`` defaults to JAX's default backend ("cpu", "gpu", "tpu")."""
+                  memory_fraction: float = 0.4) -> Layout:
+    """Resolve ``config.strategy`` / ``pack_size`` into a ``Layout``; the user's choice wins."""
     m = config.members
     if config.strategy == "vmap":
         return Layout("vmap", m, "requested")
@@ -78,9 +73,6 @@ def choose_layout(config: TrainConfig, n_features: int, n_train: int,
     if config.pack_size is not None:
         k = min(config.pack_size, m)
         return Layout("vmap" if k >= m else "packs", k, "pack_size given")
-    macs = macs_per_sample(n_features, config.hidden_layers, config.width)
-    if (backend or jax.default_backend()) == "cpu" and macs >= CPU_SEQUENTIAL_MACS and m > 1:
-        return Layout("packs", 1, f"CPU and a large network ({macs} MACs per event): one member at a time")
     budget = int(device_memory_bytes() * memory_fraction)
     per = bytes_per_member(config, n_features, n_train)
     k = max(1, min(m, budget // max(per, 1)))

@@ -185,18 +185,16 @@ def test_bad_inputs_are_reported_with_the_sample_source():
 def test_auto_layout_packs_when_memory_is_short(monkeypatch):
     mid = TrainConfig(hidden_layers=2, width=256, members=64)
     monkeypatch.setattr(strategy, "device_memory_bytes", lambda device=None: 8 << 30)  # a fixed 8 GiB device
-    assert choose_layout(TrainConfig(members=8), 4, 10_000, backend="gpu").strategy == "vmap"
-    assert choose_layout(mid, 4, 10_000, backend="gpu").strategy == "vmap"
+    assert choose_layout(TrainConfig(members=8), 4, 10_000).strategy == "vmap"
+    assert choose_layout(mid, 4, 10_000).strategy == "vmap"
     per_member = bytes_per_member(mid, 4, 10_000)
-    layout = choose_layout(mid, 4, 10_000, memory_fraction=10.5 * per_member / (8 << 30), backend="gpu")
+    layout = choose_layout(mid, 4, 10_000, memory_fraction=10.5 * per_member / (8 << 30))
     assert layout.strategy == "packs" and layout.pack_size == 10
     assert [len(p) for p in layout.packs(64)] == [10] * 6 + [4]
 
 
-def test_auto_layout_trains_big_networks_one_member_at_a_time_on_cpu():
+def test_auto_layout_honours_the_users_choice():
     big = TrainConfig(hidden_layers=7, width=1500, members=64)
-    layout = choose_layout(big, 4, 10_000, backend="cpu")
-    assert (layout.strategy, layout.pack_size) == ("packs", 1)
-    assert choose_layout(TrainConfig(members=8), 4, 10_000, backend="cpu").strategy == "vmap"
-    assert choose_layout(big.replace(strategy="vmap"), 4, 10).pack_size == 64  # the user's choice wins
+    assert choose_layout(big.replace(strategy="vmap"), 4, 10).pack_size == 64
+    assert choose_layout(big.replace(strategy="packs"), 4, 10).pack_size == 1
     assert choose_layout(big.replace(pack_size=4), 4, 10).pack_size == 4

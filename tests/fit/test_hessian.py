@@ -44,8 +44,14 @@ def test_chunked_hessian_equals_jax_hessian_unchunked(small):
     assert np.max(np.abs(g - g_ref)) <= 1e-10 * np.max(np.abs(g_ref))
     assert np.max(np.abs(H - H_ref)) <= 1e-8 * np.max(np.abs(H_ref))
     np.testing.assert_allclose(H, H_ref, rtol=1e-8, atol=1e-8 * np.max(np.abs(H_ref)))
+
+
+@pytest.mark.slow
+def test_hessian_vector_products(small):
+    m, th, args = small
+    H = m.hessian(th)
     v = np.random.default_rng(1).normal(size=m.n_params)
-    np.testing.assert_allclose(m.hvp(th, v), H_ref @ v, rtol=1e-8, atol=1e-8 * np.max(np.abs(H_ref @ v)))
+    np.testing.assert_allclose(m.hvp(th, v), H @ v, rtol=1e-8, atol=1e-8 * np.max(np.abs(H @ v)))
 
 
 @pytest.mark.slow
