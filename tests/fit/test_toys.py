@@ -46,7 +46,7 @@ def big_model():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=("KNOWN FAILURE (see report): toys resampled at mu=1 run away (about 25-35 % of toys) to an NP at -5 and mu ~ 3-6, a lower q than near the truth, because the specified nu(theta) ignores the normalisation of code-4 shape factors, which the interference coefficients amplify"))
+@pytest.mark.xfail(run=False, strict=True, reason=("KNOWN FAILURE (see report): toys resampled at mu=1 run away (about 25-35 % of toys) to an NP at -5 and mu ~ 3-6, a lower q than near the truth, because the specified nu(theta) ignores the normalisation of code-4 shape factors, which the interference coefficients amplify"))
 def test_500_toys_pulls_and_coverage_at_mu_1(big_model):
     st = toy_study(big_model, 500, seed=123, batch=125)
     assert st["n_converged"] >= 495, st
@@ -56,7 +56,7 @@ def test_500_toys_pulls_and_coverage_at_mu_1(big_model):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="same runaway toys as test_500_toys_pulls_and_coverage_at_mu_1")
+@pytest.mark.xfail(run=False, strict=True, reason="same runaway toys as test_500_toys_pulls_and_coverage_at_mu_1")
 def test_neyman_belt_is_close_to_wilks(big_model):
     from sbi_engine.fit.toys import neyman_construction
 
