@@ -147,9 +147,19 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
         engine.dispose()
 
 
+# the demo training: ~STEPS ms of steps on 2 busy cores, a checkpoint at every evaluation
+STEPS, EVERY = 4000, 200
+
+
 def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator, tmp_path, waiter):
     """A real (tiny) training campaign from a config: service -> controller -> VM -> JAX worker
-    -> ensemble in the emulated bucket. The fit stage is left out to keep it short."""
+    -> ensemble in the emulated bucket. The fit stage is left out to keep it short.
+
+    The training job's spot VM is preempted once its first checkpoint is in the bucket; the
+    worker stops at the next evaluation boundary, saves a checkpoint and exits "preempted", and
+    the controller relaunches it on a new VM, which resumes from that checkpoint. The training
+    lasts a few seconds past the first checkpoint (many steps, checkpoint every evaluation) so
+    the preemption always lands mid-training."""
     from backend import service
 
     engine = init_db(create_engine(f"sqlite:///{tmp_path / 'nsbi.db'}"))
@@ -164,8 +174,8 @@ def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator,
         "processes": {"S": demo("S", 1), "B": demo("B", 3)},
         "reference": "B",
         "training": {"ensemble_size": 2, "members_per_job": 2,
-                     "params": {"hidden_layers": 1, "width": 8, "max_steps": 40, "eval_every": 20,
-                                "batch_size": 256, "checkpoint_every": 20}},
+                     "params": {"hidden_layers": 2, "width": 64, "max_steps": STEPS, "eval_every": EVERY,
+                                "batch_size": 1024, "checkpoint_every": EVERY, "patience": 10_000}},
         "fit": {"enabled": False}, "impacts": {"enabled": False}, "scan": {"enabled": False},
     }
     campaign_id = service.create_campaign(config, engine=engine)
@@ -179,25 +189,53 @@ def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator,
         env={"STORAGE_EMULATOR_HOST": gcs_emulator, "NSBI_WORKER_INTERVAL_S": "0.5"}))
     controller = Controller(engine, store, {"gce": launcher},
                             ControllerConfig(tick_interval_s=0.3, heartbeat_timeout_s=120, startup_timeout_s=240))
+    preempted: dict[str, object] = {}  # vm, first checkpoint step, time
     try:
         def finished() -> bool:
             assert not controller.tick().errors
-            return all(JobStatus(j.status).is_terminal() for j in _jobs(engine).values())
+            jobs = list(_jobs(engine).values())
+            if not preempted and len(jobs) == 1 and jobs[0].status == JobStatus.RUNNING and jobs[0].uri:
+                steps = [step for step, _ in list_segments(GCSStore(jobs[0].uri), layout.checkpoints_prefix(1))]
+                if steps:  # the first checkpoint is in the bucket: preempt the spot VM now
+                    vm = _attempts(engine, jobs[0].name)[0].instance_id
+                    fake.preempt(vm, grace_s=20.0)
+                    preempted.update(vm=vm, first=min(steps), at=time.time())
+            return all(JobStatus(j.status).is_terminal() for j in jobs)
 
+        t0 = time.time()
         waiter(finished, timeout=240, every=0.3, what="campaign finished")
         jobs = _jobs(engine)
         logs = {p.name: p.read_text()[-800:] for p in tmp_path.glob("*.log")}
         assert {j.status for j in jobs.values()} == {JobStatus.SUCCEEDED}, (jobs, logs)
         (job,) = jobs.values()
         assert job.kind == "train" and job.machine_type == "n1-standard-4"
-        vm = _attempts(engine, job.name)[0].instance_id
-        result = json.loads(GCSStore(job.uri).get_bytes(layout.result_key(1)))
+        assert preempted, "the training job never had a checkpoint to be preempted after"
+
+        # the first attempt was preempted mid-training; the second, on a new VM, resumed from
+        # its checkpoint and ran only the remaining steps
+        attempts = _attempts(engine, job.name)
+        assert [a.status for a in attempts] == [JobStatus.PREEMPTED, JobStatus.SUCCEEDED], logs
+        assert attempts[0].instance_id == preempted["vm"] and attempts[1].instance_id != preempted["vm"]
+        jstore = GCSStore(job.uri)
+        assert json.loads(jstore.get_bytes(layout.exit_key(1)))["status"] == "preempted"
+        saved = [step for step, _ in list_segments(jstore, layout.checkpoints_prefix(1))]
+        result = json.loads(jstore.get_bytes(layout.result_key(2)))
+        summary = result["summary"]
+        print(f"first checkpoint {preempted['first']}, attempt-1 checkpoints {saved}, resumed_from "
+              f"{summary['resumed_from']}, steps_run {summary['steps_run']} of {summary['steps_total']}, "
+              f"preempted {preempted['at'] - t0:.1f} s in, campaign {time.time() - t0:.1f} s")
+        assert summary["resumed_from"] is not None and summary["resumed_from"] >= preempted["first"]
+        assert summary["resumed_from"] == max(saved) < STEPS  # the checkpoint written on SIGTERM
+        assert summary["steps_total"] == STEPS  # 2 members, one pack; patience never ends it early
+        assert 0 < summary["steps_run"] == STEPS - summary["resumed_from"] < STEPS
+
         ensemble_uri = result["artifacts"]["ensemble"]
         assert ensemble_uri.startswith(store.uri + "/campaigns/")
         parent, _, name = ensemble_uri.rpartition("/")
         assert len(GCSStore(parent).get_bytes(name)) > 100
-        assert fake.stats.inserts_by_zone == {ZONES[0]: 1} and vm
+        assert fake.stats.inserts_by_zone == {ZONES[0]: 2}
         waiter(lambda: fake.instances() == [], timeout=20, what="no VM left")
+        assert [s for s in launcher.list_instances() if s.state.is_alive()] == []
     finally:
         launcher.close()
         fake.stop()
