@@ -170,6 +170,13 @@ class Controller:
             zones=tuple(job.zones or ()),
         )
 
+    def _launch_failed(self, s: Session, job: Job, attempt: Any, exc: Exception, report: TickReport) -> None:
+        """End an attempt whose launch the launcher refused (not a capacity wait)."""
+        jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=f"launch failed: {exc}",
+                              now=self.clock())
+        s.commit()
+        report.failed += 1
+
     def _check_store(self) -> None:
         """Fail before touching the database when the store root has gone away."""
         root = getattr(self.store, "root", None)
@@ -236,10 +243,7 @@ class Controller:
             try:
                 launcher = self.launcher(attempt.launcher)
             except LauncherError as exc:
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=f"launch failed: {exc}",
-                                      now=self.clock())
-                s.commit()
-                report.failed += 1
+                self._launch_failed(s, job, attempt, exc, report)
                 return
             if job.cancel_requested or campaign.status == CampaignStatus.CANCELLING:
                 launcher.cancel(request.instance_id)  # in case a crashed pass had started it
@@ -256,10 +260,7 @@ class Controller:
                 log.info("controller: %s waits for capacity: %s", request.instance_id, exc)
                 return  # stays LAUNCHING; tried again next pass
             except LauncherError as exc:
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=f"launch failed: {exc}",
-                                      now=self.clock())
-                s.commit()
-                report.failed += 1
+                self._launch_failed(s, job, attempt, exc, report)
                 return
             jobs_repo.mark_launched(s, job, attempt, handle.instance_id, now=self.clock())
             s.commit()

@@ -67,6 +67,15 @@ class ArtifactStore(Protocol):
 
 # ---------------------------------------------------------------- helpers over any store
 
+
+def check_key(key: str) -> str:
+    """A normalised store key; refuses empty, '.', '..' and '//' parts (no escaping the root)."""
+    key = key.strip("/")
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid store key {key!r}: use a relative path without '.', '..' or '//'")
+    return key
+
 SEGMENT_DIGITS = 8
 
 

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-from backend.stores.base import ObjectNotFound, StoreError
+from backend.stores.base import ObjectNotFound, StoreError, check_key
 
 SCHEME = "gs"
 RESUMABLE_THRESHOLD = 8 * 1024 * 1024   # above this, upload in resumable chunks
@@ -41,14 +41,6 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
     if any(p in (".", "..") for p in prefix.split("/")) or "//" in parsed.path.rstrip("/"):
         raise StoreError(f"{uri!r}: the prefix must not contain '.', '..' or '//'")
     return parsed.netloc, prefix
-
-
-def _check_key(key: str) -> str:
-    key = key.strip("/")
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(f"invalid store key {key!r}: use a relative path without '.', '..' or '//'")
-    return key
 
 
 def default_client() -> Any:
@@ -121,7 +113,7 @@ class GCSStore:
         return self.client.bucket(self.bucket_name)
 
     def _name(self, key: str) -> str:
-        key = _check_key(key)
+        key = check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, what: str, key: str, exc: Exception) -> StoreError:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from backend.stores.base import ObjectNotFound, StoreError
+from backend.stores.base import ObjectNotFound, StoreError, check_key
 
 SCHEME = "file"
 
@@ -31,14 +31,6 @@ def path_from_uri(uri: str) -> Path:
     if not path.startswith("/"):
         raise StoreError(f"{uri}: the path must be absolute (file:///abs/path)")
     return Path(os.path.normpath(path))
-
-
-def _check_key(key: str) -> str:
-    key = key.strip("/")
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(f"invalid store key {key!r}: use a relative path without '.', '..' or '//'")
-    return key
 
 
 class LocalStore:
@@ -62,14 +54,14 @@ class LocalStore:
         return self.root.as_uri()
 
     def uri_for(self, key: str) -> str:
-        return (self.root / _check_key(key)).as_uri()
+        return (self.root / check_key(key)).as_uri()
 
     def path_for(self, key: str) -> Path:
         """Local path of ``key`` (local store only; lets numpy/JAX read files in place)."""
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     def child(self, prefix: str) -> "LocalStore":
-        return LocalStore(self.root / _check_key(prefix), must_exist=False)
+        return LocalStore(self.root / check_key(prefix), must_exist=False)
 
     # -- writes
     def _write_temp(self, path: Path, data: bytes) -> str:
