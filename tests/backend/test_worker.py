@@ -94,10 +94,12 @@ def test_resource_sampler_reports_this_process():
     assert abs(rec["time"] - time.time()) < 5
 
 
-def test_sigterm_checkpoints_and_exits_preempted_quickly(job):
-    put_json(job, layout.SPEC, {"kind": "noop", "params": {"steps": 10_000, "step_s": 0.02}})
+def sigterm_after_first_checkpoint(job, env=None) -> tuple[int, float, str]:
+    """Run a worker on `job`, SIGTERM it once its first checkpoint exists; (exit code, seconds
+    from the signal to the exit, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "backend.commands.worker", job.uri, "--attempt", "1",
-                             "--interval", "0.1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--interval", "0.1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 30
         while not list_segments(job, layout.checkpoints_prefix(1)) and time.time() < deadline:
@@ -105,10 +107,16 @@ def test_sigterm_checkpoints_and_exits_preempted_quickly(job):
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=25)
+        return rc, time.time() - t0, proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == EXIT_PREEMPTED and time.time() - t0 < 25
+
+
+def test_sigterm_checkpoints_and_exits_preempted_quickly(job):
+    put_json(job, layout.SPEC, {"kind": "noop", "params": {"steps": 10_000, "step_s": 0.02}})
+    rc, waited, _ = sigterm_after_first_checkpoint(job)
+    assert rc == EXIT_PREEMPTED and waited < 25
     doc = get_json(job, layout.exit_key(1))
     assert doc["status"] == "preempted" and doc["exit_code"] == EXIT_PREEMPTED and "SIGTERM" in doc["error"]
     last = max(s for s, _ in list_segments(job, layout.checkpoints_prefix(1)))
@@ -177,20 +185,7 @@ def test_train_kind_preempted_then_resumed_from_checkpoint(job, tmp_path):
 def test_a_job_that_ignores_the_stop_request_is_interrupted_after_the_grace(job):
     put_json(job, layout.SPEC, {"kind": "noop", "params": {"steps": 10_000, "step_s": 0.5, "ignore_stop": True}})
     env = {**os.environ, "NSBI_WORKER_STOP_GRACE_S": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "backend.commands.worker", job.uri, "--attempt", "1",
-                             "--interval", "0.1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 30
-        while not list_segments(job, layout.checkpoints_prefix(1)) and time.time() < deadline:
-            time.sleep(0.05)
-        t0 = time.time()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=25)
-        waited = time.time() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc == EXIT_PREEMPTED and 1.0 <= waited < 5, (rc, waited, proc.stdout.read())
+    rc, waited, out = sigterm_after_first_checkpoint(job, env)
+    assert rc == EXIT_PREEMPTED and 1.0 <= waited < 5, (rc, waited, out)
     doc = get_json(job, layout.exit_key(1))
     assert doc["status"] == "preempted" and "did not stop within 1 s" in doc["error"]
