@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .compile import Compiled
-from .minimize import STATUS_MESSAGES, newton_minimize
+from .minimize import STATUS_MESSAGES, newton_minimize, newton_minimize_host
 from .model import Model, model_for
 from .results import FitResult
 from .workspace import Workspace
@@ -148,6 +148,8 @@ def fit(
     if backend != "newton":
         raise ValueError(f"unknown backend {backend!r}; use 'newton' or 'minuit'")
     t0 = time.perf_counter()
+    if getattr(model, "streaming", False):
+        return _fit_streamed(model, theta0, mask, aux_arr, edm_tol, max_iter, fixed_names, t0)
     exe = newton_executable(model)
     args = (jnp.asarray(theta0), jnp.asarray(mask), jnp.asarray(model.lower), jnp.asarray(model.upper), data,
             jnp.asarray(aux_arr), jnp.asarray(edm_tol, jnp.float64), jnp.asarray(max_iter, jnp.int32))
@@ -161,6 +163,20 @@ def fit(
         status = int(status)
         n_iter += int(state.it)
         method = "newton+lbfgs+newton"
+    return _result(model, state, status, mask, n_iter, method, fixed_names, t0)
+
+
+def _fit_streamed(model: Model, theta0: np.ndarray, mask: np.ndarray, aux: np.ndarray, edm_tol: float,
+                  max_iter: int, fixed_names: tuple[str, ...], t0: float) -> FitResult:
+    """Newton with the loop on the host: each iteration is one streamed Hessian pass."""
+    state, status = newton_minimize_host(lambda t: model.value_grad_hessian(t, None, aux), theta0, mask,
+                                         model.lower, model.upper, edm_tol=edm_tol, max_iter=max_iter,
+                                         clock=model.clock)
+    return _result(model, state, status, mask, int(state.it), "newton (streamed)", fixed_names, t0)
+
+
+def _result(model: Model, state: Any, status: int, mask: np.ndarray, n_iter: int, method: str,
+            fixed_names: tuple[str, ...], t0: float) -> FitResult:
     H = np.asarray(state.H)
     cov, pd = covariance_from_hessian(H, mask)
     message = STATUS_MESSAGES[status]

@@ -16,9 +16,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["NewtonState", "newton_minimize", "STATUS_MESSAGES", "free_mask", "edm_of"]
+from .compile import CompileClock, Compiled
+
+__all__ = ["NewtonState", "newton_minimize", "newton_minimize_host", "STATUS_MESSAGES", "free_mask", "edm_of"]
 
 STATUS_MESSAGES = {
     0: "converged",
@@ -63,6 +66,72 @@ def edm_of(g, H, free):
     return jnp.where(ok, 0.5 * jnp.dot(gf, x), jnp.inf), ok
 
 
+def _initial_state(theta0: jnp.ndarray) -> NewtonState:
+    f64 = jnp.float64
+    P = theta0.shape[0]
+    # Iteration 0 evaluates the start point (accepted unconditionally), so a compiled loop holds
+    # a single copy of the expensive vgh.
+    return NewtonState(theta0, jnp.asarray(jnp.inf, f64), jnp.zeros(P, f64), jnp.eye(P, dtype=f64),
+                       jnp.asarray(1e-3, f64), jnp.asarray(0), jnp.asarray(0), jnp.asarray(jnp.inf, f64),
+                       jnp.asarray(False), jnp.asarray(0))
+
+
+def _keep_going(s: NewtonState, edm_tol, max_iter, max_reject) -> jnp.ndarray:
+    done = (s.edm < edm_tol) & s.pd
+    started_ok = (s.it == 0) | jnp.isfinite(s.q)
+    return started_ok & ~done & (s.it < max_iter) & (s.n_reject < max_reject)
+
+
+def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The damped Newton trial point: (trial theta, predicted decrease, Cholesky succeeded)."""
+    first = s.it == 0
+    free = free_mask(s.theta, s.g, fixed, lower, upper)
+    Hf, gf = _masked(s.H, s.g, free)
+    d = jnp.where(free, jnp.maximum(jnp.abs(jnp.diag(Hf)), 1e-12), 0.0)
+    L = jnp.linalg.cholesky(Hf + jnp.diag(s.lam * d))
+    chol_ok = jnp.all(jnp.isfinite(L))
+    step = -jax.scipy.linalg.cho_solve((L, True), gf)
+    step = jnp.where(chol_ok & ~first, step, 0.0)
+    trial = jnp.where(fixed | first, s.theta, jnp.clip(s.theta + step, lower, upper))
+    real_step = trial - s.theta
+    pred = -(jnp.dot(s.g, real_step) + 0.5 * real_step @ s.H @ real_step)
+    return trial, pred, chol_ok
+
+
+def _accept(s: NewtonState, trial, pred, chol_ok, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
+    """Accept or reject the evaluated trial point and adapt the damping (trust-region rule)."""
+    first = s.it == 0
+    finite = jnp.isfinite(qt) & jnp.all(jnp.isfinite(gt)) & jnp.all(jnp.isfinite(Ht))
+    actual = s.q - qt
+    tiny = 1e-12 * jnp.maximum(1.0, jnp.abs(s.q))
+    accept = first | (chol_ok & finite & (actual >= -tiny) & jnp.any(trial != s.theta))
+    rho = actual / jnp.maximum(pred, 1e-300)
+    lam_new = jnp.where(
+        accept,
+        jnp.where(rho > 0.75, s.lam * 0.1, jnp.where(rho < 0.25, s.lam * 4.0, s.lam)),
+        jnp.maximum(s.lam * 10.0, 1e-4),
+    )
+    lam_new = jnp.where(first, s.lam, jnp.clip(lam_new, 1e-12, 1e12))
+    theta = jnp.where(accept, trial, s.theta)
+    q = jnp.where(accept, qt, s.q)
+    g = jnp.where(accept, gt, s.g)
+    H = jnp.where(accept, Ht, s.H)
+    edm, pd = edm_of(g, H, free_mask(theta, g, fixed, lower, upper))
+    q = jnp.where(first & ~finite, jnp.nan, q)
+    return NewtonState(theta, q, g, H, lam_new, s.it + 1, jnp.where(accept, 0, s.n_reject + 1), edm, pd,
+                       s.n_eval + 1)
+
+
+def _status(final: NewtonState, edm_tol, max_reject) -> jnp.ndarray:
+    converged = (final.edm < edm_tol) & final.pd
+    return jnp.where(
+        ~jnp.isfinite(final.q), 3,
+        jnp.where(converged, 0,
+                  jnp.where(~final.pd & (final.edm < edm_tol), 4,
+                            jnp.where(final.n_reject >= max_reject, 2, 1))),
+    )
+
+
 def newton_minimize(
     vgh: Callable[[jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]],
     theta0: jnp.ndarray,
@@ -77,61 +146,50 @@ def newton_minimize(
 
     Returns the final state and a status code (see :data:`STATUS_MESSAGES`).
     """
-    theta0 = jnp.clip(theta0, lower, upper)
-    f64 = jnp.float64
-    P = theta0.shape[0]
-    # Iteration 0 evaluates the start point inside the loop (accepted unconditionally), so the
-    # compiled program holds a single copy of the expensive vgh.
-    state = NewtonState(theta0, jnp.asarray(jnp.inf, f64), jnp.zeros(P, f64), jnp.eye(P, dtype=f64),
-                        jnp.asarray(1e-3, f64), jnp.asarray(0), jnp.asarray(0), jnp.asarray(jnp.inf, f64),
-                        jnp.asarray(False), jnp.asarray(0))
+    def body(s: NewtonState) -> NewtonState:
+        trial, pred, chol_ok = _propose(s, fixed, lower, upper)
+        return _accept(s, trial, pred, chol_ok, *vgh(trial), fixed, lower, upper)
 
-    def cond(s: NewtonState):
-        done = (s.edm < edm_tol) & s.pd
-        started_ok = (s.it == 0) | jnp.isfinite(s.q)
-        return started_ok & ~done & (s.it < max_iter) & (s.n_reject < max_reject)
+    final = lax.while_loop(lambda s: _keep_going(s, edm_tol, max_iter, max_reject), body,
+                           _initial_state(jnp.clip(theta0, lower, upper)))
+    return final, _status(final, edm_tol, max_reject)
 
-    def body(s: NewtonState):
-        first = s.it == 0
-        free = free_mask(s.theta, s.g, fixed, lower, upper)
-        Hf, gf = _masked(s.H, s.g, free)
-        d = jnp.where(free, jnp.maximum(jnp.abs(jnp.diag(Hf)), 1e-12), 0.0)
-        Hd = Hf + jnp.diag(s.lam * d)
-        L = jnp.linalg.cholesky(Hd)
-        chol_ok = jnp.all(jnp.isfinite(L))
-        step = -jax.scipy.linalg.cho_solve((L, True), gf)
-        step = jnp.where(chol_ok & ~first, step, 0.0)
-        trial = jnp.where(fixed | first, s.theta, jnp.clip(s.theta + step, lower, upper))
-        real_step = trial - s.theta
-        pred = -(jnp.dot(s.g, real_step) + 0.5 * real_step @ s.H @ real_step)
-        qt, gt, Ht = vgh(trial)
-        finite = jnp.isfinite(qt) & jnp.all(jnp.isfinite(gt)) & jnp.all(jnp.isfinite(Ht))
-        actual = s.q - qt
-        tiny = 1e-12 * jnp.maximum(1.0, jnp.abs(s.q))
-        accept = first | (chol_ok & finite & (actual >= -tiny) & jnp.any(real_step != 0))
-        rho = actual / jnp.maximum(pred, 1e-300)
-        lam_new = jnp.where(
-            accept,
-            jnp.where(rho > 0.75, s.lam * 0.1, jnp.where(rho < 0.25, s.lam * 4.0, s.lam)),
-            jnp.maximum(s.lam * 10.0, 1e-4),
-        )
-        lam_new = jnp.where(first, s.lam, jnp.clip(lam_new, 1e-12, 1e12))
-        theta = jnp.where(accept, trial, s.theta)
-        q = jnp.where(accept, qt, s.q)
-        g = jnp.where(accept, gt, s.g)
-        H = jnp.where(accept, Ht, s.H)
-        free_n = free_mask(theta, g, fixed, lower, upper)
-        edm, pd = edm_of(g, H, free_n)
-        q = jnp.where(first & ~finite, jnp.nan, q)
-        return NewtonState(theta, q, g, H, lam_new, s.it + 1, jnp.where(accept, 0, s.n_reject + 1), edm, pd,
-                           s.n_eval + 1)
 
-    final = lax.while_loop(cond, body, state)
-    converged = (final.edm < edm_tol) & final.pd
-    status = jnp.where(
-        ~jnp.isfinite(final.q), 3,
-        jnp.where(converged, 0,
-                  jnp.where(~final.pd & (final.edm < edm_tol), 4,
-                            jnp.where(final.n_reject >= max_reject, 2, 1))),
-    )
-    return final, status
+def _host_steps(clock: CompileClock | None) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The jitted step functions, compiled once per clock (so compile time is booked there)."""
+    clock = clock if clock is not None else _DEFAULT_CLOCK
+    steps = clock.__dict__.get("_newton_host_steps")
+    if steps is None:
+        steps = (Compiled(_propose, "newton_propose", clock), Compiled(_accept, "newton_accept", clock))
+        clock.__dict__["_newton_host_steps"] = steps
+    return steps
+
+
+_DEFAULT_CLOCK = CompileClock()
+
+
+def newton_minimize_host(
+    vgh: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    theta0: Any,
+    fixed: Any,
+    lower: Any,
+    upper: Any,
+    edm_tol: float = 1e-9,
+    max_iter: int = 60,
+    max_reject: int = 25,
+    progress: Callable[[NewtonState], None] | None = None,
+    clock: CompileClock | None = None,
+) -> tuple[NewtonState, int]:
+    """The same algorithm with the loop in Python, for a ``vgh`` that cannot be traced (events
+    streamed from disk chunk by chunk); the step logic is the jitted code of the traced loop."""
+    propose, accept = _host_steps(clock)
+    fixed, lower, upper = (jnp.asarray(a) for a in (fixed, lower, upper))
+    s = _initial_state(jnp.clip(jnp.asarray(theta0, jnp.float64), lower, upper))
+    while bool(_keep_going(s, edm_tol, max_iter, max_reject)):
+        trial, pred, chol_ok = propose(s, fixed, lower, upper)
+        qt, gt, Ht = vgh(np.asarray(trial))
+        s = accept(s, trial, pred, chol_ok, jnp.asarray(qt, jnp.float64), jnp.asarray(gt, jnp.float64),
+                        jnp.asarray(Ht, jnp.float64), fixed, lower, upper)
+        if progress is not None:
+            progress(s)
+    return s, int(_status(s, edm_tol, max_reject))
