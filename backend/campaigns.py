@@ -6,6 +6,11 @@ point of a hyper-parameter grid, with ensemble members packed several per job; t
 job that waits for all trainings, and impacts / scan / toys jobs that wait for the fit and fan
 out over nuisance-parameter subsets, POI points or toy seeds.
 
+Per-task overrides (``training.tasks.<task>``: ensemble size, members per job, TrainConfig
+settings) change one task's jobs only. The fit-stage keys ``fit.coefficients``,
+``fit.norm_systematics``, ``fit.yields`` and ``fit.poi`` (written by analysis files, see
+`backend.analysis`) pass through to the fit jobs' params unchanged.
+
 Validation is a JSON schema plus a few cross-key checks; every error names the key (dotted
 path) and, where there is a closed set, the allowed values. Nothing here touches a database.
 
@@ -42,6 +47,9 @@ TRAIN_KEYS: tuple[str, ...] = (
     "val_fraction", "seed", "bootstrap", "strategy", "pack_size", "checkpoint_every", "dtype", "periodic_features",
 )
 _SETTABLE_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in ("members", "seed"))
+SETTABLE_TRAIN_KEYS = _SETTABLE_TRAIN_KEYS
+# training.tasks.<task> may also change the ensemble of that one task
+_TASK_KEYS = ("ensemble_size", "members_per_job", *_SETTABLE_TRAIN_KEYS)
 
 
 class CampaignConfigError(ValueError):
@@ -65,7 +73,9 @@ _RESOURCES = {
         "spot": {"type": "boolean"},
     },
 }
+RESOURCES_SCHEMA = _RESOURCES
 _STAGE_COMMON = {"enabled": {"type": "boolean"}, "resources": _RESOURCES}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -123,6 +133,17 @@ SCHEMA: dict[str, Any] = {
                     "propertyNames": {"enum": list(_SETTABLE_TRAIN_KEYS)},
                     "additionalProperties": {"type": "array", "minItems": 1},
                 },
+                "tasks": {  # per ratio task: overrides of ensemble_size, members_per_job, params
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "propertyNames": {"enum": list(_TASK_KEYS)},
+                        "properties": {
+                            "ensemble_size": {"type": "integer", "minimum": 1},
+                            "members_per_job": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
                 "resources": _RESOURCES,
             },
         },
@@ -135,6 +156,35 @@ SCHEMA: dict[str, Any] = {
                 "mu_true": {"type": "number", "minimum": 0},
                 "nuisances": {"type": "array", "items": {"type": "string"}},
                 "options": {"type": "object"},
+                # the model: coefficient m_c(mu) per process, explicit yields, yield-only
+                # systematics and the POI range (see sbi_engine.fit_jobs)
+                "coefficients": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+                "yields": {"type": "object", "additionalProperties": _POSITIVE},
+                "norm_systematics": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "effects"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "effects": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "additionalProperties": {"type": "array", "items": _POSITIVE,
+                                                         "minItems": 2, "maxItems": 2},
+                            },
+                        },
+                    },
+                },
+                "poi": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "init": {"type": "number"},
+                        "bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                    },
+                },
             },
         },
         "impacts": {
@@ -215,35 +265,37 @@ def _path(err: jsonschema.ValidationError) -> str:
 
 def _format_error(err: jsonschema.ValidationError) -> str:
     """One schema error as 'key: problem; allowed ...' in words a user can act on."""
-    where = _path(err)
+    return f"{_path(err)}: {schema_error_message(err)}"
+
+
+def schema_error_message(err: jsonschema.ValidationError) -> str:
+    """The problem of one schema error without its key path (the analysis file adds its own)."""
     v, val = err.validator, err.validator_value
     if v == "enum" and "propertyNames" in err.absolute_schema_path:
         allowed = ", ".join(str(x) for x in val)
-        return f"{where}: unknown key {err.instance!r}; allowed keys: {allowed}"
+        return f"unknown key {err.instance!r}; allowed keys: {allowed}"
     if v == "enum":
         allowed = ", ".join(repr(x) for x in val)
-        return f"{where}: {err.instance!r} is not allowed; allowed values: {allowed}"
+        return f"{err.instance!r} is not allowed; allowed values: {allowed}"
     if v == "additionalProperties" and val is False:
         known = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(known))
-        return f"{where}: unknown key(s) {', '.join(repr(x) for x in extra)}; allowed keys: {', '.join(known)}"
+        return f"unknown key(s) {', '.join(repr(x) for x in extra)}; allowed keys: {', '.join(known)}"
     if v == "required":
         missing = [k for k in val if k not in err.instance]
-        return f"{where}: missing required key(s) {', '.join(repr(k) for k in missing)}"
+        return f"missing required key(s) {', '.join(repr(k) for k in missing)}"
     if v == "type":
         types = " or ".join(val) if isinstance(val, list) else val
-        return f"{where}: expected {types}, got {type(err.instance).__name__} {err.instance!r}"
-    if v in ("minimum", "maximum", "minLength", "minItems", "minProperties", "maxLength"):
-        return f"{where}: {err.message}"
+        return f"expected {types}, got {type(err.instance).__name__} {err.instance!r}"
     if v == "anyOf":
-        return f"{where}: {err.instance!r} is not allowed; expected 'asimov' or a sample spec table"
-    return f"{where}: {err.message}"
+        return f"{err.instance!r} is not allowed; expected 'asimov' or a sample spec table"
+    return err.message
 
 
 def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(defaults))
     for k, v in given.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in ("params", "grid", "options"):
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in ("params", "grid", "options", "tasks"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -290,6 +342,11 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
             errs += _check_sample_spec(syst[d], f"systematics[{i}].{d}")
     if isinstance(doc["fit"].get("data"), Mapping):
         errs += _check_sample_spec(doc["fit"]["data"], "fit.data")
+    errs += _fit_model_checks(doc["fit"], names)
+    known_tasks = task_names(names, doc["reference"], [(s["name"], s["process"]) for s in doc["systematics"]])
+    for task in doc["training"].get("tasks") or {}:
+        if task not in known_tasks:
+            errs.append(f"training.tasks.{task}: unknown ratio task; the tasks are: {', '.join(known_tasks)}")
     catalogue = load_catalogue()
     region = _region(doc["backend"], catalogue.default_region)
     for where, res in _stage_resources(doc).items():
@@ -297,6 +354,27 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
             catalogue.quote(res["machine_type"], res["gpu_type"], res["gpu_count"], res["spot"], region)
         except PriceError as exc:
             errs.append(f"{where}: {exc}")
+    return errs
+
+
+def _fit_model_checks(fit: Mapping[str, Any], processes: Sequence[str]) -> list[str]:
+    """Process names in fit.coefficients / yields / norm_systematics exist; poi bounds ordered."""
+    errs = []
+    allowed = ", ".join(processes)
+    for key in ("coefficients", "yields"):
+        for proc in fit.get(key) or {}:
+            if proc not in processes:
+                errs.append(f"fit.{key}.{proc}: not a process; allowed values: {allowed}")
+    for i, item in enumerate(fit.get("norm_systematics") or []):
+        for proc in item["effects"]:
+            if proc not in processes:
+                errs.append(f"fit.norm_systematics[{i}].effects.{proc}: not a process; allowed values: {allowed}")
+    poi = fit.get("poi") or {}
+    lo, hi = poi.get("bounds", (0.0, 20.0))
+    if not lo < hi:
+        errs.append(f"fit.poi.bounds: expected [low, high] with low < high, got {[lo, hi]}")
+    elif not lo <= poi.get("init", 1.0) <= hi:
+        errs.append(f"fit.poi.init: {poi.get('init', 1.0)} is outside the bounds {[lo, hi]}")
     return errs
 
 
@@ -438,6 +516,14 @@ class RatioTask:
     direction: str | None = None
 
 
+def task_names(processes: Sequence[str], reference: str, systematics: Sequence[tuple[str, str]]) -> list[str]:
+    """Names of the ratio tasks: '<process>_vs_<reference>', then '<syst>_<up|down>_<process>'."""
+    names = [f"{p}_vs_{reference}" for p in processes if p != reference]
+    for syst, proc in systematics:
+        names += [f"{syst}_{direction}_{proc}" for direction in ("up", "down")]
+    return names
+
+
 def ratio_tasks(cfg: CampaignConfig) -> list[RatioTask]:
     """Each process against the reference; each systematic up/down against its nominal process."""
     d = cfg.data
@@ -471,8 +557,11 @@ def grid_points(cfg: CampaignConfig) -> list[dict[str, Any]]:
 
 
 def nuisance_names(cfg: CampaignConfig) -> list[str]:
-    """Nuisance parameters of the fit: systematics (in order) then fit.nuisances, unique."""
-    names = [s["name"] for s in cfg.data["systematics"]] + list(cfg.data["fit"]["nuisances"])
+    """Nuisance parameters of the fit: shape systematics, then fit.norm_systematics, then
+    fit.nuisances (each in order), unique."""
+    fit = cfg.data["fit"]
+    names = [s["name"] for s in cfg.data["systematics"]]
+    names += [s["name"] for s in fit.get("norm_systematics") or []] + list(fit["nuisances"])
     return list(dict.fromkeys(names))
 
 
@@ -489,11 +578,15 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
     plans: list[JobPlan] = []
     tasks = ratio_tasks(cfg)
     points = grid_points(cfg)
-    member_packs = _chunks(range(tr["ensemble_size"]), tr["members_per_job"])
+    overrides = tr.get("tasks") or {}
     for task in tasks:
+        over = overrides.get(task.name, {})
+        member_packs = _chunks(range(over.get("ensemble_size", tr["ensemble_size"])),
+                               over.get("members_per_job", tr["members_per_job"]))
+        params = {**tr["params"], **{k: v for k, v in over.items() if k in _SETTABLE_TRAIN_KEYS}}
         for gi, point in enumerate(points):
             for members in member_packs:
-                train = {**tr["params"], **point, "members": len(members), "seed": tr["seed"] + 7919 * gi + members[0]}
+                train = {**params, **point, "members": len(members), "seed": tr["seed"] + 7919 * gi + members[0]}
                 name = f"train-{task.name}-g{gi}-m{members[0]}-{members[-1]}"
                 spec = {
                     "kind": "train",
@@ -531,6 +624,9 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
         "options": fit["options"],
         "grid_points": points,
     }
+    for key in ("coefficients", "norm_systematics", "yields", "poi"):  # only when given: old specs unchanged
+        if key in fit:
+            fit_params[key] = fit[key]
 
     def fit_like(name: str, kind: str, stage: str, hours: float, extra: dict[str, Any], **kw: Any) -> JobPlan:
         spec = {"kind": kind, "campaign": d["name"], "name": name, "fit_job": "fit",

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "campaign": ("backend.commands.campaign", "Create, launch, cancel, retry and inspect campaigns."),
     "jobs": ("backend.commands.jobs", "List jobs and their states."),
     "cost": ("backend.commands.cost", "GPU-hours and cost per campaign; estimates before launch."),
+    "analysis": ("backend.commands.analysis", "Validate and run an analysis file: train, fit, report, reusing earlier results."),
     "fit": ("backend.commands.fit", "Fit a workspace: best fit, errors, pulls, impacts, scans, toys."),
     "bench": ("backend.commands.bench", "Benchmarks with JSON output (train, fit, controlplane, launch)."),
 }

@@ -1,7 +1,8 @@
 """The controller: one reconcile loop that turns intents in the database into running jobs.
 
-``Controller.tick()`` is one idempotent pass; each step commits on its own, so a controller
-killed at any moment and restarted simply carries on:
+``Controller.tick()`` is one idempotent pass. Each step does its database work for all the
+jobs it touches in one short transaction (a handful of commits per pass, not one per job),
+ordered so that a controller killed at any moment and restarted simply carries on:
 
 1. **intents**: cancels of pending jobs, user retries, cancelling jobs whose dependencies
    can never succeed; running jobs whose cancel was requested are sent SIGTERM / stop.
@@ -10,14 +11,25 @@ killed at any moment and restarted simply carries on:
    finds the already started process/VM instead of starting a second one.
 3. **poll + ingest**: running attempts are polled; new metric/resource/heartbeat segments are
    copied into the database (per-attempt cursors; ON CONFLICT DO NOTHING); ended attempts are
-   finalised from ``exit.json``/``result.json``; lost heartbeats fail the attempt.
+   finalised from ``exit.json``/``result.json``; lost heartbeats fail the attempt. All running
+   attempts share one transaction; if one attempt's store cannot be read, the pass redoes the
+   step with one transaction per attempt so that one bad attempt holds back no other.
 4. **retry**: FAILED jobs go back to PENDING within their retry limit (a user retry always);
-   PREEMPTED jobs always. The next attempt resumes from the newest checkpoint of the job.
-5. **launch**: PENDING jobs of ACTIVE campaigns whose dependencies all SUCCEEDED launch within
-   the campaign's concurrency, the launcher's free slots and the budget; their spec.json gets
-   the dependencies' results (e.g. the ensemble URIs a fit needs).
+   PREEMPTED jobs always. The next attempt resumes from the newest checkpoint of the job. A
+   worker that exits with code 2 because its job spec is unusable (its exit.json says
+   ``"retryable": false``) leaves its job FAILED for good: no retry could succeed.
+5. **launch**: PENDING jobs of ACTIVE campaigns whose dependencies all SUCCEEDED are picked
+   within the campaign's concurrency, the launcher's free slots and the budget (each
+   campaign's spent and running cost read once per pass). Their spec.json files get the
+   dependencies' results (e.g. the ensemble URIs a fit needs); once every one is in the store,
+   all the new attempt rows are committed in LAUNCHING in one transaction, *before* any
+   launcher call; then the launcher is called per attempt and the outcomes are committed
+   together. A kill between the two commits leaves LAUNCHING attempts that step 2 finds next
+   time.
 6. **campaign roll-up**: SUCCEEDED / FAILED / CANCELLED when nothing more can happen, and
    the accrued cost of open attempts is brought up to date.
+7. **launcher records**: launchers that keep per-instance records (the local one) forget the
+   instances whose attempts have ended, once that end is committed.
 
 The dashboard and the CLI only write intents (campaign status, ``desired_state``,
 ``cancel_requested``, ``retry_requested``); only the controller acts on them.
@@ -28,12 +40,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +59,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from backend import ingest, jobs_repo
-from backend.db.models import Attempt, Campaign, Job
+from backend.db.models import Attempt, Campaign, Job, JobDependency
 from backend.launchers import (
     CapacityError,
     InstanceState,
@@ -53,15 +68,17 @@ from backend.launchers import (
     LauncherError,
     LaunchRequest,
 )
-from backend.states import CampaignStatus, IllegalTransition, JobStatus, transition
-from backend.stores import ArtifactStore, StoreError, join_uri, open_store
+from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved, transition_rows
+from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, open_store
 from backend.stores import layout
 from backend.stores.base import put_json
-from backend.worker import EXIT_PREEMPTED
+from backend.worker import EXIT_BAD_SPEC, EXIT_PREEMPTED
 
 log = logging.getLogger("nsbi.controller")
 
 ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+STORE_THREADS = 8      # spec.json files written (and dependency results read) in parallel
+FORGET_TRIES = 50      # passes a launcher record of an ended attempt is retried before giving up
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,14 @@ class TickReport:
     def busy(self) -> bool:
         return any((self.launched, self.relaunched, self.finished, self.failed, self.retried, self.cancelled))
 
+    def add(self, other: "TickReport") -> None:
+        """Add the counts and errors of ``other`` (a step's report, once its commit succeeded)."""
+        for name, value in vars(other).items():
+            if name == "errors":
+                self.errors.extend(value)
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
 
 def _slug(text: str, n: int = 24) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].strip("-") or "c"
@@ -119,6 +144,78 @@ def _aware(t: datetime | None) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """One attempt, committed in LAUNCHING, that this pass hands to its launcher."""
+
+    attempt_id: int
+    job_id: int
+    launcher: str
+    request: LaunchRequest
+    recovering: bool
+    cancel: bool = False  # cancel requested meanwhile: stop what a crashed pass may have started
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """A ready job the launch plan picked, with the price it was budgeted at."""
+
+    job_id: int
+    launcher: str
+    price_per_hour: float
+
+
+@dataclass(frozen=True)
+class _SpecWrite:
+    """What one spec.json needs: the job's own spec and where its dependencies' results are."""
+
+    job_id: int
+    store: ArtifactStore
+    spec: dict[str, Any]
+    deps: tuple[tuple[str, str, ArtifactStore, int], ...]  # (name, uri, store, current attempt) by dep id
+
+
+class _BudgetGate:
+    """Budget decisions of one launch pass.
+
+    Each campaign's spent and running cost is read once per pass; ``next_usd`` adds the jobs
+    already picked in this pass, so one pass cannot overshoot. A refusal is confirmed by
+    ``service.budget_allows_launch`` (whose reason users see); once a campaign refused a job
+    at ``next_usd``, any job at least as dear is refused without a query (``None`` reason:
+    its status text is left as it was).
+    """
+
+    def __init__(self, session: Session, now: datetime,
+                 custom: Callable[[Session, Campaign, Job, float], str | None] | None) -> None:
+        self.session, self.now, self.custom = session, now, custom
+        self._base: dict[int, tuple[float, float]] = {}
+        self._refused_at: dict[int, float] = {}
+
+    def refuse(self, campaign: Campaign, job: Job, next_usd: float) -> tuple[bool, str | None]:
+        """(refused, reason to show on the job)."""
+        if self.custom is not None:
+            why = self.custom(self.session, campaign, job, next_usd)
+            return bool(why), why
+        if campaign.budget_usd is None:
+            return False, None
+        from backend.service import budget_allows_launch
+
+        cid = campaign.id
+        if next_usd >= self._refused_at.get(cid, math.inf):
+            return True, None
+        if cid not in self._base:
+            d = budget_allows_launch(cid, 0.0, session=self.session, now=self.now)
+            self._base[cid] = (d.spent_usd, d.running_usd)
+        spent, running = self._base[cid]
+        if spent + running + next_usd <= campaign.budget_usd + 1e-12:
+            return False, None
+        d = budget_allows_launch(cid, next_usd, session=self.session, now=self.now, spent=spent)
+        if d.allowed:
+            return False, None
+        self._refused_at[cid] = next_usd
+        return True, d.reason
+
+
 class Controller:
     """Reconciles the database with the launchers and the artifact store."""
 
@@ -138,7 +235,11 @@ class Controller:
         self._launcher_cache: dict[str, Launcher] = {}
         self.config = config or ControllerConfig()
         self.clock = clock
-        self.budget_check = budget_check or default_budget_check
+        self.budget_check = budget_check  # None: the campaign budget (service.budget_allows_launch)
+        self._to_forget: dict[tuple[str, str], int] = {}  # (launcher, instance) -> tries so far
+        self._swept: set[str] = set()
+        self._io_pool: ThreadPoolExecutor | None = None
+        self._full_launchers: set[str] = set()  # launchers with no free slot in the last launch plan
 
     # ------------------------------------------------------------------ helpers
     def launcher(self, name: str) -> Launcher:
@@ -153,29 +254,43 @@ class Controller:
         return self._launcher_cache[name]
 
     def job_store(self, job: Job) -> ArtifactStore:
-        if not job.uri:
-            raise StoreError(f"job {job.id} ({job.name}) has no store URI yet")
-        if job.uri.startswith(self.store.uri + "/"):
-            return self.store.child(job.uri[len(self.store.uri) + 1:])
-        return open_store(job.uri, create=True)
+        return self._store_at(job.uri, f"job {job.id} ({job.name})")
 
-    def _request(self, campaign: Campaign, job: Job, attempt_no: int) -> LaunchRequest:
+    def _store_at(self, uri: str | None, what: str) -> ArtifactStore:
+        if not uri:
+            raise StoreError(f"{what} has no store URI yet")
+        if uri.startswith(self.store.uri + "/"):
+            return self.store.child(uri[len(self.store.uri) + 1:])
+        return open_store(uri, create=True)
+
+    def _request(self, campaign: Campaign, job: Job, attempt_no: int, uri: str | None = None) -> LaunchRequest:
         spec = job.spec or {}
         limit = spec.get("time_limit_s")
         return LaunchRequest(
-            campaign=campaign_key(campaign), job=job_key(job), attempt=attempt_no, job_uri=job.uri or "",
+            campaign=campaign_key(campaign), job=job_key(job), attempt=attempt_no, job_uri=uri or job.uri or "",
             gpus=int(job.gpu_count or 0), time_limit_s=float(limit) if limit else None,
             labels={"campaign_id": str(campaign.id), "job_id": str(job.id)},
             machine_type=job.machine_type or None, gpu_type=job.gpu_type, spot=bool(job.spot),
             zones=tuple(job.zones or ()),
         )
 
-    def _launch_failed(self, s: Session, job: Job, attempt: Any, exc: Exception, report: TickReport) -> None:
-        """End an attempt whose launch the launcher refused (not a capacity wait)."""
-        jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=f"launch failed: {exc}",
-                              now=self.clock())
-        s.commit()
-        report.failed += 1
+    def _start_io(self, fn: Callable[[Any], Any], items: list[Any]) -> Callable[[], list[Any]]:
+        """Start ``[fn(x) for x in items]`` on a small thread pool (store round trips: fsync on
+        local disk, HTTP on GCS) and return what waits for the results; exceptions come back
+        as values. The caller does its database work meanwhile."""
+        def call(x: Any) -> Any:
+            try:
+                return fn(x)
+            except Exception as exc:  # noqa: BLE001 - returned to the caller, who reports it per item
+                return exc
+
+        if len(items) <= 1:
+            results = [call(x) for x in items]
+            return lambda: results
+        if self._io_pool is None:
+            self._io_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="nsbi-ctl-store")
+        futures = [self._io_pool.submit(call, x) for x in items]
+        return lambda: [f.result() for f in futures]
 
     def _check_store(self) -> None:
         """Fail before touching the database when the store root has gone away."""
@@ -189,7 +304,7 @@ class Controller:
         self._check_store()
         report = TickReport()
         for step in (self._apply_intents, self._recover_launching, self._poll_running,
-                     self._retry_failed, self._launch_ready, self._settle):
+                     self._retry_failed, self._launch_ready, self._settle, self._forget_ended):
             try:
                 step(report)
             except (StoreError, LauncherError) as exc:
@@ -202,141 +317,231 @@ class Controller:
         """Cancel / retry intents that need no machine; stop instances of cancelled running jobs."""
         with Session(self.engine, expire_on_commit=False) as s:
             # a campaign being cancelled cancels each of its unfinished jobs
-            for job in s.exec(select(Job).join(Campaign, Campaign.id == Job.campaign_id)
-                              .where(Campaign.status == CampaignStatus.CANCELLING,
-                                     Job.cancel_requested.is_(False),
-                                     Job.status.in_([JobStatus.PENDING, JobStatus.PREEMPTED, *ACTIVE]))).all():
-                job.cancel_requested = True
-                s.add(job)
+            cancelling = list(s.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLING)))
+            if cancelling:
+                s.execute(sa.update(Job).where(Job.campaign_id.in_(cancelling), Job.cancel_requested.is_(False),
+                                               Job.status.in_([JobStatus.PENDING, JobStatus.PREEMPTED, *ACTIVE]))
+                          .values(cancel_requested=True).execution_options(synchronize_session=False))
             out = jobs_repo.apply_simple_intents(s, now=self.clock())
             s.commit()
             report.cancelled += len(out["cancelled"])
             report.retried += len(out["retried"])
-            for job_id in out["to_stop"]:
-                job = s.get(Job, job_id)
-                attempt = self._current_attempt(s, job)
-                if attempt is None or attempt.status != JobStatus.RUNNING or not attempt.instance_id:
-                    continue  # LAUNCHING ones are handled by the launch recovery step
-                try:
-                    js = self.job_store(job)
-                    if not js.exists(layout.CANCEL):
-                        put_json(js, layout.CANCEL, {"requested_at": self.clock().isoformat()})
-                    self.launcher(attempt.launcher).cancel(attempt.instance_id)
-                except (LauncherError, StoreError) as exc:
-                    report.errors.append(f"cancel {job.name}: {exc}")
+            if not out["to_stop"]:
+                return
+            rows = s.exec(select(Job, Attempt)
+                          .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
+                          .where(Job.id.in_(out["to_stop"])).order_by(Job.id)).all()
+        for job, attempt in rows:
+            if attempt.status != JobStatus.RUNNING or not attempt.instance_id:
+                continue  # LAUNCHING ones are handled by the launch recovery step
+            try:
+                js = self.job_store(job)
+                if not js.exists(layout.CANCEL):
+                    put_json(js, layout.CANCEL, {"requested_at": self.clock().isoformat()})
+                self.launcher(attempt.launcher).cancel(attempt.instance_id)
+            except (LauncherError, StoreError) as exc:
+                report.errors.append(f"cancel {job.name}: {exc}")
 
     # step 2: half-done launches -------------------------------------------------
     def _recover_launching(self, report: TickReport) -> None:
-        with Session(self.engine) as s:
-            ids = [(a.id, j.id) for j, a in jobs_repo.half_done_launches(s)]
-        for attempt_id, job_id in ids:
-            self._launch_attempt(attempt_id, job_id, report, recovering=True)
-
-    def _launch_attempt(self, attempt_id: int, job_id: int, report: TickReport, *, recovering: bool) -> None:
-        """Call the launcher for an attempt already committed in LAUNCHING; record the outcome."""
         with Session(self.engine, expire_on_commit=False) as s:
-            attempt, job = s.get(Attempt, attempt_id), s.get(Job, job_id)
-            campaign = s.get(Campaign, job.campaign_id)
-            if attempt.status != JobStatus.LAUNCHING or JobStatus(job.status) != JobStatus.LAUNCHING:
-                return
-            request = self._request(campaign, job, attempt.attempt_no)
+            todo = []
+            for job, attempt in jobs_repo.half_done_launches(s):
+                if JobStatus(job.status) != JobStatus.LAUNCHING:
+                    continue
+                campaign = s.get(Campaign, job.campaign_id)
+                todo.append(_Launch(attempt.id, job.id, attempt.launcher,
+                                    self._request(campaign, job, attempt.attempt_no), recovering=True,
+                                    cancel=job.cancel_requested or campaign.status == CampaignStatus.CANCELLING))
+        self._launch_and_record(todo, report)
+
+    def _launch_and_record(self, todo: list[_Launch], report: TickReport) -> None:
+        """Call the launcher for attempts already committed in LAUNCHING; commit the outcomes
+        together (what was launched before an unexpected error is still recorded)."""
+        outcomes: list[tuple[_Launch, str, Any]] = []
+        try:
+            for item in todo:
+                outcome = self._call_launcher(item, report)
+                if outcome is not None:
+                    outcomes.append((item, *outcome))
+        finally:
+            if outcomes:
+                self._record_launches(outcomes, report)
+
+    def _call_launcher(self, item: _Launch, report: TickReport) -> tuple[str, Any] | None:
+        """("launched", handle) | ("cancelled", status) | ("failed", error) | None (try later)."""
+        iid = item.request.instance_id
+        try:
+            launcher = self.launcher(item.launcher)
+        except LauncherError as exc:
+            return "failed", exc
+        if item.cancel:
             try:
-                launcher = self.launcher(attempt.launcher)
+                launcher.cancel(iid)  # in case a crashed pass had started it
+                st = launcher.poll([iid])[iid]
             except LauncherError as exc:
-                self._launch_failed(s, job, attempt, exc, report)
-                return
-            if job.cancel_requested or campaign.status == CampaignStatus.CANCELLING:
-                launcher.cancel(request.instance_id)  # in case a crashed pass had started it
-                st = launcher.poll([request.instance_id])[request.instance_id]
-                if not st.state.is_alive():
-                    jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=st.exit_code,
-                                          reason="cancelled before it ran", now=self.clock())
-                    s.commit()
-                    report.cancelled += 1
-                    return
-            try:
-                handle = launcher.launch(request)
-            except CapacityError as exc:
-                log.info("controller: %s waits for capacity: %s", request.instance_id, exc)
-                return  # stays LAUNCHING; tried again next pass
-            except LauncherError as exc:
-                self._launch_failed(s, job, attempt, exc, report)
-                return
-            jobs_repo.mark_launched(s, job, attempt, handle.instance_id, now=self.clock())
+                report.errors.append(f"cancel {iid}: {exc}")
+                return None
+            if not st.state.is_alive():
+                return "cancelled", st
+        try:
+            return "launched", launcher.launch(item.request)
+        except CapacityError as exc:
+            log.info("controller: %s waits for capacity: %s", iid, exc)
+            return None  # stays LAUNCHING; tried again next pass
+        except LauncherError as exc:
+            return "failed", exc
+
+    def _record_launches(self, outcomes: list[tuple[_Launch, str, Any]], report: TickReport) -> None:
+        done = TickReport()
+        ended: list[tuple[str, str]] = []
+        with Session(self.engine, expire_on_commit=False) as s:
+            rows = {r.attempt_id: r for r in jobs_repo.attempt_state_rows(s, [item.attempt_id for item, _, _ in outcomes])}
+            now = self.clock()
+            launched, others = [], []
+            for item, kind, value in outcomes:
+                r = rows.get(item.attempt_id)
+                if r is None or r.attempt_status != JobStatus.LAUNCHING or r.status != JobStatus.LAUNCHING:
+                    continue
+                if kind == "launched":
+                    launched.append((r, value.instance_id))
+                    if item.recovering:
+                        done.relaunched += 1
+                    else:
+                        done.launched += 1
+                else:
+                    others.append((item, kind, value))
+            jobs_repo.mark_launched_rows(s, launched, now=now)
+            for item, kind, value in others:  # rare: the ORM path, one attempt at a time
+                job, attempt = s.get(Job, item.job_id), s.get(Attempt, item.attempt_id)
+                if kind == "cancelled":
+                    jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=value.exit_code,
+                                          reason="cancelled before it ran", now=now)
+                    ended.append((item.launcher, item.request.instance_id))
+                    done.cancelled += 1
+                else:  # the launcher refused (not a capacity wait)
+                    jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED,
+                                          failure_reason=f"launch failed: {value}", now=now)
+                    done.failed += 1
             s.commit()
-            if recovering:
-                report.relaunched += 1
-            else:
-                report.launched += 1
+        report.add(done)
+        self._forget_later(ended)
 
     # step 3: poll + ingest -----------------------------------------------------
     def _poll_running(self, report: TickReport) -> None:
-        with Session(self.engine) as s:
-            rows = [(a.id, j.id, a.launcher, a.instance_id) for j, a in jobs_repo.open_attempts(s)
-                    if a.status == JobStatus.RUNNING]
-        by_launcher: dict[str, list[tuple[int, int, str]]] = {}
-        for aid, jid, lname, iid in rows:
-            by_launcher.setdefault(lname, []).append((aid, jid, iid))
-        for lname, items in by_launcher.items():
-            statuses = self.launcher(lname).poll([iid for _, _, iid in items])
-            for aid, jid, iid in items:
-                st = statuses.get(iid) or InstanceStatus(iid, InstanceState.GONE, None, "not reported")
-                try:
-                    self._reconcile_attempt(aid, jid, st, report)
-                except StoreError as exc:
-                    report.errors.append(f"attempt {aid}: {exc}")
+        with Session(self.engine, expire_on_commit=False) as s:
+            pairs = jobs_repo.open_attempts(s, status=JobStatus.RUNNING)
+            statuses = self._poll(pairs, report)
+            items = [(j.id, a.id, statuses[a.id]) for j, a in pairs if a.id in statuses]
+            if not items:
+                return
+            done = TickReport()
+            ended: list[tuple[str, str]] = []
+            try:
+                for job, attempt in pairs:
+                    if attempt.id in statuses:
+                        self._reconcile(s, job, attempt, statuses[attempt.id], done, ended)
+                s.commit()
+            except StoreError as exc:
+                s.rollback()
+                log.warning("controller: ingest of one attempt failed (%s); reconciling attempt by attempt", exc)
+                done = None
+        if done is not None:
+            report.add(done)
+            self._forget_later(ended)
+            return
+        for job_id, attempt_id, st in items:
+            try:
+                self._reconcile_alone(job_id, attempt_id, st, report)
+            except StoreError as exc:
+                report.errors.append(f"attempt {attempt_id}: {exc}")
 
-    def _reconcile_attempt(self, attempt_id: int, job_id: int, st: InstanceStatus, report: TickReport) -> None:
+    def _poll(self, pairs: list[tuple[Job, Attempt]], report: TickReport) -> dict[int, InstanceStatus]:
+        """attempt id -> its instance's status, one ``poll`` call per launcher."""
+        by_launcher: dict[str, list[Attempt]] = defaultdict(list)
+        for _, a in pairs:
+            by_launcher[a.launcher].append(a)
+        out: dict[int, InstanceStatus] = {}
+        for lname, attempts in by_launcher.items():
+            try:
+                statuses = self.launcher(lname).poll([a.instance_id for a in attempts])
+            except LauncherError as exc:
+                report.errors.append(f"poll {lname}: {exc}")
+                continue
+            for a in attempts:
+                out[a.id] = statuses.get(a.instance_id) or InstanceStatus(a.instance_id, InstanceState.GONE, None,
+                                                                          "not reported")
+        return out
+
+    def _reconcile_alone(self, job_id: int, attempt_id: int, st: InstanceStatus, report: TickReport) -> None:
+        """One attempt in its own transaction (the fallback when the shared one failed)."""
+        done = TickReport()
+        ended: list[tuple[str, str]] = []
         with Session(self.engine, expire_on_commit=False) as s:
             attempt, job = s.get(Attempt, attempt_id), s.get(Job, job_id)
             if attempt.status != JobStatus.RUNNING or JobStatus(job.status) != JobStatus.RUNNING:
                 return
-            js = self.job_store(job)
-            now = self.clock()
-            got = ingest.ingest_attempt(s, job, attempt, js, now=now)
-            report.metrics += got.metrics
-            report.resources += got.resources
-            if st.state.is_alive():
-                reason = self._lost_heartbeat(attempt, now)
-                if reason:
-                    launcher = self.launcher(attempt.launcher)
-                    getattr(launcher, "kill", launcher.cancel)(attempt.instance_id)
-                    jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=reason, now=now)
-                    report.failed += 1
-                s.commit()
-                return
-            # the instance has ended: what the worker said decides, then the launcher's view
-            exit_doc = ingest.read_exit(js, attempt.attempt_no)
-            code = exit_doc.get("exit_code") if exit_doc else st.exit_code
-            worker_status = (exit_doc or {}).get("status")
-            if worker_status == "succeeded" and ingest.read_result(js, attempt.attempt_no) is not None:
-                ingest.ingest_result(s, job, attempt, js)
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.SUCCEEDED, exit_code=code,
-                                      reason="worker succeeded", now=now)
-                report.finished += 1
-            elif job.cancel_requested:
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=code,
-                                      reason="cancelled on request", now=now)
-                report.cancelled += 1
-            elif worker_status == "preempted" or code == EXIT_PREEMPTED or st.state is InstanceState.PREEMPTED:
-                why = (exit_doc or {}).get("error") or st.detail or "preempted"
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.PREEMPTED, exit_code=code,
-                                      failure_reason=f"preempted: {why}", now=now)
-                report.failed += 1
-            else:
-                if exit_doc and exit_doc.get("error"):
-                    why = str(exit_doc["error"]).splitlines()[0]
-                elif worker_status == "succeeded":
-                    why = "worker reported success but wrote no result.json"
-                elif st.state is InstanceState.GONE:
-                    why = f"instance gone without an exit record ({st.detail})"
-                else:
-                    extra = f"; {st.detail}" if st.detail else ""
-                    why = f"worker died without an exit record (exit code {code}{extra})"
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, exit_code=code,
-                                      failure_reason=why[:2000], now=now)
-                report.failed += 1
+            self._reconcile(s, job, attempt, st, done, ended)
             s.commit()
+        report.add(done)
+        self._forget_later(ended)
+
+    def _reconcile(self, s: Session, job: Job, attempt: Attempt, st: InstanceStatus, report: TickReport,
+                   ended: list[tuple[str, str]]) -> None:
+        """Ingest what the attempt wrote; end it if its instance has ended (the caller commits)."""
+        js = self.job_store(job)
+        now = self.clock()
+        got = ingest.ingest_attempt(s, job, attempt, js, now=now)
+        report.metrics += got.metrics
+        report.resources += got.resources
+        if st.state.is_alive():
+            reason = self._lost_heartbeat(attempt, now)
+            if reason:
+                launcher = self.launcher(attempt.launcher)
+                getattr(launcher, "kill", launcher.cancel)(attempt.instance_id)
+                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=reason, now=now)
+                ended.append((attempt.launcher, attempt.instance_id))
+                report.failed += 1
+            return
+        ended.append((attempt.launcher, attempt.instance_id))
+        # the instance has ended: what the worker said decides, then the launcher's view
+        exit_doc = ingest.read_exit(js, attempt.attempt_no)
+        code = exit_doc.get("exit_code") if exit_doc else st.exit_code
+        worker_status = (exit_doc or {}).get("status")
+        if worker_status == "succeeded" and ingest.read_result(js, attempt.attempt_no) is not None:
+            ingest.ingest_result(s, job, attempt, js)
+            jobs_repo.end_attempt(s, job, attempt, JobStatus.SUCCEEDED, exit_code=code,
+                                  reason="worker succeeded", now=now)
+            report.finished += 1
+        elif job.cancel_requested:
+            jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=code,
+                                  reason="cancelled on request", now=now)
+            report.cancelled += 1
+        elif worker_status == "preempted" or code == EXIT_PREEMPTED or st.state is InstanceState.PREEMPTED:
+            why = (exit_doc or {}).get("error") or st.detail or "preempted"
+            jobs_repo.end_attempt(s, job, attempt, JobStatus.PREEMPTED, exit_code=code,
+                                  failure_reason=f"preempted: {why}", now=now)
+            report.failed += 1
+        elif exit_doc is not None and code == EXIT_BAD_SPEC and not exit_doc.get("retryable", False):
+            # the worker refused the job spec itself: every retry would fail the same way
+            why = str(exit_doc.get("error") or "bad job spec").splitlines()[0]
+            jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, exit_code=code, now=now,
+                                  failure_reason=f"bad job spec (exit code {code}; not retried): {why}"[:2000])
+            jobs_repo.no_more_retries(s, job)
+            report.failed += 1
+        else:
+            if exit_doc and exit_doc.get("error"):
+                why = str(exit_doc["error"]).splitlines()[0]
+            elif worker_status == "succeeded":
+                why = "worker reported success but wrote no result.json"
+            elif st.state is InstanceState.GONE:
+                why = f"instance gone without an exit record ({st.detail})"
+            else:
+                extra = f"; {st.detail}" if st.detail else ""
+                why = f"worker died without an exit record (exit code {code}{extra})"
+            jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, exit_code=code,
+                                  failure_reason=why[:2000], now=now)
+            report.failed += 1
 
     def _lost_heartbeat(self, attempt: Attempt, now: datetime) -> str | None:
         beat = _aware(attempt.last_heartbeat)
@@ -349,60 +554,85 @@ class Controller:
             return f"no heartbeat within {self.config.startup_timeout_s:.0f} s of launch"
         return None
 
-    def _current_attempt(self, s: Session, job: Job) -> Attempt | None:
-        return s.exec(select(Attempt).where(Attempt.job_id == job.id)
-                      .where(Attempt.attempt_no == job.current_attempt)).first()
-
     # step 4: retries -------------------------------------------------------------
     def _retry_failed(self, report: TickReport) -> None:
+        """Requeue retryable FAILED and PREEMPTED jobs, all in one transaction."""
+        limit = self.config.max_preemptions
         with Session(self.engine, expire_on_commit=False) as s:
-            preempted = s.exec(select(Job).where(Job.status == JobStatus.PREEMPTED,
-                                                 Job.cancel_requested.is_(False)).order_by(Job.id)).all()
-            for job in [*jobs_repo.retryable_failed_jobs(s), *preempted]:
-                status = JobStatus(job.status)
-                if status is JobStatus.PREEMPTED and job.recoveries - job.retries >= self.config.max_preemptions:
-                    transition(s, job, JobStatus.FAILED, f"preempted {self.config.max_preemptions} times; giving up")
-                    job.retries = max(job.retries, job.max_retries)  # final: no automatic retry either
-                    s.add(job)
-                    s.commit()
+            now = self.clock()
+            rows = jobs_repo.recovery_rows(s)
+            if not rows:
+                return
+            give_up = [r for r in rows if r.status == JobStatus.PREEMPTED and r.recoveries - r.retries >= limit]
+            # final: FAILED with no automatic retry either
+            transition_rows(s, give_up, JobStatus.FAILED, f"preempted {limit} times; giving up", now=now,
+                            extra=[{"retries": max(r.retries, r.max_retries)} for r in give_up])
+            requeue, reasons = [], []
+            for r in rows:
+                if r in give_up:
                     continue
-                reason = ("recovering from preemption" if status is JobStatus.PREEMPTED
-                          else f"automatic retry {job.retries + 1} of {job.max_retries}")
+                reason = ("recovering from preemption" if r.status == JobStatus.PREEMPTED
+                          else f"automatic retry {r.retries + 1} of {r.max_retries}")
                 try:
-                    jobs_repo.requeue(s, job, reason, now=self.clock())
-                except IllegalTransition as exc:
-                    s.rollback()
+                    moved(r, JobStatus.PENDING, reason, now=now)
+                except IllegalTransition as exc:  # refused before anything changed: the others go on
                     report.errors.append(str(exc))
                     continue
-                s.commit()
-                report.retried += 1
+                requeue.append(r)
+                reasons.append(reason)
+            jobs_repo.requeue_rows(s, requeue, reasons, now=now)
+            s.commit()
+        report.retried += len(requeue)
 
     # step 5: launches ----------------------------------------------------------
     def _launch_ready(self, report: TickReport) -> None:
-        """Pick ready jobs within every limit, then create and launch their attempts.
+        """Pick ready jobs within every limit, commit their attempts, then launch them."""
+        picks = self._plan_launches(report)
+        if picks:
+            self._launch_and_record(self._create_attempts(picks, report), report)
+
+    def _plan_launches(self, report: TickReport) -> list[_Pick]:
+        """Ready jobs to launch now, best first.
 
         Limits: the campaign's ``max_concurrency``; the launcher's free slots; the controller's
         quotas (``max_active_jobs``, ``gpu_quota``); the campaign budget, counting the jobs
-        already picked in this pass so one pass cannot overshoot it.
+        already picked in this pass so one pass cannot overshoot it. Read-only but for the
+        status text of jobs the budget holds back.
         """
         cfg = self.config
-        plan: list[tuple[int, str]] = []
+        plan: list[_Pick] = []
         with Session(self.engine, expire_on_commit=False) as s:
-            active = jobs_repo.active_counts(s)
+            active, gpus_busy = jobs_repo.active_load(s)
             n_active = sum(active.values())
-            gpus_busy = int(s.exec(select(sa.func.coalesce(sa.func.sum(Job.gpu_count), 0))
-                                   .where(Job.status.in_(ACTIVE))).one())
+            if cfg.max_active_jobs is not None and n_active >= cfg.max_active_jobs:
+                return plan
+            campaigns = {c.id: c for c in s.exec(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE))}
+            room = {cid: max(1, int(c.max_concurrency or 1)) - active.get(cid, 0) for cid, c in campaigns.items()}
             slots: dict[str, int | None] = {}
-            planned_usd: dict[int, float] = {}
-            for job in jobs_repo.ready_jobs(s):
+            for lname in self._full_launchers:  # full last time: ask first, so the query can leave them out
+                try:
+                    slots[lname] = self.launcher(lname).free_slots()
+                except LauncherError:
+                    pass
+            planned_usd: dict[int, float] = defaultdict(float)
+            budget = _BudgetGate(s, self.clock(), self.budget_check)
+            prices: dict[tuple, float] = {}
+
+            def narrowing() -> dict[str, Any]:
+                """What the next query can leave out: full campaigns, full launchers, big jobs."""
+                return {"campaign_ids": sorted(cid for cid, n in room.items() if n > 0),
+                        "exclude_launchers": sorted(n for n, free in slots.items() if free is not None and free <= 0),
+                        "max_gpus": None if cfg.gpu_quota is None else cfg.gpu_quota - gpus_busy}
+
+            for job in self._ready(s, narrowing):
                 if len(plan) >= cfg.max_launches_per_tick:
                     break
                 if cfg.max_active_jobs is not None and n_active >= cfg.max_active_jobs:
                     break
                 if cfg.gpu_quota is not None and gpus_busy + job.gpu_count > cfg.gpu_quota:
                     continue
-                campaign = s.get(Campaign, job.campaign_id)
-                if active.get(campaign.id, 0) >= max(1, int(campaign.max_concurrency or 1)):
+                campaign = campaigns[job.campaign_id]
+                if room[campaign.id] <= 0:
                     continue
                 lname = job.launcher or campaign.launcher
                 if lname not in slots:
@@ -413,59 +643,138 @@ class Controller:
                         slots[lname] = 0
                 if slots[lname] is not None and slots[lname] <= 0:
                     continue
-                cost = job_price_per_hour(job) * float(job.est_hours or 0.0)
-                why_not = self.budget_check(s, campaign, job, planned_usd.get(campaign.id, 0.0) + cost)
-                if why_not:
-                    if job.status_reason != why_not:
+                key = (job.machine_type, job.gpu_type, job.gpu_count, job.spot, tuple(job.zones or ())[:1])
+                if key not in prices:
+                    prices[key] = job_price_per_hour(job)
+                cost = prices[key] * float(job.est_hours or 0.0)
+                refused, why_not = budget.refuse(campaign, job, planned_usd[campaign.id] + cost)
+                if refused:
+                    if why_not and job.status_reason != why_not:
                         job.status_reason = why_not
                         s.add(job)
-                        s.commit()
                     continue
-                plan.append((job.id, lname))
-                planned_usd[campaign.id] = planned_usd.get(campaign.id, 0.0) + cost
-                active[campaign.id] = active.get(campaign.id, 0) + 1
+                plan.append(_Pick(job.id, lname, prices[key]))
+                planned_usd[campaign.id] += cost
+                room[campaign.id] -= 1
                 n_active += 1
                 gpus_busy += job.gpu_count
                 if slots[lname] is not None:
                     slots[lname] -= 1
-        for job_id, lname in plan:
-            attempt_id = self._create_attempt(job_id, lname)
-            if attempt_id is not None:
-                self._launch_attempt(attempt_id, job_id, report, recovering=False)
+            if s.dirty:
+                s.commit()  # the budget's status texts
+        self._full_launchers = {n for n, free in slots.items() if free is not None and free <= 0}
+        return plan
 
-    def _create_attempt(self, job_id: int, lname: str) -> int | None:
-        """Write spec.json, then commit the attempt row in LAUNCHING (before any launch call)."""
+    def _ready(self, s: Session, narrowing: Callable[[], dict[str, Any]]) -> Iterator[Job]:
+        """Ready jobs, best first, a page at a time (a campaign of 10,000 ready jobs costs as
+        much as the few this pass can launch). ``narrowing()`` gives the filters of the next
+        query; when a pick changes them (a campaign or launcher fills up), the rest of the page
+        is dropped and the query runs again from there, so full ones are never scanned."""
+        page = max(32, 2 * self.config.max_launches_per_tick)
+        after: tuple[int, int] | None = None
+        while True:
+            filters = narrowing()
+            if not filters["campaign_ids"]:
+                return
+            rows = jobs_repo.ready_jobs(s, limit=page, after=after, **filters)
+            for job in rows:
+                after = (job.priority, job.id)
+                yield job
+                if narrowing() != filters:
+                    break
+            else:
+                if len(rows) < page:
+                    return
+
+    def _create_attempts(self, picks: list[_Pick], report: TickReport) -> list[_Launch]:
+        """Write the picked jobs' spec.json files and, once every one is in the store, commit
+        all their attempt rows in LAUNCHING in one transaction (before any launch call; the
+        rows are written while the files are, and rolled back if a file could not be);
+        returns what to launch."""
         with Session(self.engine, expire_on_commit=False) as s:
-            job = s.get(Job, job_id)
-            campaign = s.get(Campaign, job.campaign_id)
-            if JobStatus(job.status) != JobStatus.PENDING:
-                return None
-            if not job.uri:
-                job.uri = join_uri(self.store.uri, layout.job_prefix(campaign_key(campaign), job_key(job)))
-            put_json(self.job_store(job), layout.SPEC, self._spec_with_inputs(s, campaign, job))
-            attempt = jobs_repo.begin_attempt(s, job, launcher=lname, price_per_hour=job_price_per_hour(job),
-                                              now=self.clock())
+            jobs = {j.id: j for j in s.exec(select(Job).where(Job.id.in_([p.job_id for p in picks])))}
+            campaigns = {c.id: c for c in s.exec(select(Campaign).where(
+                Campaign.id.in_({j.campaign_id for j in jobs.values()})))}
+            todo = [(p, jobs[p.job_id]) for p in picks
+                    if p.job_id in jobs and JobStatus(jobs[p.job_id].status) == JobStatus.PENDING]
+            uris = {job.id: job.uri or join_uri(self.store.uri, layout.job_prefix(
+                campaign_key(campaigns[job.campaign_id]), job_key(job))) for _, job in todo}
+            writes = self._spec_writes(s, [(job, campaigns[job.campaign_id], uris[job.id]) for _, job in todo])
+            written = self._start_io(self._write_spec, writes)
+            try:
+                begun = jobs_repo.begin_attempts(s, [(job, pick.launcher, pick.price_per_hour) for pick, job in todo],
+                                                 now=self.clock(), uris=uris)
+            finally:
+                results = written()
+            failed = {w.job_id: r for w, r in zip(writes, results) if isinstance(r, Exception)}
+            if failed:
+                s.rollback()  # no attempt without its spec.json: begin again without those jobs
+                for job_id, exc in failed.items():
+                    if not isinstance(exc, StoreError):
+                        raise exc
+                    report.errors.append(f"spec of job {job_id}: {exc}")
+                rest = [p for p in picks if p.job_id not in failed]
+                return self._create_attempts(rest, report) if rest else []
             s.commit()
-            return attempt.id
+            return [_Launch(begun[job.id][0], job.id, pick.launcher,
+                            self._request(campaigns[job.campaign_id], job, begun[job.id][1], uris[job.id]),
+                            recovering=False)
+                    for pick, job in todo]
 
-    def _spec_with_inputs(self, s: Session, campaign: Campaign, job: Job) -> dict[str, Any]:
-        """The job's spec plus ``inputs``: each dependency's result.json, keyed by job name."""
-        spec = dict(job.spec or {})
-        spec.setdefault("kind", job.kind)
-        spec.setdefault("name", job.name)
-        spec.update({"campaign": spec.get("campaign", campaign.name), "campaign_id": campaign.id, "job_id": job.id})
+    def _spec_writes(self, s: Session, jobs: list[tuple[Job, Campaign, str]]) -> list[_SpecWrite]:
+        """Each job's spec (plus ``campaign``, ``campaign_id``, ``job_id``) and its dependencies,
+        read with one query for all the jobs."""
+        ids = [j.id for j, _, _ in jobs]
+        dep_ids: dict[int, set[int]] = defaultdict(set)
+        for jid, did in s.execute(sa.select(JobDependency.job_id, JobDependency.depends_on_id)
+                                  .where(JobDependency.job_id.in_(ids))):
+            dep_ids[jid].add(did)
+        for job, _, _ in jobs:
+            dep_ids[job.id].update(job.depends_on or [])
+        wanted = sorted(set().union(*dep_ids.values())) if dep_ids else []
+        deps: dict[int, Any] = {}
+        for i in range(0, len(wanted), 10_000):
+            for row in s.execute(sa.select(Job.id, Job.name, Job.uri, Job.current_attempt)
+                                 .where(Job.id.in_(wanted[i:i + 10_000]))):
+                deps[row.id] = row
+        out = []
+        for job, campaign, uri in jobs:
+            spec = dict(job.spec or {})
+            spec.setdefault("kind", job.kind)
+            spec.setdefault("name", job.name)
+            spec.update({"campaign": spec.get("campaign", campaign.name), "campaign_id": campaign.id,
+                         "job_id": job.id})
+            listed = []
+            for did in sorted(dep_ids[job.id]):
+                d = deps.get(did)
+                if d is None:
+                    continue
+                listed.append((d.name, d.uri, self._store_at(d.uri, f"job {did} ({d.name})") if d.uri else None,
+                               d.current_attempt))
+            out.append(_SpecWrite(job.id, self._store_at(uri, f"job {job.id} ({job.name})"), spec, tuple(listed)))
+        return out
+
+    @staticmethod
+    def _write_spec(w: _SpecWrite) -> None:
+        """spec.json with ``inputs``: each dependency's result.json, keyed by job name. Not
+        rewritten when the same bytes are already there (a retry of the same job)."""
+        spec = dict(w.spec)
         inputs = {}
-        dep_ids = {d.id for d in jobs_repo.dependency_results(s, job)} | set(job.depends_on or [])
-        for dep_id in sorted(dep_ids):
-            dep = s.get(Job, dep_id)
-            result = ingest.read_result(self.job_store(dep), dep.current_attempt)
+        for name, uri, store, attempt_no in w.deps:
+            result = ingest.read_result(store, attempt_no) if store is not None else None
             if result is None:
-                raise StoreError(f"job {job.name}: dependency {dep.name} SUCCEEDED but its result.json is missing "
-                                 f"({dep.uri}/{layout.result_key(dep.current_attempt)})")
-            inputs[dep.name] = result
+                raise StoreError(f"job {spec.get('name')}: dependency {name} SUCCEEDED but its result.json is missing "
+                                 f"({uri}/{layout.result_key(attempt_no)})")
+            inputs[name] = result
         if inputs:
             spec["inputs"] = inputs
-        return spec
+        data = json.dumps(spec, sort_keys=True, indent=1).encode()
+        try:
+            if w.store.get_bytes(layout.SPEC) == data:
+                return
+        except ObjectNotFound:
+            pass
+        w.store.put_bytes(layout.SPEC, data)
 
     # step 6: campaigns ---------------------------------------------------------
     def _settle(self, report: TickReport) -> None:
@@ -473,6 +782,49 @@ class Controller:
             jobs_repo.settle_campaigns(s, now=self.clock())
             jobs_repo.accrue_costs(s, now=self.clock())
             s.commit()
+
+    # step 7: launcher records --------------------------------------------------
+    def _forget_later(self, ended: Iterable[tuple[str, str | None]]) -> None:
+        """Queue the launcher records of attempts whose end has just been committed."""
+        for lname, iid in ended:
+            if iid:
+                self._to_forget.setdefault((lname, iid), 0)
+
+    def _forget_ended(self, report: TickReport) -> None:
+        """Let launchers that keep per-instance records (``forget``) drop those of ended
+        attempts. Only after the end is committed: a record is what makes a relaunch of a
+        LAUNCHING attempt idempotent. Records left behind by a crash are swept once per
+        launcher and controller life."""
+        known = set(self._launcher_cache) | (set(self._launchers) if isinstance(self._launchers, Mapping) else set())
+        for lname in sorted(known - self._swept):  # launchers built by a factory: once this life used them
+            self._swept.add(lname)
+            self._sweep(lname, self.launcher(lname))
+        for key, tries in list(self._to_forget.items()):
+            forget = getattr(self._launcher_cache.get(key[0]), "forget", None)
+            if forget is None:
+                del self._to_forget[key]
+                continue
+            try:
+                forget(key[1])
+            except (LauncherError, OSError) as exc:  # e.g. a killed process still dying: next pass
+                if tries + 1 >= FORGET_TRIES:
+                    log.warning("controller: cannot forget instance %s: %s", key[1], exc)
+                    del self._to_forget[key]
+                else:
+                    self._to_forget[key] = tries + 1
+                continue
+            del self._to_forget[key]
+
+    def _sweep(self, lname: str, launcher: Launcher) -> None:
+        if getattr(launcher, "forget", None) is None:
+            return
+        ids = [st.instance_id for st in launcher.list_instances() if not st.state.is_alive()]
+        for i in range(0, len(ids), 500):
+            with Session(self.engine) as s:
+                ended = s.exec(select(Attempt.instance_id).where(
+                    Attempt.launcher == lname, Attempt.instance_id.in_(ids[i:i + 500]),
+                    Attempt.ended_at.is_not(None))).all()
+            self._forget_later((lname, iid) for iid in ended)
 
     # ------------------------------------------------------------------ loop
     def run_forever(self, stop: threading.Event | None = None, *, max_ticks: int | None = None,
@@ -534,17 +886,3 @@ def job_price_per_hour(job: Job) -> float:
     except PriceError as exc:
         log.warning("controller: no price for job %s: %s", job.name, exc)
         return 0.0
-
-
-def default_budget_check(session: Session, campaign: Campaign, job: Job, next_usd: float) -> str | None:
-    """None when launching ``job`` keeps the campaign within its budget, else the reason why not.
-
-    ``next_usd`` is the estimated cost of this job plus the jobs already picked in this pass;
-    the decision itself is the data side's ``service.budget_allows_launch``.
-    """
-    if campaign.budget_usd is None:
-        return None
-    from backend.service import budget_allows_launch
-
-    decision = budget_allows_launch(campaign.id, next_usd, session=session)
-    return None if decision.allowed else decision.reason

@@ -122,12 +122,33 @@ def ingest_result(session: Session, job: Job, attempt: Attempt, job_store: Artif
             jobs_repo.record_artifact(session, job.id, str(kind)[:32], uri, attempt_no=attempt.attempt_no,
                                       size_bytes=_size(job_store, uri))
     summary = result.get("summary") or {}
+    prov = provenance(job, result)
+    if prov:
+        summary = {**summary, "provenance": prov}
     if job.kind in FIT_KINDS:
         mu_hat, sigma = _mu_sigma(summary)
         jobs_repo.record_fit_result(session, job, summary, mu_hat=mu_hat, sigma=sigma)
     elif job.kind == "train":  # its diagnostics feed the dashboard's Diagnostics page
         jobs_repo.record_fit_result(session, job, summary)
     return result
+
+
+def provenance(job: Job, result: dict) -> dict[str, Any]:
+    """Where a recorded result comes from, for jobs created from an analysis file: the
+    analysis (name, path, file sha256), the job's content key, its training seed, and the
+    ensemble URIs it used (fit-stage jobs) or wrote (train jobs). {} for other jobs."""
+    spec = job.spec or {}
+    if "analysis" not in spec and "cache_key" not in spec:
+        return {}
+    out: dict[str, Any] = {"analysis": dict(spec.get("analysis") or {}), "cache_key": spec.get("cache_key")}
+    seed = ((spec.get("params") or {}).get("train") or {}).get("seed")
+    if seed is not None:
+        out["seed"] = seed
+    if result.get("ensembles"):
+        out["ensembles"] = {k: list(v) for k, v in result["ensembles"].items()}
+    elif (result.get("artifacts") or {}).get("ensemble"):
+        out["ensembles"] = {str(job.task or job.name): [result["artifacts"]["ensemble"]]}
+    return out
 
 
 def _size(job_store: ArtifactStore, uri: str) -> int | None:

@@ -10,6 +10,12 @@ small and crash-safe. The caller owns the session and commits. The launch protoc
 
 A controller restarted between 1 and 3 finds the LAUNCHING attempt (`half_done_launches()`)
 and can ask the launcher whether that instance exists instead of launching a duplicate.
+`begin_attempts()` and `mark_launched_rows()` are steps 1 and 3 for a whole pass's jobs.
+
+The bulk helpers (`*_rows`, `begin_attempts`, `apply_simple_intents`, `accrue_costs`) read
+and write plain rows with one statement per kind of change (`states.transition_rows`), so a
+pass that moves hundreds of jobs costs a handful of statements; they do not refresh ORM
+objects the session already holds for the rows they change.
 
 Ingest is idempotent: `ingest_metrics()` / `ingest_resources()` insert with
 ON CONFLICT DO NOTHING against the tables' unique keys, so re-reading a segment is harmless.
@@ -38,14 +44,43 @@ from backend.db.models import (
     MetricPoint,
     ResourceSample,
 )
-from backend.states import CampaignStatus, DesiredState, JobStatus, transition, utcnow
+from backend.states import (
+    JOB_STATE_COLUMNS,
+    CampaignStatus,
+    DesiredState,
+    JobStatus,
+    bulk_insert,
+    bulk_update,
+    transition,
+    transition_rows,
+    utcnow,
+)
 
 _OPEN = (JobStatus.LAUNCHING, JobStatus.RUNNING)
 # Listing thousands of candidate jobs should not decode their JSON; it loads on first access.
-_DEFER_JSON = tuple(sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "np_subset", "seeds", "zones"))
+# (zones stays: it is a short list the launch plan reads for every candidate's price.)
+_DEFER_JSON = tuple(sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "np_subset", "seeds"))
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _unmet_dependency(session: Session) -> sa.Select:
+    """Dependency edges of the outer `Job` whose dependency has not SUCCEEDED (for EXISTS).
+
+    On SQLite the dependency is tested against the set of SUCCEEDED ids, which the (status,
+    desired_state) index covers: reading a job row's status there means walking past its spec,
+    which for a fit over thousands of trainings spans a hundred overflow pages. PostgreSQL
+    keeps large values out of line, so it joins the dependency's row.
+    """
+    dep = sa.orm.aliased(Job)
+    if session.get_bind().dialect.name == "sqlite":
+        succeeded = sa.select(dep.id).where(dep.status == JobStatus.SUCCEEDED)
+        return sa.select(JobDependency.job_id).where(JobDependency.job_id == Job.id,
+                                                     JobDependency.depends_on_id.not_in(succeeded))
+    return (sa.select(JobDependency.job_id)
+            .join(dep, dep.id == JobDependency.depends_on_id)
+            .where(JobDependency.job_id == Job.id, dep.status != JobStatus.SUCCEEDED))
 
 
 def ready_jobs(
@@ -54,6 +89,10 @@ def ready_jobs(
     campaign_id: int | None = None,
     limit: int | None = None,
     within_concurrency: bool = False,
+    after: tuple[int, int] | None = None,
+    campaign_ids: Sequence[int] | None = None,
+    max_gpus: int | None = None,
+    exclude_launchers: Sequence[str] = (),
 ) -> list[Job]:
     """PENDING jobs the controller may launch now: launch requested (desired RUN), campaign
     ACTIVE, no cancel requested, and every dependency SUCCEEDED. Highest priority first.
@@ -63,14 +102,12 @@ def ready_jobs(
     10,000 ready jobs costs as much as its few launchable ones.
 
     The JSON columns (spec, members, ...) are deferred: they load when first touched, so
-    listing many ready jobs to launch a few stays cheap. Pass `limit` when you can.
+    listing many ready jobs to launch a few stays cheap. Pass `limit` when you can, and
+    `after=(priority, id)` of the last job of a page to get the next page. `campaign_ids`,
+    `max_gpus` and `exclude_launchers` narrow the candidates to campaigns with free slots, jobs
+    that fit a GPU quota and launchers with free slots.
     """
-    dep = sa.orm.aliased(Job)
-    unmet = (
-        sa.select(JobDependency.job_id)
-        .join(dep, dep.id == JobDependency.depends_on_id)
-        .where(JobDependency.job_id == Job.id, dep.status != JobStatus.SUCCEEDED)
-    )
+    unmet = _unmet_dependency(session)
     conds = [
         Job.status == JobStatus.PENDING,
         Job.desired_state == DesiredState.RUN,
@@ -80,6 +117,12 @@ def ready_jobs(
     ]
     if campaign_id is not None:
         conds.append(Job.campaign_id == campaign_id)
+    if campaign_ids is not None:
+        conds.append(Job.campaign_id.in_(list(campaign_ids)))
+    if max_gpus is not None:
+        conds.append(Job.gpu_count <= max_gpus)
+    if exclude_launchers:
+        conds.append(Job.launcher.not_in(list(exclude_launchers)))
     q = select(Job).options(*_DEFER_JSON).join(Campaign, Campaign.id == Job.campaign_id)
     if within_concurrency:
         rank = sa.func.row_number().over(partition_by=Job.campaign_id, order_by=(Job.priority.desc(), Job.id))
@@ -87,15 +130,30 @@ def ready_jobs(
                   .join(Campaign, Campaign.id == Job.campaign_id).where(*conds).subquery())
         busy = (sa.select(Job.campaign_id.label("campaign_id"), sa.func.count().label("n"))
                 .where(Job.status.in_(_OPEN)).group_by(Job.campaign_id).subquery())
+        cap = sa.case((Campaign.max_concurrency < 1, 1), else_=Campaign.max_concurrency)  # as the controller
         q = (q.join(ranked, ranked.c.id == Job.id)
              .outerjoin(busy, busy.c.campaign_id == Job.campaign_id)
-             .where(ranked.c.rn <= Campaign.max_concurrency - sa.func.coalesce(busy.c.n, 0)))
+             .where(ranked.c.rn <= cap - sa.func.coalesce(busy.c.n, 0)))
     else:
         q = q.where(*conds)
+    if after is not None:
+        priority, job_id = after
+        q = q.where(sa.or_(Job.priority < priority, sa.and_(Job.priority == priority, Job.id > job_id)))
     q = q.order_by(Job.priority.desc(), Job.id)
     if limit is not None:
         q = q.limit(limit)
     return list(session.exec(q))
+
+
+def active_load(session: Session) -> tuple[dict[int, int], int]:
+    """({campaign id: jobs in LAUNCHING or RUNNING}, their GPUs in total), in one query."""
+    q = (sa.select(Job.campaign_id, sa.func.count(), sa.func.coalesce(sa.func.sum(Job.gpu_count), 0))
+         .where(Job.status.in_(_OPEN)).group_by(Job.campaign_id))
+    counts, gpus = {}, 0
+    for cid, n, g in session.execute(q):
+        counts[cid] = n
+        gpus += int(g)
+    return counts, gpus
 
 
 def active_counts(session: Session) -> dict[int, int]:
@@ -108,56 +166,99 @@ def active_counts(session: Session) -> dict[int, int]:
     return {cid: n for cid, n in session.execute(q)}
 
 
-def open_attempts(session: Session) -> list[tuple[Job, Attempt]]:
-    """(job, its current attempt) for every job in LAUNCHING or RUNNING."""
+def open_attempts(session: Session, *, status: JobStatus | None = None) -> list[tuple[Job, Attempt]]:
+    """(job, its current attempt) for every job in LAUNCHING or RUNNING, in one query;
+    `status` keeps only pairs where both the job and the attempt are in that state."""
     q = (
         select(Job, Attempt)
         .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
-        .where(Job.status.in_(_OPEN))
         .order_by(Job.id)
     )
+    if status is None:
+        q = q.where(Job.status.in_(_OPEN))
+    else:
+        q = q.where(Job.status == status, Attempt.status == status)
     return [(j, a) for j, a in session.exec(q)]
 
 
 def half_done_launches(session: Session) -> list[tuple[Job, Attempt]]:
     """LAUNCHING attempts: the launcher may or may not have started them (controller crashed)."""
-    return [(j, a) for j, a in open_attempts(session) if a.status == JobStatus.LAUNCHING]
+    return open_attempts(session, status=JobStatus.LAUNCHING)
 
 
-def jobs_with_dead_dependencies(session: Session) -> list[Job]:
-    """PENDING jobs that wait on a CANCELLED job, or on a FAILED one with no retries left and no
-    retry requested: they can never run, so the controller should cancel them."""
+def state_rows(session: Session, *conditions: Any) -> list[sa.Row]:
+    """`JOB_STATE_COLUMNS` of the jobs matching `conditions`, by id: what `transition_rows()`
+    needs, without building ORM objects (bulk steps move hundreds of jobs)."""
+    cols = [getattr(Job, c) for c in JOB_STATE_COLUMNS]
+    return list(session.execute(sa.select(*cols).where(*conditions).order_by(Job.id)))
+
+
+def attempt_state_rows(session: Session, attempt_ids: Sequence[int]) -> list[sa.Row]:
+    """`state_rows` of the jobs of these attempts, plus attempt_id, attempt_no, attempt_status
+    and attempt_launched_at."""
+    cols = [getattr(Job, c) for c in JOB_STATE_COLUMNS]
+    q = (sa.select(*cols, Attempt.id.label("attempt_id"), Attempt.attempt_no, Attempt.status.label("attempt_status"),
+                   Attempt.launched_at.label("attempt_launched_at"))
+         .join(Attempt, Attempt.job_id == Job.id).where(Attempt.id.in_(list(attempt_ids))))
+    return list(session.execute(q))
+
+
+def state_rows_of(session: Session, ids: Sequence[int], chunk: int = 5000) -> list[sa.Row]:
+    """`state_rows` of the jobs with these ids (in chunks: databases cap the bound parameters)."""
+    out: list[sa.Row] = []
+    for i in range(0, len(ids), chunk):
+        out += state_rows(session, Job.id.in_(list(ids[i:i + chunk])))
+    return out
+
+
+def dead_dependency_ids(session: Session) -> list[int]:
+    """Ids of PENDING jobs that wait on a CANCELLED job, or on a FAILED one with no retries left
+    and no retry requested: they can never run, so the controller should cancel them.
+
+    Goes from the few dead jobs to their dependants, and reads only ids and statuses (the
+    status index covers them), so it costs the same however many jobs are PENDING.
+    """
     dep = sa.orm.aliased(Job)
     dead = sa.or_(
         dep.status == JobStatus.CANCELLED,
         sa.and_(dep.status == JobStatus.FAILED, dep.retry_requested.is_(False),
                 sa.or_(dep.retries >= dep.max_retries, dep.cancel_requested.is_(True))),
     )
-    blocked = (
-        sa.select(JobDependency.job_id)
-        .join(dep, dep.id == JobDependency.depends_on_id)
-        .where(JobDependency.job_id == Job.id, dead)
-    )
-    q = select(Job).where(Job.status == JobStatus.PENDING, sa.exists(blocked)).order_by(Job.id)
-    return list(session.exec(q))
+    blocked = sa.select(JobDependency.job_id).join(dep, dep.id == JobDependency.depends_on_id).where(dead)
+    member = Job.id
+    if session.get_bind().dialect.name == "sqlite":
+        # `id + 0`: SQLite then tests membership on the status index entries instead of reading
+        # each blocked job's row (whose status sits behind its spec, see `_unmet_dependency`)
+        member = Job.id + 0
+    q = sa.select(Job.id).where(Job.status == JobStatus.PENDING, member.in_(blocked)).order_by(Job.id)
+    return list(session.execute(q).scalars())
+
+
+def jobs_with_dead_dependencies(session: Session) -> list[Job]:
+    """The jobs of `dead_dependency_ids()`."""
+    ids = dead_dependency_ids(session)
+    return [j for i in range(0, len(ids), 5000) for j in session.exec(
+        select(Job).options(*_DEFER_JSON).where(Job.id.in_(ids[i:i + 5000])).order_by(Job.id))]
+
+
+def _retryable_condition() -> sa.ColumnElement[bool]:
+    active = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE)
+    return sa.and_(Job.status == JobStatus.FAILED, Job.retries < Job.max_retries, Job.cancel_requested.is_(False),
+                   Job.desired_state == DesiredState.RUN, Job.campaign_id.in_(active))
 
 
 def retryable_failed_jobs(session: Session) -> list[Job]:
     """FAILED jobs the controller should retry automatically: retries left, no cancel requested,
     launch requested, campaign ACTIVE (requeue them with `requeue()`)."""
-    q = (
-        select(Job)
-        .join(Campaign, Campaign.id == Job.campaign_id)
-        .where(
-            Job.status == JobStatus.FAILED,
-            Job.retries < Job.max_retries,
-            Job.cancel_requested.is_(False),
-            Job.desired_state == DesiredState.RUN,
-            Campaign.status == CampaignStatus.ACTIVE,
-        )
-        .order_by(Job.id)
-    )
+    q = select(Job).options(*_DEFER_JSON).where(_retryable_condition()).order_by(Job.id)
     return list(session.exec(q))
+
+
+def recovery_rows(session: Session) -> list[sa.Row]:
+    """`state_rows` of the jobs to requeue now: retryable FAILED ones (see
+    `retryable_failed_jobs`) and PREEMPTED ones without a cancel request."""
+    preempted = sa.and_(Job.status == JobStatus.PREEMPTED, Job.cancel_requested.is_(False))
+    return state_rows(session, sa.or_(_retryable_condition(), preempted))
 
 
 def dependency_results(session: Session, job: Job) -> list[Job]:
@@ -190,7 +291,7 @@ def begin_attempt(
     """Job PENDING -> LAUNCHING and a new LAUNCHING attempt row; commit before launching.
 
     The unique (job_id, attempt_no) makes a second controller racing on the same job fail at
-    flush time instead of launching twice.
+    flush time instead of launching twice. (`begin_attempts()` does the same for many jobs.)
     """
     now = now or utcnow()
     attempt_no = job.current_attempt + 1
@@ -214,6 +315,56 @@ def begin_attempt(
     session.add(attempt)
     session.flush()
     return attempt
+
+
+def begin_attempts(session: Session, launches: Sequence[tuple[Any, str, float]], *,
+                   now: datetime | None = None, uris: Mapping[int, str] | None = None) -> dict[int, tuple[int, int]]:
+    """`begin_attempt()` for many jobs at once: (job, launcher, price per hour) each, where job
+    is a PENDING job row or object (not refreshed: its columns are written with Core), and
+    `uris` sets the jobs' store URIs on the way. Jobs -> LAUNCHING (one UPDATE, one INSERT of
+    events) and one INSERT of the LAUNCHING attempts; returns {job id: (attempt id, attempt
+    no)}. Commit before launching."""
+    if not launches:
+        return {}
+    now = now or utcnow()
+    jobs = [job for job, _, _ in launches]
+    numbers = [job.current_attempt + 1 for job in jobs]
+    extra = [{"current_attempt": n, **({"uri": uris[job.id]} if uris is not None else {})}
+             for job, n in zip(jobs, numbers)]
+    transition_rows(session, jobs, JobStatus.LAUNCHING,
+                    [f"attempt {n} on {launcher}" for n, (_, launcher, _) in zip(numbers, launches)],
+                    now=now, extra=extra, attempt_nos=numbers)
+    table = Attempt.__table__
+    rows = [{
+        "job_id": job.id, "attempt_no": n, "status": JobStatus.LAUNCHING.value, "launcher": launcher,
+        "instance_id": None, "machine_type": job.machine_type, "gpu_type": job.gpu_type,
+        "gpu_count": job.gpu_count, "spot": job.spot, "zone": None, "region": None, "created_at": now,
+        "launched_at": None, "ended_at": None, "last_heartbeat": None, "exit_code": None, "failure_reason": None,
+        "price_per_hour": price, "cost_usd": 0.0, "gpu_hours": 0.0, "ingest_cursor": {},
+    } for (job, launcher, price), n in zip(launches, numbers)]
+    conn = session.connection()
+    bulk_insert(conn, table, rows)
+    wanted = {job.id: n for job, n in zip(jobs, numbers)}
+    created = conn.execute(sa.select(table.c.id, table.c.job_id, table.c.attempt_no)
+                           .where(table.c.job_id.in_(list(wanted))))
+    return {job_id: (attempt_id, no) for attempt_id, job_id, no in created if wanted[job_id] == no}
+
+
+def mark_launched_rows(session: Session, launched: Sequence[tuple[Any, str]], *,
+                       now: datetime | None = None) -> int:
+    """`mark_launched()` for many attempts at once: (row of `attempt_state_rows`, instance id)
+    each, all LAUNCHING. Billing starts; jobs -> RUNNING (one UPDATE each, one INSERT)."""
+    if not launched:
+        return 0
+    now = now or utcnow()
+    session.flush()
+    bulk_update(session.connection(), Attempt.__table__, [
+        {"_id": r.attempt_id, "_old": JobStatus.LAUNCHING.value, "status": JobStatus.RUNNING.value,
+         "instance_id": iid, "launched_at": r.attempt_launched_at or now} for r, iid in launched],
+        guard=("status", "_old"))
+    return transition_rows(session, [r for r, _ in launched], JobStatus.RUNNING,
+                           [f"launched as {iid}" for _, iid in launched], now=now,
+                           attempt_nos=[r.attempt_no for r, _ in launched])
 
 
 def mark_launched(
@@ -262,12 +413,18 @@ def _accrue(attempt: Attempt, until: datetime) -> None:
 
 
 def accrue_costs(session: Session, *, now: datetime | None = None) -> int:
-    """Bring cost_usd / gpu_hours of every open (launched, not ended) attempt up to `now`."""
+    """Bring cost_usd / gpu_hours of every open (launched, not ended) attempt up to `now`
+    (one SELECT and one UPDATE for all of them)."""
     now = now or utcnow()
-    rows = session.exec(select(Attempt).where(Attempt.launched_at.is_not(None), Attempt.ended_at.is_(None))).all()
-    for a in rows:
-        _accrue(a, now)
-        session.add(a)
+    t = Attempt.__table__
+    rows = session.execute(sa.select(t.c.id, t.c.launched_at, t.c.price_per_hour, t.c.gpu_count).where(
+        t.c.status.in_([s.value for s in _OPEN]),  # (the status index finds them)
+        t.c.launched_at.is_not(None), t.c.ended_at.is_(None))).all()
+    if rows:
+        session.flush()
+        bulk_update(session.connection(), t, [
+            {"_id": aid, "cost_usd": accrued_cost(price, launched, now), "gpu_hours": hours_between(launched, now) * gpus}
+            for aid, launched, price, gpus in rows])
     return len(rows)
 
 
@@ -287,6 +444,20 @@ def requeue(session: Session, job: Job, reason: str, *, manual: bool = False, no
     job.retry_requested = False
 
 
+def requeue_rows(session: Session, rows: Sequence[sa.Row], reasons: str | Sequence[str], *,
+                 manual: bool = False, now: datetime | None = None, extra: Mapping[str, Any] | None = None) -> int:
+    """`requeue()` for many `state_rows` at once (one UPDATE, one INSERT of events)."""
+    return transition_rows(session, rows, JobStatus.PENDING, reasons, manual=manual, now=now,
+                           extra={"retry_requested": False, **(extra or {})})
+
+
+def no_more_retries(session: Session, job: Job) -> None:
+    """Make a FAILED job final: no automatic retry (a user's retry still works), so its
+    dependants are cancelled and its campaign can settle."""
+    job.retries = max(job.retries, job.max_retries)
+    session.add(job)
+
+
 # --------------------------------------------------------------------------- intents
 
 
@@ -296,26 +467,22 @@ def apply_simple_intents(session: Session, *, now: datetime | None = None) -> di
 
     Returns {"cancelled": [...], "retried": [...], "to_stop": [...]} where to_stop lists jobs in
     LAUNCHING/RUNNING with cancel_requested: the controller must stop their instances and then
-    call `end_attempt(..., CANCELLED)`.
+    call `end_attempt(..., CANCELLED)`. Each kind of move is one bulk transition; jobs whose
+    dependants this cancels are cancelled by the next call (one level of the DAG per pass).
     """
     now = now or utcnow()
     out: dict[str, list[int]] = {"cancelled": [], "retried": [], "to_stop": []}
-    q = select(Job).where(Job.cancel_requested.is_(True), Job.status.in_([
+    rows = state_rows(session, Job.cancel_requested.is_(True), Job.status.in_([
         JobStatus.PENDING, JobStatus.PREEMPTED, JobStatus.LAUNCHING, JobStatus.RUNNING]))
-    for job in session.exec(q).all():
-        if JobStatus(job.status) in _OPEN:
-            out["to_stop"].append(job.id)
-        else:
-            transition(session, job, JobStatus.CANCELLED, "cancel requested", actor="controller", now=now)
-            out["cancelled"].append(job.id)
-    for job in jobs_with_dead_dependencies(session):
-        transition(session, job, JobStatus.CANCELLED, "a dependency failed or was cancelled", now=now)
-        out["cancelled"].append(job.id)
-    q = select(Job).where(Job.retry_requested.is_(True), Job.status == JobStatus.FAILED)
-    for job in session.exec(q).all():
-        requeue(session, job, "retry requested", manual=True, now=now)
-        job.desired_state = DesiredState.RUN
-        out["retried"].append(job.id)
+    out["to_stop"] = [r.id for r in rows if r.status in _OPEN]
+    stop_now = [r for r in rows if r.status not in _OPEN]
+    transition_rows(session, stop_now, JobStatus.CANCELLED, "cancel requested", actor="controller", now=now)
+    dead = state_rows_of(session, dead_dependency_ids(session))
+    transition_rows(session, dead, JobStatus.CANCELLED, "a dependency failed or was cancelled", now=now)
+    out["cancelled"] = [r.id for r in (*stop_now, *dead)]
+    retry = state_rows(session, Job.retry_requested.is_(True), Job.status == JobStatus.FAILED)
+    requeue_rows(session, retry, "retry requested", manual=True, now=now, extra={"desired_state": DesiredState.RUN})
+    out["retried"] = [r.id for r in retry]
     return out
 
 
@@ -325,12 +492,20 @@ def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[i
     still be retried (retries left in an ACTIVE campaign, or a retry requested) is not final."""
     now = now or utcnow()
     changed: dict[int, str] = {}
+    # a campaign with a job that is not final cannot settle: only the others are counted
+    unsettled = (sa.select(Job.id).where(Job.campaign_id == Campaign.id, Job.status.in_(
+        [JobStatus.PENDING, JobStatus.LAUNCHING, JobStatus.RUNNING, JobStatus.PREEMPTED])).exists())
+    candidates = sa.select(Campaign.id).where(
+        Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]), ~unsettled)
+    ids = list(session.execute(candidates).scalars())
+    if not ids:
+        return changed
     retries_left = Job.retries < Job.max_retries
     q = (
         sa.select(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
                   Campaign.status, sa.func.count())
         .join(Campaign, Campaign.id == Job.campaign_id)
-        .where(Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]))
+        .where(Campaign.id.in_(ids))
         .group_by(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
                   Campaign.status)
     )

@@ -41,7 +41,8 @@ from backend.states import CampaignStatus, DesiredState, JobStatus, utcnow
 
 __all__ = [
     "FIT_KINDS", "BudgetDecision", "CampaignDetail", "CampaignSummary", "IntentError", "JobRow", "NotFound",
-    "budget_allows_launch", "campaign_diagnostics", "campaign_ids", "cost_summary", "create_campaign",
+    "analysis_file_problems", "analysis_plan", "budget_allows_launch", "campaign_analysis", "campaign_diagnostics", "campaign_job_records", "campaign_ids", "campaign_progress",
+    "cost_summary", "create_campaign", "create_campaign_from_analysis", "create_campaign_from_analysis_file",
     "estimate_campaign", "fit_results", "get_campaign", "get_job", "job_events", "list_campaigns", "list_jobs",
     "metric_names", "metric_series", "request_cancel", "request_launch", "request_retry", "resource_series",
     "start_fit",
@@ -336,6 +337,190 @@ def create_campaign(
                           reason=f"created with {len(plans)} jobs", actor=owner,
                           detail={"config_hash": cfg.config_hash}))
         return camp.id
+
+
+# --------------------------------------------------------------------------- analysis campaigns
+
+
+def create_campaign_from_analysis(
+    config: Mapping[str, Any] | CampaignConfig, *, analysis: Mapping[str, Any] | None = None,
+    owner: str = "local", reuse: bool = True, engine: Engine | None = None,
+) -> int:
+    """Create a campaign from an analysis file's campaign config, reusing earlier results.
+
+    Like `create_campaign`, plus: every job gets a content key (`backend.analysis.cache`) in
+    ``spec["cache_key"]`` and the analysis provenance (``analysis``: name, path, file_hash) in
+    ``spec["analysis"]``; with ``reuse`` each job whose key matches a SUCCEEDED job whose
+    artifacts still exist is created SUCCEEDED with that job's result (``spec["cached_from"]``,
+    an Event 'cached'), so only the rest runs. The creation Event's detail records the
+    analysis provenance and which jobs were reused. The cost estimate counts only jobs that
+    will run. One transaction: nothing is written if anything fails.
+    """
+    from backend.analysis import cache
+
+    cfg = validate_config(config)
+    plans = expand(cfg)
+    keys = cache.plan_keys(plans)
+    prov = {k: v for k, v in dict(analysis or {}).items() if isinstance(v, (str, int, float, bool)) or v is None}
+    plans = [dataclasses.replace(p, spec={**p.spec, "cache_key": keys[p.name],
+                                          **({"analysis": prov} if prov else {})}) for p in plans]
+    estimate = estimate_campaign(cfg)
+    hours = {j.name: j.hours for j in estimate.per_job}
+    now = utcnow()
+    backend = cfg.backend
+    with session_scope(engine) as session:
+        sources = cache.find_sources(session, keys.values()) if reuse else {}
+        reused = {p.name for p in plans if keys[p.name] in sources}
+        cost = sum(j.cost for j in estimate.per_job if j.name not in reused)
+        gpu_h = sum(j.gpu_hours for j in estimate.per_job if j.name not in reused)
+        camp = Campaign(
+            name=cfg.name, description=cfg.data.get("description", ""), config=cfg.data,
+            config_hash=cfg.config_hash, code_version=cfg.data.get("code_version") or _code_version(),
+            owner=owner, status=CampaignStatus.CREATED, launcher=backend["launcher"],
+            budget_usd=backend["budget_usd"], max_concurrency=backend["max_concurrency"],
+            retry_limit=backend["retry_limit"], estimate_gpu_hours=gpu_h, estimate_cost_usd=cost,
+            created_at=now, updated_at=now,
+        )
+        session.add(camp)
+        session.flush()
+        ids = _insert_plans(session, camp.id, plans, backend, hours, DesiredState.HOLD.value, now)
+        session.add(Event(campaign_id=camp.id, time=now, from_state=None, to_state=CampaignStatus.CREATED,
+                          reason=f"created from analysis with {len(plans)} jobs, {len(reused)} reused",
+                          actor=owner, detail={"config_hash": cfg.config_hash, "analysis": prov,
+                                               "engine_version": cache.engine_version(),
+                                               "reused": sorted(reused)}))
+        session.flush()
+        cache.mark_cached(session, ids, keys, sources, actor=owner, now=now)
+        return camp.id
+
+
+def analysis_plan(config: Mapping[str, Any] | CampaignConfig, engine: Engine | None = None) -> dict[str, Any]:
+    """What creating this analysis campaign would do, without writing anything: n_jobs, jobs
+    per kind, and the names of the jobs an earlier SUCCEEDED job would stand in for
+    ("reused"; None when the database is not set up yet)."""
+    from backend.analysis import cache
+    from backend.db.migrate import current_revision, head_revision
+
+    cfg = validate_config(config)
+    plans = expand(cfg)
+    kinds: dict[str, int] = {}
+    for p in plans:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    keys = cache.plan_keys(plans)
+    reused = None
+    if engine is None:  # do not create an empty SQLite file just to find nothing in it
+        from sqlalchemy.engine import make_url
+
+        from backend.settings import get_settings
+
+        u = make_url(get_settings().database_url)
+        if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).expanduser().exists():
+            return {"n_jobs": len(plans), "kinds": kinds, "reused": None}
+    try:
+        if current_revision(engine) == head_revision():
+            with session_scope(engine) as session:
+                sources = cache.find_sources(session, keys.values())
+            reused = sorted(p.name for p in plans if keys[p.name] in sources)
+    except sa.exc.SQLAlchemyError:
+        reused = None
+    return {"n_jobs": len(plans), "kinds": kinds, "reused": reused}
+
+
+def analysis_file_problems(path: str | Path) -> list[str]:
+    """Every problem of an analysis file, as 'FILE:LINE: key: message' (static checks: the
+    samples are not read, so no JAX is imported; `nsbi analysis validate` reads them too)."""
+    from backend.analysis import validate_analysis
+
+    return [str(p) for p in validate_analysis(path, check_data=False)]
+
+
+def create_campaign_from_analysis_file(path: str | Path, *, owner: str = "dashboard", launch: bool = False,
+                                       reuse: bool = True, engine: Engine | None = None) -> int:
+    """Validate an analysis file (static checks) and create its campaign, reusing earlier
+    results; optionally request the launch. Raises `AnalysisError` (with `.problems`) and
+    writes nothing when the file has problems. The controller carries the campaign; the
+    report folder is what `nsbi analysis run` writes, not this."""
+    from backend.analysis import load_analysis
+
+    a = load_analysis(path, check_data=False)
+    cid = create_campaign_from_analysis(a.campaign_config(), owner=owner, reuse=reuse, engine=engine,
+                                        analysis={"name": a.name, "path": str(a.path), "file_hash": a.file_hash})
+    if launch:
+        request_launch(cid, engine=engine, actor=owner)
+    return cid
+
+
+def campaign_analysis(campaign_id: int, engine: Engine | None = None) -> dict[str, Any]:
+    """The analysis provenance of a campaign made by `create_campaign_from_analysis` ({} if
+    it was not): {"analysis": {name, path, file_hash}, "config_hash", "engine_version", "reused"}."""
+    with session_scope(engine) as session:
+        _campaign_or_raise(session, campaign_id)
+        ev = session.exec(select(Event).where(Event.campaign_id == campaign_id, Event.job_id.is_(None),
+                                              Event.from_state.is_(None)).order_by(Event.id).limit(1)).first()
+        detail = dict(ev.detail or {}) if ev is not None else {}
+        return detail if "analysis" in detail else {}
+
+
+def campaign_progress(campaign_id: int, engine: Engine | None = None) -> dict[str, Any]:
+    """A cheap progress snapshot for command-line bars: campaign status; per kind the jobs
+    total / done (SUCCEEDED) / running / failed / reused (SUCCEEDED without an attempt); and
+    the newest ``train_loss`` of each running train job (one index seek per running job)."""
+    with session_scope(engine) as session:
+        c = _campaign_or_raise(session, campaign_id)
+        ran = sa.select(Attempt.job_id).where(Attempt.job_id == Job.id).exists()
+        kinds: dict[str, dict[str, int]] = defaultdict(lambda: {"total": 0, "done": 0, "running": 0,
+                                                               "failed": 0, "cancelled": 0, "reused": 0})
+        q = (sa.select(Job.kind, Job.status, ran, sa.func.count())
+             .where(Job.campaign_id == campaign_id).group_by(Job.kind, Job.status, ran))
+        for kind, status, has_attempt, n in session.execute(q):
+            k = kinds[kind]
+            k["total"] += n
+            if status == JobStatus.SUCCEEDED:
+                k["done"] += n
+                k["reused"] += 0 if has_attempt else n
+            elif status in (JobStatus.LAUNCHING, JobStatus.RUNNING):
+                k["running"] += n
+            elif status == JobStatus.FAILED:
+                k["failed"] += n
+            elif status == JobStatus.CANCELLED:
+                k["cancelled"] += n
+        running = list(session.execute(sa.select(Job.id).where(
+            Job.campaign_id == campaign_id, Job.kind == "train", Job.status == JobStatus.RUNNING)).scalars())
+        losses = {}
+        mp = MetricPoint.__table__.c
+        for jid in running:
+            v = session.execute(sa.select(mp.value).where(mp.job_id == jid, mp.name == "train_loss")
+                                .order_by(mp.step.desc()).limit(1)).scalar()
+            if v is not None:
+                losses[jid] = float(v)
+        order = {k: i for i, k in enumerate(("train", *FIT_KINDS))}
+        return {"status": c.status, "kinds": dict(sorted(kinds.items(), key=lambda kv: order.get(kv[0], 99))),
+                "train_loss": losses}
+
+
+def campaign_job_records(campaign_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Every job of a campaign with what a report's provenance needs, in id order: id, name,
+    kind, task, status, uri, attempt (current), attempts (rows: 0 for a reused job), spec,
+    cache_key, cached_from, started_at, finished_at and run_seconds (summed over attempts)."""
+    with session_scope(engine) as session:
+        _campaign_or_raise(session, campaign_id)
+        agg = dict((jid, (n, secs)) for jid, n, secs in session.execute(
+            sa.select(Attempt.job_id, sa.func.count(), sa.func.sum(Attempt.gpu_hours))
+            .join(Job, Job.id == Attempt.job_id).where(Job.campaign_id == campaign_id).group_by(Attempt.job_id)))
+        spans: dict[int, float] = defaultdict(float)
+        for jid, launched, ended in session.execute(
+                sa.select(Attempt.job_id, Attempt.launched_at, Attempt.ended_at)
+                .join(Job, Job.id == Attempt.job_id).where(Job.campaign_id == campaign_id)):
+            if launched is not None and ended is not None:
+                spans[jid] += (ended - launched).total_seconds()
+        out = []
+        for j in session.exec(select(Job).where(Job.campaign_id == campaign_id).order_by(Job.id)):
+            spec = dict(j.spec or {})
+            out.append({"id": j.id, "name": j.name, "kind": j.kind, "task": j.task, "status": j.status,
+                        "uri": j.uri, "attempt": j.current_attempt, "attempts": agg.get(j.id, (0, 0))[0],
+                        "spec": spec, "cache_key": spec.get("cache_key"), "cached_from": spec.get("cached_from"),
+                        "started_at": j.started_at, "finished_at": j.finished_at, "run_seconds": spans.get(j.id, 0.0)})
+        return out
 
 
 FIT_KINDS = ("fit", "impacts", "scan", "toys")

@@ -192,11 +192,15 @@ class WorkerOutcome:
     status: str        # succeeded | failed | preempted
     exit_code: int
     error: str | None = None
+    # False when another attempt of the same spec must fail the same way (a bad spec): the
+    # controller then fails the job for good instead of retrying it
+    retryable: bool = True
 
 
 def _write_exit(job_store: ArtifactStore, attempt: int, outcome: WorkerOutcome, started: float) -> None:
     put_json(job_store, layout.exit_key(attempt), {
         "status": outcome.status, "exit_code": outcome.exit_code, "error": outcome.error,
+        "retryable": outcome.retryable,
         "attempt": attempt, "started_at": started, "finished_at": time.time(),
         "pid": os.getpid(), "host": socket.gethostname(),
     })
@@ -228,7 +232,10 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
         if kind not in KINDS:
             raise JobSpecError(f"{job_store.uri_for(layout.SPEC)}: unknown job kind {kind!r} (known: {sorted(KINDS)})")
     except (ObjectNotFound, StoreError, JobSpecError) as exc:
-        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc))
+        # a spec that is there but unusable fails every attempt alike; a missing or unreadable
+        # one may be the store's passing trouble (the controller rewrites spec.json per launch)
+        bad = isinstance(exc, JobSpecError) or isinstance(exc.__cause__, json.JSONDecodeError)
+        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc), retryable=not bad)
         _safe_exit(job_store, attempt, outcome, started)
         return outcome
 
@@ -261,7 +268,7 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
             why = f"{stop.reason}; did not stop within {ticker.grace_s:.0f} s, interrupted (last checkpoint stands)"
         outcome = WorkerOutcome("preempted", EXIT_PREEMPTED, why)
     except JobSpecError as exc:
-        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc))
+        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc), retryable=False)
     except Exception as exc:
         tb = traceback.format_exc(limit=8)
         outcome = WorkerOutcome("failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}\n{tb[-3000:]}")

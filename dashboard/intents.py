@@ -43,6 +43,35 @@ def create_demo(*, launch: bool = True) -> int:
     return create(config, launch=launch)
 
 
+def save_upload(name: str, data: bytes) -> str:
+    """Keep an uploaded analysis file under <NSBI_HOME>/analyses/ (named by its content hash,
+    so the same upload is one file) and return its path. Relative sample paths inside it are
+    read relative to that folder: for file samples, give the path of the file instead."""
+    import hashlib
+    from pathlib import Path
+
+    from backend.settings import get_settings
+
+    folder = get_settings().home / "analyses"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(name).name or "analysis.yaml"
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
+
+
+def analysis_problems(path: str) -> list[str]:
+    """Every problem of an analysis file ('FILE:LINE: key: message'); [] when it is valid."""
+    return _service().analysis_file_problems(path)
+
+
+def create_from_analysis(path: str, *, launch: bool = True, owner: str = "dashboard") -> int:
+    """Create (and by default launch) the campaign of an analysis file; jobs an earlier run
+    already did are reused. Raises AnalysisError (`.problems`) for an invalid file."""
+    return int(_service().create_campaign_from_analysis_file(path, owner=owner, launch=launch))
+
+
 def launch(campaign_ids: Sequence[int]) -> None:
     for cid in campaign_ids:
         _service().request_launch(int(cid))

@@ -8,7 +8,9 @@ Spec shape (what `backend.campaigns.expand` writes under "params"):
 processes {name: sample spec}, reference, tasks {task: {kind, process, systematic,
 direction}}, systematics [{name, process, up, down}], nuisances [names], coefficients
 {process: expression} (default: the off-shell mixture for S, SBI, B), data ("asimov" or an
-observed sample spec), mu_true, options, plus per kind: nps (impacts), poi_values (scan),
+observed sample spec), mu_true, options, optional norm_systematics [{name, effects: {process:
+[up, down]}}] (explicit yield factors), yields {process: nu} (default: the sample's sum of
+weights) and poi {init, bounds}, plus per kind: nps (impacts), poi_values (scan),
 toy_seeds / toy_mu_true (toys).
 """
 
@@ -23,6 +25,7 @@ from .data import Sample, load_sample_spec
 from .pipeline import COEFFICIENTS
 
 ASIMOV_SEED_OFFSET = 100_003  # fresh simulation for Asimov events, away from training seeds
+NORM_SEED_OFFSET = 200_003  # fresh reference simulation: the normalisation sample of observed-data fits
 
 
 class FitJobError(ValueError):
@@ -33,12 +36,12 @@ def _is_demo(spec: Mapping[str, Any]) -> bool:
     return isinstance(spec, Mapping) and "demo" in spec
 
 
-def fresh_sample_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+def fresh_sample_spec(spec: Mapping[str, Any], offset: int = ASIMOV_SEED_OFFSET) -> dict[str, Any]:
     """The same sample definition with new random draws (demo specs only)."""
     if not _is_demo(spec):
         return dict(spec)
     demo = dict(spec["demo"])
-    demo["seed"] = int(demo.get("seed", 0)) + ASIMOV_SEED_OFFSET
+    demo["seed"] = int(demo.get("seed", 0)) + offset
     return {"demo": demo}
 
 
@@ -115,19 +118,43 @@ def _demo_norm_effects(params: Mapping[str, Any], name: str) -> dict[str, dict[s
             for c in nk.norm_processes if c in specs}
 
 
+def _combine_norm(old: tuple[float, float] | None, new: tuple[float, float]) -> tuple[float, float]:
+    """Yield ratios of two effects of one NP on one process multiply (shape-sample and explicit)."""
+    if old is None:
+        return new
+    return (old[0] * new[0], old[1] * new[1])
+
+
 def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
     """The fit workspace of a campaign's fit-stage job.
 
     `ensembles` maps ratio-task names to local ensemble files. Processes get r_c = p_c/p_ref
     from their task (r_ref = 1); each systematic gets per-event shape ratios from its up/down
     tasks and yield ratios from the up/down sample weights against the nominal sample.
+
+    Shape normalisation (n_c(alpha), see docs/workspace.md): Asimov data serve as their own
+    normalisation sample (``generated_at`` = mu_true); for observed data a fresh simulation of
+    the reference process is appended as normalisation-only rows (weight 0, ``norm_weights``
+    its simulation weights), so the ratios and shape ratios are evaluated on it too.
     """
     from .fit import Workspace
 
     params = spec["params"]
     ref = params["reference"]
     coefficients = _coefficients(params)
-    data = asimov_data(params, coefficients) if params.get("data", "asimov") == "asimov" else load_sample_spec(params["data"])
+    asimov = params.get("data", "asimov") == "asimov"
+    data = asimov_data(params, coefficients) if asimov else load_sample_spec(params["data"])
+    weights = np.asarray(data.weights, dtype=np.float64)
+    norm_weights = None
+    if not asimov:
+        norm = load_sample_spec(fresh_sample_spec(params["processes"][ref], NORM_SEED_OFFSET))
+        if tuple(norm.names) != tuple(data.names):
+            raise FitJobError(f"params.processes.{ref}: the reference sample's features {list(norm.names)} differ "
+                              f"from the data's {list(data.names)}")
+        data = Sample(np.concatenate([data.features, norm.features]), np.concatenate([weights, np.zeros(len(norm))]),
+                      data.names, f"{data.source} + normalisation sample of {ref}")
+        norm_weights = np.concatenate([np.zeros(len(weights)), np.asarray(norm.weights, dtype=np.float64)])
+        weights = np.asarray(data.weights, dtype=np.float64)
     x = data.features
     tasks = params.get("tasks", {})
     by_process = {t["process"]: name for name, t in tasks.items() if t["kind"] == "process"}
@@ -142,7 +169,9 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
             if task is None or task not in ensembles:
                 raise FitJobError(f"process {proc!r}: no trained ensemble for its ratio task against {ref!r}")
             ratio = normalised_ratio(ensembles[task], x, nominal[ref])
-        processes[proc] = {"yield": float(nominal[proc].weights.sum()), "coefficient": coefficients[proc], "ratio": ratio}
+        yields = params.get("yields") or {}
+        nu = float(yields[proc]) if proc in yields else float(nominal[proc].weights.sum())
+        processes[proc] = {"yield": nu, "coefficient": coefficients[proc], "ratio": ratio}
 
     nuisances: dict[str, dict[str, Any]] = {}
     for syst in params.get("systematics", []):
@@ -159,16 +188,27 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
         effect["shape"] = tuple(arrays)
         effect["norm"] = tuple(norms)
         nuisances.setdefault(name, {})[proc] = effect
+    for item in params.get("norm_systematics") or []:  # explicit up/down yield factors
+        name = item["name"]
+        for proc, (up, down) in item["effects"].items():
+            if proc not in processes:
+                raise FitJobError(f"norm_systematics.{name}.effects: unknown process {proc!r} "
+                                  f"(processes: {sorted(processes)})")
+            nuisances.setdefault(name, {}).setdefault(proc, {})["norm"] = _combine_norm(
+                nuisances.get(name, {}).get(proc, {}).get("norm"), (float(up), float(down)))
     for name in params.get("nuisances", []):
         if name not in nuisances:
             nuisances[name] = _demo_norm_effects(params, name)
 
+    poi = params.get("poi") or {}
     return Workspace.from_arrays(
-        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
         processes=processes,
-        weights=np.asarray(data.weights, dtype=np.float64),
+        weights=weights,
+        norm_weights=norm_weights,
         nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
-        data_kind="asimov" if params.get("data", "asimov") == "asimov" else "observed",
+        data_kind="asimov" if asimov else "observed",
+        generated_at={"mu": float(params.get("mu_true", 1.0))} if asimov else None,
         metadata={"campaign": spec.get("campaign"), "job": spec.get("name"), "ensembles": {k: list(v) for k, v in ensembles.items()}},
     )
 

@@ -6,6 +6,11 @@ ignores SIGTERM itself (so it outlives a graceful worker shutdown and still reco
 Each instance has a JSON record ``<var>/instances/<id>.json`` holding the wrapper pid and its
 start time; a restarted launcher finds the process again with psutil and checks the start
 time so a recycled pid is never mistaken for our worker.
+
+A record is what makes ``launch`` idempotent, so it lives until the controller has committed
+the end of its attempt; then the controller calls :meth:`LocalLauncher.forget` (and, after a
+crash, sweeps the records of ended attempts), so the folder holds the live instances and a few
+just-ended ones rather than every instance ever run (``free_slots`` reads them all).
 """
 
 from __future__ import annotations
@@ -336,12 +341,20 @@ class LocalLauncher:
         return [self._status(r) for r in self._records() if campaign is None or r.campaign == campaign]
 
     def forget(self, instance_id: str) -> None:
-        """Drop the record of a finished instance (keeps the log)."""
-        rec = self._read(instance_id)
-        if rec is not None and self._status(rec).state.is_alive():
-            raise LauncherError(f"local launcher: {instance_id} is still running; cancel it first")
-        self._record_path(instance_id).unlink(missing_ok=True)
-        self._rc_path(instance_id).unlink(missing_ok=True)
+        """Drop the record of a finished instance (keeps the log).
+
+        Only for instances whose end is recorded elsewhere: launching the same name again
+        afterwards would start a new process. The exit status file goes first, so a crash in
+        between leaves a record that reads as gone and is forgotten again, never an orphan.
+        """
+        with self._lock():
+            rec = self._read(instance_id)
+            if rec is not None and self._status(rec).state.is_alive():
+                raise LauncherError(f"local launcher: {instance_id} is still running; cancel it first")
+            self._rc_path(instance_id).unlink(missing_ok=True)
+            self._record_path(instance_id).unlink(missing_ok=True)
+            self._record_path(instance_id).with_suffix(".json.tmp").unlink(missing_ok=True)  # a crashed write
+            self._children.pop(instance_id, None)
 
     def log_path(self, instance_id: str) -> Path:
         return self.logs_dir / f"{instance_id}.log"

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import cache, figures, forms, intents, widgets
 
 ERRORS_KEY = "campaign-form-errors"
+ANALYSIS_ERRORS_KEY = "analysis-file-errors"
 
 
 def campaigns_page() -> None:
@@ -30,6 +31,8 @@ def campaigns_page() -> None:
     keep_open = bool(st.session_state.get(ERRORS_KEY) or st.session_state.get("campaign-estimate"))
     with st.expander("New campaign", expanded=keep_open):
         _campaign_form()
+    with st.expander("From an analysis file", expanded=bool(st.session_state.get(ANALYSIS_ERRORS_KEY))):
+        _analysis_form()
 
 
 # --------------------------------------------------------------------------- list
@@ -224,6 +227,50 @@ def _submit(values: dict, *, create: bool, launch: bool) -> None:
     st.session_state["campaign_id"] = cid
     st.session_state["campaign-created"] = (cid, launch)
     st.session_state["campaign-estimate"] = None
+    st.rerun()
+
+
+def _analysis_form() -> None:
+    """Start a campaign from an analysis file (a path on the server, or an upload); every
+    problem of the file is shown here with its line, and nothing is created until it is valid."""
+    st.caption("An analysis file (YAML, see docs/analysis.md) defines samples, systematics, training "
+               "and the fit in one place. Jobs that an earlier run already did are reused, not run again. "
+               "The controller (`nsbi up`) runs the campaign; `nsbi analysis run FILE` also writes a report.")
+    path = st.text_input("Analysis file path", key="a-path", placeholder="examples/analysis-demo.yaml")
+    upload = st.file_uploader("… or upload one", type=["yaml", "yml"], key="a-upload")
+    c = st.columns([1, 1, 4])
+    do_check = c[0].button("Check", key="a-check", icon=":material/fact_check:")
+    do_run = c[1].button("Create and launch", key="a-run", type="primary", icon=":material/rocket_launch:")
+    for message in st.session_state.get(ANALYSIS_ERRORS_KEY, []):
+        st.error(message, icon=":material/error:")
+    checked = st.session_state.get("analysis-checked")
+    if checked and not st.session_state.get(ANALYSIS_ERRORS_KEY):
+        st.success(f"{checked}: valid.")
+    if not (do_check or do_run):
+        return
+    st.session_state["analysis-checked"] = None
+    try:
+        if upload is not None:
+            source = intents.save_upload(upload.name, upload.getvalue())
+        elif path.strip():
+            source = path.strip()
+        else:
+            st.session_state[ANALYSIS_ERRORS_KEY] = ["give the path of an analysis file or upload one"]
+            st.rerun()
+        problems = intents.analysis_problems(source)
+        st.session_state[ANALYSIS_ERRORS_KEY] = problems
+        if problems or not do_run:
+            st.session_state["analysis-checked"] = None if problems else source
+            st.rerun()
+        cid = intents.create_from_analysis(source, launch=True)
+    except Exception as exc:  # AnalysisError lists problems; anything else is shown as one line
+        problems = [str(p) for p in getattr(exc, "problems", [])] or [f"{type(exc).__name__}: {exc}"]
+        st.session_state[ANALYSIS_ERRORS_KEY] = problems
+        st.rerun()
+    cache.clear()
+    st.session_state["campaign_id"] = cid
+    st.session_state["campaign-created"] = (cid, True)
+    st.session_state[ANALYSIS_ERRORS_KEY] = []
     st.rerun()
 
 

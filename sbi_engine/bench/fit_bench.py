@@ -185,6 +185,7 @@ def numpy_nll(model) -> Any:
     idx = [s.np_index for s in model._specs]
     v = np.asarray(model.data["v"], dtype=np.float64) if "v" in model.data else None
     vscale = np.asarray(model.data["vscale"], dtype=np.float64) if "vscale" in model.data else None
+    k = np.asarray(model.ratio_scale, dtype=np.float64)  # ratios normalised on the normalisation sample (1 without)
 
     def terms(alpha):
         inside = np.abs(alpha) <= 1
@@ -214,7 +215,7 @@ def numpy_nll(model) -> Any:
                 i = idx[j]
                 h += logf(lus[j], lds[j], c[i], bu[i], bd[i]).sum(1)
             R = np.exp(h)
-            s += A[j] * R
+            s += A[j] * k[j] * R
             # shape normalisation n_c = sum_i v_i R_c / sum_i v_i r_c (1 without shapes / weights)
             nu += A[j] * (float(np.dot(v, R)) * vscale[j] if v is not None and vscale[j] > 0 else 1.0)
         return 2 * nu - 2 * np.dot(w, np.log(s)) + np.sum((alpha - model.aux) ** 2)

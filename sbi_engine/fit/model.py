@@ -1,19 +1,43 @@
 """The compiled likelihood: q(theta) = -2 ln L over event chunks, with exact derivatives.
 
-    q(theta) = 2 sum_c A_c(theta) - 2 sum_i w_i ln( sum_c A_c(theta) R_c(x_i; alpha) )
+    q(theta) = 2 sum_c A_c(theta) n_c(alpha) - 2 sum_i w_i ln( sum_c A_c(theta) R_c(x_i; alpha) )
                + sum_k (alpha_k - a_k)^2 + q_CR(theta)
 
-with A_c = m_c(POIs) nu_c eta_c(alpha) (the small, autodiffed part) and the per-event factor
-R_c = r_c(x_i) exp(sum_k h_ck(x_i; alpha_k)) (code-4 shape interpolation in log form).
+with A_c = m_c(POIs) nu_c eta_c(alpha) (the small, autodiffed part), the per-event factor
+R_c = r_c(x_i) delta_c(x_i; alpha), delta_c = exp(sum_k h_ck(x_i; alpha_k)) (code-4 shape
+interpolation in log form), and the shape normalisation n_c(alpha) = E_{p_c}[delta_c], estimated
+on a weighted sample of p_ref (weights v_i, see ``docs/workspace.md``):
 
-Events are processed in chunks of ``chunk_size`` with ``lax.scan`` (plus one static tail
-chunk), so memory beyond the data is O(chunk). The exact Hessian per chunk is assembled from
+    n_c(alpha) = sum_i v_i r_c(x_i) delta_c(x_i; alpha) / sum_i v_i r_c(x_i)   (n_c(0) = 1 exactly).
+
+Without n_c the extended term and the event term disagree as soon as alpha != 0 (code-4 shape
+factors are not normalised), and Poisson toys run away. With a normalisation sample the ratios
+are also normalised on it in the event term, r_c -> k_c r_c with k_c = V / D_c (V = sum_i v_i,
+D_c = sum_i v_i r_c(x_i); the model constant ``ratio_scale``), so that the model is exactly a
+Poisson process on the sample: toys resampled from it are drawn from the model itself, and
+Asimov weights v_i s_i(theta) / V return theta. Without k_c the sample's finite-size miss of
+E_ref[r_c] = 1 (~1/sqrt(N)) shifted the demo's toy pulls by -0.07 sigma. Processes without shape
+effects have n_c = 1; a model without a normalisation sample (observed data without
+``norm_weights``, or no shape effects) uses n_c = 1 and k_c = 1 (shapes treated as normalised).
+
+Events are processed in chunks of ``chunk_size`` with ``lax.scan`` (the last chunk shifted
+back), so memory beyond the data is O(chunk). The exact Hessian per chunk is assembled from
 the structure of the model: because h_ck depends on alpha_k only, the per-event Hessian is
-``sum_c q_c [d2A_c + dA_c dH_c^T + dH_c dA_c^T + A_c (dH_c dH_c^T + diag h''_c)] - dL dL^T``,
-so the event sums are a few matrix products (``E^T diag(w) E``) per chunk. A generic
-forward-over-reverse path (``jax.jacfwd(jax.grad(chunk))``, all tangents batched) gives the
-same numbers and is kept as the reference (``hessian_method="autodiff"``); Hessian-vector
-products (``hvp``) serve models too wide for a dense Hessian.
+``sum_c a_c [d2A_c + dA_c dH_c^T + dH_c dA_c^T + A_c (dH_c dH_c^T + diag h''_c)] - w dL dL^T``
+with per-event, per-process weights a_ic = w_i k_c R_ic / s_i - v_i R_ic / D_c: the event term and
+the normalisation term have the same form, so one pass and one ``d1^T diag(a) d1`` product
+per process and chunk give both. A generic forward-over-reverse path
+(``jax.jacfwd(jax.grad(chunk))``, all tangents batched) gives the same numbers and is kept as
+the reference (``hessian_method="autodiff"``); Hessian-vector products (``hvp``) serve models
+too wide for a dense Hessian.
+
+The data pytree (``model.data``; ``with_weights`` swaps ``w``):
+  * ``w`` (n,) float64 event weights; ``r`` / ``up`` / ``down``: per-event arrays (storage dtype);
+  * with a normalisation sample only: ``v`` (n,) float64 normalisation weights and ``vscale``
+    (C,) float64 = 1 / D_c for processes with shape effects (0 otherwise), so that
+    n_c = vscale_c sum_i v_i R_c (R_c without k_c);
+  * ``norm`` (optional): a separate normalisation sample ``{v, vscale, r, up, down}`` summed in
+    its own pass (toys: gathered toy events in the main arrays, the full sample here).
 
 Arrays are stored as given (float32 by default) and promoted to float64 inside the chunk
 kernel; every sum over events accumulates in float64.
@@ -22,6 +46,7 @@ kernel; every sum over events accumulates in float64.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,9 +61,11 @@ from .compile import CompileClock, Compiled
 from .interp import alpha_terms, log_factor
 from .workspace import Workspace, WorkspaceError
 
-__all__ = ["Model", "model_for"]
+__all__ = ["Model", "model_for", "event_intensity"]
 
 DEFAULT_CHUNK = 16384
+NORM_INTEGRAL_WARN = 0.05  # warn when a ratio averages this far from 1 on the normalisation sample
+_EVENT_KEYS = ("w", "v", "r", "up", "down")  # per-event leaves (sliced into chunks)
 _MODELS: "weakref.WeakKeyDictionary[Workspace, Model]" = weakref.WeakKeyDictionary()
 
 
@@ -70,6 +97,11 @@ class Model:
         storage_dtype: dtype of the per-event arrays held by the model (float32 halves memory;
             arrays already of that dtype, e.g. JAX arrays from the caller, are not copied).
         hessian_method: "structured" (matrix products) or "autodiff" (forward-over-reverse).
+
+    The shape normalisation: ``has_norm`` (q includes n_c(alpha)), ``norm_source`` ("none",
+    "norm_weights" or "asimov": where v comes from), ``normalisation(theta)`` (n_c),
+    ``norm_integrals`` (E_v[r_c] before the ratio normalisation; ~1 for a good sample) and
+    ``ratio_scale`` (k_c). ``reference_theta()``: where weighted events represent the expectation.
     """
 
     def __init__(
@@ -122,8 +154,16 @@ class Model:
             specs.append(_ProcSpec(p.name, idx_a, idx_a + self.n_free))
         self._kup, self._kdn = kup, kdn
         self._specs = tuple(specs)
+        self._shape_procs = np.array([s.np_index.size > 0 for s in specs])
+        self.norm_chunk_size = self.chunk_size  # chunk of a separate normalisation pass (toys)
         self._cr = self._control_region_arrays(ws)
         self.data = self._build_data(ws)
+        self.norm_source = "none"  # "none" | "norm_weights" | "asimov"
+        self.norm_integrals = np.ones(len(specs))  # E_v[r_c] on the normalisation sample (before normalising)
+        self.ratio_scale = np.ones(len(specs))  # k_c: ratio normalisation on the normalisation sample (1 without)
+        v = self._norm_weights(ws)
+        if v is not None:
+            self.data = {**self.data, **self._norm_arrays(v, self.data)}
         self._build_functions()
 
     # ------------------------------------------------------------------ data
@@ -140,6 +180,88 @@ class Model:
             up.append(tuple(self._as_storage(ws.nuisances[k].effects[p.name].shape[0]) for k in spec.np_index))
             dn.append(tuple(self._as_storage(ws.nuisances[k].effects[p.name].shape[1]) for k in spec.np_index))
         return {"w": self.weights_array(ws.data.weights), "r": r, "up": tuple(up), "down": tuple(dn)}
+
+    def reference_theta(self) -> np.ndarray:
+        """Where the workspace's weighted events represent the expected distribution:
+        ``data.generated_at`` over the initial values, nuisances not named there at their aux."""
+        gen = self.workspace.data.generated_at or {}
+        base = self.init.copy()
+        base[self.n_free:] = self.aux
+        return self.theta(gen, base=base)
+
+    @property
+    def has_norm(self) -> bool:
+        """Whether q includes the shape normalisation n_c(alpha) (else n_c = 1)."""
+        return "v" in self.data
+
+    def _norm_weights(self, ws: Workspace) -> np.ndarray | None:
+        """v_i: given (data.norm_weights), derived for Asimov data (w_i / s_i(theta_gen)), or None."""
+        if not self._shape_procs.any():
+            return None  # no shape effects: every n_c is 1
+        if ws.data.norm_weights is not None:
+            self.norm_source = "norm_weights"
+            return np.asarray(ws.data.norm_weights, dtype=np.float64)
+        if ws.data.kind != "asimov":
+            return None
+        # Weighted Asimov events represent nu p(x | theta_gen) = p_ref(x) s(x; theta_gen), so
+        # v_i = w_i / s_i(theta_gen) integrates p_ref: the data rows are the normalisation sample.
+        w = np.asarray(self.data["w"])
+        s = event_intensity(self, self.reference_theta(), self.data)
+        live = w != 0
+        bad = live & ~(s > 0)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise WorkspaceError(
+                f"data.generated_at: the model's event intensity at the generation point is not > 0 for "
+                f"{int(bad.sum())} of {w.size} weighted events (first at row {first}: {s[first]}), so the "
+                "Asimov events cannot serve as the normalisation sample; give data.norm_weights")
+        self.norm_source = "asimov"
+        return np.where(live, w / np.where(live, s, 1.0), 0.0)
+
+    def _norm_arrays(self, v: np.ndarray, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """{v, vscale} for a normalisation sample (D_c = sum_i v_i r_c(x_i) on its rows); sets the
+        ratio normalisation k_c = V / D_c (``ratio_scale``)."""
+        v = np.asarray(v, dtype=np.float64)
+        where = ("data.norm_weights" if self.norm_source == "norm_weights"
+                 else "data (Asimov events as normalisation sample)")
+        if v.shape != (int(np.shape(sample["r"][0])[0]),):
+            raise WorkspaceError(f"{where}: need shape ({np.shape(sample['r'][0])[0]},), got {v.shape}")
+        V = float(np.sum(v))
+        if not (np.isfinite(V) and V > 0):
+            raise WorkspaceError(f"{where}: the normalisation weights sum to {V}; need a finite sum > 0")
+        D = np.array([float(np.dot(v, np.asarray(r, dtype=np.float64))) for r in sample["r"]])
+        for c, spec in enumerate(self._specs):
+            if not (np.isfinite(D[c]) and D[c] > 0):
+                raise WorkspaceError(
+                    f"{where}: sum_i v_i r_{spec.name}(x_i) = {D[c]} is not > 0, so process {spec.name!r} cannot be "
+                    "normalised on the normalisation sample (are its events and weights right?)")
+        self.norm_integrals = D / V  # E_v[r_c]: ~1 for a good sample (1/sqrt(N) misses are normalised away)
+        self.ratio_scale = V / D
+        off = np.abs(self.norm_integrals - 1.0) > NORM_INTEGRAL_WARN
+        if off.any():
+            bad = ", ".join(f"{s.name}: {d:.3g}" for s, d, o in zip(self._specs, self.norm_integrals, off) if o)
+            hint = "is data.generated_at where the Asimov events were made?" if self.norm_source == "asimov" else \
+                "do the normalisation events sample the reference density?"
+            warnings.warn(f"{where}: the ratios average to ({bad}) on the normalisation sample instead of 1; the fit "
+                          f"normalises them, but {hint}", stacklevel=3)
+        return {"v": jnp.asarray(v, dtype=jnp.float64),
+                "vscale": jnp.asarray(np.where(self._shape_procs, 1.0 / D, 0.0), dtype=jnp.float64)}
+
+    def normalisation(self, theta, data=None) -> np.ndarray:
+        """n_c(alpha) per process (1 where there is no shape effect or no normalisation term)."""
+        data = self.data if data is None else data
+        src = data.get("norm", data)
+        if "v" not in src:
+            return np.ones(len(self._specs))
+        terms = self._proc_terms(jnp.asarray(theta, jnp.float64))
+        sample = {k: src[k] for k in ("v", "r", "up", "down")}
+        n_ev = int(np.shape(sample["v"])[0])
+        total = np.zeros(len(self._specs))
+        for start in range(0, n_ev, self.chunk_size):  # eager, chunk by chunk (a diagnostic, not the fit)
+            chunk = jax.tree_util.tree_map(lambda a: a[start:start + self.chunk_size], sample)
+            R, _, _ = self._per_event_R(chunk, terms, 0)
+            total += np.asarray(chunk["v"] @ R)
+        return np.where(self._shape_procs, total * np.asarray(src["vscale"]), 1.0)
 
     def weights_array(self, weights: Any) -> jax.Array:
         w = jnp.asarray(np.asarray(weights, dtype=np.float64) if not isinstance(weights, jax.Array) else weights,
@@ -211,10 +333,15 @@ class Model:
             q = q + 2.0 * jnp.sum(lam - n + sat)
         return q
 
-    def _q_extra(self, theta: jnp.ndarray, aux: jnp.ndarray) -> jnp.ndarray:
-        """Everything but the event sum: 2 nu(theta) + constraints + control regions."""
+    def _q_extra(self, theta: jnp.ndarray, aux: jnp.ndarray, norm_in_pass: bool = False) -> jnp.ndarray:
+        """Everything but the event pass: 2 A_c for the processes whose n_c is 1 (all of them when
+        the data carry no normalisation sample; else those without shape effects), constraints
+        and control regions. The 2 A_c n_c of shape processes come from the event pass."""
         alpha = theta[self.n_free:]
-        return 2.0 * jnp.sum(self.amplitudes(theta)) + jnp.sum((alpha - aux) ** 2) + self._q_control(theta)
+        A = self.amplitudes(theta)
+        if norm_in_pass:
+            A = jnp.where(jnp.asarray(self._shape_procs), 0.0, A)
+        return 2.0 * jnp.sum(A) + jnp.sum((alpha - aux) ** 2) + self._q_control(theta)
 
     # ------------------------------------------------------------------ chunk kernels
     def _proc_terms(self, theta: jnp.ndarray):
@@ -246,99 +373,165 @@ class Model:
             R.append(jnp.exp(lr))
         return jnp.stack(R, axis=1), d1, d2
 
-    def _kernel(self, A, dA, d2A, terms, chunk, order: int):
-        """Sums over one chunk: (sum w ln s, its gradient, its Hessian) up to ``order``."""
-        w = chunk["w"]
+    def _kernel(self, A, dA, d2A, terms, chunk, vscale, order: int):
+        """Sums over one chunk of L = sum_i w_i ln s_i - sum_c A_c n_c (this chunk's share) and,
+        up to ``order``, its gradient and exact Hessian (q = extra - 2 L).
+
+        ``chunk`` holds event weights ``w`` and/or normalisation weights ``v`` (either may be
+        absent: a toy's gathered events have no v, a separate normalisation sample has no w).
+        """
+        has_w, has_v = "w" in chunk, "v" in chunk
         R, d1, d2 = self._per_event_R(chunk, terms, order)
-        s = R @ A
-        ll = jnp.dot(w, jnp.where(w != 0, jnp.log(s), 0.0))
+        val = jnp.zeros((), jnp.float64)
+        a = jnp.zeros_like(R)  # a_ic = w_i k_c R_ic / s_i - v_i R_ic / D_c
+        if has_w:
+            w = chunk["w"]
+            live = w != 0
+            Rk = R * jnp.asarray(self.ratio_scale)[None, :]
+            s = jnp.where(live, Rk @ A, 1.0)  # rows without data weight (normalisation-only) never enter ln s
+            val = jnp.dot(w, jnp.log(s))
+            qc = Rk / s[:, None]
+            a = w[:, None] * qc
+        if has_v:
+            u = chunk["v"][:, None] * R * vscale[None, :]
+            val = val - jnp.dot(u.sum(axis=0), A)
+            a = a - u
         if order == 0:
-            return (ll,)
+            return (val,)
         P = self.n_params
-        qc = R / s[:, None]
-        GL = qc @ dA  # (m, P)
+        asum = a.sum(axis=0)
+        g = asum @ dA
+        ad1 = []
         for c, spec in enumerate(self._specs):
             if spec.np_index.size:
-                GL = GL.at[:, spec.cols].add((qc[:, c] * A[c])[:, None] * d1[c])
-        gl = w @ GL
+                ad1.append(a[:, c] @ d1[c])
+                g = g.at[spec.cols].add(A[c] * ad1[-1])
+            else:
+                ad1.append(None)
         if order == 1:
-            return ll, gl
-        wq = w[:, None] * qc
-        H = jnp.einsum("c,cpq->pq", wq.sum(axis=0), d2A)
+            return val, g
+        H = jnp.einsum("c,cpq->pq", asum, d2A)
         for c, spec in enumerate(self._specs):
             if not spec.np_index.size:
                 continue
-            v = jnp.zeros(P, jnp.float64).at[spec.cols].set(wq[:, c] @ d1[c])
-            cross = jnp.outer(dA[c], v)
+            vec = jnp.zeros(P, jnp.float64).at[spec.cols].set(ad1[c])
+            cross = jnp.outer(dA[c], vec)
             H = H + cross + cross.T
-            blk = d1[c].T @ (wq[:, c, None] * d1[c]) + jnp.diag(wq[:, c] @ d2[c])
+            blk = d1[c].T @ (a[:, c, None] * d1[c]) + jnp.diag(a[:, c] @ d2[c])
             H = H.at[spec.cols[:, None], spec.cols[None, :]].add(A[c] * blk)
-        H = H - GL.T @ (w[:, None] * GL)
-        return ll, gl, H
+        if has_w:
+            GL = qc @ dA  # (m, P): d ln s_i / d theta
+            for c, spec in enumerate(self._specs):
+                if spec.np_index.size:
+                    GL = GL.at[:, spec.cols].add((qc[:, c] * A[c])[:, None] * d1[c])
+            H = H - GL.T @ (w[:, None] * GL)
+        return val, g, H
 
-    def _chunk_ll_autodiff(self, theta, chunk):
-        """sum_i w_i ln s_i for one chunk, written plainly for autodiff (reference path)."""
+    def _chunk_ll_autodiff(self, theta, chunk, vscale=None):
+        """L = sum_i w_i ln s_i - sum_c A_c n_c for one chunk, written plainly for autodiff
+        (reference path)."""
         A = self.amplitudes(theta)
         R, _, _ = self._per_event_R(chunk, self._proc_terms(theta), 0)
-        return jnp.dot(chunk["w"], jnp.log(R @ A))
+        out = jnp.zeros((), jnp.float64)
+        if "w" in chunk:
+            w = chunk["w"]
+            out = out + jnp.dot(w, jnp.log(jnp.where(w != 0, R @ (jnp.asarray(self.ratio_scale) * A), 1.0)))
+        if "v" in chunk:
+            out = out - jnp.dot((chunk["v"] @ R) * vscale, A)
+        return out
 
-    def _autodiff_kernel(self, theta, chunk, order: int):
-        ll = self._chunk_ll_autodiff(theta, chunk)
+    def _autodiff_kernel(self, theta, chunk, vscale, order: int):
+        f = lambda t: self._chunk_ll_autodiff(t, chunk, vscale)  # noqa: E731
+        ll = f(theta)
         if order == 0:
             return (ll,)
-        gl = jax.grad(self._chunk_ll_autodiff)(theta, chunk)
+        gl = jax.grad(f)(theta)
         if order == 1:
             return ll, gl
-        H = jax.jacfwd(jax.grad(self._chunk_ll_autodiff))(theta, chunk)  # forward-over-reverse, batched tangents
+        H = jax.jacfwd(jax.grad(f))(theta)  # forward-over-reverse, batched tangents
         return ll, gl, H
 
-    def _event_sums(self, theta, data, order: int, method: str):
-        """Chunked event sums (lax.scan over full chunks plus one static tail chunk)."""
-        n = self.n_events
-        m = min(self.chunk_size, n)
+    @staticmethod
+    def _samples(data) -> list[tuple[dict[str, Any], bool]]:
+        """The passes over events: (per-event leaves, is the separate normalisation sample)."""
+        out = [({k: data[k] for k in _EVENT_KEYS if k in data}, False)]
+        if "norm" in data:
+            out.append(({k: data["norm"][k] for k in ("v", "r", "up", "down")}, True))
+        return out
+
+    @staticmethod
+    def _vscale(data) -> Any:
+        """vscale of the normalisation sample (1 / D_c), or None without one."""
+        return (data["norm"] if "norm" in data else data).get("vscale")
+
+    @staticmethod
+    def _norm_in_pass(data) -> bool:
+        return "v" in data or "norm" in data
+
+    def _scan_chunks(self, sample, kernel, m: int, zero):
+        """Sum ``kernel(chunk)`` over chunks of ``m`` events (lax.scan; one compiled kernel)."""
+        n = int(np.shape(sample["r"][0])[0])
+        m = min(m, n)
         n_chunks = -(-n // m)
-        if method == "structured":
-            A = self.amplitudes(theta)
-            dA = jax.jacfwd(self.amplitudes)(theta) if order >= 1 else None
-            d2A = jax.jacfwd(jax.jacfwd(self.amplitudes))(theta) if order >= 2 else None
-            terms = self._proc_terms(theta)
-            kernel = lambda chunk: self._kernel(A, dA, d2A, terms, chunk, order)  # noqa: E731
-        else:
-            kernel = lambda chunk: self._autodiff_kernel(theta, chunk, order)  # noqa: E731
-        P = self.n_params
-        zero = tuple(jnp.zeros(s, jnp.float64) for s in [(), (P,), (P, P)][: order + 1])
+        if n_chunks == 1:
+            return kernel(sample)
 
         def body(carry, i):
             # The last chunk is shifted back to end at n; events already counted get weight 0,
             # so one kernel (one compilation) covers every chunk and nothing is padded.
             start = jnp.minimum(i * m, n - m)
-            chunk = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, start, m), data)
+            chunk = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, start, m), sample)
             keep = (start + jnp.arange(m)) >= i * m
-            chunk = {**chunk, "w": jnp.where(keep, chunk["w"], 0.0)}
+            for k in ("w", "v"):
+                if k in chunk:
+                    chunk[k] = jnp.where(keep, chunk[k], 0.0)
             out = kernel(chunk)
             return tuple(a + b for a, b in zip(carry, out)), None
 
-        if n_chunks == 1:
-            return kernel(data)
         total, _ = lax.scan(body, zero, jnp.arange(n_chunks))
         return total
 
+    def _event_sums(self, theta, data, order: int, method: str):
+        """Chunked sums of L (event term minus the normalisation term) and its derivatives."""
+        P = self.n_params
+        zero = tuple(jnp.zeros(s, jnp.float64) for s in [(), (P,), (P, P)][: order + 1])
+        if method == "structured":
+            A = self.amplitudes(theta)
+            dA = jax.jacfwd(self.amplitudes)(theta) if order >= 1 else None
+            d2A = jax.jacfwd(jax.jacfwd(self.amplitudes))(theta) if order >= 2 else None
+            terms = self._proc_terms(theta)
+        total = zero
+        vscale = self._vscale(data)
+        for sample, is_norm in self._samples(data):
+            if method == "structured":
+                kernel = lambda chunk: self._kernel(A, dA, d2A, terms, chunk, vscale, order)  # noqa: E731
+            else:
+                kernel = lambda chunk: self._autodiff_kernel(theta, chunk, vscale, order)  # noqa: E731
+            part = self._scan_chunks(sample, kernel, self.norm_chunk_size if is_norm else self.chunk_size, zero)
+            total = tuple(a + b for a, b in zip(total, part))
+        return total
+
     # ------------------------------------------------------------------ public pure functions
+    def _extra_fn(self, data):
+        nip = self._norm_in_pass(data)
+        return lambda t, a: self._q_extra(t, a, nip)
+
     def q_value(self, theta, data, aux):
         """q(theta) (traceable)."""
         (ll,) = self._event_sums(theta, data, 0, "structured")
-        return self._q_extra(theta, aux) - 2.0 * ll
+        return self._extra_fn(data)(theta, aux) - 2.0 * ll
 
     def q_value_grad(self, theta, data, aux):
         ll, gl = self._event_sums(theta, data, 1, self.hessian_method)
-        v, g = jax.value_and_grad(self._q_extra)(theta, aux)
+        v, g = jax.value_and_grad(self._extra_fn(data))(theta, aux)
         return v - 2.0 * ll, g - 2.0 * gl
 
     def q_vgh(self, theta, data, aux, method: str | None = None):
         """(q, grad q, exact Hessian of q) (traceable)."""
         ll, gl, Hl = self._event_sums(theta, data, 2, method or self.hessian_method)
-        v, g = jax.value_and_grad(self._q_extra)(theta, aux)
-        He = jax.hessian(self._q_extra)(theta, aux)
+        extra = self._extra_fn(data)
+        v, g = jax.value_and_grad(extra)(theta, aux)
+        He = jax.hessian(extra)(theta, aux)
         return v - 2.0 * ll, g - 2.0 * gl, He - 2.0 * Hl
 
     def q_hvp(self, theta, v, data, aux):
@@ -348,7 +541,9 @@ class Model:
 
     def q_unchunked(self, theta, data, aux):
         """q written without chunks or structure (reference for tests, e.g. with jax.hessian)."""
-        return self._q_extra(theta, aux) - 2.0 * self._chunk_ll_autodiff(theta, data)
+        vscale = self._vscale(data)
+        ll = sum(self._chunk_ll_autodiff(theta, smp, vscale) for smp, _ in self._samples(data))
+        return self._extra_fn(data)(theta, aux) - 2.0 * ll
 
     def _build_functions(self) -> None:
         clk = self.clock
@@ -393,7 +588,9 @@ class Model:
 
 def _event_intensity(model: Model, theta, data):
     """s_i(theta) = sum_c A_c R_c(x_i) for every event, chunk by chunk (float64, (n,))."""
-    n = model.n_events
+    rscale = data["rscale"]
+    data = {k: data[k] for k in ("r", "up", "down")}
+    n = int(np.shape(data["r"][0])[0])
     m = min(model.chunk_size, n)
     n_chunks = -(-n // m)
     A = model.amplitudes(theta)
@@ -403,15 +600,19 @@ def _event_intensity(model: Model, theta, data):
         start = jnp.minimum(i * m, n - m)
         chunk = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, start, m), data)
         R, _, _ = model._per_event_R(chunk, terms, 0)
-        return lax.dynamic_update_slice_in_dim(out, R @ A, start, 0), None
+        return lax.dynamic_update_slice_in_dim(out, R @ (rscale * A), start, 0), None
 
     out, _ = lax.scan(body, jnp.zeros(n, jnp.float64), jnp.arange(n_chunks))
     return out
 
 
 def event_intensity(model: Model, theta, data=None) -> np.ndarray:
-    """Per-event s_i(theta) (NumPy), used to reweight events to other parameter values."""
+    """Per-event s_i(theta) (NumPy; with the model's ratio normalisation when it has one), used to
+    reweight events to other parameter values."""
     cache = model.__dict__.setdefault("_fit_cache", {})
     if "intensity" not in cache:
         cache["intensity"] = Compiled(lambda t, d: _event_intensity(model, t, d), "intensity", model.clock)
-    return np.asarray(cache["intensity"](jnp.asarray(theta, jnp.float64), model.data if data is None else data))
+    data = model.data if data is None else data
+    arrays = {k: data[k] for k in ("r", "up", "down")}
+    arrays["rscale"] = jnp.asarray(model.ratio_scale, jnp.float64)  # an argument: it is set after the first call
+    return np.asarray(cache["intensity"](jnp.asarray(theta, jnp.float64), arrays))

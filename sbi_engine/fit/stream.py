@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .compile import Compiled
-from .model import Model
+from .model import _EVENT_KEYS, Model
 from .workspace import Workspace
 
 __all__ = ["StreamingModel", "DEFAULT_STREAM_CHUNK"]
@@ -85,8 +85,8 @@ class StreamingModel(Model):
         """(start, chunk pytree on the device), read ahead by one chunk in a background thread."""
         n = int(np.shape(sample["r"][0])[0])
         m = self.chunk_size
-        fixed = {k: v for k, v in sample.items() if k == "vscale"}
-        rows = {k: v for k, v in sample.items() if k != "vscale"}
+        fixed = {k: v for k, v in sample.items() if k not in _EVENT_KEYS}  # per-model constants
+        rows = {k: v for k, v in sample.items() if k in _EVENT_KEYS}
 
         def read(start: int) -> dict[str, Any]:
             stop = min(start + m, n)

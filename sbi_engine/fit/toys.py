@@ -1,11 +1,15 @@
 """Asimov data, toys (resampling the weighted simulation) with vectorised fits, and a Neyman
 construction over a POI grid.
 
-A toy at parameters theta_t draws k_i ~ Poisson(lambda_i) for every simulated event, with
+A toy at parameters theta_t draws k_i ~ Poisson(lambda_i) for every event row, with the model's
+expected count of that row: lambda_i = v_i s_i(theta_t) / V on the normalisation sample when
+the model has one (weights v_i, V = sum v; see ``Model``: the model is then exactly a Poisson
+process on that sample, so toys are drawn from the model itself), else
 lambda_i = w_i s_i(theta_t) / s_i(theta_ref) (theta_ref: where the workspace's weighted events
-were generated, ``data.generated_at``); auxiliary values are drawn a_k ~ N(alpha_t,k, 1). The
-events with k_i > 0 are gathered into fixed-size arrays (padding has weight 0), so a batch of
-toys is one ``vmap`` of the compiled Newton fit: one compilation for all toys.
+were generated, ``data.generated_at``). Auxiliary values are drawn a_k ~ N(alpha_t,k, 1). The
+rows with k_i > 0 are gathered into fixed-size arrays (padding has weight 0), so a batch of
+toys is one ``vmap`` of the compiled Newton fit: one compilation for all toys. Every toy fit's
+normalisation term runs over the full normalisation sample (fixed v), not the gathered rows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from .model import Model, event_intensity, model_for
 from .results import FitResult, to_jsonable
 from .workspace import Workspace, WorkspaceError
 
+TOY_NORM_CHUNK = 4096  # events per chunk of the normalisation pass inside vmapped toy fits (x batch in memory)
+
 __all__ = ["reference_theta", "asimov_weights", "expected_fit", "ToySet", "ToyFits", "generate_toys",
            "fit_toys", "toy_study", "neyman_construction"]
 
@@ -36,17 +42,21 @@ def _model(target: Workspace | Model) -> Model:
 
 def reference_theta(model: Model) -> np.ndarray:
     """Where the workspace's events represent the expected distribution (generated_at, else init)."""
-    gen = model.workspace.data.generated_at or {}
-    base = model.init.copy()
-    base[model.n_free:] = model.aux
-    return model.theta(gen, base=base)
+    return model.reference_theta()
 
 
 def asimov_weights(target: Workspace | Model, params: Mapping[str, float] | None = None) -> np.ndarray:
-    """Event weights representing the expectation at ``params`` (reweighted from the reference)."""
+    """Event weights representing the model's expectation at ``params`` (default: the reference).
+
+    With a normalisation sample: v_i s_i(theta) / V, exactly the model's expectation (a fit to
+    them returns ``params``); else the data weights reweighted from the reference point.
+    """
     model = _model(target)
     ref = reference_theta(model)
     t = model.theta(params, base=ref)
+    if model.has_norm:
+        v = np.asarray(model.data["v"])
+        return v * event_intensity(model, t) / float(np.sum(v))
     w = np.asarray(model.data["w"])
     if np.array_equal(t, ref):
         return w.copy()
@@ -77,9 +87,10 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
     ``pad_to``: minimum gathered size, so toys at several points share one compiled shape.
     """
     model = _model(target)
-    if model.workspace.data.kind != "asimov" and not model.workspace.data.generated_at:
+    if not model.has_norm and model.workspace.data.kind != "asimov" and not model.workspace.data.generated_at:
         raise WorkspaceError("toys resample weighted simulated events: the workspace data are 'observed' and have no "
-                             "data.generated_at; build the workspace from weighted simulation (kind 'asimov')")
+                             "data.generated_at or data.norm_weights; build the workspace from weighted simulation "
+                             "(kind 'asimov') or give a normalisation sample")
     t = model.theta(params, base=reference_theta(model))
     lam = np.clip(asimov_weights(model, params), 0.0, None)
     rng = np.random.default_rng(seed)
@@ -89,8 +100,7 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
         nz = np.flatnonzero(k)
         idx_list.append(nz)
         cnt_list.append(k[nz])
-    n_max = max(1, max(len(i) for i in idx_list))
-    n_max = max(int(math.ceil(n_max / 64) * 64), int(pad_to or 0))
+    n_max = max(int(pad_to or 0), _padded_size(max(len(i) for i in idx_list)))
     index = np.zeros((n_toys, n_max), dtype=np.int64)
     counts = np.zeros((n_toys, n_max))
     for j, (i, c) in enumerate(zip(idx_list, cnt_list)):
@@ -98,6 +108,14 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
         counts[j, : len(c)] = c
     aux = t[model.n_free:][None, :] + rng.standard_normal((n_toys, model.n_np))
     return ToySet(t, index, counts, aux)
+
+
+def _padded_size(n: int) -> int:
+    """n rounded up to 1/8 of its power of two (at least 64): toy sets of similar size (a study,
+    the points of a Neyman belt) share one gathered shape and hence one compiled fit, for at
+    most 12.5 % padding."""
+    step = max(64, 2 ** max(0, int(math.floor(math.log2(max(n, 1)))) - 3))
+    return int(math.ceil(max(n, 1) / step) * step)
 
 
 def _toy_model(model: Model, n_max: int) -> Model:
@@ -109,6 +127,7 @@ def _toy_model(model: Model, n_max: int) -> Model:
         tm.__dict__ = dict(model.__dict__)
         tm.n_events = n_max
         tm.chunk_size = n_max
+        tm.norm_chunk_size = min(model.chunk_size, TOY_NORM_CHUNK)
         tm._fit_cache = {}
         cache[key] = tm
     return cache[key]
@@ -116,114 +135,174 @@ def _toy_model(model: Model, n_max: int) -> Model:
 
 @dataclass(frozen=True, eq=False)
 class ToyFits:
-    """Per-toy results: theta-hat (T, P), errors (T, P), q_min (T,), converged (T,)."""
+    """Per-toy results: theta-hat (T, P), errors and covariance (2 H^-1; T, P[, P]), q_min (T,),
+    converged (T,), Newton iterations (T,)."""
 
     names: tuple[str, ...]
     theta: np.ndarray
     errors: np.ndarray
     q_min: np.ndarray
     converged: np.ndarray
+    covariance: np.ndarray
+    n_iter: np.ndarray
 
     def to_dict(self) -> dict:
         return to_jsonable({"names": self.names, "theta": self.theta, "errors": self.errors, "q_min": self.q_min,
-                            "converged": self.converged})
+                            "converged": self.converged, "n_iter": self.n_iter})
 
 
 def _batched_fit(tm: Model) -> Compiled:
     cache = tm.__dict__.setdefault("_fit_cache", {})
     key = "vfit"
     if key not in cache:
-        def one(theta0, fixed, lower, upper, data, aux, edm_tol, max_iter):
+        def one(theta0, fixed, lower, upper, events, norm, aux, edm_tol, max_iter):
+            data = events if norm is None else {**events, "norm": norm}
             state, status = newton_minimize(lambda t: tm.q_vgh(t, data, aux), theta0, fixed, lower, upper,
                                             edm_tol=edm_tol, max_iter=max_iter)
-            return state.theta, state.q, state.H, status
+            return state.theta, state.q, state.H, status, state.it
 
-        cache[key] = Compiled(jax.vmap(one, in_axes=(0, None, None, None, 0, 0, None, None)), "toy_fits", tm.clock)
+        # toys differ in start, events and aux; the normalisation sample is shared (not batched)
+        axes = (0, None, None, None, 0, None, 0, None, None)
+        cache[key] = Compiled(jax.vmap(one, in_axes=axes), "toy_fits", tm.clock)
     return cache[key]
 
 
+def _norm_sample(model: Model) -> dict | None:
+    """The full normalisation sample (fixed v) that every toy fit uses, or None."""
+    if not model.has_norm:
+        return None
+    return {k: model.data[k] for k in ("v", "vscale", "r", "up", "down")}
+
+
+def _covariances(H: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """2 H^-1 on the free parameters for a stack of Hessians (NaN where H is singular)."""
+    T, P = H.shape[0], H.shape[1]
+    cov = np.zeros((T, P, P))
+    Hf = H[:, free][:, :, free]
+    for j in range(T):
+        try:
+            cov[j][np.ix_(free, free)] = 2.0 * np.linalg.inv(Hf[j])
+        except np.linalg.LinAlgError:
+            cov[j][np.ix_(free, free)] = np.nan
+    return cov
+
+
 def fit_toys(target: Workspace | Model, toys: ToySet, fixed: Mapping[str, float] | None = None,
-             batch: int = 100, edm_tol: float = 1e-8, max_iter: int = 30) -> ToyFits:
-    """Fit every toy (vectorised in batches of ``batch``; one compilation per batch shape)."""
+             batch: int = 100, edm_tol: float = 1e-8, max_iter: int = 30, init: np.ndarray | None = None) -> ToyFits:
+    """Fit every toy (vectorised in batches of ``batch``; one compilation per batch shape).
+
+    Each toy's event term runs over its gathered events; the normalisation term n_c(alpha) over
+    the model's full normalisation sample (the same fixed v for every toy, never the gathered
+    subset). ``init`` (T, P): per-toy starting points (default: the truth).
+    """
     model = _model(target)
     T, n_max = toys.index.shape
     tm = _toy_model(model, n_max)
     exe = _batched_fit(tm)
     mask, fvals = fixed_mask(model, fixed)
-    theta0 = np.tile(toys.theta_true, (T, 1))
+    theta0 = np.tile(toys.theta_true, (T, 1)) if init is None else np.array(init, dtype=np.float64)
     for n, v in fvals.items():
         theta0[:, model.index[n]] = v
-    thetas, qs, errs, conv = [], [], [], []
+    theta0 = np.clip(theta0, model.lower, model.upper)
+    norm = _norm_sample(model)
     batch = min(batch, T)
-    for s in range(0, T, batch):
-        sl = slice(s, min(s + batch, T))
-        idx, cnt, aux, th0 = toys.index[sl], toys.counts[sl], toys.aux[sl], theta0[sl]
-        pad = batch - idx.shape[0]
-        if pad:
-            idx = np.concatenate([idx, np.repeat(idx[-1:], pad, 0)])
-            cnt = np.concatenate([cnt, np.repeat(cnt[-1:], pad, 0)])
-            aux = np.concatenate([aux, np.repeat(aux[-1:], pad, 0)])
-            th0 = np.concatenate([th0, np.repeat(th0[-1:], pad, 0)])
-        jidx = jnp.asarray(idx)
-        data = jax.tree_util.tree_map(lambda a: a[jidx], {k: v for k, v in model.data.items() if k != "w"})
-        data["w"] = jnp.asarray(cnt)
-        theta, q, H, status = exe(jnp.asarray(th0), jnp.asarray(mask), jnp.asarray(model.lower),
-                                  jnp.asarray(model.upper), data, jnp.asarray(aux),
-                                  jnp.asarray(edm_tol, jnp.float64), jnp.asarray(max_iter, jnp.int32))
-        H = np.asarray(H)
-        free = ~mask
-        e = np.zeros((batch, model.n_params))
-        for j in range(batch):
-            try:
-                e[j, free] = np.sqrt(np.clip(np.diag(2.0 * np.linalg.inv(H[j][np.ix_(free, free)])), 0, None))
-            except np.linalg.LinAlgError:
-                e[j, free] = np.nan
-        keep = batch - pad
-        thetas.append(np.asarray(theta)[:keep])
-        qs.append(np.asarray(q)[:keep])
-        errs.append(e[:keep])
-        conv.append(np.asarray(status)[:keep] == 0)
-    return ToyFits(model.names, np.concatenate(thetas), np.concatenate(errs), np.concatenate(qs), np.concatenate(conv))
+    consts = (jnp.asarray(mask), jnp.asarray(model.lower), jnp.asarray(model.upper))
+
+    def run(rows: np.ndarray, start: np.ndarray, iters: int) -> list[np.ndarray]:
+        out: list[list[np.ndarray]] = [[] for _ in range(5)]  # theta, q, H, status, it
+        for s in range(0, rows.size, batch):
+            sel = rows[s:s + batch]
+            pad = batch - sel.size
+            sel_p = np.concatenate([sel, np.repeat(sel[-1:], pad)]) if pad else sel
+            th0 = start[s:s + batch]
+            th0 = np.concatenate([th0, np.repeat(th0[-1:], pad, 0)]) if pad else th0
+            jidx = jnp.asarray(toys.index[sel_p])
+            data = jax.tree_util.tree_map(lambda a: a[jidx], {k: model.data[k] for k in ("r", "up", "down")})
+            data["w"] = jnp.asarray(toys.counts[sel_p])
+            res = exe(jnp.asarray(th0), *consts, data, norm, jnp.asarray(toys.aux[sel_p]),
+                      jnp.asarray(edm_tol, jnp.float64), jnp.asarray(iters, jnp.int32))
+            for acc, v in zip(out, res):
+                acc.append(np.asarray(v)[: sel.size])
+        return [np.concatenate(acc) for acc in out]
+
+    theta, q, H, status, it = run(np.arange(T), theta0, max_iter)
+    cov = _covariances(H, ~mask)
+    errors = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None))
+    return ToyFits(model.names, theta, errors, q, status == 0, cov, it)
+
+
+def conditional_start(model: Model, free: ToyFits, poi: str, value: float) -> np.ndarray:
+    """Starting points for fits with ``poi`` fixed at ``value``: each toy's best fit moved along
+    its covariance (the linear prediction of the profiled parameters)."""
+    p = model.index[poi]
+    cov = np.nan_to_num(free.covariance)
+    cpp = cov[:, p, p]
+    d = value - free.theta[:, p]
+    slope = np.where(cpp[:, None] > 0, cov[:, :, p] / np.where(cpp > 0, cpp, 1.0)[:, None], 0.0)
+    start = free.theta + slope * d[:, None]
+    start[:, p] = value
+    return np.clip(start, model.lower, model.upper)
 
 
 def toy_study(target: Workspace | Model, n_toys: int, seed: int, params: Mapping[str, float] | None = None,
-              poi: str | None = None, batch: int = 100) -> dict:
-    """Pulls and coverage of ``poi`` over toys at ``params``.
+              poi: str | None = None, batch: int = 100, edm_tol: float = 1e-8, pad_to: int | None = None) -> dict:
+    """Pulls and coverage of ``poi`` over toys at ``params``, with per-toy results.
 
-    Reports the pull mean / width of (poi-hat - poi_true) / sigma-hat, the coverage of the
-    Hessian interval and of the profile-likelihood 68 % interval (q(poi_true) - q_min < 1,
-    from a second, conditional vectorised fit).
+    Two vectorised fits per toy: free, and with ``poi`` fixed at its true value (started from
+    the free fit's linear prediction). Reported, over the toys where both converged:
+
+    * Hessian pull (poi-hat - truth) / sigma-hat (sigma from 2 H^-1): ``pull_mean``,
+      ``pull_width`` and ``coverage_hesse_68`` (|pull| < 1);
+    * profile (MINOS-like) interval {poi: q(poi) - q_min < level}: it covers the truth exactly
+      when dq = q(truth, profiled) - q_min < level, so ``coverage_profile_68`` / ``_95`` need
+      one conditional fit per toy, not a search for the interval's edges; the signed root
+      z = sign(poi-hat - truth) sqrt(dq) is the profile pull (``pull_profile_mean`` / ``_width``);
+    * per toy (same order, converged toys only): ``toy_index``, ``mu_hat``, ``sigma`` (Hessian),
+      ``pulls`` (Hessian), ``pulls_profile`` (z).
+
+    ``pad_to``: minimum gathered size (see :func:`generate_toys`), to share a compiled fit.
     """
     model = _model(target)
     poi = poi or model.poi_names[0]
     p = model.index[poi]
-    toys = generate_toys(model, n_toys, seed, params)
-    free = fit_toys(model, toys, batch=batch)
-    cond = fit_toys(model, toys, fixed={poi: float(toys.theta_true[p])}, batch=batch)
+    toys = generate_toys(model, n_toys, seed, params, pad_to=pad_to)
+    truth = float(toys.theta_true[p])
+    free = fit_toys(model, toys, batch=batch, edm_tol=edm_tol)
+    cond = fit_toys(model, toys, fixed={poi: truth}, batch=batch, edm_tol=edm_tol,
+                    init=conditional_start(model, free, poi, truth))
     ok = free.converged & cond.converged & (free.errors[:, p] > 0)
-    truth = toys.theta_true[p]
-    pull = (free.theta[ok, p] - truth) / free.errors[ok, p]
-    dq = cond.q_min[ok] - free.q_min[ok]
+    mu_hat, sigma = free.theta[ok, p], free.errors[ok, p]
+    pull = (mu_hat - truth) / sigma
+    dq_raw = cond.q_min[ok] - free.q_min[ok]
+    dq = np.clip(dq_raw, 0.0, None)
+    z = np.sign(mu_hat - truth) * np.sqrt(dq)
+    sd = (lambda a: float(a.std(ddof=1)) if a.size > 1 else float("nan"))  # noqa: E731
     return to_jsonable({
         "poi": poi, "truth": truth, "n_toys": n_toys, "n_converged": int(ok.sum()),
-        "pull_mean": float(pull.mean()), "pull_width": float(pull.std(ddof=1)),
+        "pull_mean": float(pull.mean()) if pull.size else float("nan"), "pull_width": sd(pull),
         "coverage_hesse_68": float(np.mean(np.abs(pull) < 1.0)),
+        "pull_profile_mean": float(z.mean()) if z.size else float("nan"), "pull_profile_width": sd(z),
         "coverage_profile_68": float(np.mean(dq < 1.0)),
         "coverage_profile_95": float(np.mean(dq < 3.841458820694124)),
+        "n_conditional_below_free": int(np.sum(dq_raw < -1e-6)),
+        "mean_iterations": float(np.mean(free.n_iter)),
+        "toy_index": np.flatnonzero(ok), "mu_hat": mu_hat, "sigma": sigma, "pulls": pull, "pulls_profile": z,
     })
 
 
 def neyman_construction(target: Workspace | Model, poi_values: np.ndarray, n_toys: int, seed: int,
                         observed: FitResult | None = None, cl: float = 0.68, poi: str | None = None,
-                        batch: int = 100) -> dict:
+                        batch: int = 100, pad_to: int | None = None) -> dict:
     """Neyman belt of t = q(poi) - q_min over a grid: toys at each value (nuisances at the
-    reference), the CL quantile of t, and (with ``observed``) the confidence set."""
+    reference), the CL quantile of t, and (with ``observed``) the confidence set.
+
+    The conditional fits start from each toy's free fit moved along its covariance."""
     model = _model(target)
     poi = poi or model.poi_names[0]
     p = model.index[poi]
     rows = []
     values = np.asarray(poi_values, dtype=float)
-    sets = [generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}) for j, v in enumerate(values)]
+    sets = [generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}, pad_to=pad_to) for j, v in enumerate(values)]
     n_max = max(t.index.shape[1] for t in sets)  # one shape -> one compilation for the whole belt
     for v, toys in zip(values, sets):
         if toys.index.shape[1] < n_max:
@@ -231,7 +310,8 @@ def neyman_construction(target: Workspace | Model, poi_values: np.ndarray, n_toy
             toys = ToySet(toys.theta_true, np.pad(toys.index, ((0, 0), (0, pad))),
                           np.pad(toys.counts, ((0, 0), (0, pad))), toys.aux)
         free = fit_toys(model, toys, batch=batch)
-        cond = fit_toys(model, toys, fixed={poi: float(v)}, batch=batch)
+        cond = fit_toys(model, toys, fixed={poi: float(v)}, batch=batch,
+                        init=conditional_start(model, free, poi, float(v)))
         ok = free.converged & cond.converged
         t = np.clip(cond.q_min[ok] - free.q_min[ok], 0.0, None)
         row = {"value": float(v), "critical": float(np.quantile(t, cl)), "n_ok": int(ok.sum())}

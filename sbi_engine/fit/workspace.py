@@ -8,7 +8,10 @@ file validated against ``sbi_engine/schemas/workspace.schema.json`` plus ``.npy`
 Per-event arrays (one value per data event):
   * ``ratio`` of each process: r_c(x_i) = p_c(x_i) / p_ref(x_i), up to a common p_ref;
   * ``shape`` up/down of a nuisance on a process: p_c(x_i | alpha=+-1) / p_c(x_i | 0);
-  * data ``weights``: 1 for observed events, simulation weights for (weighted) Asimov data.
+  * data ``weights``: 1 for observed events, simulation weights for (weighted) Asimov data;
+  * optional data ``norm_weights`` v_i: a weighted sample of p_ref (sum_i v_i f(x_i) ~ the
+    integral of p_ref f) from which the model normalises the per-event shape factors (see
+    ``docs/workspace.md``); rows with weight 0 and v_i > 0 are normalisation-only events.
 A nuisance that does not touch a process stores nothing for it.
 
 >>> import numpy as np
@@ -117,11 +120,17 @@ class ControlRegion:
 
 @dataclass(frozen=True, eq=False)
 class Data:
-    """Event weights (1 for observed data) and, for weighted Asimov data, where they were made."""
+    """Event weights (1 for observed data) and, for weighted Asimov data, where they were made.
+
+    ``norm_weights`` (optional, (n,)): weights v_i of the same rows as a sample of p_ref, used to
+    normalise the shape factors; absent means "derive from the weights" for Asimov data and "no
+    normalisation term" (shapes treated as normalised) for observed data.
+    """
 
     weights: Any  # (n,)
     kind: str = "observed"  # "observed" | "asimov"
     generated_at: Mapping[str, float] | None = None
+    norm_weights: Any = None  # (n,) or None
 
 
 def _err(where: str, msg: str) -> WorkspaceError:
@@ -198,6 +207,8 @@ class Workspace:
     def nbytes(self) -> int:
         """Bytes held by the per-event arrays (data weights, ratios, shape arrays)."""
         total = int(self.data.weights.nbytes) + sum(int(p.ratio.nbytes) for p in self.processes)
+        if self.data.norm_weights is not None:
+            total += int(self.data.norm_weights.nbytes)
         for k in self.nuisances:
             for eff in k.effects.values():
                 if eff.shape is not None:
@@ -205,10 +216,14 @@ class Workspace:
         return total
 
     def with_data(self, weights: Any, kind: str = "asimov", generated_at: Mapping[str, float] | None = None) -> Workspace:
-        """The same model with other event weights (e.g. Asimov weights at other parameters)."""
+        """The same model with other event weights (e.g. Asimov weights at other parameters).
+
+        The normalisation weights (``data.norm_weights``) are part of the model and are kept.
+        """
         w = _vector(weights, self.n_events, "weights")
         return Workspace(self.pois, self.norm_factors, self.processes, self.nuisances, self.control_regions,
-                         Data(w, kind, dict(generated_at) if generated_at else None), self.metadata)
+                         Data(w, kind, dict(generated_at) if generated_at else None, self.data.norm_weights),
+                         self.metadata)
 
     def with_aux(self, aux: Mapping[str, float]) -> Workspace:
         """The same workspace with other auxiliary values a_k for the named nuisances."""
@@ -234,6 +249,7 @@ class Workspace:
         generated_at: Mapping[str, float] | None = None,
         metadata: Mapping[str, Any] | None = None,
         validate_values: bool = True,
+        norm_weights: Any = None,
     ) -> Workspace:
         """Build and validate a workspace from in-memory arrays.
 
@@ -244,6 +260,8 @@ class Workspace:
         control_regions: ``[{"name", "observed": [...], "samples": {name: {"yields": [...],
         "coefficient": "...", "norm": {nuisance: (up[...], down[...])}}}}]``.
         weights: (n,) event weights; ``data_kind`` defaults to "observed" if all are 1.
+        norm_weights: optional (n,) weights v_i of the same rows as a sample of p_ref, for the
+        normalisation of the shape factors (default: derived for Asimov data, none for observed).
         Arrays are kept as given (NumPy or JAX), so large inputs are not copied here.
         """
         w = _vector(weights, None, "weights")
@@ -372,7 +390,15 @@ class Workspace:
             unknown = sorted(set(generated_at) - set(all_names))
             if unknown:
                 raise _err("data.generated_at", f"unknown parameter(s) {unknown}")
-        data = Data(w, kind, {k: float(v) for k, v in generated_at.items()} if generated_at else None)
+        v = None
+        if norm_weights is not None:
+            v = _vector(norm_weights, n, "data.norm_weights")
+            if validate_values:
+                bad = ~np.isfinite(np.asarray(v))
+                if bad.any():
+                    first = int(np.flatnonzero(bad)[0])
+                    raise _err("data.norm_weights", f"{int(bad.sum())} of {n} values are not finite (first at row {first})")
+        data = Data(w, kind, {k: float(v) for k, v in generated_at.items()} if generated_at else None, v)
         pois_t = tuple(p for p in free if p.is_poi)
         nfs_t = tuple(p for p in free if not p.is_poi)
         return cls(pois_t, nfs_t, tuple(procs), tuple(nps), tuple(crs), data, dict(metadata or {}))
@@ -426,6 +452,8 @@ class Workspace:
                                 "n_events": self.n_events}
         if self.data.generated_at:
             data["generated_at"] = dict(self.data.generated_at)
+        if self.data.norm_weights is not None:
+            data["norm_weights"] = array_ref("norm_weights", self.data.norm_weights)
         doc["data"] = data
         return doc
 
@@ -523,11 +551,13 @@ class Workspace:
         weights = load_array(data["weights"], "data.weights")
         if "n_events" in data and int(data["n_events"]) != int(np.shape(weights)[0]):
             raise WorkspaceError(f"{source}: data.n_events says {data['n_events']} but data.weights has {np.shape(weights)[0]} rows")
+        norm_weights = load_array(data["norm_weights"], "data.norm_weights") if "norm_weights" in data else None
         try:
             return cls.from_arrays(
                 pois=free(params["pois"]), norm_factors=free(params.get("norm_factors", [])),
                 processes=processes, weights=weights, nuisances=nuisances, control_regions=crs,
                 data_kind=data["kind"], generated_at=data.get("generated_at"), metadata=doc.get("metadata"),
+                norm_weights=norm_weights,
             )
         except (WorkspaceError, ExpressionError) as exc:
             raise WorkspaceError(f"{source}: {exc}") from None

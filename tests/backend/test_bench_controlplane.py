@@ -33,8 +33,23 @@ def _check(report: dict, db: str) -> None:
     assert sum(r["setup"]["job_states"].values()) == 200 and r["setup"]["job_states"]["RUNNING"] == 8
     assert {"job_page", "job_curves", "cost_summary"} <= set(r["query_ms"])
     assert all(v > 0 for v in r["query_ms"].values())
-    # one pass launches ready trainings (none of them was launched before)
-    assert r["reconcile_detail"].get("launched", 0) > 0
+    # the timed pass is the first, busy one: it launches ready trainings (none was launched
+    # before) and cancels the fit that waits on trainings that failed for good
+    assert r["reconcile_stat"].startswith("first pass of a new controller")
+    assert r["reconcile_detail"]["launched"] > 0 and r["reconcile_detail"]["cancelled"] >= 1
+    assert not r["reconcile_detail"]["errors"]
+    # then passes drain what follows (the fit's dependants are cancelled) to an idle one
+    assert all(t["s"] > 0 and not t["launched"] for t in r["reconcile_followup"])
+    assert sum(t["cancelled"] for t in r["reconcile_followup"]) > 0
+    assert r["reconcile_idle_s"] > 0 and r["reconcile_idle_stat"].startswith("median of 3 idle passes")
+    idle = r["reconcile_idle_detail"]
+    assert not any(idle[k] for k in ("launched", "relaunched", "finished", "failed", "retried", "cancelled"))
+    # and a pass of the first one's shape again, on the warm controller
+    warm = r["reconcile_warm_detail"]
+    assert r["reconcile_warm_s"] > 0 and not warm["errors"]
+    assert (warm["launched"], warm["retried"], warm["cancelled"]) == (
+        r["reconcile_detail"]["launched"], r["reconcile_detail"]["retried"], 1)
+    assert r["setup"]["settle_s"] >= 0 and r["setup"]["settle_after_load"]
 
 
 def test_bench_sqlite(tmp_path):

@@ -202,3 +202,64 @@ def test_observed_demo_data_spec_is_accepted_and_checked():
     validate_config(_cfg(fit__data={"demo": {"mu": 1.0, "seed": 3, "poisson": True}}))
     errs = _errors(_cfg(fit__data={"demo": {"mu": 1.0}}))
     assert errs == ["fit.data.demo: missing required key 'seed'"]
+
+
+def test_per_task_training_overrides_change_only_that_task():
+    raw = _cfg(training__tasks={"S_vs_B": {"ensemble_size": 6, "members_per_job": 3, "width": 64, "max_steps": 10}})
+    plans = expand(validate_config(raw))
+    train = [p for p in plans if p.kind == "train"]
+    s_jobs = [p for p in train if p.task == "S_vs_B"]
+    assert [p.members for p in s_jobs] == [(0, 1, 2), (3, 4, 5)]
+    assert all(p.spec["params"]["train"]["width"] == 64 and p.spec["params"]["train"]["max_steps"] == 10 for p in s_jobs)
+    others = [p for p in train if p.task != "S_vs_B"]
+    assert len(others) == 3 * 2 and all(p.spec["params"]["train"]["width"] == 32 for p in others)
+    # members / seed stay the expansion's; ensemble keys are not TrainConfig settings
+    assert all(set(p.spec["params"]["train"]) <= set(TRAIN_KEYS) for p in train)
+    # a config without tasks normalises exactly as before (no new default keys)
+    assert "tasks" not in demo_config().data["training"]
+
+
+def test_per_task_overrides_name_unknown_tasks_and_keys():
+    errs = _errors(_cfg(training__tasks={"SBI_vs_B": {"lr": 0.1, "ensemble_size": 0}}))
+    assert len(errs) == 2
+    assert any(e.startswith("training.tasks.SBI_vs_B: unknown key 'lr'; allowed keys: ensemble_size") for e in errs), errs
+    assert any(e.startswith("training.tasks.SBI_vs_B.ensemble_size: 0 is less than the minimum of 1") for e in errs), errs
+    (err,) = _errors(_cfg(training__tasks={"S_vs_C": {"width": 8}}))
+    assert err == ("training.tasks.S_vs_C: unknown ratio task; the tasks are: "
+                   "S_vs_B, SBI_vs_B, m4l_scale_up_B, m4l_scale_down_B")
+
+
+def test_fit_model_keys_pass_through_to_every_fit_stage_job():
+    model = {
+        "coefficients": {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"},
+        "norm_systematics": [{"name": "xs_B", "effects": {"B": [1.1, 0.9]}}],
+        "yields": {"B": 400.0},
+        "poi": {"init": 0.5, "bounds": [0.0, 5.0]},
+    }
+    raw = _cfg(**{f"fit__{k}": v for k, v in model.items()})
+    cfg = validate_config(raw)
+    plans = expand(cfg)
+    fit_like = [p for p in plans if p.kind != "train"]
+    assert {p.kind for p in fit_like} == {"fit", "impacts", "scan"}
+    for p in fit_like:
+        assert {k: p.spec["params"][k] for k in model} == model
+    # the norm-only systematic is a nuisance of the fit (after the shape ones, before fit.nuisances)
+    impacts = [p.np_subset for p in plans if p.kind == "impacts"]
+    assert [n for sub in impacts for n in sub] == ["m4l_scale", "xs_B", "bkg_norm", "gg_scale"]
+    # without them, fit-stage params carry none of these keys (old job specs unchanged)
+    assert not any(k in p.spec["params"] for p in expand(demo_config()) if p.kind == "fit" for k in model)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"fit__coefficients": {"Z": "mu"}}, "fit.coefficients.Z: not a process; allowed values: B, S, SBI"),
+    ({"fit__yields": {"B": 0}}, "fit.yields.B: 0 is less than or equal to the minimum of 0"),
+    ({"fit__norm_systematics": [{"name": "x", "effects": {"Q": [1.1, 0.9]}}]},
+     "fit.norm_systematics[0].effects.Q: not a process"),
+    ({"fit__norm_systematics": [{"name": "x", "effects": {"B": [1.1]}}]}, "fit.norm_systematics[0].effects.B: [1.1] is too short"),
+    ({"fit__poi": {"bounds": [2.0, 1.0]}}, "fit.poi.bounds: expected [low, high] with low < high"),
+    ({"fit__poi": {"init": 7.0, "bounds": [0.0, 5.0]}}, "fit.poi.init: 7.0 is outside the bounds [0.0, 5.0]"),
+    ({"fit__poi": {"start": 1.0}}, "fit.poi: unknown key(s) 'start'; allowed keys: bounds, init"),
+])
+def test_fit_model_keys_are_checked(changes, expected):
+    errs = _errors(_cfg(**changes))
+    assert any(e.startswith(expected) for e in errs), errs

@@ -176,11 +176,15 @@ def test_controller_killed_20_times_matches_an_undisturbed_run(sqlite_file_engin
     assert got == reference
     assert all(v["attempts"] == [(1, JobStatus.SUCCEEDED, 0)] for v in got.values())  # no duplicate attempt
     with Session(engine) as s:
-        # one launch per job in the audit trail too, and every launcher instance ran once
+        # one launch per job in the audit trail too, and one launcher instance per job
         launches = s.exec(select(Event).where(Event.to_state == JobStatus.LAUNCHING)).all()
         assert len(launches) == len(CAMPAIGN)
-    records = list((run_dir / "var" / "instances").glob("*.json"))
-    assert len(records) == len(CAMPAIGN)
+    logs = sorted(p.stem for p in (run_dir / "var" / "logs").glob("*.log"))
+    assert len(logs) == len(CAMPAIGN) and all(name.endswith("-1") for name in logs)
+    # every instance record was pruned once its attempt's end was committed, including those
+    # a kill left behind (swept by the next controller)
+    instances = run_dir / "var" / "instances"
+    assert list(instances.glob("*.json")) == [] and list(instances.glob("*.rc")) == []
 
 
 def test_missing_store_path_is_a_clear_error_and_changes_nothing(sqlite_file_engine, tmp_path):

@@ -179,3 +179,20 @@ def test_registry_builds_the_local_launcher_under_nsbi_home(tmp_path):
     assert lau.var_dir == tmp_path / "home" / "launchers" / "local"
     with pytest.raises(Exception, match="unknown launcher 'nope'"):
         get_launcher("nope", S())
+
+
+def test_forget_drops_a_finished_record_and_refuses_a_live_one(store, launcher):
+    done = LaunchRequest("c", "done", 1, make_job(store, "done", steps=1, step_s=0.0))
+    live = LaunchRequest("c", "live", 1, make_job(store, "live", steps=1000, step_s=0.05))
+    launcher.launch(done)
+    launcher.launch(live)
+    wait_done(launcher, done.instance_id)
+    with pytest.raises(Exception, match="still running"):
+        launcher.forget(live.instance_id)
+    launcher.forget(done.instance_id)
+    names = sorted(p.name for p in launcher.instances_dir.iterdir())
+    assert names == [f"{live.instance_id}.json"]  # record and exit status of the finished one are gone
+    assert launcher.log_path(done.instance_id).exists()  # the log stays
+    assert [st.instance_id for st in launcher.list_instances()] == [live.instance_id]
+    assert launcher.free_slots() == 1  # what is forgotten no longer takes a slot or a read
+    launcher.forget("never-launched-1")  # unknown names are fine

@@ -117,3 +117,70 @@ def test_attempt_protocol_is_crash_safe(sqlite_engine):
     with pytest.raises(sa.exc.IntegrityError):
         with session_scope(sqlite_engine) as s:
             s.add(Attempt(job_id=job.id, attempt_no=1, launcher="local"))
+
+
+def _state_row(s, job_id):
+    return jobs_repo.state_rows(s, Job.id == job_id)[0]
+
+
+def test_bulk_transitions_follow_the_same_rules_and_write_the_same_events(engine):
+    from backend.states import StaleJobState, transition_rows
+
+    cid = service.create_campaign(demo_config(), engine=engine)
+    with session_scope(engine) as s:
+        jobs = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id)).all()
+        ids = [j.id for j in jobs[:3]]
+        for j in jobs[:3]:
+            j.max_retries = 1
+            for new in (L, R, F):
+                transition(s, j, new, f"to {new}")
+    with session_scope(engine) as s:
+        rows = jobs_repo.state_rows(s, Job.id.in_(ids))
+        assert transition_rows(s, rows, P, ["a", "b", "c"], extra={"retry_requested": False}) == 3
+    with session_scope(engine) as s:
+        for jid, reason in zip(ids, "abc"):
+            job = s.get(Job, jid)
+            assert (job.status, job.retries, job.recoveries, job.status_reason, job.finished_at) == (P, 1, 1, reason, None)
+            events = s.exec(select(Event).where(Event.job_id == jid).order_by(Event.id)).all()
+            assert [(e.from_state, e.to_state, e.reason) for e in events][-1] == (F, P, reason)
+        # the retry limit and the table hold for rows too, and a refused batch writes nothing
+        rows = jobs_repo.state_rows(s, Job.id.in_(ids))
+        with pytest.raises(IllegalTransition, match="PENDING -> RUNNING"):
+            transition_rows(s, rows, R, "skip launching")
+        for j in ids:
+            transition(s, s.get(Job, j), L)
+            transition(s, s.get(Job, j), R)
+            transition(s, s.get(Job, j), F)
+    with session_scope(engine) as s:
+        n_events = len(s.exec(select(Event)).all())
+        rows = jobs_repo.state_rows(s, Job.id.in_(ids))
+        with pytest.raises(RetryLimitExceeded, match="1 of 1"):
+            transition_rows(s, rows, P, "again")
+        assert transition_rows(s, rows, P, "user retry", manual=True) == 3
+        assert {_state_row(s, j).retries for j in ids} == {2}
+        # a row read before someone else moved the job: nothing of the batch is kept
+        stale = jobs_repo.state_rows(s, Job.id.in_(ids))
+        transition_rows(s, stale[:1], L, "elsewhere")
+        with pytest.raises(StaleJobState):
+            transition_rows(s, stale, C, "cancel")
+        s.rollback()
+    with session_scope(engine) as s:
+        assert len(s.exec(select(Event)).all()) == n_events
+        assert {s.get(Job, j).status for j in ids} == {F}
+
+
+def test_queued_events_go_with_the_transaction(sqlite_engine):
+    with session_scope(sqlite_engine) as s:
+        job = _job(s, sqlite_engine)
+        job_id = job.id
+    with session_scope(sqlite_engine) as s:
+        job = s.get(Job, job_id)
+        transition(s, job, L, "will be rolled back")
+        s.rollback()  # the move and its event go together
+        job = s.get(Job, job_id)
+        assert job.status == P
+        transition(s, job, C, "kept")
+    with session_scope(sqlite_engine) as s:
+        events = s.exec(select(Event).where(Event.job_id == job_id)).all()
+        assert [(e.from_state, e.to_state, e.reason) for e in events] == [(P, C, "kept")]
+        assert s.get(Job, job_id).status == C

@@ -10,6 +10,10 @@ import pytest
 import sbi_engine  # noqa: F401
 from sbi_engine.fit import Model, Workspace, WorkspaceError
 
+# Synthetic workspaces with random ratios (they do not average to 1 on the normalisation sample,
+# which the model rightly warns about for real workspaces).
+pytestmark = pytest.mark.filterwarnings("ignore:.*ratios average to:UserWarning")
+
 
 def _ws(n=50, **over):
     rng = np.random.default_rng(0)
@@ -86,4 +90,24 @@ def test_schema_errors_name_the_json_key(tmp_path):
     doc["processes"][0]["ratio"]["file"] = "missing.npy"
     bad.write_text(json.dumps(doc))
     with pytest.raises(WorkspaceError, match=r"processes\.S\.ratio: cannot read array file"):
+        Workspace.load(bad)
+
+
+def test_norm_weights_round_trip_and_drive_the_model(tmp_path):
+    ws = _ws(weights=np.r_[np.ones(30), np.zeros(20)], norm_weights=np.r_[np.zeros(30), np.linspace(0.5, 1.5, 20)],
+             data_kind="observed", generated_at=None)
+    path = ws.save(tmp_path / "ws.json")
+    doc = json.loads(path.read_text())
+    assert doc["data"]["norm_weights"]["file"].endswith("norm_weights.npy")
+    back = Workspace.load(path)
+    np.testing.assert_array_equal(back.data.norm_weights, ws.data.norm_weights)
+    assert back.with_data(np.ones(50), kind="observed").data.norm_weights is back.data.norm_weights
+    m1, m2 = Model(ws), Model(back)
+    assert m1.has_norm and m1.norm_source == "norm_weights"
+    t = m1.theta({"mu": 1.0, "kB": 1.2, "jes": 1.7})
+    assert np.isfinite(m1.nll(t)) and m1.nll(t) == m2.nll(t)
+    doc["data"]["norm_weights"] = [1, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(WorkspaceError, match=r"bad\.json: data\.norm_weights: \[1, 2\] is not of type 'object'"):
         Workspace.load(bad)

@@ -1,0 +1,313 @@
+"""The report folder of an analysis run: result.json, plots (PNG + PDF, or HTML) and summary.md.
+
+Why a folder of plain files: the result of an analysis has to outlive the database and the
+dashboard -- it goes into a paper draft, a talk, a review. `result.json` holds every number
+with its provenance (analysis file hash, code and engine versions, seeds, ensemble URIs,
+cache keys, timings); `summary.md` is the one-page human view linking the plots.
+
+Plots are small Plotly figures built here (the dashboard's figure module sits above the
+backend and is not imported). Static export goes through kaleido and a system Chromium; where
+none is found, or the export fails, the figures are written as self-contained HTML instead
+and summary.md says so. Pure functions over plain data: `collect` (run.py) gathers the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Q68, Q95 = 1.0, 3.841458820694124  # -2 Delta ln L at 68.27 % and 95 % CL (one parameter)
+BROWSERS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote: the folder, result.json, summary.md, the plots by name
+    (each a list of files), and why static export was skipped (None if it worked)."""
+
+    folder: Path
+    result: Path
+    summary: Path
+    plots: dict[str, list[Path]] = field(default_factory=dict)
+    export_problem: str | None = None
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def merge_scans(scans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """One scan from the chunks of several scan jobs (each profiles its own POI values
+    against the same nominal fit, so their q values share one minimum); intervals where q
+    crosses 1 and 3.84, by linear interpolation on the merged points."""
+    pts: dict[float, float] = {}
+    poi, best = "mu", None
+    for s in scans:
+        poi = s.get("poi", poi)
+        best = s.get("best", best)
+        for v, q, ok in zip(s.get("values") or [], s.get("dq") or [], s.get("converged") or [True] * 10**6):
+            if ok and q is not None and math.isfinite(float(q)):
+                pts[float(v)] = float(q)
+    if not pts:
+        return None
+    xs = sorted(pts)
+    qs = [pts[x] for x in xs]
+    if best is None:
+        best = xs[min(range(len(xs)), key=qs.__getitem__)]
+    # the best fit is a point of the profile too (q = 0): a crossing between it and the
+    # nearest scan point would otherwise be missed when the grid is coarse
+    aug = dict(pts)
+    aug.setdefault(float(best), 0.0)
+    ax = sorted(aug)
+    aq = [aug[x] for x in ax]
+    return {"poi": poi, "values": xs, "dq": qs, "best": float(best),
+            "intervals": {"68": list(crossings(ax, aq, float(best), Q68)),
+                          "95": list(crossings(ax, aq, float(best), Q95))}}
+
+
+def crossings(xs: Sequence[float], qs: Sequence[float], best: float, level: float) -> tuple[float | None, float | None]:
+    """Where q rises through `level` left and right of `best` (None where the scan stops short).
+
+    Interpolates sqrt(q), which is linear in the POI for a parabolic profile: exact for a
+    Gaussian likelihood however coarse the grid (linear interpolation of q itself would put
+    the 68 % crossing 0.1 off on a grid two sigma wide).
+    """
+    rs = [math.sqrt(max(q, 0.0)) for q in qs]
+    r = math.sqrt(level)
+    lo = hi = None
+    for i in range(len(xs) - 1, 0, -1):
+        if xs[i] <= best and rs[i - 1] >= r > rs[i]:
+            lo = xs[i - 1] + (r - rs[i - 1]) * (xs[i] - xs[i - 1]) / (rs[i] - rs[i - 1])
+            break
+    for i in range(len(xs) - 1):
+        if xs[i] >= best and rs[i + 1] >= r > rs[i]:
+            hi = xs[i] + (r - rs[i]) * (xs[i + 1] - xs[i]) / (rs[i + 1] - rs[i])
+            break
+    return lo, hi
+
+
+def impact_ranking(refit: Sequence[Mapping[str, Any]], covariance: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Impacts on the POI, largest post-fit first: refit impacts where impacts jobs ran,
+    covariance-based ones for the other nuisances."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for item in covariance:
+        by_name[item["nuisance"]] = dict(item)
+    for item in refit:
+        by_name[item["nuisance"]] = dict(item)
+    out = list(by_name.values())
+    for item in out:
+        item["size"] = max(abs(float(item.get("postfit_up") or 0.0)), abs(float(item.get("postfit_down") or 0.0)))
+    return sorted(out, key=lambda d: -d["size"])
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def scan_figure(scan: Mapping[str, Any] | None):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if scan:
+        fig.add_trace(go.Scatter(x=scan["values"], y=scan["dq"], mode="lines+markers", name="profile scan",
+                                 line={"color": "black"}))
+        for q, label, colour in ((Q68, "68 % CL", "#1b9e77"), (Q95, "95 % CL", "#d95f02")):
+            fig.add_hline(y=q, line={"color": colour, "dash": "dash"}, annotation_text=label)
+    else:
+        fig.add_annotation(text="no scan in this analysis", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    poi = (scan or {}).get("poi", "mu")
+    fig.update_layout(title=f"Profile likelihood scan of {poi}", xaxis_title=poi, yaxis_title="−2 Δ ln L",
+                      template="plotly_white", width=900, height=520)
+    return fig
+
+
+def impacts_figure(impacts: Sequence[Mapping[str, Any]], pulls: Mapping[str, Mapping[str, Any]], top: int = 20):
+    """Post-fit +-1 sigma impacts on the POI (bars, top axis) with pulls and constraints (points)."""
+    import plotly.graph_objects as go
+
+    rows = list(impacts)[:top][::-1]
+    names = [r["nuisance"] for r in rows]
+    fig = go.Figure()
+    if rows:
+        fig.add_trace(go.Bar(y=names, x=[r.get("postfit_up") for r in rows], orientation="h", xaxis="x2",
+                             name="post-fit +1σ impact", marker={"color": "#1f78b4"}))
+        fig.add_trace(go.Bar(y=names, x=[r.get("postfit_down") for r in rows], orientation="h", xaxis="x2",
+                             name="post-fit −1σ impact", marker={"color": "#33a02c"}))
+        fig.add_trace(go.Scatter(
+            y=names, x=[(pulls.get(n) or {}).get("pull") for n in names], mode="markers", name="pull",
+            marker={"color": "black", "size": 8},
+            error_x={"type": "data", "array": [(pulls.get(n) or {}).get("constraint") for n in names]}))
+        reach = max((r["size"] for r in rows), default=1.0) * 1.2 or 1.0
+        fig.update_layout(barmode="overlay",
+                          xaxis={"title": "pull (θ̂ − θ₀)/Δθ", "range": [-2.5, 2.5]},
+                          xaxis2={"title": "Δμ", "overlaying": "x", "side": "top", "range": [-reach, reach]})
+    else:
+        fig.add_annotation(text="no nuisance parameters", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title="Impacts and pulls", template="plotly_white", width=900,
+                      height=max(420, 160 + 28 * len(rows)), yaxis={"type": "category"})
+    return fig
+
+
+def calibration_figure(calibration: Mapping[str, Sequence[Mapping[str, Any]]]):
+    """Reliability of each ratio ensemble: observed class fraction against mean score per bin."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"color": "#888", "dash": "dot"}))
+    for task, curves in sorted(calibration.items()):
+        for c in curves:
+            if c.get("member") is not None:
+                continue
+            fig.add_trace(go.Scatter(x=c.get("mean_score"), y=c.get("observed_fraction"), mode="lines+markers",
+                                     name=task, error_y={"type": "data", "array": c.get("observed_error")}))
+    fig.update_layout(title="Ensemble calibration (held-out events where available)", template="plotly_white",
+                      xaxis={"title": "mean classifier score s(x)", "range": [0, 1]},
+                      yaxis={"title": "observed numerator fraction", "range": [0, 1]}, width=900, height=560)
+    return fig
+
+
+def _browser() -> str | None:
+    if os.environ.get("BROWSER_PATH"):
+        return os.environ["BROWSER_PATH"]
+    for name in BROWSERS:
+        found = name if Path(name).is_absolute() and Path(name).exists() else shutil.which(name)
+        if found:
+            os.environ["BROWSER_PATH"] = found  # kaleido 1.x reads it; nothing is downloaded
+            return found
+    return None
+
+
+def export_figures(figures: Mapping[str, Any], folder: Path, *, static: bool = True) -> tuple[dict[str, list[Path]], str | None]:
+    """Write each figure as PNG and PDF (one kaleido batch, then one retry per missing file),
+    falling back to self-contained HTML for any figure that could not be exported.
+
+    Returns (name -> files, problem): problem says why some or all plots are HTML (None: none).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    problem = None if static else "static export switched off"
+    if problem is None and _browser() is None:
+        problem = "no Chromium found for kaleido (install chromium or set BROWSER_PATH)"
+    wanted = {name: [folder / f"{name}.{fmt}" for fmt in ("png", "pdf")] for name in figures}
+    for p in (p for ps in wanted.values() for p in ps):
+        p.unlink(missing_ok=True)  # a file left by an earlier report must not pass for this one
+    if problem is None:
+        import plotly.io as pio
+
+        def missing() -> list[tuple[str, Path]]:
+            return [(n, p) for n, ps in wanted.items() for p in ps if not p.is_file() or p.stat().st_size == 0]
+
+        try:
+            pio.write_images([figures[n] for n, ps in wanted.items() for _ in ps],
+                             [p for ps in wanted.values() for p in ps])
+        except Exception as exc:  # noqa: BLE001 - kaleido/Chromium fail in many ways; retried below
+            problem = _why(exc)
+        for name, path in missing():  # a browser hiccup under load: once more, one by one
+            try:
+                figures[name].write_image(path)
+            except Exception as exc:  # noqa: BLE001
+                problem = _why(exc)
+        left = missing()
+        if not left:
+            return wanted, None
+        problem = problem or f"kaleido wrote no {left[0][1].name}"
+        problem = f"static export failed: {problem}"
+    out: dict[str, list[Path]] = {}
+    failed = {n for n, ps in wanted.items() if any(not p.is_file() or p.stat().st_size == 0 for p in ps)}
+    for name, fig in figures.items():
+        if name not in failed:
+            out[name] = wanted[name]
+            continue
+        for p in wanted[name]:
+            p.unlink(missing_ok=True)
+        path = folder / f"{name}.html"
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        out[name] = [path]
+    return out, problem
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{v:.{nd}f}" if math.isfinite(v) else "–"
+
+
+def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Path]], folder: Path,
+                     problem: str | None) -> str:
+    """The one-page summary: result, top impacts, pulls, plots, provenance."""
+    fit = result.get("fit") or {}
+    a = result.get("analysis") or {}
+    camp = result.get("campaign") or {}
+    lines = [f"# Analysis {a.get('name', '')}: result", ""]
+    lines.append(f"**μ̂ = {_fmt(fit.get('mu_hat'))} ± {_fmt(fit.get('sigma'))}** "
+                 f"(Hesse; data: {fit.get('data', 'asimov')}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
+                 f"converged: {fit.get('converged')})")
+    iv = result.get("intervals") or {}
+    for cl in ("68", "95"):
+        if cl in iv:
+            lo, hi = iv[cl]
+            lines.append(f"- {cl} % CL interval from the profile scan: [{_fmt(lo)}, {_fmt(hi)}]")
+    bd = (result.get("breakdown") or {}).get("mu") or {}
+    if bd:
+        lines.append(f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
+                     f"syst {_fmt(bd.get('syst'))}")
+    lines += ["", "## Top impacts on μ", "", "| nuisance | post-fit +1σ | post-fit −1σ | method |", "| --- | --- | --- | --- |"]
+    for item in (result.get("impacts") or [])[:10]:
+        lines.append(f"| {item['nuisance']} | {_fmt(item.get('postfit_up'), 4)} | {_fmt(item.get('postfit_down'), 4)} "
+                     f"| {item.get('method', '')} |")
+    lines += ["", "## Pulls", "", "| nuisance | pull | constraint |", "| --- | --- | --- |"]
+    for name, p in (result.get("pulls") or {}).items():
+        lines.append(f"| {name} | {_fmt(p.get('pull'))} | {_fmt(p.get('constraint'))} |")
+    lines += ["", "## Plots", ""]
+    for name, files in plots.items():
+        links = ", ".join(f"[{f.suffix[1:].upper()}]({f.relative_to(folder).as_posix()})" for f in files)
+        lines.append(f"- {name.replace('_', ' ')}: {links}")
+    if problem:
+        lines += ["", f"Static PNG/PDF export was not possible ({problem}); the plots are interactive HTML."]
+    jobs = result.get("jobs") or {}
+    t = result.get("timings") or {}
+    lines += ["", "## Provenance", "",
+              f"- analysis file: `{a.get('path', '')}` (sha256 `{a.get('file_hash', '')}`)",
+              f"- campaign {camp.get('id')} `{camp.get('name', '')}` ({camp.get('status', '')}, launcher "
+              f"{camp.get('launcher', '')}); config sha256 `{camp.get('config_hash', '')}`",
+              f"- code version `{result.get('code_version', '')}`, engine {result.get('engine_version', '')}",
+              f"- jobs: {len(jobs.get('ran', []))} ran, {len(jobs.get('reused', []))} reused from earlier runs",
+              f"- training seeds: {', '.join(str(s) for s in sorted(set((result.get('seeds') or {}).get('train', {}).values())))}",
+              f"- wall time of this run: {_fmt(t.get('wall_s'), 1)} s",
+              "- ensembles:"]
+    for task, uris in sorted((result.get("ensembles") or {}).items()):
+        lines.append(f"  - {task}: " + ", ".join(f"`{u}`" for u in uris))
+    lines += ["", "Every number above is in `result.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: str | Path, result: Mapping[str, Any], *, static: bool = True) -> ReportFiles:
+    """Write result.json, the plots and summary.md into `folder` (created; files replaced)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "likelihood_scan": scan_figure(result.get("scan")),
+        "impacts_pulls": impacts_figure(result.get("impacts") or [], result.get("pulls") or {}),
+        "calibration": calibration_figure(result.get("calibration") or {}),
+    }
+    plots, problem = export_figures(figures, folder / "plots", static=static)
+    doc = {**result, "plots": {k: [p.relative_to(folder).as_posix() for p in v] for k, v in plots.items()},
+           "plot_export": problem or "png+pdf"}
+    res = folder / "result.json"
+    res.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    summ = folder / "summary.md"
+    summ.write_text(summary_markdown(doc, plots, folder, problem))
+    return ReportFiles(folder, res, summ, plots, problem)

@@ -1,0 +1,48 @@
+"""Content checks of an analysis file's samples: each one is read, a few rows of it.
+
+Why: a typo in a branch name, a tree that is not in the file, or a feature expression that
+indexes past the end of a jagged array would otherwise only surface when a training job
+starts on a remote machine. Reading the first rows through the same loader the jobs use
+(`sbi_engine.data.load_sample_spec`) finds them before anything is created. This imports
+the engine (and so JAX); the static checks in `spec_check` do not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from backend.analysis.spec_yaml import PathKey
+
+PROBE_ROWS = 1000  # rows read per file sample
+PROBE_EVENTS = 20  # events simulated per demo sample
+
+
+def _probe_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    if "demo" in spec:
+        demo = dict(spec["demo"])
+        demo["n"] = min(int(demo.get("n") or PROBE_EVENTS), PROBE_EVENTS)
+        return {"demo": demo}
+    stop = spec.get("entry_stop")
+    return {**spec, "entry_stop": min(int(stop), PROBE_ROWS) if stop else PROBE_ROWS}
+
+
+def check_contents(samples: Iterable[tuple[PathKey, dict[str, Any]]]) -> list[tuple[PathKey, str]]:
+    """(key path, message) for every sample the engine's loader refuses (each spec read once)."""
+    from sbi_engine.data import DataError, load_sample_spec
+
+    problems: list[tuple[PathKey, str]] = []
+    seen: dict[str, str | None] = {}
+    for path, spec in samples:
+        key = json.dumps(spec, sort_keys=True)
+        if key not in seen:
+            try:
+                load_sample_spec(_probe_spec(spec))
+                seen[key] = None
+            except DataError as exc:
+                # a selection may keep nothing of the first rows only: that is not an error
+                seen[key] = None if "keeps 0 of" in str(exc) else str(exc)
+        if seen[key] is not None:
+            problems.append((path, f"cannot read the sample: {seen[key]}"))
+    return problems

@@ -1,0 +1,57 @@
+"""The two engine modules the static checks need, loaded without importing JAX.
+
+Why: `import sbi_engine.anything` runs `sbi_engine/__init__.py`, which imports JAX (about two
+seconds, and the dashboard must never import it). The coefficient parser
+(`sbi_engine/fit/expr.py`) and `TrainConfig` (`sbi_engine/ratio/config.py`) only use the
+standard library, so they are loaded here straight from their files: the same code the fit
+and the training run, without the package import. A test checks the copies behave like the
+package's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+# find_spec of a top-level package locates it without running its __init__.
+_ENGINE = Path(list(importlib.util.find_spec("sbi_engine").submodule_search_locations)[0])  # type: ignore[union-attr]
+
+# Feature names of the built-in demo samples (sbi_engine.demo.OBSERVABLES; a test keeps them in step).
+DEMO_FEATURES: tuple[str, ...] = ("m4l", "cos_theta1", "cos_theta2", "phi")
+DEMO_PROCESSES: tuple[str, ...] = ("S", "SBI", "B")
+# Keys of a {"demo": {...}} sample spec (sbi_engine.data._DEMO_KEYS; a test keeps them in step).
+DEMO_KEYS: tuple[str, ...] = ("process", "n", "seed", "alpha", "n_nuisances", "luminosity", "weighted", "mu", "poisson")
+# Keys of a file sample spec (sbi_engine.data._FILE_KEYS) and the formats its loader knows.
+FILE_KEYS: tuple[str, ...] = ("path", "format", "tree", "features", "weight", "selection",
+                              "allow_negative_weights", "columns", "entry_stop")
+FORMATS: tuple[str, ...] = ("root", "parquet", "pq", "hdf5", "h5", "hdf", "numpy", "npz", "npy")
+SUFFIXES: tuple[str, ...] = (".root", ".parquet", ".pq", ".h5", ".hdf5", ".hdf", ".npz", ".npy")
+
+
+def _load(relative: str, name: str) -> ModuleType:
+    path = _ENGINE / relative
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a broken install
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+@lru_cache(maxsize=1)
+def expr_module() -> ModuleType:
+    """sbi_engine/fit/expr.py: `parse_expression`, `ExpressionError`."""
+    return _load("fit/expr.py", "_nsbi_analysis_expr")
+
+
+@lru_cache(maxsize=1)
+def train_config_module() -> ModuleType:
+    """sbi_engine/ratio/config.py: `TrainConfig` and its allowed values."""
+    return _load("ratio/config.py", "_nsbi_analysis_train_config")
