@@ -30,7 +30,7 @@ from .workspace import Workspace
 
 __all__ = ["StreamingModel", "DEFAULT_STREAM_CHUNK"]
 
-DEFAULT_STREAM_CHUNK = 65536
+DEFAULT_STREAM_CHUNK = 8192  # kernel temporaries ~ chunk x NPs x 8 B each; larger chunks cost RSS, not speed
 _PAD = {"w": 0.0, "v": 0.0}  # padded rows carry no weight; ratios pad with 1 (finite logs)
 
 

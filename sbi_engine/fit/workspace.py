@@ -160,7 +160,21 @@ def _vector(arr: Any, n: int | None, where: str) -> Any:
     return arr
 
 
+_CHECK_BLOCK = 1 << 22
+
+
 def _positive_finite(arr: Any, where: str, allow_zero: bool = False) -> None:
+    if isinstance(arr, np.memmap) and arr.ndim == 1 and getattr(arr, "filename", None) and arr.size > _CHECK_BLOCK:
+        # Check a mapped array block by block with file reads, so validation does not pull the
+        # whole file into this process's resident set (streamed workspaces are larger than RAM).
+        for start in range(0, arr.size, _CHECK_BLOCK):
+            count = min(_CHECK_BLOCK, arr.size - start)
+            block = np.fromfile(arr.filename, dtype=arr.dtype, count=count, offset=arr.offset + start * arr.itemsize)
+            try:
+                _positive_finite(block, where, allow_zero)
+            except WorkspaceError as exc:
+                raise WorkspaceError(f"{exc}; rows counted from row {start}") from None
+        return
     a = np.asarray(arr)
     bad = ~np.isfinite(a) | ((a < 0) if allow_zero else (a <= 0))
     if bad.any():
