@@ -125,6 +125,23 @@ def _combine_norm(old: tuple[float, float] | None, new: tuple[float, float]) -> 
     return (old[0] * new[0], old[1] * new[1])
 
 
+def add_norm_only_nuisances(params: Mapping[str, Any], processes: Mapping[str, Any],
+                            nuisances: dict[str, dict[str, Any]]) -> None:
+    """Add the explicit up/down yield factors (``norm_systematics``) and the named demo
+    nuisances (``nuisances``) to ``nuisances`` {name: {process: effect}} in place."""
+    for item in params.get("norm_systematics") or []:
+        name = item["name"]
+        for proc, (up, down) in item["effects"].items():
+            if proc not in processes:
+                raise FitJobError(f"norm_systematics.{name}.effects: unknown process {proc!r} "
+                                  f"(processes: {sorted(processes)})")
+            eff = nuisances.setdefault(name, {}).setdefault(proc, {})
+            eff["norm"] = _combine_norm(eff.get("norm"), (float(up), float(down)))
+    for name in params.get("nuisances", []):
+        if name not in nuisances:
+            nuisances[name] = _demo_norm_effects(params, name)
+
+
 def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
     """The fit workspace of a campaign's fit-stage job.
 
@@ -188,17 +205,7 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
         effect["shape"] = tuple(arrays)
         effect["norm"] = tuple(norms)
         nuisances.setdefault(name, {})[proc] = effect
-    for item in params.get("norm_systematics") or []:  # explicit up/down yield factors
-        name = item["name"]
-        for proc, (up, down) in item["effects"].items():
-            if proc not in processes:
-                raise FitJobError(f"norm_systematics.{name}.effects: unknown process {proc!r} "
-                                  f"(processes: {sorted(processes)})")
-            nuisances.setdefault(name, {}).setdefault(proc, {})["norm"] = _combine_norm(
-                nuisances.get(name, {}).get(proc, {}).get("norm"), (float(up), float(down)))
-    for name in params.get("nuisances", []):
-        if name not in nuisances:
-            nuisances[name] = _demo_norm_effects(params, name)
+    add_norm_only_nuisances(params, processes, nuisances)
 
     poi = params.get("poi") or {}
     return Workspace.from_arrays(

@@ -25,7 +25,7 @@ def _problem(spec: Mapping[str, Any]):
 def exact_workspace(spec: Mapping[str, Any]):
     from sbi_engine.data import load_sample_spec
     from sbi_engine.fit import Workspace
-    from sbi_engine.fit_jobs import _coefficients, _combine_norm, _demo_norm_effects, asimov_data
+    from sbi_engine.fit_jobs import _coefficients, add_norm_only_nuisances, asimov_data
 
     params = spec["params"]
     ref = params["reference"]
@@ -51,13 +51,7 @@ def exact_workspace(spec: Mapping[str, Any]):
             shapes.append(np.exp(_problem(s).log_density(s["demo"]["process"], x, alpha) - logp[proc]))
             norms.append(float(load_sample_spec(s).weights.sum() / nominal[proc].weights.sum()))
         nuisances.setdefault(name, {})[proc] = {"shape": tuple(shapes), "norm": tuple(norms)}
-    for item in params.get("norm_systematics") or []:
-        for proc, (up, down) in item["effects"].items():
-            eff = nuisances.setdefault(item["name"], {}).setdefault(proc, {})
-            eff["norm"] = _combine_norm(eff.get("norm"), (float(up), float(down)))
-    for name in params.get("nuisances", []):
-        if name not in nuisances:
-            nuisances[name] = _demo_norm_effects(params, name)
+    add_norm_only_nuisances(params, processes, nuisances)
     poi = params.get("poi") or {}
     return Workspace.from_arrays(
         pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
