@@ -80,8 +80,46 @@ def _compile(node: ast.AST, allowed: frozenset[str], used: set[str], where: str,
             raise fail(f"{node.func.id}() takes exactly one argument")
         arg = _compile(node.args[0], allowed, used, where, text)
         fname = node.func.id
-        return lambda v, xp: getattr(xp, fname)(arg(v, xp))
+        return lambda v, xp: _function(xp, fname)(arg(v, xp))
     raise fail(f"{type(node).__name__} is not allowed")
+
+
+_SQRT_FLOOR = 1e-100  # below this the derivative of sqrt is held at 0.5 / sqrt(floor) = 5e49
+
+
+def _function(xp: Any, name: str) -> Callable[[Any], Any]:
+    """``xp``'s function, except sqrt under JAX, which gets a finite derivative at 0.
+
+    d sqrt(x)/dx is infinite at x = 0, and a JAX derivative multiplies it by every tangent,
+    zero ones included: 0 * inf = NaN would spread from a POI at its bound 0 (a scan point,
+    a Neyman toy at mu = 0) to the whole gradient and Hessian. With the derivative capped at
+    a huge finite value only the POI's own row is extreme, and its sign stays right.
+    """
+    if name == "sqrt" and getattr(xp, "__name__", "") == "jax.numpy":
+        return _jax_sqrt()
+    return getattr(xp, name)
+
+
+def _jax_sqrt() -> Callable[[Any], Any]:
+    global _JAX_SQRT  # noqa: PLW0603 - built on first use: static validation must not import JAX
+    if _JAX_SQRT is None:
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        @jax.custom_jvp
+        def sqrt(x):
+            return jnp.sqrt(x)
+
+        @sqrt.defjvp
+        def _sqrt_jvp(primals, tangents):
+            (x,), (t,) = primals, tangents
+            return sqrt(x), t * (0.5 / jnp.sqrt(jnp.maximum(x, _SQRT_FLOOR)))
+
+        _JAX_SQRT = sqrt
+    return _JAX_SQRT
+
+
+_JAX_SQRT: Callable[[Any], Any] | None = None
 
 
 def parse_expression(text: str | float | int, names: Iterable[str], where: str = "expression") -> Expression:

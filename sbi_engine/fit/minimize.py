@@ -101,6 +101,10 @@ def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndar
 def _accept(s: NewtonState, trial, pred, chol_ok, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
     """Accept or reject the evaluated trial point and adapt the damping (trust-region rule)."""
     first = s.it == 0
+    # A fixed parameter's derivatives never enter a step; they may be infinite (d sqrt(mu)/dmu
+    # at a POI fixed to 0 in a scan or a Neyman toy), so they must not make the point unusable.
+    gt = jnp.where(fixed & ~jnp.isfinite(gt), 0.0, gt)
+    Ht = jnp.where((fixed[:, None] | fixed[None, :]) & ~jnp.isfinite(Ht), 0.0, Ht)
     finite = jnp.isfinite(qt) & jnp.all(jnp.isfinite(gt)) & jnp.all(jnp.isfinite(Ht))
     actual = s.q - qt
     tiny = 1e-12 * jnp.maximum(1.0, jnp.abs(s.q))
