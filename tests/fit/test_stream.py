@@ -93,6 +93,8 @@ def test_bench_fit_report_in_memory_with_both_baselines(tmp_path):
         assert key in r, key
     assert (r["events"], r["nps"], r["processes"]) == (3000, 3, 3)
     assert r["fit_converged"]
+    # both fits start off the Asimov truth, so the timed fit is more than one confirming pass
+    assert r["fit_start_offset"] == 0.5 and r["fit_iterations"] >= 3
     # same NLL, three implementations: the NumPy one (iminuit), jax.hessian unchunked, ours
     assert r["numpy_nll_matches"] < 1e-8
     assert r["full_hessian_max_rel_diff"] < 1e-8
