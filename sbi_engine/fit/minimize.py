@@ -82,24 +82,50 @@ def _keep_going(s: NewtonState, edm_tol, max_iter, max_reject) -> jnp.ndarray:
     return started_ok & ~done & (s.it < max_iter) & (s.n_reject < max_reject)
 
 
-def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """The damped Newton trial point: (trial theta, predicted decrease, Cholesky succeeded)."""
+_MAX_DAMPING_RAISES = 16
+
+
+def _damped_cholesky(Hf: jnp.ndarray, d: jnp.ndarray, lam: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Cholesky factor of ``Hf + lam diag(d)``, raising ``lam`` tenfold until it exists.
+
+    Far from the minimum H can be indefinite; finding a workable damping here costs a few
+    (P x P) factorisations instead of one wasted pass over the events per rejected step.
+    """
+    def factor(lam_):
+        return jnp.linalg.cholesky(Hf + jnp.diag(lam_ * d))
+
+    def failed(c):
+        return ~jnp.all(jnp.isfinite(c[1])) & (c[2] < _MAX_DAMPING_RAISES)
+
+    def raise_damping(c):
+        lam_ = jnp.maximum(c[0] * 10.0, 1e-4)
+        return lam_, factor(lam_), c[2] + 1
+
+    lam, L, _ = lax.while_loop(failed, raise_damping, (lam, factor(lam), jnp.asarray(0)))
+    return lam, L
+
+
+def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The damped Newton trial point: (trial theta, predicted decrease, Cholesky succeeded,
+    damping used)."""
     first = s.it == 0
     free = free_mask(s.theta, s.g, fixed, lower, upper)
     Hf, gf = _masked(s.H, s.g, free)
     d = jnp.where(free, jnp.maximum(jnp.abs(jnp.diag(Hf)), 1e-12), 0.0)
-    L = jnp.linalg.cholesky(Hf + jnp.diag(s.lam * d))
+    lam, L = _damped_cholesky(Hf, d, s.lam)
     chol_ok = jnp.all(jnp.isfinite(L))
     step = -jax.scipy.linalg.cho_solve((L, True), gf)
     step = jnp.where(chol_ok & ~first, step, 0.0)
     trial = jnp.where(fixed | first, s.theta, jnp.clip(s.theta + step, lower, upper))
     real_step = trial - s.theta
     pred = -(jnp.dot(s.g, real_step) + 0.5 * real_step @ s.H @ real_step)
-    return trial, pred, chol_ok
+    return trial, pred, chol_ok, lam
 
 
-def _accept(s: NewtonState, trial, pred, chol_ok, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
-    """Accept or reject the evaluated trial point and adapt the damping (trust-region rule)."""
+def _accept(s: NewtonState, trial, pred, chol_ok, lam, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
+    """Accept or reject the evaluated trial point and adapt the damping ``lam`` the proposal
+    used (trust-region rule)."""
+    s = s._replace(lam=jnp.where(s.it == 0, s.lam, lam))
     first = s.it == 0
     # A fixed parameter's derivatives never enter a step; they may be infinite (d sqrt(mu)/dmu
     # at a POI fixed to 0 in a scan or a Neyman toy), so they must not make the point unusable.
@@ -151,8 +177,8 @@ def newton_minimize(
     Returns the final state and a status code (see :data:`STATUS_MESSAGES`).
     """
     def body(s: NewtonState) -> NewtonState:
-        trial, pred, chol_ok = _propose(s, fixed, lower, upper)
-        return _accept(s, trial, pred, chol_ok, *vgh(trial), fixed, lower, upper)
+        trial, pred, chol_ok, lam = _propose(s, fixed, lower, upper)
+        return _accept(s, trial, pred, chol_ok, lam, *vgh(trial), fixed, lower, upper)
 
     final = lax.while_loop(lambda s: _keep_going(s, edm_tol, max_iter, max_reject), body,
                            _initial_state(jnp.clip(theta0, lower, upper)))
@@ -190,9 +216,9 @@ def newton_minimize_host(
     fixed, lower, upper = (jnp.asarray(a) for a in (fixed, lower, upper))
     s = _initial_state(jnp.clip(jnp.asarray(theta0, jnp.float64), lower, upper))
     while bool(_keep_going(s, edm_tol, max_iter, max_reject)):
-        trial, pred, chol_ok = propose(s, fixed, lower, upper)
+        trial, pred, chol_ok, lam = propose(s, fixed, lower, upper)
         qt, gt, Ht = vgh(np.asarray(trial))
-        s = accept(s, trial, pred, chol_ok, jnp.asarray(qt, jnp.float64), jnp.asarray(gt, jnp.float64),
+        s = accept(s, trial, pred, chol_ok, lam, jnp.asarray(qt, jnp.float64), jnp.asarray(gt, jnp.float64),
                         jnp.asarray(Ht, jnp.float64), fixed, lower, upper)
         if progress is not None:
             progress(s)
