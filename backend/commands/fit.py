@@ -27,8 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asimov", action="store_true", help="also fit Asimov data at the initial values (expected)")
     parser.add_argument("--toys", type=int, default=0, metavar="N", help="toy study with N toys at the reference point")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk-size", type=int, default=16384)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="events per chunk (default 16384 in memory, 8192 streamed)")
     parser.add_argument("--mmap", action="store_true", help="memory-map .npy arrays instead of reading them")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream the events from disk chunk by chunk (memory O(chunk), for workspaces "
+                             "larger than RAM): fit, covariance and refit impacts, scans; not --asimov/--toys")
 
 
 def _parse_fix(items: list[str]) -> dict[str, float]:
@@ -41,6 +45,35 @@ def _parse_fix(items: list[str]) -> dict[str, float]:
     return out
 
 
+class _PassBar:
+    """A progress bar over the events of each streamed pass (one pass per Newton iteration)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.passes = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        if self.bar is None or self.bar.n >= self.bar.total:
+            if self.bar is not None:
+                self.bar.close()
+            self.passes += 1
+            self.bar = tqdm(total=total, desc=f"event pass {self.passes}", unit="ev", unit_scale=True,
+                            leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+
+def _model(ws, args: argparse.Namespace, model_cls):
+    """The in-memory Model, or a StreamingModel with a per-pass progress bar (``--stream``)."""
+    kwargs = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    if not args.stream:
+        return model_cls(ws, **kwargs)
+    from sbi_engine.fit.stream import StreamingModel  # noqa: PLC0415
+
+    return StreamingModel(ws, progress=_PassBar(), **kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -51,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from sbi_engine.fit.summary import format_summary  # noqa: PLC0415
     from sbi_engine.fit.toys import expected_fit, toy_study  # noqa: PLC0415
 
+    if args.stream and (args.asimov or args.toys):
+        print("nsbi fit: --asimov and --toys reweight or resample the events, which needs them in memory; "
+              "drop --stream for those", file=sys.stderr)
+        return 2
     try:
-        ws = Workspace.load(args.workspace, mmap=args.mmap)
+        ws = Workspace.load(args.workspace, mmap=args.mmap or args.stream)
     except WorkspaceError as exc:
         print(f"nsbi fit: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     out: dict = {"workspace": str(Path(args.workspace))}
     with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("compile + fit")
-        model = Model(ws, chunk_size=args.chunk_size)
+        model = _model(ws, args, Model)
         try:
             res = fit(model, fixed=fixed or None, backend=args.backend)
         except KeyError as exc:
