@@ -41,6 +41,21 @@ _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
 _API = "/compute/v1/projects/"
 
 
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded loopback HTTP server for fakes: a deep accept queue (hundreds of concurrent
+    inserts), daemon threads, and silence when a client drops its connection at shutdown."""
+
+    request_queue_size = 512
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        import sys  # noqa: PLC0415
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 class ApiError(Exception):
     def __init__(self, code: int, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
@@ -120,9 +135,7 @@ class FakeCompute:
         class Handler(_Handler):
             service = fake
 
-        ThreadingHTTPServer.request_queue_size = 512
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+        self._server = LoopbackServer(("127.0.0.1", port), Handler)
         t = threading.Thread(target=self._server.serve_forever, name="fake-gce", daemon=True)
         t.start()
         return self.endpoint
