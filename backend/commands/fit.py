@@ -49,35 +49,35 @@ class _PassBar:
     """A progress bar over the events of each streamed pass (one pass per Newton iteration)."""
 
     def __init__(self) -> None:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        self._tqdm = tqdm
         self.bar = None
         self.passes = 0
 
     def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm  # noqa: PLC0415
-
         if self.bar is None or self.bar.n >= self.bar.total:
             if self.bar is not None:
                 self.bar.close()
             self.passes += 1
-            self.bar = tqdm(total=total, desc=f"event pass {self.passes}", unit="ev", unit_scale=True,
+            self.bar = self._tqdm(total=total, desc=f"event pass {self.passes}", unit="ev", unit_scale=True,
                             leave=False, file=sys.stderr)
         self.bar.update(done - self.bar.n)
 
 
-def _model(ws, args: argparse.Namespace, model_cls):
+def _model(ws, args: argparse.Namespace):
     """The in-memory Model, or a StreamingModel with a per-pass progress bar (``--stream``)."""
-    kwargs = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-    if not args.stream:
-        return model_cls(ws, **kwargs)
+    from sbi_engine.fit import Model  # noqa: PLC0415
     from sbi_engine.fit.stream import StreamingModel  # noqa: PLC0415
 
-    return StreamingModel(ws, progress=_PassBar(), **kwargs)
+    kwargs = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    return StreamingModel(ws, progress=_PassBar(), **kwargs) if args.stream else Model(ws, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
-    from sbi_engine.fit import Model, Workspace, WorkspaceError, fit  # noqa: PLC0415
+    from sbi_engine.fit import Workspace, WorkspaceError, fit  # noqa: PLC0415
     from sbi_engine.fit.impacts import breakdown, covariance_impacts, pulls, ranking, refit_impacts  # noqa: PLC0415
     from sbi_engine.fit.results import to_jsonable  # noqa: PLC0415
     from sbi_engine.fit.scan import profile_scan  # noqa: PLC0415
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     out: dict = {"workspace": str(Path(args.workspace))}
     with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("compile + fit")
-        model = _model(ws, args, Model)
+        model = _model(ws, args)
         try:
             res = fit(model, fixed=fixed or None, backend=args.backend)
         except KeyError as exc:

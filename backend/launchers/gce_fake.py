@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,7 +42,6 @@ _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
 _API = "/compute/v1/projects/"
 
 
-
 class LoopbackServer(ThreadingHTTPServer):
     """A threaded loopback HTTP server for fakes: a deep accept queue (hundreds of concurrent
     inserts), daemon threads, and silence when a client drops its connection at shutdown."""
@@ -50,11 +50,10 @@ class LoopbackServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
-        import sys  # noqa: PLC0415
-
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             return
         super().handle_error(request, client_address)
+
 
 class ApiError(Exception):
     def __init__(self, code: int, message: str, reason: str = "invalid") -> None:

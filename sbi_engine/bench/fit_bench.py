@@ -207,6 +207,8 @@ def numpy_nll(model) -> Any:
         return lu, ld, _basis_of(lu, ld)
 
     shapes = [basis(ups, dns) if ups else None for ups, dns in zip(model.data["up"], model.data["down"])]
+    log_kup, log_kdn = np.log(model._kup), np.log(model._kdn)  # yield factors, (C, K)
+    yield_basis = _basis_of(log_kup, log_kdn)
     yields = np.array([p.yield_ for p in ws.processes])
     exprs = [p.coefficient for p in ws.processes]
     nf = model.n_free
@@ -214,7 +216,6 @@ def numpy_nll(model) -> Any:
     v = np.asarray(model.data["v"], dtype=np.float64) if "v" in model.data else None
     vscale = np.asarray(model.data["vscale"], dtype=np.float64) if "vscale" in model.data else None
     k = np.asarray(model.ratio_scale, dtype=np.float64)  # ratios normalised on the normalisation sample (1 without)
-    log_kup, log_kdn = np.log(model._kup), np.log(model._kdn)
 
     def terms(alpha):
         inside = np.abs(alpha) <= 1
@@ -243,7 +244,7 @@ def numpy_nll(model) -> Any:
         alpha = theta[nf:]
         c, bu, bd = terms(alpha)
         m = np.array([float(e(vals, np)) for e in exprs])
-        eta = np.exp(log_factor_sum(log_kup, log_kdn, _basis_of(log_kup, log_kdn), c, bu, bd))  # (C,)
+        eta = np.exp(log_factor_sum(log_kup, log_kdn, yield_basis, c, bu, bd))  # (C,)
         A = m * yields * eta
         s = np.zeros_like(w)
         nu = 0.0

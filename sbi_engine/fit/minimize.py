@@ -125,7 +125,7 @@ def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndar
 def _accept(s: NewtonState, trial, pred, chol_ok, lam, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
     """Accept or reject the evaluated trial point and adapt the damping ``lam`` the proposal
     used (trust-region rule)."""
-    s = s._replace(lam=jnp.where(s.it == 0, s.lam, lam))
+    s = s._replace(lam=lam)  # the proposal may have raised it to factorise
     first = s.it == 0
     # A fixed parameter's derivatives never enter a step; they may be infinite (d sqrt(mu)/dmu
     # at a POI fixed to 0 in a scan or a Neyman toy), so they must not make the point unusable.
