@@ -45,6 +45,7 @@ TRAIN_KEYS: tuple[str, ...] = (
     "hidden_layers", "width", "activation", "members", "optimizer", "learning_rate", "schedule",
     "warmup_steps", "weight_decay", "batch_size", "max_steps", "eval_every", "patience",
     "val_fraction", "seed", "bootstrap", "strategy", "pack_size", "checkpoint_every", "dtype", "periodic_features",
+    "early_stopping_smoothing",
 )
 _SETTABLE_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in ("members", "seed"))
 SETTABLE_TRAIN_KEYS = _SETTABLE_TRAIN_KEYS

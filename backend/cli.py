@@ -23,7 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("backend.commands.jobs", "List jobs and their states."),
     "cost": ("backend.commands.cost", "GPU-hours and cost per campaign; estimates before launch."),
     "analysis": ("backend.commands.analysis", "Validate and run an analysis file: train, fit, report, reusing earlier results."),
+    "closure": ("backend.commands.closure", "Learned ratios against the exact likelihood on benchmark problems; coverage."),
     "fit": ("backend.commands.fit", "Fit a workspace: best fit, errors, pulls, impacts, scans, toys."),
+    "problems": ("backend.commands.problems", "Benchmark problems with exact likelihoods: list, generate samples + analysis file."),
     "bench": ("backend.commands.bench", "Benchmarks with JSON output (train, fit, controlplane, launch)."),
 }
 

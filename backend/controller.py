@@ -26,8 +26,9 @@ ordered so that a controller killed at any moment and restarted simply carries o
    launcher call; then the launcher is called per attempt and the outcomes are committed
    together. A kill between the two commits leaves LAUNCHING attempts that step 2 finds next
    time.
-6. **campaign roll-up**: SUCCEEDED / FAILED / CANCELLED when nothing more can happen, and
-   the accrued cost of open attempts is brought up to date.
+6. **campaign roll-up**: SUCCEEDED / FAILED / CANCELLED when nothing more can happen, with
+   the result status of its checks ("checks passed" / "needs review", `backend.result_status`),
+   and the accrued cost of open attempts is brought up to date.
 7. **launcher records**: launchers that keep per-instance records (the local one) forget the
    instances whose attempts have ended, once that end is committed.
 
@@ -58,7 +59,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from backend import ingest, jobs_repo
+from backend import ingest, jobs_repo, result_status
 from backend.db.models import Attempt, Campaign, Job, JobDependency
 from backend.launchers import (
     CapacityError,
@@ -779,7 +780,8 @@ class Controller:
     # step 6: campaigns ---------------------------------------------------------
     def _settle(self, report: TickReport) -> None:
         with Session(self.engine, expire_on_commit=False) as s:
-            jobs_repo.settle_campaigns(s, now=self.clock())
+            settled = jobs_repo.settle_campaigns(s, now=self.clock())
+            result_status.record_result_status(s, settled)  # checks gate the result: same transaction
             jobs_repo.accrue_costs(s, now=self.clock())
             s.commit()
 

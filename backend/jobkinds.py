@@ -117,13 +117,19 @@ def _require(spec: dict, key: str, kind: str) -> Any:
 
 
 def run_train(ctx: JobContext) -> dict[str, Any]:
-    """Train a ratio ensemble: numerator/denominator sample specs + a TrainConfig dict."""
-    from sbi_engine.data import load_sample_spec
+    """Train a ratio ensemble: numerator/denominator sample specs + a TrainConfig dict.
+
+    The networks train on the "train" part of each sample (`sbi_engine.data.sample_parts`);
+    the diagnostics run on the "eval" part, which they never saw, and the summary records how
+    each sample was split (``summary["split"]``).
+    """
+    from sbi_engine.data import sample_parts
     from sbi_engine.ratio import TrainConfig, train_ensemble
 
     p = ctx.params
-    numerator = load_sample_spec(_require(p, "numerator", "train"))
-    denominator = load_sample_spec(_require(p, "denominator", "train"))
+    num_parts = sample_parts(_require(p, "numerator", "train"))
+    den_parts = sample_parts(_require(p, "denominator", "train"))
+    numerator, denominator = num_parts.train, den_parts.train
     config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
     result = train_ensemble(numerator, denominator, config, checkpointer=ctx.checkpointer,
                             callbacks=_TrainHooks(ctx))
@@ -142,30 +148,35 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         "steps_run": int(result.steps_run) - int(resumed or 0),  # steps executed by this attempt
         "seconds": float(result.seconds),
         "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},  # type: ignore[union-attr]
-        "diagnostics": ensemble_diagnostics(result.ensemble, p, numerator, denominator),
+        "split": {"numerator": num_parts.record, "denominator": den_parts.record},
+        "diagnostics": ensemble_diagnostics(result.ensemble, p, numerator, denominator,
+                                            held_out=(num_parts.eval, den_parts.eval)),
     }
     return {"artifacts": {"ensemble": uri}, "summary": summary}
 
 
-def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominator: Any) -> dict[str, Any]:
+def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominator: Any,
+                         held_out: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Calibration, closure, normalisation, AUC and overtraining of a freshly trained ensemble.
 
-    Demo samples are re-simulated with new seeds, so the checks run on events the networks
-    never saw; file samples have no independent copy here, so their checks run on the
-    training samples and say so (``held_out`` false). A failure is reported, never fatal:
-    the trained ensemble is what the job is for.
+    The checks run on the evaluation ("eval") part of both samples -- events the networks never
+    saw: a fresh draw for demo samples, the hashed-out share (or the ``eval_sample``) for file
+    samples (`sbi_engine.data.load_sample_spec`). ``numerator``/``denominator`` are the training
+    samples (for the overtraining comparison); ``held_out`` passes the evaluation samples when
+    the caller has them already, otherwise they are loaded from ``params``. A failure is
+    reported, never fatal: the trained ensemble is what the job is for.
     """
     from sbi_engine.data import load_sample_spec
-    from sbi_engine.fit_jobs import fresh_sample_spec
     from sbi_engine.ratio import diagnostics
 
     try:
-        specs = (params["numerator"], params["denominator"])
-        held_out = all(isinstance(s, dict) and "demo" in s for s in specs)
-        num_h, den_h = ((load_sample_spec(fresh_sample_spec(s)) for s in specs) if held_out
-                        else (numerator, denominator))
+        if held_out is None:
+            held_out = (load_sample_spec(params["numerator"], role="eval"),
+                        load_sample_spec(params["denominator"], role="eval"))
+        num_h, den_h = held_out
         out = diagnostics(ensemble, num_h, den_h, train_numerator=numerator, train_reference=denominator).to_dict()
-        out["held_out"] = held_out
+        out["held_out"] = True
+        out["n_eval"] = {"numerator": len(num_h), "denominator": len(den_h)}
         return out
     except Exception as exc:  # noqa: BLE001 - reported in the result, shown by the dashboard
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -17,62 +17,19 @@ toy_seeds / toy_mu_true (toys).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .data import Sample, load_sample_spec
+from .learned_ratios import SHAPE_RESOLUTION, TaskRatios, task_ratios
 from .pipeline import COEFFICIENTS
 
-ASIMOV_SEED_OFFSET = 100_003  # fresh simulation for Asimov events, away from training seeds
-NORM_SEED_OFFSET = 200_003  # fresh reference simulation: the normalisation sample of observed-data fits
 
 
 class FitJobError(ValueError):
     """A fit-stage job spec that cannot be turned into a workspace (names the key)."""
-
-
-def _is_demo(spec: Mapping[str, Any]) -> bool:
-    return isinstance(spec, Mapping) and "demo" in spec
-
-
-def fresh_sample_spec(spec: Mapping[str, Any], offset: int = ASIMOV_SEED_OFFSET) -> dict[str, Any]:
-    """The same sample definition with new random draws (demo specs only)."""
-    if not _is_demo(spec):
-        return dict(spec)
-    demo = dict(spec["demo"])
-    demo["seed"] = int(demo.get("seed", 0)) + offset
-    return {"demo": demo}
-
-
-def ensemble_log_ratio(paths: Sequence[str], x: np.ndarray) -> np.ndarray:
-    """log of the member-weighted mean ratio over several ensemble files (packs of one task)."""
-    from .ratio import Ensemble
-
-    if not paths:
-        raise FitJobError("no ensemble files for a ratio task")
-    total, members = None, 0
-    for path in paths:
-        ens = Ensemble.load(path)
-        log_r, _ = ens.log_ratio(x)
-        m = int(ens.metadata.get("members", 1)) if hasattr(ens, "metadata") else 1
-        term = m * np.exp(log_r)
-        total = term if total is None else total + term
-        members += m
-    return np.log(total / members)
-
-
-def normalised_ratio(paths: Sequence[str], x: np.ndarray, denominator: Sample) -> np.ndarray:
-    """r-hat(x) divided by its weighted mean over the denominator sample, so E_den[r-hat] = 1.
-
-    A density ratio integrates to one against its denominator; a finite ensemble only does so
-    approximately, and the extended likelihood turns that miss into a bias of the POI (the
-    per-event term and the expected yield would disagree). The correction is one number per
-    ratio, measured on the simulation the ratio was trained against.
-    """
-    w = denominator.weights
-    norm = float(np.sum(w * np.exp(ensemble_log_ratio(paths, denominator.features))) / np.sum(w))
-    return np.exp(ensemble_log_ratio(paths, x)) / norm
 
 
 def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
@@ -86,8 +43,14 @@ def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def asimov_data(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> Sample:
-    """Weighted Asimov events at mu_true from each process's (fresh) simulation."""
+def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> Sample:
+    """Asimov events at mu_true straight from the simulation, for closure checks only.
+
+    Each process's evaluation events weighted by its coefficient at mu_true: their sum is the
+    true expectation whatever the networks learned (weights may be negative; a weighted fit takes
+    them). The fit's own Asimov data come from the model (`build_learned_fit`); fitting those
+    returns mu_true whatever the ratios are, so only this set can reveal bad ratios.
+    """
     from .fit import parse_expression
 
     mu = float(params.get("mu_true", 1.0))
@@ -96,10 +59,14 @@ def asimov_data(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> S
         c = float(parse_expression(coefficients[proc], ["mu"], where=f"process {proc!r}")({"mu": mu}, np))
         if abs(c) < 1e-12:
             continue
-        s = load_sample_spec(fresh_sample_spec(spec))
-        parts.append(Sample(s.features, s.weights * c, s.names, f"asimov[{proc}]"))
+        s = load_sample_spec(spec, role="eval")
+        parts.append(Sample(s.features, s.weights * c, s.names, f"simulated Asimov[{proc}]"))
     return Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
-                  parts[0].names, f"Asimov at mu={mu}")
+                  parts[0].names, f"simulated Asimov at mu={mu}")
+
+
+def _is_demo(spec: Mapping[str, Any]) -> bool:
+    return isinstance(spec, Mapping) and "demo" in spec
 
 
 def _demo_norm_effects(params: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
@@ -142,82 +109,197 @@ def add_norm_only_nuisances(params: Mapping[str, Any], processes: Mapping[str, A
             nuisances[name] = _demo_norm_effects(params, name)
 
 
-def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
-    """The fit workspace of a campaign's fit-stage job.
+@dataclass(frozen=True, eq=False)
+class ShapeDecision:
+    """What the fit does with one learned shape effect, and why (written into the report)."""
 
-    `ensembles` maps ratio-task names to local ensemble files. Processes get r_c = p_c/p_ref
-    from their task (r_ref = 1); each systematic gets per-event shape ratios from its up/down
-    tasks and yield ratios from the up/down sample weights against the nominal sample.
+    nuisance: str
+    process: str
+    signal: float  # spread of the learned log shape ratio (up and down, RMS) on the process's events
+    noise: float  # estimated log-ratio error of its ensembles (member spread)
+    action: str  # "kept" | "dropped shape (yield kept)" | "kept (noise unknown)"
 
-    Shape normalisation (n_c(alpha), see docs/workspace.md): Asimov data serve as their own
-    normalisation sample (``generated_at`` = mu_true); for observed data a fresh simulation of
-    the reference process is appended as normalisation-only rows (weight 0, ``norm_weights``
-    its simulation weights), so the ratios and shape ratios are evaluated on it too.
+    def to_dict(self) -> dict[str, Any]:
+        return {"nuisance": self.nuisance, "process": self.process, "signal": self.signal, "noise": self.noise,
+                "ratio": self.signal / self.noise if self.noise > 0 else None, "action": self.action}
+
+
+@dataclass(frozen=True, eq=False)
+class LearnedFit:
+    """A fit workspace from learned ratios plus what its error components and checks need.
+
+    ``ratios`` holds every task's member log ratios on the workspace rows; ``process_task``
+    and ``shape_tasks`` say which task feeds which process ratio or shape effect; ``data_rows``
+    are the rows carrying data weight (all rows for Asimov data); ``norm_rows`` the rows of the
+    normalisation sample (evaluation events of the reference).
+    """
+
+    workspace: Any
+    ratios: dict[str, TaskRatios]
+    process_task: dict[str, str]
+    shape_tasks: dict[tuple[str, str], tuple[str, str]]
+    shape_decisions: tuple[ShapeDecision, ...]
+    data_rows: np.ndarray
+    norm_rows: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _find_task(tasks: Mapping[str, Any], name: str, proc: str, direction: str) -> str | None:
+    return next((t for t, d in tasks.items() if d["kind"] == "systematic" and d["systematic"] == name
+                 and d["process"] == proc and d["direction"] == direction), None)
+
+
+def _require_ensembles(ensembles: Mapping[str, Sequence[str]], task: str | None, what: str) -> Sequence[str]:
+    if task is None or task not in ensembles:
+        raise FitJobError(f"{what}: no trained ensemble")
+    return ensembles[task]
+
+
+def _shape_decision(name: str, proc: str, up: TaskRatios, down: TaskRatios, rows: np.ndarray,
+                    weights: np.ndarray, resolve: bool) -> ShapeDecision:
+    """Keep a shape effect only if its learned spread stands out of the networks' noise floor.
+
+    A systematic whose true shape effect is below the noise floor would otherwise read network
+    noise as a shape effect and constrain its own nuisance (see docs/validation.md).
+    """
+    signal = float(np.sqrt(0.5 * (up.signal(rows, weights) ** 2 + down.signal(rows, weights) ** 2)))
+    noises = [r.noise(rows) for r in (up, down)]
+    noise = float(np.sqrt(np.mean(np.square(noises)))) if all(np.isfinite(noises)) else float("nan")
+    if not np.isfinite(noise):
+        action = "kept (noise unknown)"
+    elif resolve and signal < SHAPE_RESOLUTION * noise:
+        action = "dropped shape (yield kept)"
+    else:
+        action = "kept"
+    return ShapeDecision(name, proc, signal, noise, action)
+
+
+def _model_asimov_weights(ws, mu: float) -> np.ndarray:
+    """Asimov weights v_i s_i(mu) / V on the normalisation sample: the model's expected events,
+    whatever the signs of the coefficients. A row with a negative total intensity is an error."""
+    from .fit.model import event_intensity, model_for
+
+    model = model_for(ws)
+    v = np.asarray(ws.data.norm_weights, dtype=np.float64)
+    # v_i s_i / V directly: a model without shape effects has no normalisation term of its own
+    w = v * event_intensity(model, model.theta({"mu": mu}, base=model.reference_theta())) / float(np.sum(v))
+    bad = np.flatnonzero(w < 0)
+    if bad.size:
+        raise FitJobError(f"Asimov data at mu={mu}: {bad.size} row(s) of the normalisation sample have a negative "
+                          f"expected count (first rows {bad[:5].tolist()}: {np.round(w[bad[:5]], 6).tolist()}); the "
+                          "model's total intensity must be positive (negative-weight reference simulation cannot "
+                          "serve as Asimov events: give observed data or a positive-weight reference sample)")
+    return w
+
+
+def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]],
+                      data: Sample | None = None) -> LearnedFit:
+    """The fit workspace of a campaign's fit-stage job, with the member ratios kept.
+
+    Every event the networks see here is an evaluation event (``load_sample_spec(..., role="eval")``):
+    the normalisation sample is the reference's evaluation part, ratios are normalised on each
+    denominator's evaluation part. Observed data are the data rows (weight 1) followed by the
+    normalisation rows (weight 0, ``norm_weights`` their simulation weights). Asimov data are the
+    model's expectation at mu_true on the normalisation rows (weights v_i s_i(mu_true) / V), so
+    negative coefficients never make negative weights. Yields and systematic yield ratios use the
+    whole samples (no network involved). ``data`` overrides the spec's data with other
+    (observed-like, possibly weighted) events, e.g. the simulated Asimov set of the closure check.
     """
     from .fit import Workspace
 
     params = spec["params"]
     ref = params["reference"]
     coefficients = _coefficients(params)
-    asimov = params.get("data", "asimov") == "asimov"
-    data = asimov_data(params, coefficients) if asimov else load_sample_spec(params["data"])
-    weights = np.asarray(data.weights, dtype=np.float64)
-    norm_weights = None
-    if not asimov:
-        norm = load_sample_spec(fresh_sample_spec(params["processes"][ref], NORM_SEED_OFFSET))
+    options = dict(params.get("options") or {})
+    asimov = data is None and params.get("data", "asimov") == "asimov"
+    specs = params["processes"]
+    evals = {p: load_sample_spec(s, role="eval") for p, s in specs.items()}
+    norm = evals[ref]
+    if asimov:
+        x = np.asarray(norm.features)
+        weights = np.zeros(len(norm))
+        data_rows = np.arange(len(norm))
+    else:
+        data = data if data is not None else load_sample_spec(params["data"])
         if tuple(norm.names) != tuple(data.names):
             raise FitJobError(f"params.processes.{ref}: the reference sample's features {list(norm.names)} differ "
                               f"from the data's {list(data.names)}")
-        data = Sample(np.concatenate([data.features, norm.features]), np.concatenate([weights, np.zeros(len(norm))]),
-                      data.names, f"{data.source} + normalisation sample of {ref}")
-        norm_weights = np.concatenate([np.zeros(len(weights)), np.asarray(norm.weights, dtype=np.float64)])
-        weights = np.asarray(data.weights, dtype=np.float64)
-    x = data.features
+        x = np.concatenate([data.features, norm.features])
+        weights = np.concatenate([np.asarray(data.weights, dtype=np.float64), np.zeros(len(norm))])
+        data_rows = np.arange(len(data))
+    n_data = 0 if asimov else len(data_rows)
+    norm_rows = np.arange(n_data, n_data + len(norm))
+    norm_weights = np.zeros(len(x))
+    norm_weights[norm_rows] = np.asarray(norm.weights, dtype=np.float64)
+
     tasks = params.get("tasks", {})
     by_process = {t["process"]: name for name, t in tasks.items() if t["kind"] == "process"}
-    nominal = {p: load_sample_spec(s) for p, s in params["processes"].items()}
-
+    full = {p: load_sample_spec(s) for p, s in specs.items()}
+    ratios: dict[str, TaskRatios] = {}
+    process_task: dict[str, str] = {}
     processes = {}
-    for proc in params["processes"]:
+    yields = params.get("yields") or {}
+    for proc in specs:
         if proc == ref:
             ratio = np.ones(len(x))
         else:
             task = by_process.get(proc)
-            if task is None or task not in ensembles:
-                raise FitJobError(f"process {proc!r}: no trained ensemble for its ratio task against {ref!r}")
-            ratio = normalised_ratio(ensembles[task], x, nominal[ref])
-        yields = params.get("yields") or {}
-        nu = float(yields[proc]) if proc in yields else float(nominal[proc].weights.sum())
+            paths = _require_ensembles(ensembles, task, f"process {proc!r} (ratio task against {ref!r})")
+            ratios[task] = task_ratios(task, paths, x, norm.features, norm.weights)
+            process_task[proc] = task
+            ratio = np.exp(ratios[task].nominal)
+        nu = float(yields[proc]) if proc in yields else float(full[proc].weights.sum())
         processes[proc] = {"yield": nu, "coefficient": coefficients[proc], "ratio": ratio}
 
+    resolve = bool(options.get("resolve_shapes", True))
     nuisances: dict[str, dict[str, Any]] = {}
+    shape_tasks: dict[tuple[str, str], tuple[str, str]] = {}
+    decisions = []
+    v = norm_weights[norm_rows]
     for syst in params.get("systematics", []):
         name, proc = syst["name"], syst["process"]
-        effect: dict[str, Any] = {}
-        arrays, norms = [], []
+        pair = []
         for direction in ("up", "down"):
-            task = next((t for t, d in tasks.items() if d["kind"] == "systematic" and d["systematic"] == name
-                         and d["process"] == proc and d["direction"] == direction), None)
-            if task is None or task not in ensembles:
-                raise FitJobError(f"systematic {name!r} ({direction}) on {proc!r}: no trained ensemble")
-            arrays.append(normalised_ratio(ensembles[task], x, nominal[proc]))
-            norms.append(float(load_sample_spec(syst[direction]).weights.sum() / nominal[proc].weights.sum()))
-        effect["shape"] = tuple(arrays)
-        effect["norm"] = tuple(norms)
+            task = _find_task(tasks, name, proc, direction)
+            paths = _require_ensembles(ensembles, task, f"systematic {name!r} ({direction}) on {proc!r}")
+            ratios[task] = task_ratios(task, paths, x, evals[proc].features, evals[proc].weights)
+            pair.append(task)
+        up, down = ratios[pair[0]], ratios[pair[1]]
+        on_proc = v * np.asarray(processes[proc]["ratio"])[norm_rows]  # reference rows reweighted to the process
+        decision = _shape_decision(name, proc, up, down, norm_rows, on_proc, resolve)
+        decisions.append(decision)
+        effect: dict[str, Any] = {"norm": tuple(float(load_sample_spec(syst[d]).weights.sum() / full[proc].weights.sum())
+                                                for d in ("up", "down"))}
+        if decision.action != "dropped shape (yield kept)":
+            effect["shape"] = (np.exp(up.nominal), np.exp(down.nominal))
+            shape_tasks[(name, proc)] = (pair[0], pair[1])
         nuisances.setdefault(name, {})[proc] = effect
     add_norm_only_nuisances(params, processes, nuisances)
 
     poi = params.get("poi") or {}
-    return Workspace.from_arrays(
+    mu_true = float(params.get("mu_true", 1.0))
+    ws = Workspace.from_arrays(
         pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
         processes=processes,
         weights=weights,
         norm_weights=norm_weights,
         nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
         data_kind="asimov" if asimov else "observed",
-        generated_at={"mu": float(params.get("mu_true", 1.0))} if asimov else None,
-        metadata={"campaign": spec.get("campaign"), "job": spec.get("name"), "ensembles": {k: list(v) for k, v in ensembles.items()}},
+        generated_at={"mu": mu_true} if asimov else None,
+        metadata={"campaign": spec.get("campaign"), "job": spec.get("name"),
+                  "ensembles": {k: list(v) for k, v in ensembles.items()}},
     )
+    if asimov:
+        ws = ws.with_data(_model_asimov_weights(ws, mu_true), kind="asimov", generated_at={"mu": mu_true})
+    provenance = {"evaluation_events": {p: len(s) for p, s in evals.items()},
+                  "normalisation_sample": {"process": ref, "events": len(norm)},
+                  "data": "asimov (model expectation on the normalisation sample)" if asimov else "observed"}
+    return LearnedFit(ws, ratios, process_task, shape_tasks, tuple(decisions), data_rows, norm_rows, provenance)
+
+
+def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
+    """The fit workspace of a fit-stage job (see `build_learned_fit`)."""
+    return build_learned_fit(spec, ensembles).workspace
 
 
 def _fit_summary(ws, result) -> dict[str, Any]:
@@ -235,6 +317,38 @@ def _fit_summary(ws, result) -> dict[str, Any]:
     })
 
 
+def _bootstrapped(ensembles: Mapping[str, Sequence[str]]) -> bool | None:
+    """Whether every ensemble was trained with bootstrap members (None if unknown)."""
+    from .ratio import Ensemble
+
+    flags = [Ensemble.load(p).metadata.get("config", {}).get("bootstrap") for ps in ensembles.values() for p in ps]
+    return None if any(f is None for f in flags) or not flags else all(bool(f) for f in flags)
+
+
+def learned_result(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]], lf: LearnedFit,
+                   result: Any) -> dict[str, Any]:
+    """The learned model's error components, its checks and the shape decisions of a fit job.
+
+    ``params.options.uncertainty``: {include: [nn, sim] (what enters the total; default both),
+    nn_variants, sim_variants, closure (default true)}.
+    """
+    from . import learned_uncertainty as lu
+
+    opts = dict((spec["params"].get("options") or {}).get("uncertainty") or {})
+    include = tuple(opts.get("include", ("nn", "sim")))
+    unknown = set(include) - {"nn", "sim"}
+    if unknown:
+        raise FitJobError(f"params.options.uncertainty.include: unknown component(s) {sorted(unknown)} (nn, sim)")
+    comps = lu.components(lf, result, n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
+                          n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)), include=include,
+                          bootstrap=_bootstrapped(ensembles))
+    checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
+    if bool(opts.get("closure", True)):
+        checks.append(lu.closure_check(spec, ensembles, comps.sim))
+    return {"uncertainty": comps.to_dict(), "sigma_total": comps.total, "checks": checks,
+            "shape_decisions": [d.to_dict() for d in lf.shape_decisions], "provenance": lf.provenance}
+
+
 def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Run one fit-stage job ("fit", "impacts", "scan" or "toys"); return JSON-safe results.
 
@@ -249,10 +363,13 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
 
     kind = spec.get("kind", "fit")
     params = spec["params"]
-    ws = build_workspace(spec, ensembles)
+    lf = build_learned_fit(spec, ensembles)
+    ws = lf.workspace
     result = fit(ws)
     out: dict[str, Any] = {"kind": kind, "mu_true": params.get("mu_true", 1.0), **_fit_summary(ws, result)}
-    if kind == "impacts":
+    if kind == "fit":
+        out.update(learned_result(spec, ensembles, lf, result))
+    elif kind == "impacts":
         nps = list(params.get("nps") or ws.nuisance_names)
         out["impacts_refit"] = [i.to_dict() for i in imp.refit_impacts(ws, result, nps)]
     elif kind == "scan":
@@ -262,6 +379,6 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
         seeds = list(params.get("toy_seeds") or [0])
         out["toys"] = toy_study(ws, n_toys=len(seeds), seed=int(seeds[0]),
                                 params={"mu": float(params.get("toy_mu_true", params.get("mu_true", 1.0)))})
-    elif kind != "fit":
+    else:
         raise FitJobError(f"kind: unknown fit-stage job kind {kind!r} (fit, impacts, scan, toys)")
     return to_jsonable(out)

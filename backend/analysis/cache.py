@@ -42,7 +42,7 @@ from backend.db.models import Event, FitResult, Job
 from backend.states import JobStatus
 from backend.stores import StoreError, open_store
 
-KEY_VERSION = 1  # bump when the key recipe changes, so old keys stop matching
+KEY_VERSION = 2  # 2: file samples are split into train / eval parts by default. Bump when the key recipe changes, so old keys stop matching
 
 _CHECKSUMS: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()

@@ -78,6 +78,9 @@ def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = Non
     intervals = dict((scan or {}).get("intervals") or {})
     if fit.get("mu_hat") is not None and fit.get("sigma") is not None:
         intervals["hesse"] = [fit["mu_hat"] - fit["sigma"], fit["mu_hat"] + fit["sigma"]]
+    if fit.get("mu_hat") is not None and fit.get("sigma_total") is not None:
+        # Hesse with the learned model's NN and simulation-statistics components (those included)
+        intervals["total"] = [fit["mu_hat"] - fit["sigma_total"], fit["mu_hat"] + fit["sigma_total"]]
     s = detail.summary
     return {
         "analysis": dict(prov.get("analysis") or analysis or {}),
@@ -90,6 +93,12 @@ def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = Non
                 "mu_true": fit.get("mu_true", cfg.get("fit", {}).get("mu_true")),
                 "data": cfg.get("fit", {}).get("data", "asimov"), "job": fit_job["name"] if fit_job else None,
                 "parameters": (fit.get("fit") or {})},
+        "uncertainty": dict(fit.get("uncertainty") or {}),
+        "fit_checks": list(fit.get("checks") or []),
+        "shape_decisions": list(fit.get("shape_decisions") or []),
+        "data_provenance": dict(fit.get("provenance") or {}),
+        "splits": {j["name"]: (_read_result(j) or {}).get("summary", {}).get("split")
+                   for j in jobs if j["kind"] == "train" and j["status"] == "SUCCEEDED"},
         "intervals": intervals,
         "pulls": dict(fit.get("pulls") or {}),
         "impacts": impact_ranking(refit, fit.get("impacts_covariance") or []),

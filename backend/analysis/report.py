@@ -3,7 +3,9 @@
 Why a folder of plain files: the result of an analysis has to outlive the database and the
 dashboard -- it goes into a paper draft, a talk, a review. `result.json` holds every number
 with its provenance (analysis file hash, code and engine versions, seeds, ensemble URIs,
-cache keys, timings); `summary.md` is the one-page human view linking the plots.
+cache keys, timings, and the result status under "result_status"); `summary.md` is the
+one-page human view linking the plots, and it opens with the result status ("checks passed"
+or "needs review" with the failed checks, value against threshold: `backend.result_status`).
 
 Plots are small Plotly figures built here (the dashboard's figure module sits above the
 backend and is not imported). Static export goes through kaleido and a system Chromium; where
@@ -245,13 +247,78 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if math.isfinite(v) else "–"
 
 
+def result_status_markdown(status: Mapping[str, Any] | None) -> list[str]:
+    """The report's first lines: "checks passed" or "needs review" and the table of the failed
+    checks, value against threshold (`backend.result_status`; the limits and why:
+    `sbi_engine.result_checks`). Empty where no status was recorded."""
+    if not status or not status.get("state"):
+        return []
+    n = int(status.get("n_checks") or 0)
+    failed = list(status.get("failed") or [])
+    if not failed:
+        said = f"all {n} check{'s' if n != 1 else ''} passed" if n else "no checks recorded"
+        return [f"**Result status: checks passed** ({said})", ""]
+    lines = [f"**Result status: NEEDS REVIEW** -- {len(failed)} of {n} checks failed; "
+             "the numbers below rest on them.", "",
+             "| check | task | value | threshold | message |", "| --- | --- | --- | --- | --- |"]
+    for r in failed:
+        op = "≥" if r.get("direction") == "above" else "≤"
+        message = str(r.get("message") or "").replace("|", "\\|")  # a literal | inside a table cell
+        lines.append(f"| {r.get('name', '')} | {r.get('task') or '–'} | {_fmt(r.get('value'), 4)} "
+                     f"| {op} {_fmt(r.get('threshold'), 4)} | {message} |")
+    return lines + [""]
+
+
+def uncertainty_markdown(u: Mapping[str, Any] | None) -> list[str]:
+    """The learned model's error components of μ next to the Hesse error (see docs/validation.md)."""
+    if not u:
+        return []
+    inc = set(u.get("included") or [])
+    row = lambda name, key, how: (f"| {name} | {_fmt(u.get(key))} ± {_fmt(u.get(key + '_se'))} | "  # noqa: E731
+                                  f"{'yes' if key in inc else 'no (reported only)'} | {how} |")
+    lines = ["", "### Error components of μ", "", "| component | σ | in the total | method |", "| --- | --- | --- | --- |",
+             f"| Hesse (data statistics + modelled systematics) | {_fmt(u.get('hesse'))} | yes | exact Hessian |",
+             row("NN training", "nn", f"spread of μ̂ over {u.get('nn_variants', 0)} one-member refits"
+                 + ("" if u.get("nn_bootstrap") is not False else " (members NOT bootstrapped: underestimate)")),
+             row("simulation statistics", "sim", "Poisson bootstrap of the normalisation sample"),
+             f"| **total** | **{_fmt(u.get('total'))}** | | quadrature sum of the included components |", ""]
+    return lines
+
+
+def shape_decisions_markdown(decisions: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """What the fit did with each learned shape effect: kept, or dropped (yield kept) below the
+    networks' noise floor, so a negligible systematic cannot constrain itself."""
+    if not decisions:
+        return []
+    lines = ["", "### Shape systematics", "", "| systematic | process | learned shape spread | network noise | decision |",
+             "| --- | --- | --- | --- | --- |"]
+    for d in decisions:
+        lines.append(f"| {d.get('nuisance')} | {d.get('process')} | {_fmt(d.get('signal'), 4)} | {_fmt(d.get('noise'), 4)} "
+                     f"| {d.get('action')} |")
+    return lines + [""]
+
+
+def _eval_provenance(result: Mapping[str, Any]) -> str:
+    """One line on the train / evaluation split (the fit, normalisation, Asimov data and the
+    diagnostics use evaluation events only; docs/analysis.md, sample roles)."""
+    methods = sorted({(part or {}).get("method", "?") for split in (result.get("splits") or {}).values()
+                      for part in (split or {}).values()})
+    prov = result.get("data_provenance") or {}
+    norm = prov.get("normalisation_sample") or {}
+    text = f"split by {', '.join(methods) or 'n/a'}"
+    if norm:
+        text += f"; normalisation sample: {norm.get('events')} evaluation events of {norm.get('process')}"
+    return text
+
+
 def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Path]], folder: Path,
                      problem: str | None) -> str:
-    """The one-page summary: result, top impacts, pulls, plots, provenance."""
+    """The one-page summary: result status (checks), result, top impacts, pulls, plots, provenance."""
     fit = result.get("fit") or {}
     a = result.get("analysis") or {}
     camp = result.get("campaign") or {}
     lines = [f"# Analysis {a.get('name', '')}: result", ""]
+    lines += result_status_markdown(result.get("result_status"))
     lines.append(f"**μ̂ = {_fmt(fit.get('mu_hat'))} ± {_fmt(fit.get('sigma'))}** "
                  f"(Hesse; data: {fit.get('data', 'asimov')}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
                  f"converged: {fit.get('converged')})")
@@ -264,6 +331,8 @@ def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Pat
     if bd:
         lines.append(f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
                      f"syst {_fmt(bd.get('syst'))}")
+    lines += uncertainty_markdown(result.get("uncertainty"))
+    lines += shape_decisions_markdown(result.get("shape_decisions"))
     lines += ["", "## Top impacts on μ", "", "| nuisance | post-fit +1σ | post-fit −1σ | method |", "| --- | --- | --- | --- |"]
     for item in (result.get("impacts") or [])[:10]:
         lines.append(f"| {item['nuisance']} | {_fmt(item.get('postfit_up'), 4)} | {_fmt(item.get('postfit_down'), 4)} "
@@ -287,6 +356,7 @@ def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Pat
               f"- jobs: {len(jobs.get('ran', []))} ran, {len(jobs.get('reused', []))} reused from earlier runs",
               f"- training seeds: {', '.join(str(s) for s in sorted(set((result.get('seeds') or {}).get('train', {}).values())))}",
               f"- wall time of this run: {_fmt(t.get('wall_s'), 1)} s",
+              f"- events the networks never saw: {_eval_provenance(result)}",
               "- ensembles:"]
     for task, uris in sorted((result.get("ensembles") or {}).items()):
         lines.append(f"  - {task}: " + ", ".join(f"`{u}`" for u in uris))

@@ -7,6 +7,10 @@ content key matches an earlier SUCCEEDED job are created already SUCCEEDED), req
 launch, then drives it with an in-process `Controller` -- unless a controller already runs
 for this NSBI_HOME (`nsbi up`), in which case it only watches -- and writes the report.
 
+Checks gate the result: the report opens with the campaign's result status ("checks passed"
+or "needs review" with the failed checks, `backend.result_status`) and `RunSummary.exit_code`
+is 0 only when the campaign succeeded and its checks passed (3: needs review, 1: failed).
+
 The campaign is an ordinary one: the dashboard shows it live, `nsbi campaign status` lists
 it, and an interrupted run is carried on by any later controller.
 """
@@ -25,6 +29,7 @@ from sqlalchemy.engine import Engine
 from backend import service
 from backend.analysis.report import ReportFiles, write_report
 from backend.campaigns import LAUNCHERS
+from backend.result_status import EXIT_NEEDS_REVIEW, NEEDS_REVIEW, campaign_result_status
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 GCE_DEFAULT_MACHINE = "g2-standard-4"  # one L4: the smallest catalogue machine with a GPU
@@ -55,6 +60,20 @@ class RunSummary:
     report: ReportFiles | None
     seconds: float
     result: dict[str, Any] = field(repr=False, default_factory=dict)
+    result_status: dict[str, Any] = field(default_factory=dict)  # backend.result_status; {} when not waited for
+
+    @property
+    def needs_review(self) -> bool:
+        return self.result_status.get("state") == NEEDS_REVIEW
+
+    @property
+    def exit_code(self) -> int:
+        """`nsbi analysis run`'s exit status: 0 the campaign succeeded and its checks passed,
+        3 (`EXIT_NEEDS_REVIEW`) it succeeded but its result needs review, 1 it failed or was
+        cancelled (2, an invalid file, never gets this far)."""
+        if self.status != "SUCCEEDED":
+            return 1
+        return EXIT_NEEDS_REVIEW if self.needs_review else 0
 
 
 def campaign_config_for(config: Mapping[str, Any], backend: str | None) -> dict[str, Any]:
@@ -185,11 +204,14 @@ def run_campaign(config: Mapping[str, Any], meta: AnalysisMeta, *, backend: str 
     status = drive(cid, engine=engine, settings=settings, progress=progress, timeout_s=timeout_s)
     result = collect_result(cid, analysis=meta.as_dict(), fit_settings=fit_settings,
                             wall_s=time.monotonic() - t0, engine=engine)
+    checked = campaign_result_status(cid, engine=engine)  # stored when the campaign settled
+    result["result_status"] = checked.to_dict() if checked is not None else {}
     folder = Path(report_dir) if report_dir is not None else settings.home / "reports" / f"{_slug(meta.name)}-{cid}"
     files = write_report(folder, result, static=static_plots)
     fit = result["fit"]
     return RunSummary(cid, status, fit.get("mu_hat"), fit.get("sigma"), list(result["jobs"]["ran"]),
-                      dict(result["jobs"]["reused"]), files, time.monotonic() - t0, result)
+                      dict(result["jobs"]["reused"]), files, time.monotonic() - t0, result,
+                      dict(result["result_status"]))
 
 
 def _slug(text: str) -> str:

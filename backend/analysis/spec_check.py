@@ -221,6 +221,20 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
 # --------------------------------------------------------------------------- the file
 
 
+def _check_default_split(ck: Checker, defaults: dict[str, Any]) -> None:
+    """The split keys of sample_defaults, checked once here (a bad one is then dropped, so the
+    samples that would inherit it do not report it again)."""
+    f = defaults.get("eval_fraction")
+    if f is not None and not (is_number(f) and 0.0 < f < 1.0):
+        ck.add(("sample_defaults", "eval_fraction"),
+               f"expected a number in (0, 1) (the share of events kept for evaluation), got {kind(f)}")
+        del defaults["eval_fraction"]
+    sb = defaults.get("split_by")
+    if sb is not None and not (isinstance(sb, str) and sb.strip()):
+        ck.add(("sample_defaults", "split_by"), f"expected an expression (e.g. an event-number column), got {kind(sb)}")
+        del defaults["split_by"]
+
+
 def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]]]:
     """Every static problem of a parsed analysis file, and the resolved model."""
     ck = Checker(base_dir)
@@ -239,9 +253,10 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
 
     defaults: dict[str, Any] = {}
     if "sample_defaults" in top:
-        sd = ck.mapping(("sample_defaults",), top["sample_defaults"], tuple(k for k in FILE_KEYS if k != "path"),
-                        "defaults for file samples")
-        defaults = {k: v for k, v in (sd or {}).items() if k in FILE_KEYS}
+        sd = ck.mapping(("sample_defaults",), top["sample_defaults"],
+                        tuple(k for k in FILE_KEYS if k not in ("path", "eval_sample")), "defaults for file samples")
+        defaults = {k: v for k, v in (sd or {}).items() if k in FILE_KEYS and k != "eval_sample"}
+        _check_default_split(ck, defaults)
 
     named_bad: set[str] = set()
     if "samples" in top:

@@ -25,12 +25,31 @@ def _probe_spec(spec: dict[str, Any]) -> dict[str, Any]:
         demo["n"] = min(int(demo.get("n") or PROBE_EVENTS), PROBE_EVENTS)
         return {"demo": demo}
     stop = spec.get("entry_stop")
-    return {**spec, "entry_stop": min(int(stop), PROBE_ROWS) if stop else PROBE_ROWS}
+    out = {**spec, "entry_stop": min(int(stop), PROBE_ROWS) if stop else PROBE_ROWS}
+    if isinstance(spec.get("eval_sample"), dict):
+        out["eval_sample"] = _probe_spec(spec["eval_sample"])
+    return out
+
+
+# a split of the first rows only may leave a part empty (a small eval_fraction, a selection
+# that keeps few of them): not a problem of the file
+_PROBE_ONLY = ("keeps 0 of", "part would be empty", "part has a sum of weights")
+
+
+def _read(spec: dict[str, Any]) -> None:
+    """Read the probe of one sample, its evaluation part too when it has an eval_sample or split_by."""
+    from sbi_engine.data import load_sample_spec, sample_parts
+
+    load_sample_spec(spec)
+    if "eval_sample" in spec:
+        load_sample_spec(spec, role="eval")
+    elif "split_by" in spec:
+        sample_parts(spec)
 
 
 def check_contents(samples: Iterable[tuple[PathKey, dict[str, Any]]]) -> list[tuple[PathKey, str]]:
     """(key path, message) for every sample the engine's loader refuses (each spec read once)."""
-    from sbi_engine.data import DataError, load_sample_spec
+    from sbi_engine.data import DataError
 
     problems: list[tuple[PathKey, str]] = []
     seen: dict[str, str | None] = {}
@@ -38,11 +57,11 @@ def check_contents(samples: Iterable[tuple[PathKey, dict[str, Any]]]) -> list[tu
         key = json.dumps(spec, sort_keys=True)
         if key not in seen:
             try:
-                load_sample_spec(_probe_spec(spec))
+                _read(_probe_spec(spec))
                 seen[key] = None
             except DataError as exc:
                 # a selection may keep nothing of the first rows only: that is not an error
-                seen[key] = None if "keeps 0 of" in str(exc) else str(exc)
+                seen[key] = None if any(m in str(exc) for m in _PROBE_ONLY) else str(exc)
         if seen[key] is not None:
             problems.append((path, f"cannot read the sample: {seen[key]}"))
     return problems

@@ -26,7 +26,11 @@ DEMO_PROCESSES: tuple[str, ...] = ("S", "SBI", "B")
 DEMO_KEYS: tuple[str, ...] = ("process", "n", "seed", "alpha", "n_nuisances", "luminosity", "weighted", "mu", "poisson")
 # Keys of a file sample spec (sbi_engine.data._FILE_KEYS) and the formats its loader knows.
 FILE_KEYS: tuple[str, ...] = ("path", "format", "tree", "features", "weight", "selection",
-                              "allow_negative_weights", "columns", "entry_stop")
+                              "allow_negative_weights", "columns", "entry_stop",
+                              "eval_fraction", "eval_sample", "split_by")
+# The keys that choose a file sample's train / eval split (sbi_engine.data._SPLIT_KEYS); an
+# eval_sample is a whole file of its own, so it has none of them and is no sample default.
+SPLIT_KEYS: tuple[str, ...] = ("eval_fraction", "eval_sample", "split_by")
 FORMATS: tuple[str, ...] = ("root", "parquet", "pq", "hdf5", "h5", "hdf", "numpy", "npz", "npy")
 SUFFIXES: tuple[str, ...] = (".root", ".parquet", ".pq", ".h5", ".hdf5", ".hdf", ".npz", ".npy")
 

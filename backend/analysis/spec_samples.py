@@ -2,6 +2,9 @@
 
 A file sample's path is resolved relative to the analysis file and must exist; its keys,
 format, features, weight and selection are checked for form only (`spec_data` reads them).
+So are the keys of its train / eval split (`eval_fraction`, `split_by`, `eval_sample`; see
+`sbi_engine.data.load_sample_spec`): an `eval_sample` is checked like a file sample of its
+own (sample_defaults apply to it too, except the split keys).
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backend.analysis.spec_checker import Checker, Resolved, kind
-from backend.analysis.spec_engine import DEMO_FEATURES, DEMO_KEYS, DEMO_PROCESSES, FILE_KEYS, FORMATS, SUFFIXES
+from backend.analysis.spec_checker import Checker, Resolved, is_number, kind
+from backend.analysis.spec_engine import DEMO_FEATURES, DEMO_KEYS, DEMO_PROCESSES, FILE_KEYS, FORMATS, SPLIT_KEYS, SUFFIXES
 from backend.analysis.spec_yaml import PathKey
 
 
@@ -57,7 +60,58 @@ def _check_demo(ck: Checker, path: PathKey, demo: Any) -> dict[str, Any] | None:
     return {"demo": dict(d)}
 
 
+def _check_split(ck: Checker, path: PathKey, spec: dict[str, Any], merged: dict[str, Any],
+                 defaults: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """The split keys of a file sample: (ok, resolved eval_sample or None)."""
+    ok = True
+    where = lambda key: (*path, key) if key in spec else ("sample_defaults", key)  # noqa: E731
+    if "eval_sample" in spec:
+        clash = [k for k in ("eval_fraction", "split_by") if k in spec]
+        for key in clash:
+            ck.add((*path, key), f"{key!r} cannot be combined with 'eval_sample' (the eval_sample is the "
+                                 "evaluation part; the whole sample is the training part)")
+        ok = not clash
+    if merged.get("eval_fraction") is not None:
+        f = merged["eval_fraction"]
+        if not (is_number(f) and 0.0 < f < 1.0):
+            ck.add(where("eval_fraction"), f"expected a number in (0, 1) (the share of events kept for "
+                                           f"evaluation), got {kind(f)}")
+            ok = False
+    if merged.get("split_by") is not None and not (isinstance(merged["split_by"], str) and merged["split_by"].strip()):
+        ck.add(where("split_by"), f"expected an expression (e.g. an event-number column), got {kind(merged['split_by'])}")
+        ok = False
+    if "eval_sample" not in spec:
+        return ok, None
+    epath = (*path, "eval_sample")
+    ev = ck.mapping(epath, spec["eval_sample"], None, "a file sample ({path: ..., features: ...}) of evaluation events")
+    if ev is None:
+        return False, None
+    inner = [k for k in SPLIT_KEYS if k in ev]
+    for key in inner:
+        ck.add((*epath, key), f"an eval_sample is used whole; {key!r} is not allowed in it")
+    if inner or "demo" in ev:
+        if "demo" in ev:
+            ck.add(epath, "an eval_sample is a file sample ({path: ..., ...}); demo samples get their evaluation "
+                          "events from a new seed automatically")
+        return False, None
+    if "path" not in ev:
+        ck.add(epath, "missing required key 'path'")
+        return False, None
+    resolved = _check_file(ck, epath, ev, {k: v for k, v in defaults.items() if k not in SPLIT_KEYS})
+    if resolved is None:
+        return False, None
+    main_features = merged.get("features")
+    if isinstance(main_features, (Mapping, list)) and feature_names(resolved) != feature_names({"features": main_features}):
+        ck.add((*epath, "features") if "features" in ev else epath,
+               f"the eval_sample's features {list(feature_names(resolved))} differ from the sample's "
+               f"{list(feature_names({'features': main_features}))}")
+        return False, None
+    return ok, resolved
+
+
 def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any] | None:
+    if "eval_sample" in spec:  # the sample's own eval_sample replaces a default split
+        defaults = {k: v for k, v in defaults.items() if k not in SPLIT_KEYS}
     merged = {**defaults, **spec}
     ok = True
     for key in spec:
@@ -115,10 +169,13 @@ def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict
         ok = False
     if merged.get("entry_stop") is not None and ck.integer((*path, "entry_stop"), merged["entry_stop"], 1) is None:
         ok = False
-    if not ok:
+    split_ok, eval_sample = _check_split(ck, path, spec, merged, defaults)
+    if not (ok and split_ok):
         return None
     out = {k: v for k, v in merged.items() if k in FILE_KEYS and v is not None}
     out["path"] = str(resolved)
+    if eval_sample is not None:
+        out["eval_sample"] = eval_sample
     if isinstance(out["features"], Mapping):
         out["features"] = {str(k): str(v) for k, v in out["features"].items()}
     return out

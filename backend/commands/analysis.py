@@ -6,8 +6,9 @@ earlier runs already did (reused, not run again).
 
 run validates (problems: exit 2, nothing created), creates the campaign, drives it with an
 in-process controller (or watches the one `nsbi up` runs), shows progress, and writes the
-report folder (result.json, plots, summary.md). Exit 0 when the campaign succeeded, 1 if it
-failed or was cancelled.
+report folder (result.json, plots, summary.md). Exit 0 when the campaign succeeded and its
+checks passed, 3 when it succeeded but its result needs review (a failed check: see
+`backend.result_status`), 1 if it failed or was cancelled, 2 for an invalid file.
 """
 
 from __future__ import annotations
@@ -101,4 +102,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {summary.report.summary}")
         if summary.report.export_problem:
             print(f"note: plots written as HTML ({summary.report.export_problem})")
-    return 0 if summary.status == "SUCCEEDED" else 1
+    if summary.result_status:
+        print(f"result: {summary.result_status.get('summary')}")
+    return summary.exit_code

@@ -1,6 +1,8 @@
 """`nsbi campaign create (FILE | --demo) | launch ID | cancel ID | retry ID | status [ID]`.
 
-Everything except `create` only writes an intent; the controller acts on it.
+Everything except `create` only writes an intent; the controller acts on it. `status` shows
+each campaign's result status: "checks passed", or "needs review" with the failed checks
+(value against threshold), stored when the campaign settled (`backend.result_status`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _doc(status) -> dict | None:
+    return status.to_dict() if status is not None else None
+
+
+def _print_result_status(status, campaign_status: str, print_table) -> None:
+    """'result: checks passed (N checks)' or 'result: needs review: ...' and the failed checks."""
+    from backend.result_status import FINAL, badge
+
+    so_far = " (so far: the campaign is not final)" if campaign_status not in FINAL and status is not None else ""
+    print(f"result: {badge(status, campaign_status) or 'no result status recorded'}{so_far}")
+    if status is not None and status.failed:
+        print_table([{"check": r.name, "task": r.task or "-", "value": r.value,
+                      "threshold": f"{'>=' if r.direction == 'above' else '<='} {r.threshold:.4g}",
+                      "message": r.message} for r in status.failed],
+                    ["check", "task", "value", "threshold", "message"])
+
+
 def _engine(args: argparse.Namespace):
     from backend.db import get_engine, init_db
 
@@ -43,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from backend import service
     from backend.campaigns import CampaignConfigError, demo_config, load_config
     from backend.commands._output import print_table
+    from backend.result_status import campaign_result_status, result_statuses, short_label
 
     action = getattr(args, "campaign_command", None)
     if action is None:
@@ -75,23 +95,28 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.id is None:
             rows = service.list_campaigns(engine=engine)
+            checked = result_statuses([r.id for r in rows], engine=engine)
             if args.json:
-                print(json.dumps([asdict(r) for r in rows], default=str, indent=2))
+                print(json.dumps([{**asdict(r), "result_status": _doc(checked.get(r.id))} for r in rows],
+                                 default=str, indent=2))
                 return 0
             table = [{**asdict(r), "progress": f"{100 * r.progress:.0f}%", "cost": r.cost_usd,
                       "running": r.counts["RUNNING"] + r.counts["LAUNCHING"], "failed": r.counts["FAILED"],
-                      "done": r.counts["SUCCEEDED"], "budget": r.budget_usd, "estimate": r.estimate_cost_usd}
+                      "done": r.counts["SUCCEEDED"], "budget": r.budget_usd, "estimate": r.estimate_cost_usd,
+                      "result": short_label(checked.get(r.id), r.status)}
                      for r in rows]
             print_table(table, ["id", "name", "status", "n_jobs", "done", "running", "failed", "progress",
-                                "cost", "estimate", "budget", "created_at"])
+                                "cost", "estimate", "budget", "created_at", "result"])
             return 0
         d = service.get_campaign(args.id, engine=engine)
+        checked_one = campaign_result_status(args.id, engine=engine)  # stored, else from the results so far
         if args.json:
-            print(json.dumps(asdict(d), default=str, indent=2))
+            print(json.dumps({**asdict(d), "result_status": _doc(checked_one)}, default=str, indent=2))
             return 0
         s = d.summary
         print(f"campaign {s.id} {s.name!r}: {s.status}, {s.n_jobs} jobs, {100 * s.progress:.0f}% done, "
               f"launcher {s.launcher}, owner {s.owner}")
+        _print_result_status(checked_one, s.status, print_table)
         print(f"cost so far {s.cost_usd:.4f} USD ({s.gpu_hours:.3f} GPU-hours); estimate {s.estimate_cost_usd:.4f} USD; "
               f"budget {'none' if s.budget_usd is None else f'{s.budget_usd:.2f} USD'}")
         print(f"budget check: {d.budget.reason}")

@@ -62,6 +62,9 @@ class Campaign(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     launch_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # the result's checks (`sbi_engine.result_checks.ResultStatus.to_dict()`): "checks passed" or
+    # "needs review" with the failed checks; written when the campaign settles, None before
+    result_status: dict[str, Any] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class Job(SQLModel, table=True):

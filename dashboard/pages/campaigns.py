@@ -46,12 +46,16 @@ def _campaign_list() -> None:
         widgets.nothing_yet("No campaigns yet: press “Demo campaign” or fill in the form below.")
         return
     df = df.sort_values("id", ascending=False)
+    df = df.assign(result=_result_column(db, df))
     state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
-    shown = [c for c in ("id", "name", "status", "progress", "n_jobs", *state_cols, "cost", "budget",
+    shown = [c for c in ("id", "name", "status", "result", "progress", "n_jobs", *state_cols, "cost", "budget",
                          "estimate_cost", "created") if c in df]
     event = st.dataframe(
         df[shown], hide_index=True, key="campaign-table", on_select="rerun", selection_mode="multi-row",
         column_config={
+            "result": st.column_config.TextColumn(
+                "result", help="the result's checks: “checks passed”, or “needs review” with the failed checks "
+                "(value vs threshold); stored when the campaign settles"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "cost": st.column_config.NumberColumn("cost (USD)", format="%.2f"),
             "budget": st.column_config.NumberColumn("budget (USD)", format="%.2f"),
@@ -76,6 +80,25 @@ def _campaign_list() -> None:
     if not selected:
         cols[3].caption("Select campaigns in the table for launch, cancel or retry.")
     widgets.chart(figures.campaign_states(df), "campaign-states", exportable=False)
+
+
+@st.cache_data(ttl=cache.LIVE_TTL_S, show_spinner=False)
+def _stored_result_statuses(db: str) -> dict[int, dict | None]:
+    from backend import result_status
+
+    return {cid: (s.to_dict() if s is not None else None) for cid, s in result_status.result_statuses().items()}
+
+
+def _result_column(db: str, df: pd.DataFrame) -> list[str]:
+    """Per campaign: 'checks passed (N checks)', 'needs review: <failed checks>', 'checks pending'."""
+    from backend import result_status
+
+    try:
+        stored = _stored_result_statuses(db)
+    except Exception:  # a database not yet upgraded must not hide the list
+        stored = {}
+    return [result_status.badge(result_status.ResultStatus.from_dict(stored.get(int(cid))), str(state))
+            for cid, state in zip(df["id"], df["status"])]
 
 
 # --------------------------------------------------------------------------- form

@@ -1,4 +1,7 @@
-"""Diagnostics per ratio task: traffic lights, calibration, closure, normalisation, spread, AUC."""
+"""Diagnostics per ratio task: traffic lights, calibration, closure, normalisation, spread, AUC.
+
+The page opens with the campaign's result status and on the task with the worst failed check.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ def diagnostics_page() -> None:
         widgets.nothing_yet("Nothing yet: no diagnostics for this campaign. Train first: diagnostics are "
                             "written when an ensemble finishes training.")
         return
-    task = st.selectbox("Ratio task", sorted(by_task), key="diag-task")
+    status = _result_badge(db, campaign_id)
+    tasks = sorted(by_task)
+    worst = status.worst_task if status is not None else None
+    # open on the task with the worst failed check (the first one when every task passes)
+    task = st.selectbox("Ratio task", tasks, index=tasks.index(worst) if worst in tasks else 0, key="diag-task")
     view = queries.diagnostics_view(task, by_task[task])
     _lights(view.checks)
     shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="diag-view") or VIEWS[0]
@@ -64,6 +71,30 @@ def diagnostics_page() -> None:
         else:
             st.markdown("Training vs holdout loss per member (a holdout loss well above training is overtraining)")
             st.dataframe(view.losses, hide_index=True)
+
+
+@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+def _result_status(db: str, campaign_id: int) -> dict | None:
+    from backend import result_status
+
+    s = result_status.campaign_result_status(campaign_id)
+    return s.to_dict() if s is not None else None
+
+
+def _result_badge(db: str, campaign_id: int):
+    """Show the campaign's result status ('checks passed' / 'needs review: <failed checks>'); return it."""
+    from backend import result_status
+
+    try:
+        status = result_status.ResultStatus.from_dict(_result_status(db, campaign_id))
+    except Exception as exc:
+        widgets.report_error("Could not load the result status", exc)
+        return None
+    text = result_status.badge_markdown(status)
+    if text:
+        st.markdown(f"**Result:** {text}", help="a check fails where its light below is RED; every failed "
+                    "check of every task is listed here, worst first")
+    return status
 
 
 def _lights(checks) -> None:

@@ -27,6 +27,7 @@ def fit_page() -> None:
     if view is None or view.empty:
         widgets.nothing_yet("Nothing yet: no fit results for this campaign. Train first, then start a fit above.")
         return
+    _result_badge(db, campaign_id)
     _headline(view)
     # One view at a time: each Plotly chart costs the browser real work, so a page that draws
     # five at once is slow on a busy machine (and tabs draw all of them).
@@ -96,6 +97,28 @@ def _headline(view) -> None:
     cols[2].metric("Nuisance parameters", len(view.pulls))
     if view.converged is not None:
         cols[3].metric("Fit", "converged" if view.converged else "NOT converged")
+
+
+@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+def _result_status(db: str, campaign_id: int) -> dict | None:
+    from backend import result_status
+
+    s = result_status.campaign_result_status(campaign_id)
+    return s.to_dict() if s is not None else None
+
+
+def _result_badge(db: str, campaign_id: int) -> None:
+    """The result status next to mu-hat: a converged fit on ratios that fail their checks needs review."""
+    from backend import result_status
+
+    try:
+        status = result_status.ResultStatus.from_dict(_result_status(db, campaign_id))
+    except Exception as exc:
+        widgets.report_error("Could not load the result status", exc)
+        return
+    text = result_status.badge_markdown(status)
+    if text:
+        st.markdown(f"**Result:** {text}", help="checks of the trained ratios (Diagnostics page) and of the fit")
 
 
 def _start_form(campaign_id: int) -> None:

@@ -57,6 +57,30 @@ def _summary(db: str, campaign_id: int) -> None:
         col.metric(state.capitalize(), int(r.get(f"n_{state}", 0) or 0))
     cols[5].metric("Cost (USD)", f"{float(r.get('cost', 0) or 0):.2f}")
     st.progress(float(r.get("progress", 0) or 0), text=f"{100 * float(r.get('progress', 0) or 0):.0f} % done")
+    _result_badge(db, campaign_id, str(r.get("status", "")))
+
+
+@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+def _result_status(db: str, campaign_id: int) -> dict | None:
+    from backend import result_status
+
+    s = result_status.campaign_result_status(campaign_id)
+    return s.to_dict() if s is not None else None
+
+
+def _result_badge(db: str, campaign_id: int, campaign_status: str) -> None:
+    """The campaign's result status: 'checks passed' or 'needs review: <failed checks>'."""
+    from backend import result_status
+
+    try:
+        status = result_status.ResultStatus.from_dict(_result_status(db, campaign_id))
+    except Exception as exc:
+        widgets.report_error("Could not load the result status", exc)
+        return
+    text = result_status.badge_markdown(status, campaign_status)
+    if text:
+        st.markdown(f"**Result:** {text}", help="checks of the trained ratios and the fit; a campaign can "
+                    "succeed (every job ran) and still need review. Details: the Diagnostics page.")
 
 
 def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | None):

@@ -21,6 +21,7 @@ from .api import covariance_from_hessian, fit
 from .expr import Expression, ExpressionError, parse_expression
 from .model import Model, model_for
 from .results import FitResult, dumps, to_jsonable
+from .variations import Variant, VariantFits, bootstrap_norm_variants, refit_variants
 from .workspace import Workspace, WorkspaceError, validate_document
 
 __all__ = [
@@ -37,4 +38,8 @@ __all__ = [
     "covariance_from_hessian",
     "dumps",
     "to_jsonable",
+    "Variant",
+    "VariantFits",
+    "refit_variants",
+    "bootstrap_norm_variants",
 ]

@@ -33,7 +33,7 @@ from .workspace import Workspace, WorkspaceError
 TOY_NORM_CHUNK = 4096  # events per chunk of the normalisation pass inside vmapped toy fits (x batch in memory)
 
 __all__ = ["reference_theta", "asimov_weights", "expected_fit", "ToySet", "ToyFits", "generate_toys",
-           "fit_toys", "toy_study", "neyman_construction"]
+           "toy_expected_counts", "fit_toys", "toy_study", "toy_pull_study", "neyman_construction"]
 
 
 def _model(target: Workspace | Model) -> Model:
@@ -85,6 +85,8 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
     """Draw ``n_toys`` toys at ``params`` (default: the reference point).
 
     ``pad_to``: minimum gathered size, so toys at several points share one compiled shape.
+    Raises :class:`WorkspaceError` when a row's expected count is negative (see
+    :func:`toy_expected_counts`): such rows cannot be resampled without bias.
     """
     model = _model(target)
     if not model.has_norm and model.workspace.data.kind != "asimov" and not model.workspace.data.generated_at:
@@ -92,7 +94,7 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
                              "data.generated_at or data.norm_weights; build the workspace from weighted simulation "
                              "(kind 'asimov') or give a normalisation sample")
     t = model.theta(params, base=reference_theta(model))
-    lam = np.clip(asimov_weights(model, params), 0.0, None)
+    lam = toy_expected_counts(model, params)
     rng = np.random.default_rng(seed)
     idx_list, cnt_list = [], []
     for _ in range(n_toys):
@@ -108,6 +110,42 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
         counts[j, : len(c)] = c
     aux = t[model.n_free:][None, :] + rng.standard_normal((n_toys, model.n_np))
     return ToySet(t, index, counts, aux)
+
+
+NEGATIVE_COUNT_RTOL = 1e-12  # |lambda_i| below this times max lambda is rounding, set to 0
+
+
+def toy_expected_counts(target: Workspace | Model, params: Mapping[str, float] | None = None) -> np.ndarray:
+    """Per-row Poisson means lambda_i of a toy at ``params`` (the Asimov weights), checked.
+
+    A negative lambda_i cannot be a Poisson mean. Clipping it to 0 would silently draw toys
+    from another model (the clipped rows' negative share of nu is dropped, so toys are biased
+    upwards exactly where negative weights or negative coefficients such as 1 - sqrt(mu) at
+    mu > 1 matter), so it is an error naming the rows; only rounding-level negatives
+    (|lambda_i| < 1e-12 max lambda) are set to 0.
+    """
+    model = _model(target)
+    lam = np.array(asimov_weights(model, params), dtype=np.float64)
+    t = model.theta(params, base=reference_theta(model))
+    point = ", ".join(f"{n}={v:.6g}" for n, v in zip(model.names, t))
+    top = float(np.max(lam)) if lam.size else 0.0
+    bad_nf = ~np.isfinite(lam)
+    if bad_nf.any():
+        raise WorkspaceError(f"toys at ({point}): {int(bad_nf.sum())} of {lam.size} rows have a non-finite expected "
+                             f"count (first rows {np.flatnonzero(bad_nf)[:5].tolist()})")
+    lam[(lam < 0) & (np.abs(lam) < NEGATIVE_COUNT_RTOL * max(top, 0.0))] = 0.0
+    neg = np.flatnonzero(lam < 0)
+    if neg.size or not lam.sum() > 0:
+        rows = ", ".join(f"{int(i)}: {lam[i]:.4g}" for i in neg[:5])
+        more = ", ..." if neg.size > 5 else ""
+        what = (f"{neg.size} of {lam.size} rows have a negative expected count (first rows {rows}{more})"
+                if neg.size else f"the total expected count is {lam.sum():.4g}")
+        raise WorkspaceError(
+            f"toys at ({point}): {what}, so they cannot be Poisson means and clipping them would bias the toys. "
+            "Toys resample the normalisation sample: they need non-negative normalisation weights (data.norm_weights, "
+            "or non-negative weights of Asimov data) whose total model intensity is positive at this point; for "
+            "negative-weight simulation draw pseudo-data from the simulator instead and fit it as observed data")
+    return lam
 
 
 def _padded_size(n: int) -> int:
@@ -287,6 +325,57 @@ def toy_study(target: Workspace | Model, n_toys: int, seed: int, params: Mapping
         "n_conditional_below_free": int(np.sum(dq_raw < -1e-6)),
         "mean_iterations": float(np.mean(free.n_iter)),
         "toy_index": np.flatnonzero(ok), "mu_hat": mu_hat, "sigma": sigma, "pulls": pull, "pulls_profile": z,
+    })
+
+
+def _binomial(hits: np.ndarray) -> tuple[float, float]:
+    """Fraction of True and its binomial standard error sqrt(p (1 - p) / n)."""
+    n = hits.size
+    if n == 0:
+        return float("nan"), float("nan")
+    p = float(np.mean(hits))
+    return p, math.sqrt(p * (1.0 - p) / n)
+
+
+def toy_pull_study(target: Workspace | Model, mu_true: float, n_toys: int, seed: int, *, poi: str | None = None,
+                   batch: int = 100, pad_to: int | None = None) -> dict:
+    """Hessian pulls of ``poi`` over ``n_toys`` toys at ``poi = mu_true``, each figure with its
+    statistical error, so a report can say whether a deviation is significant.
+
+    One vectorised free fit per toy (cheaper than :func:`toy_study`, which adds a conditional
+    fit for profile intervals). Returned (over converged toys with sigma > 0):
+
+    * ``pull_mean`` +- ``pull_mean_se`` (s / sqrt(n)), ``pull_width`` +- ``pull_width_se``
+      (s / sqrt(2 (n - 1)), the normal-theory error of a standard deviation);
+    * ``count_mean`` +- ``count_mean_se`` (sample s.d. / sqrt(T)) next to ``count_expected``
+      (sum of the Poisson means, the model's nu at the point) and ``count_pull``;
+    * ``coverage_hesse_68`` / ``_95`` (|pull| < 1 / 1.96) with binomial errors ``..._se``;
+    * ``n_toys``, ``n_converged``, ``truth``.
+    """
+    model = _model(target)
+    poi = poi or model.poi_names[0]
+    p = model.index[poi]
+    params = {poi: float(mu_true)}
+    toys = generate_toys(model, n_toys, seed, params, pad_to=pad_to)
+    expected = float(np.sum(toy_expected_counts(model, params)))
+    fits = fit_toys(model, toys, batch=batch)
+    ok = fits.converged & (fits.errors[:, p] > 0)
+    pull = (fits.theta[ok, p] - float(mu_true)) / fits.errors[ok, p]
+    n = int(pull.size)
+    sd = float(pull.std(ddof=1)) if n > 1 else float("nan")
+    counts = toys.counts.sum(axis=1)
+    c68, c68_se = _binomial(np.abs(pull) < 1.0)
+    c95, c95_se = _binomial(np.abs(pull) < 1.959963984540054)
+    count_se = float(counts.std(ddof=1) / math.sqrt(counts.size)) if counts.size > 1 else float("nan")
+    return to_jsonable({
+        "poi": poi, "truth": float(mu_true), "n_toys": int(n_toys), "n_converged": n,
+        "pull_mean": float(pull.mean()) if n else float("nan"),
+        "pull_mean_se": sd / math.sqrt(n) if n > 1 else float("nan"),
+        "pull_width": sd, "pull_width_se": sd / math.sqrt(2.0 * (n - 1)) if n > 1 else float("nan"),
+        "count_mean": float(counts.mean()), "count_mean_se": count_se, "count_expected": expected,
+        "count_pull": (float(counts.mean()) - expected) / count_se if count_se > 0 else float("nan"),
+        "coverage_hesse_68": c68, "coverage_hesse_68_se": c68_se,
+        "coverage_hesse_95": c95, "coverage_hesse_95_se": c95_se,
     })
 
 

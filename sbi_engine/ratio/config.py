@@ -22,8 +22,13 @@ class TrainConfig:
     """Everything that defines how an ensemble of ratio classifiers is trained.
 
     The defaults (3x64 SiLU, 2 members) train the demo problem in seconds on a laptop CPU.
-    ``patience`` counts evaluations (every ``eval_every`` steps) without a validation-loss
-    improvement before a member stops. Checkpoints are taken at evaluation boundaries, once at least
+    ``patience`` counts evaluations (every ``eval_every`` steps) without an improvement of the
+    *smoothed* validation loss before a member stops: ``early_stopping_smoothing`` = a in [0, 1)
+    is the factor of an exponential moving average over evaluations, s_t = a s_(t-1) + (1 - a)
+    v_t (s_1 = v_1), so a single lucky or unlucky evaluation does not stop a member that is still
+    learning (its noise is reduced by sqrt((1 - a) / (1 + a)), at a lag of about a / (1 - a)
+    evaluations); 0 acts on the raw loss. The parameters kept are still those of the evaluation
+    with the lowest raw validation loss. Checkpoints are taken at evaluation boundaries, once at least
     ``checkpoint_every`` steps have run since the last one.
     ``periodic_features`` names angle features (radians) fed to the network as (cos, sin).
     """
@@ -49,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     dtype: str = "float32"
     periodic_features: tuple[str, ...] = ()
+    early_stopping_smoothing: float = 0.7
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -75,6 +81,9 @@ class TrainConfig:
              f"pack_size must be None or >= 1, got {self.pack_size}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         need(self.dtype in DTYPES, f"dtype {self.dtype!r} not in {DTYPES}")
+        need(isinstance(self.early_stopping_smoothing, (int, float)) and not isinstance(self.early_stopping_smoothing, bool)
+             and 0.0 <= self.early_stopping_smoothing < 1.0,
+             f"early_stopping_smoothing must be in [0, 1), got {self.early_stopping_smoothing!r}")
         if isinstance(self.periodic_features, str):
             raise ValueError("TrainConfig: periodic_features must be a list of feature names, not a string")
         object.__setattr__(self, "periodic_features", tuple(str(n) for n in self.periodic_features))

@@ -6,6 +6,13 @@ loss, keeps each member's best parameters, and checkpoints when due. A checkpoin
 whole loop state (parameters, optimiser state, best copies, patience counters, RNG keys,
 finished packs and history), so a run killed and resumed ends with the same parameters as an
 uninterrupted one.
+
+Early stopping acts on a smoothed validation loss (an exponential moving average over
+evaluations, ``TrainConfig.early_stopping_smoothing``): the per-member validation loss of a
+small or heavily weighted validation set is noisy, and a rule on the raw value stops members
+on a lucky evaluation while they are still learning (networks stopped that way learned a too
+flat ratio). The moving average is part of the checkpoint; a checkpoint written before it
+existed is resumed by recomputing it from the stored history, which holds every raw value.
 """
 
 from __future__ import annotations
@@ -26,12 +33,17 @@ from .config import TrainConfig
 from .ensemble import FORMAT, Ensemble
 from .model import build_model, init_stacked
 from .prepare import PreparedData, prepare
-from .steps import MemberState, interval_program, loss_sums_program, make_optimizer, update_best
+from .steps import MemberState, interval_program, loss_sums_program, make_optimizer
 from .strategy import Layout, choose_layout
 
 CKPT_FORMAT = "nsbi-ratio-checkpoint/1"
 _EVAL_BUDGET = 256 << 20  # bytes of activations per validation chunk
 _HISTORY_COLUMNS = ("member", "step", "train_loss", "val_loss", "best_val_loss")
+
+
+# TrainConfig fields added after CKPT_FORMAT 1 was defined: a checkpoint without them is resumed
+# with this run's value (the smoothed loss is then recomputed from the stored history).
+_COMPAT_FIELDS = ("early_stopping_smoothing",)
 
 
 class CheckpointMismatch(ValueError):
@@ -69,6 +81,78 @@ def member_key(seed: int, member: int) -> jax.Array:
 def bootstrap_weights(seed: int, member: int, n: int) -> np.ndarray:
     """Poisson(1) bootstrap multiplicities of one member, a function of (seed, member) only."""
     return np.random.default_rng([seed, member, 0xB007]).poisson(1.0, n).astype(np.float32)
+
+
+@jax.jit
+def update_best_smoothed(state: MemberState, val: jax.Array, smooth_improved: jax.Array, step: jax.Array,
+                         patience: jax.Array) -> MemberState:
+    """Keep each member's best parameters by its raw validation loss, but count patience on
+    the smoothed loss: ``smooth_improved`` says which members' moving average reached a new
+    minimum at this evaluation; a member whose average has not for ``patience`` evaluations
+    stops. (With no smoothing this is the plain raw-loss rule.)"""
+    improved = (val < state.best_val) & ~state.stopped
+
+    def pick(new, old):
+        mask = improved.reshape((-1,) + (1,) * (new.ndim - 1))
+        return jnp.where(mask, new, old)
+
+    bad = jnp.where(smooth_improved & ~state.stopped, 0, state.bad_evals + 1).astype(jnp.int32)
+    return state._replace(
+        best_params=jax.tree.map(pick, state.params, state.best_params),
+        best_val=jnp.where(improved, val, state.best_val).astype(jnp.float32),
+        best_step=jnp.where(improved, step, state.best_step).astype(jnp.int32),
+        bad_evals=bad,
+        stopped=state.stopped | (bad >= patience),
+    )
+
+
+class Smoother:
+    """Per-member exponential moving average of the validation loss and its running minimum.
+
+    Host-side float64 arithmetic on the float64 values the history records, so the state can
+    be recomputed exactly from a checkpoint's history (`from_history`). Only members still
+    training are updated, exactly the members whose values reach the history.
+    """
+
+    def __init__(self, factor: float, k: int) -> None:
+        self.factor = float(factor)
+        self.ema = np.full(k, np.nan)
+        self.best = np.full(k, np.inf)
+
+    def update(self, values: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Fold in one evaluation; returns which active members reached a new smoothed minimum."""
+        a = self.factor
+        v = np.asarray(values, np.float64)
+        new = np.where(np.isnan(self.ema), v, a * self.ema + (1.0 - a) * v)
+        self.ema = np.where(active, new, self.ema)
+        improved = active & (self.ema < self.best)
+        self.best = np.where(improved, self.ema, self.best)
+        return improved
+
+    @classmethod
+    def from_history(cls, factor: float, members: range, history: list[dict]) -> Smoother:
+        out = cls(factor, len(members))
+        series = {m: sorted((r["step"], r["value"]) for r in history if r["member"] == m and r["name"] == "val_loss")
+                  for m in members}
+        steps = sorted({st for vals in series.values() for st, _ in vals})
+        for st in steps:
+            vals, active = np.full(len(members), np.nan), np.zeros(len(members), bool)
+            for j, m in enumerate(members):
+                hit = [v for s_, v in series[m] if s_ == st]
+                if hit:
+                    vals[j], active[j] = hit[0], True
+            out.update(np.where(active, vals, 0.0), active)
+        return out
+
+    def to_payload(self) -> dict[str, np.ndarray]:
+        return {"ema": self.ema.copy(), "best": self.best.copy()}
+
+    @classmethod
+    def from_payload(cls, factor: float, payload: dict) -> Smoother:
+        ema, best = np.asarray(payload["ema"], np.float64), np.asarray(payload["best"], np.float64)
+        out = cls(factor, len(ema))
+        out.ema, out.best = ema.copy(), best.copy()
+        return out
 
 
 class _Trainer:
@@ -176,7 +260,8 @@ def _history_records(arr: np.ndarray, n_train: int, batch_size: int) -> list[dic
 
 
 def _encode(config: TrainConfig, fp: str, pack: int, step: int, total: int, done: list[Any],
-            state: MemberState | None, history: list[dict], best: list[dict]) -> bytes:
+            state: MemberState | None, history: list[dict], best: list[dict],
+            smoother: Smoother | None = None) -> bytes:
     payload: dict[str, Any] = {
         "format": CKPT_FORMAT,
         "config": json.dumps(config.to_dict(), sort_keys=True),
@@ -192,6 +277,8 @@ def _encode(config: TrainConfig, fp: str, pack: int, step: int, total: int, done
         payload[f"done_{i}"] = _leaves_dict(params)
     if state is not None:
         payload["state"] = _leaves_dict(state)
+        if smoother is not None:
+            payload["smoothing"] = smoother.to_payload()
     return flax.serialization.msgpack_serialize(payload)
 
 
@@ -199,6 +286,7 @@ def _check_resumable(payload: dict, config: TrainConfig, fp: str) -> None:
     if payload.get("format") != CKPT_FORMAT:
         raise CheckpointMismatch(f"checkpoint format {payload.get('format')!r}, expected {CKPT_FORMAT!r}")
     saved = json.loads(payload["config"])
+    saved = {**{k: config.to_dict()[k] for k in _COMPAT_FIELDS}, **saved}
     if saved != config.to_dict():
         diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
         raise CheckpointMismatch(f"checkpoint was written with a different TrainConfig (differs in {diff})")
@@ -227,6 +315,7 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
     trainer = _Trainer(data, config, layout)
 
     pack_i, step, total, done, state, history, best = 0, 0, 0, [], None, [], []
+    smoother: Smoother | None = None
     resumed_from = None
     latest = checkpointer.load_latest() if checkpointer is not None else None
     if latest is not None:
@@ -241,6 +330,10 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
             done.append(_restore_leaves(template, payload[f"done_{i}"], f"done_{i}"))
         if "state" in payload and pack_i < len(packs):
             state = _restore_leaves(trainer.fresh_state(packs[pack_i]), payload["state"], "state")
+            if "smoothing" in payload:
+                smoother = Smoother.from_payload(config.early_stopping_smoothing, payload["smoothing"])
+            else:  # written before the smoothed loss was checkpointed: rebuild it from the history
+                smoother = Smoother.from_history(config.early_stopping_smoothing, packs[pack_i], history)
 
     last_ckpt = total
     stopped_early = False
@@ -248,7 +341,8 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
     def save(pack: int, step_: int, st: MemberState | None) -> None:
         nonlocal last_ckpt
         if checkpointer is not None:
-            checkpointer.save(total, _encode(config, data.fingerprint, pack, step_, total, done, st, history, best))
+            checkpointer.save(total, _encode(config, data.fingerprint, pack, step_, total, done, st, history, best,
+                                             smoother))
         last_ckpt = total
 
     bar = None
@@ -264,6 +358,9 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
         members = packs[pack_i]
         if state is None:
             state, step = trainer.fresh_state(members), 0
+            smoother = None
+        if smoother is None:
+            smoother = Smoother(config.early_stopping_smoothing, len(members))
         weights = trainer.pack_weights(members)
         while step < config.max_steps and not bool(jnp.all(state.stopped)):
             n = min(config.eval_every, config.max_steps - step)
@@ -275,7 +372,9 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
             total += n
             val = trainer.val_loss(state.params)
             was_stopped = np.asarray(state.stopped)
-            state = update_best(state, val, jnp.asarray(step, jnp.int32), patience)
+            smooth_improved = smoother.update(np.asarray(val, np.float64), ~was_stopped)
+            state = update_best_smoothed(state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32),
+                                         patience)
             tl, vl, bv = (np.asarray(a, np.float64) for a in (train_loss, val, state.best_val))
             records = []
             for j, m in enumerate(members):
@@ -304,7 +403,7 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
                     for m, s, v in zip(members, np.asarray(state.best_step), np.asarray(state.best_val)))
         if bar is not None:
             bar.update(config.max_steps - step)
-        pack_i, state, step = pack_i + 1, None, 0
+        pack_i, state, step, smoother = pack_i + 1, None, 0, None
         save(pack_i, 0, None)  # every checkpoint step (= total steps) is saved at most once
         if pack_i < len(packs) and callbacks.should_stop():
             stopped_early = True

@@ -1,10 +1,13 @@
-"""Helpers for the analysis tests: the exact-ratio fit of a demo fit job, and control-plane env.
+"""Helpers for the analysis tests: learned against exact ratios on the same events, and control-plane env.
 
-`exact_fit(spec)` rebuilds the fit job's workspace exactly as `sbi_engine.fit_jobs.build_workspace`
-does -- the same Asimov events (`asimov_data`), yields, yield factors and coefficients -- but
-with every learned ratio replaced by the analytic one of the demo simulator: r_c = p_c / p_ref
-for processes, p_c(x | alpha_up/down) / p_c(x) for shape systematics. The difference between
-the two fits is therefore only what the networks got wrong.
+`exact_workspace(spec)` builds the closure check's data -- the simulation's own Asimov expectation
+at mu_true (`simulated_asimov`: evaluation events weighted by their coefficients, independent of any
+ratio) followed by the reference's evaluation events as normalisation sample -- with every ratio
+replaced by the analytic one of the demo simulator: r_c = p_c / p_ref for processes,
+p_c(x | alpha_up/down) / p_c(x) for shape systematics. `learned_workspace(spec)` is the same data
+with the fit job's learned ratios (`build_learned_fit(..., data=...)`). The difference between the
+two fits is therefore only what the networks got wrong; the fit job's own Asimov data (the model's
+expectation) would return mu_true whatever the ratios are.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ def _problem(spec: Mapping[str, Any]):
 def exact_workspace(spec: Mapping[str, Any]):
     from sbi_engine.data import load_sample_spec
     from sbi_engine.fit import Workspace
-    from sbi_engine.fit_jobs import _coefficients, add_norm_only_nuisances, asimov_data
+    from sbi_engine.fit_jobs import _coefficients, add_norm_only_nuisances, simulated_asimov
 
     params = spec["params"]
     ref = params["reference"]
     coefficients = _coefficients(params)
-    data = asimov_data(params, coefficients)
-    x = np.asarray(data.features, dtype=np.float64)
+    data = simulated_asimov(params, coefficients)
     specs = params["processes"]
+    norm = load_sample_spec(specs[ref], role="eval")
+    x = np.concatenate([data.features, norm.features]).astype(np.float64)
+    weights = np.concatenate([data.weights, np.zeros(len(norm))])
+    norm_weights = np.concatenate([np.zeros(len(data)), norm.weights])
     nominal = {p: load_sample_spec(s) for p, s in specs.items()}
     logp = {p: _problem(s).log_density(s["demo"]["process"], x) for p, s in specs.items()}
     yields = params.get("yields") or {}
@@ -55,16 +61,27 @@ def exact_workspace(spec: Mapping[str, Any]):
     poi = params.get("poi") or {}
     return Workspace.from_arrays(
         pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
-        processes=processes, weights=np.asarray(data.weights, dtype=np.float64),
-        nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()], data_kind="asimov",
-        generated_at={"mu": float(params.get("mu_true", 1.0))},
+        processes=processes, weights=weights, norm_weights=norm_weights,
+        nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()], data_kind="observed",
     )
 
 
-def exact_fit(spec: Mapping[str, Any]) -> tuple[float, float]:
-    """(mu-hat, sigma) of the fit job's data with the exact analytic ratios."""
+def learned_workspace(spec: Mapping[str, Any]):
+    """The closure data of `exact_workspace` with the fit job's trained ensembles."""
+    from backend.jobkinds import collect_ensembles
+    from backend.stores.local import path_from_uri
+    from sbi_engine.fit_jobs import _coefficients, build_learned_fit, simulated_asimov
+
+    params = spec["params"]
+    uris = collect_ensembles(spec.get("inputs") or {})
+    paths = {t: [str(path_from_uri(u)) for u in us] for t, us in uris.items()}
+    return build_learned_fit(spec, paths, data=simulated_asimov(params, _coefficients(params))).workspace
+
+
+def exact_fit(spec: Mapping[str, Any], learned: bool = False) -> tuple[float, float]:
+    """(mu-hat, sigma) on the simulated Asimov data with the exact (or the learned) ratios."""
     from sbi_engine.fit import fit
 
-    result = fit(exact_workspace(spec))
+    result = fit(learned_workspace(spec) if learned else exact_workspace(spec))
     assert result.converged
     return float(result.values["mu"]), float(result.errors["mu"])

@@ -1,5 +1,5 @@
-"""Fit-stage workspaces carry a normalisation sample: Asimov data are their own (generated_at =
-mu_true), observed data get a fresh reference simulation appended as weight-0 rows."""
+"""Fit-stage workspaces carry a normalisation sample, the reference's evaluation events: observed
+data get it appended as weight-0 rows; Asimov data are the model's expectation on it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import sbi_engine  # noqa: F401
 from sbi_engine.data import load_sample_spec
 from sbi_engine.fit import Model, fit
-from sbi_engine.fit_jobs import NORM_SEED_OFFSET, build_workspace
+from sbi_engine.fit.toys import asimov_weights
+from sbi_engine.fit_jobs import build_learned_fit, build_workspace
 from sbi_engine.ratio import Ensemble
 from sbi_engine.ratio.ensemble import FORMAT
 from sbi_engine.ratio.prepare import Standardizer
@@ -53,7 +54,7 @@ def test_observed_data_get_a_normalisation_sample(ensembles):
     data_spec = {"demo": {"mu": 1.5, "seed": 8, "poisson": True, "n_nuisances": 3}}
     ws = build_workspace(_spec(data_spec), ensembles)
     n_data = len(load_sample_spec(data_spec))
-    ref = load_sample_spec({"demo": {"process": "B", "n": 3000, "seed": 3 + NORM_SEED_OFFSET, "n_nuisances": 3}})
+    ref = load_sample_spec({"demo": {"process": "B", "n": 3000, "seed": 3, "n_nuisances": 3}}, role="eval")
     assert ws.data.kind == "observed" and ws.n_events == n_data + len(ref)
     w, v = np.asarray(ws.data.weights), np.asarray(ws.data.norm_weights)
     np.testing.assert_array_equal(w[:n_data], 1.0)
@@ -66,9 +67,27 @@ def test_observed_data_get_a_normalisation_sample(ensembles):
     assert r.converged, r.message
 
 
-def test_asimov_data_are_marked_with_where_they_were_generated(ensembles):
-    ws = build_workspace(_spec("asimov"), ensembles)
-    assert ws.data.kind == "asimov" and ws.data.generated_at == {"mu": 1.5} and ws.data.norm_weights is None
+def test_asimov_data_are_the_models_expectation_on_the_normalisation_sample(ensembles):
+    """At mu_true = 1.5 the B coefficient 1 - sqrt(mu) is negative: the weights must still be
+    the model's (positive) expected counts, summing to nu(mu_true), and a fit returns mu_true."""
+    spec = _spec("asimov")
+    ws = build_workspace(spec, ensembles)
+    ref = load_sample_spec(spec["params"]["processes"]["B"], role="eval")
+    assert ws.data.kind == "asimov" and ws.data.generated_at == {"mu": 1.5} and ws.n_events == len(ref)
+    np.testing.assert_allclose(ws.data.norm_weights, ref.weights)
+    w = np.asarray(ws.data.weights)
+    assert np.all(w >= 0)
     m = Model(ws)
-    assert m.has_norm and m.norm_source == "asimov"
-    np.testing.assert_allclose(m.reference_theta()[m.index["mu"]], 1.5)
+    assert m.has_norm and m.norm_source == "norm_weights"
+    np.testing.assert_allclose(w, asimov_weights(m, {"mu": 1.5}))
+    r = fit(m)
+    assert r.converged and abs(r.values["mu"] - 1.5) < 1e-6
+
+
+def test_learned_fit_keeps_members_and_shape_decisions(ensembles):
+    lf = build_learned_fit(_spec("asimov"), ensembles)
+    assert set(lf.ratios) == {"S_vs_B", "SBI_vs_B", "m_up", "m_dn"}
+    assert lf.process_task == {"S": "S_vs_B", "SBI": "SBI_vs_B"}
+    # one-member ensembles: the noise is unknown, so the shape effect is kept and says why
+    (d,) = lf.shape_decisions
+    assert d.action == "kept (noise unknown)" and d.signal > 0

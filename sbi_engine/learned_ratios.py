@@ -1,0 +1,93 @@
+"""Per-member learned ratios of one ratio task on the fit's rows, and how noisy they are.
+
+Why a module of its own: the fit needs more than the aggregated ratio. The member log ratios
+give the NN-training component of the error (refits with one member's ratios per variant), and
+their spread against the variation of the log ratio tells whether network noise is small next
+to the effect the ratio must carry (noise in a small effect reads as information and shrinks
+intervals; see shared STATISTICS notes and docs/validation.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+NOISE_TO_SIGNAL_LIMIT = 0.2  # estimated log-ratio error / spread of the log ratio above which a task needs review
+SHAPE_RESOLUTION = 1.5  # a shape effect is kept when its spread exceeds this many times the network noise
+
+
+class LearnedRatioError(ValueError):
+    """Ensemble files of a ratio task that cannot be used (missing, or disagreeing features)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TaskRatios:
+    """Member log ratios of one task on a set of rows, each member normalised on the denominator.
+
+    ``members`` (M, n) float64: log r_j(x_i) - log E_den[r_j]; ``nominal`` (n,): log of the mean
+    member ratio, normalised the same way (what the fit uses).
+    """
+
+    task: str
+    members: np.ndarray
+    nominal: np.ndarray
+
+    @property
+    def n_members(self) -> int:
+        return int(self.members.shape[0])
+
+    def member_ratio(self, j: int) -> np.ndarray:
+        """r of member ``j`` (cycled when a variant index exceeds this task's member count)."""
+        return np.exp(self.members[j % self.n_members])
+
+    def noise(self, rows: np.ndarray | slice = slice(None)) -> float:
+        """RMS over rows of the member standard deviation of log r: the estimated log-ratio error.
+
+        With bootstrap members this is the error of one training on a fresh sample, which is of
+        the size of the ensemble's shared finite-sample error (members alone do not remove it).
+        """
+        if self.n_members < 2:
+            return float("nan")
+        sd = np.std(self.members[:, rows], axis=0, ddof=1)
+        return float(np.sqrt(np.mean(sd ** 2)))
+
+    def signal(self, rows: np.ndarray | slice = slice(None), weights: np.ndarray | None = None) -> float:
+        """Weighted standard deviation over rows of the nominal log ratio: the variation it carries."""
+        x = self.nominal[rows]
+        w = np.ones_like(x) if weights is None else np.abs(np.asarray(weights, dtype=np.float64))
+        if w.sum() <= 0:
+            return float("nan")
+        mean = np.sum(w * x) / np.sum(w)
+        return float(np.sqrt(np.sum(w * (x - mean) ** 2) / np.sum(w)))
+
+
+def _member_log_ratios(paths: Sequence[str], x: np.ndarray) -> np.ndarray:
+    """(M, n) member log ratios over all ensemble files (packs) of a task."""
+    from .ratio import Ensemble
+
+    if not paths:
+        raise LearnedRatioError("no ensemble files for a ratio task")
+    blocks = [np.asarray(Ensemble.load(p).member_log_ratios(x), dtype=np.float64) for p in paths]
+    return np.concatenate(blocks, axis=0)
+
+
+def _log_mean_exp(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    top = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.mean(np.exp(a - top), axis=axis))
+
+
+def task_ratios(task: str, paths: Sequence[str], x: np.ndarray, denominator_x: np.ndarray,
+                denominator_w: np.ndarray) -> TaskRatios:
+    """Evaluate a task's members on ``x``, each normalised so that E_den[r_j] = 1 on the
+    denominator's evaluation events (a density ratio integrates to one against its denominator;
+    the extended likelihood turns a miss into a bias of the POI)."""
+    w = np.asarray(denominator_w, dtype=np.float64)
+    on_den = _member_log_ratios(paths, denominator_x)
+    member_shift = np.log(np.sum(w * np.exp(on_den), axis=1) / np.sum(w))  # (M,)
+    raw = _member_log_ratios(paths, x)
+    members = raw - member_shift[:, None]
+    nominal_raw = _log_mean_exp(raw)
+    nominal_shift = float(np.log(np.sum(w * np.exp(_log_mean_exp(on_den))) / np.sum(w)))
+    return TaskRatios(task, members, nominal_raw - nominal_shift)

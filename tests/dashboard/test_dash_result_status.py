@@ -1,0 +1,137 @@
+"""The result status on the dashboard: one definition of the limits (the traffic lights and the
+result checks agree), and the badge "checks passed" / "needs review: <failed checks>" on every
+page that shows a result (Campaigns, Monitor, Diagnostics -- which opens on the worst task -- and Fit)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+from streamlit.testing.v1 import AppTest
+
+import dash_testkit as seed
+from dash_testkit import page
+
+TIMEOUT = 60
+
+
+def run_page(name: str) -> AppTest:
+    at = AppTest.from_file(page(name), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def good_diagnostics() -> dict:
+    """engine_diagnostics() with every check GREEN."""
+    d = seed.engine_diagnostics()
+    d["normalization"] = 1.004
+    d["member_normalization"] = [1.002, 1.006]
+    d["calibration"][0]["max_deviation"] = 1.2
+    d["closure"][0]["chi2"] = 1.0
+    d["losses"] = [{"member": 0, "train_loss": 0.60, "holdout_loss": 0.601, "best_val_loss": 0.6},
+                   {"member": 1, "train_loss": 0.60, "holdout_loss": 0.603, "best_val_loss": 0.6}]
+    d["saturated_fraction"] = 0.0
+    return d
+
+
+def spoiled_diagnostics() -> dict:
+    d = seed.engine_diagnostics()
+    d["closure"][0]["chi2"] = 21.0  # chi2/ndf 21 over 1 ndf
+    d["normalization"] = 1.08
+    return d
+
+
+def settle(url: str, cid: int, *, diag_by_task: dict[str, dict] | None = None, fit_checks: list | None = None) -> None:
+    """Give the seeded campaign's train jobs these diagnostics (per task), add checks to its fit
+    result, mark it SUCCEEDED and record its result status as the controller would."""
+    from backend import result_status
+    from backend.db import get_engine
+    from backend.db.models import Campaign, FitResult, Job
+
+    engine = get_engine(url)
+    with Session(engine) as s:
+        rows = s.execute(sa.select(FitResult, Job.task, Job.kind).join(Job, Job.id == FitResult.job_id)
+                         .where(FitResult.campaign_id == cid)).all()
+        for fr, task, kind in rows:
+            if kind == "train" and diag_by_task and task in diag_by_task:
+                fr.payload = {**fr.payload, "diagnostics": diag_by_task[task]}
+            if kind == "fit" and fit_checks is not None:
+                fr.payload = {**fr.payload, "checks": fit_checks}
+            s.add(fr)
+        camp = s.get(Campaign, cid)
+        camp.status = "SUCCEEDED"
+        s.add(camp)
+        s.flush()
+        result_status.record_result_status(s, [cid])
+        s.commit()
+
+
+def test_one_definition_of_the_limits_and_the_values():
+    """The Diagnostics page's lights and the result checks use the same limits and numbers:
+    a check fails exactly where its light is RED."""
+    from backend.result_status import checks as rc
+    from dashboard import queries
+
+    for name, (direction, green, amber, _) in queries.DIAGNOSTIC_THRESHOLDS.items():
+        assert rc.DIAGNOSTIC_THRESHOLDS[name][:3] == (direction, green, amber), name
+    for diag in (seed.engine_diagnostics(), good_diagnostics(), spoiled_diagnostics()):
+        view = queries.diagnostics_view("t", diag)
+        records = {r.name: r for r in rc.ensemble_checks("t", diag)}
+        for row in view.checks.itertuples():
+            assert records[row.check].value == pytest.approx(row.value), row.check
+            assert records[row.check].passed == (row.status != "red"), row.check
+
+
+def test_campaigns_list_shows_needs_review_and_checks_passed(nsbi_env):
+    bad = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True, name="bad")
+    good = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True, name="good", seed_value=1)
+    running = seed.seed(nsbi_env, train_states=("RUNNING",), name="running", with_fit=False, seed_value=2)
+    settle(nsbi_env, bad.campaign_id, diag_by_task={"task1": spoiled_diagnostics()})
+    settle(nsbi_env, good.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")})
+    at = run_page("campaigns")
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["bad", "status"] == "SUCCEEDED"
+    assert table.loc["bad", "result"].startswith("needs review: task1 closure χ²/ndf 21 > 3")
+    assert "overtraining" in table.loc["bad", "result"]  # the seeded diagnostics' RED light, every task
+    assert table.loc["good", "result"] == "checks passed (21 checks)"
+    assert table.loc["running", "result"] == "checks pending"
+    assert running.campaign_id not in (bad.campaign_id, good.campaign_id)
+
+
+def test_monitor_and_fit_show_the_badge_with_the_fit_checks(nsbi_env):
+    s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+           fit_checks=[{"name": "converged", "task": None, "value": 1.0, "threshold": 1.0, "passed": True, "message": ""},
+                       {"name": "asimov_closure", "task": None, "value": 0.5, "threshold": 0.2, "passed": False,
+                        "message": "|mu-hat - mu_true| / sigma"}])
+    for name in ("monitor", "fit"):
+        at = run_page(name)
+        badges = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
+        assert badges == ["**Result:** :red-badge[needs review: asimov_closure 0.5 > 0.2]"], name
+    at = run_page("fit")  # the fit converged, and the page says both
+    assert {m.label: m.value for m in at.metric}["Fit"] == "converged"
+
+
+def test_diagnostics_opens_on_the_worst_task_and_shows_checks_passed(nsbi_env):
+    s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    settle(nsbi_env, s.campaign_id, diag_by_task={"task0": good_diagnostics(), "task1": good_diagnostics(),
+                                                  "task2": spoiled_diagnostics()})
+    at = run_page("diagnostics")
+    assert at.selectbox(key="diag-task").options == ["task0", "task1", "task2"]
+    assert at.selectbox(key="diag-task").value == "task2"  # the worst task first
+    badge = next(m.value for m in at.markdown if m.value.startswith("**Result:**"))
+    assert badge.startswith("**Result:** :red-badge[needs review: task2 closure χ²/ndf 21 > 3")
+    lights = " ".join(m.value for m in at.markdown)
+    assert ":red-badge[RED]  \n**closure χ²/ndf**  \n21" in lights  # the same check, RED below
+
+
+def test_every_page_says_checks_passed_for_a_good_result(nsbi_env):
+    s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")})
+    for name in ("monitor", "diagnostics", "fit"):
+        at = run_page(name)
+        badges = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
+        assert badges == ["**Result:** :green-badge[checks passed] 21 checks, none failed"], name
+    at = run_page("diagnostics")
+    assert at.selectbox(key="diag-task").value == "task0"
