@@ -15,11 +15,13 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from backend.result_status import checks as _result_checks
 
 # Most points any single chart receives; the service downsamples first, this is the backstop.
 MAX_CHART_POINTS = 4000
@@ -260,29 +262,11 @@ def sum_resources(resources: pd.DataFrame, *, freq: str = "1min") -> pd.DataFram
 
 # --------------------------------------------------------------------------- diagnostics
 
-# name -> (direction, green limit, amber limit, what is measured). A check is green when the
-# value is within the green limit, amber within the amber limit, red beyond it. The page
-# shows these thresholds next to each light.
-DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
-    "closure_chi2_ndf": ("below", 1.5, 3.0, "worst χ²/ndf over observables (reference × r̂ vs numerator)"),
-    "normalisation": ("below", 0.02, 0.05, "|E_ref[r̂] − 1|: the reweighted reference keeps its yield"),
-    "calibration": ("below", 2.0, 3.0, "largest deviation of the ensemble reliability curve, in σ"),
-    "overtraining": ("below", 0.02, 0.05, "worst member (holdout − train loss) / train loss"),
-    "ensemble_spread": ("below", 0.02, 0.05, "spread (std / mean) of the members' normalisations"),
-    "saturation": ("below", 0.001, 0.01, "fraction of events with |log r̂| beyond the saturation limit"),
-    "auc": ("above", 0.5, 0.5, "AUC on holdout events (0.5: the classes are indistinguishable)"),
-}
-
-
-def traffic_light(value: float | None, check: str) -> str:
-    """'green', 'amber', 'red' or 'unknown' for a value under DIAGNOSTIC_THRESHOLDS[check]."""
-    if value is None or not math.isfinite(float(value)):
-        return "unknown"
-    direction, green, amber, _ = DIAGNOSTIC_THRESHOLDS[check]
-    v = float(value)
-    if direction == "below":
-        return "green" if v <= green else "amber" if v <= amber else "red"
-    return "green" if v > green else "amber" if v >= amber else "red"
+# name -> (direction, green limit, amber limit, what is measured): one definition, shared with
+# the result status (`sbi_engine.result_checks`, loaded without JAX by `backend.result_status`),
+# so a RED light here is exactly a failed check there. The page shows them next to each light.
+DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = _result_checks.DIAGNOSTIC_THRESHOLDS
+traffic_light = _result_checks.traffic_light
 
 
 def threshold_text(check: str) -> str:
@@ -423,6 +407,7 @@ class FitView:
     toys: np.ndarray               # per-toy pulls of the POI (empty if only a summary was reported)
     toy_summary: dict              # n_toys, n_converged, pull_mean, pull_width, coverage_* (combined over jobs)
     data: str = "asimov"
+    uncertainty: dict = field(default_factory=dict)  # hesse, nn, sim, total, included: the learned model's error components
 
     @property
     def empty(self) -> bool:
@@ -611,6 +596,7 @@ def fit_view(result: Mapping) -> FitView:
         toys=np.asarray(toys, dtype=float).ravel(),
         toy_summary=dict(toys_raw.get("summary") or {}) if isinstance(toys_raw, Mapping) else {},
         data=str(result.get("data") or "asimov"),
+        uncertainty=dict(result.get("uncertainty") or {}),
     )
 
 

@@ -82,6 +82,7 @@ import math
 import numpy as np
 
 from sbi_engine.data import Sample
+from sbi_engine.problems.base import accept_reject_1d
 
 __all__ = [
     "OBSERVABLES",
@@ -692,25 +693,14 @@ def _draw_component(a: _Amplitude, n: int, rng: np.random.Generator) -> np.ndarr
 def _draw_poly_squared(coeffs: tuple[float, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi = _poly_extrema(coeffs)
     bound = max(lo * lo, hi * hi)
-    return _accept_reject(lambda c: np.polynomial.polynomial.polyval(c, coeffs) ** 2, bound, -1.0, 1.0, n, rng)
+    return accept_reject_1d(lambda c: np.polynomial.polynomial.polyval(c, coeffs) ** 2, bound, -1.0, 1.0, n, rng)
 
 
 def _draw_fourier_squared(q: tuple[float, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi = _poly_extrema(_phi_as_poly(q))
     bound = max(lo * lo, hi * hi)
     f = lambda p: (q[0] + q[1] * np.cos(p) + q[2] * np.cos(2.0 * p)) ** 2  # noqa: E731
-    return _accept_reject(f, bound, -math.pi, math.pi, n, rng)
-
-
-def _accept_reject(f, bound: float, lo: float, hi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    out, have = [], 0
-    while have < n:
-        m = max(2 * (n - have), 256)
-        c = lo + (hi - lo) * rng.random(m)
-        keep = c[rng.random(m) * bound <= f(c)]
-        out.append(keep)
-        have += keep.shape[0]
-    return np.concatenate(out)[:n] if out else np.empty(0)
+    return accept_reject_1d(f, bound, -math.pi, math.pi, n, rng)
 
 
 def _check_process(process: str) -> None:

@@ -43,26 +43,46 @@ def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> Sample:
-    """Asimov events at mu_true straight from the simulation, for closure checks only.
+@dataclass(frozen=True, eq=False)
+class SimulatedAsimov:
+    """Every process's evaluation events stacked, with their simulation weights and process,
+    so that Asimov weights at any mu are one coefficient per block (for closure checks only)."""
 
-    Each process's evaluation events weighted by its coefficient at mu_true: their sum is the
-    true expectation whatever the networks learned (weights may be negative; a weighted fit takes
+    events: Sample
+    blocks: dict[str, slice]
+    coefficients: dict[str, str]
+
+    def weights(self, mu: float) -> np.ndarray:
+        """sum_c m_c(mu) w_i on each process's block: the simulation's own expectation at mu."""
+        from .fit import parse_expression
+
+        w = np.asarray(self.events.weights, dtype=np.float64).copy()
+        for proc, block in self.blocks.items():
+            expr = parse_expression(self.coefficients[proc], ["mu"], where=f"process {proc!r}")
+            w[block] *= float(expr({"mu": float(mu)}, np))
+        return w
+
+    def at(self, mu: float) -> Sample:
+        return Sample(self.events.features, self.weights(mu), self.events.names, f"simulated Asimov at mu={mu:g}")
+
+
+def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> SimulatedAsimov:
+    """Asimov events straight from the simulation, for closure checks only.
+
+    Each process's evaluation events weighted by its coefficient at mu: their sum is the true
+    expectation whatever the networks learned (weights may be negative; a weighted fit takes
     them). The fit's own Asimov data come from the model (`build_learned_fit`); fitting those
     returns mu_true whatever the ratios are, so only this set can reveal bad ratios.
     """
-    from .fit import parse_expression
-
-    mu = float(params.get("mu_true", 1.0))
-    parts = []
+    parts, blocks, pos = [], {}, 0
     for proc, spec in params["processes"].items():
-        c = float(parse_expression(coefficients[proc], ["mu"], where=f"process {proc!r}")({"mu": mu}, np))
-        if abs(c) < 1e-12:
-            continue
         s = load_sample_spec(spec, role="eval")
-        parts.append(Sample(s.features, s.weights * c, s.names, f"simulated Asimov[{proc}]"))
-    return Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
-                  parts[0].names, f"simulated Asimov at mu={mu}")
+        parts.append(s)
+        blocks[proc] = slice(pos, pos + len(s))
+        pos += len(s)
+    events = Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
+                    parts[0].names, "simulated Asimov events (evaluation parts of every process)")
+    return SimulatedAsimov(events, blocks, dict(coefficients))
 
 
 def _is_demo(spec: Mapping[str, Any]) -> bool:
@@ -317,7 +337,7 @@ def _fit_summary(ws, result) -> dict[str, Any]:
     })
 
 
-def _bootstrapped(ensembles: Mapping[str, Sequence[str]]) -> bool | None:
+def bootstrapped(ensembles: Mapping[str, Sequence[str]]) -> bool | None:
     """Whether every ensemble was trained with bootstrap members (None if unknown)."""
     from .ratio import Ensemble
 
@@ -341,7 +361,7 @@ def learned_result(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str
         raise FitJobError(f"params.options.uncertainty.include: unknown component(s) {sorted(unknown)} (nn, sim)")
     comps = lu.components(lf, result, n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
                           n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)), include=include,
-                          bootstrap=_bootstrapped(ensembles))
+                          bootstrap=bootstrapped(ensembles))
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
     if bool(opts.get("closure", True)):
         checks.append(lu.closure_check(spec, ensembles, comps.sim))

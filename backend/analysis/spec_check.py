@@ -190,7 +190,7 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
                 if ck.schema(kw, v, campaigns.RESOURCES_SCHEMA):
                     out[key] = v
             elif key == "options":
-                if ck.mapping(kw, v, None, "fit options") is not None:
+                if ck.mapping(kw, v, None, "fit options") is not None and _fit_options(ck, kw, v):
                     out[key] = v
             elif key in ("nps_per_job", "points_per_job", "n_toys", "toys_per_job"):
                 if ck.integer(kw, v, 1) is not None:
@@ -338,3 +338,32 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
             if key in REPORT_KEYS and ck.string(("report", key), value) is not None:
                 res.report[key] = value
     return res, ck.problems
+
+
+UNCERTAINTY_KEYS = ("include", "nn_variants", "sim_variants", "closure")
+UNCERTAINTY_COMPONENTS = ("nn", "sim")
+
+
+def _fit_options(ck: Any, where: tuple, options: dict) -> bool:
+    """The fit options the engine reads: ``uncertainty`` (which learned-model error components
+    enter the total, how many refits measure them, the simulated-Asimov closure check) and
+    ``resolve_shapes`` (drop shape effects below the networks' noise floor). Others pass through."""
+    ok = True
+    if "resolve_shapes" in options and ck.boolean((*where, "resolve_shapes"), options["resolve_shapes"]) is None:
+        ok = False
+    if "uncertainty" not in options:
+        return ok
+    kw = (*where, "uncertainty")
+    u = ck.mapping(kw, options["uncertainty"], UNCERTAINTY_KEYS, "uncertainty options")
+    if u is None:
+        return False
+    inc = u.get("include", list(UNCERTAINTY_COMPONENTS))
+    if not isinstance(inc, list) or any(c not in UNCERTAINTY_COMPONENTS for c in inc):
+        ck.add((*kw, "include"), f"expected a list of {list(UNCERTAINTY_COMPONENTS)}, got {inc!r}")
+        ok = False
+    for key in ("nn_variants", "sim_variants"):
+        if key in u and ck.integer((*kw, key), u[key], 0) is None:
+            ok = False
+    if "closure" in u and ck.boolean((*kw, "closure"), u["closure"]) is None:
+        ok = False
+    return ok

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("problems", nargs="*", help="benchmark problems (default: all; see `nsbi problems list`)")
     parser.add_argument("--mu-true", type=_floats, default=[0.5, 1.0, 2.0], help="POI values of the closure fits (default 0.5,1,2)")
     parser.add_argument("--coverage-mu", type=_floats, default=[1.0, 2.0], help="POI values of the coverage study (default 1,2)")
+    parser.add_argument("--model-toys-mu", type=_floats, default=[1.5, 3.0],
+                        help="POI values of toys drawn from the exact-ratio model (its normalisation sample), default 1.5,3")
     parser.add_argument("--toys", type=int, default=300, help="fresh pseudo-experiments per coverage point (default 300; 0 skips)")
     parser.add_argument("--workdir", type=Path, default=None, help="where samples, analysis files and reports go (default <NSBI_HOME>/closure)")
     parser.add_argument("--seed", type=int, default=0, help="seed of samples and pseudo-data")
@@ -80,7 +82,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     from sbi_engine import closure as cl
     from sbi_engine.data import load_sample_spec
     from sbi_engine.fit import fit
-    from sbi_engine.fit_jobs import build_learned_fit
+    from sbi_engine.fit_jobs import bootstrapped as ensembles_bootstrapped, build_learned_fit
     from sbi_engine.learned_uncertainty import components
     from sbi_engine.problems import exact_workspace, get_problem
 
@@ -97,13 +99,14 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     out: dict[str, Any] = {"problem": name, "campaign": summary.campaign_id, "train_s": time.monotonic() - t0,
                            "result_status": summary.result.get("result_status"), "closure": [], "coverage": []}
     comps_at: dict[float, Any] = {}
+    bootstrapped = ensembles_bootstrapped(ensembles)
     for i, mu in enumerate(args.mu_true):
         data = problem.pseudo_data(mu, seed=args.seed + 1000 + i)
         spec_mu = copy.deepcopy(spec)
         spec_mu["params"]["mu_true"] = mu
         lf = build_learned_fit(spec_mu, ensembles, data=data)
         cmp = cl.compare_fits(lf.workspace, exact_workspace(problem, data, norm), intervals=not args.no_intervals)
-        comps = components(lf, cmp["learned"]["_result"])
+        comps = components(lf, cmp["learned"]["_result"], bootstrap=bootstrapped)
         comps_at[mu] = comps
         cmp.update(mu_true=mu, n_events=len(data), uncertainty=comps.to_dict(),
                    passes=cl.passes(cmp["differences"]))
@@ -116,7 +119,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         spec_mu = copy.deepcopy(spec)
         spec_mu["params"]["mu_true"] = mu
         lf = build_learned_fit(spec_mu, ensembles, data=stacked)
-        comps = comps_at.get(mu) or components(lf, fit(lf.workspace))
+        comps = comps_at.get(mu) or components(lf, fit(lf.workspace), bootstrap=bootstrapped)
         learned = cl.fit_experiments(lf.workspace, rows, mu, seed=args.seed + j)
         exact = cl.fit_experiments(exact_workspace(problem, stacked, norm), rows, mu, seed=args.seed + j)
         extra = (comps.nn or 0.0) ** 2 + (comps.sim or 0.0) ** 2
@@ -127,6 +130,17 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             "exact": cl.coverage(exact["mu_hat"], exact["sigma"], mu).to_dict(),
             "components": comps.to_dict(),
         })
+    if args.toys > 0 and args.model_toys_mu:
+        from sbi_engine.fit.toys import toy_pull_study
+
+        data = problem.pseudo_data(1.0, seed=args.seed + 999)
+        exact_ws = exact_workspace(problem, data, norm)
+        out["model_toys"] = []
+        for k, mu in enumerate(args.model_toys_mu):
+            try:
+                out["model_toys"].append({"mu_true": mu, **toy_pull_study(exact_ws, mu, args.toys, seed=args.seed + 31 + k)})
+            except ValueError as exc:  # e.g. a negative expected count: reported, not fatal to the study
+                out["model_toys"].append({"mu_true": mu, "error": str(exc)})
     out["seconds"] = time.monotonic() - t0
     return out
 
@@ -163,6 +177,16 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
             lines.append(f"| {r['problem']} | {c['mu_true']:g} | {w['n']} | {pc(h, 'cover68')} | {pc(w, 'cover68')} | "
                          f"{pc(e, 'cover68')} | {pc(w, 'cover95')} | {pc(e, 'cover95')} | "
                          f"{_fmt(h['mean_pull'], '+.2f')} / {_fmt(h['pull_width'], '.2f')} |")
+    lines += ["", "Toys drawn from the exact-ratio model (Poisson resampling of its normalisation sample):", "",
+              "| problem | mu_true | toys | pull mean | pull width | 68% Hesse coverage | mean count / expected |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for t in r.get("model_toys", []):
+            lines.append(f"| {r['problem']} | {t['mu_true']:g} | {t.get('n_converged', t.get('n_toys'))} | "
+                         f"{_fmt(t.get('pull_mean'), '+.3f')} +- {_fmt(t.get('pull_mean_se'), '.3f')} | "
+                         f"{_fmt(t.get('pull_width'), '.3f')} +- {_fmt(t.get('pull_width_se'), '.3f')} | "
+                         f"{_fmt(t.get('coverage_hesse_68'), '.3f')} | {_fmt(t.get('count_mean'), '.1f')} / "
+                         f"{_fmt(t.get('count_expected'), '.1f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,6 +97,23 @@ def _headline(view) -> None:
     cols[2].metric("Nuisance parameters", len(view.pulls))
     if view.converged is not None:
         cols[3].metric("Fit", "converged" if view.converged else "NOT converged")
+    _components(view.uncertainty)
+
+
+def _components(u: dict) -> None:
+    """The learned model's error components next to the Hesse error (docs/validation.md)."""
+    if not u:
+        return
+    fmt = queries.format_value
+    inc = set(u.get("included") or [])
+    cols = st.columns(4)
+    cols[0].metric("total error", fmt(u.get("total")),
+                   help="Hesse error with the included components added in quadrature")
+    cols[1].metric("Hesse", fmt(u.get("hesse")), help="data statistics and modelled systematics (exact Hessian)")
+    for col, key, label, how in ((cols[2], "nn", "NN training", "spread of the best fit over one-member refits"),
+                                 (cols[3], "sim", "simulation statistics", "Poisson bootstrap of the normalisation sample")):
+        suffix = "" if key in inc else " (not in total)"
+        col.metric(label + suffix, f"{fmt(u.get(key))} ± {fmt(u.get(key + '_se'))}", help=how)
 
 
 @st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results

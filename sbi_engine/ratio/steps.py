@@ -104,16 +104,19 @@ def make_loss_sums(model: MLP) -> Callable:
 
 
 @jax.jit
-def update_best(state: MemberState, val: jax.Array, step: jax.Array, patience: jax.Array) -> MemberState:
-    """Keep each member's best parameters by validation loss; count evaluations without
-    improvement and mark members whose patience has run out as stopped."""
+def update_best(state: MemberState, val: jax.Array, smooth_improved: jax.Array, step: jax.Array,
+                         patience: jax.Array) -> MemberState:
+    """Keep each member's best parameters by its raw validation loss, but count patience on
+    the smoothed loss: ``smooth_improved`` says which members' moving average reached a new
+    minimum at this evaluation; a member whose average has not for ``patience`` evaluations
+    stops. (With no smoothing this is the plain raw-loss rule.)"""
     improved = (val < state.best_val) & ~state.stopped
 
     def pick(new, old):
         mask = improved.reshape((-1,) + (1,) * (new.ndim - 1))
         return jnp.where(mask, new, old)
 
-    bad = jnp.where(improved, 0, state.bad_evals + 1).astype(jnp.int32)
+    bad = jnp.where(smooth_improved & ~state.stopped, 0, state.bad_evals + 1).astype(jnp.int32)
     return state._replace(
         best_params=jax.tree.map(pick, state.params, state.best_params),
         best_val=jnp.where(improved, val, state.best_val).astype(jnp.float32),

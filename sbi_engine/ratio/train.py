@@ -33,7 +33,7 @@ from .config import TrainConfig
 from .ensemble import FORMAT, Ensemble
 from .model import build_model, init_stacked
 from .prepare import PreparedData, prepare
-from .steps import MemberState, interval_program, loss_sums_program, make_optimizer
+from .steps import MemberState, interval_program, loss_sums_program, make_optimizer, update_best
 from .strategy import Layout, choose_layout
 
 CKPT_FORMAT = "nsbi-ratio-checkpoint/1"
@@ -81,29 +81,6 @@ def member_key(seed: int, member: int) -> jax.Array:
 def bootstrap_weights(seed: int, member: int, n: int) -> np.ndarray:
     """Poisson(1) bootstrap multiplicities of one member, a function of (seed, member) only."""
     return np.random.default_rng([seed, member, 0xB007]).poisson(1.0, n).astype(np.float32)
-
-
-@jax.jit
-def update_best_smoothed(state: MemberState, val: jax.Array, smooth_improved: jax.Array, step: jax.Array,
-                         patience: jax.Array) -> MemberState:
-    """Keep each member's best parameters by its raw validation loss, but count patience on
-    the smoothed loss: ``smooth_improved`` says which members' moving average reached a new
-    minimum at this evaluation; a member whose average has not for ``patience`` evaluations
-    stops. (With no smoothing this is the plain raw-loss rule.)"""
-    improved = (val < state.best_val) & ~state.stopped
-
-    def pick(new, old):
-        mask = improved.reshape((-1,) + (1,) * (new.ndim - 1))
-        return jnp.where(mask, new, old)
-
-    bad = jnp.where(smooth_improved & ~state.stopped, 0, state.bad_evals + 1).astype(jnp.int32)
-    return state._replace(
-        best_params=jax.tree.map(pick, state.params, state.best_params),
-        best_val=jnp.where(improved, val, state.best_val).astype(jnp.float32),
-        best_step=jnp.where(improved, step, state.best_step).astype(jnp.int32),
-        bad_evals=bad,
-        stopped=state.stopped | (bad >= patience),
-    )
 
 
 class Smoother:
@@ -373,7 +350,7 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
             val = trainer.val_loss(state.params)
             was_stopped = np.asarray(state.stopped)
             smooth_improved = smoother.update(np.asarray(val, np.float64), ~was_stopped)
-            state = update_best_smoothed(state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32),
+            state = update_best(state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32),
                                          patience)
             tl, vl, bv = (np.asarray(a, np.float64) for a in (train_loss, val, state.best_val))
             records = []

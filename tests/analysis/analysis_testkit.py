@@ -33,7 +33,7 @@ def exact_workspace(spec: Mapping[str, Any]):
     params = spec["params"]
     ref = params["reference"]
     coefficients = _coefficients(params)
-    data = simulated_asimov(params, coefficients)
+    data = simulated_asimov(params, coefficients).at(float(params.get("mu_true", 1.0)))
     specs = params["processes"]
     norm = load_sample_spec(specs[ref], role="eval")
     x = np.concatenate([data.features, norm.features]).astype(np.float64)
@@ -75,7 +75,8 @@ def learned_workspace(spec: Mapping[str, Any]):
     params = spec["params"]
     uris = collect_ensembles(spec.get("inputs") or {})
     paths = {t: [str(path_from_uri(u)) for u in us] for t, us in uris.items()}
-    return build_learned_fit(spec, paths, data=simulated_asimov(params, _coefficients(params))).workspace
+    data = simulated_asimov(params, _coefficients(params)).at(float(params.get("mu_true", 1.0)))
+    return build_learned_fit(spec, paths, data=data).workspace
 
 
 def exact_fit(spec: Mapping[str, Any], learned: bool = False) -> tuple[float, float]:

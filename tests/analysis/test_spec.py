@@ -283,6 +283,13 @@ def test_a_missing_key_points_at_its_parent_and_process_lines_are_exact(tmp_path
      "  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
      "  B: {sample: {path: b.root, tree: 3}, coefficient: '1'}\nreference: B\n",
      "processes.B.sample.tree", 5, "expected a string, got an integer 3"),
+    ("name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
+     "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n"
+     "compute:\n  fit: {options: {uncertainty: {include: [nn, mc]}}}\n", "compute.fit.options.uncertainty.include", 7,
+     "expected a list of ['nn', 'sim']"),
+    ("name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
+     "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n"
+     "compute:\n  fit: {options: {uncertainty: {nn_runs: 3}}}\n", "compute.fit.options.uncertainty.nn_runs", 7, "unknown key"),
 ])
 def test_single_problems(tmp_path, text, path, line, fragment):
     f = tmp_path / "a.yaml"

@@ -25,6 +25,19 @@ def page(name: str) -> str:
     return str(REPO / "dashboard" / "pages" / f"{name}.py")
 
 
+PAGE_TIMEOUT = 60  # seconds an AppTest run may take (first runs import plotly and pandas)
+
+
+def run_page(name: str):
+    """Run one dashboard page in Streamlit's AppTest; fail on any exception it raised."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(page(name), default_timeout=PAGE_TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 STATES = ("SUCCEEDED", "RUNNING", "PENDING", "FAILED", "PREEMPTED", "CANCELLED", "LAUNCHING")
 NPS = ("m4l_scale", "bkg_norm", "gg_scale", "lumi", "jes")
 
@@ -83,7 +96,9 @@ def fit_payloads(rng: np.random.Generator, mu_hat: float = 1.05, sigma: float = 
              for i, n in enumerate(NPS[:2])]
     base = {"mu_true": 1.0, "mu_hat": mu_hat, "sigma": sigma, "converged": True, "fit": fr.to_dict(),
             "pulls": pulls, "impacts_covariance": [i.to_dict() for i in cov_impacts],
-            "breakdown": {"mu": {"total": sigma, "stat": 0.8 * sigma, "syst": 0.6 * sigma}}}
+            "breakdown": {"mu": {"total": sigma, "stat": 0.8 * sigma, "syst": 0.6 * sigma}},
+            "uncertainty": {"hesse": sigma, "nn": 0.3 * sigma, "nn_se": 0.1 * sigma, "sim": 0.4 * sigma,
+                            "sim_se": 0.05 * sigma, "total": sigma * float(np.sqrt(1.25)), "included": ["nn", "sim"]}}
     mus = np.linspace(0.0, 2.0, 21)
     scan = Scan("mu", mus, ((mus - mu_hat) / sigma) ** 2, np.ones(21, bool), mu_hat, {"68": (None, None), "95": (None, None)})
     toy_pulls = rng.normal(0, 1, 200)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dash_testkit import REPO, page
+from dash_testkit import REPO, page, run_page
+
+from dashboard import queries
 
 TIMEOUT = 60
 
-
-def run_page(name: str) -> AppTest:
-    at = AppTest.from_file(page(name), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def metric_values(at: AppTest) -> dict[str, str]:
@@ -138,6 +136,10 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     shown = metric_values(at)
     assert shown["best-fit mu"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
     assert shown["Nuisance parameters"] == "5"
+    # the learned model's error components, each on its own, and the total they make
+    assert shown["total error"] == queries.format_value(seeded.sigma * np.sqrt(1.25))
+    assert shown["NN training"] == f"{queries.format_value(0.3 * seeded.sigma)} ± {queries.format_value(0.1 * seeded.sigma)}"
+    assert shown["simulation statistics"].startswith(queries.format_value(0.4 * seeded.sigma))
     assert [b.label for b in at.download_button] == ["PNG", "PDF"]  # every chart is exportable
     titles = []
     for view in ("Pulls", "Impacts", "Correlations", "Scan", "Toys"):

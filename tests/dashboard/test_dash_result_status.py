@@ -7,19 +7,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
-from streamlit.testing.v1 import AppTest
 
 import dash_testkit as seed
-from dash_testkit import page
-
-TIMEOUT = 60
-
-
-def run_page(name: str) -> AppTest:
-    at = AppTest.from_file(page(name), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from dash_testkit import run_page
 
 
 def good_diagnostics() -> dict:
