@@ -64,12 +64,16 @@ def compare_fits(learned_ws: Any, exact_ws: Any, *, intervals: bool = True) -> d
     for label, ws in (("learned", learned_ws), ("exact", exact_ws)):
         r = fit(ws)
         lo, hi = profile_interval(ws, r) if intervals else (None, None)
+        lower = ws.free_parameters[[p.name for p in ws.free_parameters].index("mu")].bounds[0]
+        at_bound = float(r.values["mu"]) <= lower + 1e-9 or not float(r.errors["mu"]) > 1e-9
         out[label] = {"mu_hat": float(r.values["mu"]), "sigma": float(r.errors["mu"]), "converged": bool(r.converged),
-                      "interval68": [lo, hi], "nuisances": _nuisances(ws, r), "_result": r}
+                      "at_bound": bool(at_bound), "interval68": [lo, hi], "nuisances": _nuisances(ws, r), "_result": r}
     L, E = out["learned"], out["exact"]
     s = E["sigma"]
+    s = s if s > 0 else float("nan")
     d: dict[str, Any] = {"mu_hat_in_sigma": (L["mu_hat"] - E["mu_hat"]) / s,
-                         "sigma_ratio": L["sigma"] / s}
+                         "sigma_ratio": L["sigma"] / s,
+                         "valid": bool(L["converged"] and E["converged"] and not L["at_bound"] and not E["at_bound"])}
     for i, end in enumerate(("low", "high")):
         a, b = L["interval68"][i], E["interval68"][i]
         d[f"interval_{end}_in_sigma"] = None if a is None or b is None else (a - b) / s
@@ -85,6 +89,8 @@ def passes(diff: Mapping[str, Any], mu_tol: float = 0.2, sigma_tol: float = 0.15
            interval_tol: float = 0.2) -> dict[str, bool]:
     """The issue's closure criteria on one comparison (tolerances in units of the exact sigma)."""
     ends = [diff.get("interval_low_in_sigma"), diff.get("interval_high_in_sigma")]
+    if not diff.get("valid", True):  # a fit at the POI's bound (sigma 0) or not converged: no comparison
+        return {"valid": False, "mu_hat": False, "sigma": False, "interval": False}
     return {"mu_hat": abs(diff["mu_hat_in_sigma"]) < mu_tol,
             "sigma": abs(diff["sigma_ratio"] - 1.0) <= sigma_tol,
             "interval": all(e is None or abs(e) < interval_tol for e in ends)}
