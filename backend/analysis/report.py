@@ -319,9 +319,16 @@ def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Pat
     camp = result.get("campaign") or {}
     lines = [f"# Analysis {a.get('name', '')}: result", ""]
     lines += result_status_markdown(result.get("result_status"))
+    data = fit.get("data", "asimov")
+    if isinstance(data, Mapping):  # an observed sample spec: name its file
+        data = f"observed, {Path(str(data.get('path', data))).name}" if "path" in data else "observed"
     lines.append(f"**μ̂ = {_fmt(fit.get('mu_hat'))} ± {_fmt(fit.get('sigma'))}** "
-                 f"(Hesse; data: {fit.get('data', 'asimov')}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
+                 f"(Hesse; data: {data}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
                  f"converged: {fit.get('converged')})")
+    total = (result.get("uncertainty") or {}).get("total")
+    if total is not None:
+        lines.append(f"- **total error ± {_fmt(total)}** with the learned model's NN-training and simulation-statistics "
+                     "components (table below)")
     iv = result.get("intervals") or {}
     for cl in ("68", "95"):
         if cl in iv:

@@ -95,3 +95,20 @@ def test_html_fallback_is_said_in_the_summary(tmp_path):
 
 
 # PNG + PDF export through kaleido and Chromium is checked on the real report in test_run.py.
+
+
+def test_summary_shows_error_components_shape_decisions_and_the_split(tmp_path):
+    r = _result()
+    r["fit"]["data"] = {"path": "/data/pseudo.parquet", "features": ["x"]}
+    r["uncertainty"] = {"hesse": 0.3, "nn": 0.1, "nn_se": 0.03, "sim": 0.05, "sim_se": 0.01, "total": 0.32,
+                        "included": ["nn"], "nn_variants": 8, "nn_bootstrap": True}
+    r["shape_decisions"] = [{"nuisance": "tiny", "process": "B", "signal": 0.02, "noise": 0.03,
+                             "action": "dropped shape (yield kept)"}]
+    r["splits"] = {"train-S": {"numerator": {"method": "row_hash"}, "denominator": {"method": "row_hash"}}}
+    r["data_provenance"] = {"normalisation_sample": {"process": "B", "events": 30000}}
+    text = report.write_report(tmp_path / "rep", r, static=False).summary.read_text()
+    assert "data: observed, pseudo.parquet" in text and "**total error ± 0.320**" in text
+    assert "| NN training | 0.100 ± 0.030 | yes | spread of μ̂ over 8 one-member refits |" in text
+    assert "| simulation statistics | 0.050 ± 0.010 | no (reported only) |" in text
+    assert "| tiny | B | 0.0200 | 0.0300 | dropped shape (yield kept) |" in text
+    assert "split by row_hash; normalisation sample: 30000 evaluation events of B" in text

@@ -21,6 +21,8 @@ from sbi_engine.demo import PROCESSES, DemoProblem
 from sbi_engine.fit import Model, Workspace, WorkspaceError
 from sbi_engine.fit.toys import asimov_weights, fit_toys, generate_toys, toy_expected_counts, toy_pull_study
 
+from demo_nuisances import demo_nuisances
+
 COEFFICIENTS = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
 LUMI = 10.0  # ~3,700 events per toy at mu = 1: mu-hat stays well away from its bound 0 at mu >= 1.5
 N_SAMPLE = 4000  # B simulation rows (the normalisation sample and the population toys are drawn from)
@@ -37,17 +39,7 @@ def b_reference_workspace(n_events: int = N_SAMPLE, *, n_nuisances: int = 2, lum
     v = np.asarray(smp.weights if norm_weights is None else norm_weights, dtype=np.float64)
     procs = {c: {"yield": prob.yield_(c), "coefficient": COEFFICIENTS[c], "ratio": np.exp(prob.log_ratio(c, "B", x))}
              for c in PROCESSES}
-    nps = []
-    for nk in prob.nuisances:
-        effects = {}
-        for c in nk.processes:
-            e = {}
-            if c in nk.norm_processes:
-                e["norm"] = (prob.yield_ratio(c, nk.name, 1.0), prob.yield_ratio(c, nk.name, -1.0))
-            if c in nk.shape_processes:
-                e["shape"] = tuple(np.exp(prob.shape_log_ratio(c, nk.name, x, d)) for d in (1.0, -1.0))
-            effects[c] = e
-        nps.append({"name": nk.name, "effects": effects})
+    nps = demo_nuisances(prob, lambda name, c: tuple(np.exp(prob.shape_log_ratio(c, name, x, d)) for d in (1.0, -1.0)))
     base = Workspace.from_arrays(pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}}, processes=procs, weights=v,
                                  nuisances=nps, data_kind="asimov", norm_weights=v)
     w = asimov_weights(Model(base, storage_dtype=jnp.float64), {"mu": mu_data})

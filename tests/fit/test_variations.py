@@ -19,6 +19,8 @@ from sbi_engine.fit import Model, Workspace, fit
 from sbi_engine.fit.api import newton_executable
 from sbi_engine.fit.variations import Variant, bootstrap_norm_variants, refit_variants, variant_data
 
+from demo_nuisances import demo_nuisances
+
 COEFFICIENTS = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
 N_NORM = 2000
 PROB = DemoProblem(n_nuisances=2, luminosity=10.0)
@@ -51,17 +53,7 @@ def rows_arrays(seed: int):
 
 
 def build_workspace(ratios, shapes, norm_weights, weights) -> Workspace:
-    nps = []
-    for nk in PROB.nuisances:
-        effects = {}
-        for c in nk.processes:
-            e = {}
-            if c in nk.norm_processes:
-                e["norm"] = (PROB.yield_ratio(c, nk.name, 1.0), PROB.yield_ratio(c, nk.name, -1.0))
-            if c in nk.shape_processes:
-                e["shape"] = shapes[(nk.name, c)]
-            effects[c] = e
-        nps.append({"name": nk.name, "effects": effects})
+    nps = demo_nuisances(PROB, lambda name, c: shapes[(name, c)])
     procs = {c: {"yield": PROB.yield_(c), "coefficient": COEFFICIENTS[c], "ratio": ratios[c]} for c in PROCESSES}
     return Workspace.from_arrays(pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}}, processes=procs,
                                  weights=weights, nuisances=nps, data_kind="observed", norm_weights=norm_weights)
