@@ -119,11 +119,11 @@ def _require(spec: dict, key: str, kind: str) -> Any:
 def run_train(ctx: JobContext) -> dict[str, Any]:
     """Train a ratio ensemble: numerator/denominator sample specs + a TrainConfig dict.
 
-    The networks train on the "train" part of each sample (`sbi_engine.data.sample_parts`);
+    The networks train on the "train" part of each sample (`sbi_engine.sample_specs.sample_parts`);
     the diagnostics run on the "eval" part, which they never saw, and the summary records how
     each sample was split (``summary["split"]``).
     """
-    from sbi_engine.data import sample_parts
+    from sbi_engine.sample_specs import sample_parts
     from sbi_engine.ratio import TrainConfig, train_ensemble
 
     p = ctx.params
@@ -161,12 +161,12 @@ def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominato
 
     The checks run on the evaluation ("eval") part of both samples -- events the networks never
     saw: a fresh draw for demo samples, the hashed-out share (or the ``eval_sample``) for file
-    samples (`sbi_engine.data.load_sample_spec`). ``numerator``/``denominator`` are the training
+    samples (`sbi_engine.sample_specs.load_sample_spec`). ``numerator``/``denominator`` are the training
     samples (for the overtraining comparison); ``held_out`` passes the evaluation samples when
     the caller has them already, otherwise they are loaded from ``params``. A failure is
     reported, never fatal: the trained ensemble is what the job is for.
     """
-    from sbi_engine.data import load_sample_spec
+    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.ratio import diagnostics
 
     try:

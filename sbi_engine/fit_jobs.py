@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import Sample, load_sample_spec
+from .data import Sample
 from .learned_ratios import SHAPE_RESOLUTION, TaskRatios, task_ratios
 from .pipeline import COEFFICIENTS
+from .sample_specs import load_sample_spec
 
 
 

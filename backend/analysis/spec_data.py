@@ -3,7 +3,7 @@
 Why: a typo in a branch name, a tree that is not in the file, or a feature expression that
 indexes past the end of a jagged array would otherwise only surface when a training job
 starts on a remote machine. Reading the first rows through the same loader the jobs use
-(`sbi_engine.data.load_sample_spec`) finds them before anything is created. This imports
+(`sbi_engine.sample_specs.load_sample_spec`) finds them before anything is created. This imports
 the engine (and so JAX); the static checks in `spec_check` do not.
 """
 
@@ -38,7 +38,7 @@ _PROBE_ONLY = ("keeps 0 of", "part would be empty", "part has a sum of weights")
 
 def _read(spec: dict[str, Any]) -> None:
     """Read the probe of one sample, its evaluation part too when it has an eval_sample or split_by."""
-    from sbi_engine.data import load_sample_spec, sample_parts
+    from sbi_engine.sample_specs import load_sample_spec, sample_parts
 
     load_sample_spec(spec)
     if "eval_sample" in spec:

@@ -22,13 +22,13 @@ _ENGINE = Path(list(importlib.util.find_spec("sbi_engine").submodule_search_loca
 # Feature names of the built-in demo samples (sbi_engine.demo.OBSERVABLES; a test keeps them in step).
 DEMO_FEATURES: tuple[str, ...] = ("m4l", "cos_theta1", "cos_theta2", "phi")
 DEMO_PROCESSES: tuple[str, ...] = ("S", "SBI", "B")
-# Keys of a {"demo": {...}} sample spec (sbi_engine.data._DEMO_KEYS; a test keeps them in step).
+# Keys of a {"demo": {...}} sample spec (sbi_engine.sample_specs._DEMO_KEYS; a test keeps them in step).
 DEMO_KEYS: tuple[str, ...] = ("process", "n", "seed", "alpha", "n_nuisances", "luminosity", "weighted", "mu", "poisson")
-# Keys of a file sample spec (sbi_engine.data._FILE_KEYS) and the formats its loader knows.
+# Keys of a file sample spec (sbi_engine.sample_specs._FILE_KEYS) and the formats its loader knows.
 FILE_KEYS: tuple[str, ...] = ("path", "format", "tree", "features", "weight", "selection",
                               "allow_negative_weights", "columns", "entry_stop",
                               "eval_fraction", "eval_sample", "split_by")
-# The keys that choose a file sample's train / eval split (sbi_engine.data._SPLIT_KEYS); an
+# The keys that choose a file sample's train / eval split (sbi_engine.sample_specs._SPLIT_KEYS); an
 # eval_sample is a whole file of its own, so it has none of them and is no sample default.
 SPLIT_KEYS: tuple[str, ...] = ("eval_fraction", "eval_sample", "split_by")
 FORMATS: tuple[str, ...] = ("root", "parquet", "pq", "hdf5", "h5", "hdf", "numpy", "npz", "npy")

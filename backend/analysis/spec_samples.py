@@ -3,7 +3,7 @@
 A file sample's path is resolved relative to the analysis file and must exist; its keys,
 format, features, weight and selection are checked for form only (`spec_data` reads them).
 So are the keys of its train / eval split (`eval_fraction`, `split_by`, `eval_sample`; see
-`sbi_engine.data.load_sample_spec`): an `eval_sample` is checked like a file sample of its
+`sbi_engine.sample_specs.load_sample_spec`): an `eval_sample` is checked like a file sample of its
 own (sample_defaults apply to it too, except the split keys).
 """
 

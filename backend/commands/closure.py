@@ -80,7 +80,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
 
     from backend.analysis.run import run_analysis
     from sbi_engine import closure as cl
-    from sbi_engine.data import load_sample_spec
+    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.fit import fit
     from sbi_engine.fit_jobs import bootstrapped as ensembles_bootstrapped, build_learned_fit
     from sbi_engine.learned_uncertainty import components

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from backend.settings import Settings
-    from sbi_engine.data import load_sample_spec
+    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.pipeline import demo_ratio_tasks, ensemble_log_ratio, fit_demo_asimov
     from sbi_engine.ratio import TrainConfig, train_ensemble
 

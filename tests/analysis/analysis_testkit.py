@@ -26,7 +26,7 @@ def _problem(spec: Mapping[str, Any]):
 
 
 def exact_workspace(spec: Mapping[str, Any]):
-    from sbi_engine.data import load_sample_spec
+    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.fit import Workspace
     from sbi_engine.fit_jobs import _coefficients, add_norm_only_nuisances, simulated_asimov
 

@@ -99,7 +99,7 @@ def test_report_dir_defaults_to_reports_name_under_the_cwd(tmp_path, monkeypatch
 
 
 def test_root_example_validates_and_reads_back_the_simulator_events(root_example):
-    from sbi_engine.data import load_sample_spec
+    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.demo import default_problem
 
     path, written, mod = root_example
@@ -328,13 +328,13 @@ def test_validation_creates_nothing_and_static_checks_do_not_import_jax(tmp_path
 
 def test_engine_constants_mirrored_for_the_static_checks_match_the_engine():
     from backend.analysis import spec_engine as se
-    from sbi_engine import data
+    from sbi_engine import data, sample_specs
     from sbi_engine.demo import OBSERVABLES, PROCESSES
     from sbi_engine.fit import parse_expression
     from sbi_engine.ratio import TrainConfig
 
     assert se.DEMO_FEATURES == OBSERVABLES and se.DEMO_PROCESSES == PROCESSES
-    assert set(se.DEMO_KEYS) == data._DEMO_KEYS and set(se.FILE_KEYS) == data._FILE_KEYS
+    assert set(se.DEMO_KEYS) == sample_specs._DEMO_KEYS and set(se.FILE_KEYS) == sample_specs._FILE_KEYS
     assert set(se.FORMATS) == set(data._FORMATS) and set(se.SUFFIXES) == set(data._SUFFIXES)
     # the file-loaded copies are the engine's own code
     e = se.expr_module().parse_expression("mu - sqrt(mu)", ["mu"])

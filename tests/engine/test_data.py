@@ -15,11 +15,11 @@ from sbi_engine.data import (
     Sample,
     Scaler,
     load_sample,
-    load_sample_spec,
     split_sample,
     validate_sample,
 )
 from sbi_engine.demo import OBSERVABLES, DemoProblem
+from sbi_engine.sample_specs import load_sample_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sbi_engine.data import (
+from sbi_engine.data import DataError
+from sbi_engine.sample_specs import (
     DEFAULT_EVAL_FRACTION,
     EVAL_SEED_OFFSET,
-    DataError,
     evaluation_spec,
     load_sample_spec,
     row_hash,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sbi_engine  # noqa: F401
-from sbi_engine.data import load_sample_spec
+from sbi_engine.sample_specs import load_sample_spec
 from sbi_engine.fit import Model, fit
 from sbi_engine.fit.toys import asimov_weights
 from sbi_engine.fit_jobs import build_learned_fit, build_workspace
