@@ -40,6 +40,7 @@ def diagnostics_page() -> None:
     task = st.selectbox("Ratio task", tasks, index=tasks.index(worst) if worst in tasks else 0, key="diag-task")
     view = queries.diagnostics_view(task, by_task[task])
     _lights(view.checks)
+    _fit_checks(status, task)
     shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="diag-view") or VIEWS[0]
     if shown == "Calibration":
         left, right = st.columns(2)
@@ -95,6 +96,15 @@ def _result_badge(db: str, campaign_id: int):
         st.markdown(f"**Result:** {text}", help="a check fails where its light below is RED; every failed "
                     "check of every task is listed here, worst first")
     return status
+
+
+def _fit_checks(status, task: str) -> None:
+    """What the fit measured about this task's ratios (noise relative to the variation the ratio
+    must carry): a noisy ratio can pass every check above and still shrink the interval."""
+    for c in (status.checks if status is not None else ()):
+        if c.task == task and c.name == "noise_to_signal":
+            text = f"In the fit: {c.message}"
+            (st.caption if c.passed else st.error)(text)
 
 
 def _lights(checks) -> None:

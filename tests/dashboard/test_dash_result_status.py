@@ -125,3 +125,17 @@ def test_every_page_says_checks_passed_for_a_good_result(nsbi_env):
         assert badges == ["**Result:** :green-badge[checks passed] 21 checks, none failed"], name
     at = run_page("diagnostics")
     assert at.selectbox(key="diag-task").value == "task0"
+
+
+def test_diagnostics_shows_the_fits_noise_to_signal_of_the_task(nsbi_env):
+    s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    noisy = {"name": "noise_to_signal", "task": "task1", "value": 0.89, "threshold": 0.2, "passed": False,
+             "message": "log-ratio error 0.0226 against a log-ratio spread 0.0252 on the data (noise/signal 0.89, limit 0.2)"}
+    calm = dict(noisy, task="task0", value=0.05, passed=True, message="noise/signal 0.05, limit 0.2")
+    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+           fit_checks=[noisy, calm])
+    at = run_page("diagnostics")
+    assert at.selectbox(key="diag-task").value == "task1"  # the failed fit check makes it the worst task
+    assert [e.value for e in at.error] == ["In the fit: " + noisy["message"]]
+    at.selectbox(key="diag-task").set_value("task0").run()
+    assert not at.error and "In the fit: noise/signal 0.05, limit 0.2" in [c.value for c in at.caption]
