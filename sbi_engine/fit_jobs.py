@@ -25,7 +25,7 @@ import numpy as np
 from .data import Sample
 from .learned_ratios import SHAPE_RESOLUTION, TaskRatios, task_ratios
 from .pipeline import COEFFICIENTS
-from .sample_specs import load_sample_spec
+from .sample_specs import load_sample_spec, sample_parts
 
 
 
@@ -234,7 +234,9 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     options = dict(params.get("options") or {})
     asimov = data is None and params.get("data", "asimov") == "asimov"
     specs = params["processes"]
-    evals = {p: load_sample_spec(s, role="eval") for p, s in specs.items()}
+    parts = {p: sample_parts(s) for p, s in specs.items()}  # one read: the eval part and the yield
+    evals = {p: pt.eval for p, pt in parts.items()}
+    totals = {p: float(pt.train.weights.sum()) for p, pt in parts.items()}  # each part carries the whole yield
     norm = evals[ref]
     if asimov:
         x = np.asarray(norm.features)
@@ -255,7 +257,6 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
 
     tasks = params.get("tasks", {})
     by_process = {t["process"]: name for name, t in tasks.items() if t["kind"] == "process"}
-    full = {p: load_sample_spec(s) for p, s in specs.items()}
     ratios: dict[str, TaskRatios] = {}
     process_task: dict[str, str] = {}
     processes = {}
@@ -269,7 +270,7 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
             ratios[task] = task_ratios(task, paths, x, norm.features, norm.weights)
             process_task[proc] = task
             ratio = np.exp(ratios[task].nominal)
-        nu = float(yields[proc]) if proc in yields else float(full[proc].weights.sum())
+        nu = float(yields[proc]) if proc in yields else totals[proc]
         processes[proc] = {"yield": nu, "coefficient": coefficients[proc], "ratio": ratio}
 
     resolve = bool(options.get("resolve_shapes", True))
@@ -289,7 +290,7 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
         on_proc = v * np.asarray(processes[proc]["ratio"])[norm_rows]  # reference rows reweighted to the process
         decision = _shape_decision(name, proc, up, down, norm_rows, on_proc, resolve)
         decisions.append(decision)
-        effect: dict[str, Any] = {"norm": tuple(float(load_sample_spec(syst[d]).weights.sum() / full[proc].weights.sum())
+        effect: dict[str, Any] = {"norm": tuple(float(load_sample_spec(syst[d]).weights.sum() / totals[proc])
                                                 for d in ("up", "down"))}
         if decision.action != "dropped shape (yield kept)":
             effect["shape"] = (np.exp(up.nominal), np.exp(down.nominal))
@@ -338,12 +339,10 @@ def _fit_summary(ws, result) -> dict[str, Any]:
     })
 
 
-def bootstrapped(ensembles: Mapping[str, Sequence[str]]) -> bool | None:
-    """Whether every ensemble was trained with bootstrap members (None if unknown)."""
-    from .ratio import Ensemble
-
-    flags = [Ensemble.load(p).metadata.get("config", {}).get("bootstrap") for ps in ensembles.values() for p in ps]
-    return None if any(f is None for f in flags) or not flags else all(bool(f) for f in flags)
+def bootstrapped(lf: LearnedFit) -> bool | None:
+    """Whether every ratio the fit uses comes from bootstrap members (None if unknown)."""
+    flags = [r.bootstrapped for r in lf.ratios.values()]
+    return None if any(f is None for f in flags) or not flags else all(flags)
 
 
 def learned_result(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]], lf: LearnedFit,
@@ -362,7 +361,7 @@ def learned_result(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str
         raise FitJobError(f"params.options.uncertainty.include: unknown component(s) {sorted(unknown)} (nn, sim)")
     comps = lu.components(lf, result, n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
                           n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)), include=include,
-                          bootstrap=bootstrapped(ensembles))
+                          bootstrap=bootstrapped(lf))
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
     if bool(opts.get("closure", True)):
         checks.append(lu.closure_check(spec, ensembles, comps.sim))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class TaskRatios:
     task: str
     members: np.ndarray
     nominal: np.ndarray
+    bootstrapped: bool | None = None  # members trained on bootstrap replicas (None: not recorded)
 
     @property
     def n_members(self) -> int:
@@ -63,14 +65,15 @@ class TaskRatios:
         return float(np.sqrt(np.sum(w * (x - mean) ** 2) / np.sum(w)))
 
 
-def _member_log_ratios(paths: Sequence[str], x: np.ndarray) -> np.ndarray:
-    """(M, n) member log ratios over all ensemble files (packs) of a task."""
-    from .ratio import Ensemble
+def _member_log_ratios(ensembles: Sequence[Any], x: np.ndarray) -> np.ndarray:
+    """(M, n) member log ratios over all ensembles (packs) of a task."""
+    return np.concatenate([np.asarray(e.member_log_ratios(x), dtype=np.float64) for e in ensembles], axis=0)
 
-    if not paths:
-        raise LearnedRatioError("no ensemble files for a ratio task")
-    blocks = [np.asarray(Ensemble.load(p).member_log_ratios(x), dtype=np.float64) for p in paths]
-    return np.concatenate(blocks, axis=0)
+
+def _bootstrapped(ensembles: Sequence[Any]) -> bool | None:
+    """Whether every pack was trained with bootstrap members (None if a pack does not say)."""
+    flags = [e.metadata.get("config", {}).get("bootstrap") for e in ensembles]
+    return None if any(f is None for f in flags) else all(bool(f) for f in flags)
 
 
 def _log_mean_exp(a: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -83,11 +86,16 @@ def task_ratios(task: str, paths: Sequence[str], x: np.ndarray, denominator_x: n
     """Evaluate a task's members on ``x``, each normalised so that E_den[r_j] = 1 on the
     denominator's evaluation events (a density ratio integrates to one against its denominator;
     the extended likelihood turns a miss into a bias of the POI)."""
+    from .ratio import Ensemble
+
+    if not paths:
+        raise LearnedRatioError(f"ratio task {task!r}: no ensemble files")
+    ensembles = [Ensemble.load(p) for p in paths]
     w = np.asarray(denominator_w, dtype=np.float64)
-    on_den = _member_log_ratios(paths, denominator_x)
+    on_den = _member_log_ratios(ensembles, denominator_x)
     member_shift = np.log(np.sum(w * np.exp(on_den), axis=1) / np.sum(w))  # (M,)
-    raw = _member_log_ratios(paths, x)
+    raw = _member_log_ratios(ensembles, x)
     members = raw - member_shift[:, None]
     nominal_raw = _log_mean_exp(raw)
     nominal_shift = float(np.log(np.sum(w * np.exp(_log_mean_exp(on_den))) / np.sum(w)))
-    return TaskRatios(task, members, nominal_raw - nominal_shift)
+    return TaskRatios(task, members, nominal_raw - nominal_shift, _bootstrapped(ensembles))

@@ -99,14 +99,13 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
     out: dict[str, Any] = {"problem": name, "campaign": summary.campaign_id, "train_s": time.monotonic() - t0,
                            "result_status": summary.result.get("result_status"), "closure": [], "coverage": []}
     comps_at: dict[float, Any] = {}
-    bootstrapped = ensembles_bootstrapped(ensembles)
     for i, mu in enumerate(args.mu_true):
         data = problem.pseudo_data(mu, seed=args.seed + 1000 + i)
         spec_mu = copy.deepcopy(spec)
         spec_mu["params"]["mu_true"] = mu
         lf = build_learned_fit(spec_mu, ensembles, data=data)
         cmp = cl.compare_fits(lf.workspace, exact_workspace(problem, data, norm), intervals=not args.no_intervals)
-        comps = components(lf, cmp["learned"]["_result"], bootstrap=bootstrapped)
+        comps = components(lf, cmp["learned"]["_result"], bootstrap=ensembles_bootstrapped(lf))
         comps_at[mu] = comps
         cmp.update(mu_true=mu, n_events=len(data), uncertainty=comps.to_dict(),
                    passes=cl.passes(cmp["differences"]))
@@ -119,7 +118,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         spec_mu = copy.deepcopy(spec)
         spec_mu["params"]["mu_true"] = mu
         lf = build_learned_fit(spec_mu, ensembles, data=stacked)
-        comps = comps_at.get(mu) or components(lf, fit(lf.workspace), bootstrap=bootstrapped)
+        comps = comps_at.get(mu) or components(lf, fit(lf.workspace), bootstrap=ensembles_bootstrapped(lf))
         learned = cl.fit_experiments(lf.workspace, rows, mu, seed=args.seed + j)
         exact = cl.fit_experiments(exact_workspace(problem, stacked, norm), rows, mu, seed=args.seed + j)
         extra = (comps.nn or 0.0) ** 2 + (comps.sim or 0.0) ** 2

@@ -25,6 +25,7 @@ beyond.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,9 @@ def accept_reject_1d(f, bound: float, lo: float, hi: float, n: int, rng: np.rand
 # --------------------------------------------------------------------------- the base class
 
 
-class BenchmarkProblem:
-    """A problem with exact likelihoods. Subclasses set the class attributes and implement
-    `_yield`, `_log_density` and `_draw` (and optionally `_simulate`)."""
+class BenchmarkProblem(ABC):
+    """A problem with exact likelihoods. Subclasses set the class attributes and implement the
+    three abstract methods `_yield`, `_log_density` and `_draw` (and optionally `_simulate`)."""
 
     name: str = ""
     description: str = ""
@@ -133,17 +134,17 @@ class BenchmarkProblem:
     mu_bounds: tuple[float, float] = (0.0, 20.0)
 
     # ------------------------------------------------------------------ to implement
+    @abstractmethod
     def _yield(self, process: str, alpha: Mapping[str, float]) -> float:
         """nu_c(alpha) without the norm-only nuisances."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _log_density(self, process: str, x: np.ndarray, alpha: Mapping[str, float]) -> np.ndarray:
         """log p_c(x | alpha) for float64 x (n, d)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
         """n exact draws from p_c(x | alpha), float64 (n, d)."""
-        raise NotImplementedError
 
     def _simulate(self, process: str, n: int, rng: np.random.Generator,
                   alpha: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
