@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean-var bench
+.PHONY: run test lint venv clean-var bench
 
 # The venv is rebuilt when pyproject.toml changes; stamps record which extras are installed.
 $(BIN)/python:
@@ -28,6 +28,13 @@ run: $(VENV)/.installed
 ## make test: create or update .venv with the dev extra and run the whole suite (slow and browser tests included)
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff (lint + format check), the import contracts (layers, no cycles), mypy
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean-var:
 	rm -rf var

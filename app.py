@@ -14,7 +14,12 @@ guard()
 warmup.start()  # builds one figure of each kind in the background (plotly's lazy imports)
 
 PAGES = [
-    st.Page("dashboard/pages/campaigns.py", title="Campaigns", icon=":material/rocket_launch:", default=True),
+    st.Page(
+        "dashboard/pages/campaigns.py",
+        title="Campaigns",
+        icon=":material/rocket_launch:",
+        default=True,
+    ),
     st.Page("dashboard/pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
     st.Page("dashboard/pages/diagnostics.py", title="Diagnostics", icon=":material/fact_check:"),
     st.Page("dashboard/pages/fit.py", title="Fit", icon=":material/function:"),

@@ -42,9 +42,27 @@ LAUNCHERS: tuple[str, ...] = ("local", "gce")
 # sbi_engine.ratio.TrainConfig fields (a test keeps this in step). "members" and "seed" are set
 # per job by the expansion, so a config may not set them in training.params / training.grid.
 TRAIN_KEYS: tuple[str, ...] = (
-    "hidden_layers", "width", "activation", "members", "optimizer", "learning_rate", "schedule",
-    "warmup_steps", "weight_decay", "batch_size", "max_steps", "eval_every", "patience",
-    "val_fraction", "seed", "bootstrap", "strategy", "pack_size", "checkpoint_every", "dtype", "periodic_features",
+    "hidden_layers",
+    "width",
+    "activation",
+    "members",
+    "optimizer",
+    "learning_rate",
+    "schedule",
+    "warmup_steps",
+    "weight_decay",
+    "batch_size",
+    "max_steps",
+    "eval_every",
+    "patience",
+    "val_fraction",
+    "seed",
+    "bootstrap",
+    "strategy",
+    "pack_size",
+    "checkpoint_every",
+    "dtype",
+    "periodic_features",
     "early_stopping_smoothing",
 )
 _SETTABLE_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in ("members", "seed"))
@@ -102,7 +120,11 @@ SCHEMA: dict[str, Any] = {
                 "budget_usd": {"type": ["number", "null"], "minimum": 0},
             },
         },
-        "processes": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "object"}},
+        "processes": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"type": "object"},
+        },
         "reference": {"type": "string"},
         "systematics": {
             "type": "array",
@@ -159,7 +181,10 @@ SCHEMA: dict[str, Any] = {
                 "options": {"type": "object"},
                 # the model: coefficient m_c(mu) per process, explicit yields, yield-only
                 # systematics and the POI range (see sbi_engine.fit_jobs)
-                "coefficients": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+                "coefficients": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "number"]},
+                },
                 "yields": {"type": "object", "additionalProperties": _POSITIVE},
                 "norm_systematics": {
                     "type": "array",
@@ -172,8 +197,12 @@ SCHEMA: dict[str, Any] = {
                             "effects": {
                                 "type": "object",
                                 "minProperties": 1,
-                                "additionalProperties": {"type": "array", "items": _POSITIVE,
-                                                         "minItems": 2, "maxItems": 2},
+                                "additionalProperties": {
+                                    "type": "array",
+                                    "items": _POSITIVE,
+                                    "minItems": 2,
+                                    "maxItems": 2,
+                                },
                             },
                         },
                     },
@@ -183,7 +212,12 @@ SCHEMA: dict[str, Any] = {
                     "additionalProperties": False,
                     "properties": {
                         "init": {"type": "number"},
-                        "bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                        "bounds": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "minItems": 2,
+                            "maxItems": 2,
+                        },
                     },
                 },
             },
@@ -219,8 +253,11 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 k: {"type": "number", "minimum": 0}
                 for k in (
-                    "train_hours_per_member", "fit_hours", "impacts_hours_per_np",
-                    "scan_hours_per_point", "toys_hours_per_toy",
+                    "train_hours_per_member",
+                    "fit_hours",
+                    "impacts_hours_per_np",
+                    "scan_hours_per_point",
+                    "toys_hours_per_toy",
                 )
             },
         },
@@ -242,11 +279,37 @@ DEFAULTS: dict[str, Any] = {
         "budget_usd": None,
     },
     "systematics": [],
-    "training": {"ensemble_size": 4, "members_per_job": 2, "seed": 0, "params": {}, "grid": {}, "resources": {}},
-    "fit": {"enabled": True, "data": "asimov", "mu_true": 1.0, "nuisances": [], "options": {}, "resources": {}},
+    "training": {
+        "ensemble_size": 4,
+        "members_per_job": 2,
+        "seed": 0,
+        "params": {},
+        "grid": {},
+        "resources": {},
+    },
+    "fit": {
+        "enabled": True,
+        "data": "asimov",
+        "mu_true": 1.0,
+        "nuisances": [],
+        "options": {},
+        "resources": {},
+    },
     "impacts": {"enabled": False, "nps_per_job": 2, "resources": {}},
-    "scan": {"enabled": False, "poi_values": [0.0, 0.5, 1.0, 1.5, 2.0], "points_per_job": 5, "resources": {}},
-    "toys": {"enabled": False, "n_toys": 20, "toys_per_job": 10, "seed": 1000, "mu_true": 1.0, "resources": {}},
+    "scan": {
+        "enabled": False,
+        "poi_values": [0.0, 0.5, 1.0, 1.5, 2.0],
+        "points_per_job": 5,
+        "resources": {},
+    },
+    "toys": {
+        "enabled": False,
+        "n_toys": 20,
+        "toys_per_job": 10,
+        "seed": 1000,
+        "mu_true": 1.0,
+        "resources": {},
+    },
     "estimate": {
         "train_hours_per_member": 0.05,
         "fit_hours": 0.1,
@@ -281,7 +344,9 @@ def schema_error_message(err: jsonschema.ValidationError) -> str:
     if v == "additionalProperties" and val is False:
         known = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(known))
-        return f"unknown key(s) {', '.join(repr(x) for x in extra)}; allowed keys: {', '.join(known)}"
+        return (
+            f"unknown key(s) {', '.join(repr(x) for x in extra)}; allowed keys: {', '.join(known)}"
+        )
     if v == "required":
         missing = [k for k in val if k not in err.instance]
         return f"missing required key(s) {', '.join(repr(k) for k in missing)}"
@@ -296,7 +361,11 @@ def schema_error_message(err: jsonschema.ValidationError) -> str:
 def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(defaults))
     for k, v in given.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in ("params", "grid", "options", "tasks"):
+        if (
+            isinstance(v, Mapping)
+            and isinstance(out.get(k), Mapping)
+            and k not in ("params", "grid", "options", "tasks")
+        ):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -329,7 +398,9 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
     for name, spec in processes.items():
         errs += _check_sample_spec(spec, f"processes.{name}")
     if doc["reference"] not in processes:
-        errs.append(f"reference: {doc['reference']!r} is not a process; allowed values: {', '.join(names)}")
+        errs.append(
+            f"reference: {doc['reference']!r} is not a process; allowed values: {', '.join(names)}"
+        )
     seen: set[tuple[str, str]] = set()
     for i, syst in enumerate(doc["systematics"]):
         if syst["process"] not in processes:
@@ -337,22 +408,30 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
                 f"systematics[{i}].process: {syst['process']!r} is not a process; allowed values: {', '.join(names)}"
             )
         if (syst["name"], syst["process"]) in seen:
-            errs.append(f"systematics[{i}]: duplicate systematic {syst['name']!r} for process {syst['process']!r}")
+            errs.append(
+                f"systematics[{i}]: duplicate systematic {syst['name']!r} for process {syst['process']!r}"
+            )
         seen.add((syst["name"], syst["process"]))
         for d in ("up", "down"):
             errs += _check_sample_spec(syst[d], f"systematics[{i}].{d}")
     if isinstance(doc["fit"].get("data"), Mapping):
         errs += _check_sample_spec(doc["fit"]["data"], "fit.data")
     errs += _fit_model_checks(doc["fit"], names)
-    known_tasks = task_names(names, doc["reference"], [(s["name"], s["process"]) for s in doc["systematics"]])
+    known_tasks = task_names(
+        names, doc["reference"], [(s["name"], s["process"]) for s in doc["systematics"]]
+    )
     for task in doc["training"].get("tasks") or {}:
         if task not in known_tasks:
-            errs.append(f"training.tasks.{task}: unknown ratio task; the tasks are: {', '.join(known_tasks)}")
+            errs.append(
+                f"training.tasks.{task}: unknown ratio task; the tasks are: {', '.join(known_tasks)}"
+            )
     catalogue = load_catalogue()
     region = _region(doc["backend"], catalogue.default_region)
     for where, res in _stage_resources(doc).items():
         try:
-            catalogue.quote(res["machine_type"], res["gpu_type"], res["gpu_count"], res["spot"], region)
+            catalogue.quote(
+                res["machine_type"], res["gpu_type"], res["gpu_count"], res["spot"], region
+            )
         except PriceError as exc:
             errs.append(f"{where}: {exc}")
     return errs
@@ -369,7 +448,9 @@ def _fit_model_checks(fit: Mapping[str, Any], processes: Sequence[str]) -> list[
     for i, item in enumerate(fit.get("norm_systematics") or []):
         for proc in item["effects"]:
             if proc not in processes:
-                errs.append(f"fit.norm_systematics[{i}].effects.{proc}: not a process; allowed values: {allowed}")
+                errs.append(
+                    f"fit.norm_systematics[{i}].effects.{proc}: not a process; allowed values: {allowed}"
+                )
     poi = fit.get("poi") or {}
     lo, hi = poi.get("bounds", (0.0, 20.0))
     if not lo < hi:
@@ -435,7 +516,7 @@ class CampaignConfig:
         return hashlib.sha256(canon.encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "campaign config") -> "CampaignConfig":
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "campaign config") -> CampaignConfig:
         return validate_config(raw, source=source)
 
 
@@ -444,7 +525,9 @@ def validate_config(raw: Any, source: str = "campaign config") -> CampaignConfig
     if isinstance(raw, CampaignConfig):
         return raw
     if not isinstance(raw, Mapping):
-        raise CampaignConfigError([f"expected a table/mapping at the top level, got {type(raw).__name__}"], source)
+        raise CampaignConfigError(
+            [f"expected a table/mapping at the top level, got {type(raw).__name__}"], source
+        )
     raw = json.loads(json.dumps(raw, default=str))  # plain JSON types (TOML dates -> str)
     validator = jsonschema.Draft202012Validator(SCHEMA)
     errors: list[str] = []
@@ -473,7 +556,9 @@ def load_config(path: str | Path) -> CampaignConfig:
 
             raw = yaml.safe_load(text)
         else:
-            raise CampaignConfigError([f"unknown file type {p.suffix!r}; allowed: .toml, .yaml, .yml"], str(p))
+            raise CampaignConfigError(
+                [f"unknown file type {p.suffix!r}; allowed: .toml, .yaml, .yml"], str(p)
+            )
     except tomllib.TOMLDecodeError as exc:
         raise CampaignConfigError([f"not valid TOML: {exc}"], str(p)) from exc
     except Exception as exc:  # yaml.YAMLError without importing yaml at module level
@@ -517,7 +602,9 @@ class RatioTask:
     direction: str | None = None
 
 
-def task_names(processes: Sequence[str], reference: str, systematics: Sequence[tuple[str, str]]) -> list[str]:
+def task_names(
+    processes: Sequence[str], reference: str, systematics: Sequence[tuple[str, str]]
+) -> list[str]:
     """Names of the ratio tasks: '<process>_vs_<reference>', then '<syst>_<up|down>_<process>'."""
     names = [f"{p}_vs_{reference}" for p in processes if p != reference]
     for syst, proc in systematics:
@@ -582,12 +669,19 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
     overrides = tr.get("tasks") or {}
     for task in tasks:
         over = overrides.get(task.name, {})
-        member_packs = _chunks(range(over.get("ensemble_size", tr["ensemble_size"])),
-                               over.get("members_per_job", tr["members_per_job"]))
+        member_packs = _chunks(
+            range(over.get("ensemble_size", tr["ensemble_size"])),
+            over.get("members_per_job", tr["members_per_job"]),
+        )
         params = {**tr["params"], **{k: v for k, v in over.items() if k in _SETTABLE_TRAIN_KEYS}}
         for gi, point in enumerate(points):
             for members in member_packs:
-                train = {**params, **point, "members": len(members), "seed": tr["seed"] + 7919 * gi + members[0]}
+                train = {
+                    **params,
+                    **point,
+                    "members": len(members),
+                    "seed": tr["seed"] + 7919 * gi + members[0],
+                }
                 name = f"train-{task.name}-g{gi}-m{members[0]}-{members[-1]}"
                 spec = {
                     "kind": "train",
@@ -595,8 +689,12 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
                     "name": name,
                     "params": {
                         "task": task.name,
-                        "task_info": {"kind": task.kind, "process": task.process,
-                                      "systematic": task.systematic, "direction": task.direction},
+                        "task_info": {
+                            "kind": task.kind,
+                            "process": task.process,
+                            "systematic": task.systematic,
+                            "direction": task.direction,
+                        },
                         "numerator": task.numerator,
                         "denominator": task.denominator,
                         "grid_index": gi,
@@ -605,10 +703,18 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
                         "train": train,
                     },
                 }
-                plans.append(JobPlan(
-                    name=name, kind="train", spec=spec, task=task.name, members=tuple(members),
-                    est_hours=est["train_hours_per_member"] * len(members), priority=10, **res,
-                ))
+                plans.append(
+                    JobPlan(
+                        name=name,
+                        kind="train",
+                        spec=spec,
+                        task=task.name,
+                        members=tuple(members),
+                        est_hours=est["train_hours_per_member"] * len(members),
+                        priority=10,
+                        **res,
+                    )
+                )
     train_names = tuple(p.name for p in plans)
     fit = d["fit"]
     if not fit["enabled"]:
@@ -616,8 +722,15 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
     fit_params = {
         "processes": d["processes"],
         "reference": d["reference"],
-        "tasks": {t.name: {"kind": t.kind, "process": t.process, "systematic": t.systematic,
-                           "direction": t.direction} for t in tasks},
+        "tasks": {
+            t.name: {
+                "kind": t.kind,
+                "process": t.process,
+                "systematic": t.systematic,
+                "direction": t.direction,
+            }
+            for t in tasks
+        },
         "systematics": d["systematics"],
         "nuisances": nuisance_names(cfg),
         "data": fit["data"],
@@ -625,38 +738,81 @@ def expand(cfg: CampaignConfig) -> list[JobPlan]:
         "options": fit["options"],
         "grid_points": points,
     }
-    for key in ("coefficients", "norm_systematics", "yields", "poi"):  # only when given: old specs unchanged
+    for key in (
+        "coefficients",
+        "norm_systematics",
+        "yields",
+        "poi",
+    ):  # only when given: old specs unchanged
         if key in fit:
             fit_params[key] = fit[key]
 
-    def fit_like(name: str, kind: str, stage: str, hours: float, extra: dict[str, Any], **kw: Any) -> JobPlan:
-        spec = {"kind": kind, "campaign": d["name"], "name": name, "fit_job": "fit",
-                "params": {**copy.deepcopy(fit_params), **extra}}
-        return JobPlan(name=name, kind=kind, spec=spec, est_hours=hours, **resources_for(d, stage), **kw)
+    def fit_like(
+        name: str, kind: str, stage: str, hours: float, extra: dict[str, Any], **kw: Any
+    ) -> JobPlan:
+        spec = {
+            "kind": kind,
+            "campaign": d["name"],
+            "name": name,
+            "fit_job": "fit",
+            "params": {**copy.deepcopy(fit_params), **extra},
+        }
+        return JobPlan(
+            name=name, kind=kind, spec=spec, est_hours=hours, **resources_for(d, stage), **kw
+        )
 
-    plans.append(fit_like("fit", "fit", "fit", est["fit_hours"], {}, depends_on=train_names, priority=5))
+    plans.append(
+        fit_like("fit", "fit", "fit", est["fit_hours"], {}, depends_on=train_names, priority=5)
+    )
     if d["impacts"]["enabled"]:
         for i, nps in enumerate(_chunks(nuisance_names(cfg), d["impacts"]["nps_per_job"])):
-            plans.append(fit_like(f"impacts-{i:03d}", "impacts", "impacts", est["impacts_hours_per_np"] * len(nps),
-                                  {"nps": nps}, np_subset=tuple(nps), depends_on=("fit",)))
+            plans.append(
+                fit_like(
+                    f"impacts-{i:03d}",
+                    "impacts",
+                    "impacts",
+                    est["impacts_hours_per_np"] * len(nps),
+                    {"nps": nps},
+                    np_subset=tuple(nps),
+                    depends_on=("fit",),
+                )
+            )
     if d["scan"]["enabled"]:
         for i, pts in enumerate(_chunks(d["scan"]["poi_values"], d["scan"]["points_per_job"])):
-            plans.append(fit_like(f"scan-{i:03d}", "scan", "scan", est["scan_hours_per_point"] * len(pts),
-                                  {"poi_values": pts}, depends_on=("fit",)))
+            plans.append(
+                fit_like(
+                    f"scan-{i:03d}",
+                    "scan",
+                    "scan",
+                    est["scan_hours_per_point"] * len(pts),
+                    {"poi_values": pts},
+                    depends_on=("fit",),
+                )
+            )
     if d["toys"]["enabled"]:
         t = d["toys"]
         seeds = list(range(t["seed"], t["seed"] + t["n_toys"]))
         for i, chunk in enumerate(_chunks(seeds, t["toys_per_job"])):
-            plans.append(fit_like(f"toys-{i:03d}", "toys", "toys", est["toys_hours_per_toy"] * len(chunk),
-                                  {"toy_seeds": chunk, "toy_mu_true": t["mu_true"]}, seeds=tuple(chunk),
-                                  depends_on=("fit",)))
+            plans.append(
+                fit_like(
+                    f"toys-{i:03d}",
+                    "toys",
+                    "toys",
+                    est["toys_hours_per_toy"] * len(chunk),
+                    {"toy_seeds": chunk, "toy_mu_true": t["mu_true"]},
+                    seeds=tuple(chunk),
+                    depends_on=("fit",),
+                )
+            )
     return plans
 
 
 # --------------------------------------------------------------------------- the demo
 
 
-def _demo(process: str, n: int, seed: int, alpha: Mapping[str, float] | None = None) -> dict[str, Any]:
+def _demo(
+    process: str, n: int, seed: int, alpha: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"process": process, "n": n, "seed": seed}
     if alpha:
         spec["alpha"] = dict(alpha)
@@ -666,7 +822,12 @@ def _demo(process: str, n: int, seed: int, alpha: Mapping[str, float] | None = N
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "description": "The built-in off-shell-like demo: S and SBI against B, one shape systematic, a small ensemble.",
-    "backend": {"launcher": "local", "machine_type": "local", "max_concurrency": 2, "retry_limit": 2},
+    "backend": {
+        "launcher": "local",
+        "machine_type": "local",
+        "max_concurrency": 2,
+        "retry_limit": 2,
+    },
     "processes": {
         "S": _demo("S", 20000, 1),
         "SBI": _demo("SBI", 20000, 2),
@@ -685,15 +846,32 @@ DEMO_CONFIG: dict[str, Any] = {
         "ensemble_size": 4,
         "members_per_job": 2,
         "seed": 0,
-        "params": {"hidden_layers": 2, "width": 32, "max_steps": 400, "eval_every": 50,
-                   "batch_size": 512, "checkpoint_every": 100, "periodic_features": ["phi"]},
+        "params": {
+            "hidden_layers": 2,
+            "width": 32,
+            "max_steps": 400,
+            "eval_every": 50,
+            "batch_size": 512,
+            "checkpoint_every": 100,
+            "periodic_features": ["phi"],
+        },
     },
-    "fit": {"enabled": True, "data": "asimov", "mu_true": 1.0, "nuisances": ["bkg_norm", "gg_scale"]},
+    "fit": {
+        "enabled": True,
+        "data": "asimov",
+        "mu_true": 1.0,
+        "nuisances": ["bkg_norm", "gg_scale"],
+    },
     "impacts": {"enabled": True, "nps_per_job": 2},
     "scan": {"enabled": True, "poi_values": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], "points_per_job": 3},
     "toys": {"enabled": False, "n_toys": 20, "toys_per_job": 10},
-    "estimate": {"train_hours_per_member": 0.01, "fit_hours": 0.02, "impacts_hours_per_np": 0.01,
-                 "scan_hours_per_point": 0.005, "toys_hours_per_toy": 0.002},
+    "estimate": {
+        "train_hours_per_member": 0.01,
+        "fit_hours": 0.02,
+        "impacts_hours_per_np": 0.01,
+        "scan_hours_per_point": 0.005,
+        "toys_hours_per_toy": 0.002,
+    },
 }
 
 

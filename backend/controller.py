@@ -38,6 +38,7 @@ The dashboard and the CLI only write intents (campaign status, ``desired_state``
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -53,14 +54,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from backend import ingest, jobs_repo, result_status
-from backend.db.models import Attempt, Campaign, Job, JobDependency
+from backend.budget import budget_allows_launch
+from backend.costs import PriceError, load_catalogue, region_of_zone
+from backend.db.models import Attempt, Campaign, Job, JobDependency, saved_id
+from backend.db.transitions import transition_rows
 from backend.launchers import (
     CapacityError,
     InstanceState,
@@ -69,17 +73,16 @@ from backend.launchers import (
     LauncherError,
     LaunchRequest,
 )
-from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved, transition_rows
-from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, open_store
-from backend.stores import layout
+from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved
+from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, layout, open_store
 from backend.stores.base import put_json
 from backend.worker import EXIT_BAD_SPEC, EXIT_PREEMPTED
 
 log = logging.getLogger("nsbi.controller")
 
 ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
-STORE_THREADS = 8      # spec.json files written (and dependency results read) in parallel
-FORGET_TRIES = 50      # passes a launcher record of an ended attempt is retried before giving up
+STORE_THREADS = 8  # spec.json files written (and dependency results read) in parallel
+FORGET_TRIES = 50  # passes a launcher record of an ended attempt is retried before giving up
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,12 @@ class ControllerConfig:
     """Timing knobs; the defaults suit real jobs, tests shrink them."""
 
     tick_interval_s: float = 2.0
-    heartbeat_timeout_s: float = 180.0   # RUNNING with no new heartbeat for this long -> FAILED
-    startup_timeout_s: float = 900.0     # launched but no first heartbeat yet (VM boot, JAX import)
+    heartbeat_timeout_s: float = 180.0  # RUNNING with no new heartbeat for this long -> FAILED
+    startup_timeout_s: float = 900.0  # launched but no first heartbeat yet (VM boot, JAX import)
     max_launches_per_tick: int = 32
-    max_preemptions: int = 20            # PREEMPTED -> PENDING recoveries before giving up
-    max_active_jobs: int | None = None   # quota: LAUNCHING + RUNNING jobs over all campaigns
-    gpu_quota: int | None = None         # quota: GPUs of LAUNCHING + RUNNING jobs over all campaigns
+    max_preemptions: int = 20  # PREEMPTED -> PENDING recoveries before giving up
+    max_active_jobs: int | None = None  # quota: LAUNCHING + RUNNING jobs over all campaigns
+    gpu_quota: int | None = None  # quota: GPUs of LAUNCHING + RUNNING jobs over all campaigns
 
 
 @dataclass
@@ -110,9 +113,18 @@ class TickReport:
     errors: list[str] = field(default_factory=list)
 
     def busy(self) -> bool:
-        return any((self.launched, self.relaunched, self.finished, self.failed, self.retried, self.cancelled))
+        return any(
+            (
+                self.launched,
+                self.relaunched,
+                self.finished,
+                self.failed,
+                self.retried,
+                self.cancelled,
+            )
+        )
 
-    def add(self, other: "TickReport") -> None:
+    def add(self, other: TickReport) -> None:
         """Add the counts and errors of ``other`` (a step's report, once its commit succeeded)."""
         for name, value in vars(other).items():
             if name == "errors":
@@ -173,7 +185,8 @@ class _SpecWrite:
     job_id: int
     store: ArtifactStore
     spec: dict[str, Any]
-    deps: tuple[tuple[str, str, ArtifactStore, int], ...]  # (name, uri, store, current attempt) by dep id
+    # (name, uri, store, current attempt) by dep id; no uri or store before the dep was launched
+    deps: tuple[tuple[str, str | None, ArtifactStore | None, int], ...]
 
 
 class _BudgetGate:
@@ -181,13 +194,17 @@ class _BudgetGate:
 
     Each campaign's spent and running cost is read once per pass; ``next_usd`` adds the jobs
     already picked in this pass, so one pass cannot overshoot. A refusal is confirmed by
-    ``service.budget_allows_launch`` (whose reason users see); once a campaign refused a job
-    at ``next_usd``, any job at least as dear is refused without a query (``None`` reason:
-    its status text is left as it was).
+    ``budget_allows_launch`` (``backend.budget``, whose reason users see); once a campaign
+    refused a job at ``next_usd``, any job at least as dear is refused without a query
+    (``None`` reason: its status text is left as it was).
     """
 
-    def __init__(self, session: Session, now: datetime,
-                 custom: Callable[[Session, Campaign, Job, float], str | None] | None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        now: datetime,
+        custom: Callable[[Session, Campaign, Job, float], str | None] | None,
+    ) -> None:
         self.session, self.now, self.custom = session, now, custom
         self._base: dict[int, tuple[float, float]] = {}
         self._refused_at: dict[int, float] = {}
@@ -199,9 +216,7 @@ class _BudgetGate:
             return bool(why), why
         if campaign.budget_usd is None:
             return False, None
-        from backend.service import budget_allows_launch
-
-        cid = campaign.id
+        cid = saved_id(campaign)
         if next_usd >= self._refused_at.get(cid, math.inf):
             return True, None
         if cid not in self._base:
@@ -236,11 +251,13 @@ class Controller:
         self._launcher_cache: dict[str, Launcher] = {}
         self.config = config or ControllerConfig()
         self.clock = clock
-        self.budget_check = budget_check  # None: the campaign budget (service.budget_allows_launch)
+        self.budget_check = budget_check  # None: the campaign budget (backend.budget)
         self._to_forget: dict[tuple[str, str], int] = {}  # (launcher, instance) -> tries so far
         self._swept: set[str] = set()
         self._io_pool: ThreadPoolExecutor | None = None
-        self._full_launchers: set[str] = set()  # launchers with no free slot in the last launch plan
+        self._full_launchers: set[str] = (
+            set()
+        )  # launchers with no free slot in the last launch plan
 
     # ------------------------------------------------------------------ helpers
     def launcher(self, name: str) -> Launcher:
@@ -251,7 +268,9 @@ class Controller:
                 try:
                     self._launcher_cache[name] = self._launchers[name]
                 except KeyError:
-                    raise LauncherError(f"no launcher named {name!r} configured (have: {sorted(self._launchers)})") from None
+                    raise LauncherError(
+                        f"no launcher named {name!r} configured (have: {sorted(self._launchers)})"
+                    ) from None
         return self._launcher_cache[name]
 
     def job_store(self, job: Job) -> ArtifactStore:
@@ -261,17 +280,25 @@ class Controller:
         if not uri:
             raise StoreError(f"{what} has no store URI yet")
         if uri.startswith(self.store.uri + "/"):
-            return self.store.child(uri[len(self.store.uri) + 1:])
+            return self.store.child(uri[len(self.store.uri) + 1 :])
         return open_store(uri, create=True)
 
-    def _request(self, campaign: Campaign, job: Job, attempt_no: int, uri: str | None = None) -> LaunchRequest:
+    def _request(
+        self, campaign: Campaign, job: Job, attempt_no: int, uri: str | None = None
+    ) -> LaunchRequest:
         spec = job.spec or {}
         limit = spec.get("time_limit_s")
         return LaunchRequest(
-            campaign=campaign_key(campaign), job=job_key(job), attempt=attempt_no, job_uri=uri or job.uri or "",
-            gpus=int(job.gpu_count or 0), time_limit_s=float(limit) if limit else None,
+            campaign=campaign_key(campaign),
+            job=job_key(job),
+            attempt=attempt_no,
+            job_uri=uri or job.uri or "",
+            gpus=int(job.gpu_count or 0),
+            time_limit_s=float(limit) if limit else None,
             labels={"campaign_id": str(campaign.id), "job_id": str(job.id)},
-            machine_type=job.machine_type or None, gpu_type=job.gpu_type, spot=bool(job.spot),
+            machine_type=job.machine_type or None,
+            gpu_type=job.gpu_type,
+            spot=bool(job.spot),
             zones=tuple(job.zones or ()),
         )
 
@@ -279,6 +306,7 @@ class Controller:
         """Start ``[fn(x) for x in items]`` on a small thread pool (store round trips: fsync on
         local disk, HTTP on GCS) and return what waits for the results; exceptions come back
         as values. The caller does its database work meanwhile."""
+
         def call(x: Any) -> Any:
             try:
                 return fn(x)
@@ -297,15 +325,24 @@ class Controller:
         """Fail before touching the database when the store root has gone away."""
         root = getattr(self.store, "root", None)
         if root is not None and not root.is_dir():
-            raise StoreError(f"store root {root} does not exist (URI {self.store.uri}); the controller changed nothing")
+            raise StoreError(
+                f"store root {root} does not exist (URI {self.store.uri}); the controller changed nothing"
+            )
 
     # ------------------------------------------------------------------ the pass
     def tick(self) -> TickReport:
         """One reconcile pass (see the module docstring); safe to repeat and to interrupt."""
         self._check_store()
         report = TickReport()
-        for step in (self._apply_intents, self._recover_launching, self._poll_running,
-                     self._retry_failed, self._launch_ready, self._settle, self._forget_ended):
+        for step in (
+            self._apply_intents,
+            self._recover_launching,
+            self._poll_running,
+            self._retry_failed,
+            self._launch_ready,
+            self._settle,
+            self._forget_ended,
+        ):
             try:
                 step(report)
             except (StoreError, LauncherError) as exc:
@@ -318,20 +355,38 @@ class Controller:
         """Cancel / retry intents that need no machine; stop instances of cancelled running jobs."""
         with Session(self.engine, expire_on_commit=False) as s:
             # a campaign being cancelled cancels each of its unfinished jobs
-            cancelling = list(s.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLING)))
+            cancelling = list(
+                s.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLING))
+            )
             if cancelling:
-                s.execute(sa.update(Job).where(Job.campaign_id.in_(cancelling), Job.cancel_requested.is_(False),
-                                               Job.status.in_([JobStatus.PENDING, JobStatus.PREEMPTED, *ACTIVE]))
-                          .values(cancel_requested=True).execution_options(synchronize_session=False))
+                s.execute(
+                    sa.update(Job)
+                    .where(
+                        col(Job.campaign_id).in_(cancelling),
+                        col(Job.cancel_requested).is_(False),
+                        col(Job.status).in_([JobStatus.PENDING, JobStatus.PREEMPTED, *ACTIVE]),
+                    )
+                    .values(cancel_requested=True)
+                    .execution_options(synchronize_session=False)
+                )
             out = jobs_repo.apply_simple_intents(s, now=self.clock())
             s.commit()
             report.cancelled += len(out["cancelled"])
             report.retried += len(out["retried"])
             if not out["to_stop"]:
                 return
-            rows = s.exec(select(Job, Attempt)
-                          .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
-                          .where(Job.id.in_(out["to_stop"])).order_by(Job.id)).all()
+            rows = s.exec(
+                select(Job, Attempt)
+                .join(
+                    Attempt,
+                    sa.and_(
+                        col(Attempt.job_id) == Job.id,
+                        col(Attempt.attempt_no) == Job.current_attempt,
+                    ),
+                )
+                .where(col(Job.id).in_(out["to_stop"]))
+                .order_by(col(Job.id))
+            ).all()
         for job, attempt in rows:
             if attempt.status != JobStatus.RUNNING or not attempt.instance_id:
                 continue  # LAUNCHING ones are handled by the launch recovery step
@@ -350,10 +405,17 @@ class Controller:
             for job, attempt in jobs_repo.half_done_launches(s):
                 if JobStatus(job.status) != JobStatus.LAUNCHING:
                     continue
-                campaign = s.get(Campaign, job.campaign_id)
-                todo.append(_Launch(attempt.id, job.id, attempt.launcher,
-                                    self._request(campaign, job, attempt.attempt_no), recovering=True,
-                                    cancel=job.cancel_requested or campaign.status == CampaignStatus.CANCELLING))
+                campaign = s.get_one(Campaign, job.campaign_id)
+                todo.append(
+                    _Launch(
+                        saved_id(attempt),
+                        saved_id(job),
+                        attempt.launcher,
+                        self._request(campaign, job, attempt.attempt_no),
+                        recovering=True,
+                        cancel=job.cancel_requested or campaign.status == CampaignStatus.CANCELLING,
+                    )
+                )
         self._launch_and_record(todo, report)
 
     def _launch_and_record(self, todo: list[_Launch], report: TickReport) -> None:
@@ -393,16 +455,27 @@ class Controller:
         except LauncherError as exc:
             return "failed", exc
 
-    def _record_launches(self, outcomes: list[tuple[_Launch, str, Any]], report: TickReport) -> None:
+    def _record_launches(
+        self, outcomes: list[tuple[_Launch, str, Any]], report: TickReport
+    ) -> None:
         done = TickReport()
         ended: list[tuple[str, str]] = []
         with Session(self.engine, expire_on_commit=False) as s:
-            rows = {r.attempt_id: r for r in jobs_repo.attempt_state_rows(s, [item.attempt_id for item, _, _ in outcomes])}
+            rows = {
+                r.attempt_id: r
+                for r in jobs_repo.attempt_state_rows(
+                    s, [item.attempt_id for item, _, _ in outcomes]
+                )
+            }
             now = self.clock()
             launched, others = [], []
             for item, kind, value in outcomes:
                 r = rows.get(item.attempt_id)
-                if r is None or r.attempt_status != JobStatus.LAUNCHING or r.status != JobStatus.LAUNCHING:
+                if (
+                    r is None
+                    or r.attempt_status != JobStatus.LAUNCHING
+                    or r.status != JobStatus.LAUNCHING
+                ):
                     continue
                 if kind == "launched":
                     launched.append((r, value.instance_id))
@@ -414,15 +487,28 @@ class Controller:
                     others.append((item, kind, value))
             jobs_repo.mark_launched_rows(s, launched, now=now)
             for item, kind, value in others:  # rare: the ORM path, one attempt at a time
-                job, attempt = s.get(Job, item.job_id), s.get(Attempt, item.attempt_id)
+                job, attempt = s.get_one(Job, item.job_id), s.get_one(Attempt, item.attempt_id)
                 if kind == "cancelled":
-                    jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=value.exit_code,
-                                          reason="cancelled before it ran", now=now)
+                    jobs_repo.end_attempt(
+                        s,
+                        job,
+                        attempt,
+                        JobStatus.CANCELLED,
+                        exit_code=value.exit_code,
+                        reason="cancelled before it ran",
+                        now=now,
+                    )
                     ended.append((item.launcher, item.request.instance_id))
                     done.cancelled += 1
                 else:  # the launcher refused (not a capacity wait)
-                    jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED,
-                                          failure_reason=f"launch failed: {value}", now=now)
+                    jobs_repo.end_attempt(
+                        s,
+                        job,
+                        attempt,
+                        JobStatus.FAILED,
+                        failure_reason=f"launch failed: {value}",
+                        now=now,
+                    )
                     done.failed += 1
             s.commit()
         report.add(done)
@@ -433,11 +519,12 @@ class Controller:
         with Session(self.engine, expire_on_commit=False) as s:
             pairs = jobs_repo.open_attempts(s, status=JobStatus.RUNNING)
             statuses = self._poll(pairs, report)
-            items = [(j.id, a.id, statuses[a.id]) for j, a in pairs if a.id in statuses]
+            items = [(saved_id(j), a.id, statuses[a.id]) for j, a in pairs if a.id in statuses]
             if not items:
                 return
             done = TickReport()
-            ended: list[tuple[str, str]] = []
+            ended: list[tuple[str, str | None]] = []
+            together = True  # one transaction for all the attempts
             try:
                 for job, attempt in pairs:
                     if attempt.id in statuses:
@@ -445,9 +532,12 @@ class Controller:
                 s.commit()
             except StoreError as exc:
                 s.rollback()
-                log.warning("controller: ingest of one attempt failed (%s); reconciling attempt by attempt", exc)
-                done = None
-        if done is not None:
+                log.warning(
+                    "controller: ingest of one attempt failed (%s); reconciling attempt by attempt",
+                    exc,
+                )
+                together = False
+        if together:
             report.add(done)
             self._forget_later(ended)
             return
@@ -457,29 +547,35 @@ class Controller:
             except StoreError as exc:
                 report.errors.append(f"attempt {attempt_id}: {exc}")
 
-    def _poll(self, pairs: list[tuple[Job, Attempt]], report: TickReport) -> dict[int, InstanceStatus]:
+    def _poll(
+        self, pairs: list[tuple[Job, Attempt]], report: TickReport
+    ) -> dict[int, InstanceStatus]:
         """attempt id -> its instance's status, one ``poll`` call per launcher."""
         by_launcher: dict[str, list[Attempt]] = defaultdict(list)
         for _, a in pairs:
             by_launcher[a.launcher].append(a)
         out: dict[int, InstanceStatus] = {}
         for lname, attempts in by_launcher.items():
+            iids = [cast(str, a.instance_id) for a in attempts]  # RUNNING: launched, so it has one
             try:
-                statuses = self.launcher(lname).poll([a.instance_id for a in attempts])
+                statuses = self.launcher(lname).poll(iids)
             except LauncherError as exc:
                 report.errors.append(f"poll {lname}: {exc}")
                 continue
-            for a in attempts:
-                out[a.id] = statuses.get(a.instance_id) or InstanceStatus(a.instance_id, InstanceState.GONE, None,
-                                                                          "not reported")
+            for a, iid in zip(attempts, iids):
+                out[saved_id(a)] = statuses.get(iid) or InstanceStatus(
+                    iid, InstanceState.GONE, None, "not reported"
+                )
         return out
 
-    def _reconcile_alone(self, job_id: int, attempt_id: int, st: InstanceStatus, report: TickReport) -> None:
+    def _reconcile_alone(
+        self, job_id: int, attempt_id: int, st: InstanceStatus, report: TickReport
+    ) -> None:
         """One attempt in its own transaction (the fallback when the shared one failed)."""
         done = TickReport()
-        ended: list[tuple[str, str]] = []
+        ended: list[tuple[str, str | None]] = []
         with Session(self.engine, expire_on_commit=False) as s:
-            attempt, job = s.get(Attempt, attempt_id), s.get(Job, job_id)
+            attempt, job = s.get_one(Attempt, attempt_id), s.get_one(Job, job_id)
             if attempt.status != JobStatus.RUNNING or JobStatus(job.status) != JobStatus.RUNNING:
                 return
             self._reconcile(s, job, attempt, st, done, ended)
@@ -487,8 +583,15 @@ class Controller:
         report.add(done)
         self._forget_later(ended)
 
-    def _reconcile(self, s: Session, job: Job, attempt: Attempt, st: InstanceStatus, report: TickReport,
-                   ended: list[tuple[str, str]]) -> None:
+    def _reconcile(
+        self,
+        s: Session,
+        job: Job,
+        attempt: Attempt,
+        st: InstanceStatus,
+        report: TickReport,
+        ended: list[tuple[str, str | None]],
+    ) -> None:
         """Ingest what the attempt wrote; end it if its instance has ended (the caller commits)."""
         js = self.job_store(job)
         now = self.clock()
@@ -499,8 +602,12 @@ class Controller:
             reason = self._lost_heartbeat(attempt, now)
             if reason:
                 launcher = self.launcher(attempt.launcher)
-                getattr(launcher, "kill", launcher.cancel)(attempt.instance_id)
-                jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, failure_reason=reason, now=now)
+                getattr(launcher, "kill", launcher.cancel)(
+                    cast(str, attempt.instance_id)
+                )  # RUNNING: it has one
+                jobs_repo.end_attempt(
+                    s, job, attempt, JobStatus.FAILED, failure_reason=reason, now=now
+                )
                 ended.append((attempt.launcher, attempt.instance_id))
                 report.failed += 1
             return
@@ -511,23 +618,57 @@ class Controller:
         worker_status = (exit_doc or {}).get("status")
         if worker_status == "succeeded" and ingest.read_result(js, attempt.attempt_no) is not None:
             ingest.ingest_result(s, job, attempt, js)
-            jobs_repo.end_attempt(s, job, attempt, JobStatus.SUCCEEDED, exit_code=code,
-                                  reason="worker succeeded", now=now)
+            jobs_repo.end_attempt(
+                s,
+                job,
+                attempt,
+                JobStatus.SUCCEEDED,
+                exit_code=code,
+                reason="worker succeeded",
+                now=now,
+            )
             report.finished += 1
         elif job.cancel_requested:
-            jobs_repo.end_attempt(s, job, attempt, JobStatus.CANCELLED, exit_code=code,
-                                  reason="cancelled on request", now=now)
+            jobs_repo.end_attempt(
+                s,
+                job,
+                attempt,
+                JobStatus.CANCELLED,
+                exit_code=code,
+                reason="cancelled on request",
+                now=now,
+            )
             report.cancelled += 1
-        elif worker_status == "preempted" or code == EXIT_PREEMPTED or st.state is InstanceState.PREEMPTED:
+        elif (
+            worker_status == "preempted"
+            or code == EXIT_PREEMPTED
+            or st.state is InstanceState.PREEMPTED
+        ):
             why = (exit_doc or {}).get("error") or st.detail or "preempted"
-            jobs_repo.end_attempt(s, job, attempt, JobStatus.PREEMPTED, exit_code=code,
-                                  failure_reason=f"preempted: {why}", now=now)
+            jobs_repo.end_attempt(
+                s,
+                job,
+                attempt,
+                JobStatus.PREEMPTED,
+                exit_code=code,
+                failure_reason=f"preempted: {why}",
+                now=now,
+            )
             report.failed += 1
-        elif exit_doc is not None and code == EXIT_BAD_SPEC and not exit_doc.get("retryable", False):
+        elif (
+            exit_doc is not None and code == EXIT_BAD_SPEC and not exit_doc.get("retryable", False)
+        ):
             # the worker refused the job spec itself: every retry would fail the same way
             why = str(exit_doc.get("error") or "bad job spec").splitlines()[0]
-            jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, exit_code=code, now=now,
-                                  failure_reason=f"bad job spec (exit code {code}; not retried): {why}"[:2000])
+            jobs_repo.end_attempt(
+                s,
+                job,
+                attempt,
+                JobStatus.FAILED,
+                exit_code=code,
+                now=now,
+                failure_reason=f"bad job spec (exit code {code}; not retried): {why}"[:2000],
+            )
             jobs_repo.no_more_retries(s, job)
             report.failed += 1
         else:
@@ -540,8 +681,15 @@ class Controller:
             else:
                 extra = f"; {st.detail}" if st.detail else ""
                 why = f"worker died without an exit record (exit code {code}{extra})"
-            jobs_repo.end_attempt(s, job, attempt, JobStatus.FAILED, exit_code=code,
-                                  failure_reason=why[:2000], now=now)
+            jobs_repo.end_attempt(
+                s,
+                job,
+                attempt,
+                JobStatus.FAILED,
+                exit_code=code,
+                failure_reason=why[:2000],
+                now=now,
+            )
             report.failed += 1
 
     def _lost_heartbeat(self, attempt: Attempt, now: datetime) -> str | None:
@@ -564,19 +712,34 @@ class Controller:
             rows = jobs_repo.recovery_rows(s)
             if not rows:
                 return
-            give_up = [r for r in rows if r.status == JobStatus.PREEMPTED and r.recoveries - r.retries >= limit]
+            give_up = [
+                r
+                for r in rows
+                if r.status == JobStatus.PREEMPTED and r.recoveries - r.retries >= limit
+            ]
             # final: FAILED with no automatic retry either
-            transition_rows(s, give_up, JobStatus.FAILED, f"preempted {limit} times; giving up", now=now,
-                            extra=[{"retries": max(r.retries, r.max_retries)} for r in give_up])
+            transition_rows(
+                s,
+                give_up,
+                JobStatus.FAILED,
+                f"preempted {limit} times; giving up",
+                now=now,
+                extra=[{"retries": max(r.retries, r.max_retries)} for r in give_up],
+            )
             requeue, reasons = [], []
             for r in rows:
                 if r in give_up:
                     continue
-                reason = ("recovering from preemption" if r.status == JobStatus.PREEMPTED
-                          else f"automatic retry {r.retries + 1} of {r.max_retries}")
+                reason = (
+                    "recovering from preemption"
+                    if r.status == JobStatus.PREEMPTED
+                    else f"automatic retry {r.retries + 1} of {r.max_retries}"
+                )
                 try:
                     moved(r, JobStatus.PENDING, reason, now=now)
-                except IllegalTransition as exc:  # refused before anything changed: the others go on
+                except (
+                    IllegalTransition
+                ) as exc:  # refused before anything changed: the others go on
                     report.errors.append(str(exc))
                     continue
                 requeue.append(r)
@@ -607,10 +770,18 @@ class Controller:
             n_active = sum(active.values())
             if cfg.max_active_jobs is not None and n_active >= cfg.max_active_jobs:
                 return plan
-            campaigns = {c.id: c for c in s.exec(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE))}
-            room = {cid: max(1, int(c.max_concurrency or 1)) - active.get(cid, 0) for cid, c in campaigns.items()}
+            campaigns = {
+                saved_id(c): c
+                for c in s.exec(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE))
+            }
+            room = {
+                cid: max(1, int(c.max_concurrency or 1)) - active.get(cid, 0)
+                for cid, c in campaigns.items()
+            }
             slots: dict[str, int | None] = {}
-            for lname in self._full_launchers:  # full last time: ask first, so the query can leave them out
+            for (
+                lname
+            ) in self._full_launchers:  # full last time: ask first, so the query can leave them out
                 try:
                     slots[lname] = self.launcher(lname).free_slots()
                 except LauncherError:
@@ -621,9 +792,13 @@ class Controller:
 
             def narrowing() -> dict[str, Any]:
                 """What the next query can leave out: full campaigns, full launchers, big jobs."""
-                return {"campaign_ids": sorted(cid for cid, n in room.items() if n > 0),
-                        "exclude_launchers": sorted(n for n, free in slots.items() if free is not None and free <= 0),
-                        "max_gpus": None if cfg.gpu_quota is None else cfg.gpu_quota - gpus_busy}
+                return {
+                    "campaign_ids": sorted(cid for cid, n in room.items() if n > 0),
+                    "exclude_launchers": sorted(
+                        n for n, free in slots.items() if free is not None and free <= 0
+                    ),
+                    "max_gpus": None if cfg.gpu_quota is None else cfg.gpu_quota - gpus_busy,
+                }
 
             for job in self._ready(s, narrowing):
                 if len(plan) >= cfg.max_launches_per_tick:
@@ -632,35 +807,45 @@ class Controller:
                     break
                 if cfg.gpu_quota is not None and gpus_busy + job.gpu_count > cfg.gpu_quota:
                     continue
-                campaign = campaigns[job.campaign_id]
-                if room[campaign.id] <= 0:
+                cid = job.campaign_id
+                campaign = campaigns[cid]
+                if room[cid] <= 0:
                     continue
                 lname = job.launcher or campaign.launcher
                 if lname not in slots:
                     try:
                         slots[lname] = self.launcher(lname).free_slots()
-                    except LauncherError as exc:  # e.g. an unknown launcher name: nothing of it launches
+                    except (
+                        LauncherError
+                    ) as exc:  # e.g. an unknown launcher name: nothing of it launches
                         report.errors.append(f"launcher {lname!r}: {exc}")
                         slots[lname] = 0
-                if slots[lname] is not None and slots[lname] <= 0:
+                free = slots[lname]
+                if free is not None and free <= 0:
                     continue
-                key = (job.machine_type, job.gpu_type, job.gpu_count, job.spot, tuple(job.zones or ())[:1])
+                key = (
+                    job.machine_type,
+                    job.gpu_type,
+                    job.gpu_count,
+                    job.spot,
+                    tuple(job.zones or ())[:1],
+                )
                 if key not in prices:
                     prices[key] = job_price_per_hour(job)
                 cost = prices[key] * float(job.est_hours or 0.0)
-                refused, why_not = budget.refuse(campaign, job, planned_usd[campaign.id] + cost)
+                refused, why_not = budget.refuse(campaign, job, planned_usd[cid] + cost)
                 if refused:
                     if why_not and job.status_reason != why_not:
                         job.status_reason = why_not
                         s.add(job)
                     continue
-                plan.append(_Pick(job.id, lname, prices[key]))
-                planned_usd[campaign.id] += cost
-                room[campaign.id] -= 1
+                plan.append(_Pick(saved_id(job), lname, prices[key]))
+                planned_usd[cid] += cost
+                room[cid] -= 1
                 n_active += 1
                 gpus_busy += job.gpu_count
-                if slots[lname] is not None:
-                    slots[lname] -= 1
+                if free is not None:
+                    slots[lname] = free - 1
             if s.dirty:
                 s.commit()  # the budget's status texts
         self._full_launchers = {n for n, free in slots.items() if free is not None and free <= 0}
@@ -679,7 +864,7 @@ class Controller:
                 return
             rows = jobs_repo.ready_jobs(s, limit=page, after=after, **filters)
             for job in rows:
-                after = (job.priority, job.id)
+                after = (job.priority, saved_id(job))
                 yield job
                 if narrowing() != filters:
                     break
@@ -693,18 +878,42 @@ class Controller:
         rows are written while the files are, and rolled back if a file could not be);
         returns what to launch."""
         with Session(self.engine, expire_on_commit=False) as s:
-            jobs = {j.id: j for j in s.exec(select(Job).where(Job.id.in_([p.job_id for p in picks])))}
-            campaigns = {c.id: c for c in s.exec(select(Campaign).where(
-                Campaign.id.in_({j.campaign_id for j in jobs.values()})))}
-            todo = [(p, jobs[p.job_id]) for p in picks
-                    if p.job_id in jobs and JobStatus(jobs[p.job_id].status) == JobStatus.PENDING]
-            uris = {job.id: job.uri or join_uri(self.store.uri, layout.job_prefix(
-                campaign_key(campaigns[job.campaign_id]), job_key(job))) for _, job in todo}
-            writes = self._spec_writes(s, [(job, campaigns[job.campaign_id], uris[job.id]) for _, job in todo])
+            jobs = {
+                j.id: j
+                for j in s.exec(select(Job).where(col(Job.id).in_([p.job_id for p in picks])))
+            }
+            campaigns = {
+                c.id: c
+                for c in s.exec(
+                    select(Campaign).where(
+                        col(Campaign.id).in_({j.campaign_id for j in jobs.values()})
+                    )
+                )
+            }
+            todo = [
+                (p, jobs[p.job_id])
+                for p in picks
+                if p.job_id in jobs and JobStatus(jobs[p.job_id].status) == JobStatus.PENDING
+            ]
+            uris = {
+                pick.job_id: job.uri
+                or join_uri(
+                    self.store.uri,
+                    layout.job_prefix(campaign_key(campaigns[job.campaign_id]), job_key(job)),
+                )
+                for pick, job in todo
+            }
+            writes = self._spec_writes(
+                s, [(job, campaigns[job.campaign_id], uris[pick.job_id]) for pick, job in todo]
+            )
             written = self._start_io(self._write_spec, writes)
             try:
-                begun = jobs_repo.begin_attempts(s, [(job, pick.launcher, pick.price_per_hour) for pick, job in todo],
-                                                 now=self.clock(), uris=uris)
+                begun = jobs_repo.begin_attempts(
+                    s,
+                    [(job, pick.launcher, pick.price_per_hour) for pick, job in todo],
+                    now=self.clock(),
+                    uris=uris,
+                )
             finally:
                 results = written()
             failed = {w.job_id: r for w, r in zip(writes, results) if isinstance(r, Exception)}
@@ -717,42 +926,74 @@ class Controller:
                 rest = [p for p in picks if p.job_id not in failed]
                 return self._create_attempts(rest, report) if rest else []
             s.commit()
-            return [_Launch(begun[job.id][0], job.id, pick.launcher,
-                            self._request(campaigns[job.campaign_id], job, begun[job.id][1], uris[job.id]),
-                            recovering=False)
-                    for pick, job in todo]
+            return [
+                _Launch(
+                    begun[pick.job_id][0],
+                    pick.job_id,
+                    pick.launcher,
+                    self._request(
+                        campaigns[job.campaign_id], job, begun[pick.job_id][1], uris[pick.job_id]
+                    ),
+                    recovering=False,
+                )
+                for pick, job in todo
+            ]
 
     def _spec_writes(self, s: Session, jobs: list[tuple[Job, Campaign, str]]) -> list[_SpecWrite]:
         """Each job's spec (plus ``campaign``, ``campaign_id``, ``job_id``) and its dependencies,
         read with one query for all the jobs."""
         ids = [j.id for j, _, _ in jobs]
         dep_ids: dict[int, set[int]] = defaultdict(set)
-        for jid, did in s.execute(sa.select(JobDependency.job_id, JobDependency.depends_on_id)
-                                  .where(JobDependency.job_id.in_(ids))):
+        for jid, did in s.execute(
+            sa.select(col(JobDependency.job_id), col(JobDependency.depends_on_id)).where(
+                col(JobDependency.job_id).in_(ids)
+            )
+        ):
             dep_ids[jid].add(did)
         for job, _, _ in jobs:
-            dep_ids[job.id].update(job.depends_on or [])
+            dep_ids[saved_id(job)].update(job.depends_on or [])
         wanted = sorted(set().union(*dep_ids.values())) if dep_ids else []
         deps: dict[int, Any] = {}
         for i in range(0, len(wanted), 10_000):
-            for row in s.execute(sa.select(Job.id, Job.name, Job.uri, Job.current_attempt)
-                                 .where(Job.id.in_(wanted[i:i + 10_000]))):
+            for row in s.execute(
+                sa.select(col(Job.id), col(Job.name), col(Job.uri), col(Job.current_attempt)).where(
+                    col(Job.id).in_(wanted[i : i + 10_000])
+                )
+            ):
                 deps[row.id] = row
         out = []
         for job, campaign, uri in jobs:
             spec = dict(job.spec or {})
             spec.setdefault("kind", job.kind)
             spec.setdefault("name", job.name)
-            spec.update({"campaign": spec.get("campaign", campaign.name), "campaign_id": campaign.id,
-                         "job_id": job.id})
+            spec.update(
+                {
+                    "campaign": spec.get("campaign", campaign.name),
+                    "campaign_id": campaign.id,
+                    "job_id": job.id,
+                }
+            )
             listed = []
-            for did in sorted(dep_ids[job.id]):
+            for did in sorted(dep_ids[saved_id(job)]):
                 d = deps.get(did)
                 if d is None:
                     continue
-                listed.append((d.name, d.uri, self._store_at(d.uri, f"job {did} ({d.name})") if d.uri else None,
-                               d.current_attempt))
-            out.append(_SpecWrite(job.id, self._store_at(uri, f"job {job.id} ({job.name})"), spec, tuple(listed)))
+                listed.append(
+                    (
+                        d.name,
+                        d.uri,
+                        self._store_at(d.uri, f"job {did} ({d.name})") if d.uri else None,
+                        d.current_attempt,
+                    )
+                )
+            out.append(
+                _SpecWrite(
+                    saved_id(job),
+                    self._store_at(uri, f"job {job.id} ({job.name})"),
+                    spec,
+                    tuple(listed),
+                )
+            )
         return out
 
     @staticmethod
@@ -764,8 +1005,10 @@ class Controller:
         for name, uri, store, attempt_no in w.deps:
             result = ingest.read_result(store, attempt_no) if store is not None else None
             if result is None:
-                raise StoreError(f"job {spec.get('name')}: dependency {name} SUCCEEDED but its result.json is missing "
-                                 f"({uri}/{layout.result_key(attempt_no)})")
+                raise StoreError(
+                    f"job {spec.get('name')}: dependency {name} SUCCEEDED but its result.json is missing "
+                    f"({uri}/{layout.result_key(attempt_no)})"
+                )
             inputs[name] = result
         if inputs:
             spec["inputs"] = inputs
@@ -781,7 +1024,9 @@ class Controller:
     def _settle(self, report: TickReport) -> None:
         with Session(self.engine, expire_on_commit=False) as s:
             settled = jobs_repo.settle_campaigns(s, now=self.clock())
-            result_status.record_result_status(s, settled)  # checks gate the result: same transaction
+            result_status.record_result_status(
+                s, settled
+            )  # checks gate the result: same transaction
             jobs_repo.accrue_costs(s, now=self.clock())
             s.commit()
 
@@ -797,8 +1042,12 @@ class Controller:
         attempts. Only after the end is committed: a record is what makes a relaunch of a
         LAUNCHING attempt idempotent. Records left behind by a crash are swept once per
         launcher and controller life."""
-        known = set(self._launcher_cache) | (set(self._launchers) if isinstance(self._launchers, Mapping) else set())
-        for lname in sorted(known - self._swept):  # launchers built by a factory: once this life used them
+        known = set(self._launcher_cache) | (
+            set(self._launchers) if isinstance(self._launchers, Mapping) else set()
+        )
+        for lname in sorted(
+            known - self._swept
+        ):  # launchers built by a factory: once this life used them
             self._swept.add(lname)
             self._sweep(lname, self.launcher(lname))
         for key, tries in list(self._to_forget.items()):
@@ -823,14 +1072,24 @@ class Controller:
         ids = [st.instance_id for st in launcher.list_instances() if not st.state.is_alive()]
         for i in range(0, len(ids), 500):
             with Session(self.engine) as s:
-                ended = s.exec(select(Attempt.instance_id).where(
-                    Attempt.launcher == lname, Attempt.instance_id.in_(ids[i:i + 500]),
-                    Attempt.ended_at.is_not(None))).all()
+                ended = s.exec(
+                    select(Attempt.instance_id).where(
+                        col(Attempt.launcher) == lname,
+                        col(Attempt.instance_id).in_(ids[i : i + 500]),
+                        col(Attempt.ended_at).is_not(None),
+                    )
+                ).all()
             self._forget_later((lname, iid) for iid in ended)
 
     # ------------------------------------------------------------------ loop
-    def run_forever(self, stop: threading.Event | None = None, *, max_ticks: int | None = None,
-                    until_idle: bool = False, status_path: Path | None = None) -> int:
+    def run_forever(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        max_ticks: int | None = None,
+        until_idle: bool = False,
+        status_path: Path | None = None,
+    ) -> int:
         """Tick every ``tick_interval_s`` until ``stop`` is set (SIGTERM/SIGINT set it too).
 
         ``until_idle`` returns once no campaign is ACTIVE or CANCELLING (handy for scripts).
@@ -866,25 +1125,55 @@ class Controller:
 
     def has_work(self) -> bool:
         with Session(self.engine) as s:
-            return s.exec(select(Campaign.id).where(Campaign.status.in_(
-                [CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]))).first() is not None
+            return (
+                s.exec(
+                    select(Campaign.id).where(
+                        col(Campaign.status).in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING])
+                    )
+                ).first()
+                is not None
+            )
 
 
 def _write_status(path: Path, ticks: int, report: TickReport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "ticks": ticks, "time": time.time(),
-                               "errors": report.errors[-5:]}))
+    tmp.write_text(
+        json.dumps(
+            {"pid": os.getpid(), "ticks": ticks, "time": time.time(), "errors": report.errors[-5:]}
+        )
+    )
     os.replace(tmp, path)
 
 
 def job_price_per_hour(job: Job) -> float:
     """Hourly price of the job's machine from the catalogue (0 when the catalogue has none)."""
-    from backend.costs import PriceError, load_catalogue, region_of_zone
-
     region = region_of_zone(job.zones[0]) if job.zones else None
     try:
-        return load_catalogue().price_per_hour(job.machine_type, job.gpu_type, job.gpu_count, job.spot, region)
+        return load_catalogue().price_per_hour(
+            job.machine_type, job.gpu_type, job.gpu_count, job.spot, region
+        )
     except PriceError as exc:
         log.warning("controller: no price for job %s: %s", job.name, exc)
         return 0.0
+
+
+def single_instance_lock(path: Path):
+    """An exclusive, non-blocking flock held for the life of the process (None if taken):
+    one controller per NSBI_HOME (``<NSBI_HOME>/controller.lock``).
+
+    The kernel drops it when the process dies, even by SIGKILL, so a crashed controller never
+    blocks its successor.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh

@@ -9,13 +9,14 @@ at launch; `accrued_cost()` turns that price and the attempt's duration into mon
 from __future__ import annotations
 
 import functools
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from backend.settings import get_settings
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "data" / "prices.toml"
 
@@ -80,7 +81,9 @@ class PriceCatalogue:
             if key == g.gpu_type or key in g.aliases:
                 return g.gpu_type
         known = sorted({g.gpu_type for g in self.gpus} | {a for g in self.gpus for a in g.aliases})
-        raise PriceError(f"unknown GPU type {gpu_type!r}; the price catalogue knows: {', '.join(known)}")
+        raise PriceError(
+            f"unknown GPU type {gpu_type!r}; the price catalogue knows: {', '.join(known)}"
+        )
 
     def _machine(self, machine_type: str, region: str) -> MachinePrice:
         exact = [m for m in self.machines if m.machine_type == machine_type and m.region == region]
@@ -94,7 +97,9 @@ class PriceCatalogue:
                 f"priced regions: {', '.join(regions)}"
             )
         known = sorted({m.machine_type for m in self.machines})
-        raise PriceError(f"unknown machine type {machine_type!r}; the price catalogue knows: {', '.join(known)}")
+        raise PriceError(
+            f"unknown machine type {machine_type!r}; the price catalogue knows: {', '.join(known)}"
+        )
 
     def quote(
         self,
@@ -134,7 +139,9 @@ class PriceCatalogue:
             if g.gpu_type == gpu and g.region in (region, "*"):
                 return g
         regions = sorted({g.region for g in self.gpus if g.gpu_type == gpu})
-        raise PriceError(f"no price for GPU {gpu!r} in region {region!r}; priced regions: {', '.join(regions)}")
+        raise PriceError(
+            f"no price for GPU {gpu!r} in region {region!r}; priced regions: {', '.join(regions)}"
+        )
 
     def price_per_hour(
         self,
@@ -210,7 +217,7 @@ def load_catalogue(path: str | Path | None = None) -> PriceCatalogue:
 
     Re-read when the file changes, so editing prices.toml takes effect without a restart.
     """
-    p = Path(path or os.environ.get("NSBI_PRICES") or DEFAULT_CATALOGUE)
+    p = Path(path or get_settings().prices or DEFAULT_CATALOGUE)
     if not p.is_file():
         raise PriceError(f"price catalogue {p} not found")
     return _load(str(p), p.stat().st_mtime)

@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from backend import jobs_repo
 from backend.db.models import Attempt, Job
-from backend.stores import ArtifactStore, ObjectNotFound, StoreError
-from backend.stores import layout
+from backend.stores import ArtifactStore, ObjectNotFound, StoreError, layout
 from backend.stores.base import decode_jsonl, get_json, list_segments
 
 FIT_KINDS = ("fit", "impacts", "scan", "toys")
@@ -28,10 +27,10 @@ FIT_KINDS = ("fit", "impacts", "scan", "toys")
 
 @dataclass(frozen=True)
 class IngestReport:
-    metrics: int = 0          # metric points inserted (new rows)
-    resources: int = 0        # resource samples inserted
-    heartbeats: int = 0       # new heartbeat segments seen
-    skipped: int = 0          # records dropped (non-finite value, malformed)
+    metrics: int = 0  # metric points inserted (new rows)
+    resources: int = 0  # resource samples inserted
+    heartbeats: int = 0  # new heartbeat segments seen
+    skipped: int = 0  # records dropped (non-finite value, malformed)
     last_beat: dict | None = None  # content of the newest new heartbeat
 
 
@@ -60,22 +59,39 @@ def clean_metrics(records: list[dict]) -> tuple[list[dict], int]:
     return list(out.values()), dropped
 
 
-def ingest_attempt(session: Session, job: Job, attempt: Attempt, job_store: ArtifactStore,
-                   *, now: datetime | None = None) -> IngestReport:
+def ingest_attempt(
+    session: Session,
+    job: Job,
+    attempt: Attempt,
+    job_store: ArtifactStore,
+    *,
+    now: datetime | None = None,
+) -> IngestReport:
     """Ingest every segment of ``attempt`` newer than its cursors (the caller commits)."""
     cursor = dict(attempt.ingest_cursor or {})
     n = attempt.attempt_no
+    job_id = cast(int, job.id)  # the job was read from the database, so it has its primary key
     metrics = resources = skipped = 0
 
-    for seq, key in _new_segments(job_store, layout.metrics_prefix(n), int(cursor.get("metrics", 0))):
-        records, dropped = clean_metrics(decode_jsonl(job_store.get_bytes(key), where=job_store.uri_for(key)))
+    for seq, key in _new_segments(
+        job_store, layout.metrics_prefix(n), int(cursor.get("metrics", 0))
+    ):
+        records, dropped = clean_metrics(
+            decode_jsonl(job_store.get_bytes(key), where=job_store.uri_for(key))
+        )
         metrics += jobs_repo.ingest_metrics(session, job, n, records)
         skipped += dropped
         jobs_repo.set_ingest_cursor(session, attempt, "metrics", seq)
 
-    for seq, key in _new_segments(job_store, layout.resources_prefix(n), int(cursor.get("resources", 0))):
-        samples = [r for r in decode_jsonl(job_store.get_bytes(key), where=job_store.uri_for(key)) if "time" in r]
-        resources += jobs_repo.ingest_resources(session, job.id, n, samples)
+    for seq, key in _new_segments(
+        job_store, layout.resources_prefix(n), int(cursor.get("resources", 0))
+    ):
+        samples = [
+            r
+            for r in decode_jsonl(job_store.get_bytes(key), where=job_store.uri_for(key))
+            if "time" in r
+        ]
+        resources += jobs_repo.ingest_resources(session, job_id, n, samples)
         jobs_repo.set_ingest_cursor(session, attempt, "resources", seq)
 
     beats = _new_segments(job_store, layout.heartbeat_prefix(n), int(cursor.get("heartbeat", 0)))
@@ -110,17 +126,26 @@ def read_result(job_store: ArtifactStore, attempt_no: int) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def ingest_result(session: Session, job: Job, attempt: Attempt, job_store: ArtifactStore) -> dict | None:
+def ingest_result(
+    session: Session, job: Job, attempt: Attempt, job_store: ArtifactStore
+) -> dict | None:
     """Record result.json: an Artifact row per listed URI and, for fit-like jobs, a FitResult."""
     result = read_result(job_store, attempt.attempt_no)
     if result is None:
         return None
     artifacts = dict(result.get("artifacts") or {})
     artifacts.setdefault("result", job_store.uri_for(layout.result_key(attempt.attempt_no)))
+    job_id = cast(int, job.id)  # the job was read from the database, so it has its primary key
     for kind, uri in sorted(artifacts.items()):
         if isinstance(uri, str):
-            jobs_repo.record_artifact(session, job.id, str(kind)[:32], uri, attempt_no=attempt.attempt_no,
-                                      size_bytes=_size(job_store, uri))
+            jobs_repo.record_artifact(
+                session,
+                job_id,
+                str(kind)[:32],
+                uri,
+                attempt_no=attempt.attempt_no,
+                size_bytes=_size(job_store, uri),
+            )
     summary = result.get("summary") or {}
     prov = provenance(job, result)
     if prov:
@@ -140,7 +165,10 @@ def provenance(job: Job, result: dict) -> dict[str, Any]:
     spec = job.spec or {}
     if "analysis" not in spec and "cache_key" not in spec:
         return {}
-    out: dict[str, Any] = {"analysis": dict(spec.get("analysis") or {}), "cache_key": spec.get("cache_key")}
+    out: dict[str, Any] = {
+        "analysis": dict(spec.get("analysis") or {}),
+        "cache_key": spec.get("cache_key"),
+    }
     seed = ((spec.get("params") or {}).get("train") or {}).get("seed")
     if seed is not None:
         out["seed"] = seed
@@ -156,13 +184,14 @@ def _size(job_store: ArtifactStore, uri: str) -> int | None:
     if path_for is None or not uri.startswith(job_store.uri + "/"):
         return None
     try:
-        return path_for(uri[len(job_store.uri) + 1:]).stat().st_size
+        return path_for(uri[len(job_store.uri) + 1 :]).stat().st_size
     except OSError:
         return None
 
 
 def _mu_sigma(summary: dict) -> tuple[float | None, float | None]:
     """Best-effort POI value and error from a fit summary (several shapes are accepted)."""
+
     def num(x: Any) -> float | None:
         try:
             v = float(x)
@@ -174,10 +203,15 @@ def _mu_sigma(summary: dict) -> tuple[float | None, float | None]:
     sigma = num(summary.get("sigma", summary.get("mu_err", summary.get("sigma_mu"))))
     poi = summary.get("poi")
     if mu is None and isinstance(poi, dict):
-        mu, sigma = num(poi.get("value", poi.get("mu_hat"))), num(poi.get("error", poi.get("sigma")))
+        mu, sigma = (
+            num(poi.get("value", poi.get("mu_hat"))),
+            num(poi.get("error", poi.get("sigma"))),
+        )
     return mu, sigma
 
 
 def count_rows(session: Session, table: Any, job_id: int) -> int:
     """Rows of ``table`` for one job (used by tests and reports)."""
-    return int(session.exec(select(sa.func.count()).select_from(table).where(table.job_id == job_id)).one())
+    return int(
+        session.exec(select(sa.func.count()).select_from(table).where(table.job_id == job_id)).one()
+    )

@@ -1,27 +1,35 @@
 """Job kinds: what a worker runs for each ``spec.json["kind"]``.
 
 Each kind is a function ``(JobContext) -> {"artifacts": {name: uri}, "summary": {...}, ...}``
-registered in :data:`KINDS`; the worker runtime (:mod:`backend.worker`) handles everything
-around it (heartbeats, segments, signals, exit records). Science stays in ``sbi_engine``:
-"train" calls ``train_ensemble``, the fit-stage kinds call ``sbi_engine.fit_jobs``. "noop" is
-a test-only kind that exercises the control plane in about a second without JAX.
+wrapped in a :class:`JobKind` and registered in :data:`KINDS`; the worker runtime
+(:mod:`backend.worker`) handles everything around it (heartbeats, segments, signals, exit
+records). Science stays in ``sbi_engine``: "train" calls ``train_ensemble``, the fit-stage
+kinds call ``sbi_engine.fit_jobs``.
+
+The registry is extended explicitly, never by import side effects: :func:`load_kinds` adds the
+``KINDS`` dict of each named module (the worker names them in ``NSBI_JOB_KIND_MODULES``,
+comma-separated importable modules). That is how the tests' fast, fault-injecting "noop" kind
+(``nsbi_testing.jobkinds``, not installed by the wheel) reaches a worker.
+
+This module does not import the worker: the runtime pieces a kind uses are described by the
+protocols below, so the dependency runs one way (worker -> jobkinds).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from backend.stores import ArtifactStore, open_store
-from backend.stores import layout
+from backend.stores import ArtifactStore, layout, open_store
 
-if TYPE_CHECKING:  # pragma: no cover
-    from backend.worker import AttemptWriter, StopFlag, StoreCheckpointer
+if TYPE_CHECKING:
+    from sbi_engine.ratio import TrainCallbacks
 
 
 class JobSpecError(Exception):
@@ -32,6 +40,40 @@ class Preempted(Exception):
     """Raised inside a job when a stop was requested; the worker exits as preempted."""
 
 
+class StopFlag:
+    """Set by SIGTERM/SIGINT or by a ``cancel.json`` in the job folder; kinds poll or wait on it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+        self.set_at: float | None = None
+
+    def set(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.set_at = time.monotonic()
+            self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+class MetricsWriter(Protocol):
+    """The part of the worker's attempt writer a kind uses (``backend.worker.AttemptWriter``)."""
+
+    progress: dict[str, Any]
+
+    def add_metrics(self, records: list[dict]) -> None: ...
+
+
+class JobCheckpointer(Protocol):
+    """Checkpoints of the job across attempts (``backend.worker.StoreCheckpointer``)."""
+
+    def save(self, step: int, payload: bytes) -> None: ...
+
+    def load_latest(self) -> tuple[int, bytes] | None: ...
+
+
 @dataclass
 class JobContext:
     """What a job-kind function gets: its spec, the store, and the hooks into the runtime."""
@@ -39,9 +81,9 @@ class JobContext:
     spec: dict[str, Any]
     job_store: ArtifactStore
     attempt: int
-    writer: "AttemptWriter"
-    checkpointer: "StoreCheckpointer"
-    stop: "StopFlag"
+    writer: MetricsWriter
+    checkpointer: JobCheckpointer
+    stop: StopFlag
 
     @property
     def params(self) -> dict[str, Any]:
@@ -54,65 +96,39 @@ class JobContext:
     def set_progress(self, **kw: Any) -> None:
         self.writer.progress.update(kw)
 
-    def check_stop(self) -> None:
-        if self.stop:
-            raise Preempted(self.stop.reason)
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered kind. ``cooperative`` kinds poll ``ctx.stop`` and checkpoint before
+    returning, so the worker gives them a grace period instead of interrupting them at once."""
+
+    run: Callable[[JobContext], dict[str, Any]]
+    cooperative: bool = False
 
 
-def run_noop(ctx: JobContext) -> dict[str, Any]:
-    """Test-only job: ``steps`` steps of ``step_s`` seconds, a metric per step, checkpoints.
+def _train_hooks(ctx: JobContext) -> TrainCallbacks:
+    """The engine's ``TrainCallbacks``: metrics into the writer, stop from the flag.
 
-    Resumes from the newest checkpoint of any attempt, so a retry runs fewer steps. Params:
-    steps (10), step_s (0.05), checkpoint_every (1), fail_on_attempts ([]), fail_at_step,
-    ignore_stop (False: a stop request is honoured within one step).
-    """
-    p = ctx.params
-    steps = int(p.get("steps", 10))
-    step_s = float(p.get("step_s", 0.05))
-    every = max(1, int(p.get("checkpoint_every", 1)))
-    fail_on = {int(a) for a in p.get("fail_on_attempts", [])}
-    fail_at = int(p.get("fail_at_step", steps // 2))
-    latest = ctx.checkpointer.load_latest()
-    start = json.loads(latest[1])["step"] if latest else 0
-    steps_run = 0
-    ignore_stop = bool(p.get("ignore_stop", False))  # simulates a hung worker (SIGKILL tests)
-    for step in range(start + 1, steps + 1):
-        if ignore_stop:
-            time.sleep(step_s)
-        elif ctx.stop.event.wait(step_s):
-            raise Preempted(ctx.stop.reason)
-        ctx.writer.add_metrics([
-            {"member": -1, "step": step, "epoch": None, "name": "loss", "value": 1.0 / step},
-            {"member": 0, "step": step, "epoch": None, "name": "train_loss", "value": 2.0 / step},
-        ])
-        steps_run += 1
-        ctx.set_progress(step=step)
-        if step % every == 0 or step == steps:
-            ctx.checkpointer.save(step, json.dumps({"step": step}).encode())
-        if ctx.attempt in fail_on and step >= fail_at:
-            raise RuntimeError(f"noop job: deliberate failure at step {step} on attempt {ctx.attempt}")
-    uri = ctx.put_artifact("noop.json", json.dumps({"steps": steps}).encode())
-    return {"artifacts": {"noop": uri}, "summary": {"steps": steps, "steps_run": steps_run,
-                                                    "resumed_from": start or None}}
+    The subclass is made here, not at module level, so that importing this module does not
+    import the engine (and JAX)."""
+    from sbi_engine.ratio import TrainCallbacks
 
+    class _TrainHooks(TrainCallbacks):
+        def on_metrics(self, step: int, records: list[dict]) -> None:
+            ctx.writer.add_metrics([dict(r) for r in records])
+            ctx.set_progress(step=int(step))
 
-class _TrainHooks:
-    """The engine's ``TrainCallbacks``: metrics into the writer, stop from the flag."""
+        def should_stop(self) -> bool:
+            return bool(ctx.stop)
 
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
-
-    def on_metrics(self, step: int, records: list[dict]) -> None:
-        self.ctx.writer.add_metrics([dict(r) for r in records])
-        self.ctx.set_progress(step=int(step))
-
-    def should_stop(self) -> bool:
-        return bool(self.ctx.stop)
+    return _TrainHooks()
 
 
 def _require(spec: dict, key: str, kind: str) -> Any:
     if key not in spec:
-        raise JobSpecError(f"spec.json of a {kind!r} job lacks the key {key!r} (has: {sorted(spec)})")
+        raise JobSpecError(
+            f"spec.json of a {kind!r} job lacks the key {key!r} (has: {sorted(spec)})"
+        )
     return spec[key]
 
 
@@ -123,40 +139,47 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
     the diagnostics run on the "eval" part, which they never saw, and the summary records how
     each sample was split (``summary["split"]``).
     """
-    from sbi_engine.sample_specs import sample_parts
     from sbi_engine.ratio import TrainConfig, train_ensemble
+    from sbi_engine.sample_specs import sample_parts
 
     p = ctx.params
     num_parts = sample_parts(_require(p, "numerator", "train"))
     den_parts = sample_parts(_require(p, "denominator", "train"))
     numerator, denominator = num_parts.train, den_parts.train
     config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
-    result = train_ensemble(numerator, denominator, config, checkpointer=ctx.checkpointer,
-                            callbacks=_TrainHooks(ctx))
+    result = train_ensemble(
+        numerator, denominator, config, checkpointer=ctx.checkpointer, callbacks=_train_hooks(ctx)
+    )
     if result.stopped_early and ctx.stop:
         raise Preempted(ctx.stop.reason)  # a checkpoint was saved; the retry resumes from it
     uri = ctx.put_artifact("ensemble.npz", result.ensemble.to_bytes())
     resumed = result.resumed_from
-    finals: dict[str, float] = {}
+    finals: dict[str, dict[int, float]] = {}  # {metric: {member: last value}}
     for rec in result.history:  # last value of each metric, averaged over members
-        finals.setdefault(rec["name"], {})[rec["member"]] = float(rec["value"])  # type: ignore[index]
+        finals.setdefault(rec["name"], {})[rec["member"]] = float(rec["value"])
     summary = {
         "task": p.get("task"),
         "members": list(p.get("members") or []),
-        "steps_total": int(result.steps_run),          # all attempts together
-        "resumed_from": resumed,                         # checkpoint step this attempt started at
+        "steps_total": int(result.steps_run),  # all attempts together
+        "resumed_from": resumed,  # checkpoint step this attempt started at
         "steps_run": int(result.steps_run) - int(resumed or 0),  # steps executed by this attempt
         "seconds": float(result.seconds),
-        "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},  # type: ignore[union-attr]
+        "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},
         "split": {"numerator": num_parts.record, "denominator": den_parts.record},
-        "diagnostics": ensemble_diagnostics(result.ensemble, p, numerator, denominator,
-                                            held_out=(num_parts.eval, den_parts.eval)),
+        "diagnostics": ensemble_diagnostics(
+            result.ensemble, p, numerator, denominator, held_out=(num_parts.eval, den_parts.eval)
+        ),
     }
     return {"artifacts": {"ensemble": uri}, "summary": summary}
 
 
-def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominator: Any,
-                         held_out: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def ensemble_diagnostics(
+    ensemble: Any,
+    params: dict,
+    numerator: Any,
+    denominator: Any,
+    held_out: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
     """Calibration, closure, normalisation, AUC and overtraining of a freshly trained ensemble.
 
     The checks run on the evaluation ("eval") part of both samples -- events the networks never
@@ -166,15 +189,19 @@ def ensemble_diagnostics(ensemble: Any, params: dict, numerator: Any, denominato
     the caller has them already, otherwise they are loaded from ``params``. A failure is
     reported, never fatal: the trained ensemble is what the job is for.
     """
-    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.ratio import diagnostics
+    from sbi_engine.sample_specs import load_sample_spec
 
     try:
         if held_out is None:
-            held_out = (load_sample_spec(params["numerator"], role="eval"),
-                        load_sample_spec(params["denominator"], role="eval"))
+            held_out = (
+                load_sample_spec(params["numerator"], role="eval"),
+                load_sample_spec(params["denominator"], role="eval"),
+            )
         num_h, den_h = held_out
-        out = diagnostics(ensemble, num_h, den_h, train_numerator=numerator, train_reference=denominator).to_dict()
+        out = diagnostics(
+            ensemble, num_h, den_h, train_numerator=numerator, train_reference=denominator
+        ).to_dict()
         out["held_out"] = True
         out["n_eval"] = {"numerator": len(num_h), "denominator": len(den_h)}
         return out
@@ -225,18 +252,34 @@ def run_fit_like(ctx: JobContext) -> dict[str, Any]:
         for name, item in sorted((out.pop("files", None) or {}).items()):
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             artifacts[name] = ctx.put_artifact(name, data)
-    artifacts.update({k: v for k, v in (out.pop("artifacts", None) or {}).items() if isinstance(v, str)})
+    artifacts.update(
+        {k: v for k, v in (out.pop("artifacts", None) or {}).items() if isinstance(v, str)}
+    )
     return {"artifacts": artifacts, "summary": out, "ensembles": uris}
 
 
-# kinds that poll ``ctx.stop`` and checkpoint before returning
-COOPERATIVE = frozenset({"noop", "train"})
-
-KINDS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "noop": run_noop,
-    "train": run_train,
-    "fit": run_fit_like,
-    "impacts": run_fit_like,
-    "scan": run_fit_like,
-    "toys": run_fit_like,
+KINDS: dict[str, JobKind] = {
+    "train": JobKind(run_train, cooperative=True),
+    "fit": JobKind(run_fit_like),
+    "impacts": JobKind(run_fit_like),
+    "scan": JobKind(run_fit_like),
+    "toys": JobKind(run_fit_like),
 }
+
+
+def load_kinds(modules: Iterable[str] = ()) -> dict[str, JobKind]:
+    """:data:`KINDS` plus the ``KINDS`` dict of each named module (values: a :class:`JobKind`
+    or a bare function, taken as non-cooperative). A module may add kinds, not replace the
+    built-in ones. Raises ``ImportError`` or ``ValueError`` for a module that cannot serve."""
+    kinds = dict(KINDS)
+    for name in (m.strip() for m in modules):
+        if not name:
+            continue
+        extra = getattr(importlib.import_module(name), "KINDS", None)
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"job kind module {name!r} has no KINDS dict")
+        for kind, entry in extra.items():
+            if kind in KINDS:
+                raise ValueError(f"job kind module {name!r} redefines the built-in kind {kind!r}")
+            kinds[str(kind)] = entry if isinstance(entry, JobKind) else JobKind(entry)
+    return kinds

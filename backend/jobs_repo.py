@@ -13,9 +13,9 @@ and can ask the launcher whether that instance exists instead of launching a dup
 `begin_attempts()` and `mark_launched_rows()` are steps 1 and 3 for a whole pass's jobs.
 
 The bulk helpers (`*_rows`, `begin_attempts`, `apply_simple_intents`, `accrue_costs`) read
-and write plain rows with one statement per kind of change (`states.transition_rows`), so a
-pass that moves hundreds of jobs costs a handful of statements; they do not refresh ORM
-objects the session already holds for the rows they change.
+and write plain rows with one statement per kind of change (`transition_rows`, from
+`backend.db.transitions`), so a pass that moves hundreds of jobs costs a handful of
+statements; they do not refresh ORM objects the session already holds for the rows they change.
 
 Ingest is idempotent: `ingest_metrics()` / `ingest_resources()` insert with
 ON CONFLICT DO NOTHING against the tables' unique keys, so re-reading a segment is harmless.
@@ -30,9 +30,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from backend.costs import accrued_cost, hours_between, region_of_zone
+from backend.db.bulk import bulk_insert, bulk_update
 from backend.db.models import (
     Artifact,
     Attempt,
@@ -43,23 +44,17 @@ from backend.db.models import (
     JobDependency,
     MetricPoint,
     ResourceSample,
+    saved_id,
 )
-from backend.states import (
-    JOB_STATE_COLUMNS,
-    CampaignStatus,
-    DesiredState,
-    JobStatus,
-    bulk_insert,
-    bulk_update,
-    transition,
-    transition_rows,
-    utcnow,
-)
+from backend.db.transitions import transition, transition_rows
+from backend.states import JOB_STATE_COLUMNS, CampaignStatus, DesiredState, JobStatus, utcnow
 
 _OPEN = (JobStatus.LAUNCHING, JobStatus.RUNNING)
 # Listing thousands of candidate jobs should not decode their JSON; it loads on first access.
 # (zones stays: it is a short list the launch plan reads for every candidate's price.)
-_DEFER_JSON = tuple(sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "np_subset", "seeds"))
+_DEFER_JSON = tuple(
+    sa.orm.defer(getattr(Job, c)) for c in ("spec", "members", "np_subset", "seeds")
+)
 
 
 # --------------------------------------------------------------------------- reading
@@ -75,12 +70,15 @@ def _unmet_dependency(session: Session) -> sa.Select:
     """
     dep = sa.orm.aliased(Job)
     if session.get_bind().dialect.name == "sqlite":
-        succeeded = sa.select(dep.id).where(dep.status == JobStatus.SUCCEEDED)
-        return sa.select(JobDependency.job_id).where(JobDependency.job_id == Job.id,
-                                                     JobDependency.depends_on_id.not_in(succeeded))
-    return (sa.select(JobDependency.job_id)
-            .join(dep, dep.id == JobDependency.depends_on_id)
-            .where(JobDependency.job_id == Job.id, dep.status != JobStatus.SUCCEEDED))
+        succeeded = sa.select(col(dep.id)).where(col(dep.status) == JobStatus.SUCCEEDED)
+        return sa.select(col(JobDependency.job_id)).where(
+            col(JobDependency.job_id) == Job.id, col(JobDependency.depends_on_id).not_in(succeeded)
+        )
+    return (
+        sa.select(col(JobDependency.job_id))
+        .join(dep, col(dep.id) == JobDependency.depends_on_id)
+        .where(col(JobDependency.job_id) == Job.id, col(dep.status) != JobStatus.SUCCEEDED)
+    )
 
 
 def ready_jobs(
@@ -109,37 +107,56 @@ def ready_jobs(
     """
     unmet = _unmet_dependency(session)
     conds = [
-        Job.status == JobStatus.PENDING,
-        Job.desired_state == DesiredState.RUN,
-        Job.cancel_requested.is_(False),
-        Campaign.status == CampaignStatus.ACTIVE,
+        col(Job.status) == JobStatus.PENDING,
+        col(Job.desired_state) == DesiredState.RUN,
+        col(Job.cancel_requested).is_(False),
+        col(Campaign.status) == CampaignStatus.ACTIVE,
         ~sa.exists(unmet),
     ]
     if campaign_id is not None:
-        conds.append(Job.campaign_id == campaign_id)
+        conds.append(col(Job.campaign_id) == campaign_id)
     if campaign_ids is not None:
-        conds.append(Job.campaign_id.in_(list(campaign_ids)))
+        conds.append(col(Job.campaign_id).in_(list(campaign_ids)))
     if max_gpus is not None:
-        conds.append(Job.gpu_count <= max_gpus)
+        conds.append(col(Job.gpu_count) <= max_gpus)
     if exclude_launchers:
-        conds.append(Job.launcher.not_in(list(exclude_launchers)))
-    q = select(Job).options(*_DEFER_JSON).join(Campaign, Campaign.id == Job.campaign_id)
+        conds.append(col(Job.launcher).not_in(list(exclude_launchers)))
+    q = select(Job).options(*_DEFER_JSON).join(Campaign, col(Campaign.id) == Job.campaign_id)
     if within_concurrency:
-        rank = sa.func.row_number().over(partition_by=Job.campaign_id, order_by=(Job.priority.desc(), Job.id))
-        ranked = (sa.select(Job.id.label("id"), rank.label("rn"))
-                  .join(Campaign, Campaign.id == Job.campaign_id).where(*conds).subquery())
-        busy = (sa.select(Job.campaign_id.label("campaign_id"), sa.func.count().label("n"))
-                .where(Job.status.in_(_OPEN)).group_by(Job.campaign_id).subquery())
-        cap = sa.case((Campaign.max_concurrency < 1, 1), else_=Campaign.max_concurrency)  # as the controller
-        q = (q.join(ranked, ranked.c.id == Job.id)
-             .outerjoin(busy, busy.c.campaign_id == Job.campaign_id)
-             .where(ranked.c.rn <= cap - sa.func.coalesce(busy.c.n, 0)))
+        rank = sa.func.row_number().over(
+            partition_by=col(Job.campaign_id), order_by=(col(Job.priority).desc(), col(Job.id))
+        )
+        ranked = (
+            sa.select(col(Job.id).label("id"), rank.label("rn"))
+            .join(Campaign, col(Campaign.id) == Job.campaign_id)
+            .where(*conds)
+            .subquery()
+        )
+        busy = (
+            sa.select(col(Job.campaign_id).label("campaign_id"), sa.func.count().label("n"))
+            .where(col(Job.status).in_(_OPEN))
+            .group_by(col(Job.campaign_id))
+            .subquery()
+        )
+        cap = sa.case(
+            (col(Campaign.max_concurrency) < 1, 1), else_=Campaign.max_concurrency
+        )  # as the controller
+        q = (
+            q.join(ranked, ranked.c.id == Job.id)
+            .outerjoin(busy, busy.c.campaign_id == Job.campaign_id)
+            .where(ranked.c.rn <= cap - sa.func.coalesce(busy.c.n, 0))
+        )
     else:
         q = q.where(*conds)
     if after is not None:
         priority, job_id = after
-        q = q.where(sa.or_(Job.priority < priority, sa.and_(Job.priority == priority, Job.id > job_id)))
-    q = q.order_by(Job.priority.desc(), Job.id)
+        q = q.where(
+            sa.or_(
+                col(Job.priority) < priority,
+                sa.and_(col(Job.priority) == priority, col(Job.id) > job_id),
+            )
+        )
+    q = q.order_by(col(Job.priority).desc(), col(Job.id))
     if limit is not None:
         q = q.limit(limit)
     return list(session.exec(q))
@@ -147,8 +164,15 @@ def ready_jobs(
 
 def active_load(session: Session) -> tuple[dict[int, int], int]:
     """({campaign id: jobs in LAUNCHING or RUNNING}, their GPUs in total), in one query."""
-    q = (sa.select(Job.campaign_id, sa.func.count(), sa.func.coalesce(sa.func.sum(Job.gpu_count), 0))
-         .where(Job.status.in_(_OPEN)).group_by(Job.campaign_id))
+    q = (
+        sa.select(
+            col(Job.campaign_id),
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(col(Job.gpu_count)), 0),
+        )
+        .where(col(Job.status).in_(_OPEN))
+        .group_by(col(Job.campaign_id))
+    )
     counts, gpus = {}, 0
     for cid, n, g in session.execute(q):
         counts[cid] = n
@@ -159,25 +183,30 @@ def active_load(session: Session) -> tuple[dict[int, int], int]:
 def active_counts(session: Session) -> dict[int, int]:
     """Jobs in LAUNCHING or RUNNING per campaign (for max_concurrency)."""
     q = (
-        sa.select(Job.campaign_id, sa.func.count())
-        .where(Job.status.in_(_OPEN))
-        .group_by(Job.campaign_id)
+        sa.select(col(Job.campaign_id), sa.func.count())
+        .where(col(Job.status).in_(_OPEN))
+        .group_by(col(Job.campaign_id))
     )
     return {cid: n for cid, n in session.execute(q)}
 
 
-def open_attempts(session: Session, *, status: JobStatus | None = None) -> list[tuple[Job, Attempt]]:
+def open_attempts(
+    session: Session, *, status: JobStatus | None = None
+) -> list[tuple[Job, Attempt]]:
     """(job, its current attempt) for every job in LAUNCHING or RUNNING, in one query;
     `status` keeps only pairs where both the job and the attempt are in that state."""
     q = (
         select(Job, Attempt)
-        .join(Attempt, sa.and_(Attempt.job_id == Job.id, Attempt.attempt_no == Job.current_attempt))
-        .order_by(Job.id)
+        .join(
+            Attempt,
+            sa.and_(col(Attempt.job_id) == Job.id, col(Attempt.attempt_no) == Job.current_attempt),
+        )
+        .order_by(col(Job.id))
     )
     if status is None:
-        q = q.where(Job.status.in_(_OPEN))
+        q = q.where(col(Job.status).in_(_OPEN))
     else:
-        q = q.where(Job.status == status, Attempt.status == status)
+        q = q.where(col(Job.status) == status, col(Attempt.status) == status)
     return [(j, a) for j, a in session.exec(q)]
 
 
@@ -190,16 +219,24 @@ def state_rows(session: Session, *conditions: Any) -> list[sa.Row]:
     """`JOB_STATE_COLUMNS` of the jobs matching `conditions`, by id: what `transition_rows()`
     needs, without building ORM objects (bulk steps move hundreds of jobs)."""
     cols = [getattr(Job, c) for c in JOB_STATE_COLUMNS]
-    return list(session.execute(sa.select(*cols).where(*conditions).order_by(Job.id)))
+    return list(session.execute(sa.select(*cols).where(*conditions).order_by(col(Job.id))))
 
 
 def attempt_state_rows(session: Session, attempt_ids: Sequence[int]) -> list[sa.Row]:
     """`state_rows` of the jobs of these attempts, plus attempt_id, attempt_no, attempt_status
     and attempt_launched_at."""
     cols = [getattr(Job, c) for c in JOB_STATE_COLUMNS]
-    q = (sa.select(*cols, Attempt.id.label("attempt_id"), Attempt.attempt_no, Attempt.status.label("attempt_status"),
-                   Attempt.launched_at.label("attempt_launched_at"))
-         .join(Attempt, Attempt.job_id == Job.id).where(Attempt.id.in_(list(attempt_ids))))
+    q = (
+        sa.select(
+            *cols,
+            col(Attempt.id).label("attempt_id"),
+            col(Attempt.attempt_no),
+            col(Attempt.status).label("attempt_status"),
+            col(Attempt.launched_at).label("attempt_launched_at"),
+        )
+        .join(Attempt, col(Attempt.job_id) == Job.id)
+        .where(col(Attempt.id).in_(list(attempt_ids)))
+    )
     return list(session.execute(q))
 
 
@@ -207,7 +244,7 @@ def state_rows_of(session: Session, ids: Sequence[int], chunk: int = 5000) -> li
     """`state_rows` of the jobs with these ids (in chunks: databases cap the bound parameters)."""
     out: list[sa.Row] = []
     for i in range(0, len(ids), chunk):
-        out += state_rows(session, Job.id.in_(list(ids[i:i + chunk])))
+        out += state_rows(session, col(Job.id).in_(list(ids[i : i + chunk])))
     return out
 
 
@@ -220,56 +257,56 @@ def dead_dependency_ids(session: Session) -> list[int]:
     """
     dep = sa.orm.aliased(Job)
     dead = sa.or_(
-        dep.status == JobStatus.CANCELLED,
-        sa.and_(dep.status == JobStatus.FAILED, dep.retry_requested.is_(False),
-                sa.or_(dep.retries >= dep.max_retries, dep.cancel_requested.is_(True))),
+        col(dep.status) == JobStatus.CANCELLED,
+        sa.and_(
+            col(dep.status) == JobStatus.FAILED,
+            col(dep.retry_requested).is_(False),
+            sa.or_(col(dep.retries) >= dep.max_retries, col(dep.cancel_requested).is_(True)),
+        ),
     )
-    blocked = sa.select(JobDependency.job_id).join(dep, dep.id == JobDependency.depends_on_id).where(dead)
-    member = Job.id
+    blocked = (
+        sa.select(col(JobDependency.job_id))
+        .join(dep, col(dep.id) == JobDependency.depends_on_id)
+        .where(dead)
+    )
+    member: sa.SQLColumnExpression[int | None] = col(Job.id)
     if session.get_bind().dialect.name == "sqlite":
         # `id + 0`: SQLite then tests membership on the status index entries instead of reading
         # each blocked job's row (whose status sits behind its spec, see `_unmet_dependency`)
-        member = Job.id + 0
-    q = sa.select(Job.id).where(Job.status == JobStatus.PENDING, member.in_(blocked)).order_by(Job.id)
+        member = col(Job.id) + 0
+    q = (
+        sa.select(col(Job.id))
+        .where(col(Job.status) == JobStatus.PENDING, member.in_(blocked))
+        .order_by(col(Job.id))
+    )
     return list(session.execute(q).scalars())
 
 
-def jobs_with_dead_dependencies(session: Session) -> list[Job]:
-    """The jobs of `dead_dependency_ids()`."""
-    ids = dead_dependency_ids(session)
-    return [j for i in range(0, len(ids), 5000) for j in session.exec(
-        select(Job).options(*_DEFER_JSON).where(Job.id.in_(ids[i:i + 5000])).order_by(Job.id))]
-
-
 def _retryable_condition() -> sa.ColumnElement[bool]:
-    active = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE)
-    return sa.and_(Job.status == JobStatus.FAILED, Job.retries < Job.max_retries, Job.cancel_requested.is_(False),
-                   Job.desired_state == DesiredState.RUN, Job.campaign_id.in_(active))
+    active = sa.select(col(Campaign.id)).where(col(Campaign.status) == CampaignStatus.ACTIVE)
+    return sa.and_(
+        col(Job.status) == JobStatus.FAILED,
+        col(Job.retries) < Job.max_retries,
+        col(Job.cancel_requested).is_(False),
+        col(Job.desired_state) == DesiredState.RUN,
+        col(Job.campaign_id).in_(active),
+    )
 
 
 def retryable_failed_jobs(session: Session) -> list[Job]:
     """FAILED jobs the controller should retry automatically: retries left, no cancel requested,
     launch requested, campaign ACTIVE (requeue them with `requeue()`)."""
-    q = select(Job).options(*_DEFER_JSON).where(_retryable_condition()).order_by(Job.id)
+    q = select(Job).options(*_DEFER_JSON).where(_retryable_condition()).order_by(col(Job.id))
     return list(session.exec(q))
 
 
 def recovery_rows(session: Session) -> list[sa.Row]:
     """`state_rows` of the jobs to requeue now: retryable FAILED ones (see
     `retryable_failed_jobs`) and PREEMPTED ones without a cancel request."""
-    preempted = sa.and_(Job.status == JobStatus.PREEMPTED, Job.cancel_requested.is_(False))
-    return state_rows(session, sa.or_(_retryable_condition(), preempted))
-
-
-def dependency_results(session: Session, job: Job) -> list[Job]:
-    """The jobs `job` depends on (to resolve their URIs / results into its spec inputs)."""
-    q = (
-        select(Job)
-        .join(JobDependency, JobDependency.depends_on_id == Job.id)
-        .where(JobDependency.job_id == job.id)
-        .order_by(Job.id)
+    preempted = sa.and_(
+        col(Job.status) == JobStatus.PREEMPTED, col(Job.cancel_requested).is_(False)
     )
-    return list(session.exec(q))
+    return state_rows(session, sa.or_(_retryable_condition(), preempted))
 
 
 # --------------------------------------------------------------------------- attempts
@@ -296,7 +333,7 @@ def begin_attempt(
     now = now or utcnow()
     attempt_no = job.current_attempt + 1
     attempt = Attempt(
-        job_id=job.id,
+        job_id=saved_id(job),
         attempt_no=attempt_no,
         status=JobStatus.LAUNCHING,
         launcher=launcher,
@@ -310,15 +347,26 @@ def begin_attempt(
         price_per_hour=price_per_hour,
     )
     job.current_attempt = attempt_no
-    transition(session, job, JobStatus.LAUNCHING, f"attempt {attempt_no} on {launcher}",
-               attempt_no=attempt_no, now=now)
+    transition(
+        session,
+        job,
+        JobStatus.LAUNCHING,
+        f"attempt {attempt_no} on {launcher}",
+        attempt_no=attempt_no,
+        now=now,
+    )
     session.add(attempt)
     session.flush()
     return attempt
 
 
-def begin_attempts(session: Session, launches: Sequence[tuple[Any, str, float]], *,
-                   now: datetime | None = None, uris: Mapping[int, str] | None = None) -> dict[int, tuple[int, int]]:
+def begin_attempts(
+    session: Session,
+    launches: Sequence[tuple[Any, str, float]],
+    *,
+    now: datetime | None = None,
+    uris: Mapping[int, str] | None = None,
+) -> dict[int, tuple[int, int]]:
     """`begin_attempt()` for many jobs at once: (job, launcher, price per hour) each, where job
     is a PENDING job row or object (not refreshed: its columns are written with Core), and
     `uris` sets the jobs' store URIs on the way. Jobs -> LAUNCHING (one UPDATE, one INSERT of
@@ -329,42 +377,89 @@ def begin_attempts(session: Session, launches: Sequence[tuple[Any, str, float]],
     now = now or utcnow()
     jobs = [job for job, _, _ in launches]
     numbers = [job.current_attempt + 1 for job in jobs]
-    extra = [{"current_attempt": n, **({"uri": uris[job.id]} if uris is not None else {})}
-             for job, n in zip(jobs, numbers)]
-    transition_rows(session, jobs, JobStatus.LAUNCHING,
-                    [f"attempt {n} on {launcher}" for n, (_, launcher, _) in zip(numbers, launches)],
-                    now=now, extra=extra, attempt_nos=numbers)
+    extra = [
+        {"current_attempt": n, **({"uri": uris[job.id]} if uris is not None else {})}
+        for job, n in zip(jobs, numbers)
+    ]
+    transition_rows(
+        session,
+        jobs,
+        JobStatus.LAUNCHING,
+        [f"attempt {n} on {launcher}" for n, (_, launcher, _) in zip(numbers, launches)],
+        now=now,
+        extra=extra,
+        attempt_nos=numbers,
+    )
     table = Attempt.__table__
-    rows = [{
-        "job_id": job.id, "attempt_no": n, "status": JobStatus.LAUNCHING.value, "launcher": launcher,
-        "instance_id": None, "machine_type": job.machine_type, "gpu_type": job.gpu_type,
-        "gpu_count": job.gpu_count, "spot": job.spot, "zone": None, "region": None, "created_at": now,
-        "launched_at": None, "ended_at": None, "last_heartbeat": None, "exit_code": None, "failure_reason": None,
-        "price_per_hour": price, "cost_usd": 0.0, "gpu_hours": 0.0, "ingest_cursor": {},
-    } for (job, launcher, price), n in zip(launches, numbers)]
+    rows = [
+        {
+            "job_id": job.id,
+            "attempt_no": n,
+            "status": JobStatus.LAUNCHING.value,
+            "launcher": launcher,
+            "instance_id": None,
+            "machine_type": job.machine_type,
+            "gpu_type": job.gpu_type,
+            "gpu_count": job.gpu_count,
+            "spot": job.spot,
+            "zone": None,
+            "region": None,
+            "created_at": now,
+            "launched_at": None,
+            "ended_at": None,
+            "last_heartbeat": None,
+            "exit_code": None,
+            "failure_reason": None,
+            "price_per_hour": price,
+            "cost_usd": 0.0,
+            "gpu_hours": 0.0,
+            "ingest_cursor": {},
+        }
+        for (job, launcher, price), n in zip(launches, numbers)
+    ]
     conn = session.connection()
     bulk_insert(conn, table, rows)
     wanted = {job.id: n for job, n in zip(jobs, numbers)}
-    created = conn.execute(sa.select(table.c.id, table.c.job_id, table.c.attempt_no)
-                           .where(table.c.job_id.in_(list(wanted))))
+    created = conn.execute(
+        sa.select(table.c.id, table.c.job_id, table.c.attempt_no).where(
+            table.c.job_id.in_(list(wanted))
+        )
+    )
     return {job_id: (attempt_id, no) for attempt_id, job_id, no in created if wanted[job_id] == no}
 
 
-def mark_launched_rows(session: Session, launched: Sequence[tuple[Any, str]], *,
-                       now: datetime | None = None) -> int:
+def mark_launched_rows(
+    session: Session, launched: Sequence[tuple[Any, str]], *, now: datetime | None = None
+) -> int:
     """`mark_launched()` for many attempts at once: (row of `attempt_state_rows`, instance id)
     each, all LAUNCHING. Billing starts; jobs -> RUNNING (one UPDATE each, one INSERT)."""
     if not launched:
         return 0
     now = now or utcnow()
     session.flush()
-    bulk_update(session.connection(), Attempt.__table__, [
-        {"_id": r.attempt_id, "_old": JobStatus.LAUNCHING.value, "status": JobStatus.RUNNING.value,
-         "instance_id": iid, "launched_at": r.attempt_launched_at or now} for r, iid in launched],
-        guard=("status", "_old"))
-    return transition_rows(session, [r for r, _ in launched], JobStatus.RUNNING,
-                           [f"launched as {iid}" for _, iid in launched], now=now,
-                           attempt_nos=[r.attempt_no for r, _ in launched])
+    bulk_update(
+        session.connection(),
+        Attempt.__table__,
+        [
+            {
+                "_id": r.attempt_id,
+                "_old": JobStatus.LAUNCHING.value,
+                "status": JobStatus.RUNNING.value,
+                "instance_id": iid,
+                "launched_at": r.attempt_launched_at or now,
+            }
+            for r, iid in launched
+        ],
+        guard=("status", "_old"),
+    )
+    return transition_rows(
+        session,
+        [r for r, _ in launched],
+        JobStatus.RUNNING,
+        [f"launched as {iid}" for _, iid in launched],
+        now=now,
+        attempt_nos=[r.attempt_no for r, _ in launched],
+    )
 
 
 def mark_launched(
@@ -376,7 +471,14 @@ def mark_launched(
     attempt.launched_at = attempt.launched_at or now
     attempt.status = JobStatus.RUNNING
     session.add(attempt)
-    transition(session, job, JobStatus.RUNNING, f"launched as {instance_id}", attempt_no=attempt.attempt_no, now=now)
+    transition(
+        session,
+        job,
+        JobStatus.RUNNING,
+        f"launched as {instance_id}",
+        attempt_no=attempt.attempt_no,
+        now=now,
+    )
 
 
 def end_attempt(
@@ -401,9 +503,15 @@ def end_attempt(
         attempt.ended_at = now
     _accrue(attempt, attempt.ended_at)
     session.add(attempt)
-    transition(session, job, status, reason or failure_reason or status.lower(),
-               attempt_no=attempt.attempt_no, now=now,
-               detail={"exit_code": exit_code} if exit_code is not None else None)
+    transition(
+        session,
+        job,
+        status,
+        reason or failure_reason or status.lower(),
+        attempt_no=attempt.attempt_no,
+        now=now,
+        detail={"exit_code": exit_code} if exit_code is not None else None,
+    )
 
 
 def _accrue(attempt: Attempt, until: datetime) -> None:
@@ -417,14 +525,27 @@ def accrue_costs(session: Session, *, now: datetime | None = None) -> int:
     (one SELECT and one UPDATE for all of them)."""
     now = now or utcnow()
     t = Attempt.__table__
-    rows = session.execute(sa.select(t.c.id, t.c.launched_at, t.c.price_per_hour, t.c.gpu_count).where(
-        t.c.status.in_([s.value for s in _OPEN]),  # (the status index finds them)
-        t.c.launched_at.is_not(None), t.c.ended_at.is_(None))).all()
+    rows = session.execute(
+        sa.select(t.c.id, t.c.launched_at, t.c.price_per_hour, t.c.gpu_count).where(
+            t.c.status.in_([s.value for s in _OPEN]),  # (the status index finds them)
+            t.c.launched_at.is_not(None),
+            t.c.ended_at.is_(None),
+        )
+    ).all()
     if rows:
         session.flush()
-        bulk_update(session.connection(), t, [
-            {"_id": aid, "cost_usd": accrued_cost(price, launched, now), "gpu_hours": hours_between(launched, now) * gpus}
-            for aid, launched, price, gpus in rows])
+        bulk_update(
+            session.connection(),
+            t,
+            [
+                {
+                    "_id": aid,
+                    "cost_usd": accrued_cost(price, launched, now),
+                    "gpu_hours": hours_between(launched, now) * gpus,
+                }
+                for aid, launched, price, gpus in rows
+            ],
+        )
     return len(rows)
 
 
@@ -438,17 +559,33 @@ def record_heartbeat(session: Session, job: Job, attempt: Attempt, when: datetim
         session.add(job)
 
 
-def requeue(session: Session, job: Job, reason: str, *, manual: bool = False, now: datetime | None = None) -> None:
+def requeue(
+    session: Session, job: Job, reason: str, *, manual: bool = False, now: datetime | None = None
+) -> None:
     """PREEMPTED / FAILED -> PENDING (a recovery); FAILED needs retries left unless manual."""
     transition(session, job, JobStatus.PENDING, reason, manual=manual, now=now)
     job.retry_requested = False
 
 
-def requeue_rows(session: Session, rows: Sequence[sa.Row], reasons: str | Sequence[str], *,
-                 manual: bool = False, now: datetime | None = None, extra: Mapping[str, Any] | None = None) -> int:
+def requeue_rows(
+    session: Session,
+    rows: Sequence[sa.Row],
+    reasons: str | Sequence[str],
+    *,
+    manual: bool = False,
+    now: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> int:
     """`requeue()` for many `state_rows` at once (one UPDATE, one INSERT of events)."""
-    return transition_rows(session, rows, JobStatus.PENDING, reasons, manual=manual, now=now,
-                           extra={"retry_requested": False, **(extra or {})})
+    return transition_rows(
+        session,
+        rows,
+        JobStatus.PENDING,
+        reasons,
+        manual=manual,
+        now=now,
+        extra={"retry_requested": False, **(extra or {})},
+    )
 
 
 def no_more_retries(session: Session, job: Job) -> None:
@@ -472,16 +609,34 @@ def apply_simple_intents(session: Session, *, now: datetime | None = None) -> di
     """
     now = now or utcnow()
     out: dict[str, list[int]] = {"cancelled": [], "retried": [], "to_stop": []}
-    rows = state_rows(session, Job.cancel_requested.is_(True), Job.status.in_([
-        JobStatus.PENDING, JobStatus.PREEMPTED, JobStatus.LAUNCHING, JobStatus.RUNNING]))
+    rows = state_rows(
+        session,
+        col(Job.cancel_requested).is_(True),
+        col(Job.status).in_(
+            [JobStatus.PENDING, JobStatus.PREEMPTED, JobStatus.LAUNCHING, JobStatus.RUNNING]
+        ),
+    )
     out["to_stop"] = [r.id for r in rows if r.status in _OPEN]
     stop_now = [r for r in rows if r.status not in _OPEN]
-    transition_rows(session, stop_now, JobStatus.CANCELLED, "cancel requested", actor="controller", now=now)
+    transition_rows(
+        session, stop_now, JobStatus.CANCELLED, "cancel requested", actor="controller", now=now
+    )
     dead = state_rows_of(session, dead_dependency_ids(session))
-    transition_rows(session, dead, JobStatus.CANCELLED, "a dependency failed or was cancelled", now=now)
+    transition_rows(
+        session, dead, JobStatus.CANCELLED, "a dependency failed or was cancelled", now=now
+    )
     out["cancelled"] = [r.id for r in (*stop_now, *dead)]
-    retry = state_rows(session, Job.retry_requested.is_(True), Job.status == JobStatus.FAILED)
-    requeue_rows(session, retry, "retry requested", manual=True, now=now, extra={"desired_state": DesiredState.RUN})
+    retry = state_rows(
+        session, col(Job.retry_requested).is_(True), col(Job.status) == JobStatus.FAILED
+    )
+    requeue_rows(
+        session,
+        retry,
+        "retry requested",
+        manual=True,
+        now=now,
+        extra={"desired_state": DesiredState.RUN},
+    )
     out["retried"] = [r.id for r in retry]
     return out
 
@@ -493,21 +648,43 @@ def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[i
     now = now or utcnow()
     changed: dict[int, str] = {}
     # a campaign with a job that is not final cannot settle: only the others are counted
-    unsettled = (sa.select(Job.id).where(Job.campaign_id == Campaign.id, Job.status.in_(
-        [JobStatus.PENDING, JobStatus.LAUNCHING, JobStatus.RUNNING, JobStatus.PREEMPTED])).exists())
-    candidates = sa.select(Campaign.id).where(
-        Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]), ~unsettled)
+    unsettled = (
+        sa.select(col(Job.id))
+        .where(
+            col(Job.campaign_id) == Campaign.id,
+            col(Job.status).in_(
+                [JobStatus.PENDING, JobStatus.LAUNCHING, JobStatus.RUNNING, JobStatus.PREEMPTED]
+            ),
+        )
+        .exists()
+    )
+    candidates = sa.select(col(Campaign.id)).where(
+        col(Campaign.status).in_([CampaignStatus.ACTIVE, CampaignStatus.CANCELLING]), ~unsettled
+    )
     ids = list(session.execute(candidates).scalars())
     if not ids:
         return changed
-    retries_left = Job.retries < Job.max_retries
+    retries_left = col(Job.retries) < Job.max_retries
     q = (
-        sa.select(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
-                  Campaign.status, sa.func.count())
-        .join(Campaign, Campaign.id == Job.campaign_id)
-        .where(Campaign.id.in_(ids))
-        .group_by(Job.campaign_id, Job.status, retries_left, Job.retry_requested, Job.cancel_requested,
-                  Campaign.status)
+        sa.select(
+            col(Job.campaign_id),
+            col(Job.status),
+            retries_left,
+            col(Job.retry_requested),
+            col(Job.cancel_requested),
+            col(Campaign.status),
+            sa.func.count(),
+        )
+        .join(Campaign, col(Campaign.id) == Job.campaign_id)
+        .where(col(Campaign.id).in_(ids))
+        .group_by(
+            col(Job.campaign_id),
+            col(Job.status),
+            retries_left,
+            col(Job.retry_requested),
+            col(Job.cancel_requested),
+            col(Campaign.status),
+        )
     )
     per: dict[int, dict[str, int]] = {}
     for cid, status, left, retry_req, cancel_req, camp_status, n in session.execute(q):
@@ -520,7 +697,7 @@ def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[i
     for cid, counts in per.items():
         if set(counts) - {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}:
             continue
-        camp = session.get(Campaign, cid)
+        camp = session.get_one(Campaign, cid)  # (cid came from joining its row)
         if counts.get(JobStatus.FAILED):
             new = CampaignStatus.FAILED
         elif counts.get(JobStatus.CANCELLED):
@@ -531,8 +708,17 @@ def settle_campaigns(session: Session, *, now: datetime | None = None) -> dict[i
         camp.status = new
         camp.updated_at = now
         session.add(camp)
-        session.add(Event(campaign_id=cid, time=now, from_state=old, to_state=new,
-                          reason="all jobs final", actor="controller", detail=counts))
+        session.add(
+            Event(
+                campaign_id=cid,
+                time=now,
+                from_state=old,
+                to_state=new,
+                reason="all jobs final",
+                actor="controller",
+                detail=counts,
+            )
+        )
         changed[cid] = new
     return changed
 
@@ -545,11 +731,17 @@ def _insert_ignore(session: Session, table: sa.Table, index_elements: Sequence[s
     if dialect == "postgresql":
         return pg_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
     if dialect == "sqlite":
-        return sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
-    raise NotImplementedError(f"idempotent ingest is implemented for sqlite and postgresql, not {dialect}")
+        return sqlite_dialect.insert(table).on_conflict_do_nothing(
+            index_elements=list(index_elements)
+        )
+    raise NotImplementedError(
+        f"idempotent ingest is implemented for sqlite and postgresql, not {dialect}"
+    )
 
 
-def _insert_count(session: Session, stmt, rows: Sequence[Mapping[str, Any]], table: sa.Table) -> int:
+def _insert_count(
+    session: Session, stmt, rows: Sequence[Mapping[str, Any]], table: sa.Table
+) -> int:
     """Run an INSERT ... ON CONFLICT DO NOTHING over `rows`; return how many were inserted.
 
     SQLite's executemany reports the summed rowcount; psycopg's batched executemany does not,
@@ -571,7 +763,9 @@ _PG_METRIC_TEMP = sa.text(
     "(job_id integer, name varchar(64), member integer, step integer, attempt_no integer, "
     "epoch integer, value double precision) ON COMMIT DELETE ROWS"
 )
-_PG_METRIC_COPY = "COPY _metric_in (job_id, name, member, step, attempt_no, epoch, value) FROM STDIN"
+_PG_METRIC_COPY = (
+    "COPY _metric_in (job_id, name, member, step, attempt_no, epoch, value) FROM STDIN"
+)
 _PG_METRIC_MERGE = sa.text(
     "INSERT INTO metric_point (job_id, name, member, step, attempt_no, epoch, value) "
     "SELECT job_id, name, member, step, attempt_no, epoch, value FROM _metric_in "
@@ -581,7 +775,10 @@ _PG_METRIC_CLEAR = sa.text("DELETE FROM _metric_in")
 
 
 def metric_rows(
-    job_id: int, attempt_no: int, records: Iterable[Mapping[str, Any]], member_map: Sequence[int] | None = None
+    job_id: int,
+    attempt_no: int,
+    records: Iterable[Mapping[str, Any]],
+    member_map: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Worker metric records -> metric_point rows. Member indices local to the job's pack
     (0..k-1) become global ensemble indices through `member_map` (the job's `members`)."""
@@ -591,10 +788,17 @@ def metric_rows(
         if member_map and 0 <= member < len(member_map):
             member = int(member_map[member])
         epoch = r.get("epoch")
-        rows.append({
-            "job_id": job_id, "name": str(r["name"]), "member": member, "step": int(r["step"]),
-            "attempt_no": attempt_no, "epoch": None if epoch is None else int(epoch), "value": float(r["value"]),
-        })
+        rows.append(
+            {
+                "job_id": job_id,
+                "name": str(r["name"]),
+                "member": member,
+                "step": int(r["step"]),
+                "attempt_no": attempt_no,
+                "epoch": None if epoch is None else int(epoch),
+                "value": float(r["value"]),
+            }
+        )
     return rows
 
 
@@ -611,6 +815,8 @@ def insert_metric_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> i
         conn.execute(_PG_METRIC_TEMP)
         conn.execute(_PG_METRIC_CLEAR)
         raw = conn.connection.driver_connection  # psycopg.Connection
+        if raw is None:  # (only once the connection is closed)
+            raise RuntimeError("the database connection is closed")
         with raw.cursor() as cur, cur.copy(_PG_METRIC_COPY) as copy:
             for r in rows:
                 copy.write_row(tuple(r[c] for c in _METRIC_COLS))
@@ -628,10 +834,14 @@ def ingest_metrics(
     records: Iterable[Mapping[str, Any]],
 ) -> int:
     """Ingest one metrics segment of an attempt (idempotent); returns the number of new points."""
-    return insert_metric_rows(session, metric_rows(job.id, attempt_no, records, job.members or None))
+    return insert_metric_rows(
+        session, metric_rows(saved_id(job), attempt_no, records, job.members or None)
+    )
 
 
-def ingest_resources(session: Session, job_id: int, attempt_no: int, samples: Iterable[Mapping[str, Any]]) -> int:
+def ingest_resources(
+    session: Session, job_id: int, attempt_no: int, samples: Iterable[Mapping[str, Any]]
+) -> int:
     """Ingest resource samples ({"time": datetime or epoch seconds, "cpu_percent", "rss_bytes",
     "gpus": [...]}) of an attempt, skipping ones already present; returns how many were new."""
     from datetime import UTC
@@ -644,10 +854,16 @@ def ingest_resources(session: Session, job_id: int, attempt_no: int, samples: It
         elif isinstance(t, str):
             t = datetime.fromisoformat(t)
             t = t if t.tzinfo else t.replace(tzinfo=UTC)
-        rows.append({
-            "job_id": job_id, "attempt_no": attempt_no, "time": t,
-            "cpu_percent": s.get("cpu_percent"), "rss_bytes": s.get("rss_bytes"), "gpus": list(s.get("gpus") or []),
-        })
+        rows.append(
+            {
+                "job_id": job_id,
+                "attempt_no": attempt_no,
+                "time": t,
+                "cpu_percent": s.get("cpu_percent"),
+                "rss_bytes": s.get("rss_bytes"),
+                "gpus": list(s.get("gpus") or []),
+            }
+        )
     if not rows:
         return 0
     stmt = _insert_ignore(session, ResourceSample.__table__, ("job_id", "attempt_no", "time"))
@@ -666,8 +882,15 @@ def record_artifact(
 ) -> bool:
     """Record an artifact once per URI; returns True if it was new."""
     stmt = _insert_ignore(session, Artifact.__table__, ("uri",))
-    row = {"job_id": job_id, "attempt_no": attempt_no, "kind": kind, "uri": uri,
-           "size_bytes": size_bytes, "checksum": checksum, "created_at": utcnow()}
+    row = {
+        "job_id": job_id,
+        "attempt_no": attempt_no,
+        "kind": kind,
+        "uri": uri,
+        "size_bytes": size_bytes,
+        "checksum": checksum,
+        "created_at": utcnow(),
+    }
     return _insert_count(session, stmt, [row], Artifact.__table__) > 0
 
 
@@ -680,11 +903,11 @@ def record_fit_result(
     sigma: float | None = None,
 ) -> FitResult:
     """Store (or replace) the result summary of a job: fit-like jobs (fit, impacts, scan,
-    toys) for `service.fit_results`, and train jobs too (their summary's "diagnostics" feed
-    `service.campaign_diagnostics`). One row per job."""
+    toys) for `results_view.fit_results`, and train jobs too (their summary's "diagnostics"
+    feed `results_view.campaign_diagnostics`). One row per job."""
     row = session.exec(select(FitResult).where(FitResult.job_id == job.id)).first()
     if row is None:
-        row = FitResult(job_id=job.id, campaign_id=job.campaign_id, kind=job.kind)
+        row = FitResult(job_id=saved_id(job), campaign_id=job.campaign_id, kind=job.kind)
     row.payload = dict(payload)
     row.mu_hat = mu_hat
     row.sigma = sigma

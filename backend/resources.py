@@ -14,6 +14,8 @@ from typing import Any
 
 import psutil
 
+from backend.settings import get_settings
+
 _nvml_state: dict[str, Any] = {"tried": False, "ok": False}
 
 
@@ -46,15 +48,8 @@ def gpu_count() -> int:
 def visible_gpu_indices() -> list[int]:
     """NVML indices this process may use, honouring ``CUDA_VISIBLE_DEVICES`` (numeric form)."""
     n = gpu_count()
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
-        return list(range(n))
-    out = []
-    for part in env.split(","):
-        part = part.strip()
-        if part.isdigit() and int(part) < n:
-            out.append(int(part))
-    return out
+    visible = get_settings().worker.visible_gpus
+    return list(range(n)) if visible is None else [i for i in visible if i < n]
 
 
 @dataclass

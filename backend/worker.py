@@ -8,6 +8,12 @@ database, which is what lets the same worker run as a local process or on a clou
 
 On SIGTERM (or a ``cancel.json`` in the job folder) the job is asked to stop; training writes
 a checkpoint and the worker exits with :data:`EXIT_PREEMPTED` and ``{"status": "preempted"}``.
+
+Job kinds come from :data:`backend.jobkinds.KINDS` plus, when ``NSBI_JOB_KIND_MODULES`` is set,
+the ``KINDS`` dict of each module it names (comma-separated importable module names, e.g.
+``nsbi_testing.jobkinds`` for the tests' "noop" kind; the module must be importable by the
+worker, so set PYTHONPATH too where it is not installed). A module that cannot be loaded fails
+the attempt for good, with the reason in ``exit.json``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.jobkinds import COOPERATIVE, KINDS, JobContext, JobSpecError, Preempted
-from backend.stores import ArtifactStore, ObjectNotFound, StoreError, open_store
-from backend.stores import layout
+from backend.jobkinds import JobContext, JobKind, JobSpecError, Preempted, StopFlag, load_kinds
+from backend.settings import get_settings
+from backend.stores import ArtifactStore, ObjectNotFound, StoreError, layout, open_store
 from backend.stores.base import append_segment, encode_jsonl, get_json, list_segments, put_json
 
 EXIT_SUCCEEDED = 0
@@ -34,13 +40,13 @@ EXIT_BAD_SPEC = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", resumable from the last checkpoint
 
 # A stop request (SIGTERM, cancel.json) must end the attempt within 25 s. Kinds that poll the
-# stop flag get STOP_GRACE_S to write a checkpoint and return; after that (or at once for kinds
-# that cannot stop cooperatively) the main thread is interrupted.
-STOP_GRACE_S = float(os.environ.get("NSBI_WORKER_STOP_GRACE_S", "15"))
+# stop flag get `NSBI_WORKER_STOP_GRACE_S` (default 15 s) to write a checkpoint and return; after
+# that (or at once for kinds that cannot stop cooperatively) the main thread is interrupted.
 
 
-def _interval() -> float:
-    return float(os.environ.get("NSBI_WORKER_INTERVAL_S", "5"))
+def job_kinds() -> dict[str, JobKind]:
+    """The built-in kinds plus those of the modules named in ``NSBI_JOB_KIND_MODULES``."""
+    return load_kinds(list(get_settings().worker.job_kind_modules))
 
 
 # ---------------------------------------------------------------------- store-backed pieces
@@ -50,8 +56,14 @@ class StoreCheckpointer:
     """The engine's ``Checkpointer`` over the store: saves into this attempt, loads the newest
     checkpoint of *any* attempt of the job, so a retry resumes where the last one stopped."""
 
-    def __init__(self, job_store: ArtifactStore, attempt: int, *, keep: int = 2,
-                 before_save: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        job_store: ArtifactStore,
+        attempt: int,
+        *,
+        keep: int = 2,
+        before_save: Callable[[], Any] | None = None,
+    ) -> None:
         self.store = job_store
         self.attempt = int(attempt)
         self.keep = keep
@@ -102,7 +114,9 @@ class AttemptWriter:
     progress: dict[str, Any] = field(default_factory=dict)
 
     def _next(self, prefix: str, data: bytes, suffix: str) -> None:
-        seq, _ = append_segment(self.store, prefix, data, suffix=suffix, start=self._seq.get(prefix, 1))
+        seq, _ = append_segment(
+            self.store, prefix, data, suffix=suffix, start=self._seq.get(prefix, 1)
+        )
         self._seq[prefix] = seq + 1
 
     def add_metrics(self, records: list[dict]) -> None:
@@ -122,7 +136,11 @@ class AttemptWriter:
 
     def sample_resources(self) -> None:
         if self.sampler is not None:
-            self._next(layout.resources_prefix(self.attempt), encode_jsonl([self.sampler.sample()]), ".jsonl")
+            self._next(
+                layout.resources_prefix(self.attempt),
+                encode_jsonl([self.sampler.sample()]),
+                ".jsonl",
+            )
 
     def tick(self) -> None:
         self.flush_metrics()
@@ -130,31 +148,25 @@ class AttemptWriter:
         self.heartbeat()
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGINT or by a ``cancel.json`` in the job folder."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason = ""
-        self.set_at: float | None = None
-
-    def set(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-            self.set_at = time.monotonic()
-            self.event.set()
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-
 class _Ticker(threading.Thread):
     """Background duties: heartbeat, resource sample, metric flush, cancel check, stop deadline."""
 
-    def __init__(self, writer: AttemptWriter, stop: StopFlag, job_store: ArtifactStore, interval: float,
-                 grace_s: float, on_deadline: Callable[[], None]):
+    def __init__(
+        self,
+        writer: AttemptWriter,
+        stop: StopFlag,
+        job_store: ArtifactStore,
+        interval: float,
+        grace_s: float,
+        on_deadline: Callable[[], None],
+    ):
         super().__init__(name="nsbi-worker-ticker", daemon=True)
-        self.writer, self.stop_flag, self.job_store, self.interval = writer, stop, job_store, interval
+        self.writer, self.stop_flag, self.job_store, self.interval = (
+            writer,
+            stop,
+            job_store,
+            interval,
+        )
         self.grace_s = grace_s
         self.on_deadline = on_deadline
         self.done = threading.Event()
@@ -181,7 +193,9 @@ class _Ticker(threading.Thread):
 
 def _interrupt_main_thread() -> None:
     """Deliver SIGINT to the main thread itself, so a blocking sleep/wait there wakes up too."""
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    ident = threading.main_thread().ident
+    assert ident is not None  # only a thread not yet started has no ident
+    signal.pthread_kill(ident, signal.SIGINT)
 
 
 # ---------------------------------------------------------------------- the attempt itself
@@ -189,7 +203,7 @@ def _interrupt_main_thread() -> None:
 
 @dataclass(frozen=True)
 class WorkerOutcome:
-    status: str        # succeeded | failed | preempted
+    status: str  # succeeded | failed | preempted
     exit_code: int
     error: str | None = None
     # False when another attempt of the same spec must fail the same way (a bad spec): the
@@ -197,17 +211,29 @@ class WorkerOutcome:
     retryable: bool = True
 
 
-def _write_exit(job_store: ArtifactStore, attempt: int, outcome: WorkerOutcome, started: float) -> None:
-    put_json(job_store, layout.exit_key(attempt), {
-        "status": outcome.status, "exit_code": outcome.exit_code, "error": outcome.error,
-        "retryable": outcome.retryable,
-        "attempt": attempt, "started_at": started, "finished_at": time.time(),
-        "pid": os.getpid(), "host": socket.gethostname(),
-    })
+def _write_exit(
+    job_store: ArtifactStore, attempt: int, outcome: WorkerOutcome, started: float
+) -> None:
+    put_json(
+        job_store,
+        layout.exit_key(attempt),
+        {
+            "status": outcome.status,
+            "exit_code": outcome.exit_code,
+            "error": outcome.error,
+            "retryable": outcome.retryable,
+            "attempt": attempt,
+            "started_at": started,
+            "finished_at": time.time(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+    )
 
 
-def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
-                interval: float | None = None) -> WorkerOutcome:
+def run_attempt(
+    job_uri: str, attempt: int, *, install_signals: bool = True, interval: float | None = None
+) -> WorkerOutcome:
     """Run one attempt end to end and return how it ended (exit.json is written unless the
     store itself is unreachable)."""
     started = time.time()
@@ -218,19 +244,34 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
     stop = StopFlag()
     in_job = {"now": False, "cooperative": True, "force": False}
     if install_signals:
+
         def on_signal(signum, _frame):
             stop.set(f"received {signal.Signals(signum).name}")
             if in_job["now"] and (in_job["force"] or not in_job["cooperative"]):
                 raise Preempted(stop.reason)  # cannot (or did not) stop by itself: stop right away
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    try:
+        kinds = job_kinds()
+    except Exception as exc:  # the worker's environment (a module failed to import): final
+        outcome = WorkerOutcome(
+            "failed",
+            EXIT_FAILED,
+            f"NSBI_JOB_KIND_MODULES: {type(exc).__name__}: {exc}",
+            retryable=False,
+        )
+        _safe_exit(job_store, attempt, outcome, started)
+        return outcome
     try:
         spec = get_json(job_store, layout.SPEC)
         if not isinstance(spec, dict):
             raise JobSpecError(f"{job_store.uri_for(layout.SPEC)}: expected a JSON object")
         kind = spec.get("kind")
-        if kind not in KINDS:
-            raise JobSpecError(f"{job_store.uri_for(layout.SPEC)}: unknown job kind {kind!r} (known: {sorted(KINDS)})")
+        if kind not in kinds:
+            raise JobSpecError(
+                f"{job_store.uri_for(layout.SPEC)}: unknown job kind {kind!r} (known: {sorted(kinds)})"
+            )
     except (ObjectNotFound, StoreError, JobSpecError) as exc:
         # a spec that is there but unusable fails every attempt alike; a missing or unreadable
         # one may be the store's passing trouble (the controller rewrites spec.json per launch)
@@ -245,22 +286,34 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
     checkpointer = StoreCheckpointer(job_store, attempt, before_save=writer.flush_metrics)
     ctx = JobContext(spec, job_store, attempt, writer, checkpointer, stop)
     writer.heartbeat()
-    in_job["cooperative"] = kind in COOPERATIVE
+    in_job["cooperative"] = kinds[kind].cooperative
+
     def deadline() -> None:
         in_job["force"] = True
         if in_job["now"]:
             _interrupt_main_thread()
 
-    ticker = _Ticker(writer, stop, job_store, interval if interval is not None else _interval(),
-                     STOP_GRACE_S if in_job["cooperative"] else 0.0, deadline)
+    worker_settings = get_settings().worker
+    ticker = _Ticker(
+        writer,
+        stop,
+        job_store,
+        interval if interval is not None else worker_settings.interval_s,
+        worker_settings.stop_grace_s if in_job["cooperative"] else 0.0,
+        deadline,
+    )
     ticker.start()
     try:
         in_job["now"] = True
         try:
-            result = KINDS[kind](ctx)
+            result = kinds[kind].run(ctx)
         finally:
             in_job["now"] = False
-        put_json(job_store, layout.result_key(attempt), {"status": "succeeded", "kind": kind, "attempt": attempt, **result})
+        put_json(
+            job_store,
+            layout.result_key(attempt),
+            {"status": "succeeded", "kind": kind, "attempt": attempt, **result},
+        )
         outcome = WorkerOutcome("succeeded", EXIT_SUCCEEDED)
     except (Preempted, KeyboardInterrupt) as exc:
         why = str(exc) or stop.reason or "interrupted"
@@ -284,7 +337,9 @@ def run_attempt(job_uri: str, attempt: int, *, install_signals: bool = True,
     return outcome
 
 
-def _safe_exit(job_store: ArtifactStore, attempt: int, outcome: WorkerOutcome, started: float) -> None:
+def _safe_exit(
+    job_store: ArtifactStore, attempt: int, outcome: WorkerOutcome, started: float
+) -> None:
     try:
         _write_exit(job_store, attempt, outcome, started)
     except Exception as exc:  # nothing more we can do; the exit code still tells the launcher

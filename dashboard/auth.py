@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 from typing import Literal
 
 import streamlit as st
+
+from backend.settings import get_settings
 
 PASSWORD_ENV = "NSBI_DASHBOARD_PASSWORD"
 PASSWORD_SECRET = "dashboard_password"
@@ -64,7 +65,7 @@ def _secret(key: str) -> object | None:
 
 
 def configured_password() -> str | None:
-    value = _secret(PASSWORD_SECRET) or os.environ.get(PASSWORD_ENV)
+    value = _secret(PASSWORD_SECRET) or get_settings().dashboard.password  # NSBI_DASHBOARD_PASSWORD
     return str(value) if value else None
 
 

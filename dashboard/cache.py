@@ -32,8 +32,14 @@ def campaigns(db: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def jobs(db: str, campaign_id: int | None, states: tuple[str, ...] = (), kind: str | None = None,
-         offset: int = 0, limit: int = 50) -> tuple[pd.DataFrame, int]:
+def jobs(
+    db: str,
+    campaign_id: int | None,
+    states: tuple[str, ...] = (),
+    kind: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[pd.DataFrame, int]:
     return queries.load_jobs(campaign_id, states or None, kind, offset, limit)
 
 
@@ -45,13 +51,20 @@ def train_jobs(db: str, campaign_id: int) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def metrics(db: str, job_id: int | None, campaign_id: int | None, names: tuple[str, ...] = (),
-            max_points: int = 2000) -> pd.DataFrame:
+def metrics(
+    db: str,
+    job_id: int | None,
+    campaign_id: int | None,
+    names: tuple[str, ...] = (),
+    max_points: int = 2000,
+) -> pd.DataFrame:
     return queries.load_metrics(job_id, campaign_id, names or None, max_points)
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def resources(db: str, job_id: int | None, campaign_id: int | None, max_points: int = 2000) -> pd.DataFrame:
+def resources(
+    db: str, job_id: int | None, campaign_id: int | None, max_points: int = 2000
+) -> pd.DataFrame:
     return queries.load_resources(job_id, campaign_id, max_points)
 
 
@@ -89,7 +102,9 @@ def campaign_choices(db: str) -> dict[int, str]:
     return {int(r.id): f"{int(r.id)} · {r.name} ({r.status})" for r in df.itertuples()}
 
 
-def select_campaign(label: str = "Campaign", *, key: str, options: Sequence[int] | None = None) -> int | None:
+def select_campaign(
+    label: str = "Campaign", *, key: str, options: Sequence[int] | None = None
+) -> int | None:
     """A campaign select box remembered across pages through `st.session_state['campaign_id']`."""
     choices = campaign_choices(database_key())
     ids = [i for i in choices if options is None or i in options]

@@ -35,15 +35,23 @@ def ensure_browser_path() -> str | None:
     return None
 
 
-def figure_bytes(fig: go.Figure, fmt: str = "png", *, width: int = 1100, height: int | None = None,
-                 scale: float = 2.0) -> bytes:
+def figure_bytes(
+    fig: go.Figure,
+    fmt: str = "png",
+    *,
+    width: int = 1100,
+    height: int | None = None,
+    scale: float = 2.0,
+) -> bytes:
     """Render `fig` to PNG or PDF bytes; raises ExportError with the reason on failure."""
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ExportError(f"unsupported export format {fmt!r}; choose one of {sorted(FORMATS)}")
     if ensure_browser_path() is None:
-        raise ExportError("no Chromium found for kaleido: install it (apt-get install chromium) "
-                          "or set BROWSER_PATH")
+        raise ExportError(
+            "no Chromium found for kaleido: install it (apt-get install chromium) "
+            "or set BROWSER_PATH"
+        )
     h = height or fig.layout.height or 500
     fig = go.Figure(fig).update_layout(template="plotly_white")  # a white page for print
     try:

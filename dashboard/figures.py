@@ -27,8 +27,14 @@ Q_68 = 1.0
 Q_95 = 3.841458820694124
 
 
-def _layout(fig: go.Figure, title: str, *, height: int = 420, shapes: Sequence[dict] = (),
-            annotations: Sequence[dict] = ()) -> go.Figure:
+def _layout(
+    fig: go.Figure,
+    title: str,
+    *,
+    height: int = 420,
+    shapes: Sequence[dict] = (),
+    annotations: Sequence[dict] = (),
+) -> go.Figure:
     # No template here: Streamlit applies its theme in the app, and `export` sets plotly_white
     # for static files. Assigning a template costs ~40 ms per figure (it is deep-copied and
     # validated), which adds up on pages with several charts.
@@ -45,26 +51,70 @@ def _layout(fig: go.Figure, title: str, *, height: int = 420, shapes: Sequence[d
 
 # Reference lines and bands as plain shape dicts: fig.add_hline/add_vrect re-validate the whole
 # layout on every call (~12 ms each), these cost nothing until the one update_layout above.
-def _hline(y: float, colour: str, dash: str = "dash", *, xref: str = "x domain", yref: str = "y",
-           width: float = 1.5) -> dict:
-    return {"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": y, "y1": y,
-            "line": {"color": colour, "dash": dash, "width": width}}
+def _hline(
+    y: float,
+    colour: str,
+    dash: str = "dash",
+    *,
+    xref: str = "x domain",
+    yref: str = "y",
+    width: float = 1.5,
+) -> dict:
+    return {
+        "type": "line",
+        "xref": xref,
+        "x0": 0,
+        "x1": 1,
+        "yref": yref,
+        "y0": y,
+        "y1": y,
+        "line": {"color": colour, "dash": dash, "width": width},
+    }
 
 
 def _vline(x: float, colour: str, dash: str = "solid", *, width: float = 1.0) -> dict:
-    return {"type": "line", "yref": "y domain", "y0": 0, "y1": 1, "xref": "x", "x0": x, "x1": x,
-            "line": {"color": colour, "dash": dash, "width": width}}
+    return {
+        "type": "line",
+        "yref": "y domain",
+        "y0": 0,
+        "y1": 1,
+        "xref": "x",
+        "x0": x,
+        "x1": x,
+        "line": {"color": colour, "dash": dash, "width": width},
+    }
 
 
 def _vrect(x0: float, x1: float, colour: str, opacity: float) -> dict:
-    return {"type": "rect", "yref": "y domain", "y0": 0, "y1": 1, "xref": "x", "x0": x0, "x1": x1,
-            "fillcolor": colour, "opacity": opacity, "line": {"width": 0}, "layer": "below"}
+    return {
+        "type": "rect",
+        "yref": "y domain",
+        "y0": 0,
+        "y1": 1,
+        "xref": "x",
+        "x0": x0,
+        "x1": x1,
+        "fillcolor": colour,
+        "opacity": opacity,
+        "line": {"width": 0},
+        "layer": "below",
+    }
 
 
-def _label(text: str, *, x: float, y: float, xref: str = "x domain", yref: str = "y",
-           xanchor: str = "left") -> dict:
-    return {"text": text, "x": x, "y": y, "xref": xref, "yref": yref, "showarrow": False,
-            "xanchor": xanchor, "yanchor": "bottom", "font": {"size": 11}}
+def _label(
+    text: str, *, x: float, y: float, xref: str = "x domain", yref: str = "y", xanchor: str = "left"
+) -> dict:
+    return {
+        "text": text,
+        "x": x,
+        "y": y,
+        "xref": xref,
+        "yref": yref,
+        "showarrow": False,
+        "xanchor": xanchor,
+        "yanchor": "bottom",
+        "font": {"size": 11},
+    }
 
 
 def empty_figure(message: str, *, title: str = "") -> go.Figure:
@@ -72,8 +122,15 @@ def empty_figure(message: str, *, title: str = "") -> go.Figure:
     fig = go.Figure()
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    note = {"text": message, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper", "showarrow": False,
-            "font": {"size": 15, "color": "#666"}}
+    note = {
+        "text": message,
+        "x": 0.5,
+        "y": 0.5,
+        "xref": "paper",
+        "yref": "paper",
+        "showarrow": False,
+        "font": {"size": 15, "color": "#666"},
+    }
     return _layout(fig, title, height=300, annotations=[note])
 
 
@@ -83,8 +140,9 @@ def _is_validation(name: str) -> bool:
     return bool(tokens & {"val", "valid", "validation", "holdout"})
 
 
-def _stacked_axes(titles: Sequence[str], heights: Sequence[float] | None = None,
-                  gap: float = 0.06) -> tuple[dict, list[dict]]:
+def _stacked_axes(
+    titles: Sequence[str], heights: Sequence[float] | None = None, gap: float = 0.06
+) -> tuple[dict, list[dict]]:
     """Layout axes for panels stacked vertically over one shared x axis (top panel first).
 
     A hand-made replacement for make_subplots(rows=n, shared_xaxes=True), which spends
@@ -103,8 +161,19 @@ def _stacked_axes(titles: Sequence[str], heights: Sequence[float] | None = None,
         key = "yaxis" if i == 0 else f"yaxis{i + 1}"
         layout[key] = {"domain": [lo, top], "anchor": "x"}
         if title:
-            notes.append({"text": f"<b>{title}</b>", "x": 0.0, "y": top, "xref": "paper", "yref": "paper",
-                          "showarrow": False, "xanchor": "left", "yanchor": "bottom", "font": {"size": 12}})
+            notes.append(
+                {
+                    "text": f"<b>{title}</b>",
+                    "x": 0.0,
+                    "y": top,
+                    "xref": "paper",
+                    "yref": "paper",
+                    "showarrow": False,
+                    "xanchor": "left",
+                    "yanchor": "bottom",
+                    "font": {"size": 12},
+                }
+            )
         top = lo - gap
     layout["xaxis"] = {"anchor": "y" if n == 1 else f"y{n}"}
     return layout, notes
@@ -113,8 +182,14 @@ def _stacked_axes(titles: Sequence[str], heights: Sequence[float] | None = None,
 # --------------------------------------------------------------------------- training
 
 
-def loss_curves(metrics: pd.DataFrame, band: pd.DataFrame, *, title: str = "Loss per member",
-                show_members: bool = True, log_y: bool = False) -> go.Figure:
+def loss_curves(
+    metrics: pd.DataFrame,
+    band: pd.DataFrame,
+    *,
+    title: str = "Loss per member",
+    show_members: bool = True,
+    log_y: bool = False,
+) -> go.Figure:
     """Per-member loss curves plus the ensemble band (mean +- std and min/max).
 
     `metrics` has columns member, step, name, value; `band` is `queries.ensemble_band(metrics)`
@@ -131,31 +206,68 @@ def loss_curves(metrics: pd.DataFrame, band: pd.DataFrame, *, title: str = "Loss
         b = band[band["name"] == name].sort_values("step")
         x = b["step"].to_numpy()
         # min/max envelope (light) then mean +- std (darker), drawn as closed polygons.
-        for lo, hi, alpha, label in ((b["min"], b["max"], 0.12, "min/max"),
-                                     (b["mean"] - b["std"], b["mean"] + b["std"], 0.28, "mean ± std")):
-            traces.append({"type": "scatter", "x": np.concatenate([x, x[::-1]]),
-                           "y": np.concatenate([hi.to_numpy(), lo.to_numpy()[::-1]]),
-                           "fill": "toself", "fillcolor": fill.format(a=alpha), "line": {"width": 0},
-                           "hoverinfo": "skip", "name": f"{name} {label}", "legendgroup": name})
-        traces.append({"type": "scatter", "x": x, "y": b["mean"].to_numpy(), "mode": "lines",
-                       "name": f"{name} mean", "legendgroup": name,
-                       "line": {"color": colour, "width": 2.5, "dash": "dash" if val else "solid"}})
+        for lo, hi, alpha, label in (
+            (b["min"], b["max"], 0.12, "min/max"),
+            (b["mean"] - b["std"], b["mean"] + b["std"], 0.28, "mean ± std"),
+        ):
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": np.concatenate([x, x[::-1]]),
+                    "y": np.concatenate([hi.to_numpy(), lo.to_numpy()[::-1]]),
+                    "fill": "toself",
+                    "fillcolor": fill.format(a=alpha),
+                    "line": {"width": 0},
+                    "hoverinfo": "skip",
+                    "name": f"{name} {label}",
+                    "legendgroup": name,
+                }
+            )
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x,
+                "y": b["mean"].to_numpy(),
+                "mode": "lines",
+                "name": f"{name} mean",
+                "legendgroup": name,
+                "line": {"color": colour, "width": 2.5, "dash": "dash" if val else "solid"},
+            }
+        )
     if show_members and not metrics.empty:
         for (name, member), g in metrics.groupby(["name", "member"], sort=True):
             val = _is_validation(str(name))
             g = g.sort_values("step")
-            traces.append({"type": "scatter", "x": g["step"].to_numpy(), "y": g["value"].to_numpy(),
-                           "mode": "lines", "opacity": 0.35, "showlegend": False,
-                           "line": {"color": VAL_COLOUR if val else TRAIN_COLOUR, "width": 1,
-                                    "dash": "dash" if val else "solid"},
-                           "name": f"{name} member {member}", "legendgroup": f"{name}-members"})
-    fig = go.Figure(data=traces, layout={"xaxis": {"title": "step"},
-                                         "yaxis": {"title": "loss", "type": "log" if log_y else "linear"}})
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": g["step"].to_numpy(),
+                    "y": g["value"].to_numpy(),
+                    "mode": "lines",
+                    "opacity": 0.35,
+                    "showlegend": False,
+                    "line": {
+                        "color": VAL_COLOUR if val else TRAIN_COLOUR,
+                        "width": 1,
+                        "dash": "dash" if val else "solid",
+                    },
+                    "name": f"{name} member {member}",
+                    "legendgroup": f"{name}-members",
+                }
+            )
+    fig = go.Figure(
+        data=traces,
+        layout={
+            "xaxis": {"title": "step"},
+            "yaxis": {"title": "loss", "type": "log" if log_y else "linear"},
+        },
+    )
     return _layout(fig, title)
 
 
-def resource_usage(resources: pd.DataFrame, *, title: str = "Resource usage",
-                   summed: bool = False) -> go.Figure:
+def resource_usage(
+    resources: pd.DataFrame, *, title: str = "Resource usage", summed: bool = False
+) -> go.Figure:
     """Resource samples over time, one subplot per metric (GPU util, memory, power, CPU, RSS).
 
     `resources` is long: columns time, job_id, name, value. With `summed`, values of all jobs
@@ -171,23 +283,50 @@ def resource_usage(resources: pd.DataFrame, *, title: str = "Resource usage",
         r = resources[resources["name"] == name]
         if summed:
             total = r.groupby("time", as_index=False)["value"].sum().sort_values("time")
-            traces.append({"type": "scatter", "x": total["time"], "y": total["value"], "mode": "lines",
-                           "name": f"{name} (sum)", "showlegend": False, "yaxis": yaxis})
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": total["time"],
+                    "y": total["value"],
+                    "mode": "lines",
+                    "name": f"{name} (sum)",
+                    "showlegend": False,
+                    "yaxis": yaxis,
+                }
+            )
         else:
             for job_id, g in r.groupby("job_id", sort=True):
                 g = g.sort_values("time")
-                traces.append({"type": "scatter", "x": g["time"], "y": g["value"], "mode": "lines",
-                               "name": f"job {job_id}", "legendgroup": str(job_id), "showlegend": row == 1,
-                               "yaxis": yaxis})
+                traces.append(
+                    {
+                        "type": "scatter",
+                        "x": g["time"],
+                        "y": g["value"],
+                        "mode": "lines",
+                        "name": f"job {job_id}",
+                        "legendgroup": str(job_id),
+                        "showlegend": row == 1,
+                        "yaxis": yaxis,
+                    }
+                )
     fig = go.Figure(data=traces, layout=axes)
     return _layout(fig, title, height=max(300, 170 * len(names)), annotations=notes)
 
 
-STATE_COLOURS = {"pending": "#bdbdbd", "launching": "#9ecae1", "running": "#3182bd", "succeeded": "#31a354",
-                 "failed": "#de2d26", "preempted": "#fd8d3c", "cancelled": "#636363"}
+STATE_COLOURS = {
+    "pending": "#bdbdbd",
+    "launching": "#9ecae1",
+    "running": "#3182bd",
+    "succeeded": "#31a354",
+    "failed": "#de2d26",
+    "preempted": "#fd8d3c",
+    "cancelled": "#636363",
+}
 
 
-def campaign_states(campaigns: pd.DataFrame, *, title: str = "Jobs by state", top: int = 10) -> go.Figure:
+def campaign_states(
+    campaigns: pd.DataFrame, *, title: str = "Jobs by state", top: int = 10
+) -> go.Figure:
     """Stacked horizontal bars: each campaign's jobs by state (columns id, name, n_<state>).
 
     Shows the `top` newest campaigns, newest on top.
@@ -197,10 +336,21 @@ def campaign_states(campaigns: pd.DataFrame, *, title: str = "Jobs by state", to
         return empty_figure("No campaigns.", title=title)
     df = campaigns.sort_values("id", ascending=False).head(top).iloc[::-1]
     labels = [f"{int(i)} · {n}" for i, n in zip(df["id"], df["name"])]
-    traces = [{"type": "bar", "orientation": "h", "x": df[c].fillna(0).to_numpy(), "y": labels,
-               "name": c[2:], "marker": {"color": STATE_COLOURS[c[2:]]}} for c in cols]
-    fig = go.Figure(data=traces, layout={"barmode": "stack", "xaxis": {"title": "jobs"},
-                                         "yaxis": {"type": "category"}})
+    traces = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "x": df[c].fillna(0).to_numpy(),
+            "y": labels,
+            "name": c[2:],
+            "marker": {"color": STATE_COLOURS[c[2:]]},
+        }
+        for c in cols
+    ]
+    fig = go.Figure(
+        data=traces,
+        layout={"barmode": "stack", "xaxis": {"title": "jobs"}, "yaxis": {"type": "category"}},
+    )
     return _layout(fig, title, height=140 + 30 * len(df))
 
 
@@ -216,14 +366,24 @@ def calibration(curves: pd.DataFrame, *, title: str = "Calibration") -> go.Figur
     if curves.empty:
         return empty_figure("No calibration data.", title=title)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect",
-                             line={"color": "#888", "dash": "dot"}))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"color": "#888", "dash": "dot"}
+        )
+    )
     for label, g in curves.groupby("label", sort=True):
         err = g["error"] if "error" in g and g["error"].notna().any() else None
-        fig.add_trace(go.Scatter(
-            x=g["predicted"], y=g["observed"], mode="lines+markers", name=str(label),
-            error_y={"type": "data", "array": err, "visible": True} if err is not None else None,
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=g["predicted"],
+                y=g["observed"],
+                mode="lines+markers",
+                name=str(label),
+                error_y={"type": "data", "array": err, "visible": True}
+                if err is not None
+                else None,
+            )
+        )
     fig.update_xaxes(title="predicted s(x)", range=[0, 1])
     fig.update_yaxes(title="observed fraction", range=[0, 1])
     return _layout(fig, title)
@@ -250,29 +410,77 @@ def closure(hist: Mapping, *, title: str | None = None) -> go.Figure:
     axes["xaxis"]["title"] = obs
     traces = []
     if hist.get("denominator") is not None:
-        traces.append({"type": "scatter", "x": centres, "y": np.asarray(hist["denominator"], dtype=float),
-                       "mode": "lines", "line": {"shape": "hvh", "color": "#999"}, "name": "denominator"})
-    traces.append({"type": "scatter", "x": centres, "y": num, "mode": "lines", "name": "numerator",
-                   "line": {"shape": "hvh", "color": "black"}, "error_y": _err(hist.get("numerator_err"))})
-    traces.append({"type": "scatter", "x": centres, "y": rew, "mode": "lines", "name": "denominator × r(x)",
-                   "line": {"shape": "hvh", "color": VAL_COLOUR, "dash": "dash"},
-                   "error_y": _err(hist.get("reweighted_err"))})
+        traces.append(
+            {
+                "type": "scatter",
+                "x": centres,
+                "y": np.asarray(hist["denominator"], dtype=float),
+                "mode": "lines",
+                "line": {"shape": "hvh", "color": "#999"},
+                "name": "denominator",
+            }
+        )
+    traces.append(
+        {
+            "type": "scatter",
+            "x": centres,
+            "y": num,
+            "mode": "lines",
+            "name": "numerator",
+            "line": {"shape": "hvh", "color": "black"},
+            "error_y": _err(hist.get("numerator_err")),
+        }
+    )
+    traces.append(
+        {
+            "type": "scatter",
+            "x": centres,
+            "y": rew,
+            "mode": "lines",
+            "name": "denominator × r(x)",
+            "line": {"shape": "hvh", "color": VAL_COLOUR, "dash": "dash"},
+            "error_y": _err(hist.get("reweighted_err")),
+        }
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(num > 0, rew / num, np.nan)
-    traces.append({"type": "scatter", "x": centres, "y": ratio, "mode": "markers", "yaxis": "y2",
-                   "marker": {"color": VAL_COLOUR}, "name": "ratio", "showlegend": False})
-    fig = go.Figure(data=[{k: v for k, v in t.items() if v is not None} for t in traces], layout=axes)
+    traces.append(
+        {
+            "type": "scatter",
+            "x": centres,
+            "y": ratio,
+            "mode": "markers",
+            "yaxis": "y2",
+            "marker": {"color": VAL_COLOUR},
+            "name": "ratio",
+            "showlegend": False,
+        }
+    )
+    fig = go.Figure(
+        data=[{k: v for k, v in t.items() if v is not None} for t in traces], layout=axes
+    )
     return _layout(fig, title or label, shapes=[_hline(1.0, "#888", "dot", yref="y2")])
 
 
 def _err(values) -> dict | None:
     if values is None:
         return None
-    return {"type": "data", "array": np.asarray(values, dtype=float), "visible": True, "thickness": 1}
+    return {
+        "type": "data",
+        "array": np.asarray(values, dtype=float),
+        "visible": True,
+        "thickness": 1,
+    }
 
 
-def histogram(values: Sequence[float] | np.ndarray, *, title: str, x_title: str,
-              threshold: float | None = None, bins: int = 40) -> go.Figure:
+def histogram(
+    values: Sequence[float] | np.ndarray,
+    *,
+    title: str,
+    x_title: str,
+    threshold: float | None = None,
+    bins: int = 40,
+) -> go.Figure:
     """A histogram with an optional vertical threshold line (ensemble spread, normalisation)."""
     arr = np.asarray(values, dtype=float)
     arr = arr[np.isfinite(arr)]
@@ -282,7 +490,9 @@ def histogram(values: Sequence[float] | np.ndarray, *, title: str, x_title: str,
     shapes, notes = [], []
     if threshold is not None:
         shapes.append(_vline(threshold, VAL_COLOUR, "dash", width=1.5))
-        notes.append(_label(f"threshold {threshold:g}", x=threshold, y=1.0, xref="x", yref="y domain"))
+        notes.append(
+            _label(f"threshold {threshold:g}", x=threshold, y=1.0, xref="x", yref="y domain")
+        )
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="entries")
     return _layout(fig, title, shapes=shapes, annotations=notes)
@@ -293,8 +503,11 @@ def roc(curve: pd.DataFrame, *, title: str = "ROC") -> go.Figure:
     if curve.empty:
         return empty_figure("No ROC data.", title=title)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "#888", "dash": "dot"},
-                             name="random"))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", line={"color": "#888", "dash": "dot"}, name="random"
+        )
+    )
     for label, g in curve.groupby("label", sort=True):
         auc = g["auc"].iloc[0] if "auc" in g else None
         name = f"{label} (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else str(label)
@@ -316,19 +529,36 @@ def pulls(pulls_df: pd.DataFrame, *, title: str = "Nuisance-parameter pulls") ->
         return empty_figure("No nuisance parameters.", title=title)
     df = pulls_df.iloc[::-1]  # first parameter on top
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=df["pull"], y=df["name"], mode="markers", marker={"color": "black", "size": 8},
-                             error_x={"type": "data", "array": df["constraint"], "visible": True,
-                                      "color": "black", "thickness": 1.5},
-                             name="pull ± post-fit constraint"))
+    fig.add_trace(
+        go.Scatter(
+            x=df["pull"],
+            y=df["name"],
+            mode="markers",
+            marker={"color": "black", "size": 8},
+            error_x={
+                "type": "data",
+                "array": df["constraint"],
+                "visible": True,
+                "color": "black",
+                "thickness": 1.5,
+            },
+            name="pull ± post-fit constraint",
+        )
+    )
     span = max(2.5, float(np.nanmax(np.abs(df["pull"]) + df["constraint"])) + 0.3)
     fig.update_xaxes(title="(θ̂ − θ₀) / Δθ", range=[-span, span], zeroline=False)
     fig.update_yaxes(type="category")
-    bands = [_vrect(-2, 2, "#ffd92f", 0.45), _vrect(-1, 1, "#66c2a5", 0.55), _vline(0, "#333", "dot")]
+    bands = [
+        _vrect(-2, 2, "#ffd92f", 0.45),
+        _vrect(-1, 1, "#66c2a5", 0.55),
+        _vline(0, "#333", "dot"),
+    ]
     return _layout(fig, title, height=max(300, 120 + 24 * len(df)), shapes=bands)
 
 
-def impacts_ranking(impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20,
-                    title: str | None = None) -> go.Figure:
+def impacts_ranking(
+    impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20, title: str | None = None
+) -> go.Figure:
     """The ranking plot of the largest impacts, in the ATLAS/cabinetry style.
 
     Bars on the top axis: pre-fit (open) and post-fit (filled) +-1 sigma impacts on the POI,
@@ -346,37 +576,78 @@ def impacts_ranking(impacts_df: pd.DataFrame, *, poi: str = "mu", top: int = 20,
     names = df["name"].tolist()
     fig = go.Figure()
     bar = {"orientation": "h", "xaxis": "x2", "y": names}
-    fig.add_trace(go.Bar(x=df["prefit_up"], name="pre-fit +1σ", marker={"color": "rgba(0,0,0,0)",
-                         "line": {"color": PREFIT_COLOUR, "width": 2}}, **bar))
-    fig.add_trace(go.Bar(x=df["prefit_down"], name="pre-fit −1σ", marker={"color": "rgba(0,0,0,0)",
-                         "line": {"color": "#7fc97f", "width": 2}}, **bar))
-    fig.add_trace(go.Bar(x=df["postfit_up"], name="post-fit +1σ", marker={"color": POSTFIT_COLOUR}, **bar))
-    fig.add_trace(go.Bar(x=df["postfit_down"], name="post-fit −1σ", marker={"color": "#2ca25f"}, **bar))
+    fig.add_trace(
+        go.Bar(
+            x=df["prefit_up"],
+            name="pre-fit +1σ",
+            marker={"color": "rgba(0,0,0,0)", "line": {"color": PREFIT_COLOUR, "width": 2}},
+            **bar,
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=df["prefit_down"],
+            name="pre-fit −1σ",
+            marker={"color": "rgba(0,0,0,0)", "line": {"color": "#7fc97f", "width": 2}},
+            **bar,
+        )
+    )
+    fig.add_trace(
+        go.Bar(x=df["postfit_up"], name="post-fit +1σ", marker={"color": POSTFIT_COLOUR}, **bar)
+    )
+    fig.add_trace(
+        go.Bar(x=df["postfit_down"], name="post-fit −1σ", marker={"color": "#2ca25f"}, **bar)
+    )
     if "pull" in df:
-        fig.add_trace(go.Scatter(
-            x=df["pull"], y=names, mode="markers", marker={"color": "black", "size": 8}, xaxis="x",
-            error_x={"type": "data", "array": df.get("constraint", pd.Series(np.ones(len(df)))),
-                     "visible": True, "color": "black"},
-            name="pull",
-        ))
-    reach = float(np.nanmax(np.abs(df[["prefit_up", "prefit_down", "postfit_up", "postfit_down"]].to_numpy())))
+        fig.add_trace(
+            go.Scatter(
+                x=df["pull"],
+                y=names,
+                mode="markers",
+                marker={"color": "black", "size": 8},
+                xaxis="x",
+                error_x={
+                    "type": "data",
+                    "array": df.get("constraint", pd.Series(np.ones(len(df)))),
+                    "visible": True,
+                    "color": "black",
+                },
+                name="pull",
+            )
+        )
+    reach = float(
+        np.nanmax(np.abs(df[["prefit_up", "prefit_down", "postfit_up", "postfit_down"]].to_numpy()))
+    )
     reach = reach * 1.15 if reach > 0 else 1.0
     fig.update_layout(
-        barmode="overlay", bargap=0.35,
+        barmode="overlay",
+        bargap=0.35,
         xaxis={"title": "(θ̂ − θ₀) / Δθ", "range": [-2.2, 2.2], "side": "bottom", "zeroline": False},
-        xaxis2={"title": f"Δ{poi}", "overlaying": "x", "side": "top", "range": [-reach, reach],
-                "showgrid": False},
+        xaxis2={
+            "title": f"Δ{poi}",
+            "overlaying": "x",
+            "side": "top",
+            "range": [-reach, reach],
+            "showgrid": False,
+        },
         yaxis={"type": "category"},
     )
     height = max(380, 190 + 28 * len(df))
     fig = _layout(fig, title, height=height, shapes=[_vline(0, "#333")])
-    fig.update_layout(margin={"t": 110, "b": 110},
-                      legend={"y": -70 / (height - 220), "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_layout(
+        margin={"t": 110, "b": 110},
+        legend={"y": -70 / (height - 220), "yanchor": "top", "x": 0, "xanchor": "left"},
+    )
     return fig
 
 
-def correlation(names: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray,
-                *, title: str = "Correlation matrix", max_params: int = 60) -> go.Figure:
+def correlation(
+    names: Sequence[str],
+    matrix: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    title: str = "Correlation matrix",
+    max_params: int = 60,
+) -> go.Figure:
     """Heat map of the post-fit correlation matrix, diverging colour scale fixed to [-1, 1].
 
     Above `max_params`, keep the parameters with the largest off-diagonal correlation so
@@ -393,9 +664,19 @@ def correlation(names: Sequence[str], matrix: Sequence[Sequence[float]] | np.nda
         labels = [labels[i] for i in keep]
         title = f"{title} (top {max_params} by |ρ|)"
     text = [[f"{v:.2f}" for v in row] for row in m] if len(labels) <= 25 else None
-    fig = go.Figure(go.Heatmap(z=m, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r",
-                               text=text, texttemplate="%{text}" if text else None,
-                               colorbar={"title": "ρ"}))
+    fig = go.Figure(
+        go.Heatmap(
+            z=m,
+            x=labels,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu_r",
+            text=text,
+            texttemplate="%{text}" if text else None,
+            colorbar={"title": "ρ"},
+        )
+    )
     fig.update_yaxes(autorange="reversed")
     side = max(400, 120 + 22 * len(labels))
     return _layout(fig, title, height=side)
@@ -412,20 +693,39 @@ def likelihood_scan(scan: pd.DataFrame, *, poi: str = "mu", title: str | None = 
         return empty_figure("No scan points.", title=title)
     s = scan.sort_values("value")
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=s["value"], y=s["q"], mode="lines+markers", name="observed",
-                             line={"color": "black"}))
+    fig.add_trace(
+        go.Scatter(
+            x=s["value"], y=s["q"], mode="lines+markers", name="observed", line={"color": "black"}
+        )
+    )
     if "expected" in s and s["expected"].notna().any():
-        fig.add_trace(go.Scatter(x=s["value"], y=s["expected"], mode="lines", name="expected",
-                                 line={"color": "black", "dash": "dash"}))
+        fig.add_trace(
+            go.Scatter(
+                x=s["value"],
+                y=s["expected"],
+                mode="lines",
+                name="expected",
+                line={"color": "black", "dash": "dash"},
+            )
+        )
     levels = ((Q_68, "68 % CL", "#1b9e77"), (Q_95, "95 % CL", "#d95f02"))
     fig.update_xaxes(title=poi)
     fig.update_yaxes(title="−2 Δ ln L", rangemode="tozero")
-    return _layout(fig, title, shapes=[_hline(q, c) for q, _, c in levels],
-                   annotations=[_label(t, x=0.0, y=q) for q, t, _ in levels])
+    return _layout(
+        fig,
+        title,
+        shapes=[_hline(q, c) for q, _, c in levels],
+        annotations=[_label(t, x=0.0, y=q) for q, t, _ in levels],
+    )
 
 
-def toy_pulls(pulls_values: Sequence[float] | np.ndarray, *, poi: str = "mu",
-              title: str | None = None, bins: int = 30) -> go.Figure:
+def toy_pulls(
+    pulls_values: Sequence[float] | np.ndarray,
+    *,
+    poi: str = "mu",
+    title: str | None = None,
+    bins: int = 30,
+) -> go.Figure:
     """Distribution of toy pulls (mu_hat - mu_true)/sigma with a fitted Gaussian overlay.
 
     For a well-behaved fit the pulls follow a unit normal; the legend shows the sample mean
@@ -441,15 +741,36 @@ def toy_pulls(pulls_values: Sequence[float] | np.ndarray, *, poi: str = "mu",
     counts, edges = np.histogram(arr, bins=bins, range=(lo, hi))
     width = edges[1] - edges[0]
     centres = 0.5 * (edges[1:] + edges[:-1])
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=width, name=f"{arr.size} toys",
-                           marker={"color": PREFIT_COLOUR}))
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=width,
+            name=f"{arr.size} toys",
+            marker={"color": PREFIT_COLOUR},
+        )
+    )
     xs = np.linspace(lo, hi, 200)
     norm = arr.size * width / math.sqrt(2 * math.pi)
-    fig.add_trace(go.Scatter(x=xs, y=norm * np.exp(-0.5 * xs**2), mode="lines", name="N(0, 1)",
-                             line={"color": "#888", "dash": "dot"}))
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=norm * np.exp(-0.5 * xs**2),
+            mode="lines",
+            name="N(0, 1)",
+            line={"color": "#888", "dash": "dot"},
+        )
+    )
     if std > 0:
-        fig.add_trace(go.Scatter(x=xs, y=norm / std * np.exp(-0.5 * ((xs - mean) / std) ** 2), mode="lines",
-                                 name=f"mean {mean:.2f}, std {std:.2f}", line={"color": POSTFIT_COLOUR}))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=norm / std * np.exp(-0.5 * ((xs - mean) / std) ** 2),
+                mode="lines",
+                name=f"mean {mean:.2f}, std {std:.2f}",
+                line={"color": POSTFIT_COLOUR},
+            )
+        )
     fig.update_xaxes(title=f"({poi}̂ − {poi}_true) / σ")
     fig.update_yaxes(title="toys")
     return _layout(fig, title)
@@ -458,8 +779,14 @@ def toy_pulls(pulls_values: Sequence[float] | np.ndarray, *, poi: str = "mu",
 # --------------------------------------------------------------------------- cost
 
 
-def cost_bars(costs: pd.DataFrame, *, by: str, value: str = "cost",
-              colour_by: str | None = None, title: str | None = None) -> go.Figure:
+def cost_bars(
+    costs: pd.DataFrame,
+    *,
+    by: str,
+    value: str = "cost",
+    colour_by: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """Bar chart of cost or GPU-hours grouped by one column, optionally stacked by another."""
     title = title or f"{value.replace('_', ' ')} by {by.replace('_', ' ')}"
     if costs.empty or by not in costs or value not in costs:
@@ -482,7 +809,9 @@ def _unit(value: str) -> str:
     return {"cost": "cost (USD)", "gpu_hours": "GPU-hours"}.get(value, value)
 
 
-def burn_down(spend: pd.DataFrame, budget: float | None, *, title: str = "Budget burn-down") -> go.Figure:
+def burn_down(
+    spend: pd.DataFrame, budget: float | None, *, title: str = "Budget burn-down"
+) -> go.Figure:
     """Remaining budget over time (columns time, cost: incremental spend per time bucket)."""
     if spend.empty:
         return empty_figure("Nothing spent yet.", title=title)
@@ -490,17 +819,37 @@ def burn_down(spend: pd.DataFrame, budget: float | None, *, title: str = "Budget
     cumulative = s["cost"].cumsum()
     fig = go.Figure()
     if budget is not None and budget > 0:
-        fig.add_trace(go.Scatter(x=s["time"], y=budget - cumulative, mode="lines", fill="tozeroy",
-                                 name="remaining budget", line={"color": POSTFIT_COLOUR}))
-    fig.add_trace(go.Scatter(x=s["time"], y=cumulative, mode="lines", name="spent",
-                             line={"color": VAL_COLOUR, "dash": "dash"}))
+        fig.add_trace(
+            go.Scatter(
+                x=s["time"],
+                y=budget - cumulative,
+                mode="lines",
+                fill="tozeroy",
+                name="remaining budget",
+                line={"color": POSTFIT_COLOUR},
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=s["time"],
+            y=cumulative,
+            mode="lines",
+            name="spent",
+            line={"color": VAL_COLOUR, "dash": "dash"},
+        )
+    )
     fig.update_yaxes(title="USD")
     zero = [_hline(0.0, VAL_COLOUR, "solid")] if budget is not None and budget > 0 else []
     return _layout(fig, title, shapes=zero)
 
 
-def usage_over_time(usage: pd.DataFrame, *, value: str = "gpu_hours", by: str | None = None,
-                    title: str | None = None) -> go.Figure:
+def usage_over_time(
+    usage: pd.DataFrame,
+    *,
+    value: str = "gpu_hours",
+    by: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """GPU-hours (or cost) per time bucket, stacked by `by` when given (columns time, value, by)."""
     title = title or f"{value.replace('_', ' ')} over time"
     if usage.empty or value not in usage:

@@ -30,7 +30,13 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "ensemble_size": ("training.ensemble_size", "training.members_per_job"),
     "grid": ("training.grid",),
     "launcher": ("backend.launcher",),
-    "machine": ("backend.machine_type", "backend.gpu_type", "backend.gpu_count", "backend", "training.resources"),
+    "machine": (
+        "backend.machine_type",
+        "backend.gpu_type",
+        "backend.gpu_count",
+        "backend",
+        "training.resources",
+    ),
     "spot": ("backend.spot",),
     "zones": ("backend.zones", "backend.region"),
     "budget": ("backend.budget_usd",),
@@ -57,20 +63,37 @@ def default_values() -> dict[str, Any]:
     params = demo["training"]["params"]
     return {
         "name": "my-campaign",
-        "samples": [{"process": p, "source": "demo", "n": spec["demo"]["n"], "seed": spec["demo"]["seed"]}
-                    for p, spec in demo["processes"].items()],
+        "samples": [
+            {"process": p, "source": "demo", "n": spec["demo"]["n"], "seed": spec["demo"]["seed"]}
+            for p, spec in demo["processes"].items()
+        ],
         "reference": demo["reference"],
-        "systematics": [{"name": s["name"], "process": s["process"], "up": "demo", "down": "demo"}
-                        for s in demo["systematics"]],
-        "hidden_layers": params["hidden_layers"], "width": params["width"], "activation": "silu",
-        "max_steps": params["max_steps"], "batch_size": params["batch_size"],
+        "systematics": [
+            {"name": s["name"], "process": s["process"], "up": "demo", "down": "demo"}
+            for s in demo["systematics"]
+        ],
+        "hidden_layers": params["hidden_layers"],
+        "width": params["width"],
+        "activation": "silu",
+        "max_steps": params["max_steps"],
+        "batch_size": params["batch_size"],
         "ensemble_size": demo["training"]["ensemble_size"],
         "members_per_job": demo["training"]["members_per_job"],
         "grid": "",
-        "launcher": "local", "machine_type": "local", "gpu_type": None, "gpu_count": 0, "spot": False,
-        "zones": "", "budget": 0.0, "max_concurrency": 2,
+        "launcher": "local",
+        "machine_type": "local",
+        "gpu_type": None,
+        "gpu_count": 0,
+        "spot": False,
+        "zones": "",
+        "budget": 0.0,
+        "max_concurrency": 2,
         "nuisances": ", ".join(demo["fit"].get("nuisances", [])),
-        "fit": True, "impacts": True, "scan": True, "toys": False, "n_toys": 20,
+        "fit": True,
+        "impacts": True,
+        "scan": True,
+        "toys": False,
+        "n_toys": 20,
     }
 
 
@@ -111,7 +134,10 @@ def _sample_spec(row: Mapping[str, Any], n_default: int = 20000) -> tuple[dict |
         return None, "a sample row has no process name"
     if source in ("", "demo"):
         if process not in DEMO_PROCESSES:
-            return None, f"{process}: the demo simulator knows only {', '.join(DEMO_PROCESSES)}; give a file path"
+            return (
+                None,
+                f"{process}: the demo simulator knows only {', '.join(DEMO_PROCESSES)}; give a file path",
+            )
         n = row.get("n")
         n = n_default if n is None or (isinstance(n, float) and math.isnan(n)) else n
         if int(n) <= 0:
@@ -145,7 +171,10 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         err("samples", "at least two processes are needed (one is the reference)")
     reference = values.get("reference")
     if reference not in processes:
-        err("reference", f"the reference must be one of the processes: {', '.join(processes) or 'none yet'}")
+        err(
+            "reference",
+            f"the reference must be one of the processes: {', '.join(processes) or 'none yet'}",
+        )
 
     systematics = []
     for i, row in enumerate(values.get("systematics") or []):
@@ -153,18 +182,31 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         if not sname and not proc:
             continue
         if not sname or proc not in processes:
-            err("systematics", f"row {i + 1}: needs a name and one of the processes {', '.join(processes)}")
+            err(
+                "systematics",
+                f"row {i + 1}: needs a name and one of the processes {', '.join(processes)}",
+            )
             continue
-        specs = {}
+        specs: dict[str, dict[str, Any]] = {}
         for k, direction in (("up", 1.0), ("down", -1.0)):
             src = str(row.get(k) or "demo").strip()
             if src == "demo":
                 base = processes[proc].get("demo")
                 if base is None:
-                    err("systematics", f"row {i + 1}: 'demo' variations need a demo process, {proc} is a file")
+                    err(
+                        "systematics",
+                        f"row {i + 1}: 'demo' variations need a demo process, {proc} is a file",
+                    )
                     continue
                 seed = base["seed"] + 100 * (i + 1) + (1 if direction > 0 else 2)
-                specs[k] = {"demo": {"process": proc, "n": base["n"], "seed": seed, "alpha": {sname: direction}}}
+                specs[k] = {
+                    "demo": {
+                        "process": proc,
+                        "n": base["n"],
+                        "seed": seed,
+                        "alpha": {sname: direction},
+                    }
+                }
             else:
                 specs[k] = {"path": src}
         if len(specs) == 2:
@@ -206,7 +248,9 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         err("machine", "the gce launcher needs a cloud machine type, not 'local'")
     if gpu_type and gpu_count < 1:
         err("machine", f"{gpu_type} chosen but GPU count is {gpu_count}")
-    zones = [z.strip() for z in str(values.get("zones") or "").replace(";", ",").split(",") if z.strip()]
+    zones = [
+        z.strip() for z in str(values.get("zones") or "").replace(";", ",").split(",") if z.strip()
+    ]
     if launcher == "gce" and not zones:
         err("zones", "give at least one zone for the gce launcher, e.g. us-central1-a")
     budget = values.get("budget")
@@ -214,22 +258,44 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
     if budget < 0:
         err("budget", "the budget cannot be negative")
 
-    backend = {"launcher": launcher, "machine_type": machine, "gpu_type": gpu_type if gpu_count else None,
-               "gpu_count": gpu_count if gpu_type else 0, "spot": bool(values.get("spot")), "zones": zones,
-               "max_concurrency": max(1, int(values.get("max_concurrency") or 1)),
-               "budget_usd": budget if budget > 0 else None}
+    backend = {
+        "launcher": launcher,
+        "machine_type": machine,
+        "gpu_type": gpu_type if gpu_count else None,
+        "gpu_count": gpu_count if gpu_type else 0,
+        "spot": bool(values.get("spot")),
+        "zones": zones,
+        "max_concurrency": max(1, int(values.get("max_concurrency") or 1)),
+        "budget_usd": budget if budget > 0 else None,
+    }
     config: dict[str, Any] = {
-        "name": name, "backend": backend, "processes": processes, "reference": reference,
+        "name": name,
+        "backend": backend,
+        "processes": processes,
+        "reference": reference,
         "systematics": systematics,
-        "training": {"ensemble_size": max(ens, 1), "members_per_job": max(per_job, 1), "params": params, "grid": grid},
-        "fit": {"enabled": bool(values.get("fit")),
-                "nuisances": [n.strip() for n in str(values.get("nuisances") or "").split(",") if n.strip()]},
+        "training": {
+            "ensemble_size": max(ens, 1),
+            "members_per_job": max(per_job, 1),
+            "params": params,
+            "grid": grid,
+        },
+        "fit": {
+            "enabled": bool(values.get("fit")),
+            "nuisances": [
+                n.strip() for n in str(values.get("nuisances") or "").split(",") if n.strip()
+            ],
+        },
         "impacts": {"enabled": bool(values.get("fit") and values.get("impacts"))},
         "scan": {"enabled": bool(values.get("fit") and values.get("scan"))},
-        "toys": {"enabled": bool(values.get("fit") and values.get("toys")),
-                 "n_toys": max(1, int(values.get("n_toys") or 1))},
+        "toys": {
+            "enabled": bool(values.get("fit") and values.get("toys")),
+            "n_toys": max(1, int(values.get("n_toys") or 1)),
+        },
     }
-    if (values.get("impacts") or values.get("scan") or values.get("toys")) and not values.get("fit"):
+    if (values.get("impacts") or values.get("scan") or values.get("toys")) and not values.get(
+        "fit"
+    ):
         err("stages", "impacts, scan and toys need the fit stage")
     return FormResult(config=config, errors=errors)
 
@@ -240,7 +306,9 @@ def field_for_path(message: str) -> str | None:
     best, best_len = None, -1
     for field, prefixes in FIELD_PATHS.items():
         for prefix in prefixes:
-            if (path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")) and len(prefix) > best_len:
+            if (
+                path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
+            ) and len(prefix) > best_len:
                 best, best_len = field, len(prefix)
     return best
 

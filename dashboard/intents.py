@@ -39,7 +39,7 @@ def create_demo(*, launch: bool = True) -> int:
     from backend.campaigns import DEMO_CONFIG
 
     config = copy.deepcopy(DEMO_CONFIG)
-    config["name"] = f"demo-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    config["name"] = f"demo-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     return create(config, launch=launch)
 
 
@@ -108,12 +108,18 @@ def start_fit(campaign_id: int, request: Mapping[str, Any]) -> int:
     if fn is not None:
         return len(fn(campaign_id, dict(request)) or [])
     steps = set(request.get("steps") or FIT_KINDS)
-    pending = [j for kind in steps & set(FIT_KINDS)
-               for j in service.list_jobs(campaign_id=campaign_id, states=["PENDING"], kind=kind, limit=10_000)[0]]
+    pending = [
+        j
+        for kind in steps & set(FIT_KINDS)
+        for j in service.list_jobs(
+            campaign_id=campaign_id, states=["PENDING"], kind=kind, limit=10_000
+        )[0]
+    ]
     if not pending:
         raise RuntimeError(
             f"campaign {campaign_id} has no pending {'/'.join(sorted(steps))} jobs to start; enable the fit, "
             "impacts, scan or toys stages in the campaign config (new fits on finished ensembles need "
-            "backend.service.start_fit)")
+            "backend.service.start_fit)"
+        )
     service.request_launch(campaign_id)
     return len(pending)

@@ -63,7 +63,9 @@ def _enum_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-def cap_points(df: pd.DataFrame, max_points: int = MAX_CHART_POINTS, *, by: Sequence[str] = ()) -> pd.DataFrame:
+def cap_points(
+    df: pd.DataFrame, max_points: int = MAX_CHART_POINTS, *, by: Sequence[str] = ()
+) -> pd.DataFrame:
     """Keep at most `max_points` rows, thinning each group evenly (first and last kept).
 
     The service already downsamples; this guarantees no chart ships more than a few
@@ -89,8 +91,13 @@ def cap_points(df: pd.DataFrame, max_points: int = MAX_CHART_POINTS, *, by: Sequ
 
 CAMPAIGN_COLUMNS = ("id", "name", "status", "created", "n_jobs", "progress", "cost", "budget")
 # service field -> dashboard column
-CAMPAIGN_RENAMES = {"created_at": "created", "cost_usd": "cost", "budget_usd": "budget",
-                    "estimate_cost_usd": "estimate_cost", "estimate_gpu_hours": "estimate_gpu_hours"}
+CAMPAIGN_RENAMES = {
+    "created_at": "created",
+    "cost_usd": "cost",
+    "budget_usd": "budget",
+    "estimate_cost_usd": "estimate_cost",
+    "estimate_gpu_hours": "estimate_gpu_hours",
+}
 
 
 def campaigns_frame(summaries: Iterable[Any]) -> pd.DataFrame:
@@ -116,8 +123,23 @@ def campaigns_frame(summaries: Iterable[Any]) -> pd.DataFrame:
     return df
 
 
-JOB_COLUMNS = ("id", "campaign_id", "name", "kind", "task", "state", "attempts", "retries", "recoveries",
-               "machine_type", "gpu_type", "spot", "started_at", "finished_at", "cost_usd")
+JOB_COLUMNS = (
+    "id",
+    "campaign_id",
+    "name",
+    "kind",
+    "task",
+    "state",
+    "attempts",
+    "retries",
+    "recoveries",
+    "machine_type",
+    "gpu_type",
+    "spot",
+    "started_at",
+    "finished_at",
+    "cost_usd",
+)
 
 
 def jobs_frame(rows: Iterable[Any]) -> pd.DataFrame:
@@ -234,10 +256,14 @@ def resources_frame(samples: Iterable[Any]) -> pd.DataFrame:
         df["job_id"] = -1
     if "name" not in df or "value" not in df:
         value_cols = [c for c in df.columns if c in RESOURCE_LABELS]
-        df = df.melt(id_vars=["time", "job_id"], value_vars=value_cols, var_name="name", value_name="value")
+        df = df.melt(
+            id_vars=["time", "job_id"], value_vars=value_cols, var_name="name", value_name="value"
+        )
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     known = df["name"].isin(list(RESOURCE_LABELS))
-    df.loc[known, "value"] = df.loc[known, "value"] * df.loc[known, "name"].map(lambda n: RESOURCE_LABELS[n][1])
+    df.loc[known, "value"] = df.loc[known, "value"] * df.loc[known, "name"].map(
+        lambda n: RESOURCE_LABELS[n][1]
+    )
     df.loc[known, "name"] = df.loc[known, "name"].map(lambda n: RESOURCE_LABELS[n][0])
     if pd.api.types.is_numeric_dtype(df["time"]):
         df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
@@ -265,7 +291,9 @@ def sum_resources(resources: pd.DataFrame, *, freq: str = "1min") -> pd.DataFram
 # name -> (direction, green limit, amber limit, what is measured): one definition, shared with
 # the result status (`sbi_engine.result_checks`, loaded without JAX by `backend.result_status`),
 # so a RED light here is exactly a failed check there. The page shows them next to each light.
-DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = _result_checks.DIAGNOSTIC_THRESHOLDS
+DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = (
+    _result_checks.DIAGNOSTIC_THRESHOLDS
+)
 traffic_light = _result_checks.traffic_light
 
 
@@ -301,12 +329,12 @@ class DiagnosticsView:
     """The diagnostics of one ratio task in plotting shape."""
 
     task: str
-    checks: pd.DataFrame                  # check, value, threshold, status, description
-    calibration: pd.DataFrame             # label, predicted, observed[, error]
-    closure: tuple[dict, ...]             # {observable, edges, numerator, reweighted, denominator, chi2, ndf}
-    spread: pd.DataFrame                  # member, normalisation, auc (per-member values)
-    roc: pd.DataFrame                     # label, fpr, tpr, auc
-    losses: pd.DataFrame                  # member, train_loss, holdout_loss, best_val_loss
+    checks: pd.DataFrame  # check, value, threshold, status, description
+    calibration: pd.DataFrame  # label, predicted, observed[, error]
+    closure: tuple[dict, ...]  # {observable, edges, numerator, reweighted, denominator, chi2, ndf}
+    spread: pd.DataFrame  # member, normalisation, auc (per-member values)
+    roc: pd.DataFrame  # label, fpr, tpr, auc
+    losses: pd.DataFrame  # member, train_loss, holdout_loss, best_val_loss
     auc: float | None = None
 
 
@@ -316,8 +344,13 @@ def _calibration_frame(curves: Any) -> pd.DataFrame:
     for c in curves or []:
         member = c.get("member")
         label = "ensemble" if member is None else f"member {member}"
-        f = pd.DataFrame({"label": label, "predicted": _floats(_get(c, "mean_score", "predicted")),
-                          "observed": _floats(_get(c, "observed_fraction", "observed"))})
+        f = pd.DataFrame(
+            {
+                "label": label,
+                "predicted": _floats(_get(c, "mean_score", "predicted")),
+                "observed": _floats(_get(c, "observed_fraction", "observed")),
+            }
+        )
         err = _get(c, "observed_error", "error")
         if err is not None:
             f["error"] = _floats(err)
@@ -329,11 +362,17 @@ def _calibration_frame(curves: Any) -> pd.DataFrame:
 
 def _closure_hist(c: Mapping) -> dict:
     """The engine's Closure dict in the keys `figures.closure` draws."""
-    return {"observable": c.get("observable", "x"), "edges": _get(c, "bin_edges", "edges", default=[]),
-            "numerator": _floats(_get(c, "target", "numerator")),
-            "numerator_err": _get(c, "target_error", "numerator_err"),
-            "reweighted": _floats(c.get("reweighted")), "reweighted_err": _get(c, "reweighted_error", "reweighted_err"),
-            "denominator": _get(c, "reference", "denominator"), "chi2": c.get("chi2"), "ndf": c.get("ndf")}
+    return {
+        "observable": c.get("observable", "x"),
+        "edges": _get(c, "bin_edges", "edges", default=[]),
+        "numerator": _floats(_get(c, "target", "numerator")),
+        "numerator_err": _get(c, "target_error", "numerator_err"),
+        "reweighted": _floats(c.get("reweighted")),
+        "reweighted_err": _get(c, "reweighted_error", "reweighted_err"),
+        "denominator": _get(c, "reference", "denominator"),
+        "chi2": c.get("chi2"),
+        "ndf": c.get("ndf"),
+    }
 
 
 def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
@@ -346,17 +385,27 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
     m_norm = _floats(diag.get("member_normalization"))
     m_auc = _floats(diag.get("member_auc"))
     n = max(len(m_norm), len(m_auc))
-    spread = pd.DataFrame({"member": np.arange(n),
-                           "normalisation": np.pad(m_norm, (0, n - len(m_norm)), constant_values=np.nan),
-                           "auc": np.pad(m_auc, (0, n - len(m_auc)), constant_values=np.nan)})
+    spread = pd.DataFrame(
+        {
+            "member": np.arange(n),
+            "normalisation": np.pad(m_norm, (0, n - len(m_norm)), constant_values=np.nan),
+            "auc": np.pad(m_auc, (0, n - len(m_auc)), constant_values=np.nan),
+        }
+    )
     losses = pd.DataFrame(diag.get("losses") or [], columns=None)
     if losses.empty:
         losses = pd.DataFrame(columns=["member", "train_loss", "holdout_loss", "best_val_loss"])
     auc = diag.get("auc")
     roc = pd.DataFrame(columns=["label", "fpr", "tpr", "auc"])
     if diag.get("roc_fpr") and diag.get("roc_tpr"):
-        roc = pd.DataFrame({"label": "ensemble (holdout)", "fpr": _floats(diag["roc_fpr"]),
-                            "tpr": _floats(diag["roc_tpr"]), "auc": np.nan if auc is None else float(auc)})
+        roc = pd.DataFrame(
+            {
+                "label": "ensemble (holdout)",
+                "fpr": _floats(diag["roc_fpr"]),
+                "tpr": _floats(diag["roc_tpr"]),
+                "auc": np.nan if auc is None else float(auc),
+            }
+        )
 
     ens_curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
     norm = diag.get("normalization", diag.get("normalisation"))
@@ -367,24 +416,51 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
             gaps.append((hold - train) / train)
     finite_norm = m_norm[np.isfinite(m_norm)]
     values: dict[str, float | None] = {
-        "closure_chi2_ndf": max((float(c["chi2"]) / max(float(c["ndf"]), 1.0) for c in closure
-                                 if c.get("chi2") is not None and c.get("ndf")), default=None),
+        "closure_chi2_ndf": max(
+            (
+                float(c["chi2"]) / max(float(c["ndf"]), 1.0)
+                for c in closure
+                if c.get("chi2") is not None and c.get("ndf")
+            ),
+            default=None,
+        ),
         "normalisation": abs(float(norm) - 1.0) if norm is not None else None,
-        "calibration": (float(ens_curve["max_deviation"]) if ens_curve and ens_curve.get("max_deviation") is not None
-                        else None),
+        "calibration": (
+            float(ens_curve["max_deviation"])
+            if ens_curve and ens_curve.get("max_deviation") is not None
+            else None
+        ),
         "overtraining": max(gaps) if gaps else None,
-        "ensemble_spread": (float(finite_norm.std() / abs(finite_norm.mean()))
-                            if finite_norm.size > 1 and finite_norm.mean() != 0 else None),
+        "ensemble_spread": (
+            float(finite_norm.std() / abs(finite_norm.mean()))
+            if finite_norm.size > 1 and finite_norm.mean() != 0
+            else None
+        ),
         "saturation": diag.get("saturated_fraction"),
         "auc": float(auc) if auc is not None else None,
     }
-    checks = pd.DataFrame([
-        {"check": name, "value": v, "threshold": threshold_text(name), "status": traffic_light(v, name),
-         "description": DIAGNOSTIC_THRESHOLDS[name][3]}
-        for name, v in values.items()
-    ])
-    return DiagnosticsView(task=task, checks=checks, calibration=cal, closure=closure, spread=spread,
-                           roc=roc, losses=losses, auc=values["auc"])
+    checks = pd.DataFrame(
+        [
+            {
+                "check": name,
+                "value": v,
+                "threshold": threshold_text(name),
+                "status": traffic_light(v, name),
+                "description": DIAGNOSTIC_THRESHOLDS[name][3],
+            }
+            for name, v in values.items()
+        ]
+    )
+    return DiagnosticsView(
+        task=task,
+        checks=checks,
+        calibration=cal,
+        closure=closure,
+        spread=spread,
+        roc=roc,
+        losses=losses,
+        auc=values["auc"],
+    )
 
 
 # --------------------------------------------------------------------------- fit
@@ -398,21 +474,31 @@ class FitView:
     mu_hat: float | None
     sigma: float | None
     converged: bool | None
-    breakdown: dict                # {"stat": .., "syst": ..} of the POI, when reported
-    pulls: pd.DataFrame            # name, pull, constraint
-    impacts: pd.DataFrame          # name, prefit_up, prefit_down, postfit_up, postfit_down, method[, pull, constraint]
+    breakdown: dict  # {"stat": .., "syst": ..} of the POI, when reported
+    pulls: pd.DataFrame  # name, pull, constraint
+    impacts: (
+        pd.DataFrame
+    )  # name, prefit_up, prefit_down, postfit_up, postfit_down, method[, pull, constraint]
     corr_names: tuple[str, ...]
     corr_matrix: np.ndarray
-    scan: pd.DataFrame             # value, q  (q = -2 Delta ln L)
-    toys: np.ndarray               # per-toy pulls of the POI (empty if only a summary was reported)
-    toy_summary: dict              # n_toys, n_converged, pull_mean, pull_width, coverage_* (combined over jobs)
+    scan: pd.DataFrame  # value, q  (q = -2 Delta ln L)
+    toys: np.ndarray  # per-toy pulls of the POI (empty if only a summary was reported)
+    toy_summary: dict  # n_toys, n_converged, pull_mean, pull_width, coverage_* (combined over jobs)
     data: str = "asimov"
-    uncertainty: dict = field(default_factory=dict)  # hesse, nn, sim, total, included: the learned model's error components
+    uncertainty: dict = field(
+        default_factory=dict
+    )  # hesse, nn, sim, total, included: the learned model's error components
 
     @property
     def empty(self) -> bool:
-        return (self.mu_hat is None and self.pulls.empty and self.impacts.empty and self.scan.empty
-                and self.toys.size == 0 and not self.toy_summary)
+        return (
+            self.mu_hat is None
+            and self.pulls.empty
+            and self.impacts.empty
+            and self.scan.empty
+            and self.toys.size == 0
+            and not self.toy_summary
+        )
 
 
 FIT_KINDS = ("fit", "impacts", "scan", "toys")
@@ -455,7 +541,10 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
     job's result summary) or the payload itself.
     """
     rows = [as_dict(r) for r in rows]
-    payloads = [(r.get("kind") or r.get("payload", r).get("kind") or "fit", r.get("payload", r)) for r in rows]
+    payloads = [
+        (r.get("kind") or r.get("payload", r).get("kind") or "fit", r.get("payload", r))
+        for r in rows
+    ]
     base: dict = {}
     for kind, p in payloads:  # the fit job's summary; any job's if there is no fit job
         if kind == "fit" or not base:
@@ -467,7 +556,9 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
     toy_pulls: list[float] = []
     toy_parts: list[dict] = []
     for kind, p in payloads:
-        for row in _impact_rows(p.get("impacts_refit") or (p.get("impacts") if kind == "impacts" else None), poi):
+        for row in _impact_rows(
+            p.get("impacts_refit") or (p.get("impacts") if kind == "impacts" else None), poi
+        ):
             refit[row["name"]] = row
         scan = p.get("scan") if isinstance(p.get("scan"), Mapping) else None
         if scan:
@@ -485,8 +576,10 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
         elif isinstance(toys, list):
             toy_pulls += [float(v) for v in toys]
     merged = dict(base)
-    cov_impacts = {r["name"]: dict(r, method=r.get("method", "covariance"))
-                   for r in _impact_rows(base.get("impacts_covariance") or [], poi)}
+    cov_impacts = {
+        r["name"]: dict(r, method=r.get("method", "covariance"))
+        for r in _impact_rows(base.get("impacts_covariance") or [], poi)
+    }
     if not refit and not cov_impacts:
         cov_impacts = {r["name"]: r for r in _impact_rows(base.get("impacts") or [], poi)}
     merged["impacts"] = list({**cov_impacts, **refit}.values())
@@ -503,7 +596,10 @@ def _combine_toys(parts: Sequence[Mapping]) -> dict:
         return {}
     n = np.array([float(p.get("n_converged", p.get("n_toys", 0)) or 0) for p in parts])
     total = float(n.sum())
-    out: dict[str, float] = {"n_toys": float(sum(float(p.get("n_toys", 0) or 0) for p in parts)), "n_converged": total}
+    out: dict[str, float] = {
+        "n_toys": float(sum(float(p.get("n_toys", 0) or 0) for p in parts)),
+        "n_converged": total,
+    }
     if total <= 0:
         return out
     mean = np.array([float(p.get("pull_mean", np.nan)) for p in parts])
@@ -527,7 +623,9 @@ def _name_rows(obj: Any, value_key: str | None = None) -> list[dict]:
     if isinstance(obj, Mapping):
         out = []
         for k, v in obj.items():
-            out.append(dict(v, name=k) if isinstance(v, Mapping) else {"name": k, value_key or "value": v})
+            out.append(
+                dict(v, name=k) if isinstance(v, Mapping) else {"name": k, value_key or "value": v}
+            )
         return out
     return [dict(r) for r in obj]
 
@@ -537,7 +635,11 @@ def _pulls_frame(result: Mapping, fit: Mapping, poi: str) -> pd.DataFrame:
     rows = _name_rows(result.get("pulls"), "pull")
     if not rows:  # no pulls reported: nuisance values and errors of a unit-Gaussian constraint
         values, errors = fit.get("values") or {}, fit.get("errors") or {}
-        rows = [{"name": k, "pull": v, "constraint": errors.get(k, np.nan)} for k, v in values.items() if k != poi]
+        rows = [
+            {"name": k, "pull": v, "constraint": errors.get(k, np.nan)}
+            for k, v in values.items()
+            if k != poi
+        ]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
@@ -554,7 +656,8 @@ def fit_view(result: Mapping) -> FitView:
     impacts, scan {values, q} and toys {pulls, summary}. Missing pieces give empty frames.
     """
     poi = str(result.get("poi") or "mu")
-    fit = result.get("fit") if isinstance(result.get("fit"), Mapping) else result
+    fit_raw = result.get("fit")
+    fit: Mapping = fit_raw if isinstance(fit_raw, Mapping) else result
     values, errors = fit.get("values") or result.get("bestfit") or {}, fit.get("errors") or {}
     mu_hat = _get(result, "mu_hat", default=values.get(poi))
     sigma = _get(result, "sigma", default=errors.get(poi))
@@ -565,7 +668,9 @@ def fit_view(result: Mapping) -> FitView:
     else:
         missing = [c for c in _IMPACT_COLS[:5] if c not in impacts]
         if missing:
-            raise ValueError(f"fit result 'impacts' lacks {missing} (has {sorted(impacts.columns)})")
+            raise ValueError(
+                f"fit result 'impacts' lacks {missing} (has {sorted(impacts.columns)})"
+            )
         if "method" not in impacts:
             impacts["method"] = ""
         impacts = impacts[_IMPACT_COLS]
@@ -580,8 +685,12 @@ def fit_view(result: Mapping) -> FitView:
     matrix = np.asarray([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
 
     scan_raw = result.get("scan") or {}
-    scan = pd.DataFrame({"value": np.asarray(scan_raw.get("values", []), float),
-                         "q": np.asarray(scan_raw.get("q", []), float)})
+    scan = pd.DataFrame(
+        {
+            "value": np.asarray(scan_raw.get("values", []), float),
+            "q": np.asarray(scan_raw.get("q", []), float),
+        }
+    )
     scan = scan.dropna().drop_duplicates("value").sort_values("value").reset_index(drop=True)
     toys_raw = result.get("toys") or {}
     toys = toys_raw.get("pulls", []) if isinstance(toys_raw, Mapping) else toys_raw
@@ -592,7 +701,11 @@ def fit_view(result: Mapping) -> FitView:
         sigma=float(sigma) if sigma is not None else None,
         converged=result.get("converged", fit.get("converged")),
         breakdown=dict(breakdown.get(poi, {})) if isinstance(breakdown, Mapping) else {},
-        pulls=pulls, impacts=impacts, corr_names=names, corr_matrix=matrix, scan=scan,
+        pulls=pulls,
+        impacts=impacts,
+        corr_names=names,
+        corr_matrix=matrix,
+        scan=scan,
         toys=np.asarray(toys, dtype=float).ravel(),
         toy_summary=dict(toys_raw.get("summary") or {}) if isinstance(toys_raw, Mapping) else {},
         data=str(result.get("data") or "asimov"),
@@ -631,7 +744,9 @@ def cost_frame(rows: Iterable[Any]) -> pd.DataFrame:
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0.0)
     if "spot" in df:
-        df["spot"] = df["spot"].map(lambda s: "spot" if s in (True, "spot", 1, "true") else "on-demand")
+        df["spot"] = df["spot"].map(
+            lambda s: "spot" if s in (True, "spot", 1, "true") else "on-demand"
+        )
     if "day" in df:
         df["day"] = pd.to_datetime(df["day"], errors="coerce")
     for col in ("gpu", "machine", "campaign_name"):
@@ -663,21 +778,45 @@ def load_campaigns() -> pd.DataFrame:
     return campaigns_frame(_service().list_campaigns())
 
 
-def load_jobs(campaign_id: int | None = None, states: Sequence[str] | None = None, kind: str | None = None,
-              offset: int = 0, limit: int = 50) -> tuple[pd.DataFrame, int]:
-    rows, total = _service().list_jobs(campaign_id=campaign_id, states=list(states) if states else None,
-                                       kind=kind, offset=offset, limit=limit)
+def load_jobs(
+    campaign_id: int | None = None,
+    states: Sequence[str] | None = None,
+    kind: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[pd.DataFrame, int]:
+    rows, total = _service().list_jobs(
+        campaign_id=campaign_id,
+        states=list(states) if states else None,
+        kind=kind,
+        offset=offset,
+        limit=limit,
+    )
     return jobs_frame(rows), int(total)
 
 
-def load_metrics(job_id: int | None = None, campaign_id: int | None = None,
-                 names: Sequence[str] | None = None, max_points: int = 2000) -> pd.DataFrame:
-    return metrics_frame(_service().metric_series(job_id=job_id, campaign_id=campaign_id,
-                                                  names=list(names) if names else None, max_points=max_points))
+def load_metrics(
+    job_id: int | None = None,
+    campaign_id: int | None = None,
+    names: Sequence[str] | None = None,
+    max_points: int = 2000,
+) -> pd.DataFrame:
+    return metrics_frame(
+        _service().metric_series(
+            job_id=job_id,
+            campaign_id=campaign_id,
+            names=list(names) if names else None,
+            max_points=max_points,
+        )
+    )
 
 
-def load_resources(job_id: int | None = None, campaign_id: int | None = None, max_points: int = 2000) -> pd.DataFrame:
-    return resources_frame(_service().resource_series(job_id=job_id, campaign_id=campaign_id, max_points=max_points))
+def load_resources(
+    job_id: int | None = None, campaign_id: int | None = None, max_points: int = 2000
+) -> pd.DataFrame:
+    return resources_frame(
+        _service().resource_series(job_id=job_id, campaign_id=campaign_id, max_points=max_points)
+    )
 
 
 def load_costs(group_by: Sequence[str]) -> pd.DataFrame:
@@ -687,7 +826,9 @@ def load_costs(group_by: Sequence[str]) -> pd.DataFrame:
 def load_fit(campaign_id: int) -> tuple[dict[int, FitView], pd.DataFrame]:
     """{fit run: merged FitView} of a campaign, and the table of its fit-stage job results."""
     rows = [as_dict(r) for r in _service().fit_results(campaign_id)]
-    table = records_frame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows])
+    table = records_frame(
+        [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
+    )
     views = {run: fit_view(merge_fit_results(run_rows)) for run, run_rows in fit_runs(rows).items()}
     return views, table
 

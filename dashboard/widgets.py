@@ -26,8 +26,12 @@ def chart(fig: go.Figure, key: str, *, exportable: bool = True) -> None:
     for col, fmt in zip(cols, ("png", "pdf")):
         with col:
             st.download_button(
-                f"{fmt.upper()}", data=_exporter(fig, fmt), file_name=export.safe_filename(title, fmt),
-                mime=export.FORMATS[fmt], key=f"export-{fmt}-{key}", icon=":material/download:",
+                f"{fmt.upper()}",
+                data=_exporter(fig, fmt),
+                file_name=export.safe_filename(title, fmt),
+                mime=export.FORMATS[fmt],
+                key=f"export-{fmt}-{key}",
+                icon=":material/download:",
                 on_click="ignore",
             )
 

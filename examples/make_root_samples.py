@@ -66,7 +66,12 @@ def four_leptons(m4l: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     share = rng.uniform(0.35, 0.65, n)  # energy share of the first pair in the rest frame
     a, b = 0.5 * share * m4l, 0.5 * (1.0 - share) * m4l
     n1, n2 = _unit_vectors(n, rng), _unit_vectors(n, rng)
-    rest = [(a, a[:, None] * n1), (a, -a[:, None] * n1), (b, b[:, None] * n2), (b, -b[:, None] * n2)]
+    rest = [
+        (a, a[:, None] * n1),
+        (a, -a[:, None] * n1),
+        (b, b[:, None] * n2),
+        (b, -b[:, None] * n2),
+    ]
     beta = _unit_vectors(n, rng) * rng.uniform(0.0, 0.8, n)[:, None]
     out = np.empty((n, 4, 4))
     for k, (e, p) in enumerate(rest):
@@ -75,7 +80,9 @@ def four_leptons(m4l: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def event_columns(x: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator) -> dict[str, Any]:
+def event_columns(
+    x: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator
+) -> dict[str, Any]:
     """The branches of the events in `x` (columns m4l, cos_theta1, cos_theta2, phi), with
     junk events mixed in at random positions."""
     import awkward as ak
@@ -102,7 +109,12 @@ def event_columns(x: np.ndarray, weights: np.ndarray | None, rng: np.random.Gene
         if gen is not None:
             gen.insert(pos, rng.uniform(0.001, 0.01))
     lep_arr = ak.Array([[list(v) for v in ev] for ev in lep])
-    fields = {"E": lep_arr[:, :, 0], "px": lep_arr[:, :, 1], "py": lep_arr[:, :, 2], "pz": lep_arr[:, :, 3]}
+    fields = {
+        "E": lep_arr[:, :, 0],
+        "px": lep_arr[:, :, 1],
+        "py": lep_arr[:, :, 2],
+        "pz": lep_arr[:, :, 3],
+    }
     if gen is not None:  # simulation only: data carry no weights
         fields["sf"] = ak.Array(lep_sf)
     cols: dict[str, Any] = {
@@ -119,8 +131,11 @@ def write_tree(path: Path, cols: dict[str, Any]) -> None:
     import uproot
 
     with uproot.recreate(path) as f:
-        f.mktree("events", {k: (v.type if not isinstance(v, np.ndarray) else v.dtype) for k, v in cols.items()},
-                 title="demo off-shell H*->ZZ->4l events")
+        f.mktree(
+            "events",
+            {k: (v.type if not isinstance(v, np.ndarray) else v.dtype) for k, v in cols.items()},
+            title="demo off-shell H*->ZZ->4l events",
+        )
         f["events"].extend(cols)
 
 
@@ -139,15 +154,27 @@ def write_samples(outdir: str | Path, events: int = 10_000) -> dict[str, Path]:
         write_tree(paths[stem], event_columns(s.features.astype(np.float64), s.weights, rng))
     data = problem.sample_mixture(DATA_MU, None, DATA_SEED)
     paths["data"] = out / "data.root"
-    write_tree(paths["data"], event_columns(data.features.astype(np.float64), None, np.random.default_rng(10_000 + DATA_SEED)))
+    write_tree(
+        paths["data"],
+        event_columns(
+            data.features.astype(np.float64), None, np.random.default_rng(10_000 + DATA_SEED)
+        ),
+    )
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("outdir", nargs="?", type=Path, default=DEFAULT_DIR,
-                        help=f"folder for the .root files (default {DEFAULT_DIR})")
-    parser.add_argument("--events", type=int, default=10_000, help="events per simulated sample (default 10000)")
+    parser.add_argument(
+        "outdir",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_DIR,
+        help=f"folder for the .root files (default {DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--events", type=int, default=10_000, help="events per simulated sample (default 10000)"
+    )
     args = parser.parse_args(argv)
     for stem, path in write_samples(args.outdir, args.events).items():
         print(f"{stem:>10}: {path}")

@@ -3,13 +3,11 @@
 Density-ratio ensembles, their diagnostics, and the unbinned profile-likelihood fit, in pure
 JAX/NumPy. Knows nothing of databases, clouds or web pages; usable from a notebook.
 
-64-bit JAX types are enabled on import because the likelihood accumulates sums over millions
-of events in float64. Training code keeps its arrays float32 explicitly (parameters, inputs,
-random draws), so the networks run at single-precision speed.
+Importing the engine has no global side effects and does not import JAX: reading samples
+(`sbi_engine.data`), the demo and the benchmark problems are NumPy only. The entry points that
+compute with JAX (fits, training, ensemble evaluation, benchmarks) switch JAX to 64-bit types
+themselves (`sbi_engine.precision.enable_float64`): the likelihood accumulates sums over
+millions of events in float64, while training keeps its arrays float32 explicitly.
 """
-
-import jax
-
-jax.config.update("jax_enable_x64", True)
 
 __version__ = "0.1.0"

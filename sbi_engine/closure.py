@@ -21,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from .precision import enable_float64
+
 Z95 = 1.959963984540054
 
 
-def profile_interval(ws: Any, result: Any, poi: str = "mu", level: float = 1.0,
-                     max_sigmas: float = 6.0) -> tuple[float | None, float | None]:
+def profile_interval(
+    ws: Any, result: Any, poi: str = "mu", level: float = 1.0, max_sigmas: float = 6.0
+) -> tuple[float | None, float | None]:
     """Ends of the profile-likelihood interval {mu : q(mu) - q_min <= level} by root finding
     (each q(mu) a fit with mu fixed), bracketed within ``max_sigmas`` Hesse errors; an end
     beyond the POI's bound or the bracket is None."""
@@ -33,6 +36,7 @@ def profile_interval(ws: Any, result: Any, poi: str = "mu", level: float = 1.0,
 
     from .fit import fit
 
+    enable_float64()
     best, sigma = float(result.values[poi]), float(result.errors[poi])
     lo_b, hi_b = ws.free_parameters[[p.name for p in ws.free_parameters].index(poi)].bounds
 
@@ -52,7 +56,10 @@ def profile_interval(ws: Any, result: Any, poi: str = "mu", level: float = 1.0,
 
 
 def _nuisances(ws: Any, result: Any) -> dict[str, dict[str, float]]:
-    return {n: {"value": float(result.values[n]), "error": float(result.errors[n])} for n in ws.nuisance_names}
+    return {
+        n: {"value": float(result.values[n]), "error": float(result.errors[n])}
+        for n in ws.nuisance_names
+    }
 
 
 def compare_fits(learned_ws: Any, exact_ws: Any, *, intervals: bool = True) -> dict[str, Any]:
@@ -60,40 +67,65 @@ def compare_fits(learned_ws: Any, exact_ws: Any, *, intervals: bool = True) -> d
     nuisance pulls and constraints, and the differences in units of the exact sigma."""
     from .fit import fit
 
+    enable_float64()
     out: dict[str, Any] = {}
     for label, ws in (("learned", learned_ws), ("exact", exact_ws)):
         r = fit(ws)
         lo, hi = profile_interval(ws, r) if intervals else (None, None)
         lower = ws.free_parameters[[p.name for p in ws.free_parameters].index("mu")].bounds[0]
         at_bound = float(r.values["mu"]) <= lower + 1e-9 or not float(r.errors["mu"]) > 1e-9
-        out[label] = {"mu_hat": float(r.values["mu"]), "sigma": float(r.errors["mu"]), "converged": bool(r.converged),
-                      "at_bound": bool(at_bound), "interval68": [lo, hi], "nuisances": _nuisances(ws, r), "_result": r}
+        out[label] = {
+            "mu_hat": float(r.values["mu"]),
+            "sigma": float(r.errors["mu"]),
+            "converged": bool(r.converged),
+            "at_bound": bool(at_bound),
+            "interval68": [lo, hi],
+            "nuisances": _nuisances(ws, r),
+            "_result": r,
+        }
     L, E = out["learned"], out["exact"]
     s = E["sigma"]
     s = s if s > 0 else float("nan")
-    d: dict[str, Any] = {"mu_hat_in_sigma": (L["mu_hat"] - E["mu_hat"]) / s,
-                         "sigma_ratio": L["sigma"] / s,
-                         "valid": bool(L["converged"] and E["converged"] and not L["at_bound"] and not E["at_bound"])}
+    d: dict[str, Any] = {
+        "mu_hat_in_sigma": (L["mu_hat"] - E["mu_hat"]) / s,
+        "sigma_ratio": L["sigma"] / s,
+        "valid": bool(
+            L["converged"] and E["converged"] and not L["at_bound"] and not E["at_bound"]
+        ),
+    }
     for i, end in enumerate(("low", "high")):
         a, b = L["interval68"][i], E["interval68"][i]
         d[f"interval_{end}_in_sigma"] = None if a is None or b is None else (a - b) / s
-    d["nuisances"] = {n: {"pull_diff": L["nuisances"][n]["value"] - E["nuisances"][n]["value"],
-                          "constraint_ratio": (L["nuisances"][n]["error"] / E["nuisances"][n]["error"]
-                                               if E["nuisances"][n]["error"] > 0 else None)}
-                      for n in E["nuisances"] if n in L["nuisances"]}
+    d["nuisances"] = {
+        n: {
+            "pull_diff": L["nuisances"][n]["value"] - E["nuisances"][n]["value"],
+            "constraint_ratio": (
+                L["nuisances"][n]["error"] / E["nuisances"][n]["error"]
+                if E["nuisances"][n]["error"] > 0
+                else None
+            ),
+        }
+        for n in E["nuisances"]
+        if n in L["nuisances"]
+    }
     out["differences"] = d
     return out
 
 
-def passes(diff: Mapping[str, Any], mu_tol: float = 0.2, sigma_tol: float = 0.15,
-           interval_tol: float = 0.2) -> dict[str, bool]:
+def passes(
+    diff: Mapping[str, Any], mu_tol: float = 0.2, sigma_tol: float = 0.15, interval_tol: float = 0.2
+) -> dict[str, bool]:
     """The issue's closure criteria on one comparison (tolerances in units of the exact sigma)."""
     ends = [diff.get("interval_low_in_sigma"), diff.get("interval_high_in_sigma")]
-    if not diff.get("valid", True):  # a fit at the POI's bound (sigma 0) or not converged: no comparison
+    if not diff.get(
+        "valid", True
+    ):  # a fit at the POI's bound (sigma 0) or not converged: no comparison
         return {"valid": False, "mu_hat": False, "sigma": False, "interval": False}
-    return {"mu_hat": abs(diff["mu_hat_in_sigma"]) < mu_tol,
-            "sigma": abs(diff["sigma_ratio"] - 1.0) <= sigma_tol,
-            "interval": all(e is None or abs(e) < interval_tol for e in ends)}
+    return {
+        "mu_hat": abs(diff["mu_hat_in_sigma"]) < mu_tol,
+        "sigma": abs(diff["sigma_ratio"] - 1.0) <= sigma_tol,
+        "interval": all(e is None or abs(e) < interval_tol for e in ends),
+    }
 
 
 @dataclass(frozen=True)
@@ -121,43 +153,62 @@ def coverage(mu_hat: np.ndarray, sigma: np.ndarray, mu_true: float) -> Coverage:
     c68 = float(np.mean(np.abs(pull) <= 1.0)) if n else float("nan")
     c95 = float(np.mean(np.abs(pull) <= Z95)) if n else float("nan")
     err = lambda p: float(np.sqrt(p * (1 - p) / n)) if n else float("nan")  # noqa: E731
-    return Coverage(n, c68, err(c68), c95, err(c95), float(np.mean(pull)) if n else float("nan"),
-                    float(np.std(pull, ddof=1)) if n > 1 else float("nan"))
+    return Coverage(
+        n,
+        c68,
+        err(c68),
+        c95,
+        err(c95),
+        float(np.mean(pull)) if n else float("nan"),
+        float(np.std(pull, ddof=1)) if n > 1 else float("nan"),
+    )
 
 
-def stacked_experiments(draw: Callable[[int], Any], seeds: Sequence[int]) -> tuple[Any, list[np.ndarray]]:
+def stacked_experiments(
+    draw: Callable[[int], Any], seeds: Sequence[int]
+) -> tuple[Any, list[np.ndarray]]:
     """Stack pseudo-experiments drawn by ``draw(seed)`` into one Sample; the row ranges of each."""
-    from .data import Sample
+    from .sample import Sample
 
     parts = [draw(int(s)) for s in seeds]
     rows, pos = [], 0
     for p in parts:
         rows.append(np.arange(pos, pos + len(p)))
         pos += len(p)
-    return Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
-                  parts[0].names, f"{len(parts)} stacked pseudo-experiments"), rows
+    return Sample(
+        np.concatenate([p.features for p in parts]),
+        np.concatenate([p.weights for p in parts]),
+        parts[0].names,
+        f"{len(parts)} stacked pseudo-experiments",
+    ), rows
 
 
-def fit_experiments(ws: Any, rows: Sequence[np.ndarray], mu_true: float, seed: int) -> dict[str, np.ndarray]:
+def fit_experiments(
+    ws: Any, rows: Sequence[np.ndarray], mu_true: float, seed: int
+) -> dict[str, np.ndarray]:
     """Fit every experiment (its own rows, each with count 1; aux ~ N(0, 1)) as gathered toys:
     one vmapped compiled fit, the normalisation term over the full normalisation sample."""
     from .fit import model_for
     from .fit.toys import ToySet, _padded_size, fit_toys
 
+    enable_float64()
     model = model_for(ws)
     n_max = _padded_size(max(len(r) for r in rows))
     index = np.zeros((len(rows), n_max), dtype=np.int64)
     counts = np.zeros((len(rows), n_max))
     for k, r in enumerate(rows):
-        index[k, :len(r)] = r
-        counts[k, :len(r)] = 1.0
+        index[k, : len(r)] = r
+        counts[k, : len(r)] = 1.0
     aux = np.random.default_rng(seed).standard_normal((len(rows), model.n_np))
     theta_true = model.theta({"mu": mu_true}, base=np.asarray(model.theta(None)))
     fits = fit_toys(model, ToySet(theta_true, index, counts, aux))
     j = model.index["mu"]
     ok = np.asarray(fits.converged, dtype=bool)
-    return {"mu_hat": np.where(ok, fits.theta[:, j], np.nan), "sigma": np.where(ok, fits.errors[:, j], np.nan),
-            "converged": ok}
+    return {
+        "mu_hat": np.where(ok, fits.theta[:, j], np.nan),
+        "sigma": np.where(ok, fits.errors[:, j], np.nan),
+        "converged": ok,
+    }
 
 
 def strip_private(obj: Any) -> Any:

@@ -74,15 +74,15 @@ positive and within a factor ~3 of each other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-import math
 
 import numpy as np
 
-from sbi_engine.data import Sample
-from sbi_engine.problems.base import accept_reject_1d
+from sbi_engine.sample import Sample
+from sbi_engine.sampling import accept_reject_1d
 
 __all__ = [
     "OBSERVABLES",
@@ -100,7 +100,12 @@ OBSERVABLES: tuple[str, ...] = ("m4l", "cos_theta1", "cos_theta2", "phi")
 PROCESSES: tuple[str, ...] = ("S", "SBI", "B")
 M_LOW, M_HIGH = 220.0, 1000.0
 _L = M_HIGH - M_LOW
-BOUNDS: tuple[tuple[float, float], ...] = ((M_LOW, M_HIGH), (-1.0, 1.0), (-1.0, 1.0), (-math.pi, math.pi))
+BOUNDS: tuple[tuple[float, float], ...] = (
+    (M_LOW, M_HIGH),
+    (-1.0, 1.0),
+    (-1.0, 1.0),
+    (-math.pi, math.pi),
+)
 
 # Strong phase: cos delta(t) = _COS_D0 + _COS_D1 * t / L, from -0.3 at 220 GeV to -0.6 at 1 TeV.
 _COS_D0, _COS_D1 = -0.3, -0.3
@@ -108,6 +113,7 @@ _MIN_AMPLITUDE = 0.15  # angular amplitude factors must stay above this on their
 _MAX_NUISANCES = 500
 # Importance-sampling proposal: angular modulations damped, mass spectrum falling more slowly.
 _PROPOSAL_DAMPING, _PROPOSAL_TAU_FACTOR = 0.7, 1.1
+
 
 def poi_coefficients(mu: float) -> dict[str, float]:
     """m_c(mu) with nu(mu) p(x|mu) = sum_c m_c(mu) nu_c p_c(x): S, SBI, B -> mu-sqrt(mu), sqrt(mu), 1-sqrt(mu)."""
@@ -132,8 +138,12 @@ class _Amplitude:
 
 
 _BASE = {
-    "S": _Amplitude(norm=100.0, tau=250.0, cos1=(1.0, 0.0, -0.35), cos2=(1.0, 0.0, -0.35), phi=(1.0, 0.25, 0.0)),
-    "B": _Amplitude(norm=400.0, tau=130.0, cos1=(1.0, 0.2, 0.2), cos2=(1.0, -0.2, 0.2), phi=(1.0, -0.15, 0.1)),
+    "S": _Amplitude(
+        norm=100.0, tau=250.0, cos1=(1.0, 0.0, -0.35), cos2=(1.0, 0.0, -0.35), phi=(1.0, 0.25, 0.0)
+    ),
+    "B": _Amplitude(
+        norm=400.0, tau=130.0, cos1=(1.0, 0.2, 0.2), cos2=(1.0, -0.2, 0.2), phi=(1.0, -0.15, 0.1)
+    ),
 }
 
 
@@ -199,9 +209,12 @@ class _Model:
         i0, i1 = _exp_moments(0.5 / s.tau + 0.5 / b.tau)
         mass = (_COS_D0 * i0 + _COS_D1 * i1 / _L) / math.sqrt(zs[0] * zb[0])
         ang = (
-            _poly_overlap(s.cos1, b.cos1) / math.sqrt(zs[1] * zb[1])
-            * _poly_overlap(s.cos2, b.cos2) / math.sqrt(zs[2] * zb[2])
-            * _fourier_overlap(s.phi, b.phi) / math.sqrt(zs[3] * zb[3])
+            _poly_overlap(s.cos1, b.cos1)
+            / math.sqrt(zs[1] * zb[1])
+            * _poly_overlap(s.cos2, b.cos2)
+            / math.sqrt(zs[2] * zb[2])
+            * _fourier_overlap(s.phi, b.phi)
+            / math.sqrt(zs[3] * zb[3])
         )
         return 2.0 * math.sqrt(s.norm * b.norm) * mass * ang
 
@@ -216,7 +229,9 @@ class _Model:
         val = np.exp(-(x[:, 0] - M_LOW) / (2.0 * a.tau))
         val *= pv(x[:, 1], a.cos1)
         val *= pv(x[:, 2], a.cos2)
-        val *= pv(u, _phi_as_poly(a.phi))  # q0 + q1 cos phi + q2 cos 2phi as a polynomial in cos phi
+        val *= pv(
+            u, _phi_as_poly(a.phi)
+        )  # q0 + q1 cos phi + q2 cos 2phi as a polynomial in cos phi
         val *= const
         return val
 
@@ -224,8 +239,14 @@ class _Model:
         for c in ("S", "B"):
             a = self.amp(c)
             if not (a.norm > 0 and a.tau > 0):
-                raise ValueError(f"{where}: {c} yield {a.norm:.4g} and slope tau {a.tau:.4g} must be > 0")
-            for label, poly in (("cos_theta1", a.cos1), ("cos_theta2", a.cos2), ("phi", _phi_as_poly(a.phi))):
+                raise ValueError(
+                    f"{where}: {c} yield {a.norm:.4g} and slope tau {a.tau:.4g} must be > 0"
+                )
+            for label, poly in (
+                ("cos_theta1", a.cos1),
+                ("cos_theta2", a.cos2),
+                ("phi", _phi_as_poly(a.phi)),
+            ):
                 lo, _ = _poly_extrema(poly)
                 if lo < _MIN_AMPLITUDE:
                     raise ValueError(
@@ -265,14 +286,27 @@ class Nuisance:
 _BASE_NUISANCES: tuple[tuple[str, tuple[_Effect, ...]], ...] = (
     ("m4l_scale", (_Effect("S", "tau", 0, 0.06, "mul"), _Effect("B", "tau", 0, 0.06, "mul"))),
     ("bkg_norm", (_Effect("B", "norm", 0, 0.10, "mul"), _Effect("B", "cos1", 1, 0.06, "add"))),
-    ("gg_scale", (_Effect("S", "norm", 0, 0.08, "mul"), _Effect("B", "norm", 0, 0.08, "mul"),
-                  _Effect("S", "phi", 1, 0.08, "add"))),
+    (
+        "gg_scale",
+        (
+            _Effect("S", "norm", 0, 0.08, "mul"),
+            _Effect("B", "norm", 0, 0.08, "mul"),
+            _Effect("S", "phi", 1, 0.08, "add"),
+        ),
+    ),
     ("lumi", (_Effect("S", "norm", 0, 0.025, "mul"), _Effect("B", "norm", 0, 0.025, "mul"))),
     ("sig_shape", (_Effect("S", "tau", 0, -0.08, "mul"), _Effect("S", "cos2", 2, 0.05, "add"))),
 )
 
 _EXTRA_SLOTS = (
-    ("cos1", 1), ("cos2", 1), ("phi", 1), ("tau", 0), ("cos1", 2), ("cos2", 2), ("phi", 2), ("norm", 0),
+    ("cos1", 1),
+    ("cos2", 1),
+    ("phi", 1),
+    ("tau", 0),
+    ("cos1", 2),
+    ("cos2", 2),
+    ("phi", 2),
+    ("norm", 0),
 )
 
 
@@ -313,8 +347,16 @@ def _apply(amp: _Amplitude, effects: list[tuple[_Effect, float]]) -> _Amplitude:
             scalars[eff.param] = _shift(scalars[eff.param], eff, a)
         else:
             coeffs[eff.param][eff.index] = _shift(coeffs[eff.param][eff.index], eff, a)
+
+    def three(c: list[float]) -> tuple[float, float, float]:
+        return c[0], c[1], c[2]  # each list was copied from a 3-tuple and only edited in place
+
     return _Amplitude(
-        scalars["norm"], scalars["tau"], tuple(coeffs["cos1"]), tuple(coeffs["cos2"]), tuple(coeffs["phi"])
+        scalars["norm"],
+        scalars["tau"],
+        three(coeffs["cos1"]),
+        three(coeffs["cos2"]),
+        three(coeffs["phi"]),
     )
 
 
@@ -325,7 +367,9 @@ def _as_x(x: np.ndarray | Sample) -> np.ndarray:
     arr = x.features if isinstance(x, Sample) else x
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != len(OBSERVABLES):
-        raise ValueError(f"x must have shape (n, {len(OBSERVABLES)}) for {OBSERVABLES}, got {arr.shape}")
+        raise ValueError(
+            f"x must have shape (n, {len(OBSERVABLES)}) for {OBSERVABLES}, got {arr.shape}"
+        )
     return arr
 
 
@@ -350,8 +394,13 @@ class DemoProblem:
     luminosity: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (0 <= int(self.n_nuisances) <= _MAX_NUISANCES) or int(self.n_nuisances) != self.n_nuisances:
-            raise ValueError(f"n_nuisances must be an integer in [0, {_MAX_NUISANCES}], got {self.n_nuisances}")
+        if (
+            not (0 <= int(self.n_nuisances) <= _MAX_NUISANCES)
+            or int(self.n_nuisances) != self.n_nuisances
+        ):
+            raise ValueError(
+                f"n_nuisances must be an integer in [0, {_MAX_NUISANCES}], got {self.n_nuisances}"
+            )
         if not self.luminosity > 0:
             raise ValueError(f"luminosity must be > 0, got {self.luminosity}")
 
@@ -382,7 +431,10 @@ class DemoProblem:
                 for d in (-1.0, 1.0):
                     if abs(self.yield_(c, {name: d}) / y0 - 1.0) > 1e-12 and c not in norm:
                         norm.append(c)
-                    if np.max(np.abs(self.log_density(c, probe, {name: d}) - lp0)) > 1e-9 and c not in shape:
+                    if (
+                        np.max(np.abs(self.log_density(c, probe, {name: d}) - lp0)) > 1e-9
+                        and c not in shape
+                    ):
                         shape.append(c)
             procs = tuple(c for c in PROCESSES if c in shape or c in norm)
             out.append(Nuisance(name, procs, bool(shape), bool(norm), tuple(shape), tuple(norm)))
@@ -405,7 +457,9 @@ class DemoProblem:
         alpha = dict(alpha or {})
         unknown = sorted(set(alpha) - set(self._nuisance_effects))
         if unknown:
-            raise ValueError(f"unknown nuisance(s) {unknown}; this problem has {list(self.nuisance_names)}")
+            raise ValueError(
+                f"unknown nuisance(s) {unknown}; this problem has {list(self.nuisance_names)}"
+            )
         key = tuple(sorted((k, float(v)) for k, v in alpha.items() if float(v) != 0.0))
         return self._model_cached(key)
 
@@ -449,8 +503,10 @@ class DemoProblem:
                     "name": n.name,
                     "shape_processes": list(n.shape_processes),
                     "norm_processes": list(n.norm_processes),
-                    "yield_ratios": {c: [self.yield_ratio(c, n.name, -1.0), self.yield_ratio(c, n.name, 1.0)]
-                                     for c in PROCESSES},
+                    "yield_ratios": {
+                        c: [self.yield_ratio(c, n.name, -1.0), self.yield_ratio(c, n.name, 1.0)]
+                        for c in PROCESSES
+                    },
                 }
                 for n in self.nuisances
             ],
@@ -484,7 +540,9 @@ class DemoProblem:
 
     # ------------------------------------------------------------------ densities
 
-    def _unnormalised(self, process: str, x: np.ndarray, model: _Model, mu: float = 1.0) -> np.ndarray:
+    def _unnormalised(
+        self, process: str, x: np.ndarray, model: _Model, mu: float = 1.0
+    ) -> np.ndarray:
         """f_c(x) (or f(x|mu) for process 'mix'); zero outside the box."""
         inside = _inside(x)
         all_inside = bool(inside.all())
@@ -505,7 +563,9 @@ class DemoProblem:
         out[inside] = val
         return out
 
-    def log_density(self, process: str, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None) -> np.ndarray:
+    def log_density(
+        self, process: str, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """Normalised log p_c(x | alpha), float64 (n,); -inf outside the box."""
         _check_process(process)
         x = _as_x(x)
@@ -524,7 +584,9 @@ class DemoProblem:
         """log p_num(x | alpha_num) - log p_den(x | alpha_den)."""
         return self.log_density(num, x, alpha_num) - self.log_density(den, x, alpha_den)
 
-    def shape_log_ratio(self, process: str, nuisance: str, x: np.ndarray | Sample, direction: float) -> np.ndarray:
+    def shape_log_ratio(
+        self, process: str, nuisance: str, x: np.ndarray | Sample, direction: float
+    ) -> np.ndarray:
         """log p_c(x | alpha_k = direction) - log p_c(x | 0): the per-event shape variation."""
         return self.log_ratio(process, process, x, {nuisance: direction}, None)
 
@@ -608,8 +670,11 @@ class DemoProblem:
             # density q = f_c^prop / nu_c^prop is closed form, so the weights are unbiased.
             prop = _Model(_broaden(model.S), _broaden(model.B))
             x = self._draw_exact(process, prop, n, rng)
-            nu_prop = prop.amp(process).norm if process in ("S", "B") else (
-                prop.S.norm + prop.B.norm + prop.interference_yield())
+            nu_prop = (
+                prop.amp(process).norm
+                if process in ("S", "B")
+                else (prop.S.norm + prop.B.norm + prop.interference_yield())
+            )
             q = self._unnormalised(process, x, prop) / nu_prop
             w = self._unnormalised(process, x, model) / (n * q)
             tag = "weighted"
@@ -638,7 +703,9 @@ class DemoProblem:
         x = self._draw_exact("mix", model, count, rng, mu)
         return Sample(x, np.ones(count), OBSERVABLES, f"demo:data(mu={mu}, n={count}, seed={seed})")
 
-    def _draw_exact(self, process: str, model: _Model, n: int, rng: np.random.Generator, mu: float = 1.0) -> np.ndarray:
+    def _draw_exact(
+        self, process: str, model: _Model, n: int, rng: np.random.Generator, mu: float = 1.0
+    ) -> np.ndarray:
         if process in ("S", "B"):
             return _draw_component(model.amp(process), n, rng)
         # SBI / mixture: accept/reject from mu f_S + f_B, acceptance f / (mu f_S + f_B) <= 1
@@ -649,7 +716,9 @@ class DemoProblem:
         while have < n:
             m = max(2 * (n - have), 256)
             n_s = rng.binomial(m, p_s)
-            cand = np.concatenate([_draw_component(model.S, n_s, rng), _draw_component(model.B, m - n_s, rng)])
+            cand = np.concatenate(
+                [_draw_component(model.S, n_s, rng), _draw_component(model.B, m - n_s, rng)]
+            )
             env = mu * model.amplitude("S", cand) ** 2 + model.amplitude("B", cand) ** 2
             acc = rng.random(m) * env <= self._unnormalised("mix", cand, model, mu)
             keep = cand[acc]
@@ -693,7 +762,9 @@ def _draw_component(a: _Amplitude, n: int, rng: np.random.Generator) -> np.ndarr
 def _draw_poly_squared(coeffs: tuple[float, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     lo, hi = _poly_extrema(coeffs)
     bound = max(lo * lo, hi * hi)
-    return accept_reject_1d(lambda c: np.polynomial.polynomial.polyval(c, coeffs) ** 2, bound, -1.0, 1.0, n, rng)
+    return accept_reject_1d(
+        lambda c: np.polynomial.polynomial.polyval(c, coeffs) ** 2, bound, -1.0, 1.0, n, rng
+    )
 
 
 def _draw_fourier_squared(q: tuple[float, ...], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -715,7 +786,9 @@ def _check_mu(mu: float) -> None:
 
 def _check_n(n: int, allow_zero: bool = False) -> int:
     if int(n) != n or n < (0 if allow_zero else 1):
-        raise ValueError(f"n must be a {'non-negative' if allow_zero else 'positive'} integer, got {n}")
+        raise ValueError(
+            f"n must be a {'non-negative' if allow_zero else 'positive'} integer, got {n}"
+        )
     return int(n)
 
 

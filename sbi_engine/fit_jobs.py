@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .data import Sample
+from . import learned_uncertainty as lu
 from .learned_ratios import SHAPE_RESOLUTION, TaskRatios, task_ratios
 from .pipeline import COEFFICIENTS
+from .precision import enable_float64
+from .sample import Sample
 from .sample_specs import load_sample_spec, sample_parts
-
 
 
 class FitJobError(ValueError):
@@ -39,7 +40,9 @@ def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
     for proc in params["processes"]:
         expr = given.get(proc, COEFFICIENTS.get(proc))
         if expr is None:
-            raise FitJobError(f"params.coefficients: process {proc!r} has no coefficient function of mu")
+            raise FitJobError(
+                f"params.coefficients: process {proc!r} has no coefficient function of mu"
+            )
         out[proc] = expr
     return out
 
@@ -64,7 +67,12 @@ class SimulatedAsimov:
         return w
 
     def at(self, mu: float) -> Sample:
-        return Sample(self.events.features, self.weights(mu), self.events.names, f"simulated Asimov at mu={mu:g}")
+        return Sample(
+            self.events.features,
+            self.weights(mu),
+            self.events.names,
+            f"simulated Asimov at mu={mu:g}",
+        )
 
 
 def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str]) -> SimulatedAsimov:
@@ -81,8 +89,12 @@ def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str])
         parts.append(s)
         blocks[proc] = slice(pos, pos + len(s))
         pos += len(s)
-    events = Sample(np.concatenate([p.features for p in parts]), np.concatenate([p.weights for p in parts]),
-                    parts[0].names, "simulated Asimov events (evaluation parts of every process)")
+    events = Sample(
+        np.concatenate([p.features for p in parts]),
+        np.concatenate([p.weights for p in parts]),
+        parts[0].names,
+        "simulated Asimov events (evaluation parts of every process)",
+    )
     return SimulatedAsimov(events, blocks, dict(coefficients))
 
 
@@ -96,14 +108,21 @@ def _demo_norm_effects(params: Mapping[str, Any], name: str) -> dict[str, dict[s
 
     specs = params["processes"]
     if not all(_is_demo(s) for s in specs.values()):
-        raise FitJobError(f"params.nuisances: {name!r} has no systematic samples and the samples are not demo ones")
+        raise FitJobError(
+            f"params.nuisances: {name!r} has no systematic samples and the samples are not demo ones"
+        )
     n_np = max(int(s["demo"].get("n_nuisances", 3)) for s in specs.values())
     problem = DemoProblem(n_nuisances=max(n_np, 5))
     if name not in problem.nuisance_names:
-        raise FitJobError(f"params.nuisances: unknown nuisance {name!r} (demo nuisances: {list(problem.nuisance_names)})")
+        raise FitJobError(
+            f"params.nuisances: unknown nuisance {name!r} (demo nuisances: {list(problem.nuisance_names)})"
+        )
     nk = problem.nuisance(name)
-    return {c: {"norm": (problem.yield_ratio(c, name, 1.0), problem.yield_ratio(c, name, -1.0))}
-            for c in nk.norm_processes if c in specs}
+    return {
+        c: {"norm": (problem.yield_ratio(c, name, 1.0), problem.yield_ratio(c, name, -1.0))}
+        for c in nk.norm_processes
+        if c in specs
+    }
 
 
 def _combine_norm(old: tuple[float, float] | None, new: tuple[float, float]) -> tuple[float, float]:
@@ -113,16 +132,19 @@ def _combine_norm(old: tuple[float, float] | None, new: tuple[float, float]) -> 
     return (old[0] * new[0], old[1] * new[1])
 
 
-def add_norm_only_nuisances(params: Mapping[str, Any], processes: Mapping[str, Any],
-                            nuisances: dict[str, dict[str, Any]]) -> None:
+def add_norm_only_nuisances(
+    params: Mapping[str, Any], processes: Mapping[str, Any], nuisances: dict[str, dict[str, Any]]
+) -> None:
     """Add the explicit up/down yield factors (``norm_systematics``) and the named demo
     nuisances (``nuisances``) to ``nuisances`` {name: {process: effect}} in place."""
     for item in params.get("norm_systematics") or []:
         name = item["name"]
         for proc, (up, down) in item["effects"].items():
             if proc not in processes:
-                raise FitJobError(f"norm_systematics.{name}.effects: unknown process {proc!r} "
-                                  f"(processes: {sorted(processes)})")
+                raise FitJobError(
+                    f"norm_systematics.{name}.effects: unknown process {proc!r} "
+                    f"(processes: {sorted(processes)})"
+                )
             eff = nuisances.setdefault(name, {}).setdefault(proc, {})
             eff["norm"] = _combine_norm(eff.get("norm"), (float(up), float(down)))
     for name in params.get("nuisances", []):
@@ -136,13 +158,21 @@ class ShapeDecision:
 
     nuisance: str
     process: str
-    signal: float  # spread of the learned log shape ratio (up and down, RMS) on the process's events
+    signal: (
+        float  # spread of the learned log shape ratio (up and down, RMS) on the process's events
+    )
     noise: float  # estimated log-ratio error of its ensembles (member spread)
     action: str  # "kept" | "dropped shape (yield kept)" | "kept (noise unknown)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nuisance": self.nuisance, "process": self.process, "signal": self.signal, "noise": self.noise,
-                "ratio": self.signal / self.noise if self.noise > 0 else None, "action": self.action}
+        return {
+            "nuisance": self.nuisance,
+            "process": self.process,
+            "signal": self.signal,
+            "noise": self.noise,
+            "ratio": self.signal / self.noise if self.noise > 0 else None,
+            "action": self.action,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,18 +196,37 @@ class LearnedFit:
 
 
 def _find_task(tasks: Mapping[str, Any], name: str, proc: str, direction: str) -> str | None:
-    return next((t for t, d in tasks.items() if d["kind"] == "systematic" and d["systematic"] == name
-                 and d["process"] == proc and d["direction"] == direction), None)
+    return next(
+        (
+            t
+            for t, d in tasks.items()
+            if d["kind"] == "systematic"
+            and d["systematic"] == name
+            and d["process"] == proc
+            and d["direction"] == direction
+        ),
+        None,
+    )
 
 
-def _require_ensembles(ensembles: Mapping[str, Sequence[str]], task: str | None, what: str) -> Sequence[str]:
+def _require_ensembles(
+    ensembles: Mapping[str, Sequence[str]], task: str | None, what: str
+) -> tuple[str, Sequence[str]]:
+    """The task (known to exist) and its ensemble paths."""
     if task is None or task not in ensembles:
         raise FitJobError(f"{what}: no trained ensemble")
-    return ensembles[task]
+    return task, ensembles[task]
 
 
-def _shape_decision(name: str, proc: str, up: TaskRatios, down: TaskRatios, rows: np.ndarray,
-                    weights: np.ndarray, resolve: bool) -> ShapeDecision:
+def _shape_decision(
+    name: str,
+    proc: str,
+    up: TaskRatios,
+    down: TaskRatios,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    resolve: bool,
+) -> ShapeDecision:
     """Keep a shape effect only if its learned spread stands out of the networks' noise floor.
 
     A systematic whose true shape effect is below the noise floor would otherwise read network
@@ -203,18 +252,25 @@ def _model_asimov_weights(ws, mu: float) -> np.ndarray:
     model = model_for(ws)
     v = np.asarray(ws.data.norm_weights, dtype=np.float64)
     # v_i s_i / V directly: a model without shape effects has no normalisation term of its own
-    w = v * event_intensity(model, model.theta({"mu": mu}, base=model.reference_theta())) / float(np.sum(v))
+    w = (
+        v
+        * event_intensity(model, model.theta({"mu": mu}, base=model.reference_theta()))
+        / float(np.sum(v))
+    )
     bad = np.flatnonzero(w < 0)
     if bad.size:
-        raise FitJobError(f"Asimov data at mu={mu}: {bad.size} row(s) of the normalisation sample have a negative "
-                          f"expected count (first rows {bad[:5].tolist()}: {np.round(w[bad[:5]], 6).tolist()}); the "
-                          "model's total intensity must be positive (negative-weight reference simulation cannot "
-                          "serve as Asimov events: give observed data or a positive-weight reference sample)")
+        raise FitJobError(
+            f"Asimov data at mu={mu}: {bad.size} row(s) of the normalisation sample have a negative "
+            f"expected count (first rows {bad[:5].tolist()}: {np.round(w[bad[:5]], 6).tolist()}); the "
+            "model's total intensity must be positive (negative-weight reference simulation cannot "
+            "serve as Asimov events: give observed data or a positive-weight reference sample)"
+        )
     return w
 
 
-def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]],
-                      data: Sample | None = None) -> LearnedFit:
+def build_learned_fit(
+    spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]], data: Sample | None = None
+) -> LearnedFit:
     """The fit workspace of a campaign's fit-stage job, with the member ratios kept.
 
     Every event the networks see here is an evaluation event (``load_sample_spec(..., role="eval")``):
@@ -228,6 +284,7 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     """
     from .fit import Workspace
 
+    enable_float64()
     params = spec["params"]
     ref = params["reference"]
     coefficients = _coefficients(params)
@@ -236,7 +293,9 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     specs = params["processes"]
     parts = {p: sample_parts(s) for p, s in specs.items()}  # one read: the eval part and the yield
     evals = {p: pt.eval for p, pt in parts.items()}
-    totals = {p: float(pt.train.weights.sum()) for p, pt in parts.items()}  # each part carries the whole yield
+    totals = {
+        p: float(pt.train.weights.sum()) for p, pt in parts.items()
+    }  # each part carries the whole yield
     norm = evals[ref]
     if asimov:
         x = np.asarray(norm.features)
@@ -245,8 +304,10 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     else:
         data = data if data is not None else load_sample_spec(params["data"])
         if tuple(norm.names) != tuple(data.names):
-            raise FitJobError(f"params.processes.{ref}: the reference sample's features {list(norm.names)} differ "
-                              f"from the data's {list(data.names)}")
+            raise FitJobError(
+                f"params.processes.{ref}: the reference sample's features {list(norm.names)} differ "
+                f"from the data's {list(data.names)}"
+            )
         x = np.concatenate([data.features, norm.features])
         weights = np.concatenate([np.asarray(data.weights, dtype=np.float64), np.zeros(len(norm))])
         data_rows = np.arange(len(data))
@@ -265,8 +326,9 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
         if proc == ref:
             ratio = np.ones(len(x))
         else:
-            task = by_process.get(proc)
-            paths = _require_ensembles(ensembles, task, f"process {proc!r} (ratio task against {ref!r})")
+            task, paths = _require_ensembles(
+                ensembles, by_process.get(proc), f"process {proc!r} (ratio task against {ref!r})"
+            )
             ratios[task] = task_ratios(task, paths, x, norm.features, norm.weights)
             process_task[proc] = task
             ratio = np.exp(ratios[task].nominal)
@@ -280,18 +342,27 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     v = norm_weights[norm_rows]
     for syst in params.get("systematics", []):
         name, proc = syst["name"], syst["process"]
-        pair = []
+        pair: list[str] = []
         for direction in ("up", "down"):
-            task = _find_task(tasks, name, proc, direction)
-            paths = _require_ensembles(ensembles, task, f"systematic {name!r} ({direction}) on {proc!r}")
+            task, paths = _require_ensembles(
+                ensembles,
+                _find_task(tasks, name, proc, direction),
+                f"systematic {name!r} ({direction}) on {proc!r}",
+            )
             ratios[task] = task_ratios(task, paths, x, evals[proc].features, evals[proc].weights)
             pair.append(task)
         up, down = ratios[pair[0]], ratios[pair[1]]
-        on_proc = v * np.asarray(processes[proc]["ratio"])[norm_rows]  # reference rows reweighted to the process
+        on_proc = (
+            v * np.asarray(processes[proc]["ratio"])[norm_rows]
+        )  # reference rows reweighted to the process
         decision = _shape_decision(name, proc, up, down, norm_rows, on_proc, resolve)
         decisions.append(decision)
-        effect: dict[str, Any] = {"norm": tuple(float(load_sample_spec(syst[d]).weights.sum() / totals[proc])
-                                                for d in ("up", "down"))}
+        effect: dict[str, Any] = {
+            "norm": tuple(
+                float(load_sample_spec(syst[d]).weights.sum() / totals[proc])
+                for d in ("up", "down")
+            )
+        }
         if decision.action != "dropped shape (yield kept)":
             effect["shape"] = (np.exp(up.nominal), np.exp(down.nominal))
             shape_tasks[(name, proc)] = (pair[0], pair[1])
@@ -301,22 +372,36 @@ def build_learned_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[
     poi = params.get("poi") or {}
     mu_true = float(params.get("mu_true", 1.0))
     ws = Workspace.from_arrays(
-        pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
+        pois={
+            "mu": {
+                "init": float(poi.get("init", 1.0)),
+                "bounds": tuple(poi.get("bounds", (0.0, 20.0))),
+            }
+        },
         processes=processes,
         weights=weights,
         norm_weights=norm_weights,
         nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
         data_kind="asimov" if asimov else "observed",
         generated_at={"mu": mu_true} if asimov else None,
-        metadata={"campaign": spec.get("campaign"), "job": spec.get("name"),
-                  "ensembles": {k: list(v) for k, v in ensembles.items()}},
+        metadata={
+            "campaign": spec.get("campaign"),
+            "job": spec.get("name"),
+            "ensembles": {k: list(v) for k, v in ensembles.items()},
+        },
     )
     if asimov:
-        ws = ws.with_data(_model_asimov_weights(ws, mu_true), kind="asimov", generated_at={"mu": mu_true})
-    provenance = {"evaluation_events": {p: len(s) for p, s in evals.items()},
-                  "normalisation_sample": {"process": ref, "events": len(norm)},
-                  "data": "asimov (model expectation on the normalisation sample)" if asimov else "observed"}
-    return LearnedFit(ws, ratios, process_task, shape_tasks, tuple(decisions), data_rows, norm_rows, provenance)
+        ws = ws.with_data(
+            _model_asimov_weights(ws, mu_true), kind="asimov", generated_at={"mu": mu_true}
+        )
+    provenance = {
+        "evaluation_events": {p: len(s) for p, s in evals.items()},
+        "normalisation_sample": {"process": ref, "events": len(norm)},
+        "data": "asimov (model expectation on the normalisation sample)" if asimov else "observed",
+    }
+    return LearnedFit(
+        ws, ratios, process_task, shape_tasks, tuple(decisions), data_rows, norm_rows, provenance
+    )
 
 
 def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
@@ -328,15 +413,19 @@ def _fit_summary(ws, result) -> dict[str, Any]:
     from .fit import impacts as imp
     from .fit.results import to_jsonable
 
-    return to_jsonable({
-        "mu_hat": result.values["mu"],
-        "sigma": result.errors["mu"],
-        "converged": result.converged,
-        "fit": result.to_dict(),
-        "pulls": imp.pulls(ws, result),
-        "impacts_covariance": [i.to_dict() for i in imp.ranking(imp.covariance_impacts(ws, result))],
-        "breakdown": imp.breakdown(ws, result),
-    })
+    return to_jsonable(
+        {
+            "mu_hat": result.values["mu"],
+            "sigma": result.errors["mu"],
+            "converged": result.converged,
+            "fit": result.to_dict(),
+            "pulls": imp.pulls(ws, result),
+            "impacts_covariance": [
+                i.to_dict() for i in imp.ranking(imp.covariance_impacts(ws, result))
+            ],
+            "breakdown": imp.breakdown(ws, result),
+        }
+    )
 
 
 def bootstrapped(lf: LearnedFit) -> bool | None:
@@ -345,28 +434,48 @@ def bootstrapped(lf: LearnedFit) -> bool | None:
     return None if any(f is None for f in flags) or not flags else all(flags)
 
 
-def learned_result(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]], lf: LearnedFit,
-                   result: Any) -> dict[str, Any]:
+def learned_result(
+    spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]], lf: LearnedFit, result: Any
+) -> dict[str, Any]:
     """The learned model's error components, its checks and the shape decisions of a fit job.
 
     ``params.options.uncertainty``: {include: [nn, sim] (what enters the total; default both),
     nn_variants, sim_variants, closure (default true)}.
     """
-    from . import learned_uncertainty as lu
-
     opts = dict((spec["params"].get("options") or {}).get("uncertainty") or {})
     include = tuple(opts.get("include", ("nn", "sim")))
     unknown = set(include) - {"nn", "sim"}
     if unknown:
-        raise FitJobError(f"params.options.uncertainty.include: unknown component(s) {sorted(unknown)} (nn, sim)")
-    comps = lu.components(lf, result, n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
-                          n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)), include=include,
-                          bootstrap=bootstrapped(lf))
+        raise FitJobError(
+            f"params.options.uncertainty.include: unknown component(s) {sorted(unknown)} (nn, sim)"
+        )
+    comps = lu.components(
+        lf,
+        result,
+        n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
+        n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)),
+        include=include,
+        bootstrap=bootstrapped(lf),
+    )
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
     if bool(opts.get("closure", True)):
-        checks.append(lu.closure_check(spec, ensembles, comps.sim))
-    return {"uncertainty": comps.to_dict(), "sigma_total": comps.total, "checks": checks,
-            "shape_decisions": [d.to_dict() for d in lf.shape_decisions], "provenance": lf.provenance}
+        params = spec["params"]
+        sim = simulated_asimov(params, _coefficients(params))
+        checks.append(
+            lu.closure_check(
+                sim,
+                lambda data: build_learned_fit(spec, ensembles, data=data),
+                float(params.get("mu_true", 1.0)),
+                comps.sim,
+            )
+        )
+    return {
+        "uncertainty": comps.to_dict(),
+        "sigma_total": comps.total,
+        "checks": checks,
+        "shape_decisions": [d.to_dict() for d in lf.shape_decisions],
+        "provenance": lf.provenance,
+    }
 
 
 def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -381,12 +490,17 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
     from .fit.scan import profile_scan
     from .fit.toys import toy_study
 
+    enable_float64()
     kind = spec.get("kind", "fit")
     params = spec["params"]
     lf = build_learned_fit(spec, ensembles)
     ws = lf.workspace
     result = fit(ws)
-    out: dict[str, Any] = {"kind": kind, "mu_true": params.get("mu_true", 1.0), **_fit_summary(ws, result)}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "mu_true": params.get("mu_true", 1.0),
+        **_fit_summary(ws, result),
+    }
     if kind == "fit":
         out.update(learned_result(spec, ensembles, lf, result))
     elif kind == "impacts":
@@ -394,11 +508,17 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
         out["impacts_refit"] = [i.to_dict() for i in imp.refit_impacts(ws, result, nps)]
     elif kind == "scan":
         values = np.asarray(params.get("poi_values") or [], dtype=float)
-        out["scan"] = profile_scan(ws, result, "mu", values=values if values.size else None).to_dict()
+        out["scan"] = profile_scan(
+            ws, result, "mu", values=values if values.size else None
+        ).to_dict()
     elif kind == "toys":
         seeds = list(params.get("toy_seeds") or [0])
-        out["toys"] = toy_study(ws, n_toys=len(seeds), seed=int(seeds[0]),
-                                params={"mu": float(params.get("toy_mu_true", params.get("mu_true", 1.0)))})
+        out["toys"] = toy_study(
+            ws,
+            n_toys=len(seeds),
+            seed=int(seeds[0]),
+            params={"mu": float(params.get("toy_mu_true", params.get("mu_true", 1.0)))},
+        )
     else:
         raise FitJobError(f"kind: unknown fit-stage job kind {kind!r} (fit, impacts, scan, toys)")
     return to_jsonable(out)

@@ -15,8 +15,12 @@ from typing import Any
 
 import numpy as np
 
-NOISE_TO_SIGNAL_LIMIT = 0.2  # estimated log-ratio error / spread of the log ratio above which a task needs review
-SHAPE_RESOLUTION = 1.5  # a shape effect is kept when its spread exceeds this many times the network noise
+NOISE_TO_SIGNAL_LIMIT = (
+    0.2  # estimated log-ratio error / spread of the log ratio above which a task needs review
+)
+SHAPE_RESOLUTION = (
+    1.5  # a shape effect is kept when its spread exceeds this many times the network noise
+)
 
 
 class LearnedRatioError(ValueError):
@@ -53,9 +57,11 @@ class TaskRatios:
         if self.n_members < 2:
             return float("nan")
         sd = np.std(self.members[:, rows], axis=0, ddof=1)
-        return float(np.sqrt(np.mean(sd ** 2)))
+        return float(np.sqrt(np.mean(sd**2)))
 
-    def signal(self, rows: np.ndarray | slice = slice(None), weights: np.ndarray | None = None) -> float:
+    def signal(
+        self, rows: np.ndarray | slice = slice(None), weights: np.ndarray | None = None
+    ) -> float:
         """Weighted standard deviation over rows of the nominal log ratio: the variation it carries."""
         x = self.nominal[rows]
         w = np.ones_like(x) if weights is None else np.abs(np.asarray(weights, dtype=np.float64))
@@ -67,7 +73,9 @@ class TaskRatios:
 
 def _member_log_ratios(ensembles: Sequence[Any], x: np.ndarray) -> np.ndarray:
     """(M, n) member log ratios over all ensembles (packs) of a task."""
-    return np.concatenate([np.asarray(e.member_log_ratios(x), dtype=np.float64) for e in ensembles], axis=0)
+    return np.concatenate(
+        [np.asarray(e.member_log_ratios(x), dtype=np.float64) for e in ensembles], axis=0
+    )
 
 
 def _bootstrapped(ensembles: Sequence[Any]) -> bool | None:
@@ -81,8 +89,13 @@ def _log_mean_exp(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.squeeze(top, axis) + np.log(np.mean(np.exp(a - top), axis=axis))
 
 
-def task_ratios(task: str, paths: Sequence[str], x: np.ndarray, denominator_x: np.ndarray,
-                denominator_w: np.ndarray) -> TaskRatios:
+def task_ratios(
+    task: str,
+    paths: Sequence[str],
+    x: np.ndarray,
+    denominator_x: np.ndarray,
+    denominator_w: np.ndarray,
+) -> TaskRatios:
     """Evaluate a task's members on ``x``, each normalised so that E_den[r_j] = 1 on the
     denominator's evaluation events (a density ratio integrates to one against its denominator;
     the extended likelihood turns a miss into a bias of the POI)."""

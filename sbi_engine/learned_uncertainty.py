@@ -23,7 +23,7 @@ coefficient weights on evaluation events) returns mu_true.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,17 @@ from .learned_ratios import NOISE_TO_SIGNAL_LIMIT
 
 DEFAULT_NN_VARIANTS = 16  # refits with one member's ratios (cycled over members) at most
 DEFAULT_SIM_VARIANTS = 20  # Poisson bootstrap replicas of the normalisation sample
-SIM_TO_STAT_LIMIT = 0.5  # sim-statistics component above half the stat error: normalisation sample too small
-CLOSURE_LIMIT = 0.2  # simulated-Asimov closure: |mu-hat - mu| within 0.2 sigma (+ 2 x its own sim error)
-CLOSURE_POINTS = (0.5, 1.0, 2.0)  # POI values of the simulated-Asimov closure fits (besides mu_true)
+SIM_TO_STAT_LIMIT = (
+    0.5  # sim-statistics component above half the stat error: normalisation sample too small
+)
+CLOSURE_LIMIT = (
+    0.2  # simulated-Asimov closure: |mu-hat - mu| within 0.2 sigma (+ 2 x its own sim error)
+)
+CLOSURE_POINTS = (
+    0.5,
+    1.0,
+    2.0,
+)  # POI values of the simulated-Asimov closure fits (besides mu_true)
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,22 @@ class Components:
         return float(np.sqrt(np.sum(np.square(parts))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hesse": self.hesse, "nn": self.nn, "nn_se": self.nn_se, "sim": self.sim, "sim_se": self.sim_se,
-                "total": self.total, "included": list(self.include), "nn_variants": self.nn_members,
-                "nn_bootstrap": self.bootstrap,
-                "method": {"nn": "spread of mu-hat over refits with one bootstrap member's ratios at a time",
-                           "sim": "spread of mu-hat over Poisson(1) bootstrap replicas of the normalisation sample",
-                           "total": "Hesse error with the included components added in quadrature"}}
+        return {
+            "hesse": self.hesse,
+            "nn": self.nn,
+            "nn_se": self.nn_se,
+            "sim": self.sim,
+            "sim_se": self.sim_se,
+            "total": self.total,
+            "included": list(self.include),
+            "nn_variants": self.nn_members,
+            "nn_bootstrap": self.bootstrap,
+            "method": {
+                "nn": "spread of mu-hat over refits with one bootstrap member's ratios at a time",
+                "sim": "spread of mu-hat over Poisson(1) bootstrap replicas of the normalisation sample",
+                "total": "Hesse error with the included components added in quadrature",
+            },
+        }
 
 
 def _spread(fits: Any, name: str) -> tuple[float, float]:
@@ -84,7 +102,10 @@ def nn_variants(lf: Any, n: int = DEFAULT_NN_VARIANTS) -> list[Any]:
     out = []
     for j in range(min(m, n)):
         ratios = {p: lf.ratios[t].member_ratio(j) for p, t in lf.process_task.items()}
-        shapes = {key: (lf.ratios[u].member_ratio(j), lf.ratios[d].member_ratio(j)) for key, (u, d) in lf.shape_tasks.items()}
+        shapes = {
+            key: (lf.ratios[u].member_ratio(j), lf.ratios[d].member_ratio(j))
+            for key, (u, d) in lf.shape_tasks.items()
+        }
         out.append(Variant(ratios=ratios, shapes=shapes))
     return out
 
@@ -98,19 +119,38 @@ def renormalisation_variants(lf: Any, n: int, seed: int) -> list[Any]:
     ws = lf.workspace
     v = np.asarray(ws.data.norm_weights, dtype=np.float64)[lf.norm_rows]
     rng = np.random.default_rng(seed)
-    ratios = {p.name: np.asarray(p.ratio, dtype=np.float64) for p in ws.processes if p.name in lf.process_task}
+    ratios = {
+        p.name: np.asarray(p.ratio, dtype=np.float64)
+        for p in ws.processes
+        if p.name in lf.process_task
+    }
     base = {name: np.sum(v * r[lf.norm_rows]) / np.sum(v) for name, r in ratios.items()}
     out = []
     for j in range(n):
         pv = v * rng.poisson(1.0, v.size)
-        out.append(Variant(ratios={name: r * base[name] / (np.sum(pv * r[lf.norm_rows]) / np.sum(pv))
-                                   for name, r in ratios.items()}, label=f"renormalisation bootstrap {j}"))
+        out.append(
+            Variant(
+                ratios={
+                    name: r * base[name] / (np.sum(pv * r[lf.norm_rows]) / np.sum(pv))
+                    for name, r in ratios.items()
+                },
+                label=f"renormalisation bootstrap {j}",
+            )
+        )
     return out
 
 
-def components(lf: Any, result: Any, *, poi: str = "mu", n_nn: int = DEFAULT_NN_VARIANTS,
-               n_sim: int = DEFAULT_SIM_VARIANTS, seed: int = 0, include: tuple[str, ...] = ("nn", "sim"),
-               bootstrap: bool | None = None) -> Components:
+def components(
+    lf: Any,
+    result: Any,
+    *,
+    poi: str = "mu",
+    n_nn: int = DEFAULT_NN_VARIANTS,
+    n_sim: int = DEFAULT_SIM_VARIANTS,
+    seed: int = 0,
+    include: tuple[str, ...] = ("nn", "sim"),
+    bootstrap: bool | None = None,
+) -> Components:
     """The NN-training and simulation-statistics components of ``poi`` by refits."""
     from .fit.variations import bootstrap_norm_variants, refit_variants
 
@@ -122,20 +162,45 @@ def components(lf: Any, result: Any, *, poi: str = "mu", n_nn: int = DEFAULT_NN_
     if n_sim >= 2 and ws.data.norm_weights is not None:
         from .fit import model_for
 
-        boot = (bootstrap_norm_variants(ws, n_sim, seed) if model_for(ws).has_norm
-                else renormalisation_variants(lf, n_sim, seed))
+        boot = (
+            bootstrap_norm_variants(ws, n_sim, seed)
+            if model_for(ws).has_norm
+            else renormalisation_variants(lf, n_sim, seed)
+        )
         sim, sim_se = _spread(refit_variants(ws, boot, init=result), poi)
-    return Components(float(result.errors[poi]), nn, nn_se, sim, sim_se,
-                      tuple(c for c in include if c in ("nn", "sim")), len(variants), bootstrap)
+    return Components(
+        float(result.errors[poi]),
+        nn,
+        nn_se,
+        sim,
+        sim_se,
+        tuple(c for c in include if c in ("nn", "sim")),
+        len(variants),
+        bootstrap,
+    )
 
 
-def check(name: str, value: float | None, threshold: float, passed: bool, message: str, task: str | None = None,
-          direction: str = "below") -> dict:
+def check(
+    name: str,
+    value: float | None,
+    threshold: float,
+    passed: bool,
+    message: str,
+    task: str | None = None,
+    direction: str = "below",
+) -> dict:
     """One check record (the shape `sbi_engine.result_checks` reads); value None when unknown.
     ``direction`` "below": the value must be at most the threshold; "above": at least."""
-    ok = value is not None and np.isfinite(value)
-    return {"name": name, "task": task, "value": float(value) if ok else None, "threshold": float(threshold),
-            "passed": bool(passed), "message": message, "direction": direction}
+    shown = float(value) if value is not None and np.isfinite(value) else None
+    return {
+        "name": name,
+        "task": task,
+        "value": shown,
+        "threshold": float(threshold),
+        "passed": bool(passed),
+        "message": message,
+        "direction": direction,
+    }
 
 
 def ratio_checks(lf: Any) -> list[dict]:
@@ -149,29 +214,50 @@ def ratio_checks(lf: Any) -> list[dict]:
 
     w = np.asarray(lf.workspace.data.weights, dtype=np.float64)[lf.data_rows]
     out = []
-    for proc, task in sorted(lf.process_task.items()):
+    for _proc, task in sorted(lf.process_task.items()):
         r = lf.ratios[task]
         noise, signal = r.noise(lf.data_rows), r.signal(lf.data_rows, w)
         value = noise / signal if signal > 0 and np.isfinite(noise) else float("nan")
         ok = bool(np.isfinite(value) and value <= limit)
-        msg = (f"log-ratio error {noise:.3g} against a log-ratio spread {signal:.3g} on the data "
-               f"(noise/signal {value:.2f}, limit {limit})")
+        msg = (
+            f"log-ratio error {noise:.3g} against a log-ratio spread {signal:.3g} on the data "
+            f"(noise/signal {value:.2f}, limit {limit})"
+        )
         if not ok:
-            msg += ("; unknown: the ensemble has one member" if not np.isfinite(value) else
-                    "; network noise this large reads as information about mu: train on more events, "
-                    "longer, or with more bootstrap members")
+            msg += (
+                "; unknown: the ensemble has one member"
+                if not np.isfinite(value)
+                else "; network noise this large reads as information about mu: train on more events, "
+                "longer, or with more bootstrap members"
+            )
         out.append(check("noise_to_signal", value, limit, ok, msg, task))
     for d in lf.shape_decisions:
-        out.append(check("shape_resolution", d.signal / d.noise if d.noise > 0 else float("nan"), 2.0, True,
-                         f"{d.nuisance} on {d.process}: learned shape spread {d.signal:.3g}, noise {d.noise:.3g}: "
-                         f"{d.action}", f"{d.nuisance}:{d.process}"))
+        out.append(
+            check(
+                "shape_resolution",
+                d.signal / d.noise if d.noise > 0 else float("nan"),
+                2.0,
+                True,
+                f"{d.nuisance} on {d.process}: learned shape spread {d.signal:.3g}, noise {d.noise:.3g}: "
+                f"{d.action}",
+                f"{d.nuisance}:{d.process}",
+            )
+        )
     return out
 
 
-def closure_check(spec: Mapping[str, Any], ensembles: Mapping[str, Any], sim_component: float | None,
-                  points: tuple[float, ...] = CLOSURE_POINTS) -> dict:
+def closure_check(
+    sim: Any,
+    build: Callable[[Any], Any],
+    mu_true: float,
+    sim_component: float | None,
+    points: tuple[float, ...] = CLOSURE_POINTS,
+) -> dict:
     """Fit the simulation's own Asimov expectation with the learned ratios at mu_true and at
     ``points``; the worst |mu-hat - mu| / sigma is the check's value.
+
+    ``sim``: the simulated Asimov events (`fit_jobs.SimulatedAsimov`); ``build(data)``: the
+    job's `LearnedFit` with ``data`` as its data rows (the caller knows the job spec).
 
     Not circular: the data weights come from the simulation and the coefficients, not from the
     ratios, so wrong ratios pull mu-hat away from the truth. Several POI values because a ratio
@@ -179,49 +265,85 @@ def closure_check(spec: Mapping[str, Any], ensembles: Mapping[str, Any], sim_com
     evaluation events) serves every point: only the weights change.
     """
     from .fit import fit, model_for
-    from .fit_jobs import _coefficients, build_learned_fit, simulated_asimov
 
-    params = spec["params"]
-    mu_true = float(params.get("mu_true", 1.0))
-    sim = simulated_asimov(params, _coefficients(params))
-    lf = build_learned_fit(spec, ensembles, data=sim.at(mu_true))
+    lf = build(sim.at(mu_true))
     model = model_for(lf.workspace)
     n_data = len(sim.events)
-    worst, rows = (0.0, None), []
+    worst: tuple[float, float | None] = (0.0, None)  # (|pull|, sigma) of the worst point
+    rows: list[str] = []
     for mu in dict.fromkeys((mu_true, *points)):
         w = np.zeros(lf.workspace.n_events)
         w[:n_data] = sim.weights(mu)
         res = fit(model, weights=w, init={"mu": mu})
         sigma = float(res.errors["mu"])
-        pull = (float(res.values["mu"]) - mu) / sigma if sigma > 0 and res.converged else float("inf")
+        pull = (
+            (float(res.values["mu"]) - mu) / sigma if sigma > 0 and res.converged else float("inf")
+        )
         rows.append(f"mu={mu:g}: {float(res.values['mu']):.4g} +- {sigma:.3g} ({pull:+.2f} sigma)")
         if abs(pull) >= worst[0]:
             worst = (abs(pull), sigma)
     allowed = CLOSURE_LIMIT + 2.0 * ((sim_component or 0.0) / worst[1] if worst[1] else 0.0)
     ok = bool(np.isfinite(worst[0]) and worst[0] <= allowed)
-    msg = (f"fits to the simulation's Asimov expectation: {'; '.join(rows)}; worst {worst[0]:.2f} sigma "
-           f"(allowed {allowed:.2f})")
+    msg = (
+        f"fits to the simulation's Asimov expectation: {'; '.join(rows)}; worst {worst[0]:.2f} sigma "
+        f"(allowed {allowed:.2f})"
+    )
     return check("asimov_closure", worst[0], allowed, ok, msg)
 
 
 def fit_checks(result: Any, comps: Components) -> list[dict]:
     """Convergence and the size of the simulation-statistics component."""
-    out = [check("converged", 1.0 if result.converged else 0.0, 1.0, bool(result.converged),
-                 "the fit converged" if result.converged else f"the fit did not converge: {result.message}",
-                 direction="above")]
+    out = [
+        check(
+            "converged",
+            1.0 if result.converged else 0.0,
+            1.0,
+            bool(result.converged),
+            "the fit converged"
+            if result.converged
+            else f"the fit did not converge: {result.message}",
+            direction="above",
+        )
+    ]
     if comps.sim is not None and comps.hesse > 0:
         ratio = comps.sim / comps.hesse
         ok = ratio <= SIM_TO_STAT_LIMIT
-        out.append(check("norm_sample_size", ratio, SIM_TO_STAT_LIMIT, ok,
-                         f"simulation-statistics error {comps.sim:.3g} is {ratio:.2f} of the Hesse error"
-                         + ("" if ok else "; the normalisation sample is too small for the expected yield: "
-                                          "give more reference simulation (evaluation part)")))
+        out.append(
+            check(
+                "norm_sample_size",
+                ratio,
+                SIM_TO_STAT_LIMIT,
+                ok,
+                f"simulation-statistics error {comps.sim:.3g} is {ratio:.2f} of the Hesse error"
+                + (
+                    ""
+                    if ok
+                    else "; the normalisation sample is too small for the expected yield: "
+                    "give more reference simulation (evaluation part)"
+                ),
+            )
+        )
     if comps.bootstrap is False and comps.nn is not None:
-        out.append(check("nn_bootstrap", 0.0, 1.0, False,
-                         "the ensembles were not bootstrapped: members share their training events, so the NN "
-                         "component underestimates the training-sample error (set training bootstrap: true)"))
+        out.append(
+            check(
+                "nn_bootstrap",
+                0.0,
+                1.0,
+                False,
+                "the ensembles were not bootstrapped: members share their training events, so the NN "
+                "component underestimates the training-sample error (set training bootstrap: true)",
+            )
+        )
     return out
 
 
-__all__ = ["Components", "components", "nn_variants", "ratio_checks", "closure_check", "fit_checks", "check",
-           "NOISE_TO_SIGNAL_LIMIT"]
+__all__ = [
+    "Components",
+    "components",
+    "nn_variants",
+    "ratio_checks",
+    "closure_check",
+    "fit_checks",
+    "check",
+    "NOISE_TO_SIGNAL_LIMIT",
+]

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import Sample
 from .demo import DemoProblem, default_problem
+from .precision import enable_float64
+from .sample import Sample
 
 REFERENCE = "B"
 COEFFICIENTS = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
@@ -39,17 +40,33 @@ class RatioTask:
         return asdict(self)
 
 
-def demo_ratio_tasks(n_per_class: int = 50_000, seed: int = 0, n_nuisances: int = 3) -> list[RatioTask]:
+def demo_ratio_tasks(
+    n_per_class: int = 50_000, seed: int = 0, n_nuisances: int = 3
+) -> list[RatioTask]:
     """The demo's ratio tasks (each process against the reference B) as sample specs.
 
     Numerator and denominator use distinct seeds so no event is shared between classes.
     """
-    ref = {"demo": {"process": REFERENCE, "n": n_per_class, "seed": seed + 1000, "n_nuisances": n_nuisances}}
+    ref = {
+        "demo": {
+            "process": REFERENCE,
+            "n": n_per_class,
+            "seed": seed + 1000,
+            "n_nuisances": n_nuisances,
+        }
+    }
     return [
         RatioTask(
             name=f"{proc}_vs_{REFERENCE}",
             process=proc,
-            numerator={"demo": {"process": proc, "n": n_per_class, "seed": seed + 1 + i, "n_nuisances": n_nuisances}},
+            numerator={
+                "demo": {
+                    "process": proc,
+                    "n": n_per_class,
+                    "seed": seed + 1 + i,
+                    "n_nuisances": n_nuisances,
+                }
+            },
             denominator=ref,
         )
         for i, proc in enumerate(RATIO_PROCESSES)
@@ -71,7 +88,9 @@ def asimov_sample(problem: DemoProblem, mu: float, n_per_process: int, seed: int
         if abs(coeff) < 1e-12:
             continue
         s = problem.sample(proc, n_per_process, seed=seed + 7919 * (i + 1))
-        parts.append(Sample(s.features, s.weights * coeff, s.names, f"asimov[{proc} x {coeff:.4g}]"))
+        parts.append(
+            Sample(s.features, s.weights * coeff, s.names, f"asimov[{proc} x {coeff:.4g}]")
+        )
     return Sample(
         np.concatenate([p.features for p in parts]),
         np.concatenate([p.weights for p in parts]),
@@ -82,15 +101,29 @@ def asimov_sample(problem: DemoProblem, mu: float, n_per_process: int, seed: int
 
 def exact_log_ratios(problem: DemoProblem) -> dict[str, LogRatioFn]:
     """The analytic log r_c(x) = log p_c(x) / p_B(x), for comparison with trained ensembles."""
-    return {proc: (lambda x, p=proc: problem.log_ratio(p, REFERENCE, x)) for proc in RATIO_PROCESSES}
+
+    def ratio(proc: str) -> LogRatioFn:
+        return lambda x: problem.log_ratio(proc, REFERENCE, x)
+
+    return {proc: ratio(proc) for proc in RATIO_PROCESSES}
 
 
 def normalised(log_ratios: Mapping[str, LogRatioFn], reference: Sample) -> dict[str, LogRatioFn]:
-    """Shift each log r-hat so that E_ref[r-hat] = 1 on `reference` (see fit_jobs.normalised_ratio)."""
-    out = {}
+    """Shift each log r-hat so that E_ref[r-hat] = 1 on `reference` (as `learned_ratios.task_ratios`
+    does for the members of trained ensembles)."""
+
+    def shifted(fn: LogRatioFn, shift: float) -> LogRatioFn:
+        return lambda x: np.asarray(fn(x)) - shift
+
+    out: dict[str, LogRatioFn] = {}
     for proc, fn in log_ratios.items():
-        shift = float(np.log(np.sum(reference.weights * np.exp(fn(reference.features))) / np.sum(reference.weights)))
-        out[proc] = lambda x, fn=fn, shift=shift: np.asarray(fn(x)) - shift
+        shift = float(
+            np.log(
+                np.sum(reference.weights * np.exp(fn(reference.features)))
+                / np.sum(reference.weights)
+            )
+        )
+        out[proc] = shifted(fn, shift)
     return out
 
 
@@ -99,12 +132,18 @@ def demo_workspace(problem: DemoProblem, data: Sample, log_ratios: Mapping[str, 
     from .fit import Workspace
 
     x = data.features
-    ratios = {proc: np.exp(np.asarray(log_ratios[proc](x), dtype=np.float64)) for proc in RATIO_PROCESSES}
+    ratios = {
+        proc: np.exp(np.asarray(log_ratios[proc](x), dtype=np.float64)) for proc in RATIO_PROCESSES
+    }
     ratios[REFERENCE] = np.ones(len(x))
     return Workspace.from_arrays(
         pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
         processes={
-            proc: {"yield": problem.yield_(proc), "coefficient": COEFFICIENTS[proc], "ratio": ratios[proc]}
+            proc: {
+                "yield": problem.yield_(proc),
+                "coefficient": COEFFICIENTS[proc],
+                "ratio": ratios[proc],
+            }
             for proc in COEFFICIENTS
         },
         weights=np.asarray(data.weights, dtype=np.float64),
@@ -156,6 +195,7 @@ def fit_demo_asimov(
     """
     from .fit import fit
 
+    enable_float64()
     problem = problem or default_problem()
     data = asimov_sample(problem, mu_true, n_per_process, seed)
     reference = problem.sample(REFERENCE, n_per_process, seed=seed + 104_729)
@@ -179,10 +219,3 @@ def fit_demo_asimov(
 def ensemble_log_ratio(ensemble: Any) -> LogRatioFn:
     """Adapt an `Ensemble` to the x -> log r(x) form used above (mean-ratio aggregation)."""
     return lambda x: ensemble.log_ratio(x)[0]
-
-
-def run_demo_fit(spec: Mapping[str, Any], ensembles: Mapping[str, Any]) -> dict[str, Any]:
-    """Worker entry for fit-stage jobs (fit, impacts, scan, toys); see `fit_jobs.run_fit_job`."""
-    from .fit_jobs import run_fit_job
-
-    return run_fit_job(spec, ensembles)

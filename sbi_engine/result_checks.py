@@ -73,24 +73,60 @@ SATURATION_WARN = 0.001
 # diagnostics' limits. "below": green when value <= green, amber when <= red limit, red beyond.
 # "above": green when value > green, amber when >= red limit, red below it.
 DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
-    "closure_chi2_ndf": ("below", CLOSURE_CHI2_NDF_WARN, CLOSURE_CHI2_NDF_MAX,
-                         "worst χ²/ndf over observables (reference × r̂ vs numerator)"),
-    "normalisation": ("below", NORMALISATION_WARN, NORMALISATION_MAX,
-                      "|E_ref[r̂] − 1|: the reweighted reference keeps its yield"),
-    "calibration": ("below", CALIBRATION_WARN_SIGMA, CALIBRATION_MAX_SIGMA,
-                    "largest deviation of the ensemble reliability curve, in σ"),
-    "overtraining": ("below", OVERTRAINING_WARN, OVERTRAINING_MAX,
-                     "worst member (holdout − train loss) / train loss"),
-    "ensemble_spread": ("below", ENSEMBLE_SPREAD_WARN, ENSEMBLE_SPREAD_MAX,
-                        "spread (std / mean) of the members' normalisations"),
-    "saturation": ("below", SATURATION_WARN, SATURATION_MAX,
-                   "fraction of events with |log r̂| beyond the saturation limit"),
-    "auc": ("above", AUC_MIN, AUC_MIN, "AUC on holdout events (0.5: the classes are indistinguishable)"),
+    "closure_chi2_ndf": (
+        "below",
+        CLOSURE_CHI2_NDF_WARN,
+        CLOSURE_CHI2_NDF_MAX,
+        "worst χ²/ndf over observables (reference × r̂ vs numerator)",
+    ),
+    "normalisation": (
+        "below",
+        NORMALISATION_WARN,
+        NORMALISATION_MAX,
+        "|E_ref[r̂] − 1|: the reweighted reference keeps its yield",
+    ),
+    "calibration": (
+        "below",
+        CALIBRATION_WARN_SIGMA,
+        CALIBRATION_MAX_SIGMA,
+        "largest deviation of the ensemble reliability curve, in σ",
+    ),
+    "overtraining": (
+        "below",
+        OVERTRAINING_WARN,
+        OVERTRAINING_MAX,
+        "worst member (holdout − train loss) / train loss",
+    ),
+    "ensemble_spread": (
+        "below",
+        ENSEMBLE_SPREAD_WARN,
+        ENSEMBLE_SPREAD_MAX,
+        "spread (std / mean) of the members' normalisations",
+    ),
+    "saturation": (
+        "below",
+        SATURATION_WARN,
+        SATURATION_MAX,
+        "fraction of events with |log r̂| beyond the saturation limit",
+    ),
+    "auc": (
+        "above",
+        AUC_MIN,
+        AUC_MIN,
+        "AUC on holdout events (0.5: the classes are indistinguishable)",
+    ),
 }
 
-LABELS = {"closure_chi2_ndf": "closure χ²/ndf", "normalisation": "normalisation", "calibration": "calibration",
-          "overtraining": "overtraining", "ensemble_spread": "ensemble spread", "saturation": "saturation",
-          "auc": "AUC", "diagnostics": "diagnostics"}
+LABELS = {
+    "closure_chi2_ndf": "closure χ²/ndf",
+    "normalisation": "normalisation",
+    "calibration": "calibration",
+    "overtraining": "overtraining",
+    "ensemble_spread": "ensemble spread",
+    "saturation": "saturation",
+    "auc": "AUC",
+    "diagnostics": "diagnostics",
+}
 
 
 def _float(x: Any) -> float:
@@ -153,22 +189,36 @@ class CheckRecord:
         v, t = _float(self.value), _float(self.threshold)
         if not (math.isfinite(v) or math.isfinite(t)):
             return f"{self.label}: {self.message}" if self.message else self.label
-        op = ("<" if self.direction == "above" else ">") if not self.passed else \
-             (">=" if self.direction == "above" else "<=")
+        op = (
+            ("<" if self.direction == "above" else ">")
+            if not self.passed
+            else (">=" if self.direction == "above" else "<=")
+        )
         return f"{self.label} {_fmt(v)} {op} {_fmt(t)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "value": _num(_float(self.value)),
-                "threshold": _num(_float(self.threshold)), "passed": bool(self.passed), "message": self.message,
-                "direction": self.direction}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "value": _num(_float(self.value)),
+            "threshold": _num(_float(self.threshold)),
+            "passed": bool(self.passed),
+            "message": self.message,
+            "direction": self.direction,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CheckRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckRecord:
         task = d.get("task")
-        return cls(name=str(d.get("name") or "check"), task=None if task is None else str(task),
-                   value=_float(d.get("value")), threshold=_float(d.get("threshold")),
-                   passed=bool(d.get("passed", False)), message=str(d.get("message") or ""),
-                   direction="above" if d.get("direction") == "above" else "below")
+        return cls(
+            name=str(d.get("name") or "check"),
+            task=None if task is None else str(task),
+            value=_float(d.get("value")),
+            threshold=_float(d.get("threshold")),
+            passed=bool(d.get("passed", False)),
+            message=str(d.get("message") or ""),
+            direction="above" if d.get("direction") == "above" else "below",
+        )
 
 
 def traffic_light(value: float | None, check: str) -> str:
@@ -195,15 +245,24 @@ def diagnostic_values(diag: Mapping[str, Any]) -> dict[str, float | None]:
     norm = diag.get("normalization", diag.get("normalisation"))
     values["normalisation"] = abs(_float(norm) - 1.0) if norm is not None else None
     curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
-    values["calibration"] = (_float(curve["max_deviation"]) if curve and curve.get("max_deviation") is not None
-                             else None)
+    values["calibration"] = (
+        _float(curve["max_deviation"]) if curve and curve.get("max_deviation") is not None else None
+    )
     gaps = []
     for r in diag.get("losses") or []:
         train, hold = r.get("train_loss"), r.get("holdout_loss")
-        if train is not None and hold is not None and _finite(train) and _float(train) > 0 and _finite(hold):
+        if (
+            train is not None
+            and hold is not None
+            and _finite(train)
+            and _float(train) > 0
+            and _finite(hold)
+        ):
             gaps.append((_float(hold) - _float(train)) / _float(train))
     values["overtraining"] = max(gaps) if gaps else None
-    norms = [_float(v) for v in diag.get("member_normalization") or [] if v is not None and _finite(v)]
+    norms = [
+        _float(v) for v in diag.get("member_normalization") or [] if v is not None and _finite(v)
+    ]
     spread = None
     if len(norms) > 1:
         mean = sum(norms) / len(norms)
@@ -226,10 +285,22 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
     checked one.
     """
     if not diagnostics:
-        return [CheckRecord("diagnostics", task, math.nan, math.nan, False, "no diagnostics were recorded")]
+        return [
+            CheckRecord(
+                "diagnostics", task, math.nan, math.nan, False, "no diagnostics were recorded"
+            )
+        ]
     if diagnostics.get("error"):
-        return [CheckRecord("diagnostics", task, math.nan, math.nan, False,
-                            f"diagnostics failed: {diagnostics['error']}")]
+        return [
+            CheckRecord(
+                "diagnostics",
+                task,
+                math.nan,
+                math.nan,
+                False,
+                f"diagnostics failed: {diagnostics['error']}",
+            )
+        ]
     out = []
     for name, value in diagnostic_values(diagnostics).items():
         if value is None or not math.isfinite(value):
@@ -237,10 +308,23 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
         direction, _, limit, what = DIAGNOSTIC_THRESHOLDS[name]
         light = traffic_light(value, name)
         held = "" if diagnostics.get("held_out", True) else " (on training events)"
-        out.append(CheckRecord(name, task, float(value), float(limit), light != "red",
-                               f"{what}: {light}{held}", direction))
+        out.append(
+            CheckRecord(
+                name,
+                task,
+                float(value),
+                float(limit),
+                light != "red",
+                f"{what}: {light}{held}",
+                direction,
+            )
+        )
     if not out:
-        return [CheckRecord("diagnostics", task, math.nan, math.nan, False, "diagnostics hold no check values")]
+        return [
+            CheckRecord(
+                "diagnostics", task, math.nan, math.nan, False, "diagnostics hold no check values"
+            )
+        ]
     return out
 
 
@@ -254,7 +338,9 @@ def fit_checks(summary: Mapping[str, Any] | None, task: str | None = None) -> li
         if isinstance(d, Mapping):
             rec = CheckRecord.from_dict(d)
             if rec.task is None and task is not None:
-                rec = CheckRecord(rec.name, task, rec.value, rec.threshold, rec.passed, rec.message, rec.direction)
+                rec = CheckRecord(
+                    rec.name, task, rec.value, rec.threshold, rec.passed, rec.message, rec.direction
+                )
             out.append(rec)
     return out
 
@@ -280,23 +366,37 @@ class ResultStatus:
         """'checks passed (12 checks)' or 'needs review: S_vs_B closure χ²/ndf 21 > 3, ... (+2 more)'."""
         if self.passed:
             n = len(self.checks)
-            return f"{CHECKS_PASSED} ({n} check{'s' if n != 1 else ''})" if n else f"{CHECKS_PASSED} (no checks recorded)"
+            return (
+                f"{CHECKS_PASSED} ({n} check{'s' if n != 1 else ''})"
+                if n
+                else f"{CHECKS_PASSED} (no checks recorded)"
+            )
         shown = ", ".join(r.short() for r in self.failed[:limit])
         more = f" (+{len(self.failed) - limit} more)" if len(self.failed) > limit else ""
         return f"{NEEDS_REVIEW}: {shown}{more}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "summary": self.summary(), "n_checks": len(self.checks),
-                "n_failed": len(self.failed), "worst_task": self.worst_task,
-                "failed": [r.to_dict() for r in self.failed], "checks": [r.to_dict() for r in self.checks]}
+        return {
+            "state": self.state,
+            "summary": self.summary(),
+            "n_checks": len(self.checks),
+            "n_failed": len(self.failed),
+            "worst_task": self.worst_task,
+            "failed": [r.to_dict() for r in self.failed],
+            "checks": [r.to_dict() for r in self.checks],
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "ResultStatus | None":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ResultStatus | None:
         """The status stored by `to_dict` (None for None or an unreadable value)."""
         if not isinstance(d, Mapping) or d.get("state") not in STATES:
             return None
-        checks = tuple(CheckRecord.from_dict(r) for r in d.get("checks") or [] if isinstance(r, Mapping))
-        failed = tuple(CheckRecord.from_dict(r) for r in d.get("failed") or [] if isinstance(r, Mapping))
+        checks = tuple(
+            CheckRecord.from_dict(r) for r in d.get("checks") or [] if isinstance(r, Mapping)
+        )
+        failed = tuple(
+            CheckRecord.from_dict(r) for r in d.get("failed") or [] if isinstance(r, Mapping)
+        )
         return cls(str(d["state"]), failed, checks)
 
 

@@ -1,6 +1,6 @@
 """Sample specs and sample roles: what job specs and analysis files say about a sample.
 
-Why a module of its own: `sbi_engine.data` reads events; this module decides *which* events a
+Why a module of its own: `sbi_engine.readers` reads events; this module decides *which* events a
 job gets. ``load_sample_spec(spec, role="train")`` is the part of a sample the networks are
 trained on, ``role="eval"`` the part they never see (diagnostics, closure, normalisation samples,
 Asimov data); file samples are split by a stable per-event hash, demo samples get a fresh draw.
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, Sample, _load_file
+from .readers import _load_file
+from .sample import DataError, Sample
 
 __all__ = [
     "load_sample_spec",
@@ -34,14 +35,35 @@ __all__ = [
 
 # ------------------------------------------------------------------------------- specs
 
-_DEMO_KEYS = {"process", "n", "seed", "alpha", "n_nuisances", "luminosity", "weighted", "mu", "poisson"}
+_DEMO_KEYS = {
+    "process",
+    "n",
+    "seed",
+    "alpha",
+    "n_nuisances",
+    "luminosity",
+    "weighted",
+    "mu",
+    "poisson",
+}
 _SPLIT_KEYS = {"eval_fraction", "eval_sample", "split_by"}
-_FILE_KEYS = {"path", "format", "tree", "features", "weight", "selection", "allow_negative_weights",
-              "columns", "entry_stop"} | _SPLIT_KEYS
+_FILE_KEYS = {
+    "path",
+    "format",
+    "tree",
+    "features",
+    "weight",
+    "selection",
+    "allow_negative_weights",
+    "columns",
+    "entry_stop",
+} | _SPLIT_KEYS
 
 SAMPLE_ROLES = (None, "train", "eval")
 DEFAULT_EVAL_FRACTION = 0.3  # share of a file sample's events kept away from training
-EVAL_SEED_OFFSET = 100_003  # demo samples: the evaluation part is a fresh draw at seed + this offset
+EVAL_SEED_OFFSET = (
+    100_003  # demo samples: the evaluation part is a fresh draw at seed + this offset
+)
 SPLIT_SALT = 0x6E73_6269_2D65_7661  # fixed salt of the row hash ("nsbi-eva"); changing it changes every split
 
 _GOLDEN = np.uint64(0x9E37_79B9_7F4A_7C15)
@@ -82,7 +104,7 @@ def row_hash(columns: Sequence[np.ndarray]) -> np.ndarray:
 
 def hash_uniform(h: np.ndarray) -> np.ndarray:
     """The top 53 bits of a uint64 hash as a float64 in [0, 1)."""
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def evaluation_spec(spec: Mapping[str, Any], offset: int = EVAL_SEED_OFFSET) -> dict[str, Any]:
@@ -105,23 +127,39 @@ def _load_demo(spec: Mapping[str, Any]) -> Sample:
         raise DataError(f"sample spec: 'demo' must be a mapping, got {type(d).__name__}")
     unknown = set(d) - _DEMO_KEYS
     if unknown:
-        raise DataError(f"sample spec: unknown demo key(s) {sorted(unknown)}; allowed: {sorted(_DEMO_KEYS)}")
+        raise DataError(
+            f"sample spec: unknown demo key(s) {sorted(unknown)}; allowed: {sorted(_DEMO_KEYS)}"
+        )
     from sbi_engine.demo import DemoProblem
 
     try:
-        problem = DemoProblem(n_nuisances=int(d.get("n_nuisances", 3)), luminosity=float(d.get("luminosity", 1.0)))
+        problem = DemoProblem(
+            n_nuisances=int(d.get("n_nuisances", 3)), luminosity=float(d.get("luminosity", 1.0))
+        )
         seed = int(d.get("seed", 0))
         alpha = {str(k): float(v) for k, v in (d.get("alpha") or {}).items()}
         if "mu" in d:
             if "process" in d:
-                raise DataError("sample spec: give either demo 'process' (simulation) or 'mu' (data), not both")
+                raise DataError(
+                    "sample spec: give either demo 'process' (simulation) or 'mu' (data), not both"
+                )
             n = d.get("n")
-            return problem.sample_mixture(float(d["mu"]), None if n is None else int(n), seed,
-                                          poisson=bool(d.get("poisson", False)), alpha=alpha or None)
+            return problem.sample_mixture(
+                float(d["mu"]),
+                None if n is None else int(n),
+                seed,
+                poisson=bool(d.get("poisson", False)),
+                alpha=alpha or None,
+            )
         if "process" not in d or "n" not in d:
             raise DataError(f"sample spec: demo needs 'process' and 'n' (or 'mu'); got {sorted(d)}")
-        return problem.sample(str(d["process"]), int(d["n"]), seed, alpha=alpha or None,
-                              weighted=bool(d.get("weighted", True)))
+        return problem.sample(
+            str(d["process"]),
+            int(d["n"]),
+            seed,
+            alpha=alpha or None,
+            weighted=bool(d.get("weighted", True)),
+        )
     except DataError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -148,29 +186,41 @@ def _check_file_spec(spec: Mapping[str, Any], *, nested: bool = False) -> str:
     if nested:
         inner = sorted(set(spec) & _SPLIT_KEYS)
         if inner:
-            raise DataError(f"{label}: an 'eval_sample' is used whole; it cannot have {inner} itself")
+            raise DataError(
+                f"{label}: an 'eval_sample' is used whole; it cannot have {inner} itself"
+            )
         return label
     if "eval_fraction" in spec:
         f = spec["eval_fraction"]
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 < float(f) < 1.0):
-            raise DataError(f"{label}: 'eval_fraction' must be a number in (0, 1) (the share of events kept "
-                            f"for evaluation), got {f!r}")
+            raise DataError(
+                f"{label}: 'eval_fraction' must be a number in (0, 1) (the share of events kept "
+                f"for evaluation), got {f!r}"
+            )
     if "split_by" in spec and not (isinstance(spec["split_by"], str) and spec["split_by"].strip()):
-        raise DataError(f"{label}: 'split_by' must be an expression (e.g. an event-number branch), "
-                        f"got {spec['split_by']!r}")
+        raise DataError(
+            f"{label}: 'split_by' must be an expression (e.g. an event-number branch), "
+            f"got {spec['split_by']!r}"
+        )
     if "eval_sample" in spec:
         ev = spec["eval_sample"]
         if not isinstance(ev, Mapping) or "path" not in ev:
-            raise DataError(f"{label}: 'eval_sample' must be a complete file sample spec ({{path: ..., "
-                            f"features: ...}}), got {type(ev).__name__ if not isinstance(ev, Mapping) else sorted(ev)}")
+            raise DataError(
+                f"{label}: 'eval_sample' must be a complete file sample spec ({{path: ..., "
+                f"features: ...}}), got {type(ev).__name__ if not isinstance(ev, Mapping) else sorted(ev)}"
+            )
         both = sorted(set(spec) & {"eval_fraction", "split_by"})
         if both:
-            raise DataError(f"{label}: 'eval_sample' gives the evaluation events; it cannot be combined with {both}")
+            raise DataError(
+                f"{label}: 'eval_sample' gives the evaluation events; it cannot be combined with {both}"
+            )
         _check_file_spec(ev, nested=True)
         main_names, ev_names = _spec_feature_names(spec), _spec_feature_names(ev)
         if main_names != ev_names:
-            raise DataError(f"{label}: 'eval_sample' has features {list(ev_names)}, the sample has "
-                            f"{list(main_names)}; they must be the same, in the same order")
+            raise DataError(
+                f"{label}: 'eval_sample' has features {list(ev_names)}, the sample has "
+                f"{list(main_names)}; they must be the same, in the same order"
+            )
     return label
 
 
@@ -202,8 +252,10 @@ class SampleParts:
 def _rescaled(part: Sample, total: float, what: str, label: str) -> tuple[Sample, float]:
     s = part.total_weight
     if not s > 0:
-        raise DataError(f"{label}: the {what} part has a sum of weights {s:.6g}; it must be > 0 to be "
-                        "rescaled to the sample's yield (choose another eval_fraction or split_by)")
+        raise DataError(
+            f"{label}: the {what} part has a sum of weights {s:.6g}; it must be > 0 to be "
+            "rescaled to the sample's yield (choose another eval_fraction or split_by)"
+        )
     scale = total / s
     return part.with_weights(scale=scale), scale
 
@@ -215,7 +267,7 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
     if "demo" in spec:
         ev_spec = evaluation_spec(spec)
         train, ev = _load_demo(spec), _load_demo(ev_spec)
-        record = {
+        record: dict[str, Any] = {
             "method": "demo_seed",
             "eval_fraction": None,
             "seed_offset": EVAL_SEED_OFFSET,
@@ -234,7 +286,9 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
         train, _ = _load_file_spec(spec)
         ev, _ = _load_file_spec(spec["eval_sample"])
         if ev.names != train.names:
-            raise DataError(f"{label}: 'eval_sample' gives features {list(ev.names)}, the sample {list(train.names)}")
+            raise DataError(
+                f"{label}: 'eval_sample' gives features {list(ev.names)}, the sample {list(train.names)}"
+            )
         record = {
             "method": "eval_sample",
             "eval_fraction": None,
@@ -247,21 +301,22 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
         return SampleParts(train, ev, record)
     fraction = float(spec.get("eval_fraction", DEFAULT_EVAL_FRACTION))
     whole, key = _load_file_spec(spec)
+    row_h = row_hash([*whole.features.T, whole.weights])
     if key is not None:
         u = hash_uniform(row_hash([key]))
         method = "split_by"
     else:
-        u = None
+        u = hash_uniform(row_h)
         method = "row_hash"
-    row_h = row_hash([*whole.features.T, whole.weights])
-    u = hash_uniform(row_h) if key is None else u
     is_eval = u < fraction
     n_eval = int(is_eval.sum())
     n = len(whole)
     if n_eval == 0 or n_eval == n:
         empty = "evaluation" if n_eval == 0 else "training"
-        raise DataError(f"{label}: the {empty} part would be empty ({n} rows, eval_fraction {fraction:g}); "
-                        "use more events or another eval_fraction")
+        raise DataError(
+            f"{label}: the {empty} part would be empty ({n} rows, eval_fraction {fraction:g}); "
+            "use more events or another eval_fraction"
+        )
     eval_idx = np.flatnonzero(is_eval)
     raw_ev, raw_tr = whole.subset(is_eval), whole.subset(~is_eval)
     total = whole.total_weight
@@ -274,10 +329,15 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
         "eval_fraction": fraction,
         "split_by": spec.get("split_by"),
         "sizes": {"train": len(train), "eval": n_eval},
-        "sum_weights": {"train": raw_tr.total_weight, "eval": raw_ev.total_weight},  # before rescaling
+        "sum_weights": {
+            "train": raw_tr.total_weight,
+            "eval": raw_ev.total_weight,
+        },  # before rescaling
         "scale": {"train": s_tr, "eval": s_ev},
         "eval_indices_sha256": hashlib.sha256(eval_idx.astype("<i8").tobytes()).hexdigest(),
-        "eval_rows_sha256": hashlib.sha256(np.sort(row_h[is_eval]).astype("<u8").tobytes()).hexdigest(),
+        "eval_rows_sha256": hashlib.sha256(
+            np.sort(row_h[is_eval]).astype("<u8").tobytes()
+        ).hexdigest(),
     }
     return SampleParts(train, ev, record)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from backend import ingest
 from backend.db.models import Event, FitResult, Job
@@ -104,7 +104,9 @@ def file_checksum(path: str | Path) -> str:
     try:
         st = p.stat()
     except OSError as exc:
-        raise CacheKeyError(f"sample file {p}: cannot read it to compute the job's content key ({exc})") from None
+        raise CacheKeyError(
+            f"sample file {p}: cannot read it to compute the job's content key ({exc})"
+        ) from None
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     text_key = f"{memo[0]}|{memo[1]}|{memo[2]}"
     with _LOCK:
@@ -120,7 +122,9 @@ def file_checksum(path: str | Path) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
         except OSError as exc:
-            raise CacheKeyError(f"sample file {p}: cannot read it to compute the job's content key ({exc})") from None
+            raise CacheKeyError(
+                f"sample file {p}: cannot read it to compute the job's content key ({exc})"
+            ) from None
         hit = h.hexdigest()
         _save_disk_memo(disk, {text_key: hit})
     with _LOCK:
@@ -147,16 +151,22 @@ def _digest(doc: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def job_key(kind: str, params: Mapping[str, Any], dependency_keys: Iterable[str] = (),
-            version: str | None = None) -> str:
+def job_key(
+    kind: str,
+    params: Mapping[str, Any],
+    dependency_keys: Iterable[str] = (),
+    version: str | None = None,
+) -> str:
     """The content key of one job: kind, canonical params, its dependencies' keys, engine version."""
-    return _digest({
-        "key_version": KEY_VERSION,
-        "engine": version if version is not None else engine_version(),
-        "kind": kind,
-        "params": canonical(params),
-        "depends_on": sorted(dependency_keys),
-    })
+    return _digest(
+        {
+            "key_version": KEY_VERSION,
+            "engine": version if version is not None else engine_version(),
+            "kind": kind,
+            "params": canonical(params),
+            "depends_on": sorted(dependency_keys),
+        }
+    )
 
 
 def plan_keys(plans: Sequence[Any], version: str | None = None) -> dict[str, str]:
@@ -169,7 +179,9 @@ def plan_keys(plans: Sequence[Any], version: str | None = None) -> dict[str, str
     for p in plans:
         missing = [d for d in p.depends_on if d not in keys]
         if missing:
-            raise ValueError(f"job {p.name!r} depends on {missing} which come later in the plan list")
+            raise ValueError(
+                f"job {p.name!r} depends on {missing} which come later in the plan list"
+            )
         params = (p.spec or {}).get("params") or {}
         keys[p.name] = job_key(p.kind, params, (keys[d] for d in p.depends_on), version)
     return keys
@@ -230,10 +242,18 @@ def find_sources(session: Session, keys: Iterable[str]) -> dict[str, Source]:
         return {}
     spec = Job.__table__.c.spec
     key_col = spec["cache_key"].as_string()
-    q = (sa.select(Job.id, Job.campaign_id, Job.uri, Job.current_attempt, key_col.label("key"),
-                   spec["cached_from"].as_integer().label("cached_from"))
-         .where(Job.status == JobStatus.SUCCEEDED, key_col.in_(wanted))
-         .order_by(Job.finished_at.desc(), Job.id.desc()))
+    q = (
+        sa.select(
+            col(Job.id),
+            col(Job.campaign_id),
+            col(Job.uri),
+            col(Job.current_attempt),
+            key_col.label("key"),
+            spec["cached_from"].as_integer().label("cached_from"),
+        )
+        .where(col(Job.status) == JobStatus.SUCCEEDED, key_col.in_(wanted))
+        .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
+    )
     out: dict[str, Source] = {}
     for row in session.execute(q):
         if row.key in out:
@@ -241,12 +261,21 @@ def find_sources(session: Session, keys: Iterable[str]) -> dict[str, Source]:
         result = _usable(row.uri, int(row.current_attempt or 0))
         if result is not None:
             origin = int(row.cached_from) if row.cached_from is not None else int(row.id)
-            out[row.key] = Source(origin, int(row.campaign_id), row.uri, int(row.current_attempt), result)
+            out[row.key] = Source(
+                origin, int(row.campaign_id), row.uri, int(row.current_attempt), result
+            )
     return out
 
 
-def mark_cached(session: Session, ids: Mapping[str, int], keys: Mapping[str, str],
-                sources: Mapping[str, Source], *, actor: str, now: datetime) -> list[str]:
+def mark_cached(
+    session: Session,
+    ids: Mapping[str, int],
+    keys: Mapping[str, str],
+    sources: Mapping[str, Source],
+    *,
+    actor: str,
+    now: datetime,
+) -> list[str]:
     """Turn the new jobs whose key has a source into SUCCEEDED jobs that reference it.
 
     Each gets the source's store URI and attempt number (so the controller hands its
@@ -258,7 +287,9 @@ def mark_cached(session: Session, ids: Mapping[str, int], keys: Mapping[str, str
     summaries: dict[int, Any] = {}
     src_ids = {s.job_id for s in sources.values()}
     if src_ids:
-        for f in session.execute(sa.select(FitResult).where(FitResult.job_id.in_(src_ids))).scalars():
+        for f in session.execute(
+            sa.select(FitResult).where(col(FitResult.job_id).in_(src_ids))
+        ).scalars():
             summaries[f.job_id] = (f.payload, f.mu_hat, f.sigma)
     for name, job_id in ids.items():
         key = keys.get(name)
@@ -276,16 +307,36 @@ def mark_cached(session: Session, ids: Mapping[str, int], keys: Mapping[str, str
         job.finished_at = now
         job.updated_at = now
         session.add(job)
-        session.add(Event(campaign_id=job.campaign_id, job_id=job.id, time=now, from_state=JobStatus.PENDING,
-                          to_state=JobStatus.SUCCEEDED, reason="cached", actor=actor,
-                          detail={"cached_from": src.job_id, "cache_key": key, "source_uri": src.uri}))
+        session.add(
+            Event(
+                campaign_id=job.campaign_id,
+                job_id=job.id,
+                time=now,
+                from_state=JobStatus.PENDING,
+                to_state=JobStatus.SUCCEEDED,
+                reason="cached",
+                actor=actor,
+                detail={"cached_from": src.job_id, "cache_key": key, "source_uri": src.uri},
+            )
+        )
         summary = summaries.get(src.job_id)
         if summary is None and isinstance(src.result.get("summary"), Mapping):
-            mu, sigma = ingest._mu_sigma(src.result["summary"]) if job.kind != "train" else (None, None)
+            mu, sigma = (
+                ingest._mu_sigma(src.result["summary"]) if job.kind != "train" else (None, None)
+            )
             summary = (src.result["summary"], mu, sigma)
         if summary is not None:
-            session.add(FitResult(job_id=job.id, campaign_id=job.campaign_id, kind=job.kind,
-                                  payload=dict(summary[0] or {}), mu_hat=summary[1], sigma=summary[2], created_at=now))
+            session.add(
+                FitResult(
+                    job_id=job_id,
+                    campaign_id=job.campaign_id,
+                    kind=job.kind,
+                    payload=dict(summary[0] or {}),
+                    mu_hat=summary[1],
+                    sigma=summary[2],
+                    created_at=now,
+                )
+            )
         cached.append(name)
     return cached
 
@@ -297,6 +348,15 @@ def clear_checksum_memo() -> None:
 
 
 __all__ = [
-    "KEY_VERSION", "CacheKeyError", "Source", "canonical", "clear_checksum_memo", "engine_version",
-    "file_checksum", "find_sources", "job_key", "mark_cached", "plan_keys",
+    "KEY_VERSION",
+    "CacheKeyError",
+    "Source",
+    "canonical",
+    "clear_checksum_memo",
+    "engine_version",
+    "file_checksum",
+    "find_sources",
+    "job_key",
+    "mark_cached",
+    "plan_keys",
 ]

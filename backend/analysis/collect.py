@@ -12,8 +12,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from backend import ingest, service
+from backend import ingest
+from backend.analysis.cache import engine_version
+from backend.analysis.campaign import campaign_analysis
 from backend.analysis.report import impact_ranking, merge_scans
+from backend.listings import campaign_job_records, get_campaign
+from backend.results_view import campaign_diagnostics, fit_results
 from backend.stores import StoreError, open_store
 
 
@@ -31,16 +35,19 @@ def _latest(jobs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     return done[-1] if done else None
 
 
-def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = None,
-                   fit_settings: Mapping[str, Any] | None = None, wall_s: float | None = None,
-                   engine: Engine | None = None) -> dict[str, Any]:
+def collect_result(
+    campaign_id: int,
+    *,
+    analysis: Mapping[str, Any] | None = None,
+    fit_settings: Mapping[str, Any] | None = None,
+    wall_s: float | None = None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
     """Everything result.json holds for a finished (or failed) analysis campaign."""
-    from backend.analysis.cache import engine_version
-
-    detail = service.get_campaign(campaign_id, engine=engine)
-    prov = service.campaign_analysis(campaign_id, engine=engine)
-    jobs = service.campaign_job_records(campaign_id, engine=engine)
-    payloads = {f["job_id"]: f["payload"] for f in service.fit_results(campaign_id, engine=engine)}
+    detail = get_campaign(campaign_id, engine=engine)
+    prov = campaign_analysis(campaign_id, engine=engine)
+    jobs = campaign_job_records(campaign_id, engine=engine)
+    payloads = {f["job_id"]: f["payload"] for f in fit_results(campaign_id, engine=engine)}
     fit_job = _latest(jobs, "fit")
     fit = payloads.get(fit_job["id"], {}) if fit_job else {}
     cfg = detail.config
@@ -67,10 +74,12 @@ def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = Non
                 uri = (out.get("artifacts") or {}).get("ensemble")
                 if uri:
                     ensembles.setdefault(j["task"] or j["name"], []).append(uri)
-    diag = service.campaign_diagnostics(campaign_id, engine=engine)
+    diag = campaign_diagnostics(campaign_id, engine=engine)
     calibration = {task: list(d.get("calibration") or []) for task, d in diag.items()}
-    ensemble_checks = {task: {k: d.get(k) for k in ("auc", "normalization", "normalization_error", "held_out")}
-                       for task, d in diag.items()}
+    ensemble_checks = {
+        task: {k: d.get(k) for k in ("auc", "normalization", "normalization_error", "held_out")}
+        for task, d in diag.items()
+    }
     per_kind: dict[str, float] = defaultdict(float)
     for j in jobs:
         per_kind[j["kind"]] += float(j["run_seconds"] or 0.0)
@@ -80,25 +89,42 @@ def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = Non
         intervals["hesse"] = [fit["mu_hat"] - fit["sigma"], fit["mu_hat"] + fit["sigma"]]
     if fit.get("mu_hat") is not None and fit.get("sigma_total") is not None:
         # Hesse with the learned model's NN and simulation-statistics components (those included)
-        intervals["total"] = [fit["mu_hat"] - fit["sigma_total"], fit["mu_hat"] + fit["sigma_total"]]
+        intervals["total"] = [
+            fit["mu_hat"] - fit["sigma_total"],
+            fit["mu_hat"] + fit["sigma_total"],
+        ]
     s = detail.summary
     return {
         "analysis": dict(prov.get("analysis") or analysis or {}),
-        "campaign": {"id": s.id, "name": s.name, "status": s.status, "launcher": s.launcher,
-                     "config_hash": detail.config_hash, "n_jobs": s.n_jobs},
+        "campaign": {
+            "id": s.id,
+            "name": s.name,
+            "status": s.status,
+            "launcher": s.launcher,
+            "config_hash": detail.config_hash,
+            "n_jobs": s.n_jobs,
+        },
         "code_version": detail.code_version,
         "engine_version": prov.get("engine_version") or engine_version(),
         "fit_settings": dict(fit_settings or {}),
-        "fit": {"mu_hat": fit.get("mu_hat"), "sigma": fit.get("sigma"), "converged": fit.get("converged"),
-                "mu_true": fit.get("mu_true", cfg.get("fit", {}).get("mu_true")),
-                "data": cfg.get("fit", {}).get("data", "asimov"), "job": fit_job["name"] if fit_job else None,
-                "parameters": (fit.get("fit") or {})},
+        "fit": {
+            "mu_hat": fit.get("mu_hat"),
+            "sigma": fit.get("sigma"),
+            "converged": fit.get("converged"),
+            "mu_true": fit.get("mu_true", cfg.get("fit", {}).get("mu_true")),
+            "data": cfg.get("fit", {}).get("data", "asimov"),
+            "job": fit_job["name"] if fit_job else None,
+            "parameters": (fit.get("fit") or {}),
+        },
         "uncertainty": dict(fit.get("uncertainty") or {}),
         "fit_checks": list(fit.get("checks") or []),
         "shape_decisions": list(fit.get("shape_decisions") or []),
         "data_provenance": dict(fit.get("provenance") or {}),
-        "splits": {j["name"]: (_read_result(j) or {}).get("summary", {}).get("split")
-                   for j in jobs if j["kind"] == "train" and j["status"] == "SUCCEEDED"},
+        "splits": {
+            j["name"]: (_read_result(j) or {}).get("summary", {}).get("split")
+            for j in jobs
+            if j["kind"] == "train" and j["status"] == "SUCCEEDED"
+        },
         "intervals": intervals,
         "pulls": dict(fit.get("pulls") or {}),
         "impacts": impact_ranking(refit, fit.get("impacts_covariance") or []),
@@ -108,17 +134,33 @@ def collect_result(campaign_id: int, *, analysis: Mapping[str, Any] | None = Non
         "calibration": calibration,
         "ensemble_checks": ensemble_checks,
         "ensembles": ensembles,
-        "seeds": {"train": {j["name"]: ((j["spec"].get("params") or {}).get("train") or {}).get("seed")
-                            for j in jobs if j["kind"] == "train"},
-                  "toys": sorted(s_ for j in jobs if j["kind"] == "toys"
-                                 for s_ in (j["spec"].get("params") or {}).get("toy_seeds") or [])},
-        "hashes": {"analysis_file": (prov.get("analysis") or analysis or {}).get("file_hash"),
-                   "config": detail.config_hash,
-                   "jobs": {j["name"]: j["cache_key"] for j in jobs}},
-        "jobs": {"ran": [j["name"] for j in jobs if j["attempts"] > 0],
-                 "reused": {j["name"]: j["cached_from"] for j in jobs if j["cached_from"] is not None},
-                 "states": {j["name"]: j["status"] for j in jobs}},
-        "timings": {"wall_s": wall_s, "created_at": s.created_at.isoformat(),
-                    "finished_at": max(finished).isoformat() if finished else None,
-                    "job_seconds_by_kind": dict(per_kind)},
+        "seeds": {
+            "train": {
+                j["name"]: ((j["spec"].get("params") or {}).get("train") or {}).get("seed")
+                for j in jobs
+                if j["kind"] == "train"
+            },
+            "toys": sorted(
+                s_
+                for j in jobs
+                if j["kind"] == "toys"
+                for s_ in (j["spec"].get("params") or {}).get("toy_seeds") or []
+            ),
+        },
+        "hashes": {
+            "analysis_file": (prov.get("analysis") or analysis or {}).get("file_hash"),
+            "config": detail.config_hash,
+            "jobs": {j["name"]: j["cache_key"] for j in jobs},
+        },
+        "jobs": {
+            "ran": [j["name"] for j in jobs if j["attempts"] > 0],
+            "reused": {j["name"]: j["cached_from"] for j in jobs if j["cached_from"] is not None},
+            "states": {j["name"]: j["status"] for j in jobs},
+        },
+        "timings": {
+            "wall_s": wall_s,
+            "created_at": s.created_at.isoformat(),
+            "finished_at": max(finished).isoformat() if finished else None,
+            "job_seconds_by_kind": dict(per_kind),
+        },
     }

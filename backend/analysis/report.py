@@ -52,7 +52,9 @@ def merge_scans(scans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     for s in scans:
         poi = s.get("poi", poi)
         best = s.get("best", best)
-        for v, q, ok in zip(s.get("values") or [], s.get("dq") or [], s.get("converged") or [True] * 10**6):
+        for v, q, ok in zip(
+            s.get("values") or [], s.get("dq") or [], s.get("converged") or [True] * 10**6
+        ):
             if ok and q is not None and math.isfinite(float(q)):
                 pts[float(v)] = float(q)
     if not pts:
@@ -67,12 +69,21 @@ def merge_scans(scans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     aug.setdefault(float(best), 0.0)
     ax = sorted(aug)
     aq = [aug[x] for x in ax]
-    return {"poi": poi, "values": xs, "dq": qs, "best": float(best),
-            "intervals": {"68": list(crossings(ax, aq, float(best), Q68)),
-                          "95": list(crossings(ax, aq, float(best), Q95))}}
+    return {
+        "poi": poi,
+        "values": xs,
+        "dq": qs,
+        "best": float(best),
+        "intervals": {
+            "68": list(crossings(ax, aq, float(best), Q68)),
+            "95": list(crossings(ax, aq, float(best), Q95)),
+        },
+    }
 
 
-def crossings(xs: Sequence[float], qs: Sequence[float], best: float, level: float) -> tuple[float | None, float | None]:
+def crossings(
+    xs: Sequence[float], qs: Sequence[float], best: float, level: float
+) -> tuple[float | None, float | None]:
     """Where q rises through `level` left and right of `best` (None where the scan stops short).
 
     Interpolates sqrt(q), which is linear in the POI for a parabolic profile: exact for a
@@ -93,7 +104,9 @@ def crossings(xs: Sequence[float], qs: Sequence[float], best: float, level: floa
     return lo, hi
 
 
-def impact_ranking(refit: Sequence[Mapping[str, Any]], covariance: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def impact_ranking(
+    refit: Sequence[Mapping[str, Any]], covariance: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """Impacts on the POI, largest post-fit first: refit impacts where impacts jobs ran,
     covariance-based ones for the other nuisances."""
     by_name: dict[str, dict[str, Any]] = {}
@@ -103,7 +116,9 @@ def impact_ranking(refit: Sequence[Mapping[str, Any]], covariance: Sequence[Mapp
         by_name[item["nuisance"]] = dict(item)
     out = list(by_name.values())
     for item in out:
-        item["size"] = max(abs(float(item.get("postfit_up") or 0.0)), abs(float(item.get("postfit_down") or 0.0)))
+        item["size"] = max(
+            abs(float(item.get("postfit_up") or 0.0)), abs(float(item.get("postfit_down") or 0.0))
+        )
     return sorted(out, key=lambda d: -d["size"])
 
 
@@ -115,19 +130,41 @@ def scan_figure(scan: Mapping[str, Any] | None):
 
     fig = go.Figure()
     if scan:
-        fig.add_trace(go.Scatter(x=scan["values"], y=scan["dq"], mode="lines+markers", name="profile scan",
-                                 line={"color": "black"}))
+        fig.add_trace(
+            go.Scatter(
+                x=scan["values"],
+                y=scan["dq"],
+                mode="lines+markers",
+                name="profile scan",
+                line={"color": "black"},
+            )
+        )
         for q, label, colour in ((Q68, "68 % CL", "#1b9e77"), (Q95, "95 % CL", "#d95f02")):
             fig.add_hline(y=q, line={"color": colour, "dash": "dash"}, annotation_text=label)
     else:
-        fig.add_annotation(text="no scan in this analysis", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.add_annotation(
+            text="no scan in this analysis",
+            showarrow=False,
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+        )
     poi = (scan or {}).get("poi", "mu")
-    fig.update_layout(title=f"Profile likelihood scan of {poi}", xaxis_title=poi, yaxis_title="−2 Δ ln L",
-                      template="plotly_white", width=900, height=520)
+    fig.update_layout(
+        title=f"Profile likelihood scan of {poi}",
+        xaxis_title=poi,
+        yaxis_title="−2 Δ ln L",
+        template="plotly_white",
+        width=900,
+        height=520,
+    )
     return fig
 
 
-def impacts_figure(impacts: Sequence[Mapping[str, Any]], pulls: Mapping[str, Mapping[str, Any]], top: int = 20):
+def impacts_figure(
+    impacts: Sequence[Mapping[str, Any]], pulls: Mapping[str, Mapping[str, Any]], top: int = 20
+):
     """Post-fit +-1 sigma impacts on the POI (bars, top axis) with pulls and constraints (points)."""
     import plotly.graph_objects as go
 
@@ -135,22 +172,56 @@ def impacts_figure(impacts: Sequence[Mapping[str, Any]], pulls: Mapping[str, Map
     names = [r["nuisance"] for r in rows]
     fig = go.Figure()
     if rows:
-        fig.add_trace(go.Bar(y=names, x=[r.get("postfit_up") for r in rows], orientation="h", xaxis="x2",
-                             name="post-fit +1σ impact", marker={"color": "#1f78b4"}))
-        fig.add_trace(go.Bar(y=names, x=[r.get("postfit_down") for r in rows], orientation="h", xaxis="x2",
-                             name="post-fit −1σ impact", marker={"color": "#33a02c"}))
-        fig.add_trace(go.Scatter(
-            y=names, x=[(pulls.get(n) or {}).get("pull") for n in names], mode="markers", name="pull",
-            marker={"color": "black", "size": 8},
-            error_x={"type": "data", "array": [(pulls.get(n) or {}).get("constraint") for n in names]}))
+        fig.add_trace(
+            go.Bar(
+                y=names,
+                x=[r.get("postfit_up") for r in rows],
+                orientation="h",
+                xaxis="x2",
+                name="post-fit +1σ impact",
+                marker={"color": "#1f78b4"},
+            )
+        )
+        fig.add_trace(
+            go.Bar(
+                y=names,
+                x=[r.get("postfit_down") for r in rows],
+                orientation="h",
+                xaxis="x2",
+                name="post-fit −1σ impact",
+                marker={"color": "#33a02c"},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                y=names,
+                x=[(pulls.get(n) or {}).get("pull") for n in names],
+                mode="markers",
+                name="pull",
+                marker={"color": "black", "size": 8},
+                error_x={
+                    "type": "data",
+                    "array": [(pulls.get(n) or {}).get("constraint") for n in names],
+                },
+            )
+        )
         reach = max((r["size"] for r in rows), default=1.0) * 1.2 or 1.0
-        fig.update_layout(barmode="overlay",
-                          xaxis={"title": "pull (θ̂ − θ₀)/Δθ", "range": [-2.5, 2.5]},
-                          xaxis2={"title": "Δμ", "overlaying": "x", "side": "top", "range": [-reach, reach]})
+        fig.update_layout(
+            barmode="overlay",
+            xaxis={"title": "pull (θ̂ − θ₀)/Δθ", "range": [-2.5, 2.5]},
+            xaxis2={"title": "Δμ", "overlaying": "x", "side": "top", "range": [-reach, reach]},
+        )
     else:
-        fig.add_annotation(text="no nuisance parameters", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(title="Impacts and pulls", template="plotly_white", width=900,
-                      height=max(420, 160 + 28 * len(rows)), yaxis={"type": "category"})
+        fig.add_annotation(
+            text="no nuisance parameters", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+    fig.update_layout(
+        title="Impacts and pulls",
+        template="plotly_white",
+        width=900,
+        height=max(420, 160 + 28 * len(rows)),
+        yaxis={"type": "category"},
+    )
     return fig
 
 
@@ -159,16 +230,32 @@ def calibration_figure(calibration: Mapping[str, Sequence[Mapping[str, Any]]]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"color": "#888", "dash": "dot"}))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"color": "#888", "dash": "dot"}
+        )
+    )
     for task, curves in sorted(calibration.items()):
         for c in curves:
             if c.get("member") is not None:
                 continue
-            fig.add_trace(go.Scatter(x=c.get("mean_score"), y=c.get("observed_fraction"), mode="lines+markers",
-                                     name=task, error_y={"type": "data", "array": c.get("observed_error")}))
-    fig.update_layout(title="Ensemble calibration (held-out events where available)", template="plotly_white",
-                      xaxis={"title": "mean classifier score s(x)", "range": [0, 1]},
-                      yaxis={"title": "observed numerator fraction", "range": [0, 1]}, width=900, height=560)
+            fig.add_trace(
+                go.Scatter(
+                    x=c.get("mean_score"),
+                    y=c.get("observed_fraction"),
+                    mode="lines+markers",
+                    name=task,
+                    error_y={"type": "data", "array": c.get("observed_error")},
+                )
+            )
+    fig.update_layout(
+        title="Ensemble calibration (held-out events where available)",
+        template="plotly_white",
+        xaxis={"title": "mean classifier score s(x)", "range": [0, 1]},
+        yaxis={"title": "observed numerator fraction", "range": [0, 1]},
+        width=900,
+        height=560,
+    )
     return fig
 
 
@@ -183,7 +270,9 @@ def _browser() -> str | None:
     return None
 
 
-def export_figures(figures: Mapping[str, Any], folder: Path, *, static: bool = True) -> tuple[dict[str, list[Path]], str | None]:
+def export_figures(
+    figures: Mapping[str, Any], folder: Path, *, static: bool = True
+) -> tuple[dict[str, list[Path]], str | None]:
     """Write each figure as PNG and PDF (one kaleido batch, then one retry per missing file),
     falling back to self-contained HTML for any figure that could not be exported.
 
@@ -200,11 +289,18 @@ def export_figures(figures: Mapping[str, Any], folder: Path, *, static: bool = T
         import plotly.io as pio
 
         def missing() -> list[tuple[str, Path]]:
-            return [(n, p) for n, ps in wanted.items() for p in ps if not p.is_file() or p.stat().st_size == 0]
+            return [
+                (n, p)
+                for n, ps in wanted.items()
+                for p in ps
+                if not p.is_file() or p.stat().st_size == 0
+            ]
 
         try:
-            pio.write_images([figures[n] for n, ps in wanted.items() for _ in ps],
-                             [p for ps in wanted.values() for p in ps])
+            pio.write_images(
+                [figures[n] for n, ps in wanted.items() for _ in ps],
+                [p for ps in wanted.values() for p in ps],
+            )
         except Exception as exc:  # noqa: BLE001 - kaleido/Chromium fail in many ways; retried below
             problem = _why(exc)
         for name, path in missing():  # a browser hiccup under load: once more, one by one
@@ -218,7 +314,9 @@ def export_figures(figures: Mapping[str, Any], folder: Path, *, static: bool = T
         problem = problem or f"kaleido wrote no {left[0][1].name}"
         problem = f"static export failed: {problem}"
     out: dict[str, list[Path]] = {}
-    failed = {n for n, ps in wanted.items() if any(not p.is_file() or p.stat().st_size == 0 for p in ps)}
+    failed = {
+        n for n, ps in wanted.items() if any(not p.is_file() or p.stat().st_size == 0 for p in ps)
+    }
     for name, fig in figures.items():
         if name not in failed:
             out[name] = wanted[name]
@@ -258,14 +356,20 @@ def result_status_markdown(status: Mapping[str, Any] | None) -> list[str]:
     if not failed:
         said = f"all {n} check{'s' if n != 1 else ''} passed" if n else "no checks recorded"
         return [f"**Result status: checks passed** ({said})", ""]
-    lines = [f"**Result status: NEEDS REVIEW** -- {len(failed)} of {n} checks failed; "
-             "the numbers below rest on them.", "",
-             "| check | task | value | threshold | message |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"**Result status: NEEDS REVIEW** -- {len(failed)} of {n} checks failed; "
+        "the numbers below rest on them.",
+        "",
+        "| check | task | value | threshold | message |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in failed:
         op = "≥" if r.get("direction") == "above" else "≤"
         message = str(r.get("message") or "").replace("|", "\\|")  # a literal | inside a table cell
-        lines.append(f"| {r.get('name', '')} | {r.get('task') or '–'} | {_fmt(r.get('value'), 4)} "
-                     f"| {op} {_fmt(r.get('threshold'), 4)} | {message} |")
+        lines.append(
+            f"| {r.get('name', '')} | {r.get('task') or '–'} | {_fmt(r.get('value'), 4)} "
+            f"| {op} {_fmt(r.get('threshold'), 4)} | {message} |"
+        )
     return lines + [""]
 
 
@@ -274,14 +378,34 @@ def uncertainty_markdown(u: Mapping[str, Any] | None) -> list[str]:
     if not u:
         return []
     inc = set(u.get("included") or [])
-    row = lambda name, key, how: (f"| {name} | {_fmt(u.get(key))} ± {_fmt(u.get(key + '_se'))} | "  # noqa: E731
-                                  f"{'yes' if key in inc else 'no (reported only)'} | {how} |")
-    lines = ["", "### Error components of μ", "", "| component | σ | in the total | method |", "| --- | --- | --- | --- |",
-             f"| Hesse (data statistics + modelled systematics) | {_fmt(u.get('hesse'))} | yes | exact Hessian |",
-             row("NN training", "nn", f"spread of μ̂ over {u.get('nn_variants', 0)} one-member refits"
-                 + ("" if u.get("nn_bootstrap") is not False else " (members NOT bootstrapped: underestimate)")),
-             row("simulation statistics", "sim", "Poisson bootstrap of the normalisation sample"),
-             f"| **total** | **{_fmt(u.get('total'))}** | | quadrature sum of the included components |", ""]
+
+    def row(name: str, key: str, how: str) -> str:
+        return (
+            f"| {name} | {_fmt(u.get(key))} ± {_fmt(u.get(key + '_se'))} | "
+            f"{'yes' if key in inc else 'no (reported only)'} | {how} |"
+        )
+
+    lines = [
+        "",
+        "### Error components of μ",
+        "",
+        "| component | σ | in the total | method |",
+        "| --- | --- | --- | --- |",
+        f"| Hesse (data statistics + modelled systematics) | {_fmt(u.get('hesse'))} | yes | exact Hessian |",
+        row(
+            "NN training",
+            "nn",
+            f"spread of μ̂ over {u.get('nn_variants', 0)} one-member refits"
+            + (
+                ""
+                if u.get("nn_bootstrap") is not False
+                else " (members NOT bootstrapped: underestimate)"
+            ),
+        ),
+        row("simulation statistics", "sim", "Poisson bootstrap of the normalisation sample"),
+        f"| **total** | **{_fmt(u.get('total'))}** | | quadrature sum of the included components |",
+        "",
+    ]
     return lines
 
 
@@ -290,19 +414,31 @@ def shape_decisions_markdown(decisions: Sequence[Mapping[str, Any]] | None) -> l
     networks' noise floor, so a negligible systematic cannot constrain itself."""
     if not decisions:
         return []
-    lines = ["", "### Shape systematics", "", "| systematic | process | learned shape spread | network noise | decision |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "### Shape systematics",
+        "",
+        "| systematic | process | learned shape spread | network noise | decision |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for d in decisions:
-        lines.append(f"| {d.get('nuisance')} | {d.get('process')} | {_fmt(d.get('signal'), 4)} | {_fmt(d.get('noise'), 4)} "
-                     f"| {d.get('action')} |")
+        lines.append(
+            f"| {d.get('nuisance')} | {d.get('process')} | {_fmt(d.get('signal'), 4)} | {_fmt(d.get('noise'), 4)} "
+            f"| {d.get('action')} |"
+        )
     return lines + [""]
 
 
 def _eval_provenance(result: Mapping[str, Any]) -> str:
     """One line on the train / evaluation split (the fit, normalisation, Asimov data and the
     diagnostics use evaluation events only; docs/analysis.md, sample roles)."""
-    methods = sorted({(part or {}).get("method", "?") for split in (result.get("splits") or {}).values()
-                      for part in (split or {}).values()})
+    methods = sorted(
+        {
+            (part or {}).get("method", "?")
+            for split in (result.get("splits") or {}).values()
+            for part in (split or {}).values()
+        }
+    )
     prov = result.get("data_provenance") or {}
     norm = prov.get("normalisation_sample") or {}
     text = f"split by {', '.join(methods) or 'n/a'}"
@@ -311,8 +447,12 @@ def _eval_provenance(result: Mapping[str, Any]) -> str:
     return text
 
 
-def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Path]], folder: Path,
-                     problem: str | None) -> str:
+def summary_markdown(
+    result: Mapping[str, Any],
+    plots: Mapping[str, Sequence[Path]],
+    folder: Path,
+    problem: str | None,
+) -> str:
     """The one-page summary: result status (checks), result, top impacts, pulls, plots, provenance."""
     fit = result.get("fit") or {}
     a = result.get("analysis") or {}
@@ -321,14 +461,20 @@ def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Pat
     lines += result_status_markdown(result.get("result_status"))
     data = fit.get("data", "asimov")
     if isinstance(data, Mapping):  # an observed sample spec: name its file
-        data = f"observed, {Path(str(data.get('path', data))).name}" if "path" in data else "observed"
-    lines.append(f"**μ̂ = {_fmt(fit.get('mu_hat'))} ± {_fmt(fit.get('sigma'))}** "
-                 f"(Hesse; data: {data}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
-                 f"converged: {fit.get('converged')})")
+        data = (
+            f"observed, {Path(str(data.get('path', data))).name}" if "path" in data else "observed"
+        )
+    lines.append(
+        f"**μ̂ = {_fmt(fit.get('mu_hat'))} ± {_fmt(fit.get('sigma'))}** "
+        f"(Hesse; data: {data}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
+        f"converged: {fit.get('converged')})"
+    )
     total = (result.get("uncertainty") or {}).get("total")
     if total is not None:
-        lines.append(f"- **total error ± {_fmt(total)}** with the learned model's NN-training and simulation-statistics "
-                     "components (table below)")
+        lines.append(
+            f"- **total error ± {_fmt(total)}** with the learned model's NN-training and simulation-statistics "
+            "components (table below)"
+        )
     iv = result.get("intervals") or {}
     for cl in ("68", "95"):
         if cl in iv:
@@ -336,42 +482,63 @@ def summary_markdown(result: Mapping[str, Any], plots: Mapping[str, Sequence[Pat
             lines.append(f"- {cl} % CL interval from the profile scan: [{_fmt(lo)}, {_fmt(hi)}]")
     bd = (result.get("breakdown") or {}).get("mu") or {}
     if bd:
-        lines.append(f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
-                     f"syst {_fmt(bd.get('syst'))}")
+        lines.append(
+            f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
+            f"syst {_fmt(bd.get('syst'))}"
+        )
     lines += uncertainty_markdown(result.get("uncertainty"))
     lines += shape_decisions_markdown(result.get("shape_decisions"))
-    lines += ["", "## Top impacts on μ", "", "| nuisance | post-fit +1σ | post-fit −1σ | method |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Top impacts on μ",
+        "",
+        "| nuisance | post-fit +1σ | post-fit −1σ | method |",
+        "| --- | --- | --- | --- |",
+    ]
     for item in (result.get("impacts") or [])[:10]:
-        lines.append(f"| {item['nuisance']} | {_fmt(item.get('postfit_up'), 4)} | {_fmt(item.get('postfit_down'), 4)} "
-                     f"| {item.get('method', '')} |")
+        lines.append(
+            f"| {item['nuisance']} | {_fmt(item.get('postfit_up'), 4)} | {_fmt(item.get('postfit_down'), 4)} "
+            f"| {item.get('method', '')} |"
+        )
     lines += ["", "## Pulls", "", "| nuisance | pull | constraint |", "| --- | --- | --- |"]
     for name, p in (result.get("pulls") or {}).items():
         lines.append(f"| {name} | {_fmt(p.get('pull'))} | {_fmt(p.get('constraint'))} |")
     lines += ["", "## Plots", ""]
     for name, files in plots.items():
-        links = ", ".join(f"[{f.suffix[1:].upper()}]({f.relative_to(folder).as_posix()})" for f in files)
+        links = ", ".join(
+            f"[{f.suffix[1:].upper()}]({f.relative_to(folder).as_posix()})" for f in files
+        )
         lines.append(f"- {name.replace('_', ' ')}: {links}")
     if problem:
-        lines += ["", f"Static PNG/PDF export was not possible ({problem}); the plots are interactive HTML."]
+        lines += [
+            "",
+            f"Static PNG/PDF export was not possible ({problem}); the plots are interactive HTML.",
+        ]
     jobs = result.get("jobs") or {}
     t = result.get("timings") or {}
-    lines += ["", "## Provenance", "",
-              f"- analysis file: `{a.get('path', '')}` (sha256 `{a.get('file_hash', '')}`)",
-              f"- campaign {camp.get('id')} `{camp.get('name', '')}` ({camp.get('status', '')}, launcher "
-              f"{camp.get('launcher', '')}); config sha256 `{camp.get('config_hash', '')}`",
-              f"- code version `{result.get('code_version', '')}`, engine {result.get('engine_version', '')}",
-              f"- jobs: {len(jobs.get('ran', []))} ran, {len(jobs.get('reused', []))} reused from earlier runs",
-              f"- training seeds: {', '.join(str(s) for s in sorted(set((result.get('seeds') or {}).get('train', {}).values())))}",
-              f"- wall time of this run: {_fmt(t.get('wall_s'), 1)} s",
-              f"- events the networks never saw: {_eval_provenance(result)}",
-              "- ensembles:"]
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- analysis file: `{a.get('path', '')}` (sha256 `{a.get('file_hash', '')}`)",
+        f"- campaign {camp.get('id')} `{camp.get('name', '')}` ({camp.get('status', '')}, launcher "
+        f"{camp.get('launcher', '')}); config sha256 `{camp.get('config_hash', '')}`",
+        f"- code version `{result.get('code_version', '')}`, engine {result.get('engine_version', '')}",
+        f"- jobs: {len(jobs.get('ran', []))} ran, {len(jobs.get('reused', []))} reused from earlier runs",
+        f"- training seeds: {', '.join(str(s) for s in sorted(set((result.get('seeds') or {}).get('train', {}).values())))}",
+        f"- wall time of this run: {_fmt(t.get('wall_s'), 1)} s",
+        f"- events the networks never saw: {_eval_provenance(result)}",
+        "- ensembles:",
+    ]
     for task, uris in sorted((result.get("ensembles") or {}).items()):
         lines.append(f"  - {task}: " + ", ".join(f"`{u}`" for u in uris))
     lines += ["", "Every number above is in `result.json`."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(folder: str | Path, result: Mapping[str, Any], *, static: bool = True) -> ReportFiles:
+def write_report(
+    folder: str | Path, result: Mapping[str, Any], *, static: bool = True
+) -> ReportFiles:
     """Write result.json, the plots and summary.md into `folder` (created; files replaced)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -381,8 +548,11 @@ def write_report(folder: str | Path, result: Mapping[str, Any], *, static: bool 
         "calibration": calibration_figure(result.get("calibration") or {}),
     }
     plots, problem = export_figures(figures, folder / "plots", static=static)
-    doc = {**result, "plots": {k: [p.relative_to(folder).as_posix() for p in v] for k, v in plots.items()},
-           "plot_export": problem or "png+pdf"}
+    doc = {
+        **result,
+        "plots": {k: [p.relative_to(folder).as_posix() for p in v] for k, v in plots.items()},
+        "plot_export": problem or "png+pdf",
+    }
     res = folder / "result.json"
     res.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     summ = folder / "summary.md"

@@ -1,11 +1,20 @@
 """`nsbi analysis run`: analysis file -> campaign (reusing earlier results) -> report folder.
 
 Why a driver here rather than "create, then start a controller": a physicist runs one command
-and gets a result. `run_analysis` validates the file (nothing is created if it has problems),
-creates the campaign through `backend.service.create_campaign_from_analysis` (jobs whose
-content key matches an earlier SUCCEEDED job are created already SUCCEEDED), requests its
-launch, then drives it with an in-process `Controller` -- unless a controller already runs
-for this NSBI_HOME (`nsbi up`), in which case it only watches -- and writes the report.
+and gets a result. `run_analysis` reads top to bottom as its stages, one function each:
+
+    load      `load_analysis`: the file, checked; every problem at once (`AnalysisError`),
+              and nothing is created if it has any
+    validate  `validate_config(campaign_config_for(...))`: its campaign config, on the
+              launcher chosen on the command line
+    expand    `expand_jobs`: the job plans
+    key       `key_jobs`: every job's content key and the analysis provenance
+    insert    `insert_campaign` and `request_launch`: the campaign and its jobs (a job whose
+              key matches an earlier SUCCEEDED job is created already SUCCEEDED), launched
+    drive     `drive`: an in-process `Controller` until the campaign is final -- unless a
+              controller already runs for this NSBI_HOME (`nsbi up`), in which case it only
+              watches
+    collect   `collect`: the result (result.json), its result status, the report folder
 
 Checks gate the result: the report opens with the campaign's result status ("checks passed"
 or "needs review" with the failed checks, `backend.result_status`) and `RunSummary.exit_code`
@@ -26,10 +35,16 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from backend import service
+from backend.analysis.campaign import expand_jobs, insert_campaign, key_jobs
+from backend.analysis.collect import collect_result
 from backend.analysis.report import ReportFiles, write_report
-from backend.campaigns import LAUNCHERS
+from backend.analysis.spec import load_analysis
+from backend.campaigns import LAUNCHERS, validate_config
+from backend.db import get_engine, init_db
+from backend.intents import request_launch
+from backend.listings import campaign_progress, get_campaign
 from backend.result_status import EXIT_NEEDS_REVIEW, NEEDS_REVIEW, campaign_result_status
+from backend.settings import get_settings
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 GCE_DEFAULT_MACHINE = "g2-standard-4"  # one L4: the smallest catalogue machine with a GPU
@@ -60,7 +75,9 @@ class RunSummary:
     report: ReportFiles | None
     seconds: float
     result: dict[str, Any] = field(repr=False, default_factory=dict)
-    result_status: dict[str, Any] = field(default_factory=dict)  # backend.result_status; {} when not waited for
+    result_status: dict[str, Any] = field(
+        default_factory=dict
+    )  # backend.result_status; {} when not waited for
 
     @property
     def needs_review(self) -> bool:
@@ -86,7 +103,9 @@ def campaign_config_for(config: Mapping[str, Any], backend: str | None) -> dict[
     if backend is None:
         return cfg
     if backend not in LAUNCHERS:
-        raise ValueError(f"--backend: {backend!r} is not a launcher; allowed: {', '.join(LAUNCHERS)}")
+        raise ValueError(
+            f"--backend: {backend!r} is not a launcher; allowed: {', '.join(LAUNCHERS)}"
+        )
     b = dict(cfg.get("backend") or {})
     b["launcher"] = backend
     if backend == "gce" and b.get("machine_type", "local") == "local":
@@ -107,8 +126,14 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=1, desc=f"campaign {campaign_id}", unit="job", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                total=1,
+                desc=f"campaign {campaign_id}",
+                unit="job",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def update(self, snap: Mapping[str, Any]) -> None:
         if self.bar is None:
@@ -136,27 +161,40 @@ class Progress:
             self.bar.close()
 
 
-def drive(campaign_id: int, *, engine: Engine, settings: Any, progress: bool = True, poll_s: float = 0.5,
-          timeout_s: float | None = None, launchers: Any = None,
-          on_tick: Callable[[Mapping[str, Any]], None] | None = None) -> str:
+def drive(
+    campaign_id: int,
+    *,
+    engine: Engine,
+    settings: Any,
+    progress: bool = True,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+    launchers: Any = None,
+    on_tick: Callable[[Mapping[str, Any]], None] | None = None,
+) -> str:
     """Run the controller in this process until the campaign is final; return its status.
 
     If another controller holds this NSBI_HOME's lock (e.g. `nsbi up`), only watch it.
     """
-    from backend.commands.controller import _single_instance_lock
-    from backend.controller import Controller, ControllerConfig
+    from backend.controller import Controller, ControllerConfig, single_instance_lock
     from backend.launchers import get_launcher
     from backend.stores import open_store
 
-    lock = _single_instance_lock(settings.home / "controller.lock")
+    lock = single_instance_lock(settings.home / "controller.lock")
     controller = None
     if lock is not None:
         store = open_store(settings.store_uri, create=settings.store_uri.startswith("file://"))
-        controller = Controller(engine, store, launchers or (lambda name: get_launcher(name, settings)),
-                                ControllerConfig(tick_interval_s=poll_s))
+        controller = Controller(
+            engine,
+            store,
+            launchers or (lambda name: get_launcher(name, settings)),
+            ControllerConfig(tick_interval_s=poll_s),
+        )
     elif progress:
-        print(f"nsbi analysis: a controller already runs for {settings.home}; watching campaign {campaign_id}",
-              file=sys.stderr)
+        print(
+            f"nsbi analysis: a controller already runs for {settings.home}; watching campaign {campaign_id}",
+            file=sys.stderr,
+        )
     bar = Progress(progress, campaign_id)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
@@ -164,7 +202,7 @@ def drive(campaign_id: int, *, engine: Engine, settings: Any, progress: bool = T
             t0 = time.monotonic()
             if controller is not None:
                 controller.tick()
-            snap = service.campaign_progress(campaign_id, engine=engine)
+            snap = campaign_progress(campaign_id, engine=engine)
             bar.update(snap)
             if on_tick is not None:
                 on_tick(snap)
@@ -179,59 +217,108 @@ def drive(campaign_id: int, *, engine: Engine, settings: Any, progress: bool = T
             lock.close()
 
 
-def run_campaign(config: Mapping[str, Any], meta: AnalysisMeta, *, backend: str | None = "local",
-                 report_dir: str | Path | None = None, progress: bool = True, engine: Engine | None = None,
-                 fit_settings: Mapping[str, Any] | None = None, wait: bool = True, reuse: bool = True,
-                 owner: str = "local", timeout_s: float | None = None, static_plots: bool = True) -> RunSummary:
-    """Create the campaign of an (already validated) analysis, drive it, write the report."""
-    from backend.analysis.collect import collect_result
-    from backend.db import get_engine, init_db
-    from backend.settings import get_settings
-
-    t0 = time.monotonic()
-    settings = get_settings()
-    engine = init_db(engine or get_engine(settings.database_url))
-    cid = service.create_campaign_from_analysis(campaign_config_for(config, backend), analysis=meta.as_dict(),
-                                                owner=owner, reuse=reuse, engine=engine)
-    service.request_launch(cid, engine=engine, actor=owner)
-    if progress:
-        reused = service.campaign_analysis(cid, engine=engine).get("reused", [])
-        print(f"nsbi analysis: campaign {cid} ({meta.name}): {len(reused)} job(s) reused from earlier runs",
-              file=sys.stderr)
-    if not wait:
-        status = service.get_campaign(cid, engine=engine).summary.status
-        return RunSummary(cid, status, None, None, [], {}, None, time.monotonic() - t0)
-    status = drive(cid, engine=engine, settings=settings, progress=progress, timeout_s=timeout_s)
-    result = collect_result(cid, analysis=meta.as_dict(), fit_settings=fit_settings,
-                            wall_s=time.monotonic() - t0, engine=engine)
-    checked = campaign_result_status(cid, engine=engine)  # stored when the campaign settled
-    result["result_status"] = checked.to_dict() if checked is not None else {}
-    folder = Path(report_dir) if report_dir is not None else settings.home / "reports" / f"{_slug(meta.name)}-{cid}"
-    files = write_report(folder, result, static=static_plots)
-    fit = result["fit"]
-    return RunSummary(cid, status, fit.get("mu_hat"), fit.get("sigma"), list(result["jobs"]["ran"]),
-                      dict(result["jobs"]["reused"]), files, time.monotonic() - t0, result,
-                      dict(result["result_status"]))
-
-
 def _slug(text: str) -> str:
     import re
 
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "analysis"
 
 
-def run_analysis(path: str | Path, backend: str = "local", report_dir: str | Path | None = None,
-                 progress: bool = True, engine: Engine | None = None, **kw: Any) -> RunSummary:
+def collect(
+    campaign_id: int,
+    status: str,
+    meta: AnalysisMeta,
+    *,
+    report_dir: str | Path | None,
+    fit_settings: Mapping[str, Any] | None,
+    started: float,
+    settings: Any,
+    engine: Engine,
+    static_plots: bool = True,
+) -> RunSummary:
+    """The driven campaign's result (what result.json holds, `collect_result`) with its result
+    status (stored when the campaign settled), written as the report folder: `report_dir`, else
+    `<NSBI_HOME>/reports/<name>-<campaign id>`. `started`: `time.monotonic()` at the start."""
+    result = collect_result(
+        campaign_id,
+        analysis=meta.as_dict(),
+        fit_settings=fit_settings,
+        wall_s=time.monotonic() - started,
+        engine=engine,
+    )
+    checked = campaign_result_status(campaign_id, engine=engine)
+    result["result_status"] = checked.to_dict() if checked is not None else {}
+    folder = (
+        Path(report_dir)
+        if report_dir is not None
+        else settings.home / "reports" / f"{_slug(meta.name)}-{campaign_id}"
+    )
+    files = write_report(folder, result, static=static_plots)
+    fit = result["fit"]
+    return RunSummary(
+        campaign_id,
+        status,
+        fit.get("mu_hat"),
+        fit.get("sigma"),
+        list(result["jobs"]["ran"]),
+        dict(result["jobs"]["reused"]),
+        files,
+        time.monotonic() - started,
+        result,
+        dict(result["result_status"]),
+    )
+
+
+def run_analysis(
+    path: str | Path,
+    backend: str | None = "local",
+    report_dir: str | Path | None = None,
+    progress: bool = True,
+    engine: Engine | None = None,
+    *,
+    wait: bool = True,
+    reuse: bool = True,
+    owner: str = "local",
+    timeout_s: float | None = None,
+    static_plots: bool = True,
+) -> RunSummary:
     """Validate the analysis file, run its campaign to the end, write its report.
 
     Raises `AnalysisError` (every problem, with file and line) before anything is created.
     The report goes to `report_dir`, else the file's own report directory, else
-    `<NSBI_HOME>/reports/<name>-<campaign id>`.
+    `<NSBI_HOME>/reports/<name>-<campaign id>`. backend: the launcher (None: the file's own);
+    reuse=False runs every job; wait=False returns once the campaign is launched (a running
+    controller carries it; no report).
     """
-    from backend.analysis.spec import load_analysis
-
-    analysis = load_analysis(path)
+    analysis = load_analysis(path)  # load
     meta = AnalysisMeta(analysis.name, str(Path(path).resolve()), analysis.file_hash)
-    folder = report_dir if report_dir is not None else getattr(analysis, "report_dir", None)
-    return run_campaign(analysis.campaign_config(), meta, backend=backend, report_dir=folder, progress=progress,
-                        engine=engine, fit_settings=getattr(analysis, "fit_settings", None), **kw)
+    started = time.monotonic()
+    settings = get_settings()
+    engine = init_db(engine or get_engine(settings.database_url))
+    cfg = validate_config(campaign_config_for(analysis.campaign_config(), backend))  # validate
+    jobs = expand_jobs(cfg)  # expand
+    jobs = key_jobs(jobs, meta.as_dict())  # key
+    created = insert_campaign(jobs, owner=owner, reuse=reuse, engine=engine)  # insert
+    cid = created.campaign_id
+    request_launch(cid, engine=engine, actor=owner)
+    if progress:
+        print(
+            f"nsbi analysis: campaign {cid} ({meta.name}): {len(created.reused)} job(s) reused from earlier runs",
+            file=sys.stderr,
+        )
+    if not wait:
+        status = get_campaign(cid, engine=engine).summary.status
+        return RunSummary(cid, status, None, None, [], {}, None, time.monotonic() - started)
+    status = drive(
+        cid, engine=engine, settings=settings, progress=progress, timeout_s=timeout_s
+    )  # drive
+    return collect(
+        cid,
+        status,
+        meta,
+        report_dir=report_dir if report_dir is not None else analysis.report_dir,
+        fit_settings=analysis.fit_settings,
+        started=started,
+        settings=settings,
+        engine=engine,
+        static_plots=static_plots,
+    )  # collect

@@ -19,7 +19,14 @@ from typing import Any
 from backend import campaigns
 from backend.analysis import spec_check
 from backend.analysis.spec_checker import Resolved
-from backend.analysis.spec_yaml import AnalysisError, ParsedFile, PathKey, Problem, dotted, read_yaml
+from backend.analysis.spec_yaml import (
+    AnalysisError,
+    ParsedFile,
+    PathKey,
+    Problem,
+    dotted,
+    read_yaml,
+)
 
 # where a campaign-level error (from backend.campaigns' own checks) sits in the analysis file
 _CAMPAIGN_TO_FILE: tuple[tuple[str, PathKey], ...] = (
@@ -90,8 +97,12 @@ def _campaign_config(m: Resolved) -> dict[str, Any]:
     tr = m.training
     defaults = dict(tr.get("defaults") or {})
     training: dict[str, Any] = {
-        "ensemble_size": defaults.pop("ensemble_size", campaigns.DEFAULTS["training"]["ensemble_size"]),
-        "members_per_job": defaults.pop("members_per_job", campaigns.DEFAULTS["training"]["members_per_job"]),
+        "ensemble_size": defaults.pop(
+            "ensemble_size", campaigns.DEFAULTS["training"]["ensemble_size"]
+        ),
+        "members_per_job": defaults.pop(
+            "members_per_job", campaigns.DEFAULTS["training"]["members_per_job"]
+        ),
         "seed": tr.get("seed", 0),
         "params": defaults,
         "grid": dict(tr.get("grid") or {}),
@@ -144,13 +155,23 @@ def _campaign_problems(cfg: dict[str, Any], parsed: ParsedFile) -> list[Problem]
             where, _, message = err.partition(": ")
             key: PathKey = ()
             for prefix, file_key in _CAMPAIGN_TO_FILE:
-                if where == prefix or where.startswith(prefix + ".") or where.startswith(prefix + "["):
+                if (
+                    where == prefix
+                    or where.startswith(prefix + ".")
+                    or where.startswith(prefix + "[")
+                ):
                     key = file_key
                     break
             if "machine type" in message and key[-1:] in (("backend",), ("resources",)):
                 key = (*key, "machine_type")
-            note = "" if where == dotted(key) or where == dotted(key[:-1]) else f" (campaign key {where})"
-            out.append(Problem(parsed.lines.line(key), dotted(key), message + note, str(parsed.path)))
+            note = (
+                ""
+                if where == dotted(key) or where == dotted(key[:-1])
+                else f" (campaign key {where})"
+            )
+            out.append(
+                Problem(parsed.lines.line(key), dotted(key), message + note, str(parsed.path))
+            )
         return out
     return []
 
@@ -187,7 +208,9 @@ def validate_analysis(path: str | Path, *, check_data: bool = True) -> list[Prob
     return _problems(read_yaml(p), check_data)[1]
 
 
-def load_analysis(path: str | Path, *, check_data: bool = True, report_dir: str | Path | None = None) -> Analysis:
+def load_analysis(
+    path: str | Path, *, check_data: bool = True, report_dir: str | Path | None = None
+) -> Analysis:
     """The validated analysis at `path`; raises `AnalysisError` listing every problem.
 
     report_dir overrides the file's report.dir; both default to reports/<name>, and a relative
@@ -198,7 +221,11 @@ def load_analysis(path: str | Path, *, check_data: bool = True, report_dir: str 
     model, problems = _problems(parsed, check_data)
     if problems or model is None:
         raise AnalysisError(problems)
-    chosen = Path(report_dir) if report_dir is not None else Path(model.report.get("dir", f"reports/{model.name}"))
+    chosen = (
+        Path(report_dir)
+        if report_dir is not None
+        else Path(model.report.get("dir", f"reports/{model.name}"))
+    )
     chosen = chosen.expanduser()
     return Analysis(
         path=p,

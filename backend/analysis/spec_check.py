@@ -26,8 +26,22 @@ from backend.analysis.spec_yaml import PathKey
 
 POI = "mu"  # the fit jobs have one parameter of interest, called mu
 
-TOP_KEYS = ("name", "description", "samples", "sample_defaults", "processes", "reference", "poi",
-            "systematics", "training", "data", "compute", "backend", "estimate", "report")
+TOP_KEYS = (
+    "name",
+    "description",
+    "samples",
+    "sample_defaults",
+    "processes",
+    "reference",
+    "poi",
+    "systematics",
+    "training",
+    "data",
+    "compute",
+    "backend",
+    "estimate",
+    "report",
+)
 PROCESS_KEYS = ("sample", "coefficient", "yield")
 SYSTEMATIC_KEYS = ("shape", "norm")
 COMPUTE_KEYS: dict[str, tuple[str, ...]] = {
@@ -42,7 +56,9 @@ REPORT_KEYS = ("dir", "title")
 # --------------------------------------------------------------------------- blocks
 
 
-def _coefficient(ck: Checker, path: PathKey, value: Any, bounds: tuple[float, float] | None) -> str | None:
+def _coefficient(
+    ck: Checker, path: PathKey, value: Any, bounds: tuple[float, float] | None
+) -> str | None:
     expr_mod = expr_module()
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         ck.add(path, f"expected an expression of {POI} (e.g. 'mu - sqrt(mu)'), got {kind(value)}")
@@ -57,7 +73,9 @@ def _coefficient(ck: Checker, path: PathKey, value: Any, bounds: tuple[float, fl
             for mu in (bounds[0], 0.5 * (bounds[0] + bounds[1]), bounds[1]):
                 val = float(expr({POI: float(mu)}, np))
                 if not math.isfinite(val):
-                    ck.add(path, f"{expr.text!r} is not finite at {POI} = {mu:g} (inside poi.bounds)")
+                    ck.add(
+                        path, f"{expr.text!r} is not finite at {POI} = {mu:g} (inside poi.bounds)"
+                    )
                     break
     return expr.text
 
@@ -69,7 +87,9 @@ def _poi(ck: Checker, res: Resolved, raw: Any) -> tuple[float, float] | None:
     bounds = DEFAULT_POI["bounds"]
     if "bounds" in p:
         b = p["bounds"]
-        if not (isinstance(b, list) and len(b) == 2 and all(is_number(x) for x in b) and b[0] < b[1]):
+        if not (
+            isinstance(b, list) and len(b) == 2 and all(is_number(x) for x in b) and b[0] < b[1]
+        ):
             ck.add(("poi", "bounds"), f"expected [low, high] with low < high, got {b!r}")
             return None
         bounds = [float(b[0]), float(b[1])]
@@ -84,9 +104,14 @@ def _poi(ck: Checker, res: Resolved, raw: Any) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-
-def _systematics(ck: Checker, res: Resolved, raw: Any, defaults: dict[str, Any], named_bad: set[str],
-                 declared: list[str]) -> list[tuple[str, str]]:
+def _systematics(
+    ck: Checker,
+    res: Resolved,
+    raw: Any,
+    defaults: dict[str, Any],
+    named_bad: set[str],
+    declared: list[str],
+) -> list[tuple[str, str]]:
     """Resolve the systematics into `res`; return every declared (shape systematic, process)."""
     shapes: list[tuple[str, str]] = []
     systs = ck.mapping(("systematics",), raw, None, "systematics {name: {shape: ..., norm: ...}}")
@@ -100,37 +125,60 @@ def _systematics(ck: Checker, res: Resolved, raw: Any, defaults: dict[str, Any],
         if s is None:
             continue
         if not s:
-            ck.add(where, "give 'shape' (up/down samples per process) and/or 'norm' (up/down yield factors)")
+            ck.add(
+                where,
+                "give 'shape' (up/down samples per process) and/or 'norm' (up/down yield factors)",
+            )
         if "shape" in s:
-            shape = ck.mapping((*where, "shape"), s["shape"], None, "{process: {up: sample, down: sample}}") or {}
+            shape = (
+                ck.mapping(
+                    (*where, "shape"), s["shape"], None, "{process: {up: sample, down: sample}}"
+                )
+                or {}
+            )
             for proc, ud in shape.items():
                 pw = (*where, "shape", proc)
                 if procs is not None and proc not in procs:
                     ck.add(pw, f"unknown process {proc!r}; processes: {', '.join(procs)}")
                     continue
                 shapes.append((name, proc))
-                pair = ck.mapping(pw, ud, ("up", "down"), "{up: sample, down: sample}", required=("up", "down"))
+                pair = ck.mapping(
+                    pw, ud, ("up", "down"), "{up: sample, down: sample}", required=("up", "down")
+                )
                 if pair is None:
                     continue
-                specs = {d: sample_ref(ck, res, (*pw, d), pair[d], defaults, named_bad) for d in ("up", "down") if d in pair}
+                specs = {
+                    d: sample_ref(ck, res, (*pw, d), pair[d], defaults, named_bad)
+                    for d in ("up", "down")
+                    if d in pair
+                }
                 if all(specs.get(d) is not None for d in ("up", "down")):
-                    res.shape_systematics.append({"name": name, "process": proc, "up": specs["up"], "down": specs["down"]})
+                    res.shape_systematics.append(
+                        {"name": name, "process": proc, "up": specs["up"], "down": specs["down"]}
+                    )
         if "norm" in s:
             norm, nw = s["norm"], (*where, "norm")
             effects: dict[str, list[float]] = {}
             if isinstance(norm, list):  # one [up, down] pair for every process
-                pair = _updown(ck, nw, norm)
-                if pair is not None and procs:
-                    effects = {p: list(pair) for p in procs if p in res.processes}
+                factors = _updown(ck, nw, norm)
+                if factors is not None and procs:
+                    effects = {p: list(factors) for p in procs if p in res.processes}
             else:
-                per = ck.mapping(nw, norm, None, "[up, down] for every process, or {process: [up, down]}") or {}
+                per = (
+                    ck.mapping(
+                        nw, norm, None, "[up, down] for every process, or {process: [up, down]}"
+                    )
+                    or {}
+                )
                 for proc, value in per.items():
                     if procs is not None and proc not in procs:
-                        ck.add((*nw, proc), f"unknown process {proc!r}; processes: {', '.join(procs)}")
+                        ck.add(
+                            (*nw, proc), f"unknown process {proc!r}; processes: {', '.join(procs)}"
+                        )
                         continue
-                    pair = _updown(ck, (*nw, proc), value)
-                    if pair is not None and proc in res.processes:
-                        effects[proc] = list(pair)
+                    factors = _updown(ck, (*nw, proc), value)
+                    if factors is not None and proc in res.processes:
+                        effects[proc] = list(factors)
             if effects:
                 res.norm_systematics.append({"name": name, "effects": effects})
     return shapes
@@ -139,13 +187,24 @@ def _systematics(ck: Checker, res: Resolved, raw: Any, defaults: dict[str, Any],
 def _updown(ck: Checker, path: PathKey, value: Any) -> tuple[float, float] | None:
     if isinstance(value, list) and len(value) == 2 and all(is_number(v) and v > 0 for v in value):
         return float(value[0]), float(value[1])
-    ck.add(path, f"expected [up, down]: two positive yield factors such as [1.025, 0.975], got {value!r}")
+    ck.add(
+        path,
+        f"expected [up, down]: two positive yield factors such as [1.025, 0.975], got {value!r}",
+    )
     return None
 
 
-def _data(ck: Checker, res: Resolved, raw: Any, defaults: dict[str, Any], named_bad: set[str],
-          bounds: tuple[float, float] | None) -> None:
-    d = ck.mapping(("data",), raw, ("asimov", "observed"), "{asimov: {mu: value}} or {observed: sample}")
+def _data(
+    ck: Checker,
+    res: Resolved,
+    raw: Any,
+    defaults: dict[str, Any],
+    named_bad: set[str],
+    bounds: tuple[float, float] | None,
+) -> None:
+    d = ck.mapping(
+        ("data",), raw, ("asimov", "observed"), "{asimov: {mu: value}} or {observed: sample}"
+    )
     if d is None:
         return
     if len(d) != 1:
@@ -209,13 +268,19 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
                 else:
                     for i, x in enumerate(v):
                         if bounds is not None and not bounds[0] <= x <= bounds[1]:
-                            ck.add((*kw, i), f"{x:g} is outside poi.bounds [{bounds[0]:g}, {bounds[1]:g}]")
+                            ck.add(
+                                (*kw, i),
+                                f"{x:g} is outside poi.bounds [{bounds[0]:g}, {bounds[1]:g}]",
+                            )
                     out[key] = [float(x) for x in v]
         res.compute[stage] = out
     if res.compute.get("fit", {}).get("enabled") is False:
         for stage in ("impacts", "scan", "toys"):
             if res.compute.get(stage, {}).get("enabled"):
-                ck.add(("compute", stage), f"{stage} need the fit; enable compute.fit or disable {stage}")
+                ck.add(
+                    ("compute", stage),
+                    f"{stage} need the fit; enable compute.fit or disable {stage}",
+                )
 
 
 # --------------------------------------------------------------------------- the file
@@ -226,12 +291,17 @@ def _check_default_split(ck: Checker, defaults: dict[str, Any]) -> None:
     samples that would inherit it do not report it again)."""
     f = defaults.get("eval_fraction")
     if f is not None and not (is_number(f) and 0.0 < f < 1.0):
-        ck.add(("sample_defaults", "eval_fraction"),
-               f"expected a number in (0, 1) (the share of events kept for evaluation), got {kind(f)}")
+        ck.add(
+            ("sample_defaults", "eval_fraction"),
+            f"expected a number in (0, 1) (the share of events kept for evaluation), got {kind(f)}",
+        )
         del defaults["eval_fraction"]
     sb = defaults.get("split_by")
     if sb is not None and not (isinstance(sb, str) and sb.strip()):
-        ck.add(("sample_defaults", "split_by"), f"expected an expression (e.g. an event-number column), got {kind(sb)}")
+        ck.add(
+            ("sample_defaults", "split_by"),
+            f"expected an expression (e.g. an event-number column), got {kind(sb)}",
+        )
         del defaults["split_by"]
 
 
@@ -249,18 +319,28 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
     if "description" in top and ck.string(("description",), top["description"]) is not None:
         res.description = top["description"]
 
-    bounds = _poi(ck, res, top["poi"]) if "poi" in top else (DEFAULT_POI["bounds"][0], DEFAULT_POI["bounds"][1])
+    bounds = (
+        _poi(ck, res, top["poi"])
+        if "poi" in top
+        else (DEFAULT_POI["bounds"][0], DEFAULT_POI["bounds"][1])
+    )
 
     defaults: dict[str, Any] = {}
     if "sample_defaults" in top:
-        sd = ck.mapping(("sample_defaults",), top["sample_defaults"],
-                        tuple(k for k in FILE_KEYS if k not in ("path", "eval_sample")), "defaults for file samples")
+        sd = ck.mapping(
+            ("sample_defaults",),
+            top["sample_defaults"],
+            tuple(k for k in FILE_KEYS if k not in ("path", "eval_sample")),
+            "defaults for file samples",
+        )
         defaults = {k: v for k, v in (sd or {}).items() if k in FILE_KEYS and k != "eval_sample"}
         _check_default_split(ck, defaults)
 
     named_bad: set[str] = set()
     if "samples" in top:
-        samples = ck.mapping(("samples",), top["samples"], None, "named samples {name: sample}") or {}
+        samples = (
+            ck.mapping(("samples",), top["samples"], None, "named samples {name: sample}") or {}
+        )
         for name, value in samples.items():
             ck.name(("samples", name), name, "sample")
             spec = check_sample(ck, ("samples", name), value, defaults)
@@ -269,7 +349,15 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
             else:
                 res.samples[name] = spec
 
-    procs_raw = ck.mapping(("processes",), top.get("processes", {}), None, "processes {name: {sample, coefficient}}") or {}
+    procs_raw = (
+        ck.mapping(
+            ("processes",),
+            top.get("processes", {}),
+            None,
+            "processes {name: {sample, coefficient}}",
+        )
+        or {}
+    )
     if "processes" in top and not procs_raw and isinstance(top["processes"], Mapping):
         ck.add(("processes",), "at least one process is needed")
     for name, body in procs_raw.items():
@@ -285,8 +373,11 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
             if spec is not None:
                 res.processes[name] = spec
         if "coefficient" not in p:
-            ck.add(where, f"missing required key 'coefficient': its factor as a function of {POI}, "
-                          "e.g. 'mu - sqrt(mu)' (S), 'sqrt(mu)' (SBI), '1 - sqrt(mu)' (B)")
+            ck.add(
+                where,
+                f"missing required key 'coefficient': its factor as a function of {POI}, "
+                "e.g. 'mu - sqrt(mu)' (S), 'sqrt(mu)' (SBI), '1 - sqrt(mu)' (B)",
+            )
         else:
             text = _coefficient(ck, (*where, "coefficient"), p["coefficient"], bounds)
             if text is not None:
@@ -297,7 +388,10 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
     if "reference" in top and ck.string(("reference",), top["reference"]) is not None:
         res.reference = top["reference"]
         if procs_raw and res.reference not in procs_raw:
-            ck.add(("reference",), f"{res.reference!r} is not a process; processes: {', '.join(procs_raw)}")
+            ck.add(
+                ("reference",),
+                f"{res.reference!r} is not a process; processes: {', '.join(procs_raw)}",
+            )
     if len(procs_raw) == 1 and res.reference in procs_raw:
         ck.add(("processes",), "one process only: there is nothing to train against the reference")
 
@@ -308,13 +402,20 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
     features = None
     if res.used_samples:
         first = res.processes.get(res.reference) or res.used_samples[0][1]
-        whose = f"the reference process {res.reference!r}" if res.reference in res.processes else "the first sample"
+        whose = (
+            f"the reference process {res.reference!r}"
+            if res.reference in res.processes
+            else "the first sample"
+        )
         features = feature_names(first)
         for path, spec in res.used_samples:
             names = feature_names(spec)
             if names != features:
-                ck.add(path, f"features {list(names)} differ from those of {whose} {list(features)}; "
-                             "every sample needs the same features in the same order")
+                ck.add(
+                    path,
+                    f"features {list(names)} differ from those of {whose} {list(features)}; "
+                    "every sample needs the same features in the same order",
+                )
 
     known_tasks = None  # from what the file declares, so a bad sample does not hide a task name
     if res.reference in procs_raw:
@@ -328,9 +429,13 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
         _data(ck, res, top["data"], defaults, named_bad, bounds)
     if "compute" in top:
         _compute(ck, res, top["compute"], bounds)
-    if "backend" in top and ck.schema(("backend",), top["backend"], campaigns.SCHEMA["properties"]["backend"]):
+    if "backend" in top and ck.schema(
+        ("backend",), top["backend"], campaigns.SCHEMA["properties"]["backend"]
+    ):
         res.backend = dict(top["backend"])
-    if "estimate" in top and ck.schema(("estimate",), top["estimate"], campaigns.SCHEMA["properties"]["estimate"]):
+    if "estimate" in top and ck.schema(
+        ("estimate",), top["estimate"], campaigns.SCHEMA["properties"]["estimate"]
+    ):
         res.estimate = dict(top["estimate"])
     if "report" in top:
         r = ck.mapping(("report",), top["report"], REPORT_KEYS, "report settings") or {}
@@ -349,7 +454,10 @@ def _fit_options(ck: Any, where: tuple, options: dict) -> bool:
     enter the total, how many refits measure them, the simulated-Asimov closure check) and
     ``resolve_shapes`` (drop shape effects below the networks' noise floor). Others pass through."""
     ok = True
-    if "resolve_shapes" in options and ck.boolean((*where, "resolve_shapes"), options["resolve_shapes"]) is None:
+    if (
+        "resolve_shapes" in options
+        and ck.boolean((*where, "resolve_shapes"), options["resolve_shapes"]) is None
+    ):
         ok = False
     if "uncertainty" not in options:
         return ok

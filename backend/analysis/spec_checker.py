@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import jsonschema
 
@@ -19,7 +19,16 @@ from backend import campaigns
 from backend.analysis.spec_yaml import PathKey
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-DEFAULT_POI = {"init": 1.0, "bounds": [0.0, 20.0]}
+
+
+class PoiDefaults(TypedDict):
+    """The parameter of interest of an analysis without a `poi` block."""
+
+    init: float
+    bounds: list[float]
+
+
+DEFAULT_POI: PoiDefaults = {"init": 1.0, "bounds": [0.0, 20.0]}
 
 
 @dataclass
@@ -34,8 +43,12 @@ class Resolved:
     yields: dict[str, float] = field(default_factory=dict)
     reference: str = ""
     poi: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POI))
-    shape_systematics: list[dict[str, Any]] = field(default_factory=list)  # {name, process, up, down}
-    norm_systematics: list[dict[str, Any]] = field(default_factory=list)  # {name, effects: {p: [u, d]}}
+    shape_systematics: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {name, process, up, down}
+    norm_systematics: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {name, effects: {p: [u, d]}}
     training: dict[str, Any] = field(default_factory=dict)
     data: Any = "asimov"
     mu_true: float = 1.0
@@ -58,8 +71,14 @@ def is_number(v: Any) -> bool:
 def kind(v: Any) -> str:
     if v is None:
         return "nothing (null)"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(v), type(v).__name__) + ("" if isinstance(v, (dict, list)) else f" {v!r}")
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(v), type(v).__name__) + ("" if isinstance(v, (dict, list)) else f" {v!r}")
 
 
 class Checker:
@@ -72,8 +91,14 @@ class Checker:
     def add(self, path: PathKey, message: str) -> None:
         self.problems.append((tuple(path), message))
 
-    def mapping(self, path: PathKey, value: Any, allowed: tuple[str, ...] | None, what: str,
-                required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    def mapping(
+        self,
+        path: PathKey,
+        value: Any,
+        allowed: tuple[str, ...] | None,
+        what: str,
+        required: tuple[str, ...] = (),
+    ) -> dict[str, Any] | None:
         """`value` if it is a mapping; unknown keys (when `allowed`) and missing ones reported."""
         if not isinstance(value, Mapping):
             self.add(path, f"expected {what} (a mapping), got {kind(value)}")
@@ -81,7 +106,10 @@ class Checker:
         if allowed is not None:
             for key in value:
                 if key not in allowed:
-                    self.add((*path, str(key)), f"unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+                    self.add(
+                        (*path, str(key)),
+                        f"unknown key {key!r}; allowed keys: {', '.join(allowed)}",
+                    )
         for key in required:
             if key not in value:
                 self.add(path, f"missing required key {key!r}")
@@ -95,7 +123,10 @@ class Checker:
 
     def name(self, path: PathKey, value: Any, what: str) -> bool:
         if not isinstance(value, str) or not NAME_RE.match(value):
-            self.add(path, f"{what} name {value!r} may only use letters, digits and _ . + - (and not start with . + -)")
+            self.add(
+                path,
+                f"{what} name {value!r} may only use letters, digits and _ . + - (and not start with . + -)",
+            )
             return False
         return True
 
@@ -126,8 +157,9 @@ class Checker:
             if err.validator == "additionalProperties" and err.validator_value is False:
                 known = sorted(err.schema.get("properties", {}))
                 for extra in sorted(set(err.instance) - set(known)):
-                    self.add((*where, extra), f"unknown key {extra!r}; allowed keys: {', '.join(known)}")
+                    self.add(
+                        (*where, extra), f"unknown key {extra!r}; allowed keys: {', '.join(known)}"
+                    )
             else:
                 self.add(where, campaigns.schema_error_message(err))
         return ok
-

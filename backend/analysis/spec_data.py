@@ -3,8 +3,9 @@
 Why: a typo in a branch name, a tree that is not in the file, or a feature expression that
 indexes past the end of a jagged array would otherwise only surface when a training job
 starts on a remote machine. Reading the first rows through the same loader the jobs use
-(`sbi_engine.sample_specs.load_sample_spec`) finds them before anything is created. This imports
-the engine (and so JAX); the static checks in `spec_check` do not.
+(`sbi_engine.sample_specs.load_sample_spec`) finds them before anything is created. The loader
+is NumPy only (no JAX); it is imported when the contents are checked, the static checks in
+`spec_check` do not import the engine at all.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The two engine modules the static checks need, loaded without importing JAX.
 
-Why: `import sbi_engine.anything` runs `sbi_engine/__init__.py`, which imports JAX (about two
+Why: `sbi_engine.fit` and `sbi_engine.ratio` import JAX in their package `__init__`s (about two
 seconds, and the dashboard must never import it). The coefficient parser
 (`sbi_engine/fit/expr.py`) and `TrainConfig` (`sbi_engine/ratio/config.py`) only use the
 standard library, so they are loaded here straight from their files: the same code the fit
@@ -17,17 +17,41 @@ from pathlib import Path
 from types import ModuleType
 
 # find_spec of a top-level package locates it without running its __init__.
-_ENGINE = Path(list(importlib.util.find_spec("sbi_engine").submodule_search_locations)[0])  # type: ignore[union-attr]
+_ENGINE_SPEC = importlib.util.find_spec("sbi_engine")
+if _ENGINE_SPEC is None or _ENGINE_SPEC.submodule_search_locations is None:
+    raise ModuleNotFoundError("sbi_engine is not importable as a package")
+_ENGINE = Path(list(_ENGINE_SPEC.submodule_search_locations)[0])
 
 # Feature names of the built-in demo samples (sbi_engine.demo.OBSERVABLES; a test keeps them in step).
 DEMO_FEATURES: tuple[str, ...] = ("m4l", "cos_theta1", "cos_theta2", "phi")
 DEMO_PROCESSES: tuple[str, ...] = ("S", "SBI", "B")
 # Keys of a {"demo": {...}} sample spec (sbi_engine.sample_specs._DEMO_KEYS; a test keeps them in step).
-DEMO_KEYS: tuple[str, ...] = ("process", "n", "seed", "alpha", "n_nuisances", "luminosity", "weighted", "mu", "poisson")
+DEMO_KEYS: tuple[str, ...] = (
+    "process",
+    "n",
+    "seed",
+    "alpha",
+    "n_nuisances",
+    "luminosity",
+    "weighted",
+    "mu",
+    "poisson",
+)
 # Keys of a file sample spec (sbi_engine.sample_specs._FILE_KEYS) and the formats its loader knows.
-FILE_KEYS: tuple[str, ...] = ("path", "format", "tree", "features", "weight", "selection",
-                              "allow_negative_weights", "columns", "entry_stop",
-                              "eval_fraction", "eval_sample", "split_by")
+FILE_KEYS: tuple[str, ...] = (
+    "path",
+    "format",
+    "tree",
+    "features",
+    "weight",
+    "selection",
+    "allow_negative_weights",
+    "columns",
+    "entry_stop",
+    "eval_fraction",
+    "eval_sample",
+    "split_by",
+)
 # The keys that choose a file sample's train / eval split (sbi_engine.sample_specs._SPLIT_KEYS); an
 # eval_sample is a whole file of its own, so it has none of them and is no sample default.
 SPLIT_KEYS: tuple[str, ...] = ("eval_fraction", "eval_sample", "split_by")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from backend.analysis.spec_checker import Checker, Resolved, is_number, kind
-from backend.analysis.spec_engine import DEMO_FEATURES, DEMO_KEYS, DEMO_PROCESSES, FILE_KEYS, FORMATS, SPLIT_KEYS, SUFFIXES
+from backend.analysis.spec_engine import (
+    DEMO_FEATURES,
+    DEMO_KEYS,
+    DEMO_PROCESSES,
+    FILE_KEYS,
+    FORMATS,
+    SPLIT_KEYS,
+    SUFFIXES,
+)
 from backend.analysis.spec_yaml import PathKey
 
 
@@ -30,7 +38,9 @@ def _check_demo(ck: Checker, path: PathKey, demo: Any) -> dict[str, Any] | None:
     where = (*path, "demo")
     if "mu" in d:  # observed-like mixture data at mu
         if "process" in d:
-            ck.add(where, "give either 'process' (a simulated process) or 'mu' (pseudo-data), not both")
+            ck.add(
+                where, "give either 'process' (a simulated process) or 'mu' (pseudo-data), not both"
+            )
         ck.number((*where, "mu"), d["mu"])
         if "n" in d and d["n"] is not None:
             ck.integer((*where, "n"), d["n"], 1)
@@ -39,7 +49,10 @@ def _check_demo(ck: Checker, path: PathKey, demo: Any) -> dict[str, Any] | None:
             if key not in d:
                 ck.add(where, f"missing required key {key!r}")
         if "process" in d and d["process"] not in DEMO_PROCESSES:
-            ck.add((*where, "process"), f"unknown demo process {d['process']!r}; allowed values: {', '.join(DEMO_PROCESSES)}")
+            ck.add(
+                (*where, "process"),
+                f"unknown demo process {d['process']!r}; allowed values: {', '.join(DEMO_PROCESSES)}",
+            )
         if "n" in d:
             ck.integer((*where, "n"), d["n"], 1)
     if "seed" not in d:
@@ -60,30 +73,51 @@ def _check_demo(ck: Checker, path: PathKey, demo: Any) -> dict[str, Any] | None:
     return {"demo": dict(d)}
 
 
-def _check_split(ck: Checker, path: PathKey, spec: dict[str, Any], merged: dict[str, Any],
-                 defaults: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+def _check_split(
+    ck: Checker,
+    path: PathKey,
+    spec: dict[str, Any],
+    merged: dict[str, Any],
+    defaults: dict[str, Any],
+) -> tuple[bool, dict[str, Any] | None]:
     """The split keys of a file sample: (ok, resolved eval_sample or None)."""
     ok = True
     where = lambda key: (*path, key) if key in spec else ("sample_defaults", key)  # noqa: E731
     if "eval_sample" in spec:
-        clash = [k for k in ("eval_fraction", "split_by") if k in spec]
+        clash: list[str] = [k for k in ("eval_fraction", "split_by") if k in spec]
         for key in clash:
-            ck.add((*path, key), f"{key!r} cannot be combined with 'eval_sample' (the eval_sample is the "
-                                 "evaluation part; the whole sample is the training part)")
+            ck.add(
+                (*path, key),
+                f"{key!r} cannot be combined with 'eval_sample' (the eval_sample is the "
+                "evaluation part; the whole sample is the training part)",
+            )
         ok = not clash
     if merged.get("eval_fraction") is not None:
         f = merged["eval_fraction"]
         if not (is_number(f) and 0.0 < f < 1.0):
-            ck.add(where("eval_fraction"), f"expected a number in (0, 1) (the share of events kept for "
-                                           f"evaluation), got {kind(f)}")
+            ck.add(
+                where("eval_fraction"),
+                f"expected a number in (0, 1) (the share of events kept for "
+                f"evaluation), got {kind(f)}",
+            )
             ok = False
-    if merged.get("split_by") is not None and not (isinstance(merged["split_by"], str) and merged["split_by"].strip()):
-        ck.add(where("split_by"), f"expected an expression (e.g. an event-number column), got {kind(merged['split_by'])}")
+    if merged.get("split_by") is not None and not (
+        isinstance(merged["split_by"], str) and merged["split_by"].strip()
+    ):
+        ck.add(
+            where("split_by"),
+            f"expected an expression (e.g. an event-number column), got {kind(merged['split_by'])}",
+        )
         ok = False
     if "eval_sample" not in spec:
         return ok, None
     epath = (*path, "eval_sample")
-    ev = ck.mapping(epath, spec["eval_sample"], None, "a file sample ({path: ..., features: ...}) of evaluation events")
+    ev = ck.mapping(
+        epath,
+        spec["eval_sample"],
+        None,
+        "a file sample ({path: ..., features: ...}) of evaluation events",
+    )
     if ev is None:
         return False, None
     inner = [k for k in SPLIT_KEYS if k in ev]
@@ -91,38 +125,55 @@ def _check_split(ck: Checker, path: PathKey, spec: dict[str, Any], merged: dict[
         ck.add((*epath, key), f"an eval_sample is used whole; {key!r} is not allowed in it")
     if inner or "demo" in ev:
         if "demo" in ev:
-            ck.add(epath, "an eval_sample is a file sample ({path: ..., ...}); demo samples get their evaluation "
-                          "events from a new seed automatically")
+            ck.add(
+                epath,
+                "an eval_sample is a file sample ({path: ..., ...}); demo samples get their evaluation "
+                "events from a new seed automatically",
+            )
         return False, None
     if "path" not in ev:
         ck.add(epath, "missing required key 'path'")
         return False, None
-    resolved = _check_file(ck, epath, ev, {k: v for k, v in defaults.items() if k not in SPLIT_KEYS})
+    resolved = _check_file(
+        ck, epath, ev, {k: v for k, v in defaults.items() if k not in SPLIT_KEYS}
+    )
     if resolved is None:
         return False, None
     main_features = merged.get("features")
-    if isinstance(main_features, (Mapping, list)) and feature_names(resolved) != feature_names({"features": main_features}):
-        ck.add((*epath, "features") if "features" in ev else epath,
-               f"the eval_sample's features {list(feature_names(resolved))} differ from the sample's "
-               f"{list(feature_names({'features': main_features}))}")
+    if isinstance(main_features, (Mapping, list)) and feature_names(resolved) != feature_names(
+        {"features": main_features}
+    ):
+        ck.add(
+            (*epath, "features") if "features" in ev else epath,
+            f"the eval_sample's features {list(feature_names(resolved))} differ from the sample's "
+            f"{list(feature_names({'features': main_features}))}",
+        )
         return False, None
     return ok, resolved
 
 
-def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any] | None:
+def _check_file(
+    ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any] | None:
     if "eval_sample" in spec:  # the sample's own eval_sample replaces a default split
         defaults = {k: v for k, v in defaults.items() if k not in SPLIT_KEYS}
     merged = {**defaults, **spec}
     ok = True
     for key in spec:
         if key not in FILE_KEYS:
-            ck.add((*path, key), f"unknown key {key!r}; allowed keys: {', '.join(FILE_KEYS)} (or 'demo' alone)")
+            ck.add(
+                (*path, key),
+                f"unknown key {key!r}; allowed keys: {', '.join(FILE_KEYS)} (or 'demo' alone)",
+            )
             ok = False
     text = ck.string((*path, "path"), merged.get("path"), "a file path")
     if text is None:
         return None
     if "://" in text and not text.startswith("file://"):
-        ck.add((*path, "path"), f"only local files can be read, got {text!r}; copy remote files to a local path")
+        ck.add(
+            (*path, "path"),
+            f"only local files can be read, got {text!r}; copy remote files to a local path",
+        )
         return None
     resolved = _resolve_path(text, ck.base_dir)
     if not resolved.exists():
@@ -132,18 +183,28 @@ def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict
         ck.add((*path, "path"), f"is a directory, not a file: {resolved}")
         ok = False
     fmt = merged.get("format")
-    where_fmt = (*path, "format") if "format" in spec else (path if fmt is None else ("sample_defaults", "format"))
+    where_fmt = (
+        (*path, "format")
+        if "format" in spec
+        else (path if fmt is None else ("sample_defaults", "format"))
+    )
     if fmt is not None and (not isinstance(fmt, str) or fmt.lower() not in FORMATS):
         ck.add(where_fmt, f"unknown format {fmt!r}; allowed values: {', '.join(FORMATS)}")
         ok = False
     if fmt is None and resolved.suffix.lower() not in SUFFIXES:
-        ck.add((*path, "path"), f"cannot tell the format from the suffix {resolved.suffix!r}; "
-                                f"give format: (one of {', '.join(FORMATS)})")
+        ck.add(
+            (*path, "path"),
+            f"cannot tell the format from the suffix {resolved.suffix!r}; "
+            f"give format: (one of {', '.join(FORMATS)})",
+        )
         ok = False
     feats = merged.get("features")
     fpath = (*path, "features") if "features" in spec else ("sample_defaults", "features")
     if feats is None:
-        ck.add(path, "missing required key 'features' (here or in sample_defaults): {name: expression} or a list of columns")
+        ck.add(
+            path,
+            "missing required key 'features' (here or in sample_defaults): {name: expression} or a list of columns",
+        )
         ok = False
     elif isinstance(feats, Mapping):
         if not feats:
@@ -161,13 +222,23 @@ def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict
         ck.add(fpath, f"expected {{name: expression}} or a list of column names, got {kind(feats)}")
         ok = False
     for key in ("tree", "weight", "selection"):
-        if merged.get(key) is not None and not (isinstance(merged[key], str) and merged[key].strip()):
-            ck.add((*path, key) if key in spec else ("sample_defaults", key), f"expected a string, got {kind(merged[key])}")
+        if merged.get(key) is not None and not (
+            isinstance(merged[key], str) and merged[key].strip()
+        ):
+            ck.add(
+                (*path, key) if key in spec else ("sample_defaults", key),
+                f"expected a string, got {kind(merged[key])}",
+            )
             ok = False
-    if "allow_negative_weights" in merged and not isinstance(merged["allow_negative_weights"], bool):
+    if "allow_negative_weights" in merged and not isinstance(
+        merged["allow_negative_weights"], bool
+    ):
         ck.add((*path, "allow_negative_weights"), "expected true or false")
         ok = False
-    if merged.get("entry_stop") is not None and ck.integer((*path, "entry_stop"), merged["entry_stop"], 1) is None:
+    if (
+        merged.get("entry_stop") is not None
+        and ck.integer((*path, "entry_stop"), merged["entry_stop"], 1) is None
+    ):
         ok = False
     split_ok, eval_sample = _check_split(ck, path, spec, merged, defaults)
     if not (ok and split_ok):
@@ -181,7 +252,9 @@ def _check_file(ck: Checker, path: PathKey, spec: dict[str, Any], defaults: dict
     return out
 
 
-def check_sample(ck: Checker, path: PathKey, value: Any, defaults: dict[str, Any]) -> dict[str, Any] | None:
+def check_sample(
+    ck: Checker, path: PathKey, value: Any, defaults: dict[str, Any]
+) -> dict[str, Any] | None:
     """An inline sample spec ({demo: ...} or a file), resolved; None (problems added) if bad."""
     spec = ck.mapping(path, value, None, "a sample ({demo: {...}} or {path: ..., features: ...})")
     if spec is None:
@@ -193,14 +266,24 @@ def check_sample(ck: Checker, path: PathKey, value: Any, defaults: dict[str, Any
             return None
         return _check_demo(ck, path, spec["demo"])
     if "path" not in spec and "path" not in defaults:
-        ck.add(path, f"a sample needs the key 'demo' or 'path'; got keys: {', '.join(sorted(spec)) or 'none'}")
+        ck.add(
+            path,
+            f"a sample needs the key 'demo' or 'path'; got keys: {', '.join(sorted(spec)) or 'none'}",
+        )
         return None
     return _check_file(ck, path, spec, defaults)
 
 
-def sample_ref(ck: Checker, res: Resolved, path: PathKey, value: Any, defaults: dict[str, Any],
-                named_bad: set[str]) -> dict[str, Any] | None:
+def sample_ref(
+    ck: Checker,
+    res: Resolved,
+    path: PathKey,
+    value: Any,
+    defaults: dict[str, Any],
+    named_bad: set[str],
+) -> dict[str, Any] | None:
     """A sample given by name (a key of `samples`) or inline; recorded for the content checks."""
+    spec: dict[str, Any] | None
     if isinstance(value, str):
         if value in res.samples:
             spec, path = res.samples[value], ("samples", value)  # problems go to its definition
@@ -222,4 +305,3 @@ def feature_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
         return DEMO_FEATURES
     feats = spec["features"]
     return tuple(feats) if isinstance(feats, Mapping) else tuple(str(f) for f in feats)
-

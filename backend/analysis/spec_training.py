@@ -32,8 +32,14 @@ def _train_value(ck: Checker, path: PathKey, key: str, value: Any) -> bool:
         "tuple[str, ...]": isinstance(value, list) and all(isinstance(v, str) for v in value),
     }.get(str(ann), True)
     if not types_ok:
-        want = {"tuple[str, ...]": "a list of strings", "int | None": "an integer or null", "int": "an integer",
-                "float": "a number", "str": "a string", "bool": "true or false"}.get(str(ann), str(ann))
+        want = {
+            "tuple[str, ...]": "a list of strings",
+            "int | None": "an integer or null",
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "true or false",
+        }.get(str(ann), str(ann))
         ck.add(path, f"expected {want}, got {kind(value)}")
         return False
     defaults = {"max_steps": 10**9} if key == "warmup_steps" else {}
@@ -58,8 +64,15 @@ def _train_block(ck: Checker, path: PathKey, raw: Any, what: str) -> dict[str, A
         elif key in TRAIN_PARAM_KEYS:
             ok &= _train_value(ck, (*path, key), key, value)
         else:
-            hint = " ('members' is ensemble_size, the seed is training.seed)" if key in ("members", "seed") else ""
-            ck.add((*path, key), f"unknown training key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
+            hint = (
+                " ('members' is ensemble_size, the seed is training.seed)"
+                if key in ("members", "seed")
+                else ""
+            )
+            ck.add(
+                (*path, key),
+                f"unknown training key {key!r}{hint}; allowed keys: {', '.join(allowed)}",
+            )
             ok = False
     return block if ok else None
 
@@ -72,45 +85,76 @@ def _combined_train(ck: Checker, path: PathKey, params: Mapping[str, Any]) -> No
         ck.add(path, str(exc).removeprefix("TrainConfig: "))
 
 
-def check_training(ck: Checker, res: Resolved, raw: Any, task_names: list[str] | None, features: tuple[str, ...] | None) -> None:
+def check_training(
+    ck: Checker,
+    res: Resolved,
+    raw: Any,
+    task_names: list[str] | None,
+    features: tuple[str, ...] | None,
+) -> None:
     t = ck.mapping(("training",), raw, TRAINING_KEYS, "training settings")
     if t is None:
         return
     out: dict[str, Any] = {"defaults": {}, "seed": 0, "grid": {}, "tasks": {}, "resources": {}}
     if "defaults" in t:
-        out["defaults"] = _train_block(ck, ("training", "defaults"), t["defaults"], "default training settings") or {}
+        out["defaults"] = (
+            _train_block(ck, ("training", "defaults"), t["defaults"], "default training settings")
+            or {}
+        )
         _combined_train(ck, ("training", "defaults"), out["defaults"])
     if "seed" in t and ck.integer(("training", "seed"), t["seed"], 0) is not None:
         out["seed"] = t["seed"]
     if "grid" in t:
-        grid = ck.mapping(("training", "grid"), t["grid"], None, "a hyper-parameter grid {setting: [values]}") or {}
+        grid = (
+            ck.mapping(
+                ("training", "grid"), t["grid"], None, "a hyper-parameter grid {setting: [values]}"
+            )
+            or {}
+        )
         for key, values in grid.items():
-            where = ("training", "grid", key)
+            where: PathKey = ("training", "grid", key)
             if key not in TRAIN_PARAM_KEYS:
-                ck.add(where, f"unknown training key {key!r}; allowed keys: {', '.join(TRAIN_PARAM_KEYS)}")
+                ck.add(
+                    where,
+                    f"unknown training key {key!r}; allowed keys: {', '.join(TRAIN_PARAM_KEYS)}",
+                )
             elif not isinstance(values, list) or not values:
                 ck.add(where, f"expected a non-empty list of values, got {kind(values)}")
             elif all(_train_value(ck, (*where, i), key, v) for i, v in enumerate(values)):
                 out["grid"][key] = values
     if "tasks" in t:
-        tasks = ck.mapping(("training", "tasks"), t["tasks"], None, "per-task settings {task: {setting: value}}") or {}
+        tasks = (
+            ck.mapping(
+                ("training", "tasks"),
+                t["tasks"],
+                None,
+                "per-task settings {task: {setting: value}}",
+            )
+            or {}
+        )
         for name, block in tasks.items():
             where = ("training", "tasks", name)
             if task_names is not None and name not in task_names:
-                ck.add(where, f"unknown ratio task {name!r}; the tasks are: {', '.join(task_names)}")
+                ck.add(
+                    where, f"unknown ratio task {name!r}; the tasks are: {', '.join(task_names)}"
+                )
                 continue
             b = _train_block(ck, where, block, f"settings for task {name!r}")
             if b is not None:
                 _combined_train(ck, where, {**out["defaults"], **b})
                 out["tasks"][name] = b
-    if "resources" in t and ck.schema(("training", "resources"), t["resources"], campaigns.RESOURCES_SCHEMA):
+    if "resources" in t and ck.schema(
+        ("training", "resources"), t["resources"], campaigns.RESOURCES_SCHEMA
+    ):
         out["resources"] = t["resources"]
     if features is not None:
-        blocks = [(("training", "defaults"), out["defaults"])]
+        blocks: list[tuple[PathKey, dict[str, Any]]] = [(("training", "defaults"), out["defaults"])]
         blocks += [(("training", "tasks", n), b) for n, b in out["tasks"].items()]
         for where, block in blocks:
             for i, f in enumerate(block.get("periodic_features") or []):
                 if f not in features:
-                    ck.add((*where, "periodic_features", i), f"{f!r} is not a feature; features: {', '.join(features)}")
+                    ck.add(
+                        (*where, "periodic_features", i),
+                        f"{f!r} is not a feature; features: {', '.join(features)}",
+                    )
     res.training = out
-

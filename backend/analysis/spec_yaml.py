@@ -66,7 +66,9 @@ class LineMap:
             return
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+                key = (
+                    str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+                )
                 here = (*path, key)
                 line = key_node.start_mark.line + 1
                 if here in self.lines and here != ():
@@ -99,22 +101,37 @@ def read_yaml(path: Path) -> ParsedFile:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        return ParsedFile(path, b"", None, lines, (Problem(1, "(file)", f"cannot read the file: {exc.strerror or exc}", file),))
+        return ParsedFile(
+            path,
+            b"",
+            None,
+            lines,
+            (Problem(1, "(file)", f"cannot read the file: {exc.strerror or exc}", file),),
+        )
     try:
         text = raw.decode("utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
-        return ParsedFile(path, raw, None, lines, (Problem(1, "(file)", f"not UTF-8 text: {exc}", file),))
+        return ParsedFile(
+            path, raw, None, lines, (Problem(1, "(file)", f"not UTF-8 text: {exc}", file),)
+        )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         what = getattr(exc, "problem", None) or str(exc)
-        return ParsedFile(path, raw, None, lines, (Problem(line, "(file)", f"not valid YAML: {what}", file),))
+        return ParsedFile(
+            path, raw, None, lines, (Problem(line, "(file)", f"not valid YAML: {what}", file),)
+        )
     if node is not None:
         lines.walk(node)
     problems = tuple(
-        Problem(line, dotted(p), f"duplicate key (first given on line {first}); each key may appear once", file)
+        Problem(
+            line,
+            dotted(p),
+            f"duplicate key (first given on line {first}); each key may appear once",
+            file,
+        )
         for p, line, first in lines.duplicates
     )
     return ParsedFile(path, raw, data, lines, problems)

@@ -21,7 +21,9 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None) -> None:
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None
+) -> None:
     """Left-aligned columns with a header; '(none)' for no rows."""
     out = out or sys.stdout
     if not rows:
@@ -34,9 +36,17 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: 
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None) -> None:
+def write_csv(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None
+) -> None:
     w = csv.writer(out or sys.stdout, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow(["" if r.get(c) is None else (r[c].isoformat() if isinstance(r.get(c), datetime) else r[c])
-                    for c in columns])
+        w.writerow(
+            [
+                ""
+                if r.get(c) is None
+                else (r[c].isoformat() if isinstance(r.get(c), datetime) else r[c])
+                for c in columns
+            ]
+        )

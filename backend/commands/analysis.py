@@ -21,15 +21,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="analysis_command", metavar="ACTION")
     p = sub.add_parser("validate", help="check an analysis file; print every problem with its line")
     p.add_argument("file", help="analysis file (.yaml)")
-    p.add_argument("--no-data", action="store_true", help="do not read the samples (check the file only)")
+    p.add_argument(
+        "--no-data", action="store_true", help="do not read the samples (check the file only)"
+    )
     p = sub.add_parser("run", help="run an analysis end to end and write its report")
     p.add_argument("file", help="analysis file (.yaml)")
-    p.add_argument("--backend", choices=("local", "gce"), default=None,
-                   help="where jobs run (default: the file's backend.launcher, else local)")
-    p.add_argument("--report-dir", default=None, help="report folder (default: the file's report.dir)")
-    p.add_argument("--no-reuse", action="store_true", help="run every job even if an earlier run did it")
-    p.add_argument("--no-wait", action="store_true",
-                   help="create and launch the campaign, then return (a running controller carries it)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "gce"),
+        default=None,
+        help="where jobs run (default: the file's backend.launcher, else local)",
+    )
+    p.add_argument(
+        "--report-dir", default=None, help="report folder (default: the file's report.dir)"
+    )
+    p.add_argument(
+        "--no-reuse", action="store_true", help="run every job even if an earlier run did it"
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="create and launch the campaign, then return (a running controller carries it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,7 +69,11 @@ def _preview(analysis) -> str:
         return f"(no job preview: {exc})"
     parts = [f"{kind} {n}" for kind, n in plan["kinds"].items()]
     reuse = plan.get("reused")
-    tail = f"; {len(reuse)} of {plan['n_jobs']} already done by earlier runs" if reuse is not None else ""
+    tail = (
+        f"; {len(reuse)} of {plan['n_jobs']} already done by earlier runs"
+        if reuse is not None
+        else ""
+    )
     return f"{plan['n_jobs']} jobs ({', '.join(parts)}){tail}"
 
 
@@ -72,31 +89,46 @@ def run(args: argparse.Namespace) -> int:
         if problems:
             return _report_problems(args.file, problems)
         analysis = load_analysis(args.file, check_data=False)
-        print(f"{args.file}: valid analysis {analysis.name!r} (sha256 {analysis.file_hash[:12]}); "
-              f"would run {_preview(analysis)}")
+        print(
+            f"{args.file}: valid analysis {analysis.name!r} (sha256 {analysis.file_hash[:12]}); "
+            f"would run {_preview(analysis)}"
+        )
         return 0
     from backend.analysis.cache import CacheKeyError
     from backend.analysis.run import run_analysis
     from backend.campaigns import CampaignConfigError
 
     try:
-        summary = run_analysis(args.file, backend=args.backend, report_dir=args.report_dir,
-                               progress=not args.quiet, reuse=not args.no_reuse, wait=not args.no_wait)
+        summary = run_analysis(
+            args.file,
+            backend=args.backend,
+            report_dir=args.report_dir,
+            progress=not args.quiet,
+            reuse=not args.no_reuse,
+            wait=not args.no_wait,
+        )
     except AnalysisError as exc:
         return _report_problems(args.file, [str(p) for p in exc.problems])
     except (CacheKeyError, CampaignConfigError) as exc:  # a sample vanished after validation, ...
         return _report_problems(args.file, [f"{args.file}: {exc}"])
     except KeyboardInterrupt:
-        print("\nnsbi analysis: interrupted; the campaign stays active and any controller (nsbi controller, "
-              "nsbi up) carries it on", file=sys.stderr)
+        print(
+            "\nnsbi analysis: interrupted; the campaign stays active and any controller (nsbi controller, "
+            "nsbi up) carries it on",
+            file=sys.stderr,
+        )
         return 130
     if args.no_wait:
-        print(f"campaign {summary.campaign_id} created and launched ({summary.status}); "
-              f"{len(summary.reused)} jobs reused")
+        print(
+            f"campaign {summary.campaign_id} created and launched ({summary.status}); "
+            f"{len(summary.reused)} jobs reused"
+        )
         return 0
     mu = "n/a" if summary.mu_hat is None else f"{summary.mu_hat:.4f} +- {summary.sigma:.4f}"
-    print(f"campaign {summary.campaign_id}: {summary.status} in {summary.seconds:.1f} s; "
-          f"{len(summary.ran)} jobs ran, {len(summary.reused)} reused")
+    print(
+        f"campaign {summary.campaign_id}: {summary.status} in {summary.seconds:.1f} s; "
+        f"{len(summary.ran)} jobs ran, {len(summary.reused)} reused"
+    )
     print(f"mu-hat = {mu}")
     if summary.report is not None:
         print(f"report: {summary.report.summary}")

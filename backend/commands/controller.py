@@ -16,14 +16,25 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between reconcile passes (default 2)")
+    parser.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between reconcile passes (default 2)"
+    )
     parser.add_argument("--once", action="store_true", help="run a single pass and exit")
-    parser.add_argument("--until-idle", action="store_true",
-                        help="exit once no campaign is active or cancelling")
-    parser.add_argument("--heartbeat-timeout", type=float, default=180.0,
-                        help="seconds without a new heartbeat before an attempt is failed (default 180)")
-    parser.add_argument("--startup-timeout", type=float, default=900.0,
-                        help="seconds from launch to the first heartbeat (default 900)")
+    parser.add_argument(
+        "--until-idle", action="store_true", help="exit once no campaign is active or cancelling"
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=180.0,
+        help="seconds without a new heartbeat before an attempt is failed (default 180)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=900.0,
+        help="seconds from launch to the first heartbeat (default 900)",
+    )
     parser.add_argument("--max-ticks", type=int, default=None, help="stop after this many passes")
     parser.add_argument("--quiet", action="store_true", help="only log warnings and errors")
 
@@ -35,33 +46,51 @@ def run(args: argparse.Namespace) -> int:
     from backend.settings import get_settings
     from backend.stores import StoreError, open_store
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     settings = get_settings()
     default_store = (settings.home / "store").as_uri()
     try:
         # the store is checked before the database is touched: a bad path changes nothing
-        store = open_store(settings.store_uri, create=settings.store_uri.rstrip("/") in (default_store, f"file://{settings.home / 'store'}"))
+        store = open_store(
+            settings.store_uri,
+            create=settings.store_uri.rstrip("/")
+            in (default_store, f"file://{settings.home / 'store'}"),
+        )
     except StoreError as exc:
-        print(f"nsbi controller: {exc}; create it or point NSBI_STORE at an existing store. "
-              "Nothing was changed in the database.", file=sys.stderr)
+        print(
+            f"nsbi controller: {exc}; create it or point NSBI_STORE at an existing store. "
+            "Nothing was changed in the database.",
+            file=sys.stderr,
+        )
         return 2
     lock = _single_instance_lock(settings.home / "controller.lock")
     if lock is None:
-        print(f"nsbi controller: another controller holds {settings.home / 'controller.lock'}; "
-              "only one may run per NSBI_HOME", file=sys.stderr)
+        print(
+            f"nsbi controller: another controller holds {settings.home / 'controller.lock'}; "
+            "only one may run per NSBI_HOME",
+            file=sys.stderr,
+        )
         return 1
     engine = init_db(get_engine(settings.database_url))
-    config = ControllerConfig(tick_interval_s=args.interval, heartbeat_timeout_s=args.heartbeat_timeout,
-                              startup_timeout_s=args.startup_timeout)
+    config = ControllerConfig(
+        tick_interval_s=args.interval,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        startup_timeout_s=args.startup_timeout,
+    )
     controller = Controller(engine, store, lambda name: get_launcher(name, settings), config)
     try:
         if args.once:
             report = controller.tick()
             print(report)
             return 1 if report.errors else 0
-        controller.run_forever(max_ticks=args.max_ticks, until_idle=args.until_idle,
-                               status_path=settings.home / "controller.json")
+        controller.run_forever(
+            max_ticks=args.max_ticks,
+            until_idle=args.until_idle,
+            status_path=settings.home / "controller.json",
+        )
     except StoreError as exc:
         print(f"nsbi controller: {exc}", file=sys.stderr)
         return 2

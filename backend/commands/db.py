@@ -7,7 +7,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="database URL (default: DATABASE_URL or SQLite under NSBI_HOME)")
+    parser.add_argument(
+        "--database-url", help="database URL (default: DATABASE_URL or SQLite under NSBI_HOME)"
+    )
     sub = parser.add_subparsers(dest="db_command", metavar="ACTION")
     sub.add_parser("upgrade", help="create or migrate the database to the newest schema")
     sub.add_parser("current", help="print the schema revision of the database")

@@ -7,6 +7,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["add_arguments", "run"]
 
@@ -14,25 +18,65 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workspace", help="workspace JSON file (see docs/workspace.md)")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON to FILE")
-    parser.add_argument("--backend", choices=("newton", "minuit"), default="newton",
-                        help="minimiser: JAX Newton on the exact Hessian (default) or iminuit MIGRAD+HESSE")
-    parser.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
-                        help="hold a parameter fixed (repeatable)")
-    parser.add_argument("--impacts", choices=("none", "covariance", "refit", "both"), default="covariance",
-                        help="impacts on the POIs (refit: one refit per NP and direction)")
-    parser.add_argument("--impact-nps", default=None, metavar="A,B,...",
-                        help="only these nuisances for refit impacts (to fan the work out)")
-    parser.add_argument("--scan", action="store_true", help="profile-likelihood scan of each POI (68%%/95%% intervals)")
+    parser.add_argument(
+        "--backend",
+        choices=("newton", "minuit"),
+        default="newton",
+        help="minimiser: JAX Newton on the exact Hessian (default) or iminuit MIGRAD+HESSE",
+    )
+    parser.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hold a parameter fixed (repeatable)",
+    )
+    parser.add_argument(
+        "--impacts",
+        choices=("none", "covariance", "refit", "both"),
+        default="covariance",
+        help="impacts on the POIs (refit: one refit per NP and direction)",
+    )
+    parser.add_argument(
+        "--impact-nps",
+        default=None,
+        metavar="A,B,...",
+        help="only these nuisances for refit impacts (to fan the work out)",
+    )
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="profile-likelihood scan of each POI (68%%/95%% intervals)",
+    )
     parser.add_argument("--scan-points", type=int, default=21)
-    parser.add_argument("--asimov", action="store_true", help="also fit Asimov data at the initial values (expected)")
-    parser.add_argument("--toys", type=int, default=0, metavar="N", help="toy study with N toys at the reference point")
+    parser.add_argument(
+        "--asimov",
+        action="store_true",
+        help="also fit Asimov data at the initial values (expected)",
+    )
+    parser.add_argument(
+        "--toys",
+        type=int,
+        default=0,
+        metavar="N",
+        help="toy study with N toys at the reference point",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="events per chunk (default 16384 in memory, 8192 streamed)")
-    parser.add_argument("--mmap", action="store_true", help="memory-map .npy arrays instead of reading them")
-    parser.add_argument("--stream", action="store_true",
-                        help="stream the events from disk chunk by chunk (memory O(chunk), for workspaces "
-                             "larger than RAM): fit, covariance and refit impacts, scans; not --asimov/--toys")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="events per chunk (default 16384 in memory, 8192 streamed)",
+    )
+    parser.add_argument(
+        "--mmap", action="store_true", help="memory-map .npy arrays instead of reading them"
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream the events from disk chunk by chunk (memory O(chunk), for workspaces "
+        "larger than RAM): fit, covariance and refit impacts, scans; not --asimov/--toys",
+    )
 
 
 def _parse_fix(items: list[str]) -> dict[str, float]:
@@ -52,17 +96,24 @@ class _PassBar:
         from tqdm import tqdm  # noqa: PLC0415
 
         self._tqdm = tqdm
-        self.bar = None
+        self.bar: tqdm | None = None
         self.passes = 0
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None or self.bar.n >= self.bar.total:
-            if self.bar is not None:
-                self.bar.close()
+        bar = self.bar
+        if bar is None or bar.n >= bar.total:
+            if bar is not None:
+                bar.close()
             self.passes += 1
-            self.bar = self._tqdm(total=total, desc=f"event pass {self.passes}", unit="ev", unit_scale=True,
-                            leave=False, file=sys.stderr)
-        self.bar.update(done - self.bar.n)
+            bar = self.bar = self._tqdm(
+                total=total,
+                desc=f"event pass {self.passes}",
+                unit="ev",
+                unit_scale=True,
+                leave=False,
+                file=sys.stderr,
+            )
+        bar.update(done - bar.n)
 
 
 def _model(ws, args: argparse.Namespace):
@@ -85,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     from sbi_engine.fit.toys import expected_fit, toy_study  # noqa: PLC0415
 
     if args.stream and (args.asimov or args.toys):
-        print("nsbi fit: --asimov and --toys reweight or resample the events, which needs them in memory; "
-              "drop --stream for those", file=sys.stderr)
+        print(
+            "nsbi fit: --asimov and --toys reweight or resample the events, which needs them in memory; "
+            "drop --stream for those",
+            file=sys.stderr,
+        )
         return 2
     try:
         ws = Workspace.load(args.workspace, mmap=args.mmap or args.stream)
@@ -144,11 +198,15 @@ def run(args: argparse.Namespace) -> int:
             out["toys"] = toy_study(model, args.toys, args.seed)
             bar.update()
     out["compile_s"] = model.clock.seconds
-    print(format_summary(res, model.poi_names, out["pulls"], ranking(imps), out["breakdown"], scans))
+    print(
+        format_summary(res, model.poi_names, out["pulls"], ranking(imps), out["breakdown"], scans)
+    )
     if args.toys:
         t = out["toys"]
-        print(f"\nToys ({t['n_converged']}/{t['n_toys']} converged): pull mean {t['pull_mean']:+.3f}, "
-              f"width {t['pull_width']:.3f}, 68% profile coverage {t['coverage_profile_68']:.3f}")
+        print(
+            f"\nToys ({t['n_converged']}/{t['n_toys']} converged): pull mean {t['pull_mean']:+.3f}, "
+            f"width {t['pull_width']:.3f}, 68% profile coverage {t['coverage_profile_68']:.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(to_jsonable(out), indent=2, sort_keys=True) + "\n")
     return 0 if res.converged else 1

@@ -15,34 +15,59 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="problems_command", metavar="ACTION")
     p = sub.add_parser("list", help="the benchmark problems with a one-line description")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p = sub.add_parser("generate", help="write samples, pseudo-data, analysis.yaml and truth.json for a problem")
+    p = sub.add_parser(
+        "generate", help="write samples, pseudo-data, analysis.yaml and truth.json for a problem"
+    )
     p.add_argument("name", help="problem name (see `nsbi problems list`)")
     p.add_argument("dir", type=Path, help="output folder (created)")
     p.add_argument("--mu-true", type=float, default=1.0, help="mu of the pseudo-data (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every sample and of the pseudo-data (default 0)")
-    p.add_argument("--events-scale", type=float, default=1.0,
-                   help="multiplies the events per simulated sample (default 1: 100k-150k per sample)")
-    p.add_argument("--asimov", action="store_true",
-                   help="the analysis fits Asimov data at mu_true instead of the pseudo-data file")
-    p.add_argument("--no-truth", action="store_true", help="skip the reference fits (truth.json without fits)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every sample and of the pseudo-data (default 0)",
+    )
+    p.add_argument(
+        "--events-scale",
+        type=float,
+        default=1.0,
+        help="multiplies the events per simulated sample (default 1: 100k-150k per sample)",
+    )
+    p.add_argument(
+        "--asimov",
+        action="store_true",
+        help="the analysis fits Asimov data at mu_true instead of the pseudo-data file",
+    )
+    p.add_argument(
+        "--no-truth", action="store_true", help="skip the reference fits (truth.json without fits)"
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
     from sbi_engine.problems import get_problem, list_problems
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_problems():
         p = get_problem(name)
-        rows.append({"name": name, "description": p.description, "processes": list(p.processes),
-                     "reference": p.reference, "features": list(p.feature_names),
-                     "nuisances": list(p.nuisances), "norm_only": list(p.norm_only),
-                     "expected_events_mu1": round(p.expected_events(1.0), 3)})
+        rows.append(
+            {
+                "name": name,
+                "description": p.description,
+                "processes": list(p.processes),
+                "reference": p.reference,
+                "features": list(p.feature_names),
+                "nuisances": list(p.nuisances),
+                "norm_only": list(p.norm_only),
+                "expected_events_mu1": round(p.expected_events(1.0), 3),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -65,7 +90,9 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"nsbi problems generate: {exc}", file=sys.stderr)
         return 2
     if not (args.mu_true >= 0 and args.events_scale > 0):
-        print("nsbi problems generate: --mu-true must be >= 0 and --events-scale > 0", file=sys.stderr)
+        print(
+            "nsbi problems generate: --mu-true must be >= 0 and --events-scale > 0", file=sys.stderr
+        )
         return 2
     t0 = time.perf_counter()
     out: Path = args.dir
@@ -73,20 +100,30 @@ def _generate(args: argparse.Namespace) -> int:
     files = problem.write_samples(out, seed=args.seed, events_scale=args.events_scale)
     data_seed = 1000 * args.seed + 999  # the samples use 1000 * seed + 1, 2, ...
     data_path = problem.write_pseudo_data(out / "data.parquet", args.mu_true, seed=data_seed)
-    config = problem.analysis_config(out, mu_true=args.mu_true, observed=None if args.asimov else "data.parquet",
-                                     relative_to=out)
-    header = (f"# Benchmark problem {problem.name} (exact likelihood), written by `nsbi problems generate`.\n"
-              f"# mu_true = {args.mu_true:g}, seed = {args.seed}, events scale = {args.events_scale:g};"
-              " the exact-ratio reference fit is in truth.json.\n")
+    config = problem.analysis_config(
+        out, mu_true=args.mu_true, observed=None if args.asimov else "data.parquet", relative_to=out
+    )
+    header = (
+        f"# Benchmark problem {problem.name} (exact likelihood), written by `nsbi problems generate`.\n"
+        f"# mu_true = {args.mu_true:g}, seed = {args.seed}, events scale = {args.events_scale:g};"
+        " the exact-ratio reference fit is in truth.json.\n"
+    )
     (out / "analysis.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
 
     names = problem.feature_names
     norm = read_parquet(files[problem.reference], names)
     if args.asimov:
-        parts = [(read_parquet(files[c], names), problem.coefficient(c, args.mu_true)) for c in problem.processes]
+        parts = [
+            (read_parquet(files[c], names), problem.coefficient(c, args.mu_true))
+            for c in problem.processes
+        ]
         parts = [(s, m) for s, m in parts if m != 0.0]
-        data = Sample(np.concatenate([s.features for s, _ in parts]), np.concatenate([s.weights * m for s, m in parts]),
-                      names, f"Asimov at mu={args.mu_true:g} from the samples")
+        data = Sample(
+            np.concatenate([s.features for s, _ in parts]),
+            np.concatenate([s.weights * m for s, m in parts]),
+            names,
+            f"Asimov at mu={args.mu_true:g} from the samples",
+        )
     else:
         data = read_parquet(data_path, names, weight=False)
     truth = {
@@ -112,15 +149,22 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.no_truth:
         truth["reference_fit"] = exact_reference_fit(problem, data, norm)
     (out / "truth.json").write_text(json.dumps(truth, indent=2, default=float) + "\n")
-    what = f"Asimov data at mu={args.mu_true:g} ({len(data)} weighted events)" if args.asimov else \
-        f"{data_path.name} ({len(data)} events)"
-    print(f"{problem.name}: wrote {len(files)} samples, {what}, analysis.yaml, "
-          f"truth.json to {out} in {time.perf_counter() - t0:.1f} s")
+    what = (
+        f"Asimov data at mu={args.mu_true:g} ({len(data)} weighted events)"
+        if args.asimov
+        else f"{data_path.name} ({len(data)} events)"
+    )
+    print(
+        f"{problem.name}: wrote {len(files)} samples, {what}, analysis.yaml, "
+        f"truth.json to {out} in {time.perf_counter() - t0:.1f} s"
+    )
     if "reference_fit" in truth:
         fit = truth["reference_fit"]
         ref = fit["numpy_minuit"]
-        print(f"exact-ratio fit: mu-hat = {fit['mu_hat']:.4f} +- {fit['sigma']:.4f} (project), "
-              f"{ref['mu_hat']:.4f} +- {ref['sigma']:.4f} (NumPy + iminuit)")
+        print(
+            f"exact-ratio fit: mu-hat = {fit['mu_hat']:.4f} +- {fit['sigma']:.4f} (project), "
+            f"{ref['mu_hat']:.4f} +- {ref['sigma']:.4f} (NumPy + iminuit)"
+        )
     print(f"next: nsbi analysis validate {out / 'analysis.yaml'}")
     return 0
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,17 +28,33 @@ def _app_path() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1; any other address requires a login)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="dashboard bind address (default 127.0.0.1; any other address requires a login)",
+    )
     parser.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     parser.add_argument("--no-controller", action="store_true", help="start only the dashboard")
-    parser.add_argument("--tick", type=float, default=2.0, help="controller reconcile interval in seconds")
+    parser.add_argument(
+        "--tick", type=float, default=2.0, help="controller reconcile interval in seconds"
+    )
 
 
 def _dashboard_command(host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "streamlit", "run", str(_app_path()),
-        "--server.address", host, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(_app_path()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
     ]
 
 
@@ -65,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     (settings.home / "store").mkdir(parents=True, exist_ok=True)
     init_db(get_engine(settings.database_url)).dispose()
-    env = dict(os.environ, NSBI_HOME=str(settings.home), DATABASE_URL=settings.database_url,
-               NSBI_STORE=settings.store_uri)
+    env = dict(
+        os.environ,
+        NSBI_HOME=str(settings.home),
+        DATABASE_URL=settings.database_url,
+        NSBI_STORE=settings.store_uri,
+    )
     print(f"nsbi up: database {settings.database_url}", flush=True)
     print(f"nsbi up: artifact store {settings.store_uri}", flush=True)
 
@@ -74,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_controller:
         procs.append(subprocess.Popen(_controller_command(args.tick), env=env))
     app = _app_path()
-    procs.append(subprocess.Popen(_dashboard_command(args.host, args.port), env=env, cwd=app.parent))
-    print(f"nsbi up: dashboard at http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
+    procs.append(
+        subprocess.Popen(_dashboard_command(args.host, args.port), env=env, cwd=app.parent)
+    )
+    print(
+        f"nsbi up: dashboard at http://{args.host}:{args.port}  (Ctrl-C stops everything)",
+        flush=True,
+    )
 
     def _on_term(signum, frame):  # SIGTERM behaves like Ctrl-C
         raise KeyboardInterrupt
@@ -86,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
             for proc in procs:
                 code = proc.poll()
                 if code is not None:
-                    print(f"nsbi up: {proc.args[2:4]} exited with code {code}; stopping", file=sys.stderr)
+                    argv = cast(
+                        list[str], proc.args
+                    )  # every process here is started from an argv list
+                    print(
+                        f"nsbi up: {argv[2:4]} exited with code {code}; stopping", file=sys.stderr
+                    )
                     _stop(procs)
                     return code or 1
             time.sleep(0.5)

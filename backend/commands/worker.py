@@ -11,10 +11,17 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job_uri", help="job folder in the artifact store, e.g. file:///abs/store/campaigns/c/jobs/j")
+    parser.add_argument(
+        "job_uri",
+        help="job folder in the artifact store, e.g. file:///abs/store/campaigns/c/jobs/j",
+    )
     parser.add_argument("--attempt", type=int, required=True, help="attempt number (1, 2, ...)")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="seconds between heartbeats/flushes (default: NSBI_WORKER_INTERVAL_S or 5)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between heartbeats/flushes (default: NSBI_WORKER_INTERVAL_S or 5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     outcome = run_attempt(args.job_uri, args.attempt, interval=args.interval)
     line = f"nsbi worker: attempt {args.attempt} of {args.job_uri}: {outcome.status} (exit {outcome.exit_code})"
-    print(line if not outcome.error else f"{line}\n{outcome.error}", file=sys.stderr if outcome.exit_code else sys.stdout)
+    print(
+        line if not outcome.error else f"{line}\n{outcome.error}",
+        file=sys.stderr if outcome.exit_code else sys.stdout,
+    )
     return outcome.exit_code
 
 

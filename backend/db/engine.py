@@ -39,12 +39,15 @@ def create_engine(url: str, *, echo: bool = False, connect_args: dict | None = N
     url = normalise_url(url)
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        memory = u.database in (None, "", ":memory:") or "mode=memory" in url
-        kwargs: dict = {"connect_args": {"check_same_thread": False, "timeout": 30, **(connect_args or {})}}
+        database = u.database or ""
+        memory = database in ("", ":memory:") or "mode=memory" in url
+        kwargs: dict = {
+            "connect_args": {"check_same_thread": False, "timeout": 30, **(connect_args or {})}
+        }
         if memory:
             kwargs["poolclass"] = StaticPool
         else:
-            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, echo=echo, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_on_connect(memory))
         return engine

@@ -32,7 +32,10 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - a broken install
+        raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
+    return head
 
 
 def current_revision(engine: Engine | None = None) -> str | None:

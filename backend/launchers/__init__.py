@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,16 +20,14 @@ from backend.launchers.base import (
     LaunchRequest,
     instance_name,
 )
+from backend.settings import get_settings
 
 
 def _local(settings: Any, **overrides: Any) -> Launcher:
     from backend.launchers.local import LocalLauncher
 
-    env = os.environ
-    kwargs: dict[str, Any] = {
-        "max_concurrent": int(env.get("NSBI_LOCAL_MAX_CONCURRENT", "2")),
-        "grace_s": float(env.get("NSBI_LOCAL_GRACE_S", "25")),
-    }
+    local = get_settings().local  # NSBI_LOCAL_*, from this process's environment
+    kwargs: dict[str, Any] = {"max_concurrent": local.max_concurrent, "grace_s": local.grace_s}
     kwargs.update(overrides)
     return LocalLauncher(settings.home / "launchers" / "local", **kwargs)
 
@@ -52,11 +49,21 @@ def get_launcher(name: str, settings: Any, **overrides: Any) -> Launcher:
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except ModuleNotFoundError as exc:
-            raise LauncherError(f"launcher {name!r} is not available in this build ({exc})") from exc
+            raise LauncherError(
+                f"launcher {name!r} is not available in this build ({exc})"
+            ) from exc
     return factory(settings, **overrides)
 
 
 __all__ = [
-    "REGISTRY", "CapacityError", "InstanceState", "InstanceStatus", "LaunchHandle", "LaunchRequest",
-    "Launcher", "LauncherError", "get_launcher", "instance_name",
+    "REGISTRY",
+    "CapacityError",
+    "InstanceState",
+    "InstanceStatus",
+    "LaunchHandle",
+    "LaunchRequest",
+    "Launcher",
+    "LauncherError",
+    "get_launcher",
+    "instance_name",
 ]

@@ -23,14 +23,14 @@ class CapacityError(LauncherError):
     """No free slot (concurrency limit, GPUs, quota); try again on a later tick."""
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     """Where an instance is, mapped from each backend's raw states."""
 
-    PENDING = "pending"      # accepted, not yet running (VM provisioning, process starting)
-    RUNNING = "running"      # the worker process/VM is alive
-    EXITED = "exited"        # finished on its own; ``exit_code`` says how
+    PENDING = "pending"  # accepted, not yet running (VM provisioning, process starting)
+    RUNNING = "running"  # the worker process/VM is alive
+    EXITED = "exited"  # finished on its own; ``exit_code`` says how
     PREEMPTED = "preempted"  # stopped by the platform (spot preemption) or by our SIGTERM
-    GONE = "gone"            # unknown to the backend: never started, or vanished without trace
+    GONE = "gone"  # unknown to the backend: never started, or vanished without trace
 
     def is_alive(self) -> bool:
         return self in (InstanceState.PENDING, InstanceState.RUNNING)
@@ -46,6 +46,7 @@ def instance_name(campaign: str, job: str, attempt: int) -> str:
     the same cleaned text are told apart by the attempt and, for the caller, by keeping
     campaign/job names simple.
     """
+
     def clean(s: str) -> str:
         return _NAME_BAD.sub("-", str(s).lower()).strip("-") or "x"
 
@@ -81,7 +82,7 @@ class LaunchHandle:
 
     instance_id: str
     launcher: str
-    already_running: bool = False   # True when launch found an existing instance (idempotence)
+    already_running: bool = False  # True when launch found an existing instance (idempotence)
     detail: str = ""
 
 
@@ -132,7 +133,14 @@ def worker_command(python: str, request: LaunchRequest) -> list[str]:
     Same as ``nsbi worker <job-uri> --attempt N``, but through the worker command's own entry
     so a worker neither waits for nor depends on the imports of the other command groups.
     """
-    return [python, "-m", "backend.commands.worker", request.job_uri, "--attempt", str(request.attempt)]
+    return [
+        python,
+        "-m",
+        "backend.commands.worker",
+        request.job_uri,
+        "--attempt",
+        str(request.attempt),
+    ]
 
 
 def sequence_of(ids: Sequence[str] | str) -> list[str]:

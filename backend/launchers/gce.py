@@ -61,7 +61,14 @@ log = logging.getLogger("nsbi.launcher.gce")
 
 # record phases
 QUEUED, INSERTING, WATCHING, CREATED, BACKOFF, FAILED, DELETING = (
-    "queued", "inserting", "watching", "created", "backoff", "failed", "deleting")
+    "queued",
+    "inserting",
+    "watching",
+    "created",
+    "backoff",
+    "failed",
+    "deleting",
+)
 _ACTIVE_PHASES = (QUEUED, INSERTING, WATCHING, CREATED, BACKOFF)
 _PENDING_RAW = ("PROVISIONING", "STAGING", "REPAIRING", "PENDING")
 _RUNNING_RAW = ("RUNNING", "STOPPING", "SUSPENDING")
@@ -96,7 +103,7 @@ class _Rec:
     next_try: float = 0.0
     max_run_s: float | None = None
     seen_in_cloud: bool = False
-    ended: str = ""            # why we deleted it ("exited", "cancelled", ...)
+    ended: str = ""  # why we deleted it ("exited", "cancelled", ...)
     final: InstanceStatus | None = None  # settled verdict once the VM is gone
     inserted: threading.Event = field(default_factory=threading.Event)
 
@@ -119,8 +126,15 @@ class GceLauncher:
 
     name = "gce"
 
-    def __init__(self, config: GceConfig, *, instances_client: Any = None, operations_client: Any = None,
-                 credentials: Any = None, store_opener: Any = None) -> None:
+    def __init__(
+        self,
+        config: GceConfig,
+        *,
+        instances_client: Any = None,
+        operations_client: Any = None,
+        credentials: Any = None,
+        store_opener: Any = None,
+    ) -> None:
         self.config = config
         self._instances = instances_client
         self._operations = operations_client
@@ -132,7 +146,9 @@ class GceLauncher:
         self._cloud_at = 0.0
         self._list_lock = threading.Lock()
         self._client_lock = threading.Lock()
-        self._insert_pool = ThreadPoolExecutor(config.insert_threads, thread_name_prefix="gce-insert")
+        self._insert_pool = ThreadPoolExecutor(
+            config.insert_threads, thread_name_prefix="gce-insert"
+        )
         self._watch_pool = ThreadPoolExecutor(config.watch_threads, thread_name_prefix="gce-watch")
         self._closed = False
 
@@ -142,7 +158,11 @@ class GceLauncher:
             from google.auth.credentials import AnonymousCredentials
 
             creds = self._credentials or AnonymousCredentials()
-            return {"host": self.config.endpoint, "credentials": creds, "url_scheme": self.config.url_scheme}
+            return {
+                "host": self.config.endpoint,
+                "credentials": creds,
+                "url_scheme": self.config.url_scheme,
+            }
         return {"credentials": self._credentials} if self._credentials else {}
 
     def _widen_pool(self, transport: Any) -> None:
@@ -168,7 +188,9 @@ class GceLauncher:
     def _instances_client(self) -> Any:
         if self._instances is None:
             from google.cloud import compute_v1
-            from google.cloud.compute_v1.services.instances.transports.rest import InstancesRestTransport
+            from google.cloud.compute_v1.services.instances.transports.rest import (
+                InstancesRestTransport,
+            )
 
             transport = InstancesRestTransport(**self._transport_kwargs())
             self._widen_pool(transport)
@@ -178,7 +200,9 @@ class GceLauncher:
     def _operations_client(self) -> Any:
         if self._operations is None:
             from google.cloud import compute_v1
-            from google.cloud.compute_v1.services.zone_operations.transports.rest import ZoneOperationsRestTransport
+            from google.cloud.compute_v1.services.zone_operations.transports.rest import (
+                ZoneOperationsRestTransport,
+            )
 
             transport = ZoneOperationsRestTransport(**self._transport_kwargs())
             self._widen_pool(transport)
@@ -195,19 +219,35 @@ class GceLauncher:
 
             out: dict[str, _CloudVM] = {}
             try:
-                pager = self.instances.aggregated_list(request={
-                    "project": self.config.project, "max_results": LIST_PAGE_SIZE,
-                    "filter": f'labels.nsbi_owner = "{label_value(self.config.owner)}"'})
+                pager = self.instances.aggregated_list(
+                    request={
+                        "project": self.config.project,
+                        "max_results": LIST_PAGE_SIZE,
+                        "filter": f'labels.nsbi_owner = "{label_value(self.config.owner)}"',
+                    }
+                )
                 for scope, scoped in pager:
                     for inst in scoped.instances:
-                        zone = inst.zone.rsplit("/", 1)[-1] if inst.zone else scope.rsplit("/", 1)[-1]
-                        meta = {i.key: i.value for i in inst.metadata.items} if inst.metadata else {}
+                        zone = (
+                            inst.zone.rsplit("/", 1)[-1] if inst.zone else scope.rsplit("/", 1)[-1]
+                        )
+                        meta = (
+                            {i.key: i.value for i in inst.metadata.items} if inst.metadata else {}
+                        )
                         meta.pop("startup-script", None)
-                        out[inst.name] = _CloudVM(inst.name, zone, inst.status, dict(inst.labels), meta,
-                                                  inst.creation_timestamp)
+                        out[inst.name] = _CloudVM(
+                            inst.name,
+                            zone,
+                            inst.status,
+                            dict(inst.labels),
+                            meta,
+                            inst.creation_timestamp,
+                        )
             except gexc.GoogleAPICallError as exc:
-                raise LauncherError(f"gce launcher: listing instances of project {self.config.project} "
-                                    f"failed: {exc}") from exc
+                raise LauncherError(
+                    f"gce launcher: listing instances of project {self.config.project} "
+                    f"failed: {exc}"
+                ) from exc
             self._cloud, self._cloud_at = out, time.monotonic()
             with self._lock:
                 for vm in out.values():
@@ -221,9 +261,16 @@ class GceLauncher:
 
     def _rec_from_cloud(self, vm: _CloudVM) -> _Rec:
         """A VM started by an earlier launcher process (controller restart)."""
-        return _Rec(name=vm.name, campaign=vm.labels.get("nsbi_campaign", ""), job=vm.labels.get("nsbi_job", ""),
-                    attempt=int(vm.labels.get("nsbi_attempt", "0") or 0), job_uri=vm.metadata.get("nsbi-job-uri", ""),
-                    phase=CREATED, zone=vm.zone, seen_in_cloud=True)
+        return _Rec(
+            name=vm.name,
+            campaign=vm.labels.get("nsbi_campaign", ""),
+            job=vm.labels.get("nsbi_job", ""),
+            attempt=int(vm.labels.get("nsbi_attempt", "0") or 0),
+            job_uri=vm.metadata.get("nsbi-job-uri", ""),
+            phase=CREATED,
+            zone=vm.zone,
+            seen_in_cloud=True,
+        )
 
     # ------------------------------------------------------------------ launch
     def launch(self, request: LaunchRequest) -> LaunchHandle:
@@ -238,23 +285,46 @@ class GceLauncher:
             with self._lock:
                 rec = self._recs.get(name)
         if rec is not None and rec.phase != FAILED:
-            return LaunchHandle(name, self.name, already_running=True,
-                                detail=f"VM {name} already {rec.phase}" + (f" in {rec.zone}" if rec.zone else ""))
+            return LaunchHandle(
+                name,
+                self.name,
+                already_running=True,
+                detail=f"VM {name} already {rec.phase}" + (f" in {rec.zone}" if rec.zone else ""),
+            )
         slots = self.free_slots(refresh=False)
         if slots is not None and slots <= 0:
-            raise CapacityError(f"gce launcher: {self.config.max_instances} VMs already requested; {name} waits")
+            raise CapacityError(
+                f"gce launcher: {self.config.max_instances} VMs already requested; {name} waits"
+            )
         machine = machine_for(request, self.config.machine, self.config.zones)
-        build_instance(self.config, request, machine, machine.zones[0])  # fail fast on a bad request
-        limit = (request.time_limit_s + self.config.time_limit_grace_s) if request.time_limit_s else None
-        rec = _Rec(name=name, campaign=request.campaign, job=request.job, attempt=request.attempt,
-                   job_uri=request.job_uri, machine=machine, request=request,
-                   max_run_s=min(limit or self.config.max_run_duration_s, self.config.max_run_duration_s))
+        build_instance(
+            self.config, request, machine, machine.zones[0]
+        )  # fail fast on a bad request
+        limit = (
+            (request.time_limit_s + self.config.time_limit_grace_s)
+            if request.time_limit_s
+            else None
+        )
+        rec = _Rec(
+            name=name,
+            campaign=request.campaign,
+            job=request.job,
+            attempt=request.attempt,
+            job_uri=request.job_uri,
+            machine=machine,
+            request=request,
+            max_run_s=min(limit or self.config.max_run_duration_s, self.config.max_run_duration_s),
+        )
         with self._lock:
             self._recs[name] = rec
         self._insert_pool.submit(self._provision, rec)
-        return LaunchHandle(name, self.name, detail=f"insert queued (zones {', '.join(machine.zones)})")
+        return LaunchHandle(
+            name, self.name, detail=f"insert queued (zones {', '.join(machine.zones)})"
+        )
 
-    def launch_many(self, requests: Iterable[LaunchRequest], *, timeout: float | None = None) -> list[LaunchHandle]:
+    def launch_many(
+        self, requests: Iterable[LaunchRequest], *, timeout: float | None = None
+    ) -> list[LaunchHandle]:
         """Launch all, then wait until every insert request has been accepted (or refused)."""
         handles = [self.launch(r) for r in requests]
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -263,21 +333,30 @@ class GceLauncher:
             if rec is not None and not h.already_running:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not rec.inserted.wait(left):
-                    raise LauncherError(f"gce launcher: insert of {h.instance_id} not answered within {timeout} s")
+                    raise LauncherError(
+                        f"gce launcher: insert of {h.instance_id} not answered within {timeout} s"
+                    )
         return handles
 
     def _provision(self, rec: _Rec) -> None:
         """Insert ``rec`` in the next zone that accepts it (runs on the insert pool)."""
         from google.api_core import exceptions as gexc
 
-        zones = rec.machine.zones
+        machine, request = rec.machine, rec.request
+        if machine is None or request is None:  # (only launch() queues a VM, with both)
+            raise LauncherError(f"gce launcher: {rec.name} has no launch request to insert")
+        zones = machine.zones
         while rec.zone_index < len(zones):
             zone = zones[rec.zone_index]
             rec.phase, rec.zone = INSERTING, zone
-            body = build_instance(self.config, rec.request, rec.machine, zone)
+            body = build_instance(self.config, request, machine, zone)
             rec.tries += 1  # a new id per try: GCE would answer a repeated id with the old (failed) operation
-            request_id = str(uuid.uuid5(uuid.NAMESPACE_URL,
-                                        f"{self.config.project}/{zone}/{rec.name}/{rec.started}/{rec.tries}"))
+            request_id = str(
+                uuid.uuid5(
+                    uuid.NAMESPACE_URL,
+                    f"{self.config.project}/{zone}/{rec.name}/{rec.started}/{rec.tries}",
+                )
+            )
             try:
                 op = self._insert_with_retry(zone, body, request_id)
             except gexc.Conflict:
@@ -309,9 +388,20 @@ class GceLauncher:
         delay = 0.5
         for i in range(5):
             try:
-                return self.instances.insert_unary(request=compute_v1.InsertInstanceRequest(
-                    project=self.config.project, zone=zone, instance_resource=body, request_id=request_id))
-            except (gexc.TooManyRequests, gexc.ServiceUnavailable, gexc.InternalServerError, gexc.BadGateway):
+                return self.instances.insert_unary(
+                    request=compute_v1.InsertInstanceRequest(
+                        project=self.config.project,
+                        zone=zone,
+                        instance_resource=body,
+                        request_id=request_id,
+                    )
+                )
+            except (
+                gexc.TooManyRequests,
+                gexc.ServiceUnavailable,
+                gexc.InternalServerError,
+                gexc.BadGateway,
+            ):
                 if i == 4:
                     raise
                 time.sleep(delay)
@@ -328,7 +418,9 @@ class GceLauncher:
                 op = self.operations.wait(project=self.config.project, zone=zone, operation=op.name)
         except Exception as exc:
             rec.phase = CREATED  # unknown; the listing will tell
-            log.warning("gce launcher: watching the insert of %s in %s failed: %s", rec.name, zone, exc)
+            log.warning(
+                "gce launcher: watching the insert of %s in %s failed: %s", rec.name, zone, exc
+            )
             return
         errors = operation_errors(op)
         if not errors:
@@ -337,13 +429,16 @@ class GceLauncher:
                 self._record_provision(rec)
             return
         text = "; ".join(f"{c}: {m}" for c, m in errors)
-        code = next((capacity_code(c) or capacity_code(m) for c, m in errors if capacity_code(f"{c} {m}")), None)
+        code = next(
+            (capacity_code(c) or capacity_code(m) for c, m in errors if capacity_code(f"{c} {m}")),
+            None,
+        )
         if code is None:
             self._fail(rec, f"insert in {zone} failed: {text}")
             return
         self._note(rec, zone, code, text)
         rec.zone_index += 1
-        if rec.zone_index < len(rec.machine.zones):
+        if rec.zone_index < len(rec.machine.zones if rec.machine else ()):
             self._insert_pool.submit(self._provision, rec)
         else:
             self._all_zones_refused(rec)
@@ -351,15 +446,30 @@ class GceLauncher:
     def _note(self, rec: _Rec, zone: str, code: str, message: str) -> None:
         reason = f"{zone}: {code}"
         rec.reasons.append(reason)
-        log.info("gce launcher: %s: %s (%s); trying the next zone", rec.name, reason, message.splitlines()[0][:200])
+        log.info(
+            "gce launcher: %s: %s (%s); trying the next zone",
+            rec.name,
+            reason,
+            message.splitlines()[0][:200],
+        )
         self._record_provision(rec)
 
     def _all_zones_refused(self, rec: _Rec) -> None:
         rec.inserted.set()
-        if time.time() - rec.started + self.config.capacity_backoff_s > self.config.provision_timeout_s:
-            self._fail(rec, "no zone had capacity within the provisioning timeout: " + "; ".join(rec.reasons))
+        if (
+            time.time() - rec.started + self.config.capacity_backoff_s
+            > self.config.provision_timeout_s
+        ):
+            self._fail(
+                rec,
+                "no zone had capacity within the provisioning timeout: " + "; ".join(rec.reasons),
+            )
             return
-        rec.phase, rec.zone, rec.next_try = BACKOFF, None, time.time() + self.config.capacity_backoff_s
+        rec.phase, rec.zone, rec.next_try = (
+            BACKOFF,
+            None,
+            time.time() + self.config.capacity_backoff_s,
+        )
 
     def _fail(self, rec: _Rec, why: str) -> None:
         rec.reasons.append(why)
@@ -376,11 +486,22 @@ class GceLauncher:
             store = self._open_store(rec.job_uri)
             from backend.stores.base import put_json
 
-            put_json(store, provision_key(rec.attempt), {
-                "instance": rec.name, "zones": list(rec.machine.zones) if rec.machine else [],
-                "refusals": list(rec.reasons), "phase": rec.phase, "zone": rec.zone, "t": time.time()})
+            put_json(
+                store,
+                provision_key(rec.attempt),
+                {
+                    "instance": rec.name,
+                    "zones": list(rec.machine.zones) if rec.machine else [],
+                    "refusals": list(rec.reasons),
+                    "phase": rec.phase,
+                    "zone": rec.zone,
+                    "t": time.time(),
+                },
+            )
         except Exception as exc:
-            log.warning("gce launcher: could not record the provisioning history of %s: %s", rec.name, exc)
+            log.warning(
+                "gce launcher: could not record the provisioning history of %s: %s", rec.name, exc
+            )
 
     def _open_store(self, uri: str) -> Any:
         if self._store_opener is not None:
@@ -412,44 +533,81 @@ class GceLauncher:
         out: dict[str, str] = {}
         for zone in sorted(zones):
             try:
-                for op in self.operations.list(request={"project": self.config.project, "zone": zone,
-                                                        "filter": f'operationType = "{PREEMPTED_OP}"'}):
+                for op in self.operations.list(
+                    request={
+                        "project": self.config.project,
+                        "zone": zone,
+                        "filter": f'operationType = "{PREEMPTED_OP}"',
+                    }
+                ):
                     out[op.target_link.rsplit("/", 1)[-1]] = zone
             except Exception as exc:
                 log.warning("gce launcher: cannot list preemptions in %s: %s", zone, exc)
         return out
 
-    def _status_of(self, name: str, cloud: Mapping[str, _CloudVM], preempted: Mapping[str, str] | None) -> InstanceStatus:
+    def _status_of(
+        self, name: str, cloud: Mapping[str, _CloudVM], preempted: Mapping[str, str] | None
+    ) -> InstanceStatus:
         with self._lock:
             rec = self._recs.get(name)
         vm = cloud.get(name)
         common = rec.common() if rec else {}
         if vm is not None:
             if rec is not None and rec.ended == "exited":
-                return InstanceStatus(name, InstanceState.EXITED, None,
-                                      f"VM powered off in {vm.zone}; being deleted", **common)
+                return InstanceStatus(
+                    name,
+                    InstanceState.EXITED,
+                    None,
+                    f"VM powered off in {vm.zone}; being deleted",
+                    **common,
+                )
             if vm.status in _PENDING_RAW:
-                return InstanceStatus(name, InstanceState.PENDING, None, f"{vm.status} in {vm.zone}", **common)
+                return InstanceStatus(
+                    name, InstanceState.PENDING, None, f"{vm.status} in {vm.zone}", **common
+                )
             if vm.status in _RUNNING_RAW:
-                return InstanceStatus(name, InstanceState.RUNNING, None, f"{vm.status} in {vm.zone}", **common)
+                return InstanceStatus(
+                    name, InstanceState.RUNNING, None, f"{vm.status} in {vm.zone}", **common
+                )
             if vm.status in _ENDED_RAW:
                 if preempted and name in preempted:
                     self._delete_async(name, vm.zone, "preempted")
-                    return InstanceStatus(name, InstanceState.PREEMPTED, None,
-                                          f"spot VM preempted in {vm.zone}", **common)
+                    return InstanceStatus(
+                        name,
+                        InstanceState.PREEMPTED,
+                        None,
+                        f"spot VM preempted in {vm.zone}",
+                        **common,
+                    )
                 self._delete_async(name, vm.zone, "exited")
-                return InstanceStatus(name, InstanceState.EXITED, None,
-                                      f"VM powered off in {vm.zone}; deleting it", **common)
-            return InstanceStatus(name, InstanceState.RUNNING, None, f"{vm.status} in {vm.zone}", **common)
+                return InstanceStatus(
+                    name,
+                    InstanceState.EXITED,
+                    None,
+                    f"VM powered off in {vm.zone}; deleting it",
+                    **common,
+                )
+            return InstanceStatus(
+                name, InstanceState.RUNNING, None, f"{vm.status} in {vm.zone}", **common
+            )
         if rec is None:
             if preempted is not None and name in preempted:
-                return InstanceStatus(name, InstanceState.PREEMPTED, None,
-                                      f"spot VM preempted in {preempted[name]} (seen in its zone's operations)")
+                return InstanceStatus(
+                    name,
+                    InstanceState.PREEMPTED,
+                    None,
+                    f"spot VM preempted in {preempted[name]} (seen in its zone's operations)",
+                )
             return InstanceStatus(name, InstanceState.GONE, None, "no such VM")
         if rec.final is not None:
             return rec.final
         st = self._vanished_status(rec, preempted)
-        if st.state is not InstanceState.PENDING and rec.phase not in (QUEUED, INSERTING, WATCHING, BACKOFF):
+        if st.state is not InstanceState.PENDING and rec.phase not in (
+            QUEUED,
+            INSERTING,
+            WATCHING,
+            BACKOFF,
+        ):
             rec.final = st  # settled: later polls answer the same, and it no longer takes a slot
         return st
 
@@ -459,30 +617,69 @@ class GceLauncher:
         history = f" (after {'; '.join(rec.reasons)})" if rec.reasons else ""
         if rec.phase in (QUEUED, INSERTING, WATCHING):
             where = f" in {rec.zone}" if rec.zone else ""
-            return InstanceStatus(name, InstanceState.PENDING, None, f"requesting VM{where}{history}", **common)
+            return InstanceStatus(
+                name, InstanceState.PENDING, None, f"requesting VM{where}{history}", **common
+            )
         if rec.phase == BACKOFF:
-            return InstanceStatus(name, InstanceState.PENDING, None,
-                                  f"waiting for capacity; refused by {'; '.join(rec.reasons)}", **common)
+            return InstanceStatus(
+                name,
+                InstanceState.PENDING,
+                None,
+                f"waiting for capacity; refused by {'; '.join(rec.reasons)}",
+                **common,
+            )
         if rec.phase == FAILED:
-            return InstanceStatus(name, InstanceState.GONE, None, rec.reasons[-1] if rec.reasons else "failed",
-                                  **common)
+            return InstanceStatus(
+                name,
+                InstanceState.GONE,
+                None,
+                rec.reasons[-1] if rec.reasons else "failed",
+                **common,
+            )
         if rec.ended == "preempted":
-            return InstanceStatus(name, InstanceState.PREEMPTED, None, "spot VM preempted", **common)
+            return InstanceStatus(
+                name, InstanceState.PREEMPTED, None, "spot VM preempted", **common
+            )
         if rec.ended:
-            return InstanceStatus(name, InstanceState.EXITED, None, f"VM deleted ({rec.ended})", **common)
+            return InstanceStatus(
+                name, InstanceState.EXITED, None, f"VM deleted ({rec.ended})", **common
+            )
         # created (or seen) and now missing from the listing, not deleted by us
         if not rec.seen_in_cloud and time.time() - rec.started < 30:
-            return InstanceStatus(name, InstanceState.PENDING, None, "inserted; not listed yet", **common)
+            return InstanceStatus(
+                name, InstanceState.PENDING, None, "inserted; not listed yet", **common
+            )
         if preempted is not None and name in preempted:
-            return InstanceStatus(name, InstanceState.PREEMPTED, None,
-                                  f"spot VM preempted in {preempted[name]}{history}", **common)
+            return InstanceStatus(
+                name,
+                InstanceState.PREEMPTED,
+                None,
+                f"spot VM preempted in {preempted[name]}{history}",
+                **common,
+            )
         if rec.max_run_s and time.time() - rec.started >= rec.max_run_s:
-            return InstanceStatus(name, InstanceState.GONE, None,
-                                  f"deleted by GCE after its max run duration of {rec.max_run_s:.0f} s", **common)
+            return InstanceStatus(
+                name,
+                InstanceState.GONE,
+                None,
+                f"deleted by GCE after its max run duration of {rec.max_run_s:.0f} s",
+                **common,
+            )
         if self._exit_recorded(rec):
-            return InstanceStatus(name, InstanceState.EXITED, None, "VM gone after the worker wrote exit.json", **common)
-        return InstanceStatus(name, InstanceState.PREEMPTED, None,
-                              "VM vanished without an exit record (spot VMs are deleted on preemption)", **common)
+            return InstanceStatus(
+                name,
+                InstanceState.EXITED,
+                None,
+                "VM gone after the worker wrote exit.json",
+                **common,
+            )
+        return InstanceStatus(
+            name,
+            InstanceState.PREEMPTED,
+            None,
+            "VM vanished without an exit record (spot VMs are deleted on preemption)",
+            **common,
+        )
 
     def _statuses(self, ids: Sequence[str]) -> dict[str, InstanceStatus]:
         """Statuses keyed by the ids given (raw instance ids or VM names alike)."""
@@ -490,9 +687,18 @@ class GceLauncher:
         names = [vm_name(i) for i in ids]
         cloud = self._refresh()
         with self._lock:
-            vanished_zones = {r.zone for n in names if (r := self._recs.get(n)) and r.zone and n not in cloud
-                              and r.phase == CREATED and not r.ended}
-            ended_zones = {cloud[n].zone for n in names if n in cloud and cloud[n].status in _ENDED_RAW}
+            vanished_zones = {
+                r.zone
+                for n in names
+                if (r := self._recs.get(n))
+                and r.zone
+                and n not in cloud
+                and r.phase == CREATED
+                and not r.ended
+            }
+            ended_zones = {
+                cloud[n].zone for n in names if n in cloud and cloud[n].status in _ENDED_RAW
+            }
             unknown = any(n not in cloud and n not in self._recs for n in names)
         # a VM this process never saw (controller restarted after it vanished): look everywhere
         zones = vanished_zones | ended_zones | (set(self.config.zones) if unknown else set())
@@ -505,7 +711,9 @@ class GceLauncher:
     def list_instances(self, campaign: str | None = None) -> list[InstanceStatus]:
         cloud = self._refresh()
         with self._lock:
-            names = sorted(set(cloud) | {n for n, r in self._recs.items() if r.phase in _ACTIVE_PHASES})
+            names = sorted(
+                set(cloud) | {n for n, r in self._recs.items() if r.phase in _ACTIVE_PHASES}
+            )
         want = label_value(campaign) if campaign is not None else None
         out = []
         for st in self._statuses(names).values():
@@ -518,8 +726,11 @@ class GceLauncher:
             return None
         cloud = self._refresh() if refresh else self._cloud
         with self._lock:
-            busy = {n for n, r in self._recs.items()
-                    if r.phase in _ACTIVE_PHASES and not r.ended and r.final is None}
+            busy = {
+                n
+                for n, r in self._recs.items()
+                if r.phase in _ACTIVE_PHASES and not r.ended and r.final is None
+            }
         busy |= {n for n, vm in cloud.items() if vm.status not in _ENDED_RAW}
         return max(0, self.config.max_instances - len(busy))
 
@@ -541,7 +752,12 @@ class GceLauncher:
         except gexc.NotFound:
             pass
         except Exception as exc:
-            log.warning("gce launcher: deleting %s in %s failed: %s (retried on the next poll)", name, zone, exc)
+            log.warning(
+                "gce launcher: deleting %s in %s failed: %s (retried on the next poll)",
+                name,
+                zone,
+                exc,
+            )
             with self._lock:
                 rec = self._recs.get(name)
                 if rec is not None:
@@ -577,7 +793,9 @@ class GceLauncher:
         """Delete every VM of this owner (optionally one campaign); return how many were asked."""
         cloud = self._refresh(force=True)
         want = label_value(campaign) if campaign is not None else None
-        names = [n for n, vm in cloud.items() if want is None or vm.labels.get("nsbi_campaign") == want]
+        names = [
+            n for n, vm in cloud.items() if want is None or vm.labels.get("nsbi_campaign") == want
+        ]
         futures = [self._watch_pool.submit(self._delete, n, cloud[n].zone) for n in names]
         with self._lock:
             for n in names:
@@ -596,14 +814,17 @@ class GceLauncher:
 
 
 def from_settings(settings: Any, **overrides: Any) -> GceLauncher:
-    """Registry factory: config from ``NSBI_GCE_*`` (see docs/gcp.md); keyword overrides win.
+    """Registry factory: config from ``get_settings().gce`` (``NSBI_GCE_*`` of this process's
+    environment, see docs/gcp.md) or from an ``env_vars`` mapping; keyword overrides win.
 
     Overrides that are not :class:`GceConfig` fields (``instances_client``,
     ``operations_client``, ``credentials``, ``store_opener``) go to the launcher itself.
     """
-    extra = {k: overrides.pop(k) for k in ("instances_client", "operations_client", "credentials", "store_opener")
-             if k in overrides}
+    extra = {
+        k: overrides.pop(k)
+        for k in ("instances_client", "operations_client", "credentials", "store_opener")
+        if k in overrides
+    }
     env = dict(overrides.pop("env_vars", {}) or {})
     config = overrides.pop("config", None) or config_from_env(env or None, **overrides)
     return GceLauncher(config, **extra)
-

@@ -9,17 +9,17 @@ user-supplied string is ever pasted into shell code. See docs/gcp.md for its con
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backend.launchers.base import LauncherError, LaunchRequest
+from backend.settings import DEFAULT_GCE_IMAGE, GceSettings, SettingsError, get_settings
 
 # ----------------------------------------------------------------------------- configuration
 
-DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
+DEFAULT_IMAGE = DEFAULT_GCE_IMAGE
 COS_IMAGE = "projects/cos-cloud/global/images/family/cos-stable"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 BUILTIN_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-")  # machine types that come with their GPUs
@@ -56,77 +56,76 @@ class GceConfig:
     network: str = "global/networks/default"
     subnetwork: str | None = None
     external_ip: bool = True
-    service_account: str | None = None          # None: the project's default compute SA
-    worker_image: str = ""                      # e.g. europe-docker.pkg.dev/p/nsbi/worker:1.0
-    runtime: str = "docker"                     # docker | python (DLVM with nsbi pip-installed)
-    python: str = "python3"                     # interpreter for runtime=python
-    max_run_duration_s: int = 24 * 3600         # VM deleted by GCE after this (cost guard)
-    time_limit_grace_s: int = 300               # added to a job's time limit for boot + upload
-    owner: str = "nsbi"                         # label nsbi_owner: which deployment owns a VM
-    max_instances: int | None = 1000            # free_slots() limit (None: unlimited)
+    service_account: str | None = None  # None: the project's default compute SA
+    worker_image: str = ""  # e.g. europe-docker.pkg.dev/p/nsbi/worker:1.0
+    runtime: str = "docker"  # docker | python (DLVM with nsbi pip-installed)
+    python: str = "python3"  # interpreter for runtime=python
+    max_run_duration_s: int = 24 * 3600  # VM deleted by GCE after this (cost guard)
+    time_limit_grace_s: int = 300  # added to a job's time limit for boot + upload
+    owner: str = "nsbi"  # label nsbi_owner: which deployment owns a VM
+    max_instances: int | None = 1000  # free_slots() limit (None: unlimited)
     insert_threads: int = 32
     watch_threads: int = 16
-    provision_timeout_s: float = 900.0          # keep cycling through zones this long
-    capacity_backoff_s: float = 60.0            # pause after every zone said no
-    list_ttl_s: float = 1.0                     # reuse one aggregated listing this long
+    provision_timeout_s: float = 900.0  # keep cycling through zones this long
+    capacity_backoff_s: float = 60.0  # pause after every zone said no
+    list_ttl_s: float = 1.0  # reuse one aggregated listing this long
     endpoint: str | None = None
     url_scheme: str = "https"
-    env: Mapping[str, str] = field(default_factory=dict)   # extra worker environment
+    env: Mapping[str, str] = field(default_factory=dict)  # extra worker environment
 
     def __post_init__(self) -> None:
         if not self.project:
             raise LauncherError("gce launcher: no project configured (set NSBI_GCE_PROJECT)")
         if not self.zones:
-            raise LauncherError("gce launcher: no zones configured (set NSBI_GCE_ZONES=zone-a,zone-b)")
+            raise LauncherError(
+                "gce launcher: no zones configured (set NSBI_GCE_ZONES=zone-a,zone-b)"
+            )
         if self.runtime not in ("docker", "python"):
-            raise LauncherError(f"gce launcher: runtime must be 'docker' or 'python', got {self.runtime!r}")
+            raise LauncherError(
+                f"gce launcher: runtime must be 'docker' or 'python', got {self.runtime!r}"
+            )
         if self.runtime == "docker" and not self.worker_image:
-            raise LauncherError("gce launcher: runtime 'docker' needs a worker image (set NSBI_GCE_WORKER_IMAGE)")
+            raise LauncherError(
+                "gce launcher: runtime 'docker' needs a worker image (set NSBI_GCE_WORKER_IMAGE)"
+            )
         check_env(self.env, "GceConfig.env")
 
 
-def _bool(text: str, key: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise LauncherError(f"{key}={text!r}: expected true/false")
-
-
-def config_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> GceConfig:
-    """Build a :class:`GceConfig` from ``NSBI_GCE_*`` variables (see docs/gcp.md)."""
-    env = os.environ if env is None else env
-
-    def get(key: str, default: str = "") -> str:
-        return env.get(f"NSBI_GCE_{key}", default)
-
-    def num(key: str, default: str, cast: Any = int) -> Any:
-        try:
-            return cast(get(key, default))
-        except ValueError:
-            raise LauncherError(f"NSBI_GCE_{key}={get(key)!r}: expected a number") from None
-
-    zones = tuple(z.strip() for z in get("ZONES").split(",") if z.strip())
-    gpu_type = get("GPU_TYPE", "nvidia-tesla-t4") or None
-    machine = MachineSpec(get("MACHINE_TYPE", "n1-standard-8"), gpu_type,
-                          num("GPU_COUNT", "1" if gpu_type else "0"), _bool(get("SPOT", "true"), "NSBI_GCE_SPOT"),
-                          zones)
-    max_inst = get("MAX_INSTANCES", "1000")
+def config_from_settings(gce: GceSettings, **overrides: Any) -> GceConfig:
+    """Build a :class:`GceConfig` from the ``NSBI_GCE_*`` settings; keyword overrides win."""
+    machine = MachineSpec(gce.machine_type, gce.gpu_type, gce.gpu_count, gce.spot, gce.zones)
     kwargs: dict[str, Any] = dict(
-        project=get("PROJECT") or env.get("GOOGLE_CLOUD_PROJECT", ""),
-        zones=zones, machine=machine, image=get("IMAGE", DEFAULT_IMAGE),
-        boot_disk_gb=num("BOOT_DISK_GB", "100"), service_account=get("SERVICE_ACCOUNT") or None,
-        worker_image=get("WORKER_IMAGE"), runtime=get("RUNTIME", "docker"), python=get("PYTHON", "python3"),
-        network=get("NETWORK", "global/networks/default"), subnetwork=get("SUBNETWORK") or None,
-        external_ip=_bool(get("EXTERNAL_IP", "true"), "NSBI_GCE_EXTERNAL_IP"),
-        max_run_duration_s=int(num("MAX_RUN_HOURS", "24", float) * 3600),
-        owner=get("OWNER", "nsbi"), max_instances=int(max_inst) if max_inst.strip() else None,
-        insert_threads=num("INSERT_THREADS", "32"), endpoint=get("ENDPOINT") or None,
-        url_scheme=get("URL_SCHEME", "https"),
+        project=gce.project,
+        zones=gce.zones,
+        machine=machine,
+        image=gce.image,
+        boot_disk_gb=gce.boot_disk_gb,
+        service_account=gce.service_account,
+        worker_image=gce.worker_image,
+        runtime=gce.runtime,
+        python=gce.python,
+        network=gce.network,
+        subnetwork=gce.subnetwork,
+        external_ip=gce.external_ip,
+        max_run_duration_s=int(gce.max_run_hours * 3600),
+        owner=gce.owner,
+        max_instances=gce.max_instances,
+        insert_threads=gce.insert_threads,
+        endpoint=gce.endpoint,
+        url_scheme=gce.url_scheme,
     )
     kwargs.update(overrides)
     return GceConfig(**kwargs)
+
+
+def config_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> GceConfig:
+    """Build a :class:`GceConfig` from ``NSBI_GCE_*`` variables in ``env`` (default: this
+    process's settings; see docs/gcp.md). A value that does not parse is a LauncherError."""
+    try:
+        gce = get_settings().gce if env is None else GceSettings.from_env(env)
+    except SettingsError as exc:
+        raise LauncherError(str(exc)) from None
+    return config_from_settings(gce, **overrides)
 
 
 # ----------------------------------------------------------------------------- names and labels
@@ -160,12 +159,14 @@ def label_key(text: str) -> str:
 def labels_for(request: LaunchRequest, owner: str) -> dict[str, str]:
     """Labels that let the launcher find its VMs by one filtered, aggregated listing."""
     labels = {label_key(k): label_value(v) for k, v in request.labels.items()}
-    labels.update({
-        "nsbi_owner": label_value(owner),
-        "nsbi_campaign": label_value(request.campaign),
-        "nsbi_job": label_value(request.job),
-        "nsbi_attempt": str(int(request.attempt)),
-    })
+    labels.update(
+        {
+            "nsbi_owner": label_value(owner),
+            "nsbi_campaign": label_value(request.campaign),
+            "nsbi_job": label_value(request.job),
+            "nsbi_attempt": str(int(request.attempt)),
+        }
+    )
     return labels
 
 
@@ -177,23 +178,31 @@ def check_env(env: Mapping[str, str], where: str) -> None:
             raise LauncherError(f"{where}: environment value of {k} contains a newline or NUL")
 
 
-def machine_for(request: LaunchRequest, default: MachineSpec, config_zones: Sequence[str]) -> MachineSpec:
+def machine_for(
+    request: LaunchRequest, default: MachineSpec, config_zones: Sequence[str]
+) -> MachineSpec:
     """The request's hardware where it says (attributes machine_type, gpu_type, spot, zones, as
     the controller passes them from the job row), the launcher's defaults elsewhere."""
     spec = default
     mt = getattr(request, "machine_type", None)
     if mt and mt != "local":  # the job row names its machine: take its GPUs as they are
-        spec = replace(spec, machine_type=str(mt), gpu_type=getattr(request, "gpu_type", None) or None,
-                       gpu_count=int(request.gpus))
+        spec = replace(
+            spec,
+            machine_type=str(mt),
+            gpu_type=getattr(request, "gpu_type", None) or None,
+            gpu_count=int(request.gpus),
+        )
     elif request.gpus:
         spec = replace(spec, gpu_count=int(request.gpus))
     if getattr(request, "spot", None) is not None:
-        spec = replace(spec, spot=bool(getattr(request, "spot")))
+        spec = replace(spec, spot=bool(request.spot))
     zones = tuple(getattr(request, "zones", None) or ()) or tuple(spec.zones) or tuple(config_zones)
     spec = replace(spec, zones=zones)
     if spec.gpu_count and not spec.gpu_type and not spec.has_builtin_gpus():
-        raise LauncherError(f"gce launcher: {request.instance_id} asks for {spec.gpu_count} GPU(s) "
-                            f"but no gpu_type, and {spec.machine_type} has no built-in GPUs")
+        raise LauncherError(
+            f"gce launcher: {request.instance_id} asks for {spec.gpu_count} GPU(s) "
+            f"but no gpu_type, and {spec.machine_type} has no built-in GPUs"
+        )
     return spec
 
 
@@ -267,7 +276,9 @@ def _zonal(zone: str, kind: str, name: str) -> str:
     return name if name.startswith(("projects/", "https://")) else f"zones/{zone}/{kind}/{name}"
 
 
-def build_instance(config: GceConfig, request: LaunchRequest, machine: MachineSpec, zone: str) -> Any:
+def build_instance(
+    config: GceConfig, request: LaunchRequest, machine: MachineSpec, zone: str
+) -> Any:
     """The ``compute_v1.Instance`` for one attempt in ``zone``."""
     from google.cloud import compute_v1
 
@@ -275,7 +286,11 @@ def build_instance(config: GceConfig, request: LaunchRequest, machine: MachineSp
     env = {**config.env, **request.env}
     check_env(request.env, f"launch request {request.instance_id}")
     env_text = "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
-    limit = int(request.time_limit_s + config.time_limit_grace_s) if request.time_limit_s else config.max_run_duration_s
+    limit = (
+        int(request.time_limit_s + config.time_limit_grace_s)
+        if request.time_limit_s
+        else config.max_run_duration_s
+    )
     limit = max(30, min(limit, config.max_run_duration_s))
     scheduling = compute_v1.Scheduling(
         provisioning_model="SPOT" if machine.spot else "STANDARD",
@@ -286,9 +301,12 @@ def build_instance(config: GceConfig, request: LaunchRequest, machine: MachineSp
     )
     accelerators = []
     if machine.gpu_count and machine.gpu_type and not machine.has_builtin_gpus():
-        accelerators.append(compute_v1.AcceleratorConfig(
-            accelerator_type=_zonal(zone, "acceleratorTypes", machine.gpu_type),
-            accelerator_count=int(machine.gpu_count)))
+        accelerators.append(
+            compute_v1.AcceleratorConfig(
+                accelerator_type=_zonal(zone, "acceleratorTypes", machine.gpu_type),
+                accelerator_count=int(machine.gpu_count),
+            )
+        )
     metadata = {
         "startup-script": STARTUP_SCRIPT,
         "nsbi-job-uri": request.job_uri,
@@ -307,29 +325,46 @@ def build_instance(config: GceConfig, request: LaunchRequest, machine: MachineSp
         nic.subnetwork = config.subnetwork
     if config.external_ip:
         nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
-    sa = compute_v1.ServiceAccount(email=config.service_account or "default", scopes=[CLOUD_PLATFORM_SCOPE])
+    sa = compute_v1.ServiceAccount(
+        email=config.service_account or "default", scopes=[CLOUD_PLATFORM_SCOPE]
+    )
     return compute_v1.Instance(
         name=name,
         machine_type=_zonal(zone, "machineTypes", machine.machine_type),
         labels=labels_for(request, config.owner),
         scheduling=scheduling,
         guest_accelerators=accelerators,
-        disks=[compute_v1.AttachedDisk(
-            boot=True, auto_delete=True, type_="PERSISTENT",
-            initialize_params=compute_v1.AttachedDiskInitializeParams(
-                source_image=config.image, disk_size_gb=int(config.boot_disk_gb),
-                disk_type=_zonal(zone, "diskTypes", config.boot_disk_type)))],
+        disks=[
+            compute_v1.AttachedDisk(
+                boot=True,
+                auto_delete=True,
+                type_="PERSISTENT",
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    source_image=config.image,
+                    disk_size_gb=int(config.boot_disk_gb),
+                    disk_type=_zonal(zone, "diskTypes", config.boot_disk_type),
+                ),
+            )
+        ],
         network_interfaces=[nic],
         service_accounts=[sa],
-        metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
+        metadata=compute_v1.Metadata(
+            items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]
+        ),
     )
 
 
 # ----------------------------------------------------------------------------- errors
 
-CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "ZONE_RESOURCE_POOL_EXHAUSTED",
-                  "RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "quotaExceeded", "STOCKOUT",
-                  "resourcePoolExhausted")
+CAPACITY_CODES = (
+    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+    "ZONE_RESOURCE_POOL_EXHAUSTED",
+    "RESOURCE_POOL_EXHAUSTED",
+    "QUOTA_EXCEEDED",
+    "quotaExceeded",
+    "STOCKOUT",
+    "resourcePoolExhausted",
+)
 
 
 def capacity_code(text: str) -> str | None:
@@ -346,6 +381,8 @@ def operation_errors(op: Any) -> list[tuple[str, str]]:
     """(code, message) of each error of a finished ``compute_v1.Operation``."""
     err = getattr(op, "error", None)
     out = [(e.code, e.message) for e in (err.errors if err else [])]
-    if not out and getattr(op, "http_error_status_code", 0) and op.http_error_status_code >= 400:
-        out.append((str(op.http_error_status_code), op.http_error_message or "operation failed"))
+    if not out:
+        status = getattr(op, "http_error_status_code", 0)
+        if status and status >= 400:
+            out.append((str(status), op.http_error_message or "operation failed"))
     return out

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -72,12 +73,12 @@ class _Record:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "_Record":
+    def from_json(cls, d: dict) -> _Record:
         d = dict(d)
         d["gpus"] = tuple(d.get("gpus", ()))
         return cls(**d)
 
-    def replace(self, **kw) -> "_Record":
+    def replace(self, **kw) -> _Record:
         return _Record(**{**self.__dict__, **kw})
 
 
@@ -129,7 +130,9 @@ class LocalLauncher:
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, TypeError) as exc:
-            raise LauncherError(f"{self._record_path(instance_id)}: corrupt instance record ({exc})") from exc
+            raise LauncherError(
+                f"{self._record_path(instance_id)}: corrupt instance record ({exc})"
+            ) from exc
 
     def _write(self, rec: _Record) -> None:
         path = self._record_path(rec.instance_id)
@@ -191,7 +194,7 @@ class LocalLauncher:
         return int(text) if text.lstrip("-").isdigit() else None
 
     def _status(self, rec: _Record) -> InstanceStatus:
-        common = dict(campaign=rec.campaign, job=rec.job, attempt=rec.attempt)
+        common: dict[str, Any] = dict(campaign=rec.campaign, job=rec.job, attempt=rec.attempt)
         rc = self._rc(rec.instance_id)
         if rc is not None:  # the wrapper's last act: finished, no need to look for the process
             self._process(rec)  # reaps our own child if it is one
@@ -202,15 +205,21 @@ class LocalLauncher:
                 rec = rec.replace(pid=proc.pid, create_time=proc.create_time())
                 self._write(rec)
         if self._process(rec) is not None:
-            return InstanceStatus(rec.instance_id, InstanceState.RUNNING, None, rec.term_reason, **common)
+            return InstanceStatus(
+                rec.instance_id, InstanceState.RUNNING, None, rec.term_reason, **common
+            )
         rc = self._rc(rec.instance_id)  # again: the process may have ended since the first look
         if rc is None:
-            child = self._children.get(rec.instance_id)  # our own child: the kernel told us how it ended
+            child = self._children.get(
+                rec.instance_id
+            )  # our own child: the kernel told us how it ended
             if child is not None and child.returncode is not None:
                 rc = child.returncode if child.returncode >= 0 else 128 - child.returncode
         if rc is None:
             if rec.pid is None:
-                return InstanceStatus(rec.instance_id, InstanceState.GONE, None, "never started", **common)
+                return InstanceStatus(
+                    rec.instance_id, InstanceState.GONE, None, "never started", **common
+                )
             why = rec.term_reason or "process vanished without recording an exit status"
             return InstanceStatus(rec.instance_id, InstanceState.GONE, None, why, **common)
         return self._exited(rec, rc, common)
@@ -230,7 +239,7 @@ class LocalLauncher:
         return max(0, self.max_concurrent - len(self.alive()))
 
     def _free_gpus(self) -> list[int]:
-        used = set()
+        used: set[int] = set()
         for rec in self._records():
             if self._status(rec).state.is_alive():
                 used.update(rec.gpus)
@@ -244,41 +253,67 @@ class LocalLauncher:
                 st = self._status(existing)
                 never_started = st.state is InstanceState.GONE and existing.pid is None
                 if not never_started:
-                    return LaunchHandle(iid, self.name, already_running=True,
-                                        detail=f"existing instance is {st.state.value}")
+                    return LaunchHandle(
+                        iid,
+                        self.name,
+                        already_running=True,
+                        detail=f"existing instance is {st.state.value}",
+                    )
             if self.free_slots() < 1:
-                raise CapacityError(f"local launcher: all {self.max_concurrent} slots busy; {iid} waits")
+                raise CapacityError(
+                    f"local launcher: all {self.max_concurrent} slots busy; {iid} waits"
+                )
             gpu_ids: list[int] = []
             if request.gpus > 0 and self.gpus:
                 free = self._free_gpus()
                 if len(free) < request.gpus:
-                    raise CapacityError(f"local launcher: {iid} needs {request.gpus} GPU(s), {len(free)} free")
+                    raise CapacityError(
+                        f"local launcher: {iid} needs {request.gpus} GPU(s), {len(free)} free"
+                    )
                 gpu_ids = free[: request.gpus]
             log = self.logs_dir / f"{iid}.log"
             now = time.time()
             rec = _Record(
-                instance_id=iid, campaign=request.campaign, job=request.job, attempt=request.attempt,
-                job_uri=request.job_uri, pid=None, create_time=None, started_at=now,
+                instance_id=iid,
+                campaign=request.campaign,
+                job=request.job,
+                attempt=request.attempt,
+                job_uri=request.job_uri,
+                pid=None,
+                create_time=None,
+                started_at=now,
                 deadline=(now + request.time_limit_s) if request.time_limit_s else None,
-                gpus=tuple(gpu_ids), log=str(log),
+                gpus=tuple(gpu_ids),
+                log=str(log),
             )
             self._write(rec)  # before the process exists: a crash here leaves a findable name
             self._rc_path(iid).unlink(missing_ok=True)
-            env = {**JAX_CACHE_ENV, "JAX_COMPILATION_CACHE_DIR": str(self.var_dir / "jax-cache"),
-                   **os.environ, **self.extra_env, **request.env, "NSBI_INSTANCE_ID": iid}
+            env = {
+                **JAX_CACHE_ENV,
+                "JAX_COMPILATION_CACHE_DIR": str(self.var_dir / "jax-cache"),
+                **os.environ,
+                **self.extra_env,
+                **request.env,
+                "NSBI_INSTANCE_ID": iid,
+            }
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
             rc_path = shlex.quote(str(self._rc_path(iid)))
             script = (
                 "trap ':' TERM INT; "
                 + shlex.join(worker_command(self.python, request))
-                + f'; rc=$?; echo $rc > {rc_path}.tmp && mv {rc_path}.tmp {rc_path}'
+                + f"; rc=$?; echo $rc > {rc_path}.tmp && mv {rc_path}.tmp {rc_path}"
             )
             try:
                 with open(log, "ab") as logf:
                     child = subprocess.Popen(
                         ["sh", "-c", script, MARKER + iid],
-                        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                        env=env, cwd=self.cwd, start_new_session=True, close_fds=True,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=self.cwd,
+                        start_new_session=True,
+                        close_fds=True,
                     )
             except OSError as exc:
                 self._record_path(iid).unlink(missing_ok=True)
@@ -302,9 +337,21 @@ class LocalLauncher:
             st = self._status(rec)
             if st.state.is_alive():
                 if rec.deadline is not None and now > rec.deadline and rec.term_sent_at is None:
-                    self._signal(rec, signal.SIGTERM, f"time limit of {rec.deadline - rec.started_at:.0f} s exceeded")
-                elif rec.term_sent_at is not None and not rec.killed and now > rec.term_sent_at + self.grace_s:
-                    self._signal(rec, signal.SIGKILL, rec.term_reason + f"; killed after {self.grace_s:.0f} s grace")
+                    self._signal(
+                        rec,
+                        signal.SIGTERM,
+                        f"time limit of {rec.deadline - rec.started_at:.0f} s exceeded",
+                    )
+                elif (
+                    rec.term_sent_at is not None
+                    and not rec.killed
+                    and now > rec.term_sent_at + self.grace_s
+                ):
+                    self._signal(
+                        rec,
+                        signal.SIGKILL,
+                        rec.term_reason + f"; killed after {self.grace_s:.0f} s grace",
+                    )
                 st = self._status(self._read(iid) or rec)
             out[iid] = st
         return out
@@ -316,7 +363,9 @@ class LocalLauncher:
             except ProcessLookupError:
                 pass
             except PermissionError as exc:
-                raise LauncherError(f"local launcher: cannot signal {rec.instance_id} (pgid {rec.pid}): {exc}") from exc
+                raise LauncherError(
+                    f"local launcher: cannot signal {rec.instance_id} (pgid {rec.pid}): {exc}"
+                ) from exc
         if sig == signal.SIGKILL:
             rec = rec.replace(killed=True, term_reason=reason)
         else:
@@ -338,7 +387,9 @@ class LocalLauncher:
             self._signal(rec, signal.SIGKILL, rec.term_reason or "killed")
 
     def list_instances(self, campaign: str | None = None) -> list[InstanceStatus]:
-        return [self._status(r) for r in self._records() if campaign is None or r.campaign == campaign]
+        return [
+            self._status(r) for r in self._records() if campaign is None or r.campaign == campaign
+        ]
 
     def forget(self, instance_id: str) -> None:
         """Drop the record of a finished instance (keeps the log).
@@ -350,10 +401,14 @@ class LocalLauncher:
         with self._lock():
             rec = self._read(instance_id)
             if rec is not None and self._status(rec).state.is_alive():
-                raise LauncherError(f"local launcher: {instance_id} is still running; cancel it first")
+                raise LauncherError(
+                    f"local launcher: {instance_id} is still running; cancel it first"
+                )
             self._rc_path(instance_id).unlink(missing_ok=True)
             self._record_path(instance_id).unlink(missing_ok=True)
-            self._record_path(instance_id).with_suffix(".json.tmp").unlink(missing_ok=True)  # a crashed write
+            self._record_path(instance_id).with_suffix(".json.tmp").unlink(
+                missing_ok=True
+            )  # a crashed write
             self._children.pop(instance_id, None)
 
     def log_path(self, instance_id: str) -> Path:

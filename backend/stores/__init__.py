@@ -34,7 +34,9 @@ def scheme_of(uri: str) -> str:
         return "file"
     scheme = urlparse(uri).scheme
     if not scheme:
-        raise StoreError(f"{uri!r}: a store URI needs a scheme (file:///abs/path, gs://bucket/prefix)")
+        raise StoreError(
+            f"{uri!r}: a store URI needs a scheme (file:///abs/path, gs://bucket/prefix)"
+        )
     return scheme
 
 
@@ -47,12 +49,16 @@ def open_store(uri: str, *, create: bool = False) -> ArtifactStore:
     scheme = scheme_of(uri)
     target = REGISTRY.get(scheme)
     if target is None:
-        raise StoreError(f"{uri}: no artifact store for scheme {scheme!r} (known: {sorted(REGISTRY)})")
+        raise StoreError(
+            f"{uri}: no artifact store for scheme {scheme!r} (known: {sorted(REGISTRY)})"
+        )
     module_name, factory_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise StoreError(f"{uri}: the {scheme!r} store is not available in this build ({exc})") from exc
+        raise StoreError(
+            f"{uri}: the {scheme!r} store is not available in this build ({exc})"
+        ) from exc
     return getattr(module, factory_name)(uri.rstrip("/") if uri != "/" else uri, create=create)
 
 
@@ -65,6 +71,17 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 __all__ = [
-    "REGISTRY", "ArtifactStore", "ObjectNotFound", "StoreError", "append_segment", "decode_jsonl",
-    "encode_jsonl", "get_json", "join_uri", "list_segments", "open_store", "put_json", "scheme_of",
+    "REGISTRY",
+    "ArtifactStore",
+    "ObjectNotFound",
+    "StoreError",
+    "append_segment",
+    "decode_jsonl",
+    "encode_jsonl",
+    "get_json",
+    "join_uri",
+    "list_segments",
+    "open_store",
+    "put_json",
+    "scheme_of",
 ]

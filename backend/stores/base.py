@@ -37,7 +37,7 @@ class ArtifactStore(Protocol):
         """The absolute URI of ``key`` (which need not exist)."""
         ...
 
-    def child(self, prefix: str) -> "ArtifactStore":
+    def child(self, prefix: str) -> ArtifactStore:
         """A store of the same kind rooted at ``<root>/<prefix>``."""
         ...
 
@@ -53,8 +53,7 @@ class ArtifactStore(Protocol):
         """Read the object at ``key``; raise :class:`ObjectNotFound` if absent."""
         ...
 
-    def exists(self, key: str) -> bool:
-        ...
+    def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[str]:
         """All object keys under ``prefix`` (a folder-like prefix), sorted."""
@@ -73,8 +72,11 @@ def check_key(key: str) -> str:
     key = key.strip("/")
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(f"invalid store key {key!r}: use a relative path without '.', '..' or '//'")
+        raise StoreError(
+            f"invalid store key {key!r}: use a relative path without '.', '..' or '//'"
+        )
     return key
+
 
 SEGMENT_DIGITS = 8
 
@@ -96,7 +98,7 @@ def list_segments(store: ArtifactStore, prefix: str) -> list[tuple[int, str]]:
     prefix = prefix.rstrip("/") + "/"
     out = []
     for key in store.list(prefix):
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         if "/" in rest:
             continue
         seq = segment_seq(rest)
@@ -106,14 +108,24 @@ def list_segments(store: ArtifactStore, prefix: str) -> list[tuple[int, str]]:
     return out
 
 
-def append_segment(store: ArtifactStore, prefix: str, data: bytes, *, suffix: str = ".jsonl",
-                   start: int | None = None) -> tuple[int, str]:
+def append_segment(
+    store: ArtifactStore,
+    prefix: str,
+    data: bytes,
+    *,
+    suffix: str = ".jsonl",
+    start: int | None = None,
+) -> tuple[int, str]:
     """Write ``data`` as the next numbered segment under ``prefix``; return (seq, key).
 
     ``start`` is the caller's guess of the next free number (a writer that owns the prefix
     keeps a counter and avoids a listing); the exclusive create makes concurrent writers safe.
     """
-    seq = start if start is not None else (max((s for s, _ in list_segments(store, prefix)), default=0) + 1)
+    seq = (
+        start
+        if start is not None
+        else (max((s for s, _ in list_segments(store, prefix)), default=0) + 1)
+    )
     while True:
         key = segment_key(prefix, seq, suffix)
         if store.put_new(key, data):

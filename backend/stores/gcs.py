@@ -16,17 +16,16 @@ With ``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymousl
 from __future__ import annotations
 
 import io
-import os
 import threading
 from typing import Any
 from urllib.parse import urlparse
 
+from backend.settings import get_settings
 from backend.stores.base import ObjectNotFound, StoreError, check_key
 
 SCHEME = "gs"
-RESUMABLE_THRESHOLD = 8 * 1024 * 1024   # above this, upload in resumable chunks
-CHUNK_SIZE = 8 * 1024 * 1024            # multiple of 256 KiB, as GCS requires
-RETRY_DEADLINE_S = float(os.environ.get("NSBI_GCS_RETRY_DEADLINE_S", "120"))
+RESUMABLE_THRESHOLD = 8 * 1024 * 1024  # above this, upload in resumable chunks
+CHUNK_SIZE = 8 * 1024 * 1024  # multiple of 256 KiB, as GCS requires
 
 _client_lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -46,24 +45,26 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
 def default_client() -> Any:
     """One storage client per process and emulator host (clients are thread-safe and pool
     connections, so sharing one is cheaper than one per store)."""
-    host = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    gcs = get_settings().gcs
+    host = gcs.emulator_host or ""
     with _client_lock:
         client = _clients.get(host)
         if client is None:
-            from google.cloud import storage
+            import google.cloud.storage as storage
 
             if host:
                 from google.auth.credentials import AnonymousCredentials
 
-                client = storage.Client(project=os.environ.get("NSBI_GCS_PROJECT", "nsbi-emulator"),
-                                        credentials=AnonymousCredentials())
+                client = storage.Client(
+                    project=gcs.project or "nsbi-emulator", credentials=AnonymousCredentials()
+                )
             else:
-                client = storage.Client(project=os.environ.get("NSBI_GCS_PROJECT") or None)
+                client = storage.Client(project=gcs.project)
             _clients[host] = client
         return client
 
 
-def _errors() -> tuple[type[BaseException], ...]:
+def _errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean "the store call failed" (API errors, exhausted retries, I/O)."""
     import requests
     from google.api_core import exceptions as gexc
@@ -80,15 +81,26 @@ def transient_retry(deadline_s: float | None = None) -> Any:
         from google.cloud.storage.retry import _should_retry as predicate
     except ImportError:  # pragma: no cover - a future SDK without the private helper
         predicate = api_retry.if_transient_error
-    return api_retry.Retry(predicate=predicate, initial=0.5, maximum=16.0, multiplier=2.0,
-                           timeout=RETRY_DEADLINE_S if deadline_s is None else deadline_s)
+    return api_retry.Retry(
+        predicate=predicate,
+        initial=0.5,
+        maximum=16.0,
+        multiplier=2.0,
+        timeout=get_settings().gcs.retry_deadline_s if deadline_s is None else deadline_s,
+    )
 
 
 class GCSStore:
     """An :class:`~backend.stores.base.ArtifactStore` over ``gs://bucket/prefix``."""
 
-    def __init__(self, uri: str, create: bool = False, *, client: Any = None,
-                 retry_deadline_s: float | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        create: bool = False,
+        *,
+        client: Any = None,
+        retry_deadline_s: float | None = None,
+    ) -> None:
         self.bucket_name, self.prefix = parse_gs_uri(uri)
         self._client = client
         self._retry_deadline_s = retry_deadline_s
@@ -117,7 +129,9 @@ class GCSStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, what: str, key: str, exc: Exception) -> StoreError:
-        return StoreError(f"{self.uri_for(key) if key else self.uri}: {what} failed: {type(exc).__name__}: {exc}")
+        return StoreError(
+            f"{self.uri_for(key) if key else self.uri}: {what} failed: {type(exc).__name__}: {exc}"
+        )
 
     def _ensure_bucket(self) -> None:
         from google.api_core import exceptions as gexc
@@ -128,19 +142,26 @@ class GCSStore:
         except gexc.Conflict:
             pass  # created concurrently
         except _errors() as exc:
-            raise StoreError(f"gs://{self.bucket_name}: cannot look up or create the bucket: {exc}") from exc
+            raise StoreError(
+                f"gs://{self.bucket_name}: cannot look up or create the bucket: {exc}"
+            ) from exc
 
     # -- naming
     @property
     def uri(self) -> str:
-        return f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
+        return (
+            f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
+        )
 
     def uri_for(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{self._name(key)}"
 
-    def child(self, prefix: str) -> "GCSStore":
-        return GCSStore(f"gs://{self.bucket_name}/{self._name(prefix)}", client=self._client,
-                        retry_deadline_s=self._retry_deadline_s)
+    def child(self, prefix: str) -> GCSStore:
+        return GCSStore(
+            f"gs://{self.bucket_name}/{self._name(prefix)}",
+            client=self._client,
+            retry_deadline_s=self._retry_deadline_s,
+        )
 
     # -- writes
     def _upload(self, key: str, data: bytes, **precondition: Any) -> None:
@@ -148,14 +169,21 @@ class GCSStore:
         if len(data) > RESUMABLE_THRESHOLD:
             # a resumable session sent CHUNK_SIZE at a time: a failed chunk is re-sent alone
             blob.chunk_size = CHUNK_SIZE
-            blob.upload_from_file(io.BytesIO(bytes(data)), content_type="application/octet-stream",
-                                  retry=self.retry, **precondition)
+            blob.upload_from_file(
+                io.BytesIO(bytes(data)),
+                content_type="application/octet-stream",
+                retry=self.retry,
+                **precondition,
+            )
         else:
-            blob.upload_from_string(bytes(data), content_type="application/octet-stream",
-                                    retry=self.retry, **precondition)
+            blob.upload_from_string(
+                bytes(data),
+                content_type="application/octet-stream",
+                retry=self.retry,
+                **precondition,
+            )
 
     def put_bytes(self, key: str, data: bytes) -> str:
-        from google.api_core import exceptions as gexc
 
         try:
             self._upload(key, data)
@@ -188,7 +216,6 @@ class GCSStore:
             raise self._error("download", key, exc) from exc
 
     def exists(self, key: str) -> bool:
-        from google.api_core import exceptions as gexc
 
         try:
             return bool(self._bucket().blob(self._name(key)).exists(retry=self.retry))
@@ -201,13 +228,19 @@ class GCSStore:
         prefix = prefix.lstrip("/")
         root = f"{self.prefix}/" if self.prefix else ""
         try:
-            names = [b.name for b in self.client.list_blobs(self.bucket_name, prefix=root + prefix,
-                                                            retry=self.retry)]
+            names = [
+                b.name
+                for b in self.client.list_blobs(
+                    self.bucket_name, prefix=root + prefix, retry=self.retry
+                )
+            ]
         except gexc.NotFound as exc:
-            raise StoreError(f"{self.uri}: bucket {self.bucket_name!r} does not exist ({exc})") from exc
+            raise StoreError(
+                f"{self.uri}: bucket {self.bucket_name!r} does not exist ({exc})"
+            ) from exc
         except _errors() as exc:
             raise StoreError(f"{self.uri}: listing {prefix!r} failed: {exc}") from exc
-        return sorted(n[len(root):] for n in names if n.startswith(root) and not n.endswith("/"))
+        return sorted(n[len(root) :] for n in names if n.startswith(root) and not n.endswith("/"))
 
     def delete(self, key: str) -> None:
         from google.api_core import exceptions as gexc

@@ -56,13 +56,3 @@ def exit_key(attempt: int) -> str:
 
 def artifacts_prefix(attempt: int) -> str:
     return f"{attempt_prefix(attempt)}/artifacts"
-
-
-def attempt_numbers(keys: list[str]) -> list[int]:
-    """Attempt numbers that appear in a listing of ``attempts/`` keys."""
-    nums = set()
-    for k in keys:
-        parts = k.split("/")
-        if len(parts) > 1 and parts[0] == "attempts" and parts[1].isdigit():
-            nums.add(int(parts[1]))
-    return sorted(nums)

@@ -44,9 +44,7 @@ class LocalStore:
             except OSError as exc:
                 raise StoreError(f"cannot create store root {self.root}: {exc}") from exc
         elif must_exist and not self.root.is_dir():
-            raise StoreError(
-                f"store root {self.root} does not exist (URI {self.uri})"
-            )
+            raise StoreError(f"store root {self.root} does not exist (URI {self.uri})")
 
     # -- naming
     @property
@@ -60,7 +58,7 @@ class LocalStore:
         """Local path of ``key`` (local store only; lets numpy/JAX read files in place)."""
         return self.root / check_key(key)
 
-    def child(self, prefix: str) -> "LocalStore":
+    def child(self, prefix: str) -> LocalStore:
         return LocalStore(self.root / check_key(prefix), must_exist=False)
 
     # -- writes

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import streamlit as st
 
 from dashboard import cache, figures, forms, intents, widgets
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from streamlit.delta_generator import DeltaGenerator
 
 ERRORS_KEY = "campaign-form-errors"
 ANALYSIS_ERRORS_KEY = "analysis-file-errors"
@@ -14,8 +21,13 @@ ANALYSIS_ERRORS_KEY = "analysis-file-errors"
 def campaigns_page() -> None:
     st.title("Campaigns")
     top = st.columns([2, 5])
-    if top[0].button("Demo campaign", type="primary", icon=":material/play_arrow:", key="demo-campaign",
-                     help="create and launch the built-in demo campaign in one click"):
+    if top[0].button(
+        "Demo campaign",
+        type="primary",
+        icon=":material/play_arrow:",
+        key="demo-campaign",
+        help="create and launch the built-in demo campaign in one click",
+    ):
         try:
             cid = intents.create_demo(launch=True)
             cache.clear()
@@ -26,12 +38,17 @@ def campaigns_page() -> None:
     created = st.session_state.pop("campaign-created", None)
     if created:
         cid, launched = created
-        st.success(f"Campaign {cid} created" + (" and launch requested." if launched else ". Launch it from the list."))
+        st.success(
+            f"Campaign {cid} created"
+            + (" and launch requested." if launched else ". Launch it from the list.")
+        )
     _campaign_list()
     keep_open = bool(st.session_state.get(ERRORS_KEY) or st.session_state.get("campaign-estimate"))
     with st.expander("New campaign", expanded=keep_open):
         _campaign_form()
-    with st.expander("From an analysis file", expanded=bool(st.session_state.get(ANALYSIS_ERRORS_KEY))):
+    with st.expander(
+        "From an analysis file", expanded=bool(st.session_state.get(ANALYSIS_ERRORS_KEY))
+    ):
         _analysis_form()
 
 
@@ -48,15 +65,38 @@ def _campaign_list() -> None:
     df = df.sort_values("id", ascending=False)
     df = df.assign(result=_result_column(db, df))
     state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
-    shown = [c for c in ("id", "name", "status", "result", "progress", "n_jobs", *state_cols, "cost", "budget",
-                         "estimate_cost", "created") if c in df]
+    shown = [
+        c
+        for c in (
+            "id",
+            "name",
+            "status",
+            "result",
+            "progress",
+            "n_jobs",
+            *state_cols,
+            "cost",
+            "budget",
+            "estimate_cost",
+            "created",
+        )
+        if c in df
+    ]
     event = st.dataframe(
-        df[shown], hide_index=True, key="campaign-table", on_select="rerun", selection_mode="multi-row",
+        df[shown],
+        hide_index=True,
+        key="campaign-table",
+        on_select="rerun",
+        selection_mode="multi-row",
         column_config={
             "result": st.column_config.TextColumn(
-                "result", help="the result's checks: “checks passed”, or “needs review” with the failed checks "
-                "(value vs threshold); stored when the campaign settles"),
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+                "result",
+                help="the result's checks: “checks passed”, or “needs review” with the failed checks "
+                "(value vs threshold); stored when the campaign settles",
+            ),
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0.0, max_value=1.0, format="percent"
+            ),
             "cost": st.column_config.NumberColumn("cost (USD)", format="%.2f"),
             "budget": st.column_config.NumberColumn("budget (USD)", format="%.2f"),
             **{c: st.column_config.NumberColumn(c[2:].lower()) for c in state_cols},
@@ -66,9 +106,11 @@ def _campaign_list() -> None:
     selected = [int(df.iloc[i]["id"]) for i in rows]
     cols = st.columns([1, 1, 1, 4])
     label = f" ({len(selected)})" if selected else ""
-    actions = (("Launch", intents.launch, ":material/rocket_launch:"),
-               ("Cancel", lambda ids: intents.cancel(campaign_ids=ids), ":material/cancel:"),
-               ("Retry failed", lambda ids: intents.retry(campaign_ids=ids), ":material/replay:"))
+    actions = (
+        ("Launch", intents.launch, ":material/rocket_launch:"),
+        ("Cancel", lambda ids: intents.cancel(campaign_ids=ids), ":material/cancel:"),
+        ("Retry failed", lambda ids: intents.retry(campaign_ids=ids), ":material/replay:"),
+    )
     for col, (name, action, icon) in zip(cols, actions):
         if col.button(name + label, disabled=not selected, key=f"bulk-{name}", icon=icon):
             try:
@@ -86,7 +128,10 @@ def _campaign_list() -> None:
 def _stored_result_statuses(db: str) -> dict[int, dict | None]:
     from backend import result_status
 
-    return {cid: (s.to_dict() if s is not None else None) for cid, s in result_status.result_statuses().items()}
+    return {
+        cid: (s.to_dict() if s is not None else None)
+        for cid, s in result_status.result_statuses().items()
+    }
 
 
 def _result_column(db: str, df: pd.DataFrame) -> list[str]:
@@ -97,8 +142,10 @@ def _result_column(db: str, df: pd.DataFrame) -> list[str]:
         stored = _stored_result_statuses(db)
     except Exception:  # a database not yet upgraded must not hide the list
         stored = {}
-    return [result_status.badge(result_status.ResultStatus.from_dict(stored.get(int(cid))), str(state))
-            for cid, state in zip(df["id"], df["status"])]
+    return [
+        result_status.badge(result_status.ResultStatus.from_dict(stored.get(int(cid))), str(state))
+        for cid, state in zip(df["id"], df["status"])
+    ]
 
 
 # --------------------------------------------------------------------------- form
@@ -125,53 +172,90 @@ def _campaign_form() -> None:
     defaults = forms.default_values()
     machines, gpus = _catalogue_options()
     with st.form("campaign-form", border=False):
-        c = st.columns(2)
+        c: Sequence[DeltaGenerator] = st.columns(2)  # reused below for rows of 2 to 5 columns
         with c[0]:
             name = st.text_input("Name", value=defaults["name"], key="f-name")
             _field_errors("name")
         with c[1]:
-            budget = st.number_input("Budget (USD, 0 = none)", min_value=0.0, value=float(defaults["budget"]),
-                                     step=10.0, key="f-budget")
+            budget = st.number_input(
+                "Budget (USD, 0 = none)",
+                min_value=0.0,
+                value=float(defaults["budget"]),
+                step=10.0,
+                key="f-budget",
+            )
             _field_errors("budget")
 
         st.markdown("**Samples** (source: `demo` for the built-in simulator, or a file path)")
-        samples = st.data_editor(pd.DataFrame(defaults["samples"]), num_rows="dynamic", key="f-samples",
-                                 hide_index=True, width="stretch")
+        samples = st.data_editor(
+            pd.DataFrame(defaults["samples"]),
+            num_rows="dynamic",
+            key="f-samples",
+            hide_index=True,
+            width="stretch",
+        )
         _field_errors("samples")
         c = st.columns(2)
         with c[0]:
             process_names = [p for p in samples["process"].dropna().astype(str) if p.strip()]
-            reference = st.selectbox("Reference process (denominator of every ratio task)",
-                                     process_names or ["B"],
-                                     index=(process_names.index(defaults["reference"])
-                                            if defaults["reference"] in process_names else 0), key="f-reference")
+            reference = st.selectbox(
+                "Reference process (denominator of every ratio task)",
+                process_names or ["B"],
+                index=(
+                    process_names.index(defaults["reference"])
+                    if defaults["reference"] in process_names
+                    else 0
+                ),
+                key="f-reference",
+            )
             _field_errors("reference")
         with c[1]:
-            nuisances = st.text_input("Extra nuisance parameters (comma separated)", value=defaults["nuisances"],
-                                      key="f-nuisances")
+            nuisances = st.text_input(
+                "Extra nuisance parameters (comma separated)",
+                value=defaults["nuisances"],
+                key="f-nuisances",
+            )
             _field_errors("nuisances")
         st.markdown("**Systematic variations** (up/down: `demo` or a file path)")
-        systematics = st.data_editor(pd.DataFrame(defaults["systematics"]), num_rows="dynamic",
-                                     key="f-systematics", hide_index=True, width="stretch")
+        systematics = st.data_editor(
+            pd.DataFrame(defaults["systematics"]),
+            num_rows="dynamic",
+            key="f-systematics",
+            hide_index=True,
+            width="stretch",
+        )
         _field_errors("systematics")
 
         st.markdown("**Ratio estimators**")
         c = st.columns(5)
-        hidden = c[0].number_input("Hidden layers", min_value=0, value=defaults["hidden_layers"], key="f-layers")
+        hidden = c[0].number_input(
+            "Hidden layers", min_value=0, value=defaults["hidden_layers"], key="f-layers"
+        )
         width = c[1].number_input("Width", min_value=0, value=defaults["width"], key="f-width")
         activation = c[2].selectbox("Activation", forms.ACTIVATIONS, key="f-activation")
-        max_steps = c[3].number_input("Steps", min_value=0, value=defaults["max_steps"], key="f-steps")
-        batch = c[4].number_input("Batch size", min_value=0, value=defaults["batch_size"], key="f-batch")
+        max_steps = c[3].number_input(
+            "Steps", min_value=0, value=defaults["max_steps"], key="f-steps"
+        )
+        batch = c[4].number_input(
+            "Batch size", min_value=0, value=defaults["batch_size"], key="f-batch"
+        )
         _field_errors("architecture")
         c = st.columns(2)
         with c[0]:
-            ens = st.number_input("Ensemble size", min_value=0, value=defaults["ensemble_size"], key="f-ensemble")
-            per_job = st.number_input("Members per job", min_value=0, value=defaults["members_per_job"],
-                                      key="f-per-job")
+            ens = st.number_input(
+                "Ensemble size", min_value=0, value=defaults["ensemble_size"], key="f-ensemble"
+            )
+            per_job = st.number_input(
+                "Members per job", min_value=0, value=defaults["members_per_job"], key="f-per-job"
+            )
             _field_errors("ensemble_size")
         with c[1]:
-            grid = st.text_area("Hyper-parameter grid (one `key = v1, v2` per line)", value=defaults["grid"],
-                                placeholder="learning_rate = 1e-3, 3e-4\nwidth = 32, 64", key="f-grid")
+            grid = st.text_area(
+                "Hyper-parameter grid (one `key = v1, v2` per line)",
+                value=defaults["grid"],
+                placeholder="learning_rate = 1e-3, 3e-4\nwidth = 32, 64",
+                key="f-grid",
+            )
             _field_errors("grid")
 
         st.markdown("**Where it runs**")
@@ -182,7 +266,9 @@ def _campaign_form() -> None:
         with c[1]:
             machine = st.selectbox("Machine type", machines, key="f-machine")
         with c[2]:
-            gpu_type = st.selectbox("GPU type", [None, *gpus], format_func=lambda g: g or "none", key="f-gpu")
+            gpu_type = st.selectbox(
+                "GPU type", [None, *gpus], format_func=lambda g: g or "none", key="f-gpu"
+            )
         with c[3]:
             gpu_count = st.number_input("GPUs", min_value=0, max_value=16, value=0, key="f-gpus")
         _field_errors("machine")
@@ -191,12 +277,20 @@ def _campaign_form() -> None:
             spot = st.checkbox("Spot (preemptible)", value=False, key="f-spot")
             _field_errors("spot")
         with c[1]:
-            zones = st.text_input("Zones (comma separated)", value="", placeholder="us-central1-a, us-central1-b",
-                                  key="f-zones")
+            zones = st.text_input(
+                "Zones (comma separated)",
+                value="",
+                placeholder="us-central1-a, us-central1-b",
+                key="f-zones",
+            )
             _field_errors("zones")
         with c[2]:
-            concurrency = st.number_input("Max concurrent jobs", min_value=1, value=defaults["max_concurrency"],
-                                          key="f-concurrency")
+            concurrency = st.number_input(
+                "Max concurrent jobs",
+                min_value=1,
+                value=defaults["max_concurrency"],
+                key="f-concurrency",
+            )
 
         st.markdown("**After training**")
         c = st.columns(5)
@@ -204,26 +298,49 @@ def _campaign_form() -> None:
         impacts = c[1].checkbox("Impacts", value=defaults["impacts"], key="f-impacts")
         scan = c[2].checkbox("Scan", value=defaults["scan"], key="f-scan")
         toys = c[3].checkbox("Toys", value=defaults["toys"], key="f-toys")
-        n_toys = c[4].number_input("Number of toys", min_value=1, value=defaults["n_toys"], key="f-ntoys")
+        n_toys = c[4].number_input(
+            "Number of toys", min_value=1, value=defaults["n_toys"], key="f-ntoys"
+        )
         _field_errors("stages")
         _field_errors("_general")
 
         b = st.columns([1, 1, 1, 3])
         do_estimate = b[0].form_submit_button("Estimate", icon=":material/calculate:")
         do_create = b[1].form_submit_button("Create", icon=":material/add:")
-        do_launch = b[2].form_submit_button("Create and launch", type="primary", icon=":material/rocket_launch:")
+        do_launch = b[2].form_submit_button(
+            "Create and launch", type="primary", icon=":material/rocket_launch:"
+        )
 
     if not (do_estimate or do_create or do_launch):
         _show_estimate()
         return
     values = {
-        "name": name, "budget": budget, "samples": samples.to_dict("records"), "reference": reference,
-        "systematics": systematics.to_dict("records"), "nuisances": nuisances,
-        "hidden_layers": hidden, "width": width, "activation": activation, "max_steps": max_steps,
-        "batch_size": batch, "ensemble_size": ens, "members_per_job": per_job, "grid": grid,
-        "launcher": launcher, "machine_type": machine, "gpu_type": gpu_type, "gpu_count": gpu_count,
-        "spot": spot, "zones": zones, "max_concurrency": concurrency,
-        "fit": fit, "impacts": impacts, "scan": scan, "toys": toys, "n_toys": n_toys,
+        "name": name,
+        "budget": budget,
+        "samples": samples.to_dict("records"),
+        "reference": reference,
+        "systematics": systematics.to_dict("records"),
+        "nuisances": nuisances,
+        "hidden_layers": hidden,
+        "width": width,
+        "activation": activation,
+        "max_steps": max_steps,
+        "batch_size": batch,
+        "ensemble_size": ens,
+        "members_per_job": per_job,
+        "grid": grid,
+        "launcher": launcher,
+        "machine_type": machine,
+        "gpu_type": gpu_type,
+        "gpu_count": gpu_count,
+        "spot": spot,
+        "zones": zones,
+        "max_concurrency": concurrency,
+        "fit": fit,
+        "impacts": impacts,
+        "scan": scan,
+        "toys": toys,
+        "n_toys": n_toys,
     }
     _submit(values, create=do_create or do_launch, launch=do_launch)
 
@@ -244,7 +361,9 @@ def _submit(values: dict, *, create: bool, launch: bool) -> None:
     try:
         cid = intents.create(result.config, launch=launch)
     except Exception as exc:
-        st.session_state[ERRORS_KEY] = forms.file_backend_errors(getattr(exc, "errors", None) or [str(exc)])
+        st.session_state[ERRORS_KEY] = forms.file_backend_errors(
+            getattr(exc, "errors", None) or [str(exc)]
+        )
         st.rerun()
     cache.clear()
     st.session_state["campaign_id"] = cid
@@ -256,14 +375,20 @@ def _submit(values: dict, *, create: bool, launch: bool) -> None:
 def _analysis_form() -> None:
     """Start a campaign from an analysis file (a path on the server, or an upload); every
     problem of the file is shown here with its line, and nothing is created until it is valid."""
-    st.caption("An analysis file (YAML, see docs/analysis.md) defines samples, systematics, training "
-               "and the fit in one place. Jobs that an earlier run already did are reused, not run again. "
-               "The controller (`nsbi up`) runs the campaign; `nsbi analysis run FILE` also writes a report.")
-    path = st.text_input("Analysis file path", key="a-path", placeholder="examples/analysis-demo.yaml")
+    st.caption(
+        "An analysis file (YAML, see docs/analysis.md) defines samples, systematics, training "
+        "and the fit in one place. Jobs that an earlier run already did are reused, not run again. "
+        "The controller (`nsbi up`) runs the campaign; `nsbi analysis run FILE` also writes a report."
+    )
+    path = st.text_input(
+        "Analysis file path", key="a-path", placeholder="examples/analysis-demo.yaml"
+    )
     upload = st.file_uploader("… or upload one", type=["yaml", "yml"], key="a-upload")
     c = st.columns([1, 1, 4])
     do_check = c[0].button("Check", key="a-check", icon=":material/fact_check:")
-    do_run = c[1].button("Create and launch", key="a-run", type="primary", icon=":material/rocket_launch:")
+    do_run = c[1].button(
+        "Create and launch", key="a-run", type="primary", icon=":material/rocket_launch:"
+    )
     for message in st.session_state.get(ANALYSIS_ERRORS_KEY, []):
         st.error(message, icon=":material/error:")
     checked = st.session_state.get("analysis-checked")
@@ -278,7 +403,9 @@ def _analysis_form() -> None:
         elif path.strip():
             source = path.strip()
         else:
-            st.session_state[ANALYSIS_ERRORS_KEY] = ["give the path of an analysis file or upload one"]
+            st.session_state[ANALYSIS_ERRORS_KEY] = [
+                "give the path of an analysis file or upload one"
+            ]
             st.rerun()
         problems = intents.analysis_problems(source)
         st.session_state[ANALYSIS_ERRORS_KEY] = problems
@@ -287,7 +414,9 @@ def _analysis_form() -> None:
             st.rerun()
         cid = intents.create_from_analysis(source, launch=True)
     except Exception as exc:  # AnalysisError lists problems; anything else is shown as one line
-        problems = [str(p) for p in getattr(exc, "problems", [])] or [f"{type(exc).__name__}: {exc}"]
+        problems = [str(p) for p in getattr(exc, "problems", [])] or [
+            f"{type(exc).__name__}: {exc}"
+        ]
         st.session_state[ANALYSIS_ERRORS_KEY] = problems
         st.rerun()
     cache.clear()

@@ -12,9 +12,15 @@ from dashboard import cache, figures, queries, widgets
 VIEWS = ("Calibration", "Closure", "Ensemble spread", "Overtraining")
 # Streamlit badge colours (text badges: no emoji font needed in the browser or in screenshots)
 LIGHTS = {"green": "green", "amber": "orange", "red": "red", "unknown": "gray"}
-LABELS = {"closure_chi2_ndf": "closure χ²/ndf", "normalisation": "normalisation", "calibration": "calibration",
-          "overtraining": "overtraining", "ensemble_spread": "ensemble spread", "saturation": "saturation",
-          "auc": "AUC"}
+LABELS = {
+    "closure_chi2_ndf": "closure χ²/ndf",
+    "normalisation": "normalisation",
+    "calibration": "calibration",
+    "overtraining": "overtraining",
+    "ensemble_spread": "ensemble spread",
+    "saturation": "saturation",
+    "auc": "AUC",
+}
 
 
 def diagnostics_page() -> None:
@@ -30,14 +36,18 @@ def diagnostics_page() -> None:
         widgets.report_error("Could not load diagnostics", exc)
         return
     if not by_task:
-        widgets.nothing_yet("Nothing yet: no diagnostics for this campaign. Train first: diagnostics are "
-                            "written when an ensemble finishes training.")
+        widgets.nothing_yet(
+            "Nothing yet: no diagnostics for this campaign. Train first: diagnostics are "
+            "written when an ensemble finishes training."
+        )
         return
     status = _result_badge(db, campaign_id)
     tasks = sorted(by_task)
     worst = status.worst_task if status is not None else None
     # open on the task with the worst failed check (the first one when every task passes)
-    task = st.selectbox("Ratio task", tasks, index=tasks.index(worst) if worst in tasks else 0, key="diag-task")
+    task = st.selectbox(
+        "Ratio task", tasks, index=tasks.index(worst) if worst in tasks else 0, key="diag-task"
+    )
     view = queries.diagnostics_view(task, by_task[task])
     _lights(view.checks)
     _fit_checks(status, task)
@@ -45,7 +55,9 @@ def diagnostics_page() -> None:
     if shown == "Calibration":
         left, right = st.columns(2)
         with left:
-            widgets.chart(figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration")
+            widgets.chart(
+                figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration"
+            )
         with right:
             if view.roc.empty:
                 st.metric("AUC (holdout)", queries.format_value(view.auc))
@@ -56,25 +68,46 @@ def diagnostics_page() -> None:
             widgets.nothing_yet("No closure histograms for this task.")
             return
         names = [str(h.get("observable", i)) for i, h in enumerate(view.closure)]
-        i = st.selectbox("Observable", range(len(names)), format_func=names.__getitem__, key="diag-observable")
+        i = st.selectbox(
+            "Observable", range(len(names)), format_func=names.__getitem__, key="diag-observable"
+        )
         widgets.chart(figures.closure(view.closure[i]), f"closure-{names[i]}")
     elif shown == "Ensemble spread":
         left, right = st.columns(2)
         with left:
-            widgets.chart(figures.histogram(view.spread["normalisation"], x_title="E_ref[r̂] per member", bins=20,
-                                            title="Ensemble spread: member normalisations", threshold=1.0), "spread")
+            widgets.chart(
+                figures.histogram(
+                    view.spread["normalisation"],
+                    x_title="E_ref[r̂] per member",
+                    bins=20,
+                    title="Ensemble spread: member normalisations",
+                    threshold=1.0,
+                ),
+                "spread",
+            )
         with right:
-            widgets.chart(figures.histogram(view.spread["auc"], title="Ensemble spread: member AUCs",
-                                            x_title="AUC per member", bins=20), "spread-auc")
+            widgets.chart(
+                figures.histogram(
+                    view.spread["auc"],
+                    title="Ensemble spread: member AUCs",
+                    x_title="AUC per member",
+                    bins=20,
+                ),
+                "spread-auc",
+            )
     else:
         if view.losses.empty:
             widgets.nothing_yet("No per-member losses reported.")
         else:
-            st.markdown("Training vs holdout loss per member (a holdout loss well above training is overtraining)")
+            st.markdown(
+                "Training vs holdout loss per member (a holdout loss well above training is overtraining)"
+            )
             st.dataframe(view.losses, hide_index=True)
 
 
-@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+@st.cache_data(
+    ttl=cache.SLOW_TTL_S / 3, show_spinner=False
+)  # a running campaign's status reads its results
 def _result_status(db: str, campaign_id: int) -> dict | None:
     from backend import result_status
 
@@ -93,15 +126,18 @@ def _result_badge(db: str, campaign_id: int):
         return None
     text = result_status.badge_markdown(status)
     if text:
-        st.markdown(f"**Result:** {text}", help="a check fails where its light below is RED; every failed "
-                    "check of every task is listed here, worst first")
+        st.markdown(
+            f"**Result:** {text}",
+            help="a check fails where its light below is RED; every failed "
+            "check of every task is listed here, worst first",
+        )
     return status
 
 
 def _fit_checks(status, task: str) -> None:
     """What the fit measured about this task's ratios (noise relative to the variation the ratio
     must carry): a noisy ratio can pass every check above and still shrink the interval."""
-    for c in (status.checks if status is not None else ()):
+    for c in status.checks if status is not None else ():
         if c.task == task and c.name == "noise_to_signal":
             text = f"In the fit: {c.message}"
             (st.caption if c.passed else st.error)(text)
@@ -113,8 +149,12 @@ def _lights(checks) -> None:
     for col, row in zip(cols, checks.itertuples()):
         value = queries.format_value(row.value)
         badge = f":{LIGHTS[row.status]}-badge[{row.status.upper()}]"
-        col.markdown(f"{badge}  \n**{LABELS.get(row.check, row.check)}**  \n{value}  \n"
-                     f"<small>{row.threshold}</small>", unsafe_allow_html=True, help=row.description)
+        col.markdown(
+            f"{badge}  \n**{LABELS.get(row.check, row.check)}**  \n{value}  \n"
+            f"<small>{row.threshold}</small>",
+            unsafe_allow_html=True,
+            help=row.description,
+        )
 
 
 diagnostics_page()

@@ -20,12 +20,16 @@ def fit_page() -> None:
         _start_form(campaign_id)
     views, table = cache.fit(db, campaign_id)
     if len(views) > 1:
-        run = st.selectbox("Fit run", sorted(views, reverse=True), format_func=lambda r: f"run {r}", key="fit-run")
+        run = st.selectbox(
+            "Fit run", sorted(views, reverse=True), format_func=lambda r: f"run {r}", key="fit-run"
+        )
+        view = views.get(run)
     else:
-        run = next(iter(views), None)
-    view = views.get(run)
+        view = next(iter(views.values()), None)
     if view is None or view.empty:
-        widgets.nothing_yet("Nothing yet: no fit results for this campaign. Train first, then start a fit above.")
+        widgets.nothing_yet(
+            "Nothing yet: no fit results for this campaign. Train first, then start a fit above."
+        )
         return
     _result_badge(db, campaign_id)
     _headline(view)
@@ -70,11 +74,18 @@ def fit_page() -> None:
 
 def _toy_summary(summary: dict) -> None:
     cols = st.columns(5)
-    cols[0].metric("Toys (converged)", f"{int(summary.get('n_converged', 0))} / {int(summary.get('n_toys', 0))}")
+    cols[0].metric(
+        "Toys (converged)",
+        f"{int(summary.get('n_converged', 0))} / {int(summary.get('n_toys', 0))}",
+    )
     cols[1].metric("Pull mean", queries.format_value(summary.get("pull_mean")))
     cols[2].metric("Pull width", queries.format_value(summary.get("pull_width")))
-    cols[3].metric("Coverage 68 % (profile)", queries.format_value(summary.get("coverage_profile_68")))
-    cols[4].metric("Coverage 95 % (profile)", queries.format_value(summary.get("coverage_profile_95")))
+    cols[3].metric(
+        "Coverage 68 % (profile)", queries.format_value(summary.get("coverage_profile_68"))
+    )
+    cols[4].metric(
+        "Coverage 95 % (profile)", queries.format_value(summary.get("coverage_profile_95"))
+    )
 
 
 def _intervals(view) -> None:
@@ -88,12 +99,22 @@ def _intervals(view) -> None:
 def _headline(view) -> None:
     cols = st.columns(4)
     if view.mu_hat is not None:
-        text = f"{view.mu_hat:.3f} ± {view.sigma:.3f}" if view.sigma is not None else f"{view.mu_hat:.3f}"
-        cols[0].metric(f"best-fit {view.poi}", text,
-                       help="Hessian (symmetric) error; the Scan view gives the profile-likelihood interval")
+        text = (
+            f"{view.mu_hat:.3f} ± {view.sigma:.3f}"
+            if view.sigma is not None
+            else f"{view.mu_hat:.3f}"
+        )
+        cols[0].metric(
+            f"best-fit {view.poi}",
+            text,
+            help="Hessian (symmetric) error; the Scan view gives the profile-likelihood interval",
+        )
     if view.breakdown:
-        cols[1].metric("stat / syst", f"{queries.format_value(view.breakdown.get('stat'))} / "
-                                      f"{queries.format_value(view.breakdown.get('syst'))}")
+        cols[1].metric(
+            "stat / syst",
+            f"{queries.format_value(view.breakdown.get('stat'))} / "
+            f"{queries.format_value(view.breakdown.get('syst'))}",
+        )
     cols[2].metric("Nuisance parameters", len(view.pulls))
     if view.converged is not None:
         cols[3].metric("Fit", "converged" if view.converged else "NOT converged")
@@ -107,16 +128,27 @@ def _components(u: dict) -> None:
     fmt = queries.format_value
     inc = set(u.get("included") or [])
     cols = st.columns(4)
-    cols[0].metric("total error", fmt(u.get("total")),
-                   help="Hesse error with the included components added in quadrature")
-    cols[1].metric("Hesse", fmt(u.get("hesse")), help="data statistics and modelled systematics (exact Hessian)")
-    for col, key, label, how in ((cols[2], "nn", "NN training", "spread of the best fit over one-member refits"),
-                                 (cols[3], "sim", "simulation statistics", "Poisson bootstrap of the normalisation sample")):
+    cols[0].metric(
+        "total error",
+        fmt(u.get("total")),
+        help="Hesse error with the included components added in quadrature",
+    )
+    cols[1].metric(
+        "Hesse",
+        fmt(u.get("hesse")),
+        help="data statistics and modelled systematics (exact Hessian)",
+    )
+    for col, key, label, how in (
+        (cols[2], "nn", "NN training", "spread of the best fit over one-member refits"),
+        (cols[3], "sim", "simulation statistics", "Poisson bootstrap of the normalisation sample"),
+    ):
         suffix = "" if key in inc else " (not in total)"
         col.metric(label + suffix, f"{fmt(u.get(key))} ± {fmt(u.get(key + '_se'))}", help=how)
 
 
-@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+@st.cache_data(
+    ttl=cache.SLOW_TTL_S / 3, show_spinner=False
+)  # a running campaign's status reads its results
 def _result_status(db: str, campaign_id: int) -> dict | None:
     from backend import result_status
 
@@ -135,7 +167,10 @@ def _result_badge(db: str, campaign_id: int) -> None:
         return
     text = result_status.badge_markdown(status)
     if text:
-        st.markdown(f"**Result:** {text}", help="checks of the trained ratios (Diagnostics page) and of the fit")
+        st.markdown(
+            f"**Result:** {text}",
+            help="checks of the trained ratios (Diagnostics page) and of the fit",
+        )
 
 
 def _start_form(campaign_id: int) -> None:
@@ -143,16 +178,27 @@ def _start_form(campaign_id: int) -> None:
         c1, c2 = st.columns(2)
         data = c1.radio("Data", ("asimov", "observed"), horizontal=True, key="fit-data")
         mu_true = c2.number_input("Asimov μ", value=1.0, key="fit-mu-true")
-        steps = st.multiselect("Run", intents.FIT_KINDS, default=list(intents.FIT_KINDS), key="fit-steps")
+        steps = st.multiselect(
+            "Run", intents.FIT_KINDS, default=list(intents.FIT_KINDS), key="fit-steps"
+        )
         c3, c4, c5 = st.columns(3)
         scan_lo = c3.number_input("Scan from", value=0.0, key="fit-scan-lo")
         scan_hi = c4.number_input("Scan to", value=2.0, key="fit-scan-hi")
-        scan_n = c5.number_input("Scan points", min_value=3, max_value=201, value=21, key="fit-scan-n")
-        n_toys = st.number_input("Toys", min_value=10, max_value=100_000, value=200, step=10, key="fit-toys")
+        scan_n = c5.number_input(
+            "Scan points", min_value=3, max_value=201, value=21, key="fit-scan-n"
+        )
+        n_toys = st.number_input(
+            "Toys", min_value=10, max_value=100_000, value=200, step=10, key="fit-toys"
+        )
         submitted = st.form_submit_button("Start fit", type="primary")
     if submitted:
-        request = {"data": data, "mu_true": mu_true, "steps": steps,
-                   "scan": {"low": scan_lo, "high": scan_hi, "points": int(scan_n)}, "toys": int(n_toys)}
+        request = {
+            "data": data,
+            "mu_true": mu_true,
+            "steps": steps,
+            "scan": {"low": scan_lo, "high": scan_hi, "points": int(scan_n)},
+            "toys": int(n_toys),
+        }
         try:
             n = intents.start_fit(campaign_id, request)
         except Exception as exc:  # validation or backend errors: shown, page keeps working

@@ -24,19 +24,26 @@ def monitor_page() -> None:
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     states = c1.multiselect("States", STATES, key="monitor-states")
     kind = c2.selectbox("Kind", ("all", *KINDS), key="monitor-kind")
-    live = c3.toggle("Live", value=True, key="monitor-live", help="refresh without reloading the page")
+    live = c3.toggle(
+        "Live", value=True, key="monitor-live", help="refresh without reloading the page"
+    )
     every = c4.number_input("Every (s)", min_value=1, max_value=60, value=3, key="monitor-every")
     run_every = timedelta(seconds=int(every)) if live else None
     _live_view(db, campaign_id, tuple(states), None if kind == "all" else kind, run_every)
 
 
-def _live_view(db: str, campaign_id: int, states: tuple[str, ...], kind: str | None, run_every) -> None:
+def _live_view(
+    db: str, campaign_id: int, states: tuple[str, ...], kind: str | None, run_every
+) -> None:
     @st.fragment(run_every=run_every)
     def view() -> None:
         _summary(db, campaign_id)
         n_jobs = _job_table(db, campaign_id, states, kind)
         # one chart at a time keeps each refresh cheap for the browser
-        shown = st.segmented_control("Show", CHARTS, default=CHARTS[0], key="monitor-chart") or CHARTS[0]
+        shown = (
+            st.segmented_control("Show", CHARTS, default=CHARTS[0], key="monitor-chart")
+            or CHARTS[0]
+        )
         if shown == CHARTS[0]:
             _curves(db, campaign_id)
         else:
@@ -56,11 +63,16 @@ def _summary(db: str, campaign_id: int) -> None:
     for col, state in zip(cols[1:5], ("running", "pending", "succeeded", "failed")):
         col.metric(state.capitalize(), int(r.get(f"n_{state}", 0) or 0))
     cols[5].metric("Cost (USD)", f"{float(r.get('cost', 0) or 0):.2f}")
-    st.progress(float(r.get("progress", 0) or 0), text=f"{100 * float(r.get('progress', 0) or 0):.0f} % done")
+    st.progress(
+        float(r.get("progress", 0) or 0),
+        text=f"{100 * float(r.get('progress', 0) or 0):.0f} % done",
+    )
     _result_badge(db, campaign_id, str(r.get("status", "")))
 
 
-@st.cache_data(ttl=cache.SLOW_TTL_S / 3, show_spinner=False)  # a running campaign's status reads its results
+@st.cache_data(
+    ttl=cache.SLOW_TTL_S / 3, show_spinner=False
+)  # a running campaign's status reads its results
 def _result_status(db: str, campaign_id: int) -> dict | None:
     from backend import result_status
 
@@ -79,8 +91,11 @@ def _result_badge(db: str, campaign_id: int, campaign_status: str) -> None:
         return
     text = result_status.badge_markdown(status, campaign_status)
     if text:
-        st.markdown(f"**Result:** {text}", help="checks of the trained ratios and the fit; a campaign can "
-                    "succeed (every job ran) and still need review. Details: the Diagnostics page.")
+        st.markdown(
+            f"**Result:** {text}",
+            help="checks of the trained ratios and the fit; a campaign can "
+            "succeed (every job ran) and still need review. Details: the Diagnostics page.",
+        )
 
 
 def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | None):
@@ -92,14 +107,43 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
     if jobs.empty:
         widgets.nothing_yet("No jobs match the filters.")
         return total
-    shown = [c for c in ("id", "name", "kind", "task", "state", "attempts", "retries", "recoveries",
-                         "machine_type", "gpu_type", "spot", "cost_usd", "started_at", "finished_at",
-                         "status_reason") if c in jobs]
-    event = st.dataframe(jobs[shown], hide_index=True, key="monitor-jobs", height=min(400, 38 + 35 * len(jobs)),
-                         on_select="rerun", selection_mode="multi-row")
+    shown = [
+        c
+        for c in (
+            "id",
+            "name",
+            "kind",
+            "task",
+            "state",
+            "attempts",
+            "retries",
+            "recoveries",
+            "machine_type",
+            "gpu_type",
+            "spot",
+            "cost_usd",
+            "started_at",
+            "finished_at",
+            "status_reason",
+        )
+        if c in jobs
+    ]
+    event = st.dataframe(
+        jobs[shown],
+        hide_index=True,
+        key="monitor-jobs",
+        height=min(400, 38 + 35 * len(jobs)),
+        on_select="rerun",
+        selection_mode="multi-row",
+    )
     if n_pages > 1:
-        st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=min(page, n_pages),
-                        key=total_pages_key)
+        st.number_input(
+            f"Page (of {n_pages})",
+            min_value=1,
+            max_value=n_pages,
+            value=min(page, n_pages),
+            key=total_pages_key,
+        )
     rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
     selected = [int(jobs.iloc[i]["id"]) for i in rows if i < len(jobs)]
     _job_actions(selected)
@@ -111,7 +155,9 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
 def _job_actions(selected: list[int]) -> None:
     cols = st.columns([1, 1, 5])
     label = f" ({len(selected)})" if selected else ""
-    for col, (name, action) in zip(cols, (("Cancel jobs", intents.cancel), ("Retry jobs", intents.retry))):
+    for col, (name, action) in zip(
+        cols, (("Cancel jobs", intents.cancel), ("Retry jobs", intents.retry))
+    ):
         if col.button(name + label, disabled=not selected, key=f"jobs-{name}"):
             try:
                 action(job_ids=selected)
@@ -120,7 +166,9 @@ def _job_actions(selected: list[int]) -> None:
             except Exception as exc:
                 widgets.report_error(f"{name} failed", exc)
     if not selected:
-        cols[2].caption("Select jobs in the table to cancel or retry them; select one to see its history.")
+        cols[2].caption(
+            "Select jobs in the table to cancel or retry them; select one to see its history."
+        )
 
 
 def _job_events(db: str, job_id: int) -> None:
@@ -129,7 +177,11 @@ def _job_events(db: str, job_id: int) -> None:
         if events.empty:
             st.caption("No events yet.")
         else:
-            cols = [c for c in ("time", "from_state", "to_state", "reason", "actor", "attempt_no") if c in events]
+            cols = [
+                c
+                for c in ("time", "from_state", "to_state", "reason", "actor", "attempt_no")
+                if c in events
+            ]
             st.dataframe(events[cols], hide_index=True)
 
 
@@ -143,7 +195,9 @@ def _curves(db: str, campaign_id: int) -> None:
     key = c1.selectbox("Ensemble", list(groups), key="monitor-ensemble")
     job_ids = groups[key]
     names = {0: "all members"} | {j: f"job {j}" for j in job_ids}
-    one = c2.selectbox("Jobs", list(names), format_func=names.get, key="monitor-job")
+    one = c2.selectbox(
+        "Jobs", list(names), format_func=lambda j: names.get(j, str(j)), key="monitor-job"
+    )
     show_members = c3.checkbox("Members", value=True, key="monitor-members")
     chosen = job_ids if one == 0 else [one]
     # a budget of a few thousand points per chart, shared by the series of the chosen jobs
@@ -154,15 +208,23 @@ def _curves(db: str, campaign_id: int) -> None:
         widgets.nothing_yet("No training metrics yet: they appear as soon as a worker reports.")
         return
     # train_loss and val_loss; best_val_loss (a running minimum) would only duplicate val_loss
-    loss = metrics[metrics["name"].str.contains("loss", case=False) & ~metrics["name"].str.startswith("best")]
+    loss = metrics[
+        metrics["name"].str.contains("loss", case=False) & ~metrics["name"].str.startswith("best")
+    ]
     band = queries.ensemble_band(loss)
-    widgets.chart(figures.loss_curves(loss, band, show_members=show_members,
-                                      title=f"Training vs validation loss: {key}"), "loss")
+    widgets.chart(
+        figures.loss_curves(
+            loss, band, show_members=show_members, title=f"Training vs validation loss: {key}"
+        ),
+        "loss",
+    )
 
 
 def _resources(db: str, campaign_id: int, n_jobs: int) -> None:
     summed = st.toggle("Sum over jobs", value=True, key="monitor-summed")
-    res = cache.resources(db, None, campaign_id, max(10, queries.MAX_CHART_POINTS // max(1, n_jobs)))
+    res = cache.resources(
+        db, None, campaign_id, max(10, queries.MAX_CHART_POINTS // max(1, n_jobs))
+    )
     if res.empty:
         widgets.nothing_yet("No resource samples yet.")
         return

@@ -6,10 +6,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import enable_float64
 from .compile import Compiled
 from .minimize import STATUS_MESSAGES, newton_minimize, newton_minimize_host
 from .model import Model, model_for
@@ -19,7 +19,9 @@ from .workspace import Workspace
 __all__ = ["fit", "covariance_from_hessian", "fixed_mask", "newton_executable"]
 
 
-def fixed_mask(model: Model, fixed: Mapping[str, float] | Iterable[str] | None) -> tuple[np.ndarray, dict[str, float]]:
+def fixed_mask(
+    model: Model, fixed: Mapping[str, float] | Iterable[str] | None
+) -> tuple[np.ndarray, dict[str, float]]:
     """Boolean mask over parameters and the values to hold (a mapping) for ``fixed``."""
     mask = np.zeros(model.n_params, dtype=bool)
     values: dict[str, float] = {}
@@ -28,7 +30,9 @@ def fixed_mask(model: Model, fixed: Mapping[str, float] | Iterable[str] | None) 
     items = fixed.items() if isinstance(fixed, Mapping) else ((n, None) for n in fixed)
     for name, v in items:
         if name not in model.index:
-            raise KeyError(f"cannot fix unknown parameter {name!r}; the model has {list(model.names)}")
+            raise KeyError(
+                f"cannot fix unknown parameter {name!r}; the model has {list(model.names)}"
+            )
         mask[model.index[name]] = True
         if v is not None:
             values[name] = float(v)
@@ -58,9 +62,12 @@ def newton_executable(model: Model) -> Compiled:
     arguments, so every fit, refit, scan point and Asimov fit shares one compilation."""
     cache = model.__dict__.setdefault("_fit_cache", {})
     if "newton" not in cache:
+
         def run(theta0, fixed, lower, upper, data, aux, edm_tol, max_iter):
             vgh = lambda t: model.q_vgh(t, data, aux)  # noqa: E731
-            return newton_minimize(vgh, theta0, fixed, lower, upper, edm_tol=edm_tol, max_iter=max_iter)
+            return newton_minimize(
+                vgh, theta0, fixed, lower, upper, edm_tol=edm_tol, max_iter=max_iter
+            )
 
         cache["newton"] = Compiled(run, "newton_fit", model.clock)
     return cache["newton"]
@@ -81,8 +88,14 @@ def _lbfgs(model: Model, theta0: np.ndarray, mask: np.ndarray, data: Any, aux: A
         return v, g[free]
 
     bounds = list(zip(model.lower[free], model.upper[free]))
-    res = minimize(f, theta0[free], jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9})
+    res = minimize(
+        f,
+        theta0[free],
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9},
+    )
     t = theta0.copy()
     t[free] = res.x
     return t
@@ -124,6 +137,7 @@ def fit(
     >>> res.converged, round(res.values["mu"], 6)
     (True, 1.0)
     """
+    enable_float64()
     model = target if isinstance(target, Model) else model_for(target)
     mask, fixed_values = fixed_mask(model, fixed)
     if isinstance(init, Mapping) or init is None:
@@ -151,8 +165,16 @@ def fit(
     if getattr(model, "streaming", False):
         return _fit_streamed(model, theta0, mask, aux_arr, edm_tol, max_iter, fixed_names, t0)
     exe = newton_executable(model)
-    args = (jnp.asarray(theta0), jnp.asarray(mask), jnp.asarray(model.lower), jnp.asarray(model.upper), data,
-            jnp.asarray(aux_arr), jnp.asarray(edm_tol, jnp.float64), jnp.asarray(max_iter, jnp.int32))
+    args = (
+        jnp.asarray(theta0),
+        jnp.asarray(mask),
+        jnp.asarray(model.lower),
+        jnp.asarray(model.upper),
+        data,
+        jnp.asarray(aux_arr),
+        jnp.asarray(edm_tol, jnp.float64),
+        jnp.asarray(max_iter, jnp.int32),
+    )
     state, status = exe(*args)
     status = int(status)
     method = "newton"
@@ -166,17 +188,40 @@ def fit(
     return _result(model, state, status, mask, n_iter, method, fixed_names, t0)
 
 
-def _fit_streamed(model: Model, theta0: np.ndarray, mask: np.ndarray, aux: np.ndarray, edm_tol: float,
-                  max_iter: int, fixed_names: tuple[str, ...], t0: float) -> FitResult:
+def _fit_streamed(
+    model: Model,
+    theta0: np.ndarray,
+    mask: np.ndarray,
+    aux: np.ndarray,
+    edm_tol: float,
+    max_iter: int,
+    fixed_names: tuple[str, ...],
+    t0: float,
+) -> FitResult:
     """Newton with the loop on the host: each iteration is one streamed Hessian pass."""
-    state, status = newton_minimize_host(lambda t: model.value_grad_hessian(t, None, aux), theta0, mask,
-                                         model.lower, model.upper, edm_tol=edm_tol, max_iter=max_iter,
-                                         clock=model.clock)
+    state, status = newton_minimize_host(
+        lambda t: model.value_grad_hessian(t, None, aux),
+        theta0,
+        mask,
+        model.lower,
+        model.upper,
+        edm_tol=edm_tol,
+        max_iter=max_iter,
+        clock=model.clock,
+    )
     return _result(model, state, status, mask, int(state.it), "newton (streamed)", fixed_names, t0)
 
 
-def _result(model: Model, state: Any, status: int, mask: np.ndarray, n_iter: int, method: str,
-            fixed_names: tuple[str, ...], t0: float) -> FitResult:
+def _result(
+    model: Model,
+    state: Any,
+    status: int,
+    mask: np.ndarray,
+    n_iter: int,
+    method: str,
+    fixed_names: tuple[str, ...],
+    t0: float,
+) -> FitResult:
     H = np.asarray(state.H)
     cov, pd = covariance_from_hessian(H, mask)
     message = STATUS_MESSAGES[status]
@@ -185,7 +230,17 @@ def _result(model: Model, state: Any, status: int, mask: np.ndarray, n_iter: int
     if status != 0:
         message += f" (EDM={float(state.edm):.3g}, {n_iter} iterations, method {method})"
     return FitResult(
-        names=model.names, theta=np.asarray(state.theta), covariance=cov, hessian=H, q_min=float(state.q),
-        edm=float(state.edm), converged=status == 0, status=status, message=message, n_iter=n_iter,
-        fixed=fixed_names, method=method, time_s=time.perf_counter() - t0,
+        names=model.names,
+        theta=np.asarray(state.theta),
+        covariance=cov,
+        hessian=H,
+        q_min=float(state.q),
+        edm=float(state.edm),
+        converged=status == 0,
+        status=status,
+        message=message,
+        n_iter=n_iter,
+        fixed=fixed_names,
+        method=method,
+        time_s=time.perf_counter() - t0,
     )

@@ -29,13 +29,22 @@ class CompileClock:
 
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     leaves, tree = jax.tree_util.tree_flatten(args)
-    return (tree, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x).__name__))) for x in leaves))
+    return (
+        tree,
+        tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x).__name__))) for x in leaves),
+    )
 
 
 class Compiled:
     """``jax.jit(fn)`` compiled ahead of time per argument signature, with timed compilation."""
 
-    def __init__(self, fn: Callable[..., Any], name: str, clock: CompileClock, static_argnums: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        clock: CompileClock,
+        static_argnums: tuple[int, ...] = (),
+    ):
         self._jit = jax.jit(fn, static_argnums=static_argnums)
         self._static = static_argnums
         self._name = name

@@ -49,8 +49,11 @@ def exact_demo_workspace(
     logp = {}
     for c in PROCESSES:
         logp[c] = prob.log_density(c, x)
-        processes[c] = {"yield": prob.yield_(c), "coefficient": coeff[c],
-                        "ratio": np.exp(logp[c] - ref).astype(dtype)}
+        processes[c] = {
+            "yield": prob.yield_(c),
+            "coefficient": coeff[c],
+            "ratio": np.exp(logp[c] - ref).astype(dtype),
+        }
     nuisances = []
     for nk in prob.nuisances:
         effects: dict[str, dict[str, Any]] = {}
@@ -59,8 +62,10 @@ def exact_demo_workspace(
             if c in nk.norm_processes:
                 e["norm"] = (prob.yield_ratio(c, nk.name, 1.0), prob.yield_ratio(c, nk.name, -1.0))
             if c in nk.shape_processes:
-                e["shape"] = tuple(np.exp(prob.log_density(c, x, {nk.name: d}) - logp[c]).astype(dtype)
-                                   for d in (1.0, -1.0))
+                e["shape"] = tuple(
+                    np.exp(prob.log_density(c, x, {nk.name: d}) - logp[c]).astype(dtype)
+                    for d in (1.0, -1.0)
+                )
             effects[c] = e
         nuisances.append({"name": nk.name, "effects": effects})
     return Workspace.from_arrays(

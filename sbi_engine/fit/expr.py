@@ -122,7 +122,9 @@ def _jax_sqrt() -> Callable[[Any], Any]:
 _JAX_SQRT: Callable[[Any], Any] | None = None
 
 
-def parse_expression(text: str | float | int, names: Iterable[str], where: str = "expression") -> Expression:
+def parse_expression(
+    text: str | float | int, names: Iterable[str], where: str = "expression"
+) -> Expression:
     """Parse ``text`` into an :class:`Expression` over the parameter ``names``.
 
     ``where`` names the owner (e.g. ``"process 'S'"``) in error messages.
@@ -134,11 +136,15 @@ def parse_expression(text: str | float | int, names: Iterable[str], where: str =
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         text = repr(float(text))
     if not isinstance(text, str) or not text.strip():
-        raise ExpressionError(f"{where}: coefficient expression must be a non-empty string, got {text!r}")
+        raise ExpressionError(
+            f"{where}: coefficient expression must be a non-empty string, got {text!r}"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"{where}: cannot parse coefficient expression {text!r}: {exc.msg}") from None
+        raise ExpressionError(
+            f"{where}: cannot parse coefficient expression {text!r}: {exc.msg}"
+        ) from None
     used: set[str] = set()
     fn = _compile(tree, frozenset(names), used, where, text)
     return Expression(text=text, names=tuple(sorted(used)), _fn=fn)

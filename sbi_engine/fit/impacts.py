@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..precision import enable_float64
 from .api import fit
 from .model import Model, model_for
 from .results import FitResult, to_jsonable
@@ -39,12 +40,20 @@ class Impact:
         return max(abs(self.postfit_up), abs(self.postfit_down))
 
     def to_dict(self) -> dict:
-        return {"poi": self.poi, "nuisance": self.nuisance, "prefit_up": self.prefit_up,
-                "prefit_down": self.prefit_down, "postfit_up": self.postfit_up,
-                "postfit_down": self.postfit_down, "method": self.method}
+        return {
+            "poi": self.poi,
+            "nuisance": self.nuisance,
+            "prefit_up": self.prefit_up,
+            "prefit_down": self.prefit_down,
+            "postfit_up": self.postfit_up,
+            "postfit_down": self.postfit_down,
+            "method": self.method,
+        }
 
 
 def _model(target: Workspace | Model) -> Model:
+    """The target's model, JAX in float64 (every public function here starts with this)."""
+    enable_float64()
     return target if isinstance(target, Model) else model_for(target)
 
 
@@ -54,13 +63,18 @@ def pulls(target: Workspace | Model, result: FitResult) -> dict[str, dict[str, f
     out = {}
     for k, name in enumerate(model.nuisance_names):
         i = model.index[name]
-        out[name] = {"value": float(result.theta[i]), "aux": float(model.aux[k]),
-                     "pull": float(result.theta[i] - model.aux[k]),
-                     "constraint": float(np.sqrt(max(result.covariance[i, i], 0.0)))}
+        out[name] = {
+            "value": float(result.theta[i]),
+            "aux": float(model.aux[k]),
+            "pull": float(result.theta[i] - model.aux[k]),
+            "constraint": float(np.sqrt(max(result.covariance[i, i], 0.0))),
+        }
     return out
 
 
-def covariance_impacts(target: Workspace | Model, result: FitResult, pois: Sequence[str] | None = None) -> list[Impact]:
+def covariance_impacts(
+    target: Workspace | Model, result: FitResult, pois: Sequence[str] | None = None
+) -> list[Impact]:
     """Linear (implicit-function) impacts of every nuisance on each POI."""
     model = _model(target)
     C = result.covariance
@@ -74,7 +88,17 @@ def covariance_impacts(target: Workspace | Model, result: FitResult, pois: Seque
                 continue
             slope = C[p, k] / C[k, k]
             sig = np.sqrt(C[k, k])
-            out.append(Impact(poi, name, float(slope), float(-slope), float(slope * sig), float(-slope * sig), "covariance"))
+            out.append(
+                Impact(
+                    poi,
+                    name,
+                    float(slope),
+                    float(-slope),
+                    float(slope * sig),
+                    float(-slope * sig),
+                    "covariance",
+                )
+            )
     return out
 
 
@@ -103,10 +127,14 @@ def refit_impacts(
         shifts = {"postfit_up": sig, "postfit_down": -sig}
         if prefit:
             shifts.update({"prefit_up": 1.0, "prefit_down": -1.0})
-        delta = {p: {} for p in pois}
+        delta: dict[str, dict[str, float]] = {p: {} for p in pois}
         for label, d in shifts.items():
             target_val = float(np.clip(result.theta[k] + d, model.lower[k], model.upper[k]))
-            start = result.theta + (C[:, k] / C[k, k]) * (target_val - result.theta[k]) if C[k, k] > 0 else result.theta
+            start = (
+                result.theta + (C[:, k] / C[k, k]) * (target_val - result.theta[k])
+                if C[k, k] > 0
+                else result.theta
+            )
             start = np.clip(start, model.lower, model.upper)
             fixed = {n: float(result.theta[model.index[n]]) for n in base_fixed}
             fixed[name] = target_val
@@ -115,8 +143,17 @@ def refit_impacts(
                 delta[p][label] = float(r.theta[model.index[p]] - result.theta[model.index[p]])
         for p in pois:
             dd = delta[p]
-            out.append(Impact(p, name, dd.get("prefit_up", np.nan), dd.get("prefit_down", np.nan),
-                              dd["postfit_up"], dd["postfit_down"], "refit"))
+            out.append(
+                Impact(
+                    p,
+                    name,
+                    dd.get("prefit_up", np.nan),
+                    dd.get("prefit_down", np.nan),
+                    dd["postfit_up"],
+                    dd["postfit_down"],
+                    "refit",
+                )
+            )
     return out
 
 

@@ -106,7 +106,9 @@ def code4_reference(alpha, k_up, k_down):
     """Plain code-4 factor g (not logged), written straight from the definition; for tests."""
     alpha = jnp.asarray(alpha)
     lu, ld = jnp.log(k_up), jnp.log(k_down)
-    b = jnp.stack([k_up - 1.0, k_down - 1.0, k_up * lu, -k_down * ld, k_up * lu**2, k_down * ld**2], -1)
+    b = jnp.stack(
+        [k_up - 1.0, k_down - 1.0, k_up * lu, -k_down * ld, k_up * lu**2, k_down * ld**2], -1
+    )
     a = b @ jnp.asarray(_MINV.T, dtype=b.dtype)
     poly = 1.0 + sum(a[..., i] * alpha ** (i + 1) for i in range(6))  # integer powers
     return jnp.where(alpha > 1.0, k_up**alpha, jnp.where(alpha < -1.0, k_down ** (-alpha), poly))

@@ -21,7 +21,14 @@ from jax import lax
 
 from .compile import CompileClock, Compiled
 
-__all__ = ["NewtonState", "newton_minimize", "newton_minimize_host", "STATUS_MESSAGES", "free_mask", "edm_of"]
+__all__ = [
+    "NewtonState",
+    "newton_minimize",
+    "newton_minimize_host",
+    "STATUS_MESSAGES",
+    "free_mask",
+    "edm_of",
+]
 
 STATUS_MESSAGES = {
     0: "converged",
@@ -71,9 +78,18 @@ def _initial_state(theta0: jnp.ndarray) -> NewtonState:
     P = theta0.shape[0]
     # Iteration 0 evaluates the start point (accepted unconditionally), so a compiled loop holds
     # a single copy of the expensive vgh.
-    return NewtonState(theta0, jnp.asarray(jnp.inf, f64), jnp.zeros(P, f64), jnp.eye(P, dtype=f64),
-                       jnp.asarray(1e-3, f64), jnp.asarray(0), jnp.asarray(0), jnp.asarray(jnp.inf, f64),
-                       jnp.asarray(False), jnp.asarray(0))
+    return NewtonState(
+        theta0,
+        jnp.asarray(jnp.inf, f64),
+        jnp.zeros(P, f64),
+        jnp.eye(P, dtype=f64),
+        jnp.asarray(1e-3, f64),
+        jnp.asarray(0),
+        jnp.asarray(0),
+        jnp.asarray(jnp.inf, f64),
+        jnp.asarray(False),
+        jnp.asarray(0),
+    )
 
 
 def _keep_going(s: NewtonState, edm_tol, max_iter, max_reject) -> jnp.ndarray:
@@ -85,12 +101,15 @@ def _keep_going(s: NewtonState, edm_tol, max_iter, max_reject) -> jnp.ndarray:
 _MAX_DAMPING_RAISES = 16
 
 
-def _damped_cholesky(Hf: jnp.ndarray, d: jnp.ndarray, lam: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _damped_cholesky(
+    Hf: jnp.ndarray, d: jnp.ndarray, lam: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Cholesky factor of ``Hf + lam diag(d)``, raising ``lam`` tenfold until it exists.
 
     Far from the minimum H can be indefinite; finding a workable damping here costs a few
     (P x P) factorisations instead of one wasted pass over the events per rejected step.
     """
+
     def factor(lam_):
         return jnp.linalg.cholesky(Hf + jnp.diag(lam_ * d))
 
@@ -105,7 +124,9 @@ def _damped_cholesky(Hf: jnp.ndarray, d: jnp.ndarray, lam: jnp.ndarray) -> tuple
     return lam, L
 
 
-def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def _propose(
+    s: NewtonState, fixed, lower, upper
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """The damped Newton trial point: (trial theta, predicted decrease, Cholesky succeeded,
     damping used)."""
     first = s.it == 0
@@ -122,7 +143,9 @@ def _propose(s: NewtonState, fixed, lower, upper) -> tuple[jnp.ndarray, jnp.ndar
     return trial, pred, chol_ok, lam
 
 
-def _accept(s: NewtonState, trial, pred, chol_ok, lam, qt, gt, Ht, fixed, lower, upper) -> NewtonState:
+def _accept(
+    s: NewtonState, trial, pred, chol_ok, lam, qt, gt, Ht, fixed, lower, upper
+) -> NewtonState:
     """Accept or reject the evaluated trial point and adapt the damping ``lam`` the proposal
     used (trust-region rule)."""
     s = s._replace(lam=lam)  # the proposal may have raised it to factorise
@@ -148,17 +171,32 @@ def _accept(s: NewtonState, trial, pred, chol_ok, lam, qt, gt, Ht, fixed, lower,
     H = jnp.where(accept, Ht, s.H)
     edm, pd = edm_of(g, H, free_mask(theta, g, fixed, lower, upper))
     q = jnp.where(first & ~finite, jnp.nan, q)
-    return NewtonState(theta, q, g, H, lam_new, s.it + 1, jnp.where(accept, 0, s.n_reject + 1), edm, pd,
-                       s.n_eval + 1)
+    return NewtonState(
+        theta,
+        q,
+        g,
+        H,
+        lam_new,
+        s.it + 1,
+        jnp.where(accept, 0, s.n_reject + 1),
+        edm,
+        pd,
+        s.n_eval + 1,
+    )
 
 
 def _status(final: NewtonState, edm_tol, max_reject) -> jnp.ndarray:
     converged = (final.edm < edm_tol) & final.pd
     return jnp.where(
-        ~jnp.isfinite(final.q), 3,
-        jnp.where(converged, 0,
-                  jnp.where(~final.pd & (final.edm < edm_tol), 4,
-                            jnp.where(final.n_reject >= max_reject, 2, 1))),
+        ~jnp.isfinite(final.q),
+        3,
+        jnp.where(
+            converged,
+            0,
+            jnp.where(
+                ~final.pd & (final.edm < edm_tol), 4, jnp.where(final.n_reject >= max_reject, 2, 1)
+            ),
+        ),
     )
 
 
@@ -176,12 +214,16 @@ def newton_minimize(
 
     Returns the final state and a status code (see :data:`STATUS_MESSAGES`).
     """
+
     def body(s: NewtonState) -> NewtonState:
         trial, pred, chol_ok, lam = _propose(s, fixed, lower, upper)
         return _accept(s, trial, pred, chol_ok, lam, *vgh(trial), fixed, lower, upper)
 
-    final = lax.while_loop(lambda s: _keep_going(s, edm_tol, max_iter, max_reject), body,
-                           _initial_state(jnp.clip(theta0, lower, upper)))
+    final = lax.while_loop(
+        lambda s: _keep_going(s, edm_tol, max_iter, max_reject),
+        body,
+        _initial_state(jnp.clip(theta0, lower, upper)),
+    )
     return final, _status(final, edm_tol, max_reject)
 
 
@@ -190,7 +232,10 @@ def _host_steps(clock: CompileClock | None) -> tuple[Callable[..., Any], Callabl
     clock = clock if clock is not None else _DEFAULT_CLOCK
     steps = clock.__dict__.get("_newton_host_steps")
     if steps is None:
-        steps = (Compiled(_propose, "newton_propose", clock), Compiled(_accept, "newton_accept", clock))
+        steps = (
+            Compiled(_propose, "newton_propose", clock),
+            Compiled(_accept, "newton_accept", clock),
+        )
         clock.__dict__["_newton_host_steps"] = steps
     return steps
 
@@ -218,8 +263,19 @@ def newton_minimize_host(
     while bool(_keep_going(s, edm_tol, max_iter, max_reject)):
         trial, pred, chol_ok, lam = propose(s, fixed, lower, upper)
         qt, gt, Ht = vgh(np.asarray(trial))
-        s = accept(s, trial, pred, chol_ok, lam, jnp.asarray(qt, jnp.float64), jnp.asarray(gt, jnp.float64),
-                        jnp.asarray(Ht, jnp.float64), fixed, lower, upper)
+        s = accept(
+            s,
+            trial,
+            pred,
+            chol_ok,
+            lam,
+            jnp.asarray(qt, jnp.float64),
+            jnp.asarray(gt, jnp.float64),
+            jnp.asarray(Ht, jnp.float64),
+            fixed,
+            lower,
+            upper,
+        )
         if progress is not None:
             progress(s)
     return s, int(_status(s, edm_tol, max_reject))

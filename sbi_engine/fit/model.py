@@ -45,10 +45,10 @@ kernel; every sum over events accumulates in float64.
 
 from __future__ import annotations
 
-import math
+import operator
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..precision import enable_float64
 from .compile import CompileClock, Compiled
 from .interp import alpha_terms, log_factor
 from .workspace import Workspace, WorkspaceError
@@ -66,7 +67,7 @@ __all__ = ["Model", "model_for", "event_intensity"]
 DEFAULT_CHUNK = 16384
 NORM_INTEGRAL_WARN = 0.05  # warn when a ratio averages this far from 1 on the normalisation sample
 _EVENT_KEYS = ("w", "v", "r", "up", "down")  # per-event leaves (sliced into chunks)
-_MODELS: "weakref.WeakKeyDictionary[Workspace, Model]" = weakref.WeakKeyDictionary()
+_MODELS: weakref.WeakKeyDictionary[Workspace, Model] = weakref.WeakKeyDictionary()
 
 
 def model_for(ws: Workspace, **kwargs: Any) -> Model:
@@ -112,7 +113,10 @@ class Model:
         hessian_method: str = "structured",
     ):
         if hessian_method not in ("structured", "autodiff"):
-            raise ValueError(f"hessian_method must be 'structured' or 'autodiff', got {hessian_method!r}")
+            raise ValueError(
+                f"hessian_method must be 'structured' or 'autodiff', got {hessian_method!r}"
+            )
+        enable_float64()  # before any array: weights, normalisation and every sum are float64
         self.workspace = ws
         self.chunk_size = int(chunk_size)
         self.storage_dtype = jnp.dtype(storage_dtype)
@@ -126,9 +130,15 @@ class Model:
         self.n_params = len(self.names)
         self.n_events = ws.n_events
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.init = np.array([p.init for p in ws.free_parameters] + [k.init for k in ws.nuisances], dtype=np.float64)
-        self.lower = np.array([p.bounds[0] for p in ws.free_parameters] + [k.bounds[0] for k in ws.nuisances])
-        self.upper = np.array([p.bounds[1] for p in ws.free_parameters] + [k.bounds[1] for k in ws.nuisances])
+        self.init = np.array(
+            [p.init for p in ws.free_parameters] + [k.init for k in ws.nuisances], dtype=np.float64
+        )
+        self.lower = np.array(
+            [p.bounds[0] for p in ws.free_parameters] + [k.bounds[0] for k in ws.nuisances]
+        )
+        self.upper = np.array(
+            [p.bounds[1] for p in ws.free_parameters] + [k.bounds[1] for k in ws.nuisances]
+        )
         self.aux = np.array([k.aux for k in ws.nuisances], dtype=np.float64)
         self.init = np.clip(self.init, self.lower, self.upper)
         self._free_names = tuple(p.name for p in ws.free_parameters)
@@ -159,8 +169,12 @@ class Model:
         self._cr = self._control_region_arrays(ws)
         self.data = self._build_data(ws)
         self.norm_source = "none"  # "none" | "norm_weights" | "asimov"
-        self.norm_integrals = np.ones(len(specs))  # E_v[r_c] on the normalisation sample (before normalising)
-        self.ratio_scale = np.ones(len(specs))  # k_c: ratio normalisation on the normalisation sample (1 without)
+        self.norm_integrals = np.ones(
+            len(specs)
+        )  # E_v[r_c] on the normalisation sample (before normalising)
+        self.ratio_scale = np.ones(
+            len(specs)
+        )  # k_c: ratio normalisation on the normalisation sample (1 without)
         v = self._norm_weights(ws)
         if v is not None:
             self.data = {**self.data, **self._norm_arrays(v, self.data)}
@@ -177,16 +191,31 @@ class Model:
         r = tuple(self._as_storage(p.ratio) for p in ws.processes)
         up, dn = [], []
         for spec, p in zip(self._specs, ws.processes):
-            up.append(tuple(self._as_storage(ws.nuisances[k].effects[p.name].shape[0]) for k in spec.np_index))
-            dn.append(tuple(self._as_storage(ws.nuisances[k].effects[p.name].shape[1]) for k in spec.np_index))
-        return {"w": self.weights_array(ws.data.weights), "r": r, "up": tuple(up), "down": tuple(dn)}
+            up.append(
+                tuple(
+                    self._as_storage(ws.nuisances[k].effects[p.name].shape[0])
+                    for k in spec.np_index
+                )
+            )
+            dn.append(
+                tuple(
+                    self._as_storage(ws.nuisances[k].effects[p.name].shape[1])
+                    for k in spec.np_index
+                )
+            )
+        return {
+            "w": self.weights_array(ws.data.weights),
+            "r": r,
+            "up": tuple(up),
+            "down": tuple(dn),
+        }
 
     def reference_theta(self) -> np.ndarray:
         """Where the workspace's weighted events represent the expected distribution:
         ``data.generated_at`` over the initial values, nuisances not named there at their aux."""
         gen = self.workspace.data.generated_at or {}
         base = self.init.copy()
-        base[self.n_free:] = self.aux
+        base[self.n_free :] = self.aux
         return self.theta(gen, base=base)
 
     @property
@@ -214,7 +243,8 @@ class Model:
             raise WorkspaceError(
                 f"data.generated_at: the model's event intensity at the generation point is not > 0 for "
                 f"{int(bad.sum())} of {w.size} weighted events (first at row {first}: {s[first]}), so the "
-                "Asimov events cannot serve as the normalisation sample; give data.norm_weights")
+                "Asimov events cannot serve as the normalisation sample; give data.norm_weights"
+            )
         self.norm_source = "asimov"
         return np.where(live, w / np.where(live, s, 1.0), 0.0)
 
@@ -222,30 +252,50 @@ class Model:
         """{v, vscale} for a normalisation sample (D_c = sum_i v_i r_c(x_i) on its rows); sets the
         ratio normalisation k_c = V / D_c (``ratio_scale``)."""
         v = np.asarray(v, dtype=np.float64)
-        where = ("data.norm_weights" if self.norm_source == "norm_weights"
-                 else "data (Asimov events as normalisation sample)")
+        where = (
+            "data.norm_weights"
+            if self.norm_source == "norm_weights"
+            else "data (Asimov events as normalisation sample)"
+        )
         if v.shape != (int(np.shape(sample["r"][0])[0]),):
-            raise WorkspaceError(f"{where}: need shape ({np.shape(sample['r'][0])[0]},), got {v.shape}")
+            raise WorkspaceError(
+                f"{where}: need shape ({np.shape(sample['r'][0])[0]},), got {v.shape}"
+            )
         V = float(np.sum(v))
         if not (np.isfinite(V) and V > 0):
-            raise WorkspaceError(f"{where}: the normalisation weights sum to {V}; need a finite sum > 0")
+            raise WorkspaceError(
+                f"{where}: the normalisation weights sum to {V}; need a finite sum > 0"
+            )
         D = np.array([float(np.dot(v, np.asarray(r, dtype=np.float64))) for r in sample["r"]])
         for c, spec in enumerate(self._specs):
             if not (np.isfinite(D[c]) and D[c] > 0):
                 raise WorkspaceError(
                     f"{where}: sum_i v_i r_{spec.name}(x_i) = {D[c]} is not > 0, so process {spec.name!r} cannot be "
-                    "normalised on the normalisation sample (are its events and weights right?)")
-        self.norm_integrals = D / V  # E_v[r_c]: ~1 for a good sample (1/sqrt(N) misses are normalised away)
+                    "normalised on the normalisation sample (are its events and weights right?)"
+                )
+        self.norm_integrals = (
+            D / V
+        )  # E_v[r_c]: ~1 for a good sample (1/sqrt(N) misses are normalised away)
         self.ratio_scale = V / D
         off = np.abs(self.norm_integrals - 1.0) > NORM_INTEGRAL_WARN
         if off.any():
-            bad = ", ".join(f"{s.name}: {d:.3g}" for s, d, o in zip(self._specs, self.norm_integrals, off) if o)
-            hint = "is data.generated_at where the Asimov events were made?" if self.norm_source == "asimov" else \
-                "do the normalisation events sample the reference density?"
-            warnings.warn(f"{where}: the ratios average to ({bad}) on the normalisation sample instead of 1; the fit "
-                          f"normalises them, but {hint}", stacklevel=3)
-        return {"v": jnp.asarray(v, dtype=jnp.float64),
-                "vscale": jnp.asarray(np.where(self._shape_procs, 1.0 / D, 0.0), dtype=jnp.float64)}
+            bad = ", ".join(
+                f"{s.name}: {d:.3g}" for s, d, o in zip(self._specs, self.norm_integrals, off) if o
+            )
+            hint = (
+                "is data.generated_at where the Asimov events were made?"
+                if self.norm_source == "asimov"
+                else "do the normalisation events sample the reference density?"
+            )
+            warnings.warn(
+                f"{where}: the ratios average to ({bad}) on the normalisation sample instead of 1; the fit "
+                f"normalises them, but {hint}",
+                stacklevel=3,
+            )
+        return {
+            "v": jnp.asarray(v, dtype=jnp.float64),
+            "vscale": jnp.asarray(np.where(self._shape_procs, 1.0 / D, 0.0), dtype=jnp.float64),
+        }
 
     def normalisation(self, theta, data=None) -> np.ndarray:
         """n_c(alpha) per process (1 where there is no shape effect or no normalisation term)."""
@@ -257,15 +307,24 @@ class Model:
         sample = {k: src[k] for k in ("v", "r", "up", "down")}
         n_ev = int(np.shape(sample["v"])[0])
         total = np.zeros(len(self._specs))
-        for start in range(0, n_ev, self.chunk_size):  # eager, chunk by chunk (a diagnostic, not the fit)
-            chunk = jax.tree_util.tree_map(lambda a: a[start:start + self.chunk_size], sample)
+        for start in range(
+            0, n_ev, self.chunk_size
+        ):  # eager, chunk by chunk (a diagnostic, not the fit)
+            chunk = jax.tree_util.tree_map(
+                operator.itemgetter(slice(start, start + self.chunk_size)), sample
+            )
             R, _, _ = self._per_event_R(chunk, terms, 0)
             total += np.asarray(chunk["v"] @ R)
         return np.where(self._shape_procs, total * np.asarray(src["vscale"]), 1.0)
 
-    def weights_array(self, weights: Any) -> jax.Array:
-        w = jnp.asarray(np.asarray(weights, dtype=np.float64) if not isinstance(weights, jax.Array) else weights,
-                        dtype=jnp.float64)
+    def weights_array(self, weights: Any) -> jax.Array | np.ndarray:
+        # a device array here; StreamingModel keeps data on the host and returns an np.ndarray
+        w = jnp.asarray(
+            np.asarray(weights, dtype=np.float64)
+            if not isinstance(weights, jax.Array)
+            else weights,
+            dtype=jnp.float64,
+        )
         if w.shape != (self.n_events,):
             raise WorkspaceError(f"weights: need shape ({self.n_events},), got {tuple(w.shape)}")
         return w
@@ -289,8 +348,15 @@ class Model:
                 for npn, (u, d) in smp.norm.items():
                     k = self.nuisance_names.index(npn)
                     kup[s, k], kdn[s, k] = u, d
-            out.append({"obs": cr.observed, "yields": np.stack([s.yields for s in cr.samples]),
-                        "exprs": tuple(s.coefficient for s in cr.samples), "kup": kup, "kdn": kdn})
+            out.append(
+                {
+                    "obs": cr.observed,
+                    "yields": np.stack([s.yields for s in cr.samples]),
+                    "exprs": tuple(s.coefficient for s in cr.samples),
+                    "kup": kup,
+                    "kdn": kdn,
+                }
+            )
         return out
 
     # ------------------------------------------------------------------ small (global) terms
@@ -299,11 +365,16 @@ class Model:
 
     def _coefficients(self, theta: jnp.ndarray) -> jnp.ndarray:
         vals = self._free_values(theta)
-        return jnp.stack([jnp.asarray(e(vals, jnp), dtype=jnp.float64) * jnp.ones((), jnp.float64) for e in self._exprs])
+        return jnp.stack(
+            [
+                jnp.asarray(e(vals, jnp), dtype=jnp.float64) * jnp.ones((), jnp.float64)
+                for e in self._exprs
+            ]
+        )
 
     def amplitudes(self, theta: jnp.ndarray) -> jnp.ndarray:
         """A_c(theta) = m_c nu_c eta_c(alpha) for the unbinned processes, (C,)."""
-        alpha = theta[self.n_free:]
+        alpha = theta[self.n_free :]
         m = self._coefficients(theta)
         if self.n_np:
             t = alpha_terms(alpha)
@@ -317,13 +388,15 @@ class Model:
         q = jnp.zeros((), jnp.float64)
         if not self._cr:
             return q
-        alpha = theta[self.n_free:]
+        alpha = theta[self.n_free :]
         vals = self._free_values(theta)
         t = alpha_terms(alpha) if self.n_np else None
         for cr in self._cr:
-            m = jnp.stack([jnp.asarray(e(vals, jnp), dtype=jnp.float64) * jnp.ones(()) for e in cr["exprs"]])  # (S,)
+            m = jnp.stack(
+                [jnp.asarray(e(vals, jnp), dtype=jnp.float64) * jnp.ones(()) for e in cr["exprs"]]
+            )  # (S,)
             lam_s = m[:, None] * jnp.asarray(cr["yields"])
-            if self.n_np:
+            if t is not None:  # i.e. self.n_np
                 kup = jnp.asarray(cr["kup"]).transpose(0, 2, 1)  # (S, nb, K)
                 kdn = jnp.asarray(cr["kdn"]).transpose(0, 2, 1)
                 lam_s = lam_s * jnp.exp(log_factor(kup, kdn, t).sum(-1))
@@ -333,11 +406,13 @@ class Model:
             q = q + 2.0 * jnp.sum(lam - n + sat)
         return q
 
-    def _q_extra(self, theta: jnp.ndarray, aux: jnp.ndarray, norm_in_pass: bool = False) -> jnp.ndarray:
+    def _q_extra(
+        self, theta: jnp.ndarray, aux: jnp.ndarray, norm_in_pass: bool = False
+    ) -> jnp.ndarray:
         """Everything but the event pass: 2 A_c for the processes whose n_c is 1 (all of them when
         the data carry no normalisation sample; else those without shape effects), constraints
         and control regions. The 2 A_c n_c of shape processes come from the event pass."""
-        alpha = theta[self.n_free:]
+        alpha = theta[self.n_free :]
         A = self.amplitudes(theta)
         if norm_in_pass:
             A = jnp.where(jnp.asarray(self._shape_procs), 0.0, A)
@@ -345,11 +420,14 @@ class Model:
 
     # ------------------------------------------------------------------ chunk kernels
     def _proc_terms(self, theta: jnp.ndarray):
-        alpha = theta[self.n_free:]
+        alpha = theta[self.n_free :]
         if not self.n_np:
             return tuple(None for _ in self._specs)
         t = alpha_terms(alpha)
-        return tuple(jax.tree_util.tree_map(lambda a: a[s.np_index], t) if s.np_index.size else None for s in self._specs)
+        return tuple(
+            jax.tree_util.tree_map(operator.itemgetter(s.np_index), t) if s.np_index.size else None
+            for s in self._specs
+        )
 
     def _per_event_R(self, chunk, terms, order: int):
         """R_c (m, C) and per process (h', h'') arrays (m, K_c) for order >= 1 / 2."""
@@ -388,7 +466,9 @@ class Model:
             w = chunk["w"]
             live = w != 0
             Rk = R * jnp.asarray(self.ratio_scale)[None, :]
-            s = jnp.where(live, Rk @ A, 1.0)  # rows without data weight (normalisation-only) never enter ln s
+            s = jnp.where(
+                live, Rk @ A, 1.0
+            )  # rows without data weight (normalisation-only) never enter ln s
             val = jnp.dot(w, jnp.log(s))
             qc = Rk / s[:, None]
             a = w[:, None] * qc
@@ -435,7 +515,9 @@ class Model:
         out = jnp.zeros((), jnp.float64)
         if "w" in chunk:
             w = chunk["w"]
-            out = out + jnp.dot(w, jnp.log(jnp.where(w != 0, R @ (jnp.asarray(self.ratio_scale) * A), 1.0)))
+            out = out + jnp.dot(
+                w, jnp.log(jnp.where(w != 0, R @ (jnp.asarray(self.ratio_scale) * A), 1.0))
+            )
         if "v" in chunk:
             out = out - jnp.dot((chunk["v"] @ R) * vscale, A)
         return out
@@ -507,7 +589,9 @@ class Model:
                 kernel = lambda chunk: self._kernel(A, dA, d2A, terms, chunk, vscale, order)  # noqa: E731
             else:
                 kernel = lambda chunk: self._autodiff_kernel(theta, chunk, vscale, order)  # noqa: E731
-            part = self._scan_chunks(sample, kernel, self.norm_chunk_size if is_norm else self.chunk_size, zero)
+            part = self._scan_chunks(
+                sample, kernel, self.norm_chunk_size if is_norm else self.chunk_size, zero
+            )
             total = tuple(a + b for a, b in zip(total, part))
         return total
 
@@ -563,8 +647,11 @@ class Model:
         return t
 
     def _args(self, theta, data, aux):
-        return (jnp.asarray(theta, jnp.float64), self.data if data is None else data,
-                jnp.asarray(self.aux if aux is None else aux, jnp.float64))
+        return (
+            jnp.asarray(theta, jnp.float64),
+            self.data if data is None else data,
+            jnp.asarray(self.aux if aux is None else aux, jnp.float64),
+        )
 
     def nll(self, theta, data=None, aux=None) -> float:
         """q(theta) = -2 ln L (up to a constant)."""
@@ -574,7 +661,9 @@ class Model:
         v, g = self._f_value_grad(*self._args(theta, data, aux))
         return float(v), np.asarray(g)
 
-    def value_grad_hessian(self, theta, data=None, aux=None) -> tuple[float, np.ndarray, np.ndarray]:
+    def value_grad_hessian(
+        self, theta, data=None, aux=None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         v, g, H = self._f_vgh(*self._args(theta, data, aux))
         return float(v), np.asarray(g), np.asarray(H)
 
@@ -611,8 +700,12 @@ def event_intensity(model: Model, theta, data=None) -> np.ndarray:
     reweight events to other parameter values."""
     cache = model.__dict__.setdefault("_fit_cache", {})
     if "intensity" not in cache:
-        cache["intensity"] = Compiled(lambda t, d: _event_intensity(model, t, d), "intensity", model.clock)
+        cache["intensity"] = Compiled(
+            lambda t, d: _event_intensity(model, t, d), "intensity", model.clock
+        )
     data = model.data if data is None else data
     arrays = {k: data[k] for k in ("r", "up", "down")}
-    arrays["rscale"] = jnp.asarray(model.ratio_scale, jnp.float64)  # an argument: it is set after the first call
+    arrays["rscale"] = jnp.asarray(
+        model.ratio_scale, jnp.float64
+    )  # an argument: it is set after the first call
     return np.asarray(cache["intensity"](jnp.asarray(theta, jnp.float64), arrays))

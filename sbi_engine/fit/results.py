@@ -21,7 +21,11 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if hasattr(obj, "to_dict") and not isinstance(obj, type):
         return to_jsonable(obj.to_dict())
-    if isinstance(obj, (np.ndarray,)) or hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
+    if (
+        isinstance(obj, (np.ndarray,))
+        or hasattr(obj, "__array__")
+        and not isinstance(obj, (str, bytes))
+    ):
         arr = np.asarray(obj)
         if arr.ndim == 0:
             return to_jsonable(arr.item())
@@ -85,10 +89,22 @@ class FitResult:
         return c
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable({
-            "names": list(self.names), "values": self.values, "errors": self.errors,
-            "covariance": self.covariance, "correlation": self.correlation, "q_min": self.q_min,
-            "edm": self.edm, "converged": self.converged, "status": self.status, "message": self.message,
-            "n_iter": self.n_iter, "fixed": list(self.fixed), "method": self.method, "time_s": self.time_s,
-            **({"extra": dict(self.extra)} if self.extra else {}),
-        })
+        return to_jsonable(
+            {
+                "names": list(self.names),
+                "values": self.values,
+                "errors": self.errors,
+                "covariance": self.covariance,
+                "correlation": self.correlation,
+                "q_min": self.q_min,
+                "edm": self.edm,
+                "converged": self.converged,
+                "status": self.status,
+                "message": self.message,
+                "n_iter": self.n_iter,
+                "fixed": list(self.fixed),
+                "method": self.method,
+                "time_s": self.time_s,
+                **({"extra": dict(self.extra)} if self.extra else {}),
+            }
+        )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..precision import enable_float64
 from .api import fit
 from .model import Model, model_for
 from .results import FitResult, to_jsonable
@@ -28,11 +29,21 @@ class Scan:
     intervals: dict[str, tuple[float | None, float | None]]
 
     def to_dict(self) -> dict:
-        return to_jsonable({"poi": self.poi, "values": self.values, "dq": self.dq, "converged": self.converged,
-                            "best": self.best, "intervals": self.intervals})
+        return to_jsonable(
+            {
+                "poi": self.poi,
+                "values": self.values,
+                "dq": self.dq,
+                "converged": self.converged,
+                "best": self.best,
+                "intervals": self.intervals,
+            }
+        )
 
 
-def crossings(x: np.ndarray, y: np.ndarray, best: float, level: float) -> tuple[float | None, float | None]:
+def crossings(
+    x: np.ndarray, y: np.ndarray, best: float, level: float
+) -> tuple[float | None, float | None]:
     """Where y crosses ``level`` left and right of ``best`` (linear interpolation; None if not)."""
     lo = hi = None
     left = np.flatnonzero(x <= best)
@@ -61,6 +72,7 @@ def profile_scan(
     Each point is a fit with the POI fixed (a mask: the compiled fit is reused), started from
     the linear prediction of the profiled parameters.
     """
+    enable_float64()
     model = target if isinstance(target, Model) else model_for(target)
     poi = poi or model.poi_names[0]
     p = model.index[poi]
@@ -74,7 +86,9 @@ def profile_scan(
     ok = np.zeros(values.size, dtype=bool)
     base_fixed = {n: float(result.theta[model.index[n]]) for n in result.fixed}
     for j, v in enumerate(values):
-        start = result.theta + (C[:, p] / C[p, p]) * (v - best) if C[p, p] > 0 else result.theta.copy()
+        start = (
+            result.theta + (C[:, p] / C[p, p]) * (v - best) if C[p, p] > 0 else result.theta.copy()
+        )
         start = np.clip(start, model.lower, model.upper)
         r = fit(model, fixed={**base_fixed, poi: float(v)}, init=start)
         dq[j] = r.q_min - result.q_min

@@ -30,7 +30,9 @@ from .workspace import Workspace
 
 __all__ = ["StreamingModel", "DEFAULT_STREAM_CHUNK"]
 
-DEFAULT_STREAM_CHUNK = 8192  # kernel temporaries ~ chunk x NPs x 8 B each; larger chunks cost RSS, not speed
+DEFAULT_STREAM_CHUNK = (
+    8192  # kernel temporaries ~ chunk x NPs x 8 B each; larger chunks cost RSS, not speed
+)
 _PAD = {"w": 0.0, "v": 0.0}  # padded rows carry no weight; ratios pad with 1 (finite logs)
 
 
@@ -49,8 +51,13 @@ class StreamingModel(Model):
 
     streaming = True
 
-    def __init__(self, ws: Workspace, chunk_size: int = DEFAULT_STREAM_CHUNK,
-                 progress: Callable[[int, int], None] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        ws: Workspace,
+        chunk_size: int = DEFAULT_STREAM_CHUNK,
+        progress: Callable[[int, int], None] | None = None,
+        **kwargs: Any,
+    ):
         self.progress = progress
         super().__init__(ws, chunk_size=chunk_size, **kwargs)
 
@@ -78,8 +85,12 @@ class StreamingModel(Model):
 
     @property
     def data_nbytes(self) -> int:
-        return int(sum(int(np.asarray(x).nbytes) if not isinstance(x, np.memmap) else int(x.nbytes)
-                       for x in jax.tree_util.tree_leaves(self.data)))
+        return int(
+            sum(
+                int(np.asarray(x).nbytes) if not isinstance(x, np.memmap) else int(x.nbytes)
+                for x in jax.tree_util.tree_leaves(self.data)
+            )
+        )
 
     def _chunks(self, sample: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         """(start, chunk pytree on the device), read ahead by one chunk in a background thread."""
@@ -94,12 +105,22 @@ class StreamingModel(Model):
             def piece(key: str, a: Any) -> np.ndarray:
                 x = _read_rows(a, start, stop)
                 if stop - start < m:  # pad the last chunk so one compiled kernel serves all
-                    x = np.concatenate([x, np.full(m - (stop - start), _PAD.get(key, 1.0), dtype=x.dtype)])
+                    x = np.concatenate(
+                        [x, np.full(m - (stop - start), _PAD.get(key, 1.0), dtype=x.dtype)]
+                    )
                 return x
 
-            out = {k: (piece(k, v) if not isinstance(v, tuple) else
-                       tuple(tuple(piece(k, a) for a in t) if isinstance(t, tuple) else piece(k, t) for t in v))
-                   for k, v in rows.items()}
+            out = {
+                k: (
+                    piece(k, v)
+                    if not isinstance(v, tuple)
+                    else tuple(
+                        tuple(piece(k, a) for a in t) if isinstance(t, tuple) else piece(k, t)
+                        for t in v
+                    )
+                )
+                for k, v in rows.items()
+            }
             return jax.device_put({**out, **fixed})
 
         q: queue.Queue = queue.Queue(maxsize=2)
@@ -125,8 +146,11 @@ class StreamingModel(Model):
         key = ("sums", order)
         if key not in cache:
             method = "structured" if order == 0 else self.hessian_method
-            cache[key] = Compiled(lambda t, d: self._event_sums(t, d, order, method), f"stream_sums{order}",
-                                  self.clock)
+            cache[key] = Compiled(
+                lambda t, d: self._event_sums(t, d, order, method),
+                f"stream_sums{order}",
+                self.clock,
+            )
         fn = cache[key]
         t = jnp.asarray(theta, jnp.float64)
         total: list[np.ndarray] | None = None
@@ -158,8 +182,10 @@ class StreamingModel(Model):
 
     def _check_data(self, data: Any) -> None:
         if data is not None and data is not self.data:
-            raise NotImplementedError("a StreamingModel evaluates its own events only (toys and Asimov "
-                                      "reweighting need the in-memory Model)")
+            raise NotImplementedError(
+                "a StreamingModel evaluates its own events only (toys and Asimov "
+                "reweighting need the in-memory Model)"
+            )
 
     def _aux(self, aux: Any) -> jnp.ndarray:
         return jnp.asarray(self.aux if aux is None else aux, jnp.float64)
@@ -167,7 +193,9 @@ class StreamingModel(Model):
     def nll(self, theta, data=None, aux=None) -> float:
         self._check_data(data)
         (ll,) = self._stream_sums(theta, 0)
-        return float(self._extra(0)(jnp.asarray(theta, jnp.float64), self._aux(aux))) - 2.0 * float(ll)
+        return float(self._extra(0)(jnp.asarray(theta, jnp.float64), self._aux(aux))) - 2.0 * float(
+            ll
+        )
 
     def value_and_grad(self, theta, data=None, aux=None) -> tuple[float, np.ndarray]:
         self._check_data(data)
@@ -175,7 +203,9 @@ class StreamingModel(Model):
         v, g = self._extra(1)(jnp.asarray(theta, jnp.float64), self._aux(aux))
         return float(v) - 2.0 * float(ll), np.asarray(g) - 2.0 * gl
 
-    def value_grad_hessian(self, theta, data=None, aux=None) -> tuple[float, np.ndarray, np.ndarray]:
+    def value_grad_hessian(
+        self, theta, data=None, aux=None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         self._check_data(data)
         ll, gl, Hl = self._stream_sums(theta, 2)
         v, g, H = self._extra(2)(jnp.asarray(theta, jnp.float64), self._aux(aux))
@@ -188,6 +218,7 @@ class StreamingModel(Model):
         """s_i(theta) for every event, streamed (float64, (n,))."""
         cache = self.__dict__.setdefault("_stream_cache", {})
         if "intensity" not in cache:
+
             def s_of(t, chunk):
                 R, _, _ = self._per_event_R(chunk, self._proc_terms(t), 0)
                 return R @ self.amplitudes(t)
@@ -207,8 +238,11 @@ def _read_rows(a: Any, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of an array; memory maps are read with plain file I/O, so the pages
     land in the page cache rather than in this process's resident set (a pass over 24 GB of
     maps would otherwise show up as 24 GB of RSS)."""
-    if isinstance(a, np.memmap) and getattr(a, "filename", None) and a.ndim == 1 and a.flags.c_contiguous:
-        return np.fromfile(a.filename, dtype=a.dtype, count=stop - start, offset=a.offset + start * a.itemsize)
+    filename = getattr(a, "filename", None) if isinstance(a, np.memmap) else None
+    if filename and a.ndim == 1 and a.flags.c_contiguous:
+        return np.fromfile(
+            filename, dtype=a.dtype, count=stop - start, offset=a.offset + start * a.itemsize
+        )
     return np.asarray(a[start:stop])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import enable_float64
 from .api import fit, fixed_mask
 from .compile import Compiled
 from .minimize import newton_minimize
@@ -30,13 +32,28 @@ from .model import Model, event_intensity, model_for
 from .results import FitResult, to_jsonable
 from .workspace import Workspace, WorkspaceError
 
-TOY_NORM_CHUNK = 4096  # events per chunk of the normalisation pass inside vmapped toy fits (x batch in memory)
+TOY_NORM_CHUNK = (
+    4096  # events per chunk of the normalisation pass inside vmapped toy fits (x batch in memory)
+)
 
-__all__ = ["reference_theta", "asimov_weights", "expected_fit", "ToySet", "ToyFits", "generate_toys",
-           "toy_expected_counts", "fit_toys", "toy_study", "toy_pull_study", "neyman_construction"]
+__all__ = [
+    "reference_theta",
+    "asimov_weights",
+    "expected_fit",
+    "ToySet",
+    "ToyFits",
+    "generate_toys",
+    "toy_expected_counts",
+    "fit_toys",
+    "toy_study",
+    "toy_pull_study",
+    "neyman_construction",
+]
 
 
 def _model(target: Workspace | Model) -> Model:
+    """The target's model, JAX in float64 (every public function here starts with this)."""
+    enable_float64()
     return target if isinstance(target, Model) else model_for(target)
 
 
@@ -45,7 +62,9 @@ def reference_theta(model: Model) -> np.ndarray:
     return model.reference_theta()
 
 
-def asimov_weights(target: Workspace | Model, params: Mapping[str, float] | None = None) -> np.ndarray:
+def asimov_weights(
+    target: Workspace | Model, params: Mapping[str, float] | None = None
+) -> np.ndarray:
     """Event weights representing the model's expectation at ``params`` (default: the reference).
 
     With a normalisation sample: v_i s_i(theta) / V, exactly the model's expectation (a fit to
@@ -63,11 +82,13 @@ def asimov_weights(target: Workspace | Model, params: Mapping[str, float] | None
     return w * event_intensity(model, t) / event_intensity(model, ref)
 
 
-def expected_fit(target: Workspace | Model, params: Mapping[str, float] | None = None, **kwargs) -> FitResult:
+def expected_fit(
+    target: Workspace | Model, params: Mapping[str, float] | None = None, **kwargs
+) -> FitResult:
     """Fit to Asimov data at ``params`` (auxiliary values set to the nuisances' values there)."""
     model = _model(target)
     t = model.theta(params, base=reference_theta(model))
-    return fit(model, weights=asimov_weights(model, params), aux=t[model.n_free:], **kwargs)
+    return fit(model, weights=asimov_weights(model, params), aux=t[model.n_free :], **kwargs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,8 +101,13 @@ class ToySet:
     aux: np.ndarray
 
 
-def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
-                  params: Mapping[str, float] | None = None, pad_to: int | None = None) -> ToySet:
+def generate_toys(
+    target: Workspace | Model,
+    n_toys: int,
+    seed: int,
+    params: Mapping[str, float] | None = None,
+    pad_to: int | None = None,
+) -> ToySet:
     """Draw ``n_toys`` toys at ``params`` (default: the reference point).
 
     ``pad_to``: minimum gathered size, so toys at several points share one compiled shape.
@@ -89,10 +115,16 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
     :func:`toy_expected_counts`): such rows cannot be resampled without bias.
     """
     model = _model(target)
-    if not model.has_norm and model.workspace.data.kind != "asimov" and not model.workspace.data.generated_at:
-        raise WorkspaceError("toys resample weighted simulated events: the workspace data are 'observed' and have no "
-                             "data.generated_at or data.norm_weights; build the workspace from weighted simulation "
-                             "(kind 'asimov') or give a normalisation sample")
+    if (
+        not model.has_norm
+        and model.workspace.data.kind != "asimov"
+        and not model.workspace.data.generated_at
+    ):
+        raise WorkspaceError(
+            "toys resample weighted simulated events: the workspace data are 'observed' and have no "
+            "data.generated_at or data.norm_weights; build the workspace from weighted simulation "
+            "(kind 'asimov') or give a normalisation sample"
+        )
     t = model.theta(params, base=reference_theta(model))
     lam = toy_expected_counts(model, params)
     rng = np.random.default_rng(seed)
@@ -108,14 +140,16 @@ def generate_toys(target: Workspace | Model, n_toys: int, seed: int,
     for j, (i, c) in enumerate(zip(idx_list, cnt_list)):
         index[j, : len(i)] = i
         counts[j, : len(c)] = c
-    aux = t[model.n_free:][None, :] + rng.standard_normal((n_toys, model.n_np))
+    aux = t[model.n_free :][None, :] + rng.standard_normal((n_toys, model.n_np))
     return ToySet(t, index, counts, aux)
 
 
 NEGATIVE_COUNT_RTOL = 1e-12  # |lambda_i| below this times max lambda is rounding, set to 0
 
 
-def toy_expected_counts(target: Workspace | Model, params: Mapping[str, float] | None = None) -> np.ndarray:
+def toy_expected_counts(
+    target: Workspace | Model, params: Mapping[str, float] | None = None
+) -> np.ndarray:
     """Per-row Poisson means lambda_i of a toy at ``params`` (the Asimov weights), checked.
 
     A negative lambda_i cannot be a Poisson mean. Clipping it to 0 would silently draw toys
@@ -131,20 +165,26 @@ def toy_expected_counts(target: Workspace | Model, params: Mapping[str, float] |
     top = float(np.max(lam)) if lam.size else 0.0
     bad_nf = ~np.isfinite(lam)
     if bad_nf.any():
-        raise WorkspaceError(f"toys at ({point}): {int(bad_nf.sum())} of {lam.size} rows have a non-finite expected "
-                             f"count (first rows {np.flatnonzero(bad_nf)[:5].tolist()})")
+        raise WorkspaceError(
+            f"toys at ({point}): {int(bad_nf.sum())} of {lam.size} rows have a non-finite expected "
+            f"count (first rows {np.flatnonzero(bad_nf)[:5].tolist()})"
+        )
     lam[(lam < 0) & (np.abs(lam) < NEGATIVE_COUNT_RTOL * max(top, 0.0))] = 0.0
     neg = np.flatnonzero(lam < 0)
     if neg.size or not lam.sum() > 0:
         rows = ", ".join(f"{int(i)}: {lam[i]:.4g}" for i in neg[:5])
         more = ", ..." if neg.size > 5 else ""
-        what = (f"{neg.size} of {lam.size} rows have a negative expected count (first rows {rows}{more})"
-                if neg.size else f"the total expected count is {lam.sum():.4g}")
+        what = (
+            f"{neg.size} of {lam.size} rows have a negative expected count (first rows {rows}{more})"
+            if neg.size
+            else f"the total expected count is {lam.sum():.4g}"
+        )
         raise WorkspaceError(
             f"toys at ({point}): {what}, so they cannot be Poisson means and clipping them would bias the toys. "
             "Toys resample the normalisation sample: they need non-negative normalisation weights (data.norm_weights, "
             "or non-negative weights of Asimov data) whose total model intensity is positive at this point; for "
-            "negative-weight simulation draw pseudo-data from the simulator instead and fit it as observed data")
+            "negative-weight simulation draw pseudo-data from the simulator instead and fit it as observed data"
+        )
     return lam
 
 
@@ -166,7 +206,7 @@ def _toy_model(model: Model, n_max: int) -> Model:
         tm.n_events = n_max
         tm.chunk_size = n_max
         tm.norm_chunk_size = min(model.chunk_size, TOY_NORM_CHUNK)
-        tm._fit_cache = {}
+        tm.__dict__["_fit_cache"] = {}  # per-instance cache, always reached through __dict__
         cache[key] = tm
     return cache[key]
 
@@ -185,18 +225,34 @@ class ToyFits:
     n_iter: np.ndarray
 
     def to_dict(self) -> dict:
-        return to_jsonable({"names": self.names, "theta": self.theta, "errors": self.errors, "q_min": self.q_min,
-                            "converged": self.converged, "n_iter": self.n_iter})
+        return to_jsonable(
+            {
+                "names": self.names,
+                "theta": self.theta,
+                "errors": self.errors,
+                "q_min": self.q_min,
+                "converged": self.converged,
+                "n_iter": self.n_iter,
+            }
+        )
 
 
 def _batched_fit(tm: Model) -> Compiled:
     cache = tm.__dict__.setdefault("_fit_cache", {})
     key = "vfit"
     if key not in cache:
+
         def one(theta0, fixed, lower, upper, events, norm, aux, edm_tol, max_iter):
             data = events if norm is None else {**events, "norm": norm}
-            state, status = newton_minimize(lambda t: tm.q_vgh(t, data, aux), theta0, fixed, lower, upper,
-                                            edm_tol=edm_tol, max_iter=max_iter)
+            state, status = newton_minimize(
+                lambda t: tm.q_vgh(t, data, aux),
+                theta0,
+                fixed,
+                lower,
+                upper,
+                edm_tol=edm_tol,
+                max_iter=max_iter,
+            )
             return state.theta, state.q, state.H, status, state.it
 
         # toys differ in start, events and aux; the normalisation sample is shared (not batched)
@@ -225,8 +281,15 @@ def _covariances(H: np.ndarray, free: np.ndarray) -> np.ndarray:
     return cov
 
 
-def fit_toys(target: Workspace | Model, toys: ToySet, fixed: Mapping[str, float] | None = None,
-             batch: int = 100, edm_tol: float = 1e-8, max_iter: int = 30, init: np.ndarray | None = None) -> ToyFits:
+def fit_toys(
+    target: Workspace | Model,
+    toys: ToySet,
+    fixed: Mapping[str, float] | None = None,
+    batch: int = 100,
+    edm_tol: float = 1e-8,
+    max_iter: int = 30,
+    init: np.ndarray | None = None,
+) -> ToyFits:
     """Fit every toy (vectorised in batches of ``batch``; one compilation per batch shape).
 
     Each toy's event term runs over its gathered events; the normalisation term n_c(alpha) over
@@ -249,16 +312,25 @@ def fit_toys(target: Workspace | Model, toys: ToySet, fixed: Mapping[str, float]
     def run(rows: np.ndarray, start: np.ndarray, iters: int) -> list[np.ndarray]:
         out: list[list[np.ndarray]] = [[] for _ in range(5)]  # theta, q, H, status, it
         for s in range(0, rows.size, batch):
-            sel = rows[s:s + batch]
+            sel = rows[s : s + batch]
             pad = batch - sel.size
             sel_p = np.concatenate([sel, np.repeat(sel[-1:], pad)]) if pad else sel
-            th0 = start[s:s + batch]
+            th0 = start[s : s + batch]
             th0 = np.concatenate([th0, np.repeat(th0[-1:], pad, 0)]) if pad else th0
             jidx = jnp.asarray(toys.index[sel_p])
-            data = jax.tree_util.tree_map(lambda a: a[jidx], {k: model.data[k] for k in ("r", "up", "down")})
+            data = jax.tree_util.tree_map(
+                operator.itemgetter(jidx), {k: model.data[k] for k in ("r", "up", "down")}
+            )
             data["w"] = jnp.asarray(toys.counts[sel_p])
-            res = exe(jnp.asarray(th0), *consts, data, norm, jnp.asarray(toys.aux[sel_p]),
-                      jnp.asarray(edm_tol, jnp.float64), jnp.asarray(iters, jnp.int32))
+            res = exe(
+                jnp.asarray(th0),
+                *consts,
+                data,
+                norm,
+                jnp.asarray(toys.aux[sel_p]),
+                jnp.asarray(edm_tol, jnp.float64),
+                jnp.asarray(iters, jnp.int32),
+            )
             for acc, v in zip(out, res):
                 acc.append(np.asarray(v)[: sel.size])
         return [np.concatenate(acc) for acc in out]
@@ -282,8 +354,16 @@ def conditional_start(model: Model, free: ToyFits, poi: str, value: float) -> np
     return np.clip(start, model.lower, model.upper)
 
 
-def toy_study(target: Workspace | Model, n_toys: int, seed: int, params: Mapping[str, float] | None = None,
-              poi: str | None = None, batch: int = 100, edm_tol: float = 1e-8, pad_to: int | None = None) -> dict:
+def toy_study(
+    target: Workspace | Model,
+    n_toys: int,
+    seed: int,
+    params: Mapping[str, float] | None = None,
+    poi: str | None = None,
+    batch: int = 100,
+    edm_tol: float = 1e-8,
+    pad_to: int | None = None,
+) -> dict:
     """Pulls and coverage of ``poi`` over toys at ``params``, with per-toy results.
 
     Two vectorised fits per toy: free, and with ``poi`` fixed at its true value (started from
@@ -306,26 +386,43 @@ def toy_study(target: Workspace | Model, n_toys: int, seed: int, params: Mapping
     toys = generate_toys(model, n_toys, seed, params, pad_to=pad_to)
     truth = float(toys.theta_true[p])
     free = fit_toys(model, toys, batch=batch, edm_tol=edm_tol)
-    cond = fit_toys(model, toys, fixed={poi: truth}, batch=batch, edm_tol=edm_tol,
-                    init=conditional_start(model, free, poi, truth))
+    cond = fit_toys(
+        model,
+        toys,
+        fixed={poi: truth},
+        batch=batch,
+        edm_tol=edm_tol,
+        init=conditional_start(model, free, poi, truth),
+    )
     ok = free.converged & cond.converged & (free.errors[:, p] > 0)
     mu_hat, sigma = free.theta[ok, p], free.errors[ok, p]
     pull = (mu_hat - truth) / sigma
     dq_raw = cond.q_min[ok] - free.q_min[ok]
     dq = np.clip(dq_raw, 0.0, None)
     z = np.sign(mu_hat - truth) * np.sqrt(dq)
-    sd = (lambda a: float(a.std(ddof=1)) if a.size > 1 else float("nan"))  # noqa: E731
-    return to_jsonable({
-        "poi": poi, "truth": truth, "n_toys": n_toys, "n_converged": int(ok.sum()),
-        "pull_mean": float(pull.mean()) if pull.size else float("nan"), "pull_width": sd(pull),
-        "coverage_hesse_68": float(np.mean(np.abs(pull) < 1.0)),
-        "pull_profile_mean": float(z.mean()) if z.size else float("nan"), "pull_profile_width": sd(z),
-        "coverage_profile_68": float(np.mean(dq < 1.0)),
-        "coverage_profile_95": float(np.mean(dq < 3.841458820694124)),
-        "n_conditional_below_free": int(np.sum(dq_raw < -1e-6)),
-        "mean_iterations": float(np.mean(free.n_iter)),
-        "toy_index": np.flatnonzero(ok), "mu_hat": mu_hat, "sigma": sigma, "pulls": pull, "pulls_profile": z,
-    })
+    sd = lambda a: float(a.std(ddof=1)) if a.size > 1 else float("nan")  # noqa: E731
+    return to_jsonable(
+        {
+            "poi": poi,
+            "truth": truth,
+            "n_toys": n_toys,
+            "n_converged": int(ok.sum()),
+            "pull_mean": float(pull.mean()) if pull.size else float("nan"),
+            "pull_width": sd(pull),
+            "coverage_hesse_68": float(np.mean(np.abs(pull) < 1.0)),
+            "pull_profile_mean": float(z.mean()) if z.size else float("nan"),
+            "pull_profile_width": sd(z),
+            "coverage_profile_68": float(np.mean(dq < 1.0)),
+            "coverage_profile_95": float(np.mean(dq < 3.841458820694124)),
+            "n_conditional_below_free": int(np.sum(dq_raw < -1e-6)),
+            "mean_iterations": float(np.mean(free.n_iter)),
+            "toy_index": np.flatnonzero(ok),
+            "mu_hat": mu_hat,
+            "sigma": sigma,
+            "pulls": pull,
+            "pulls_profile": z,
+        }
+    )
 
 
 def _binomial(hits: np.ndarray) -> tuple[float, float]:
@@ -337,8 +434,16 @@ def _binomial(hits: np.ndarray) -> tuple[float, float]:
     return p, math.sqrt(p * (1.0 - p) / n)
 
 
-def toy_pull_study(target: Workspace | Model, mu_true: float, n_toys: int, seed: int, *, poi: str | None = None,
-                   batch: int = 100, pad_to: int | None = None) -> dict:
+def toy_pull_study(
+    target: Workspace | Model,
+    mu_true: float,
+    n_toys: int,
+    seed: int,
+    *,
+    poi: str | None = None,
+    batch: int = 100,
+    pad_to: int | None = None,
+) -> dict:
     """Hessian pulls of ``poi`` over ``n_toys`` toys at ``poi = mu_true``, each figure with its
     statistical error, so a report can say whether a deviation is significant.
 
@@ -366,41 +471,75 @@ def toy_pull_study(target: Workspace | Model, mu_true: float, n_toys: int, seed:
     counts = toys.counts.sum(axis=1)
     c68, c68_se = _binomial(np.abs(pull) < 1.0)
     c95, c95_se = _binomial(np.abs(pull) < 1.959963984540054)
-    count_se = float(counts.std(ddof=1) / math.sqrt(counts.size)) if counts.size > 1 else float("nan")
-    return to_jsonable({
-        "poi": poi, "truth": float(mu_true), "n_toys": int(n_toys), "n_converged": n,
-        "pull_mean": float(pull.mean()) if n else float("nan"),
-        "pull_mean_se": sd / math.sqrt(n) if n > 1 else float("nan"),
-        "pull_width": sd, "pull_width_se": sd / math.sqrt(2.0 * (n - 1)) if n > 1 else float("nan"),
-        "count_mean": float(counts.mean()), "count_mean_se": count_se, "count_expected": expected,
-        "count_pull": (float(counts.mean()) - expected) / count_se if count_se > 0 else float("nan"),
-        "coverage_hesse_68": c68, "coverage_hesse_68_se": c68_se,
-        "coverage_hesse_95": c95, "coverage_hesse_95_se": c95_se,
-    })
+    count_se = (
+        float(counts.std(ddof=1) / math.sqrt(counts.size)) if counts.size > 1 else float("nan")
+    )
+    return to_jsonable(
+        {
+            "poi": poi,
+            "truth": float(mu_true),
+            "n_toys": int(n_toys),
+            "n_converged": n,
+            "pull_mean": float(pull.mean()) if n else float("nan"),
+            "pull_mean_se": sd / math.sqrt(n) if n > 1 else float("nan"),
+            "pull_width": sd,
+            "pull_width_se": sd / math.sqrt(2.0 * (n - 1)) if n > 1 else float("nan"),
+            "count_mean": float(counts.mean()),
+            "count_mean_se": count_se,
+            "count_expected": expected,
+            "count_pull": (float(counts.mean()) - expected) / count_se
+            if count_se > 0
+            else float("nan"),
+            "coverage_hesse_68": c68,
+            "coverage_hesse_68_se": c68_se,
+            "coverage_hesse_95": c95,
+            "coverage_hesse_95_se": c95_se,
+        }
+    )
 
 
-def neyman_construction(target: Workspace | Model, poi_values: np.ndarray, n_toys: int, seed: int,
-                        observed: FitResult | None = None, cl: float = 0.68, poi: str | None = None,
-                        batch: int = 100, pad_to: int | None = None) -> dict:
+def neyman_construction(
+    target: Workspace | Model,
+    poi_values: np.ndarray,
+    n_toys: int,
+    seed: int,
+    observed: FitResult | None = None,
+    cl: float = 0.68,
+    poi: str | None = None,
+    batch: int = 100,
+    pad_to: int | None = None,
+) -> dict:
     """Neyman belt of t = q(poi) - q_min over a grid: toys at each value (nuisances at the
     reference), the CL quantile of t, and (with ``observed``) the confidence set.
 
     The conditional fits start from each toy's free fit moved along its covariance."""
     model = _model(target)
     poi = poi or model.poi_names[0]
-    p = model.index[poi]
+    _ = model.index[poi]  # an unknown POI fails here, before any toys are generated
     rows = []
     values = np.asarray(poi_values, dtype=float)
-    sets = [generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}, pad_to=pad_to) for j, v in enumerate(values)]
+    sets = [
+        generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}, pad_to=pad_to)
+        for j, v in enumerate(values)
+    ]
     n_max = max(t.index.shape[1] for t in sets)  # one shape -> one compilation for the whole belt
     for v, toys in zip(values, sets):
         if toys.index.shape[1] < n_max:
             pad = n_max - toys.index.shape[1]
-            toys = ToySet(toys.theta_true, np.pad(toys.index, ((0, 0), (0, pad))),
-                          np.pad(toys.counts, ((0, 0), (0, pad))), toys.aux)
+            toys = ToySet(
+                toys.theta_true,
+                np.pad(toys.index, ((0, 0), (0, pad))),
+                np.pad(toys.counts, ((0, 0), (0, pad))),
+                toys.aux,
+            )
         free = fit_toys(model, toys, batch=batch)
-        cond = fit_toys(model, toys, fixed={poi: float(v)}, batch=batch,
-                        init=conditional_start(model, free, poi, float(v)))
+        cond = fit_toys(
+            model,
+            toys,
+            fixed={poi: float(v)},
+            batch=batch,
+            init=conditional_start(model, free, poi, float(v)),
+        )
         ok = free.converged & cond.converged
         t = np.clip(cond.q_min[ok] - free.q_min[ok], 0.0, None)
         row = {"value": float(v), "critical": float(np.quantile(t, cl)), "n_ok": int(ok.sum())}

@@ -164,12 +164,15 @@ _CHECK_BLOCK = 1 << 22
 
 
 def _positive_finite(arr: Any, where: str, allow_zero: bool = False) -> None:
-    if isinstance(arr, np.memmap) and arr.ndim == 1 and getattr(arr, "filename", None) and arr.size > _CHECK_BLOCK:
+    filename = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    if filename and arr.ndim == 1 and arr.size > _CHECK_BLOCK:
         # Check a mapped array block by block with file reads, so validation does not pull the
         # whole file into this process's resident set (streamed workspaces are larger than RAM).
         for start in range(0, arr.size, _CHECK_BLOCK):
             count = min(_CHECK_BLOCK, arr.size - start)
-            block = np.fromfile(arr.filename, dtype=arr.dtype, count=count, offset=arr.offset + start * arr.itemsize)
+            block = np.fromfile(
+                filename, dtype=arr.dtype, count=count, offset=arr.offset + start * arr.itemsize
+            )
             try:
                 _positive_finite(block, where, allow_zero)
             except WorkspaceError as exc:
@@ -180,7 +183,10 @@ def _positive_finite(arr: Any, where: str, allow_zero: bool = False) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         need = "finite and >= 0" if allow_zero else "finite and > 0"
-        raise _err(where, f"{int(bad.sum())} of {a.size} values are not {need} (first at row {first}: {a.reshape(-1)[first]})")
+        raise _err(
+            where,
+            f"{int(bad.sum())} of {a.size} values are not {need} (first at row {first}: {a.reshape(-1)[first]})",
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,15 +235,23 @@ class Workspace:
                     total += int(eff.shape[0].nbytes) + int(eff.shape[1].nbytes)
         return total
 
-    def with_data(self, weights: Any, kind: str = "asimov", generated_at: Mapping[str, float] | None = None) -> Workspace:
+    def with_data(
+        self, weights: Any, kind: str = "asimov", generated_at: Mapping[str, float] | None = None
+    ) -> Workspace:
         """The same model with other event weights (e.g. Asimov weights at other parameters).
 
         The normalisation weights (``data.norm_weights``) are part of the model and are kept.
         """
         w = _vector(weights, self.n_events, "weights")
-        return Workspace(self.pois, self.norm_factors, self.processes, self.nuisances, self.control_regions,
-                         Data(w, kind, dict(generated_at) if generated_at else None, self.data.norm_weights),
-                         self.metadata)
+        return Workspace(
+            self.pois,
+            self.norm_factors,
+            self.processes,
+            self.nuisances,
+            self.control_regions,
+            Data(w, kind, dict(generated_at) if generated_at else None, self.data.norm_weights),
+            self.metadata,
+        )
 
     def with_aux(self, aux: Mapping[str, float]) -> Workspace:
         """The same workspace with other auxiliary values a_k for the named nuisances."""
@@ -245,9 +259,18 @@ class Workspace:
         if unknown:
             raise WorkspaceError(f"with_aux: unknown nuisance(s) {unknown}")
         nps = tuple(
-            Nuisance(k.name, float(aux.get(k.name, k.aux)), k.init, k.bounds, k.effects) for k in self.nuisances
+            Nuisance(k.name, float(aux.get(k.name, k.aux)), k.init, k.bounds, k.effects)
+            for k in self.nuisances
         )
-        return Workspace(self.pois, self.norm_factors, self.processes, nps, self.control_regions, self.data, self.metadata)
+        return Workspace(
+            self.pois,
+            self.norm_factors,
+            self.processes,
+            nps,
+            self.control_regions,
+            self.data,
+            self.metadata,
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -283,7 +306,9 @@ class Workspace:
         if validate_values:
             a = np.asarray(w)
             if not np.isfinite(a).all():
-                raise _err("weights", f"{int((~np.isfinite(a)).sum())} of {n} weights are not finite")
+                raise _err(
+                    "weights", f"{int((~np.isfinite(a)).sum())} of {n} weights are not finite"
+                )
         free: list[FreeParameter] = []
         for group, is_poi in ((pois, True), (norm_factors or {}, False)):
             for name, spec in group.items():
@@ -292,8 +317,14 @@ class Workspace:
                 unknown = set(spec) - {"init", "bounds"}
                 if unknown:
                     raise _err(where, f"unknown key(s) {sorted(unknown)}")
-                free.append(FreeParameter(str(name), float(spec.get("init", 1.0)),
-                                          _bounds(spec.get("bounds"), where + ".bounds", (-math.inf, math.inf)), is_poi))
+                free.append(
+                    FreeParameter(
+                        str(name),
+                        float(spec.get("init", 1.0)),
+                        _bounds(spec.get("bounds"), where + ".bounds", (-math.inf, math.inf)),
+                        is_poi,
+                    )
+                )
         if not any(p.is_poi for p in free):
             raise _err("pois", "at least one parameter of interest is required")
         free_names = [p.name for p in free]
@@ -317,10 +348,10 @@ class Workspace:
         nps = []
         for i, spec in enumerate(nuisances):
             spec = dict(spec)
-            name = spec.get("name")
-            if not isinstance(name, str):
+            np_name = spec.get("name")
+            if not isinstance(np_name, str):
                 raise _err(f"nuisances[{i}]", "missing 'name'")
-            where = f"nuisances.{name}"
+            where = f"nuisances.{np_name}"
             unknown = set(spec) - {"name", "aux", "init", "bounds", "effects"}
             if unknown:
                 raise _err(where, f"unknown key(s) {sorted(unknown)}")
@@ -338,9 +369,13 @@ class Workspace:
                     try:
                         up, down = (float(v) for v in eff["norm"])
                     except (TypeError, ValueError):
-                        raise _err(ew + ".norm", f"must be (up, down) yield ratios, got {eff['norm']!r}") from None
+                        raise _err(
+                            ew + ".norm", f"must be (up, down) yield ratios, got {eff['norm']!r}"
+                        ) from None
                     if not (up > 0 and down > 0 and math.isfinite(up) and math.isfinite(down)):
-                        raise _err(ew + ".norm", f"yield ratios must be finite and > 0, got ({up}, {down})")
+                        raise _err(
+                            ew + ".norm", f"yield ratios must be finite and > 0, got ({up}, {down})"
+                        )
                     norm = (up, down)
                 shape = None
                 if eff.get("shape") is not None:
@@ -356,8 +391,15 @@ class Workspace:
                     shape = (su, sd)
                 if norm is not None or shape is not None:
                     effects[str(proc)] = Effect(norm, shape)
-            nps.append(Nuisance(name, float(spec.get("aux", 0.0)), float(spec.get("init", spec.get("aux", 0.0))),
-                                _bounds(spec.get("bounds"), where + ".bounds", DEFAULT_NP_BOUNDS), effects))
+            nps.append(
+                Nuisance(
+                    np_name,
+                    float(spec.get("aux", 0.0)),
+                    float(spec.get("init", spec.get("aux", 0.0))),
+                    _bounds(spec.get("bounds"), where + ".bounds", DEFAULT_NP_BOUNDS),
+                    effects,
+                )
+            )
         np_names = [k.name for k in nps]
         all_names = free_names + np_names
         dup = sorted({x for x in all_names if all_names.count(x) > 1})
@@ -376,24 +418,30 @@ class Workspace:
                 sw = f"{where}.samples.{sname}"
                 yields = np.asarray(s.get("yields"), dtype=np.float64).reshape(-1)
                 if yields.shape != obs.shape:
-                    raise _err(sw + ".yields", f"has {yields.size} bins but observed has {obs.size}")
-                expr = parse_expression(s.get("coefficient", "1"), free_names, where=f"control region {cname!r} sample {sname!r}")
-                norm = {}
-                for npn, (up, down) in dict(s.get("norm", {})).items():
+                    raise _err(
+                        sw + ".yields", f"has {yields.size} bins but observed has {obs.size}"
+                    )
+                expr = parse_expression(
+                    s.get("coefficient", "1"),
+                    free_names,
+                    where=f"control region {cname!r} sample {sname!r}",
+                )
+                cr_norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+                for npn, (up_in, down_in) in dict(s.get("norm", {})).items():
                     if npn not in np_names:
                         raise _err(f"{sw}.norm.{npn}", f"unknown nuisance (known: {np_names})")
-                    up = np.asarray(up, dtype=np.float64).reshape(-1)
-                    down = np.asarray(down, dtype=np.float64).reshape(-1)
-                    if up.size == 1:
-                        up = np.full(obs.size, up[0])
-                    if down.size == 1:
-                        down = np.full(obs.size, down[0])
-                    if up.shape != obs.shape or down.shape != obs.shape:
+                    up_arr = np.asarray(up_in, dtype=np.float64).reshape(-1)
+                    down_arr = np.asarray(down_in, dtype=np.float64).reshape(-1)
+                    if up_arr.size == 1:
+                        up_arr = np.full(obs.size, up_arr[0])
+                    if down_arr.size == 1:
+                        down_arr = np.full(obs.size, down_arr[0])
+                    if up_arr.shape != obs.shape or down_arr.shape != obs.shape:
                         raise _err(f"{sw}.norm.{npn}", f"up/down need {obs.size} bins")
-                    _positive_finite(up, f"{sw}.norm.{npn}.up")
-                    _positive_finite(down, f"{sw}.norm.{npn}.down")
-                    norm[npn] = (up, down)
-                samples.append(ControlSample(str(sname), yields, expr, norm))
+                    _positive_finite(up_arr, f"{sw}.norm.{npn}.up")
+                    _positive_finite(down_arr, f"{sw}.norm.{npn}.down")
+                    cr_norm[npn] = (up_arr, down_arr)
+                samples.append(ControlSample(str(sname), yields, expr, cr_norm))
             if not samples:
                 raise _err(where + ".samples", "at least one sample is required")
             crs.append(ControlRegion(str(cname), obs, tuple(samples)))
@@ -401,9 +449,9 @@ class Workspace:
         if kind not in ("observed", "asimov"):
             raise _err("data.kind", f"must be 'observed' or 'asimov', got {kind!r}")
         if generated_at:
-            unknown = sorted(set(generated_at) - set(all_names))
-            if unknown:
-                raise _err("data.generated_at", f"unknown parameter(s) {unknown}")
+            unknown_at = sorted(set(generated_at) - set(all_names))
+            if unknown_at:
+                raise _err("data.generated_at", f"unknown parameter(s) {unknown_at}")
         v = None
         if norm_weights is not None:
             v = _vector(norm_weights, n, "data.norm_weights")
@@ -411,8 +459,13 @@ class Workspace:
                 bad = ~np.isfinite(np.asarray(v))
                 if bad.any():
                     first = int(np.flatnonzero(bad)[0])
-                    raise _err("data.norm_weights", f"{int(bad.sum())} of {n} values are not finite (first at row {first})")
-        data = Data(w, kind, {k: float(v) for k, v in generated_at.items()} if generated_at else None, v)
+                    raise _err(
+                        "data.norm_weights",
+                        f"{int(bad.sum())} of {n} values are not finite (first at row {first})",
+                    )
+        data = Data(
+            w, kind, {k: float(v) for k, v in generated_at.items()} if generated_at else None, v
+        )
         pois_t = tuple(p for p in free if p.is_poi)
         nfs_t = tuple(p for p in free if not p.is_poi)
         return cls(pois_t, nfs_t, tuple(procs), tuple(nps), tuple(crs), data, dict(metadata or {}))
@@ -420,6 +473,7 @@ class Workspace:
     # ------------------------------------------------------------------ files
     def to_json_dict(self, array_ref) -> dict[str, Any]:
         """The JSON document; ``array_ref(key, array) -> {"file": ...}`` stores each array."""
+
         def free(p: FreeParameter) -> dict[str, Any]:
             d: dict[str, Any] = {"name": p.name, "init": p.init}
             if math.isfinite(p.bounds[0]) or math.isfinite(p.bounds[1]):
@@ -431,7 +485,12 @@ class Workspace:
             "version": 1,
             "parameters": {"pois": [free(p) for p in self.pois]},
             "processes": [
-                {"name": p.name, "yield": p.yield_, "coefficient": p.coefficient.text, "ratio": array_ref(f"ratio_{p.name}", p.ratio)}
+                {
+                    "name": p.name,
+                    "yield": p.yield_,
+                    "coefficient": p.coefficient.text,
+                    "ratio": array_ref(f"ratio_{p.name}", p.ratio),
+                }
                 for p in self.processes
             ],
         }
@@ -448,22 +507,46 @@ class Workspace:
                     if e.norm is not None:
                         d["norm"] = {"up": e.norm[0], "down": e.norm[1]}
                     if e.shape is not None:
-                        d["shape"] = {"up": array_ref(f"shape_{k.name}_{proc}_up", e.shape[0]),
-                                      "down": array_ref(f"shape_{k.name}_{proc}_down", e.shape[1])}
+                        d["shape"] = {
+                            "up": array_ref(f"shape_{k.name}_{proc}_up", e.shape[0]),
+                            "down": array_ref(f"shape_{k.name}_{proc}_down", e.shape[1]),
+                        }
                     effs.append(d)
-                nps.append({"name": k.name, "constraint": {"type": "gaussian", "aux": k.aux}, "init": k.init,
-                            "bounds": list(k.bounds), "effects": effs})
+                nps.append(
+                    {
+                        "name": k.name,
+                        "constraint": {"type": "gaussian", "aux": k.aux},
+                        "init": k.init,
+                        "bounds": list(k.bounds),
+                        "effects": effs,
+                    }
+                )
             doc["nuisances"] = nps
         if self.control_regions:
             doc["control_regions"] = [
-                {"name": cr.name, "observed": cr.observed.tolist(), "samples": [
-                    {"name": s.name, "yields": s.yields.tolist(), "coefficient": s.coefficient.text,
-                     "norm": [{"nuisance": k, "up": u.tolist(), "down": d.tolist()} for k, (u, d) in s.norm.items()]}
-                    for s in cr.samples]}
+                {
+                    "name": cr.name,
+                    "observed": cr.observed.tolist(),
+                    "samples": [
+                        {
+                            "name": s.name,
+                            "yields": s.yields.tolist(),
+                            "coefficient": s.coefficient.text,
+                            "norm": [
+                                {"nuisance": k, "up": u.tolist(), "down": d.tolist()}
+                                for k, (u, d) in s.norm.items()
+                            ],
+                        }
+                        for s in cr.samples
+                    ],
+                }
                 for cr in self.control_regions
             ]
-        data: dict[str, Any] = {"kind": self.data.kind, "weights": array_ref("weights", self.data.weights),
-                                "n_events": self.n_events}
+        data: dict[str, Any] = {
+            "kind": self.data.kind,
+            "weights": array_ref("weights", self.data.weights),
+            "n_events": self.n_events,
+        }
         if self.data.generated_at:
             data["generated_at"] = dict(self.data.generated_at)
         if self.data.norm_weights is not None:
@@ -501,8 +584,13 @@ class Workspace:
         return cls.from_json_dict(doc, base=path.parent, source=str(path), mmap=mmap)
 
     @classmethod
-    def from_json_dict(cls, doc: Mapping[str, Any], base: str | Path = ".", source: str = "<workspace>",
-                       mmap: bool = False) -> Workspace:
+    def from_json_dict(
+        cls,
+        doc: Mapping[str, Any],
+        base: str | Path = ".",
+        source: str = "<workspace>",
+        mmap: bool = False,
+    ) -> Workspace:
         """Validate ``doc`` against the schema, load its arrays (relative to ``base``), build."""
         validate_document(doc, source)
         base = Path(base)
@@ -518,9 +606,13 @@ class Workspace:
                     z = cache[str(file)]
                     key = ref.get("key")
                     if key is None:
-                        raise WorkspaceError(f"{where}: .npz reference needs a 'key' (members: {sorted(z.files)})")
+                        raise WorkspaceError(
+                            f"{where}: .npz reference needs a 'key' (members: {sorted(z.files)})"
+                        )
                     if key not in z.files:
-                        raise WorkspaceError(f"{where}: {file} has no member {key!r} (members: {sorted(z.files)})")
+                        raise WorkspaceError(
+                            f"{where}: {file} has no member {key!r} (members: {sorted(z.files)})"
+                        )
                     return z[key]
                 return np.load(file, mmap_mode="r" if mmap else None)
             except (FileNotFoundError, OSError, ValueError) as exc:
@@ -529,10 +621,18 @@ class Workspace:
                 raise WorkspaceError(f"{where}: cannot read array file {file}: {exc}") from None
 
         params = doc["parameters"]
-        free = lambda items: {p["name"]: {"init": p.get("init", 1.0), "bounds": p.get("bounds")} for p in items}  # noqa: E731
+
+        def free(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {
+                p["name"]: {"init": p.get("init", 1.0), "bounds": p.get("bounds")} for p in items
+            }
+
         processes = {
-            p["name"]: {"yield": p["yield"], "coefficient": p["coefficient"],
-                        "ratio": load_array(p["ratio"], f"processes.{p['name']}.ratio")}
+            p["name"]: {
+                "yield": p["yield"],
+                "coefficient": p["coefficient"],
+                "ratio": load_array(p["ratio"], f"processes.{p['name']}.ratio"),
+            }
             for p in doc["processes"]
         }
         nuisances = []
@@ -544,8 +644,10 @@ class Workspace:
                 if "norm" in e:
                     d["norm"] = (e["norm"]["up"], e["norm"]["down"])
                 if "shape" in e:
-                    d["shape"] = (load_array(e["shape"]["up"], kp + ".shape.up"),
-                                  load_array(e["shape"]["down"], kp + ".shape.down"))
+                    d["shape"] = (
+                        load_array(e["shape"]["up"], kp + ".shape.up"),
+                        load_array(e["shape"]["down"], kp + ".shape.down"),
+                    )
                 effects[e["process"]] = d
             constraint = k.get("constraint", {})
             spec = {"name": k["name"], "aux": constraint.get("aux", 0.0), "effects": effects}
@@ -555,22 +657,42 @@ class Workspace:
                 spec["bounds"] = k["bounds"]
             nuisances.append(spec)
         crs = [
-            {"name": cr["name"], "observed": cr["observed"], "samples": {
-                s["name"]: {"yields": s["yields"], "coefficient": s["coefficient"],
-                            "norm": {m["nuisance"]: (m["up"], m["down"]) for m in s.get("norm", [])}}
-                for s in cr["samples"]}}
+            {
+                "name": cr["name"],
+                "observed": cr["observed"],
+                "samples": {
+                    s["name"]: {
+                        "yields": s["yields"],
+                        "coefficient": s["coefficient"],
+                        "norm": {m["nuisance"]: (m["up"], m["down"]) for m in s.get("norm", [])},
+                    }
+                    for s in cr["samples"]
+                },
+            }
             for cr in doc.get("control_regions", [])
         ]
         data = doc["data"]
         weights = load_array(data["weights"], "data.weights")
         if "n_events" in data and int(data["n_events"]) != int(np.shape(weights)[0]):
-            raise WorkspaceError(f"{source}: data.n_events says {data['n_events']} but data.weights has {np.shape(weights)[0]} rows")
-        norm_weights = load_array(data["norm_weights"], "data.norm_weights") if "norm_weights" in data else None
+            raise WorkspaceError(
+                f"{source}: data.n_events says {data['n_events']} but data.weights has {np.shape(weights)[0]} rows"
+            )
+        norm_weights = (
+            load_array(data["norm_weights"], "data.norm_weights")
+            if "norm_weights" in data
+            else None
+        )
         try:
             return cls.from_arrays(
-                pois=free(params["pois"]), norm_factors=free(params.get("norm_factors", [])),
-                processes=processes, weights=weights, nuisances=nuisances, control_regions=crs,
-                data_kind=data["kind"], generated_at=data.get("generated_at"), metadata=doc.get("metadata"),
+                pois=free(params["pois"]),
+                norm_factors=free(params.get("norm_factors", [])),
+                processes=processes,
+                weights=weights,
+                nuisances=nuisances,
+                control_regions=crs,
+                data_kind=data["kind"],
+                generated_at=data.get("generated_at"),
+                metadata=doc.get("metadata"),
                 norm_weights=norm_weights,
             )
         except (WorkspaceError, ExpressionError) as exc:

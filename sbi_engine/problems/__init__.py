@@ -38,8 +38,14 @@ __all__ = [
 
 _REGISTRY: dict[str, type[BenchmarkProblem]] = {
     cls.name: cls
-    for cls in (InterferenceProblem, Correlated5Problem, SubnoiseSystProblem, NegativeWeightsProblem,
-                LowStatsProblem, HighStatsProblem)
+    for cls in (
+        InterferenceProblem,
+        Correlated5Problem,
+        SubnoiseSystProblem,
+        NegativeWeightsProblem,
+        LowStatsProblem,
+        HighStatsProblem,
+    )
 }
 
 
@@ -53,4 +59,6 @@ def get_problem(name: str) -> BenchmarkProblem:
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise ValueError(f"unknown benchmark problem {name!r}; known: {', '.join(_REGISTRY)}") from None
+        raise ValueError(
+            f"unknown benchmark problem {name!r}; known: {', '.join(_REGISTRY)}"
+        ) from None

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sbi_engine.data import Sample
+from sbi_engine.sample import Sample
 
 __all__ = [
     "BenchmarkProblem",
@@ -60,7 +60,9 @@ def coefficient_value(expr: str, mu: float) -> float:
     try:
         return float(COEFFICIENT_FUNCTIONS[expr](float(mu)))
     except KeyError:
-        raise ValueError(f"unknown coefficient expression {expr!r}; known: {sorted(COEFFICIENT_FUNCTIONS)}") from None
+        raise ValueError(
+            f"unknown coefficient expression {expr!r}; known: {sorted(COEFFICIENT_FUNCTIONS)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- 1-D building blocks
@@ -80,7 +82,9 @@ def trunc_exp_logpdf(x: np.ndarray, lam: float, lo: float, hi: float) -> np.ndar
     return np.where((x >= lo) & (x <= hi), out, -np.inf)
 
 
-def trunc_exp_draw(rng: np.random.Generator, n: int, lam: float, lo: float, hi: float) -> np.ndarray:
+def trunc_exp_draw(
+    rng: np.random.Generator, n: int, lam: float, lo: float, hi: float
+) -> np.ndarray:
     u = rng.random(n)
     return np.clip(lo - np.log1p(u * math.expm1(-lam * (hi - lo))) / lam, lo, hi)
 
@@ -92,24 +96,14 @@ def trunc_normal_logpdf(x: np.ndarray, mean: float, sd: float, lo: float, hi: fl
     return np.where((x >= lo) & (x <= hi), normal_logpdf(x, mean, sd) - math.log(z), -np.inf)
 
 
-def trunc_normal_draw(rng: np.random.Generator, n: int, mean: float, sd: float, lo: float, hi: float) -> np.ndarray:
+def trunc_normal_draw(
+    rng: np.random.Generator, n: int, mean: float, sd: float, lo: float, hi: float
+) -> np.ndarray:
     from scipy.special import ndtr, ndtri  # noqa: PLC0415
 
     a, b = float(ndtr((lo - mean) / sd)), float(ndtr((hi - mean) / sd))
     u = a + (b - a) * rng.random(n)
     return np.clip(mean + sd * ndtri(u), lo, hi)
-
-
-def accept_reject_1d(f, bound: float, lo: float, hi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n exact draws from the (unnormalised) density f <= bound on [lo, hi]."""
-    out, have = [], 0
-    while have < n:
-        m = max(2 * (n - have), 256)
-        c = lo + (hi - lo) * rng.random(m)
-        keep = c[rng.random(m) * bound <= f(c)]
-        out.append(keep)
-        have += keep.shape[0]
-    return np.concatenate(out)[:n] if out else np.empty(0)
 
 
 # --------------------------------------------------------------------------- the base class
@@ -129,7 +123,9 @@ class BenchmarkProblem(ABC):
     shape_processes: dict[str, tuple[str, ...]] = {}  # nuisance -> processes whose shape it changes
     norm_only: dict[str, dict[str, tuple[float, float]]] = {}
     bounds: tuple[tuple[float, float], ...] = ()  # support (or a box holding all but ~1e-12 of it)
-    negative_weight_processes: tuple[str, ...] = ()  # processes whose simulation has negative weights
+    negative_weight_processes: tuple[
+        str, ...
+    ] = ()  # processes whose simulation has negative weights
     n_events: int = 100_000  # events per written sample at events_scale = 1
     mu_bounds: tuple[float, float] = (0.0, 20.0)
 
@@ -143,11 +139,14 @@ class BenchmarkProblem(ABC):
         """log p_c(x | alpha) for float64 x (n, d)."""
 
     @abstractmethod
-    def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
+    def _draw(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> np.ndarray:
         """n exact draws from p_c(x | alpha), float64 (n, d)."""
 
-    def _simulate(self, process: str, n: int, rng: np.random.Generator,
-                  alpha: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _simulate(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(x, w) of a weighted simulation of c with sum(w) = nu_c(alpha) exactly."""
         x = self._draw(process, n, rng, alpha)
         return x, np.full(n, self.yield_(process, alpha) / n)
@@ -165,7 +164,9 @@ class BenchmarkProblem(ABC):
         out = {k: 0.0 for k in self.parameter_names}
         for k, v in dict(alpha or {}).items():
             if k not in out:
-                raise ValueError(f"{self.name}: unknown nuisance {k!r}; nuisances are {list(self.parameter_names)}")
+                raise ValueError(
+                    f"{self.name}: unknown nuisance {k!r}; nuisances are {list(self.parameter_names)}"
+                )
             v = float(v)
             if not math.isfinite(v):
                 raise ValueError(f"{self.name}: nuisance {k!r} must be finite, got {v}")
@@ -174,15 +175,19 @@ class BenchmarkProblem(ABC):
 
     def _check_process(self, process: str) -> None:
         if process not in self.processes:
-            raise ValueError(f"{self.name}: unknown process {process!r}; processes are {list(self.processes)}")
+            raise ValueError(
+                f"{self.name}: unknown process {process!r}; processes are {list(self.processes)}"
+            )
 
     def _as_x(self, x: np.ndarray | Sample) -> np.ndarray:
         arr = np.asarray(x.features if isinstance(x, Sample) else x, dtype=np.float64)
         if arr.ndim == 1 and len(self.feature_names) == 1:
             arr = arr.reshape(-1, 1)
         if arr.ndim != 2 or arr.shape[1] != len(self.feature_names):
-            raise ValueError(f"{self.name}: x must have shape (n, {len(self.feature_names)}) for "
-                             f"{self.feature_names}, got {arr.shape}")
+            raise ValueError(
+                f"{self.name}: x must have shape (n, {len(self.feature_names)}) for "
+                f"{self.feature_names}, got {arr.shape}"
+            )
         return arr
 
     def coefficient(self, process: str, mu: float) -> float:
@@ -204,10 +209,14 @@ class BenchmarkProblem(ABC):
                 nu *= up ** a[k] if a[k] >= 0 else down ** (-a[k])
         return nu
 
-    def log_density(self, process: str, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None) -> np.ndarray:
+    def log_density(
+        self, process: str, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """log p_c(x | alpha), normalised over the observables."""
         self._check_process(process)
-        return np.asarray(self._log_density(process, self._as_x(x), self._alpha(alpha)), dtype=np.float64)
+        return np.asarray(
+            self._log_density(process, self._as_x(x), self._alpha(alpha)), dtype=np.float64
+        )
 
     def log_ratio(self, process: str, x: np.ndarray | Sample) -> np.ndarray:
         """log p_c(x) / p_ref(x) at alpha = 0 (0 for the reference)."""
@@ -217,22 +226,30 @@ class BenchmarkProblem(ABC):
             return np.zeros(arr.shape[0])
         return self.log_density(process, arr) - self.log_density(self.reference, arr)
 
-    def shape_log_ratio(self, process: str, nuisance: str, x: np.ndarray | Sample, direction: float) -> np.ndarray:
+    def shape_log_ratio(
+        self, process: str, nuisance: str, x: np.ndarray | Sample, direction: float
+    ) -> np.ndarray:
         """log p_c(x | alpha_k = direction) / p_c(x | 0) (0 where k does not touch c's shape)."""
         self._check_process(process)
         if nuisance not in self.parameter_names:
-            raise ValueError(f"{self.name}: unknown nuisance {nuisance!r}; nuisances are {list(self.parameter_names)}")
+            raise ValueError(
+                f"{self.name}: unknown nuisance {nuisance!r}; nuisances are {list(self.parameter_names)}"
+            )
         arr = self._as_x(x)
         if not self.affects_shape(nuisance, process):
             return np.zeros(arr.shape[0])
-        return self.log_density(process, arr, {nuisance: float(direction)}) - self.log_density(process, arr)
+        return self.log_density(process, arr, {nuisance: float(direction)}) - self.log_density(
+            process, arr
+        )
 
     def expected_events(self, mu: float, alpha: Mapping[str, float] | None = None) -> float:
         """nu(mu, alpha) = sum_c m_c(mu) nu_c(alpha)."""
         _check_mu(mu)
         return float(sum(self.coefficient(c, mu) * self.yield_(c, alpha) for c in self.processes))
 
-    def mixture_log_intensity(self, mu: float, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None) -> np.ndarray:
+    def mixture_log_intensity(
+        self, mu: float, x: np.ndarray | Sample, alpha: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """log [nu(mu, alpha) p(x | mu, alpha)] = log sum_c m_c(mu) nu_c(alpha) p_c(x | alpha)."""
         arr = self._as_x(x)
         total = np.zeros(arr.shape[0])
@@ -243,7 +260,9 @@ class BenchmarkProblem(ABC):
         with np.errstate(divide="ignore"):
             return np.log(np.maximum(total, 0.0))
 
-    def sample(self, process: str, n: int, seed: int, alpha: Mapping[str, float] | None = None) -> Sample:
+    def sample(
+        self, process: str, n: int, seed: int, alpha: Mapping[str, float] | None = None
+    ) -> Sample:
         """n simulated events of c at alpha, weights summing to nu_c(alpha) (signed where the
         problem's simulation has negative weights)."""
         self._check_process(process)
@@ -251,9 +270,16 @@ class BenchmarkProblem(ABC):
         a = self._alpha(alpha)
         x, w = self._simulate(process, n, np.random.default_rng(seed), a)
         tag = ", ".join(f"{k}={v:g}" for k, v in a.items() if v)
-        return Sample(x, w, self.feature_names, f"{self.name}:{process}(n={n}, seed={seed}{', ' + tag if tag else ''})")
+        return Sample(
+            x,
+            w,
+            self.feature_names,
+            f"{self.name}:{process}(n={n}, seed={seed}{', ' + tag if tag else ''})",
+        )
 
-    def draw_mixture(self, mu: float, n: int, rng: np.random.Generator, alpha: Mapping[str, float] | None = None) -> np.ndarray:
+    def draw_mixture(
+        self, mu: float, n: int, rng: np.random.Generator, alpha: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """n exact draws from p(x | mu, alpha): accept/reject from the positive-coefficient part."""
         _check_mu(mu)
         a = self._alpha(alpha)
@@ -268,8 +294,11 @@ class BenchmarkProblem(ABC):
         while have < n:
             m = max(2 * (n - have), 256) if neg else n - have
             counts = rng.multinomial(m, probs)
-            cand = np.concatenate([self._draw(c, k, rng, a) for c, k in zip(names, counts)]) if m else \
-                np.empty((0, len(self.feature_names)))
+            cand = (
+                np.concatenate([self._draw(c, k, rng, a) for c, k in zip(names, counts)])
+                if m
+                else np.empty((0, len(self.feature_names)))
+            )
             if neg and m:
                 env = sum(pos[c] * np.exp(self._log_density(c, cand, a)) for c in names)
                 f = env + sum(v * np.exp(self._log_density(c, cand, a)) for c, v in neg.items())
@@ -284,7 +313,12 @@ class BenchmarkProblem(ABC):
         rng = np.random.default_rng(seed)
         count = int(rng.poisson(self.expected_events(mu, alpha)))
         x = self.draw_mixture(mu, count, rng, alpha)
-        return Sample(x, np.ones(count), self.feature_names, f"{self.name}:data(mu={mu:g}, n={count}, seed={seed})")
+        return Sample(
+            x,
+            np.ones(count),
+            self.feature_names,
+            f"{self.name}:data(mu={mu:g}, n={count}, seed={seed})",
+        )
 
     # ------------------------------------------------------------------ files
     def sample_names(self) -> dict[str, tuple[str, str, float]]:
@@ -299,22 +333,33 @@ class BenchmarkProblem(ABC):
     def events_per_sample(self, events_scale: float = 1.0) -> int:
         return max(int(round(self.n_events * float(events_scale))), 100)
 
-    def write_samples(self, directory: str | Path, seed: int = 0, events_scale: float = 1.0) -> dict[str, Path]:
+    def write_samples(
+        self, directory: str | Path, seed: int = 0, events_scale: float = 1.0
+    ) -> dict[str, Path]:
         """Parquet files (feature columns + `weight`) for every nominal and systematic sample."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         n = self.events_per_sample(events_scale)
         out = {}
         for i, (key, (proc, nuis, direction)) in enumerate(self.sample_names().items()):
-            s = self.sample(proc, n, seed=1000 * seed + i + 1, alpha={nuis: direction} if nuis else None)
+            s = self.sample(
+                proc, n, seed=1000 * seed + i + 1, alpha={nuis: direction} if nuis else None
+            )
             out[key] = write_parquet(s, directory / f"{key}.parquet")
         return out
 
-    def write_pseudo_data(self, path: str | Path, mu: float, seed: int, alpha: Mapping[str, float] | None = None) -> Path:
+    def write_pseudo_data(
+        self, path: str | Path, mu: float, seed: int, alpha: Mapping[str, float] | None = None
+    ) -> Path:
         return write_parquet(self.pseudo_data(mu, seed, alpha), Path(path), weight=False)
 
-    def analysis_config(self, sample_dir: str | Path, mu_true: float = 1.0, observed: str | None = None,
-                        relative_to: str | Path | None = None) -> dict[str, Any]:
+    def analysis_config(
+        self,
+        sample_dir: str | Path,
+        mu_true: float = 1.0,
+        observed: str | None = None,
+        relative_to: str | Path | None = None,
+    ) -> dict[str, Any]:
         """An analysis file (as a dict) over the Parquet samples `write_samples` writes in sample_dir.
 
         observed: file name (in sample_dir) of pseudo-data to fit; None fits Asimov data at
@@ -343,22 +388,36 @@ class BenchmarkProblem(ABC):
             samples["data"] = {"path": where(observed), "weight": None}
         systematics: dict[str, Any] = {}
         for k in self.nuisances:
-            systematics[k] = {"shape": {c: {"up": f"{c}_{k}_up", "down": f"{c}_{k}_down"}
-                                        for c in self.shape_processes.get(k, ())}}
+            systematics[k] = {
+                "shape": {
+                    c: {"up": f"{c}_{k}_up", "down": f"{c}_{k}_down"}
+                    for c in self.shape_processes.get(k, ())
+                }
+            }
         for k, effects in self.norm_only.items():
-            systematics.setdefault(k, {})["norm"] = {c: [float(u), float(d)] for c, (u, d) in effects.items()}
+            systematics.setdefault(k, {})["norm"] = {
+                c: [float(u), float(d)] for c, (u, d) in effects.items()
+            }
         return {
             "name": f"benchmark-{self.name}".replace("_", "-"),
             "description": f"Benchmark problem {self.name} (exact likelihood): {self.description}",
-            "sample_defaults": {"format": "parquet", "features": list(self.feature_names), "weight": "weight"},
+            "sample_defaults": {
+                "format": "parquet",
+                "features": list(self.feature_names),
+                "weight": "weight",
+            },
             "samples": samples,
-            "processes": {c: {"sample": c, "coefficient": self.coefficients[c], "yield": self.yield_(c)}
-                          for c in self.processes},
+            "processes": {
+                c: {"sample": c, "coefficient": self.coefficients[c], "yield": self.yield_(c)}
+                for c in self.processes
+            },
             "reference": self.reference,
             "poi": {"init": 1.0, "bounds": [float(b) for b in self.mu_bounds]},
             "systematics": systematics,
             "training": {"seed": 0},
-            "data": {"observed": "data"} if observed is not None else {"asimov": {"mu": float(mu_true)}},
+            "data": {"observed": "data"}
+            if observed is not None
+            else {"asimov": {"mu": float(mu_true)}},
             "compute": {"fit": True, "impacts": False, "scan": False, "toys": False},
             "backend": {"launcher": "local", "max_concurrency": 2},
             "report": {"title": f"Benchmark {self.name}"},
@@ -384,7 +443,11 @@ def read_parquet(path: str | Path, names: tuple[str, ...], weight: bool = True) 
 
     t = pq.read_table(path)
     x = np.stack([t.column(n).to_numpy() for n in names], axis=1)
-    w = t.column("weight").to_numpy() if weight and "weight" in t.column_names else np.ones(x.shape[0])
+    w = (
+        t.column("weight").to_numpy()
+        if weight and "weight" in t.column_names
+        else np.ones(x.shape[0])
+    )
     return Sample(x, w, names, str(path))
 
 

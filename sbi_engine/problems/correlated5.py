@@ -41,7 +41,9 @@ class _MVN:
     def __init__(self, mean: np.ndarray, cov: np.ndarray):
         self.mean = np.asarray(mean, dtype=np.float64)
         self.chol = np.linalg.cholesky(cov)
-        self.log_norm = -0.5 * _D * math.log(2 * math.pi) - float(np.sum(np.log(np.diag(self.chol))))
+        self.log_norm = -0.5 * _D * math.log(2 * math.pi) - float(
+            np.sum(np.log(np.diag(self.chol)))
+        )
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
         from scipy.linalg import solve_triangular  # noqa: PLC0415
@@ -77,10 +79,14 @@ class Correlated5Problem(BenchmarkProblem):
     def _log_density(self, process: str, x: np.ndarray, alpha: Mapping[str, float]) -> np.ndarray:
         return self._dist(process, alpha).logpdf(x)
 
-    def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
+    def _draw(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> np.ndarray:
         return self._dist(process, alpha).draw(n, rng)
 
-    def marginal(self, process: str, j: int, alpha: Mapping[str, float] | None = None) -> tuple[float, float]:
+    def marginal(
+        self, process: str, j: int, alpha: Mapping[str, float] | None = None
+    ) -> tuple[float, float]:
         """(mean, sd) of feature j under p_c (the marginals of a Gaussian are Gaussian)."""
         d = self._dist(process, self._alpha(alpha))
         cov = d.chol @ d.chol.T

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import BenchmarkProblem, accept_reject_1d
+from sbi_engine.sampling import accept_reject_1d
+
+from .base import BenchmarkProblem
 
 _K = -0.5  # cos(delta)
 _N_S, _N_B = 60.0, 20_000.0
@@ -58,7 +60,11 @@ def _poly_max_sq(p) -> float:
     pts = [-1.0, 1.0]
     d = np.polynomial.polynomial.polyder(p)
     if np.any(d != 0):
-        pts += [float(r.real) for r in np.polynomial.polynomial.polyroots(d) if abs(r.imag) < 1e-12 and abs(r.real) <= 1]
+        pts += [
+            float(r.real)
+            for r in np.polynomial.polynomial.polyroots(d)
+            if abs(r.imag) < 1e-12 and abs(r.real) <= 1
+        ]
     return float(np.max(np.polynomial.polynomial.polyval(np.array(pts), p) ** 2))
 
 
@@ -78,15 +84,23 @@ class _Amp:
         x = np.empty((n, 2))
         u = rng.random(n)
         x[:, 0] = np.clip(-self.tau * np.log1p(u * math.expm1(-1.0 / self.tau)), 0.0, 1.0)
-        x[:, 1] = accept_reject_1d(lambda c: np.polynomial.polynomial.polyval(c, self.poly) ** 2,
-                                   _poly_max_sq(self.poly), -1.0, 1.0, n, rng)
+        x[:, 1] = accept_reject_1d(
+            lambda c: np.polynomial.polynomial.polyval(c, self.poly) ** 2,
+            _poly_max_sq(self.poly),
+            -1.0,
+            1.0,
+            n,
+            rng,
+        )
         return x
 
 
 class InterferenceProblem(BenchmarkProblem):
     name = "interference"
-    description = ("S, SBI, B with destructive interference: broad signal over a falling background in (m, c); "
-                   "p_SBI/p_B within a few per cent of 1; one shape systematic on the background, one norm-only")
+    description = (
+        "S, SBI, B with destructive interference: broad signal over a falling background in (m, c); "
+        "p_SBI/p_B within a few per cent of 1; one shape systematic on the background, one norm-only"
+    )
     processes = ("S", "SBI", "B")
     reference = "B"
     coefficients = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
@@ -105,7 +119,9 @@ class InterferenceProblem(BenchmarkProblem):
         s, b = self._amps(self._alpha(alpha))
         rate = 0.5 / s.tau + 0.5 / b.tau
         i_m = -math.expm1(-rate) / rate / math.sqrt(_z_m(s.tau) * _z_m(b.tau))
-        i_c = _poly_overlap(s.poly, b.poly) / math.sqrt(_poly_overlap(s.poly, s.poly) * _poly_overlap(b.poly, b.poly))
+        i_c = _poly_overlap(s.poly, b.poly) / math.sqrt(
+            _poly_overlap(s.poly, s.poly) * _poly_overlap(b.poly, b.poly)
+        )
         return 2.0 * _K * math.sqrt(s.norm * b.norm) * i_m * i_c
 
     def _yield(self, process: str, alpha: Mapping[str, float]) -> float:
@@ -126,10 +142,14 @@ class InterferenceProblem(BenchmarkProblem):
             ls, lb = s.log_amp(xs), b.log_amp(xs)
             # f_SBI = A_S^2 + A_B^2 + 2k A_S A_B, written relative to A_B^2 for stability
             t = np.exp(ls - lb)
-            out = 2.0 * lb + np.log(1.0 + t * t + 2.0 * _K * t) - math.log(self._yield("SBI", alpha))
+            out = (
+                2.0 * lb + np.log(1.0 + t * t + 2.0 * _K * t) - math.log(self._yield("SBI", alpha))
+            )
         return np.where(inside, out, -np.inf)
 
-    def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
+    def _draw(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> np.ndarray:
         s, b = self._amps(alpha)
         if process in ("S", "B"):
             return (s if process == "S" else b).draw(n, rng)

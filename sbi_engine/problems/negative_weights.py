@@ -34,8 +34,10 @@ _SCALE_SIZE = 0.08
 
 class NegativeWeightsProblem(BenchmarkProblem):
     name = "negative_weights"
-    description = ("NLO-like signal simulation with ~14 % negative weights (signed decomposition of a positive "
-                   "density) over a Gaussian background; one shape and one norm-only systematic")
+    description = (
+        "NLO-like signal simulation with ~14 % negative weights (signed decomposition of a positive "
+        "density) over a Gaussian background; one shape and one norm-only systematic"
+    )
     processes = ("S", "B")
     reference = "B"
     coefficients = {"S": "mu", "B": "1"}
@@ -63,7 +65,9 @@ class NegativeWeightsProblem(BenchmarkProblem):
     def _draw_g(self, n: int, sd: float, rng: np.random.Generator) -> np.ndarray:
         return np.asarray(_CENTRE) + sd * rng.standard_normal((n, 2))
 
-    def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
+    def _draw(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> np.ndarray:
         if process == "B":
             sd = 2.0 * (1.0 + _SCALE_SIZE) ** alpha.get("bkg_scale", 0.0)
             return np.stack([rng.normal(0.0, sd, n), rng.normal(0.0, 1.5, n)], axis=1)
@@ -76,8 +80,9 @@ class NegativeWeightsProblem(BenchmarkProblem):
             have += chunks[-1].shape[0]
         return np.concatenate(chunks)[:n]
 
-    def _simulate(self, process: str, n: int, rng: np.random.Generator,
-                  alpha: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _simulate(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
         if process != "S":
             return super()._simulate(process, n, rng, alpha)
         nu = self.yield_(process, alpha)

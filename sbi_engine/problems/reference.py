@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sbi_engine.data import Sample
+from sbi_engine.sample import Sample
 
 from .base import BenchmarkProblem, coefficient_value
 
@@ -41,7 +41,10 @@ def _effects(problem: BenchmarkProblem, x: np.ndarray) -> dict[str, dict[str, di
             norm = (problem.yield_(c, {k: 1.0}) / nu0, problem.yield_(c, {k: -1.0}) / nu0)
             d: dict[str, Any] = {}
             if problem.affects_shape(k, c):
-                d["shape"] = (np.exp(problem.shape_log_ratio(c, k, x, 1.0)), np.exp(problem.shape_log_ratio(c, k, x, -1.0)))
+                d["shape"] = (
+                    np.exp(problem.shape_log_ratio(c, k, x, 1.0)),
+                    np.exp(problem.shape_log_ratio(c, k, x, -1.0)),
+                )
             if abs(norm[0] - 1.0) > 1e-15 or abs(norm[1] - 1.0) > 1e-15 or d:
                 d["norm"] = norm
             if d:
@@ -51,13 +54,17 @@ def _effects(problem: BenchmarkProblem, x: np.ndarray) -> dict[str, dict[str, di
         eff = out.setdefault(k, {})
         for c, (up, down) in effects.items():
             old = eff.setdefault(c, {}).get("norm")
-            eff[c]["norm"] = (float(up), float(down)) if old is None else (old[0] * up, old[1] * down)
+            eff[c]["norm"] = (
+                (float(up), float(down)) if old is None else (old[0] * up, old[1] * down)
+            )
     return out
 
 
 def _stack(data: Sample, norm: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if tuple(data.names) != tuple(norm.names):
-        raise ValueError(f"data features {list(data.names)} differ from the normalisation sample's {list(norm.names)}")
+        raise ValueError(
+            f"data features {list(data.names)} differ from the normalisation sample's {list(norm.names)}"
+        )
     x = np.concatenate([data.features, norm.features]).astype(np.float64)
     w = np.concatenate([data.weights, np.zeros(len(norm))])
     v = np.concatenate([np.zeros(len(data)), norm.weights])
@@ -74,15 +81,32 @@ def exact_workspace(problem: BenchmarkProblem, data: Sample, norm: Sample):
     from sbi_engine.fit import Workspace  # noqa: PLC0415
 
     x, w, v = _stack(data, norm)
-    processes = {c: {"yield": problem.yield_(c), "coefficient": problem.coefficients[c],
-                     "ratio": np.exp(problem.log_ratio(c, x))} for c in problem.processes}
+    processes = {
+        c: {
+            "yield": problem.yield_(c),
+            "coefficient": problem.coefficients[c],
+            "ratio": np.exp(problem.log_ratio(c, x)),
+        }
+        for c in problem.processes
+    }
     effects = _effects(problem, x)
-    nuisances = [{"name": k, "bounds": NP_BOUNDS, "effects": effects.get(k, {})} for k in problem.parameter_names]
+    nuisances = [
+        {"name": k, "bounds": NP_BOUNDS, "effects": effects.get(k, {})}
+        for k in problem.parameter_names
+    ]
     return Workspace.from_arrays(
         pois={"mu": {"init": 1.0, "bounds": tuple(problem.mu_bounds)}},
-        processes=processes, weights=w, nuisances=nuisances, norm_weights=v,
+        processes=processes,
+        weights=w,
+        nuisances=nuisances,
+        norm_weights=v,
         data_kind="observed" if np.all(data.weights == 1.0) else "asimov",
-        metadata={"benchmark": problem.name, "exact": True, "data": data.source, "norm": norm.source},
+        metadata={
+            "benchmark": problem.name,
+            "exact": True,
+            "data": data.source,
+            "norm": norm.source,
+        },
     )
 
 
@@ -92,14 +116,16 @@ def exact_workspace(problem: BenchmarkProblem, data: Sample, norm: Sample):
 def _code4_matrix() -> np.ndarray:
     """Rows: the six conditions on p(a) = 1 + sum_{i=1..6} c_i a^i at a = +-1 (value - 1, slope, curvature)."""
     i = np.arange(1, 7, dtype=float)
-    return np.array([
-        np.ones(6),                       # p(1) - 1
-        (-1.0) ** i,                      # p(-1) - 1
-        i,                                # p'(1)
-        i * (-1.0) ** (i - 1),            # p'(-1)
-        i * (i - 1),                      # p''(1)
-        i * (i - 1) * (-1.0) ** (i - 2),  # p''(-1)
-    ])
+    return np.array(
+        [
+            np.ones(6),  # p(1) - 1
+            (-1.0) ** i,  # p(-1) - 1
+            i,  # p'(1)
+            i * (-1.0) ** (i - 1),  # p'(-1)
+            i * (i - 1),  # p''(1)
+            i * (i - 1) * (-1.0) ** (i - 2),  # p''(-1)
+        ]
+    )
 
 
 _C4 = np.linalg.inv(_code4_matrix())
@@ -112,12 +138,12 @@ def code4(alpha: float, up, down):
     up = np.asarray(up, dtype=np.float64)
     down = np.asarray(down, dtype=np.float64)
     if alpha > 1.0:
-        return up ** alpha
+        return up**alpha
     if alpha < -1.0:
         return down ** (-alpha)
     lu, ld = np.log(up), np.log(down)
     targets = (up - 1.0, down - 1.0, up * lu, -down * ld, up * lu * lu, down * ld * ld)
-    coef = np.array([alpha ** p for p in range(1, 7)]) @ _C4
+    coef = np.array([alpha**p for p in range(1, 7)]) @ _C4
     poly = 1.0 + sum(coef[j] * targets[j] for j in range(6))
     return np.maximum(poly, 1e-12)
 
@@ -138,7 +164,9 @@ class NumpyNLL:
         self.r_d = [np.exp(problem.log_ratio(c, xd)) for c in self.procs]
         self.r_n = [np.exp(problem.log_ratio(c, xn)) for c in self.procs]
         eff_d, eff_n = _effects(problem, xd), _effects(problem, xn)
-        self.norm_eff: list[list[tuple[int, float, float]]] = []  # per process: (alpha index, up, down)
+        self.norm_eff: list[
+            list[tuple[int, float, float]]
+        ] = []  # per process: (alpha index, up, down)
         self.shape_eff: list[list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = []
         for c in self.procs:
             ne, se = [], []
@@ -149,6 +177,9 @@ class NumpyNLL:
                 if "norm" in e_d:
                     ne.append((k, *e_d["norm"]))
                 if "shape" in e_d:
+                    assert (
+                        e_n is not None
+                    )  # shape effects depend on (nuisance, process) only, not on x
                     se.append((k, *e_d["shape"], *e_n["shape"]))
             self.norm_eff.append(ne)
             self.shape_eff.append(se)
@@ -162,7 +193,10 @@ class NumpyNLL:
 
     def amplitudes(self, theta: np.ndarray) -> np.ndarray:
         mu, alpha = float(theta[0]), theta[1:]
-        A = np.array([coefficient_value(self.problem.coefficients[c], mu) for c in self.procs]) * self.nu
+        A = (
+            np.array([coefficient_value(self.problem.coefficients[c], mu) for c in self.procs])
+            * self.nu
+        )
         for ci, ne in enumerate(self.norm_eff):
             for k, up, down in ne:
                 A[ci] *= float(code4(float(alpha[k]), up, down))
@@ -204,8 +238,11 @@ class NumpyNLL:
         if np.any(s[live] <= 0) or not np.all(np.isfinite(s[live])):
             return 1e300
         A = self.amplitudes(theta)
-        return float(2.0 * np.dot(A, self.normalisation(theta)) - 2.0 * np.dot(self.w[live], np.log(s[live]))
-                     + np.sum(theta[1:] ** 2))
+        return float(
+            2.0 * np.dot(A, self.normalisation(theta))
+            - 2.0 * np.dot(self.w[live], np.log(s[live]))
+            + np.sum(theta[1:] ** 2)
+        )
 
 
 def minuit_fit(nll: NumpyNLL, tol: float = 1e-6) -> dict[str, Any]:
@@ -226,9 +263,17 @@ def minuit_fit(nll: NumpyNLL, tol: float = 1e-6) -> dict[str, Any]:
     m.hesse()
     values = {n: float(m.values[n]) for n in nll.names}
     errors = {n: float(m.errors[n]) for n in nll.names}
-    return {"mu_hat": values["mu"], "sigma": errors["mu"], "values": values, "errors": errors,
-            "converged": bool(m.valid), "q_min": float(m.fval), "edm": float(m.fmin.edm), "n_calls": int(m.nfcn),
-            "time_s": time.perf_counter() - t0}
+    return {
+        "mu_hat": values["mu"],
+        "sigma": errors["mu"],
+        "values": values,
+        "errors": errors,
+        "converged": bool(m.valid),
+        "q_min": float(m.fval),
+        "edm": float(m.fmin.edm),
+        "n_calls": int(m.nfcn),
+        "time_s": time.perf_counter() - t0,
+    }
 
 
 def exact_reference_fit(problem: BenchmarkProblem, data: Sample, norm: Sample) -> dict[str, Any]:
@@ -237,21 +282,38 @@ def exact_reference_fit(problem: BenchmarkProblem, data: Sample, norm: Sample) -
     import jax.numpy as jnp  # noqa: PLC0415
 
     from sbi_engine.fit import Model, fit  # noqa: PLC0415
+    from sbi_engine.precision import enable_float64  # noqa: PLC0415
 
+    enable_float64()
     t0 = time.perf_counter()
     ws = exact_workspace(problem, data, norm)
     res = fit(Model(ws, storage_dtype=jnp.float64))
-    project = {"mu_hat": res.values["mu"], "sigma": res.errors["mu"], "values": res.values, "errors": res.errors,
-               "converged": bool(res.converged), "q_min": float(res.q_min), "time_s": time.perf_counter() - t0}
+    project: dict[str, Any] = {
+        "mu_hat": res.values["mu"],
+        "sigma": res.errors["mu"],
+        "values": res.values,
+        "errors": res.errors,
+        "converged": bool(res.converged),
+        "q_min": float(res.q_min),
+        "time_s": time.perf_counter() - t0,
+    }
     ref = minuit_fit(NumpyNLL(problem, data, norm))
     sigma = project["sigma"]
     agreement = {
-        "mu_hat_diff_over_sigma": (ref["mu_hat"] - project["mu_hat"]) / sigma if sigma > 0 else math.nan,
+        "mu_hat_diff_over_sigma": (ref["mu_hat"] - project["mu_hat"]) / sigma
+        if sigma > 0
+        else math.nan,
         "sigma_rel_diff": ref["sigma"] / sigma - 1.0 if sigma > 0 else math.nan,
-        "max_value_diff_over_error": max(abs(ref["values"][n] - project["values"][n]) / project["errors"][n]
-                                         for n in project["values"] if project["errors"][n] > 0),
-        "max_error_rel_diff": max(abs(ref["errors"][n] / project["errors"][n] - 1.0)
-                                  for n in project["errors"] if project["errors"][n] > 0),
+        "max_value_diff_over_error": max(
+            abs(ref["values"][n] - project["values"][n]) / project["errors"][n]
+            for n in project["values"]
+            if project["errors"][n] > 0
+        ),
+        "max_error_rel_diff": max(
+            abs(ref["errors"][n] / project["errors"][n] - 1.0)
+            for n in project["errors"]
+            if project["errors"][n] > 0
+        ),
     }
     return {
         "problem": problem.name,

@@ -16,8 +16,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import (BenchmarkProblem, normal_logpdf, trunc_exp_draw, trunc_exp_logpdf, trunc_normal_draw,
-                   trunc_normal_logpdf)
+from .base import (
+    BenchmarkProblem,
+    normal_logpdf,
+    trunc_exp_draw,
+    trunc_exp_logpdf,
+    trunc_normal_draw,
+    trunc_normal_logpdf,
+)
 
 _HI = 5.0
 _LAMBDA = 0.8
@@ -44,13 +50,23 @@ class _StatsProblem(BenchmarkProblem):
 
     def _log_density(self, process: str, x: np.ndarray, alpha: Mapping[str, float]) -> np.ndarray:
         if process == "S":
-            return trunc_normal_logpdf(x[:, 0], 2.0, 0.6, 0.0, _HI) + normal_logpdf(x[:, 1], 0.3, 0.8)
-        return trunc_exp_logpdf(x[:, 0], self._lam(alpha), 0.0, _HI) + normal_logpdf(x[:, 1], 0.0, 1.0)
+            return trunc_normal_logpdf(x[:, 0], 2.0, 0.6, 0.0, _HI) + normal_logpdf(
+                x[:, 1], 0.3, 0.8
+            )
+        return trunc_exp_logpdf(x[:, 0], self._lam(alpha), 0.0, _HI) + normal_logpdf(
+            x[:, 1], 0.0, 1.0
+        )
 
-    def _draw(self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]) -> np.ndarray:
+    def _draw(
+        self, process: str, n: int, rng: np.random.Generator, alpha: Mapping[str, float]
+    ) -> np.ndarray:
         if process == "S":
-            return np.stack([trunc_normal_draw(rng, n, 2.0, 0.6, 0.0, _HI), rng.normal(0.3, 0.8, n)], axis=1)
-        return np.stack([trunc_exp_draw(rng, n, self._lam(alpha), 0.0, _HI), rng.normal(0.0, 1.0, n)], axis=1)
+            return np.stack(
+                [trunc_normal_draw(rng, n, 2.0, 0.6, 0.0, _HI), rng.normal(0.3, 0.8, n)], axis=1
+            )
+        return np.stack(
+            [trunc_exp_draw(rng, n, self._lam(alpha), 0.0, _HI), rng.normal(0.0, 1.0, n)], axis=1
+        )
 
 
 class LowStatsProblem(_StatsProblem):

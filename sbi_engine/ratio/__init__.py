@@ -7,7 +7,7 @@ Train with ``train_ensemble(numerator, denominator, TrainConfig(...))``, evaluat
 from .callbacks import StopAfter, TrainCallbacks
 from .checkpoint import Checkpointer, DirectoryCheckpointer, MemoryCheckpointer
 from .config import TrainConfig
-from .diagnostics import Closure, CalibrationCurve, Diagnostics, HistogramCalibration, diagnostics
+from .diagnostics import CalibrationCurve, Closure, Diagnostics, HistogramCalibration, diagnostics
 from .ensemble import AGGREGATES, Ensemble
 from .prepare import RatioDataError
 from .strategy import Layout, choose_layout

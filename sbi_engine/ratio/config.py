@@ -7,8 +7,9 @@ can all carry the exact configuration as JSON and a resumed run can refuse a mis
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 ACTIVATIONS = ("silu", "relu", "gelu", "tanh", "elu", "softplus")
 OPTIMIZERS = ("adam", "nadam", "adamw")
@@ -68,30 +69,40 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} not in {SCHEDULES}")
-        need(0 <= self.warmup_steps < max(self.max_steps, 1),
-             f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
+        need(
+            0 <= self.warmup_steps < max(self.max_steps, 1),
+            f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}",
+        )
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        need(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        need(
+            0.0 < self.val_fraction < 1.0,
+            f"val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
         need(self.strategy in STRATEGIES, f"strategy {self.strategy!r} not in {STRATEGIES}")
-        need(self.pack_size is None or self.pack_size >= 1,
-             f"pack_size must be None or >= 1, got {self.pack_size}")
-        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(
+            self.pack_size is None or self.pack_size >= 1,
+            f"pack_size must be None or >= 1, got {self.pack_size}",
+        )
+        need(
+            self.checkpoint_every >= 1,
+            f"checkpoint_every must be >= 1, got {self.checkpoint_every}",
+        )
         need(self.dtype in DTYPES, f"dtype {self.dtype!r} not in {DTYPES}")
-        need(isinstance(self.early_stopping_smoothing, (int, float)) and not isinstance(self.early_stopping_smoothing, bool)
-             and 0.0 <= self.early_stopping_smoothing < 1.0,
-             f"early_stopping_smoothing must be in [0, 1), got {self.early_stopping_smoothing!r}")
+        need(
+            isinstance(self.early_stopping_smoothing, (int, float))
+            and not isinstance(self.early_stopping_smoothing, bool)
+            and 0.0 <= self.early_stopping_smoothing < 1.0,
+            f"early_stopping_smoothing must be in [0, 1), got {self.early_stopping_smoothing!r}",
+        )
         if isinstance(self.periodic_features, str):
-            raise ValueError("TrainConfig: periodic_features must be a list of feature names, not a string")
+            raise ValueError(
+                "TrainConfig: periodic_features must be a list of feature names, not a string"
+            )
         object.__setattr__(self, "periodic_features", tuple(str(n) for n in self.periodic_features))
-
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        """Hidden widths, one entry per hidden layer."""
-        return (self.width,) * self.hidden_layers
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (tuples become lists)."""
@@ -100,7 +111,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error naming them and the allowed ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -110,6 +121,6 @@ class TrainConfig:
             )
         return cls(**dict(data))
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

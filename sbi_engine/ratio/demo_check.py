@@ -26,8 +26,20 @@ DEFAULT_TASKS: tuple[dict[str, Any], ...] = (
     {"name": "SBI/B", "num": "SBI", "den": "B"},
     # Shape ratios of a systematic are small effects: they converge in fewer steps, and training
     # twice as long only absorbs sample noise (closure chi2/ndf 2.02 / 2.07 at 2000 steps).
-    {"name": "B(m4l_scale=+1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": 1.0}, "max_steps": 1000},
-    {"name": "B(m4l_scale=-1)/B", "num": "B", "den": "B", "alpha_num": {"m4l_scale": -1.0}, "max_steps": 1000},
+    {
+        "name": "B(m4l_scale=+1)/B",
+        "num": "B",
+        "den": "B",
+        "alpha_num": {"m4l_scale": 1.0},
+        "max_steps": 1000,
+    },
+    {
+        "name": "B(m4l_scale=-1)/B",
+        "num": "B",
+        "den": "B",
+        "alpha_num": {"m4l_scale": -1.0},
+        "max_steps": 1000,
+    },
 )
 
 
@@ -48,9 +60,15 @@ class TaskCheck:
     steps_run: int
     train_seconds: float
 
-    def passes(self, median: float = 0.03, p95: float = 0.1, chi2: float = 2.0, norm: float = 0.01) -> bool:
-        return (self.median_abs_error < median and self.p95_abs_error < p95
-                and self.max_closure_chi2_ndf < chi2 and abs(self.normalization - 1) < norm)
+    def passes(
+        self, median: float = 0.03, p95: float = 0.1, chi2: float = 2.0, norm: float = 0.01
+    ) -> bool:
+        return (
+            self.median_abs_error < median
+            and self.p95_abs_error < p95
+            and self.max_closure_chi2_ndf < chi2
+            and abs(self.normalization - 1) < norm
+        )
 
 
 def default_check_config(members: int = 4) -> TrainConfig:
@@ -62,13 +80,29 @@ def default_check_config(members: int = 4) -> TrainConfig:
     chi2/ndf of observables the ratio does not depend on towards 2; members still differ by
     initialisation and batch order, which is what the spread then measures.
     """
-    return TrainConfig(hidden_layers=3, width=64, members=members, learning_rate=3e-3, batch_size=4096,
-                       max_steps=2000, eval_every=250, patience=4, schedule="cosine", bootstrap=False,
-                       periodic_features=("phi",))
+    return TrainConfig(
+        hidden_layers=3,
+        width=64,
+        members=members,
+        learning_rate=3e-3,
+        batch_size=4096,
+        max_steps=2000,
+        eval_every=250,
+        patience=4,
+        schedule="cosine",
+        bootstrap=False,
+        periodic_features=("phi",),
+    )
 
 
-def check_task(task: dict[str, Any], n_events: int, config: TrainConfig, seed: int = 0,
-               n_eval: int | None = None, progress: bool = False) -> TaskCheck:
+def check_task(
+    task: dict[str, Any],
+    n_events: int,
+    config: TrainConfig,
+    seed: int = 0,
+    n_eval: int | None = None,
+    progress: bool = False,
+) -> TaskCheck:
     from sbi_engine.demo import default_problem
 
     problem = default_problem()
@@ -82,7 +116,9 @@ def check_task(task: dict[str, Any], n_events: int, config: TrainConfig, seed: i
     seconds = time.perf_counter() - t0
     ens = result.ensemble
     log_r, spread = ens.log_ratio(den_ho)
-    truth = problem.log_ratio(task["num"], task["den"], den_ho, task.get("alpha_num"), task.get("alpha_den"))
+    truth = problem.log_ratio(
+        task["num"], task["den"], den_ho, task.get("alpha_num"), task.get("alpha_den")
+    )
     err = np.abs(log_r - truth)
     diag = diagnostics(ens, num_ho, den_ho)
     return TaskCheck(
@@ -115,13 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in DEFAULT_TASKS if args.tasks == "all" or t["name"] in args.tasks.split(",")]
     out = []
     for task in tasks:
-        task_config = config if args.max_steps else config.replace(max_steps=task.get("max_steps", config.max_steps))
+        task_config = (
+            config
+            if args.max_steps
+            else config.replace(max_steps=task.get("max_steps", config.max_steps))
+        )
         check = check_task(task, args.events, task_config, progress=True)
         out.append({**check.__dict__, "passes": check.passes(), "config": task_config.to_dict()})
         print(json.dumps(out[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"events_per_class": args.events, "config": config.to_dict(), "tasks": out}, fh, indent=2)
+            json.dump(
+                {"events_per_class": args.events, "config": config.to_dict(), "tasks": out},
+                fh,
+                indent=2,
+            )
     return 0 if all(t["passes"] for t in out) else 1
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..precision import enable_float64
 from .ensemble import Ensemble
 
 
@@ -135,14 +136,19 @@ class Diagnostics:
 
 # ---- pieces (pure NumPy, usable on their own) ----------------------------------------------
 
+
 def balanced_weights(w_num: np.ndarray, w_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale both classes to the same total (half of all events), as in training."""
     n = len(w_num) + len(w_ref)
-    return (np.asarray(w_num, np.float64) * (0.5 * n / np.sum(w_num)),
-            np.asarray(w_ref, np.float64) * (0.5 * n / np.sum(w_ref)))
+    return (
+        np.asarray(w_num, np.float64) * (0.5 * n / np.sum(w_num)),
+        np.asarray(w_ref, np.float64) * (0.5 * n / np.sum(w_ref)),
+    )
 
 
-def weighted_bce(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray) -> float:
+def weighted_bce(
+    logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray
+) -> float:
     """The training loss definition evaluated on given logits (float64)."""
     bn, br = balanced_weights(w_num, w_ref)
     loss = np.sum(bn * np.logaddexp(0.0, -np.asarray(logit_num, np.float64)))
@@ -150,8 +156,13 @@ def weighted_bce(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray
     return float(loss / (len(w_num) + len(w_ref)))
 
 
-def weighted_roc(score_num: np.ndarray, score_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray,
-                 points: int = 101) -> tuple[float, np.ndarray, np.ndarray]:
+def weighted_roc(
+    score_num: np.ndarray,
+    score_ref: np.ndarray,
+    w_num: np.ndarray,
+    w_ref: np.ndarray,
+    points: int = 101,
+) -> tuple[float, np.ndarray, np.ndarray]:
     """(AUC, fpr, tpr) with event weights; ties between scores are grouped."""
     s = np.concatenate([score_num, score_ref]).astype(np.float64)
     y = np.concatenate([np.ones(len(score_num)), np.zeros(len(score_ref))])
@@ -168,8 +179,14 @@ def weighted_roc(score_num: np.ndarray, score_ref: np.ndarray, w_num: np.ndarray
     return auc, grid, np.interp(grid, fpr, tpr)
 
 
-def calibration_curve(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray, w_ref: np.ndarray,
-                      bins: int = 20, member: int | None = None) -> CalibrationCurve:
+def calibration_curve(
+    logit_num: np.ndarray,
+    logit_ref: np.ndarray,
+    w_num: np.ndarray,
+    w_ref: np.ndarray,
+    bins: int = 20,
+    member: int | None = None,
+) -> CalibrationCurve:
     """Weighted reliability curve: per bin of s, weighted mean s and weighted numerator fraction."""
     bn, br = balanced_weights(w_num, w_ref)
     s = 1.0 / (1.0 + np.exp(-np.concatenate([logit_num, logit_ref]).astype(np.float64)))
@@ -189,8 +206,15 @@ def calibration_curve(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.nd
     dev = np.abs(frac - mean_s) / err
     enough = has & (n_eff >= 10)  # the max deviation ignores nearly empty bins
     mean_s[~has], frac[~has], err[~has] = np.nan, np.nan, np.nan
-    return CalibrationCurve(member, tuple(edges), tuple(mean_s), tuple(frac), tuple(err), tuple(sw),
-                            float(np.max(dev[enough])) if enough.any() else float("nan"))
+    return CalibrationCurve(
+        member,
+        tuple(edges),
+        tuple(mean_s),
+        tuple(frac),
+        tuple(err),
+        tuple(sw),
+        float(np.max(dev[enough])) if enough.any() else float("nan"),
+    )
 
 
 def _weighted_quantile_edges(x: np.ndarray, w: np.ndarray, bins: int) -> np.ndarray:
@@ -202,10 +226,19 @@ def _weighted_quantile_edges(x: np.ndarray, w: np.ndarray, bins: int) -> np.ndar
     return edges
 
 
-def closure(name: str, x_num: np.ndarray, w_num: np.ndarray, x_ref: np.ndarray, w_ref: np.ndarray,
-            ratio: np.ndarray, bins: int = 20) -> Closure:
+def closure(
+    name: str,
+    x_num: np.ndarray,
+    w_num: np.ndarray,
+    x_ref: np.ndarray,
+    w_ref: np.ndarray,
+    ratio: np.ndarray,
+    bins: int = 20,
+) -> Closure:
     """Reweighting closure of one observable with equal-target-weight bins."""
-    edges = _weighted_quantile_edges(np.asarray(x_num, np.float64), np.asarray(w_num, np.float64), bins)
+    edges = _weighted_quantile_edges(
+        np.asarray(x_num, np.float64), np.asarray(w_num, np.float64), bins
+    )
     lo, hi = edges[0], edges[-1]
     x_ref = np.clip(x_ref, lo, hi)  # overflow into the edge bins
 
@@ -221,12 +254,26 @@ def closure(name: str, x_num: np.ndarray, w_num: np.ndarray, x_ref: np.ndarray, 
     var = te**2 + re**2
     ok = var > 0
     chi2 = float(np.sum((t[ok] - r[ok]) ** 2 / var[ok]))
-    return Closure(name, tuple(edges), tuple(t), tuple(te), tuple(r), tuple(re), tuple(ref),
-                   chi2, int(ok.sum()) - 1)
+    return Closure(
+        name,
+        tuple(edges),
+        tuple(t),
+        tuple(te),
+        tuple(r),
+        tuple(re),
+        tuple(ref),
+        chi2,
+        int(ok.sum()) - 1,
+    )
 
 
-def histogram_calibration(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: np.ndarray,
-                          w_ref: np.ndarray, bins: int = 30) -> HistogramCalibration:
+def histogram_calibration(
+    logit_num: np.ndarray,
+    logit_ref: np.ndarray,
+    w_num: np.ndarray,
+    w_ref: np.ndarray,
+    bins: int = 30,
+) -> HistogramCalibration:
     """Calibrate log r-hat by histogramming it for both classes (equal-population bins)."""
     z = np.concatenate([logit_num, logit_ref]).astype(np.float64)
     bn, br = balanced_weights(w_num, w_ref)
@@ -245,11 +292,22 @@ def histogram_calibration(logit_num: np.ndarray, logit_ref: np.ndarray, w_num: n
 
 # ---- the whole set ----------------------------------------------------------------------------
 
-def diagnostics(ensemble: Ensemble, numerator_holdout: Any, reference_holdout: Any, *,
-                aggregate: str = "mean_ratio", bins: int = 20, closure_bins: int = 20,
-                train_numerator: Any = None, train_reference: Any = None,
-                max_member_curves: int = 32, saturation_logit: float = 13.8,
-                calibrate: bool = False, chunk_size: int = 65536) -> Diagnostics:
+
+def diagnostics(
+    ensemble: Ensemble,
+    numerator_holdout: Any,
+    reference_holdout: Any,
+    *,
+    aggregate: str = "mean_ratio",
+    bins: int = 20,
+    closure_bins: int = 20,
+    train_numerator: Any = None,
+    train_reference: Any = None,
+    max_member_curves: int = 32,
+    saturation_logit: float = 13.8,
+    calibrate: bool = False,
+    chunk_size: int = 65536,
+) -> Diagnostics:
     """Every diagnostic of ``ensemble`` on held-out numerator and reference samples.
 
     ``train_numerator``/``train_reference``: pass the training samples to get per-member
@@ -258,8 +316,12 @@ def diagnostics(ensemble: Ensemble, numerator_holdout: Any, reference_holdout: A
     saturated (13.8 = scores within 1e-6 of 0 or 1). ``calibrate``: also fit a
     ``HistogramCalibration``.
     """
+    enable_float64()
     names = ensemble.feature_names
-    wn, wr = np.asarray(numerator_holdout.weights, np.float64), np.asarray(reference_holdout.weights, np.float64)
+    wn, wr = (
+        np.asarray(numerator_holdout.weights, np.float64),
+        np.asarray(reference_holdout.weights, np.float64),
+    )
     zn = ensemble.member_log_ratios(numerator_holdout, chunk_size=chunk_size).astype(np.float64)
     zr = ensemble.member_log_ratios(reference_holdout, chunk_size=chunk_size).astype(np.float64)
     en, _ = ensemble.log_ratio(numerator_holdout, chunk_size=chunk_size, aggregate=aggregate)
@@ -276,31 +338,61 @@ def diagnostics(ensemble: Ensemble, numerator_holdout: Any, reference_holdout: A
     member_auc = tuple(weighted_roc(zn[k], zr[k], wn, wr, points=2)[0] for k in range(m))
 
     curves = [calibration_curve(en, er, wn, wr, bins)]
-    curves += [calibration_curve(zn[k], zr[k], wn, wr, bins, member=k) for k in range(min(m, max_member_curves))]
+    curves += [
+        calibration_curve(zn[k], zr[k], wn, wr, bins, member=k)
+        for k in range(min(m, max_member_curves))
+    ]
 
-    closures = tuple(closure(name, numerator_holdout.features[:, j], wn, reference_holdout.features[:, j], wr,
-                             r_ref, closure_bins) for j, name in enumerate(names))
+    closures = tuple(
+        closure(
+            name,
+            numerator_holdout.features[:, j],
+            wn,
+            reference_holdout.features[:, j],
+            wr,
+            r_ref,
+            closure_bins,
+        )
+        for j, name in enumerate(names)
+    )
 
     train_losses: list[float | None] = [None] * m
     if train_numerator is not None and train_reference is not None:
         tn = ensemble.member_log_ratios(train_numerator, chunk_size=chunk_size)
         tr = ensemble.member_log_ratios(train_reference, chunk_size=chunk_size)
-        train_losses = [weighted_bce(tn[k], tr[k], train_numerator.weights, train_reference.weights)
-                        for k in range(m)]
-    best_val = {rec["member"]: rec["best_val_loss"]
-                for rec in ensemble.metadata.get("training", {}).get("members", [])}
-    losses = tuple(MemberLosses(k, train_losses[k], weighted_bce(zn[k], zr[k], wn, wr), best_val.get(k))
-                   for k in range(m))
+        train_losses = [
+            weighted_bce(tn[k], tr[k], train_numerator.weights, train_reference.weights)
+            for k in range(m)
+        ]
+    best_val = {
+        rec["member"]: rec["best_val_loss"]
+        for rec in ensemble.metadata.get("training", {}).get("members", [])
+    }
+    losses = tuple(
+        MemberLosses(k, train_losses[k], weighted_bce(zn[k], zr[k], wn, wr), best_val.get(k))
+        for k in range(m)
+    )
 
     all_z = np.concatenate([zn, zr], axis=1)
     member_sat = tuple(float(np.mean(np.abs(all_z[k]) > saturation_logit)) for k in range(m))
     sat = float(np.mean(np.abs(np.concatenate([en, er])) > saturation_logit))
 
     return Diagnostics(
-        members=m, aggregate=aggregate, n_numerator=len(wn), n_reference=len(wr),
-        normalization=norm, normalization_error=norm_err, member_normalization=member_norm,
-        auc=auc, member_auc=member_auc, roc_fpr=tuple(fpr), roc_tpr=tuple(tpr),
-        calibration=tuple(curves), closure=closures, losses=losses,
-        saturated_fraction=sat, member_saturated_fraction=member_sat,
+        members=m,
+        aggregate=aggregate,
+        n_numerator=len(wn),
+        n_reference=len(wr),
+        normalization=norm,
+        normalization_error=norm_err,
+        member_normalization=member_norm,
+        auc=auc,
+        member_auc=member_auc,
+        roc_fpr=tuple(fpr),
+        roc_tpr=tuple(tpr),
+        calibration=tuple(curves),
+        closure=closures,
+        losses=losses,
+        saturated_fraction=sat,
+        member_saturated_fraction=member_sat,
         histogram_calibration=histogram_calibration(en, er, wn, wr) if calibrate else None,
     )

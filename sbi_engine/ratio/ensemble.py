@@ -20,12 +20,14 @@ import functools
 import io
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import enable_float64
 from .model import build_model
 from .prepare import Standardizer
 
@@ -63,8 +65,12 @@ class Ensemble:
         self.params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
         self.metadata = dict(metadata)
         model_meta = self.metadata["model"]
-        self.model = build_model(model_meta["hidden_layers"], model_meta["width"],
-                                 model_meta["activation"], model_meta.get("dtype", "float32"))
+        self.model = build_model(
+            model_meta["hidden_layers"],
+            model_meta["width"],
+            model_meta["activation"],
+            model_meta.get("dtype", "float32"),
+        )
         self.scaler = Standardizer.from_dict(self.metadata["scaler"])
         self._device_params = None
 
@@ -79,12 +85,14 @@ class Ensemble:
 
     def __repr__(self) -> str:
         m = self.metadata["model"]
-        return (f"Ensemble(members={self.members}, mlp={m['hidden_layers']}x{m['width']} {m['activation']}, "
-                f"features={list(self.feature_names)})")
+        return (
+            f"Ensemble(members={self.members}, mlp={m['hidden_layers']}x{m['width']} {m['activation']}, "
+            f"features={list(self.feature_names)})"
+        )
 
-    def member(self, index: int) -> "Ensemble":
+    def member(self, index: int) -> Ensemble:
         """A one-member ensemble (for per-member diagnostics)."""
-        params = jax.tree.map(lambda a: a[index:index + 1], self.params)
+        params = jax.tree.map(lambda a: a[index : index + 1], self.params)
         return Ensemble(params, self.metadata)
 
     # ---- inference ---------------------------------------------------------------------
@@ -92,13 +100,17 @@ class Ensemble:
         names = getattr(x, "names", None)
         if names is not None:
             if tuple(names) != self.feature_names:
-                raise ValueError(f"Ensemble expects features {list(self.feature_names)}, "
-                                 f"sample {getattr(x, 'source', '?')} has {list(names)}")
+                raise ValueError(
+                    f"Ensemble expects features {list(self.feature_names)}, "
+                    f"sample {getattr(x, 'source', '?')} has {list(names)}"
+                )
             x = x.features
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-            raise ValueError(f"Ensemble expects an (n, {len(self.feature_names)}) array of "
-                             f"{list(self.feature_names)}, got shape {x.shape}")
+            raise ValueError(
+                f"Ensemble expects an (n, {len(self.feature_names)}) array of "
+                f"{list(self.feature_names)}, got shape {x.shape}"
+            )
         return x
 
     def _member_batch(self, chunk: int) -> int:
@@ -108,10 +120,17 @@ class Ensemble:
     def _logits_fn(self, chunk: int):
         m = self.metadata["model"]
         batch = self._member_batch(chunk)
-        return _logits_program(m["hidden_layers"], m["width"], m["activation"], m.get("dtype", "float32"),
-                               batch if batch < self.members else 0)
+        return _logits_program(
+            m["hidden_layers"],
+            m["width"],
+            m["activation"],
+            m.get("dtype", "float32"),
+            batch if batch < self.members else 0,
+        )
 
-    def _chunks(self, x: np.ndarray, chunk_size: int, progress: bool, what: str) -> Iterator[tuple[int, np.ndarray]]:
+    def _chunks(
+        self, x: np.ndarray, chunk_size: int, progress: bool, what: str
+    ) -> Iterator[tuple[int, np.ndarray]]:
         n = len(x)
         chunk = int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))))
         if self._device_params is None:
@@ -123,24 +142,32 @@ class Ensemble:
 
             starts = tqdm(starts, desc=what, unit="chunk", total=len(starts))
         for start in starts:
-            block = self.scaler.transform(x[start:start + chunk])
+            block = self.scaler.transform(x[start : start + chunk])
             m = len(block)
             if m < chunk:
                 block = np.concatenate([block, np.zeros((chunk - m, block.shape[1]), np.float32)])
             yield m, fn(self._device_params, jnp.asarray(block))
 
-    def member_log_ratios(self, x: Any, *, chunk_size: int = 65536, progress: bool = False) -> np.ndarray:
+    def member_log_ratios(
+        self, x: Any, *, chunk_size: int = 65536, progress: bool = False
+    ) -> np.ndarray:
         """(M, n) float32 per-member log r-hat (the classifier logits)."""
         x = self._features(x)
         out = np.empty((self.members, len(x)), np.float32)
         pos = 0
         for m, logits in self._chunks(x, chunk_size, progress, "members"):
-            out[:, pos:pos + m] = np.asarray(logits)[:, :m]
+            out[:, pos : pos + m] = np.asarray(logits)[:, :m]
             pos += m
         return out
 
-    def log_ratio(self, x: Any, *, chunk_size: int = 65536, aggregate: str = "mean_ratio",
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def log_ratio(
+        self,
+        x: Any,
+        *,
+        chunk_size: int = 65536,
+        aggregate: str = "mean_ratio",
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble log r-hat and its per-event spread, both float64 of shape (n,).
 
         ``aggregate``: ``mean_ratio`` = log of the mean of member ratios (default);
@@ -151,6 +178,7 @@ class Ensemble:
         """
         if aggregate not in AGGREGATES:
             raise ValueError(f"log_ratio: aggregate {aggregate!r} not in {AGGREGATES}")
+        enable_float64()  # the members' logits are aggregated in float64
         x = self._features(x)
         log_r = np.empty(len(x), np.float64)
         spread = np.empty(len(x), np.float64)
@@ -158,8 +186,8 @@ class Ensemble:
         pos = 0
         for m, logits in self._chunks(x, chunk_size, progress, "inference"):
             lr, sp = agg(logits)
-            log_r[pos:pos + m] = np.asarray(lr)[:m]
-            spread[pos:pos + m] = np.asarray(sp)[:m]
+            log_r[pos : pos + m] = np.asarray(lr)[:m]
+            spread[pos : pos + m] = np.asarray(sp)[:m]
             pos += m
         return log_r, spread
 
@@ -174,7 +202,9 @@ class Ensemble:
         meta = json.dumps(self.metadata, sort_keys=True).encode()
         arrays["metadata.json"] = np.frombuffer(meta, np.uint8)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        # The ignore: mypy matches **arrays against numpy>=2.1's `allow_pickle: bool` keyword;
+        # the keys are array names (numpy 1.26, still supported, has no such keyword).
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         tmp = f"{os.fspath(path)}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(buf.getvalue())
@@ -183,17 +213,19 @@ class Ensemble:
     def to_bytes(self) -> bytes:
         """The same content as ``save`` writes, as bytes (for an artifact store)."""
         arrays = _flatten(self.params)
-        arrays["metadata.json"] = np.frombuffer(json.dumps(self.metadata, sort_keys=True).encode(), np.uint8)
+        arrays["metadata.json"] = np.frombuffer(
+            json.dumps(self.metadata, sort_keys=True).encode(), np.uint8
+        )
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # keys are array names; see save()
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Ensemble":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Ensemble:
         return cls._from_npz(np.load(io.BytesIO(data), allow_pickle=False), source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Ensemble":
+    def load(cls, path: str | os.PathLike) -> Ensemble:
         """Read a file written by ``save``; errors name the file and what is wrong."""
         try:
             npz = np.load(path, allow_pickle=False)
@@ -203,7 +235,7 @@ class Ensemble:
             return cls._from_npz(npz, os.fspath(path))
 
     @classmethod
-    def _from_npz(cls, npz: Any, source: str) -> "Ensemble":
+    def _from_npz(cls, npz: Any, source: str) -> Ensemble:
         if "metadata.json" not in npz.files:
             raise ValueError(f"{source}: no metadata.json entry; not an nsbi ensemble file")
         meta = json.loads(npz["metadata.json"].tobytes())

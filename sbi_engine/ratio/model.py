@@ -2,13 +2,14 @@
 
 A plain Flax MLP with a single logit output. Trained with balanced class weights, the optimal
 logit is log p_num(x)/p_den(x), so the network output *is* the per-member log-ratio estimate.
-Parameters are kept float32 (``import sbi_engine`` enables 64-bit JAX, so every dtype here is
+Parameters are kept float32 (training runs with 64-bit JAX enabled, so every dtype here is
 explicit); with ``dtype="bfloat16"`` only the matmul inputs are cast.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,7 +49,9 @@ class MLP(nn.Module):
         return out[..., 0].astype(jnp.float32)
 
 
-def build_model(hidden_layers: int, width: int, activation: str = "silu", dtype: str = "float32") -> MLP:
+def build_model(
+    hidden_layers: int, width: int, activation: str = "silu", dtype: str = "float32"
+) -> MLP:
     """The MLP for a (hidden_layers x width) architecture."""
     return MLP(widths=(width,) * hidden_layers, activation=activation, dtype=dtype)
 
@@ -87,7 +90,7 @@ def numpy_forward(params: dict, x: np.ndarray, activation: str = "silu") -> np.n
     ``params`` maps ``hidden_<i>`` / ``output`` to ``{"kernel", "bias"}`` as stored by
     ``Ensemble.save``; ``x`` must already be standardised.
     """
-    acts = {
+    acts: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "silu": lambda z: z / (1.0 + np.exp(-z)),
         "relu": lambda z: np.maximum(z, 0.0),
         "tanh": np.tanh,
@@ -100,6 +103,8 @@ def numpy_forward(params: dict, x: np.ndarray, activation: str = "silu") -> np.n
     n_hidden = sum(1 for k in params if k.startswith("hidden_"))
     for i in range(n_hidden):
         layer = params[f"hidden_{i}"]
-        h = acts[activation](h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64))
+        h = acts[activation](
+            h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+        )
     out = params["output"]
     return (h @ np.asarray(out["kernel"], np.float64) + np.asarray(out["bias"], np.float64))[:, 0]

@@ -46,12 +46,14 @@ class Standardizer:
         return np.stack(cols, axis=1).astype(np.float32)
 
     @classmethod
-    def fit(cls, x: np.ndarray, periodic: tuple[int, ...] = ()) -> "Standardizer":
+    def fit(cls, x: np.ndarray, periodic: tuple[int, ...] = ()) -> Standardizer:
         z = cls.encode(x, periodic)
         mean = z.mean(axis=0, dtype=np.float64)
         scale = z.std(axis=0, dtype=np.float64)
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls(mean.astype(np.float32), scale.astype(np.float32), tuple(int(j) for j in periodic))
+        return cls(
+            mean.astype(np.float32), scale.astype(np.float32), tuple(int(j) for j in periodic)
+        )
 
     @property
     def n_inputs(self) -> int:
@@ -62,13 +64,19 @@ class Standardizer:
         return ((self.encode(x, self.periodic) - self.mean) / self.scale).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": [float(v) for v in self.mean], "scale": [float(v) for v in self.scale],
-                "periodic": list(self.periodic)}
+        return {
+            "mean": [float(v) for v in self.mean],
+            "scale": [float(v) for v in self.scale],
+            "periodic": list(self.periodic),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Standardizer":
-        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["scale"], np.float32),
-                   tuple(int(j) for j in data.get("periodic", ())))
+    def from_dict(cls, data: dict[str, Any]) -> Standardizer:
+        return cls(
+            np.asarray(data["mean"], np.float32),
+            np.asarray(data["scale"], np.float32),
+            tuple(int(j) for j in data.get("periodic", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,9 @@ def _balanced(w: np.ndarray, y: np.ndarray, where: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _split_indices(
+    n: int, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     perm = rng.permutation(n)
     n_val = int(round(n * val_fraction))
     n_val = min(max(n_val, 1), n - 1)
@@ -119,12 +129,19 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int,
-            periodic_features: tuple[str, ...] = ()) -> PreparedData:
+def prepare(
+    numerator: Any,
+    denominator: Any,
+    val_fraction: float,
+    seed: int,
+    periodic_features: tuple[str, ...] = (),
+) -> PreparedData:
     """Split, standardise and balance. Raises ``RatioDataError`` naming the offending sample."""
     for s, role in ((numerator, "numerator"), (denominator, "denominator")):
         if len(s.features) < 2:
-            raise RatioDataError(f"{role} sample {s.source}: needs at least 2 events, got {len(s.features)}")
+            raise RatioDataError(
+                f"{role} sample {s.source}: needs at least 2 events, got {len(s.features)}"
+            )
     if tuple(numerator.names) != tuple(denominator.names):
         raise RatioDataError(
             f"feature names differ: numerator {numerator.source} has {list(numerator.names)}, "
@@ -139,18 +156,26 @@ def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int,
 
     missing = [name for name in periodic_features if name not in numerator.names]
     if missing:
-        raise RatioDataError(f"periodic_features {missing} are not features of {numerator.source} "
-                             f"(features: {list(numerator.names)})")
+        raise RatioDataError(
+            f"periodic_features {missing} are not features of {numerator.source} "
+            f"(features: {list(numerator.names)})"
+        )
     periodic = tuple(numerator.names.index(name) for name in periodic_features)
-    fp = fingerprint(numerator.features, numerator.weights, denominator.features, denominator.weights)
+    fp = fingerprint(
+        numerator.features, numerator.weights, denominator.features, denominator.weights
+    )
     rng = np.random.default_rng([seed, 0x5EED])
     tr_n, va_n = _split_indices(len(numerator.features), val_fraction, rng)
     tr_d, va_d = _split_indices(len(denominator.features), val_fraction, rng)
 
     def stack(idx_n: np.ndarray, idx_d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.concatenate([numerator.features[idx_n], denominator.features[idx_d]]).astype(np.float32)
+        x = np.concatenate([numerator.features[idx_n], denominator.features[idx_d]]).astype(
+            np.float32
+        )
         y = np.concatenate([np.ones(len(idx_n), np.float32), np.zeros(len(idx_d), np.float32)])
-        w = np.concatenate([numerator.weights[idx_n], denominator.weights[idx_d]]).astype(np.float64)
+        w = np.concatenate([numerator.weights[idx_n], denominator.weights[idx_d]]).astype(
+            np.float64
+        )
         return x, y, w
 
     x_tr, y_tr, w_tr = stack(tr_n, tr_d)
@@ -159,8 +184,16 @@ def prepare(numerator: Any, denominator: Any, val_fraction: float, seed: int,
     split = {
         "seed": int(seed),
         "val_fraction": float(val_fraction),
-        "numerator": {"source": str(numerator.source), "n_train": int(len(tr_n)), "n_val": int(len(va_n))},
-        "denominator": {"source": str(denominator.source), "n_train": int(len(tr_d)), "n_val": int(len(va_d))},
+        "numerator": {
+            "source": str(numerator.source),
+            "n_train": int(len(tr_n)),
+            "n_val": int(len(va_n)),
+        },
+        "denominator": {
+            "source": str(denominator.source),
+            "n_train": int(len(tr_d)),
+            "n_val": int(len(va_d)),
+        },
         "data_fingerprint": fp,
     }
     return PreparedData(

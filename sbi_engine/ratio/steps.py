@@ -8,7 +8,8 @@ run resumed from a checkpoint replays exactly the batches an uninterrupted run w
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,16 +35,27 @@ class MemberState(NamedTuple):
 
 
 def make_schedule(config: TrainConfig) -> Callable[[jax.Array], jax.Array]:
-    """Learning rate as a function of the step, returned as float32 (x64 is on globally)."""
+    """Learning rate as a function of the step, returned as float32 (training runs with x64 on)."""
     lr, steps, warm = config.learning_rate, config.max_steps, config.warmup_steps
     if config.schedule == "cosine":
-        base = optax.warmup_cosine_decay_schedule(0.0 if warm else lr, lr, warm, steps, end_value=0.01 * lr)
+        base = optax.warmup_cosine_decay_schedule(
+            0.0 if warm else lr, lr, warm, steps, end_value=0.01 * lr
+        )
     elif config.schedule == "exponential":
         decay = optax.exponential_decay(lr, transition_steps=max(steps - warm, 1), decay_rate=0.01)
-        base = optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm]) if warm else decay
+        base = (
+            optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
+            if warm
+            else decay
+        )
     else:
-        base = optax.join_schedules([optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm]) \
-            if warm else optax.constant_schedule(lr)
+        base = (
+            optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm]
+            )
+            if warm
+            else optax.constant_schedule(lr)
+        )
     return lambda count: jnp.asarray(base(count), jnp.float32)
 
 
@@ -56,8 +68,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.nadam(sched) if nesterov else optax.adam(sched)
 
 
-def make_interval(model: MLP, tx: optax.GradientTransformation, batch_size: int, n_steps: int,
-                  donate: bool = False) -> Callable:
+def make_interval(
+    model: MLP,
+    tx: optax.GradientTransformation,
+    batch_size: int,
+    n_steps: int,
+    donate: bool = False,
+) -> jax.stages.Wrapped:
     """Jitted ``(params, opt_state, start_step, active, batch_keys, x, y, w) ->
     (params, opt_state, mean_train_loss)`` running ``n_steps`` steps of every member.
 
@@ -66,7 +83,9 @@ def make_interval(model: MLP, tx: optax.GradientTransformation, batch_size: int,
     """
 
     def member_step(params, opt_state, active, key, step, x, y, w):
-        idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, x.shape[0], dtype=jnp.int32)
+        idx = jax.random.randint(
+            jax.random.fold_in(key, step), (batch_size,), 0, x.shape[0], dtype=jnp.int32
+        )
         xb, yb, wb = x[idx], y[idx], w[idx]
 
         def loss_fn(p):
@@ -86,7 +105,9 @@ def make_interval(model: MLP, tx: optax.GradientTransformation, batch_size: int,
             p, o, loss = stepped(p, o, active, batch_keys, start_step + i, x, y, w)
             return (p, o), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(n_steps, dtype=jnp.int32))
+        (params, opt_state), losses = jax.lax.scan(
+            body, (params, opt_state), jnp.arange(n_steps, dtype=jnp.int32)
+        )
         return params, opt_state, jnp.mean(losses, axis=0)
 
     return jax.jit(interval, donate_argnums=(0, 1) if donate else ())
@@ -104,8 +125,13 @@ def make_loss_sums(model: MLP) -> Callable:
 
 
 @jax.jit
-def update_best(state: MemberState, val: jax.Array, smooth_improved: jax.Array, step: jax.Array,
-                         patience: jax.Array) -> MemberState:
+def update_best(
+    state: MemberState,
+    val: jax.Array,
+    smooth_improved: jax.Array,
+    step: jax.Array,
+    patience: jax.Array,
+) -> MemberState:
     """Keep each member's best parameters by its raw validation loss, but count patience on
     the smoothed loss: ``smooth_improved`` says which members' moving average reached a new
     minimum at this evaluation; a member whose average has not for ``patience`` evaluations
@@ -126,14 +152,26 @@ def update_best(state: MemberState, val: jax.Array, smooth_improved: jax.Array, 
     )
 
 
-_OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "schedule", "warmup_steps", "weight_decay", "max_steps")
+_OPTIMIZER_FIELDS = (
+    "optimizer",
+    "learning_rate",
+    "schedule",
+    "warmup_steps",
+    "weight_decay",
+    "max_steps",
+)
 _MODEL_FIELDS = ("hidden_layers", "width", "activation", "dtype")
 
 
 def interval_program(config: TrainConfig, n_steps: int, donate: bool = True) -> Callable:
     """``make_interval`` for a config, shared between calls so a resumed or repeated run
     reuses the compiled program instead of tracing and compiling it again."""
-    key = (tuple(getattr(config, f) for f in _MODEL_FIELDS + _OPTIMIZER_FIELDS), config.batch_size, n_steps, donate)
+    key = (
+        tuple(getattr(config, f) for f in _MODEL_FIELDS + _OPTIMIZER_FIELDS),
+        config.batch_size,
+        n_steps,
+        donate,
+    )
     return _cached_interval(key)
 
 

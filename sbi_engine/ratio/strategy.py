@@ -61,8 +61,9 @@ def bytes_per_member(config: TrainConfig, n_features: int, n_train: int) -> int:
     return 4 * 5 * n_par + activations + 4 * n_train
 
 
-def choose_layout(config: TrainConfig, n_features: int, n_train: int,
-                  memory_fraction: float = 0.4) -> Layout:
+def choose_layout(
+    config: TrainConfig, n_features: int, n_train: int, memory_fraction: float = 0.4
+) -> Layout:
     """Resolve ``config.strategy`` / ``pack_size`` into a ``Layout``; the user's choice wins."""
     m = config.members
     if config.strategy == "vmap":
@@ -77,5 +78,9 @@ def choose_layout(config: TrainConfig, n_features: int, n_train: int,
     per = bytes_per_member(config, n_features, n_train)
     k = max(1, min(m, budget // max(per, 1)))
     if k >= m:
-        return Layout("vmap", m, f"all {m} members fit in {budget >> 20} MiB ({per >> 20} MiB each)")
-    return Layout("packs", k, f"{k} of {m} members fit in {budget >> 20} MiB ({per >> 20} MiB each)")
+        return Layout(
+            "vmap", m, f"all {m} members fit in {budget >> 20} MiB ({per >> 20} MiB each)"
+        )
+    return Layout(
+        "packs", k, f"{k} of {m} members fit in {budget >> 20} MiB ({per >> 20} MiB each)"
+    )

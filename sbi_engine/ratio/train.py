@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..precision import enable_float64
 from .callbacks import TrainCallbacks
 from .checkpoint import Checkpointer
 from .config import TrainConfig
@@ -109,8 +110,14 @@ class Smoother:
     @classmethod
     def from_history(cls, factor: float, members: range, history: list[dict]) -> Smoother:
         out = cls(factor, len(members))
-        series = {m: sorted((r["step"], r["value"]) for r in history if r["member"] == m and r["name"] == "val_loss")
-                  for m in members}
+        series = {
+            m: sorted(
+                (r["step"], r["value"])
+                for r in history
+                if r["member"] == m and r["name"] == "val_loss"
+            )
+            for m in members
+        }
         steps = sorted({st for vals in series.values() for st, _ in vals})
         for st in steps:
             vals, active = np.full(len(members), np.nan), np.zeros(len(members), bool)
@@ -135,11 +142,15 @@ class Smoother:
 class _Trainer:
     def __init__(self, data: PreparedData, config: TrainConfig, layout: Layout) -> None:
         self.data, self.config, self.layout = data, config, layout
-        self.model = build_model(config.hidden_layers, config.width, config.activation, config.dtype)
+        self.model = build_model(
+            config.hidden_layers, config.width, config.activation, config.dtype
+        )
         self.tx = make_optimizer(config)
         self.n_features = data.x_train.shape[1]
         self.donate = True  # reuse parameter and optimiser buffers in place (CPU and GPU)
-        self.loss_sums = loss_sums_program(config.hidden_layers, config.width, config.activation, config.dtype)
+        self.loss_sums = loss_sums_program(
+            config.hidden_layers, config.width, config.activation, config.dtype
+        )
         self.x = jnp.asarray(data.x_train)
         self.y = jnp.asarray(data.y_train)
         self._val_chunks = self._make_val_chunks()
@@ -153,8 +164,14 @@ class _Trainer:
         x = np.concatenate([d.x_val, np.zeros((pad, d.x_val.shape[1]), np.float32)])
         y = np.concatenate([d.y_val, np.zeros(pad, np.float32)])
         w = np.concatenate([d.w_val, np.zeros(pad, np.float32)])
-        return [(jnp.asarray(x[i:i + chunk]), jnp.asarray(y[i:i + chunk]), jnp.asarray(w[i:i + chunk]))
-                for i in range(0, len(x), chunk)]
+        return [
+            (
+                jnp.asarray(x[i : i + chunk]),
+                jnp.asarray(y[i : i + chunk]),
+                jnp.asarray(w[i : i + chunk]),
+            )
+            for i in range(0, len(x), chunk)
+        ]
 
     def interval(self, n_steps: int):
         return interval_program(self.config, n_steps, self.donate)
@@ -162,7 +179,9 @@ class _Trainer:
     def pack_weights(self, members: range) -> jax.Array:
         n = len(self.data.w_train)
         if self.config.bootstrap:
-            w = np.stack([self.data.w_train * bootstrap_weights(self.config.seed, m, n) for m in members])
+            w = np.stack(
+                [self.data.w_train * bootstrap_weights(self.config.seed, m, n) for m in members]
+            )
         else:
             w = np.broadcast_to(self.data.w_train, (len(members), n))
         return jnp.asarray(w, jnp.float32)
@@ -186,14 +205,16 @@ class _Trainer:
         )
 
     def val_loss(self, params: Any) -> jax.Array:
-        total = None
+        total: jax.Array | None = None
         for x, y, w in self._val_chunks:
             s = self.loss_sums(params, x, y, w)
             total = s if total is None else total + s
+        assert total is not None  # prepare() rejects an empty validation split (_balanced)
         return (total / len(self.data.x_val)).astype(jnp.float32)
 
 
 # ---- checkpoint payloads ------------------------------------------------------------------
+
 
 def _leaves_dict(tree: Any) -> dict[str, np.ndarray]:
     leaves = jax.device_get(jax.tree.leaves(tree))
@@ -203,12 +224,16 @@ def _leaves_dict(tree: Any) -> dict[str, np.ndarray]:
 def _restore_leaves(template: Any, stored: dict[str, np.ndarray], what: str) -> Any:
     leaves, treedef = jax.tree.flatten(template)
     if len(stored) != len(leaves):
-        raise CheckpointMismatch(f"checkpoint {what}: {len(stored)} arrays, this run expects {len(leaves)}")
+        raise CheckpointMismatch(
+            f"checkpoint {what}: {len(stored)} arrays, this run expects {len(leaves)}"
+        )
     out = []
     for i, ref in enumerate(leaves):
         arr = np.asarray(stored[str(i)])
         if arr.shape != ref.shape:
-            raise CheckpointMismatch(f"checkpoint {what}[{i}]: shape {arr.shape}, expected {ref.shape}")
+            raise CheckpointMismatch(
+                f"checkpoint {what}[{i}]: shape {arr.shape}, expected {ref.shape}"
+            )
         out.append(jnp.asarray(arr, dtype=ref.dtype))
     return jax.tree.unflatten(treedef, out)
 
@@ -231,14 +256,30 @@ def _history_records(arr: np.ndarray, n_train: int, batch_size: int) -> list[dic
         member, step = int(row[0]), int(row[1])
         for j, name in enumerate(_HISTORY_COLUMNS[2:], start=2):
             if np.isfinite(row[j]):
-                records.append({"member": member, "step": step, "epoch": step * batch_size / n_train,
-                                "name": name, "value": float(row[j])})
+                records.append(
+                    {
+                        "member": member,
+                        "step": step,
+                        "epoch": step * batch_size / n_train,
+                        "name": name,
+                        "value": float(row[j]),
+                    }
+                )
     return records
 
 
-def _encode(config: TrainConfig, fp: str, pack: int, step: int, total: int, done: list[Any],
-            state: MemberState | None, history: list[dict], best: list[dict],
-            smoother: Smoother | None = None) -> bytes:
+def _encode(
+    config: TrainConfig,
+    fp: str,
+    pack: int,
+    step: int,
+    total: int,
+    done: list[Any],
+    state: MemberState | None,
+    history: list[dict],
+    best: list[dict],
+    smoother: Smoother | None = None,
+) -> bytes:
     payload: dict[str, Any] = {
         "format": CKPT_FORMAT,
         "config": json.dumps(config.to_dict(), sort_keys=True),
@@ -261,31 +302,49 @@ def _encode(config: TrainConfig, fp: str, pack: int, step: int, total: int, done
 
 def _check_resumable(payload: dict, config: TrainConfig, fp: str) -> None:
     if payload.get("format") != CKPT_FORMAT:
-        raise CheckpointMismatch(f"checkpoint format {payload.get('format')!r}, expected {CKPT_FORMAT!r}")
+        raise CheckpointMismatch(
+            f"checkpoint format {payload.get('format')!r}, expected {CKPT_FORMAT!r}"
+        )
     saved = json.loads(payload["config"])
     saved = {**{k: config.to_dict()[k] for k in _COMPAT_FIELDS}, **saved}
     if saved != config.to_dict():
-        diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
-        raise CheckpointMismatch(f"checkpoint was written with a different TrainConfig (differs in {diff})")
+        diff = sorted(
+            k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k)
+        )
+        raise CheckpointMismatch(
+            f"checkpoint was written with a different TrainConfig (differs in {diff})"
+        )
     if payload["fingerprint"] != fp:
-        raise CheckpointMismatch(f"checkpoint was written for other data (fingerprint {payload['fingerprint']} "
-                                 f"!= {fp}); refusing to resume")
+        raise CheckpointMismatch(
+            f"checkpoint was written for other data (fingerprint {payload['fingerprint']} "
+            f"!= {fp}); refusing to resume"
+        )
 
 
 # ---- the loop -----------------------------------------------------------------------------
 
-def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None = None, *,
-                   checkpointer: Checkpointer | None = None, callbacks: TrainCallbacks | None = None,
-                   progress: bool = False) -> TrainResult:
+
+def train_ensemble(
+    numerator: Any,
+    denominator: Any,
+    config: TrainConfig | None = None,
+    *,
+    checkpointer: Checkpointer | None = None,
+    callbacks: TrainCallbacks | None = None,
+    progress: bool = False,
+) -> TrainResult:
     """Train ``config.members`` classifiers of numerator (label 1) against denominator (label 0).
 
     Resumes automatically from ``checkpointer.load_latest()`` when one exists (the config and
     data must match). Returns the ensemble of each member's best-validation parameters.
     """
+    enable_float64()  # optax's schedule and bias corrections: see sbi_engine.precision
     config = config or TrainConfig()
     callbacks = callbacks or TrainCallbacks()
     t0 = time.perf_counter()
-    data = prepare(numerator, denominator, config.val_fraction, config.seed, config.periodic_features)
+    data = prepare(
+        numerator, denominator, config.val_fraction, config.seed, config.periodic_features
+    )
     n_train = len(data.x_train)
     layout = choose_layout(config, data.x_train.shape[1], n_train)
     packs = layout.packs(config.members)
@@ -308,9 +367,13 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
         if "state" in payload and pack_i < len(packs):
             state = _restore_leaves(trainer.fresh_state(packs[pack_i]), payload["state"], "state")
             if "smoothing" in payload:
-                smoother = Smoother.from_payload(config.early_stopping_smoothing, payload["smoothing"])
+                smoother = Smoother.from_payload(
+                    config.early_stopping_smoothing, payload["smoothing"]
+                )
             else:  # written before the smoothed loss was checkpointed: rebuild it from the history
-                smoother = Smoother.from_history(config.early_stopping_smoothing, packs[pack_i], history)
+                smoother = Smoother.from_history(
+                    config.early_stopping_smoothing, packs[pack_i], history
+                )
 
     last_ckpt = total
     stopped_early = False
@@ -318,16 +381,23 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
     def save(pack: int, step_: int, st: MemberState | None) -> None:
         nonlocal last_ckpt
         if checkpointer is not None:
-            checkpointer.save(total, _encode(config, data.fingerprint, pack, step_, total, done, st, history, best,
-                                             smoother))
+            checkpointer.save(
+                total,
+                _encode(
+                    config, data.fingerprint, pack, step_, total, done, st, history, best, smoother
+                ),
+            )
         last_ckpt = total
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(packs) * config.max_steps, desc=f"train {config.members}x"
-                   f"{config.hidden_layers}x{config.width}", unit="step")
+        bar = tqdm(
+            total=len(packs) * config.max_steps,
+            desc=f"train {config.members}x{config.hidden_layers}x{config.width}",
+            unit="step",
+        )
         bar.update(pack_i * config.max_steps + step)
 
     patience = jnp.asarray(config.patience, jnp.int32)
@@ -342,24 +412,43 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
         while step < config.max_steps and not bool(jnp.all(state.stopped)):
             n = min(config.eval_every, config.max_steps - step)
             params, opt_state, train_loss = trainer.interval(n)(
-                state.params, state.opt_state, jnp.asarray(step, jnp.int32), ~state.stopped,
-                state.batch_keys, trainer.x, trainer.y, weights)
+                state.params,
+                state.opt_state,
+                jnp.asarray(step, jnp.int32),
+                ~state.stopped,
+                state.batch_keys,
+                trainer.x,
+                trainer.y,
+                weights,
+            )
             state = state._replace(params=params, opt_state=opt_state)
             step += n
             total += n
             val = trainer.val_loss(state.params)
             was_stopped = np.asarray(state.stopped)
             smooth_improved = smoother.update(np.asarray(val, np.float64), ~was_stopped)
-            state = update_best(state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32),
-                                         patience)
+            state = update_best(
+                state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32), patience
+            )
             tl, vl, bv = (np.asarray(a, np.float64) for a in (train_loss, val, state.best_val))
             records = []
             for j, m in enumerate(members):
                 if was_stopped[j]:
                     continue
-                for name, value in (("train_loss", tl[j]), ("val_loss", vl[j]), ("best_val_loss", bv[j])):
-                    records.append({"member": m, "step": step, "epoch": step * config.batch_size / n_train,
-                                    "name": name, "value": float(value)})
+                for name, value in (
+                    ("train_loss", tl[j]),
+                    ("val_loss", vl[j]),
+                    ("best_val_loss", bv[j]),
+                ):
+                    records.append(
+                        {
+                            "member": m,
+                            "step": step,
+                            "epoch": step * config.batch_size / n_train,
+                            "name": name,
+                            "value": float(value),
+                        }
+                    )
             history.extend(records)
             callbacks.on_metrics(step, records)
             if bar is not None:
@@ -376,8 +465,10 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
         if stopped_early:
             break
         done.append(state.best_params)
-        best.extend({"member": m, "best_step": int(s), "best_val_loss": float(v)}
-                    for m, s, v in zip(members, np.asarray(state.best_step), np.asarray(state.best_val)))
+        best.extend(
+            {"member": m, "best_step": int(s), "best_val_loss": float(v)}
+            for m, s, v in zip(members, np.asarray(state.best_step), np.asarray(state.best_val))
+        )
         if bar is not None:
             bar.update(config.max_steps - step)
         pack_i, state, step, smoother = pack_i + 1, None, 0, None
@@ -397,25 +488,51 @@ def train_ensemble(numerator: Any, denominator: Any, config: TrainConfig | None 
     else:
         params = jax.tree.map(lambda *a: jnp.concatenate(a), *done)
     n_members = int(jax.tree.leaves(params)[0].shape[0])
-    ensemble = Ensemble(jax.device_get(params),
-                        _metadata(config, data, layout, total, best, stopped_early, n_members))
-    return TrainResult(ensemble, total, resumed_from, stopped_early, tuple(history), layout,
-                       time.perf_counter() - t0)
+    ensemble = Ensemble(
+        jax.device_get(params),
+        _metadata(config, data, layout, total, best, stopped_early, n_members),
+    )
+    return TrainResult(
+        ensemble,
+        total,
+        resumed_from,
+        stopped_early,
+        tuple(history),
+        layout,
+        time.perf_counter() - t0,
+    )
 
 
-def _metadata(config: TrainConfig, data: PreparedData, layout: Layout, total: int, best: list[dict],
-              partial: bool, n_members: int) -> dict[str, Any]:
+def _metadata(
+    config: TrainConfig,
+    data: PreparedData,
+    layout: Layout,
+    total: int,
+    best: list[dict],
+    partial: bool,
+    n_members: int,
+) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "model": {"kind": "mlp", "hidden_layers": config.hidden_layers, "width": config.width,
-                  "activation": config.activation, "dtype": config.dtype,
-                  "n_inputs": int(data.x_train.shape[1]), "output": "logit = log r"},
+        "model": {
+            "kind": "mlp",
+            "hidden_layers": config.hidden_layers,
+            "width": config.width,
+            "activation": config.activation,
+            "dtype": config.dtype,
+            "n_inputs": int(data.x_train.shape[1]),
+            "output": "logit = log r",
+        },
         "feature_names": list(data.names),
         "scaler": data.scaler.to_dict(),
         "config": config.to_dict(),
         "split": data.split,
         "members": n_members,
         "member_seeds": [[config.seed, m] for m in range(n_members)],
-        "layout": {"strategy": layout.strategy, "pack_size": layout.pack_size, "reason": layout.reason},
+        "layout": {
+            "strategy": layout.strategy,
+            "pack_size": layout.pack_size,
+            "reason": layout.reason,
+        },
         "training": {"steps_run": total, "complete": not partial, "members": best},
     }

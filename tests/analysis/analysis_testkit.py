@@ -22,13 +22,15 @@ def _problem(spec: Mapping[str, Any]):
     from sbi_engine.demo import DemoProblem
 
     d = spec["demo"]
-    return DemoProblem(n_nuisances=int(d.get("n_nuisances", 3)), luminosity=float(d.get("luminosity", 1.0)))
+    return DemoProblem(
+        n_nuisances=int(d.get("n_nuisances", 3)), luminosity=float(d.get("luminosity", 1.0))
+    )
 
 
 def exact_workspace(spec: Mapping[str, Any]):
-    from sbi_engine.sample_specs import load_sample_spec
     from sbi_engine.fit import Workspace
     from sbi_engine.fit_jobs import _coefficients, add_norm_only_nuisances, simulated_asimov
+    from sbi_engine.sample_specs import load_sample_spec
 
     params = spec["params"]
     ref = params["reference"]
@@ -43,8 +45,11 @@ def exact_workspace(spec: Mapping[str, Any]):
     logp = {p: _problem(s).log_density(s["demo"]["process"], x) for p, s in specs.items()}
     yields = params.get("yields") or {}
     processes = {
-        p: {"yield": float(yields[p]) if p in yields else float(nominal[p].weights.sum()),
-            "coefficient": coefficients[p], "ratio": np.exp(logp[p] - logp[ref])}
+        p: {
+            "yield": float(yields[p]) if p in yields else float(nominal[p].weights.sum()),
+            "coefficient": coefficients[p],
+            "ratio": np.exp(logp[p] - logp[ref]),
+        }
         for p in specs
     }
     nuisances: dict[str, dict[str, Any]] = {}
@@ -54,15 +59,25 @@ def exact_workspace(spec: Mapping[str, Any]):
         for direction in ("up", "down"):
             s = syst[direction]
             alpha = dict(s["demo"].get("alpha") or {})
-            shapes.append(np.exp(_problem(s).log_density(s["demo"]["process"], x, alpha) - logp[proc]))
+            shapes.append(
+                np.exp(_problem(s).log_density(s["demo"]["process"], x, alpha) - logp[proc])
+            )
             norms.append(float(load_sample_spec(s).weights.sum() / nominal[proc].weights.sum()))
         nuisances.setdefault(name, {})[proc] = {"shape": tuple(shapes), "norm": tuple(norms)}
     add_norm_only_nuisances(params, processes, nuisances)
     poi = params.get("poi") or {}
     return Workspace.from_arrays(
-        pois={"mu": {"init": float(poi.get("init", 1.0)), "bounds": tuple(poi.get("bounds", (0.0, 20.0)))}},
-        processes=processes, weights=weights, norm_weights=norm_weights,
-        nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()], data_kind="observed",
+        pois={
+            "mu": {
+                "init": float(poi.get("init", 1.0)),
+                "bounds": tuple(poi.get("bounds", (0.0, 20.0))),
+            }
+        },
+        processes=processes,
+        weights=weights,
+        norm_weights=norm_weights,
+        nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
+        data_kind="observed",
     )
 
 

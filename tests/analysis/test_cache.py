@@ -59,7 +59,9 @@ def test_file_checksum_follows_content_not_path(tmp_path):
     memo = json.loads((tmp_path / "home" / cache.MEMO_FILE).read_text())
     assert cache.file_checksum(b) in memo.values()
     cache.clear_checksum_memo()
-    assert cache.file_checksum(a) == memo[f"{a.resolve()}|{a.stat().st_size}|{a.stat().st_mtime_ns}"]
+    assert (
+        cache.file_checksum(a) == memo[f"{a.resolve()}|{a.stat().st_size}|{a.stat().st_mtime_ns}"]
+    )
     with pytest.raises(cache.CacheKeyError, match="missing.root"):
         cache.file_checksum(tmp_path / "missing.root")
 
@@ -68,7 +70,12 @@ def test_train_key_covers_what_defines_the_ensemble(tmp_path):
     data = tmp_path / "s.parquet"
     data.write_bytes(b"events-v1")
     cfg = tiny_config()
-    cfg["processes"]["S"] = {"path": str(data), "features": {"m4l": "m4l"}, "weight": "w", "selection": "m4l > 0"}
+    cfg["processes"]["S"] = {
+        "path": str(data),
+        "features": {"m4l": "m4l"},
+        "weight": "w",
+        "selection": "m4l > 0",
+    }
     base = keys_of(cfg)
     train = "train-S_vs_B-g0-m0-1"
     assert train in base and len(set(base.values())) == len(base)  # every job its own key
@@ -81,9 +88,11 @@ def test_train_key_covers_what_defines_the_ensemble(tmp_path):
 
     s_jobs = {n for n in base if n.startswith("train-S_vs_B")}
     fit_stage = {n for n in base if not n.startswith("train-")}
-    for mutate in (lambda c: c["processes"]["S"].update(features={"m4l": "m4l * 1.01"}),
-                   lambda c: c["processes"]["S"].update(weight="2 * w"),
-                   lambda c: c["processes"]["S"].update(selection="m4l > 1")):
+    for mutate in (
+        lambda c: c["processes"]["S"].update(features={"m4l": "m4l * 1.01"}),
+        lambda c: c["processes"]["S"].update(weight="2 * w"),
+        lambda c: c["processes"]["S"].update(selection="m4l > 1"),
+    ):
         assert changed(mutate) == s_jobs | fit_stage
     # the TrainConfig and the seed change every training (and so every fit built on them)
     assert changed(lambda c: c["training"]["params"].update(width=48)) == set(base)
@@ -117,7 +126,8 @@ def test_fit_stage_keys_follow_fit_settings_and_ensembles():
     assert changed(lambda c: c["scan"].update(poi_values=[0.0, 1.0, 2.0, 4.0])) == {"scan-001"}
     # a retrained ensemble (other sample) invalidates the fits that use it
     assert changed(lambda c: c["processes"]["SBI"]["demo"].update(seed=99)) == (
-        {n for n in base if n.startswith("train-SBI_vs_B")} | fit_stage)
+        {n for n in base if n.startswith("train-SBI_vs_B")} | fit_stage
+    )
     # the engine version is part of every key
     plans = expand(validate_config(cfg))
     assert cache.plan_keys(plans, version="0.1.0") != cache.plan_keys(plans, version="0.2.0")
@@ -149,18 +159,21 @@ def plane(request, tmp_path, monkeypatch):
         conn.execute(sa.text("TRUNCATE " + tables + " RESTART IDENTITY CASCADE"))
 
 
-def _finish_like_a_worker(engine, store_root, campaign_id: int, names: set[str] | None = None) -> dict[str, str]:
+def _finish_like_a_worker(
+    engine, store_root, campaign_id: int, names: set[str] | None = None
+) -> dict[str, str]:
     """Write result.json (+ an ensemble file for train jobs) for each job and mark it SUCCEEDED
     with one attempt, as the controller does after a worker succeeded. Returns name -> ensemble URI."""
     from backend.db.models import Attempt, Job
     from backend.states import utcnow
-    from backend.stores import open_store, put_json
-    from backend.stores import layout
+    from backend.stores import layout, open_store, put_json
 
     store = open_store(f"file://{store_root}")
     uris = {}
     with engine.begin() as conn:
-        jobs = conn.execute(sa.select(Job.__table__).where(Job.__table__.c.campaign_id == campaign_id)).all()
+        jobs = conn.execute(
+            sa.select(Job.__table__).where(Job.__table__.c.campaign_id == campaign_id)
+        ).all()
         now = utcnow()
         for j in jobs:
             if names is not None and j.name not in names:
@@ -169,15 +182,37 @@ def _finish_like_a_worker(engine, store_root, campaign_id: int, names: set[str] 
             js = store.child(prefix)
             artifacts = {}
             if j.kind == "train":
-                artifacts["ensemble"] = js.put_bytes(f"{layout.artifacts_prefix(1)}/ensemble.npz", b"weights")
+                artifacts["ensemble"] = js.put_bytes(
+                    f"{layout.artifacts_prefix(1)}/ensemble.npz", b"weights"
+                )
                 uris[j.name] = artifacts["ensemble"]
-            summary = {"task": j.task} if j.kind == "train" else {"mu_hat": 1.0, "sigma": 0.3, "kind": j.kind}
+            summary = (
+                {"task": j.task}
+                if j.kind == "train"
+                else {"mu_hat": 1.0, "sigma": 0.3, "kind": j.kind}
+            )
             put_json(js, layout.result_key(1), {"artifacts": artifacts, "summary": summary})
-            conn.execute(sa.update(Job.__table__).where(Job.__table__.c.id == j.id).values(
-                status="SUCCEEDED", uri=store.uri_for(prefix), current_attempt=1, finished_at=now))
-            conn.execute(sa.insert(Attempt.__table__).values(job_id=j.id, attempt_no=1, status="SUCCEEDED",
-                                                             launcher="local", created_at=now, launched_at=now,
-                                                             ended_at=now))
+            conn.execute(
+                sa.update(Job.__table__)
+                .where(Job.__table__.c.id == j.id)
+                .values(
+                    status="SUCCEEDED",
+                    uri=store.uri_for(prefix),
+                    current_attempt=1,
+                    finished_at=now,
+                )
+            )
+            conn.execute(
+                sa.insert(Attempt.__table__).values(
+                    job_id=j.id,
+                    attempt_no=1,
+                    status="SUCCEEDED",
+                    launcher="local",
+                    created_at=now,
+                    launched_at=now,
+                    ended_at=now,
+                )
+            )
     return uris
 
 
@@ -185,7 +220,12 @@ def _jobs(engine, campaign_id):
     from backend.db.models import Job
 
     with engine.connect() as conn:
-        return {r.name: r for r in conn.execute(sa.select(Job.__table__).where(Job.__table__.c.campaign_id == campaign_id))}
+        return {
+            r.name: r
+            for r in conn.execute(
+                sa.select(Job.__table__).where(Job.__table__.c.campaign_id == campaign_id)
+            )
+        }
 
 
 def test_second_campaign_reuses_every_job_and_records_where_from(plane):
@@ -193,22 +233,33 @@ def test_second_campaign_reuses_every_job_and_records_where_from(plane):
     from backend.db.models import Event
 
     engine, store = plane
-    first = service.create_campaign_from_analysis(tiny_config(), analysis={"name": "a", "path": "/a.yaml",
-                                                                           "file_hash": "1" * 64}, engine=engine)
+    first = service.create_campaign_from_analysis(
+        tiny_config(),
+        analysis={"name": "a", "path": "/a.yaml", "file_hash": "1" * 64},
+        engine=engine,
+    )
     _finish_like_a_worker(engine, store, first)
     old = _jobs(engine, first)
-    second = service.create_campaign_from_analysis(tiny_config(), analysis={"name": "a", "path": "/a.yaml",
-                                                                            "file_hash": "1" * 64}, engine=engine)
+    second = service.create_campaign_from_analysis(
+        tiny_config(),
+        analysis={"name": "a", "path": "/a.yaml", "file_hash": "1" * 64},
+        engine=engine,
+    )
     new = _jobs(engine, second)
     assert set(new) == set(old)
     for name, job in new.items():
         assert job.status == "SUCCEEDED", name
         assert job.spec["cached_from"] == old[name].id
         assert job.spec["cache_key"] == old[name].spec["cache_key"]
-        assert job.uri == old[name].uri and job.current_attempt == 1  # dependants read the same result.json
+        assert (
+            job.uri == old[name].uri and job.current_attempt == 1
+        )  # dependants read the same result.json
     with engine.connect() as conn:
-        events = conn.execute(sa.select(Event.__table__).where(Event.__table__.c.campaign_id == second,
-                                                               Event.__table__.c.reason == "cached")).all()
+        events = conn.execute(
+            sa.select(Event.__table__).where(
+                Event.__table__.c.campaign_id == second, Event.__table__.c.reason == "cached"
+            )
+        ).all()
     assert {e.detail["cached_from"] for e in events} == {j.id for j in old.values()}
     progress = service.campaign_progress(second, engine=engine)
     assert all(k["reused"] == k["total"] == k["done"] for k in progress["kinds"].values())
@@ -224,7 +275,9 @@ def test_second_campaign_reuses_every_job_and_records_where_from(plane):
     assert service.get_campaign(second, engine=engine).summary.status == "SUCCEEDED"
     # a third campaign's reuse points at the job that actually ran, not at the copy
     third = service.create_campaign_from_analysis(tiny_config(), engine=engine)
-    assert {j.spec["cached_from"] for j in _jobs(engine, third).values()} == {j.id for j in old.values()}
+    assert {j.spec["cached_from"] for j in _jobs(engine, third).values()} == {
+        j.id for j in old.values()
+    }
 
 
 def test_deleted_artifacts_are_not_reused(plane):

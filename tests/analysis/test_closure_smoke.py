@@ -20,28 +20,61 @@ def _closure(home, name, *extra):
     from backend.cli import main
 
     out = home / f"{name}.json"
-    code = main(["closure", "low_stats", "--events-scale", "0.1", "--mu-true", "1", "--no-intervals",
-                 "--workdir", str(home / name), "--json", str(out), *extra])
+    code = main(
+        [
+            "closure",
+            "low_stats",
+            "--events-scale",
+            "0.1",
+            "--mu-true",
+            "1",
+            "--no-intervals",
+            "--workdir",
+            str(home / name),
+            "--json",
+            str(out),
+            *extra,
+        ]
+    )
     return code, json.loads(out.read_text())["results"][0]
 
 
 def test_closure_runs_the_user_path_and_compares_with_the_exact_fit(analysis_home):
-    code, r = _closure(analysis_home, "short", "--training", '{"max_steps": 300}', "--toys", "40",
-                       "--coverage-mu", "1")
+    code, r = _closure(
+        analysis_home,
+        "short",
+        "--training",
+        '{"max_steps": 300}',
+        "--toys",
+        "40",
+        "--coverage-mu",
+        "1",
+    )
     assert code in (0, 1) and "error" not in r, r
     (c,) = r["closure"]
     assert c["learned"]["converged"] and c["exact"]["converged"]
     # the same fresh pseudo-data, fitted with exact and with short-trained ratios: close, but
     # not equal (300 steps on 10 % of the events); the criteria are evaluated and reported
-    assert abs(c["differences"]["mu_hat_in_sigma"]) < 1.0 and 0.7 < c["differences"]["sigma_ratio"] < 1.3
+    assert (
+        abs(c["differences"]["mu_hat_in_sigma"]) < 1.0
+        and 0.7 < c["differences"]["sigma_ratio"] < 1.3
+    )
     assert set(c["passes"]) <= {"valid", "mu_hat", "sigma", "interval"} and "mu_hat" in c["passes"]
     u = c["uncertainty"]
-    assert u["nn"] > 0 and u["sim"] > 0 and u["total"] == pytest.approx(np.sqrt(u["hesse"] ** 2 + u["nn"] ** 2 + u["sim"] ** 2))
+    assert (
+        u["nn"] > 0
+        and u["sim"] > 0
+        and u["total"] == pytest.approx(np.sqrt(u["hesse"] ** 2 + u["nn"] ** 2 + u["sim"] ** 2))
+    )
     (cov,) = r["coverage"]
-    assert cov["exact"]["n"] >= 38 and cov["learned_hesse"]["n"] >= 38  # converged experiments of 40
+    assert (
+        cov["exact"]["n"] >= 38 and cov["learned_hesse"]["n"] >= 38
+    )  # converged experiments of 40
     # 40 experiments: the exact-ratio 68 % coverage must be within 4 binomial sigma (0.074) of 0.683
     assert abs(cov["exact"]["cover68"] - 0.683) < 4 * 0.074
-    assert cov["learned_with_components"]["cover68"] >= cov["learned_hesse"]["cover68"]  # wider intervals
+    assert (
+        cov["learned_with_components"]["cover68"] >= cov["learned_hesse"]["cover68"]
+    )  # wider intervals
     assert r["result_status"]["state"] in ("checks passed", "needs review")
 
 

@@ -68,15 +68,23 @@ def test_spoiled_ratios_need_review_in_db_report_and_exit_status(spoiled_run):
     failed = {r.name: r for r in status.failed}
     assert {"closure_chi2_ndf", "calibration"} <= set(failed), status.summary()
     assert all(r.task == "S_vs_B" for r in status.failed)
-    assert failed["closure_chi2_ndf"].value > 3 * failed["closure_chi2_ndf"].threshold  # by how much
-    assert all(r.value > r.threshold if r.direction == "below" else r.value < r.threshold for r in status.failed)
+    assert (
+        failed["closure_chi2_ndf"].value > 3 * failed["closure_chi2_ndf"].threshold
+    )  # by how much
+    assert all(
+        r.value > r.threshold if r.direction == "below" else r.value < r.threshold
+        for r in status.failed
+    )
     # the report: result.json carries the status, summary.md opens with it and the failed checks
     doc = json.loads((report / "result.json").read_text())
     assert doc["result_status"]["state"] == "needs review"
     assert [f["name"] for f in doc["result_status"]["failed"]] == [r.name for r in status.failed]
     summary = (report / "summary.md").read_text()
     head = summary.split("μ̂ =")[0]  # everything before the result itself
-    assert "**Result status: NEEDS REVIEW**" in head and "| check | task | value | threshold | message |" in head
+    assert (
+        "**Result status: NEEDS REVIEW**" in head
+        and "| check | task | value | threshold | message |" in head
+    )
     assert "| closure_chi2_ndf | S_vs_B |" in head and "| ≤ 3.0000 |" in head
 
 
@@ -99,11 +107,18 @@ def test_exit_codes_and_a_passing_report():
     from backend.analysis.run import RunSummary
 
     def summary(status: str, state: str | None) -> RunSummary:
-        return RunSummary(1, status, None, None, [], {}, None, 0.0, {}, {"state": state} if state else {})
+        return RunSummary(
+            1, status, None, None, [], {}, None, 0.0, {}, {"state": state} if state else {}
+        )
 
     assert summary("SUCCEEDED", "checks passed").exit_code == 0
     assert summary("SUCCEEDED", "needs review").exit_code == 3
-    assert summary("FAILED", "needs review").exit_code == 1 and summary("CANCELLED", None).exit_code == 1
+    assert (
+        summary("FAILED", "needs review").exit_code == 1
+        and summary("CANCELLED", None).exit_code == 1
+    )
     assert summary("SUCCEEDED", None).exit_code == 0  # no status recorded: nothing failed
-    md = summary_markdown({"result_status": {"state": "checks passed", "n_checks": 7, "failed": []}}, {}, None, None)
+    md = summary_markdown(
+        {"result_status": {"state": "checks passed", "n_checks": 7, "failed": []}}, {}, None, None
+    )
     assert "**Result status: checks passed** (all 7 checks passed)" in md.split("μ̂")[0]

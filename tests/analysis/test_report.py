@@ -12,8 +12,13 @@ from backend.analysis import report
 
 def parabola_scan(values, mu_hat=1.1, sigma=0.3):
     v = np.asarray(values, dtype=float)
-    return {"poi": "mu", "values": v.tolist(), "dq": (((v - mu_hat) / sigma) ** 2).tolist(),
-            "converged": [True] * len(v), "best": mu_hat}
+    return {
+        "poi": "mu",
+        "values": v.tolist(),
+        "dq": (((v - mu_hat) / sigma) ** 2).tolist(),
+        "converged": [True] * len(v),
+        "best": mu_hat,
+    }
 
 
 def test_merged_scan_intervals_match_a_parabola():
@@ -27,7 +32,9 @@ def test_merged_scan_intervals_match_a_parabola():
     assert lo == pytest.approx(0.8, abs=1e-9) and hi == pytest.approx(1.4, abs=1e-9)
     lo95, hi95 = merged["intervals"]["95"]
     half = 0.3 * np.sqrt(report.Q95)
-    assert lo95 == pytest.approx(1.1 - half, abs=1e-9) and hi95 == pytest.approx(1.1 + half, abs=1e-9)
+    assert lo95 == pytest.approx(1.1 - half, abs=1e-9) and hi95 == pytest.approx(
+        1.1 + half, abs=1e-9
+    )
 
 
 def test_coarse_scan_uses_the_best_fit_point_and_open_ends():
@@ -51,8 +58,10 @@ def test_coarse_scan_uses_the_best_fit_point_and_open_ends():
 
 
 def test_impact_ranking_prefers_refit_and_sorts_by_size():
-    cov = [{"nuisance": "a", "postfit_up": 0.01, "postfit_down": -0.01, "method": "covariance"},
-           {"nuisance": "b", "postfit_up": 0.05, "postfit_down": -0.02, "method": "covariance"}]
+    cov = [
+        {"nuisance": "a", "postfit_up": 0.01, "postfit_down": -0.01, "method": "covariance"},
+        {"nuisance": "b", "postfit_up": 0.05, "postfit_down": -0.02, "method": "covariance"},
+    ]
     refit = [{"nuisance": "a", "postfit_up": 0.09, "postfit_down": -0.08, "method": "refit"}]
     ranked = report.impact_ranking(refit, cov)
     assert [(i["nuisance"], i["method"]) for i in ranked] == [("a", "refit"), ("b", "covariance")]
@@ -62,17 +71,33 @@ def test_impact_ranking_prefers_refit_and_sorts_by_size():
 def _result() -> dict:
     return {
         "analysis": {"name": "demo", "path": "/x/analysis.yaml", "file_hash": "ab" * 32},
-        "campaign": {"id": 3, "name": "demo", "status": "SUCCEEDED", "launcher": "local", "config_hash": "cd" * 32},
-        "code_version": "abc123", "engine_version": "0.1.0",
+        "campaign": {
+            "id": 3,
+            "name": "demo",
+            "status": "SUCCEEDED",
+            "launcher": "local",
+            "config_hash": "cd" * 32,
+        },
+        "code_version": "abc123",
+        "engine_version": "0.1.0",
         "fit": {"mu_hat": 1.1, "sigma": 0.3, "converged": True, "mu_true": 1.0, "data": "asimov"},
         "intervals": {"68": [0.8, 1.4]},
         "pulls": {"lumi": {"pull": -0.1, "constraint": 0.92}},
-        "impacts": report.impact_ranking([{"nuisance": "lumi", "postfit_up": -0.05, "postfit_down": 0.06,
-                                           "method": "refit"}], []),
+        "impacts": report.impact_ranking(
+            [{"nuisance": "lumi", "postfit_up": -0.05, "postfit_down": 0.06, "method": "refit"}], []
+        ),
         "breakdown": {"mu": {"total": 0.3, "stat": 0.28, "syst": 0.1}},
         "scan": report.merge_scans([parabola_scan([0.0, 0.5, 1.0, 1.5, 2.0])]),
-        "calibration": {"S_vs_B": [{"member": None, "mean_score": [0.25, 0.75], "observed_fraction": [0.27, 0.72],
-                                    "observed_error": [0.01, 0.02]}]},
+        "calibration": {
+            "S_vs_B": [
+                {
+                    "member": None,
+                    "mean_score": [0.25, 0.75],
+                    "observed_fraction": [0.27, 0.72],
+                    "observed_error": [0.01, 0.02],
+                }
+            ]
+        },
         "ensembles": {"S_vs_B": ["file:///store/ens.npz"]},
         "seeds": {"train": {"train-S_vs_B-g0-m0-1": 0}},
         "jobs": {"ran": ["train-S_vs_B-g0-m0-1", "fit"], "reused": {}},
@@ -87,7 +112,10 @@ def test_html_fallback_is_said_in_the_summary(tmp_path):
     text = files.summary.read_text()
     assert "interactive HTML" in text and "[HTML](plots/likelihood_scan.html)" in text
     assert "μ̂ = 1.100 ± 0.300" in text and "| lumi | -0.0500 | 0.0600 | refit |" in text
-    assert "`/x/analysis.yaml` (sha256 `" + "ab" * 32 + "`)" in text and "file:///store/ens.npz" in text
+    assert (
+        "`/x/analysis.yaml` (sha256 `" + "ab" * 32 + "`)" in text
+        and "file:///store/ens.npz" in text
+    )
     doc = json.loads(files.result.read_text())
     assert doc["plot_export"] == "static export switched off"
     assert doc["plots"]["calibration"] == ["plots/calibration.html"]
@@ -100,11 +128,29 @@ def test_html_fallback_is_said_in_the_summary(tmp_path):
 def test_summary_shows_error_components_shape_decisions_and_the_split(tmp_path):
     r = _result()
     r["fit"]["data"] = {"path": "/data/pseudo.parquet", "features": ["x"]}
-    r["uncertainty"] = {"hesse": 0.3, "nn": 0.1, "nn_se": 0.03, "sim": 0.05, "sim_se": 0.01, "total": 0.32,
-                        "included": ["nn"], "nn_variants": 8, "nn_bootstrap": True}
-    r["shape_decisions"] = [{"nuisance": "tiny", "process": "B", "signal": 0.02, "noise": 0.03,
-                             "action": "dropped shape (yield kept)"}]
-    r["splits"] = {"train-S": {"numerator": {"method": "row_hash"}, "denominator": {"method": "row_hash"}}}
+    r["uncertainty"] = {
+        "hesse": 0.3,
+        "nn": 0.1,
+        "nn_se": 0.03,
+        "sim": 0.05,
+        "sim_se": 0.01,
+        "total": 0.32,
+        "included": ["nn"],
+        "nn_variants": 8,
+        "nn_bootstrap": True,
+    }
+    r["shape_decisions"] = [
+        {
+            "nuisance": "tiny",
+            "process": "B",
+            "signal": 0.02,
+            "noise": 0.03,
+            "action": "dropped shape (yield kept)",
+        }
+    ]
+    r["splits"] = {
+        "train-S": {"numerator": {"method": "row_hash"}, "denominator": {"method": "row_hash"}}
+    }
     r["data_provenance"] = {"normalisation_sample": {"process": "B", "events": 30000}}
     text = report.write_report(tmp_path / "rep", r, static=False).summary.read_text()
     assert "data: observed, pseudo.parquet" in text and "**total error ± 0.320**" in text

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from analysis_testkit import exact_fit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,9 +29,12 @@ def attempts_by_job(campaign_id: int) -> dict[str, int]:
     from backend.db.models import Attempt, Job
 
     with get_engine().connect() as conn:
-        rows = conn.execute(sa.select(Job.name, sa.func.count(Attempt.id))
-                            .outerjoin(Attempt, Attempt.job_id == Job.id)
-                            .where(Job.campaign_id == campaign_id).group_by(Job.name)).all()
+        rows = conn.execute(
+            sa.select(Job.name, sa.func.count(Attempt.id))
+            .outerjoin(Attempt, Attempt.job_id == Job.id)
+            .where(Job.campaign_id == campaign_id)
+            .group_by(Job.name)
+        ).all()
     return dict(rows)
 
 
@@ -54,7 +56,9 @@ def first(analysis_home):
 
 def test_demo_fit_agrees_with_the_exact_ratio_fit(first):
     assert first.status == "SUCCEEDED"
-    assert set(attempts_by_job(first.campaign_id).values()) == {1}  # every job ran once, none retried
+    assert set(attempts_by_job(first.campaign_id).values()) == {
+        1
+    }  # every job ran once, none retried
     spec = fit_spec(first.campaign_id)
     mu_exact, sigma_exact = exact_fit(spec)
     mu_learned, sigma_learned = exact_fit(spec, learned=True)
@@ -70,7 +74,9 @@ def test_demo_fit_agrees_with_the_exact_ratio_fit(first):
 def test_report_holds_result_and_provenance(first, analysis_home):
     folder = analysis_home / "report-1"
     doc = json.loads((folder / "result.json").read_text())
-    assert doc["fit"]["mu_hat"] == pytest.approx(first.mu_hat) and doc["fit"]["sigma"] == pytest.approx(first.sigma)
+    assert doc["fit"]["mu_hat"] == pytest.approx(first.mu_hat) and doc["fit"][
+        "sigma"
+    ] == pytest.approx(first.sigma)
     assert doc["analysis"]["file_hash"] == hashlib.sha256(DEMO.read_bytes()).hexdigest()
     assert doc["hashes"]["analysis_file"] == doc["analysis"]["file_hash"]
     assert doc["code_version"] and doc["engine_version"]
@@ -86,7 +92,9 @@ def test_report_holds_result_and_provenance(first, analysis_home):
     scan = doc["scan"]
     # the requested points (a point whose profile fit failed is left out: mu = 0 today, where
     # d sqrt(mu)/d mu diverges), with q >= 0 everywhere and the points around the minimum present
-    assert set(scan["values"]) <= {0.0, 0.5, 1.0, 1.5, 2.0, 2.5} and {0.5, 1.0, 1.5, 2.0} <= set(scan["values"])
+    assert set(scan["values"]) <= {0.0, 0.5, 1.0, 1.5, 2.0, 2.5} and {0.5, 1.0, 1.5, 2.0} <= set(
+        scan["values"]
+    )
     assert min(scan["dq"]) > -1e-6
     lo, hi = doc["intervals"]["68"]
     # the profile interval brackets mu-hat and is +-sigma wide to 10 %: near its minimum the

@@ -7,6 +7,8 @@
   are emptied after each test. Skips with the connection error when the server is unreachable.
 - `engine`: parametrised over both (the PostgreSQL case carries the `postgres` marker).
 - `nsbi_home`: NSBI_HOME pointed at tmp_path and DATABASE_URL / NSBI_STORE cleared.
+- `noop_kind` (autouse): workers started by a test, in process or as subprocesses, know the
+  test-only "noop" job kind (`nsbi_testing.jobkinds`, via NSBI_JOB_KIND_MODULES and PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import sqlalchemy as sa
 
 from backend.db import create_engine, dispose_engines, init_db
 from backend.db.models import SQLModel
+from nsbi_testing import worker_env
 
 PG_URLS = (
     [os.environ["NSBI_TEST_PG_URL"]]
     if os.environ.get("NSBI_TEST_PG_URL")
-    else ["postgresql+psycopg://postgres@127.0.0.1:5432/test", "postgresql+psycopg://root@127.0.0.1:5432/test"]
+    else [
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        "postgresql+psycopg://root@127.0.0.1:5432/test",
+    ]
 )
 
 
@@ -95,3 +101,9 @@ def nsbi_home(tmp_path, monkeypatch):
     dispose_engines()
     yield tmp_path / "home"
     dispose_engines()
+
+
+@pytest.fixture(autouse=True)
+def noop_kind(monkeypatch):
+    for name, value in worker_env().items():
+        monkeypatch.setenv(name, value)

@@ -69,20 +69,45 @@ class JobDef:
     gpu_count: int = 0
 
 
-def make_campaign(engine, jobs: Sequence[JobDef], *, name: str = "camp", max_concurrency: int = 2,
-                  status: str = CampaignStatus.ACTIVE, budget_usd: float | None = None) -> int:
+def make_campaign(
+    engine,
+    jobs: Sequence[JobDef],
+    *,
+    name: str = "camp",
+    max_concurrency: int = 2,
+    status: str = CampaignStatus.ACTIVE,
+    budget_usd: float | None = None,
+) -> int:
     """Insert an ACTIVE campaign whose jobs are all desired RUN; returns the campaign id."""
     with Session(engine, expire_on_commit=False) as s:
-        camp = Campaign(name=name, config_hash=uuid.uuid4().hex, status=status, max_concurrency=max_concurrency,
-                        budget_usd=budget_usd)
+        camp = Campaign(
+            name=name,
+            config_hash=uuid.uuid4().hex,
+            status=status,
+            max_concurrency=max_concurrency,
+            budget_usd=budget_usd,
+        )
         s.add(camp)
         s.flush()
         ids: dict[str, int] = {}
         for jd in jobs:
-            spec = jd.spec if jd.spec is not None else {"kind": jd.kind, "name": jd.name, "params": jd.params}
-            job = Job(campaign_id=camp.id, name=jd.name, kind=jd.kind, spec=spec, max_retries=jd.max_retries,
-                      desired_state=DesiredState.RUN, depends_on=[ids[d] for d in jd.deps],
-                      machine_type=jd.machine_type, est_hours=jd.est_hours, gpu_count=jd.gpu_count)
+            spec = (
+                jd.spec
+                if jd.spec is not None
+                else {"kind": jd.kind, "name": jd.name, "params": jd.params}
+            )
+            job = Job(
+                campaign_id=camp.id,
+                name=jd.name,
+                kind=jd.kind,
+                spec=spec,
+                max_retries=jd.max_retries,
+                desired_state=DesiredState.RUN,
+                depends_on=[ids[d] for d in jd.deps],
+                machine_type=jd.machine_type,
+                est_hours=jd.est_hours,
+                gpu_count=jd.gpu_count,
+            )
             s.add(job)
             s.flush()
             ids[jd.name] = job.id
@@ -92,8 +117,13 @@ def make_campaign(engine, jobs: Sequence[JobDef], *, name: str = "camp", max_con
         return camp.id
 
 
-def run_until(controller, done: Callable[[], bool], timeout: float = 60.0, every: float = 0.1,
-              on_tick: Callable[[], None] | None = None) -> int:
+def run_until(
+    controller,
+    done: Callable[[], bool],
+    timeout: float = 60.0,
+    every: float = 0.1,
+    on_tick: Callable[[], None] | None = None,
+) -> int:
     t0 = time.time()
     ticks = 0
     while time.time() - t0 < timeout:
@@ -105,7 +135,9 @@ def run_until(controller, done: Callable[[], bool], timeout: float = 60.0, every
         if done():
             return ticks
         time.sleep(every)
-    raise AssertionError(f"condition not reached within {timeout} s; jobs: {job_states(controller.engine)}")
+    raise AssertionError(
+        f"condition not reached within {timeout} s; jobs: {job_states(controller.engine)}"
+    )
 
 
 def campaign_status(engine, campaign_id: int) -> str:
@@ -125,16 +157,25 @@ def job_states(engine) -> dict[str, str]:
 
 def attempts_of(engine, job_name: str) -> list[Attempt]:
     with Session(engine) as s:
-        return list(s.exec(select(Attempt).join(Job, Job.id == Attempt.job_id).where(Job.name == job_name)
-                           .order_by(Attempt.attempt_no)))
+        return list(
+            s.exec(
+                select(Attempt)
+                .join(Job, Job.id == Attempt.job_id)
+                .where(Job.name == job_name)
+                .order_by(Attempt.attempt_no)
+            )
+        )
 
 
 def metric_keys(engine, job_name: str, name: str = "loss") -> list[tuple[int, int, float]]:
     """(attempt_no, step, value) of one metric of one job, ordered."""
     with Session(engine) as s:
-        rows = s.exec(select(MetricPoint).join(Job, Job.id == MetricPoint.job_id)
-                      .where(Job.name == job_name, MetricPoint.name == name)
-                      .order_by(MetricPoint.attempt_no, MetricPoint.step)).all()
+        rows = s.exec(
+            select(MetricPoint)
+            .join(Job, Job.id == MetricPoint.job_id)
+            .where(Job.name == job_name, MetricPoint.name == name)
+            .order_by(MetricPoint.attempt_no, MetricPoint.step)
+        ).all()
         return [(r.attempt_no, r.step, r.value) for r in rows]
 
 
@@ -143,14 +184,21 @@ def snapshot(engine) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Session(engine) as s:
         for job in s.exec(select(Job).order_by(Job.name)):
-            attempts = s.exec(select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.attempt_no)).all()
+            attempts = s.exec(
+                select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.attempt_no)
+            ).all()
             metrics = s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id)).all()
-            n_res = s.exec(select(sa.func.count()).select_from(ResourceSample)
-                           .where(ResourceSample.job_id == job.id)).one()
+            n_res = s.exec(
+                select(sa.func.count())
+                .select_from(ResourceSample)
+                .where(ResourceSample.job_id == job.id)
+            ).one()
             out[job.name] = {
                 "status": job.status,
                 "attempts": [(a.attempt_no, a.status, a.exit_code) for a in attempts],
-                "metrics": sorted((m.name, m.member, m.step, m.attempt_no, m.value) for m in metrics),
+                "metrics": sorted(
+                    (m.name, m.member, m.step, m.attempt_no, m.value) for m in metrics
+                ),
                 "has_resources": n_res > 0,
             }
     return out
@@ -163,8 +211,9 @@ def job_status_is(engine, job_name: str, *states: str) -> Callable[[], bool]:
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-def controller_process_main(db_url: str, store_uri: str, var_dir: str, status_path: str,
-                            interval: float = 0.05) -> None:
+def controller_process_main(
+    db_url: str, store_uri: str, var_dir: str, status_path: str, interval: float = 0.05
+) -> None:
     """Body of a controller process (started through a multiprocessing forkserver so that 20
     restarts cost milliseconds, not 20 interpreter start-ups); killed with SIGKILL by tests."""
     from pathlib import Path
@@ -174,5 +223,7 @@ def controller_process_main(db_url: str, store_uri: str, var_dir: str, status_pa
 
     engine = create_engine(db_url)
     launcher = LocalLauncher(var_dir, max_concurrent=2, gpus=[], extra_env=FAST_ENV)
-    ctl = Controller(engine, store_uri, {"local": launcher}, ControllerConfig(tick_interval_s=interval))
+    ctl = Controller(
+        engine, store_uri, {"local": launcher}, ControllerConfig(tick_interval_s=interval)
+    )
     ctl.run_forever(status_path=Path(status_path))

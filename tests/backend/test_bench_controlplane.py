@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from backend import bench_controlplane as bench
 from backend.campaigns import expand, validate_config
+from benchmarks import controlplane as bench
 
 
 @pytest.mark.parametrize("n", [20, 137, 1000])
@@ -21,8 +21,23 @@ def test_bench_config_has_exactly_n_jobs(n):
 def _args(tmp_path, dbs: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    return parser.parse_args(["--json", str(tmp_path / "cp.json"), "--jobs", "200", "--points", "20000",
-                              "--databases", dbs, "--running", "8", "--repeats", "2", "--no-progress"])
+    return parser.parse_args(
+        [
+            "--json",
+            str(tmp_path / "cp.json"),
+            "--jobs",
+            "200",
+            "--points",
+            "20000",
+            "--databases",
+            dbs,
+            "--running",
+            "8",
+            "--repeats",
+            "2",
+            "--no-progress",
+        ]
+    )
 
 
 def _check(report: dict, db: str) -> None:
@@ -30,7 +45,9 @@ def _check(report: dict, db: str) -> None:
     assert r["jobs"] == 200 and r["metric_points"] == 20_000
     assert r["ingest"]["points"] == 20_000 and r["ingest"]["reingest_new_points"] == 0
     assert r["ingest_points_per_s"] > 0 and r["reconcile_s"] > 0
-    assert sum(r["setup"]["job_states"].values()) == 200 and r["setup"]["job_states"]["RUNNING"] == 8
+    assert (
+        sum(r["setup"]["job_states"].values()) == 200 and r["setup"]["job_states"]["RUNNING"] == 8
+    )
     assert {"job_page", "job_curves", "cost_summary"} <= set(r["query_ms"])
     assert all(v > 0 for v in r["query_ms"].values())
     # the timed pass is the first, busy one: it launches ready trainings (none was launched
@@ -41,14 +58,21 @@ def _check(report: dict, db: str) -> None:
     # then passes drain what follows (the fit's dependants are cancelled) to an idle one
     assert all(t["s"] > 0 and not t["launched"] for t in r["reconcile_followup"])
     assert sum(t["cancelled"] for t in r["reconcile_followup"]) > 0
-    assert r["reconcile_idle_s"] > 0 and r["reconcile_idle_stat"].startswith("median of 3 idle passes")
+    assert r["reconcile_idle_s"] > 0 and r["reconcile_idle_stat"].startswith(
+        "median of 3 idle passes"
+    )
     idle = r["reconcile_idle_detail"]
-    assert not any(idle[k] for k in ("launched", "relaunched", "finished", "failed", "retried", "cancelled"))
+    assert not any(
+        idle[k] for k in ("launched", "relaunched", "finished", "failed", "retried", "cancelled")
+    )
     # and a pass of the first one's shape again, on the warm controller
     warm = r["reconcile_warm_detail"]
     assert r["reconcile_warm_s"] > 0 and not warm["errors"]
     assert (warm["launched"], warm["retried"], warm["cancelled"]) == (
-        r["reconcile_detail"]["launched"], r["reconcile_detail"]["retried"], 1)
+        r["reconcile_detail"]["launched"],
+        r["reconcile_detail"]["retried"],
+        1,
+    )
     assert r["setup"]["settle_s"] >= 0 and r["setup"]["settle_after_load"]
 
 
@@ -60,6 +84,8 @@ def test_bench_sqlite(tmp_path):
 
 
 @pytest.mark.postgres
-def test_bench_postgresql(tmp_path, pg_session_engine):  # the fixture skips when the server is unreachable
+def test_bench_postgresql(
+    tmp_path, pg_session_engine
+):  # the fixture skips when the server is unreachable
     assert bench.run(_args(tmp_path, "postgresql")) == 0
     _check(json.loads((tmp_path / "cp.json").read_text()), "postgresql")

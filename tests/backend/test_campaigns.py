@@ -70,15 +70,30 @@ def test_unknown_launcher_names_key_and_allowed_values():
     "changes, expected",
     [
         ({"backend__gpu_count": -1}, "backend.gpu_count: -1 is less than the minimum of 0"),
-        ({"backend__zone": "us-central1-a"}, "backend: unknown key(s) 'zone'; allowed keys: budget_usd"),
-        ({"training__params": {"lr": 0.1}}, "training.params: unknown key 'lr'; allowed keys: hidden_layers"),
+        (
+            {"backend__zone": "us-central1-a"},
+            "backend: unknown key(s) 'zone'; allowed keys: budget_usd",
+        ),
+        (
+            {"training__params": {"lr": 0.1}},
+            "training.params: unknown key 'lr'; allowed keys: hidden_layers",
+        ),
         ({"training__grid": {"width": 64}}, "training.grid.width: expected array"),
-        ({"training__ensemble_size": "four"}, "training.ensemble_size: expected integer, got str 'four'"),
+        (
+            {"training__ensemble_size": "four"},
+            "training.ensemble_size: expected integer, got str 'four'",
+        ),
         ({"reference": "ttbar"}, "reference: 'ttbar' is not a process; allowed values: B, S, SBI"),
         ({"backend__machine_type": "n9-huge"}, "backend: unknown machine type 'n9-huge'"),
         ({"fit__data": "observed"}, "fit.data: 'observed' is not allowed"),
-        ({"processes__S": {"demo": {"process": "S", "n": 10}}}, "processes.S.demo: missing required key 'seed'"),
-        ({"processes__S": {"file": "x.root"}}, "processes.S: a sample spec needs the key 'demo' or 'path'"),
+        (
+            {"processes__S": {"demo": {"process": "S", "n": 10}}},
+            "processes.S.demo: missing required key 'seed'",
+        ),
+        (
+            {"processes__S": {"file": "x.root"}},
+            "processes.S: a sample spec needs the key 'demo' or 'path'",
+        ),
     ],
 )
 def test_errors_name_the_key(changes, expected):
@@ -97,12 +112,20 @@ def test_all_errors_are_reported_at_once():
 def test_systematic_of_unknown_process():
     raw = _cfg()
     raw["systematics"][0]["process"] = "Z"
-    assert _errors(raw) == ["systematics[0].process: 'Z' is not a process; allowed values: B, S, SBI"]
+    assert _errors(raw) == [
+        "systematics[0].process: 'Z' is not a process; allowed values: B, S, SBI"
+    ]
 
 
 def test_bundled_gpu_mismatch_is_an_error():
-    errs = _errors(_cfg(backend__launcher="gce", backend__machine_type="g2-standard-8",
-                        backend__gpu_type="nvidia-tesla-t4", backend__gpu_count=1))
+    errs = _errors(
+        _cfg(
+            backend__launcher="gce",
+            backend__machine_type="g2-standard-8",
+            backend__gpu_type="nvidia-tesla-t4",
+            backend__gpu_count=1,
+        )
+    )
     assert errs and "comes with 1 x nvidia-l4" in errs[0]
 
 
@@ -112,7 +135,10 @@ def test_demo_expansion():
     # S and SBI against the reference B, and the one systematic up and down against nominal B
     assert [t.name for t in tasks] == ["S_vs_B", "SBI_vs_B", "m4l_scale_up_B", "m4l_scale_down_B"]
     up = tasks[2]
-    assert up.numerator["demo"]["alpha"] == {"m4l_scale": 1.0} and up.denominator == DEMO_CONFIG["processes"]["B"]
+    assert (
+        up.numerator["demo"]["alpha"] == {"m4l_scale": 1.0}
+        and up.denominator == DEMO_CONFIG["processes"]["B"]
+    )
     plans = expand(cfg)
     kinds = [p.kind for p in plans]
     assert kinds.count("train") == 4 * 2  # 4 tasks x (4 members / 2 per job)
@@ -125,15 +151,23 @@ def test_demo_expansion():
     assert len({p.name for p in plans}) == len(plans)
 
 
-@pytest.mark.parametrize("n_proc, n_syst, ens, per_job, grid, toys, per_toy_job", [
-    (3, 0, 5, 2, {"width": [16, 32, 64]}, 0, 1),
-    (4, 3, 8, 3, {"width": [16, 32], "learning_rate": [1e-3, 3e-4]}, 25, 10),
-])
+@pytest.mark.parametrize(
+    "n_proc, n_syst, ens, per_job, grid, toys, per_toy_job",
+    [
+        (3, 0, 5, 2, {"width": [16, 32, 64]}, 0, 1),
+        (4, 3, 8, 3, {"width": [16, 32], "learning_rate": [1e-3, 3e-4]}, 25, 10),
+    ],
+)
 def test_expansion_counts(n_proc, n_syst, ens, per_job, grid, toys, per_toy_job):
     procs = {f"P{i}": {"demo": {"process": "B", "n": 10, "seed": i}} for i in range(n_proc)}
     raw = {
-        "name": "c", "processes": procs, "reference": "P0",
-        "systematics": [{"name": f"s{k}", "process": "P1", "up": procs["P1"], "down": procs["P1"]} for k in range(n_syst)],
+        "name": "c",
+        "processes": procs,
+        "reference": "P0",
+        "systematics": [
+            {"name": f"s{k}", "process": "P1", "up": procs["P1"], "down": procs["P1"]}
+            for k in range(n_syst)
+        ],
         "training": {"ensemble_size": ens, "members_per_job": per_job, "grid": grid},
         "toys": {"enabled": toys > 0, "n_toys": max(toys, 1), "toys_per_job": per_toy_job},
     }
@@ -205,12 +239,19 @@ def test_observed_demo_data_spec_is_accepted_and_checked():
 
 
 def test_per_task_training_overrides_change_only_that_task():
-    raw = _cfg(training__tasks={"S_vs_B": {"ensemble_size": 6, "members_per_job": 3, "width": 64, "max_steps": 10}})
+    raw = _cfg(
+        training__tasks={
+            "S_vs_B": {"ensemble_size": 6, "members_per_job": 3, "width": 64, "max_steps": 10}
+        }
+    )
     plans = expand(validate_config(raw))
     train = [p for p in plans if p.kind == "train"]
     s_jobs = [p for p in train if p.task == "S_vs_B"]
     assert [p.members for p in s_jobs] == [(0, 1, 2), (3, 4, 5)]
-    assert all(p.spec["params"]["train"]["width"] == 64 and p.spec["params"]["train"]["max_steps"] == 10 for p in s_jobs)
+    assert all(
+        p.spec["params"]["train"]["width"] == 64 and p.spec["params"]["train"]["max_steps"] == 10
+        for p in s_jobs
+    )
     others = [p for p in train if p.task != "S_vs_B"]
     assert len(others) == 3 * 2 and all(p.spec["params"]["train"]["width"] == 32 for p in others)
     # members / seed stay the expansion's; ensemble keys are not TrainConfig settings
@@ -222,11 +263,19 @@ def test_per_task_training_overrides_change_only_that_task():
 def test_per_task_overrides_name_unknown_tasks_and_keys():
     errs = _errors(_cfg(training__tasks={"SBI_vs_B": {"lr": 0.1, "ensemble_size": 0}}))
     assert len(errs) == 2
-    assert any(e.startswith("training.tasks.SBI_vs_B: unknown key 'lr'; allowed keys: ensemble_size") for e in errs), errs
-    assert any(e.startswith("training.tasks.SBI_vs_B.ensemble_size: 0 is less than the minimum of 1") for e in errs), errs
+    assert any(
+        e.startswith("training.tasks.SBI_vs_B: unknown key 'lr'; allowed keys: ensemble_size")
+        for e in errs
+    ), errs
+    assert any(
+        e.startswith("training.tasks.SBI_vs_B.ensemble_size: 0 is less than the minimum of 1")
+        for e in errs
+    ), errs
     (err,) = _errors(_cfg(training__tasks={"S_vs_C": {"width": 8}}))
-    assert err == ("training.tasks.S_vs_C: unknown ratio task; the tasks are: "
-                   "S_vs_B, SBI_vs_B, m4l_scale_up_B, m4l_scale_down_B")
+    assert err == (
+        "training.tasks.S_vs_C: unknown ratio task; the tasks are: "
+        "S_vs_B, SBI_vs_B, m4l_scale_up_B, m4l_scale_down_B"
+    )
 
 
 def test_fit_model_keys_pass_through_to_every_fit_stage_job():
@@ -247,19 +296,41 @@ def test_fit_model_keys_pass_through_to_every_fit_stage_job():
     impacts = [p.np_subset for p in plans if p.kind == "impacts"]
     assert [n for sub in impacts for n in sub] == ["m4l_scale", "xs_B", "bkg_norm", "gg_scale"]
     # without them, fit-stage params carry none of these keys (old job specs unchanged)
-    assert not any(k in p.spec["params"] for p in expand(demo_config()) if p.kind == "fit" for k in model)
+    assert not any(
+        k in p.spec["params"] for p in expand(demo_config()) if p.kind == "fit" for k in model
+    )
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"fit__coefficients": {"Z": "mu"}}, "fit.coefficients.Z: not a process; allowed values: B, S, SBI"),
-    ({"fit__yields": {"B": 0}}, "fit.yields.B: 0 is less than or equal to the minimum of 0"),
-    ({"fit__norm_systematics": [{"name": "x", "effects": {"Q": [1.1, 0.9]}}]},
-     "fit.norm_systematics[0].effects.Q: not a process"),
-    ({"fit__norm_systematics": [{"name": "x", "effects": {"B": [1.1]}}]}, "fit.norm_systematics[0].effects.B: [1.1] is too short"),
-    ({"fit__poi": {"bounds": [2.0, 1.0]}}, "fit.poi.bounds: expected [low, high] with low < high"),
-    ({"fit__poi": {"init": 7.0, "bounds": [0.0, 5.0]}}, "fit.poi.init: 7.0 is outside the bounds [0.0, 5.0]"),
-    ({"fit__poi": {"start": 1.0}}, "fit.poi: unknown key(s) 'start'; allowed keys: bounds, init"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (
+            {"fit__coefficients": {"Z": "mu"}},
+            "fit.coefficients.Z: not a process; allowed values: B, S, SBI",
+        ),
+        ({"fit__yields": {"B": 0}}, "fit.yields.B: 0 is less than or equal to the minimum of 0"),
+        (
+            {"fit__norm_systematics": [{"name": "x", "effects": {"Q": [1.1, 0.9]}}]},
+            "fit.norm_systematics[0].effects.Q: not a process",
+        ),
+        (
+            {"fit__norm_systematics": [{"name": "x", "effects": {"B": [1.1]}}]},
+            "fit.norm_systematics[0].effects.B: [1.1] is too short",
+        ),
+        (
+            {"fit__poi": {"bounds": [2.0, 1.0]}},
+            "fit.poi.bounds: expected [low, high] with low < high",
+        ),
+        (
+            {"fit__poi": {"init": 7.0, "bounds": [0.0, 5.0]}},
+            "fit.poi.init: 7.0 is outside the bounds [0.0, 5.0]",
+        ),
+        (
+            {"fit__poi": {"start": 1.0}},
+            "fit.poi: unknown key(s) 'start'; allowed keys: bounds, init",
+        ),
+    ],
+)
 def test_fit_model_keys_are_checked(changes, expected):
     errs = _errors(_cfg(**changes))
     assert any(e.startswith(expected) for e in errs), errs

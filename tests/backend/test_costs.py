@@ -44,8 +44,12 @@ def test_attached_gpus_add_per_gpu_price(raw):
     cat = load_catalogue()
     n1 = _entry(raw, "machine", "n1-standard-8")
     t4 = _entry(raw, "gpu", "nvidia-tesla-t4")
-    assert cat.price_per_hour("n1-standard-8", "T4", 2) == pytest.approx(n1["on_demand"] + 2 * t4["on_demand"])
-    assert cat.price_per_hour("n1-standard-8", "t4", 2, spot=True) == pytest.approx(n1["spot"] + 2 * t4["spot"])
+    assert cat.price_per_hour("n1-standard-8", "T4", 2) == pytest.approx(
+        n1["on_demand"] + 2 * t4["on_demand"]
+    )
+    assert cat.price_per_hour("n1-standard-8", "t4", 2, spot=True) == pytest.approx(
+        n1["spot"] + 2 * t4["spot"]
+    )
 
 
 def test_bundled_gpus_are_in_the_machine_price(raw):
@@ -62,7 +66,9 @@ def test_unknown_names_list_the_known_ones():
     cat = load_catalogue()
     with pytest.raises(PriceError, match="unknown machine type 'x1'.*n1-standard-8"):
         cat.price_per_hour("x1")
-    with pytest.raises(PriceError, match="no price for machine type 'n1-standard-8' in region 'mars-1'"):
+    with pytest.raises(
+        PriceError, match="no price for machine type 'n1-standard-8' in region 'mars-1'"
+    ):
         cat.price_per_hour("n1-standard-8", region="mars-1")
     with pytest.raises(PriceError, match="unknown GPU type 'k80'"):
         cat.price_per_hour("n1-standard-8", "k80", 1)

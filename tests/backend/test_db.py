@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -10,7 +10,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from backend.db import Attempt, Campaign, Job, MetricPoint, create_engine, get_engine, init_db, session_scope
+from backend.db import (
+    Attempt,
+    Campaign,
+    Job,
+    MetricPoint,
+    create_engine,
+    get_engine,
+    init_db,
+    session_scope,
+)
 from backend.db.engine import normalise_url
 from backend.db.migrate import current_revision, head_revision
 from backend.settings import Settings
@@ -21,7 +30,13 @@ def test_settings_defaults_and_overrides(tmp_path):
     assert s.home == tmp_path
     assert s.database_url == f"sqlite:///{tmp_path / 'nsbi.db'}"
     assert s.store_uri == f"file://{tmp_path / 'store'}"
-    s = Settings.from_env({"NSBI_HOME": str(tmp_path), "DATABASE_URL": "postgresql://u@h/db", "NSBI_STORE": "gs://b/p"})
+    s = Settings.from_env(
+        {
+            "NSBI_HOME": str(tmp_path),
+            "DATABASE_URL": "postgresql://u@h/db",
+            "NSBI_STORE": "gs://b/p",
+        }
+    )
     assert (s.database_url, s.store_uri) == ("postgresql://u@h/db", "gs://b/p")
 
 
@@ -49,7 +64,9 @@ def test_get_engine_is_cached_per_url_and_follows_database_url(nsbi_home, monkey
 def test_migrations_match_the_models(engine):
     """Alembic's autogenerate finds nothing to add: the migrated schema equals the models."""
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
     assert diff == []
 
 
@@ -116,9 +133,20 @@ def test_unique_keys_and_cascade(engine):
 def test_dashboard_indexes_exist(engine):
     insp = sa.inspect(engine)
     idx = {i["name"] for t in ("job", "attempt", "event") for i in insp.get_indexes(t)}
-    assert {"ix_job_campaign_id_status", "ix_job_status_desired_state", "ix_attempt_status",
-            "ix_event_job_id_time", "ix_event_campaign_id_time"} <= idx
-    assert insp.get_pk_constraint("metric_point")["constrained_columns"] == ["job_id", "name", "member", "step", "attempt_no"]
+    assert {
+        "ix_job_campaign_id_status",
+        "ix_job_status_desired_state",
+        "ix_attempt_status",
+        "ix_event_job_id_time",
+        "ix_event_campaign_id_time",
+    } <= idx
+    assert insp.get_pk_constraint("metric_point")["constrained_columns"] == [
+        "job_id",
+        "name",
+        "member",
+        "step",
+        "attempt_no",
+    ]
 
 
 def test_upgrade_from_each_revision(sqlite_file_engine, tmp_path):
@@ -130,14 +158,32 @@ def test_upgrade_from_each_revision(sqlite_file_engine, tmp_path):
     assert "ix_job_campaign_id_id" not in {i["name"] for i in sa.inspect(e).get_indexes("job")}
     assert upgrade(e) == head_revision()
     with e.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata) == []
+        assert (
+            compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+            )
+            == []
+        )
 
 
 def _new_campaign_row(name: str) -> dict:
-    now = datetime.now(timezone.utc)
-    return {"name": name, "config_hash": "h", "description": "", "config": {}, "code_version": "", "owner": "x",
-            "status": "CREATED", "launcher": "local", "max_concurrency": 1, "retry_limit": 0,
-            "estimate_gpu_hours": 0.0, "estimate_cost_usd": 0.0, "created_at": now, "updated_at": now}
+    now = datetime.now(UTC)
+    return {
+        "name": name,
+        "config_hash": "h",
+        "description": "",
+        "config": {},
+        "code_version": "",
+        "owner": "x",
+        "status": "CREATED",
+        "launcher": "local",
+        "max_concurrency": 1,
+        "retry_limit": 0,
+        "estimate_gpu_hours": 0.0,
+        "estimate_cost_usd": 0.0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def test_wal_lets_the_controller_commit_while_the_dashboard_reads(sqlite_file_engine):
@@ -157,6 +203,9 @@ def test_wal_lets_the_controller_commit_while_the_dashboard_reads(sqlite_file_en
             writer.commit()
         assert cur.execute("SELECT name FROM campaign").fetchall() == [("before",)]  # its snapshot
         cur.execute("COMMIT")
-        assert cur.execute("SELECT name FROM campaign ORDER BY id").fetchall() == [("before",), ("after",)]
+        assert cur.execute("SELECT name FROM campaign ORDER BY id").fetchall() == [
+            ("before",),
+            ("after",),
+        ]
     finally:
         reader.close()

@@ -14,30 +14,42 @@ import time
 from pathlib import Path
 
 import pytest
+from nsbi_ctl_testkit import (
+    FAST_ENV,
+    JobDef,
+    attempts_of,
+    campaign_done,
+    campaign_status,
+    controller_process_main,
+    job_states,
+    make_campaign,
+    metric_keys,
+    run_until,
+    snapshot,
+)
 from sqlmodel import Session, select
 
 from backend.controller import Controller, ControllerConfig
 from backend.db.models import Attempt, Event, Job
 from backend.launchers.local import LocalLauncher
 from backend.states import CampaignStatus, JobStatus
-from backend.stores import list_segments, open_store
-from backend.stores import layout
+from backend.stores import layout, list_segments, open_store
 from backend.stores.base import get_json
-from nsbi_ctl_testkit import (
-    FAST_ENV, JobDef, attempts_of, campaign_done, campaign_status, controller_process_main, job_states,
-    make_campaign, metric_keys, run_until, snapshot,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_kill_9_worker_mid_run_fails_the_attempt_and_the_retry_resumes(sqlite_file_engine, tmp_path):
+def test_kill_9_worker_mid_run_fails_the_attempt_and_the_retry_resumes(
+    sqlite_file_engine, tmp_path
+):
     engine = sqlite_file_engine
     store = open_store((tmp_path / "store").as_uri(), create=True)
     launcher = LocalLauncher(tmp_path / "var", gpus=[], extra_env=FAST_ENV)
     ctl = Controller(engine, store, {"local": launcher}, ControllerConfig(tick_interval_s=0.1))
     steps = 30
-    cid = make_campaign(engine, [JobDef("victim", {"steps": steps, "step_s": 0.05, "checkpoint_every": 5})])
+    cid = make_campaign(
+        engine, [JobDef("victim", {"steps": steps, "step_s": 0.05, "checkpoint_every": 5})]
+    )
     killed: list[int] = []
 
     def kill_when_halfway():
@@ -58,7 +70,7 @@ def test_kill_9_worker_mid_run_fails_the_attempt_and_the_retry_resumes(sqlite_fi
     assert a1.exit_code == 128 + signal.SIGKILL and "signal 9" in a1.failure_reason
     with Session(engine) as s:
         job = s.exec(select(Job)).one()
-        js = store.child(job.uri[len(store.uri) + 1:])
+        js = store.child(job.uri[len(store.uri) + 1 :])
     newest_ckpt = max(step for step, _ in list_segments(js, layout.checkpoints_prefix(1)))
     assert newest_ckpt >= 10 and newest_ckpt % 5 == 0
     summary = get_json(js, layout.result_key(2))["summary"]
@@ -73,14 +85,22 @@ def test_kill_9_worker_mid_run_fails_the_attempt_and_the_retry_resumes(sqlite_fi
 # after its first pass lets the campaign advance about one link per life, so 20 kills all
 # land inside the campaign however loaded the machine is.
 CHAIN = 22
-CAMPAIGN = [JobDef(f"j{i:02d}", {"steps": 3 + i % 4, "step_s": 0.05}, deps=(f"j{i - 1:02d}",) if i else ())
-            for i in range(CHAIN)]
+CAMPAIGN = [
+    JobDef(f"j{i:02d}", {"steps": 3 + i % 4, "step_s": 0.05}, deps=(f"j{i - 1:02d}",) if i else ())
+    for i in range(CHAIN)
+]
 
 
 def _controller_env(tmp_path: Path, db_path: Path) -> dict[str, str]:
-    return {**os.environ, **FAST_ENV, "NSBI_HOME": str(tmp_path / "home"), "DATABASE_URL": f"sqlite:///{db_path}",
-            "NSBI_STORE": (tmp_path / "store").as_uri(), "NSBI_LOCAL_MAX_CONCURRENT": "2",
-            "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        **FAST_ENV,
+        "NSBI_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "NSBI_STORE": (tmp_path / "store").as_uri(),
+        "NSBI_LOCAL_MAX_CONCURRENT": "2",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def _start_controller(env: dict[str, str], log) -> subprocess.Popen:
@@ -137,9 +157,16 @@ def test_controller_killed_20_times_matches_an_undisturbed_run(sqlite_file_engin
     cid = make_campaign(engine, CAMPAIGN)
     rng = random.Random(20261127)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["backend.controller", "backend.launchers.local", "backend.db", "nsbi_ctl_testkit"])
+    ctx.set_forkserver_preload(
+        ["backend.controller", "backend.launchers.local", "backend.db", "nsbi_ctl_testkit"]
+    )
     status = run_dir / "controller.json"
-    args = (f"sqlite:///{run_dir / 'nsbi.db'}", (run_dir / "store").as_uri(), str(run_dir / "var"), str(status))
+    args = (
+        f"sqlite:///{run_dir / 'nsbi.db'}",
+        (run_dir / "store").as_uri(),
+        str(run_dir / "var"),
+        str(status),
+    )
     kills = 0
     seen_states: list[dict[str, str]] = []
     done = campaign_done(engine, cid)
@@ -170,11 +197,18 @@ def test_controller_killed_20_times_matches_an_undisturbed_run(sqlite_file_engin
     assert campaign_status(ref_engine, ref_cid) == CampaignStatus.SUCCEEDED
     assert kills == 20
     # the kills were spread over the campaign: they found most links of the chain running
-    running = {name for st in seen_states for name, v in st.items() if v in (JobStatus.LAUNCHING, JobStatus.RUNNING)}
+    running = {
+        name
+        for st in seen_states
+        for name, v in st.items()
+        if v in (JobStatus.LAUNCHING, JobStatus.RUNNING)
+    }
     assert len(running) >= 10, seen_states
     got = snapshot(engine)
     assert got == reference
-    assert all(v["attempts"] == [(1, JobStatus.SUCCEEDED, 0)] for v in got.values())  # no duplicate attempt
+    assert all(
+        v["attempts"] == [(1, JobStatus.SUCCEEDED, 0)] for v in got.values()
+    )  # no duplicate attempt
     with Session(engine) as s:
         # one launch per job in the audit trail too, and one launcher instance per job
         launches = s.exec(select(Event).where(Event.to_state == JobStatus.LAUNCHING)).all()
@@ -195,20 +229,39 @@ def test_missing_store_path_is_a_clear_error_and_changes_nothing(sqlite_file_eng
     before = snapshot(engine)
     with Session(engine) as s:
         n_events = len(s.exec(select(Event)).all())
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "controller", "--once"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "controller", "--once"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
-    assert f"store root {missing} does not exist" in out.stderr and "Nothing was changed" in out.stderr
+    assert (
+        f"store root {missing} does not exist" in out.stderr and "Nothing was changed" in out.stderr
+    )
     assert not missing.exists()
     assert snapshot(engine) == before
     assert job_states(engine) == {"j": JobStatus.PENDING}
     with Session(engine) as s:
-        assert len(s.exec(select(Event)).all()) == n_events and s.exec(select(Attempt)).first() is None
+        assert (
+            len(s.exec(select(Event)).all()) == n_events and s.exec(select(Attempt)).first() is None
+        )
     # a worker pointed at a job in a store that is not there: exit 2 and a message naming it
     job_uri = missing.as_uri() + "/campaigns/c/jobs/j"
-    out = subprocess.run([sys.executable, "-m", "backend.commands.worker", job_uri, "--attempt", "1"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and f"store root {missing}/campaigns/c/jobs/j does not exist" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.commands.worker", job_uri, "--attempt", "1"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        out.returncode == 2
+        and f"store root {missing}/campaigns/c/jobs/j does not exist" in out.stderr
+    )
     assert not missing.exists()
 
 
@@ -220,13 +273,25 @@ def test_a_second_controller_on_the_same_home_refuses_to_start(sqlite_file_engin
     held = _single_instance_lock(tmp_path / "home" / "controller.lock")  # "the first controller"
     assert held is not None and _single_instance_lock(tmp_path / "home" / "controller.lock") is None
     try:
-        out = subprocess.run([sys.executable, "-m", "backend.commands.controller", "--once"], env=env, cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "backend.commands.controller", "--once"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 1 and "another controller holds" in out.stderr
     finally:
         held.close()  # released: as after a crash of the first controller (the kernel drops flocks)
-    out = subprocess.run([sys.executable, "-m", "backend.commands.controller", "--once"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.commands.controller", "--once"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
 
 

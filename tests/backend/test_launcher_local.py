@@ -10,10 +10,15 @@ import time
 import psutil
 import pytest
 
-from backend.launchers import CapacityError, InstanceState, LaunchRequest, get_launcher, instance_name
+from backend.launchers import (
+    CapacityError,
+    InstanceState,
+    LaunchRequest,
+    get_launcher,
+    instance_name,
+)
 from backend.launchers.local import MARKER, LocalLauncher
-from backend.stores import open_store, put_json
-from backend.stores import layout
+from backend.stores import layout, open_store, put_json
 from backend.worker import EXIT_PREEMPTED
 
 FAST_ENV = {"NSBI_WORKER_INTERVAL_S": "0.2"}
@@ -66,7 +71,9 @@ def test_launch_runs_the_worker_once_and_is_idempotent(store, launcher):
     third = launcher.launch(req)
     assert third.already_running and "exited" in third.detail
     job = store.child(layout.job_prefix("c", "j1"))
-    assert job.list("attempts/") and [k for k in job.list("attempts/") if k.endswith("exit.json")] == ["attempts/1/exit.json"]
+    assert job.list("attempts/") and [
+        k for k in job.list("attempts/") if k.endswith("exit.json")
+    ] == ["attempts/1/exit.json"]
     assert json.loads(job.get_bytes("attempts/1/exit.json"))["status"] == "succeeded"
     assert launcher.list_instances("c")[0].instance_id == "c-j1-1"
     assert launcher.list_instances("other") == []
@@ -74,7 +81,10 @@ def test_launch_runs_the_worker_once_and_is_idempotent(store, launcher):
 
 def test_concurrency_limit_and_gpu_assignment(store, tmp_path):
     lau = LocalLauncher(tmp_path / "gvar", max_concurrent=3, gpus=[0, 1], extra_env=FAST_ENV)
-    reqs = [LaunchRequest("c", f"g{i}", 1, make_job(store, f"g{i}", steps=100, step_s=0.1), gpus=1) for i in range(3)]
+    reqs = [
+        LaunchRequest("c", f"g{i}", 1, make_job(store, f"g{i}", steps=100, step_s=0.1), gpus=1)
+        for i in range(3)
+    ]
     try:
         lau.launch(reqs[0])
         lau.launch(reqs[1])
@@ -110,16 +120,27 @@ def test_cancel_sigterms_the_group_and_the_worker_exits_preempted(store, launche
     launcher.cancel(req.instance_id)
     st = wait_done(launcher, req.instance_id)
     assert time.time() - t0 < 5
-    assert (st.state, st.exit_code, st.detail) == (InstanceState.EXITED, EXIT_PREEMPTED, "cancelled")
+    assert (st.state, st.exit_code, st.detail) == (
+        InstanceState.EXITED,
+        EXIT_PREEMPTED,
+        "cancelled",
+    )
     exit_doc = json.loads(job.get_bytes(layout.exit_key(1)))
     assert exit_doc["status"] == "preempted" and exit_doc["exit_code"] == EXIT_PREEMPTED
     assert job.list(layout.checkpoints_prefix(1))
 
 
 def test_time_limit_then_sigkill_after_grace_for_a_worker_that_ignores_sigterm(store, tmp_path):
-    lau = LocalLauncher(tmp_path / "tvar", max_concurrent=1, gpus=[], grace_s=0.5, extra_env=FAST_ENV)
-    req = LaunchRequest("c", "hung", 1, make_job(store, "hung", steps=1000, step_s=0.05, ignore_stop=True),
-                        time_limit_s=1.0)
+    lau = LocalLauncher(
+        tmp_path / "tvar", max_concurrent=1, gpus=[], grace_s=0.5, extra_env=FAST_ENV
+    )
+    req = LaunchRequest(
+        "c",
+        "hung",
+        1,
+        make_job(store, "hung", steps=1000, step_s=0.05, ignore_stop=True),
+        time_limit_s=1.0,
+    )
     lau.launch(req)
     t0 = time.time()
     st = wait_done(lau, req.instance_id)
@@ -127,7 +148,9 @@ def test_time_limit_then_sigkill_after_grace_for_a_worker_that_ignores_sigterm(s
     assert (st.state, st.exit_code) == (InstanceState.EXITED, 128 + 9)  # the group got SIGKILL
     assert "time limit" in st.detail and "killed after" in st.detail
     assert lau.worker_pids(req.instance_id) == []
-    assert not store.child(layout.job_prefix("c", "hung")).exists(layout.exit_key(1))  # SIGKILL: no exit.json
+    assert not store.child(layout.job_prefix("c", "hung")).exists(
+        layout.exit_key(1)
+    )  # SIGKILL: no exit.json
 
 
 def test_a_restarted_launcher_finds_running_and_finished_processes(store, tmp_path):
@@ -143,22 +166,51 @@ def test_a_restarted_launcher_finds_running_and_finished_processes(store, tmp_pa
 
 def test_recycled_pid_is_not_mistaken_for_the_worker(tmp_path):
     lau = LocalLauncher(tmp_path / "pvar", gpus=[])
-    rec = {"instance_id": "c-x-1", "campaign": "c", "job": "x", "attempt": 1, "job_uri": "file:///nowhere",
-           "pid": os.getpid(), "create_time": psutil.Process().create_time() - 1000.0, "started_at": 0.0,
-           "deadline": None, "gpus": [], "log": "", "term_sent_at": None, "term_reason": "", "killed": False}
+    rec = {
+        "instance_id": "c-x-1",
+        "campaign": "c",
+        "job": "x",
+        "attempt": 1,
+        "job_uri": "file:///nowhere",
+        "pid": os.getpid(),
+        "create_time": psutil.Process().create_time() - 1000.0,
+        "started_at": 0.0,
+        "deadline": None,
+        "gpus": [],
+        "log": "",
+        "term_sent_at": None,
+        "term_reason": "",
+        "killed": False,
+    }
     (lau.instances_dir / "c-x-1.json").write_text(json.dumps(rec))
     st = lau.poll(["c-x-1", "c-unknown-1"])
     assert st["c-x-1"].state is InstanceState.GONE
-    assert st["c-unknown-1"].state is InstanceState.GONE and st["c-unknown-1"].detail == "no such instance"
+    assert (
+        st["c-unknown-1"].state is InstanceState.GONE
+        and st["c-unknown-1"].detail == "no such instance"
+    )
 
 
 def test_a_process_started_before_its_pid_was_recorded_is_found_by_marker(tmp_path):
     lau = LocalLauncher(tmp_path / "mvar", gpus=[])
     proc = subprocess.Popen(["sh", "-c", "sleep 30", MARKER + "c-m-1"], start_new_session=True)
     try:
-        rec = {"instance_id": "c-m-1", "campaign": "c", "job": "m", "attempt": 1, "job_uri": "file:///x",
-               "pid": None, "create_time": None, "started_at": time.time(), "deadline": None, "gpus": [],
-               "log": "", "term_sent_at": None, "term_reason": "", "killed": False}
+        rec = {
+            "instance_id": "c-m-1",
+            "campaign": "c",
+            "job": "m",
+            "attempt": 1,
+            "job_uri": "file:///x",
+            "pid": None,
+            "create_time": None,
+            "started_at": time.time(),
+            "deadline": None,
+            "gpus": [],
+            "log": "",
+            "term_sent_at": None,
+            "term_reason": "",
+            "killed": False,
+        }
         (lau.instances_dir / "c-m-1.json").write_text(json.dumps(rec))
         assert lau.launch(LaunchRequest("c", "m", 1, "file:///x")).already_running
         assert lau.poll(["c-m-1"])["c-m-1"].state is InstanceState.RUNNING
@@ -191,7 +243,9 @@ def test_forget_drops_a_finished_record_and_refuses_a_live_one(store, launcher):
         launcher.forget(live.instance_id)
     launcher.forget(done.instance_id)
     names = sorted(p.name for p in launcher.instances_dir.iterdir())
-    assert names == [f"{live.instance_id}.json"]  # record and exit status of the finished one are gone
+    assert names == [
+        f"{live.instance_id}.json"
+    ]  # record and exit status of the finished one are gone
     assert launcher.log_path(done.instance_id).exists()  # the log stays
     assert [st.instance_id for st in launcher.list_instances()] == [live.instance_id]
     assert launcher.free_slots() == 1  # what is forgotten no longer takes a slot or a read

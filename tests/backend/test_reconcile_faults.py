@@ -20,20 +20,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from nsbi_ctl_testkit import (
+    FAST_ENV,
+    JobDef,
+    attempts_of,
+    campaign_done,
+    campaign_status,
+    fresh_postgres_url,
+    job_states,
+    make_campaign,
+    metric_keys,
+    postgres_available,
+    run_until,
+)
 from sqlmodel import Session, select
 
 from backend.controller import Controller, ControllerConfig
 from backend.db.models import Attempt, Event, Job, MetricPoint
 from backend.launchers.local import LocalLauncher
 from backend.states import CampaignStatus, JobStatus
-from backend.stores import list_segments, open_store
-from backend.stores import layout
+from backend.stores import layout, list_segments, open_store
 from backend.stores.base import get_json, put_json
 from backend.worker import EXIT_BAD_SPEC, run_attempt
-from nsbi_ctl_testkit import (
-    FAST_ENV, JobDef, attempts_of, campaign_done, campaign_status, fresh_postgres_url, job_states, make_campaign,
-    metric_keys, postgres_available, run_until,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,14 +75,22 @@ def _kill_mid_launch_then_recover(engine, db_url: str, tmp_path: Path, kill_at: 
     store_uri = (tmp_path / "store").as_uri()
     open_store(store_uri, create=True)
     var = tmp_path / "var"
-    out = subprocess.run([sys.executable, "-c", _KILLED_CONTROLLER, db_url, store_uri, str(var), str(kill_at)],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _KILLED_CONTROLLER, db_url, store_uri, str(var), str(kill_at)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == -signal.SIGKILL, out.stderr
     # the kill came after the pass committed every attempt in LAUNCHING, before any outcome
     assert job_states(engine) == {f"j{i}": JobStatus.LAUNCHING for i in range(4)}
     with Session(engine) as s:
-        assert all(a.status == JobStatus.LAUNCHING and a.instance_id is None for a in s.exec(select(Attempt)))
+        assert all(
+            a.status == JobStatus.LAUNCHING and a.instance_id is None
+            for a in s.exec(select(Attempt))
+        )
     started = sorted(p.stem for p in (var / "instances").glob("*.json"))
     assert len(started) == kill_at  # the workers the killed pass had started
     launcher = LocalLauncher(var, max_concurrent=4, gpus=[], extra_env=FAST_ENV)
@@ -90,16 +106,24 @@ def _kill_mid_launch_then_recover(engine, db_url: str, tmp_path: Path, kill_at: 
     assert campaign_status(engine, cid) == CampaignStatus.SUCCEEDED
     with Session(engine) as s:
         for job in s.exec(select(Job)):
-            assert [(a.attempt_no, a.status, a.exit_code) for a in attempts_of(engine, job.name)] == \
-                [(1, JobStatus.SUCCEEDED, 0)]
-            path = [e.to_state for e in s.exec(select(Event).where(Event.job_id == job.id).order_by(Event.id))]
+            assert [
+                (a.attempt_no, a.status, a.exit_code) for a in attempts_of(engine, job.name)
+            ] == [(1, JobStatus.SUCCEEDED, 0)]
+            path = [
+                e.to_state
+                for e in s.exec(select(Event).where(Event.job_id == job.id).order_by(Event.id))
+            ]
             assert path == ["LAUNCHING", "RUNNING", "SUCCEEDED"]
             # one worker process per attempt: every heartbeat of the attempt names the same pid
             js = open_store(job.uri)
-            pids = {get_json(js, key)["pid"] for _, key in list_segments(js, layout.heartbeat_prefix(1))}
+            pids = {
+                get_json(js, key)["pid"] for _, key in list_segments(js, layout.heartbeat_prefix(1))
+            }
             assert len(pids) == 1
         assert len(s.exec(select(MetricPoint).where(MetricPoint.name == "loss")).all()) == 4 * 4
-    assert sorted(p.stem for p in (var / "logs").glob("*.log")) == sorted(a.instance_id for a in _attempts(engine))
+    assert sorted(p.stem for p in (var / "logs").glob("*.log")) == sorted(
+        a.instance_id for a in _attempts(engine)
+    )
     assert list((var / "instances").glob("*.json")) == []  # pruned once each end was committed
 
 
@@ -109,8 +133,12 @@ def _attempts(engine) -> list[Attempt]:
 
 
 @pytest.mark.parametrize("kill_at", [0, 2])
-def test_kill_9_between_the_attempt_commit_and_the_launch_outcomes_on_sqlite(sqlite_file_engine, tmp_path, kill_at):
-    _kill_mid_launch_then_recover(sqlite_file_engine, str(sqlite_file_engine.url), tmp_path, kill_at)
+def test_kill_9_between_the_attempt_commit_and_the_launch_outcomes_on_sqlite(
+    sqlite_file_engine, tmp_path, kill_at
+):
+    _kill_mid_launch_then_recover(
+        sqlite_file_engine, str(sqlite_file_engine.url), tmp_path, kill_at
+    )
 
 
 @pytest.mark.postgres
@@ -129,23 +157,36 @@ def test_kill_9_between_the_attempt_commit_and_the_launch_outcomes_on_postgresql
 
 def _controller(engine, tmp_path: Path) -> tuple[Controller, LocalLauncher]:
     store = open_store((tmp_path / "store").as_uri(), create=True)
-    launcher = LocalLauncher(tmp_path / "var", max_concurrent=2, gpus=[], grace_s=3, extra_env=FAST_ENV)
-    return Controller(engine, store, {"local": launcher}, ControllerConfig(tick_interval_s=0.1)), launcher
+    launcher = LocalLauncher(
+        tmp_path / "var", max_concurrent=2, gpus=[], grace_s=3, extra_env=FAST_ENV
+    )
+    return Controller(
+        engine, store, {"local": launcher}, ControllerConfig(tick_interval_s=0.1)
+    ), launcher
 
 
 def test_a_bad_job_spec_fails_the_job_for_good_without_retries(sqlite_file_engine, tmp_path):
     engine = sqlite_file_engine
     ctl, launcher = _controller(engine, tmp_path)
-    cid = make_campaign(engine, [JobDef("bad", spec={"kind": "nonsense", "name": "bad"}, max_retries=3),
-                                 JobDef("after", {"steps": 1}, deps=("bad",)),
-                                 JobDef("fine", {"steps": 2, "step_s": 0.02})])
+    cid = make_campaign(
+        engine,
+        [
+            JobDef("bad", spec={"kind": "nonsense", "name": "bad"}, max_retries=3),
+            JobDef("after", {"steps": 1}, deps=("bad",)),
+            JobDef("fine", {"steps": 2, "step_s": 0.02}),
+        ],
+    )
     try:
         run_until(ctl, campaign_done(engine, cid), timeout=60)
     finally:
         for st in launcher.list_instances():
             launcher.kill(st.instance_id)
     assert campaign_status(engine, cid) == CampaignStatus.FAILED
-    assert job_states(engine) == {"bad": JobStatus.FAILED, "after": JobStatus.CANCELLED, "fine": JobStatus.SUCCEEDED}
+    assert job_states(engine) == {
+        "bad": JobStatus.FAILED,
+        "after": JobStatus.CANCELLED,
+        "fine": JobStatus.SUCCEEDED,
+    }
     (att,) = attempts_of(engine, "bad")  # one attempt although three retries were allowed
     assert att.exit_code == EXIT_BAD_SPEC
     assert att.failure_reason.startswith("bad job spec (exit code 2; not retried):")
@@ -189,10 +230,16 @@ def test_an_unreadable_attempt_holds_back_no_other_attempt_of_the_pass(engine, t
         s.commit()
     good, broken = (ctl.store.child(f"campaigns/c{cid}/jobs/{n}") for n in ("good", "broken"))
     records = [{"member": -1, "step": k, "name": "loss", "value": 1.0 / k} for k in (1, 2)]
-    good.put_bytes(layout.metrics_prefix(1) + "/00000001.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    good.put_bytes(
+        layout.metrics_prefix(1) + "/00000001.jsonl",
+        "".join(json.dumps(r) + "\n" for r in records).encode(),
+    )
     put_json(good, layout.result_key(1), {"status": "succeeded", "kind": "noop", "summary": {}})
     put_json(good, layout.exit_key(1), {"status": "succeeded", "exit_code": 0, "error": None})
-    broken.put_bytes(layout.metrics_prefix(1) + "/00000001.jsonl", b'{"member": -1, "step": 1, "name": "loss", "value": 1}\n')
+    broken.put_bytes(
+        layout.metrics_prefix(1) + "/00000001.jsonl",
+        b'{"member": -1, "step": 1, "name": "loss", "value": 1}\n',
+    )
     broken.put_bytes(layout.metrics_prefix(1) + "/00000002.jsonl", b"{half a line")
     report = ctl.tick()
     assert report.finished == 1 and report.metrics == 2
@@ -207,7 +254,10 @@ def test_an_unreadable_attempt_holds_back_no_other_attempt_of_the_pass(engine, t
 def test_records_of_ended_attempts_are_swept_by_the_next_controller(sqlite_file_engine, tmp_path):
     engine = sqlite_file_engine
     ctl, launcher = _controller(engine, tmp_path)
-    cid = make_campaign(engine, [JobDef("a", {"steps": 2, "step_s": 0.02}), JobDef("b", {"steps": 2, "step_s": 0.02})])
+    cid = make_campaign(
+        engine,
+        [JobDef("a", {"steps": 2, "step_s": 0.02}), JobDef("b", {"steps": 2, "step_s": 0.02})],
+    )
     run_until(ctl, campaign_done(engine, cid), timeout=60)
     instances = tmp_path / "var" / "instances"
     assert list(instances.glob("*")) == []
@@ -215,10 +265,27 @@ def test_records_of_ended_attempts_are_swept_by_the_next_controller(sqlite_file_
     # behind, next to a record no attempt in this database knows (not ours to judge)
     (ended,) = attempts_of(engine, "a")
     for iid in (ended.instance_id, "other-campaign-job-1"):
-        (instances / f"{iid}.json").write_text(json.dumps({
-            "instance_id": iid, "campaign": "c", "job": "j", "attempt": 1, "job_uri": "file:///x", "pid": None,
-            "create_time": None, "started_at": 0.0, "deadline": None, "gpus": [], "log": ""}))
+        (instances / f"{iid}.json").write_text(
+            json.dumps(
+                {
+                    "instance_id": iid,
+                    "campaign": "c",
+                    "job": "j",
+                    "attempt": 1,
+                    "job_uri": "file:///x",
+                    "pid": None,
+                    "create_time": None,
+                    "started_at": 0.0,
+                    "deadline": None,
+                    "gpus": [],
+                    "log": "",
+                }
+            )
+        )
         (instances / f"{iid}.rc").write_text("0\n")
     fresh = LocalLauncher(tmp_path / "var", gpus=[], extra_env=FAST_ENV)
     Controller(engine, ctl.store, {"local": fresh}, ControllerConfig()).tick()
-    assert sorted(p.name for p in instances.glob("*")) == ["other-campaign-job-1.json", "other-campaign-job-1.rc"]
+    assert sorted(p.name for p in instances.glob("*")) == [
+        "other-campaign-job-1.json",
+        "other-campaign-job-1.rc",
+    ]

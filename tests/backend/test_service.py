@@ -21,15 +21,26 @@ T0 = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
 
 def _row_counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
-        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-                for t in SQLModel.metadata.sorted_tables}
+        return {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in SQLModel.metadata.sorted_tables
+        }
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d["backend"].update(launcher="kubernetes"), "backend.launcher: 'kubernetes' is not allowed; allowed values: 'local', 'gce'"),
-    (lambda d: d["training"].update(members_per_job=0), "training.members_per_job: 0 is less than the minimum of 1"),
-    (lambda d: d.pop("processes"), "missing required key(s) 'processes'"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (
+            lambda d: d["backend"].update(launcher="kubernetes"),
+            "backend.launcher: 'kubernetes' is not allowed; allowed values: 'local', 'gce'",
+        ),
+        (
+            lambda d: d["training"].update(members_per_job=0),
+            "training.members_per_job: 0 is less than the minimum of 1",
+        ),
+        (lambda d: d.pop("processes"), "missing required key(s) 'processes'"),
+    ],
+)
 def test_bad_config_changes_nothing(engine, mutate, match):
     service.create_campaign(demo_config(), engine=engine)
     before = _row_counts(engine)
@@ -51,7 +62,12 @@ def test_create_stores_jobs_and_dag(engine):
     for p in plans:
         assert sorted(by_name[d].id for d in p.depends_on) == sorted(by_name[p.name].depends_on)
     (summary,) = service.list_campaigns(engine=engine)
-    assert (summary.id, summary.status, summary.n_jobs, summary.progress) == (cid, "CREATED", len(plans), 0.0)
+    assert (summary.id, summary.status, summary.n_jobs, summary.progress) == (
+        cid,
+        "CREATED",
+        len(plans),
+        0.0,
+    )
     assert summary.counts["PENDING"] == len(plans)
     detail = service.get_campaign(cid, engine=engine)
     assert detail.config["name"] == "demo" and len(detail.config_hash) == 64
@@ -105,8 +121,15 @@ def test_cancel_and_retry_intents(engine):
     with session_scope(engine) as s:
         assert jobs_repo.settle_campaigns(s) == {cid: CampaignStatus.CANCELLED}
     events = service.job_events(ids[0], engine=engine)
-    assert [e["to_state"] for e in events] == ["LAUNCHING", "RUNNING", "FAILED", "RETRY_REQUESTED", "PENDING",
-                                               "CANCEL_REQUESTED", "CANCELLED"]
+    assert [e["to_state"] for e in events] == [
+        "LAUNCHING",
+        "RUNNING",
+        "FAILED",
+        "RETRY_REQUESTED",
+        "PENDING",
+        "CANCEL_REQUESTED",
+        "CANCELLED",
+    ]
     with pytest.raises(service.IntentError, match="CANCELLED"):
         service.request_launch(cid, engine=engine)
     with pytest.raises(service.NotFound):
@@ -126,11 +149,15 @@ def test_failed_dependency_cancels_dependants_after_retries(sqlite_engine):
         assert jobs_repo.retryable_failed_jobs(s) == []
         out = jobs_repo.apply_simple_intents(s)
     # the fit waits on the failed training, and the impacts/scans on the fit
-    cancelled = {r.name for r in service.list_jobs(cid, states=["CANCELLED"], limit=100, engine=e)[0]}
+    cancelled = {
+        r.name for r in service.list_jobs(cid, states=["CANCELLED"], limit=100, engine=e)[0]
+    }
     assert cancelled == {"fit"} and len(out["cancelled"]) == 1
     with session_scope(e) as s:
         jobs_repo.apply_simple_intents(s)
-    cancelled = {r.kind for r in service.list_jobs(cid, states=["CANCELLED"], limit=100, engine=e)[0]}
+    cancelled = {
+        r.kind for r in service.list_jobs(cid, states=["CANCELLED"], limit=100, engine=e)[0]
+    }
     assert cancelled == {"fit", "impacts", "scan"}
 
 
@@ -152,8 +179,16 @@ def _seed_metrics(engine, steps_by_member: dict[int, int]) -> int:
     with session_scope(engine) as s:
         job = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id)).first()
         for local, n in steps_by_member.items():
-            recs = [{"member": local, "step": k, "epoch": k // 10, "name": "val_loss", "value": 1.0 / (k + 1)}
-                    for k in range(n)]
+            recs = [
+                {
+                    "member": local,
+                    "step": k,
+                    "epoch": k // 10,
+                    "name": "val_loss",
+                    "value": 1.0 / (k + 1),
+                }
+                for k in range(n)
+            ]
             assert jobs_repo.ingest_metrics(s, job, 1, recs) == n
         return job.id
 
@@ -194,21 +229,33 @@ def _seed_steps(engine, steps_by_member: dict[int, list[int]]) -> int:
     with session_scope(engine) as s:
         job = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id)).first()
         for member, steps in steps_by_member.items():
-            recs = [{"member": member, "step": int(k), "name": "val_loss", "value": 1.0 / (k + 1)} for k in steps]
+            recs = [
+                {"member": member, "step": int(k), "name": "val_loss", "value": 1.0 / (k + 1)}
+                for k in steps
+            ]
             assert jobs_repo.ingest_metrics(s, job, 1, recs) == len(steps)
         return job.id
 
 
-@pytest.mark.parametrize("steps, m", [
-    (np.arange(6000), 100),           # contiguous: every 64th step
-    (np.arange(1000), 7),
-    (np.arange(50), 50), (np.arange(51), 50),
-    (np.arange(3, 30_000, 10), 500),  # offset, spacing 10: multiples of 2**k*... among them
-    (np.concatenate([np.arange(100), np.arange(100, 200_000, 37)]), 300),  # dense start, sparse tail
-])
+@pytest.mark.parametrize(
+    "steps, m",
+    [
+        (np.arange(6000), 100),  # contiguous: every 64th step
+        (np.arange(1000), 7),
+        (np.arange(50), 50),
+        (np.arange(51), 50),
+        (np.arange(3, 30_000, 10), 500),  # offset, spacing 10: multiples of 2**k*... among them
+        (
+            np.concatenate([np.arange(100), np.arange(100, 200_000, 37)]),
+            300,
+        ),  # dense start, sparse tail
+    ],
+)
 def test_metric_downsampling_matches_reference(sqlite_engine, steps, m):
     job_id = _seed_steps(sqlite_engine, {0: steps.tolist(), 1: [0, 1, 2]})
-    rows = service.metric_series(job_id=job_id, names=["val_loss"], max_points=m, engine=sqlite_engine)
+    rows = service.metric_series(
+        job_id=job_id, names=["val_loss"], max_points=m, engine=sqlite_engine
+    )
     got0 = [r["step"] for r in rows if r["member"] == 0]
     assert got0 == _expected_steps(steps, m) and len(got0) <= m + 1
     assert [r["step"] for r in rows if r["member"] == 1] == [0, 1, 2]
@@ -234,21 +281,43 @@ def test_resource_series(engine):
     cid = service.create_campaign(demo_config(), engine=engine)
     with session_scope(engine) as s:
         job = s.exec(select(Job).where(Job.campaign_id == cid)).first()
-        samples = [{"time": T0 + timedelta(seconds=5 * i), "cpu_percent": 50.0 + i, "rss_bytes": 10**9,
-                    "gpus": [{"index": 0, "util_percent": 80.0, "memory_bytes": 2**30, "power_w": 100.0},
-                             {"index": 1, "util_percent": 60.0, "memory_bytes": 2**30, "power_w": 50.0}]}
-                   for i in range(10)]
+        samples = [
+            {
+                "time": T0 + timedelta(seconds=5 * i),
+                "cpu_percent": 50.0 + i,
+                "rss_bytes": 10**9,
+                "gpus": [
+                    {"index": 0, "util_percent": 80.0, "memory_bytes": 2**30, "power_w": 100.0},
+                    {"index": 1, "util_percent": 60.0, "memory_bytes": 2**30, "power_w": 50.0},
+                ],
+            }
+            for i in range(10)
+        ]
         assert jobs_repo.ingest_resources(s, job.id, 1, samples) == 10
         assert jobs_repo.ingest_resources(s, job.id, 1, samples) == 0
     rows = service.resource_series(job_id=job.id, max_points=5, engine=engine)
     assert [r["time"] for r in rows] == [T0 + timedelta(seconds=5 * i) for i in (0, 2, 4, 6, 8, 9)]
-    assert rows[0]["gpu_util_mean"] == 70.0 and rows[0]["gpu_power_w"] == 150.0 and rows[0]["gpu_memory_bytes"] == 2**31
+    assert (
+        rows[0]["gpu_util_mean"] == 70.0
+        and rows[0]["gpu_power_w"] == 150.0
+        and rows[0]["gpu_memory_bytes"] == 2**31
+    )
 
 
 def _attempt(s, job, no, *, machine, spot, gpus, price, start, hours, status=JobStatus.SUCCEEDED):
-    a = Attempt(job_id=job.id, attempt_no=no, launcher="gce", machine_type=machine, spot=spot, gpu_count=gpus,
-                gpu_type="nvidia-tesla-t4" if gpus else None, price_per_hour=price, created_at=start,
-                launched_at=start, status=status)
+    a = Attempt(
+        job_id=job.id,
+        attempt_no=no,
+        launcher="gce",
+        machine_type=machine,
+        spot=spot,
+        gpu_count=gpus,
+        gpu_type="nvidia-tesla-t4" if gpus else None,
+        price_per_hour=price,
+        created_at=start,
+        launched_at=start,
+        status=status,
+    )
     s.add(a)
     s.flush()
     if hours is not None:
@@ -263,10 +332,41 @@ def test_cost_summary_and_recoveries(engine):
     now = datetime.now(UTC)
     with session_scope(engine) as s:
         j1, j2 = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id)).all()[:2]
-        _attempt(s, j1, 1, machine="n1-standard-8", spot=True, gpus=1, price=0.5, start=T0, hours=3, status="PREEMPTED")
-        _attempt(s, j1, 2, machine="n1-standard-8", spot=True, gpus=1, price=0.6, start=T0 + timedelta(hours=4), hours=1)
-        _attempt(s, j2, 1, machine="g2-standard-8", spot=False, gpus=0, price=1.0, start=now - timedelta(hours=2),
-                 hours=None, status="RUNNING")
+        _attempt(
+            s,
+            j1,
+            1,
+            machine="n1-standard-8",
+            spot=True,
+            gpus=1,
+            price=0.5,
+            start=T0,
+            hours=3,
+            status="PREEMPTED",
+        )
+        _attempt(
+            s,
+            j1,
+            2,
+            machine="n1-standard-8",
+            spot=True,
+            gpus=1,
+            price=0.6,
+            start=T0 + timedelta(hours=4),
+            hours=1,
+        )
+        _attempt(
+            s,
+            j2,
+            1,
+            machine="g2-standard-8",
+            spot=False,
+            gpus=0,
+            price=1.0,
+            start=now - timedelta(hours=2),
+            hours=None,
+            status="RUNNING",
+        )
         j1_id, j2_id = j1.id, j2.id
     by_campaign = service.cost_summary(("campaign",), engine=engine)
     assert len(by_campaign) == 1
@@ -274,7 +374,10 @@ def test_cost_summary_and_recoveries(engine):
     assert (r["campaign"], r["campaign_name"], r["attempts"]) == (cid, "demo", 3)
     assert r["cost"] == pytest.approx(0.5 * 3 + 0.6 * 1 + 1.0 * 2, rel=1e-3)
     assert r["gpu_hours"] == pytest.approx(4.0) and r["hours"] == pytest.approx(6.0, rel=1e-3)
-    by_day = {(x["day"], x["machine"], x["spot"]): x for x in service.cost_summary(("day", "machine", "spot"), engine=engine)}
+    by_day = {
+        (x["day"], x["machine"], x["spot"]): x
+        for x in service.cost_summary(("day", "machine", "spot"), engine=engine)
+    }
     assert by_day[("2026-03-01", "n1-standard-8", True)]["cost"] == pytest.approx(1.5)
     assert by_day[("2026-03-02", "n1-standard-8", True)]["cost"] == pytest.approx(0.6)
     # cost of a job is summed over its recoveries
@@ -288,7 +391,9 @@ def test_cost_summary_and_recoveries(engine):
 
 def test_budget_decision(engine):
     raw = copy.deepcopy(DEMO_CONFIG)
-    raw["backend"].update(launcher="gce", machine_type="n1-standard-8", budget_usd=1.0, zones=["us-central1-b"])
+    raw["backend"].update(
+        launcher="gce", machine_type="n1-standard-8", budget_usd=1.0, zones=["us-central1-b"]
+    )
     cid = service.create_campaign(raw, engine=engine)
     est = service.estimate_campaign(raw)
     price = est.per_job[0].price_per_hour
@@ -298,15 +403,21 @@ def test_budget_decision(engine):
     assert d.allowed and d.spent_usd == 0 and d.next_usd == pytest.approx(0.02 * price)
     with session_scope(engine) as s:
         j = s.exec(select(Job).where(Job.campaign_id == cid)).first()
-        _attempt(s, j, 1, machine="n1-standard-8", spot=False, gpus=0, price=0.38, start=T0, hours=2.5)
+        _attempt(
+            s, j, 1, machine="n1-standard-8", spot=False, gpus=0, price=0.38, start=T0, hours=2.5
+        )
     d = service.budget_allows_launch(cid, next_job_cost=0.05, engine=engine)
     assert d.allowed and d.spent_usd == pytest.approx(0.95)
     d = service.budget_allows_launch(cid, next_job_cost=0.051, engine=engine)
     assert not d.allowed
-    assert d.reason.startswith("over budget: spent 0.95 + running 0.00 + next job 0.05 = 1.00 USD of budget 1.00 USD")
+    assert d.reason.startswith(
+        "over budget: spent 0.95 + running 0.00 + next job 0.05 = 1.00 USD of budget 1.00 USD"
+    )
     with session_scope(engine) as s:
         j = s.exec(select(Job).where(Job.campaign_id == cid).order_by(Job.id.desc())).first()
-        _attempt(s, j, 1, machine="n1-standard-8", spot=False, gpus=0, price=0.38, start=T0, hours=0.125)
+        _attempt(
+            s, j, 1, machine="n1-standard-8", spot=False, gpus=0, price=0.38, start=T0, hours=0.125
+        )
     assert service.get_campaign(cid, engine=engine).budget.allowed is False
 
 
@@ -317,34 +428,62 @@ def test_fit_results(engine):
         jobs_repo.record_fit_result(s, fit, {"pulls": {"a": 0.1}}, mu_hat=1.1, sigma=0.3)
     with session_scope(engine) as s:
         fit = s.exec(select(Job).where(Job.campaign_id == cid, Job.kind == "fit")).one()
-        jobs_repo.record_fit_result(s, fit, {"pulls": {"a": 0.2}}, mu_hat=1.05, sigma=0.25)  # replaces
+        jobs_repo.record_fit_result(
+            s, fit, {"pulls": {"a": 0.2}}, mu_hat=1.05, sigma=0.25
+        )  # replaces
     (r,) = service.fit_results(cid, engine=engine)
-    assert (r["job_name"], r["kind"], r["mu_hat"], r["sigma"], r["payload"]) == ("fit", "fit", 1.05, 0.25, {"pulls": {"a": 0.2}})
+    assert (r["job_name"], r["kind"], r["mu_hat"], r["sigma"], r["payload"]) == (
+        "fit",
+        "fit",
+        1.05,
+        0.25,
+        {"pulls": {"a": 0.2}},
+    )
 
 
 def test_artifacts_recorded_once(engine):
     cid = service.create_campaign(demo_config(), engine=engine)
     with session_scope(engine) as s:
         j = s.exec(select(Job).where(Job.campaign_id == cid)).first()
-        assert jobs_repo.record_artifact(s, j.id, "ensemble", "file:///x/e.nsbi", size_bytes=10, checksum="sha256:ab")
+        assert jobs_repo.record_artifact(
+            s, j.id, "ensemble", "file:///x/e.nsbi", size_bytes=10, checksum="sha256:ab"
+        )
         assert not jobs_repo.record_artifact(s, j.id, "ensemble", "file:///x/e.nsbi")
 
 
 def test_start_fit_adds_a_new_fit_run(engine):
     cid = service.create_campaign(demo_config(), engine=engine)
     n_before = service.list_jobs(cid, engine=engine)[1]
-    ids = service.start_fit(cid, {"data": "observed", "mu_true": 1.3, "steps": ["scan", "toys"],
-                                  "scan": {"low": 0.0, "high": 2.0, "points": 5}, "toys": 25}, engine=engine)
+    ids = service.start_fit(
+        cid,
+        {
+            "data": "observed",
+            "mu_true": 1.3,
+            "steps": ["scan", "toys"],
+            "scan": {"low": 0.0, "high": 2.0, "points": 5},
+            "toys": 25,
+        },
+        engine=engine,
+    )
     rows = {r.id: r for r in service.list_jobs(cid, limit=100, engine=engine)[0]}
     new = [rows[i] for i in ids]
-    assert [r.name for r in new] == ["fit-r2", "scan-r2-000", "scan-r2-001", "toys-r2-000", "toys-r2-001", "toys-r2-002"]
+    assert [r.name for r in new] == [
+        "fit-r2",
+        "scan-r2-000",
+        "scan-r2-001",
+        "toys-r2-000",
+        "toys-r2-001",
+        "toys-r2-002",
+    ]
     assert len(rows) == n_before + len(ids)
     trains = sorted(r.id for r in rows.values() if r.kind == "train")
     assert sorted(new[0].depends_on) == trains and all(r.depends_on == [ids[0]] for r in new[1:])
     assert all(r.desired_state == DesiredState.HOLD for r in new)  # campaign not launched yet
     with session_scope(engine) as s:
         fit = s.get(Job, ids[0])
-        assert fit.spec["params"]["data"]["demo"]["mu"] == 1.3 and fit.spec["params"]["mu_true"] == 1.3
+        assert (
+            fit.spec["params"]["data"]["demo"]["mu"] == 1.3 and fit.spec["params"]["mu_true"] == 1.3
+        )
         scans = [s.get(Job, i).spec["params"]["poi_values"] for i in ids[1:3]]
     assert scans == [[0.0, 0.5, 1.0], [1.5, 2.0]]
     assert sorted(s for r in new for s in r.seeds) == list(range(1000, 1025))
@@ -363,14 +502,21 @@ def test_campaign_diagnostics_come_from_train_results(sqlite_engine):
     cid = service.create_campaign(demo_config(), engine=e)
     assert service.campaign_diagnostics(cid, engine=e) == {}
     with session_scope(e) as s:
-        trains = s.exec(select(Job).where(Job.campaign_id == cid, Job.kind == "train").order_by(Job.id)).all()
+        trains = s.exec(
+            select(Job).where(Job.campaign_id == cid, Job.kind == "train").order_by(Job.id)
+        ).all()
         # second pack of S_vs_B reports diagnostics, first pack none; SBI_vs_B first pack reports
         jobs_repo.record_job_result(s, trains[0], {"task": "S_vs_B"})
         jobs_repo.record_job_result(s, trains[1], {"diagnostics": {"closure_chi2": 1.2}})
-        jobs_repo.record_job_result(s, trains[2], {"diagnostics": {"closure_chi2": 0.9, "jobs": "ignored"}})
+        jobs_repo.record_job_result(
+            s, trains[2], {"diagnostics": {"closure_chi2": 0.9, "jobs": "ignored"}}
+        )
         ids = [t.id for t in trains[:3]]
     diag = service.campaign_diagnostics(cid, engine=e)
-    assert diag == {"S_vs_B": {"jobs": ids[:2], "closure_chi2": 1.2}, "SBI_vs_B": {"jobs": [ids[2]], "closure_chi2": 0.9}}
+    assert diag == {
+        "S_vs_B": {"jobs": ids[:2], "closure_chi2": 1.2},
+        "SBI_vs_B": {"jobs": [ids[2]], "closure_chi2": 0.9},
+    }
     assert service.fit_results(cid, engine=e) == []  # train results are not fit results
 
 
@@ -388,7 +534,10 @@ def _finish_all(engine, cid, final_for):
                 jobs_repo.end_attempt(s, j, a, final_for(j))
 
 
-@pytest.mark.parametrize("case, expected", [("all_ok", "SUCCEEDED"), ("one_failed", "FAILED"), ("one_cancelled", "CANCELLED")])
+@pytest.mark.parametrize(
+    "case, expected",
+    [("all_ok", "SUCCEEDED"), ("one_failed", "FAILED"), ("one_cancelled", "CANCELLED")],
+)
 def test_settle_campaign_outcomes(sqlite_engine, case, expected):
     e = sqlite_engine
     raw = copy.deepcopy(DEMO_CONFIG)
@@ -419,7 +568,9 @@ def test_ready_jobs_within_concurrency(engine):
         capped = jobs_repo.ready_jobs(s, within_concurrency=True)
         assert len(all_ready) == 16
         # per campaign the first max_concurrency jobs in launch order
-        expected = [j.id for j in all_ready if j.campaign_id == c1][:3] + [j.id for j in all_ready if j.campaign_id == c2][:1]
+        expected = [j.id for j in all_ready if j.campaign_id == c1][:3] + [
+            j.id for j in all_ready if j.campaign_id == c2
+        ][:1]
         assert sorted(j.id for j in capped) == sorted(expected)
         first = capped[0]
         jobs_repo.begin_attempt(s, first, launcher="local", price_per_hour=0.0)

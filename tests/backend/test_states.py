@@ -10,25 +10,41 @@ from sqlmodel import select
 from backend import jobs_repo, service
 from backend.campaigns import demo_config
 from backend.db import Event, Job, session_scope
+from backend.db.transitions import transition
 from backend.states import (
     TRANSITIONS,
     IllegalTransition,
     JobStatus,
     RetryLimitExceeded,
     check_transition,
-    transition,
 )
 
-P, L, R, S, F, X, C = (JobStatus.PENDING, JobStatus.LAUNCHING, JobStatus.RUNNING, JobStatus.SUCCEEDED,
-                       JobStatus.FAILED, JobStatus.PREEMPTED, JobStatus.CANCELLED)
+P, L, R, S, F, X, C = (
+    JobStatus.PENDING,
+    JobStatus.LAUNCHING,
+    JobStatus.RUNNING,
+    JobStatus.SUCCEEDED,
+    JobStatus.FAILED,
+    JobStatus.PREEMPTED,
+    JobStatus.CANCELLED,
+)
 
 # The spec, written out edge by edge (independently of TRANSITIONS).
 SPEC_EDGES = {
-    (P, L), (L, R), (R, S), (R, F), (R, C),  # the main line
-    (R, X), (X, P),  # preemption and recovery
+    (P, L),
+    (L, R),
+    (R, S),
+    (R, F),
+    (R, C),  # the main line
+    (R, X),
+    (X, P),  # preemption and recovery
     (F, P),  # retry
-    (P, C), (L, C),  # cancel before running
-    (L, F), (L, X), (X, C), (X, F),  # launch failure / spot stock-out / cancel or give up while preempted
+    (P, C),
+    (L, C),  # cancel before running
+    (L, F),
+    (L, X),
+    (X, C),
+    (X, F),  # launch failure / spot stock-out / cancel or give up while preempted
 }
 
 
@@ -113,7 +129,9 @@ def test_attempt_protocol_is_crash_safe(sqlite_engine):
     # "crash" here: a new session finds the half-done launch
     with session_scope(sqlite_engine) as s:
         half = jobs_repo.half_done_launches(s)
-        assert [(j.id, a.attempt_no, a.status, a.instance_id) for j, a in half] == [(job.id, 1, L, None)]
+        assert [(j.id, a.attempt_no, a.status, a.instance_id) for j, a in half] == [
+            (job.id, 1, L, None)
+        ]
     with pytest.raises(sa.exc.IntegrityError):
         with session_scope(sqlite_engine) as s:
             s.add(Attempt(job_id=job.id, attempt_no=1, launcher="local"))
@@ -124,7 +142,8 @@ def _state_row(s, job_id):
 
 
 def test_bulk_transitions_follow_the_same_rules_and_write_the_same_events(engine):
-    from backend.states import StaleJobState, transition_rows
+    from backend.db.transitions import transition_rows
+    from backend.states import StaleJobState
 
     cid = service.create_campaign(demo_config(), engine=engine)
     with session_scope(engine) as s:
@@ -140,7 +159,13 @@ def test_bulk_transitions_follow_the_same_rules_and_write_the_same_events(engine
     with session_scope(engine) as s:
         for jid, reason in zip(ids, "abc"):
             job = s.get(Job, jid)
-            assert (job.status, job.retries, job.recoveries, job.status_reason, job.finished_at) == (P, 1, 1, reason, None)
+            assert (
+                job.status,
+                job.retries,
+                job.recoveries,
+                job.status_reason,
+                job.finished_at,
+            ) == (P, 1, 1, reason, None)
             events = s.exec(select(Event).where(Event.job_id == jid).order_by(Event.id)).all()
             assert [(e.from_state, e.to_state, e.reason) for e in events][-1] == (F, P, reason)
         # the retry limit and the table hold for rows too, and a refused batch writes nothing

@@ -7,8 +7,14 @@ import threading
 
 import pytest
 
-from backend.stores import ObjectNotFound, StoreError, append_segment, list_segments, open_store
-from backend.stores import layout
+from backend.stores import (
+    ObjectNotFound,
+    StoreError,
+    append_segment,
+    layout,
+    list_segments,
+    open_store,
+)
 from backend.stores.base import decode_jsonl, encode_jsonl, get_json, put_json
 from backend.stores.local import LocalStore, path_from_uri
 
@@ -104,7 +110,9 @@ def test_put_new_is_exclusive_and_segments_are_unique_under_concurrency(tmp_path
     segs = list_segments(store, "m")
     assert [s for s, _ in segs] == list(range(1, 101))
     records = [r for _, k in segs for r in decode_jsonl(store.get_bytes(k))]
-    assert sorted((r["w"], r["i"]) for r in records) == [(w, i) for w in range(4) for i in range(25)]
+    assert sorted((r["w"], r["i"]) for r in records) == [
+        (w, i) for w in range(4) for i in range(25)
+    ]
 
 
 def test_child_store_json_helpers_and_layout(tmp_path):

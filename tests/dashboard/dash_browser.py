@@ -15,8 +15,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -30,7 +37,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> N
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
-            raise RuntimeError(f"streamlit exited with {proc.returncode} before becoming healthy:\n{out}")
+            raise RuntimeError(
+                f"streamlit exited with {proc.returncode} before becoming healthy:\n{out}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.read().decode().strip() == "ok":
@@ -45,21 +54,44 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> N
 def streamlit_server(home: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start the dashboard against the database under `home`; yield its base URL; stop it."""
     port = free_port()
-    env = dict(os.environ, NSBI_HOME=str(home), DATABASE_URL=f"sqlite:///{home / 'nsbi.db'}",
-               NSBI_STORE=f"file://{home / 'store'}", BROWSER_PATH=CHROMIUM, **(extra_env or {}))
+    env = dict(
+        os.environ,
+        NSBI_HOME=str(home),
+        DATABASE_URL=f"sqlite:///{home / 'nsbi.db'}",
+        NSBI_STORE=f"file://{home / 'store'}",
+        BROWSER_PATH=CHROMIUM,
+        **(extra_env or {}),
+    )
     log = open(home / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         try:
             wait_healthy(url, proc)
-        except Exception:
+        except Exception as exc:
             log.flush()
-            raise RuntimeError((home / "streamlit.log").read_text()[-4000:])
+            raise RuntimeError((home / "streamlit.log").read_text()[-4000:]) from exc
         yield url
     finally:
         proc.terminate()

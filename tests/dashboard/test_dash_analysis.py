@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from streamlit.testing.v1 import AppTest
-
 from dash_testkit import REPO, page
+from streamlit.testing.v1 import AppTest
 
 DEMO = REPO / "examples" / "analysis-demo.yaml"
 
@@ -40,7 +39,9 @@ def test_malformed_analysis_file_shows_problems_and_creates_nothing(empty_db, tm
     from backend import service
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(DEMO.read_text().replace("reference: B", "reference: Q").replace("width: 64", "width: -3"))
+    bad.write_text(
+        DEMO.read_text().replace("reference: B", "reference: Q").replace("width: 64", "width: -3")
+    )
     at = _page()
     at.text_input(key="a-path").set_value(str(bad))
     at.button(key="a-run").click().run()
@@ -77,7 +78,9 @@ def test_dashboard_analysis_path_imports_no_jax(tmp_path):
         "print(cid)\n"
     )
     env = {"NSBI_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
 
@@ -88,7 +91,11 @@ def test_uploaded_file_is_kept_under_home_and_validates(empty_db, tmp_path):
     data = DEMO.read_bytes()
     path = intents.save_upload("my analysis.yaml", data)
     assert path == intents.save_upload("my analysis.yaml", data)  # same content: same file
-    assert path.startswith(str(tmp_path)) and "/analyses/" in path and path.endswith("-my analysis.yaml")
+    assert (
+        path.startswith(str(tmp_path))
+        and "/analyses/" in path
+        and path.endswith("-my analysis.yaml")
+    )
     assert intents.analysis_problems(path) == []
     other = intents.save_upload("x.yaml", data.replace(b"reference: B", b"reference: C"))
     assert other != path and any("reference" in p for p in intents.analysis_problems(other))

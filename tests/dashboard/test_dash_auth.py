@@ -7,10 +7,22 @@ import pytest
 from dashboard import auth
 
 
-@pytest.mark.parametrize("address,loopback", [
-    ("127.0.0.1", True), ("127.0.1.5", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("0.0.0.0", False), ("", False), (None, False), ("192.168.1.4", False), ("::", False), ("example.org", False),
-])
+@pytest.mark.parametrize(
+    "address,loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.1.5", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("", False),
+        (None, False),
+        ("192.168.1.4", False),
+        ("::", False),
+        ("example.org", False),
+    ],
+)
 def test_is_loopback(address, loopback):
     assert auth.is_loopback(address) is loopback
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
+    ),
 ]
 
 METRIC_JS = """(label) => {
@@ -56,15 +57,27 @@ def _wait_metric(page, label: str, value: str, timeout_s: float = 60.0) -> None:
         if _metric(page, label) == value:
             return
         time.sleep(0.25)
-    raise AssertionError(f"metric {label!r} is {_metric(page, label)!r}, expected {value!r} within {timeout_s} s")
+    raise AssertionError(
+        f"metric {label!r} is {_metric(page, label)!r}, expected {value!r} within {timeout_s} s"
+    )
 
 
 def _write_metrics(url: str, job_id: int, steps: range) -> None:
     from backend.db import MetricPoint, get_engine
 
-    rows = [{"job_id": job_id, "name": name, "member": m, "step": s, "attempt_no": 1,
-             "value": (1.0 + 0.1 * k + 0.05 * m) / (1 + 0.1 * s)}
-            for k, name in enumerate(("train_loss", "val_loss")) for m in range(2) for s in steps]
+    rows = [
+        {
+            "job_id": job_id,
+            "name": name,
+            "member": m,
+            "step": s,
+            "attempt_no": 1,
+            "value": (1.0 + 0.1 * k + 0.05 * m) / (1 + 0.1 * s),
+        }
+        for k, name in enumerate(("train_loss", "val_loss"))
+        for m in range(2)
+        for s in steps
+    ]
     with get_engine(url).begin() as conn:
         conn.execute(sa.insert(MetricPoint.__table__), rows)
 
@@ -73,8 +86,11 @@ def _set_running(url: str, job_ids: list[int]) -> None:
     from backend.db import Job, get_engine
 
     with get_engine(url).begin() as conn:
-        conn.execute(sa.update(Job.__table__).where(Job.__table__.c.id.in_(job_ids))
-                     .values(status="RUNNING", started_at=datetime.now(UTC)))
+        conn.execute(
+            sa.update(Job.__table__)
+            .where(Job.__table__.c.id.in_(job_ids))
+            .values(status="RUNNING", started_at=datetime.now(UTC))
+        )
 
 
 def test_form_launch_and_live_monitor(tmp_path, monkeypatch):
@@ -117,6 +133,7 @@ def test_form_launch_and_live_monitor(tmp_path, monkeypatch):
 
 def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
     import dash_testkit as seed
+
     from backend import service
 
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
@@ -140,16 +157,23 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
         jobs, _ = service.list_jobs(campaign_id=seeded.campaign_id, limit=1000)
         new = [j for j in jobs if "-r2" in j.name]
         assert len(new) == n_new and {j.kind for j in new} == {"fit", "impacts", "scan", "toys"}
-        assert all(j.status == "PENDING" and j.desired_state == "RUN" for j in new)  # the campaign was launched
+        assert all(
+            j.status == "PENDING" and j.desired_state == "RUN" for j in new
+        )  # the campaign was launched
         page.locator(".js-plotly-plot").first.wait_for()
-        titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                               ".map(g => g.layout.title.text)")
+        titles = page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.layout.title.text)"
+        )
         assert any("Nuisance-parameter pulls" in t for t in titles), titles
         screenshot(page, "fit-pulls", show=page.locator("[data-testid='stPlotlyChart']").first)
         page.locator("[data-testid='stButtonGroup']").get_by_text("Impacts", exact=True).click()
-        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                               ".some(g => g.layout.title.text.includes('Impact on mu') && g._fullData)")
-        n_bars = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
-                               ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')]"
+            ".some(g => g.layout.title.text.includes('Impact on mu') && g._fullData)"
+        )
+        n_bars = page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')]"
+            ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length"
+        )
         assert n_bars == len(seed.NPS)
         screenshot(page, "fit-impacts", show=page.locator("[data-testid='stPlotlyChart']").first)

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dash_browser import ARTIFACTS, CHROMIUM, chromium_page, streamlit_server, wait_title
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
+    ),
 ]
 
 BUDGET_S = float(os.environ.get("NSBI_PAGE_BUDGET_S", "2.0"))
@@ -35,18 +36,39 @@ def load_factor() -> float:
     factor (reported next to the raw times)."""
     return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
+
 # page title in the navigation, url path, JS condition that is true once the content is drawn
 PAGES = [
-    ("Campaigns", "", "document.querySelector(\"[data-testid='stDataFrame']\") && "
-                      "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData)"),
-    ("Monitor", "monitor", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-                           "g.layout.title.text.includes('loss') && g._fullData.length > 0)"),
-    ("Diagnostics", "diagnostics", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-                                   "g.layout.title.text.includes('Calibration'))"),
-    ("Fit", "fit", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-                   "g.layout.title.text.includes('pulls'))"),
-    ("Usage and cost", "costs", "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-                                "g.layout.title.text.includes('by'))"),
+    (
+        "Campaigns",
+        "",
+        "document.querySelector(\"[data-testid='stDataFrame']\") && "
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData)",
+    ),
+    (
+        "Monitor",
+        "monitor",
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+        "g.layout.title.text.includes('loss') && g._fullData.length > 0)",
+    ),
+    (
+        "Diagnostics",
+        "diagnostics",
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+        "g.layout.title.text.includes('Calibration'))",
+    ),
+    (
+        "Fit",
+        "fit",
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+        "g.layout.title.text.includes('pulls'))",
+    ),
+    (
+        "Usage and cost",
+        "costs",
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+        "g.layout.title.text.includes('by'))",
+    ),
 ]
 
 
@@ -60,7 +82,9 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     t = time.perf_counter()
-    seeded = seed.seed(url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20, with_diagnostics=True)
+    seeded = seed.seed(
+        url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20, with_diagnostics=True
+    )
     seed_s = time.perf_counter() - t
     assert seeded.n_metric_points == 1_000_000 and len(seeded.train_job_ids) == 1000
     times: dict[str, dict[str, float]] = {}
@@ -73,13 +97,19 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
             heading = "Usage and cost" if title == "Usage and cost" else title
             t0 = time.perf_counter()
             page.get_by_role("link", name=title).click()
-            page.wait_for_function(f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
-                                   f"{json.dumps(heading)}) && ({ready})", timeout=60_000)
+            page.wait_for_function(
+                f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
+                f"{json.dumps(heading)}) && ({ready})",
+                timeout=60_000,
+            )
             nav = time.perf_counter() - t0
             t0 = time.perf_counter()
             page.goto(f"{base}/{path}")
-            page.wait_for_function(f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
-                                   f"{json.dumps(heading)}) && ({ready})", timeout=60_000)
+            page.wait_for_function(
+                f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === "
+                f"{json.dumps(heading)}) && ({ready})",
+                timeout=60_000,
+            )
             cold = time.perf_counter() - t0
             times[title] = {"navigate_s": round(nav, 3), "cold_load_s": round(cold, 3)}
     server = _server_times()
@@ -87,13 +117,23 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
         times[title]["server_script_s"] = seconds
     factor = load_factor()
     ARTIFACTS.mkdir(exist_ok=True)
-    report = {"jobs": len(seeded.job_ids), "metric_points": seeded.n_metric_points, "seed_s": round(seed_s, 1),
-              "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "load_factor": round(factor, 2),
-              "budget_s": BUDGET_S, "scaled_budget_s": round(BUDGET_S * factor, 2), "pages": times}
+    report = {
+        "jobs": len(seeded.job_ids),
+        "metric_points": seeded.n_metric_points,
+        "seed_s": round(seed_s, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "load_factor": round(factor, 2),
+        "budget_s": BUDGET_S,
+        "scaled_budget_s": round(BUDGET_S * factor, 2),
+        "pages": times,
+    }
     (ARTIFACTS / "page-times.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     slow = {k: v["navigate_s"] for k, v in times.items() if v["navigate_s"] > BUDGET_S * factor}
-    assert not slow, f"pages slower than {BUDGET_S} s x load factor {factor:.2f} after navigation: {slow} ({times})"
+    assert not slow, (
+        f"pages slower than {BUDGET_S} s x load factor {factor:.2f} after navigation: {slow} ({times})"
+    )
     slow_server = {k: s for k, s in server.items() if s > BUDGET_S * factor}
     assert not slow_server, f"page scripts slower than the budget on the server: {slow_server}"
 
@@ -102,13 +142,17 @@ def _server_times() -> dict[str, float]:
     """Seconds one run of each page script takes on the server (AppTest, caches cleared),
     the part of the render time that does not depend on the browser."""
     import streamlit as st
+    from dash_testkit import page
     from streamlit.testing.v1 import AppTest
 
-    from dash_testkit import page
-
     out = {}
-    for title, name in (("Campaigns", "campaigns"), ("Monitor", "monitor"), ("Diagnostics", "diagnostics"),
-                        ("Fit", "fit"), ("Usage and cost", "costs")):
+    for title, name in (
+        ("Campaigns", "campaigns"),
+        ("Monitor", "monitor"),
+        ("Diagnostics", "diagnostics"),
+        ("Fit", "fit"),
+        ("Usage and cost", "costs"),
+    ):
         at = AppTest.from_file(page(name), default_timeout=120)
         at.run()  # imports
         st.cache_data.clear()

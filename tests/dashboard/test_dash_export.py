@@ -10,8 +10,10 @@ import pytest
 
 from dashboard import export, figures
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/chromium").exists() and not export.ensure_browser_path(),
-                                reason="no Chromium for kaleido")
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() and not export.ensure_browser_path(),
+    reason="no Chromium for kaleido",
+)
 
 
 @pytest.mark.slow
@@ -21,7 +23,7 @@ def test_png_and_pdf_of_a_dashboard_figure():
     before = fig.to_json()
     png = export.figure_bytes(fig, "png", width=800, height=400, scale=1.0)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])   # IHDR: the size we asked for
+    width, height = struct.unpack(">II", png[16:24])  # IHDR: the size we asked for
     assert (width, height) == (800, 400)
     pdf = export.figure_bytes(fig, "pdf")
     assert pdf[:5] == b"%PDF-" and b"%%EOF" in pdf[-64:]

@@ -16,8 +16,22 @@ def _metrics(n_members=4, n_steps=50, seed=0):
     rows = []
     for m in range(n_members):
         for s in range(n_steps):
-            rows.append({"member": m, "step": s, "name": "train_loss", "value": 1 / (1 + s) + 0.01 * rng.random()})
-            rows.append({"member": m, "step": s, "name": "val_loss", "value": 1.1 / (1 + s) + 0.01 * rng.random()})
+            rows.append(
+                {
+                    "member": m,
+                    "step": s,
+                    "name": "train_loss",
+                    "value": 1 / (1 + s) + 0.01 * rng.random(),
+                }
+            )
+            rows.append(
+                {
+                    "member": m,
+                    "step": s,
+                    "name": "val_loss",
+                    "value": 1.1 / (1 + s) + 0.01 * rng.random(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -30,8 +44,8 @@ def test_loss_curves_band_matches_numpy():
     np.testing.assert_allclose(mean_trace.y, vals.mean(axis=1).to_numpy())
     env = next(t for t in fig.data if t.name == "train_loss min/max")
     n = len(vals)
-    np.testing.assert_allclose(env.y[:n], vals.max(axis=1).to_numpy())            # upper edge
-    np.testing.assert_allclose(env.y[n:], vals.min(axis=1).to_numpy()[::-1])      # lower edge, reversed
+    np.testing.assert_allclose(env.y[:n], vals.max(axis=1).to_numpy())  # upper edge
+    np.testing.assert_allclose(env.y[n:], vals.min(axis=1).to_numpy()[::-1])  # lower edge, reversed
     sd = next(t for t in fig.data if t.name == "train_loss mean ± std")
     np.testing.assert_allclose(sd.y[:n], (vals.mean(axis=1) + vals.std(axis=1, ddof=0)).to_numpy())
     # validation drawn dashed, one faint line per member and series
@@ -41,16 +55,23 @@ def test_loss_curves_band_matches_numpy():
 
 def test_empty_inputs_give_message_figures():
     empty = pd.DataFrame(columns=["member", "step", "name", "value"])
-    for fig in (figures.loss_curves(empty, queries.ensemble_band(empty)),
-                figures.resource_usage(pd.DataFrame()), figures.pulls(pd.DataFrame()),
-                figures.impacts_ranking(pd.DataFrame()), figures.toy_pulls([]),
-                figures.likelihood_scan(pd.DataFrame()), figures.correlation([], [])):
+    for fig in (
+        figures.loss_curves(empty, queries.ensemble_band(empty)),
+        figures.resource_usage(pd.DataFrame()),
+        figures.pulls(pd.DataFrame()),
+        figures.impacts_ranking(pd.DataFrame()),
+        figures.toy_pulls([]),
+        figures.likelihood_scan(pd.DataFrame()),
+        figures.correlation([], []),
+    ):
         assert isinstance(fig, go.Figure)
         assert len(fig.data) == 0 and fig.layout.annotations[0].text
 
 
 def test_scan_lines_are_chi2_quantiles():
-    assert figures.Q_68 == pytest.approx(stats.chi2.ppf(stats.norm.cdf(1) - stats.norm.cdf(-1), 1), rel=1e-9)
+    assert figures.Q_68 == pytest.approx(
+        stats.chi2.ppf(stats.norm.cdf(1) - stats.norm.cdf(-1), 1), rel=1e-9
+    )
     assert figures.Q_95 == pytest.approx(stats.chi2.ppf(0.95, 1), rel=1e-12)
     mu = np.linspace(0, 2, 21)
     fig = figures.likelihood_scan(pd.DataFrame({"value": mu, "q": ((mu - 1) / 0.3) ** 2}))
@@ -61,14 +82,21 @@ def test_scan_lines_are_chi2_quantiles():
 def test_impacts_ranking_orders_by_postfit_and_keeps_top():
     rng = np.random.default_rng(1)
     n = 30
-    df = pd.DataFrame({"name": [f"np{i}" for i in range(n)],
-                       "prefit_up": rng.normal(0, 0.1, n), "prefit_down": rng.normal(0, 0.1, n),
-                       "postfit_up": rng.normal(0, 0.1, n), "postfit_down": rng.normal(0, 0.1, n),
-                       "pull": rng.normal(0, 1, n), "constraint": rng.uniform(0.5, 1, n)})
+    df = pd.DataFrame(
+        {
+            "name": [f"np{i}" for i in range(n)],
+            "prefit_up": rng.normal(0, 0.1, n),
+            "prefit_down": rng.normal(0, 0.1, n),
+            "postfit_up": rng.normal(0, 0.1, n),
+            "postfit_down": rng.normal(0, 0.1, n),
+            "pull": rng.normal(0, 1, n),
+            "constraint": rng.uniform(0.5, 1, n),
+        }
+    )
     fig = figures.impacts_ranking(df, top=10)
     post = next(t for t in fig.data if t.name == "post-fit +1σ")
     expected = df.assign(r=np.maximum(df.postfit_up.abs(), df.postfit_down.abs())).nlargest(10, "r")
-    assert list(post.y)[::-1] == expected["name"].tolist()          # biggest on top
+    assert list(post.y)[::-1] == expected["name"].tolist()  # biggest on top
     assert all(t.xaxis == "x2" for t in fig.data if isinstance(t, go.Bar))
     pulls = next(t for t in fig.data if t.name == "pull")
     assert pulls.xaxis == "x"
@@ -104,8 +132,14 @@ def test_toy_pulls_summary_matches_numpy():
 
 
 def test_closure_ratio_and_title():
-    hist = {"observable": "m4l", "edges": [0, 1, 2, 3], "numerator": [10, 20, 0],
-            "reweighted": [11, 18, 1], "chi2": 4.2, "ndf": 3}
+    hist = {
+        "observable": "m4l",
+        "edges": [0, 1, 2, 3],
+        "numerator": [10, 20, 0],
+        "reweighted": [11, 18, 1],
+        "chi2": 4.2,
+        "ndf": 3,
+    }
     fig = figures.closure(hist)
     ratio = next(t for t in fig.data if t.name == "ratio")
     np.testing.assert_allclose(ratio.y[:2], [1.1, 0.9])
@@ -114,8 +148,13 @@ def test_closure_ratio_and_title():
 
 
 def test_cost_bars_sum_groups():
-    df = pd.DataFrame({"campaign": ["a", "a", "b"], "spot": ["spot", "on-demand", "spot"],
-                       "cost": [1.0, 2.0, 5.0]})
+    df = pd.DataFrame(
+        {
+            "campaign": ["a", "a", "b"],
+            "spot": ["spot", "on-demand", "spot"],
+            "cost": [1.0, 2.0, 5.0],
+        }
+    )
     fig = figures.cost_bars(df, by="campaign", colour_by="spot")
     totals = {}
     for t in fig.data:
@@ -132,7 +171,14 @@ def test_burn_down_remaining_budget():
 
 def test_resource_usage_summed_adds_jobs():
     t = pd.to_datetime([0, 0, 60, 60], unit="s", utc=True)
-    r = pd.DataFrame({"time": t, "job_id": [1, 2, 1, 2], "name": "gpu_util_percent", "value": [10.0, 30.0, 50.0, 20.0]})
+    r = pd.DataFrame(
+        {
+            "time": t,
+            "job_id": [1, 2, 1, 2],
+            "name": "gpu_util_percent",
+            "value": [10.0, 30.0, 50.0, 20.0],
+        }
+    )
     total = queries.sum_resources(r)
     assert total["value"].tolist() == [40.0, 70.0]
     fig = figures.resource_usage(r)
@@ -140,15 +186,34 @@ def test_resource_usage_summed_adds_jobs():
 
 
 def test_campaign_states_stacks_counts_newest_on_top():
-    df = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "n_running": [3, 0], "n_succeeded": [1, 5],
-                       "n_jobs": [4, 5]})
+    df = pd.DataFrame(
+        {
+            "id": [1, 2],
+            "name": ["a", "b"],
+            "n_running": [3, 0],
+            "n_succeeded": [1, 5],
+            "n_jobs": [4, 5],
+        }
+    )
     fig = figures.campaign_states(df)
     running = next(t for t in fig.data if t.name == "running")
-    assert list(running.y) == ["1 · a", "2 · b"] and list(running.x) == [3, 0]  # newest (2) drawn last = top
+    assert list(running.y) == ["1 · a", "2 · b"] and list(running.x) == [
+        3,
+        0,
+    ]  # newest (2) drawn last = top
     assert fig.layout.barmode == "stack"
 
 
-@pytest.mark.parametrize("name,val", [("val_loss", True), ("best_val_loss", True), ("validation_loss", True),
-                                      ("train_loss", False), ("interval", False), ("loss", False)])
+@pytest.mark.parametrize(
+    "name,val",
+    [
+        ("val_loss", True),
+        ("best_val_loss", True),
+        ("validation_loss", True),
+        ("train_loss", False),
+        ("interval", False),
+        ("loss", False),
+    ],
+)
 def test_validation_series_are_recognised(name, val):
     assert figures._is_validation(name) is val

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
+from dash_testkit import REPO, run_page
 from streamlit.testing.v1 import AppTest
-
-from dash_testkit import REPO, page, run_page
 
 from dashboard import queries
 
 TIMEOUT = 60
-
 
 
 def metric_values(at: AppTest) -> dict[str, str]:
@@ -26,7 +23,9 @@ def test_campaigns_page_lists_seeded_campaign(seeded):
     table = at.dataframe[0].value
     assert table["name"].tolist() == ["seeded"]
     assert table["n_succeeded"].iloc[0] == seeded.state_counts["SUCCEEDED"]
-    assert table["progress"].iloc[0] == pytest.approx(seeded.state_counts["SUCCEEDED"] / len(seeded.job_ids))
+    assert table["progress"].iloc[0] == pytest.approx(
+        seeded.state_counts["SUCCEEDED"] / len(seeded.job_ids)
+    )
 
 
 def test_demo_button_creates_and_launches(empty_db):
@@ -76,7 +75,12 @@ def test_form_estimate_matches_service_then_create_and_launch(empty_db):
     at.button(key="FormSubmitter:campaign-form-Create and launch").click().run()
     assert not at.exception
     (c,) = service.list_campaigns()
-    assert (c.name, c.status, c.budget_usd, c.n_jobs) == ("form-made", "ACTIVE", 25.0, len(expected.per_job))
+    assert (c.name, c.status, c.budget_usd, c.n_jobs) == (
+        "form-made",
+        "ACTIVE",
+        25.0,
+        len(expected.per_job),
+    )
 
 
 def test_bulk_cancel_selected_campaign(seeded):
@@ -138,7 +142,10 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     assert shown["Nuisance parameters"] == "5"
     # the learned model's error components, each on its own, and the total they make
     assert shown["total error"] == queries.format_value(seeded.sigma * np.sqrt(1.25))
-    assert shown["NN training"] == f"{queries.format_value(0.3 * seeded.sigma)} ± {queries.format_value(0.1 * seeded.sigma)}"
+    assert (
+        shown["NN training"]
+        == f"{queries.format_value(0.3 * seeded.sigma)} ± {queries.format_value(0.1 * seeded.sigma)}"
+    )
     assert shown["simulation statistics"].startswith(queries.format_value(0.4 * seeded.sigma))
     assert [b.label for b in at.download_button] == ["PNG", "PDF"]  # every chart is exportable
     titles = []
@@ -147,13 +154,20 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
         assert not at.exception
         (chart,) = at.get("plotly_chart")
         titles.append(json.loads(chart.proto.spec)["layout"]["title"]["text"])
-    assert titles == ["Nuisance-parameter pulls", "Impact on mu: top 5", "Correlation matrix",
-                      "Profile likelihood scan of mu", "Toy pulls of mu"]
+    assert titles == [
+        "Nuisance-parameter pulls",
+        "Impact on mu: top 5",
+        "Correlation matrix",
+        "Profile likelihood scan of mu",
+        "Toy pulls of mu",
+    ]
     # the scan view reads the 68 % interval off the seeded parabola q = ((mu - mu_hat) / sigma)^2
     at.button_group(key="fit-view").set_value("Scan").run()
     lo, hi = (float(v) for v in metric_values(at)["mu 68 % CL (scan)"].strip("[]").split(","))
-    assert (lo, hi) == (pytest.approx(seeded.mu_hat - seeded.sigma, abs=0.01),
-                        pytest.approx(seeded.mu_hat + seeded.sigma, abs=0.01))
+    assert (lo, hi) == (
+        pytest.approx(seeded.mu_hat - seeded.sigma, abs=0.01),
+        pytest.approx(seeded.mu_hat + seeded.sigma, abs=0.01),
+    )
 
 
 def test_fit_page_nothing_yet(empty_db):
@@ -178,15 +192,24 @@ def test_diagnostics_page_lights_and_charts(nsbi_env):
     at = run_page("diagnostics")
     assert at.selectbox(key="diag-task").options == ["task0", "task1", "task2"]
     lights = " ".join(m.value for m in at.markdown)
-    assert ":orange-badge[AMBER]  \n**closure χ²/ndf**  \n2" in lights and "green ≤ 1.5, amber ≤ 3" in lights
-    assert ":red-badge[RED]  \n**overtraining**" in lights and ":green-badge[GREEN]  \n**AUC**" in lights
+    assert (
+        ":orange-badge[AMBER]  \n**closure χ²/ndf**  \n2" in lights
+        and "green ≤ 1.5, amber ≤ 3" in lights
+    )
+    assert (
+        ":red-badge[RED]  \n**overtraining**" in lights
+        and ":green-badge[GREEN]  \n**AUC**" in lights
+    )
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert titles == ["Calibration: task0", "ROC: task0"]
     at.button_group(key="diag-view").set_value("Closure").run()
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert titles == ["m4l: χ²/ndf = 2.0/1"]
     at.selectbox(key="diag-observable").set_value(1).run()
-    assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"] == "pt: χ²/ndf = 1.0/2"
+    assert (
+        json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+        == "pt: χ²/ndf = 1.0/2"
+    )
     at.button_group(key="diag-view").set_value("Overtraining").run()
     assert at.dataframe[0].value["holdout_loss"].tolist() == [0.62, 0.66]
 

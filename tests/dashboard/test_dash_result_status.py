@@ -4,12 +4,11 @@ page that shows a result (Campaigns, Monitor, Diagnostics -- which opens on the 
 
 from __future__ import annotations
 
+import dash_testkit as seed
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session
-
-import dash_testkit as seed
 from dash_testkit import run_page
+from sqlmodel import Session
 
 
 def good_diagnostics() -> dict:
@@ -19,8 +18,10 @@ def good_diagnostics() -> dict:
     d["member_normalization"] = [1.002, 1.006]
     d["calibration"][0]["max_deviation"] = 1.2
     d["closure"][0]["chi2"] = 1.0
-    d["losses"] = [{"member": 0, "train_loss": 0.60, "holdout_loss": 0.601, "best_val_loss": 0.6},
-                   {"member": 1, "train_loss": 0.60, "holdout_loss": 0.603, "best_val_loss": 0.6}]
+    d["losses"] = [
+        {"member": 0, "train_loss": 0.60, "holdout_loss": 0.601, "best_val_loss": 0.6},
+        {"member": 1, "train_loss": 0.60, "holdout_loss": 0.603, "best_val_loss": 0.6},
+    ]
     d["saturated_fraction"] = 0.0
     return d
 
@@ -32,7 +33,13 @@ def spoiled_diagnostics() -> dict:
     return d
 
 
-def settle(url: str, cid: int, *, diag_by_task: dict[str, dict] | None = None, fit_checks: list | None = None) -> None:
+def settle(
+    url: str,
+    cid: int,
+    *,
+    diag_by_task: dict[str, dict] | None = None,
+    fit_checks: list | None = None,
+) -> None:
     """Give the seeded campaign's train jobs these diagnostics (per task), add checks to its fit
     result, mark it SUCCEEDED and record its result status as the controller would."""
     from backend import result_status
@@ -41,8 +48,11 @@ def settle(url: str, cid: int, *, diag_by_task: dict[str, dict] | None = None, f
 
     engine = get_engine(url)
     with Session(engine) as s:
-        rows = s.execute(sa.select(FitResult, Job.task, Job.kind).join(Job, Job.id == FitResult.job_id)
-                         .where(FitResult.campaign_id == cid)).all()
+        rows = s.execute(
+            sa.select(FitResult, Job.task, Job.kind)
+            .join(Job, Job.id == FitResult.job_id)
+            .where(FitResult.campaign_id == cid)
+        ).all()
         for fr, task, kind in rows:
             if kind == "train" and diag_by_task and task in diag_by_task:
                 fr.payload = {**fr.payload, "diagnostics": diag_by_task[task]}
@@ -75,15 +85,25 @@ def test_one_definition_of_the_limits_and_the_values():
 
 def test_campaigns_list_shows_needs_review_and_checks_passed(nsbi_env):
     bad = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True, name="bad")
-    good = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True, name="good", seed_value=1)
-    running = seed.seed(nsbi_env, train_states=("RUNNING",), name="running", with_fit=False, seed_value=2)
+    good = seed.seed(
+        nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True, name="good", seed_value=1
+    )
+    running = seed.seed(
+        nsbi_env, train_states=("RUNNING",), name="running", with_fit=False, seed_value=2
+    )
     settle(nsbi_env, bad.campaign_id, diag_by_task={"task1": spoiled_diagnostics()})
-    settle(nsbi_env, good.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")})
+    settle(
+        nsbi_env,
+        good.campaign_id,
+        diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+    )
     at = run_page("campaigns")
     table = at.dataframe[0].value.set_index("name")
     assert table.loc["bad", "status"] == "SUCCEEDED"
     assert table.loc["bad", "result"].startswith("needs review: task1 closure χ²/ndf 21 > 3")
-    assert "overtraining" in table.loc["bad", "result"]  # the seeded diagnostics' RED light, every task
+    assert (
+        "overtraining" in table.loc["bad", "result"]
+    )  # the seeded diagnostics' RED light, every task
     assert table.loc["good", "result"] == "checks passed (21 checks)"
     assert table.loc["running", "result"] == "checks pending"
     assert running.campaign_id not in (bad.campaign_id, good.campaign_id)
@@ -91,10 +111,29 @@ def test_campaigns_list_shows_needs_review_and_checks_passed(nsbi_env):
 
 def test_monitor_and_fit_show_the_badge_with_the_fit_checks(nsbi_env):
     s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
-    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
-           fit_checks=[{"name": "converged", "task": None, "value": 1.0, "threshold": 1.0, "passed": True, "message": ""},
-                       {"name": "asimov_closure", "task": None, "value": 0.5, "threshold": 0.2, "passed": False,
-                        "message": "|mu-hat - mu_true| / sigma"}])
+    settle(
+        nsbi_env,
+        s.campaign_id,
+        diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+        fit_checks=[
+            {
+                "name": "converged",
+                "task": None,
+                "value": 1.0,
+                "threshold": 1.0,
+                "passed": True,
+                "message": "",
+            },
+            {
+                "name": "asimov_closure",
+                "task": None,
+                "value": 0.5,
+                "threshold": 0.2,
+                "passed": False,
+                "message": "|mu-hat - mu_true| / sigma",
+            },
+        ],
+    )
     for name in ("monitor", "fit"):
         at = run_page(name)
         badges = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
@@ -105,8 +144,15 @@ def test_monitor_and_fit_show_the_badge_with_the_fit_checks(nsbi_env):
 
 def test_diagnostics_opens_on_the_worst_task_and_shows_checks_passed(nsbi_env):
     s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
-    settle(nsbi_env, s.campaign_id, diag_by_task={"task0": good_diagnostics(), "task1": good_diagnostics(),
-                                                  "task2": spoiled_diagnostics()})
+    settle(
+        nsbi_env,
+        s.campaign_id,
+        diag_by_task={
+            "task0": good_diagnostics(),
+            "task1": good_diagnostics(),
+            "task2": spoiled_diagnostics(),
+        },
+    )
     at = run_page("diagnostics")
     assert at.selectbox(key="diag-task").options == ["task0", "task1", "task2"]
     assert at.selectbox(key="diag-task").value == "task2"  # the worst task first
@@ -118,7 +164,11 @@ def test_diagnostics_opens_on_the_worst_task_and_shows_checks_passed(nsbi_env):
 
 def test_every_page_says_checks_passed_for_a_good_result(nsbi_env):
     s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
-    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")})
+    settle(
+        nsbi_env,
+        s.campaign_id,
+        diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+    )
     for name in ("monitor", "diagnostics", "fit"):
         at = run_page(name)
         badges = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
@@ -129,13 +179,29 @@ def test_every_page_says_checks_passed_for_a_good_result(nsbi_env):
 
 def test_diagnostics_shows_the_fits_noise_to_signal_of_the_task(nsbi_env):
     s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
-    noisy = {"name": "noise_to_signal", "task": "task1", "value": 0.89, "threshold": 0.2, "passed": False,
-             "message": "log-ratio error 0.0226 against a log-ratio spread 0.0252 on the data (noise/signal 0.89, limit 0.2)"}
-    calm = dict(noisy, task="task0", value=0.05, passed=True, message="noise/signal 0.05, limit 0.2")
-    settle(nsbi_env, s.campaign_id, diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
-           fit_checks=[noisy, calm])
+    noisy = {
+        "name": "noise_to_signal",
+        "task": "task1",
+        "value": 0.89,
+        "threshold": 0.2,
+        "passed": False,
+        "message": "log-ratio error 0.0226 against a log-ratio spread 0.0252 on the data (noise/signal 0.89, limit 0.2)",
+    }
+    calm = dict(
+        noisy, task="task0", value=0.05, passed=True, message="noise/signal 0.05, limit 0.2"
+    )
+    settle(
+        nsbi_env,
+        s.campaign_id,
+        diag_by_task={t: good_diagnostics() for t in ("task0", "task1", "task2")},
+        fit_checks=[noisy, calm],
+    )
     at = run_page("diagnostics")
-    assert at.selectbox(key="diag-task").value == "task1"  # the failed fit check makes it the worst task
+    assert (
+        at.selectbox(key="diag-task").value == "task1"
+    )  # the failed fit check makes it the worst task
     assert [e.value for e in at.error] == ["In the fit: " + noisy["message"]]
     at.selectbox(key="diag-task").set_value("task0").run()
-    assert not at.error and "In the fit: noise/signal 0.05, limit 0.2" in [c.value for c in at.caption]
+    assert not at.error and "In the fit: noise/signal 0.05, limit 0.2" in [
+        c.value for c in at.caption
+    ]

@@ -67,8 +67,14 @@ def test_demo_campaign_from_the_browser_trains_live(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NSBI_STORE")}
     env.update(NSBI_HOME=str(home), BROWSER_PATH="/usr/bin/chromium")
     log = open(tmp_path / "up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "backend.cli", "up", "--port", str(port), "--tick", "0.5"],
-                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "up", "--port", str(port), "--tick", "0.5"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, up, timeout_s=120)
@@ -82,11 +88,21 @@ def test_demo_campaign_from_the_browser_trains_live(tmp_path):
             page.evaluate("() => { window.__noReload = 'same document'; }")
 
             # real workers: a job reaches RUNNING, then the loss curve appears and grows
-            _wait(lambda: (_metric(page, "Running") or "0") not in ("0", None) or
-                  (_metric(page, "Succeeded") or "0") not in ("0", None), 180, "a running job")
+            _wait(
+                lambda: (
+                    (_metric(page, "Running") or "0") not in ("0", None)
+                    or (_metric(page, "Succeeded") or "0") not in ("0", None)
+                ),
+                180,
+                "a running job",
+            )
             _wait(lambda: page.evaluate(LOSS_MAX_STEP_JS) > 0, 240, "a loss curve")
             done = int(_metric(page, "Succeeded") or 0)
-            _wait(lambda: int(_metric(page, "Succeeded") or 0) > done, 240, "more jobs to succeed on screen")
+            _wait(
+                lambda: int(_metric(page, "Succeeded") or 0) > done,
+                240,
+                "more jobs to succeed on screen",
+            )
             assert page.evaluate("() => window.__noReload") == "same document"  # no reload happened
             screenshot(page, "up-demo-monitor-live", show=page.locator(".js-plotly-plot").first)
     finally:

@@ -31,8 +31,14 @@ def tiny_demo_config() -> dict:
     for proc in cfg["processes"].values():
         proc["demo"]["n"] = 6000
     cfg["training"].update(ensemble_size=2, members_per_job=2)
-    cfg["training"]["params"].update(hidden_layers=2, width=16, max_steps=300, eval_every=50,
-                                     batch_size=512, checkpoint_every=100)
+    cfg["training"]["params"].update(
+        hidden_layers=2,
+        width=16,
+        max_steps=300,
+        eval_every=50,
+        batch_size=512,
+        checkpoint_every=100,
+    )
     cfg["fit"]["nuisances"] = ["lumi"]
     for stage in ("impacts", "scan", "toys"):
         cfg[stage]["enabled"] = False
@@ -65,8 +71,12 @@ def test_campaign_trains_ingests_fits_and_shows_in_dashboard(control_plane):
     service.request_launch(campaign_id, engine=engine)
 
     launcher = LocalLauncher(home / "launchers" / "local", max_concurrent=2, grace_s=5)
-    controller = Controller(engine, f"file://{home / 'store'}", {"local": launcher},
-                            ControllerConfig(tick_interval_s=0.5))
+    controller = Controller(
+        engine,
+        f"file://{home / 'store'}",
+        {"local": launcher},
+        ControllerConfig(tick_interval_s=0.5),
+    )
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline:
         controller.tick()
@@ -82,15 +92,22 @@ def test_campaign_trains_ingests_fits_and_shows_in_dashboard(control_plane):
     assert total == 3 and {s for s, _ in states.values()} == {"SUCCEEDED"}
 
     with Session(engine) as s:
-        train_ids = [j.id for j in s.exec(select(Job).where(Job.campaign_id == campaign_id, Job.kind == "train"))]
+        train_ids = [
+            j.id
+            for j in s.exec(select(Job).where(Job.campaign_id == campaign_id, Job.kind == "train"))
+        ]
         for job_id in train_ids:
             names = set(s.exec(select(MetricPoint.name).where(MetricPoint.job_id == job_id)).all())
             assert {"train_loss", "val_loss"} <= names, names
-            members = set(s.exec(select(MetricPoint.member).where(MetricPoint.job_id == job_id)).all())
+            members = set(
+                s.exec(select(MetricPoint.member).where(MetricPoint.job_id == job_id)).all()
+            )
             assert members == {0, 1}
         n_resources = s.exec(select(func.count()).select_from(ResourceSample)).one()
         assert n_resources > 0
-        fits = s.exec(select(FitResult).where(FitResult.campaign_id == campaign_id, FitResult.kind == "fit")).all()
+        fits = s.exec(
+            select(FitResult).where(FitResult.campaign_id == campaign_id, FitResult.kind == "fit")
+        ).all()
     assert len(fits) == 1
     fit = fits[0]
     # The Asimov data are generated at mu = 1: a tiny ensemble must land within 3 sigma.

@@ -37,9 +37,15 @@ def test_up_serves_dashboard_runs_controller_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NSBI_STORE")}
     env["NSBI_HOME"] = str(tmp_path / "var")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "up", "--port", str(port), "--tick", "0.5"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "up", "--port", str(port), "--tick", "0.5"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         health = None

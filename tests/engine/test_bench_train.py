@@ -6,14 +6,22 @@ import pytest
 
 from backend import cli
 from backend.commands import bench as bench_command
-from sbi_engine.bench.train_bench import BenchPlan, matmul_gflops, run_bench, time_training
+from benchmarks.train import BenchPlan, matmul_gflops, time_training
 from sbi_engine.ratio.model import macs_per_sample
 
 
 @pytest.mark.parametrize("strategy,packs", [("packs", 3)])  # vmap: covered by the CLI test
 def test_time_training_reports_consistent_figures(strategy, packs):
-    run = time_training("3x64", members=3, strategy=strategy, pack_size=1, batch=256, steps_per_call=5,
-                        timed_calls=1, n_train=4096)
+    run = time_training(
+        "3x64",
+        members=3,
+        strategy=strategy,
+        pack_size=1,
+        batch=256,
+        steps_per_call=5,
+        timed_calls=1,
+        n_train=4096,
+    )
     assert run["packs"] == packs and run["steps_timed"] == 5
     assert run["samples_per_s_per_member"] == pytest.approx(5 * 256 / run["seconds"])
     expected = 6 * macs_per_sample(4, 3, 64) * run["samples_per_s_per_member"] * 3 / 1e9
@@ -29,18 +37,37 @@ def test_matmul_rate_is_positive_and_per_size():
 
 def test_cli_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
-    rc = cli.main(["bench", "train", "--json", str(out), "--models", "3x64", "--members", "1,2",
-                   "--timed-calls", "1", "--matmul-sizes", "512", "--no-progress"])
+    rc = cli.main(
+        [
+            "bench",
+            "train",
+            "--json",
+            str(out),
+            "--models",
+            "3x64",
+            "--members",
+            "1,2",
+            "--timed-calls",
+            "1",
+            "--matmul-sizes",
+            "512",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["matmul_gflops"] > 0 and set(report["matmul"]["start"]["per_size"]) == {"512"}
     runs = report["runs"]
     assert {(r["model"], r["members"], r["strategy"]) for r in runs} == {
-        ("3x64", m, s) for m in (1, 2) for s in ("vmap", "packs")}
+        ("3x64", m, s) for m in (1, 2) for s in ("vmap", "packs")
+    }
     for r in runs:
         assert {"model", "members", "strategy", "samples_per_s_per_member", "gflops"} <= set(r)
         assert r["fraction_of_matmul"] == pytest.approx(r["gflops"] / report["matmul_gflops"])
-    assert report["device"]["backend"] == "cpu" and report["summary"]["best_7x1500_fraction_of_matmul"] is None
+    assert (
+        report["device"]["backend"] == "cpu"
+        and report["summary"]["best_7x1500_fraction_of_matmul"] is None
+    )
 
 
 def test_cli_rejects_unknown_model(capsys):
@@ -48,10 +75,18 @@ def test_cli_rejects_unknown_model(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
-def test_missing_delegate_says_not_available(monkeypatch, capsys):
-    monkeypatch.setitem(bench_command._DELEGATES, "fit", ("sbi_engine.bench.no_such_module", "x"))
+def test_missing_benchmark_says_not_available(monkeypatch, capsys):
+    monkeypatch.setitem(bench_command.BENCHMARKS, "fit", ("benchmarks.no_such_module", "x"))
     assert cli.main(["bench", "fit", "--json", "x.json"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "not available" in capsys.readouterr().err
+
+
+def test_without_the_source_checkout_bench_says_so_in_one_line(monkeypatch, capsys):
+    """A wheel install has no benchmarks/: any options are accepted, one clear line, exit 2."""
+    monkeypatch.setattr(bench_command, "checkout_root", lambda: None)
+    assert cli.main(["bench", "fit", "--events", "1e3", "--json", "x.json"]) == 2
+    err = capsys.readouterr().err
+    assert err == bench_command.NO_CHECKOUT + "\n" and "source checkout" in err
 
 
 def test_plan_reduces_cpu_batch_for_big_ensembles_and_says_so():

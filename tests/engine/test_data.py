@@ -27,13 +27,17 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"real ROOT test file {path} is absent (expected in ../shared/data next to the repo)")
+        pytest.skip(
+            f"real ROOT test file {path} is absent (expected in ../shared/data next to the repo)"
+        )
     return path
 
 
 def make_sample(n=100, d=3, seed=0, source="mem") -> Sample:
     rng = np.random.default_rng(seed)
-    return Sample(rng.normal(size=(n, d)), rng.uniform(0.5, 1.5, n), tuple(f"f{j}" for j in range(d)), source)
+    return Sample(
+        rng.normal(size=(n, d)), rng.uniform(0.5, 1.5, n), tuple(f"f{j}" for j in range(d)), source
+    )
 
 
 # ----------------------------------------------------------------------------- Sample
@@ -66,7 +70,9 @@ def test_validate_refuses_bad_values_with_counts():
     x = np.zeros((6, 2))
     x[[1, 4], 1] = np.nan
     x[2, 0] = np.inf
-    with pytest.raises(DataError, match=r"src: column 'a' has 0 NaN and 1 infinite value\(s\) out of 6 rows"):
+    with pytest.raises(
+        DataError, match=r"src: column 'a' has 0 NaN and 1 infinite value\(s\) out of 6 rows"
+    ):
         validate_sample(Sample(x, np.ones(6), ("a", "b"), "src"))
     x[2, 0] = 0
     with pytest.raises(DataError, match=r"column 'b' has 2 NaN"):
@@ -81,11 +87,15 @@ def test_validate_refuses_bad_values_with_counts():
 
 def test_negative_weights_refused_unless_allowed():
     s = Sample(np.zeros((5, 1)), [1.0, -0.5, 2.0, -0.1, 1.0], ("a",), "nlo.root")
-    with pytest.raises(DataError, match=r"nlo.root: 2 of 5 rows have negative weights.*allow_negative_weights"):
+    with pytest.raises(
+        DataError, match=r"nlo.root: 2 of 5 rows have negative weights.*allow_negative_weights"
+    ):
         validate_sample(s)
     assert validate_sample(s, allow_negative_weights=True) is s
     with pytest.raises(DataError, match="sum of weights"):
-        validate_sample(Sample(np.zeros((2, 1)), [1.0, -1.0], ("a",), "x"), allow_negative_weights=True)
+        validate_sample(
+            Sample(np.zeros((2, 1)), [1.0, -1.0], ("a",), "x"), allow_negative_weights=True
+        )
 
 
 # ----------------------------------------------------------------------------- splits
@@ -103,7 +113,11 @@ def test_split_is_seeded_disjoint_and_recorded():
     rec = sp.to_dict()
     assert json.loads(json.dumps(rec)) == rec
     assert rec["seed"] == 3 and rec["sizes"] == {"train": 700, "validation": 200, "holdout": 100}
-    assert rec["indices_sha256"] == again.to_dict()["indices_sha256"] != other.to_dict()["indices_sha256"]
+    assert (
+        rec["indices_sha256"]
+        == again.to_dict()["indices_sha256"]
+        != other.to_dict()["indices_sha256"]
+    )
     assert sum(rec["sum_weights"].values()) == pytest.approx(s.total_weight)
     r = split_sample(s, seed=1, rescale_weights=True)
     for part in (r.train, r.validation, r.holdout):
@@ -125,7 +139,9 @@ def test_scaler_weighted_and_roundtrip():
     sc = Scaler.fit(x, w)
     mean = (w[:, None] * x).sum(0) / w.sum()
     np.testing.assert_allclose(sc.mean, mean, rtol=1e-12)
-    np.testing.assert_allclose(sc.scale[:2], np.sqrt((w[:, None] * (x - mean) ** 2).sum(0) / w.sum())[:2], rtol=1e-12)
+    np.testing.assert_allclose(
+        sc.scale[:2], np.sqrt((w[:, None] * (x - mean) ** 2).sum(0) / w.sum())[:2], rtol=1e-12
+    )
     assert sc.scale[2] == 1.0
     z = sc.apply(x)
     assert z.dtype == np.float32 and abs(np.average(z[:, 0], weights=w)) < 1e-5
@@ -147,21 +163,27 @@ def parquet_file(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "a": np.arange(6, dtype=np.float64),
-        "b": np.array([1.0, 2.0, np.nan, 4.0, np.inf, 6.0]),
-        "w": np.array([1.0, 1.0, 0.5, 0.5, 2.0, 2.0]),
-        "jets": pa.array([[1.0, 2.0], [3.0], [], [4.0, 5.0, 6.0], [7.0], [8.0, 9.0]]),
-        "odd name.x": np.arange(6) * 10.0,
-    })
+    table = pa.table(
+        {
+            "a": np.arange(6, dtype=np.float64),
+            "b": np.array([1.0, 2.0, np.nan, 4.0, np.inf, 6.0]),
+            "w": np.array([1.0, 1.0, 0.5, 0.5, 2.0, 2.0]),
+            "jets": pa.array([[1.0, 2.0], [3.0], [], [4.0, 5.0, 6.0], [7.0], [8.0, 9.0]]),
+            "odd name.x": np.arange(6) * 10.0,
+        }
+    )
     path = tmp_path / "events.parquet"
     pq.write_table(table, path)
     return path
 
 
 def test_parquet_expressions_selection_and_weights(parquet_file):
-    s = load_sample(parquet_file, features={"a2": "a * 2", "j0": "jets[:, 0]", "n": "num(jets)", "o": "odd name.x"},
-                    weight="w", selection="(num(jets) >= 1) & (a != 4)")
+    s = load_sample(
+        parquet_file,
+        features={"a2": "a * 2", "j0": "jets[:, 0]", "n": "num(jets)", "o": "odd name.x"},
+        weight="w",
+        selection="(num(jets) >= 1) & (a != 4)",
+    )
     keep = np.array([0, 1, 3, 5])
     np.testing.assert_array_equal(s.features[:, 0], 2 * keep)
     np.testing.assert_array_equal(s.features[:, 1], [1.0, 3.0, 4.0, 8.0])
@@ -172,23 +194,43 @@ def test_parquet_expressions_selection_and_weights(parquet_file):
 
 
 def test_parquet_bad_input_named(parquet_file):
-    with pytest.raises(DataError, match=r"events.parquet: feature 'b' \('b'\) has 1 NaN and 1 infinite"):
+    with pytest.raises(
+        DataError, match=r"events.parquet: feature 'b' \('b'\) has 1 NaN and 1 infinite"
+    ):
         load_sample(parquet_file, features=["a", "b"])
-    with pytest.raises(DataError, match=r"no column 'c' .*columns available: \['a', 'b', 'w', 'jets'"):
+    with pytest.raises(
+        DataError, match=r"no column 'c' .*columns available: \['a', 'b', 'w', 'jets'"
+    ):
         load_sample(parquet_file, features={"x": "c + 1"})
-    with pytest.raises(DataError, match=r"'jets\[:, 0\]': 1 of 6 rows have fewer than 1 entries in jets"):
+    with pytest.raises(
+        DataError, match=r"'jets\[:, 0\]': 1 of 6 rows have fewer than 1 entries in jets"
+    ):
         load_sample(parquet_file, features={"j0": "jets[:, 0]"})
     with pytest.raises(DataError, match="jagged"):
         load_sample(parquet_file, features={"j": "jets"})
-    with pytest.raises(DataError, match=r"weights have 1 NaN and 1 infinite value\(s\) out of 6 rows \(weight 'b'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"weights have 1 NaN and 1 infinite value\(s\) out of 6 rows \(weight 'b'\)",
+    ):
         load_sample(parquet_file, features=["a"], weight="b")
-    ok = load_sample(parquet_file, features=["a", "b"], selection="np.isfinite(b)")  # the selection removes them
+    ok = load_sample(
+        parquet_file, features=["a", "b"], selection="np.isfinite(b)"
+    )  # the selection removes them
     assert len(ok) == 4
     with pytest.raises(DataError, match=r"keeps 0 of 6 rows"):
         load_sample(parquet_file, features=["a"], selection="a > 100")
-    with pytest.raises(DataError, match=r"2 of 6 rows have negative weights.*\(weight .w - 0.75.\)"):
+    with pytest.raises(
+        DataError, match=r"2 of 6 rows have negative weights.*\(weight .w - 0.75.\)"
+    ):
         load_sample(parquet_file, features=["a"], weight="w - 0.75")
-    assert len(load_sample(parquet_file, features=["a"], weight="w - 0.75", allow_negative_weights=True)) == 6
+    assert (
+        len(
+            load_sample(
+                parquet_file, features=["a"], weight="w - 0.75", allow_negative_weights=True
+            )
+        )
+        == 6
+    )
 
 
 def test_expressions_are_restricted(parquet_file):
@@ -199,7 +241,9 @@ def test_expressions_are_restricted(parquet_file):
     with pytest.raises(DataError, match="uses the attribute 'a.tofile'"):
         load_sample(parquet_file, features={"x": "a.tofile('x.bin')"})
     s = load_sample(parquet_file, features={"x": "np.log1p(a) + ak.num(jets, axis=1)"})
-    np.testing.assert_allclose(s.features[:, 0], np.log1p(np.arange(6)) + [2, 1, 0, 3, 1, 2], rtol=1e-6)
+    np.testing.assert_allclose(
+        s.features[:, 0], np.log1p(np.arange(6)) + [2, 1, 0, 3, 1, 2], rtol=1e-6
+    )
     with pytest.raises(DataError, match="no column '__import__'"):
         load_sample(parquet_file, features={"x": "__import__('os')"})
     with pytest.raises(DataError, match="disallowed construct"):
@@ -248,9 +292,16 @@ def test_numpy_formats(tmp_path):
     np.testing.assert_array_equal(s.features, m[:, [1, 0]].astype(np.float32))
     np.testing.assert_array_equal(s.weights, m[:, 2] + 1)
     np.savez(tmp_path / "matrix.npz", features=m, names=np.array(["u", "v", "z"]))
-    assert load_sample(tmp_path / "matrix.npz", features=["z"]).features[:, 0].tolist() == [2, 5, 8, 11]
+    assert load_sample(tmp_path / "matrix.npz", features=["z"]).features[:, 0].tolist() == [
+        2,
+        5,
+        8,
+        11,
+    ]
     np.savez(tmp_path / "bad.npz", a=np.zeros(3), b=np.zeros(2))
-    with pytest.raises(DataError, match=r"bad.npz: length mismatch between columns: \{'a': 3, 'b': 2\}"):
+    with pytest.raises(
+        DataError, match=r"bad.npz: length mismatch between columns: \{'a': 3, 'b': 2\}"
+    ):
         load_sample(tmp_path / "bad.npz", features=["a"])
     with pytest.raises(DataError, match="missing.npz: file not found"):
         load_sample(tmp_path / "missing.npz", features=["a"])
@@ -271,12 +322,21 @@ def test_hzz_leading_muon_pt_matches_direct_computation():
     import uproot
 
     path = shared_file("uproot-HZZ.root")
-    s = load_sample(path, tree="events", features={"mu_pt": "sqrt(Muon_Px[:, 0]**2 + Muon_Py[:, 0]**2)",
-                                                   "mu_pt_helper": "pt(Muon_Px[:, 0], Muon_Py[:, 0])"},
-                    weight="EventWeight", selection="NMuon >= 1")
+    s = load_sample(
+        path,
+        tree="events",
+        features={
+            "mu_pt": "sqrt(Muon_Px[:, 0]**2 + Muon_Py[:, 0]**2)",
+            "mu_pt_helper": "pt(Muon_Px[:, 0], Muon_Py[:, 0])",
+        },
+        weight="EventWeight",
+        selection="NMuon >= 1",
+    )
     raw = uproot.open(path)["events"].arrays(["Muon_Px", "Muon_Py", "EventWeight"], library="np")
     expect, wts = [], []
-    for px, py, w in zip(raw["Muon_Px"], raw["Muon_Py"], raw["EventWeight"]):  # plain per-event loop
+    for px, py, w in zip(
+        raw["Muon_Px"], raw["Muon_Py"], raw["EventWeight"]
+    ):  # plain per-event loop
         if len(px) >= 1:
             expect.append(math.hypot(float(px[0]), float(py[0])))
             wts.append(float(w))
@@ -294,18 +354,27 @@ def test_hzz_out_of_range_index_counts_rows():
     n_mu = uproot.open(path)["events"]["NMuon"].array(library="np")
     short = int(np.sum(n_mu < 2))
     assert short > 0
-    with pytest.raises(DataError, match=rf"'Muon_E\[:, 1\]': {short} of {len(n_mu)} rows have fewer than 2 entries"):
+    with pytest.raises(
+        DataError, match=rf"'Muon_E\[:, 1\]': {short} of {len(n_mu)} rows have fewer than 2 entries"
+    ):
         load_sample(path, features={"e2": "Muon_E[:, 1]"})
     # ... which a selection removes first: the dimuon mass of the two leading muons
-    s = load_sample(path, features={"m_mumu": "mass(Muon_E[:, 0] + Muon_E[:, 1], Muon_Px[:, 0] + Muon_Px[:, 1], "
-                                              "Muon_Py[:, 0] + Muon_Py[:, 1], Muon_Pz[:, 0] + Muon_Pz[:, 1])"},
-                    selection="num(Muon_E) >= 2")
+    s = load_sample(
+        path,
+        features={
+            "m_mumu": "mass(Muon_E[:, 0] + Muon_E[:, 1], Muon_Px[:, 0] + Muon_Px[:, 1], "
+            "Muon_Py[:, 0] + Muon_Py[:, 1], Muon_Pz[:, 0] + Muon_Pz[:, 1])"
+        },
+        selection="num(Muon_E) >= 2",
+    )
     assert len(s) == len(n_mu) - short and np.all(s.features >= 0)
 
 
 def test_zmumu_dimuon_mass_peaks_at_z():
     path = shared_file("uproot-Zmumu.root")
-    s = load_sample(path, features={"m": "mass(E1 + E2, px1 + px2, py1 + py2, pz1 + pz2)", "M": "M"})
+    s = load_sample(
+        path, features={"m": "mass(E1 + E2, px1 + px2, py1 + py2, pz1 + pz2)", "M": "M"}
+    )
     m = s.features[:, 0].astype(np.float64)
     np.testing.assert_allclose(m, s.features[:, 1], rtol=1e-4, atol=1e-3)  # the stored mass branch
     counts, edges = np.histogram(m, bins=np.arange(60.0, 121.0, 2.0))
@@ -331,8 +400,11 @@ def test_root_written_here_nan_and_negative_weights(tmp_path):
     import uproot
 
     path = tmp_path / "t.root"
-    cols = {"x": np.array([1.0, np.nan, 3.0, np.nan, 5.0]), "y": np.arange(5.0),
-            "w": np.array([1.0, -1.0, 1.0, -2.0, 1.0])}
+    cols = {
+        "x": np.array([1.0, np.nan, 3.0, np.nan, 5.0]),
+        "y": np.arange(5.0),
+        "w": np.array([1.0, -1.0, 1.0, -2.0, 1.0]),
+    }
     with uproot.recreate(path) as f:
         f.mktree("tree", {k: np.float64 for k in cols})  # a classic TTree
         f["tree"].extend(cols)
@@ -355,7 +427,17 @@ def test_root_written_here_nan_and_negative_weights(tmp_path):
 
 
 def test_load_sample_spec_demo_and_file(parquet_file):
-    s = load_sample_spec({"demo": {"process": "S", "n": 500, "seed": 1, "alpha": {"bkg_norm": 1.0}, "n_nuisances": 3}})
+    s = load_sample_spec(
+        {
+            "demo": {
+                "process": "S",
+                "n": 500,
+                "seed": 1,
+                "alpha": {"bkg_norm": 1.0},
+                "n_nuisances": 3,
+            }
+        }
+    )
     ref = DemoProblem(3).sample("S", 500, 1, alpha={"bkg_norm": 1.0})
     np.testing.assert_array_equal(s.features, ref.features)
     np.testing.assert_array_equal(s.weights, ref.weights)

@@ -69,11 +69,13 @@ def test_yields_match_quadrature_of_the_unnormalised_mixture(grid):
     assert nu_i == pytest.approx(p.interference_yield(), rel=1e-9)
     assert nu_i < -0.5 * p.yield_("S"), "interference should be destructive and sizeable"
     for mu in (0.0, 0.5, 1.0, 2.0, 5.0):
-        assert np.sum(w * p.total_yield(mu) * np.exp(p.mixture_log_density(mu, pts))) == pytest.approx(
-            p.total_yield(mu), rel=1e-9
-        )
+        assert np.sum(
+            w * p.total_yield(mu) * np.exp(p.mixture_log_density(mu, pts))
+        ) == pytest.approx(p.total_yield(mu), rel=1e-9)
         coeff = poi_coefficients(mu)
-        assert p.total_yield(mu) == pytest.approx(sum(coeff[c] * p.yield_(c) for c in PROCESSES), rel=1e-12)
+        assert p.total_yield(mu) == pytest.approx(
+            sum(coeff[c] * p.yield_(c) for c in PROCESSES), rel=1e-12
+        )
 
 
 def test_alpha_variations_are_normalised_and_yields_consistent(problem12):
@@ -131,7 +133,9 @@ def test_mixture_identities():
     np.testing.assert_allclose(p.mixture_log_density(1.0, x), p.log_density("SBI", x), rtol=1e-12)
     np.testing.assert_allclose(p.mixture_log_density(0.0, x), p.log_density("B", x), rtol=1e-12)
     alpha = {"bkg_norm": 1.0, "m4l_scale": -1.0}
-    np.testing.assert_allclose(p.mixture_log_density(1.0, x, alpha), p.log_density("SBI", x, alpha), rtol=1e-12)
+    np.testing.assert_allclose(
+        p.mixture_log_density(1.0, x, alpha), p.log_density("SBI", x, alpha), rtol=1e-12
+    )
     for mu in (0.3, 2.7):
         coeff = poi_coefficients(mu)
         lhs = p.total_yield(mu) * np.exp(p.mixture_log_density(mu, x))
@@ -142,7 +146,9 @@ def test_mixture_identities():
 def test_log_ratio_and_shape_ratio():
     p = DemoProblem(n_nuisances=4)
     x = random_box_points(100, 5)
-    np.testing.assert_allclose(p.log_ratio("S", "B", x), p.log_density("S", x) - p.log_density("B", x))
+    np.testing.assert_allclose(
+        p.log_ratio("S", "B", x), p.log_density("S", x) - p.log_density("B", x)
+    )
     up = p.shape_log_ratio("B", "bkg_norm", x, +1)
     np.testing.assert_allclose(up, p.log_density("B", x, {"bkg_norm": 1}) - p.log_density("B", x))
     assert np.max(np.abs(up)) > 1e-3
@@ -155,7 +161,9 @@ def test_log_ratio_and_shape_ratio():
     assert p.yield_ratio("S", "bkg_norm", 1) == 1.0
     # a Sample is accepted wherever x is
     s = Sample(x, np.ones(len(x)), OBSERVABLES, "t")
-    np.testing.assert_allclose(p.log_density("S", s), p.log_density("S", x.astype(np.float32)), rtol=1e-12)
+    np.testing.assert_allclose(
+        p.log_density("S", s), p.log_density("S", x.astype(np.float32)), rtol=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------- nuisances
@@ -230,9 +238,13 @@ def test_to_dict_is_json_and_consistent():
 
     p = DemoProblem(n_nuisances=4)
     d = json.loads(json.dumps(p.to_dict()))
-    assert d["yields"]["SBI"] == pytest.approx(d["yields"]["S"] + d["yields"]["B"] + d["interference_yield"])
+    assert d["yields"]["SBI"] == pytest.approx(
+        d["yields"]["S"] + d["yields"]["B"] + d["interference_yield"]
+    )
     lumi = next(n for n in d["nuisances"] if n["name"] == "lumi")
-    assert lumi["shape_processes"] == [] and lumi["yield_ratios"]["B"] == pytest.approx([1 / 1.025, 1.025])
+    assert lumi["shape_processes"] == [] and lumi["yield_ratios"]["B"] == pytest.approx(
+        [1 / 1.025, 1.025]
+    )
 
 
 def test_luminosity_scales_yields_not_shapes():
@@ -262,7 +274,9 @@ def test_fisher_information_matches_nll_curvature_and_analytic_lumi_block():
     scale = nu / len(data)
 
     def nll(mu):
-        return p.total_yield(mu) - scale * np.sum(math.log(p.total_yield(mu)) + p.mixture_log_density(mu, data))
+        return p.total_yield(mu) - scale * np.sum(
+            math.log(p.total_yield(mu)) + p.mixture_log_density(mu, data)
+        )
 
     h = 0.02
     curvature = (nll(1 + h) - 2 * nll(1.0) + nll(1 - h)) / h**2
@@ -309,7 +323,9 @@ def test_sample_histograms_match_densities(process, weighted):
         expected = nu * marginal_bin_probs(p, lambda z: p.log_density(process, z), j, edges)
         idx = np.clip(np.digitize(x[:, j], edges) - 1, 0, 9)
         sumw = np.bincount(idx, weights=s.weights, minlength=10)
-        var = np.bincount(idx, weights=s.weights**2, minlength=10) if weighted else expected * nu / n
+        var = (
+            np.bincount(idx, weights=s.weights**2, minlength=10) if weighted else expected * nu / n
+        )
         assert chi2_pvalue(sumw, expected, var) > 1e-3, (process, OBSERVABLES[j])
 
 
@@ -346,7 +362,11 @@ def test_weights_estimate_the_yield_with_moderate_spread(process):
 
 def test_sampling_is_seeded():
     p = default_problem()
-    a, b, c = p.sample("SBI", 500, seed=1), p.sample("SBI", 500, seed=1), p.sample("SBI", 500, seed=2)
+    a, b, c = (
+        p.sample("SBI", 500, seed=1),
+        p.sample("SBI", 500, seed=1),
+        p.sample("SBI", 500, seed=2),
+    )
     np.testing.assert_array_equal(a.features, b.features)
     assert not np.array_equal(a.features, c.features)
     assert "SBI" in a.source and "seed=1" in a.source

@@ -27,15 +27,28 @@ def gaussians(n, seed):
     rng = np.random.default_rng(seed)
     xq = rng.normal(0.0, 1.6, (n, 2))
     w = 7.0 * np.exp((norm.logpdf(xq, 0.6, 1.0) - norm.logpdf(xq, 0.0, 1.6)).sum(axis=1))
-    return (Sample(xq, w, NAMES, f"num({seed})"),
-            Sample(rng.normal(0.0, 1.3, (n, 2)), np.ones(n), NAMES, f"den({seed})"))
+    return (
+        Sample(xq, w, NAMES, f"num({seed})"),
+        Sample(rng.normal(0.0, 1.3, (n, 2)), np.ones(n), NAMES, f"den({seed})"),
+    )
 
 
 # A large learning rate and a small validation set: the validation loss still falls over the
 # run but jumps by more than it falls between evaluations.
-NOISY = TrainConfig(hidden_layers=2, width=32, members=1, batch_size=256, max_steps=200, eval_every=20,
-                    checkpoint_every=20, learning_rate=0.3, seed=3, strategy="vmap", patience=2,
-                    bootstrap=False)
+NOISY = TrainConfig(
+    hidden_layers=2,
+    width=32,
+    members=1,
+    batch_size=256,
+    max_steps=200,
+    eval_every=20,
+    checkpoint_every=20,
+    learning_rate=0.3,
+    seed=3,
+    strategy="vmap",
+    patience=2,
+    bootstrap=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +87,7 @@ def test_noisy_validation_loss_does_not_stop_training(data):
     smooth = train_ensemble(num, den, NOISY.replace(early_stopping_smoothing=0.7))
     raw_vals, smooth_vals = val_series(raw), val_series(smooth)
     # same members, same batches: identical until the raw rule stops
-    assert smooth_vals[:len(raw_vals)] == raw_vals
+    assert smooth_vals[: len(raw_vals)] == raw_vals
     assert raw_vals[-1][0] < NOISY.max_steps  # the raw rule stopped on noise ...
     assert smooth_vals[-1][0] == NOISY.max_steps  # ... the smoothed one trained on
     # and training on was worth it: a lower validation loss than anything the raw run saw

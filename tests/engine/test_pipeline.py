@@ -32,7 +32,9 @@ def test_asimov_weights_sum_to_expected_yield():
 
 def test_exact_ratio_fit_recovers_mu_with_fisher_error():
     p = default_problem()
-    report = fit_demo_asimov(exact_log_ratios(p), mu_true=1.0, n_per_process=20_000, seed=11, problem=p)
+    report = fit_demo_asimov(
+        exact_log_ratios(p), mu_true=1.0, n_per_process=20_000, seed=11, problem=p
+    )
     assert report.converged
     # Asimov data: the only deviation from mu=1 is the simulation's finite-sample noise in the weights.
     assert abs(report.mu_hat - 1.0) < 0.1 * report.sigma + 0.02
@@ -48,6 +50,12 @@ def test_normalisation_removes_a_constant_miscalibration():
     fixed = normalised(biased, ref)
     x = p.sample("SBI", 1000, seed=9).features
     for k in exact:
-        np.testing.assert_allclose(fixed[k](x), exact[k](x) - np.log(np.sum(ref.weights * np.exp(exact[k](ref.features))) / ref.weights.sum()), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            fixed[k](x),
+            exact[k](x)
+            - np.log(np.sum(ref.weights * np.exp(exact[k](ref.features))) / ref.weights.sum()),
+            rtol=0,
+            atol=1e-9,
+        )
         mean_ratio = np.sum(ref.weights * np.exp(fixed[k](ref.features))) / ref.weights.sum()
         assert mean_ratio == pytest.approx(1.0, abs=1e-12)

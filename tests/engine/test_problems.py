@@ -44,7 +44,9 @@ def composite_gl(lo: float, hi: float, edges=None, nodes: int = 8, panels: int =
     """Nodes and weights of composite Gauss-Legendre on [lo, hi]; with `edges`, panels are split
     at them and also the panel index (bin) of each node is returned."""
     t, w = np.polynomial.legendre.leggauss(nodes)
-    cuts = np.unique(np.concatenate([[lo, hi], edges if edges is not None else np.linspace(lo, hi, panels + 1)]))
+    cuts = np.unique(
+        np.concatenate([[lo, hi], edges if edges is not None else np.linspace(lo, hi, panels + 1)])
+    )
     xs, ws, idx = [], [], []
     for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         sub = np.linspace(a, b, 3)  # every panel itself in 2 sub-panels
@@ -64,7 +66,9 @@ def bin_probabilities_2d(problem, process_logpdf, edges, axis: int):
     grid = np.stack(np.meshgrid(x0, x1, indexing="ij"), axis=-1).reshape(-1, 2)
     if axis == 1:
         grid = grid[:, ::-1]
-    dens = np.exp(process_logpdf(grid)).reshape(len(x0), len(x1)) @ w1  # marginal of x_axis at the nodes
+    dens = (
+        np.exp(process_logpdf(grid)).reshape(len(x0), len(x1)) @ w1
+    )  # marginal of x_axis at the nodes
     probs = np.bincount(idx, weights=dens * w0, minlength=len(cuts) - 1)
     return probs, cuts
 
@@ -74,7 +78,9 @@ def chi2(values: np.ndarray, weights: np.ndarray, cuts: np.ndarray, expected: np
     obs = np.bincount(b, weights=weights, minlength=len(cuts) - 1)
     var = np.bincount(b, weights=weights * weights, minlength=len(cuts) - 1)
     live = var > 0
-    assert np.all(expected[~live] < 1e-3 * expected.sum()), "a bin with sizeable expectation got no events"
+    assert np.all(expected[~live] < 1e-3 * expected.sum()), (
+        "a bin with sizeable expectation got no events"
+    )
     return float(np.sum((obs[live] - expected[live]) ** 2 / var[live]))
 
 
@@ -93,14 +99,23 @@ def _check_sampler(problem, logpdf, sample_x, weights, total, marginals=None):
             cdf = sum(frac * ndtr((cuts - m) / s) for frac, m, s in marginal)
             exp = total * np.diff(cdf)
         stat = chi2(values, weights, cuts, exp)
-        assert stat < CHI2_MAX, f"feature {problem.feature_names[j]}: chi2 {stat:.1f} for {len(cuts) - 1} bins"
+        assert stat < CHI2_MAX, (
+            f"feature {problem.feature_names[j]}: chi2 {stat:.1f} for {len(cuts) - 1} bins"
+        )
 
 
 # --------------------------------------------------------------------------- registry
 
 
 def test_registry_has_the_required_problems():
-    assert {"interference", "correlated5", "subnoise_syst", "negative_weights", "low_stats", "high_stats"} <= set(PROBLEMS)
+    assert {
+        "interference",
+        "correlated5",
+        "subnoise_syst",
+        "negative_weights",
+        "low_stats",
+        "high_stats",
+    } <= set(PROBLEMS)
     with pytest.raises(ValueError, match="unknown benchmark problem"):
         get_problem("demo")
     for name in PROBLEMS:
@@ -130,22 +145,43 @@ def test_simulation_matches_density(name):
         marginals = None
         if name == "correlated5":
             marginals = {j: [(1.0, *p.marginal(c, j, alpha))] for j in (0, 4)}
-        _check_sampler(p, lambda x: p.log_density(c, x, alpha), s.features, s.weights, s.total_weight, marginals)
+        _check_sampler(
+            p,
+            lambda x, c=c, alpha=alpha: p.log_density(c, x, alpha),
+            s.features,
+            s.weights,
+            s.total_weight,
+            marginals,
+        )
 
 
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_pseudo_data_follow_the_mixture(name):
     p = get_problem(name)
-    mus = (1.0, 0.25, 4.0) if name == "interference" else (1.0,)  # negative S / B coefficients off mu = 1
+    mus = (
+        (1.0, 0.25, 4.0) if name == "interference" else (1.0,)
+    )  # negative S / B coefficients off mu = 1
     for mu in mus:
         rng = np.random.default_rng(7)
         x = p.draw_mixture(mu, 100_000, rng)
         nu = p.expected_events(mu)
         marginals = None
         if name == "correlated5":
-            marginals = {j: [(p.coefficient(c, mu) * p.yield_(c) / nu, *p.marginal(c, j)) for c in p.processes]
-                         for j in (0, 4)}
-        _check_sampler(p, lambda z: p.mixture_log_intensity(mu, z) - math.log(nu), x, np.ones(len(x)), len(x), marginals)
+            marginals = {
+                j: [
+                    (p.coefficient(c, mu) * p.yield_(c) / nu, *p.marginal(c, j))
+                    for c in p.processes
+                ]
+                for j in (0, 4)
+            }
+        _check_sampler(
+            p,
+            lambda z, mu=mu, nu=nu: p.mixture_log_intensity(mu, z) - math.log(nu),
+            x,
+            np.ones(len(x)),
+            len(x),
+            marginals,
+        )
     d = p.pseudo_data(1.0, seed=3)
     assert np.all(d.weights == 1.0)
     assert abs(len(d) - p.expected_events(1.0)) < 5 * math.sqrt(p.expected_events(1.0))
@@ -161,7 +197,9 @@ def test_densities_integrate_to_one(name):
     wt = np.outer(w0, w1).reshape(-1)
     for c in p.processes:
         for alpha in [None] + [{k: d} for k in p.nuisances for d in (1.0, -1.0)]:
-            assert float(wt @ np.exp(p.log_density(c, grid, alpha))) == pytest.approx(1.0, abs=1e-6), (c, alpha)
+            assert float(wt @ np.exp(p.log_density(c, grid, alpha))) == pytest.approx(
+                1.0, abs=1e-6
+            ), (c, alpha)
 
 
 def test_correlated5_normalisation_and_correlations():
@@ -212,7 +250,9 @@ def test_log_ratios_are_consistent(name):
             s = p.sample(c, 50_000, seed=12)
             for d in (1.0, -1.0):
                 r = np.exp(p.shape_log_ratio(c, k, s, d))
-                assert np.allclose(np.log(r), p.log_density(c, s, {k: d}) - p.log_density(c, s), atol=1e-12)
+                assert np.allclose(
+                    np.log(r), p.log_density(c, s, {k: d}) - p.log_density(c, s), atol=1e-12
+                )
                 mean = float(np.sum(s.weights * r) / np.sum(s.weights))
                 spread = math.sqrt(np.sum(s.weights**2 * (r - mean) ** 2)) / abs(np.sum(s.weights))
                 assert abs(mean - 1.0) < 5 * spread + 1e-12, (k, c, d, mean)
@@ -226,7 +266,11 @@ def test_interference_sbi_ratio_is_within_a_few_per_cent():
     # f_SBI < f_S + f_B everywhere (destructive interference)
     x = b.features
     f_sbi = p.yield_("SBI") * np.exp(p.log_density("SBI", x))
-    assert np.all(f_sbi < p.yield_("S") * np.exp(p.log_density("S", x)) + p.yield_("B") * np.exp(p.log_density("B", x)))
+    assert np.all(
+        f_sbi
+        < p.yield_("S") * np.exp(p.log_density("S", x))
+        + p.yield_("B") * np.exp(p.log_density("B", x))
+    )
 
 
 def test_subnoise_systematic_is_below_the_noise_floor():
@@ -245,7 +289,9 @@ def test_negative_weights():
     assert s.total_weight == pytest.approx(p.yield_("S"), rel=1e-12)
     (lo0, hi0), (lo1, hi1) = p.bounds
     x0, _, _, _ = composite_gl(lo0, hi0)
-    grid = np.stack(np.meshgrid(x0[::10], np.linspace(lo1, hi1, 200), indexing="ij"), -1).reshape(-1, 2)
+    grid = np.stack(np.meshgrid(x0[::10], np.linspace(lo1, hi1, 200), indexing="ij"), -1).reshape(
+        -1, 2
+    )
     assert np.all(np.isfinite(p.log_density("S", grid)))  # the true density stays positive
     cfg = p.analysis_config("/tmp/x", observed="data.parquet")
     assert cfg["samples"]["S"]["allow_negative_weights"] is True
@@ -256,10 +302,14 @@ def test_negative_weights():
 
 def test_code4_matches_the_project_reference():
     from sbi_engine.fit.interp import code4_reference
+    from sbi_engine.precision import enable_float64
 
+    enable_float64()  # the fit's internals are called directly, not through a fit
     up, down = np.array([1.3, 0.8, 1.02]), np.array([0.75, 1.1, 0.99])
     for a in (-2.0, -1.0, -0.6, 0.0, 0.3, 1.0, 1.7):
-        assert np.allclose(code4(a, up, down), np.asarray(code4_reference(a, up, down)), rtol=1e-12, atol=1e-12)
+        assert np.allclose(
+            code4(a, up, down), np.asarray(code4_reference(a, up, down)), rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("name", ["interference", "subnoise_syst"])
@@ -279,7 +329,9 @@ def test_numpy_model_reproduces_the_truth_at_plus_minus_one(name):
                 theta = np.zeros(len(nll.names))
                 theta[0] = mu
                 theta[nll.names.index(k)] = d
-                truth = np.exp(p.mixture_log_intensity(mu, data, {k: d}) - p.log_density(p.reference, data))
+                truth = np.exp(
+                    p.mixture_log_intensity(mu, data, {k: d}) - p.log_density(p.reference, data)
+                )
                 assert np.allclose(nll.event_intensity(theta), truth, rtol=1e-9), (mu, k, d)
                 assert np.allclose(nll.normalisation(theta), 1.0, atol=0.01)
 
@@ -319,8 +371,22 @@ def test_cli_generate_writes_an_analysis_that_validates(tmp_path, capsys, monkey
     out = tmp_path / "bench"
     # --no-truth: the reference fit itself is tested above (test_project_fit_matches_numpy_minuit)
     # and costs a JAX compilation; `nsbi problems generate` runs it by default.
-    assert main(["problems", "generate", "correlated5", str(out), "--events-scale", "0.05", "--seed", "3",
-                 "--no-truth"]) == 0
+    assert (
+        main(
+            [
+                "problems",
+                "generate",
+                "correlated5",
+                str(out),
+                "--events-scale",
+                "0.05",
+                "--seed",
+                "3",
+                "--no-truth",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and "analysis validate" in printed
     p = get_problem("correlated5")
@@ -330,6 +396,8 @@ def test_cli_generate_writes_an_analysis_that_validates(tmp_path, capsys, monkey
     assert validate_analysis(out / "analysis.yaml") == []
     truth = json.loads((out / "truth.json").read_text())
     assert truth["problem"] == "correlated5" and truth["yields"] == {"S": 200.0, "B": 5000.0}
-    assert truth["n_data_events"] == len(read_parquet(out / "data.parquet", p.feature_names, weight=False))
+    assert truth["n_data_events"] == len(
+        read_parquet(out / "data.parquet", p.feature_names, weight=False)
+    )
     assert read_parquet(out / "S.parquet", p.feature_names).total_weight == pytest.approx(200.0)
     assert main(["problems", "generate", "nope", str(out)]) == 2

@@ -8,7 +8,6 @@ are scaled accordingly. Because the m4l_scale shape ratio is small (|log r| ~ 0.
 that the estimate explains most of the variance of the true log r.
 """
 
-import numpy as np
 import pytest
 
 from sbi_engine.ratio.demo_check import DEFAULT_TASKS, check_task, default_check_config

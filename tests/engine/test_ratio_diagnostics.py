@@ -2,14 +2,17 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from scipy.stats import norm
 
 from sbi_engine.data import Sample
 from sbi_engine.ratio import Ensemble, diagnostics
-from sbi_engine.ratio.diagnostics import calibration_curve, closure, histogram_calibration, weighted_roc
+from sbi_engine.ratio.diagnostics import (
+    calibration_curve,
+    closure,
+    weighted_roc,
+)
 from sbi_engine.ratio.ensemble import FORMAT
 from sbi_engine.ratio.prepare import Standardizer
 
@@ -19,7 +22,9 @@ MU = 0.7  # numerator N(MU, 1), reference N(0, 1): log r(x) = MU x - MU^2 / 2
 def samples(n, seed):
     rng = np.random.default_rng(seed)
     num = Sample(rng.normal(MU, 1.0, (n, 1)), np.full(n, 3.0), ("x",), "num")
-    ref = Sample(rng.normal(0.0, 1.0, (n, 1)), rng.uniform(0.5, 1.5, n), ("x",), "ref")  # weights ~ 1
+    ref = Sample(
+        rng.normal(0.0, 1.0, (n, 1)), rng.uniform(0.5, 1.5, n), ("x",), "ref"
+    )  # weights ~ 1
     return num, ref
 
 
@@ -28,11 +33,18 @@ def linear_ensemble(slopes, offsets):
     m = len(slopes)
     k1 = np.tile(np.array([[1.0, -1.0]], np.float32), (m, 1, 1))
     out = np.stack([np.array([[a], [-a]], np.float32) for a in slopes])
-    params = {"hidden_0": {"kernel": k1, "bias": np.zeros((m, 2), np.float32)},
-              "output": {"kernel": out, "bias": np.asarray(offsets, np.float32)[:, None]}}
+    params = {
+        "hidden_0": {"kernel": k1, "bias": np.zeros((m, 2), np.float32)},
+        "output": {"kernel": out, "bias": np.asarray(offsets, np.float32)[:, None]},
+    }
     scaler = Standardizer(np.zeros(1, np.float32), np.ones(1, np.float32))
-    meta = {"format": FORMAT, "model": {"hidden_layers": 1, "width": 2, "activation": "relu", "dtype": "float32"},
-            "feature_names": ["x"], "scaler": scaler.to_dict(), "config": {}}
+    meta = {
+        "format": FORMAT,
+        "model": {"hidden_layers": 1, "width": 2, "activation": "relu", "dtype": "float32"},
+        "feature_names": ["x"],
+        "scaler": scaler.to_dict(),
+        "config": {},
+    }
     return Ensemble(params, meta)
 
 
@@ -43,7 +55,7 @@ def holdout():
 
 def test_exact_ratio_passes_every_check(holdout):
     num, ref = holdout
-    exact = linear_ensemble([MU, MU], [-MU**2 / 2, -MU**2 / 2])
+    exact = linear_ensemble([MU, MU], [-(MU**2) / 2, -(MU**2) / 2])
     d = diagnostics(exact, num, ref, calibrate=True)
     assert d.members == 2
     assert abs(d.normalization - 1) < 3 * d.normalization_error + 1e-3
@@ -72,7 +84,7 @@ def test_wrong_ratio_fails_closure_normalisation_and_calibration(holdout):
 
 def test_overtraining_losses_and_saturation(holdout):
     num, ref = holdout
-    big = linear_ensemble([MU, 40.0], [-MU**2 / 2, 0.0])  # second member: saturated, awful
+    big = linear_ensemble([MU, 40.0], [-(MU**2) / 2, 0.0])  # second member: saturated, awful
     d = diagnostics(big, num, ref, train_numerator=num, train_reference=ref)
     good, bad = d.losses
     assert good.train_loss == pytest.approx(good.holdout_loss)  # same events -> same loss
@@ -92,14 +104,28 @@ def test_weighted_auc_matches_brute_force_pairs():
 
 def test_closure_chi2_is_about_one_for_statistical_fluctuations_only():
     rng = np.random.default_rng(4)
-    chis = [closure("x", rng.normal(size=5000), np.ones(5000), rng.normal(size=5000), np.ones(5000),
-                    np.ones(5000), bins=10).chi2_ndf for _ in range(20)]
+    chis = [
+        closure(
+            "x",
+            rng.normal(size=5000),
+            np.ones(5000),
+            rng.normal(size=5000),
+            np.ones(5000),
+            np.ones(5000),
+            bins=10,
+        ).chi2_ndf
+        for _ in range(20)
+    ]
     assert 0.6 < np.mean(chis) < 1.5
 
 
 def test_calibration_curve_is_diagonal_for_true_posterior():
     rng = np.random.default_rng(6)
     x1, x0 = rng.normal(MU, 1, 50000), rng.normal(0, 1, 50000)
-    c = calibration_curve(MU * x1 - MU**2 / 2, MU * x0 - MU**2 / 2, np.ones(50000), np.ones(50000), bins=10)
+    c = calibration_curve(
+        MU * x1 - MU**2 / 2, MU * x0 - MU**2 / 2, np.ones(50000), np.ones(50000), bins=10
+    )
     ok = np.asarray(c.weight) > 100
-    np.testing.assert_allclose(np.asarray(c.observed_fraction)[ok], np.asarray(c.mean_score)[ok], atol=0.03)
+    np.testing.assert_allclose(
+        np.asarray(c.observed_fraction)[ok], np.asarray(c.mean_score)[ok], atol=0.03
+    )

@@ -20,10 +20,23 @@ def random_ensemble(members=5, layers=2, width=16, seed=0, periodic=(2,)):
     rng = np.random.default_rng(seed)
     scaler = Standardizer.fit(rng.normal(3.0, 2.0, (500, 3)).astype(np.float32), periodic)
     model = build_model(layers, width)
-    params = init_stacked(model, jax.random.split(jax.random.PRNGKey(seed), members), scaler.n_inputs)
-    meta = {"format": FORMAT, "model": {"hidden_layers": layers, "width": width, "activation": "silu",
-                                        "dtype": "float32", "n_inputs": scaler.n_inputs},
-            "feature_names": list(NAMES), "scaler": scaler.to_dict(), "config": {}, "members": members}
+    params = init_stacked(
+        model, jax.random.split(jax.random.PRNGKey(seed), members), scaler.n_inputs
+    )
+    meta = {
+        "format": FORMAT,
+        "model": {
+            "hidden_layers": layers,
+            "width": width,
+            "activation": "silu",
+            "dtype": "float32",
+            "n_inputs": scaler.n_inputs,
+        },
+        "feature_names": list(NAMES),
+        "scaler": scaler.to_dict(),
+        "config": {},
+        "members": members,
+    }
     return Ensemble(jax.device_get(params), meta)
 
 
@@ -43,12 +56,21 @@ def numpy_member_logits(ens, x):
     cols = []
     for j in range(x.shape[1]):
         cols += [np.cos(x[:, j]), np.sin(x[:, j])] if j in meta["scaler"]["periodic"] else [x[:, j]]
-    z = (np.stack(cols, 1) - np.asarray(meta["scaler"]["mean"])) / np.asarray(meta["scaler"]["scale"])
-    return np.stack([numpy_forward(jax.tree.map(lambda a: a[m], ens.params), z) for m in range(ens.members)])
+    z = (np.stack(cols, 1) - np.asarray(meta["scaler"]["mean"])) / np.asarray(
+        meta["scaler"]["scale"]
+    )
+    return np.stack(
+        [
+            numpy_forward(jax.tree.map(lambda a, m=m: a[m], ens.params), z)
+            for m in range(ens.members)
+        ]
+    )
 
 
 def test_member_logits_match_an_independent_numpy_forward(ens, x):
-    np.testing.assert_allclose(ens.member_log_ratios(x), numpy_member_logits(ens, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ens.member_log_ratios(x), numpy_member_logits(ens, x), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("aggregate", ["mean_ratio", "median_score", "mean_log_ratio"])
@@ -57,7 +79,9 @@ def test_aggregates_and_spread(ens, x, aggregate):
     expected = {
         "mean_ratio": np.log(np.mean(np.exp(z), axis=0)),
         "mean_log_ratio": np.mean(z, axis=0),
-        "median_score": np.median(z, axis=0),  # odd M: the median score is the median logit's sigmoid
+        "median_score": np.median(
+            z, axis=0
+        ),  # odd M: the median score is the median logit's sigmoid
     }[aggregate]
     log_r, spread = ens.log_ratio(x, aggregate=aggregate)
     assert log_r.dtype == np.float64 and log_r.shape == (len(x),)
@@ -74,9 +98,13 @@ def test_chunk_size_does_not_change_results(ens, x):
 
 def test_members_evaluated_in_groups_when_activations_would_not_fit(ens, x, monkeypatch):
     full = ens.member_log_ratios(x, chunk_size=1024)
-    monkeypatch.setattr(ensemble_module, "_ACTIVATION_BUDGET", 2 * 4 * 1024 * 16 * 2)  # two members at a time
+    monkeypatch.setattr(
+        ensemble_module, "_ACTIVATION_BUDGET", 2 * 4 * 1024 * 16 * 2
+    )  # two members at a time
     assert ens._member_batch(1024) == 2
-    np.testing.assert_allclose(ens.member_log_ratios(x, chunk_size=1024), full, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        ens.member_log_ratios(x, chunk_size=1024), full, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_save_load_round_trip_and_plain_numpy_reading(ens, x, tmp_path):

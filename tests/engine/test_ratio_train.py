@@ -1,10 +1,10 @@
 """Ensemble training on Gaussians with an analytic ratio; checkpoints and resume; strategies."""
 
+import jax
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-import jax
 from sbi_engine.data import Sample
 from sbi_engine.ratio import (
     CheckpointMismatch,
@@ -14,10 +14,10 @@ from sbi_engine.ratio import (
     TrainCallbacks,
     TrainConfig,
     choose_layout,
+    strategy,
     train_ensemble,
 )
 from sbi_engine.ratio.prepare import RatioDataError
-from sbi_engine.ratio import strategy
 from sbi_engine.ratio.strategy import bytes_per_member
 
 NAMES = ("a", "b")
@@ -34,14 +34,26 @@ def gaussian_samples(n, seed):
     learn log q/p_den instead of log p_num/p_den."""
     rng = np.random.default_rng(seed)
     xq = rng.normal(0.0, SD_PROPOSAL, (n, 2))
-    w = 7.0 * np.exp((norm.logpdf(xq, MU_NUM, SD_NUM) - norm.logpdf(xq, 0.0, SD_PROPOSAL)).sum(axis=1))
+    w = 7.0 * np.exp(
+        (norm.logpdf(xq, MU_NUM, SD_NUM) - norm.logpdf(xq, 0.0, SD_PROPOSAL)).sum(axis=1)
+    )
     num = Sample(xq, w, NAMES, f"gauss-num(seed={seed})")
     den = Sample(rng.normal(0.0, SD_DEN, (n, 2)), np.ones(n), NAMES, f"gauss-den(seed={seed})")
     return num, den
 
 
-SMALL = TrainConfig(hidden_layers=2, width=32, members=2, batch_size=256, max_steps=60, eval_every=20,
-                    checkpoint_every=20, learning_rate=3e-3, seed=3, strategy="vmap")
+SMALL = TrainConfig(
+    hidden_layers=2,
+    width=32,
+    members=2,
+    batch_size=256,
+    max_steps=60,
+    eval_every=20,
+    checkpoint_every=20,
+    learning_rate=3e-3,
+    seed=3,
+    strategy="vmap",
+)
 
 
 def leaves(ensemble):
@@ -55,8 +67,16 @@ def small_data():
 
 def test_learns_the_analytic_ratio_from_weighted_events():
     num, den = gaussian_samples(6000, seed=0)
-    config = TrainConfig(hidden_layers=2, width=32, members=3, batch_size=1024, max_steps=600, eval_every=100,
-                         learning_rate=5e-3, patience=3)
+    config = TrainConfig(
+        hidden_layers=2,
+        width=32,
+        members=3,
+        batch_size=1024,
+        max_steps=600,
+        eval_every=100,
+        learning_rate=5e-3,
+        patience=3,
+    )
     result = train_ensemble(num, den, config)
     assert result.ensemble.members == 3 and not result.stopped_early
     x = np.random.default_rng(9).normal(0.0, SD_DEN, (20000, 2))
@@ -65,7 +85,10 @@ def test_learns_the_analytic_ratio_from_weighted_events():
     # ~5k weighted training events per class: statistical errors of several 0.01 in the bulk.
     # The thresholds still separate a trainer that ignores the weights, which would learn
     # log q/p_den (computed exactly here) instead:
-    wrong = np.abs((norm.logpdf(x, 0.0, SD_PROPOSAL) - norm.logpdf(x, 0.0, SD_DEN)).sum(axis=1) - true_log_ratio(x))
+    wrong = np.abs(
+        (norm.logpdf(x, 0.0, SD_PROPOSAL) - norm.logpdf(x, 0.0, SD_DEN)).sum(axis=1)
+        - true_log_ratio(x)
+    )
     assert np.median(wrong) > 0.5 and np.percentile(wrong, 90) > 1.0
     assert np.median(err) < 0.12
     assert np.percentile(err, 90) < 0.35
@@ -91,7 +114,9 @@ class WriteOnceCheckpointer(DirectoryCheckpointer):
 
 def test_resume_ends_with_bitwise_identical_parameters(small_data, tmp_path):
     num, den = small_data
-    config = SMALL.replace(strategy="packs", pack_size=1)  # two packs: the resume crosses a pack boundary too
+    config = SMALL.replace(
+        strategy="packs", pack_size=1
+    )  # two packs: the resume crosses a pack boundary too
     reference = train_ensemble(num, den, config)
 
     ckpt = WriteOnceCheckpointer(tmp_path / "ckpt", keep=2)
@@ -105,7 +130,14 @@ def test_resume_ends_with_bitwise_identical_parameters(small_data, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert final.history == reference.history
     assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2  # keep=2 prunes older ones
-    assert ckpt.seen == [20, 40, 60, 80, 100, 120]  # every checkpoint_every=20 steps, pack ends included
+    assert ckpt.seen == [
+        20,
+        40,
+        60,
+        80,
+        100,
+        120,
+    ]  # every checkpoint_every=20 steps, pack ends included
 
     again = train_ensemble(num, den, config, checkpointer=ckpt)  # finished: nothing left to run
     assert again.steps_run == 120
@@ -155,15 +187,23 @@ def test_should_stop_checkpoints_and_returns_promptly(small_data):
             return True
 
     ckpt, cb = MemoryCheckpointer(), Sigterm()
-    result = train_ensemble(num, den, SMALL.replace(checkpoint_every=1000), checkpointer=ckpt, callbacks=cb)
+    result = train_ensemble(
+        num, den, SMALL.replace(checkpoint_every=1000), checkpointer=ckpt, callbacks=cb
+    )
     assert result.stopped_early and cb.steps == [20] and list(ckpt.saved) == [20]
     assert result.ensemble.members == 2  # best-so-far parameters are still usable
 
 
 def test_early_stopping_keeps_the_best_validation_step(small_data):
     num, den = small_data
-    config = SMALL.replace(members=1, learning_rate=0.3, max_steps=200, patience=2, bootstrap=False,
-                           early_stopping_smoothing=0.0)  # the raw rule: stops on the noise of this absurd rate
+    config = SMALL.replace(
+        members=1,
+        learning_rate=0.3,
+        max_steps=200,
+        patience=2,
+        bootstrap=False,
+        early_stopping_smoothing=0.0,
+    )  # the raw rule: stops on the noise of this absurd rate
     result = train_ensemble(num, den, config)
     vals = [(r["step"], r["value"]) for r in result.history if r["name"] == "val_loss"]
     best_step = min(vals, key=lambda sv: sv[1])[0]
@@ -185,7 +225,9 @@ def test_bad_inputs_are_reported_with_the_sample_source():
 
 def test_auto_layout_packs_when_memory_is_short(monkeypatch):
     mid = TrainConfig(hidden_layers=2, width=256, members=64)
-    monkeypatch.setattr(strategy, "device_memory_bytes", lambda device=None: 8 << 30)  # a fixed 8 GiB device
+    monkeypatch.setattr(
+        strategy, "device_memory_bytes", lambda device=None: 8 << 30
+    )  # a fixed 8 GiB device
     assert choose_layout(TrainConfig(members=8), 4, 10_000).strategy == "vmap"
     assert choose_layout(mid, 4, 10_000).strategy == "vmap"
     per_member = bytes_per_member(mid, 4, 10_000)

@@ -35,8 +35,12 @@ N = 4000
 
 def write_parquet(path, n=N, seed=0, order=None, shift=0.0):
     rng = np.random.default_rng(seed)
-    cols = {"a": rng.normal(size=n) + shift, "b": rng.exponential(size=n), "w": rng.uniform(0.5, 1.5, n),
-            "evt": np.arange(n, dtype=np.int64) * 7 + 11}
+    cols = {
+        "a": rng.normal(size=n) + shift,
+        "b": rng.exponential(size=n),
+        "w": rng.uniform(0.5, 1.5, n),
+        "evt": np.arange(n, dtype=np.int64) * 7 + 11,
+    }
     if order is not None:
         cols = {k: v[order] for k, v in cols.items()}
     pq.write_table(pa.table(cols), path)
@@ -115,7 +119,9 @@ def test_fraction_within_binomial_error_and_weights_rescaled(files, fraction):
         ratio = part.weights / np.array([raw[tuple(r)] for r in part.features.tolist()])
         np.testing.assert_allclose(ratio, rec["scale"][name], rtol=1e-12)
         assert rec["scale"][name] == pytest.approx(whole.total_weight / rec["sum_weights"][name])
-    assert rec["sum_weights"]["train"] + rec["sum_weights"]["eval"] == pytest.approx(whole.total_weight)
+    assert rec["sum_weights"]["train"] + rec["sum_weights"]["eval"] == pytest.approx(
+        whole.total_weight
+    )
 
 
 def test_split_by_an_event_number(files):
@@ -125,10 +131,17 @@ def test_split_by_an_event_number(files):
     assert abs(rec["sizes"]["eval"] / N - 0.4) < 4 * math.sqrt(0.24 / N)
     # the event number alone decides: other features, same event numbers -> the same events
     evt = spec(files["main"], split_by="evt", eval_fraction=0.4, features=["evt"])
-    other = {"path": str(files["other"]), "features": ["evt"], "split_by": "evt", "eval_fraction": 0.4}
+    other = {
+        "path": str(files["other"]),
+        "features": ["evt"],
+        "split_by": "evt",
+        "eval_fraction": 0.4,
+    }
     ev_main = {r[0] for r in load_sample_spec(evt, role="eval").features.tolist()}
     ev_other = {r[0] for r in load_sample_spec(other, role="eval").features.tolist()}
-    shared = {r[0] for r in load_sample_spec(other).features.tolist()}  # the first 900 event numbers
+    shared = {
+        r[0] for r in load_sample_spec(other).features.tolist()
+    }  # the first 900 event numbers
     assert ev_other == ev_main & shared
     # the permuted file splits the same way
     ev_perm = load_sample_spec(spec(files["perm"], split_by="evt", eval_fraction=0.4), role="eval")
@@ -152,7 +165,10 @@ def test_eval_sample_is_honoured(files):
 def test_demo_roles():
     d = {"demo": {"process": "S", "n": 300, "seed": 4}}
     assert evaluation_spec(d) == {"demo": {"process": "S", "n": 300, "seed": 4 + EVAL_SEED_OFFSET}}
-    assert evaluation_spec({"path": "x.parquet", "features": ["a"]}) == {"path": "x.parquet", "features": ["a"]}
+    assert evaluation_spec({"path": "x.parquet", "features": ["a"]}) == {
+        "path": "x.parquet",
+        "features": ["a"],
+    }
     train, ev = load_sample_spec(d, role="train"), load_sample_spec(d, role="eval")
     np.testing.assert_array_equal(train.features, load_sample_spec(d).features)
     np.testing.assert_array_equal(ev.features, load_sample_spec(evaluation_spec(d)).features)
@@ -162,22 +178,32 @@ def test_demo_roles():
     assert rec["sizes"] == {"train": 300, "eval": 300}
 
 
-@pytest.mark.parametrize("extra, match", [
-    ({"eval_fraction": 0.0}, r"'eval_fraction' must be a number in \(0, 1\).*got 0.0"),
-    ({"eval_fraction": 1.0}, "'eval_fraction' must be"),
-    ({"eval_fraction": 1.5}, "'eval_fraction' must be"),
-    ({"eval_fraction": "0.3"}, "'eval_fraction' must be"),
-    ({"eval_fraction": True}, "'eval_fraction' must be"),
-    ({"split_by": ""}, "'split_by' must be an expression"),
-    ({"split_by": "no_such_column"}, "no column 'no_such_column' \\(used in split_by"),
-    ({"eval_sample": "other.parquet"}, "'eval_sample' must be a complete file sample spec"),
-    ({"eval_sample": {"features": ["a"]}}, "'eval_sample' must be a complete file sample spec"),
-    ({"eval_sample": {"path": "OTHER", "features": ["a", "b"], "eval_fraction": 0.2}},
-     "an 'eval_sample' is used whole"),
-    ({"eval_sample": {"path": "OTHER", "features": ["b", "a"]}}, "'eval_sample' has features \\['b', 'a'\\]"),
-    ({"eval_sample": {"path": "OTHER", "features": ["a", "b"]}, "eval_fraction": 0.2},
-     "cannot be combined with \\['eval_fraction'\\]"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ({"eval_fraction": 0.0}, r"'eval_fraction' must be a number in \(0, 1\).*got 0.0"),
+        ({"eval_fraction": 1.0}, "'eval_fraction' must be"),
+        ({"eval_fraction": 1.5}, "'eval_fraction' must be"),
+        ({"eval_fraction": "0.3"}, "'eval_fraction' must be"),
+        ({"eval_fraction": True}, "'eval_fraction' must be"),
+        ({"split_by": ""}, "'split_by' must be an expression"),
+        ({"split_by": "no_such_column"}, "no column 'no_such_column' \\(used in split_by"),
+        ({"eval_sample": "other.parquet"}, "'eval_sample' must be a complete file sample spec"),
+        ({"eval_sample": {"features": ["a"]}}, "'eval_sample' must be a complete file sample spec"),
+        (
+            {"eval_sample": {"path": "OTHER", "features": ["a", "b"], "eval_fraction": 0.2}},
+            "an 'eval_sample' is used whole",
+        ),
+        (
+            {"eval_sample": {"path": "OTHER", "features": ["b", "a"]}},
+            "'eval_sample' has features \\['b', 'a'\\]",
+        ),
+        (
+            {"eval_sample": {"path": "OTHER", "features": ["a", "b"]}, "eval_fraction": 0.2},
+            "cannot be combined with \\['eval_fraction'\\]",
+        ),
+    ],
+)
 def test_bad_settings_are_named(files, extra, match):
     if isinstance(extra.get("eval_sample"), dict) and extra["eval_sample"].get("path") == "OTHER":
         extra = {**extra, "eval_sample": {**extra["eval_sample"], "path": str(files["other"])}}
@@ -224,12 +250,21 @@ def test_train_job_trains_on_train_rows_and_diagnoses_eval_rows_only(files, monk
         "task": "num_vs_den",
         "numerator": spec(files["num"]),
         "denominator": spec(files["den"], eval_fraction=0.25),
-        "train": {"hidden_layers": 1, "width": 8, "members": 1, "max_steps": 20, "eval_every": 10,
-                  "batch_size": 128, "strategy": "vmap"},
+        "train": {
+            "hidden_layers": 1,
+            "width": 8,
+            "members": 1,
+            "max_steps": 20,
+            "eval_every": 10,
+            "batch_size": 128,
+            "strategy": "vmap",
+        },
     }
     artifacts = {}
     ctx = SimpleNamespace(
-        params=params, checkpointer=MemoryCheckpointer(), stop=type("NoStop", (), {"__bool__": lambda self: False})(),
+        params=params,
+        checkpointer=MemoryCheckpointer(),
+        stop=type("NoStop", (), {"__bool__": lambda self: False})(),
         writer=SimpleNamespace(add_metrics=lambda recs: None, progress={}),
         set_progress=lambda **kw: None,
         put_artifact=lambda name, data: artifacts.setdefault(name, f"mem://{name}"),
@@ -244,19 +279,26 @@ def test_train_job_trains_on_train_rows_and_diagnoses_eval_rows_only(files, monk
         assert rows(seen["train"][key]) == train_rows
         assert rows(seen["diag"][key]) == eval_rows  # diagnostics: eval rows only ...
         assert rows(seen["diag"][key]).isdisjoint(train_rows)  # ... never a training event
-        assert rows(seen["diag"][2]["train_" + ("numerator" if key == 0 else "reference")]) == train_rows
+        assert (
+            rows(seen["diag"][2]["train_" + ("numerator" if key == 0 else "reference")])
+            == train_rows
+        )
         assert summary["split"][role] == split_record(s)
     assert summary["split"]["denominator"]["eval_fraction"] == 0.25
     assert summary["split"]["numerator"]["eval_fraction"] == DEFAULT_EVAL_FRACTION
     d = summary["diagnostics"]
     assert "error" not in d, d
     assert d["held_out"] is True
-    assert d["n_eval"] == {"numerator": split_record(params["numerator"])["sizes"]["eval"],
-                           "denominator": split_record(params["denominator"])["sizes"]["eval"]}
+    assert d["n_eval"] == {
+        "numerator": split_record(params["numerator"])["sizes"]["eval"],
+        "denominator": split_record(params["denominator"])["sizes"]["eval"],
+    }
 
     # called on its own (no samples handed over) it loads the eval parts itself
     seen.clear()
-    num_tr, den_tr = (load_sample_spec(params[r], role="train") for r in ("numerator", "denominator"))
+    num_tr, den_tr = (
+        load_sample_spec(params[r], role="train") for r in ("numerator", "denominator")
+    )
     ensemble = real_train(num_tr, den_tr, ratio.TrainConfig(**params["train"])).ensemble
     alone = jobkinds.ensemble_diagnostics(ensemble, params, num_tr, den_tr)
     assert alone["held_out"] is True and alone["n_eval"] == d["n_eval"]
@@ -293,13 +335,24 @@ def test_analysis_files_accept_and_validate_the_split_keys(files, monkeypatch, t
     s, b = procs["S"], procs["B"]
     assert s["eval_fraction"] == 0.25 and s["split_by"] == "evt"
     assert "eval_fraction" not in b  # its own eval_sample replaces the default split
-    assert b["eval_sample"]["path"] == str(files["other"]) and b["eval_sample"]["features"] == ["a", "b"]
+    assert b["eval_sample"]["path"] == str(files["other"]) and b["eval_sample"]["features"] == [
+        "a",
+        "b",
+    ]
     assert "eval_fraction" not in b["eval_sample"]
     assert split_record(b)["method"] == "eval_sample" and split_record(s)["method"] == "split_by"
 
-    bad = ANALYSIS.replace("eval_fraction: 0.25", "eval_fraction: 1.5").replace(
-        "split_by: evt}", "split_by: evt, eval_sample: {path: other.parquet, eval_fraction: 0.1}}").replace(
-        "eval_sample: {path: other.parquet}}", "eval_sample: {path: other.parquet, features: [b]}}")
+    bad = (
+        ANALYSIS.replace("eval_fraction: 0.25", "eval_fraction: 1.5")
+        .replace(
+            "split_by: evt}",
+            "split_by: evt, eval_sample: {path: other.parquet, eval_fraction: 0.1}}",
+        )
+        .replace(
+            "eval_sample: {path: other.parquet}}",
+            "eval_sample: {path: other.parquet, features: [b]}}",
+        )
+    )
     f.write_text(bad)
     got = {(p.path, p.line): p.message for p in validate_analysis(f, check_data=False)}
     assert "in (0, 1)" in got[("sample_defaults.eval_fraction", 5)]
@@ -317,5 +370,15 @@ def test_analysis_files_accept_and_validate_the_split_keys(files, monkeypatch, t
 
     monkeypatch.setenv("NSBI_HOME", str(tmp_path / "home"))
     key = lambda **kw: job_key("train", {"numerator": spec(files["num"], **kw)}, version="x")  # noqa: E731
-    assert len({key(), key(eval_fraction=0.2), key(split_by="evt"),
-                key(eval_sample=spec(files["other"])), key(eval_sample=spec(files["den"]))}) == 5
+    assert (
+        len(
+            {
+                key(),
+                key(eval_fraction=0.2),
+                key(split_by="evt"),
+                key(eval_sample=spec(files["other"])),
+                key(eval_sample=spec(files["den"])),
+            }
+        )
+        == 5
+    )

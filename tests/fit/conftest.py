@@ -1,14 +1,22 @@
 """Shared, session-scoped fit fixtures: building and compiling a model costs ~10 s, so the
-tests share one demo workspace (exact analytic ratios, 10 NPs) and its compiled model."""
+tests share one demo workspace (exact analytic ratios, 10 NPs) and its compiled model.
+
+``float64``: for tests of the likelihood's internals (interpolation, code-4 reference) called
+directly, without an entry point (model, fit) that switches JAX to 64-bit types itself."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import pytest
 
-import sbi_engine  # noqa: F401  (enables float64)
 from sbi_engine.fit import Model, fit
 from sbi_engine.fit.exact import exact_demo_workspace
+from sbi_engine.precision import enable_float64
+
+
+@pytest.fixture
+def float64() -> None:
+    enable_float64()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from backend.commands import fit as fit_cmd
 from sbi_engine.fit.exact import exact_demo_workspace
 
@@ -27,7 +26,12 @@ def test_cli_fit_writes_summary_and_json(tmp_path, capsys):
     rc = _run([str(path), "--json", str(out), "--impacts", "both", "--scan", "--scan-points", "9"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "Fit converged" in text and "mu =" in text and "Impact ranking" in text and "profile 68%" in text
+    assert (
+        "Fit converged" in text
+        and "mu =" in text
+        and "Impact ranking" in text
+        and "profile 68%" in text
+    )
     d = json.loads(out.read_text())
     assert d["fit"]["converged"] is True
     assert {i["nuisance"] for i in d["impacts_refit"]} == set(ws.nuisance_names)
@@ -48,7 +52,21 @@ def test_cli_streamed_fit_matches_in_memory(tmp_path, capsys):
     path = ws.save(tmp_path / "ws.json")
     mem, streamed = tmp_path / "mem.json", tmp_path / "stream.json"
     assert _run([str(path), "--json", str(mem), "--impacts", "both", "--chunk-size", "1024"]) == 0
-    assert _run([str(path), "--json", str(streamed), "--impacts", "both", "--chunk-size", "1000", "--stream"]) == 0
+    assert (
+        _run(
+            [
+                str(path),
+                "--json",
+                str(streamed),
+                "--impacts",
+                "both",
+                "--chunk-size",
+                "1000",
+                "--stream",
+            ]
+        )
+        == 0
+    )
     a, b = json.loads(mem.read_text()), json.loads(streamed.read_text())
     assert b["fit"]["method"] == "newton (streamed)"
     names = a["fit"]["names"]

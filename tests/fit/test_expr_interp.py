@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit.expr import ExpressionError, parse_expression
 from sbi_engine.fit.interp import alpha_terms, code4_reference, log_factor
+
+pytestmark = pytest.mark.usefixtures(
+    "float64"
+)  # the interpolation is called directly, not via a fit
 
 
 def test_expression_values_match_python_math():
@@ -18,14 +21,17 @@ def test_expression_values_match_python_math():
     assert float(e({"mu": 2.25, "k": 3.0}, np)) == pytest.approx(2.25 - 1.5 + 4.5 + 1)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("__import__('os').system('true')", "only the functions"),
-    ("mu.real", "Attribute"),
-    ("nu + 1", "unknown parameter 'nu'"),
-    ("mu +", "cannot parse"),
-    ("'a'", "not a number"),
-    ("mu if mu else 1", "IfExp"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("__import__('os').system('true')", "only the functions"),
+        ("mu.real", "Attribute"),
+        ("nu + 1", "unknown parameter 'nu'"),
+        ("mu +", "cannot parse"),
+        ("'a'", "not a number"),
+        ("mu if mu else 1", "IfExp"),
+    ],
+)
 def test_bad_expressions_name_the_process(text, fragment):
     with pytest.raises(ExpressionError) as exc:
         parse_expression(text, ["mu"], where="process 'SBI'")
@@ -48,7 +54,14 @@ def test_code4_factorised_form_matches_definition_and_derivatives():
 def test_code4_hits_the_variations_and_is_smooth_at_one():
     ku, kd = jnp.asarray([1.3]), jnp.asarray([0.8])
     g = lambda a: code4_reference(a, ku, kd)[0]  # noqa: E731
-    assert float(g(1.0)) == pytest.approx(1.3) and float(g(-1.0)) == pytest.approx(0.8) and float(g(0.0)) == 1.0
-    for x in (1.0, -1.0):  # value, slope and curvature continuous across the polynomial/exponential seam
+    assert (
+        float(g(1.0)) == pytest.approx(1.3)
+        and float(g(-1.0)) == pytest.approx(0.8)
+        and float(g(0.0)) == 1.0
+    )
+    for x in (
+        1.0,
+        -1.0,
+    ):  # value, slope and curvature continuous across the polynomial/exponential seam
         for f in (g, jax.grad(g), jax.grad(jax.grad(g))):
             assert float(f(x - 1e-7)) == pytest.approx(float(f(x + 1e-7)), rel=1e-5)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit import fit
 from sbi_engine.fit.impacts import breakdown, covariance_impacts, pulls, ranking, refit_impacts
 from sbi_engine.fit.results import dumps
@@ -32,7 +31,9 @@ def test_result_serialises_and_correlations_are_consistent(demo_model, demo_fit)
     c = demo_fit.correlation
     assert np.allclose(np.diag(c), 1.0) and np.all(np.abs(c) <= 1 + 1e-12)
     p = pulls(demo_model, demo_fit)
-    assert all(0 < v["constraint"] <= 1.0 + 1e-6 for v in p.values())  # data can only add information
+    assert all(
+        0 < v["constraint"] <= 1.0 + 1e-6 for v in p.values()
+    )  # data can only add information
 
 
 def test_fixing_is_a_mask_not_a_recompile(demo_model, demo_fit):
@@ -73,7 +74,9 @@ def test_covariance_impact_is_the_refit_slope(demo_model, demo_fit):
 
 def test_breakdown_and_scan_are_consistent(demo_model, demo_fit):
     b = breakdown(demo_model, demo_fit)["mu"]
-    assert b["stat"] < b["total"] and b["total"] ** 2 == pytest.approx(b["stat"] ** 2 + b["syst"] ** 2)
+    assert b["stat"] < b["total"] and b["total"] ** 2 == pytest.approx(
+        b["stat"] ** 2 + b["syst"] ** 2
+    )
     stat_fit = fit(demo_model, fixed={n: demo_fit.values[n] for n in demo_model.nuisance_names})
     assert stat_fit.errors["mu"] == pytest.approx(b["stat"], rel=1e-6)
     s = profile_scan(demo_model, demo_fit, "mu", n_points=15, n_sigma=2.5)

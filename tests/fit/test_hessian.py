@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit import Model, Workspace
 
 # Synthetic workspaces with random ratios (they do not average to 1 on the normalisation sample,
@@ -19,16 +18,48 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*ratios average to:UserWarning"
 
 def _small_ws(n=2000, k=4, seed=0):
     rng = np.random.default_rng(seed)
-    procs = {c: {"yield": y, "coefficient": e, "ratio": rng.uniform(0.5, 2, n)}
-             for c, y, e in (("S", 50.0, "mu - sqrt(mu)"), ("SBI", 480.0, "sqrt(mu)"), ("B", 400.0, "kB*(1 - sqrt(mu))"))}
-    nps = [{"name": f"a{i}", "aux": 0.1 * i, "effects": {
-        c: {"norm": (1.05, 0.97), "shape": (rng.uniform(0.8, 1.2, n), rng.uniform(0.8, 1.2, n))}
-        for c in ("S", "SBI", "B")[: i % 3 + 1]}} for i in range(k)]
+    procs = {
+        c: {"yield": y, "coefficient": e, "ratio": rng.uniform(0.5, 2, n)}
+        for c, y, e in (
+            ("S", 50.0, "mu - sqrt(mu)"),
+            ("SBI", 480.0, "sqrt(mu)"),
+            ("B", 400.0, "kB*(1 - sqrt(mu))"),
+        )
+    }
+    nps = [
+        {
+            "name": f"a{i}",
+            "aux": 0.1 * i,
+            "effects": {
+                c: {
+                    "norm": (1.05, 0.97),
+                    "shape": (rng.uniform(0.8, 1.2, n), rng.uniform(0.8, 1.2, n)),
+                }
+                for c in ("S", "SBI", "B")[: i % 3 + 1]
+            },
+        }
+        for i in range(k)
+    ]
     return Workspace.from_arrays(
-        pois={"mu": {"init": 1.0, "bounds": (0, 10)}}, norm_factors={"kB": {"init": 1.0}},
-        processes=procs, weights=rng.uniform(0.1, 0.5, n), nuisances=nps,
-        control_regions=[{"name": "cr", "observed": [100, 50], "samples": {
-            "B": {"yields": [90, 60], "coefficient": "kB", "norm": {"a1": ([1.1, 1.2], [0.9, 0.85])}}}}])
+        pois={"mu": {"init": 1.0, "bounds": (0, 10)}},
+        norm_factors={"kB": {"init": 1.0}},
+        processes=procs,
+        weights=rng.uniform(0.1, 0.5, n),
+        nuisances=nps,
+        control_regions=[
+            {
+                "name": "cr",
+                "observed": [100, 50],
+                "samples": {
+                    "B": {
+                        "yields": [90, 60],
+                        "coefficient": "kB",
+                        "norm": {"a1": ([1.1, 1.2], [0.9, 0.85])},
+                    }
+                },
+            }
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +74,9 @@ def small():
 
 def test_chunked_hessian_equals_jax_hessian_unchunked(small):
     m, th, args = small
-    assert m.has_norm and m.norm_source == "asimov"  # the shape normalisation term is part of the check
+    assert (
+        m.has_norm and m.norm_source == "asimov"
+    )  # the shape normalisation term is part of the check
     q, g, H = m.value_grad_hessian(th)
     H_ref = np.asarray(jax.hessian(m.q_unchunked)(*args))
     g_ref = np.asarray(jax.grad(m.q_unchunked)(*args))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit_jobs import build_learned_fit
 from sbi_engine.learned_ratios import task_ratios
 from sbi_engine.learned_uncertainty import ratio_checks
@@ -26,11 +25,20 @@ def linear_ensemble(path, slopes) -> str:
     k = np.zeros((m, 4, 2), np.float32)
     k[:, 0] = [1.0, -1.0]
     out = np.stack([[[s], [-s]] for s in slopes]).astype(np.float32)
-    params = {"hidden_0": {"kernel": k, "bias": np.zeros((m, 2), np.float32)},
-              "output": {"kernel": out, "bias": np.zeros((m, 1), np.float32)}}
-    scaler = Standardizer(np.array([400.0, 0, 0, 0], np.float32), np.array([200.0, 1, 1, 1], np.float32))
-    meta = {"format": FORMAT, "model": {"hidden_layers": 1, "width": 2, "activation": "relu", "dtype": "float32"},
-            "feature_names": FEATURES, "scaler": scaler.to_dict(), "config": {"bootstrap": True}}
+    params = {
+        "hidden_0": {"kernel": k, "bias": np.zeros((m, 2), np.float32)},
+        "output": {"kernel": out, "bias": np.zeros((m, 1), np.float32)},
+    }
+    scaler = Standardizer(
+        np.array([400.0, 0, 0, 0], np.float32), np.array([200.0, 1, 1, 1], np.float32)
+    )
+    meta = {
+        "format": FORMAT,
+        "model": {"hidden_layers": 1, "width": 2, "activation": "relu", "dtype": "float32"},
+        "feature_names": FEATURES,
+        "scaler": scaler.to_dict(),
+        "config": {"bootstrap": True},
+    }
     Ensemble(params, meta).save(path)
     return str(path)
 
@@ -41,41 +49,82 @@ def test_noise_and_signal_match_the_closed_form(tmp_path):
     slopes = [0.28, 0.30, 0.32, 0.30]
     tr = task_ratios("t", [linear_ensemble(tmp_path / "e.npz", slopes)], x, x, np.ones(len(x)))
     u = (x[:, 0].astype(np.float64) - 400) / 200
-    expected = np.array([s * u - np.log(np.mean(np.exp(s * u))) for s in slopes])  # each member normalised
+    expected = np.array(
+        [s * u - np.log(np.mean(np.exp(s * u))) for s in slopes]
+    )  # each member normalised
     assert tr.noise() == pytest.approx(np.sqrt(np.mean(np.var(expected, axis=0, ddof=1))), rel=1e-3)
     # the nominal is log mean exp of the members, normalised: close to slope 0.3 times u
     assert tr.signal() == pytest.approx(0.3 * np.std(u), rel=0.01)
-    np.testing.assert_allclose(np.mean(np.exp(tr.members), axis=1), 1.0, rtol=1e-6)  # E_den[r_j] = 1 per member
+    np.testing.assert_allclose(
+        np.mean(np.exp(tr.members), axis=1), 1.0, rtol=1e-6
+    )  # E_den[r_j] = 1 per member
 
 
 def _spec(up_slopes, dn_slopes):
-    demo = lambda proc, seed, **kw: {"demo": {"process": proc, "n": 3000, "seed": seed, "n_nuisances": 3, **kw}}  # noqa: E731
-    return {"name": "fit", "campaign": "c", "kind": "fit", "params": {
-        "reference": "B", "mu_true": 1.0, "data": "asimov",
-        "processes": {"S": demo("S", 1), "SBI": demo("SBI", 2), "B": demo("B", 3)},
-        "tasks": {"S_vs_B": {"kind": "process", "process": "S"}, "SBI_vs_B": {"kind": "process", "process": "SBI"},
-                  "m_up": {"kind": "systematic", "systematic": "m4l_scale", "process": "B", "direction": "up"},
-                  "m_dn": {"kind": "systematic", "systematic": "m4l_scale", "process": "B", "direction": "down"}},
-        "systematics": [{"name": "m4l_scale", "process": "B", "up": demo("B", 4, alpha={"m4l_scale": 1.0}),
-                         "down": demo("B", 5, alpha={"m4l_scale": -1.0})}]}}
+    def demo(proc, seed, **kw):
+        return {"demo": {"process": proc, "n": 3000, "seed": seed, "n_nuisances": 3, **kw}}
+
+    return {
+        "name": "fit",
+        "campaign": "c",
+        "kind": "fit",
+        "params": {
+            "reference": "B",
+            "mu_true": 1.0,
+            "data": "asimov",
+            "processes": {"S": demo("S", 1), "SBI": demo("SBI", 2), "B": demo("B", 3)},
+            "tasks": {
+                "S_vs_B": {"kind": "process", "process": "S"},
+                "SBI_vs_B": {"kind": "process", "process": "SBI"},
+                "m_up": {
+                    "kind": "systematic",
+                    "systematic": "m4l_scale",
+                    "process": "B",
+                    "direction": "up",
+                },
+                "m_dn": {
+                    "kind": "systematic",
+                    "systematic": "m4l_scale",
+                    "process": "B",
+                    "direction": "down",
+                },
+            },
+            "systematics": [
+                {
+                    "name": "m4l_scale",
+                    "process": "B",
+                    "up": demo("B", 4, alpha={"m4l_scale": 1.0}),
+                    "down": demo("B", 5, alpha={"m4l_scale": -1.0}),
+                }
+            ],
+        },
+    }
 
 
 @pytest.mark.parametrize("effect, action", [(0.002, "dropped shape (yield kept)"), (0.3, "kept")])
 def test_a_shape_effect_below_the_noise_floor_is_dropped(tmp_path, effect, action):
     noise = [-0.02, 0.0, 0.02, 0.0]
-    ens = {"S_vs_B": [linear_ensemble(tmp_path / "s.npz", [0.5, 0.52, 0.48, 0.5])],
-           "SBI_vs_B": [linear_ensemble(tmp_path / "i.npz", [0.1, 0.13, 0.07, 0.1])],
-           "m_up": [linear_ensemble(tmp_path / "u.npz", [effect + n for n in noise])],
-           "m_dn": [linear_ensemble(tmp_path / "d.npz", [-effect + n for n in noise])]}
+    ens = {
+        "S_vs_B": [linear_ensemble(tmp_path / "s.npz", [0.5, 0.52, 0.48, 0.5])],
+        "SBI_vs_B": [linear_ensemble(tmp_path / "i.npz", [0.1, 0.13, 0.07, 0.1])],
+        "m_up": [linear_ensemble(tmp_path / "u.npz", [effect + n for n in noise])],
+        "m_dn": [linear_ensemble(tmp_path / "d.npz", [-effect + n for n in noise])],
+    }
     lf = build_learned_fit(_spec(None, None), ens)
     (d,) = lf.shape_decisions
     assert d.action == action
     ws = lf.workspace
     shape = [e for n in ws.nuisances if n.name == "m4l_scale" for e in n.effects.values()]
-    assert (all(e.shape is None for e in shape) if action.startswith("dropped") else any(e.shape is not None for e in shape))
+    assert (
+        all(e.shape is None for e in shape)
+        if action.startswith("dropped")
+        else any(e.shape is not None for e in shape)
+    )
     checks = {c["task"]: c for c in ratio_checks(lf)}
     # SBI/B: member spread 0.025 in slope against a 0.1 slope: noise/signal ~0.25 > 0.2 -> flagged
-    assert not checks["SBI_vs_B"]["passed"] and checks["SBI_vs_B"]["value"] == pytest.approx(0.25, rel=0.1)
+    assert not checks["SBI_vs_B"]["passed"] and checks["SBI_vs_B"]["value"] == pytest.approx(
+        0.25, rel=0.1
+    )
     assert checks["S_vs_B"]["passed"] and checks["S_vs_B"]["value"] < 0.05
 
 
@@ -84,10 +133,16 @@ def test_error_components_vanish_for_identical_members_and_not_otherwise(tmp_pat
     from sbi_engine.learned_uncertainty import components
 
     def ens(spread):
-        return {"S_vs_B": [linear_ensemble(tmp_path / f"s{spread}.npz", [0.5 - spread, 0.5, 0.5 + spread, 0.5])],
-                "SBI_vs_B": [linear_ensemble(tmp_path / f"i{spread}.npz", [0.1 - spread, 0.1, 0.1 + spread, 0.1])],
-                "m_up": [linear_ensemble(tmp_path / f"u{spread}.npz", [0.3] * 4)],
-                "m_dn": [linear_ensemble(tmp_path / f"d{spread}.npz", [-0.3] * 4)]}
+        return {
+            "S_vs_B": [
+                linear_ensemble(tmp_path / f"s{spread}.npz", [0.5 - spread, 0.5, 0.5 + spread, 0.5])
+            ],
+            "SBI_vs_B": [
+                linear_ensemble(tmp_path / f"i{spread}.npz", [0.1 - spread, 0.1, 0.1 + spread, 0.1])
+            ],
+            "m_up": [linear_ensemble(tmp_path / f"u{spread}.npz", [0.3] * 4)],
+            "m_dn": [linear_ensemble(tmp_path / f"d{spread}.npz", [-0.3] * 4)],
+        }
 
     spec = _spec(None, None)
     spec["params"]["data"] = {"demo": {"mu": 1.0, "seed": 8, "poisson": True, "n_nuisances": 3}}

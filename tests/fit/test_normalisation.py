@@ -7,13 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit import Model, Workspace, WorkspaceError
 from sbi_engine.fit.interp import code4_reference
 
+pytestmark = pytest.mark.usefixtures(
+    "float64"
+)  # the NumPy references call code4_reference directly
+
 
 def _g(alpha, up, down):
-    return np.asarray(code4_reference(alpha, jnp.asarray(up, jnp.float64), jnp.asarray(down, jnp.float64)))
+    return np.asarray(
+        code4_reference(alpha, jnp.asarray(up, jnp.float64), jnp.asarray(down, jnp.float64))
+    )
 
 
 def plain_q(ws: Workspace, theta, v=None) -> float:
@@ -80,11 +85,28 @@ def _ws(n_data=300, n_norm=1200, seed=0, observed=True, **kw):
     rng = np.random.default_rng(seed)
     n = n_data + n_norm if observed else n_data
     ratio = lambda: (lambda u: u / u.mean())(rng.uniform(0.5, 2.0, n))  # noqa: E731  (E_ref[r] = 1)
-    procs = {c: {"yield": y, "coefficient": e, "ratio": ratio()}
-             for c, y, e in (("S", 40.0, "mu - sqrt(mu)"), ("SBI", 300.0, "sqrt(mu)"), ("B", 280.0, "1 - sqrt(mu)"))}
-    nps = [{"name": f"a{i}", "aux": 0.2 * i - 0.1, "effects": {
-        c: {"norm": (1.04, 0.97) if i != 1 else None, "shape": (rng.uniform(0.75, 1.3, n), rng.uniform(0.75, 1.3, n))}
-        for c in ("S", "SBI", "B")[: i + 1]}} for i in range(3)]
+    procs = {
+        c: {"yield": y, "coefficient": e, "ratio": ratio()}
+        for c, y, e in (
+            ("S", 40.0, "mu - sqrt(mu)"),
+            ("SBI", 300.0, "sqrt(mu)"),
+            ("B", 280.0, "1 - sqrt(mu)"),
+        )
+    }
+    nps = [
+        {
+            "name": f"a{i}",
+            "aux": 0.2 * i - 0.1,
+            "effects": {
+                c: {
+                    "norm": (1.04, 0.97) if i != 1 else None,
+                    "shape": (rng.uniform(0.75, 1.3, n), rng.uniform(0.75, 1.3, n)),
+                }
+                for c in ("S", "SBI", "B")[: i + 1]
+            },
+        }
+        for i in range(3)
+    ]
     if observed:
         weights = np.r_[np.ones(n_data), np.zeros(n_norm)]
         norm = np.r_[np.zeros(n_data), rng.uniform(0.5, 1.5, n_norm)]
@@ -92,16 +114,21 @@ def _ws(n_data=300, n_norm=1200, seed=0, observed=True, **kw):
     else:
         spec = dict(weights=np.ones(n), data_kind="observed")
     spec.update(kw)
-    ws = Workspace.from_arrays(pois={"mu": {"init": 1.0, "bounds": (0.0, 10.0)}}, processes=procs,
-                               nuisances=nps, **spec)
+    ws = Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 10.0)}}, processes=procs, nuisances=nps, **spec
+    )
     if observed:
         return ws
     gen = np.r_[GEN["mu"], [GEN.get(k.name, k.aux) for k in ws.nuisances]]
-    return ws.with_data(rng.uniform(0.5, 1.5, n) * plain_intensity(ws, gen), kind="asimov", generated_at=GEN)
+    return ws.with_data(
+        rng.uniform(0.5, 1.5, n) * plain_intensity(ws, gen), kind="asimov", generated_at=GEN
+    )
 
 
-THETAS = ({"mu": 1.2, "a0": 0.3, "a1": -0.6, "a2": 0.9},   # inside the polynomial region
-          {"mu": 0.8, "a0": 1.0, "a1": -1.7, "a2": 2.4})   # on the edge and outside (exponential)
+THETAS = (
+    {"mu": 1.2, "a0": 0.3, "a1": -0.6, "a2": 0.9},  # inside the polynomial region
+    {"mu": 0.8, "a0": 1.0, "a1": -1.7, "a2": 2.4},
+)  # on the edge and outside (exponential)
 
 
 @pytest.mark.parametrize("theta", THETAS)
@@ -131,16 +158,29 @@ def test_asimov_data_are_their_own_normalisation_sample(theta):
 def test_normalisation_is_one_at_nominal_and_the_old_model_without_a_sample():
     ws = _ws()
     m = Model(ws, storage_dtype=jnp.float64)
-    np.testing.assert_allclose(m.normalisation(m.theta({"a0": 0.0, "a1": 0.0, "a2": 0.0})), 1.0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(
+        m.normalisation(m.theta({"a0": 0.0, "a1": 0.0, "a2": 0.0})), 1.0, rtol=0, atol=1e-14
+    )
     n = m.normalisation(m.theta({"a0": 0.0, "a1": 0.0, "a2": 2.5}))
     assert np.all(np.abs(n - 1.0) > 1e-3)  # code-4 extrapolation is not normalised
     # observed data without norm_weights: no normalisation term, ratios as given (documented old behaviour)
     old = Workspace.from_arrays(
         pois={"mu": {"init": 1.0, "bounds": (0.0, 10.0)}},
-        processes={p.name: {"yield": p.yield_, "coefficient": p.coefficient.text, "ratio": p.ratio} for p in ws.processes},
-        nuisances=[{"name": k.name, "aux": k.aux, "effects": {c: {"norm": e.norm, "shape": e.shape} for c, e in k.effects.items()}}
-                   for k in ws.nuisances],
-        weights=np.ones(ws.n_events), data_kind="observed")
+        processes={
+            p.name: {"yield": p.yield_, "coefficient": p.coefficient.text, "ratio": p.ratio}
+            for p in ws.processes
+        },
+        nuisances=[
+            {
+                "name": k.name,
+                "aux": k.aux,
+                "effects": {c: {"norm": e.norm, "shape": e.shape} for c, e in k.effects.items()},
+            }
+            for k in ws.nuisances
+        ],
+        weights=np.ones(ws.n_events),
+        data_kind="observed",
+    )
     mo = Model(old, storage_dtype=jnp.float64)
     assert not mo.has_norm and mo.norm_source == "none"
     t = mo.theta(THETAS[1])
@@ -161,7 +201,9 @@ def test_toy_layout_gives_the_same_q_gradient_and_hessian():
     assert q2 == pytest.approx(q1, rel=1e-13)
     np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-10 * np.abs(g1).max())
     np.testing.assert_allclose(H2, H1, rtol=1e-10, atol=1e-10 * np.abs(H1).max())
-    assert float(m.q_unchunked(jnp.asarray(th), split, jnp.asarray(m.aux))) == pytest.approx(q1, rel=1e-12)
+    assert float(m.q_unchunked(jnp.asarray(th), split, jnp.asarray(m.aux))) == pytest.approx(
+        q1, rel=1e-12
+    )
 
 
 def test_normalisation_estimates_the_expectation_of_the_shape_factor():
@@ -190,26 +232,52 @@ def test_normalisation_estimates_the_expectation_of_the_shape_factor():
             delta *= _g(alpha[k.name], up, dn)
         est, err = delta.mean(), delta.std() / np.sqrt(len(delta))
         assert abs(n_model[c] - 1.0) > 10 * err  # a real, measurable effect
-        assert n_model[c] == pytest.approx(est, abs=5 * err + 5e-3), name  # + the Asimov sample's own precision
+        assert n_model[c] == pytest.approx(est, abs=5 * err + 5e-3), (
+            name
+        )  # + the Asimov sample's own precision
 
 
 def test_bad_normalisation_samples_are_named():
-    with pytest.raises(WorkspaceError, match=r"data\.norm_weights: has 10 rows but the data has 1500 events"):
+    with pytest.raises(
+        WorkspaceError, match=r"data\.norm_weights: has 10 rows but the data has 1500 events"
+    ):
         _ws(norm_weights=np.ones(10))
     v = np.ones(1500)
     v[4] = np.nan
-    with pytest.raises(WorkspaceError, match=r"data\.norm_weights: 1 of 1500 values are not finite \(first at row 4\)"):
+    with pytest.raises(
+        WorkspaceError,
+        match=r"data\.norm_weights: 1 of 1500 values are not finite \(first at row 4\)",
+    ):
         _ws(norm_weights=v)
-    with pytest.raises(WorkspaceError, match=r"data\.norm_weights: the normalisation weights sum to 0\.0"):
+    with pytest.raises(
+        WorkspaceError, match=r"data\.norm_weights: the normalisation weights sum to 0\.0"
+    ):
         Model(_ws(norm_weights=np.zeros(1500)))
     v = np.r_[np.ones(750), np.full(750, -0.4)]  # sums to 450 > 0, but S lives on the negative rows
-    with pytest.raises(WorkspaceError, match=r"data\.norm_weights: .*sum_i v_i r_S\(x_i\) = .* is not > 0.*process 'S'"):
+    with pytest.raises(
+        WorkspaceError,
+        match=r"data\.norm_weights: .*sum_i v_i r_S\(x_i\) = .* is not > 0.*process 'S'",
+    ):
         ws = _ws(norm_weights=v)
-        Model(Workspace.from_arrays(
-            pois={"mu": {}}, processes={"S": {"yield": 1.0, "coefficient": "mu", "ratio": np.r_[np.full(750, 1e-9), np.ones(750)]},
-                                        "B": {"yield": 1.0, "coefficient": "1", "ratio": np.ones(1500)}},
-            nuisances=[{"name": "a", "effects": {"S": {"shape": ws.nuisances[0].effects["S"].shape}}}],
-            weights=np.ones(1500), norm_weights=v, data_kind="observed"))
+        Model(
+            Workspace.from_arrays(
+                pois={"mu": {}},
+                processes={
+                    "S": {
+                        "yield": 1.0,
+                        "coefficient": "mu",
+                        "ratio": np.r_[np.full(750, 1e-9), np.ones(750)],
+                    },
+                    "B": {"yield": 1.0, "coefficient": "1", "ratio": np.ones(1500)},
+                },
+                nuisances=[
+                    {"name": "a", "effects": {"S": {"shape": ws.nuisances[0].effects["S"].shape}}}
+                ],
+                weights=np.ones(1500),
+                norm_weights=v,
+                data_kind="observed",
+            )
+        )
 
 
 def test_a_wrong_generation_point_is_flagged():
@@ -224,5 +292,7 @@ def test_a_wrong_generation_point_is_flagged():
         warnings.simplefilter("error")
         Model(ws)
     bad = ws.with_data(ws.data.weights, kind="asimov", generated_at={"mu": 2.0})
-    with pytest.warns(UserWarning, match=r"ratios average to \(.*\) on the normalisation sample.*generated_at"):
+    with pytest.warns(
+        UserWarning, match=r"ratios average to \(.*\) on the normalisation sample.*generated_at"
+    ):
         Model(bad)

@@ -13,7 +13,7 @@ from sbi_engine.fit.toys import expected_fit
 def test_nuisance_derivatives_stay_finite_with_the_poi_at_zero(demo_model):
     theta = demo_model.init.copy()
     theta[0] = 0.0
-    theta[demo_model.n_free:] = 0.2
+    theta[demo_model.n_free :] = 0.2
     q, g, H = demo_model.value_grad_hessian(theta)
     nps = slice(demo_model.n_free, None)
     assert np.isfinite(q) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))
@@ -36,8 +36,8 @@ def test_fit_with_mu_fixed_at_zero_matches_iminuit(demo_model, demo_fit):
     # iminuit's EDM target (0.002 x errordef) bounds its q_min excess to about 1e-3
     assert abs(ours.q_min - ref.q_min) < 2e-3
     assert ours.q_min <= ref.q_min + 1e-6
-    sig = np.sqrt(np.diag(ref.covariance))[demo_model.n_free:]
-    assert np.max(np.abs(ours.theta - ref.theta)[demo_model.n_free:] / sig) < 0.02
+    sig = np.sqrt(np.diag(ref.covariance))[demo_model.n_free :]
+    assert np.max(np.abs(ours.theta - ref.theta)[demo_model.n_free :] / sig) < 0.02
 
 
 def test_scan_through_zero_converges_and_is_continuous(demo_model, demo_fit):
@@ -53,4 +53,4 @@ def test_background_only_asimov_fit_lands_on_zero(demo_model):
     res = expected_fit(demo_model, {"mu": 0.0})
     assert res.converged, res.message
     assert abs(res.values["mu"]) < 1e-9
-    assert np.max(np.abs(res.theta[demo_model.n_free:])) < 1e-6
+    assert np.max(np.abs(res.theta[demo_model.n_free :])) < 1e-6

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from backend import cli
-from sbi_engine.bench.fit_bench import write_synthetic_workspace
+from benchmarks.fit import write_synthetic_workspace
 from sbi_engine.fit import Model, Workspace, fit
 from sbi_engine.fit.stream import StreamingModel
 
@@ -21,13 +21,15 @@ from sbi_engine.fit.stream import StreamingModel
 @pytest.fixture(scope="module")
 def synthetic_path(tmp_path_factory):
     # 5,000 events in blocks of 1,500 and chunks of 1,024: neither divides the event count.
-    return write_synthetic_workspace(tmp_path_factory.mktemp("stream") / "ws.json", 5000, 4, seed=3, block=1500)
+    return write_synthetic_workspace(
+        tmp_path_factory.mktemp("stream") / "ws.json", 5000, 4, seed=3, block=1500
+    )
 
 
 def _theta(model: Model) -> np.ndarray:
     t = model.init.copy()
     t[0] = 1.3
-    t[model.n_free:] = np.linspace(-1.4, 1.2, model.n_np)  # both code-4 regimes
+    t[model.n_free :] = np.linspace(-1.4, 1.2, model.n_np)  # both code-4 regimes
     return t
 
 
@@ -85,11 +87,44 @@ def test_streamed_model_refuses_other_data(synthetic_path):
 
 def test_bench_fit_report_in_memory_with_both_baselines(tmp_path):
     out = tmp_path / "fit.json"
-    assert cli.main(["bench", "fit", "--events", "3000", "--nps", "3", "--chunk-size", "1024", "--refit-nps", "1",
-                     "--repeat", "1", "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "fit",
+                "--events",
+                "3000",
+                "--nps",
+                "3",
+                "--chunk-size",
+                "1024",
+                "--refit-nps",
+                "1",
+                "--repeat",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
-    for key in ("events", "nps", "processes", "data_mb", "nll_s", "grad_s", "hessian_s", "fit_s", "impacts_cov_s",
-                "impacts_refit_per_np_s", "compile_s", "peak_rss_mb", "baseline_iminuit_s", "baseline_full_hessian_s"):
+    for key in (
+        "events",
+        "nps",
+        "processes",
+        "data_mb",
+        "nll_s",
+        "grad_s",
+        "hessian_s",
+        "fit_s",
+        "impacts_cov_s",
+        "impacts_refit_per_np_s",
+        "compile_s",
+        "peak_rss_mb",
+        "baseline_iminuit_s",
+        "baseline_full_hessian_s",
+    ):
         assert key in r, key
     assert (r["events"], r["nps"], r["processes"]) == (3000, 3, 3)
     assert r["fit_converged"]
@@ -106,8 +141,24 @@ def test_bench_fit_report_in_memory_with_both_baselines(tmp_path):
 
 def test_bench_fit_streamed_report(tmp_path):
     out = tmp_path / "fit.json"
-    args = ["bench", "fit", "--events", "4000", "--nps", "2", "--chunk-size", "1500", "--refit-nps", "0",
-            "--repeat", "1", "--stream", str(tmp_path / "data"), "--json", str(out)]
+    args = [
+        "bench",
+        "fit",
+        "--events",
+        "4000",
+        "--nps",
+        "2",
+        "--chunk-size",
+        "1500",
+        "--refit-nps",
+        "0",
+        "--repeat",
+        "1",
+        "--stream",
+        str(tmp_path / "data"),
+        "--json",
+        str(out),
+    ]
     assert cli.main(args) == 0
     r = json.loads(out.read_text())
     assert r["streamed_from"].endswith("synthetic-4000x2-s0.json") and r["chunk_size"] == 1500

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit import Model, fit
 from sbi_engine.fit.exact import exact_demo_workspace
 from sbi_engine.fit.toys import asimov_weights, expected_fit, generate_toys, toy_study
@@ -23,7 +22,9 @@ def test_asimov_weights_are_the_models_expectation(demo_model):
     assert demo_model.has_norm and demo_model.norm_source == "asimov"
     w1 = asimov_weights(demo_model)
     w2 = asimov_weights(demo_model, {"mu": 2.0})
-    assert w2.sum() / w1.sum() == pytest.approx(prob.total_yield(2.0) / prob.total_yield(1.0), rel=0.01)
+    assert w2.sum() / w1.sum() == pytest.approx(
+        prob.total_yield(2.0) / prob.total_yield(1.0), rel=0.01
+    )
     r = expected_fit(demo_model, {"mu": 2.0})
     assert r.converged
     sig = np.sqrt(np.diag(r.covariance))
@@ -36,7 +37,9 @@ def test_asimov_weights_are_the_models_expectation(demo_model):
 def test_toys_are_poisson_resamples(demo_model):
     toys = generate_toys(demo_model, 200, seed=5)
     n = toys.counts.sum(axis=1)
-    lam = float(np.sum(asimov_weights(demo_model)))  # the model's expected count nu at the reference point
+    lam = float(
+        np.sum(asimov_weights(demo_model))
+    )  # the model's expected count nu at the reference point
     assert abs(n.mean() - lam) < 4 * np.sqrt(lam / 200)
     assert n.var(ddof=1) == pytest.approx(lam, rel=0.25)
     assert toys.aux.std() == pytest.approx(1.0, rel=0.1) and abs(toys.aux.mean()) < 0.05
@@ -52,7 +55,10 @@ def big_model():
     return Model(ws, chunk_size=16384, storage_dtype=jnp.float64)
 
 
-TOY_BATCH, TOY_PAD = 100, 4096  # one (batch, events) shape for the study and the Neyman belt: one compilation
+TOY_BATCH, TOY_PAD = (
+    100,
+    4096,
+)  # one (batch, events) shape for the study and the Neyman belt: one compilation
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +90,17 @@ def test_toy_study_reports_per_toy_results(study):
     n = st["n_converged"]
     for key in ("toy_index", "mu_hat", "sigma", "pulls", "pulls_profile"):
         assert len(st[key]) == n, key
-    mu, sig, pull, z = (np.asarray(st[k], dtype=float) for k in ("mu_hat", "sigma", "pulls", "pulls_profile"))
+    mu, sig, pull, z = (
+        np.asarray(st[k], dtype=float) for k in ("mu_hat", "sigma", "pulls", "pulls_profile")
+    )
     np.testing.assert_allclose(pull, (mu - st["truth"]) / sig, rtol=1e-12)
-    assert pull.mean() == pytest.approx(st["pull_mean"]) and np.all(np.sign(z) == np.sign(mu - st["truth"]))
+    assert pull.mean() == pytest.approx(st["pull_mean"]) and np.all(
+        np.sign(z) == np.sign(mu - st["truth"])
+    )
     assert np.mean(np.abs(z) < 1) == pytest.approx(st["coverage_profile_68"])
-    assert np.corrcoef(pull, z)[0, 1] > 0.95  # the two pulls agree where the likelihood is near-Gaussian
+    assert (
+        np.corrcoef(pull, z)[0, 1] > 0.95
+    )  # the two pulls agree where the likelihood is near-Gaussian
 
 
 @pytest.mark.slow
@@ -101,7 +113,9 @@ def test_neyman_belt_is_close_to_wilks(big_model):
     observed = fit(big_model)
     mu, err = observed.values["mu"], observed.errors["mu"]
     grid = [mu - 2 * err, mu, mu + 2 * err]
-    belt = neyman_construction(big_model, grid, n_toys=200, seed=9, observed=observed, batch=TOY_BATCH, pad_to=TOY_PAD)
+    belt = neyman_construction(
+        big_model, grid, n_toys=200, seed=9, observed=observed, batch=TOY_BATCH, pad_to=TOY_PAD
+    )
     assert all(row["n_ok"] >= 198 for row in belt["grid"]), belt
     crit = [row["critical"] for row in belt["grid"]]
     assert all(0.6 < c < 1.5 for c in crit), belt

@@ -15,33 +15,61 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from demo_nuisances import demo_nuisances
 
-import sbi_engine  # noqa: F401  (float64)
 from sbi_engine.demo import PROCESSES, DemoProblem
 from sbi_engine.fit import Model, Workspace, WorkspaceError
-from sbi_engine.fit.toys import asimov_weights, fit_toys, generate_toys, toy_expected_counts, toy_pull_study
-
-from demo_nuisances import demo_nuisances
+from sbi_engine.fit.toys import (
+    asimov_weights,
+    fit_toys,
+    generate_toys,
+    toy_expected_counts,
+    toy_pull_study,
+)
 
 COEFFICIENTS = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
 LUMI = 10.0  # ~3,700 events per toy at mu = 1: mu-hat stays well away from its bound 0 at mu >= 1.5
-N_SAMPLE = 4000  # B simulation rows (the normalisation sample and the population toys are drawn from)
+N_SAMPLE = (
+    4000  # B simulation rows (the normalisation sample and the population toys are drawn from)
+)
 TOY_BATCH, TOY_PAD = 100, 4096  # one (batch, events) shape for every mu: one compiled toy fit
 
 
-def b_reference_workspace(n_events: int = N_SAMPLE, *, n_nuisances: int = 2, luminosity: float = LUMI,
-                          seed: int = 3, mu_data: float = 1.0, norm_weights: np.ndarray | None = None) -> Workspace:
+def b_reference_workspace(
+    n_events: int = N_SAMPLE,
+    *,
+    n_nuisances: int = 2,
+    luminosity: float = LUMI,
+    seed: int = 3,
+    mu_data: float = 1.0,
+    norm_weights: np.ndarray | None = None,
+) -> Workspace:
     """Demo workspace on a weighted B simulation: exact ratios to B, exact shape ratios, the
     B weights as normalisation sample and Asimov weights at ``mu_data`` as data."""
     prob = DemoProblem(n_nuisances=n_nuisances, luminosity=luminosity)
     smp = prob.sample("B", n_events, seed)
     x = smp.features
     v = np.asarray(smp.weights if norm_weights is None else norm_weights, dtype=np.float64)
-    procs = {c: {"yield": prob.yield_(c), "coefficient": COEFFICIENTS[c], "ratio": np.exp(prob.log_ratio(c, "B", x))}
-             for c in PROCESSES}
-    nps = demo_nuisances(prob, lambda name, c: tuple(np.exp(prob.shape_log_ratio(c, name, x, d)) for d in (1.0, -1.0)))
-    base = Workspace.from_arrays(pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}}, processes=procs, weights=v,
-                                 nuisances=nps, data_kind="asimov", norm_weights=v)
+    procs = {
+        c: {
+            "yield": prob.yield_(c),
+            "coefficient": COEFFICIENTS[c],
+            "ratio": np.exp(prob.log_ratio(c, "B", x)),
+        }
+        for c in PROCESSES
+    }
+    nps = demo_nuisances(
+        prob,
+        lambda name, c: tuple(np.exp(prob.shape_log_ratio(c, name, x, d)) for d in (1.0, -1.0)),
+    )
+    base = Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        processes=procs,
+        weights=v,
+        nuisances=nps,
+        data_kind="asimov",
+        norm_weights=v,
+    )
     w = asimov_weights(Model(base, storage_dtype=jnp.float64), {"mu": mu_data})
     return base.with_data(w, kind="asimov", generated_at={"mu": mu_data})
 
@@ -83,8 +111,11 @@ def test_toy_fits_converge_at_mu_half(model):
     assert np.all((fits.errors[:, 0] > 0.05) & (fits.errors[:, 0] < 0.2))
 
 
-@pytest.mark.xfail(strict=True, reason="Newton fits started at the bound mu = 0 never leave it: d sqrt(mu)/dmu is "
-                   "infinite there (sbi_engine/fit/minimize.py, not fixed here)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Newton fits started at the bound mu = 0 never leave it: d sqrt(mu)/dmu is "
+    "infinite there (sbi_engine/fit/minimize.py, not fixed here)",
+)
 def test_toy_fits_at_mu_zero_leave_the_bound(model):
     """At mu = 0 the sqrt(mu) term of q has a random sign per toy, so about half of the toys have
     mu-hat > 0 (measured: 51 % when the fits start at mu = 1). Fits started at the truth
@@ -112,7 +143,9 @@ def test_pulls_are_standard_normal(model, mu):
     assert time.perf_counter() - t0 < 20.0
 
 
-SMALL_SAMPLE_WARNING = "ignore:data.norm_weights. the ratios average"  # 600 B rows under-sample the S tail
+SMALL_SAMPLE_WARNING = (
+    "ignore:data.norm_weights. the ratios average"  # 600 B rows under-sample the S tail
+)
 
 
 @pytest.mark.filterwarnings(SMALL_SAMPLE_WARNING)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from demo_nuisances import demo_nuisances
 
-import sbi_engine  # noqa: F401  (float64)
 from sbi_engine.demo import PROCESSES, DemoProblem
 from sbi_engine.fit import Model, Workspace, fit
 from sbi_engine.fit.api import newton_executable
 from sbi_engine.fit.variations import Variant, bootstrap_norm_variants, refit_variants, variant_data
-
-from demo_nuisances import demo_nuisances
 
 COEFFICIENTS = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
 N_NORM = 2000
@@ -29,11 +27,16 @@ DATA_X = PROB.sample_mixture(1.0, None, seed=5, poisson=True).features
 pytestmark = pytest.mark.filterwarnings("ignore:data.norm_weights. the ratios average")
 
 
-def arrays(x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
+def arrays(
+    x: np.ndarray,
+) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
     """Exact ratios to B and exact shape ratios of every nuisance effect at events x."""
     ratios = {c: np.exp(PROB.log_ratio(c, "B", x)) for c in PROCESSES}
-    shapes = {(nk.name, c): tuple(np.exp(PROB.shape_log_ratio(c, nk.name, x, d)) for d in (1.0, -1.0))
-              for nk in PROB.nuisances for c in nk.shape_processes}
+    shapes = {
+        (nk.name, c): tuple(np.exp(PROB.shape_log_ratio(c, nk.name, x, d)) for d in (1.0, -1.0))
+        for nk in PROB.nuisances
+        for c in nk.shape_processes
+    }
     return ratios, shapes
 
 
@@ -54,9 +57,18 @@ def rows_arrays(seed: int):
 
 def build_workspace(ratios, shapes, norm_weights, weights) -> Workspace:
     nps = demo_nuisances(PROB, lambda name, c: shapes[(name, c)])
-    procs = {c: {"yield": PROB.yield_(c), "coefficient": COEFFICIENTS[c], "ratio": ratios[c]} for c in PROCESSES}
-    return Workspace.from_arrays(pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}}, processes=procs,
-                                 weights=weights, nuisances=nps, data_kind="observed", norm_weights=norm_weights)
+    procs = {
+        c: {"yield": PROB.yield_(c), "coefficient": COEFFICIENTS[c], "ratio": ratios[c]}
+        for c in PROCESSES
+    }
+    return Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        processes=procs,
+        weights=weights,
+        nuisances=nps,
+        data_kind="observed",
+        norm_weights=norm_weights,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +87,9 @@ def test_identity_variants_reproduce_the_base_fit(base):
     """An empty variant and one that passes the base arrays explicitly reproduce the base fit."""
     ws, model, ref, (ratios, shapes, v, _) = base
     assert ref.converged and model.has_norm and model.norm_source == "norm_weights"
-    fits = refit_variants(model, [Variant(label="empty"), Variant(ratios=ratios, shapes=shapes, norm_weights=v)])
+    fits = refit_variants(
+        model, [Variant(label="empty"), Variant(ratios=ratios, shapes=shapes, norm_weights=v)]
+    )
     assert fits.converged.all()
     ref_err = np.array([ref.errors[n] for n in model.names])
     for j in range(2):
@@ -92,14 +106,23 @@ def test_changed_ratios_equal_a_fresh_workspace(base):
     other = dict(ratios)
     other["S"] = ratios["S"] * np.exp(0.15 * np.sin(x_m / 40.0))
     other["SBI"] = ratios["SBI"] * np.exp(-0.05 * np.cos(x_m / 70.0))
-    var_fit = refit_variants(model, [Variant(ratios={"S": other["S"], "SBI": other["SBI"]})]).results[0]
+    var_fit = refit_variants(
+        model, [Variant(ratios={"S": other["S"], "SBI": other["SBI"]})]
+    ).results[0]
     fresh_model = Model(build_workspace(other, shapes, v, w))
     fresh = fit(fresh_model)
     assert var_fit.converged and fresh.converged
-    assert np.max(np.abs(fresh_model.ratio_scale / model.ratio_scale - 1)) > 1e-3  # the k_c really changed
-    assert abs(var_fit.values["mu"] - ref.values["mu"]) > 10 * 1e-6 * ref.values["mu"]  # and so did mu-hat
+    assert (
+        np.max(np.abs(fresh_model.ratio_scale / model.ratio_scale - 1)) > 1e-3
+    )  # the k_c really changed
+    assert (
+        abs(var_fit.values["mu"] - ref.values["mu"]) > 10 * 1e-6 * ref.values["mu"]
+    )  # and so did mu-hat
     assert _rel(var_fit.values["mu"], fresh.values["mu"]) < 1e-6
-    assert _rel([var_fit.errors[n] for n in model.names], [fresh.errors[n] for n in model.names]) < 1e-6
+    assert (
+        _rel([var_fit.errors[n] for n in model.names], [fresh.errors[n] for n in model.names])
+        < 1e-6
+    )
     np.testing.assert_allclose(var_fit.theta, fresh.theta, rtol=1e-6, atol=1e-7)
 
 
@@ -109,9 +132,11 @@ def test_all_variants_share_one_compilation(base):
     exe = newton_executable(model)
     before = (model.clock.count, len(exe._cache))
     key = next(iter(shapes))
-    variants = [Variant(ratios={"S": ratios["S"] * 1.01}),
-                Variant(shapes={key: (shapes[key][0] ** 1.1, shapes[key][1])}),
-                *bootstrap_norm_variants(model, 3, seed=1)]
+    variants = [
+        Variant(ratios={"S": ratios["S"] * 1.01}),
+        Variant(shapes={key: (shapes[key][0] ** 1.1, shapes[key][1])}),
+        *bootstrap_norm_variants(model, 3, seed=1),
+    ]
     fits = refit_variants(model, variants, init=ref)
     assert fits.converged.all()
     assert (model.clock.count, len(exe._cache)) == before == (model.clock.count, 1)
@@ -131,7 +156,9 @@ def test_bootstrap_spread_matches_fresh_normalisation_samples(base):
     fresh_variants = []
     for seed in range(200, 230):
         ratios, shapes, v, _ = rows_arrays(seed)
-        fresh_variants.append(Variant(ratios=ratios, shapes=shapes, norm_weights=v, label=f"B seed {seed}"))
+        fresh_variants.append(
+            Variant(ratios=ratios, shapes=shapes, norm_weights=v, label=f"B seed {seed}")
+        )
     indep = refit_variants(model, fresh_variants, init=ref)
     assert boot.converged.sum() >= 29 and indep.converged.sum() >= 29
     s_boot, se_boot = boot.spread("mu")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import sbi_engine  # noqa: F401
 from sbi_engine.fit import Model, Workspace, WorkspaceError
 
 # Synthetic workspaces with random ratios (they do not average to 1 on the normalisation sample,
@@ -20,15 +19,38 @@ def _ws(n=50, **over):
     spec = dict(
         pois={"mu": {"init": 1.0, "bounds": (0.0, 10.0)}},
         norm_factors={"kB": {"init": 1.0, "bounds": (0.1, 5.0)}},
-        processes={"S": {"yield": 10.0, "coefficient": "mu - sqrt(mu)", "ratio": rng.uniform(0.5, 2, n)},
-                   "SBI": {"yield": 12.0, "coefficient": "sqrt(mu)", "ratio": rng.uniform(0.5, 2, n)},
-                   "B": {"yield": 90.0, "coefficient": "kB*(1 - sqrt(mu))", "ratio": np.ones(n)}},
+        processes={
+            "S": {"yield": 10.0, "coefficient": "mu - sqrt(mu)", "ratio": rng.uniform(0.5, 2, n)},
+            "SBI": {"yield": 12.0, "coefficient": "sqrt(mu)", "ratio": rng.uniform(0.5, 2, n)},
+            "B": {"yield": 90.0, "coefficient": "kB*(1 - sqrt(mu))", "ratio": np.ones(n)},
+        },
         weights=rng.uniform(0.1, 1, n),
-        nuisances=[{"name": "jes", "aux": 0.2, "effects": {
-            "S": {"norm": (1.05, 0.97), "shape": (rng.uniform(0.9, 1.1, n), rng.uniform(0.9, 1.1, n))},
-            "B": {"norm": (1.02, 0.99)}}}],
-        control_regions=[{"name": "CR", "observed": [100, 40], "samples": {
-            "B": {"yields": [95.0, 38.0], "coefficient": "kB", "norm": {"jes": ([1.1, 1.2], [0.9, 0.8])}}}}],
+        nuisances=[
+            {
+                "name": "jes",
+                "aux": 0.2,
+                "effects": {
+                    "S": {
+                        "norm": (1.05, 0.97),
+                        "shape": (rng.uniform(0.9, 1.1, n), rng.uniform(0.9, 1.1, n)),
+                    },
+                    "B": {"norm": (1.02, 0.99)},
+                },
+            }
+        ],
+        control_regions=[
+            {
+                "name": "CR",
+                "observed": [100, 40],
+                "samples": {
+                    "B": {
+                        "yields": [95.0, 38.0],
+                        "coefficient": "kB",
+                        "norm": {"jes": ([1.1, 1.2], [0.9, 0.8])},
+                    }
+                },
+            }
+        ],
         generated_at={"mu": 1.0},
     )
     spec.update(over)
@@ -44,8 +66,12 @@ def test_round_trip_keeps_every_number(tmp_path):
     assert back.parameter_names == ("mu", "kB", "jes") and back.nuisances[0].aux == 0.2
     assert back.data.kind == "asimov" and back.data.generated_at == {"mu": 1.0}
     np.testing.assert_array_equal(back.processes[0].ratio, ws.processes[0].ratio)
-    np.testing.assert_array_equal(back.nuisances[0].effects["S"].shape[1], ws.nuisances[0].effects["S"].shape[1])
-    assert "shape" not in {k for k, v in vars(back.nuisances[0].effects["B"]).items() if v is not None}
+    np.testing.assert_array_equal(
+        back.nuisances[0].effects["S"].shape[1], ws.nuisances[0].effects["S"].shape[1]
+    )
+    assert "shape" not in {
+        k for k, v in vars(back.nuisances[0].effects["B"]).items() if v is not None
+    }
     m1, m2 = Model(ws), Model(back)
     t = m1.theta({"mu": 1.0, "kB": 1.2, "jes": 0.4})
     assert np.isfinite(m1.nll(t))
@@ -61,14 +87,19 @@ def test_np_without_effect_on_a_process_stores_nothing():
 
 
 def test_row_count_mismatch_names_process_and_rows():
-    with pytest.raises(WorkspaceError, match=r"processes\.SBI\.ratio: has 49 rows but the data has 50 events"):
+    with pytest.raises(
+        WorkspaceError, match=r"processes\.SBI\.ratio: has 49 rows but the data has 50 events"
+    ):
         _ws(processes={"SBI": {"yield": 1.0, "coefficient": "sqrt(mu)", "ratio": np.ones(49)}})
 
 
 def test_bad_values_are_reported_with_counts():
     r = np.ones(50)
     r[[3, 7]] = -1.0
-    with pytest.raises(WorkspaceError, match=r"processes\.S\.ratio: 2 of 50 values are not finite and > 0 \(first at row 3"):
+    with pytest.raises(
+        WorkspaceError,
+        match=r"processes\.S\.ratio: 2 of 50 values are not finite and > 0 \(first at row 3",
+    ):
         _ws(processes={"S": {"yield": 1.0, "coefficient": "mu", "ratio": r}})
 
 
@@ -84,7 +115,9 @@ def test_schema_errors_name_the_json_key(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     (tmp_path / "bad.arrays").symlink_to(tmp_path / "ws.arrays")
-    with pytest.raises(WorkspaceError, match=r"bad\.json: processes\.1\.yield: 'lots' is not of type 'number'"):
+    with pytest.raises(
+        WorkspaceError, match=r"bad\.json: processes\.1\.yield: 'lots' is not of type 'number'"
+    ):
         Workspace.load(bad)
     doc = json.loads(path.read_text())
     doc["processes"][0]["ratio"]["file"] = "missing.npy"
@@ -94,8 +127,12 @@ def test_schema_errors_name_the_json_key(tmp_path):
 
 
 def test_norm_weights_round_trip_and_drive_the_model(tmp_path):
-    ws = _ws(weights=np.r_[np.ones(30), np.zeros(20)], norm_weights=np.r_[np.zeros(30), np.linspace(0.5, 1.5, 20)],
-             data_kind="observed", generated_at=None)
+    ws = _ws(
+        weights=np.r_[np.ones(30), np.zeros(20)],
+        norm_weights=np.r_[np.zeros(30), np.linspace(0.5, 1.5, 20)],
+        data_kind="observed",
+        generated_at=None,
+    )
     path = ws.save(tmp_path / "ws.json")
     doc = json.loads(path.read_text())
     assert doc["data"]["norm_weights"]["file"].endswith("norm_weights.npy")
@@ -109,5 +146,7 @@ def test_norm_weights_round_trip_and_drive_the_model(tmp_path):
     doc["data"]["norm_weights"] = [1, 2]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(WorkspaceError, match=r"bad\.json: data\.norm_weights: \[1, 2\] is not of type 'object'"):
+    with pytest.raises(
+        WorkspaceError, match=r"bad\.json: data\.norm_weights: \[1, 2\] is not of type 'object'"
+    ):
         Workspace.load(bad)

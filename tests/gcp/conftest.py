@@ -4,7 +4,7 @@
   ``STORAGE_EMULATOR_HOST`` pointing at it; ``gcs_store`` is a fresh ``gs://b/<uuid>`` store.
 - ``flaky_proxy``: an HTTP proxy in front of the emulator that answers 503 to chosen requests
   (transient errors for the retry tests) and records every request line.
-- ``fake_compute``: the fake Compute Engine service (``backend.launchers.gce_fake``) that boots
+- ``fake_compute``: the fake Compute Engine service (``nsbi_testing.gce_fake``) that boots
   VMs by running their startup script locally; ``stub_python`` is an executable that stands in
   for the VM's Python and records what it was given.
 - ``make_launcher``: a ``GceLauncher`` pointed at the fake through the real SDK client.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.launchers.gce_fake import LoopbackServer
+from nsbi_testing.gce_fake import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
 ZONES = ("us-central1-a", "us-central1-b")
@@ -95,13 +95,21 @@ class FlakyProxy:
                     self.wfile.write(data)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    if k.lower() in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "server",
+                        "date",
+                    ):
                         continue
                     if k.lower() == "location":
                         v = v.replace(proxy.upstream, f"127.0.0.1:{proxy.port}")
@@ -137,17 +145,21 @@ def proxied_store(flaky_proxy):
 
     from backend.stores.gcs import GCSStore
 
-    client = storage.Client(project="nsbi-test", credentials=AnonymousCredentials(),
-                            client_options={"api_endpoint": f"http://127.0.0.1:{flaky_proxy.port}"})
+    client = storage.Client(
+        project="nsbi-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": f"http://127.0.0.1:{flaky_proxy.port}"},
+    )
     return GCSStore(f"gs://b/p-{uuid.uuid4().hex[:10]}", client=client, retry_deadline_s=20)
 
 
 @pytest.fixture
 def fake_compute(tmp_path):
-    from backend.launchers.gce_fake import FakeCompute
+    from nsbi_testing.gce_fake import FakeCompute
 
-    fake = FakeCompute(boot=True, grace_s=2.0, workdir=tmp_path / "vms",
-                       boot_env={"PYTHONPATH": str(REPO)})
+    fake = FakeCompute(
+        boot=True, grace_s=2.0, workdir=tmp_path / "vms", boot_env={"PYTHONPATH": str(REPO)}
+    )
     (tmp_path / "vms").mkdir()
     fake.start()
     yield fake
@@ -197,12 +209,23 @@ def make_launcher(fake_compute, stub_python, tmp_path):
     store_root = tmp_path / "store"
 
     def opener(uri: str):
-        return LocalStore(uri, create=True) if uri.startswith("file://") else LocalStore(store_root, create=True)
+        return (
+            LocalStore(uri, create=True)
+            if uri.startswith("file://")
+            else LocalStore(store_root, create=True)
+        )
 
     def factory(**overrides):
-        kw = dict(project=fake_compute.project, zones=ZONES, endpoint=fake_compute.endpoint, url_scheme="http",
-                  runtime="python", python=str(stub_python[0]), env={"STUB_OUT_DIR": str(stub_python[1])},
-                  list_ttl_s=0.0)
+        kw = dict(
+            project=fake_compute.project,
+            zones=ZONES,
+            endpoint=fake_compute.endpoint,
+            url_scheme="http",
+            runtime="python",
+            python=str(stub_python[0]),
+            env={"STUB_OUT_DIR": str(stub_python[1])},
+            list_ttl_s=0.0,
+        )
         kw.update(overrides)
         launcher = GceLauncher(GceConfig(**kw), store_opener=opener)
         made.append(launcher)

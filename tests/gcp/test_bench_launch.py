@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from backend import bench_launch
+from benchmarks import launch as bench_launch
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:

@@ -4,7 +4,8 @@ runs the real worker against the emulated GCS bucket.
 
 One job is preempted mid-training and must resume from its checkpoint; the first zone has a
 stockout on the first insert; one job is cancelled while running; no VM may be left behind.
-Uses the worker's fast test job kind ("noop") to stay quick. The second test runs a real tiny
+Uses the fast test job kind ("noop", from ``nsbi_testing.jobkinds``, named to the worker
+through the launcher's environment) to stay quick. The second test runs a real tiny
 JAX training campaign, preempted after its first checkpoint and resumed on a new VM.
 """
 
@@ -23,11 +24,12 @@ from backend.controller import Controller, ControllerConfig
 from backend.db import create_engine, init_db
 from backend.db.models import Attempt, Campaign, Job
 from backend.launchers.gce import GceLauncher
-from backend.launchers.gce_fake import FakeCompute
 from backend.launchers.gce_spec import GceConfig
 from backend.states import CampaignStatus, DesiredState, JobStatus
 from backend.stores import layout, list_segments
 from backend.stores.gcs import GCSStore
+from nsbi_testing import JOB_KIND_MODULES
+from nsbi_testing.gce_fake import FakeCompute
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +45,31 @@ JOBS = {  # name -> noop params
 
 def _campaign(engine) -> int:
     with Session(engine, expire_on_commit=False) as s:
-        camp = Campaign(name="gce e2e", config_hash=uuid.uuid4().hex, status=CampaignStatus.ACTIVE,
-                        launcher="gce", max_concurrency=3)
+        camp = Campaign(
+            name="gce e2e",
+            config_hash=uuid.uuid4().hex,
+            status=CampaignStatus.ACTIVE,
+            launcher="gce",
+            max_concurrency=3,
+        )
         s.add(camp)
         s.flush()
         for name, params in JOBS.items():
-            s.add(Job(campaign_id=camp.id, name=name, kind="noop", spec={"kind": "noop", "name": name, "params": params},
-                      desired_state=DesiredState.RUN, launcher="gce", machine_type="n1-standard-4",
-                      gpu_type="nvidia-tesla-t4", gpu_count=1, spot=True, max_retries=0))
+            s.add(
+                Job(
+                    campaign_id=camp.id,
+                    name=name,
+                    kind="noop",
+                    spec={"kind": "noop", "name": name, "params": params},
+                    desired_state=DesiredState.RUN,
+                    launcher="gce",
+                    machine_type="n1-standard-4",
+                    gpu_type="nvidia-tesla-t4",
+                    gpu_count=1,
+                    spot=True,
+                    max_retries=0,
+                )
+            )
         s.commit()
         return camp.id
 
@@ -62,8 +81,14 @@ def _jobs(engine) -> dict[str, Job]:
 
 def _attempts(engine, name: str) -> list[Attempt]:
     with Session(engine, expire_on_commit=False) as s:
-        return list(s.exec(select(Attempt).join(Job, Job.id == Attempt.job_id).where(Job.name == name)
-                           .order_by(Attempt.attempt_no)))
+        return list(
+            s.exec(
+                select(Attempt)
+                .join(Job, Job.id == Attempt.job_id)
+                .where(Job.name == name)
+                .order_by(Attempt.attempt_no)
+            )
+        )
 
 
 def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, tmp_path, waiter):
@@ -72,13 +97,29 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
     fake = FakeCompute(boot=True, grace_s=3.0, workdir=tmp_path, boot_env={"PYTHONPATH": str(REPO)})
     fake.start()
     fake.fail_zone(ZONES[0], "ZONE_RESOURCE_POOL_EXHAUSTED", times=1)
-    launcher = GceLauncher(GceConfig(
-        project=fake.project, zones=ZONES, endpoint=fake.endpoint, url_scheme="http", runtime="python",
-        python=sys.executable, list_ttl_s=0.2,
-        env={"STORAGE_EMULATOR_HOST": gcs_emulator, "NSBI_WORKER_INTERVAL_S": "0.2"}))
-    controller = Controller(engine, store, {"gce": launcher},
-                            ControllerConfig(tick_interval_s=0.2, heartbeat_timeout_s=60, startup_timeout_s=120))
-    campaign_id = _campaign(engine)
+    launcher = GceLauncher(
+        GceConfig(
+            project=fake.project,
+            zones=ZONES,
+            endpoint=fake.endpoint,
+            url_scheme="http",
+            runtime="python",
+            python=sys.executable,
+            list_ttl_s=0.2,
+            env={
+                "STORAGE_EMULATOR_HOST": gcs_emulator,
+                "NSBI_WORKER_INTERVAL_S": "0.2",
+                "NSBI_JOB_KIND_MODULES": JOB_KIND_MODULES,
+            },
+        )
+    )
+    controller = Controller(
+        engine,
+        store,
+        {"gce": launcher},
+        ControllerConfig(tick_interval_s=0.2, heartbeat_timeout_s=60, startup_timeout_s=120),
+    )
+    _campaign(engine)
     preempted_vm, cancelled = None, False
     try:
         t0 = time.time()
@@ -88,12 +129,22 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
             jobs = _jobs(engine)
             victim = jobs["victim"]
             if preempted_vm is None and victim.status == JobStatus.RUNNING and victim.uri:
-                vstore = store.child(victim.uri[len(store.uri) + 1:])
-                if max((step for step, _ in list_segments(vstore, layout.checkpoints_prefix(1))), default=0) >= 3:
+                vstore = store.child(victim.uri[len(store.uri) + 1 :])
+                if (
+                    max(
+                        (step for step, _ in list_segments(vstore, layout.checkpoints_prefix(1))),
+                        default=0,
+                    )
+                    >= 3
+                ):
                     preempted_vm = _attempts(engine, "victim")[0].instance_id
                     fake.preempt(preempted_vm)
             doomed = jobs["doomed"]
-            if not cancelled and doomed.status == JobStatus.RUNNING and doomed.last_heartbeat is not None:
+            if (
+                not cancelled
+                and doomed.status == JobStatus.RUNNING
+                and doomed.last_heartbeat is not None
+            ):
                 with Session(engine) as s:
                     row = s.get(Job, doomed.id)
                     row.cancel_requested = True
@@ -105,15 +156,18 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
             time.sleep(0.2)
         states = {n: j.status for n, j in _jobs(engine).items()}
         logs = {vm.name: fake.log_of(vm.name)[-500:] for vm in fake.instances()}
-        assert states == {"steady": JobStatus.SUCCEEDED, "victim": JobStatus.SUCCEEDED,
-                          "doomed": JobStatus.CANCELLED}, (states, logs)
+        assert states == {
+            "steady": JobStatus.SUCCEEDED,
+            "victim": JobStatus.SUCCEEDED,
+            "doomed": JobStatus.CANCELLED,
+        }, (states, logs)
 
         # the preempted member resumed from its checkpoint on a new VM
         attempts = _attempts(engine, "victim")
         assert [a.status for a in attempts] == [JobStatus.PREEMPTED, JobStatus.SUCCEEDED]
         assert attempts[0].instance_id == preempted_vm and attempts[1].instance_id != preempted_vm
         jobs = _jobs(engine)
-        vstore = store.child(jobs["victim"].uri[len(store.uri) + 1:])
+        vstore = store.child(jobs["victim"].uri[len(store.uri) + 1 :])
         result = json.loads(vstore.get_bytes(layout.result_key(2)))
         resumed = result["summary"]["resumed_from"]
         assert resumed is not None and resumed >= 3
@@ -124,7 +178,10 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
         fresh = GCSStore(store.uri)
         for name in ("steady", "victim"):
             job = jobs[name]
-            key = job.uri[len(store.uri) + 1:] + f"/{layout.artifacts_prefix(job.current_attempt)}/noop.json"
+            key = (
+                job.uri[len(store.uri) + 1 :]
+                + f"/{layout.artifacts_prefix(job.current_attempt)}/noop.json"
+            )
             assert json.loads(fresh.get_bytes(key)) == {"steps": JOBS[name]["steps"]}
 
         # the stockout in the first zone fell over to the second, and the reason was kept
@@ -132,8 +189,13 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
         notes = [k for k in fresh.list("campaigns/") if k.endswith("/provision.json")]
         assert len(notes) == 1
         note = json.loads(fresh.get_bytes(notes[0]))
-        assert note["refusals"] == [f"{ZONES[0]}: ZONE_RESOURCE_POOL_EXHAUSTED"] and note["zone"] == ZONES[1]
-        assert fake.stats.inserts_by_zone[ZONES[1]] >= 1 and fake.stats.inserts_by_zone[ZONES[0]] >= 2
+        assert (
+            note["refusals"] == [f"{ZONES[0]}: ZONE_RESOURCE_POOL_EXHAUSTED"]
+            and note["zone"] == ZONES[1]
+        )
+        assert (
+            fake.stats.inserts_by_zone[ZONES[1]] >= 1 and fake.stats.inserts_by_zone[ZONES[0]] >= 2
+        )
 
         # cancel deleted the VM, and nothing is left behind
         doomed_attempt = _attempts(engine, "doomed")[-1]
@@ -171,33 +233,76 @@ def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator,
 
     config = {
         "name": "gce demo",
-        "backend": {"launcher": "gce", "machine_type": "n1-standard-4", "gpu_type": "nvidia-tesla-t4",
-                    "gpu_count": 1, "spot": True, "zones": list(ZONES), "max_concurrency": 2, "retry_limit": 0},
+        "backend": {
+            "launcher": "gce",
+            "machine_type": "n1-standard-4",
+            "gpu_type": "nvidia-tesla-t4",
+            "gpu_count": 1,
+            "spot": True,
+            "zones": list(ZONES),
+            "max_concurrency": 2,
+            "retry_limit": 0,
+        },
         "processes": {"S": demo("S", 1), "B": demo("B", 3)},
         "reference": "B",
-        "training": {"ensemble_size": 2, "members_per_job": 2,
-                     "params": {"hidden_layers": 2, "width": 64, "max_steps": STEPS, "eval_every": EVERY,
-                                "batch_size": 1024, "checkpoint_every": EVERY, "patience": 10_000}},
-        "fit": {"enabled": False}, "impacts": {"enabled": False}, "scan": {"enabled": False},
+        "training": {
+            "ensemble_size": 2,
+            "members_per_job": 2,
+            "params": {
+                "hidden_layers": 2,
+                "width": 64,
+                "max_steps": STEPS,
+                "eval_every": EVERY,
+                "batch_size": 1024,
+                "checkpoint_every": EVERY,
+                "patience": 10_000,
+            },
+        },
+        "fit": {"enabled": False},
+        "impacts": {"enabled": False},
+        "scan": {"enabled": False},
     }
     campaign_id = service.create_campaign(config, engine=engine)
     service.request_launch(campaign_id, engine=engine)
     store = GCSStore(f"gs://b/demo-{uuid.uuid4().hex[:8]}")
     fake = FakeCompute(boot=True, grace_s=3.0, workdir=tmp_path, boot_env={"PYTHONPATH": str(REPO)})
     fake.start()
-    launcher = GceLauncher(GceConfig(
-        project=fake.project, zones=ZONES, endpoint=fake.endpoint, url_scheme="http", runtime="python",
-        python=sys.executable, list_ttl_s=0.2,
-        env={"STORAGE_EMULATOR_HOST": gcs_emulator, "NSBI_WORKER_INTERVAL_S": "0.5"}))
-    controller = Controller(engine, store, {"gce": launcher},
-                            ControllerConfig(tick_interval_s=0.3, heartbeat_timeout_s=120, startup_timeout_s=240))
+    launcher = GceLauncher(
+        GceConfig(
+            project=fake.project,
+            zones=ZONES,
+            endpoint=fake.endpoint,
+            url_scheme="http",
+            runtime="python",
+            python=sys.executable,
+            list_ttl_s=0.2,
+            env={"STORAGE_EMULATOR_HOST": gcs_emulator, "NSBI_WORKER_INTERVAL_S": "0.5"},
+        )
+    )
+    controller = Controller(
+        engine,
+        store,
+        {"gce": launcher},
+        ControllerConfig(tick_interval_s=0.3, heartbeat_timeout_s=120, startup_timeout_s=240),
+    )
     preempted: dict[str, object] = {}  # vm, first checkpoint step, time
     try:
+
         def finished() -> bool:
             assert not controller.tick().errors
             jobs = list(_jobs(engine).values())
-            if not preempted and len(jobs) == 1 and jobs[0].status == JobStatus.RUNNING and jobs[0].uri:
-                steps = [step for step, _ in list_segments(GCSStore(jobs[0].uri), layout.checkpoints_prefix(1))]
+            if (
+                not preempted
+                and len(jobs) == 1
+                and jobs[0].status == JobStatus.RUNNING
+                and jobs[0].uri
+            ):
+                steps = [
+                    step
+                    for step, _ in list_segments(
+                        GCSStore(jobs[0].uri), layout.checkpoints_prefix(1)
+                    )
+                ]
                 if steps:  # the first checkpoint is in the bucket: preempt the spot VM now
                     vm = _attempts(engine, jobs[0].name)[0].instance_id
                     fake.preempt(vm, grace_s=20.0)
@@ -217,15 +322,20 @@ def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator,
         # its checkpoint and ran only the remaining steps
         attempts = _attempts(engine, job.name)
         assert [a.status for a in attempts] == [JobStatus.PREEMPTED, JobStatus.SUCCEEDED], logs
-        assert attempts[0].instance_id == preempted["vm"] and attempts[1].instance_id != preempted["vm"]
+        assert (
+            attempts[0].instance_id == preempted["vm"]
+            and attempts[1].instance_id != preempted["vm"]
+        )
         jstore = GCSStore(job.uri)
         assert json.loads(jstore.get_bytes(layout.exit_key(1)))["status"] == "preempted"
         saved = [step for step, _ in list_segments(jstore, layout.checkpoints_prefix(1))]
         result = json.loads(jstore.get_bytes(layout.result_key(2)))
         summary = result["summary"]
-        print(f"first checkpoint {preempted['first']}, attempt-1 checkpoints {saved}, resumed_from "
-              f"{summary['resumed_from']}, steps_run {summary['steps_run']} of {summary['steps_total']}, "
-              f"preempted {preempted['at'] - t0:.1f} s in, campaign {time.time() - t0:.1f} s")
+        print(
+            f"first checkpoint {preempted['first']}, attempt-1 checkpoints {saved}, resumed_from "
+            f"{summary['resumed_from']}, steps_run {summary['steps_run']} of {summary['steps_total']}, "
+            f"preempted {preempted['at'] - t0:.1f} s in, campaign {time.time() - t0:.1f} s"
+        )
         assert summary["resumed_from"] is not None and summary["resumed_from"] >= preempted["first"]
         assert summary["resumed_from"] == max(saved) < STEPS  # the checkpoint written on SIGTERM
         assert summary["steps_total"] == STEPS  # 2 members, one pack; patience never ends it early

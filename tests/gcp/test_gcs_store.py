@@ -79,7 +79,11 @@ def test_large_objects_go_up_in_resumable_chunks(proxied_store, flaky_proxy, mon
     data = os.urandom(1024 * 1024 + 123)  # 5 chunks, the last one short
     proxied_store.put_bytes("ckpt/00000001.ckpt", data)
     assert proxied_store.get_bytes("ckpt/00000001.ckpt") == data
-    starts = [line for line in flaky_proxy.lines if line.startswith("POST") and "uploadType=resumable" in line]
+    starts = [
+        line
+        for line in flaky_proxy.lines
+        if line.startswith("POST") and "uploadType=resumable" in line
+    ]
     puts = [line for line in flaky_proxy.lines if line.startswith("PUT")]
     assert len(starts) == 1 and len(puts) == 5, flaky_proxy.lines
     proxied_store.put_bytes("small.json", b"{}")  # below the threshold: one multipart request

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlmodel import SQLModel
 
 import backend.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from backend.db.engine import create_engine
-from sqlmodel import SQLModel
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -10,24 +10,33 @@ stays frozen while the models evolve.
 Revision ID: 0004
 Revises: 0003
 """
-from typing import Sequence, Union
+
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: Union[str, Sequence[str], None] = "0003"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
-_LEVEL = "CASE " + " ".join(f"WHEN step % {2 ** k} = 0 THEN {k}" for k in range(16, 0, -1)) + " ELSE 0 END"
+_LEVEL = (
+    "CASE " + " ".join(f"WHEN step % {2**k} = 0 THEN {k}" for k in range(16, 0, -1)) + " ELSE 0 END"
+)
 
 
 def upgrade() -> None:
     stored = op.get_bind().dialect.name != "sqlite"
-    op.add_column("metric_point", sa.Column("level", sa.SmallInteger(), sa.Computed(_LEVEL, persisted=stored)))
-    op.create_index("ix_metric_point_job_id_name_member_level", "metric_point",
-                    ["job_id", "name", "member", "level"], unique=False)
+    op.add_column(
+        "metric_point", sa.Column("level", sa.SmallInteger(), sa.Computed(_LEVEL, persisted=stored))
+    )
+    op.create_index(
+        "ix_metric_point_job_id_name_member_level",
+        "metric_point",
+        ["job_id", "name", "member", "level"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:

@@ -31,24 +31,47 @@ IMINUIT_MAX_ELEMENTS = 2e7
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=float, default=1e5, help="number of events N")
     parser.add_argument("--nps", type=int, default=50, help="number of nuisance parameters K")
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="events per chunk (default: the model's, 16384 in memory, 8192 streamed)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="events per chunk (default: the model's, 16384 in memory, 8192 streamed)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many calls for nll/grad/hessian")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="best of this many calls for nll/grad/hessian"
+    )
     parser.add_argument("--refit-nps", type=int, default=2, help="NPs used to time refit impacts")
-    parser.add_argument("--start-offset", type=float, default=0.5,
-                        help="both fits (ours and iminuit's) start with the POIs at init x (1 + offset) and the "
-                             "NPs at alternating +-offset, not at the Asimov truth (0: start at the truth)")
+    parser.add_argument(
+        "--start-offset",
+        type=float,
+        default=0.5,
+        help="both fits (ours and iminuit's) start with the POIs at init x (1 + offset) and the "
+        "NPs at alternating +-offset, not at the Asimov truth (0: start at the truth)",
+    )
     parser.add_argument("--no-iminuit", action="store_true", help="skip the iminuit baseline")
-    parser.add_argument("--iminuit-max-s", type=float, default=1800.0,
-                        help="stop the iminuit baseline after this many seconds and report it as a lower bound")
-    parser.add_argument("--no-full-hessian", action="store_true", help="skip the unchunked jax.hessian baseline")
-    parser.add_argument("--full-hessian-max-mb", type=float, default=4000.0,
-                        help="skip the unchunked jax.hessian baseline when its projected memory exceeds this")
-    parser.add_argument("--stream", metavar="DIR",
-                        help="write the synthetic workspace to DIR (reused if already there) and stream its "
-                             "events from disk (StreamingModel) instead of holding them in memory")
+    parser.add_argument(
+        "--iminuit-max-s",
+        type=float,
+        default=1800.0,
+        help="stop the iminuit baseline after this many seconds and report it as a lower bound",
+    )
+    parser.add_argument(
+        "--no-full-hessian", action="store_true", help="skip the unchunked jax.hessian baseline"
+    )
+    parser.add_argument(
+        "--full-hessian-max-mb",
+        type=float,
+        default=4000.0,
+        help="skip the unchunked jax.hessian baseline when its projected memory exceeds this",
+    )
+    parser.add_argument(
+        "--stream",
+        metavar="DIR",
+        help="write the synthetic workspace to DIR (reused if already there) and stream its "
+        "events from disk (StreamingModel) instead of holding them in memory",
+    )
 
 
 def _rss_peak_mb() -> float:
@@ -62,7 +85,9 @@ def synthetic_workspace(n: int, k: int, seed: int = 0):
     import jax.numpy as jnp  # noqa: PLC0415
 
     from sbi_engine.fit import Workspace  # noqa: PLC0415
+    from sbi_engine.precision import enable_float64  # noqa: PLC0415
 
+    enable_float64()  # before the arrays: the weights are float64
     key = jax.random.PRNGKey(seed)
     f32 = jnp.float32
     procs, coeff, yields = _SYN_PROCS, _SYN_COEFF, _SYN_YIELDS
@@ -84,8 +109,14 @@ def synthetic_workspace(n: int, k: int, seed: int = 0):
     w = jnp.asarray(yields["SBI"] / n * np.asarray(ratios["SBI"], dtype=np.float64))
     return Workspace.from_arrays(
         pois={"mu": {"init": 1.0, "bounds": (0.0, 10.0)}},
-        processes={c: {"yield": yields[c], "coefficient": coeff[c], "ratio": ratios[c]} for c in procs},
-        weights=w, nuisances=nuis, data_kind="asimov", generated_at={"mu": 1.0}, validate_values=False,
+        processes={
+            c: {"yield": yields[c], "coefficient": coeff[c], "ratio": ratios[c]} for c in procs
+        },
+        weights=w,
+        nuisances=nuis,
+        data_kind="asimov",
+        generated_at={"mu": 1.0},
+        validate_values=False,
     )
 
 
@@ -93,9 +124,9 @@ def fit_start(model, offset: float) -> np.ndarray:
     """The common starting point of the timed fits: the synthetic data are Asimov at the initial
     values, so starting there would time a single confirming iteration, not a fit."""
     start = np.asarray(model.init, dtype=np.float64).copy()
-    start[:model.n_free] *= 1.0 + offset
+    start[: model.n_free] *= 1.0 + offset
     signs = np.where(np.arange(start.size - model.n_free) % 2 == 0, 1.0, -1.0)
-    start[model.n_free:] += offset * signs
+    start[model.n_free :] += offset * signs
     return np.clip(start, model.lower, model.upper)
 
 
@@ -128,7 +159,9 @@ _SYN_COEFF = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
 _SYN_YIELDS = {"S": 100.0, "SBI": 380.0, "B": 400.0}
 
 
-def write_synthetic_workspace(path: Path, n: int, k: int, seed: int = 0, block: int = 1 << 21) -> Path:
+def write_synthetic_workspace(
+    path: Path, n: int, k: int, seed: int = 0, block: int = 1 << 21
+) -> Path:
     """The synthetic workspace of :func:`synthetic_workspace`, written to disk array by array
     (NumPy generator, float32 ``.npy`` files, ``block`` events at a time) without ever holding
     it in memory; ``norm_weights`` are written explicitly (1/n: the Asimov weights divided by the
@@ -138,8 +171,12 @@ def write_synthetic_workspace(path: Path, n: int, k: int, seed: int = 0, block: 
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, fill) -> dict[str, str]:
-        arr = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32 if name != "weights"
-                                        and name != "norm_weights" else np.float64, shape=(n,))
+        arr = np.lib.format.open_memmap(
+            folder / f"{name}.npy",
+            mode="w+",
+            dtype=np.float32 if name != "weights" and name != "norm_weights" else np.float64,
+            shape=(n,),
+        )
         for start in range(0, n, block):
             stop = min(n, start + block)
             arr[start:stop] = fill(start, stop)
@@ -152,31 +189,58 @@ def write_synthetic_workspace(path: Path, n: int, k: int, seed: int = 0, block: 
             rng = np.random.default_rng([seed, stream, start])
             z = rng.standard_normal(stop - start, dtype=np.float32)
             return np.exp(sign * a * z - np.float32(0.5 * a * a))
+
         return fill
 
     processes = []
     for j, c in enumerate(_SYN_PROCS):
         a = 0.3 if c != "SBI" else 0.0
-        processes.append({"name": c, "yield": _SYN_YIELDS[c], "coefficient": _SYN_COEFF[c],
-                          "ratio": write(f"ratio_{c}", lognormal(j, a))})
+        processes.append(
+            {
+                "name": c,
+                "yield": _SYN_YIELDS[c],
+                "coefficient": _SYN_COEFF[c],
+                "ratio": write(f"ratio_{c}", lognormal(j, a)),
+            }
+        )
     nuisances = []
     for i in range(k):
         effects = []
         for j, c in enumerate(_SYN_PROCS):
             eps, norm = _synthetic_effects(i, j)
             stream = 1000 + 3 * i + j
-            effects.append({"process": c, "norm": {"up": norm[0], "down": norm[1]},
-                            "shape": {"up": write(f"shape_np{i:03d}_{c}_up", lognormal(stream, eps)),
-                                      "down": write(f"shape_np{i:03d}_{c}_down", lognormal(stream, eps, -1.0))}})
-        nuisances.append({"name": f"np{i:03d}", "constraint": {"type": "gaussian", "aux": 0.0}, "init": 0.0,
-                          "bounds": [-5.0, 5.0], "effects": effects})
+            effects.append(
+                {
+                    "process": c,
+                    "norm": {"up": norm[0], "down": norm[1]},
+                    "shape": {
+                        "up": write(f"shape_np{i:03d}_{c}_up", lognormal(stream, eps)),
+                        "down": write(f"shape_np{i:03d}_{c}_down", lognormal(stream, eps, -1.0)),
+                    },
+                }
+            )
+        nuisances.append(
+            {
+                "name": f"np{i:03d}",
+                "constraint": {"type": "gaussian", "aux": 0.0},
+                "init": 0.0,
+                "bounds": [-5.0, 5.0],
+                "effects": effects,
+            }
+        )
     doc = {
-        "format": "nsbi-workspace", "version": 1,
+        "format": "nsbi-workspace",
+        "version": 1,
         "parameters": {"pois": [{"name": "mu", "init": 1.0, "bounds": [0.0, 10.0]}]},
-        "processes": processes, "nuisances": nuisances,
-        "data": {"kind": "asimov", "n_events": n, "generated_at": {"mu": 1.0},
-                 "weights": write("weights", lambda a, b: np.full(b - a, _SYN_YIELDS["SBI"] / n)),
-                 "norm_weights": write("norm_weights", lambda a, b: np.full(b - a, 1.0 / n))},
+        "processes": processes,
+        "nuisances": nuisances,
+        "data": {
+            "kind": "asimov",
+            "n_events": n,
+            "generated_at": {"mu": 1.0},
+            "weights": write("weights", lambda a, b: np.full(b - a, _SYN_YIELDS["SBI"] / n)),
+            "norm_weights": write("norm_weights", lambda a, b: np.full(b - a, 1.0 / n)),
+        },
         "metadata": {"synthetic": {"events": n, "nps": k, "seed": seed}},
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -206,7 +270,9 @@ def numpy_nll(model) -> Any:
         ld = np.log(np.stack([np.asarray(a) for a in dns], 1).astype(np.float64))
         return lu, ld, _basis_of(lu, ld)
 
-    shapes = [basis(ups, dns) if ups else None for ups, dns in zip(model.data["up"], model.data["down"])]
+    shapes = [
+        basis(ups, dns) if ups else None for ups, dns in zip(model.data["up"], model.data["down"])
+    ]
     log_kup, log_kdn = np.log(model._kup), np.log(model._kdn)  # yield factors, (C, K)
     yield_basis = _basis_of(log_kup, log_kdn)
     yields = np.array([p.yield_ for p in ws.processes])
@@ -215,11 +281,13 @@ def numpy_nll(model) -> Any:
     idx = [s.np_index for s in model._specs]
     v = np.asarray(model.data["v"], dtype=np.float64) if "v" in model.data else None
     vscale = np.asarray(model.data["vscale"], dtype=np.float64) if "vscale" in model.data else None
-    k = np.asarray(model.ratio_scale, dtype=np.float64)  # ratios normalised on the normalisation sample (1 without)
+    k = np.asarray(
+        model.ratio_scale, dtype=np.float64
+    )  # ratios normalised on the normalisation sample (1 without)
 
     def terms(alpha):
         inside = np.abs(alpha) <= 1
-        pw = np.stack([alpha ** i for i in range(1, 7)], -1)
+        pw = np.stack([alpha**i for i in range(1, 7)], -1)
         c = np.where(inside[:, None], pw @ _MINV, 0.0)
         return c, np.where(alpha > 1, alpha, 0.0), np.where(alpha < -1, -alpha, 0.0)
 
@@ -257,7 +325,9 @@ def numpy_nll(model) -> Any:
             R = np.exp(h, out=h)
             s += (A[j] * k[j]) * R
             # shape normalisation n_c = sum_i v_i R_c / sum_i v_i r_c (1 without shapes / weights)
-            nu += A[j] * (float(np.dot(v, R)) * vscale[j] if v is not None and vscale[j] > 0 else 1.0)
+            nu += A[j] * (
+                float(np.dot(v, R)) * vscale[j] if v is not None and vscale[j] > 0 else 1.0
+            )
         return 2 * nu - 2 * np.dot(w, np.log(s)) + np.sum((alpha - model.aux) ** 2)
 
     return q
@@ -269,10 +339,18 @@ def run(args: argparse.Namespace) -> int:
 
     from sbi_engine.fit import Model, fit  # noqa: PLC0415
     from sbi_engine.fit.impacts import covariance_impacts, refit_impacts  # noqa: PLC0415
+    from sbi_engine.precision import enable_float64  # noqa: PLC0415
 
+    enable_float64()
     n, k = int(args.events), int(args.nps)
-    out: dict[str, Any] = {"events": n, "nps": k, "processes": 3, "chunk_size": args.chunk_size,
-                           "device": str(jax.devices()[0])}
+    out: dict[str, Any] = {
+        "events": n,
+        "nps": k,
+        "processes": 3,
+        "chunk_size": args.chunk_size,
+        "device": str(jax.devices()[0]),
+    }
+    model: Model  # a StreamingModel with --stream
     if args.stream:
         from sbi_engine.fit import Workspace  # noqa: PLC0415
         from sbi_engine.fit.stream import StreamingModel  # noqa: PLC0415
@@ -314,11 +392,14 @@ def run(args: argparse.Namespace) -> int:
         return best, r
 
     theta = model.init.copy()
-    theta[model.n_free:] = 0.1
+    theta[model.n_free :] = 0.1
     out["nll_s"], _ = timed(lambda: model.nll(theta), args.repeat, "nll")
     out["grad_s"], _ = timed(lambda: model.value_and_grad(theta), args.repeat, "grad")
     out["hessian_s"], _ = timed(lambda: model.value_grad_hessian(theta), args.repeat, "hessian")
-    print(f"  nll {out['nll_s']:.3f} s, grad {out['grad_s']:.3f} s, hessian {out['hessian_s']:.3f} s", file=sys.stderr)
+    print(
+        f"  nll {out['nll_s']:.3f} s, grad {out['grad_s']:.3f} s, hessian {out['hessian_s']:.3f} s",
+        file=sys.stderr,
+    )
     start = fit_start(model, args.start_offset)
     out["fit_start_offset"] = args.start_offset
     out["fit_s"], res = timed(lambda: fit(model, init=start), 1, "fit")
@@ -334,44 +415,61 @@ def run(args: argparse.Namespace) -> int:
         out["impacts_refit_per_np_s"] = None
         out["impacts_refit_skipped"] = "--refit-nps 0"
     out["fit_hessian_covimpacts_s"] = out["fit_s"] + out["impacts_cov_s"]
-    print(f"  fit {out['fit_s']:.2f} s ({res.n_iter} it, {res.message}), refit impact/NP "
-          f"{out['impacts_refit_per_np_s']} s", file=sys.stderr)
+    print(
+        f"  fit {out['fit_s']:.2f} s ({res.n_iter} it, {res.message}), refit impact/NP "
+        f"{out['impacts_refit_per_np_s']} s",
+        file=sys.stderr,
+    )
     # unchunked jax.hessian baseline
     P = model.n_params
     elems = n * k * 3
-    proj_mb = elems * 8 * (2 * P + 12) / 2**20  # per-element float64 temporaries with P batched tangents
+    proj_mb = (
+        elems * 8 * (2 * P + 12) / 2**20
+    )  # per-element float64 temporaries with P batched tangents
     out["baseline_full_hessian_projected_mb"] = proj_mb
     if args.stream:
         out["baseline_full_hessian_s"] = None
         out["baseline_full_hessian_skipped"] = "streamed run: the events are not in memory"
     elif args.no_full_hessian or proj_mb > args.full_hessian_max_mb:
         out["baseline_full_hessian_s"] = None
-        out["baseline_full_hessian_skipped"] = (f"projected memory {proj_mb:.0f} MB for jax.hessian over all "
-                                                f"events at once exceeds {args.full_hessian_max_mb:.0f} MB")
+        out["baseline_full_hessian_skipped"] = (
+            f"projected memory {proj_mb:.0f} MB for jax.hessian over all "
+            f"events at once exceeds {args.full_hessian_max_mb:.0f} MB"
+        )
     else:
         aux = jnp.asarray(model.aux)
         f = jax.jit(jax.hessian(model.q_unchunked))
         t0 = time.perf_counter()
         c = f.lower(jnp.asarray(theta), model.data, aux).compile()
-        out["baseline_full_hessian_compile_s"] = time.perf_counter() - t0  # not part of compile_s (ours)
-        dt, Hf = timed(lambda: jax.block_until_ready(c(jnp.asarray(theta), model.data, aux)))  # JAX dispatches async
+        out["baseline_full_hessian_compile_s"] = (
+            time.perf_counter() - t0
+        )  # not part of compile_s (ours)
+        dt, Hf = timed(
+            lambda: jax.block_until_ready(c(jnp.asarray(theta), model.data, aux))
+        )  # JAX dispatches async
         out["baseline_full_hessian_s"] = dt
         Hc = model.hessian(theta)
-        out["full_hessian_max_rel_diff"] = float(np.max(np.abs(np.asarray(Hf) - Hc)) / np.max(np.abs(Hc)))
+        out["full_hessian_max_rel_diff"] = float(
+            np.max(np.abs(np.asarray(Hf) - Hc)) / np.max(np.abs(Hc))
+        )
     # iminuit baseline on a NumPy NLL
     if args.stream:
         out["baseline_iminuit_s"] = None
         out["baseline_iminuit_skipped"] = "streamed run: the events are not in memory"
     elif args.no_iminuit or elems > IMINUIT_MAX_ELEMENTS:
         out["baseline_iminuit_s"] = None
-        out["baseline_iminuit_skipped"] = (f"N x K x processes = {elems:.3g} > {IMINUIT_MAX_ELEMENTS:.3g}: MIGRAD+HESSE "
-                                           "with numerical derivatives needs O(K^2) NumPy NLL calls (hours here)")
+        out["baseline_iminuit_skipped"] = (
+            f"N x K x processes = {elems:.3g} > {IMINUIT_MAX_ELEMENTS:.3g}: MIGRAD+HESSE "
+            "with numerical derivatives needs O(K^2) NumPy NLL calls (hours here)"
+        )
     else:
         from iminuit import Minuit  # noqa: PLC0415
 
         q = numpy_nll(model)
         out["numpy_nll_matches"] = float(abs(q(theta) - model.nll(theta)))
-        out["baseline_numpy_nll_s"], _ = timed(lambda: q(theta), 3)  # one call; MIGRAD+HESSE make O(K^2)
+        out["baseline_numpy_nll_s"], _ = timed(
+            lambda: q(theta), 3
+        )  # one call; MIGRAD+HESSE make O(K^2)
 
         class _Stop(Exception):
             pass
@@ -393,14 +491,19 @@ def run(args: argparse.Namespace) -> int:
             m.hesse()
             out["baseline_iminuit_s"] = time.perf_counter() - t0
             out["baseline_iminuit_valid"] = bool(m.valid)
-            out["iminuit_max_dtheta_over_sigma"] = float(np.max(np.abs(np.array(m.values) - res.theta)
-                                                                / np.sqrt(np.diag(res.covariance))))
+            out["iminuit_max_dtheta_over_sigma"] = float(
+                np.max(np.abs(np.array(m.values) - res.theta) / np.sqrt(np.diag(res.covariance)))
+            )
         except _Stop:
             out["baseline_iminuit_s"] = time.perf_counter() - t0
-            out["baseline_iminuit_stopped"] = (f"stopped after {args.iminuit_max_s:.0f} s without finishing "
-                                               "MIGRAD+HESSE: baseline_iminuit_s is a lower bound")
+            out["baseline_iminuit_stopped"] = (
+                f"stopped after {args.iminuit_max_s:.0f} s without finishing "
+                "MIGRAD+HESSE: baseline_iminuit_s is a lower bound"
+            )
         out["baseline_iminuit_nfcn"] = calls[0]
-        out["speedup_vs_iminuit_incl_compile"] = out["baseline_iminuit_s"] / (out["fit_s"] + clock.seconds)
+        out["speedup_vs_iminuit_incl_compile"] = out["baseline_iminuit_s"] / (
+            out["fit_s"] + clock.seconds
+        )
     out["compile_s"] = clock.seconds
     out["compile_count"] = clock.count
     out.update(cpu)

@@ -8,25 +8,25 @@ achieved GFLOP/s (6 x multiply-accumulates per sample: forward 2, backward 4; ma
 The machine's own XLA float32 matmul rate is measured in the same process, before and after
 the runs, so the fraction is fair to a loaded machine; on a GPU whose peak is known the
 fraction of that peak is reported too.
+
+JAX and the engine's training code are imported inside the functions that time something:
+``nsbi bench --help`` imports this module for its options.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-from sbi_engine.ratio.config import TrainConfig
-from sbi_engine.ratio.model import build_model, init_stacked, macs_per_sample, n_parameters
-from sbi_engine.ratio.steps import make_interval, make_optimizer
 
 SCHEMA = "nsbi-bench-train/1"
 
@@ -58,15 +58,23 @@ class BenchPlan:
     dtype: str = "float32"
     n_features: int = 4
     n_train: int = 65536
-    matmul_sizes: tuple[int, ...] | None = None  # None: (1024, 2048) on CPU, (4096, 8192) on accelerators
+    matmul_sizes: tuple[int, ...] | None = (
+        None  # None: (1024, 2048) on CPU, (4096, 8192) on accelerators
+    )
 
     def batch(self, model: str, members: int, accelerator: bool) -> tuple[int, str | None]:
         if model == "3x64" or accelerator:
             return 4096 if model == "7x1500" else 1024, None
         # On a CPU a 7x1500 step costs ~0.33 TFLOP at batch 4096; keep M x batch at 8192 samples.
         batch = {1: 4096, 8: 1024}.get(members, max(64, 8192 // members))
-        note = None if members == 1 else (f"batch reduced to {batch} per member on CPU to bound wall time "
-                                          f"(M x batch = {members * batch} samples per step)")
+        note = (
+            None
+            if members == 1
+            else (
+                f"batch reduced to {batch} per member on CPU to bound wall time "
+                f"(M x batch = {members * batch} samples per step)"
+            )
+        )
         return batch, note
 
     def steps_per_call(self, model: str) -> int:
@@ -74,11 +82,16 @@ class BenchPlan:
 
 
 def _block(tree: Any) -> None:
+    import jax
+
     jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 
 
 def matmul_gflops(sizes: tuple[int, ...] | None = None, repeats: int = 3) -> dict[str, Any]:
     """Best float32 XLA matmul rate over a few square sizes (GFLOP/s = 2 n^3 / s)."""
+    import jax
+    import jax.numpy as jnp
+
     if sizes is None:
         sizes = (1024, 2048) if jax.default_backend() == "cpu" else (4096, 8192)
     f = jax.jit(lambda a, b: a @ b)
@@ -98,6 +111,8 @@ def matmul_gflops(sizes: tuple[int, ...] | None = None, repeats: int = 3) -> dic
 
 
 def device_info() -> dict[str, Any]:
+    import jax
+
     dev = jax.devices()[0]
     peak = None
     for prefix, value in DEVICE_PEAK_F32_GFLOPS.items():
@@ -111,7 +126,8 @@ def device_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "jax_version": jax.__version__,
-        "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        # jax.config declares its options as dynamic attributes, which type checkers cannot see
+        "default_matmul_precision": str(jax.config.jax_default_matmul_precision),  # type: ignore[attr-defined]
         "peak_f32_gflops": peak,
     }
 
@@ -126,14 +142,39 @@ def _xla_flops(compiled: Any) -> float | None:
         return None
 
 
-def time_training(model_name: str, members: int, strategy: str, pack_size: int, batch: int,
-                  steps_per_call: int, timed_calls: int, dtype: str = "float32", n_features: int = 4,
-                  n_train: int = 65536, seed: int = 0) -> dict[str, Any]:
+def time_training(
+    model_name: str,
+    members: int,
+    strategy: str,
+    pack_size: int,
+    batch: int,
+    steps_per_call: int,
+    timed_calls: int,
+    dtype: str = "float32",
+    n_features: int = 4,
+    n_train: int = 65536,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Time the real training program for one configuration; every pack is actually run."""
+    import jax
+    import jax.numpy as jnp
+
+    from sbi_engine.precision import enable_float64
+    from sbi_engine.ratio.config import TrainConfig
+    from sbi_engine.ratio.model import build_model, init_stacked, macs_per_sample, n_parameters
+    from sbi_engine.ratio.steps import make_interval, make_optimizer
+
+    enable_float64()  # as train_ensemble runs it
     layers, width = MODELS[model_name]
     k = members if strategy == "vmap" else min(pack_size, members)
-    config = TrainConfig(hidden_layers=layers, width=width, members=members, batch_size=batch,
-                         max_steps=10_000, dtype=dtype)
+    config = TrainConfig(
+        hidden_layers=layers,
+        width=width,
+        members=members,
+        batch_size=batch,
+        max_steps=10_000,
+        dtype=dtype,
+    )
     model = build_model(layers, width, "silu", dtype)
     tx = make_optimizer(config)
     rng = np.random.default_rng(seed)
@@ -191,19 +232,27 @@ def time_training(model_name: str, members: int, strategy: str, pack_size: int, 
     }
 
 
-def run_bench(plan: BenchPlan | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_bench(
+    plan: BenchPlan | None = None, progress: bool = False, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run the whole plan and return the JSON-ready report."""
+    from sbi_engine.precision import enable_float64
+
+    enable_float64()  # as train_ensemble runs it
     plan = plan or BenchPlan()
     info = device_info()
     accelerator = info["backend"] != "cpu"
     t_start = time.perf_counter()
     mm_start = matmul_gflops(plan.matmul_sizes)
-    jobs = []
+    jobs: list[tuple[str, int, str, str | None]] = []  # (model, members, strategy, alias)
     for model in plan.models:
         for members in plan.members:
             for strategy in plan.strategies:
-                if strategy == "packs" and min(plan.pack_size, members) >= members and "vmap" in plan.strategies:
+                if (
+                    strategy == "packs"
+                    and min(plan.pack_size, members) >= members
+                    and "vmap" in plan.strategies
+                ):
                     # one pack holding every member is the vmap layout: time it once, label both
                     jobs.append((model, members, strategy, "same_as_vmap"))
                     continue
@@ -217,11 +266,29 @@ def run_bench(plan: BenchPlan | None = None, progress: bool = False,
     for model, members, strategy, alias in jobs:
         batch, note = plan.batch(model, members, accelerator)
         if alias:
-            src = next(r for r in runs if r["model"] == model and r["members"] == members and r["strategy"] == "vmap")
-            run = {**src, "strategy": strategy, "note": f"pack_size {plan.pack_size} >= members: identical to vmap"}
+            src = next(
+                r
+                for r in runs
+                if r["model"] == model and r["members"] == members and r["strategy"] == "vmap"
+            )
+            run = {
+                **src,
+                "strategy": strategy,
+                "note": f"pack_size {plan.pack_size} >= members: identical to vmap",
+            }
         else:
-            run = time_training(model, members, strategy, plan.pack_size, batch, plan.steps_per_call(model),
-                                plan.timed_calls, plan.dtype, plan.n_features, plan.n_train)
+            run = time_training(
+                model,
+                members,
+                strategy,
+                plan.pack_size,
+                batch,
+                plan.steps_per_call(model),
+                plan.timed_calls,
+                plan.dtype,
+                plan.n_features,
+                plan.n_train,
+            )
             if note:
                 run["note"] = note
         runs.append(run)
@@ -229,29 +296,46 @@ def run_bench(plan: BenchPlan | None = None, progress: bool = False,
             bar.update(1)
             bar.set_postfix(model=model, M=members, s=strategy, gflops=f"{run['gflops']:.0f}")
         if log:
-            log(f"{model:>7} M={members:<3} {strategy:<5} k={run['pack_size']:<3} batch={run['batch_size']:<5} "
-                f"{run['samples_per_s_per_member']:>12.0f} samples/s/member {run['gflops']:>8.1f} GFLOP/s")
+            log(
+                f"{model:>7} M={members:<3} {strategy:<5} k={run['pack_size']:<3} batch={run['batch_size']:<5} "
+                f"{run['samples_per_s_per_member']:>12.0f} samples/s/member {run['gflops']:>8.1f} GFLOP/s"
+            )
     if bar is not None:
         bar.close()
     mm_end = matmul_gflops(plan.matmul_sizes)
     matmul = max(mm_start["gflops"], mm_end["gflops"])
     for run in runs:
         run["fraction_of_matmul"] = run["gflops"] / matmul
-        run["fraction_of_peak"] = run["gflops"] / info["peak_f32_gflops"] if info["peak_f32_gflops"] else None
+        run["fraction_of_peak"] = (
+            run["gflops"] / info["peak_f32_gflops"] if info["peak_f32_gflops"] else None
+        )
     big = [r for r in runs if r["model"] == "7x1500"]
     best_big = max((r["fraction_of_matmul"] for r in big), default=None)
     return {
         "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": info,
         "matmul_gflops": matmul,
-        "matmul": {"start": mm_start, "end": mm_end, "dtype": "float32",
-                   "note": "best of the rates measured before and after the runs"},
-        "matmul_fraction_of_peak": matmul / info["peak_f32_gflops"] if info["peak_f32_gflops"] else None,
+        "matmul": {
+            "start": mm_start,
+            "end": mm_end,
+            "dtype": "float32",
+            "note": "best of the rates measured before and after the runs",
+        },
+        "matmul_fraction_of_peak": matmul / info["peak_f32_gflops"]
+        if info["peak_f32_gflops"]
+        else None,
         "flop_model": "6 x multiply-accumulates per sample and member (forward 2, backward 4), matmuls only",
-        "plan": {"models": list(plan.models), "members": list(plan.members), "strategies": list(plan.strategies),
-                 "pack_size": plan.pack_size, "timed_calls": plan.timed_calls, "dtype": plan.dtype,
-                 "n_train": plan.n_train, "n_features": plan.n_features},
+        "plan": {
+            "models": list(plan.models),
+            "members": list(plan.members),
+            "strategies": list(plan.strategies),
+            "pack_size": plan.pack_size,
+            "timed_calls": plan.timed_calls,
+            "dtype": plan.dtype,
+            "n_train": plan.n_train,
+            "n_features": plan.n_features,
+        },
         "runs": runs,
         "summary": {
             "best_7x1500_fraction_of_matmul": best_big,
@@ -267,3 +351,106 @@ def write_report(report: dict[str, Any], path: str) -> None:
         json.dump(report, fh, indent=2, sort_keys=True)
         fh.write("\n")
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- `nsbi bench train`
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Time ensemble training for the 7x1500 and 3x64 MLPs, M = 1, 8, 32, "
+        "vmap and packs strategies; write JSON."
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the report here (default: print it)")
+    parser.add_argument(
+        "--models", type=_str_list, default=("7x1500", "3x64"), help="comma-separated: 7x1500,3x64"
+    )
+    parser.add_argument(
+        "--members", type=_int_list, default=(1, 8, 32), help="comma-separated ensemble sizes"
+    )
+    parser.add_argument(
+        "--strategies",
+        type=_str_list,
+        default=("vmap", "packs"),
+        help="comma-separated: vmap,packs",
+    )
+    parser.add_argument(
+        "--pack-size", type=int, default=1, help="members per pack for the packs strategy"
+    )
+    parser.add_argument(
+        "--timed-calls", type=int, default=2, help="timed calls per configuration (after warm-up)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="matmul dtype of the networks (bfloat16 is meant for GPUs)",
+    )
+    parser.add_argument(
+        "--matmul-sizes",
+        type=_int_list,
+        default=None,
+        help="square matmul sizes for the reference rate (default 1024,2048 on CPU, 4096,8192 on GPU)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        print(
+            f"nsbi bench train: unknown model(s) {unknown}; choose from {sorted(MODELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    bad = [s for s in args.strategies if s not in ("vmap", "packs")]
+    if (
+        bad
+        or not args.members
+        or min(args.members) < 1
+        or args.pack_size < 1
+        or args.timed_calls < 1
+    ):
+        print(
+            "nsbi bench train: strategies must be vmap/packs, members, --pack-size and --timed-calls >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    plan = BenchPlan(
+        models=tuple(args.models),
+        members=tuple(args.members),
+        strategies=tuple(args.strategies),
+        pack_size=args.pack_size,
+        timed_calls=args.timed_calls,
+        dtype=args.dtype,
+        matmul_sizes=tuple(args.matmul_sizes) if args.matmul_sizes else None,
+    )
+    report = run_bench(
+        plan,
+        progress=not args.no_progress,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        write_report(report, args.json)
+        s = report["summary"]
+        print(
+            f"wrote {args.json}: matmul {report['matmul_gflops']:.1f} GFLOP/s, best 7x1500 fraction "
+            f"{s['best_7x1500_fraction_of_matmul']}",
+            file=sys.stderr,
+        )
+    else:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return 0

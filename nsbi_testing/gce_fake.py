@@ -61,8 +61,13 @@ class ApiError(Exception):
         self.code, self.message, self.reason = code, message, reason
 
     def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message,
-                          "errors": [{"message": self.message, "domain": "global", "reason": self.reason}]}}
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "errors": [{"message": self.message, "domain": "global", "reason": self.reason}],
+            }
+        }
 
 
 def _now() -> str:
@@ -81,7 +86,10 @@ class FakeVM:
 
     @property
     def metadata(self) -> dict[str, str]:
-        return {i.get("key"): i.get("value", "") for i in (self.body.get("metadata") or {}).get("items", [])}
+        return {
+            i.get("key"): i.get("value", "")
+            for i in (self.body.get("metadata") or {}).get("items", [])
+        }
 
     @property
     def labels(self) -> dict[str, str]:
@@ -90,8 +98,8 @@ class FakeVM:
 
 @dataclass
 class ZoneFailure:
-    code: str                 # ZONE_RESOURCE_POOL_EXHAUSTED | QUOTA_EXCEEDED | BACKEND_ERROR (a 503)
-    sync: bool = False        # a synchronous HTTP error instead of a failed operation
+    code: str  # ZONE_RESOURCE_POOL_EXHAUSTED | QUOTA_EXCEEDED | BACKEND_ERROR (a 503)
+    sync: bool = False  # a synchronous HTTP error instead of a failed operation
     remaining: int | None = None  # None: every insert; n: the next n inserts
 
 
@@ -101,7 +109,7 @@ class FakeStats:
     inserts_by_zone: dict[str, int] = field(default_factory=dict)
     refused_by_zone: dict[str, int] = field(default_factory=dict)
     deletes: int = 0
-    deleted: list[str] = field(default_factory=list)   # VM names deleted through the API
+    deleted: list[str] = field(default_factory=list)  # VM names deleted through the API
     requests: int = 0
     bad_requests: list[str] = field(default_factory=list)
 
@@ -109,9 +117,16 @@ class FakeStats:
 class FakeCompute:
     """The fake service; ``start()`` returns the ``host:port`` to give the REST transport."""
 
-    def __init__(self, *, project: str = "nsbi-test", boot: bool = False, grace_s: float = 2.0,
-                 boot_env: Mapping[str, str] | None = None, workdir: str | Path | None = None,
-                 op_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        project: str = "nsbi-test",
+        boot: bool = False,
+        grace_s: float = 2.0,
+        boot_env: Mapping[str, str] | None = None,
+        workdir: str | Path | None = None,
+        op_delay_s: float = 0.0,
+    ) -> None:
         self.project = project
         self.boot = boot
         self.grace_s = grace_s
@@ -159,7 +174,7 @@ class FakeCompute:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeCompute":
+    def __enter__(self) -> FakeCompute:
         self.start()
         return self
 
@@ -167,8 +182,14 @@ class FakeCompute:
         self.stop()
 
     # ------------------------------------------------------------------ injections
-    def fail_zone(self, zone: str, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED", *, sync: bool = False,
-                  times: int | None = None) -> None:
+    def fail_zone(
+        self,
+        zone: str,
+        code: str = "ZONE_RESOURCE_POOL_EXHAUSTED",
+        *,
+        sync: bool = False,
+        times: int | None = None,
+    ) -> None:
         """Refuse inserts in ``zone`` with ``code`` (every insert, or the next ``times``)."""
         with self.lock:
             self.failures[zone] = ZoneFailure(code, sync, times)
@@ -190,8 +211,12 @@ class FakeCompute:
         vm = self.find(name)
         if vm is None:
             raise KeyError(f"fake GCE: no VM named {name}")
-        t = threading.Thread(target=self._preempt, args=(vm, self.grace_s if grace_s is None else grace_s),
-                             name=f"preempt-{name}", daemon=True)
+        t = threading.Thread(
+            target=self._preempt,
+            args=(vm, self.grace_s if grace_s is None else grace_s),
+            name=f"preempt-{name}",
+            daemon=True,
+        )
         t.start()
         self._threads.append(t)
         return t
@@ -199,7 +224,9 @@ class FakeCompute:
     def _preempt(self, vm: FakeVM, grace: float) -> None:
         self._shutdown(vm, grace)
         self._new_op(vm.zone, "compute.instances.preempted", vm.name, done=True)
-        action = ((vm.body.get("scheduling") or {}).get("instanceTerminationAction") or "STOP").upper()
+        action = (
+            (vm.body.get("scheduling") or {}).get("instanceTerminationAction") or "STOP"
+        ).upper()
         with self.lock:
             if action == "DELETE":
                 self.vms.pop((vm.zone, vm.name), None)
@@ -235,19 +262,33 @@ class FakeCompute:
             return
         path = self.workdir / f"{vm.zone}-{vm.name}.sh"
         path.write_text(script)
-        env = {**os.environ, "NSBI_GPU_WAIT_S": "0", **self.boot_env, "NSBI_NO_POWEROFF": "1",
-               "NSBI_METADATA_URL": f"http://{self.endpoint}/fake-metadata/{vm.zone}/{vm.name}/computeMetadata/v1"}
+        env = {
+            **os.environ,
+            "NSBI_GPU_WAIT_S": "0",
+            **self.boot_env,
+            "NSBI_NO_POWEROFF": "1",
+            "NSBI_METADATA_URL": f"http://{self.endpoint}/fake-metadata/{vm.zone}/{vm.name}/computeMetadata/v1",
+        }
         log = open(self.workdir / f"{vm.zone}-{vm.name}.log", "ab")
         with self.lock:
-            vm.proc = subprocess.Popen(["bash", str(path)], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            vm.proc = subprocess.Popen(
+                ["bash", str(path)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
             vm.status = "RUNNING"
         log.close()
         t = threading.Thread(target=self._reap, args=(vm,), name=f"vm-{vm.name}", daemon=True)
         t.start()
 
     def _reap(self, vm: FakeVM) -> None:
-        rc = vm.proc.wait()
+        proc = vm.proc
+        assert proc is not None  # _boot sets vm.proc before it starts this thread
+        rc = proc.wait()
         with self.lock:
             vm.exit_code = rc
             if not vm.stopping and self.vms.get((vm.zone, vm.name)) is vm:
@@ -262,20 +303,38 @@ class FakeCompute:
         return p.read_text() if p.exists() else ""
 
     # ------------------------------------------------------------------ operations
-    def _new_op(self, zone: str, kind: str, target: str, *, done: bool, error: dict | None = None,
-                http_status: int | None = None) -> dict:
+    def _new_op(
+        self,
+        zone: str,
+        kind: str,
+        target: str,
+        *,
+        done: bool,
+        error: dict | None = None,
+        http_status: int | None = None,
+    ) -> dict:
         name = f"operation-{next(self._ids)}-{kind.rsplit('.', 1)[-1]}"
         base = f"https://www.googleapis.com/compute/v1/projects/{self.project}/zones/{zone}"
-        op = {"kind": "compute#operation", "id": str(next(self._ids)), "name": name, "zone": base,
-              "operationType": kind, "targetLink": f"{base}/instances/{target}",
-              "status": "DONE" if done else "RUNNING", "progress": 100 if done else 0,
-              "insertTime": _now(), "selfLink": f"{base}/operations/{name}"}
+        op: dict[str, Any] = {
+            "kind": "compute#operation",
+            "id": str(next(self._ids)),
+            "name": name,
+            "zone": base,
+            "operationType": kind,
+            "targetLink": f"{base}/instances/{target}",
+            "status": "DONE" if done else "RUNNING",
+            "progress": 100 if done else 0,
+            "insertTime": _now(),
+            "selfLink": f"{base}/operations/{name}",
+        }
         if done:
             op["endTime"] = _now()
         if error:
             op["error"] = error
             op["httpErrorStatusCode"] = http_status or 503
-            op["httpErrorMessage"] = "SERVICE UNAVAILABLE" if (http_status or 503) == 503 else "FORBIDDEN"
+            op["httpErrorMessage"] = (
+                "SERVICE UNAVAILABLE" if (http_status or 503) == 503 else "FORBIDDEN"
+            )
         with self.lock:
             self.ops[(zone, name)] = op
         return op
@@ -295,7 +354,9 @@ class FakeCompute:
             compute_v1.Instance.from_json(text)  # unknown fields / wrong types -> ParseError
             body = json.loads(text)
         except (ParseError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"Invalid JSON payload received. {str(exc).splitlines()[0]}", "badRequest")
+            raise ApiError(
+                400, f"Invalid JSON payload received. {str(exc).splitlines()[0]}", "badRequest"
+            ) from exc
         self._validate(zone, body)
         name = body["name"]
         with self.lock:
@@ -309,24 +370,50 @@ class FakeCompute:
                     fail = None
             if fail is not None:
                 self.stats.refused_by_zone[zone] = self.stats.refused_by_zone.get(zone, 0) + 1
-                if fail.code == "BACKEND_ERROR":  # a transient server error, as GCE sometimes answers
-                    raise ApiError(503, "Internal error. Please try again or contact Google Support.", "backendError")
+                if (
+                    fail.code == "BACKEND_ERROR"
+                ):  # a transient server error, as GCE sometimes answers
+                    raise ApiError(
+                        503,
+                        "Internal error. Please try again or contact Google Support.",
+                        "backendError",
+                    )
                 if fail.sync:
-                    raise ApiError(403, f"Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region {zone[:-2]}.",
-                                   "quotaExceeded")
-                msg = (f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available "
-                       "to fulfill the request. Try a different zone, or try again later."
-                       if fail.code.startswith("ZONE_RESOURCE_POOL") else
-                       f"Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region {zone[:-2]}.")
-                return self._new_op(zone, "insert", name, done=True,
-                                    error={"errors": [{"code": fail.code, "message": msg}]},
-                                    http_status=503 if fail.code.startswith("ZONE") else 403)
+                    raise ApiError(
+                        403,
+                        f"Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region {zone[:-2]}.",
+                        "quotaExceeded",
+                    )
+                msg = (
+                    f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available "
+                    "to fulfill the request. Try a different zone, or try again later."
+                    if fail.code.startswith("ZONE_RESOURCE_POOL")
+                    else f"Quota 'NVIDIA_T4_GPUS' exceeded. Limit: 0.0 in region {zone[:-2]}."
+                )
+                return self._new_op(
+                    zone,
+                    "insert",
+                    name,
+                    done=True,
+                    error={"errors": [{"code": fail.code, "message": msg}]},
+                    http_status=503 if fail.code.startswith("ZONE") else 403,
+                )
             if (zone, name) in self.vms:
-                raise ApiError(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' "
-                                    "already exists", "alreadyExists")
+                raise ApiError(
+                    409,
+                    f"The resource 'projects/{project}/zones/{zone}/instances/{name}' "
+                    "already exists",
+                    "alreadyExists",
+                )
             base = f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}"
-            body.update(kind="compute#instance", id=str(next(self._ids)), zone=base, status="PROVISIONING",
-                        selfLink=f"{base}/instances/{name}", creationTimestamp=_now())
+            body.update(
+                kind="compute#instance",
+                id=str(next(self._ids)),
+                zone=base,
+                status="PROVISIONING",
+                selfLink=f"{base}/instances/{name}",
+                creationTimestamp=_now(),
+            )
             vm = FakeVM(name, zone, body)
             self.vms[(zone, name)] = vm
             op = self._new_op(zone, "insert", name, done=self.op_delay_s <= 0)
@@ -349,33 +436,51 @@ class FakeCompute:
         """The checks the real API makes that our launcher could get wrong."""
         name = body.get("name", "")
         if not _NAME.match(name):
-            raise ApiError(400, f"Invalid value for field 'resource.name': '{name}'. Must be a match of regex "
-                                "'(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+            raise ApiError(
+                400,
+                f"Invalid value for field 'resource.name': '{name}'. Must be a match of regex "
+                "'(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'",
+            )
         mt = body.get("machineType", "")
         if not re.search(rf"(^|/)zones/{re.escape(zone)}/machineTypes/[a-z0-9-]+$", mt):
             raise ApiError(400, f"Invalid value for field 'resource.machineType': '{mt}'.")
         disks = body.get("disks") or []
         if sum(1 for d in disks if d.get("boot")) != 1:
-            raise ApiError(400, "Invalid value for field 'resource.disks': exactly one boot disk is required.")
+            raise ApiError(
+                400, "Invalid value for field 'resource.disks': exactly one boot disk is required."
+            )
         for d in disks:
             if d.get("boot") and not (d.get("initializeParams") or {}).get("sourceImage"):
-                raise ApiError(400, "Invalid value for field 'resource.disks[0].initializeParams.sourceImage'.")
+                raise ApiError(
+                    400, "Invalid value for field 'resource.disks[0].initializeParams.sourceImage'."
+                )
         sched = body.get("scheduling") or {}
         accels = body.get("guestAccelerators") or []
         builtin = re.search(r"/machineTypes/(a2|a3|a4|g2)-", mt)
         if (accels or builtin) and (sched.get("onHostMaintenance") or "MIGRATE") != "TERMINATE":
             raise ApiError(400, "Instances with guest accelerators do not support live migration.")
         for a in accels:
-            if not re.search(rf"(^|/)zones/{re.escape(zone)}/acceleratorTypes/[a-z0-9-]+$", a.get("acceleratorType", "")):
-                raise ApiError(400, f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
-                                    f"'{a.get('acceleratorType')}'.")
+            if not re.search(
+                rf"(^|/)zones/{re.escape(zone)}/acceleratorTypes/[a-z0-9-]+$",
+                a.get("acceleratorType", ""),
+            ):
+                raise ApiError(
+                    400,
+                    f"Invalid value for field 'resource.guestAccelerators[0].acceleratorType': "
+                    f"'{a.get('acceleratorType')}'.",
+                )
         if sched.get("provisioningModel") == "SPOT" and sched.get("automaticRestart"):
-            raise ApiError(400, "Invalid value for field 'resource.scheduling.automaticRestart': Spot VMs "
-                                "cannot restart automatically.")
+            raise ApiError(
+                400,
+                "Invalid value for field 'resource.scheduling.automaticRestart': Spot VMs "
+                "cannot restart automatically.",
+            )
         if sched.get("maxRunDuration") and not sched.get("instanceTerminationAction"):
             raise ApiError(400, "maxRunDuration requires instanceTerminationAction.")
         for k, v in (body.get("labels") or {}).items():
-            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", k) or not re.match(r"^[a-z0-9_-]{0,63}$", v):
+            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", k) or not re.match(
+                r"^[a-z0-9_-]{0,63}$", v
+            ):
                 raise ApiError(400, f"Invalid value for field 'resource.labels': '{k}={v}'.")
         if not body.get("networkInterfaces"):
             raise ApiError(400, "At least one network interface is required.")
@@ -384,8 +489,12 @@ class FakeCompute:
         with self.lock:
             vm = self.vms.get((zone, name))
             if vm is None:
-                raise ApiError(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
-                                    "was not found", "notFound")
+                raise ApiError(
+                    404,
+                    f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
+                    "was not found",
+                    "notFound",
+                )
             self.stats.deletes += 1
             self.stats.deleted.append(name)
             op = self._new_op(zone, "delete", name, done=False)
@@ -405,24 +514,33 @@ class FakeCompute:
         with self.lock:
             vm = self.vms.get((zone, name))
             if vm is None:
-                raise ApiError(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
-                                    "was not found", "notFound")
+                raise ApiError(
+                    404,
+                    f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' "
+                    "was not found",
+                    "notFound",
+                )
             return {**vm.body, "status": vm.status}
 
     def aggregated(self, query: dict[str, list[str]]) -> dict:
         flt = _Filter.parse((query.get("filter") or [""])[0])
         with self.lock:
-            rows = sorted(((vm.zone, vm.name, {**vm.body, "status": vm.status}) for vm in self.vms.values()),
-                          key=lambda r: (r[0], r[1]))
+            rows = sorted(
+                ((vm.zone, vm.name, {**vm.body, "status": vm.status}) for vm in self.vms.values()),
+                key=lambda r: (r[0], r[1]),
+            )
         rows = [r for r in rows if flt.match(r[2])]
         start = int((query.get("pageToken") or ["0"])[0])
         size = int((query.get("maxResults") or ["500"])[0])
-        page = rows[start:start + size]
+        page = rows[start : start + size]
         items: dict[str, dict] = {}
         for zone, _name, body in page:
             items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(body)
-        out: dict[str, Any] = {"kind": "compute#instanceAggregatedList", "id": f"projects/{self.project}/aggregated/instances",
-                               "items": items}
+        out: dict[str, Any] = {
+            "kind": "compute#instanceAggregatedList",
+            "id": f"projects/{self.project}/aggregated/instances",
+            "items": items,
+        }
         if start + size < len(rows):
             out["nextPageToken"] = str(start + size)
         return out
@@ -430,7 +548,11 @@ class FakeCompute:
     def list_zone(self, zone: str, query: dict[str, list[str]]) -> dict:
         flt = _Filter.parse((query.get("filter") or [""])[0])
         with self.lock:
-            rows = [{**vm.body, "status": vm.status} for (z, _), vm in sorted(self.vms.items()) if z == zone]
+            rows = [
+                {**vm.body, "status": vm.status}
+                for (z, _), vm in sorted(self.vms.items())
+                if z == zone
+            ]
         return {"kind": "compute#instanceList", "items": [r for r in rows if flt.match(r)]}
 
     def operation(self, zone: str, name: str, *, wait_s: float = 0.0) -> dict:
@@ -439,8 +561,12 @@ class FakeCompute:
             with self.lock:
                 op = self.ops.get((zone, name))
                 if op is None:
-                    raise ApiError(404, f"The resource 'projects/{self.project}/zones/{zone}/operations/{name}' "
-                                        "was not found", "notFound")
+                    raise ApiError(
+                        404,
+                        f"The resource 'projects/{self.project}/zones/{zone}/operations/{name}' "
+                        "was not found",
+                        "notFound",
+                    )
                 if op["status"] == "DONE" or time.monotonic() >= deadline:
                     return dict(op)
             time.sleep(0.02)
@@ -459,7 +585,7 @@ class FakeCompute:
             if path == "instance/name":
                 return vm.name
             if path.startswith("instance/attributes/"):
-                key = path[len("instance/attributes/"):]
+                key = path[len("instance/attributes/") :]
                 meta = vm.metadata
                 if key in meta:
                     return meta[key]
@@ -477,7 +603,7 @@ class _Filter:
         self.terms = terms
 
     @classmethod
-    def parse(cls, text: str) -> "_Filter":
+    def parse(cls, text: str) -> _Filter:
         text = text.strip()
         terms: list[tuple[str, str, str]] = []
         pos = 0
@@ -487,10 +613,15 @@ class _Filter:
                 continue
             m = cls.TERM.match(text, pos)
             if not m or m.end() == pos:
-                raise ApiError(400, f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.")
+                raise ApiError(
+                    400,
+                    f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.",
+                )
             path, op, value = m.groups()
             if path.split(".")[0] not in cls.FIELDS and not path.startswith("labels."):
-                raise ApiError(400, f"Invalid value for field 'filter': '{text}'. Invalid field name '{path}'.")
+                raise ApiError(
+                    400, f"Invalid value for field 'filter': '{text}'. Invalid field name '{path}'."
+                )
             terms.append((path, op, value))
             pos = m.end()
             while pos < len(text) and text[pos] == " ":
@@ -571,7 +702,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(200, svc.list_ops(zone, query))
                 if len(tail) == 2 and tail[0] == "operations" and method == "GET":
                     return self._send(200, svc.operation(zone, tail[1]))
-                if len(tail) == 3 and tail[0] == "operations" and tail[2] == "wait" and method == "POST":
+                if (
+                    len(tail) == 3
+                    and tail[0] == "operations"
+                    and tail[2] == "wait"
+                    and method == "POST"
+                ):
                     return self._send(200, svc.operation(zone, tail[1], wait_s=2.0))
             raise ApiError(404, f"no such endpoint {method} {url.path}", "notFound")
         except ApiError as exc:

@@ -46,21 +46,43 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 QUERY_TARGET_MS = 200.0
-DEFAULT_PG_URLS = ("postgresql+psycopg://postgres@127.0.0.1:5432/test", "postgresql+psycopg://root@127.0.0.1:5432/test")
+DEFAULT_PG_URLS = (
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "postgresql+psycopg://root@127.0.0.1:5432/test",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the report here (default: print it)")
-    parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the campaign (default 10000)")
-    parser.add_argument("--points", type=int, default=1_000_000, help="metric points to ingest (default 1000000)")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
-    parser.add_argument("--pg-url", help="PostgreSQL URL (default: DATABASE_URL if PostgreSQL, else 127.0.0.1:5432/test)")
-    parser.add_argument("--segment", type=int, default=5000, help="metric points per ingested segment (default 5000)")
-    parser.add_argument("--running", type=int, default=64, help="jobs seeded as RUNNING (default 64)")
+    parser.add_argument(
+        "--jobs", type=int, default=10_000, help="jobs in the campaign (default 10000)"
+    )
+    parser.add_argument(
+        "--points", type=int, default=1_000_000, help="metric points to ingest (default 1000000)"
+    )
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
+    )
+    parser.add_argument(
+        "--pg-url",
+        help="PostgreSQL URL (default: DATABASE_URL if PostgreSQL, else 127.0.0.1:5432/test)",
+    )
+    parser.add_argument(
+        "--segment",
+        type=int,
+        default=5000,
+        help="metric points per ingested segment (default 5000)",
+    )
+    parser.add_argument(
+        "--running", type=int, default=64, help="jobs seeded as RUNNING (default 64)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per query (default 5)")
-    parser.add_argument("--no-controller", action="store_true", help="time the jobs_repo pass, not Controller.tick")
+    parser.add_argument(
+        "--no-controller", action="store_true", help="time the jobs_repo pass, not Controller.tick"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the state mix")
 
@@ -95,12 +117,21 @@ def bench_config(n_jobs: int) -> dict[str, Any]:
     return {
         "name": "bench",
         "description": "nsbi bench controlplane",
-        "backend": {"launcher": "local", "machine_type": "local", "max_concurrency": 1000, "retry_limit": 2},
+        "backend": {
+            "launcher": "local",
+            "machine_type": "local",
+            "max_concurrency": 1000,
+            "retry_limit": 2,
+        },
         "processes": {"S": demo("S", 1), "SBI": demo("SBI", 2), "B": demo("B", 3)},
         "reference": "B",
         "systematics": [
-            {"name": f"np{k:03d}", "process": "B", "up": demo("B", 10 + 2 * k, **{f"np{k:03d}": 1.0}),
-             "down": demo("B", 11 + 2 * k, **{f"np{k:03d}": -1.0})}
+            {
+                "name": f"np{k:03d}",
+                "process": "B",
+                "up": demo("B", 10 + 2 * k, **{f"np{k:03d}": 1.0}),
+                "down": demo("B", 11 + 2 * k, **{f"np{k:03d}": -1.0}),
+            }
             for k in range(n_syst)
         ],
         "training": {"ensemble_size": 2 * packs, "members_per_job": 2, "grid": grid},
@@ -124,7 +155,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def seed_campaign(engine: Engine, n_jobs: int, n_running: int, rng: random.Random, store_uri: str) -> Seeded:
+def seed_campaign(
+    engine: Engine, n_jobs: int, n_running: int, rng: random.Random, store_uri: str
+) -> Seeded:
     """Create the campaign (real path) and give its jobs a mix of states with attempts and events."""
     from backend import service
     from backend.db.models import Attempt, Event, Job
@@ -136,7 +169,11 @@ def seed_campaign(engine: Engine, n_jobs: int, n_running: int, rng: random.Rando
     service.request_launch(cid, engine=engine)
     t0 = time.perf_counter()
     with engine.begin() as conn:
-        rows = conn.execute(sa.select(Job.id, Job.kind, Job.name).where(Job.campaign_id == cid).order_by(Job.id)).all()
+        rows = conn.execute(
+            sa.select(col(Job.id), col(Job.kind), col(Job.name))
+            .where(col(Job.campaign_id) == cid)
+            .order_by(col(Job.id))
+        ).all()
         train = [r.id for r in rows if r.kind == "train"]
         n_train = len(train)
         # trainings: 45% succeeded, n_running running, 3% failed (retries used up), 1% preempted,
@@ -146,9 +183,11 @@ def seed_campaign(engine: Engine, n_jobs: int, n_running: int, rng: random.Rando
         n_succ, n_fail, n_pre = int(0.45 * n_train), int(0.03 * n_train), int(0.01 * n_train)
         groups = {
             JobStatus.SUCCEEDED: order[:n_succ],
-            JobStatus.RUNNING: order[n_succ:n_succ + n_running],
-            JobStatus.FAILED: order[n_succ + n_running:n_succ + n_running + n_fail],
-            JobStatus.PREEMPTED: order[n_succ + n_running + n_fail:n_succ + n_running + n_fail + n_pre],
+            JobStatus.RUNNING: order[n_succ : n_succ + n_running],
+            JobStatus.FAILED: order[n_succ + n_running : n_succ + n_running + n_fail],
+            JobStatus.PREEMPTED: order[
+                n_succ + n_running + n_fail : n_succ + n_running + n_fail + n_pre
+            ],
         }
         now = _now()
         base = now - timedelta(days=2)
@@ -156,7 +195,9 @@ def seed_campaign(engine: Engine, n_jobs: int, n_running: int, rng: random.Rando
         name_of = {r.id: r.name for r in rows}
         for status, ids in groups.items():
             for jid in ids:
-                n_att = {JobStatus.SUCCEEDED: rng.choice([1, 1, 1, 2]), JobStatus.FAILED: 3}.get(status, 1)
+                n_att = {JobStatus.SUCCEEDED: rng.choice([1, 1, 1, 2]), JobStatus.FAILED: 3}.get(
+                    status, 1
+                )
                 t = base + timedelta(seconds=rng.uniform(0, 36 * 3600))
                 for no in range(1, n_att + 1):
                     last = no == n_att
@@ -168,53 +209,109 @@ def seed_campaign(engine: Engine, n_jobs: int, n_running: int, rng: random.Rando
                     launched = now - timedelta(seconds=60) if open_ else t
                     ended = None if open_ else t + timedelta(hours=hours)
                     price = 0.35 if st is JobStatus.PREEMPTED or rng.random() < 0.5 else 0.85
-                    attempts.append({
-                        "job_id": jid, "attempt_no": no, "status": st.value, "launcher": "local",
-                        "instance_id": f"bench-{jid}-{no}", "machine_type": "local", "gpu_type": None,
-                        "gpu_count": 1, "spot": st is JobStatus.PREEMPTED, "zone": None, "region": None,
-                        "created_at": launched, "launched_at": launched, "ended_at": ended,
-                        "last_heartbeat": now - timedelta(seconds=5) if open_ else ended,
-                        "exit_code": None if open_ else (0 if st is JobStatus.SUCCEEDED else 1),
-                        "failure_reason": None if st in (JobStatus.SUCCEEDED, JobStatus.RUNNING) else f"bench {st.value.lower()}",
-                        "price_per_hour": price, "cost_usd": 0.0 if open_ else price * hours,
-                        "gpu_hours": 0.0 if open_ else hours, "ingest_cursor": {},
-                    })
-                    for frm, to in ((JobStatus.PENDING, JobStatus.LAUNCHING), (JobStatus.LAUNCHING, JobStatus.RUNNING),
-                                    *([(JobStatus.RUNNING, st)] if not open_ else [])):
-                        events.append({"campaign_id": cid, "job_id": jid, "attempt_no": no, "time": launched,
-                                       "from_state": frm.value, "to_state": to.value, "reason": "bench",
-                                       "actor": "bench", "detail": {}})
+                    attempts.append(
+                        {
+                            "job_id": jid,
+                            "attempt_no": no,
+                            "status": st.value,
+                            "launcher": "local",
+                            "instance_id": f"bench-{jid}-{no}",
+                            "machine_type": "local",
+                            "gpu_type": None,
+                            "gpu_count": 1,
+                            "spot": st is JobStatus.PREEMPTED,
+                            "zone": None,
+                            "region": None,
+                            "created_at": launched,
+                            "launched_at": launched,
+                            "ended_at": ended,
+                            "last_heartbeat": now - timedelta(seconds=5) if open_ else ended,
+                            "exit_code": None if open_ else (0 if st is JobStatus.SUCCEEDED else 1),
+                            "failure_reason": None
+                            if st in (JobStatus.SUCCEEDED, JobStatus.RUNNING)
+                            else f"bench {st.value.lower()}",
+                            "price_per_hour": price,
+                            "cost_usd": 0.0 if open_ else price * hours,
+                            "gpu_hours": 0.0 if open_ else hours,
+                            "ingest_cursor": {},
+                        }
+                    )
+                    for frm, to in (
+                        (JobStatus.PENDING, JobStatus.LAUNCHING),
+                        (JobStatus.LAUNCHING, JobStatus.RUNNING),
+                        *([(JobStatus.RUNNING, st)] if not open_ else []),
+                    ):
+                        events.append(
+                            {
+                                "campaign_id": cid,
+                                "job_id": jid,
+                                "attempt_no": no,
+                                "time": launched,
+                                "from_state": frm.value,
+                                "to_state": to.value,
+                                "reason": "bench",
+                                "actor": "bench",
+                                "detail": {},
+                            }
+                        )
                     if not last:
-                        events.append({"campaign_id": cid, "job_id": jid, "attempt_no": no, "time": ended,
-                                       "from_state": st.value, "to_state": JobStatus.PENDING.value,
-                                       "reason": "bench retry", "actor": "bench", "detail": {}})
+                        events.append(
+                            {
+                                "campaign_id": cid,
+                                "job_id": jid,
+                                "attempt_no": no,
+                                "time": ended,
+                                "from_state": st.value,
+                                "to_state": JobStatus.PENDING.value,
+                                "reason": "bench retry",
+                                "actor": "bench",
+                                "detail": {},
+                            }
+                        )
                     t = (ended or now) + timedelta(minutes=1)
-                job_updates.append({
-                    "_id": jid, "_status": status.value, "_cur": n_att, "_rec": n_att - 1,
-                    "_ret": n_att - 1 if status is JobStatus.FAILED else 0,
-                    "_hb": now - timedelta(seconds=5) if status is JobStatus.RUNNING else None,
-                    "_uri": f"{store_uri}/campaigns/bench-{cid}/jobs/{name_of[jid]}",
-                })
+                job_updates.append(
+                    {
+                        "_id": jid,
+                        "_status": status.value,
+                        "_cur": n_att,
+                        "_rec": n_att - 1,
+                        "_ret": n_att - 1 if status is JobStatus.FAILED else 0,
+                        "_hb": now - timedelta(seconds=5) if status is JobStatus.RUNNING else None,
+                        "_uri": f"{store_uri}/campaigns/bench-{cid}/jobs/{name_of[jid]}",
+                    }
+                )
         conn.execute(sa.insert(Attempt.__table__), attempts)
         conn.execute(sa.insert(Event.__table__), events)
         jt = Job.__table__
         conn.execute(
-            sa.update(jt).where(jt.c.id == sa.bindparam("_id")).values(
-                status=sa.bindparam("_status"), current_attempt=sa.bindparam("_cur"),
-                recoveries=sa.bindparam("_rec"), retries=sa.bindparam("_ret"),
-                last_heartbeat=sa.bindparam("_hb", type_=jt.c.last_heartbeat.type), uri=sa.bindparam("_uri"),
+            sa.update(jt)
+            .where(jt.c.id == sa.bindparam("_id"))
+            .values(
+                status=sa.bindparam("_status"),
+                current_attempt=sa.bindparam("_cur"),
+                recoveries=sa.bindparam("_rec"),
+                retries=sa.bindparam("_ret"),
+                last_heartbeat=sa.bindparam("_hb", type_=jt.c.last_heartbeat.type),
+                uri=sa.bindparam("_uri"),
             ),
             job_updates,
         )
-        states = dict(conn.execute(sa.select(Job.status, sa.func.count()).where(Job.campaign_id == cid)
-                                   .group_by(Job.status)).all())
+        states: dict[str, int] = dict(
+            conn.execute(
+                sa.select(col(Job.status), sa.func.count())
+                .where(col(Job.campaign_id) == cid)
+                .group_by(col(Job.status))
+            ).all()
+        )
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("ANALYZE"))
     return Seeded(cid, len(rows), create_s, time.perf_counter() - t0, train, states)
 
 
-def metric_segments(job_ids: Sequence[int], n_points: int, segment: int, rng: random.Random) -> list[tuple[int, list[dict]]]:
+def metric_segments(
+    job_ids: Sequence[int], n_points: int, segment: int, rng: random.Random
+) -> list[tuple[int, list[dict]]]:
     """(job_id, rows) segments totalling n_points: one long job with 10% of the points (the
     worst case for the curves query), the rest spread over up to 900 jobs; 2 members x
     (train_loss, val_loss) per step, as a 2-member training job reports them."""
@@ -232,10 +329,17 @@ def metric_segments(job_ids: Sequence[int], n_points: int, segment: int, rng: ra
         for i in range(n):
             step, k = divmod(i, 4)
             member, name = divmod(k, 2)
-            records.append({"member": member, "step": step, "epoch": step // 100,
-                            "name": ("train_loss", "val_loss")[name], "value": 1.0 / (1 + step) + 0.01 * rng.random()})
+            records.append(
+                {
+                    "member": member,
+                    "step": step,
+                    "epoch": step // 100,
+                    "name": ("train_loss", "val_loss")[name],
+                    "value": 1.0 / (1 + step) + 0.01 * rng.random(),
+                }
+            )
         rows = metric_rows(jid, 1, records)
-        out += [(jid, rows[i:i + segment]) for i in range(0, len(rows), segment)]
+        out += [(jid, rows[i : i + segment]) for i in range(0, len(rows), segment)]
     return out
 
 
@@ -285,17 +389,31 @@ def _timed_tick(ctl: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, report
 
 
-def _warm_busy_tick(engine: Engine, ctl: Any, launcher: AcceptingLauncher, first: Any) -> tuple[float, dict[str, Any]]:
+def _warm_busy_tick(
+    engine: Engine, ctl: Any, launcher: AcceptingLauncher, first: Any
+) -> tuple[float, dict[str, Any]]:
     """Give the campaign the first pass's work again (requeues and a cancel; the ready jobs
     are still there) and time one pass."""
     from backend.db.models import Job
     from backend.states import JobStatus
 
     with engine.begin() as conn:
-        pending = conn.execute(sa.select(Job.id).where(Job.status == JobStatus.PENDING, Job.kind == "train")
-                               .order_by(Job.id.desc()).limit(first.retried + 1)).scalars().all()
-        conn.execute(sa.update(Job).where(Job.id.in_(pending[1:])).values(status=JobStatus.PREEMPTED))
-        conn.execute(sa.update(Job).where(Job.id.in_(pending[:1])).values(cancel_requested=True))
+        pending = (
+            conn.execute(
+                sa.select(col(Job.id))
+                .where(col(Job.status) == JobStatus.PENDING, col(Job.kind) == "train")
+                .order_by(col(Job.id).desc())
+                .limit(first.retried + 1)
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            sa.update(Job).where(col(Job.id).in_(pending[1:])).values(status=JobStatus.PREEMPTED)
+        )
+        conn.execute(
+            sa.update(Job).where(col(Job.id).in_(pending[:1])).values(cancel_requested=True)
+        )
     launcher.slots = None
     dt, rep = _timed_tick(ctl)
     return dt, _detail(rep)
@@ -305,7 +423,9 @@ IDLE_TICKS = 3
 MAX_FOLLOWUP_TICKS = 5
 
 
-def _controller_ticks(engine: Engine, store_dir: Path) -> tuple[float, str, dict[str, Any], dict[str, Any]]:
+def _controller_ticks(
+    engine: Engine, store_dir: Path
+) -> tuple[float, str, dict[str, Any], dict[str, Any]]:
     """The first (busy) pass of a new controller; then passes with no free launcher slot until
     one is idle, and the median of IDLE_TICKS idle passes. Returns (first pass seconds,
     implementation, its counts, extra JSON fields)."""
@@ -333,8 +453,8 @@ def _controller_ticks(engine: Engine, store_dir: Path) -> tuple[float, str, dict
         "reconcile_followup": followup,
         "reconcile_idle_s": round(statistics.median(idle), 4),
         "reconcile_idle_stat": f"median of {IDLE_TICKS} idle passes after the follow-up ones "
-                               f"(nothing to launch, retry or cancel; {len(launcher.launched)} launched "
-                               "instances plus the seeded RUNNING jobs polled)",
+        f"(nothing to launch, retry or cancel; {len(launcher.launched)} launched "
+        "instances plus the seeded RUNNING jobs polled)",
         "reconcile_idle_detail": idle_counts,
         "reconcile_warm_s": round(warm_s, 4),
         "reconcile_warm_stat": "one busy pass of the first pass's shape on the warm controller, timed once",
@@ -366,9 +486,17 @@ def _own_pass(engine: Engine) -> tuple[float, str, dict[str, Any]]:
         jobs_repo.settle_campaigns(s)
         jobs_repo.accrue_costs(s)
     dt = time.perf_counter() - t0
-    return dt, "jobs_repo pass (own equivalent of Controller.tick)", {
-        "launched": launched, "cancelled": len(out["cancelled"]), "half_done": len(half),
-        "running_polled": len(running), "active_campaigns": len(active)}
+    return (
+        dt,
+        "jobs_repo pass (own equivalent of Controller.tick)",
+        {
+            "launched": launched,
+            "cancelled": len(out["cancelled"]),
+            "half_done": len(half),
+            "running_polled": len(running),
+            "active_campaigns": len(active),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- queries
@@ -384,20 +512,32 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def time_queries(engine: Engine, seeded: Seeded, long_job: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+def time_queries(
+    engine: Engine, seeded: Seeded, long_job: int, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
     from backend import service
 
     cid = seeded.campaign_id
     queries: dict[str, Callable[[], Any]] = {
         "campaign_list": lambda: service.list_campaigns(engine=engine),
         "campaign_detail": lambda: service.get_campaign(cid, engine=engine),
-        "job_page": lambda: service.list_jobs(campaign_id=cid, offset=seeded.n_jobs // 2, limit=50, engine=engine),
-        "job_page_running": lambda: service.list_jobs(campaign_id=cid, states=["RUNNING"], limit=50, engine=engine),
-        "job_curves": lambda: service.metric_series(job_id=long_job, max_points=2000, engine=engine),
-        "job_curves_small": lambda: service.metric_series(job_id=seeded.train_job_ids[5], max_points=2000, engine=engine),
+        "job_page": lambda: service.list_jobs(
+            campaign_id=cid, offset=seeded.n_jobs // 2, limit=50, engine=engine
+        ),
+        "job_page_running": lambda: service.list_jobs(
+            campaign_id=cid, states=["RUNNING"], limit=50, engine=engine
+        ),
+        "job_curves": lambda: service.metric_series(
+            job_id=long_job, max_points=2000, engine=engine
+        ),
+        "job_curves_small": lambda: service.metric_series(
+            job_id=seeded.train_job_ids[5], max_points=2000, engine=engine
+        ),
         "job_events": lambda: service.job_events(seeded.train_job_ids[0], engine=engine),
         "cost_summary": lambda: service.cost_summary(("campaign",), engine=engine),
-        "cost_by_day_machine": lambda: service.cost_summary(("day", "machine", "spot"), engine=engine),
+        "cost_by_day_machine": lambda: service.cost_summary(
+            ("day", "machine", "spot"), engine=engine
+        ),
     }
     med, worst = {}, {}
     for name, fn in queries.items():
@@ -411,8 +551,16 @@ def time_queries(engine: Engine, seeded: Seeded, long_job: int, repeats: int) ->
 def _progress(total: int, desc: str, disable: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pt", unit_scale=True, disable=disable, file=sys.stderr, leave=False,
-                mininterval=1.0)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="pt",
+        unit_scale=True,
+        disable=disable,
+        file=sys.stderr,
+        leave=False,
+        mininterval=1.0,
+    )
 
 
 def bench_database(engine: Engine, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -468,11 +616,21 @@ def bench_database(engine: Engine, args: argparse.Namespace, workdir: Path) -> d
         "load_average_during_queries": round((load_before + os.getloadavg()[0]) / 2, 2),
         "reconcile_impl": impl,
         "reconcile_detail": detail,
-        "ingest": {"points": inserted, "seconds": round(ingest_s, 3), "segments": n_segments,
-                   "points_per_segment": args.segment, "reingest_new_points": again},
-        "setup": {"init_db_s": round(init_s, 3), "create_campaign_s": round(seeded.create_s, 3),
-                  "settle_after_load": SETTLE_TEXT[engine.dialect.name], "settle_s": round(settle_s, 3),
-                  "seed_states_s": round(seeded.seed_s, 3), "job_states": seeded.states},
+        "ingest": {
+            "points": inserted,
+            "seconds": round(ingest_s, 3),
+            "segments": n_segments,
+            "points_per_segment": args.segment,
+            "reingest_new_points": again,
+        },
+        "setup": {
+            "init_db_s": round(init_s, 3),
+            "create_campaign_s": round(seeded.create_s, 3),
+            "settle_after_load": SETTLE_TEXT[engine.dialect.name],
+            "settle_s": round(settle_s, 3),
+            "seed_states_s": round(seeded.seed_s, 3),
+            "job_states": seeded.states,
+        },
     }
     if impl_error:
         out["reconcile_fallback_reason"] = impl_error
@@ -484,9 +642,9 @@ def bench_database(engine: Engine, args: argparse.Namespace, workdir: Path) -> d
 
 SETTLE_TEXT = {
     "postgresql": "VACUUM ANALYZE, then CHECKPOINT, after the bulk load (what autovacuum and the "
-                  "checkpointer would do on their own, here before the timings instead of during them)",
+    "checkpointer would do on their own, here before the timings instead of during them)",
     "sqlite": "PRAGMA wal_checkpoint(TRUNCATE) after the bulk load (the write-ahead log folded into the "
-              "database, as SQLite's automatic checkpoints would have done along the way)",
+    "database, as SQLite's automatic checkpoints would have done along the way)",
 }
 
 
@@ -544,18 +702,24 @@ def run(args: argparse.Namespace) -> int:
     dbs = [d.strip() for d in args.databases.split(",") if d.strip()]
     bad = [d for d in dbs if d not in ("sqlite", "postgresql")]
     if bad:
-        print(f"nsbi bench controlplane: --databases: unknown {bad}; allowed: sqlite, postgresql", file=sys.stderr)
+        print(
+            f"nsbi bench controlplane: --databases: unknown {bad}; allowed: sqlite, postgresql",
+            file=sys.stderr,
+        )
         return 2
     report: dict[str, Any] = {}
     failed = False
     with tempfile.TemporaryDirectory(prefix="nsbi-bench-cp-") as tmp:
         workdir = Path(tmp)
         for db in dbs:
-            print(f"bench controlplane: {db}: {args.jobs} jobs, {args.points} metric points ...", file=sys.stderr)
+            print(
+                f"bench controlplane: {db}: {args.jobs} jobs, {args.points} metric points ...",
+                file=sys.stderr,
+            )
             try:
                 if db == "sqlite":
                     engine = create_engine(f"sqlite:///{workdir / 'bench.db'}")
-                    cleanup = engine.dispose
+                    cleanup: Callable[[], None] = engine.dispose
                 else:
                     engine, cleanup = _fresh_pg(args)
             except Exception as exc:  # noqa: BLE001 - report and go on with the next database
@@ -569,13 +733,19 @@ def run(args: argparse.Namespace) -> int:
                 cleanup()
             r = report[db]
             idle = f" (idle {r['reconcile_idle_s']:.3f} s)" if "reconcile_idle_s" in r else ""
-            print(f"  {db}: reconcile {r['reconcile_s']:.3f} s{idle}, ingest {r['ingest_points_per_s']:.0f} points/s, "
-                  f"queries (ms) {r['query_ms']}", file=sys.stderr)
+            print(
+                f"  {db}: reconcile {r['reconcile_s']:.3f} s{idle}, ingest {r['ingest_points_per_s']:.0f} points/s, "
+                f"queries (ms) {r['query_ms']}",
+                file=sys.stderr,
+            )
     report["meta"] = {
         "time": _now().isoformat(timespec="seconds"),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
-        "query_target_ms": QUERY_TARGET_MS, "query_stat": f"median of {args.repeats} runs after one warm-up",
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "query_target_ms": QUERY_TARGET_MS,
+        "query_stat": f"median of {args.repeats} runs after one warm-up",
         "sqlalchemy": sa.__version__,
     }
     text = json.dumps(report, indent=2, default=str)
@@ -588,7 +758,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nsbi bench controlplane", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="nsbi bench controlplane", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

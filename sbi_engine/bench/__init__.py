@@ -1,1 +1,0 @@
-"""Benchmarks with JSON output: ``train_bench`` (ratio-ensemble training) and ``fit_bench``."""
