@@ -8,11 +8,8 @@ pass the controller writes ``<NSBI_HOME>/controller.json`` ({"pid", "ticks", "ti
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
-import os
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.controller import Controller, ControllerConfig
+    from backend.controller import Controller, ControllerConfig, single_instance_lock
     from backend.db import get_engine, init_db
     from backend.launchers import get_launcher
     from backend.settings import get_settings
@@ -66,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    lock = _single_instance_lock(settings.home / "controller.lock")
+    lock = single_instance_lock(settings.home / "controller.lock")
     if lock is None:
         print(
             f"nsbi controller: another controller holds {settings.home / 'controller.lock'}; "
@@ -95,26 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"nsbi controller: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _single_instance_lock(path: Path):
-    """An exclusive, non-blocking flock held for the life of the process (None if taken).
-
-    The kernel drops it when the process dies, even by SIGKILL, so a crashed controller never
-    blocks its successor.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
 
 
 def main(argv: list[str] | None = None) -> int:

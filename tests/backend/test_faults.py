@@ -266,12 +266,12 @@ def test_missing_store_path_is_a_clear_error_and_changes_nothing(sqlite_file_eng
 
 
 def test_a_second_controller_on_the_same_home_refuses_to_start(sqlite_file_engine, tmp_path):
-    from backend.commands.controller import _single_instance_lock
+    from backend.controller import single_instance_lock
 
     (tmp_path / "store").mkdir()
     env = _controller_env(tmp_path, tmp_path / "nsbi.db")
-    held = _single_instance_lock(tmp_path / "home" / "controller.lock")  # "the first controller"
-    assert held is not None and _single_instance_lock(tmp_path / "home" / "controller.lock") is None
+    held = single_instance_lock(tmp_path / "home" / "controller.lock")  # "the first controller"
+    assert held is not None and single_instance_lock(tmp_path / "home" / "controller.lock") is None
     try:
         out = subprocess.run(
             [sys.executable, "-m", "backend.commands.controller", "--once"],

@@ -134,6 +134,11 @@ def test_bench_fit_report_in_memory_with_both_baselines(tmp_path):
     assert r["numpy_nll_matches"] < 1e-8
     assert r["full_hessian_max_rel_diff"] < 1e-8
     assert r["baseline_iminuit_valid"] and r["iminuit_max_dtheta_over_sigma"] < 1e-2
+    # iminuit on the JAX NLL, with and without the exact gradient: same minimum
+    for variant in ("_jax_numgrad", "_jax_grad"):
+        assert r[f"baseline_iminuit{variant}_valid"], variant
+        assert r[f"iminuit{variant}_max_dtheta_over_sigma"] < 1e-2, variant
+    assert r["baseline_iminuit_jax_grad_ngrad"] > 0 and r["baseline_iminuit_jax_numgrad_ngrad"] == 0
     assert r["compile_s"] > 0 and r["compile_count"] >= 3
     # 3000 events x 12 arrays x 4 bytes (+ float64 weights)
     assert 0.1 < r["data_mb"] < 1.0
