@@ -30,29 +30,13 @@ def profile_interval(
     ws: Any, result: Any, poi: str = "mu", level: float = 1.0, max_sigmas: float = 6.0
 ) -> tuple[float | None, float | None]:
     """Ends of the profile-likelihood interval {mu : q(mu) - q_min <= level} by root finding
-    (each q(mu) a fit with mu fixed), bracketed within ``max_sigmas`` Hesse errors; an end
-    beyond the POI's bound or the bracket is None."""
-    from scipy.optimize import brentq
+    (`sbi_engine.fit.intervals.profile_interval`: conditional fits with mu fixed, warm-started
+    from the neighbouring solution, bracketed from the Hesse error, Brent's method); an end
+    the profile does not reach inside the POI's bounds is the bound, one beyond
+    ``max_sigmas`` Hesse errors (or whose fits failed) is None."""
+    from .fit.intervals import profile_interval as root_found
 
-    from .fit import fit
-
-    enable_float64()
-    best, sigma = float(result.values[poi]), float(result.errors[poi])
-    lo_b, hi_b = ws.free_parameters[[p.name for p in ws.free_parameters].index(poi)].bounds
-
-    def dq(mu: float) -> float:
-        r = fit(ws, fixed={poi: mu}, init=result.theta)
-        return float(r.q_min - result.q_min) - level
-
-    ends: list[float | None] = []
-    for direction in (-1.0, 1.0):
-        edge = best + direction * max_sigmas * sigma
-        edge = max(lo_b, edge) if direction < 0 else min(hi_b, edge)
-        if edge == best or dq(edge) < 0:
-            ends.append(None)
-            continue
-        ends.append(float(brentq(dq, min(best, edge), max(best, edge), xtol=1e-4 * sigma)))
-    return ends[0], ends[1]
+    return root_found(ws, result, poi, level, max_sigmas=max_sigmas).ends
 
 
 def _nuisances(ws: Any, result: Any) -> dict[str, dict[str, float]]:

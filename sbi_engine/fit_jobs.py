@@ -409,7 +409,27 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
     return build_learned_fit(spec, ensembles).workspace
 
 
-def _fit_summary(ws, result) -> dict[str, Any]:
+def _profile_errors(ws, result) -> dict[str, Any]:
+    """The asymmetric errors of mu: its 68 % and 95 % profile-likelihood intervals by root
+    finding (`sbi_engine.fit.intervals`). A failure here is recorded, not raised: the fit
+    itself stands."""
+    from .fit.intervals import profile_intervals
+
+    try:
+        ivs = profile_intervals(ws, result, "mu")
+    except Exception as exc:  # noqa: BLE001 - the Hesse result is still worth reporting
+        return {"profile": {"error": f"{type(exc).__name__}: {exc}"}}
+    p68 = ivs["68"]
+    return {
+        "mu_err_lo": p68.err_lo,
+        "mu_err_hi": p68.err_hi,
+        "profile": {k: v.to_dict() for k, v in ivs.items()},
+    }
+
+
+def _fit_summary(ws, result, intervals: bool = False) -> dict[str, Any]:
+    """The nominal fit's summary; with ``intervals`` also mu's asymmetric (profile) errors:
+    ``mu_err_lo`` (<= 0) / ``mu_err_hi`` and ``profile`` {"68", "95"}: lo, hi, flags, fits."""
     from .fit import impacts as imp
     from .fit.results import to_jsonable
 
@@ -417,6 +437,7 @@ def _fit_summary(ws, result) -> dict[str, Any]:
         {
             "mu_hat": result.values["mu"],
             "sigma": result.errors["mu"],
+            **(_profile_errors(ws, result) if intervals else {}),
             "converged": result.converged,
             "fit": result.to_dict(),
             "pulls": imp.pulls(ws, result),
@@ -483,6 +504,8 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
 
     Every kind first fits the nominal model (cheap next to the training, and it makes each
     job self-contained); the compiled functions are reused by the refits, scan points and toys.
+    A "fit" job adds mu's asymmetric errors from the profile likelihood (``mu_err_lo``,
+    ``mu_err_hi``, ``profile``: 68 % and 95 % intervals by root finding).
     """
     from .fit import fit
     from .fit import impacts as imp
@@ -499,7 +522,7 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
     out: dict[str, Any] = {
         "kind": kind,
         "mu_true": params.get("mu_true", 1.0),
-        **_fit_summary(ws, result),
+        **_fit_summary(ws, result, intervals=kind == "fit"),
     }
     if kind == "fit":
         out.update(learned_result(spec, ensembles, lf, result))

@@ -110,6 +110,9 @@ def collect_result(
         "fit": {
             "mu_hat": fit.get("mu_hat"),
             "sigma": fit.get("sigma"),
+            "mu_err_lo": fit.get("mu_err_lo"),  # asymmetric errors (profile, root finding)
+            "mu_err_hi": fit.get("mu_err_hi"),
+            "profile": dict(fit.get("profile") or {}),
             "converged": fit.get("converged"),
             "mu_true": fit.get("mu_true", cfg.get("fit", {}).get("mu_true")),
             "data": cfg.get("fit", {}).get("data", "asimov"),

@@ -45,18 +45,33 @@ class ReportFiles:
 
 def merge_scans(scans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """One scan from the chunks of several scan jobs (each profiles its own POI values
-    against the same nominal fit, so their q values share one minimum); intervals where q
-    crosses 1 and 3.84, by linear interpolation on the merged points."""
+    against the same nominal fit, so their q values share one minimum).
+
+    Intervals: the root-found ones the scan jobs carry (``profile_intervals``: each job solves
+    q = 1 and 3.84 on the same profile, so they agree), else where the merged points cross 1
+    and 3.84 (``grid_intervals``, interpolated in sqrt(q)). Points whose profile fit did not
+    converge stay out of the curve and the crossings but are listed (``not_converged``);
+    ``non_monotonic``: converged points where q falls while moving away from the best fit;
+    ``flags``: what the chunks and the merged curve flagged.
+    """
     pts: dict[float, float] = {}
+    bad: set[float] = set()
+    flags: set[str] = set()
+    profile: dict[str, Any] = {}
     poi, best = "mu", None
     for s in scans:
         poi = s.get("poi", poi)
         best = s.get("best", best)
+        flags.update(s.get("flags") or [])
+        for k, iv in (s.get("profile_intervals") or {}).items():
+            profile.setdefault(k, dict(iv))
         for v, q, ok in zip(
             s.get("values") or [], s.get("dq") or [], s.get("converged") or [True] * 10**6
         ):
             if ok and q is not None and math.isfinite(float(q)):
                 pts[float(v)] = float(q)
+            else:
+                bad.add(float(v))
     if not pts:
         return None
     xs = sorted(pts)
@@ -69,16 +84,50 @@ def merge_scans(scans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     aug.setdefault(float(best), 0.0)
     ax = sorted(aug)
     aq = [aug[x] for x in ax]
+    grid = {
+        "68": list(crossings(ax, aq, float(best), Q68)),
+        "95": list(crossings(ax, aq, float(best), Q95)),
+    }
+    intervals = dict(grid)
+    for k in grid:
+        if k in profile and "lo" in profile[k]:
+            intervals[k] = [profile[k].get("lo"), profile[k].get("hi")]
+    falling = non_monotonic(xs, qs, float(best))
+    if any(f and x < best for f, x in zip(falling, xs)):
+        flags.add("non_monotonic_left")
+    if any(f and x > best for f, x in zip(falling, xs)):
+        flags.add("non_monotonic_right")
+    if bad - set(pts):
+        flags.add("not_converged")
     return {
         "poi": poi,
         "values": xs,
         "dq": qs,
         "best": float(best),
-        "intervals": {
-            "68": list(crossings(ax, aq, float(best), Q68)),
-            "95": list(crossings(ax, aq, float(best), Q95)),
-        },
+        "intervals": intervals,
+        "grid_intervals": grid,
+        "profile_intervals": profile,
+        "non_monotonic": [x for f, x in zip(falling, xs) if f],
+        "not_converged": sorted(bad - set(pts)),
+        "flags": sorted(flags),
     }
+
+
+def non_monotonic(
+    xs: Sequence[float], qs: Sequence[float], best: float, tol: float = 1e-5
+) -> list[bool]:
+    """Per point: q lies more than ``tol`` below the highest q between it and ``best``."""
+    out = [False] * len(xs)
+    for side in (-1.0, 1.0):
+        idx = sorted(
+            (i for i, x in enumerate(xs) if side * (x - best) > 0), key=lambda i: abs(xs[i] - best)
+        )
+        top = 0.0
+        for i in idx:
+            if qs[i] < top - tol:
+                out[i] = True
+            top = max(top, qs[i])
+    return out
 
 
 def crossings(
@@ -139,6 +188,34 @@ def scan_figure(scan: Mapping[str, Any] | None):
                 line={"color": "black"},
             )
         )
+        q_at = dict(zip(scan["values"], scan["dq"]))
+        falling = [x for x in scan.get("non_monotonic") or [] if x in q_at]
+        if falling:
+            fig.add_trace(
+                go.Scatter(
+                    x=falling,
+                    y=[q_at[x] for x in falling],
+                    mode="markers",
+                    name="q falls moving away from the minimum",
+                    marker={"color": "#d95f02", "symbol": "diamond-open", "size": 11},
+                )
+            )
+        if scan.get("not_converged"):
+            fig.add_trace(
+                go.Scatter(
+                    x=scan["not_converged"],
+                    y=[0.0] * len(scan["not_converged"]),
+                    mode="markers",
+                    name="profile fit not converged (left out)",
+                    marker={"color": "#e7298a", "symbol": "x", "size": 10},
+                )
+            )
+        prof = scan.get("profile_intervals") or {}
+        for cl, colour in (("68", "#1b9e77"), ("95", "#d95f02")):  # root-found interval ends
+            for key in ("lo", "hi"):
+                end = (prof.get(cl) or {}).get(key)
+                if end is not None:
+                    fig.add_vline(x=end, line={"color": colour, "dash": "dot", "width": 1})
         for q, label, colour in ((Q68, "68 % CL", "#1b9e77"), (Q95, "95 % CL", "#d95f02")):
             fig.add_hline(y=q, line={"color": colour, "dash": "dash"}, annotation_text=label)
     else:
@@ -409,6 +486,49 @@ def uncertainty_markdown(u: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _signed(x: Any, sign: str) -> str:
+    text = _fmt(None if x is None else abs(float(x)))
+    return text if text == "–" else sign + text
+
+
+def fit_table_markdown(fit: Mapping[str, Any], scan: Mapping[str, Any] | None = None) -> list[str]:
+    """μ̂ with its errors: Hesse (symmetric) and the asymmetric 68 % / 95 % profile-likelihood
+    intervals found by root finding (the fit job's ``profile``, else the scan's). An end at the
+    POI's bound is marked "(bound)"; the flags of each interval are listed with it."""
+    mu, sig = fit.get("mu_hat"), fit.get("sigma")
+    if mu is None:
+        return []
+    prof = dict(fit.get("profile") or (scan or {}).get("profile_intervals") or {})
+    lines = [
+        "",
+        "| μ | −error | +error | interval | method |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    if sig is not None:
+        lines.append(
+            f"| Hesse | {_signed(sig, '−')} | {_signed(sig, '+')} | "
+            f"[{_fmt(mu - sig)}, {_fmt(mu + sig)}] | exact Hessian (symmetric) |"
+        )
+    for cl in ("68", "95"):
+        p = prof.get(cl)
+        if not isinstance(p, Mapping) or "lo" not in p:
+            continue
+        flags = list(p.get("flags") or [])
+        ends = [
+            _fmt(p.get(k)) + (" (bound)" if f"{k}_at_bound" in flags else "") for k in ("lo", "hi")
+        ]
+        how = f"profile likelihood, root finding ({p.get('n_fits', '?')} conditional fits)"
+        if flags:
+            how += "; flags: " + ", ".join(flags)
+        lines.append(
+            f"| profile {cl} % CL | {_signed(p.get('err_lo'), '−')} | {_signed(p.get('err_hi'), '+')} "
+            f"| [{ends[0]}, {ends[1]}] | {how} |"
+        )
+    if prof.get("error"):
+        lines.append(f"| profile | – | – | – | failed: {str(prof['error']).replace('|', '/')} |")
+    return lines + [""]
+
+
 def shape_decisions_markdown(decisions: Sequence[Mapping[str, Any]] | None) -> list[str]:
     """What the fit did with each learned shape effect: kept, or dropped (yield kept) below the
     networks' noise floor, so a negligible systematic cannot constrain itself."""
@@ -469,6 +589,12 @@ def summary_markdown(
         f"(Hesse; data: {data}, μ_true for Asimov = {_fmt(fit.get('mu_true'), 2)}, "
         f"converged: {fit.get('converged')})"
     )
+    p68 = (fit.get("profile") or {}).get("68") or {}
+    if p68.get("err_lo") is not None and p68.get("err_hi") is not None:
+        lines.append(
+            f"- profile likelihood: **μ̂ = {_fmt(fit.get('mu_hat'))} "
+            f"{_signed(p68['err_hi'], '+')} {_signed(p68['err_lo'], '−')}** (68 % CL, asymmetric)"
+        )
     total = (result.get("uncertainty") or {}).get("total")
     if total is not None:
         lines.append(
@@ -480,12 +606,16 @@ def summary_markdown(
         if cl in iv:
             lo, hi = iv[cl]
             lines.append(f"- {cl} % CL interval from the profile scan: [{_fmt(lo)}, {_fmt(hi)}]")
+    scan_flags = (result.get("scan") or {}).get("flags") or []
+    if scan_flags:
+        lines.append(f"- profile scan flags: {', '.join(scan_flags)}")
     bd = (result.get("breakdown") or {}).get("mu") or {}
     if bd:
         lines.append(
             f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
             f"syst {_fmt(bd.get('syst'))}"
         )
+    lines += fit_table_markdown(fit, result.get("scan"))
     lines += uncertainty_markdown(result.get("uncertainty"))
     lines += shape_decisions_markdown(result.get("shape_decisions"))
     lines += [

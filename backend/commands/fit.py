@@ -61,6 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="toy study with N toys at the reference point",
     )
+    parser.add_argument(
+        "--upper-limit",
+        action="store_true",
+        help="CLs upper limit on the first POI with q~_mu (arXiv:1007.1727): observed and "
+        "expected (+-1, +-2 sigma) limits, asymptotic; with --toys N from N toys per hypothesis "
+        "and tested point instead of a toy study",
+    )
+    parser.add_argument(
+        "--cl", type=float, default=0.95, help="confidence level of --upper-limit (default 0.95)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--chunk-size",
@@ -77,6 +87,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream the events from disk chunk by chunk (memory O(chunk), for workspaces "
         "larger than RAM): fit, covariance and refit impacts, scans; not --asimov/--toys",
     )
+
+
+def format_limit(limit) -> str:
+    """The text block of an upper limit: observed, then expected with its bands."""
+    what = f"{limit.n_toys} toys per point" if limit.method == "toys" else "asymptotic"
+    e = limit.expected
+
+    def f(v) -> str:
+        return "n/a" if v is None or v != v else f"{v:.4g}"
+
+    lines = [
+        f"{limit.cl:.0%} CL upper limit on {limit.poi} (CLs, q~_mu, {what}):",
+        f"  observed  {f(limit.observed)}",
+        f"  expected  {f(e.get(0))}   -1 sigma {f(e.get(-1))}  +1 sigma {f(e.get(1))}"
+        f"   -2 sigma {f(e.get(-2))}  +2 sigma {f(e.get(2))}",
+    ]
+    return "\n".join(lines)
 
 
 def _parse_fix(items: list[str]) -> dict[str, float]:
@@ -135,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
     from sbi_engine.fit.summary import format_summary  # noqa: PLC0415
     from sbi_engine.fit.toys import expected_fit, toy_study  # noqa: PLC0415
 
-    if args.stream and (args.asimov or args.toys):
+    if args.stream and (args.asimov or args.toys or args.upper_limit):
         print(
-            "nsbi fit: --asimov and --toys reweight or resample the events, which needs them in memory; "
+            "nsbi fit: --asimov, --toys and --upper-limit reweight or resample the events, which "
+            "needs them in memory; "
             "drop --stream for those",
             file=sys.stderr,
         )
@@ -155,8 +183,13 @@ def run(args: argparse.Namespace) -> int:
         steps.append("scans")
     if args.asimov:
         steps.append("Asimov")
-    if args.toys:
+    if args.toys and not args.upper_limit:
         steps.append("toys")
+    if args.upper_limit:
+        steps.append("upper limit")
+    if not 0.0 < args.cl < 1.0:
+        print(f"nsbi fit: --cl must be in (0, 1), got {args.cl}", file=sys.stderr)
+        return 2
     out: dict = {"workspace": str(Path(args.workspace))}
     with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("compile + fit")
@@ -194,14 +227,23 @@ def run(args: argparse.Namespace) -> int:
         if args.asimov:
             out["asimov"] = expected_fit(model).to_dict()
             bar.update()
-        if args.toys:
+        if args.toys and not args.upper_limit:
             out["toys"] = toy_study(model, args.toys, args.seed)
+            bar.update()
+        limit = None
+        if args.upper_limit:
+            from sbi_engine.fit.limits import upper_limit  # noqa: PLC0415
+
+            limit = upper_limit(model, cl=args.cl, toys=args.toys, seed=args.seed)
+            out["upper_limit"] = limit.to_dict()
             bar.update()
     out["compile_s"] = model.clock.seconds
     print(
         format_summary(res, model.poi_names, out["pulls"], ranking(imps), out["breakdown"], scans)
     )
-    if args.toys:
+    if limit is not None:
+        print("\n" + format_limit(limit))
+    if args.toys and not args.upper_limit:
         t = out["toys"]
         print(
             f"\nToys ({t['n_converged']}/{t['n_toys']} converged): pull mean {t['pull_mean']:+.3f}, "

@@ -19,6 +19,7 @@ impacts, scans and toys.
 
 from .api import covariance_from_hessian, fit
 from .expr import Expression, ExpressionError, parse_expression
+from .limits import Discovery, UpperLimit, discovery, test_statistic, toy_cls, upper_limit
 from .model import Model, model_for
 from .results import FitResult, dumps, to_jsonable
 from .variations import Variant, VariantFits, bootstrap_norm_variants, refit_variants
@@ -42,4 +43,10 @@ __all__ = [
     "VariantFits",
     "refit_variants",
     "bootstrap_norm_variants",
+    "UpperLimit",
+    "Discovery",
+    "upper_limit",
+    "discovery",
+    "test_statistic",
+    "toy_cls",
 ]

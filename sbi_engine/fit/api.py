@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,7 +17,37 @@ from .model import Model, model_for
 from .results import FitResult
 from .workspace import Workspace
 
-__all__ = ["fit", "covariance_from_hessian", "fixed_mask", "newton_executable"]
+__all__ = [
+    "fit",
+    "covariance_from_hessian",
+    "fixed_mask",
+    "newton_executable",
+    "resolution",
+    "bound_mask",
+    "RESOLUTION",
+]
+
+RESOLUTION = 1e-8  # a parameter's numerical resolution: this times max(1, its bound range)
+
+
+def resolution(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Per parameter: ``RESOLUTION * max(1, upper - lower)`` (range 1 where a bound is infinite).
+
+    A value closer than this to a bound is *at* the bound; an error below it is not a
+    measurement but rounding (or the cap on d sqrt(mu)/dmu at mu = 0)."""
+    width = np.asarray(upper, dtype=float) - np.asarray(lower, dtype=float)
+    width = np.where(np.isfinite(width), width, 1.0)
+    return RESOLUTION * np.maximum(1.0, width)
+
+
+def bound_mask(
+    theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, fixed: np.ndarray
+) -> np.ndarray:
+    """Parameters (not fixed) within their resolution of a bound; works on stacks (..., P)."""
+    res = resolution(lower, upper)
+    with np.errstate(invalid="ignore"):
+        near = (theta - lower <= res) | (upper - theta <= res)
+    return near & ~np.asarray(fixed, dtype=bool)
 
 
 def fixed_mask(
@@ -39,9 +70,15 @@ def fixed_mask(
     return mask, values
 
 
-def covariance_from_hessian(H: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, bool]:
-    """2 H^-1 restricted to the non-fixed parameters (q = -2 ln L); (cov, positive definite)."""
-    free = ~fixed
+def covariance_from_hessian(
+    H: np.ndarray, fixed: np.ndarray, at_bound: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
+    """2 H^-1 restricted to the non-fixed parameters (q = -2 ln L); (cov, positive definite).
+
+    ``at_bound``: parameters held at a bound are left out like fixed ones (zero rows and
+    columns): their rows of H describe a one-sided, possibly singular, edge (d sqrt(mu)/dmu at
+    mu = 0 is capped at 5e49), and inverting them gives sub-resolution errors such as 1e-36."""
+    free = ~fixed if at_bound is None else ~fixed & ~at_bound
     cov = np.zeros_like(H)
     Hf = H[np.ix_(free, free)]
     if Hf.size == 0:
@@ -158,7 +195,7 @@ def fit(
     if backend == "minuit":
         from .minuit import fit_minuit  # noqa: PLC0415
 
-        return fit_minuit(model, theta0, mask, data, aux_arr)
+        return _flag_bounds(model, fit_minuit(model, theta0, mask, data, aux_arr), mask)
     if backend != "newton":
         raise ValueError(f"unknown backend {backend!r}; use 'newton' or 'minuit'")
     t0 = time.perf_counter()
@@ -223,24 +260,54 @@ def _result(
     t0: float,
 ) -> FitResult:
     H = np.asarray(state.H)
-    cov, pd = covariance_from_hessian(H, mask)
+    theta = np.asarray(state.theta)
+    at_bound = bound_mask(theta, model.lower, model.upper, mask)
+    cov, pd = covariance_from_hessian(H, mask, at_bound)
     message = STATUS_MESSAGES[status]
     if status == 0 and not pd:
         status, message = 4, STATUS_MESSAGES[4]
     if status != 0:
         message += f" (EDM={float(state.edm):.3g}, {n_iter} iterations, method {method})"
-    return FitResult(
-        names=model.names,
-        theta=np.asarray(state.theta),
+    return _flag_bounds(
+        model,
+        FitResult(
+            names=model.names,
+            theta=np.asarray(state.theta),
+            covariance=cov,
+            hessian=H,
+            q_min=float(state.q),
+            edm=float(state.edm),
+            converged=status == 0,
+            status=status,
+            message=message,
+            n_iter=n_iter,
+            fixed=fixed_names,
+            method=method,
+            time_s=time.perf_counter() - t0,
+        ),
+        mask,
+    )
+
+
+def _flag_bounds(model: Model, res: FitResult, mask: np.ndarray) -> FitResult:
+    """``res`` with parameters at a bound (errors NaN, covariance rows zero) and errors below
+    their parameter's resolution flagged by name."""
+    at = bound_mask(res.theta, model.lower, model.upper, mask)
+    cov = res.covariance.copy()
+    cov[at, :] = 0.0
+    cov[:, at] = 0.0
+    sig = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    small = ~mask & ~at & (sig < resolution(model.lower, model.upper))
+    names = res.names
+    message = res.message
+    if small.any():
+        message += "; errors below the numerical resolution: " + ", ".join(
+            n for n, s in zip(names, small) if s
+        )
+    return dataclasses.replace(
+        res,
         covariance=cov,
-        hessian=H,
-        q_min=float(state.q),
-        edm=float(state.edm),
-        converged=status == 0,
-        status=status,
         message=message,
-        n_iter=n_iter,
-        fixed=fixed_names,
-        method=method,
-        time_s=time.perf_counter() - t0,
+        at_bound=tuple(n for n, a in zip(names, at) if a),
+        below_resolution=tuple(n for n, s in zip(names, small) if s),
     )

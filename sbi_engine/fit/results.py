@@ -52,7 +52,11 @@ class FitResult:
     covariance: (P, P) in ``names`` order (zero rows/columns for fixed parameters);
     q_min: -2 ln L at the minimum; edm: estimated distance to minimum (g^T H^-1 g / 2);
     converged / status / message: the convergence report (message says why on failure);
-    hessian: exact Hessian of q at the minimum; fixed: names held fixed in this fit.
+    hessian: exact Hessian of q at the minimum; fixed: names held fixed in this fit;
+    at_bound: free parameters that ended within their numerical resolution of a bound (held
+    there: no Hessian error, ``errors`` is NaN and the covariance rows are zero, like fixed);
+    below_resolution: parameters whose Hessian error is below their numerical resolution
+    (1e-8 x max(1, bound range)): not a measurement, do not use it as one.
     """
 
     names: tuple[str, ...]
@@ -69,6 +73,8 @@ class FitResult:
     method: str = "newton"
     time_s: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    at_bound: tuple[str, ...] = ()
+    below_resolution: tuple[str, ...] = ()
 
     @property
     def values(self) -> dict[str, float]:
@@ -76,8 +82,9 @@ class FitResult:
 
     @property
     def errors(self) -> dict[str, float]:
+        """Hessian errors; NaN for parameters at a bound (``at_bound``), 0 for fixed ones."""
         d = np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
-        return {n: float(v) for n, v in zip(self.names, d)}
+        return {n: float("nan") if n in self.at_bound else float(v) for n, v in zip(self.names, d)}
 
     @property
     def correlation(self) -> np.ndarray:
@@ -103,6 +110,8 @@ class FitResult:
                 "message": self.message,
                 "n_iter": self.n_iter,
                 "fixed": list(self.fixed),
+                "at_bound": list(self.at_bound),
+                "below_resolution": list(self.below_resolution),
                 "method": self.method,
                 "time_s": self.time_s,
                 **({"extra": dict(self.extra)} if self.extra else {}),

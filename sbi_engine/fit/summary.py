@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .impacts import Impact
 from .results import FitResult
@@ -34,13 +35,8 @@ def format_summary(
             b = breakdown[p]
             extra = f"   (stat {b['stat']:.4g}, syst {b['syst']:.4g})"
         lines.append(f"  {p:>20s} = {v:.6g} +- {e:.4g}{extra}")
-    if scans:
-        for s in scans:
-            i68, i95 = s.intervals["68"], s.intervals["95"]
-            fmt = lambda x: "open" if x is None else f"{x:.4g}"  # noqa: E731
-            lines.append(
-                f"  {s.poi:>20s} profile 68% [{fmt(i68[0])}, {fmt(i68[1])}], 95% [{fmt(i95[0])}, {fmt(i95[1])}]"
-            )
+    for s in scans or ():
+        lines += _scan_lines(s)
     if pulls:
         lines.append("")
         lines.append("Nuisance parameters (pull = alpha-hat - aux, constraint = post-fit sigma):")
@@ -57,3 +53,37 @@ def format_summary(
                 f"pre-fit {imp.prefit_up:+.4g} / {imp.prefit_down:+.4g}  [{imp.method}]"
             )
     return "\n".join(lines)
+
+
+def _end(x: float | None, at_bound: bool) -> str:
+    if x is None:
+        return "open"
+    return f"{x:.4g} (bound)" if at_bound else f"{x:.4g}"
+
+
+def _scan_lines(s: Any) -> list[str]:
+    """A scan's intervals (root-found where available) with its asymmetric 68 % errors and flags."""
+    prof = getattr(s, "profile", None) or {}
+    ends = {}
+    for cl in ("68", "95"):
+        lo, hi = s.intervals[cl]
+        p = prof.get(cl)
+        ends[cl] = (
+            _end(lo, p is not None and p.lo_at_bound),
+            _end(hi, p is not None and p.hi_at_bound),
+        )
+    how = "root finding" if prof else "scan grid"
+    lines = [
+        f"  {s.poi:>20s} profile 68% [{ends['68'][0]}, {ends['68'][1]}], "
+        f"95% [{ends['95'][0]}, {ends['95'][1]}] ({how})"
+    ]
+    p68 = prof.get("68")
+    if p68 is not None and p68.err_lo is not None and p68.err_hi is not None:
+        lines.append(
+            f"  {s.poi:>20s} = {p68.best:.6g} +{p68.err_hi:.4g} -{-p68.err_lo:.4g} "
+            f"(profile likelihood, 68% CL; {p68.n_fits} conditional fits)"
+        )
+    flags = sorted({*getattr(s, "flags", ()), *(f for p in prof.values() for f in p.flags)})
+    if flags:
+        lines.append(f"  {'':>20s} flags: {', '.join(flags)}")
+    return lines

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..precision import enable_float64
-from .api import fit, fixed_mask
+from .api import bound_mask, fit, fixed_mask
 from .compile import Compiled
 from .minimize import newton_minimize
 from .model import Model, event_intensity, model_for
@@ -214,7 +214,8 @@ def _toy_model(model: Model, n_max: int) -> Model:
 @dataclass(frozen=True, eq=False)
 class ToyFits:
     """Per-toy results: theta-hat (T, P), errors and covariance (2 H^-1; T, P[, P]), q_min (T,),
-    converged (T,), Newton iterations (T,)."""
+    converged (T,), Newton iterations (T,); at_bound (T, P): free parameters within their
+    resolution of a bound (error NaN, covariance rows zero: no Hessian error there)."""
 
     names: tuple[str, ...]
     theta: np.ndarray
@@ -223,6 +224,7 @@ class ToyFits:
     converged: np.ndarray
     covariance: np.ndarray
     n_iter: np.ndarray
+    at_bound: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         return to_jsonable(
@@ -233,6 +235,7 @@ class ToyFits:
                 "q_min": self.q_min,
                 "converged": self.converged,
                 "n_iter": self.n_iter,
+                **({} if self.at_bound is None else {"at_bound": self.at_bound}),
             }
         )
 
@@ -268,16 +271,17 @@ def _norm_sample(model: Model) -> dict | None:
     return {k: model.data[k] for k in ("v", "vscale", "r", "up", "down")}
 
 
-def _covariances(H: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """2 H^-1 on the free parameters for a stack of Hessians (NaN where H is singular)."""
+def _covariances(H: np.ndarray, free: np.ndarray, at_bound: np.ndarray | None = None) -> np.ndarray:
+    """2 H^-1 on the free parameters for a stack of Hessians (NaN where H is singular);
+    ``at_bound`` (T, P): per toy, parameters held at a bound, left out like fixed ones."""
     T, P = H.shape[0], H.shape[1]
     cov = np.zeros((T, P, P))
-    Hf = H[:, free][:, :, free]
     for j in range(T):
+        f = free if at_bound is None else free & ~at_bound[j]
         try:
-            cov[j][np.ix_(free, free)] = 2.0 * np.linalg.inv(Hf[j])
+            cov[j][np.ix_(f, f)] = 2.0 * np.linalg.inv(H[j][np.ix_(f, f)])
         except np.linalg.LinAlgError:
-            cov[j][np.ix_(free, free)] = np.nan
+            cov[j][np.ix_(f, f)] = np.nan
     return cov
 
 
@@ -336,9 +340,11 @@ def fit_toys(
         return [np.concatenate(acc) for acc in out]
 
     theta, q, H, status, it = run(np.arange(T), theta0, max_iter)
-    cov = _covariances(H, ~mask)
+    at = bound_mask(theta, model.lower, model.upper, mask)
+    cov = _covariances(H, ~mask, at)
     errors = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None))
-    return ToyFits(model.names, theta, errors, q, status == 0, cov, it)
+    errors[at] = np.nan  # no Hessian error at a bound (never the 1e-50 of a capped derivative)
+    return ToyFits(model.names, theta, errors, q, status == 0, cov, it, at)
 
 
 def conditional_start(model: Model, free: ToyFits, poi: str, value: float) -> np.ndarray:
