@@ -10,14 +10,17 @@ ENV PYTHONUNBUFFERED=1 \
     NSBI_HOME=/var/lib/nsbi
 
 WORKDIR /opt/nsbi
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sbi_engine ./sbi_engine
 COPY backend ./backend
 COPY dashboard ./dashboard
 COPY app.py ./
-COPY .streamlit ./.streamlit
+# only the config: secrets.toml never enters the image (.dockerignore excludes it too)
+COPY .streamlit/config.toml ./.streamlit/config.toml
 
-RUN if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]"; else pip install .; fi \
+# constraints.txt: the exact versions CI tested (`make constraints`), for a reproducible image
+RUN if [ -n "$EXTRAS" ]; then pip install -c constraints.txt ".[${EXTRAS}]"; \
+    else pip install -c constraints.txt .; fi \
     && useradd --create-home nsbi && mkdir -p "$NSBI_HOME" && chown nsbi "$NSBI_HOME"
 
 USER nsbi

@@ -3,20 +3,24 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# Exact versions of every dependency (pyproject.toml keeps the supported ranges): every install
+# below and the Dockerfile use them, so two machines get the same packages. `make constraints`.
+CONSTRAINTS := constraints.txt
 
-.PHONY: run test lint venv clean-var bench
+.PHONY: run test lint venv clean-var bench constraints schemas
 
-# The venv is rebuilt when pyproject.toml changes; stamps record which extras are installed.
+# The venv is updated when pyproject.toml or constraints.txt changes; stamps record which
+# extras are installed.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -36,5 +40,18 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+## make constraints: refresh constraints.txt after changing dependencies in pyproject.toml (installs them into .venv without the old pins, then pins what is installed; UPGRADE=1: newest allowed versions of everything)
+constraints: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(if $(UPGRADE),--upgrade) -e '.[dev]'
+	$(BIN)/python .ci/constraints.py $(CONSTRAINTS)
+	touch $(VENV)/.installed-dev $(VENV)/.installed
+
 clean-var:
 	rm -rf var
+
+## make schemas: rewrite the JSON schemas generated from the pydantic models (campaign configs,
+## analysis files, workspaces); tests/backend/test_config_models.py checks they are current
+schemas: $(VENV)/.installed-dev
+	$(BIN)/python -c 'from backend.campaign_model import schema_text as s; print(s(), end="")' > docs/schemas/campaign.schema.json
+	$(BIN)/python -c 'from backend.analysis.spec_models import schema_text as s; print(s(), end="")' > docs/schemas/analysis.schema.json
+	$(BIN)/python -c 'from sbi_engine.fit.workspace_model import schema_text as s; print(s(), end="")' > sbi_engine/schemas/workspace.schema.json

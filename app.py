@@ -8,8 +8,10 @@ import streamlit as st
 
 from dashboard import warmup
 from dashboard.auth import guard
+from dashboard.icon import favicon
 
-st.set_page_config(page_title="nsbi-workbench", page_icon=":material/insights:", layout="wide")
+# the icon is an image served by the dashboard: nothing is fetched from outside the machine
+st.set_page_config(page_title="nsbi-workbench", page_icon=favicon(), layout="wide")
 guard()
 warmup.start()  # builds one figure of each kind in the background (plotly's lazy imports)
 

@@ -11,8 +11,11 @@ settings) change one task's jobs only. The fit-stage keys ``fit.coefficients``,
 ``fit.norm_systematics``, ``fit.yields`` and ``fit.poi`` (written by analysis files, see
 `backend.analysis`) pass through to the fit jobs' params unchanged.
 
-Validation is a JSON schema plus a few cross-key checks; every error names the key (dotted
-path) and, where there is a closed set, the allowed values. Nothing here touches a database.
+Validation is the declarative model `backend.campaign_model.CampaignModel` (shapes, types,
+ranges, defaults) plus the cross-key checks below; every error names the key (dotted path)
+and, where there is a closed set, the allowed values; a YAML file's errors also name the line.
+Files are read within bounds (`backend.yaml_reader`: size, aliases, duplicate keys), and no
+NaN or infinity passes. Nothing here touches a database.
 
 Job specs (what the worker reads from spec.json) look like
 ``{"kind": "train", "campaign": name, "name": job name, "params": {...}}`` where ``params``
@@ -27,335 +30,73 @@ import copy
 import hashlib
 import itertools
 import json
+import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
-from backend.costs import PriceError, load_catalogue, region_of_zone
-
-LAUNCHERS: tuple[str, ...] = ("local", "gce")
-
-# sbi_engine.ratio.TrainConfig fields (a test keeps this in step). "members" and "seed" are set
-# per job by the expansion, so a config may not set them in training.params / training.grid.
-TRAIN_KEYS: tuple[str, ...] = (
-    "hidden_layers",
-    "width",
-    "activation",
-    "members",
-    "optimizer",
-    "learning_rate",
-    "schedule",
-    "warmup_steps",
-    "weight_decay",
-    "batch_size",
-    "max_steps",
-    "eval_every",
-    "patience",
-    "val_fraction",
-    "seed",
-    "bootstrap",
-    "strategy",
-    "pack_size",
-    "checkpoint_every",
-    "dtype",
-    "periodic_features",
-    "early_stopping_smoothing",
+from backend.campaign_model import (
+    DEFAULTS,
+    LAUNCHERS,
+    MAX_JOBS,
+    SETTABLE_TRAIN_KEYS,
+    TRAIN_KEYS,
+    CampaignModel,
+    DemoSample,
+    train_config_problem,
 )
-_SETTABLE_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in ("members", "seed"))
-SETTABLE_TRAIN_KEYS = _SETTABLE_TRAIN_KEYS
-# training.tasks.<task> may also change the ensemble of that one task
-_TASK_KEYS = ("ensemble_size", "members_per_job", *_SETTABLE_TRAIN_KEYS)
+from backend.costs import PriceError, load_catalogue, region_of_zone
+from backend.yaml_reader import LineMap, parse_yaml, read_bytes
+from sbi_engine.config_model import PathKey, dotted, non_finite, validate
+
+__all__ = [
+    "DEFAULTS",
+    "LAUNCHERS",
+    "SETTABLE_TRAIN_KEYS",
+    "TRAIN_KEYS",
+    "CampaignConfig",
+    "CampaignConfigError",
+    "JobPlan",
+    "RatioTask",
+    "config_region",
+    "demo_config",
+    "expand",
+    "grid_points",
+    "load_config",
+    "nuisance_names",
+    "ratio_tasks",
+    "resources_for",
+    "task_names",
+    "validate_config",
+]
+
+_SETTABLE_TRAIN_KEYS = SETTABLE_TRAIN_KEYS
 
 
 class CampaignConfigError(ValueError):
-    """A campaign config that does not validate; `.errors` lists one message per problem."""
+    """A campaign config that does not validate; `.errors` lists one message per problem
+    ('key.path: message'); `.lines` their lines when the config came from a YAML file."""
 
-    def __init__(self, errors: Sequence[str], source: str = "campaign config") -> None:
+    def __init__(
+        self,
+        errors: Sequence[str],
+        source: str = "campaign config",
+        lines: Sequence[int] | None = None,
+    ) -> None:
         self.errors = list(errors)
         self.source = source
-        super().__init__(f"{source}: " + "; ".join(self.errors))
+        self.lines = list(lines) if lines is not None else None
+        if self.lines is not None:
+            text = "\n".join(f"{source}:{n}: {e}" for n, e in zip(self.lines, self.errors))
+        else:
+            text = f"{source}: " + "; ".join(self.errors)
+        super().__init__(text)
 
 
-# --------------------------------------------------------------------------- schema
-
-_RESOURCES = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "machine_type": {"type": "string", "minLength": 1},
-        "gpu_type": {"type": ["string", "null"]},
-        "gpu_count": {"type": "integer", "minimum": 0},
-        "spot": {"type": "boolean"},
-    },
-}
-RESOURCES_SCHEMA = _RESOURCES
-_STAGE_COMMON = {"enabled": {"type": "boolean"}, "resources": _RESOURCES}
-_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
-
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "processes", "reference"],
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": {"type": "string"},
-        "code_version": {"type": "string"},
-        "backend": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "launcher": {"enum": list(LAUNCHERS)},
-                "machine_type": {"type": "string", "minLength": 1},
-                "gpu_type": {"type": ["string", "null"]},
-                "gpu_count": {"type": "integer", "minimum": 0},
-                "spot": {"type": "boolean"},
-                "zones": {"type": "array", "items": {"type": "string"}},
-                "region": {"type": "string"},
-                "max_concurrency": {"type": "integer", "minimum": 1},
-                "retry_limit": {"type": "integer", "minimum": 0},
-                "budget_usd": {"type": ["number", "null"], "minimum": 0},
-            },
-        },
-        "processes": {
-            "type": "object",
-            "minProperties": 1,
-            "additionalProperties": {"type": "object"},
-        },
-        "reference": {"type": "string"},
-        "systematics": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "process", "up", "down"],
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "process": {"type": "string"},
-                    "up": {"type": "object"},
-                    "down": {"type": "object"},
-                },
-            },
-        },
-        "training": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "ensemble_size": {"type": "integer", "minimum": 1},
-                "members_per_job": {"type": "integer", "minimum": 1},
-                "seed": {"type": "integer", "minimum": 0},
-                "params": {
-                    "type": "object",
-                    "propertyNames": {"enum": list(_SETTABLE_TRAIN_KEYS)},
-                },
-                "grid": {
-                    "type": "object",
-                    "propertyNames": {"enum": list(_SETTABLE_TRAIN_KEYS)},
-                    "additionalProperties": {"type": "array", "minItems": 1},
-                },
-                "tasks": {  # per ratio task: overrides of ensemble_size, members_per_job, params
-                    "type": "object",
-                    "additionalProperties": {
-                        "type": "object",
-                        "propertyNames": {"enum": list(_TASK_KEYS)},
-                        "properties": {
-                            "ensemble_size": {"type": "integer", "minimum": 1},
-                            "members_per_job": {"type": "integer", "minimum": 1},
-                        },
-                    },
-                },
-                "resources": _RESOURCES,
-            },
-        },
-        "fit": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                **_STAGE_COMMON,
-                "data": {"anyOf": [{"enum": ["asimov"]}, {"type": "object"}]},
-                "mu_true": {"type": "number", "minimum": 0},
-                "nuisances": {"type": "array", "items": {"type": "string"}},
-                "options": {"type": "object"},
-                # the model: coefficient m_c(mu) per process, explicit yields, yield-only
-                # systematics and the POI range (see sbi_engine.fit_jobs)
-                "coefficients": {
-                    "type": "object",
-                    "additionalProperties": {"type": ["string", "number"]},
-                },
-                "yields": {"type": "object", "additionalProperties": _POSITIVE},
-                "norm_systematics": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "effects"],
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "effects": {
-                                "type": "object",
-                                "minProperties": 1,
-                                "additionalProperties": {
-                                    "type": "array",
-                                    "items": _POSITIVE,
-                                    "minItems": 2,
-                                    "maxItems": 2,
-                                },
-                            },
-                        },
-                    },
-                },
-                "poi": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "init": {"type": "number"},
-                        "bounds": {
-                            "type": "array",
-                            "items": {"type": "number"},
-                            "minItems": 2,
-                            "maxItems": 2,
-                        },
-                    },
-                },
-            },
-        },
-        "impacts": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {**_STAGE_COMMON, "nps_per_job": {"type": "integer", "minimum": 1}},
-        },
-        "scan": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                **_STAGE_COMMON,
-                "poi_values": {"type": "array", "items": {"type": "number"}, "minItems": 1},
-                "points_per_job": {"type": "integer", "minimum": 1},
-            },
-        },
-        "toys": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                **_STAGE_COMMON,
-                "n_toys": {"type": "integer", "minimum": 1},
-                "toys_per_job": {"type": "integer", "minimum": 1},
-                "seed": {"type": "integer", "minimum": 0},
-                "mu_true": {"type": "number", "minimum": 0},
-            },
-        },
-        "estimate": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                k: {"type": "number", "minimum": 0}
-                for k in (
-                    "train_hours_per_member",
-                    "fit_hours",
-                    "impacts_hours_per_np",
-                    "scan_hours_per_point",
-                    "toys_hours_per_toy",
-                )
-            },
-        },
-    },
-}
-
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "code_version": "",
-    "backend": {
-        "launcher": "local",
-        "machine_type": "local",
-        "gpu_type": None,
-        "gpu_count": 0,
-        "spot": False,
-        "zones": [],
-        "max_concurrency": 2,
-        "retry_limit": 2,
-        "budget_usd": None,
-    },
-    "systematics": [],
-    "training": {
-        "ensemble_size": 4,
-        "members_per_job": 2,
-        "seed": 0,
-        "params": {},
-        "grid": {},
-        "resources": {},
-    },
-    "fit": {
-        "enabled": True,
-        "data": "asimov",
-        "mu_true": 1.0,
-        "nuisances": [],
-        "options": {},
-        "resources": {},
-    },
-    "impacts": {"enabled": False, "nps_per_job": 2, "resources": {}},
-    "scan": {
-        "enabled": False,
-        "poi_values": [0.0, 0.5, 1.0, 1.5, 2.0],
-        "points_per_job": 5,
-        "resources": {},
-    },
-    "toys": {
-        "enabled": False,
-        "n_toys": 20,
-        "toys_per_job": 10,
-        "seed": 1000,
-        "mu_true": 1.0,
-        "resources": {},
-    },
-    "estimate": {
-        "train_hours_per_member": 0.05,
-        "fit_hours": 0.1,
-        "impacts_hours_per_np": 0.02,
-        "scan_hours_per_point": 0.01,
-        "toys_hours_per_toy": 0.005,
-    },
-}
-
-
-def _path(err: jsonschema.ValidationError) -> str:
-    out = ""
-    for part in err.absolute_path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _format_error(err: jsonschema.ValidationError) -> str:
-    """One schema error as 'key: problem; allowed ...' in words a user can act on."""
-    return f"{_path(err)}: {schema_error_message(err)}"
-
-
-def schema_error_message(err: jsonschema.ValidationError) -> str:
-    """The problem of one schema error without its key path (the analysis file adds its own)."""
-    v, val = err.validator, err.validator_value
-    if v == "enum" and "propertyNames" in err.absolute_schema_path:
-        allowed = ", ".join(str(x) for x in val)
-        return f"unknown key {err.instance!r}; allowed keys: {allowed}"
-    if v == "enum":
-        allowed = ", ".join(repr(x) for x in val)
-        return f"{err.instance!r} is not allowed; allowed values: {allowed}"
-    if v == "additionalProperties" and val is False:
-        known = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(known))
-        return (
-            f"unknown key(s) {', '.join(repr(x) for x in extra)}; allowed keys: {', '.join(known)}"
-        )
-    if v == "required":
-        missing = [k for k in val if k not in err.instance]
-        return f"missing required key(s) {', '.join(repr(k) for k in missing)}"
-    if v == "type":
-        types = " or ".join(val) if isinstance(val, list) else val
-        return f"expected {types}, got {type(err.instance).__name__} {err.instance!r}"
-    if v == "anyOf":
-        return f"{err.instance!r} is not allowed; expected 'asimov' or a sample spec table"
-    return err.message
+# --------------------------------------------------------------------------- checks
 
 
 def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,19 +117,49 @@ def _check_sample_spec(spec: Any, where: str) -> list[str]:
     if not isinstance(spec, Mapping):
         return [f"{where}: expected a sample spec table, got {type(spec).__name__}"]
     if "demo" in spec:
-        demo = spec["demo"]
         if set(spec) != {"demo"}:
             return [f"{where}: a demo sample spec has only the key 'demo'; got {sorted(spec)}"]
-        if not isinstance(demo, Mapping):
+        if not isinstance(spec["demo"], Mapping):
             return [f"{where}.demo: expected a table with process, n, seed (or mu, seed for data)"]
-        required = ("mu", "seed") if "mu" in demo else ("process", "n", "seed")
-        errs = [f"{where}.demo: missing required key {k!r}" for k in required if k not in demo]
-        if "n" in demo and not (isinstance(demo["n"], int) and demo["n"] > 0):
-            errs.append(f"{where}.demo.n: expected a positive integer, got {demo['n']!r}")
-        return errs
+        found = validate(DemoSample, spec["demo"])[1]
+        return [f"{where}.{dotted(('demo', *p))}: {m}" for p, m in found]
     if "path" in spec:
         return [] if isinstance(spec["path"], str) else [f"{where}.path: expected a string"]
     return [f"{where}: a sample spec needs the key 'demo' or 'path'; got keys {sorted(spec)}"]
+
+
+def _n_jobs(doc: Mapping[str, Any]) -> int:
+    """How many jobs `expand` would plan, by arithmetic (a config must not plan 10^12 jobs)."""
+    tr = doc["training"]
+    n_tasks = len(
+        task_names(
+            list(doc["processes"]),
+            doc["reference"],
+            [(s["name"], s["process"]) for s in doc["systematics"]],
+        )
+    )
+    over = tr.get("tasks") or {}
+    per_task = [
+        math.ceil(
+            over.get(t, {}).get("ensemble_size", tr["ensemble_size"])
+            / over.get(t, {}).get("members_per_job", tr["members_per_job"])
+        )
+        for t in over
+    ]
+    default = math.ceil(tr["ensemble_size"] / tr["members_per_job"])
+    points = math.prod(len(v) for v in tr["grid"].values())
+    n = (sum(per_task) + default * max(n_tasks - len(per_task), 0)) * points
+    fit = doc["fit"]
+    if fit["enabled"]:
+        nps = (
+            len(doc["systematics"]) + len(fit.get("norm_systematics") or []) + len(fit["nuisances"])
+        )
+        n += 1
+        n += math.ceil(nps / doc["impacts"]["nps_per_job"]) if doc["impacts"]["enabled"] else 0
+        sc, ty = doc["scan"], doc["toys"]
+        n += math.ceil(len(sc["poi_values"]) / sc["points_per_job"]) if sc["enabled"] else 0
+        n += math.ceil(ty["n_toys"] / ty["toys_per_job"]) if ty["enabled"] else 0
+    return n
 
 
 def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
@@ -425,6 +196,13 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
             errs.append(
                 f"training.tasks.{task}: unknown ratio task; the tasks are: {', '.join(known_tasks)}"
             )
+    if not errs and (n := _n_jobs(doc)) > MAX_JOBS:
+        errs.append(
+            f"training: the campaign would have {n} jobs, more than {MAX_JOBS}; use fewer "
+            "tasks, grid points or toys, or more members per job"
+        )
+    if not errs:
+        errs += _train_config_checks(doc["training"])
     catalogue = load_catalogue()
     region = _region(doc["backend"], catalogue.default_region)
     for where, res in _stage_resources(doc).items():
@@ -434,6 +212,24 @@ def _cross_checks(doc: Mapping[str, Any]) -> list[str]:
             )
         except PriceError as exc:
             errs.append(f"{where}: {exc}")
+    return errs
+
+
+def _train_config_checks(tr: Mapping[str, Any]) -> list[str]:
+    """The settings a train job gets, together (the model checks each block on its own):
+    training.params with each task's overrides, and with each grid point (the first bad one)."""
+    errs = []
+    for task, over in (tr.get("tasks") or {}).items():
+        own = {k: v for k, v in over.items() if k in SETTABLE_TRAIN_KEYS}
+        if own and (problem := train_config_problem({**tr["params"], **own})):
+            errs.append(f"training.tasks.{task}: {problem} (with training.params)")
+    grid = tr["grid"]
+    keys = sorted(grid)
+    for values in itertools.product(*(grid[k] for k in keys)) if grid else ():
+        point = dict(zip(keys, values))
+        if problem := train_config_problem({**tr["params"], **point}):
+            errs.append(f"training.grid: the point {point}: {problem} (with training.params)")
+            break
     return errs
 
 
@@ -520,52 +316,83 @@ class CampaignConfig:
         return validate_config(raw, source=source)
 
 
-def validate_config(raw: Any, source: str = "campaign config") -> CampaignConfig:
-    """Validate a parsed config and fill defaults; raises `CampaignConfigError` listing every problem."""
+def _model_errors(raw: Any) -> list[str]:
+    """The problems `CampaignModel` finds, and every NaN or infinity (wherever it is)."""
+    found = validate(CampaignModel, raw)[1]
+    seen = {p for p, _ in found}
+    found += [
+        (p, f"expected a finite number, got {v!r}") for p, v in non_finite(raw) if p not in seen
+    ]
+    return [f"{dotted(p)}: {m}" for p, m in found]
+
+
+def validate_config(
+    raw: Any, source: str = "campaign config", lines: LineMap | None = None
+) -> CampaignConfig:
+    """Validate a parsed config and fill defaults; raises `CampaignConfigError` listing every
+    problem (with its line when `lines`, the YAML file's line map, is given)."""
     if isinstance(raw, CampaignConfig):
         return raw
+
+    def fail(errors: list[str]) -> CampaignConfigError:
+        at = [lines.line(_undotted(e.partition(": ")[0])) for e in errors] if lines else None
+        return CampaignConfigError(errors, source, at)
+
     if not isinstance(raw, Mapping):
-        raise CampaignConfigError(
-            [f"expected a table/mapping at the top level, got {type(raw).__name__}"], source
-        )
-    raw = json.loads(json.dumps(raw, default=str))  # plain JSON types (TOML dates -> str)
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    errors: list[str] = []
-    for err in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
-        errors.append(_format_error(err))
+        raise fail([f"(top level): expected a table/mapping, got {type(raw).__name__}"])
+    try:  # plain JSON types (TOML dates -> str)
+        raw = json.loads(json.dumps(raw, default=str))
+    except (ValueError, RecursionError) as exc:  # a circular or too deeply nested structure
+        raise fail([f"(top level): not plain data: {exc}"]) from None
+    errors = _model_errors(raw)
     if errors:
-        raise CampaignConfigError(errors, source)
+        raise fail(errors)
     doc = _merge(DEFAULTS, raw)
     errors = _cross_checks(doc)
     if errors:
-        raise CampaignConfigError(errors, source)
+        raise fail(errors)
     return CampaignConfig(doc)
 
 
+_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _undotted(text: str) -> PathKey:
+    """'systematics[0].up' -> ('systematics', 0, 'up'); the inverse of `dotted` (keys with dots
+    split too: the line lookup then falls back to their parent)."""
+    return tuple(int(i) if i else k for i, k in _PART.findall(text) if (i or k) != "(top level)")
+
+
 def load_config(path: str | Path) -> CampaignConfig:
-    """Read and validate a TOML (.toml) or YAML (.yaml/.yml) campaign config file."""
+    """Read and validate a TOML (.toml) or YAML (.yaml/.yml) campaign config file (at most
+    1 MiB; YAML through the bounded reader, so its errors name their lines)."""
     p = Path(path)
     if not p.is_file():
         raise CampaignConfigError([f"file not found: {p}"], str(p))
-    text = p.read_text()
-    try:
-        if p.suffix.lower() == ".toml":
-            raw = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raise CampaignConfigError(
-                [f"unknown file type {p.suffix!r}; allowed: .toml, .yaml, .yml"], str(p)
-            )
-    except tomllib.TOMLDecodeError as exc:
-        raise CampaignConfigError([f"not valid TOML: {exc}"], str(p)) from exc
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
-        if isinstance(exc, CampaignConfigError):
-            raise
-        raise CampaignConfigError([f"not valid YAML: {exc}"], str(p)) from exc
-    return validate_config(raw, source=str(p))
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise CampaignConfigError(
+            [f"unknown file type {p.suffix!r}; allowed: .toml, .yaml, .yml"], str(p)
+        )
+    raw_bytes, problem = read_bytes(p)
+    if raw_bytes is None:
+        raise CampaignConfigError([f"(file): {problem.message if problem else '?'}"], str(p), [1])
+    if suffix == ".toml":
+        try:
+            raw = tomllib.loads(raw_bytes.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise CampaignConfigError([f"not valid TOML: {exc}"], str(p)) from None
+        return validate_config(raw, source=str(p))
+    parsed = parse_yaml(raw_bytes)
+    if parsed.problems or parsed.duplicates:
+        errors = [f"(file): {q.message}" for q in parsed.problems]
+        errors += [
+            f"{dotted(k)}: duplicate key (first given on line {first}); each key may appear once"
+            for k, _, first in parsed.duplicates
+        ]
+        at = [q.line for q in parsed.problems] + [line for _, line, _ in parsed.duplicates]
+        raise CampaignConfigError(errors, str(p), at)
+    return validate_config(parsed.data, source=str(p), lines=parsed.lines)
 
 
 # --------------------------------------------------------------------------- expansion

@@ -34,6 +34,12 @@ ordered so that a controller killed at any moment and restarted simply carries o
 
 The dashboard and the CLI only write intents (campaign status, ``desired_state``,
 ``cancel_requested``, ``retry_requested``); only the controller acts on them.
+
+One controller per database: given a ``LeaderLease`` (`backend.leader`), a controller runs its
+passes only while it leads, and every transaction it commits is fenced by the lease's token
+(a deposed leader's commit is refused and rolled back). Each attempt records where its
+launcher keeps the instance (``launched_from``); a leader that cannot observe an instance
+there (another host) judges it through the store (heartbeats, ``exit.json``), never as gone.
 """
 
 from __future__ import annotations
@@ -71,11 +77,13 @@ from backend.launchers import (
     InstanceStatus,
     Launcher,
     LauncherError,
+    LaunchHandle,
     LaunchRequest,
 )
+from backend.leader import LeaderLease, LeaseLost
 from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved
 from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, layout, open_store
-from backend.stores.base import put_json
+from backend.stores.base import list_segments, put_json
 from backend.worker import EXIT_BAD_SPEC, EXIT_PREEMPTED
 
 log = logging.getLogger("nsbi.controller")
@@ -167,6 +175,8 @@ class _Launch:
     request: LaunchRequest
     recovering: bool
     cancel: bool = False  # cancel requested meanwhile: stop what a crashed pass may have started
+    location: str | None = None  # where the launcher of the LAUNCHING row keeps its records
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -244,8 +254,12 @@ class Controller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         budget_check: Callable[[Session, Campaign, Job, float], str | None] | None = None,
+        lease: LeaderLease | None = None,
     ) -> None:
         self.engine = engine
+        # None: this controller writes without asking (tests, a database of its own); else it
+        # works only while it holds the lease, and every commit is fenced by its token
+        self.lease = lease
         self.store = open_store(store) if isinstance(store, str) else store
         self._launchers = launchers
         self._launcher_cache: dict[str, Launcher] = {}
@@ -258,6 +272,7 @@ class Controller:
         self._full_launchers: set[str] = (
             set()
         )  # launchers with no free slot in the last launch plan
+        self._observers: dict[tuple[str, str], Launcher | None] = {}  # (launcher, location)
 
     # ------------------------------------------------------------------ helpers
     def launcher(self, name: str) -> Launcher:
@@ -272,6 +287,36 @@ class Controller:
                         f"no launcher named {name!r} configured (have: {sorted(self._launchers)})"
                     ) from None
         return self._launcher_cache[name]
+
+    def _session(self) -> Session:
+        """A session for the controller's own work; with a lease, every commit is fenced."""
+        s = Session(self.engine, expire_on_commit=False)
+        return self.lease.attach(s) if self.lease is not None else s
+
+    def leading(self) -> bool:
+        """May this controller act now (no lease, or the lease is surely held)?"""
+        return self.lease is None or self.lease.is_leader()
+
+    def _location(self, lname: str) -> str | None:
+        """Where launcher ``lname`` keeps its instance records (None: any controller sees them)."""
+        try:
+            return getattr(self.launcher(lname), "location", None)
+        except LauncherError:
+            return None
+
+    def _observer(self, lname: str, location: str | None) -> Launcher | None:
+        """The launcher that can observe an instance launched from ``location``: ours when it
+        is ours (or no location was recorded), one for the other records folder on this host,
+        None for another host (the attempt is then judged through the store only)."""
+        own = self.launcher(lname)
+        mine = getattr(own, "location", None)
+        if location is None or mine is None or location == mine:
+            return own
+        key = (lname, location)
+        if key not in self._observers:
+            observer = getattr(own, "observer", None)
+            self._observers[key] = observer(location) if observer is not None else None
+        return self._observers[key]
 
     def job_store(self, job: Job) -> ArtifactStore:
         return self._store_at(job.uri, f"job {job.id} ({job.name})")
@@ -334,6 +379,8 @@ class Controller:
         """One reconcile pass (see the module docstring); safe to repeat and to interrupt."""
         self._check_store()
         report = TickReport()
+        if not self.leading():
+            return report  # standby: another controller leads the database
         for step in (
             self._apply_intents,
             self._recover_launching,
@@ -343,17 +390,25 @@ class Controller:
             self._settle,
             self._forget_ended,
         ):
+            if not self.leading():
+                log.warning(
+                    "controller: lease lost during a pass; stopping before %s", step.__name__
+                )
+                break
             try:
                 step(report)
             except (StoreError, LauncherError) as exc:
                 log.error("controller %s: %s", step.__name__, exc)
                 report.errors.append(f"{step.__name__}: {exc}")
+            except LeaseLost as exc:  # the commit was refused and rolled back: stand by
+                log.warning("controller %s: %s", step.__name__, exc)
+                break
         return report
 
     # step 1: intents ----------------------------------------------------------
     def _apply_intents(self, report: TickReport) -> None:
         """Cancel / retry intents that need no machine; stop instances of cancelled running jobs."""
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             # a campaign being cancelled cancels each of its unfinished jobs
             cancelling = list(
                 s.exec(select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLING))
@@ -394,13 +449,15 @@ class Controller:
                 js = self.job_store(job)
                 if not js.exists(layout.CANCEL):
                     put_json(js, layout.CANCEL, {"requested_at": self.clock().isoformat()})
-                self.launcher(attempt.launcher).cancel(attempt.instance_id)
+                launcher = self._observer(attempt.launcher, attempt.launched_from)
+                if launcher is not None:  # else the worker reads cancel.json
+                    launcher.cancel(attempt.instance_id)
             except (LauncherError, StoreError) as exc:
                 report.errors.append(f"cancel {job.name}: {exc}")
 
     # step 2: half-done launches -------------------------------------------------
     def _recover_launching(self, report: TickReport) -> None:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             todo = []
             for job, attempt in jobs_repo.half_done_launches(s):
                 if JobStatus(job.status) != JobStatus.LAUNCHING:
@@ -414,6 +471,8 @@ class Controller:
                         self._request(campaign, job, attempt.attempt_no),
                         recovering=True,
                         cancel=job.cancel_requested or campaign.status == CampaignStatus.CANCELLING,
+                        location=attempt.launched_from,
+                        created_at=_aware(attempt.created_at),
                     )
                 )
         self._launch_and_record(todo, report)
@@ -435,9 +494,11 @@ class Controller:
         """("launched", handle) | ("cancelled", status) | ("failed", error) | None (try later)."""
         iid = item.request.instance_id
         try:
-            launcher = self.launcher(item.launcher)
+            launcher = self._observer(item.launcher, item.location)
         except LauncherError as exc:
             return "failed", exc
+        if launcher is None:  # launched from another host by an earlier leader
+            return self._adopt_remote_launch(item)
         if item.cancel:
             try:
                 launcher.cancel(iid)  # in case a crashed pass had started it
@@ -455,12 +516,34 @@ class Controller:
         except LauncherError as exc:
             return "failed", exc
 
+    def _adopt_remote_launch(self, item: _Launch) -> tuple[str, Any] | None:
+        """A LAUNCHING attempt whose launcher keeps its records on another host (an earlier
+        leader there crashed mid-launch): this controller cannot tell whether the instance was
+        started, and launching it here could run the attempt twice. Once its worker wrote a
+        heartbeat or an exit record the attempt counts as launched; with neither within the
+        startup timeout it is failed (and retried as a new attempt)."""
+        iid = item.request.instance_id
+        js = self._store_at(item.request.job_uri, f"job {item.job_id}")
+        if ingest.read_exit(js, item.request.attempt) is not None or list_segments(
+            js, layout.heartbeat_prefix(item.request.attempt)
+        ):
+            return "launched", LaunchHandle(iid, item.launcher, already_running=True)
+        started = item.created_at
+        if started is not None and self.clock() - started > timedelta(
+            seconds=self.config.startup_timeout_s
+        ):
+            return "failed", LauncherError(
+                f"launched from {item.location}, which this controller cannot observe, and no "
+                f"heartbeat within {self.config.startup_timeout_s:.0f} s"
+            )
+        return None
+
     def _record_launches(
         self, outcomes: list[tuple[_Launch, str, Any]], report: TickReport
     ) -> None:
         done = TickReport()
         ended: list[tuple[str, str]] = []
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             rows = {
                 r.attempt_id: r
                 for r in jobs_repo.attempt_state_rows(
@@ -516,7 +599,7 @@ class Controller:
 
     # step 3: poll + ingest -----------------------------------------------------
     def _poll_running(self, report: TickReport) -> None:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             pairs = jobs_repo.open_attempts(s, status=JobStatus.RUNNING)
             statuses = self._poll(pairs, report)
             items = [(saved_id(j), a.id, statuses[a.id]) for j, a in pairs if a.id in statuses]
@@ -550,16 +633,27 @@ class Controller:
     def _poll(
         self, pairs: list[tuple[Job, Attempt]], report: TickReport
     ) -> dict[int, InstanceStatus]:
-        """attempt id -> its instance's status, one ``poll`` call per launcher."""
-        by_launcher: dict[str, list[Attempt]] = defaultdict(list)
+        """attempt id -> its instance's status, one ``poll`` call per launcher (and records
+        folder). An instance this controller cannot observe (launched from another host by an
+        earlier leader) is judged by what its worker wrote to the store: its exit record, else
+        alive while its heartbeats keep coming (``_lost_heartbeat``) -- never "gone"."""
+        by_launcher: dict[tuple[str, str | None], list[Attempt]] = defaultdict(list)
+        jobs = {saved_id(j): j for j, _ in pairs}
         for _, a in pairs:
-            by_launcher[a.launcher].append(a)
+            by_launcher[(a.launcher, a.launched_from)].append(a)
         out: dict[int, InstanceStatus] = {}
-        for lname, attempts in by_launcher.items():
+        for (lname, location), attempts in by_launcher.items():
             iids = [cast(str, a.instance_id) for a in attempts]  # RUNNING: launched, so it has one
             try:
-                statuses = self.launcher(lname).poll(iids)
-            except LauncherError as exc:
+                launcher = self._observer(lname, location)
+                if launcher is None:
+                    statuses = {
+                        cast(str, a.instance_id): self._store_status(jobs[a.job_id], a, location)
+                        for a in attempts
+                    }
+                else:
+                    statuses = launcher.poll(iids)
+            except (LauncherError, StoreError) as exc:
                 report.errors.append(f"poll {lname}: {exc}")
                 continue
             for a, iid in zip(attempts, iids):
@@ -568,13 +662,32 @@ class Controller:
                 )
         return out
 
+    def _store_status(self, job: Job, attempt: Attempt, location: str | None) -> InstanceStatus:
+        """The status of an instance no launcher here can see, from the store alone."""
+        iid = cast(str, attempt.instance_id)
+        exit_doc = ingest.read_exit(self.job_store(job), attempt.attempt_no)
+        if exit_doc is not None:
+            code = exit_doc.get("exit_code")
+            return InstanceStatus(
+                iid,
+                InstanceState.EXITED,
+                code if isinstance(code, int) else None,
+                f"exit record in the store (launched from {location})",
+            )
+        return InstanceStatus(
+            iid,
+            InstanceState.RUNNING,
+            None,
+            f"watched through the store (launched from {location})",
+        )
+
     def _reconcile_alone(
         self, job_id: int, attempt_id: int, st: InstanceStatus, report: TickReport
     ) -> None:
         """One attempt in its own transaction (the fallback when the shared one failed)."""
         done = TickReport()
         ended: list[tuple[str, str | None]] = []
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             attempt, job = s.get_one(Attempt, attempt_id), s.get_one(Job, job_id)
             if attempt.status != JobStatus.RUNNING or JobStatus(job.status) != JobStatus.RUNNING:
                 return
@@ -601,10 +714,11 @@ class Controller:
         if st.state.is_alive():
             reason = self._lost_heartbeat(attempt, now)
             if reason:
-                launcher = self.launcher(attempt.launcher)
-                getattr(launcher, "kill", launcher.cancel)(
-                    cast(str, attempt.instance_id)
-                )  # RUNNING: it has one
+                launcher = self._observer(attempt.launcher, attempt.launched_from)
+                if launcher is not None:  # else on another host: it stops on cancel.json or dies
+                    getattr(launcher, "kill", launcher.cancel)(
+                        cast(str, attempt.instance_id)
+                    )  # RUNNING: it has one
                 jobs_repo.end_attempt(
                     s, job, attempt, JobStatus.FAILED, failure_reason=reason, now=now
                 )
@@ -707,7 +821,7 @@ class Controller:
     def _retry_failed(self, report: TickReport) -> None:
         """Requeue retryable FAILED and PREEMPTED jobs, all in one transaction."""
         limit = self.config.max_preemptions
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             now = self.clock()
             rows = jobs_repo.recovery_rows(s)
             if not rows:
@@ -765,7 +879,7 @@ class Controller:
         """
         cfg = self.config
         plan: list[_Pick] = []
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             active, gpus_busy = jobs_repo.active_load(s)
             n_active = sum(active.values())
             if cfg.max_active_jobs is not None and n_active >= cfg.max_active_jobs:
@@ -877,7 +991,7 @@ class Controller:
         all their attempt rows in LAUNCHING in one transaction (before any launch call; the
         rows are written while the files are, and rolled back if a file could not be);
         returns what to launch."""
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             jobs = {
                 j.id: j
                 for j in s.exec(select(Job).where(col(Job.id).in_([p.job_id for p in picks])))
@@ -914,6 +1028,7 @@ class Controller:
                     now=self.clock(),
                     uris=uris,
                 )
+                self._record_locations(s, [(pick, begun[pick.job_id][0]) for pick, _ in todo])
             finally:
                 results = written()
             failed = {w.job_id: r for w, r in zip(writes, results) if isinstance(r, Exception)}
@@ -938,6 +1053,23 @@ class Controller:
                 )
                 for pick, job in todo
             ]
+
+    def _record_locations(self, s: Session, begun: list[tuple[_Pick, int]]) -> None:
+        """Write each new attempt's ``launched_from`` (its launcher's records folder) in the
+        transaction that creates it: a later leader elsewhere then knows whether it can observe
+        the instance or must judge it through the store."""
+        by_location: dict[str, list[int]] = defaultdict(list)
+        for pick, attempt_id in begun:
+            location = self._location(pick.launcher)
+            if location is not None:
+                by_location[location].append(attempt_id)
+        for location, ids in by_location.items():
+            s.execute(
+                sa.update(Attempt)
+                .where(col(Attempt.id).in_(ids))
+                .values(launched_from=location)
+                .execution_options(synchronize_session=False)
+            )
 
     def _spec_writes(self, s: Session, jobs: list[tuple[Job, Campaign, str]]) -> list[_SpecWrite]:
         """Each job's spec (plus ``campaign``, ``campaign_id``, ``job_id``) and its dependencies,
@@ -1022,7 +1154,7 @@ class Controller:
 
     # step 6: campaigns ---------------------------------------------------------
     def _settle(self, report: TickReport) -> None:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with self._session() as s:
             settled = jobs_repo.settle_campaigns(s, now=self.clock())
             result_status.record_result_status(
                 s, settled
@@ -1093,8 +1225,9 @@ class Controller:
         """Tick every ``tick_interval_s`` until ``stop`` is set (SIGTERM/SIGINT set it too).
 
         ``until_idle`` returns once no campaign is ACTIVE or CANCELLING (handy for scripts).
-        ``status_path`` gets a small JSON after every pass ({"pid", "ticks", "time", ...}) so
-        the dashboard, ``nsbi up`` and tests can tell that a controller is alive.
+        ``status_path`` gets a small JSON after every pass ({"pid", "ticks", "time", "role",
+        ...}) so the dashboard, ``nsbi up`` and tests can tell that a controller is alive and
+        whether it leads the database ("leader") or waits ("standby"; its passes do nothing).
         Returns the number of ticks run.
         """
         stop = stop or threading.Event()
@@ -1115,7 +1248,7 @@ class Controller:
             if report.busy() or report.errors:
                 log.info("tick %d: %s", ticks, report)
             if status_path is not None:
-                _write_status(status_path, ticks, report)
+                _write_status(status_path, ticks, report, "leader" if self.leading() else "standby")
             if max_ticks is not None and ticks >= max_ticks:
                 break
             if until_idle and not self.has_work():
@@ -1135,12 +1268,18 @@ class Controller:
             )
 
 
-def _write_status(path: Path, ticks: int, report: TickReport) -> None:
+def _write_status(path: Path, ticks: int, report: TickReport, role: str = "leader") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(
         json.dumps(
-            {"pid": os.getpid(), "ticks": ticks, "time": time.time(), "errors": report.errors[-5:]}
+            {
+                "pid": os.getpid(),
+                "ticks": ticks,
+                "time": time.time(),
+                "role": role,
+                "errors": report.errors[-5:],
+            }
         )
     )
     os.replace(tmp, path)

@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 from backend.campaigns import CampaignConfig, JobPlan, expand, validate_config
 from backend.costs import Estimate, JobEstimate, accrued_cost, hours_between, load_catalogue
 from backend.db.engine import session_scope
-from backend.db.models import Attempt, Campaign, Job
+from backend.db.models import Attempt, Campaign, Job, ResourceSample
 from backend.states import utcnow
 
 
@@ -97,6 +97,34 @@ def campaign_costs(
 _GROUP_KEYS = ("campaign", "day", "machine", "gpu", "spot", "kind", "job")
 
 
+def _add_wall_and_cpu(session: Session, keys, src, base_cond, now: datetime, slot) -> None:
+    """Add wall_hours and cpu_hours per group: one row per attempt (its launch and end) with
+    its mean cpu_percent from the resource samples (one grouped subquery)."""
+    a, r = Attempt.__table__.c, ResourceSample.__table__.c
+    cpu = (
+        sa.select(
+            r.job_id.label("job_id"),
+            r.attempt_no.label("attempt_no"),
+            sa.func.avg(r.cpu_percent).label("cpu"),
+        )
+        .group_by(r.job_id, r.attempt_no)
+        .subquery()
+    )
+    q = (
+        sa.select(*keys, a.launched_at, a.ended_at, cpu.c.cpu)
+        .select_from(
+            src.outerjoin(cpu, sa.and_(cpu.c.job_id == a.job_id, cpu.c.attempt_no == a.attempt_no))
+        )
+        .where(*base_cond)
+    )
+    for row in session.execute(q):
+        m = row._mapping
+        h = hours_between(m["launched_at"], m["ended_at"] or now)
+        s = slot(m)
+        s["wall_hours"] += h
+        s["cpu_hours"] += h * max(float(m["cpu"] or 0.0), 0.0) / 100.0
+
+
 def cost_summary(
     group_by: Sequence[str] = ("campaign",),
     engine: Engine | None = None,
@@ -105,7 +133,11 @@ def cost_summary(
     """GPU-hours and cost over attempts, grouped by any of campaign, day (launch date, UTC),
     machine, gpu, spot, kind, job. Closed attempts are summed in SQL; open ones accrue to now.
 
-    Each row: the group keys (campaign also gives campaign_name), attempts, hours, gpu_hours, cost.
+    Each row: the group keys (campaign also gives campaign_name), attempts, hours, gpu_hours,
+    cost, and for every launcher (local runs included, whose price is 0) wall_hours -- the
+    attempts' time from launch to end (or now) -- and cpu_hours -- each attempt's wall time
+    times its mean CPU use in cores (the workers' resource samples, cpu_percent / 100; 0 for
+    an attempt without samples).
     """
     bad = [g for g in group_by if g not in _GROUP_KEYS]
     if bad:
@@ -144,6 +176,8 @@ def cost_summary(
                 "hours": 0.0,
                 "gpu_hours": 0.0,
                 "cost": 0.0,
+                "wall_hours": 0.0,
+                "cpu_hours": 0.0,
             }
         return out[key]
 
@@ -185,6 +219,7 @@ def cost_summary(
             s["hours"] += h
             s["gpu_hours"] += h * m["gpu_count"]
             s["cost"] += h * m["price_per_hour"]
+        _add_wall_and_cpu(session, keys, src, base_cond, now, slot)
     return sorted(
         out.values(),
         key=lambda d: tuple((v is None, str(v)) for v in list(d.values())[: len(keys)]),

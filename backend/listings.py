@@ -470,3 +470,73 @@ def campaign_job_records(campaign_id: int, engine: Engine | None = None) -> list
                 }
             )
         return out
+
+
+LOG_TAIL_BYTES = 64 * 1024  # the end of an attempt's output that the dashboard shows
+
+
+def _local_log(attempt: Attempt) -> tuple[str | None, str]:
+    """(the end of a local attempt's output, a note): the local launcher writes the worker's
+    stdout and stderr together to ``<folder>/logs/<instance id>.log`` on the host in
+    ``launched_from`` (``host:folder``). Only a file on this host, inside that logs folder, is
+    read; other launchers keep their output elsewhere (a note says where to look)."""
+    import socket
+    from pathlib import Path
+
+    if attempt.launcher != "local":
+        return None, f"the {attempt.launcher} launcher keeps the output on the instance"
+    where = attempt.launched_from or ""
+    host, _, folder = where.partition(":")
+    iid = attempt.instance_id or ""
+    if not folder or not iid:
+        return None, "no output recorded for this attempt"
+    if host != socket.gethostname():
+        return None, f"the output is on {host}"
+    logs = Path(folder) / "logs"
+    path = (logs / f"{iid}.log").resolve()
+    if path.parent != logs.resolve() or not path.is_file():
+        return None, "the output file is gone"
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - LOG_TAIL_BYTES))
+        data = f.read()
+    text = data.decode("utf-8", errors="replace")
+    note = f"last {LOG_TAIL_BYTES // 1024} KiB of {size / 1024:.0f} KiB" if size > len(data) else ""
+    return text, note
+
+
+def job_attempts(job_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Each attempt of a job, oldest first: attempt_no, status, launcher, instance_id,
+    machine_type, launched_at, ended_at, exit_code, failure_reason (the worker's error and
+    traceback), output (the end of stdout + stderr where this host can read it, else None)
+    and output_note (why not, or that it is truncated)."""
+    with session_scope(engine) as session:
+        rows = list(
+            session.exec(
+                select(Attempt)
+                .where(col(Attempt.job_id) == job_id)
+                .order_by(col(Attempt.attempt_no))
+            )
+        )
+        out = []
+        for a in rows:
+            try:
+                output, note = _local_log(a)
+            except OSError as exc:
+                output, note = None, f"cannot read the output: {exc.strerror or exc}"
+            out.append(
+                {
+                    "attempt_no": a.attempt_no,
+                    "status": a.status,
+                    "launcher": a.launcher,
+                    "instance_id": a.instance_id,
+                    "machine_type": a.machine_type,
+                    "launched_at": a.launched_at,
+                    "ended_at": a.ended_at,
+                    "exit_code": a.exit_code,
+                    "failure_reason": a.failure_reason,
+                    "output": output,
+                    "output_note": note,
+                }
+            )
+        return out

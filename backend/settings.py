@@ -19,6 +19,12 @@ from pathlib import Path
 DEFAULT_GCE_IMAGE = (
     "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 )
+# OAuth scopes of a worker VM: the store (and pulling the worker image from Artifact Registry),
+# logs and metrics; what the account may then do is decided by its IAM roles (docs/gcp.md)
+GCE_SCOPE_PREFIX = "https://www.googleapis.com/auth/"
+DEFAULT_GCE_SCOPES = tuple(
+    GCE_SCOPE_PREFIX + s for s in ("devstorage.read_write", "logging.write", "monitoring.write")
+)
 
 
 class SettingsError(ValueError):
@@ -82,12 +88,33 @@ class LocalLauncherSettings:
 
     max_concurrent: int = 2  # NSBI_LOCAL_MAX_CONCURRENT: attempts running at once
     grace_s: float = 25.0  # NSBI_LOCAL_GRACE_S: SIGTERM -> SIGKILL grace of a worker
+    # NSBI_LOCAL_PASS_ENV: names of further variables a worker inherits from the controller
+    # (on top of the allow-list in backend/launchers/local.py), e.g. a plug-in's own setting
+    pass_env: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LocalLauncherSettings:
         return cls(
             max_concurrent=_int(env, "NSBI_LOCAL_MAX_CONCURRENT", 2),
             grace_s=_float(env, "NSBI_LOCAL_GRACE_S", 25.0),
+            pass_env=_list(env, "NSBI_LOCAL_PASS_ENV"),
+        )
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The controller's leader lease: one controller per database (see backend/leader.py)."""
+
+    # NSBI_CONTROLLER_LEASE_TTL_S: a lease not renewed for this long may be taken over
+    lease_ttl_s: float = 10.0
+    # NSBI_CONTROLLER_LEASE_RENEW_S: seconds between the leader's renewals (and a standby's tries)
+    lease_renew_s: float = 3.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ControllerSettings:
+        return cls(
+            lease_ttl_s=_float(env, "NSBI_CONTROLLER_LEASE_TTL_S", 10.0),
+            lease_renew_s=_float(env, "NSBI_CONTROLLER_LEASE_RENEW_S", 3.0),
         )
 
 
@@ -107,13 +134,16 @@ class GceSettings:
     spot: bool = True  # NSBI_GCE_SPOT
     image: str = DEFAULT_GCE_IMAGE  # NSBI_GCE_IMAGE: boot image
     boot_disk_gb: int = 100  # NSBI_GCE_BOOT_DISK_GB
-    service_account: str | None = None  # NSBI_GCE_SERVICE_ACCOUNT; None: the project default
+    service_account: str | None = None  # NSBI_GCE_SERVICE_ACCOUNT: the workers' own account
+    # NSBI_GCE_ALLOW_DEFAULT_SA: accept the project's default compute account (or none given)
+    allow_default_service_account: bool = False
+    scopes: tuple[str, ...] = DEFAULT_GCE_SCOPES  # NSBI_GCE_SCOPES: short names or URLs
     worker_image: str = ""  # NSBI_GCE_WORKER_IMAGE
     runtime: str = "docker"  # NSBI_GCE_RUNTIME: docker | python
     python: str = "python3"  # NSBI_GCE_PYTHON: interpreter for runtime=python
     network: str = "global/networks/default"  # NSBI_GCE_NETWORK
     subnetwork: str | None = None  # NSBI_GCE_SUBNETWORK
-    external_ip: bool = True  # NSBI_GCE_EXTERNAL_IP
+    external_ip: bool = False  # NSBI_GCE_EXTERNAL_IP (without: Cloud NAT / Private Google Access)
     max_run_hours: float = 24.0  # NSBI_GCE_MAX_RUN_HOURS: GCE deletes a VM after this
     owner: str = "nsbi"  # NSBI_GCE_OWNER: the nsbi_owner label
     max_instances: int | None = 1000  # NSBI_GCE_MAX_INSTANCES; set empty: unlimited
@@ -135,12 +165,17 @@ class GceSettings:
             image=_text(env, "NSBI_GCE_IMAGE", DEFAULT_GCE_IMAGE),
             boot_disk_gb=_int(env, "NSBI_GCE_BOOT_DISK_GB", 100),
             service_account=_optional(env, "NSBI_GCE_SERVICE_ACCOUNT"),
+            allow_default_service_account=_bool(env, "NSBI_GCE_ALLOW_DEFAULT_SA", False),
+            scopes=tuple(
+                s if "://" in s else GCE_SCOPE_PREFIX + s for s in _list(env, "NSBI_GCE_SCOPES")
+            )
+            or DEFAULT_GCE_SCOPES,
             worker_image=_text(env, "NSBI_GCE_WORKER_IMAGE", ""),
             runtime=_text(env, "NSBI_GCE_RUNTIME", "docker"),
             python=_text(env, "NSBI_GCE_PYTHON", "python3"),
             network=_text(env, "NSBI_GCE_NETWORK", "global/networks/default"),
             subnetwork=_optional(env, "NSBI_GCE_SUBNETWORK"),
-            external_ip=_bool(env, "NSBI_GCE_EXTERNAL_IP", True),
+            external_ip=_bool(env, "NSBI_GCE_EXTERNAL_IP", False),
             max_run_hours=_float(env, "NSBI_GCE_MAX_RUN_HOURS", 24.0),
             owner=_text(env, "NSBI_GCE_OWNER", "nsbi"),
             max_instances=None if unlimited else _int(env, "NSBI_GCE_MAX_INSTANCES", 1000),
@@ -205,10 +240,22 @@ class DashboardSettings:
     # NSBI_DASHBOARD_PASSWORD: the login when bound to a non-loopback address (secrets.toml's
     # dashboard_password wins); kept out of repr so it never lands in a log
     password: str | None = field(default=None, repr=False)
+    # NSBI_DASHBOARD_ALLOWED_HOSTS: host names the dashboard answers to besides the loopback
+    # names (Streamlit's server.allowedHosts, set by `nsbi up`); () means the bind address, or
+    # for all interfaces this machine's names and addresses; `*` turns the check off
+    allowed_hosts: tuple[str, ...] = ()
+    # NSBI_ANALYSIS_DIR: the only folder whose analysis files the dashboard opens by path
+    # (None: <NSBI_HOME>/analyses, where uploads are kept; see `Settings.analysis_dir`)
+    analysis_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
-        return cls(password=_optional(env, "NSBI_DASHBOARD_PASSWORD"))
+        folder = _optional(env, "NSBI_ANALYSIS_DIR")
+        return cls(
+            password=_optional(env, "NSBI_DASHBOARD_PASSWORD"),
+            allowed_hosts=_list(env, "NSBI_DASHBOARD_ALLOWED_HOSTS"),
+            analysis_dir=Path(folder).expanduser().resolve() if folder else None,
+        )
 
 
 # ----------------------------------------------------------------------------- all of them
@@ -223,7 +270,7 @@ class Settings:
     store_uri: `NSBI_STORE` (default `file://<home>/store`), the artifact store root.
     prices: `NSBI_PRICES` (default None: the shipped `backend/data/prices.toml`).
     browser_path: `BROWSER_PATH` (default None: look for Chromium), the browser kaleido drives.
-    local, gce, gcs, worker, dashboard: the groups above.
+    local, controller, gce, gcs, worker, dashboard: the groups above.
     """
 
     home: Path
@@ -232,6 +279,7 @@ class Settings:
     prices: Path | None = None
     browser_path: str | None = None
     local: LocalLauncherSettings = field(default_factory=LocalLauncherSettings)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
     gce: GceSettings = field(default_factory=GceSettings)
     gcs: GcsSettings = field(default_factory=GcsSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -251,11 +299,18 @@ class Settings:
             prices=Path(prices) if prices else None,
             browser_path=_optional(env, "BROWSER_PATH"),
             local=LocalLauncherSettings.from_env(env),
+            controller=ControllerSettings.from_env(env),
             gce=GceSettings.from_env(env),
             gcs=GcsSettings.from_env(env),
             worker=WorkerSettings.from_env(env),
             dashboard=DashboardSettings.from_env(env),
         )
+
+    @property
+    def analysis_dir(self) -> Path:
+        """The folder the dashboard opens analysis files from (`NSBI_ANALYSIS_DIR`, else
+        `<home>/analyses`, the folder uploads are kept in)."""
+        return self.dashboard.analysis_dir or self.home / "analyses"
 
 
 def get_settings() -> Settings:

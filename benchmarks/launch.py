@@ -66,6 +66,7 @@ def run_bench(
         runtime="python",
         insert_threads=threads,
         max_instances=None,
+        service_account=f"nsbi-bench@{fake.project}.iam.gserviceaccount.com",
     )
     launcher = GceLauncher(config, store_opener=lambda uri: _NullStore())
     requests = [

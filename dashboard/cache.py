@@ -83,6 +83,18 @@ def fit(db: str, campaign_id: int) -> tuple[dict[int, queries.FitView], pd.DataF
     return queries.load_fit(campaign_id)
 
 
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def fit_jobs(db: str, campaign_id: int) -> pd.DataFrame:
+    """The campaign's fit-stage jobs (every state) with their fit run."""
+    return queries.load_fit_jobs(campaign_id)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def attempts(db: str, job_id: int) -> list[dict]:
+    """A job's attempts with their output (log tail) and failure reason."""
+    return queries.load_attempts(job_id)
+
+
 @st.cache_data(ttl=SLOW_TTL_S / 3, show_spinner=False)
 def diagnostics(db: str, campaign_id: int) -> dict:
     return queries.load_diagnostics(campaign_id)
@@ -93,24 +105,49 @@ def clear() -> None:
     st.cache_data.clear()
 
 
-def campaign_choices(db: str) -> dict[int, str]:
-    """{id: "id · name (status)"} for select boxes, newest first."""
+def campaign_choices(db: str, *, with_status: bool = True) -> dict[int, str]:
+    """{id: "id · name (status)"} for select boxes, newest first (without the status where the
+    page around it refreshes on its own: a label drawn once would go stale)."""
     df = campaigns(db)
     if df.empty:
         return {}
     df = df.sort_values("id", ascending=False)
-    return {int(r.id): f"{int(r.id)} · {r.name} ({r.status})" for r in df.itertuples()}
+    return {
+        int(r.id): f"{int(r.id)} · {r.name}" + (f" ({r.status})" if with_status else "")
+        for r in df.itertuples()
+    }
+
+
+def default_campaign(db: str) -> int | None:
+    """The campaign a page opens on when none was chosen yet: the newest one that was launched
+    and has jobs (a fresh, never-launched or empty campaign has nothing to watch), else the
+    newest."""
+    df = campaigns(db)
+    if df.empty:
+        return None
+    df = df.sort_values("id", ascending=False)
+    n_jobs = pd.to_numeric(df.get("n_jobs", 0), errors="coerce").fillna(0)
+    launched = ~df["status"].astype(str).isin(("CREATED",))
+    live = df[(n_jobs > 0) & launched]
+    return int((live if len(live) else df).iloc[0]["id"])
 
 
 def select_campaign(
-    label: str = "Campaign", *, key: str, options: Sequence[int] | None = None
+    label: str = "Campaign",
+    *,
+    key: str,
+    options: Sequence[int] | None = None,
+    with_status: bool = True,
 ) -> int | None:
     """A campaign select box remembered across pages through `st.session_state['campaign_id']`."""
-    choices = campaign_choices(database_key())
+    db = database_key()
+    choices = campaign_choices(db, with_status=with_status)
     ids = [i for i in choices if options is None or i in options]
     if not ids:
         return None
     current = st.session_state.get("campaign_id")
+    if current not in ids:
+        current = default_campaign(db)
     index = ids.index(current) if current in ids else 0
     chosen = st.selectbox(label, ids, index=index, format_func=lambda i: choices[i], key=key)
     st.session_state["campaign_id"] = chosen

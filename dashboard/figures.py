@@ -806,7 +806,12 @@ def cost_bars(
 
 
 def _unit(value: str) -> str:
-    return {"cost": "cost (USD)", "gpu_hours": "GPU-hours"}.get(value, value)
+    return {
+        "cost": "cost (USD)",
+        "gpu_hours": "GPU-hours",
+        "cpu_hours": "CPU-hours",
+        "wall_hours": "wall time (h)",
+    }.get(value, value)
 
 
 def burn_down(
@@ -861,4 +866,7 @@ def usage_over_time(
         fig.add_trace(go.Bar(x=agg["time"], y=agg[value], name=str(key)))
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title=_unit(value))
+    # one bar per UTC day: ticks on whole days (plotly's automatic ticks on a few daily
+    # points land on odd instants such as 23:59:59.9996)
+    fig.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=86_400_000, title="day (UTC)")
     return _layout(fig, title)

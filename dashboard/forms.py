@@ -40,6 +40,8 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "spot": ("backend.spot",),
     "zones": ("backend.zones", "backend.region"),
     "budget": ("backend.budget_usd",),
+    "max_concurrency": ("backend.max_concurrency",),
+    "n_toys": ("toys.n_toys", "toys.toys_per_job"),
     "stages": ("fit", "impacts", "scan", "toys"),
     "nuisances": ("fit.nuisances",),
 }
@@ -240,6 +242,10 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
     machine = str(values.get("machine_type") or "").strip()
     gpu_type = values.get("gpu_type") or None
     gpu_count = int(values.get("gpu_count") or 0)
+    if gpu_count < 0:
+        err("machine", f"the GPU count cannot be negative, got {gpu_count}")
+    if gpu_count > 0 and not gpu_type:
+        err("machine", f"{gpu_count} GPU(s) asked for but no GPU type chosen")
     if not machine:
         err("machine", "choose a machine type")
     if launcher == "local" and machine != "local":
@@ -265,7 +271,7 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         "gpu_count": gpu_count if gpu_type else 0,
         "spot": bool(values.get("spot")),
         "zones": zones,
-        "max_concurrency": max(1, int(values.get("max_concurrency") or 1)),
+        "max_concurrency": int(values.get("max_concurrency") or 0),
         "budget_usd": budget if budget > 0 else None,
     }
     config: dict[str, Any] = {
@@ -275,8 +281,8 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         "reference": reference,
         "systematics": systematics,
         "training": {
-            "ensemble_size": max(ens, 1),
-            "members_per_job": max(per_job, 1),
+            "ensemble_size": ens,
+            "members_per_job": per_job,
             "params": params,
             "grid": grid,
         },
@@ -290,9 +296,13 @@ def build_config(values: Mapping[str, Any]) -> FormResult:
         "scan": {"enabled": bool(values.get("fit") and values.get("scan"))},
         "toys": {
             "enabled": bool(values.get("fit") and values.get("toys")),
-            "n_toys": max(1, int(values.get("n_toys") or 1)),
+            "n_toys": int(values.get("n_toys") or 0),
         },
     }
+    if int(values.get("max_concurrency") or 0) < 1:
+        err("max_concurrency", "at least 1 job must be allowed to run at a time")
+    if values.get("toys") and int(values.get("n_toys") or 0) < 1:
+        err("n_toys", "the number of toys must be at least 1")
     if (values.get("impacts") or values.get("scan") or values.get("toys")) and not values.get(
         "fit"
     ):
@@ -318,6 +328,73 @@ def file_backend_errors(messages: Sequence[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for m in messages:
         out.setdefault(field_for_path(m) or "_general", []).append(m)
+    return out
+
+
+def merge_errors(
+    form: Mapping[str, Sequence[str]], backend: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The form's own messages, plus the backend validation's for every field the form did
+    not already flag (the backend's limits -- e.g. at most 16 GPUs, a budget up to 1e9 USD --
+    are the ones that count; a field shows one explanation, not two of the same problem)."""
+    out = {k: list(v) for k, v in form.items()}
+    for field, messages in backend.items():
+        if field not in out:
+            out[field] = list(messages)
+    return out
+
+
+def as_plain(obj: Any) -> dict[str, Any]:
+    """A dict from a dataclass or a mapping (estimate rows)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    return dict(vars(obj))
+
+
+def _task_of(job_name: str, kind: str) -> str:
+    """'train-S_vs_B-g0-m0-3' -> 'S_vs_B'; fit-stage jobs are grouped by kind."""
+    if kind != "train":
+        return "(fit stage)"
+    parts = str(job_name).split("-")
+    core = [p for p in parts[1:] if not (p[:1] in ("g", "m") and p[1:].isdigit())]
+    return "-".join(core) or "(train)"
+
+
+def estimate_breakdown(per_job: Sequence[Mapping[str, Any]], machine: Mapping | None = None):
+    """The estimate per job kind and ratio task: jobs, machine-hours, GPU-hours, price per
+    machine-hour and cost, with the machine type, GPUs and spot / on-demand of the config."""
+    import pandas as pd
+
+    if not per_job:
+        return pd.DataFrame()
+    df = pd.DataFrame([dict(j) for j in per_job])
+    df["task"] = [_task_of(n, k) for n, k in zip(df["name"], df["kind"])]
+    g = (
+        df.groupby(["kind", "task"], sort=False)
+        .agg(
+            jobs=("name", "size"),
+            hours=("hours", "sum"),
+            gpu_hours=("gpu_hours", "sum"),
+            price=("price_per_hour", "max"),
+            cost=("cost", "sum"),
+        )
+        .reset_index()
+    )
+    out = pd.DataFrame(
+        {
+            "kind": g["kind"],
+            "task": g["task"],
+            "jobs": g["jobs"].astype(int),
+            "machine-hours": [f"{v:,.2f}" for v in g["hours"]],
+            "GPU-hours": [f"{v:,.2f}" for v in g["gpu_hours"]],
+            "price (USD/h)": [f"{v:,.3f}" for v in g["price"]],
+            "cost (USD)": [f"{v:,.2f}" for v in g["cost"]],
+        }
+    )
+    for key, value in (machine or {}).items():
+        out[key] = value
     return out
 
 

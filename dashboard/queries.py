@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from backend.result_status import checks as _result_checks
+from dashboard import formatting
 
 # Most points any single chart receives; the service downsamples first, this is the backstop.
 MAX_CHART_POINTS = 4000
@@ -297,20 +298,47 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = (
 traffic_light = _result_checks.traffic_light
 
 
-def threshold_text(check: str) -> str:
+# A signal task (a physics process against the reference: "<process>_vs_<reference>") whose
+# classifier separates the classes barely better than chance has learned almost nothing; its
+# light is AMBER below this AUC (a warning, not a failed check: the result checks fail below
+# AUC_MIN only). Systematic-variation tasks ("<syst>_up_<process>") are meant to be close to
+# 0.5, so they keep the plain rule.
+AUC_SIGNAL_WARN = 0.55
+
+
+def is_signal_task(task: str) -> bool:
+    """A ratio task of a physics process against the reference (not a systematic variation)."""
+    return "_vs_" in str(task)
+
+
+def threshold_text(check: str, task: str | None = None) -> str:
     direction, green, amber, _ = DIAGNOSTIC_THRESHOLDS[check]
     if direction == "below":
         return f"green ≤ {green:g}, amber ≤ {amber:g}"
+    if check == "auc" and task is not None and is_signal_task(task):
+        return f"green > {AUC_SIGNAL_WARN:g} (signal task), red < {amber:g}"
     return f"green > {green:g}"
 
 
+def light(check: str, value: float | None, task: str | None = None) -> str:
+    """The traffic light the Diagnostics page shows: `traffic_light` (RED exactly where the
+    result check fails), with AUCs near 0.5 AMBER for signal tasks (`AUC_SIGNAL_WARN`)."""
+    status = traffic_light(value, check)
+    if (
+        check == "auc"
+        and status == "green"
+        and task is not None
+        and is_signal_task(task)
+        and value is not None
+        and float(value) <= AUC_SIGNAL_WARN
+    ):
+        return "amber"
+    return status
+
+
 def format_value(v: Any) -> str:
-    """A number with 4 significant digits, or 'n/a' when missing or not finite."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "n/a" if v is None else str(v)
-    return f"{f:.4g}" if math.isfinite(f) else "n/a"
+    """A number on its own (no error known): `formatting.number`, 'n/a' when missing."""
+    return formatting.number(v)
 
 
 def _get(d: Mapping, *keys: str, default=None):
@@ -444,8 +472,9 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
             {
                 "check": name,
                 "value": v,
-                "threshold": threshold_text(name),
-                "status": traffic_light(v, name),
+                "threshold": threshold_text(name, task),
+                "status": light(name, v, task),
+                "limit": DIAGNOSTIC_THRESHOLDS[name][2],
                 "description": DIAGNOSTIC_THRESHOLDS[name][3],
             }
             for name, v in values.items()
@@ -488,6 +517,13 @@ class FitView:
     uncertainty: dict = field(
         default_factory=dict
     )  # hesse, nn, sim, total, included: the learned model's error components
+    # every parameter: parameter, role, value, error, err_lo, err_hi, pull, constraint, note
+    parameters: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scan_flags: tuple[str, ...] = ()  # the scan's own flags (not_converged, non_monotonic_*)
+    scan_missing: int = 0  # scan points without a finite q (left out of the curve)
+    mu_err_lo: float | None = None  # asymmetric (profile-likelihood) errors of the POI
+    mu_err_hi: float | None = None
+    fit_message: str = ""
 
     @property
     def empty(self) -> bool:
@@ -553,6 +589,9 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
     refit: dict[str, dict] = {}
     scan_x: list[float] = []
     scan_q: list[float] = []
+    scan_conv: list[bool] = []
+    scan_nm: list[bool] = []
+    scan_flags: list[str] = []
     toy_pulls: list[float] = []
     toy_parts: list[dict] = []
     for kind, p in payloads:
@@ -566,8 +605,16 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
             qs = _get(scan, "q", "dq", "two_delta_nll")
             if qs is None and "delta_nll" in scan:
                 qs = [2.0 * v for v in scan["delta_nll"]]
-            scan_x += [float(v) for v in xs]
-            scan_q += [np.nan if v is None else float(v) for v in (qs or [])]
+            xs = [float(v) for v in xs]
+            qs = [np.nan if v is None else float(v) for v in (qs or [])]
+            qs += [np.nan] * (len(xs) - len(qs))
+            conv = list(scan.get("converged") or [True] * len(xs))
+            nm = list(scan.get("non_monotonic") or [False] * len(xs))
+            scan_x += xs
+            scan_q += qs[: len(xs)]
+            scan_conv += [bool(c) for c in (conv + [True] * len(xs))[: len(xs)]]
+            scan_nm += [bool(c) for c in (nm + [False] * len(xs))[: len(xs)]]
+            scan_flags += [str(f) for f in scan.get("flags") or [] if str(f) not in scan_flags]
         toys = p.get("toys")
         if isinstance(toys, Mapping):
             toy_pulls += [float(v) for v in toys.get("pulls") or []]
@@ -583,7 +630,17 @@ def merge_fit_results(rows: Iterable[Any]) -> dict:
     if not refit and not cov_impacts:
         cov_impacts = {r["name"]: r for r in _impact_rows(base.get("impacts") or [], poi)}
     merged["impacts"] = list({**cov_impacts, **refit}.values())
-    merged["scan"] = {"values": scan_x, "q": scan_q} if scan_x else {}
+    merged["scan"] = (
+        {
+            "values": scan_x,
+            "q": scan_q,
+            "converged": scan_conv,
+            "non_monotonic": scan_nm,
+            "flags": scan_flags,
+        }
+        if scan_x
+        else {}
+    )
     merged["toys"] = {"pulls": toy_pulls, "summary": _combine_toys(toy_parts)}
     merged["poi"] = poi
     return merged
@@ -685,13 +742,29 @@ def fit_view(result: Mapping) -> FitView:
     matrix = np.asarray([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
 
     scan_raw = result.get("scan") or {}
+    xs = np.asarray(scan_raw.get("values", []), float)
     scan = pd.DataFrame(
         {
-            "value": np.asarray(scan_raw.get("values", []), float),
+            "value": xs,
             "q": np.asarray(scan_raw.get("q", []), float),
+            "converged": np.asarray(scan_raw.get("converged") or [True] * len(xs), bool),
+            "non_monotonic": np.asarray(scan_raw.get("non_monotonic") or [False] * len(xs), bool),
         }
     )
-    scan = scan.dropna().drop_duplicates("value").sort_values("value").reset_index(drop=True)
+    scan_missing = int((scan["q"].isna() | ~scan["converged"]).sum())
+    scan = (
+        scan.dropna(subset=["value", "q"])
+        .drop_duplicates("value")
+        .sort_values("value")
+        .reset_index(drop=True)
+    )
+    if scan_missing and not scan.empty:  # points whose fit did not converge are not curve points
+        scan = scan[scan["converged"]].reset_index(drop=True)
+    scan_flags = list(scan_raw.get("flags") or [])
+    if bool(scan["non_monotonic"].any()) and not any("monoton" in f for f in scan_flags):
+        scan_flags.append("non_monotonic")
+    if scan_missing and "not_converged" not in scan_flags:
+        scan_flags.append("not_converged")
     toys_raw = result.get("toys") or {}
     toys = toys_raw.get("pulls", []) if isinstance(toys_raw, Mapping) else toys_raw
     breakdown = result.get("breakdown") or {}
@@ -710,7 +783,113 @@ def fit_view(result: Mapping) -> FitView:
         toy_summary=dict(toys_raw.get("summary") or {}) if isinstance(toys_raw, Mapping) else {},
         data=str(result.get("data") or "asimov"),
         uncertainty=dict(result.get("uncertainty") or {}),
+        parameters=parameters_frame(result, fit, poi, pulls),
+        scan_flags=tuple(scan_flags),
+        scan_missing=scan_missing,
+        mu_err_lo=_opt_float(result.get("mu_err_lo")),
+        mu_err_hi=_opt_float(result.get("mu_err_hi")),
+        fit_message=str(fit.get("message") or ""),
     )
+
+
+def _opt_float(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+PARAMETER_COLUMNS = (
+    "parameter",
+    "role",
+    "value",
+    "error",
+    "err_lo",
+    "err_hi",
+    "pull",
+    "constraint",
+    "note",
+)
+
+
+def parameters_frame(
+    result: Mapping, fit: Mapping, poi: str, pulls: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per fitted parameter: its value, Hesse error, asymmetric (profile) errors where
+    the fit job stored them (the POI's mu_err_lo / mu_err_hi), pull and post-fit constraint for
+    constrained nuisance parameters, and a note (fixed, at a bound, below resolution)."""
+    values = fit.get("values") or result.get("bestfit") or {}
+    errors = fit.get("errors") or {}
+    names = list(fit.get("names") or values)
+    if not names and result.get("mu_hat") is not None:
+        names, values, errors = [poi], {poi: result.get("mu_hat")}, {poi: result.get("sigma")}
+    pull_rows = {}
+    if pulls is not None and not pulls.empty:
+        pull_rows = {r["name"]: r for r in pulls.to_dict("records")}
+    fixed = set(fit.get("fixed") or [])
+    at_bound = set(fit.get("at_bound") or [])
+    below = set(fit.get("below_resolution") or [])
+    rows = []
+    for name in names:
+        notes = [
+            text
+            for flag, text in (
+                (name in fixed, "fixed"),
+                (name in at_bound, "at a bound (no Hesse error)"),
+                (name in below, "below resolution"),
+            )
+            if flag
+        ]
+        p = pull_rows.get(name, {})
+        is_poi = name == poi
+        rows.append(
+            {
+                "parameter": name,
+                "role": "POI" if is_poi else ("constrained" if p else "free"),
+                "value": _opt_float(values.get(name)),
+                "error": _opt_float(errors.get(name)),
+                "err_lo": _opt_float(result.get("mu_err_lo")) if is_poi else None,
+                "err_hi": _opt_float(result.get("mu_err_hi")) if is_poi else None,
+                "pull": _opt_float(p.get("pull")),
+                "constraint": _opt_float(p.get("constraint")),
+                "note": ", ".join(notes),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(PARAMETER_COLUMNS))
+
+
+def toy_pull_mean(view: FitView) -> tuple[float | None, float | None]:
+    """The toys' mean pull and its standard error (from the per-toy pulls when reported,
+    else from the summary: width / sqrt(converged toys))."""
+    pulls = view.toys[np.isfinite(view.toys)] if view.toys.size else view.toys
+    if pulls.size >= 2:
+        return formatting.mean_with_error(pulls.tolist())
+    s = view.toy_summary
+    mean, width, n = s.get("pull_mean"), s.get("pull_width"), s.get("n_converged")
+    se = (
+        float(width) / math.sqrt(float(n))
+        if width is not None and n and float(n) > 0 and math.isfinite(float(width))
+        else None
+    )
+    return _opt_float(mean), se
+
+
+def scan_problems(view: FitView) -> list[str]:
+    """Plain words for the scan's quality flags (empty when the scan is clean)."""
+    words = {
+        "not_converged": "some scan points did not converge",
+        "non_monotonic": "the curve falls somewhere while moving away from the best fit",
+        "non_monotonic_left": "the curve is not monotonic left of the best fit",
+        "non_monotonic_right": "the curve is not monotonic right of the best fit",
+        "new_minimum": "a scan point found a lower minimum than the fit (the fit may be a local minimum)",
+    }
+    out = [words.get(f, f.replace("_", " ")) for f in view.scan_flags]
+    if view.scan_missing:
+        out.append(
+            f"{view.scan_missing} point(s) without a converged fit are left out of the curve"
+        )
+    return out
 
 
 def scan_interval(scan: pd.DataFrame, level: float) -> tuple[float | None, float | None]:
@@ -740,7 +919,7 @@ def scan_interval(scan: pd.DataFrame, level: float) -> tuple[float | None, float
 def cost_frame(rows: Iterable[Any]) -> pd.DataFrame:
     """Cost summary rows (group keys + gpu_hours + cost) as a DataFrame."""
     df = records_frame(rows)
-    for col in ("gpu_hours", "cost"):
+    for col in ("gpu_hours", "cost", "wall_hours", "cpu_hours", "hours"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0.0)
     if "spot" in df:
@@ -831,6 +1010,37 @@ def load_fit(campaign_id: int) -> tuple[dict[int, FitView], pd.DataFrame]:
     )
     views = {run: fit_view(merge_fit_results(run_rows)) for run, run_rows in fit_runs(rows).items()}
     return views, table
+
+
+def load_fit_jobs(campaign_id: int) -> pd.DataFrame:
+    """Every fit-stage job of a campaign (any state), with its fit run in column `run`."""
+    frames = []
+    for kind in FIT_KINDS:
+        df, _ = load_jobs(campaign_id, None, kind, 0, 100_000)
+        frames.append(df)
+    jobs = pd.concat([f for f in frames if not f.empty] or [frames[0]], ignore_index=True)
+    jobs["run"] = [fit_run_of(str(n)) for n in jobs["name"]] if len(jobs) else []
+    return jobs.sort_values("id").reset_index(drop=True) if len(jobs) else jobs
+
+
+FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def run_progress(jobs: pd.DataFrame) -> dict[str, int]:
+    """{total, finished, running, pending, failed} of a set of jobs (one fit run)."""
+    states = jobs["state"].astype(str) if len(jobs) else pd.Series(dtype=str)
+    return {
+        "total": len(jobs),
+        "finished": int(states.isin(FINAL_JOB_STATES).sum()),
+        "succeeded": int((states == "SUCCEEDED").sum()),
+        "running": int(states.isin(("RUNNING", "LAUNCHING")).sum()),
+        "pending": int(states.isin(("PENDING", "PREEMPTED")).sum()),
+        "failed": int((states == "FAILED").sum()),
+    }
+
+
+def load_attempts(job_id: int) -> list[dict]:
+    return [as_dict(a) for a in _service().job_attempts(job_id)]
 
 
 def load_events(job_id: int) -> pd.DataFrame:

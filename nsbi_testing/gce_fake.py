@@ -484,6 +484,30 @@ class FakeCompute:
                 raise ApiError(400, f"Invalid value for field 'resource.labels': '{k}={v}'.")
         if not body.get("networkInterfaces"):
             raise ApiError(400, "At least one network interface is required.")
+        for i, nic in enumerate(body["networkInterfaces"]):
+            for j, ac in enumerate(nic.get("accessConfigs") or []):
+                if ac.get("type", "ONE_TO_ONE_NAT") not in ("ONE_TO_ONE_NAT", "DIRECT_IPV6"):
+                    raise ApiError(
+                        400,
+                        f"Invalid value for field 'resource.networkInterfaces[{i}]"
+                        f".accessConfigs[{j}].type': '{ac.get('type')}'.",
+                    )
+        accounts = body.get("serviceAccounts") or []
+        if len(accounts) > 1:
+            raise ApiError(400, "At most one service account may be attached to an instance.")
+        for sa in accounts:
+            email = sa.get("email", "")
+            if email != "default" and not re.match(r"^[^@\s]+@[^@\s]+$", email):
+                raise ApiError(
+                    400, f"Invalid value for field 'resource.serviceAccounts[0].email': '{email}'."
+                )
+            for j, scope in enumerate(sa.get("scopes") or []):
+                if not scope.startswith("https://www.googleapis.com/auth/"):
+                    raise ApiError(
+                        400,
+                        f"Invalid value for field 'resource.serviceAccounts[0].scopes[{j}]': "
+                        f"'{scope}'.",
+                    )
 
     def delete(self, zone: str, name: str) -> dict:
         with self.lock:

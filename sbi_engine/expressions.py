@@ -6,6 +6,15 @@ or ``"NMuon >= 2"`` is parsed and evaluated the same way for all of them. Expres
 Python arithmetic restricted by an AST whitelist (no builtins, no file I/O, only array maths
 from np and ak); jagged indices are checked so that an out-of-range index becomes a
 `DataError` that counts the short rows instead of a traceback from awkward.
+
+Expressions come from analysis files, so they are bounded before anything runs: the text
+(`MAX_TEXT` characters), the syntax tree (`MAX_NODES` nodes, `MAX_DEPTH` levels), constants
+(numbers only: no strings to repeat or %-format) and literal exponents (|p| <= `MAX_EXPONENT`).
+Every ``**`` and ``*`` is evaluated through a guard that refuses what the parse cannot see: a
+computed scalar exponent above `MAX_EXPONENT`, an exact-integer power above `MAX_INT_BITS`
+bits, sequence repetition. So ``x + 9**9**9`` is refused at once instead of computing a
+370-million-digit integer. Each refusal is an `ExpressionError` (a `DataError`, which the
+analysis validator reports) naming the file, the expression and the limit.
 """
 
 from __future__ import annotations
@@ -19,7 +28,37 @@ import numpy as np
 
 from .sample import DataError
 
-__all__ = ["ColumnTable", "parse", "evaluate", "to_column", "count_rows"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXPONENT",
+    "MAX_INT_BITS",
+    "MAX_NODES",
+    "MAX_TEXT",
+    "ColumnTable",
+    "ExpressionError",
+    "count_rows",
+    "evaluate",
+    "parse",
+    "to_column",
+]
+
+# Limits on one expression (a real feature is a few dozen characters and nodes, see
+# examples/analysis-root.yaml); what exceeds them is refused with an ExpressionError.
+MAX_TEXT = 4000  # characters
+MAX_NODES = 2000  # syntax-tree nodes (each name counts twice: the name and its Load context)
+MAX_DEPTH = 100  # nesting levels of the syntax tree (a chain a + b + ... adds one per term)
+MAX_EXPONENT = 64  # |p| of a scalar exponent in x ** p
+MAX_INT_BITS = 4096  # bits of an exact integer power (a constant such as 2**64 is fine)
+
+
+class ExpressionError(DataError):
+    """A feature, weight or selection expression that is refused before or while it is
+    evaluated (too long, too deep, a huge power, a disallowed construct); the message names
+    the file, the expression and the problem."""
+
+
+class _Refused(Exception):
+    """Raised by the evaluation guards; `evaluate` turns it into an ExpressionError."""
 
 
 class ColumnTable(Protocol):
@@ -198,24 +237,43 @@ class _Expr:
 
     def __init__(self, text: str, label: str, table: ColumnTable):
         self.text, self.label = text, label
+
+        def refuse(problem: str) -> ExpressionError:
+            return ExpressionError(f"{table.source}: {label} {_show(text)} {problem}")
+
+        if len(text) > MAX_TEXT:
+            raise refuse(f"is {len(text)} characters long; the limit is {MAX_TEXT}")
         try:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as exc:
-            raise DataError(
-                f"{table.source}: {label} {text!r} is not a valid expression ({exc.msg})"
+            raise refuse(f"is not a valid expression ({exc.msg})") from None
+        except (RecursionError, MemoryError):  # too nested for the parser itself
+            raise refuse(
+                f"is nested too deeply to parse (the limit is {MAX_DEPTH} levels)"
             ) from None
+        except ValueError as exc:  # e.g. a NUL character
+            raise refuse(f"is not a valid expression ({exc})") from None
+        _check_size(tree, refuse)
         names: set[str] = set()
+        bad_constant: ast.Constant | None = None  # refused after the names: those say more
         for node in ast.walk(tree):
             kind = type(node).__name__
             if kind not in _ALLOWED_NODES:
-                raise DataError(
-                    f"{table.source}: {label} {text!r} uses a disallowed construct ({kind})"
-                )
+                raise refuse(f"uses a disallowed construct ({kind})")
+            if isinstance(node, ast.Constant) and not _allowed_constant(node.value):
+                bad_constant = bad_constant or node
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+                p = _literal_number(node.right)
+                if p is not None and not abs(p) <= MAX_EXPONENT:
+                    raise refuse(
+                        f"raises to the power {_show(p)}; exponents are limited to "
+                        f"|p| <= {MAX_EXPONENT}"
+                    )
             if isinstance(node, ast.Attribute):
                 base = node.value.id if isinstance(node.value, ast.Name) else None
                 if node.attr not in (_MODULE_ATTRS.get(base, ()) if base is not None else ()):
-                    raise DataError(
-                        f"{table.source}: {label} {text!r} uses the attribute {ast.unparse(node)!r}; only "
+                    raise refuse(
+                        f"uses the attribute {ast.unparse(node)!r}; only "
                         "array maths from np and ak is allowed (e.g. np.sqrt, np.arctan2, ak.num, ak.sum; "
                         "the list is sbi_engine.expressions._MODULE_ATTRS)"
                     )
@@ -226,26 +284,74 @@ class _Expr:
         for n in self.columns:
             if n not in table.names:
                 raise table.missing(n, f"{label} = {text!r}")
-        guarded = ast.fix_missing_locations(_GuardSubscripts().visit(tree))
+        if bad_constant is not None:
+            raise refuse(
+                f"uses the constant {_show(bad_constant.value)}; only numbers (and True, False, "
+                "None) may appear in an expression"
+            )
+        guarded = ast.fix_missing_locations(_Guard().visit(tree))
         self.code = compile(guarded, f"<{label}>", "eval")
 
 
-class _GuardSubscripts(ast.NodeTransformer):
+def _show(value: Any, limit: int = 80) -> str:
+    """repr() of a value, shortened in the middle when long (messages stay one line)."""
+    text = repr(value)
+    return (
+        text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]} ({len(text)} chars)"
+    )
+
+
+def _check_size(tree: ast.AST, refuse: Any) -> None:
+    """Count the nodes and measure the depth without recursion (a deep tree must not blow the
+    stack here, nor later in the compiler: that is what MAX_DEPTH is for)."""
+    count, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise refuse(f"has more than {MAX_NODES} syntax-tree nodes (the limit)")
+        if depth > MAX_DEPTH:
+            raise refuse(f"is nested more than {MAX_DEPTH} levels deep (the limit)")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _allowed_constant(value: Any) -> bool:
+    return value is None or value is Ellipsis or isinstance(value, (int, float, complex))
+
+
+def _literal_number(node: ast.expr) -> int | float | None:
+    """The value of a literal number, or of + / - applied to one (else None); exact, never
+    converted (an integer literal may be beyond float range)."""
+    negative = False
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        negative ^= isinstance(node.op, ast.USub)
+        node = node.operand
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return -node.value if negative else node.value
+    return None
+
+
+class _Guard(ast.NodeTransformer):
     """Rewrite a[idx] into _getitem(a, idx, "a[idx]", "a") so jagged indices are checked and an
-    out-of-range index becomes a DataError that counts the short rows."""
+    out-of-range index becomes a DataError that counts the short rows; a ** b into
+    _pow(a, b) and a * b into _mul(a, b), which refuse huge powers and sequence repetition."""
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        text, base = ast.unparse(node), ast.unparse(node.value)  # as written, before rewriting
         self.generic_visit(node)
         call = ast.Call(
             func=ast.Name("_getitem", ast.Load()),
-            args=[
-                node.value,
-                self._index(node.slice),
-                ast.Constant(ast.unparse(node)),
-                ast.Constant(ast.unparse(node.value)),
-            ],
+            args=[node.value, self._index(node.slice), ast.Constant(text), ast.Constant(base)],
             keywords=[],
         )
+        return ast.copy_location(call, node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        guard = {ast.Pow: "_pow", ast.Mult: "_mul"}.get(type(node.op))
+        if guard is None:
+            return node
+        call = ast.Call(ast.Name(guard, ast.Load()), [node.left, node.right], [])
         return ast.copy_location(call, node)
 
     def _index(self, s: ast.expr) -> ast.expr:
@@ -255,6 +361,49 @@ class _GuardSubscripts(ast.NodeTransformer):
         if isinstance(s, ast.Tuple):
             return ast.Tuple([self._index(e) for e in s.elts], ast.Load())
         return s
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number, np.bool_)) or (
+        isinstance(value, np.ndarray) and value.ndim == 0
+    )
+
+
+def _pow(base: Any, exp: Any) -> Any:
+    """base ** exp, refused when a scalar exponent exceeds MAX_EXPONENT or an exact integer
+    power would exceed MAX_INT_BITS bits (array exponents are bounded by their dtype)."""
+    if _is_scalar(exp):
+        try:
+            size = abs(float(exp))
+        except (OverflowError, TypeError, ValueError):
+            size = float("inf")
+        if not size <= MAX_EXPONENT:  # also NaN
+            raise _Refused(
+                f"raises to the power {_show(exp)}; exponents are limited to |p| <= {MAX_EXPONENT}"
+            )
+        if (
+            isinstance(base, int)
+            and isinstance(exp, int)
+            and exp > 0
+            and base.bit_length() * exp > MAX_INT_BITS
+        ):
+            raise _Refused(
+                f"computes an integer power of about {base.bit_length() * exp} bits; exact "
+                f"integer powers are limited to {MAX_INT_BITS} bits (use a float base, e.g. 2.0 ** p)"
+            )
+    elif isinstance(exp, np.ndarray) and exp.dtype == object:
+        raise _Refused("raises to a power given as an array of Python objects")
+    return base**exp
+
+
+_SEQUENCES = (str, bytes, tuple, list)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    """a * b, refusing sequence repetition (("x",) * 10**9 would fill the memory)."""
+    if isinstance(a, _SEQUENCES) or isinstance(b, _SEQUENCES):
+        raise _Refused("repeats a sequence with '*'; only numbers and arrays may be multiplied")
+    return a * b
 
 
 def _getitem_checked(source: str):
@@ -339,13 +488,22 @@ def evaluate(expr: _Expr, table: ColumnTable, mask: np.ndarray | None) -> Any:
     cols = table.get_many(expr.columns)
     if mask is not None:
         cols = {k: v[mask] for k, v in cols.items()}
-    ns = {**_helpers(), **cols, "_getitem": _getitem_checked(table.source), "slice": slice}
+    ns = {
+        **_helpers(),
+        **cols,
+        "_getitem": _getitem_checked(table.source),
+        "_pow": _pow,
+        "_mul": _mul,
+        "slice": slice,
+    }
     assert expr.code is not None  # every _Expr except a _ColumnRef (handled above) is compiled
     try:
         with np.errstate(all="ignore"):
             return eval(expr.code, {"__builtins__": {}}, ns)  # noqa: S307 - AST whitelisted above
     except DataError:
         raise
+    except _Refused as exc:
+        raise ExpressionError(f"{table.source}: {expr.label} {_show(expr.text)} {exc}") from None
     except Exception as exc:
         raise DataError(
             f"{table.source}: cannot evaluate {expr.label} {expr.text!r}: "

@@ -28,7 +28,9 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +66,19 @@ def engine_version() -> str:
 
 
 MEMO_FILE = "checksums.json"  # under NSBI_HOME: the memo outlives the process
+_MEMO_WRITES: ContextVar[bool] = ContextVar("nsbi_checksum_memo_writes", default=True)
+
+
+@contextmanager
+def memo_read_only() -> Iterator[None]:
+    """Within this block file checksums use the memo file but never create or update it (nor
+    NSBI_HOME): what `nsbi analysis validate` needs, since validating creates nothing. The
+    in-process memo still keeps what was hashed."""
+    token = _MEMO_WRITES.set(False)
+    try:
+        yield
+    finally:
+        _MEMO_WRITES.reset(token)
 
 
 def _memo_path() -> Path:
@@ -97,7 +112,7 @@ def file_checksum(path: str | Path) -> str:
 
     The memo (in this process and in <NSBI_HOME>/checksums.json) only saves re-reading an
     unchanged multi-GB file on every run; a changed file has a new size or mtime and is hashed
-    again, so the key follows the content.
+    again, so the key follows the content. Inside `memo_read_only()` the file is not written.
     """
     p = Path(str(path).removeprefix("file://")).expanduser()
     p = p if p.is_absolute() else Path.cwd() / p
@@ -126,7 +141,8 @@ def file_checksum(path: str | Path) -> str:
                 f"sample file {p}: cannot read it to compute the job's content key ({exc})"
             ) from None
         hit = h.hexdigest()
-        _save_disk_memo(disk, {text_key: hit})
+        if _MEMO_WRITES.get():
+            _save_disk_memo(disk, {text_key: hit})
     with _LOCK:
         _CHECKSUMS[memo] = hit
     return hit
@@ -358,5 +374,6 @@ __all__ = [
     "find_sources",
     "job_key",
     "mark_cached",
+    "memo_read_only",
     "plan_keys",
 ]

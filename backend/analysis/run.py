@@ -12,8 +12,9 @@ and gets a result. `run_analysis` reads top to bottom as its stages, one functio
     insert    `insert_campaign` and `request_launch`: the campaign and its jobs (a job whose
               key matches an earlier SUCCEEDED job is created already SUCCEEDED), launched
     drive     `drive`: an in-process `Controller` until the campaign is final -- unless a
-              controller already runs for this NSBI_HOME (`nsbi up`), in which case it only
-              watches
+              controller already runs for this NSBI_HOME (`nsbi up`) or leads the database
+              (another home's `nsbi controller`), in which case it only watches (and takes
+              over should that leader stop, `backend.leader`)
     collect   `collect`: the result (result.json), its result status, the report folder
 
 Checks gate the result: the report opens with the campaign's result status ("checks passed"
@@ -174,22 +175,40 @@ def drive(
 ) -> str:
     """Run the controller in this process until the campaign is final; return its status.
 
-    If another controller holds this NSBI_HOME's lock (e.g. `nsbi up`), only watch it.
+    If another controller holds this NSBI_HOME's lock (e.g. `nsbi up`), only watch it. If one
+    of another home leads the database, watch it too, competing for nothing: this process is
+    a standby for the database's leader lease and drives the campaign only if it takes over.
     """
     from backend.controller import Controller, ControllerConfig, single_instance_lock
     from backend.launchers import get_launcher
+    from backend.leader import LeaderLease, holder_id
     from backend.stores import open_store
 
     lock = single_instance_lock(settings.home / "controller.lock")
     controller = None
+    lease = None
     if lock is not None:
         store = open_store(settings.store_uri, create=settings.store_uri.startswith("file://"))
+        lease = LeaderLease(
+            engine,
+            ttl_s=settings.controller.lease_ttl_s,
+            renew_s=settings.controller.lease_renew_s,
+            holder=holder_id(settings.home),
+        ).start()
         controller = Controller(
             engine,
             store,
             launchers or (lambda name: get_launcher(name, settings)),
             ControllerConfig(tick_interval_s=poll_s),
+            lease=lease,
         )
+        if progress and not lease.is_leader():
+            seen = lease.view()
+            print(
+                f"nsbi analysis: another controller ({seen.holder if seen else 'unknown'}) leads "
+                f"this database; watching campaign {campaign_id}",
+                file=sys.stderr,
+            )
     elif progress:
         print(
             f"nsbi analysis: a controller already runs for {settings.home}; watching campaign {campaign_id}",
@@ -213,6 +232,8 @@ def drive(
             time.sleep(max(0.0, poll_s - (time.monotonic() - t0)))
     finally:
         bar.close()
+        if lease is not None:
+            lease.stop(release=True)
         if lock is not None:
             lock.close()
 

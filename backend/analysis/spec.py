@@ -27,6 +27,7 @@ from backend.analysis.spec_yaml import (
     dotted,
     read_yaml,
 )
+from sbi_engine.config_model import non_finite
 
 # where a campaign-level error (from backend.campaigns' own checks) sits in the analysis file
 _CAMPAIGN_TO_FILE: tuple[tuple[str, PathKey], ...] = (
@@ -188,6 +189,12 @@ def _problems(parsed: ParsedFile, check_data: bool) -> tuple[Resolved | None, li
     def place(items: list[tuple[PathKey, str]]) -> list[Problem]:
         return [Problem(parsed.lines.line(p), dotted(p), msg, file) for p, msg in items]
 
+    reported = {p for p, _ in found}
+    found += [  # NaN / infinity anywhere, also in blocks that pass through (fit options)
+        (p, f"expected a finite number, got {v!r}")
+        for p, v in non_finite(parsed.data)
+        if not any(p[: len(r)] == r for r in reported)
+    ]
     problems = place(found)
     if check_data:
         from backend.analysis.spec_data import check_contents

@@ -5,7 +5,8 @@ any; otherwise a short summary of what a run would do: jobs per stage and how ma
 earlier runs already did (reused, not run again).
 
 run validates (problems: exit 2, nothing created), creates the campaign, drives it with an
-in-process controller (or watches the one `nsbi up` runs), shows progress, and writes the
+in-process controller (or watches the one `nsbi up` runs, or the controller that leads the
+database: one controller per database, `backend.leader`), shows progress, and writes the
 report folder (result.json, plots, summary.md). Exit 0 when the campaign succeeded and its
 checks passed, 3 when it succeeded but its result needs review (a failed check: see
 `backend.result_status`), 1 if it failed or was cancelled, 2 for an invalid file.
@@ -62,9 +63,11 @@ def _report_problems(path: str, problems: list[str]) -> int:
 def _preview(analysis) -> str:
     """Jobs per stage and how many an earlier run already did (when a database exists)."""
     from backend import service
+    from backend.analysis.cache import memo_read_only
 
     try:
-        plan = service.analysis_plan(analysis.campaign_config())
+        with memo_read_only():  # validation creates nothing, not even <NSBI_HOME>/checksums.json
+            plan = service.analysis_plan(analysis.campaign_config())
     except Exception as exc:  # noqa: BLE001 - the preview is a courtesy; validation already passed
         return f"(no job preview: {exc})"
     parts = [f"{kind} {n}" for kind, n in plan["kinds"].items()]

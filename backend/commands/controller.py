@@ -2,7 +2,13 @@
 
 Settings come from the environment (NSBI_HOME, DATABASE_URL, NSBI_STORE); the default store
 folder under NSBI_HOME is created, an explicitly configured one must already exist. After each
-pass the controller writes ``<NSBI_HOME>/controller.json`` ({"pid", "ticks", "time"}).
+pass the controller writes ``<NSBI_HOME>/controller.json`` ({"pid", "ticks", "time", "role"}).
+
+One controller per NSBI_HOME (``<NSBI_HOME>/controller.lock``) and one *leader* per database:
+controllers sharing a DATABASE_URL compete for its leader lease (`backend.leader`); the
+leader logs "leader: ..." and reconciles, the others log "standby: ..." and take over within
+NSBI_CONTROLLER_LEASE_TTL_S + NSBI_CONTROLLER_LEASE_RENEW_S seconds once the leader stops
+renewing it (at once when it exits cleanly).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from backend.controller import Controller, ControllerConfig, single_instance_lock
     from backend.db import get_engine, init_db
     from backend.launchers import get_launcher
+    from backend.leader import LeaderLease, holder_id
     from backend.settings import get_settings
     from backend.stores import StoreError, open_store
 
@@ -77,9 +84,26 @@ def run(args: argparse.Namespace) -> int:
         heartbeat_timeout_s=args.heartbeat_timeout,
         startup_timeout_s=args.startup_timeout,
     )
-    controller = Controller(engine, store, lambda name: get_launcher(name, settings), config)
+    lease = LeaderLease(
+        engine,
+        ttl_s=settings.controller.lease_ttl_s,
+        renew_s=settings.controller.lease_renew_s,
+        holder=holder_id(settings.home),
+    )
+    controller = Controller(
+        engine, store, lambda name: get_launcher(name, settings), config, lease=lease
+    )
     try:
+        lease.start()  # logs "leader: ..." or "standby: ..."; renews / tries on a thread
         if args.once:
+            if not lease.is_leader():
+                seen = lease.view()
+                print(
+                    f"nsbi controller: standby: {seen.holder if seen else 'another controller'} "
+                    "leads this database; this pass did nothing",
+                    file=sys.stderr,
+                )
+                return 1
             report = controller.tick()
             print(report)
             return 1 if report.errors else 0
@@ -91,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"nsbi controller: {exc}", file=sys.stderr)
         return 2
+    finally:
+        lease.stop(release=True)  # a clean exit hands over at once
     return 0
 
 

@@ -40,8 +40,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _dashboard_command(host: str, port: int) -> list[str]:
-    return [
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
+
+
+def _machine_hosts() -> list[str]:
+    """This machine's names and interface addresses: how browsers on the network reach it."""
+    import socket
+
+    import psutil
+
+    names = [socket.gethostname(), socket.getfqdn()]
+    addresses = [
+        a.address.split("%", 1)[0]  # an IPv6 link-local address carries its zone
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    return [h for h in (*names, *addresses) if h]
+
+
+def allowed_hosts(host: str, configured: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Streamlit's `server.allowedHosts`: the Host header values the dashboard accepts.
+
+    A request whose Host is not listed gets no websocket, which is what stops DNS rebinding
+    (a page on an attacker's domain that resolves to this server). The loopback names are
+    always in (a rebinding page's Host is the attacker's name, never `localhost`);
+    NSBI_DASHBOARD_ALLOWED_HOSTS (`configured`) adds the names users reach the dashboard by.
+    Without it: the bind address, or when bound to all interfaces this machine's names and
+    addresses.
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    bind = host.strip().strip("[]")
+    if configured:
+        hosts += configured
+    elif bind in WILDCARD_ADDRESSES:
+        hosts += _machine_hosts()
+    else:
+        hosts.append(bind)
+    return list(dict.fromkeys(h.lower() for h in hosts if h))
+
+
+def _dashboard_command(host: str, port: int, hosts: list[str] | None = None) -> list[str]:
+    cmd = [
         sys.executable,
         "-m",
         "streamlit",
@@ -55,7 +96,33 @@ def _dashboard_command(host: str, port: int) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # also in .streamlit/config.toml; repeated here so a stray config cannot turn them off
+        "--server.enableXsrfProtection",
+        "true",
+        "--server.enableCORS",
+        "true",
     ]
+    for allowed in hosts if hosts is not None else allowed_hosts(host):
+        cmd += ["--server.allowedHosts", allowed]
+    return cmd
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit for a log: the password replaced by ***."""
+    if "@" not in url:  # no credentials in it: printed as given
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: mask whatever sits between : and @
+        import re
+
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+# The controller and the workers it starts never need the dashboard's settings (its login).
+DASHBOARD_ONLY_PREFIX = "NSBI_DASHBOARD_"
 
 
 def _controller_command(tick: float) -> list[str]:
@@ -80,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from backend.settings import Settings
 
     settings = Settings.from_env()
+    print(f"nsbi up: database {masked_url(settings.database_url)}", flush=True)
     (settings.home / "store").mkdir(parents=True, exist_ok=True)
     init_db(get_engine(settings.database_url)).dispose()
     env = dict(
@@ -88,15 +156,17 @@ def run(args: argparse.Namespace) -> int:
         DATABASE_URL=settings.database_url,
         NSBI_STORE=settings.store_uri,
     )
-    print(f"nsbi up: database {settings.database_url}", flush=True)
-    print(f"nsbi up: artifact store {settings.store_uri}", flush=True)
+    controller_env = {k: v for k, v in env.items() if not k.startswith(DASHBOARD_ONLY_PREFIX)}
+    hosts = allowed_hosts(args.host, settings.dashboard.allowed_hosts)
+    print(f"nsbi up: artifact store {masked_url(settings.store_uri)}", flush=True)
+    print(f"nsbi up: dashboard answers to host names {', '.join(hosts)}", flush=True)
 
     procs: list[subprocess.Popen] = []
     if not args.no_controller:
-        procs.append(subprocess.Popen(_controller_command(args.tick), env=env))
+        procs.append(subprocess.Popen(_controller_command(args.tick), env=controller_env))
     app = _app_path()
     procs.append(
-        subprocess.Popen(_dashboard_command(args.host, args.port), env=env, cwd=app.parent)
+        subprocess.Popen(_dashboard_command(args.host, args.port, hosts), env=env, cwd=app.parent)
     )
     print(
         f"nsbi up: dashboard at http://{args.host}:{args.port}  (Ctrl-C stops everything)",

@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -43,11 +47,38 @@ def current_revision(engine: Engine | None = None) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# pg_advisory_xact_lock key of schema upgrades: controllers started together migrate in turn
+UPGRADE_LOCK_KEY = 0x6E736269  # "nsbi"
+
+
+@contextmanager
+def _upgrade_lock(engine: Engine, conn: sa.Connection) -> Iterator[None]:
+    """One schema upgrade at a time per database, across processes: a PostgreSQL advisory lock
+    held by the upgrade's transaction, or an flock beside a SQLite file (in-memory: nothing)."""
+    if engine.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": UPGRADE_LOCK_KEY})
+        yield
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or "mode=memory" in str(engine.url):
+        yield
+        return
+    with open(f"{database}.upgrade-lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def upgrade(engine: Engine | None = None, revision: str = "head") -> str | None:
-    """Run the migrations up to `revision` on `engine`; returns the revision reached."""
+    """Run the migrations up to `revision` on `engine`; returns the revision reached.
+
+    Safe to call from several processes at once (controllers starting together): they take
+    turns, and the later ones find the schema already at `revision`."""
     engine = resolve_engine(engine)
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
+    with engine.begin() as conn, _upgrade_lock(engine, conn):
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return current_revision(engine)

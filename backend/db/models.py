@@ -1,8 +1,9 @@
 """The control plane's tables (SQLModel).
 
 One row per campaign, job, job dependency edge, attempt, state-transition event, metric point,
-resource sample, artifact and fit result. Status columns hold the string values of the enums
-in `backend.states`. All timestamps are timezone-aware UTC (`UTCDateTime`).
+resource sample, artifact and fit result; plus the controller's leader lease. Status columns
+hold the string values of the enums in `backend.states`. All timestamps are timezone-aware UTC
+(`UTCDateTime`).
 
 Crash safety: an `Attempt` row is written in LAUNCHING state, with a unique
 (job_id, attempt_no), *before* the launcher is called; a restarted controller that finds a
@@ -176,6 +177,30 @@ class Attempt(SQLModel, table=True):
     ingest_cursor: dict[str, Any] = Field(
         default_factory=dict, sa_type=JSONType
     )  # per stream: last seq
+    # where the launcher that owns the instance keeps its records ("host:folder" for the local
+    # launcher), written with the LAUNCHING row; None: any controller can observe the instance
+    # (GCE). A controller elsewhere judges the attempt through the store, never as "gone".
+    launched_from: str | None = Field(default=None, max_length=500)
+
+
+class ControllerLease(SQLModel, table=True):
+    """The leader lease: the one controller allowed to write the database (`backend.leader`).
+
+    One row per lease name. Taken over with a conditional UPDATE once ``expires_at`` has passed
+    (``token`` + 1 on every takeover); the leader renews it and checks ``holder`` and ``token`` in
+    the same transaction as each of its state writes (fencing). Times are seconds since the
+    epoch on the database's clock, so controllers on different hosts agree on expiry.
+    """
+
+    __tablename__ = "controller_lease"
+    __table__: ClassVar[sa.Table]  # set by SQLAlchemy's declarative mapping
+
+    name: str = Field(primary_key=True, max_length=32)
+    holder: str | None = Field(default=None, max_length=300)  # "host:pid:home:nonce"; None: free
+    token: int = Field(default=0, sa_type=sa.BigInteger)  # fencing token, +1 per takeover
+    expires_at: float = 0.0
+    acquired_at: float = 0.0
+    renewed_at: float = 0.0
 
 
 class Event(SQLModel, table=True):

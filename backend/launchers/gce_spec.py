@@ -15,13 +15,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backend.launchers.base import LauncherError, LaunchRequest
-from backend.settings import DEFAULT_GCE_IMAGE, GceSettings, SettingsError, get_settings
+from backend.settings import (
+    DEFAULT_GCE_IMAGE,
+    DEFAULT_GCE_SCOPES,
+    GceSettings,
+    SettingsError,
+    get_settings,
+)
 
 # ----------------------------------------------------------------------------- configuration
 
 DEFAULT_IMAGE = DEFAULT_GCE_IMAGE
 COS_IMAGE = "projects/cos-cloud/global/images/family/cos-stable"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+WORKER_SCOPES = DEFAULT_GCE_SCOPES  # devstorage.read_write, logging.write, monitoring.write
+# the accounts a project gets by default, with the Editor role on the whole project
+_DEFAULT_ACCOUNT = re.compile(
+    r"^(default|\d+-compute@developer\.gserviceaccount\.com|[^@\s]+@appspot\.gserviceaccount\.com)$"
+)
 BUILTIN_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-")  # machine types that come with their GPUs
 
 
@@ -55,8 +65,10 @@ class GceConfig:
     boot_disk_type: str = "pd-balanced"
     network: str = "global/networks/default"
     subnetwork: str | None = None
-    external_ip: bool = True
-    service_account: str | None = None  # None: the project's default compute SA
+    external_ip: bool = False  # no public address: Cloud NAT / Private Google Access (docs/gcp.md)
+    service_account: str | None = None  # the workers' own account; None: the project's default
+    allow_default_service_account: bool = False  # accept the default account (refused otherwise)
+    scopes: tuple[str, ...] = WORKER_SCOPES  # OAuth scopes of the VM's account
     worker_image: str = ""  # e.g. europe-docker.pkg.dev/p/nsbi/worker:1.0
     runtime: str = "docker"  # docker | python (DLVM with nsbi pip-installed)
     python: str = "python3"  # interpreter for runtime=python
@@ -89,6 +101,25 @@ class GceConfig:
                 "gce launcher: runtime 'docker' needs a worker image (set NSBI_GCE_WORKER_IMAGE)"
             )
         check_env(self.env, "GceConfig.env")
+        if is_default_service_account(self.service_account):
+            if not self.allow_default_service_account:
+                raise LauncherError(
+                    "gce launcher: the worker VMs would run as "
+                    + (
+                        f"the default account {self.service_account!r}"
+                        if self.service_account
+                        else "the project's default compute service account "
+                        "(NSBI_GCE_SERVICE_ACCOUNT is not set)"
+                    )
+                    + ", which holds the Editor role on the whole project. Create a worker "
+                    "account with only the roles it needs (docs/gcp.md, 'Service accounts and "
+                    "roles') and set NSBI_GCE_SERVICE_ACCOUNT=nsbi-worker@PROJECT.iam.gserviceaccount.com, "
+                    "or set NSBI_GCE_ALLOW_DEFAULT_SA=1 to accept the default account"
+                )
+        if not self.scopes:
+            raise LauncherError(
+                "gce launcher: no OAuth scopes for the worker VMs (NSBI_GCE_SCOPES)"
+            )
 
 
 def config_from_settings(gce: GceSettings, **overrides: Any) -> GceConfig:
@@ -101,6 +132,8 @@ def config_from_settings(gce: GceSettings, **overrides: Any) -> GceConfig:
         image=gce.image,
         boot_disk_gb=gce.boot_disk_gb,
         service_account=gce.service_account,
+        allow_default_service_account=gce.allow_default_service_account,
+        scopes=gce.scopes,
         worker_image=gce.worker_image,
         runtime=gce.runtime,
         python=gce.python,
@@ -126,6 +159,14 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> G
     except SettingsError as exc:
         raise LauncherError(str(exc)) from None
     return config_from_settings(gce, **overrides)
+
+
+def is_default_service_account(email: str | None) -> bool:
+    """No account given, ``default``, or a project's default compute
+    (``<number>-compute@developer.gserviceaccount.com``) or App Engine
+    (``<project>@appspot.gserviceaccount.com``) account: each has the Editor role on the whole
+    project unless someone took it away."""
+    return not email or bool(_DEFAULT_ACCOUNT.match(email.strip().lower()))
 
 
 # ----------------------------------------------------------------------------- names and labels
@@ -326,7 +367,7 @@ def build_instance(
     if config.external_ip:
         nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
     sa = compute_v1.ServiceAccount(
-        email=config.service_account or "default", scopes=[CLOUD_PLATFORM_SCOPE]
+        email=config.service_account or "default", scopes=list(config.scopes)
     )
     return compute_v1.Instance(
         name=name,

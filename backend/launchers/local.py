@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,77 @@ MARKER = "nsbi-instance:"  # $0 of the sh wrapper; lets a restarted launcher fin
 # says otherwise): every training job of a campaign compiles the same functions, and a cache
 # hit turns ~10 s of XLA compilation into well under a second.
 JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+
+# What a worker inherits from the controller's environment: an allow-list, so a secret of the
+# controller's process (the dashboard password, a database URL with its password, an API token)
+# never reaches job code or its log. A worker needs no database (it talks to the store only).
+# Names the launcher's caller passes explicitly (`extra_env`, the request's `env`) always go
+# through; NSBI_LOCAL_PASS_ENV names further variables to inherit.
+WORKER_ENV_NAMES = frozenset(
+    {
+        # the process basics
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONHASHSEED",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "COVERAGE_PROCESS_START",
+        # the artifact store: Cloud Storage credentials and endpoints, TLS and proxies
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "CLOUDSDK_CONFIG",
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_IP",
+        "STORAGE_EMULATOR_HOST",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+# The worker settings (backend/settings.py: NSBI_WORKER_*, NSBI_JOB_KIND_MODULES, NSBI_HOME,
+# NSBI_STORE, NSBI_GCS_*, ...), locale, and the accelerator stack's own variables.
+WORKER_ENV_PREFIXES = ("NSBI_", "LC_", "XLA_", "JAX_", "CUDA_", "NVIDIA_", "TF_CPP_", "NCCL_")
+# Never inherited, whatever the lists above say: the dashboard's settings and anything that
+# looks like a credential by its name (a worker that needs one gets it through `extra_env`).
+WORKER_ENV_DENIED_PREFIXES = ("NSBI_DASHBOARD_",)
+WORKER_ENV_DENIED_WORDS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY")
+
+
+def worker_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The part of `environ` a worker inherits (see WORKER_ENV_NAMES and the prefixes)."""
+    extra = set(pass_env)
+    out = {}
+    for name, value in environ.items():
+        if name in extra:  # named explicitly by the operator: passed as asked
+            out[name] = value
+            continue
+        upper = name.upper()
+        if upper.startswith(WORKER_ENV_DENIED_PREFIXES) or any(
+            word in upper for word in WORKER_ENV_DENIED_WORDS
+        ):
+            continue
+        if name in WORKER_ENV_NAMES or name.startswith(WORKER_ENV_PREFIXES):
+            out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +169,7 @@ class LocalLauncher:
         python: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         cwd: Path | str | None = None,
+        pass_env: Sequence[str] | None = None,
     ) -> None:
         self.var_dir = Path(var_dir)
         self.instances_dir = self.var_dir / "instances"
@@ -114,6 +187,11 @@ class LocalLauncher:
         self.grace_s = float(grace_s)
         self.python = python or sys.executable
         self.extra_env = dict(extra_env or {})
+        if pass_env is None:
+            from backend.settings import get_settings
+
+            pass_env = get_settings().local.pass_env  # NSBI_LOCAL_PASS_ENV
+        self.pass_env = tuple(pass_env)
         self.cwd = str(cwd) if cwd else None
         self._children: dict[str, subprocess.Popen] = {}
 
@@ -291,7 +369,7 @@ class LocalLauncher:
             env = {
                 **JAX_CACHE_ENV,
                 "JAX_COMPILATION_CACHE_DIR": str(self.var_dir / "jax-cache"),
-                **os.environ,
+                **worker_environment(os.environ, self.pass_env),
                 **self.extra_env,
                 **request.env,
                 "NSBI_INSTANCE_ID": iid,
@@ -410,6 +488,35 @@ class LocalLauncher:
                 missing_ok=True
             )  # a crashed write
             self._children.pop(instance_id, None)
+
+    # ------------------------------------------------------------------ who can see an instance
+    @property
+    def location(self) -> str:
+        """Where this launcher keeps its instance records, ``host:folder``. The controller
+        stores it on each attempt: only a launcher on the same host, reading the same folder
+        (see :meth:`observer`), can tell whether the instance is alive, so a controller with
+        another NSBI_HOME never declares an instance "gone" just because it has no record."""
+        return f"{socket.gethostname()}:{self.var_dir.resolve()}"
+
+    def observer(self, location: str) -> LocalLauncher | None:
+        """A launcher reading the records at ``location``: this one, one over another folder of
+        this host (an earlier leader's NSBI_HOME), or None for another host (its instances
+        cannot be seen from here; the controller then judges them through the store)."""
+        if location == self.location:
+            return self
+        host, _, folder = location.partition(":")
+        if host != socket.gethostname() or not folder or not Path(folder).is_dir():
+            return None
+        return LocalLauncher(
+            folder,
+            max_concurrent=self.max_concurrent,
+            gpus=self.gpus,
+            grace_s=self.grace_s,
+            python=self.python,
+            extra_env=self.extra_env,
+            cwd=self.cwd,
+            pass_env=self.pass_env,
+        )
 
     def log_path(self, instance_id: str) -> Path:
         return self.logs_dir / f"{instance_id}.log"

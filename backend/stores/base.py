@@ -67,15 +67,38 @@ class ArtifactStore(Protocol):
 # ---------------------------------------------------------------- helpers over any store
 
 
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` (already stripped of trailing slashes) is not a relative key, else None."""
+    if not isinstance(key, str):
+        return f"expected a string, got {type(key).__name__}"
+    if key.startswith("/"):
+        return "absolute; keys are relative to the store root"
+    if any(c in key for c in "\x00\r\n"):
+        return "contains a NUL, CR or LF character"
+    if not key or any(p in ("", ".", "..") for p in key.split("/")):
+        return "use a relative path without '.', '..' or '//'"
+    return None
+
+
 def check_key(key: str) -> str:
-    """A normalised store key; refuses empty, '.', '..' and '//' parts (no escaping the root)."""
-    key = key.strip("/")
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(
-            f"invalid store key {key!r}: use a relative path without '.', '..' or '//'"
-        )
-    return key
+    """A normalised store key (trailing slashes dropped). Refuses absolute keys, empty, '.',
+    '..' and '//' parts and NUL / CR / LF, so that no key names anything outside the store's
+    root; a store that maps keys onto a filesystem also checks where the path resolves to."""
+    problem = _key_problem(key.rstrip("/") if isinstance(key, str) else key)
+    if problem is not None:
+        raise StoreError(f"invalid store key {key!r}: {problem}")
+    return key.rstrip("/")
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: '' (everything), a folder ('a/b/') or a partial name ('a/b/seg-');
+    the same rules as keys (no absolute prefix, no '.', '..' or '//' part)."""
+    if prefix == "":
+        return prefix
+    problem = _key_problem(prefix[:-1] if prefix.endswith("/") else prefix)
+    if problem is not None:
+        raise StoreError(f"invalid store prefix {prefix!r}: {problem}")
+    return prefix
 
 
 SEGMENT_DIGITS = 8

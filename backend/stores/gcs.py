@@ -11,6 +11,10 @@ layout guarantees: one worker per attempt folder).
 
 The SDK is imported here only, so the core imports without google-cloud-storage installed.
 With ``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymously.
+
+Keys and listing prefixes follow the same rules as the local store (`check_key`,
+`check_prefix`: relative, no '.', '..' or '//' part), although GCS itself would take
+``a/../b`` as a literal object name: a key means the same object in every store.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from backend.settings import get_settings
-from backend.stores.base import ObjectNotFound, StoreError, check_key
+from backend.stores.base import ObjectNotFound, StoreError, check_key, check_prefix
 
 SCHEME = "gs"
 RESUMABLE_THRESHOLD = 8 * 1024 * 1024  # above this, upload in resumable chunks
@@ -225,7 +229,7 @@ class GCSStore:
     def list(self, prefix: str = "") -> list[str]:
         from google.api_core import exceptions as gexc
 
-        prefix = prefix.lstrip("/")
+        prefix = check_prefix(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
         try:
             names = [

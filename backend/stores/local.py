@@ -3,6 +3,12 @@
 Writes go to a temporary file in the destination folder and are then renamed into place
 (``os.replace``), so readers see either the old object or the whole new one. Exclusive
 creation (``put_new``) uses ``os.link``, which fails atomically when the name is taken.
+
+Every key stays inside the root: keys are checked as text (`check_key`: no absolute key, no
+'.' or '..' part), and the path each one names is resolved (`os.path.realpath`) and must lie
+under the resolved root, so a symbolic link inside the store cannot lead a read, write,
+listing or delete elsewhere. A listing skips links that point outside the root and does not
+descend into linked folders.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from backend.stores.base import ObjectNotFound, StoreError, check_key
+from backend.stores.base import ObjectNotFound, StoreError, check_key, check_prefix
 
 SCHEME = "file"
 
@@ -36,8 +42,18 @@ def path_from_uri(uri: str) -> Path:
 class LocalStore:
     """An :class:`~backend.stores.base.ArtifactStore` over a folder."""
 
-    def __init__(self, root: Path | str, *, create: bool = False, must_exist: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        create: bool = False,
+        must_exist: bool = True,
+        within: str | None = None,
+    ) -> None:
         self.root = Path(root) if not isinstance(root, str) else path_from_uri(root)
+        # every path this store touches must resolve under here: the resolved root, or the
+        # resolved root of the store this one is a child of
+        self._jail = within or os.path.realpath(self.root)
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -55,11 +71,28 @@ class LocalStore:
         return (self.root / check_key(key)).as_uri()
 
     def path_for(self, key: str) -> Path:
-        """Local path of ``key`` (local store only; lets numpy/JAX read files in place)."""
-        return self.root / check_key(key)
+        """Local path of ``key`` (local store only; lets numpy/JAX read files in place).
+        Raises StoreError for a key that is not relative or whose path resolves outside the
+        root (through a symbolic link)."""
+        path = self.root / check_key(key)
+        self._contain(path, f"store key {key!r}")
+        return path
+
+    def _inside(self, real: str) -> bool:
+        return real == self._jail or real.startswith(self._jail.rstrip(os.sep) + os.sep)
+
+    def _contain(self, path: Path, what: str) -> None:
+        real = os.path.realpath(path)
+        if not self._inside(real):
+            raise StoreError(
+                f"{path.as_uri()}: {what} leads outside the store root {self._jail} "
+                f"(it resolves to {real} through a symbolic link); refused"
+            )
 
     def child(self, prefix: str) -> LocalStore:
-        return LocalStore(self.root / check_key(prefix), must_exist=False)
+        path = self.root / check_key(prefix)
+        self._contain(path, f"store prefix {prefix!r}")
+        return LocalStore(path, must_exist=False, within=self._jail)
 
     # -- writes
     def _write_temp(self, path: Path, data: bytes) -> str:
@@ -111,21 +144,36 @@ class LocalStore:
         return self.path_for(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        prefix = prefix.lstrip("/")
+        prefix = check_prefix(prefix)
         # list the deepest folder named by the prefix, then filter by the full prefix
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self.root / folder if folder else self.root
+        self._contain(base, f"store prefix {prefix!r}")
         if not base.is_dir():
             return []
         keys = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
+        stack = [(str(base), folder)]
+        while stack:
+            where, rel = stack.pop()
+            try:
+                entries = list(os.scandir(where))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while listing
+            for entry in entries:
+                key = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                        stack.append((entry.path, key))
+                    continue
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                     continue  # an in-flight atomic write
-                key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-                if key.startswith(prefix):
-                    keys.append(key)
+                if not key.startswith(prefix):
+                    continue
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if not (self._inside(real) and os.path.isfile(real)):
+                        continue  # a link out of the store (or to a folder): not an object here
+                keys.append(key)
         keys.sort()
         return keys
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, figures, forms, intents, widgets
+from dashboard import cache, figures, formatting, forms, intents, widgets
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
 ERRORS_KEY = "campaign-form-errors"
+DEMO_LABEL = "Launch demo campaign"  # the README names this button: keep them equal
 ANALYSIS_ERRORS_KEY = "analysis-file-errors"
 
 
@@ -22,7 +23,7 @@ def campaigns_page() -> None:
     st.title("Campaigns")
     top = st.columns([2, 5])
     if top[0].button(
-        "Demo campaign",
+        DEMO_LABEL,
         type="primary",
         icon=":material/play_arrow:",
         key="demo-campaign",
@@ -60,30 +61,13 @@ def _campaign_list() -> None:
     df = cache.campaigns(db)
     st.subheader("Campaigns")
     if df.empty:
-        widgets.nothing_yet("No campaigns yet: press “Demo campaign” or fill in the form below.")
+        widgets.nothing_yet(f"No campaigns yet: press “{DEMO_LABEL}” or fill in the form below.")
         return
     df = df.sort_values("id", ascending=False)
     df = df.assign(result=_result_column(db, df))
     state_cols = [c for c in df.columns if c.startswith("n_") and c != "n_jobs"]
-    shown = [
-        c
-        for c in (
-            "id",
-            "name",
-            "status",
-            "result",
-            "progress",
-            "n_jobs",
-            *state_cols,
-            "cost",
-            "budget",
-            "estimate_cost",
-            "created",
-        )
-        if c in df
-    ]
     event = st.dataframe(
-        df[shown],
+        _table(df, state_cols),
         hide_index=True,
         key="campaign-table",
         on_select="rerun",
@@ -97,14 +81,11 @@ def _campaign_list() -> None:
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, format="percent"
             ),
-            "cost": st.column_config.NumberColumn("cost (USD)", format="%.2f"),
-            "budget": st.column_config.NumberColumn("budget (USD)", format="%.2f"),
-            **{c: st.column_config.NumberColumn(c[2:].lower()) for c in state_cols},
         },
     )
     rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
     selected = [int(df.iloc[i]["id"]) for i in rows]
-    cols = st.columns([1, 1, 1, 4])
+    cols = st.columns([1.3, 1.3, 1.7, 3])
     label = f" ({len(selected)})" if selected else ""
     actions = (
         ("Launch", intents.launch, ":material/rocket_launch:"),
@@ -122,6 +103,39 @@ def _campaign_list() -> None:
     if not selected:
         cols[3].caption("Select campaigns in the table for launch, cancel or retry.")
     widgets.chart(figures.campaign_states(df), "campaign-states", exportable=False)
+
+
+def money(x: object) -> str:
+    """USD with thousands separators; blank when there is none."""
+    return f"{float(x):,.2f}" if formatting.present(x) else ""  # type: ignore[arg-type]
+
+
+def _table(df: pd.DataFrame, state_cols: list[str]) -> pd.DataFrame:
+    """The campaign list as people read it: human column names, money with separators, a
+    blank instead of 'None' (no budget, nothing estimated)."""
+    out = pd.DataFrame(
+        {
+            "id": df["id"].astype(int),
+            "name": df["name"].astype(str),
+            "status": df["status"].astype(str),
+            "result": df["result"],
+            "progress": df["progress"],
+            "jobs": pd.to_numeric(df.get("n_jobs", 0), errors="coerce").fillna(0).astype(int),
+        }
+    )
+    for c in state_cols:
+        out[c[2:].lower()] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype(int)
+    out["cost (USD)"] = [money(v) for v in df.get("cost", [None] * len(df))]
+    out["budget (USD)"] = [
+        money(v) if formatting.present(v) else "no budget"
+        for v in df.get("budget", [None] * len(df))
+    ]
+    if "estimate_cost" in df:
+        out["estimated cost (USD)"] = [money(v) for v in df["estimate_cost"]]
+    if "created" in df:
+        created = pd.to_datetime(df["created"], utc=True, errors="coerce")
+        out["created (UTC)"] = created.dt.strftime("%Y-%m-%d %H:%M").fillna("")
+    return out
 
 
 @st.cache_data(ttl=cache.LIVE_TTL_S, show_spinner=False)
@@ -179,9 +193,9 @@ def _campaign_form() -> None:
         with c[1]:
             budget = st.number_input(
                 "Budget (USD, 0 = none)",
-                min_value=0.0,
                 value=float(defaults["budget"]),
                 step=10.0,
+                format="%.2f",
                 key="f-budget",
             )
             _field_errors("budget")
@@ -228,25 +242,22 @@ def _campaign_form() -> None:
 
         st.markdown("**Ratio estimators**")
         c = st.columns(5)
-        hidden = c[0].number_input(
-            "Hidden layers", min_value=0, value=defaults["hidden_layers"], key="f-layers"
-        )
-        width = c[1].number_input("Width", min_value=0, value=defaults["width"], key="f-width")
+        # No min/max on the number fields: a browser-side limit only turns a field red and the
+        # submit then sends the old value silently; the checks below (the form's and the
+        # backend's own validation) explain every refusal next to its field instead.
+        hidden = c[0].number_input("Hidden layers", value=defaults["hidden_layers"], key="f-layers")
+        width = c[1].number_input("Width", value=defaults["width"], key="f-width")
         activation = c[2].selectbox("Activation", forms.ACTIVATIONS, key="f-activation")
-        max_steps = c[3].number_input(
-            "Steps", min_value=0, value=defaults["max_steps"], key="f-steps"
-        )
-        batch = c[4].number_input(
-            "Batch size", min_value=0, value=defaults["batch_size"], key="f-batch"
-        )
+        max_steps = c[3].number_input("Steps", value=defaults["max_steps"], key="f-steps")
+        batch = c[4].number_input("Batch size", value=defaults["batch_size"], key="f-batch")
         _field_errors("architecture")
         c = st.columns(2)
         with c[0]:
             ens = st.number_input(
-                "Ensemble size", min_value=0, value=defaults["ensemble_size"], key="f-ensemble"
+                "Ensemble size", value=defaults["ensemble_size"], key="f-ensemble"
             )
             per_job = st.number_input(
-                "Members per job", min_value=0, value=defaults["members_per_job"], key="f-per-job"
+                "Members per job", value=defaults["members_per_job"], key="f-per-job"
             )
             _field_errors("ensemble_size")
         with c[1]:
@@ -270,7 +281,7 @@ def _campaign_form() -> None:
                 "GPU type", [None, *gpus], format_func=lambda g: g or "none", key="f-gpu"
             )
         with c[3]:
-            gpu_count = st.number_input("GPUs", min_value=0, max_value=16, value=0, key="f-gpus")
+            gpu_count = st.number_input("GPUs", value=0, key="f-gpus")
         _field_errors("machine")
         c = st.columns(3)
         with c[0]:
@@ -286,11 +297,9 @@ def _campaign_form() -> None:
             _field_errors("zones")
         with c[2]:
             concurrency = st.number_input(
-                "Max concurrent jobs",
-                min_value=1,
-                value=defaults["max_concurrency"],
-                key="f-concurrency",
+                "Max concurrent jobs", value=defaults["max_concurrency"], key="f-concurrency"
             )
+            _field_errors("max_concurrency")
 
         st.markdown("**After training**")
         c = st.columns(5)
@@ -298,13 +307,13 @@ def _campaign_form() -> None:
         impacts = c[1].checkbox("Impacts", value=defaults["impacts"], key="f-impacts")
         scan = c[2].checkbox("Scan", value=defaults["scan"], key="f-scan")
         toys = c[3].checkbox("Toys", value=defaults["toys"], key="f-toys")
-        n_toys = c[4].number_input(
-            "Number of toys", min_value=1, value=defaults["n_toys"], key="f-ntoys"
-        )
+        with c[4]:
+            n_toys = st.number_input("Number of toys", value=defaults["n_toys"], key="f-ntoys")
+            _field_errors("n_toys")
         _field_errors("stages")
         _field_errors("_general")
 
-        b = st.columns([1, 1, 1, 3])
+        b = st.columns([1.1, 1.1, 1.9, 3])  # wide enough for "Create and launch" with its icon
         do_estimate = b[0].form_submit_button("Estimate", icon=":material/calculate:")
         do_create = b[1].form_submit_button("Create", icon=":material/add:")
         do_launch = b[2].form_submit_button(
@@ -342,18 +351,25 @@ def _campaign_form() -> None:
         "toys": toys,
         "n_toys": n_toys,
     }
+    st.session_state["campaign-machine"] = {
+        "machine type": machine,
+        "GPU": f"{gpu_count} × {gpu_type}" if gpu_type and gpu_count else "none",
+        "pricing": "spot" if spot else "on-demand",
+    }
     _submit(values, create=do_create or do_launch, launch=do_launch)
 
 
 def _submit(values: dict, *, create: bool, launch: bool) -> None:
     result = forms.build_config(values)
-    errors = dict(result.errors)
     estimate = None
-    if not errors:
-        try:
-            estimate = intents.estimate(result.config)
-        except Exception as exc:  # CampaignConfigError carries one message per problem
-            errors = forms.file_backend_errors(getattr(exc, "errors", None) or [str(exc)])
+    backend_errors: dict[str, list[str]] = {}
+    try:  # the backend's validation runs every time, so its refusals show beside the fields too
+        estimate = intents.estimate(result.config)
+    except Exception as exc:  # CampaignConfigError carries one message per problem
+        backend_errors = forms.file_backend_errors(getattr(exc, "errors", None) or [str(exc)])
+    errors = forms.merge_errors(result.errors, backend_errors)
+    if errors:
+        estimate = None
     st.session_state[ERRORS_KEY] = errors
     st.session_state["campaign-estimate"] = estimate
     if errors or not create:
@@ -372,19 +388,46 @@ def _submit(values: dict, *, create: bool, launch: bool) -> None:
     st.rerun()
 
 
+UPLOAD_MODE = "Upload a file"
+FOLDER_MODE = "A file in the analysis folder"
+
+
 def _analysis_form() -> None:
-    """Start a campaign from an analysis file (a path on the server, or an upload); every
-    problem of the file is shown here with its line, and nothing is created until it is valid."""
+    """Start a campaign from an analysis file (an upload, or a file in the analysis folder);
+    every problem of the file is shown here with its line, and nothing is created until it is
+    valid. A path opens only files inside the analysis folder (NSBI_ANALYSIS_DIR), and the
+    problems never quote what the file holds (`intents.redact_problem`)."""
     st.caption(
         "An analysis file (YAML, see docs/analysis.md) defines samples, systematics, training "
         "and the fit in one place. Jobs that an earlier run already did are reused, not run again. "
         "The controller (`nsbi up`) runs the campaign; `nsbi analysis run FILE` also writes a report."
     )
-    path = st.text_input(
-        "Analysis file path", key="a-path", placeholder="examples/analysis-demo.yaml"
+    mode = st.radio(
+        "Analysis file", (UPLOAD_MODE, FOLDER_MODE), index=0, horizontal=True, key="a-mode"
     )
-    upload = st.file_uploader("… or upload one", type=["yaml", "yml"], key="a-upload")
-    c = st.columns([1, 1, 4])
+    upload = None
+    path = ""
+    if mode == UPLOAD_MODE:
+        upload = st.file_uploader("Analysis file (YAML)", type=["yaml", "yml"], key="a-upload")
+    else:
+        folder = intents.analysis_folder()
+        files = intents.analysis_files(folder)
+        path = st.text_input(
+            "File in the analysis folder",
+            key="a-path",
+            placeholder=files[0] if files else "analysis.yaml",
+            help=f"a path relative to {folder} (NSBI_ANALYSIS_DIR); no file outside it is opened",
+        )
+        st.caption(
+            f"Analysis folder: `{folder}`"
+            + (
+                f"; files: {', '.join(f'`{f}`' for f in files[:12])}"
+                if files
+                else " (no files yet)"
+            )
+            + (" …" if len(files) > 12 else "")
+        )
+    c = st.columns([1, 1.9, 3.2])
     do_check = c[0].button("Check", key="a-check", icon=":material/fact_check:")
     do_run = c[1].button(
         "Create and launch", key="a-run", type="primary", icon=":material/rocket_launch:"
@@ -398,26 +441,31 @@ def _analysis_form() -> None:
         return
     st.session_state["analysis-checked"] = None
     try:
-        if upload is not None:
+        if mode == UPLOAD_MODE:
+            if upload is None:
+                st.session_state[ANALYSIS_ERRORS_KEY] = [
+                    "upload an analysis file (or choose “A file in the analysis folder”)"
+                ]
+                st.rerun()
             source = intents.save_upload(upload.name, upload.getvalue())
-        elif path.strip():
-            source = path.strip()
+            shown = upload.name
         else:
-            st.session_state[ANALYSIS_ERRORS_KEY] = [
-                "give the path of an analysis file or upload one"
-            ]
-            st.rerun()
+            source = str(intents.resolve_analysis_path(path))
+            shown = path.strip()
         problems = intents.analysis_problems(source)
         st.session_state[ANALYSIS_ERRORS_KEY] = problems
         if problems or not do_run:
-            st.session_state["analysis-checked"] = None if problems else source
+            st.session_state["analysis-checked"] = None if problems else shown
             st.rerun()
         cid = intents.create_from_analysis(source, launch=True)
+    except intents.AnalysisPathError as exc:
+        st.session_state[ANALYSIS_ERRORS_KEY] = [str(exc)]
+        st.rerun()
     except Exception as exc:  # AnalysisError lists problems; anything else is shown as one line
         problems = [str(p) for p in getattr(exc, "problems", [])] or [
             f"{type(exc).__name__}: {exc}"
         ]
-        st.session_state[ANALYSIS_ERRORS_KEY] = problems
+        st.session_state[ANALYSIS_ERRORS_KEY] = [intents.redact_problem(p) for p in problems]
         st.rerun()
     cache.clear()
     st.session_state["campaign_id"] = cid
@@ -431,10 +479,20 @@ def _show_estimate() -> None:
         st.warning("The form has problems: see the messages beside the fields.")
     est = st.session_state.get("campaign-estimate")
     if est:
-        c = st.columns(3)
-        c[0].metric("Estimated cost (USD)", f"{float(est.get('cost', 0.0)):.2f}")
-        c[1].metric("Estimated GPU-hours", f"{float(est.get('gpu_hours', 0.0)):.2f}")
-        c[2].metric("Jobs", len(est.get("per_job", ()) or ()))
+        per_job = [forms.as_plain(j) for j in est.get("per_job", ()) or ()]
+        c = st.columns(4)
+        c[0].metric("Estimated cost (USD)", money(est.get("cost", 0.0)))
+        c[1].metric("Estimated GPU-hours", formatting.number(est.get("gpu_hours", 0.0), 3))
+        c[2].metric("Machine-hours", formatting.number(est.get("machine_hours", 0.0), 3))
+        c[3].metric("Jobs", len(per_job))
+        breakdown = forms.estimate_breakdown(per_job, st.session_state.get("campaign-machine"))
+        if len(breakdown):
+            st.markdown(
+                "**Estimate by task**",
+                help="per job kind and ratio task: jobs, machine-hours, GPU-hours, the price "
+                "per machine-hour from the catalogue and the cost (no retries or preemptions)",
+            )
+            st.dataframe(breakdown, hide_index=True, key="estimate-breakdown")
 
 
 campaigns_page()

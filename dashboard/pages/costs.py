@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, figures, queries, widgets
+from dashboard import cache, figures, formatting, queries, widgets
 
 # cost_summary group keys, and the column each one gives in the frame (with its label)
 SERVICE_GROUPS = ("campaign", "day", "machine", "gpu", "spot")
@@ -16,6 +16,33 @@ GROUPS = {
     "spot": "spot / on-demand",
 }
 VIEWS = ("By group", "Over time", "Budget burn-down", "Table")
+QUANTITIES = {
+    "cost": "cost (USD)",
+    "gpu_hours": "GPU-hours",
+    "cpu_hours": "CPU-hours",
+    "wall_hours": "wall time (h)",
+}
+TABLE_COLUMNS = {
+    "campaign": "campaign",
+    "campaign_name": "name",
+    "day": "day",
+    "machine": "machine type",
+    "gpu": "GPU type",
+    "spot": "spot / on-demand",
+    "attempts": "attempts",
+    "wall_hours": "wall time (h)",
+    "cpu_hours": "CPU-hours",
+    "gpu_hours": "GPU-hours",
+    "cost": "cost (USD)",
+}
+
+
+def _duration(hours: float) -> str:
+    """'2 h 05 min' / '4 min 10 s': wall time people read."""
+    seconds = int(round(hours * 3600))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {sec:02d} s"
 
 
 def costs_page() -> None:
@@ -29,12 +56,21 @@ def costs_page() -> None:
     if usage.empty:
         widgets.nothing_yet("No usage yet: costs accrue once jobs are launched.")
         return
-    total_cost = float(usage["cost"].sum()) if "cost" in usage else 0.0
-    total_gpu = float(usage["gpu_hours"].sum()) if "gpu_hours" in usage else 0.0
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Total cost (USD)", f"{total_cost:,.2f}")
-    c2.metric("GPU-hours", f"{total_gpu:,.1f}")
-    c3.download_button(
+    totals = {q: float(usage[q].sum()) if q in usage else 0.0 for q in QUANTITIES}
+    c1, c2, c3, c4, c5 = st.columns([1.2, 1, 1, 1.3, 0.8])
+    c1.metric("Total cost (USD)", f"{totals['cost']:,.2f}")
+    c2.metric("GPU-hours", f"{totals['gpu_hours']:,.1f}")
+    c3.metric(
+        "CPU-hours",
+        f"{totals['cpu_hours']:,.2f}",
+        help="wall time × mean CPU use (in cores) from the workers' resource samples",
+    )
+    c4.metric(
+        "Wall time",
+        _duration(totals["wall_hours"]),
+        help="summed over attempts, launch to end (or now)",
+    )
+    c5.download_button(
         "CSV",
         usage.to_csv(index=False).encode(),
         file_name="nsbi-usage.csv",
@@ -45,13 +81,29 @@ def costs_page() -> None:
     )
 
     shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="cost-view") or VIEWS[0]
+    available = [q for q in QUANTITIES if q in usage]
+    # local runs cost nothing and use no GPU: open on what they did use
+    default = next((q for q in available if totals[q] > 0), available[0])
     value = st.radio(
         "Quantity",
-        ("cost", "gpu_hours"),
+        available,
+        index=available.index(default),
         horizontal=True,
         key="cost-value",
-        format_func={"cost": "cost (USD)", "gpu_hours": "GPU-hours"}.get,
+        format_func=QUANTITIES.get,
     )
+    if shown in ("By group", "Over time") and totals.get(value, 0.0) <= 0:
+        widgets.nothing_yet(
+            f"No {QUANTITIES[value]} recorded: "
+            + (
+                "these runs used no GPU (local runs use the CPU: see CPU-hours and wall time)."
+                if value == "gpu_hours"
+                else "local runs are free (cost 0): see CPU-hours and wall time."
+                if value == "cost"
+                else "no attempt has run long enough yet."
+            )
+        )
+        return
     if shown == "By group":
         available = [g for g in GROUPS if g in usage]
         c1, c2 = st.columns(2)
@@ -81,7 +133,15 @@ def costs_page() -> None:
     elif shown == "Budget burn-down":
         _burn_down(db, usage)
     else:
-        st.dataframe(usage, hide_index=True)
+        table = usage.copy()
+        if "day" in table:
+            table["day"] = table["day"].dt.strftime("%Y-%m-%d")
+        for q in ("wall_hours", "cpu_hours", "gpu_hours"):
+            if q in table:
+                table[q] = table[q].round(3)
+        if "cost" in table:
+            table["cost"] = table["cost"].round(2)
+        st.dataframe(formatting.display_frame(table, TABLE_COLUMNS), hide_index=True)
 
 
 def _burn_down(db: str, usage) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, figures, queries, widgets
+from dashboard import cache, figures, formatting, queries, widgets
 
 VIEWS = ("Calibration", "Closure", "Ensemble spread", "Overtraining")
 # Streamlit badge colours (text badges: no emoji font needed in the browser or in screenshots)
@@ -60,7 +60,7 @@ def diagnostics_page() -> None:
             )
         with right:
             if view.roc.empty:
-                st.metric("AUC (holdout)", queries.format_value(view.auc))
+                st.metric("AUC (holdout)", formatting.against(view.auc, 0.5))
             else:
                 widgets.chart(figures.roc(view.roc, title=f"ROC: {task}"), "roc")
     elif shown == "Closure":
@@ -147,7 +147,7 @@ def _lights(checks) -> None:
     st.subheader("Checks")
     cols = st.columns(len(checks))
     for col, row in zip(cols, checks.itertuples()):
-        value = queries.format_value(row.value)
+        value = formatting.against(row.value, row.limit)
         badge = f":{LIGHTS[row.status]}-badge[{row.status.upper()}]"
         col.markdown(
             f"{badge}  \n**{LABELS.get(row.check, row.check)}**  \n{value}  \n"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pandas as pd
 import streamlit as st
 
-from dashboard import cache, figures, intents, queries, widgets
+from dashboard import cache, figures, formatting, intents, queries, widgets
 
-VIEWS = ("Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs")
+VIEWS = ("Parameters", "Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs")
+LIVE_EVERY_S = 3  # while a fit run still has unfinished jobs the page refreshes itself
 
 
 def fit_page() -> None:
@@ -18,25 +22,57 @@ def fit_page() -> None:
         return
     with st.expander("Start a fit", expanded=False):
         _start_form(campaign_id)
+    jobs = _fit_jobs(db, campaign_id)
+    unfinished = bool(
+        len(jobs) and not jobs["state"].astype(str).isin(queries.FINAL_JOB_STATES).all()
+    )
+    run_every = timedelta(seconds=LIVE_EVERY_S) if unfinished else None
+
+    @st.fragment(run_every=run_every)
+    def results() -> None:
+        _results(db, campaign_id)
+
+    results()
+
+
+def _fit_jobs(db: str, campaign_id: int) -> pd.DataFrame:
+    try:
+        return cache.fit_jobs(db, campaign_id)
+    except Exception as exc:  # the results below still show
+        widgets.report_error("Could not load the fit jobs", exc)
+        return pd.DataFrame(columns=["id", "name", "kind", "state", "run"])
+
+
+def _results(db: str, campaign_id: int) -> None:
     views, table = cache.fit(db, campaign_id)
-    if len(views) > 1:
-        run = st.selectbox(
-            "Fit run", sorted(views, reverse=True), format_func=lambda r: f"run {r}", key="fit-run"
-        )
-        view = views.get(run)
-    else:
-        view = next(iter(views.values()), None)
+    jobs = _fit_jobs(db, campaign_id)
+    runs = sorted(set(views) | {int(r) for r in jobs.get("run", [])}, reverse=True)
+    run: int | None = runs[0] if runs else None
+    if len(runs) > 1:
+        run = st.selectbox("Fit run", runs, format_func=lambda r: f"run {r}", key="fit-run")
+    run_jobs = jobs[jobs["run"] == run] if run is not None and len(jobs) else jobs.iloc[0:0]
+    _progress(run, run_jobs)
+    view = views.get(run) if run is not None else None
     if view is None or view.empty:
         widgets.nothing_yet(
-            "Nothing yet: no fit results for this campaign. Train first, then start a fit above."
+            "Nothing yet: no fit results for this run. "
+            + (
+                "Its jobs are still running (progress above)."
+                if len(run_jobs)
+                else "Train first, then start a fit above."
+            )
         )
+        if len(run_jobs):
+            _jobs_table(run_jobs, table)
         return
     _result_badge(db, campaign_id)
     _headline(view)
     # One view at a time: each Plotly chart costs the browser real work, so a page that draws
     # five at once is slow on a busy machine (and tabs draw all of them).
-    shown = st.segmented_control("Show", VIEWS, default="Pulls", key="fit-view") or "Pulls"
-    if shown == "Pulls":
+    shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="fit-view") or VIEWS[0]
+    if shown == "Parameters":
+        _parameters(view)
+    elif shown == "Pulls":
         if view.pulls.empty:
             widgets.nothing_yet("No pulls.")
         else:
@@ -48,6 +84,7 @@ def fit_page() -> None:
             n = len(view.impacts)
             top = st.slider("Top impacts", 5, min(60, n), min(20, n), key="fit-top") if n > 5 else n
             widgets.chart(figures.impacts_ranking(view.impacts, poi=view.poi, top=top), "impacts")
+            _impacts_table(view)
     elif shown == "Correlations":
         if view.corr_matrix.size:
             widgets.chart(figures.correlation(view.corr_names, view.corr_matrix), "correlation")
@@ -57,11 +94,12 @@ def fit_page() -> None:
         if view.scan.empty:
             widgets.nothing_yet("No scan yet: start a scan job.")
         else:
+            _scan_quality(view)
             _intervals(view)
             widgets.chart(figures.likelihood_scan(view.scan, poi=view.poi), "scan")
     elif shown == "Toys":
-        if view.toy_summary:
-            _toy_summary(view.toy_summary)
+        if view.toy_summary or view.toys.size:
+            _toy_summary(view)
         if view.toys.size:
             widgets.chart(figures.toy_pulls(view.toys, poi=view.poi), "toys")
         elif not view.toy_summary:
@@ -69,73 +107,283 @@ def fit_page() -> None:
         else:
             st.caption("The toys jobs reported summaries only (no per-toy pulls to histogram).")
     else:
-        st.dataframe(table, hide_index=True)
+        _jobs_table(run_jobs, table)
 
 
-def _toy_summary(summary: dict) -> None:
-    cols = st.columns(5)
-    cols[0].metric(
-        "Toys (converged)",
-        f"{int(summary.get('n_converged', 0))} / {int(summary.get('n_toys', 0))}",
+def _progress(run: int | None, run_jobs: pd.DataFrame) -> None:
+    """Live progress of the run's fit-stage jobs (the fragment refreshes while any is unfinished)."""
+    if run is None or not len(run_jobs):
+        return
+    p = queries.run_progress(run_jobs)
+    if p["finished"] == p["total"]:
+        text = f"Run {run}: all {p['total']} fit-stage jobs finished"
+        if p["failed"]:
+            text += f" ({p['failed']} failed)"
+        st.caption(text)
+        return
+    st.progress(
+        p["finished"] / max(p["total"], 1),
+        text=f"Run {run}: {p['finished']} of {p['total']} fit-stage jobs finished · "
+        f"{p['running']} running · {p['pending']} waiting"
+        + (f" · {p['failed']} failed" if p["failed"] else ""),
     )
-    cols[1].metric("Pull mean", queries.format_value(summary.get("pull_mean")))
-    cols[2].metric("Pull width", queries.format_value(summary.get("pull_width")))
+
+
+JOB_COLUMNS = {
+    "id": "job",
+    "name": "name",
+    "kind": "kind",
+    "state": "state",
+    "attempts": "attempts",
+    "mu_hat": "μ̂ ± σ",
+    "started_at": "started (UTC)",
+    "finished_at": "finished (UTC)",
+    "status_reason": "reason",
+}
+
+
+def _jobs_table(run_jobs: pd.DataFrame, results: pd.DataFrame) -> None:
+    """The fit-stage jobs of the chosen run only, with their state and (when done) result."""
+    if not len(run_jobs):
+        widgets.nothing_yet("No fit-stage jobs in this run.")
+        return
+    df = run_jobs.copy()
+    by_job = {}
+    if len(results) and "job_id" in results:
+        for r in results.to_dict("records"):
+            if formatting.present(r.get("mu_hat")):
+                by_job[int(r["job_id"])] = formatting.with_error(r.get("mu_hat"), r.get("sigma"))
+    df["mu_hat"] = [by_job.get(int(j), "") for j in df["id"]]
+    st.dataframe(formatting.display_frame(df, JOB_COLUMNS), hide_index=True, key="fit-jobs")
+
+
+PARAMETER_HELP = (
+    "value ± Hesse error; the asymmetric errors are the 68 % profile-likelihood interval "
+    "(stored by the fit job for the POI); pull = (θ̂ − θ₀) / σ₀ and constraint = σ̂ / σ₀ for "
+    "constrained nuisance parameters"
+)
+
+
+def _parameters(view) -> None:
+    """Every fitted parameter with its errors, pull and constraint, numbers by their errors."""
+    p = view.parameters
+    if p.empty:
+        widgets.nothing_yet("The fit reported no parameter values.")
+        return
+    has = formatting.present
+    rows = []
+    for r in p.to_dict("records"):
+        err = r["error"] if has(r["error"]) else None
+        rows.append(
+            {
+                "parameter": r["parameter"],
+                "role": r["role"],
+                "value ± error": formatting.with_error(r["value"], err),
+                "asymmetric (68 % profile)": (
+                    formatting.asymmetric(r["value"], r["err_lo"], r["err_hi"])
+                    if has(r["err_lo"]) or has(r["err_hi"])
+                    else ""
+                ),
+                "pull": formatting.error(r["pull"], r["constraint"]) if has(r["pull"]) else "",
+                "constraint": (
+                    formatting.error(r["constraint"], r["constraint"])
+                    if has(r["constraint"])
+                    else ""
+                ),
+                "note": r["note"],
+            }
+        )
+    st.markdown(f"**Fitted parameters** ({len(rows)})", help=PARAMETER_HELP)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="fit-parameters")
+    _breakdown_table(view)
+
+
+def _breakdown_table(view) -> None:
+    """The error breakdown of the POI: total, statistical, systematic and the learned model's
+    own components where the fit job measured them."""
+    fmt = formatting.error
+    b, u = view.breakdown, view.uncertainty
+    ref = view.sigma
+    rows = []
+    for key, label, what in (
+        ("total", "Hesse total", "data statistics and modelled systematics (exact Hessian)"),
+        ("stat", "statistical", "all nuisance parameters fixed at their best fit"),
+        ("syst", "systematic", "√(total² − stat²)"),
+    ):
+        if b.get(key) is not None:
+            rows.append({"component": label, "error": fmt(b[key], ref), "what it is": what})
+    inc = set(u.get("included") or [])
+    for key, label, what in (
+        ("nn", "NN training", "spread of the best fit over one-member refits"),
+        ("sim", "simulation statistics", "Poisson bootstrap of the normalisation sample"),
+    ):
+        if u.get(key) is not None:
+            se = u.get(key + "_se")
+            rows.append(
+                {
+                    "component": label + ("" if key in inc else " (not in total)"),
+                    "error": formatting.with_error(u[key], se) if se else fmt(u[key], ref),
+                    "what it is": what,
+                }
+            )
+    if u.get("total") is not None:
+        rows.append(
+            {
+                "component": "total (with the learned model's components)",
+                "error": fmt(u["total"], ref),
+                "what it is": "Hesse total and the included components in quadrature",
+            }
+        )
+    if rows:
+        st.markdown(f"**Error breakdown of {view.poi}**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="fit-breakdown")
+
+
+def _impacts_table(view) -> None:
+    imp = view.impacts.copy()
+    ref = view.sigma
+    imp["rank"] = (
+        imp[["postfit_up", "postfit_down"]].abs().max(axis=1).rank(ascending=False, method="first")
+    )
+    imp = imp.sort_values("rank")
+    table = pd.DataFrame(
+        {
+            "nuisance parameter": imp["name"],
+            "post-fit +1σ": [formatting.error(v, ref) for v in imp["postfit_up"]],
+            "post-fit −1σ": [formatting.error(v, ref) for v in imp["postfit_down"]],
+            "pre-fit +1σ": [formatting.error(v, ref) for v in imp["prefit_up"]],
+            "pre-fit −1σ": [formatting.error(v, ref) for v in imp["prefit_down"]],
+            "method": imp["method"].fillna("").astype(str),
+        }
+    )
+    st.markdown(
+        f"**Impacts on {view.poi}** ({len(table)}, largest first)",
+        help="shift of the best-fit POI when the nuisance parameter is moved by ±1σ "
+        "(pre-fit: its prior width; post-fit: its constraint) and the others refitted "
+        "('refit') or linearly ('covariance')",
+    )
+    st.dataframe(table, hide_index=True, key="fit-impacts-table")
+
+
+def _scan_quality(view) -> None:
+    problems = queries.scan_problems(view)
+    if problems:
+        st.warning("Scan needs a look: " + "; ".join(problems) + ".", icon=":material/warning:")
+    else:
+        st.caption(
+            "Scan quality: every point converged and the curve rises away from the best fit."
+        )
+
+
+def _toy_summary(view) -> None:
+    summary = view.toy_summary
+    mean, se = queries.toy_pull_mean(view)
+    n_conv = summary.get("n_converged", view.toys.size)
+    n_toys = summary.get("n_toys", view.toys.size)
+    width = summary.get("pull_width")
+    if width is None and view.toys.size > 1:
+        width = float(view.toys.std(ddof=1))
+    width_se = (
+        float(width) / (2.0 * (float(n_conv) - 1.0)) ** 0.5
+        if width is not None and n_conv and float(n_conv) > 1
+        else None
+    )
+    cols = st.columns(5)
+    cols[0].metric("Toys (converged)", f"{int(n_conv or 0)} / {int(n_toys or 0)}")
+    cols[1].metric(
+        "Pull mean",
+        formatting.with_error(mean, se),
+        help="mean of (μ̂ − μ_true) / σ over the converged toys ± its standard error "
+        "(width / √n); 0 for an unbiased fit",
+    )
+    cols[2].metric(
+        "Pull width",
+        formatting.with_error(width, width_se),
+        help="standard deviation of the pulls ± its standard error (width / √(2(n − 1))); "
+        "1 when the errors are right",
+    )
     cols[3].metric(
-        "Coverage 68 % (profile)", queries.format_value(summary.get("coverage_profile_68"))
+        "Coverage 68 % (profile)", formatting.number(summary.get("coverage_profile_68"), 3)
     )
     cols[4].metric(
-        "Coverage 95 % (profile)", queries.format_value(summary.get("coverage_profile_95"))
+        "Coverage 95 % (profile)", formatting.number(summary.get("coverage_profile_95"), 3)
     )
+    flags = []
+    if mean is not None and se:
+        z = abs(mean) / se
+        if z > 3:
+            flags.append(f"the pull mean is {z:.1f} standard errors from 0 (biased fit)")
+    if width is not None and width_se:
+        z = abs(float(width) - 1.0) / width_se
+        if z > 3:
+            flags.append(f"the pull width is {z:.1f} standard errors from 1 (errors mis-sized)")
+    if n_toys and n_conv is not None and float(n_conv) < float(n_toys):
+        flags.append(f"{int(float(n_toys) - float(n_conv))} toy fit(s) did not converge")
+    if flags:
+        st.warning("Toys need a look: " + "; ".join(flags) + ".", icon=":material/warning:")
+    elif n_conv and float(n_conv) < 50:
+        st.caption(
+            f"Only {int(n_conv)} toys: the pull mean and width are known to "
+            f"± {formatting.number(se, 2)} and ± {formatting.number(width_se, 2)}."
+        )
 
 
 def _intervals(view) -> None:
     cols = st.columns(2)
     for col, (level, label) in zip(cols, ((figures.Q_68, "68 % CL"), (figures.Q_95, "95 % CL"))):
         lo, hi = queries.scan_interval(view.scan, level)
-        text = f"[{queries.format_value(lo)}, {queries.format_value(hi)}]"
+        d = formatting.decimals_for(view.sigma or 0.0)
+        ends = [formatting.NA if v is None else f"{v:.{d}f}" for v in (lo, hi)]
+        text = f"[{ends[0]}, {ends[1]}]".replace("-", formatting.MINUS)
         col.metric(f"{view.poi} {label} (scan)", text)
 
 
 def _headline(view) -> None:
     cols = st.columns(4)
     if view.mu_hat is not None:
-        text = (
-            f"{view.mu_hat:.3f} ± {view.sigma:.3f}"
-            if view.sigma is not None
-            else f"{view.mu_hat:.3f}"
-        )
         cols[0].metric(
             f"best-fit {view.poi}",
-            text,
-            help="Hessian (symmetric) error; the Scan view gives the profile-likelihood interval",
+            formatting.with_error(view.mu_hat, view.sigma),
+            help="Hessian (symmetric) error; the asymmetric profile-likelihood errors are in "
+            "the Parameters view and the Scan view",
         )
-    if view.breakdown:
+    if view.mu_err_lo is not None or view.mu_err_hi is not None:
+        cols[1].metric(
+            "68 % profile interval",
+            formatting.asymmetric(view.mu_hat, view.mu_err_lo, view.mu_err_hi),
+            help="asymmetric errors by root finding on the profile likelihood (the fit job)",
+        )
+    elif view.breakdown:
         cols[1].metric(
             "stat / syst",
-            f"{queries.format_value(view.breakdown.get('stat'))} / "
-            f"{queries.format_value(view.breakdown.get('syst'))}",
+            f"{formatting.error(view.breakdown.get('stat'), view.sigma)} / "
+            f"{formatting.error(view.breakdown.get('syst'), view.sigma)}",
         )
     cols[2].metric("Nuisance parameters", len(view.pulls))
     if view.converged is not None:
-        cols[3].metric("Fit", "converged" if view.converged else "NOT converged")
-    _components(view.uncertainty)
+        cols[3].metric(
+            "Minimiser",
+            "converged" if view.converged else "NOT converged",
+            help="whether the minimiser converged; whether the result can be trusted is the "
+            "result status above (the checks of the ratios and of the fit)",
+        )
+    _components(view.uncertainty, view.sigma)
 
 
-def _components(u: dict) -> None:
+def _components(u: dict, ref: float | None) -> None:
     """The learned model's error components next to the Hesse error (docs/validation.md)."""
     if not u:
         return
-    fmt = queries.format_value
     inc = set(u.get("included") or [])
     cols = st.columns(4)
     cols[0].metric(
         "total error",
-        fmt(u.get("total")),
+        formatting.error(u.get("total"), ref),
         help="Hesse error with the included components added in quadrature",
     )
     cols[1].metric(
         "Hesse",
-        fmt(u.get("hesse")),
+        formatting.error(u.get("hesse"), ref),
         help="data statistics and modelled systematics (exact Hessian)",
     )
     for col, key, label, how in (
@@ -143,7 +391,7 @@ def _components(u: dict) -> None:
         (cols[3], "sim", "simulation statistics", "Poisson bootstrap of the normalisation sample"),
     ):
         suffix = "" if key in inc else " (not in total)"
-        col.metric(label + suffix, f"{fmt(u.get(key))} ± {fmt(u.get(key + '_se'))}", help=how)
+        col.metric(label + suffix, formatting.with_error(u.get(key), u.get(key + "_se")), help=how)
 
 
 @st.cache_data(

@@ -6,18 +6,36 @@ from datetime import timedelta
 
 import streamlit as st
 
-from dashboard import cache, figures, intents, queries, widgets
+from dashboard import cache, figures, formatting, intents, queries, widgets
 
 STATES = ("PENDING", "LAUNCHING", "RUNNING", "SUCCEEDED", "FAILED", "PREEMPTED", "CANCELLED")
 KINDS = ("train", "fit", "impacts", "scan", "toys")
 PAGE_SIZE = 50
 CHARTS = ("Loss curves", "Resource usage")
+JOB_COLUMNS = {  # raw column -> what the table calls it (and which columns it shows)
+    "id": "job",
+    "name": "name",
+    "kind": "kind",
+    "task": "task",
+    "state": "state",
+    "attempts": "attempts",
+    "retries": "retries",
+    "recoveries": "recoveries",
+    "machine_type": "machine",
+    "gpu_type": "GPU",
+    "spot": "spot",
+    "cost_usd": "cost (USD)",
+    "started_at": "started (UTC)",
+    "finished_at": "finished (UTC)",
+    "status_reason": "reason",
+}
 
 
 def monitor_page() -> None:
     st.title("Monitor")
     db = cache.database_key()
-    campaign_id = cache.select_campaign(key="monitor-campaign")
+    # no status in the labels: the summary below refreshes live, a label would go stale
+    campaign_id = cache.select_campaign(key="monitor-campaign", with_status=False)
     if campaign_id is None:
         widgets.nothing_yet("No campaigns yet: create one on the Campaigns page.")
         return
@@ -58,7 +76,7 @@ def _summary(db: str, campaign_id: int) -> None:
     if row.empty:
         return
     r = row.iloc[0]
-    cols = st.columns(6)
+    cols = st.columns([2.2, 1, 1, 1, 1, 1.4])  # room for "CANCELLING" / "SUCCEEDED"
     cols[0].metric("Status", str(r.get("status", "")))
     for col, state in zip(cols[1:5], ("running", "pending", "succeeded", "failed")):
         col.metric(state.capitalize(), int(r.get(f"n_{state}", 0) or 0))
@@ -107,29 +125,8 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
     if jobs.empty:
         widgets.nothing_yet("No jobs match the filters.")
         return total
-    shown = [
-        c
-        for c in (
-            "id",
-            "name",
-            "kind",
-            "task",
-            "state",
-            "attempts",
-            "retries",
-            "recoveries",
-            "machine_type",
-            "gpu_type",
-            "spot",
-            "cost_usd",
-            "started_at",
-            "finished_at",
-            "status_reason",
-        )
-        if c in jobs
-    ]
     event = st.dataframe(
-        jobs[shown],
+        formatting.display_frame(jobs, JOB_COLUMNS),
         hide_index=True,
         key="monitor-jobs",
         height=min(400, 38 + 35 * len(jobs)),
@@ -145,30 +142,62 @@ def _job_table(db: str, campaign_id: int, states: tuple[str, ...], kind: str | N
             key=total_pages_key,
         )
     rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
-    selected = [int(jobs.iloc[i]["id"]) for i in rows if i < len(jobs)]
-    _job_actions(selected)
+    picked = jobs.iloc[[i for i in rows if i < len(jobs)]]
+    selected = [int(j) for j in picked["id"]]
+    _job_actions(selected, [str(s) for s in picked["state"]])
     if len(selected) == 1:
         _job_events(db, selected[0])
     return total
 
 
-def _job_actions(selected: list[int]) -> None:
-    cols = st.columns([1, 1, 5])
-    label = f" ({len(selected)})" if selected else ""
-    for col, (name, action) in zip(
-        cols, (("Cancel jobs", intents.cancel), ("Retry jobs", intents.retry))
+# what each action can do something about (backend.intents: retry takes FAILED jobs only;
+# cancelling a final job changes nothing)
+RETRYABLE = ("FAILED",)
+CANCELLABLE = ("PENDING", "LAUNCHING", "RUNNING", "PREEMPTED")
+
+
+def _job_actions(selected: list[int], states: list[str]) -> None:
+    cols = st.columns([1.3, 1.3, 5])
+    for col, (name, action, allowed) in zip(
+        cols,
+        (
+            ("Cancel jobs", intents.cancel, CANCELLABLE),
+            ("Retry jobs", intents.retry, RETRYABLE),
+        ),
     ):
-        if col.button(name + label, disabled=not selected, key=f"jobs-{name}"):
+        ids = [j for j, s in zip(selected, states) if s in allowed]
+        label = f" ({len(ids)})" if ids else ""
+        why = (
+            None
+            if ids
+            else f"only {' / '.join(allowed)} jobs can be {name.split()[0].lower()}ed"
+            if selected
+            else None
+        )
+        if col.button(name + label, disabled=not ids, key=f"jobs-{name}", help=why):
             try:
-                action(job_ids=selected)
+                action(job_ids=ids)
                 cache.clear()
-                st.toast(f"{name}: requested for job(s) {', '.join(map(str, selected))}.")
+                st.toast(f"{name}: requested for job(s) {', '.join(map(str, ids))}.")
             except Exception as exc:
                 widgets.report_error(f"{name} failed", exc)
     if not selected:
         cols[2].caption(
-            "Select jobs in the table to cancel or retry them; select one to see its history."
+            "Select jobs in the table to cancel or retry them; select one to see its history "
+            "and output."
         )
+    elif not any(s in RETRYABLE + CANCELLABLE for s in states):
+        cols[2].caption("The selected jobs are finished: nothing to cancel or retry.")
+
+
+EVENT_COLUMNS = {
+    "time": "time (UTC)",
+    "from_state": "from",
+    "to_state": "to",
+    "reason": "reason",
+    "actor": "by",
+    "attempt_no": "attempt",
+}
 
 
 def _job_events(db: str, job_id: int) -> None:
@@ -177,12 +206,54 @@ def _job_events(db: str, job_id: int) -> None:
         if events.empty:
             st.caption("No events yet.")
         else:
-            cols = [
-                c
-                for c in ("time", "from_state", "to_state", "reason", "actor", "attempt_no")
-                if c in events
-            ]
-            st.dataframe(events[cols], hide_index=True)
+            st.dataframe(formatting.display_frame(events, EVENT_COLUMNS), hide_index=True)
+        _job_output(db, job_id)
+
+
+def _job_output(db: str, job_id: int) -> None:
+    """Each attempt's output (stdout and stderr as the worker wrote them) and its error with
+    the traceback; the output tails while the attempt runs (the view refreshes live)."""
+    try:
+        attempts = cache.attempts(db, job_id)
+    except Exception as exc:
+        widgets.report_error("Could not load the attempts", exc)
+        return
+    if not attempts:
+        st.caption("No attempts yet: output appears once the job is launched.")
+        return
+    labels = {int(a["attempt_no"]): f"attempt {a['attempt_no']} · {a['status']}" for a in attempts}
+    newest = max(labels)
+    no = st.selectbox(
+        "Output of",
+        sorted(labels, reverse=True),
+        index=0,
+        format_func=labels.__getitem__,
+        key=f"monitor-attempt-{job_id}",
+    )
+    a = next(x for x in attempts if int(x["attempt_no"]) == no)
+    if a.get("failure_reason"):
+        st.markdown("**Error and traceback**")
+        st.code(str(a["failure_reason"]), language=None)
+    output = a.get("output")
+    note = a.get("output_note") or ""
+    if output is None:
+        st.caption(f"Output (stdout + stderr): not available here: {note}.")
+        return
+    st.markdown(
+        "**Output** (stdout + stderr)"
+        + (f" · {note}" if note else "")
+        + (" · tailing while it runs" if no == newest and a["status"] == "RUNNING" else "")
+    )
+    st.code(output[-20_000:] or "(empty)", language=None, height=300)
+    st.download_button(
+        "Download output",
+        output.encode(),
+        file_name=f"job-{job_id}-attempt-{no}.log",
+        mime="text/plain",
+        icon=":material/download:",
+        key=f"monitor-log-{job_id}-{no}",
+        on_click="ignore",
+    )
 
 
 def _curves(db: str, campaign_id: int) -> None:

@@ -200,7 +200,16 @@ def fit(
         raise ValueError(f"unknown backend {backend!r}; use 'newton' or 'minuit'")
     t0 = time.perf_counter()
     if getattr(model, "streaming", False):
-        return _fit_streamed(model, theta0, mask, aux_arr, edm_tol, max_iter, fixed_names, t0)
+        res = _fit_streamed(model, theta0, mask, aux_arr, edm_tol, max_iter, fixed_names, t0)
+        return _escape_bounds(
+            model,
+            res,
+            None,
+            aux_arr,
+            lambda start: _fit_streamed(
+                model, start, mask, aux_arr, edm_tol, max_iter, fixed_names, t0
+            ),
+        )
     exe = newton_executable(model)
     args = (
         jnp.asarray(theta0),
@@ -222,7 +231,68 @@ def fit(
         status = int(status)
         n_iter += int(state.it)
         method = "newton+lbfgs+newton"
-    return _result(model, state, status, mask, n_iter, method, fixed_names, t0)
+    res = _result(model, state, status, mask, n_iter, method, fixed_names, t0)
+
+    def rerun(start: np.ndarray) -> FitResult:
+        st, code = exe(jnp.asarray(start), *args[1:])
+        return _result(
+            model, st, int(code), mask, n_iter + int(st.it), method + "+escape", fixed_names, t0
+        )
+
+    return _escape_bounds(model, res, data, aux_arr, rerun)
+
+
+def _escape_bounds(
+    model: Model, res: FitResult, data: Any, aux: np.ndarray, rerun: Any
+) -> FitResult:
+    """Restart from a point with lower q while the fit leaves a POI on a bound that is not
+    the best fit (see `boundary_escape_start`); twice at most (an escape may end on the
+    other bound)."""
+    for _ in range(2):
+        start = boundary_escape_start(model, res, data, aux)
+        if start is None:
+            break
+        moved = rerun(start)
+        if not (moved.converged and moved.q_min < res.q_min - ESCAPE_MIN_GAIN):
+            break
+        res = moved
+    return res
+
+
+ESCAPE_MIN_GAIN = 1e-6  # q must fall by more than this for a move off a bound to count
+_ESCAPE_FRACTIONS = np.concatenate(
+    [[1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03], np.arange(1, 21) / 20]
+)
+
+
+def boundary_escape_start(
+    model: Model, res: FitResult, data: Any, aux: np.ndarray
+) -> np.ndarray | None:
+    """A start with lower q than the fit's, for a POI the fit left at a bound; else None.
+
+    Why: with coefficients such as sqrt(mu) the derivative at mu = 0 is infinite (capped),
+    so Newton started at or sent to the bound takes vanishing steps there, and q(mu) can have
+    a local minimum on the bound beside a deeper one inside. q is evaluated along the POI's
+    range with the other parameters at their fitted values (an upper bound on the profiled
+    q there): any point below the fit's q proves the bound is not the best fit.
+    """
+    best_q, best = res.q_min, None
+    for name in res.at_bound:
+        if name not in model.poi_names:
+            continue
+        i = model.index[name]
+        lo, hi = float(model.lower[i]), float(model.upper[i])
+        width = hi - lo if np.isfinite(hi - lo) else max(10.0, 10.0 * abs(float(model.init[i])))
+        at_lo = abs(res.theta[i] - lo) <= abs(res.theta[i] - hi)
+        for v in (lo + width * _ESCAPE_FRACTIONS) if at_lo else (hi - width * _ESCAPE_FRACTIONS):
+            if not lo <= v <= hi:
+                continue
+            theta = res.theta.copy()
+            theta[i] = v
+            q = model.nll(theta, data, aux)
+            if np.isfinite(q) and q < best_q - ESCAPE_MIN_GAIN:
+                best_q, best = q, theta
+    return best
 
 
 def _fit_streamed(

@@ -17,6 +17,9 @@ from typing import Any
 __all__ = ["ExpressionError", "Expression", "parse_expression"]
 
 _FUNCTIONS = ("sqrt", "exp", "log")
+MAX_LENGTH = 1000  # characters of one coefficient expression
+MAX_NODES = 200  # syntax-tree nodes (numbers, names, operators, calls)
+MAX_DEPTH = 32  # nesting of operators and calls
 
 
 class ExpressionError(ValueError):
@@ -122,6 +125,20 @@ def _jax_sqrt() -> Callable[[Any], Any]:
 _JAX_SQRT: Callable[[Any], Any] | None = None
 
 
+def _check_size(tree: ast.AST, where: str, text: str) -> None:
+    """Refuse trees the evaluator would recurse through too deeply or too long."""
+    nodes, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            what = f"more than {MAX_NODES} terms" if nodes > MAX_NODES else "too deep a nesting"
+            raise ExpressionError(
+                f"{where}: coefficient expression {text!r} has {what}; write a shorter one"
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
 def parse_expression(
     text: str | float | int, names: Iterable[str], where: str = "expression"
 ) -> Expression:
@@ -139,12 +156,22 @@ def parse_expression(
         raise ExpressionError(
             f"{where}: coefficient expression must be a non-empty string, got {text!r}"
         )
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(
+            f"{where}: coefficient expression is {len(text)} characters long; at most "
+            f"{MAX_LENGTH} are allowed"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
+    except (SyntaxError, ValueError) as exc:  # ValueError: a null character
         raise ExpressionError(
-            f"{where}: cannot parse coefficient expression {text!r}: {exc.msg}"
+            f"{where}: cannot parse coefficient expression {text!r}: {getattr(exc, 'msg', exc)}"
         ) from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(
+            f"{where}: coefficient expression {text!r} is nested too deeply"
+        ) from None
+    _check_size(tree, where, text)
     used: set[str] = set()
     fn = _compile(tree, frozenset(names), used, where, text)
     return Expression(text=text, names=tuple(sorted(used)), _fn=fn)

@@ -19,13 +19,14 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..precision import enable_float64
-from .api import bound_mask, fit, fixed_mask
+from .api import ESCAPE_MIN_GAIN, bound_mask, fit, fixed_mask
 from .compile import Compiled
 from .minimize import newton_minimize
 from .model import Model, event_intensity, model_for
@@ -264,6 +265,18 @@ def _batched_fit(tm: Model) -> Compiled:
     return cache[key]
 
 
+def _batched_q(tm: Model) -> Compiled:
+    """q at given parameters for a batch of toys (the escape from a bound's candidate points)."""
+    cache = tm.__dict__.setdefault("_fit_cache", {})
+    if "vq" not in cache:
+
+        def one(theta, events, norm, aux):
+            return tm.q_value(theta, events if norm is None else {**events, "norm": norm}, aux)
+
+        cache["vq"] = Compiled(jax.vmap(one, in_axes=(0, 0, None, 0)), "toy_q", tm.clock)
+    return cache["vq"]
+
+
 def _norm_sample(model: Model) -> dict | None:
     """The full normalisation sample (fixed v) that every toy fit uses, or None."""
     if not model.has_norm:
@@ -313,8 +326,8 @@ def fit_toys(
     batch = min(batch, T)
     consts = (jnp.asarray(mask), jnp.asarray(model.lower), jnp.asarray(model.upper))
 
-    def run(rows: np.ndarray, start: np.ndarray, iters: int) -> list[np.ndarray]:
-        out: list[list[np.ndarray]] = [[] for _ in range(5)]  # theta, q, H, status, it
+    def batches(rows: np.ndarray, start: np.ndarray):
+        """(size, start, events, aux) per batch of toys ``rows``, padded to ``batch``."""
         for s in range(0, rows.size, batch):
             sel = rows[s : s + batch]
             pad = batch - sel.size
@@ -326,25 +339,86 @@ def fit_toys(
                 operator.itemgetter(jidx), {k: model.data[k] for k in ("r", "up", "down")}
             )
             data["w"] = jnp.asarray(toys.counts[sel_p])
+            yield sel.size, jnp.asarray(th0), data, jnp.asarray(toys.aux[sel_p])
+
+    def run(rows: np.ndarray, start: np.ndarray, iters: int) -> list[np.ndarray]:
+        out: list[list[np.ndarray]] = [[] for _ in range(5)]  # theta, q, H, status, it
+        for size, th0, data, aux in batches(rows, start):
             res = exe(
-                jnp.asarray(th0),
+                th0,
                 *consts,
                 data,
                 norm,
-                jnp.asarray(toys.aux[sel_p]),
+                aux,
                 jnp.asarray(edm_tol, jnp.float64),
                 jnp.asarray(iters, jnp.int32),
             )
             for acc, v in zip(out, res):
-                acc.append(np.asarray(v)[: sel.size])
+                acc.append(np.asarray(v)[:size])
         return [np.concatenate(acc) for acc in out]
 
+    def q_at(rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+        qexe = _batched_q(tm)
+        return np.concatenate(
+            [
+                np.asarray(qexe(th, data, norm, aux))[:size]
+                for size, th, data, aux in batches(rows, points)
+            ]
+        )
+
     theta, q, H, status, it = run(np.arange(T), theta0, max_iter)
+    for p in (model.index[n] for n in model.poi_names):
+        _escape_toy_bound(model, run, q_at, p, mask, max_iter, (theta, q, H, status, it))
     at = bound_mask(theta, model.lower, model.upper, mask)
     cov = _covariances(H, ~mask, at)
     errors = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None))
     errors[at] = np.nan  # no Hessian error at a bound (never the 1e-50 of a capped derivative)
     return ToyFits(model.names, theta, errors, q, status == 0, cov, it, at)
+
+
+# Points (fractions of the POI's range, from the bound inward) where q is screened: geometric,
+# because with sqrt(mu) terms a better minimum can sit at mu ~ 1e-4 of the range while q at
+# 1e-3 is already far above the bound's (measured on the demo's b-only toys).
+TOY_ESCAPE_FRACTIONS = (1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)
+
+
+def _escape_toy_bound(
+    model: Model, run: Any, q_at: Any, p: int, mask: np.ndarray, iters: int, arrays: tuple
+) -> None:
+    """Refit the toys whose fit left POI ``p`` on a bound that is provably not their best fit,
+    in place on ``arrays`` = (theta, q, H, status, it).
+
+    q is evaluated at a few points inside (the other parameters as fitted: an upper bound on
+    the profiled q there); only toys with a point below their fitted q are refitted, from
+    their lowest point, and keep the refit if it converged lower. Why: with sqrt(mu)
+    coefficients Newton started at or sent to mu = 0 takes vanishing steps there, and q can
+    have a local minimum on the bound beside a deeper one inside (the single-fit version is
+    `sbi_engine.fit.api.boundary_escape_start`)."""
+    theta, q, H, status, it = arrays
+    if mask[p]:
+        return
+    lo, hi = float(model.lower[p]), float(model.upper[p])
+    width = hi - lo if np.isfinite(hi - lo) else max(10.0, 10.0 * abs(float(model.init[p])))
+    rows = np.flatnonzero(bound_mask(theta, model.lower, model.upper, mask)[:, p])
+    if rows.size == 0:
+        return
+    at_lo = np.abs(theta[rows, p] - lo) <= np.abs(theta[rows, p] - hi)
+    best_q, best = q[rows] - ESCAPE_MIN_GAIN, np.full((rows.size, theta.shape[1]), np.nan)
+    for frac in TOY_ESCAPE_FRACTIONS:
+        start = theta[rows].copy()
+        start[:, p] = np.where(at_lo, lo + width * frac, hi - width * frac)
+        start = np.clip(start, model.lower, model.upper)
+        q_start = q_at(rows, start)
+        lower = np.isfinite(q_start) & (q_start < best_q)
+        best_q[lower], best[lower] = q_start[lower], start[lower]
+    todo = ~np.isnan(best[:, 0])
+    if not todo.any():
+        return
+    th, qq, hh, st, n_it = run(rows[todo], best[todo], iters)
+    better = (st == 0) & (qq < q[rows[todo]] - ESCAPE_MIN_GAIN)
+    sel = rows[todo][better]
+    theta[sel], q[sel], H[sel], status[sel] = th[better], qq[better], hh[better], st[better]
+    it[sel] = it[sel] + n_it[better]
 
 
 def conditional_start(model: Model, free: ToyFits, poi: str, value: float) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The fit workspace: parameters, processes, nuisances, control regions and data.
 
 A workspace is plain data. In memory it holds NumPy (or JAX) arrays; on disk it is one JSON
-file validated against ``sbi_engine/schemas/workspace.schema.json`` plus ``.npy`` files (or
+file validated by ``sbi_engine.fit.workspace_model`` (its JSON schema is shipped as
+``sbi_engine/schemas/workspace.schema.json``) plus ``.npy`` files (or
 ``.npz`` members) that the JSON references relative to its own location. See
 ``docs/workspace.md`` for the format and an example.
 
@@ -33,11 +34,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sbi_engine.config_model import dotted, validate
 
 from .expr import Expression, ExpressionError, parse_expression
 
@@ -135,6 +137,21 @@ class Data:
 
 def _err(where: str, msg: str) -> WorkspaceError:
     return WorkspaceError(f"{where}: {msg}")
+
+
+def array_path(base: Path, name: str, where: str) -> Path:
+    """The array file ``name`` of a workspace document, relative to its folder ``base``.
+    Refuses an absolute path, a '..' part and a drive or backslash form, so a workspace file
+    only reads arrays from its own folder and below (it may come from someone else)."""
+    parts = name.replace("\\", "/").split("/")
+    drive = len(name) > 1 and name[1] == ":" and name[0].isalpha()
+    if name.startswith(("/", "\\")) or drive or ".." in parts:
+        raise _err(
+            where,
+            f"array file {name!r} must be a path relative to the workspace's folder {base} "
+            "without '..' (e.g. 'ws.arrays/ratio_S.npy'); absolute paths and '..' are refused",
+        )
+    return base / name
 
 
 def _bounds(value: Any, where: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -591,14 +608,15 @@ class Workspace:
         source: str = "<workspace>",
         mmap: bool = False,
     ) -> Workspace:
-        """Validate ``doc`` against the schema, load its arrays (relative to ``base``), build."""
-        validate_document(doc, source)
+        """Validate ``doc`` (`workspace_model.WorkspaceDocument`), load its arrays (relative to
+        ``base``), build."""
+        doc = validate_document(doc, source)
         base = Path(base)
         cache: dict[str, Any] = {}
 
         def load_array(ref: Mapping[str, str], key_path: str) -> np.ndarray:
-            file = base / ref["file"]
             where = f"{source}: {key_path}"
+            file = array_path(base, ref["file"], where)
             try:
                 if file.suffix == ".npz":
                     if str(file) not in cache:
@@ -699,19 +717,14 @@ class Workspace:
             raise WorkspaceError(f"{source}: {exc}") from None
 
 
-def _schema() -> dict[str, Any]:
-    text = resources.files("sbi_engine").joinpath("schemas/workspace.schema.json").read_text()
-    return json.loads(text)
+def validate_document(doc: Any, source: str = "<workspace>") -> dict[str, Any]:
+    """The document with its shape checked by `WorkspaceDocument` (explicit nulls read as
+    absent keys); raises :class:`WorkspaceError` naming the JSON key of every problem."""
+    from .workspace_model import WorkspaceDocument  # noqa: PLC0415 - only for file workspaces
 
-
-def validate_document(doc: Mapping[str, Any], source: str = "<workspace>") -> None:
-    """Raise :class:`WorkspaceError` naming the JSON key of the first schema violation."""
-    import jsonschema  # noqa: PLC0415 - only needed for file workspaces
-
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise WorkspaceError(f"{source}: {key}: {e.message}{more}")
+    checked, found = validate(WorkspaceDocument, doc)
+    if found:
+        first = "; ".join(f"{dotted(path)}: {msg}" for path, msg in found[:3])
+        more = f" (and {len(found) - 3} more problem(s))" if len(found) > 3 else ""
+        raise WorkspaceError(f"{source}: {first}{more}")
+    return checked.model_dump(by_alias=True, exclude_none=True)

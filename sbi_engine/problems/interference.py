@@ -109,7 +109,7 @@ class InterferenceProblem(BenchmarkProblem):
     shape_processes = {"bkg_slope": ("SBI", "B")}
     norm_only = {"lumi": {"S": (1.02, 0.98), "SBI": (1.02, 0.98), "B": (1.02, 0.98)}}
     bounds = ((0.0, 1.0), (-1.0, 1.0))
-    n_events = 100_000
+    n_events = 500_000  # 26x the ~19k observed events: the SBI/B effect (sd 0.02) needs it
 
     def _amps(self, alpha: Mapping[str, float]) -> tuple[_Amp, _Amp]:
         tau_b = _TAU_B * (1.0 + _SLOPE_SIZE) ** alpha.get("bkg_slope", 0.0)

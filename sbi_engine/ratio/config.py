@@ -7,6 +7,7 @@ can all carry the exact configuration as JSON and a resumed run can refuse a mis
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ OPTIMIZERS = ("adam", "nadam", "adamw")
 SCHEDULES = ("cosine", "constant", "exponential")
 STRATEGIES = ("auto", "vmap", "packs")
 DTYPES = ("float32", "bfloat16")
+AUTO_MIN_STEPS = 2000  # the automatic step budget's floor (max_steps None)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class TrainConfig:
     with the lowest raw validation loss. Checkpoints are taken at evaluation boundaries, once at least
     ``checkpoint_every`` steps have run since the last one.
     ``periodic_features`` names angle features (radians) fed to the network as (cos, sin).
+    ``max_steps``: the step budget; None (default) = automatic: 2000 steps, or ``min_epochs``
+    passes over the training events if that is more (`step_budget`). An explicit ``max_steps``
+    is honoured exactly (smoke runs, deliberately short training).
     """
 
     hidden_layers: int = 3
@@ -44,9 +49,10 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     batch_size: int = 1024
-    max_steps: int = 2000
+    max_steps: int | None = None
+    min_epochs: float = 10.0
     eval_every: int = 100
-    patience: int = 5
+    patience: int = 10
     val_fraction: float = 0.2
     seed: int = 0
     bootstrap: bool = True
@@ -70,12 +76,21 @@ class TrainConfig:
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} not in {SCHEDULES}")
         need(
-            0 <= self.warmup_steps < max(self.max_steps, 1),
+            self.max_steps is None or self.max_steps >= 1,
+            f"max_steps must be None (automatic) or >= 1, got {self.max_steps}",
+        )
+        need(
+            0 <= self.warmup_steps < (AUTO_MIN_STEPS if self.max_steps is None else self.max_steps),
             f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}",
         )
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(
+            isinstance(self.min_epochs, (int, float))
+            and not isinstance(self.min_epochs, bool)
+            and 0.0 <= self.min_epochs <= 1000.0,
+            f"min_epochs must be in [0, 1000], got {self.min_epochs!r}",
+        )
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(
@@ -103,6 +118,17 @@ class TrainConfig:
                 "TrainConfig: periodic_features must be a list of feature names, not a string"
             )
         object.__setattr__(self, "periodic_features", tuple(str(n) for n in self.periodic_features))
+
+    def step_budget(self, n_train: int) -> int:
+        """Steps to run on ``n_train`` training events: ``max_steps`` when set, else
+        ``AUTO_MIN_STEPS`` raised so that the training set is seen ``min_epochs`` times.
+
+        Why: a fixed 2000 steps of 1024 events is 10 passes over 100k events but two over 500k,
+        and a ratio that differs from 1 by a few per cent (interference) is then still mostly
+        optimiser noise (measured on the `interference` benchmark, docs/validation.md)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(AUTO_MIN_STEPS, math.ceil(self.min_epochs * n_train / self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (tuples become lists)."""

@@ -36,7 +36,7 @@ class MemberState(NamedTuple):
 
 def make_schedule(config: TrainConfig) -> Callable[[jax.Array], jax.Array]:
     """Learning rate as a function of the step, returned as float32 (training runs with x64 on)."""
-    lr, steps, warm = config.learning_rate, config.max_steps, config.warmup_steps
+    lr, steps, warm = config.learning_rate, config.step_budget(0), config.warmup_steps
     if config.schedule == "cosine":
         base = optax.warmup_cosine_decay_schedule(
             0.0 if warm else lr, lr, warm, steps, end_value=0.01 * lr

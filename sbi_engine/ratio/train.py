@@ -346,6 +346,8 @@ def train_ensemble(
         numerator, denominator, config.val_fraction, config.seed, config.periodic_features
     )
     n_train = len(data.x_train)
+    budget = config.step_budget(n_train)
+    config = config.replace(max_steps=budget)  # recorded as run (and checked on resume)
     layout = choose_layout(config, data.x_train.shape[1], n_train)
     packs = layout.packs(config.members)
     trainer = _Trainer(data, config, layout)
@@ -394,11 +396,11 @@ def train_ensemble(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=len(packs) * config.max_steps,
+            total=len(packs) * budget,
             desc=f"train {config.members}x{config.hidden_layers}x{config.width}",
             unit="step",
         )
-        bar.update(pack_i * config.max_steps + step)
+        bar.update(pack_i * budget + step)
 
     patience = jnp.asarray(config.patience, jnp.int32)
     while pack_i < len(packs) and not stopped_early:
@@ -409,8 +411,8 @@ def train_ensemble(
         if smoother is None:
             smoother = Smoother(config.early_stopping_smoothing, len(members))
         weights = trainer.pack_weights(members)
-        while step < config.max_steps and not bool(jnp.all(state.stopped)):
-            n = min(config.eval_every, config.max_steps - step)
+        while step < budget and not bool(jnp.all(state.stopped)):
+            n = min(config.eval_every, budget - step)
             params, opt_state, train_loss = trainer.interval(n)(
                 state.params,
                 state.opt_state,
@@ -454,7 +456,7 @@ def train_ensemble(
             if bar is not None:
                 bar.update(n)
                 bar.set_postfix(pack=f"{pack_i + 1}/{len(packs)}", val=f"{float(np.mean(vl)):.4f}")
-            if step >= config.max_steps or bool(jnp.all(state.stopped)):
+            if step >= budget or bool(jnp.all(state.stopped)):
                 break  # the pack is finished; the pack-end checkpoint below covers it
             if callbacks.should_stop():
                 stopped_early = True
@@ -470,7 +472,7 @@ def train_ensemble(
             for m, s, v in zip(members, np.asarray(state.best_step), np.asarray(state.best_val))
         )
         if bar is not None:
-            bar.update(config.max_steps - step)
+            bar.update(budget - step)
         pack_i, state, step, smoother = pack_i + 1, None, 0, None
         save(pack_i, 0, None)  # every checkpoint step (= total steps) is saved at most once
         if pack_i < len(packs) and callbacks.should_stop():

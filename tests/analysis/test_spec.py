@@ -396,9 +396,9 @@ def test_a_missing_key_points_at_its_parent_and_process_lines_are_exact(tmp_path
             "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
             "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n"
             "compute:\n  fit: {options: {uncertainty: {include: [nn, mc]}}}\n",
-            "compute.fit.options.uncertainty.include",
+            "compute.fit.options.uncertainty.include[1]",
             7,
-            "expected a list of ['nn', 'sim']",
+            "'mc' is not allowed; allowed values: 'nn', 'sim'",
         ),
         (
             "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
@@ -407,6 +407,37 @@ def test_a_missing_key_points_at_its_parent_and_process_lines_are_exact(tmp_path
             "compute.fit.options.uncertainty.nn_runs",
             7,
             "unknown key",
+        ),
+        (
+            "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
+            "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n"
+            "training: {defaults: {max_steps: 100}, tasks: {S_vs_B: {warmup_steps: 500}}}\n",
+            "training.tasks.S_vs_B",
+            6,
+            "warmup_steps must be in [0, max_steps), got 500 (with training.defaults)",
+        ),
+        (
+            "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
+            "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n"
+            "training: {grid: {width: [8, 0]}}\n",
+            "training.grid.width[1]",
+            6,
+            "width must be >= 1, got 0",
+        ),
+        (
+            "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: 'mu'}\n"
+            "  B: {sample: {path: b.npz, features: [a], eval_sample: {path: e.npz, split_by: n}},"
+            " coefficient: '1'}\nreference: B\n",
+            "processes.B.sample.eval_sample.split_by",
+            4,
+            "unknown key 'split_by' (an eval_sample is used whole",
+        ),
+        (
+            "name: x\nprocesses:\n  S: {sample: {demo: {process: S, n: 10, seed: 1}}, coefficient: true}\n"
+            "  B: {sample: {demo: {process: B, n: 10, seed: 2}}, coefficient: '1'}\nreference: B\n",
+            "processes.S.coefficient",
+            3,
+            "expected an expression of mu (e.g. 'mu - sqrt(mu)'), got a boolean True",
         ),
     ],
 )

@@ -69,19 +69,60 @@ def test_unknown_launcher_names_key_and_allowed_values():
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        ({"backend__gpu_count": -1}, "backend.gpu_count: -1 is less than the minimum of 0"),
+        ({"backend__gpu_count": -1}, "backend.gpu_count: expected an integer >= 0, got -1"),
         (
             {"backend__zone": "us-central1-a"},
-            "backend: unknown key(s) 'zone'; allowed keys: budget_usd",
+            "backend.zone: unknown key 'zone'; allowed keys: launcher, machine_type",
         ),
         (
             {"training__params": {"lr": 0.1}},
-            "training.params: unknown key 'lr'; allowed keys: hidden_layers",
+            "training.params.lr: unknown training key 'lr'; allowed keys: hidden_layers, width",
         ),
-        ({"training__grid": {"width": 64}}, "training.grid.width: expected array"),
+        (
+            {"training__grid": {"width": 64}},
+            "training.grid.width: expected a list, got an integer 64",
+        ),
         (
             {"training__ensemble_size": "four"},
-            "training.ensemble_size: expected integer, got str 'four'",
+            "training.ensemble_size: expected an integer, got a string 'four'",
+        ),
+        (
+            {"training__params": {"width": "wide"}},
+            "training.params.width: expected an integer, got a string 'wide'",
+        ),
+        (
+            {"training__params": {"members": 3}},
+            "training.params.members: unknown training key 'members' ('members' is ensemble_size",
+        ),
+        (
+            {"training__params": {"activation": "swish"}},
+            "training.params.activation: activation 'swish' not in ('silu', 'relu'",
+        ),
+        (
+            {"training__grid": {"learning_rate": [0.01, -1.0]}},
+            "training.grid.learning_rate[1]: learning_rate must be > 0, got -1.0",
+        ),
+        (
+            {"training__grid": {"width": []}},
+            "training.grid.width: expected at least 1 item(s)",
+        ),
+        (
+            {"training__params": {"warmup_steps": 500, "max_steps": 100}},
+            "training.params: warmup_steps must be in [0, max_steps), got 500",
+        ),
+        (
+            {
+                "training__grid": {"max_steps": [1000, 100]},
+                "training__params": {"warmup_steps": 500},
+            },
+            "training.grid: the point {'max_steps': 100}: warmup_steps must be in [0, max_steps)",
+        ),
+        (
+            {
+                "training__tasks": {"S_vs_B": {"max_steps": 100}},
+                "training__params": {"warmup_steps": 500},
+            },
+            "training.tasks.S_vs_B: warmup_steps must be in [0, max_steps), got 500 (with training.params)",
         ),
         ({"reference": "ttbar"}, "reference: 'ttbar' is not a process; allowed values: B, S, SBI"),
         ({"backend__machine_type": "n9-huge"}, "backend: unknown machine type 'n9-huge'"),
@@ -106,7 +147,7 @@ def test_all_errors_are_reported_at_once():
     del raw["name"]
     errs = _errors(raw)
     assert len(errs) == 3
-    assert any("missing required key(s) 'name'" in e for e in errs)
+    assert "(top level): missing required key 'name'" in errs
 
 
 def test_systematic_of_unknown_process():
@@ -264,11 +305,14 @@ def test_per_task_overrides_name_unknown_tasks_and_keys():
     errs = _errors(_cfg(training__tasks={"SBI_vs_B": {"lr": 0.1, "ensemble_size": 0}}))
     assert len(errs) == 2
     assert any(
-        e.startswith("training.tasks.SBI_vs_B: unknown key 'lr'; allowed keys: ensemble_size")
+        e.startswith(
+            "training.tasks.SBI_vs_B.lr: unknown training key 'lr'; allowed keys: ensemble_size, "
+            "members_per_job, hidden_layers"
+        )
         for e in errs
     ), errs
     assert any(
-        e.startswith("training.tasks.SBI_vs_B.ensemble_size: 0 is less than the minimum of 1")
+        e.startswith("training.tasks.SBI_vs_B.ensemble_size: expected an integer >= 1, got 0")
         for e in errs
     ), errs
     (err,) = _errors(_cfg(training__tasks={"S_vs_C": {"width": 8}}))
@@ -308,14 +352,14 @@ def test_fit_model_keys_pass_through_to_every_fit_stage_job():
             {"fit__coefficients": {"Z": "mu"}},
             "fit.coefficients.Z: not a process; allowed values: B, S, SBI",
         ),
-        ({"fit__yields": {"B": 0}}, "fit.yields.B: 0 is less than or equal to the minimum of 0"),
+        ({"fit__yields": {"B": 0}}, "fit.yields.B: expected a number > 0, got 0"),
         (
             {"fit__norm_systematics": [{"name": "x", "effects": {"Q": [1.1, 0.9]}}]},
             "fit.norm_systematics[0].effects.Q: not a process",
         ),
         (
             {"fit__norm_systematics": [{"name": "x", "effects": {"B": [1.1]}}]},
-            "fit.norm_systematics[0].effects.B: [1.1] is too short",
+            "fit.norm_systematics[0].effects.B: expected at least 2 item(s), got a list [1.1]",
         ),
         (
             {"fit__poi": {"bounds": [2.0, 1.0]}},
@@ -327,7 +371,7 @@ def test_fit_model_keys_pass_through_to_every_fit_stage_job():
         ),
         (
             {"fit__poi": {"start": 1.0}},
-            "fit.poi: unknown key(s) 'start'; allowed keys: bounds, init",
+            "fit.poi.start: unknown key 'start'; allowed keys: init, bounds",
         ),
     ],
 )

@@ -374,7 +374,7 @@ def test_migration_adds_the_column_and_keeps_existing_rows(tmp_path):
             ),
             {"t": now},
         )
-    assert upgrade(e) == head_revision() == "0005"
+    assert upgrade(e) == head_revision() >= "0005"
     with e.connect() as conn:
         row = conn.execute(
             sa.text("SELECT name, config, status, estimate_cost_usd, result_status FROM campaign")

@@ -36,9 +36,9 @@ def _row_counts(engine) -> dict[str, int]:
         ),
         (
             lambda d: d["training"].update(members_per_job=0),
-            "training.members_per_job: 0 is less than the minimum of 1",
+            "training.members_per_job: expected an integer >= 1, got 0",
         ),
-        (lambda d: d.pop("processes"), "missing required key(s) 'processes'"),
+        (lambda d: d.pop("processes"), "missing required key 'processes'"),
     ],
 )
 def test_bad_config_changes_nothing(engine, mutate, match):

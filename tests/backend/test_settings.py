@@ -59,12 +59,18 @@ def test_defaults_when_nothing_is_set(tmp_path):
 
 
 def test_the_gce_defaults_are_the_launchers_defaults():
-    env = {"NSBI_GCE_PROJECT": "p", "NSBI_GCE_ZONES": "z-a1-b", "NSBI_GCE_WORKER_IMAGE": "img"}
+    env = {
+        "NSBI_GCE_PROJECT": "p",
+        "NSBI_GCE_ZONES": "z-a1-b",
+        "NSBI_GCE_WORKER_IMAGE": "img",
+        "NSBI_GCE_SERVICE_ACCOUNT": "w@p.iam.gserviceaccount.com",
+    }
     assert config_from_env(env) == GceConfig(
         project="p",
         zones=("z-a1-b",),
         worker_image="img",
         machine=MachineSpec(zones=("z-a1-b",)),
+        service_account="w@p.iam.gserviceaccount.com",
     )
 
 
@@ -133,6 +139,7 @@ def test_gce_special_cases():
                 "NSBI_GCE_ZONES": "z",
                 "NSBI_GCE_RUNTIME": "python",
                 "NSBI_GCE_MAX_RUN_HOURS": "0.5",
+                "NSBI_GCE_ALLOW_DEFAULT_SA": "1",
             }
         ).max_run_duration_s
         == 1800

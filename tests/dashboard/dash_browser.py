@@ -51,8 +51,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> N
 
 
 @contextlib.contextmanager
-def streamlit_server(home: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start the dashboard against the database under `home`; yield its base URL; stop it."""
+def streamlit_server(
+    home: Path, *, extra_env: dict[str, str] | None = None, address: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Start the dashboard against the database under `home`; yield its base URL; stop it.
+
+    `address` is the bind address (`0.0.0.0` makes the dashboard demand a login); the URL
+    always goes through 127.0.0.1."""
     port = free_port()
     env = dict(
         os.environ,
@@ -73,7 +78,7 @@ def streamlit_server(home: Path, *, extra_env: dict[str, str] | None = None) -> 
             "--server.port",
             str(port),
             "--server.address",
-            "127.0.0.1",
+            address,
             "--server.headless",
             "true",
             "--browser.gatherUsageStats",

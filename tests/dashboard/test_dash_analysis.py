@@ -9,20 +9,26 @@ from dash_testkit import REPO, page
 from streamlit.testing.v1 import AppTest
 
 DEMO = REPO / "examples" / "analysis-demo.yaml"
+FOLDER_MODE = "A file in the analysis folder"
 
 
-def _page() -> AppTest:
+def _page(folder_mode: bool = True) -> AppTest:
     at = AppTest.from_file(page("campaigns"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    if folder_mode:  # uploads are the default; a path names a file in the analysis folder
+        at.radio(key="a-mode").set_value(FOLDER_MODE).run()
     return at
 
 
-def test_valid_analysis_file_creates_and_launches_campaign(empty_db):
+def test_valid_analysis_file_creates_and_launches_campaign(empty_db, tmp_path):
     from backend import service
 
+    folder = tmp_path / "analyses"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text(DEMO.read_text())
     at = _page()
-    at.text_input(key="a-path").set_value(str(DEMO))
+    at.text_input(key="a-path").set_value("demo.yaml")
     at.button(key="a-run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -30,7 +36,7 @@ def test_valid_analysis_file_creates_and_launches_campaign(empty_db):
     assert c.name == "offshell-demo" and c.status == "ACTIVE"
     assert c.counts["PENDING"] == c.n_jobs > 0  # nothing ran before: nothing reused
     prov = service.campaign_analysis(c.id)
-    assert prov["analysis"]["path"] == str(DEMO)
+    assert prov["analysis"]["path"] == str(folder / "demo.yaml")
     assert len(prov["analysis"]["file_hash"]) == 64
     assert at.dataframe[0].value["id"].tolist() == [c.id]  # listed like any other campaign
 
@@ -38,12 +44,13 @@ def test_valid_analysis_file_creates_and_launches_campaign(empty_db):
 def test_malformed_analysis_file_shows_problems_and_creates_nothing(empty_db, tmp_path):
     from backend import service
 
-    bad = tmp_path / "bad.yaml"
+    bad = tmp_path / "analyses" / "bad.yaml"
+    bad.parent.mkdir()
     bad.write_text(
         DEMO.read_text().replace("reference: B", "reference: Q").replace("width: 64", "width: -3")
     )
     at = _page()
-    at.text_input(key="a-path").set_value(str(bad))
+    at.text_input(key="a-path").set_value("bad.yaml")
     at.button(key="a-run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]
@@ -55,13 +62,38 @@ def test_malformed_analysis_file_shows_problems_and_creates_nothing(empty_db, tm
 def test_missing_file_and_empty_input_are_reported(empty_db, tmp_path):
     from backend import service
 
-    at = _page()
+    at = _page(folder_mode=False)
     at.button(key="a-check").click().run()
-    assert [e.value for e in at.error] == ["give the path of an analysis file or upload one"]
-    at.text_input(key="a-path").set_value(str(tmp_path / "nope.yaml")).run()
+    assert [e.value for e in at.error] == [
+        "upload an analysis file (or choose “A file in the analysis folder”)"
+    ]
+    at.radio(key="a-mode").set_value(FOLDER_MODE).run()
+    at.button(key="a-check").click().run()
+    assert [e.value for e in at.error] == [
+        "give the name of an analysis file in the analysis folder"
+    ]
+    at.text_input(key="a-path").set_value("nope.yaml").run()
     at.button(key="a-run").click().run()
-    assert at.error and "nope.yaml" in at.error[0].value
+    assert at.error and "nope.yaml: no such file" in at.error[0].value
     assert service.list_campaigns() == []
+
+
+def test_an_upload_creates_and_launches_campaign(empty_db, tmp_path):
+    from backend import service
+
+    at = _page(folder_mode=False)
+    at.file_uploader(key="a-upload").upload("mine.yaml", DEMO.read_bytes(), "application/yaml")
+    at.run()
+    at.button(key="a-check").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert [s.value for s in at.success] == ["mine.yaml: valid."]
+    at.button(key="a-run").click().run()
+    assert not at.error, [e.value for e in at.error]
+    (c,) = service.list_campaigns()
+    assert c.name == "offshell-demo"
+    assert service.campaign_analysis(c.id)["analysis"]["path"].startswith(
+        str(tmp_path / "analyses")
+    )
 
 
 def test_dashboard_analysis_path_imports_no_jax(tmp_path):

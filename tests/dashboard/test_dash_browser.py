@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
 
+from dashboard import formatting
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
@@ -142,7 +144,8 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
     with streamlit_server(tmp_path) as base, chromium_page() as page:
         page.goto(f"{base}/fit")
         wait_title(page)
-        _wait_metric(page, "best-fit mu", f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}")
+        _wait_metric(page, "best-fit mu", formatting.with_error(seeded.mu_hat, seeded.sigma))
+        page.get_by_text("Fitted parameters").wait_for()  # the page opens on the table
         page.get_by_text("Start a fit").click()
         started = page.get_by_text(re.compile(r"\d+ fit job\(s\) started"))
         for _ in range(2):  # a click that lands while the script is still rerunning can be dropped
@@ -160,6 +163,13 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
         assert all(
             j.status == "PENDING" and j.desired_state == "RUN" for j in new
         )  # the campaign was launched
+        # the new run opens with its live progress; run 1 keeps its results
+        page.get_by_text(f"Run 2: 0 of {n_new} fit-stage jobs finished").wait_for()
+        screenshot(page, "fit-run-progress")
+        page.locator("[data-testid='stSelectbox']").filter(has_text="Fit run").click()
+        page.get_by_role("option", name="run 1").click()
+        page.get_by_text("Fitted parameters").wait_for()
+        page.locator("[data-testid='stButtonGroup']").get_by_text("Pulls", exact=True).click()
         page.locator(".js-plotly-plot").first.wait_for()
         titles = page.evaluate(
             "() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.layout.title.text)"

@@ -59,9 +59,9 @@ PAGES = [
     ),
     (
         "Fit",
-        "fit",
-        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-        "g.layout.title.text.includes('pulls'))",
+        "fit",  # opens on the table of every fitted parameter
+        "document.querySelector(\"[data-testid='stDataFrame']\") && "
+        "document.body.innerText.includes('Fitted parameters')",
     ),
     (
         "Usage and cost",

@@ -9,7 +9,7 @@ import pytest
 from dash_testkit import REPO, run_page
 from streamlit.testing.v1 import AppTest
 
-from dashboard import queries
+from dashboard import formatting
 
 TIMEOUT = 60
 
@@ -18,11 +18,22 @@ def metric_values(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+def table_with(at: AppTest, column: str):
+    """The first table on the page that has this column."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def test_campaigns_page_lists_seeded_campaign(seeded):
     at = run_page("campaigns")
     table = at.dataframe[0].value
     assert table["name"].tolist() == ["seeded"]
-    assert table["n_succeeded"].iloc[0] == seeded.state_counts["SUCCEEDED"]
+    assert table["succeeded"].iloc[0] == seeded.state_counts["SUCCEEDED"]
+    # human column names, no raw names and no "None" anywhere
+    assert "n_jobs" not in table and "estimate_cost" not in table
+    assert table["jobs"].iloc[0] == len(seeded.job_ids)
+    assert table["budget (USD)"].iloc[0] == "100.00"
+    assert not table.isna().any().any()
+    assert "None" not in table.astype(str).to_numpy().ravel().tolist()
     assert table["progress"].iloc[0] == pytest.approx(
         seeded.state_counts["SUCCEEDED"] / len(seeded.job_ids)
     )
@@ -69,8 +80,13 @@ def test_form_estimate_matches_service_then_create_and_launch(empty_db):
     values = forms.default_values() | {"name": "form-made", "ensemble_size": 6, "budget": 25.0}
     expected = service.estimate_campaign(forms.build_config(values).config)
     shown = metric_values(at)
-    assert shown["Estimated GPU-hours"] == f"{expected.gpu_hours:.2f}"
+    assert shown["Estimated GPU-hours"] == formatting.number(expected.gpu_hours, 3)
     assert shown["Jobs"] == str(len(expected.per_job))
+    breakdown = table_with(at, "price (USD/h)")
+    assert breakdown["jobs"].sum() == len(expected.per_job)
+    assert sum(float(c.replace(",", "")) for c in breakdown["cost (USD)"]) == pytest.approx(
+        expected.cost, abs=0.01 * len(breakdown)
+    )
     assert service.list_campaigns() == []  # estimating creates nothing
     at.button(key="FormSubmitter:campaign-form-Create and launch").click().run()
     assert not at.exception
@@ -103,6 +119,7 @@ def test_monitor_shows_states_jobs_and_curves(seeded):
     assert shown["Failed"] == str(seeded.state_counts["FAILED"])
     jobs = at.dataframe[0].value
     assert len(jobs) == len(seeded.job_ids)
+    assert not jobs.isna().any().any()  # Streamlit draws a missing cell as "None"
     assert set(jobs["state"]) == set(seeded.state_counts)
     (chart,) = at.get("plotly_chart")
     spec = json.loads(chart.proto.spec)
@@ -120,7 +137,7 @@ def test_monitor_retry_selected_job_and_history(seeded):
     at = run_page("monitor")
     jobs = at.dataframe[0].value
     failed_row = int(jobs.index[jobs["state"] == "FAILED"][0])
-    failed_id = int(jobs.loc[failed_row, "id"])
+    failed_id = int(jobs.loc[failed_row, "job"])
     at.session_state["monitor-jobs"] = {"selection": {"rows": [failed_row], "columns": []}}
     at.run()
     assert any(e.label == f"History of job {failed_id}" for e in at.expander)
@@ -138,15 +155,19 @@ def test_monitor_without_campaigns(empty_db):
 def test_fit_page_shows_mu_pulls_impacts(seeded):
     at = run_page("fit")
     shown = metric_values(at)
-    assert shown["best-fit mu"] == f"{seeded.mu_hat:.3f} ± {seeded.sigma:.3f}"
+    assert shown["best-fit mu"] == formatting.with_error(seeded.mu_hat, seeded.sigma)
     assert shown["Nuisance parameters"] == "5"
     # the learned model's error components, each on its own, and the total they make
-    assert shown["total error"] == queries.format_value(seeded.sigma * np.sqrt(1.25))
-    assert (
-        shown["NN training"]
-        == f"{queries.format_value(0.3 * seeded.sigma)} ± {queries.format_value(0.1 * seeded.sigma)}"
+    assert shown["total error"] == formatting.error(seeded.sigma * np.sqrt(1.25), seeded.sigma)
+    assert shown["NN training"] == formatting.with_error(0.3 * seeded.sigma, 0.1 * seeded.sigma)
+    assert shown["simulation statistics"] == formatting.with_error(
+        0.4 * seeded.sigma, 0.05 * seeded.sigma
     )
-    assert shown["simulation statistics"].startswith(queries.format_value(0.4 * seeded.sigma))
+    # the page opens on the table of every parameter (numbers formatted by their errors)
+    params = table_with(at, "value ± error")
+    assert params["parameter"].tolist()[0] == "mu" and len(params) == 6
+    assert params["value ± error"].iloc[0] == formatting.with_error(seeded.mu_hat, seeded.sigma)
+    at.button_group(key="fit-view").set_value("Pulls").run()
     assert [b.label for b in at.download_button] == ["PNG", "PDF"]  # every chart is exportable
     titles = []
     for view in ("Pulls", "Impacts", "Correlations", "Scan", "Toys"):
@@ -165,8 +186,9 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     at.button_group(key="fit-view").set_value("Scan").run()
     lo, hi = (float(v) for v in metric_values(at)["mu 68 % CL (scan)"].strip("[]").split(","))
     assert (lo, hi) == (
-        pytest.approx(seeded.mu_hat - seeded.sigma, abs=0.01),
-        pytest.approx(seeded.mu_hat + seeded.sigma, abs=0.01),
+        # shown to the decimals of sigma (0.21): 0.01, plus the grid's interpolation error
+        pytest.approx(seeded.mu_hat - seeded.sigma, abs=0.015),
+        pytest.approx(seeded.mu_hat + seeded.sigma, abs=0.015),
     )
 
 
@@ -226,7 +248,7 @@ def test_costs_page_totals_match_seed(seeded):
         assert not at.exception and len(at.get("plotly_chart")) == 1
     at.button_group(key="cost-view").set_value("Table").run()
     table = at.dataframe[0].value
-    assert table["cost"].sum() == pytest.approx(seeded.cost)
+    assert table["cost (USD)"].astype(float).sum() == pytest.approx(seeded.cost, abs=0.05)
 
 
 def test_costs_page_empty(empty_db):

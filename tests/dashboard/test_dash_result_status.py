@@ -139,7 +139,7 @@ def test_monitor_and_fit_show_the_badge_with_the_fit_checks(nsbi_env):
         badges = [m.value for m in at.markdown if m.value.startswith("**Result:**")]
         assert badges == ["**Result:** :red-badge[needs review: asimov_closure 0.5 > 0.2]"], name
     at = run_page("fit")  # the fit converged, and the page says both
-    assert {m.label: m.value for m in at.metric}["Fit"] == "converged"
+    assert {m.label: m.value for m in at.metric}["Minimiser"] == "converged"
 
 
 def test_diagnostics_opens_on_the_worst_task_and_shows_checks_passed(nsbi_env):

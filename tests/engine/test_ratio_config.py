@@ -1,6 +1,7 @@
 """TrainConfig: JSON round trip, validation with clear messages."""
 
 import json
+import re
 
 import pytest
 
@@ -52,3 +53,29 @@ def test_unknown_keys_are_named():
 def test_invalid_values_raise_naming_the_field(field, value, needle):
     with pytest.raises(ValueError, match=needle):
         TrainConfig(**{field: value})
+
+
+def test_the_automatic_step_budget_covers_min_epochs_passes():
+    """max_steps None: 2000 steps, or min_epochs passes over the training events if more
+    (560k events at batch 1024: 10 passes are 5469 steps); an explicit max_steps is exact."""
+    c = TrainConfig()
+    assert c.max_steps is None and c.min_epochs == 10.0 and c.patience == 10
+    assert c.step_budget(100_000) == 2000
+    assert c.step_budget(560_000) == 5469
+    assert c.replace(min_epochs=0.0).step_budget(10**7) == 2000
+    assert c.replace(max_steps=10).step_budget(10**7) == 10  # smoke runs, spoiled networks
+    assert c.replace(batch_size=4096).step_budget(560_000) == 2000
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"max_steps": 0}, "max_steps must be None (automatic) or >= 1"),
+        ({"min_epochs": -1.0}, "min_epochs must be in [0, 1000]"),
+        ({"min_epochs": True}, "min_epochs must be in [0, 1000]"),
+        ({"warmup_steps": 2000}, "warmup_steps must be in [0, max_steps)"),
+    ],
+)
+def test_step_budget_settings_are_checked(changes, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        TrainConfig(**changes)

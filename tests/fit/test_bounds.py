@@ -50,15 +50,11 @@ def test_covariance_leaves_out_parameters_at_bound():
     assert cov_all[0, 0] < 1e-90  # what used to be reported: sub-resolution
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the inward probe from a bound was withdrawn (it stopped a 2-event fit at mu = 0 "
-    "with q still falling inward); Newton started on a sqrt(mu) bound stays there (issue 14)",
-)
 def test_newton_started_on_the_bound_leaves_it_when_q_falls_inward():
     """lambda = sqrt(mu) s + b with n = 20, s = b = 5: mu-hat = ((n - b) / s)^2 = 9. Started on
     the bound mu = 0, where the gradient is the capped 5e49 x dq/dsqrt(mu) < 0 and the Newton
-    step ~1e-50, the fit used to stop there 'converged'; the inward probe lets it leave."""
+    step ~1e-50, the fit used to stop there 'converged'; the boundary escape (q along mu
+    below the bound's q) restarts it inside."""
     ws = Workspace.from_arrays(
         pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
         processes={
@@ -75,10 +71,32 @@ def test_newton_started_on_the_bound_leaves_it_when_q_falls_inward():
     assert res.errors["mu"] == pytest.approx(2.0 * 3.0 * math.sqrt(20.0) / 5.0, rel=1e-4)
 
 
-def test_a_local_minimum_on_the_bound_stays_there(demo_model):
-    """The demo's q (Asimov at mu = 1) also has a local minimum on the bound mu = 0 with the
+def test_a_local_minimum_on_the_bound_is_left_for_the_deeper_one(demo_model):
+    """The demo's q (Asimov at mu = 1) has a local minimum on the bound mu = 0 with the
     nuisances profiled (one-sided derivative outward there; q = -3652.25 against -3658.02 at
-    mu = 1): started at 0 the fit probes inward, comes back and reports it, flagged."""
+    mu = 1). Started there, Newton stops on the bound; q along mu (nuisances as fitted) falls
+    below it, so the fit restarts inside and reports the global minimum, not the bound."""
+    best = fit(demo_model)
     res = fit(demo_model, init={"mu": 0.0})
+    assert res.converged and res.at_bound == () and res.method.endswith("+escape")
+    assert res.values["mu"] == pytest.approx(best.values["mu"], abs=1e-6)
+    assert res.q_min == pytest.approx(best.q_min, abs=1e-6)
+    stuck = fit(demo_model, init={"mu": 0.0}, fixed={"mu": 0.0})
+    assert stuck.q_min > best.q_min + 5.0  # the bound really is 5.8 above the best fit
+
+
+def test_a_minimum_on_the_bound_is_kept_when_nothing_inside_is_lower():
+    """n = 2 events with s = 5, b = 5 under sqrt(mu) s + b: q(mu) = 2 (sqrt(mu) s + b) -
+    2 n ln(sqrt(mu) s + b) rises from mu = 0 (d q / d sqrt(mu) = 2 s (1 - n / b) > 0), so the
+    bound is the best fit: no escape, mu flagged at the bound with no error."""
+    ws = Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        processes={
+            "S": {"yield": 5.0, "coefficient": "sqrt(mu)", "ratio": np.ones(1)},
+            "B": {"yield": 5.0, "coefficient": "1", "ratio": np.ones(1)},
+        },
+        weights=np.array([2.0]),
+    )
+    res = fit(Model(ws, storage_dtype=np.float64))
     assert res.converged and res.at_bound == ("mu",) and math.isnan(res.errors["mu"])
-    assert res.q_min > fit(demo_model).q_min + 5.0
+    assert not res.method.endswith("+escape")

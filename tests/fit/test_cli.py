@@ -44,7 +44,9 @@ def test_cli_reports_bad_workspace(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "nsbi-workspace", "version": 1}))
     assert _run([str(bad)]) == 2
-    assert "bad.json: <top level>: 'parameters' is a required property" in capsys.readouterr().err
+    assert "bad.json: (top level): missing required keys 'parameters', 'processes', 'data'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_cli_streamed_fit_matches_in_memory(tmp_path, capsys):

@@ -111,19 +111,13 @@ def test_toy_fits_converge_at_mu_half(model):
     assert np.all((fits.errors[:, 0] > 0.05) & (fits.errors[:, 0] < 0.2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Newton fits started at the bound mu = 0 never leave it: d sqrt(mu)/dmu is infinite "
-    "there. An inward probe from the bound was tried (2026-12-06) and withdrawn: it let a "
-    "2-event fit stop at mu = 0 with dq/dmu = -0.71 (true minimum at 0.125); see issue 14",
-)
 def test_toy_fits_at_mu_zero_leave_the_bound(model):
     """At mu = 0 the sqrt(mu) term of q has a random sign per toy, so about half of the toys have
     mu-hat > 0 (measured: 51 % when the fits start at mu = 1). Fits started at the truth
     (fit_toys' default) used to report mu-hat = 0 with sigma ~ 1e-51 and 'converged': stuck, as
-    the Newton step -g/H at the capped d sqrt(mu)/dmu is ~1e-50. The minimiser now probes inward
-    from a bound when the gradient points inward; toys left at the bound are flagged and have
-    no (sub-resolution) error."""
+    the Newton step -g/H at the capped d sqrt(mu)/dmu is ~1e-50. Toys left on the bound are now
+    refitted from points inside and keep a refit with lower q; those still on the bound are
+    flagged and have no (sub-resolution) error."""
     toys = generate_toys(model, TOY_BATCH, seed=29, params={"mu": 0.0}, pad_to=TOY_PAD)
     fits = fit_toys(model, toys, batch=TOY_BATCH)
     assert fits.converged.all()

@@ -116,7 +116,8 @@ def test_schema_errors_name_the_json_key(tmp_path):
     bad.write_text(json.dumps(doc))
     (tmp_path / "bad.arrays").symlink_to(tmp_path / "ws.arrays")
     with pytest.raises(
-        WorkspaceError, match=r"bad\.json: processes\.1\.yield: 'lots' is not of type 'number'"
+        WorkspaceError,
+        match=r"bad\.json: processes\[1\]\.yield: expected a number, got a string 'lots'",
     ):
         Workspace.load(bad)
     doc = json.loads(path.read_text())
@@ -147,6 +148,7 @@ def test_norm_weights_round_trip_and_drive_the_model(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     with pytest.raises(
-        WorkspaceError, match=r"bad\.json: data\.norm_weights: \[1, 2\] is not of type 'object'"
+        WorkspaceError,
+        match=r"bad\.json: data\.norm_weights: expected a mapping, got a list \[1, 2\]",
     ):
         Workspace.load(bad)

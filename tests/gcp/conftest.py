@@ -225,6 +225,7 @@ def make_launcher(fake_compute, stub_python, tmp_path):
             python=str(stub_python[0]),
             env={"STUB_OUT_DIR": str(stub_python[1])},
             list_ttl_s=0.0,
+            service_account=f"nsbi-worker@{fake_compute.project}.iam.gserviceaccount.com",
         )
         kw.update(overrides)
         launcher = GceLauncher(GceConfig(**kw), store_opener=opener)

@@ -106,6 +106,7 @@ def test_campaign_on_gce_survives_preemption_stockout_and_cancel(gcs_emulator, t
             runtime="python",
             python=sys.executable,
             list_ttl_s=0.2,
+            service_account=f"nsbi-worker@{fake.project}.iam.gserviceaccount.com",
             env={
                 "STORAGE_EMULATOR_HOST": gcs_emulator,
                 "NSBI_WORKER_INTERVAL_S": "0.2",
@@ -276,6 +277,7 @@ def test_demo_training_campaign_created_by_the_service_runs_on_gce(gcs_emulator,
             runtime="python",
             python=sys.executable,
             list_ttl_s=0.2,
+            service_account=f"nsbi-worker@{fake.project}.iam.gserviceaccount.com",
             env={"STORAGE_EMULATOR_HOST": gcs_emulator, "NSBI_WORKER_INTERVAL_S": "0.5"},
         )
     )

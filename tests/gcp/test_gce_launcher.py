@@ -56,7 +56,9 @@ def test_a_launched_vm_has_the_spot_gpu_body_and_runs_the_worker_command(
         "nsbi_attempt": "1",
     }
     assert body["serviceAccounts"][0]["scopes"] == [
-        "https://www.googleapis.com/auth/cloud-platform"
+        "https://www.googleapis.com/auth/devstorage.read_write",
+        "https://www.googleapis.com/auth/logging.write",
+        "https://www.googleapis.com/auth/monitoring.write",
     ]
     assert fake_compute.stats.bad_requests == []
     # the stub "python" ran with the worker's command line and the configured environment
@@ -281,6 +283,7 @@ def test_many_concurrent_inserts_and_paged_listing(monkeypatch, tmp_path, waiter
                 url_scheme="http",
                 runtime="python",
                 list_ttl_s=0.5,
+                service_account=f"nsbi-worker@{fake.project}.iam.gserviceaccount.com",
             )
         )
         reqs = [LaunchRequest("many", f"j{i}", 1, f"gs://b/j{i}") for i in range(40)]
@@ -357,6 +360,7 @@ def test_registry_builds_the_launcher_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("NSBI_GCE_WORKER_IMAGE", "us-docker.pkg.dev/p1/nsbi/worker:1")
     monkeypatch.setenv("NSBI_GCE_MACHINE_TYPE", "g2-standard-8")
     monkeypatch.setenv("NSBI_GCE_SPOT", "false")
+    monkeypatch.setenv("NSBI_GCE_SERVICE_ACCOUNT", "nsbi-worker@p1.iam.gserviceaccount.com")
     launcher = get_launcher("gce", Settings.from_env({"NSBI_HOME": str(tmp_path)}))
     try:
         c = launcher.config

@@ -60,6 +60,7 @@ def _config(**kw):
         project="p",
         zones=("us-central1-a", "us-central1-b"),
         worker_image="us-docker.pkg.dev/p/r/w:1",
+        service_account="nsbi-worker@p.iam.gserviceaccount.com",
     )
     base.update(kw)
     return GceConfig(**base)
@@ -179,6 +180,7 @@ def test_config_from_env_and_its_errors():
         "NSBI_GCE_GPU_TYPE": "",
         "NSBI_GCE_MAX_RUN_HOURS": "1.5",
         "NSBI_GCE_MAX_INSTANCES": "",
+        "NSBI_GCE_SERVICE_ACCOUNT": "nsbi-worker@p.iam.gserviceaccount.com",
     }
     cfg = config_from_env(env)
     assert (
