@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "backend.commands.problems",
         "Benchmark problems with exact likelihoods: list, generate samples + analysis file.",
     ),
+    "export": (
+        "backend.commands.export",
+        "Export an ensemble for other tools (`nsbi export onnx ENSEMBLE OUT.onnx`).",
+    ),
     "bench": (
         "backend.commands.bench",
         "Benchmarks with JSON output (train, fit, controlplane, launch).",

@@ -449,6 +449,72 @@ def _fit_summary(ws, result, intervals: bool = False) -> dict[str, Any]:
     )
 
 
+def _failed(exc: Exception) -> dict[str, Any]:
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def limits_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``options.limits`` of a fit job: the CLs upper limit on mu at ``cl`` (q~_mu; observed
+    and expected -2..+2 sigma, `sbi_engine.fit.limits.upper_limit`, asymptotic or with
+    ``toys`` pseudo-experiments per hypothesis and point) and the discovery test q_0 / Z_0 /
+    p_0 (`discovery`), both on the workspace's data. A failure is recorded, not raised."""
+    from .fit.limits import discovery, upper_limit
+
+    cl = float(settings.get("cl", 0.95))
+    method = str(settings.get("method", "asymptotic"))
+    n_toys = int(settings.get("toys") or 0) if method == "toys" else 0
+    if method not in ("asymptotic", "toys") or (method == "toys" and n_toys <= 0):
+        raise FitJobError(
+            f"params.options.limits: method {method!r} with toys={n_toys} "
+            "(asymptotic, or toys with toys > 0)"
+        )
+    try:
+        ul = upper_limit(ws, cl=cl, poi="mu", toys=n_toys, seed=int(settings.get("seed") or 0))
+        out: dict[str, Any] = ul.to_dict()
+        out["band"] = list(ul.band)
+    except Exception as exc:  # noqa: BLE001 - the fit itself stands
+        out = {"cl": cl, "method": method, **_failed(exc)}
+    try:
+        out["discovery"] = discovery(ws, poi="mu").to_dict()
+    except Exception as exc:  # noqa: BLE001
+        out["discovery"] = _failed(exc)
+    return out
+
+
+def expected_workspace(ws, mu: float):
+    """The workspace with the model's Asimov data at ``mu`` (nuisances at nominal): the data
+    rows get weight 0, the normalisation rows v_i s_i(mu) / V. Nothing of the data is read."""
+    return ws.with_data(_model_asimov_weights(ws, mu), kind="asimov", generated_at={"mu": mu})
+
+
+def expected_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``options.expected`` of a fit job: the expected (blinded) result -- the fit of the
+    model's Asimov data at ``mu`` (default 1) with mu-hat, Hesse error, asymmetric profile
+    errors (68 % / 95 % by root finding) and the expected discovery significance."""
+    from .fit import fit
+    from .fit.limits import discovery
+    from .fit.results import to_jsonable
+
+    mu = float(settings.get("mu", 1.0))
+    ews = expected_workspace(ws, mu)
+    result = fit(ews)
+    out: dict[str, Any] = {
+        "mu": mu,
+        "data": f"asimov at mu={mu:g} (model expectation, nuisances at nominal)",
+        "mu_hat": result.values["mu"],
+        "sigma": result.errors.get("mu"),
+        **_profile_errors(ews, result),
+        "converged": result.converged,
+        "at_bound": list(result.at_bound),
+        "parameters": result.to_dict(),
+    }
+    try:
+        out["discovery"] = discovery(ews, poi="mu").to_dict()
+    except Exception as exc:  # noqa: BLE001
+        out["discovery"] = _failed(exc)
+    return to_jsonable(out)
+
+
 def bootstrapped(lf: LearnedFit) -> bool | None:
     """Whether every ratio the fit uses comes from bootstrap members (None if unknown)."""
     flags = [r.bootstrapped for r in lf.ratios.values()]
@@ -505,7 +571,9 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
     Every kind first fits the nominal model (cheap next to the training, and it makes each
     job self-contained); the compiled functions are reused by the refits, scan points and toys.
     A "fit" job adds mu's asymmetric errors from the profile likelihood (``mu_err_lo``,
-    ``mu_err_hi``, ``profile``: 68 % and 95 % intervals by root finding).
+    ``mu_err_hi``, ``profile``: 68 % and 95 % intervals by root finding), and where its
+    ``options`` ask: ``limits`` (CLs upper limit and discovery significance on the data,
+    `limits_result`) and ``expected`` (the fit of the model's Asimov data, `expected_result`).
     """
     from .fit import fit
     from .fit import impacts as imp
@@ -526,6 +594,11 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
     }
     if kind == "fit":
         out.update(learned_result(spec, ensembles, lf, result))
+        options = dict(params.get("options") or {})
+        if options.get("limits"):
+            out["limits"] = limits_result(ws, options["limits"])
+        if options.get("expected"):
+            out["expected"] = expected_result(ws, options["expected"])
     elif kind == "impacts":
         nps = list(params.get("nps") or ws.nuisance_names)
         out["impacts_refit"] = [i.to_dict() for i in imp.refit_impacts(ws, result, nps)]

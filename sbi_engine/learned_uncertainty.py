@@ -203,25 +203,43 @@ def check(
     }
 
 
+def nuisance_shape_directions(workspace: Any, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), k): log(up / down) of every nuisance shape effect on ``rows`` (k may be 0)."""
+    cols = [
+        np.log(np.asarray(e.shape[0], dtype=np.float64)[rows])
+        - np.log(np.asarray(e.shape[1], dtype=np.float64)[rows])
+        for nu in workspace.nuisances
+        for e in nu.effects.values()
+        if e.shape is not None
+    ]
+    cols = [c for c in cols if np.all(np.isfinite(c)) and np.std(c) > 0]
+    return np.column_stack(cols) if cols else np.empty((len(rows), 0))
+
+
 def ratio_checks(lf: Any) -> list[dict]:
     """Noise relative to signal for every process ratio task, on the data rows (weights |w|).
 
     The estimated log-ratio error (member spread) against the spread of the log ratio over the
-    data: a large value means network noise can read as information about mu and shrink its
-    interval; the remedy is more training events, steps or members.
+    data that the nuisance shapes cannot mimic (`TaskRatios.signal` with confounders): only
+    that part measures mu, so a large value means network noise can read as information about
+    mu and shrink its interval; the remedy is more training events, steps or members.
     """
     from .learned_ratios import NOISE_TO_SIGNAL_LIMIT as limit
 
-    w = np.asarray(lf.workspace.data.weights, dtype=np.float64)[lf.data_rows]
+    rows = np.asarray(lf.data_rows)
+    w = np.asarray(lf.workspace.data.weights, dtype=np.float64)[rows]
+    shapes = nuisance_shape_directions(lf.workspace, rows)
     out = []
     for _proc, task in sorted(lf.process_task.items()):
         r = lf.ratios[task]
-        noise, signal = r.noise(lf.data_rows), r.signal(lf.data_rows, w)
+        noise = r.noise(rows)
+        whole, signal = r.signal(rows, w), r.signal(rows, w, shapes)
         value = noise / signal if signal > 0 and np.isfinite(noise) else float("nan")
         ok = bool(np.isfinite(value) and value <= limit)
         msg = (
-            f"log-ratio error {noise:.3g} against a log-ratio spread {signal:.3g} on the data "
-            f"(noise/signal {value:.2f}, limit {limit})"
+            f"log-ratio error {noise:.3g} against the log-ratio spread the nuisance shapes "
+            f"cannot mimic {signal:.3g} on the data (whole spread {whole:.3g}; noise/signal "
+            f"{value:.2f}, limit {limit})"
         )
         if not ok:
             msg += (

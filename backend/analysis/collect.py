@@ -119,6 +119,9 @@ def collect_result(
             "job": fit_job["name"] if fit_job else None,
             "parameters": (fit.get("fit") or {}),
         },
+        # CLs upper limit + discovery significance on the data, and the expected (Asimov) result
+        "limits": dict(fit.get("limits") or {}),
+        "expected": dict(fit.get("expected") or {}),
         "uncertainty": dict(fit.get("uncertainty") or {}),
         "fit_checks": list(fit.get("checks") or []),
         "shape_decisions": list(fit.get("shape_decisions") or []),

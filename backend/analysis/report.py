@@ -529,6 +529,86 @@ def fit_table_markdown(fit: Mapping[str, Any], scan: Mapping[str, Any] | None = 
     return lines + [""]
 
 
+BAND_KEYS = ("-2", "-1", "0", "1", "2")  # expected limits: mu-hat = N sigma under b-only
+
+
+def _discovery_text(d: Mapping[str, Any] | None) -> str:
+    if not d:
+        return "–"
+    if d.get("error"):
+        return "failed: " + str(d["error"]).replace("|", "/")
+    return (
+        f"q₀ = {_fmt(d.get('q0'))}, Z = {_fmt(d.get('significance'), 2)} σ, "
+        f"p₀ = {_fmt(d.get('p0'), 4)}"
+    )
+
+
+def limits_markdown(limits: Mapping[str, Any] | None) -> list[str]:
+    """The CLs upper limit on μ: observed, and expected with the ±1σ / ±2σ band (in the
+    order −2σ, −1σ, median, +1σ, +2σ), and the discovery significance on the data."""
+    if not limits:
+        return []
+    cl = limits.get("cl")
+    pct = f"{100 * float(cl):g} %" if cl is not None else "?"
+    method = str(limits.get("method", ""))
+    if method == "toys":
+        method += f", {limits.get('n_toys')} toys per hypothesis and point"
+    lines = ["", f"## Upper limit on μ ({pct} CL, CLs, q̃_μ, {method})", ""]
+    if limits.get("error"):
+        lines.append(f"The limit could not be computed: {str(limits['error']).replace('|', '/')}")
+    else:
+        exp = dict(limits.get("expected") or {})
+        lines += [
+            "| observed | expected −2σ | expected −1σ | expected median | expected +1σ "
+            "| expected +2σ |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| **{_fmt(limits.get('observed'), 4)}** | "
+            + " | ".join(_fmt(exp.get(k), 4) for k in BAND_KEYS)
+            + " |",
+        ]
+        at_bound = (limits.get("extra") or {}).get("at_bound") or []
+        if at_bound:
+            lines.append("")
+            lines.append(f"At a bound in the free fit: {', '.join(at_bound)}.")
+    lines += ["", f"Discovery test on the data: {_discovery_text(limits.get('discovery'))}", ""]
+    return lines
+
+
+def expected_markdown(expected: Mapping[str, Any] | None) -> list[str]:
+    """The expected (blinded) result: the fit of the model's Asimov data at μ, with its
+    Hesse and profile-likelihood errors, and the expected discovery significance."""
+    if not expected:
+        return []
+    mu = expected.get("mu")
+    lines = [
+        "",
+        f"## Expected result (Asimov data at μ = {_fmt(mu, 2)}, nuisances at nominal; "
+        "the data are not read)",
+        "",
+    ]
+    if expected.get("mu_hat") is None:
+        return lines + [f"Not computed: {expected.get('error', 'no result')}", ""]
+    lines += [
+        "| expected μ̂ | Hesse | profile 68 % | profile 95 % interval | converged |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    prof = dict(expected.get("profile") or {})
+    p68, p95 = dict(prof.get("68") or {}), dict(prof.get("95") or {})
+    lines.append(
+        f"| **{_fmt(expected.get('mu_hat'), 4)}** | ±{_fmt(expected.get('sigma'))} "
+        f"| {_signed(p68.get('err_hi'), '+')} {_signed(p68.get('err_lo'), '−')} "
+        f"| [{_fmt(p95.get('lo'))}, {_fmt(p95.get('hi'))}] | {expected.get('converged')} |"
+    )
+    if prof.get("error"):
+        lines += ["", f"Profile intervals failed: {str(prof['error']).replace('|', '/')}"]
+    lines += [
+        "",
+        f"Expected discovery significance: {_discovery_text(expected.get('discovery'))}",
+        "",
+    ]
+    return lines
+
+
 def shape_decisions_markdown(decisions: Sequence[Mapping[str, Any]] | None) -> list[str]:
     """What the fit did with each learned shape effect: kept, or dropped (yield kept) below the
     networks' noise floor, so a negligible systematic cannot constrain itself."""
@@ -615,9 +695,26 @@ def summary_markdown(
             f"- error breakdown: total {_fmt(bd.get('total'))}, stat {_fmt(bd.get('stat'))}, "
             f"syst {_fmt(bd.get('syst'))}"
         )
+    lim = result.get("limits") or {}
+    if lim.get("observed") is not None:
+        band = dict(lim.get("expected") or {})
+        lines.append(
+            f"- **{100 * float(lim.get('cl') or 0.95):g} % CL upper limit: μ < "
+            f"{_fmt(lim['observed'])}** (CLs, {lim.get('method')}; expected {_fmt(band.get('0'))}, "
+            f"±1σ [{_fmt(band.get('-1'))}, {_fmt(band.get('1'))}], "
+            f"±2σ [{_fmt(band.get('-2'))}, {_fmt(band.get('2'))}])"
+        )
+    exp = result.get("expected") or {}
+    if exp.get("mu_hat") is not None:
+        lines.append(
+            f"- expected (Asimov μ = {_fmt(exp.get('mu'), 2)}): μ̂ = {_fmt(exp.get('mu_hat'))} "
+            f"± {_fmt(exp.get('sigma'))} (Hesse)"
+        )
     lines += fit_table_markdown(fit, result.get("scan"))
     lines += uncertainty_markdown(result.get("uncertainty"))
     lines += shape_decisions_markdown(result.get("shape_decisions"))
+    lines += limits_markdown(result.get("limits"))
+    lines += expected_markdown(result.get("expected"))
     lines += [
         "",
         "## Top impacts on μ",

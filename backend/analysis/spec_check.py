@@ -195,12 +195,43 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
             out["poi_values"] = [float(x) for x in out["poi_values"]]
         res.compute[stage] = out
     if res.compute.get("fit", {}).get("enabled") is False:
-        for stage in ("impacts", "scan", "toys"):
+        for stage in ("impacts", "scan", "toys", *spec_models.IN_FIT_JOB):
             if res.compute.get(stage, {}).get("enabled"):
                 ck.add(
                     ("compute", stage),
                     f"{stage} need the fit; enable compute.fit or disable {stage}",
                 )
+    _in_fit_job(ck, res, bounds)
+
+
+def _in_fit_job(ck: Checker, res: Resolved, bounds: tuple[float, float] | None) -> None:
+    """compute.limits and compute.expected run inside the fit job: their resolved settings
+    (defaults filled in) go into the fit's options, so they reach the job and its cache key."""
+    for stage in spec_models.IN_FIT_JOB:
+        block = res.compute.pop(stage, None)
+        if not block or not block.get("enabled"):
+            continue
+        where = ("compute", stage)
+        settings = spec_models.STAGES[stage].model_validate(block).model_dump()
+        settings.pop("enabled")
+        if stage == "limits":
+            if settings["method"] == "asymptotic" and settings["toys"] is not None:
+                ck.add((*where, "toys"), "is only used with method: toys")
+            if settings["method"] == "toys" and settings["toys"] is None:
+                settings["toys"] = spec_models.DEFAULT_LIMIT_TOYS
+            settings["toys"] = settings["toys"] or 0
+            settings["seed"] = int(settings["seed"] or 0)
+            settings["cl"] = float(settings["cl"])
+        else:
+            mu = float(settings["mu"])
+            if bounds is not None and not bounds[0] <= mu <= bounds[1]:
+                ck.add(
+                    (*where, "mu"),
+                    f"{mu:g} is outside poi.bounds [{bounds[0]:g}, {bounds[1]:g}]",
+                )
+            settings["mu"] = mu
+        fit = res.compute.setdefault("fit", {"enabled": True})
+        fit["options"] = {**dict(fit.get("options") or {}), stage: settings}
 
 
 # --------------------------------------------------------------------------- the file

@@ -114,12 +114,63 @@ class ToysStage(StrictModel):
     resources: Maybe[Resources] = None
 
 
+def _open_unit(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{value:g} must lie strictly between 0 and 1 (e.g. 0.95)")
+    return value
+
+
+CL = Annotated[Number, AfterValidator(_open_unit)]
+MIN_LIMIT_TOYS = 10
+LIMIT_METHODS = ("asymptotic", "toys")
+DEFAULT_LIMIT_TOYS = 1000
+
+
+class LimitsStage(StrictModel):
+    """A CLs upper limit on mu (observed, expected with the +-1 / +-2 sigma band) and the
+    discovery significance q_0 / Z, computed in the fit job (`sbi_engine.fit.limits`)."""
+
+    key_hints: ClassVar[dict[str, str]] = {
+        "n_toys": "the limit's toy count is `toys` (with method: toys)",
+        "resources": "limits run in the fit job: set compute.fit.resources",
+    }
+
+    enabled: StrictBool = True
+    cl: CL = Field(default=0.95, description="confidence level, strictly between 0 and 1")
+    method: Literal[LIMIT_METHODS] = Field(  # type: ignore[valid-type]
+        default="asymptotic",
+        description="asymptotic formulae (CCGV) or toy pseudo-experiments",
+    )
+    toys: Maybe[Annotated[StrictInt, Field(ge=MIN_LIMIT_TOYS, le=MAX_TOYS)]] = Field(
+        default=None,
+        description=f"toys per hypothesis and tested mu (method: toys; default {DEFAULT_LIMIT_TOYS})",
+    )
+    seed: Maybe[Seed] = None
+
+
+class ExpectedStage(StrictModel):
+    """The expected (blinded) result: the fit of the model's Asimov data at `mu` with the
+    nuisances at nominal, never reading the data, computed in the fit job."""
+
+    key_hints: ClassVar[dict[str, str]] = {
+        "mu_true": "the Asimov signal strength of the expected result is `mu`",
+        "resources": "the expected result runs in the fit job: set compute.fit.resources",
+    }
+
+    enabled: StrictBool = True
+    mu: MuTrue = Field(default=1.0, description="the Asimov data's mu (inside poi.bounds)")
+
+
 STAGES: dict[str, type[StrictModel]] = {
     "fit": FitStage,
     "impacts": ImpactsStage,
     "scan": ScanStage,
     "toys": ToysStage,
+    "limits": LimitsStage,
+    "expected": ExpectedStage,
 }
+# stages computed inside the fit job (their settings travel in its options), not jobs of their own
+IN_FIT_JOB = ("limits", "expected")
 
 
 def _stage(model: type[StrictModel]) -> Any:
@@ -141,6 +192,8 @@ class Compute(StrictModel):
     impacts: Maybe[_stage(ImpactsStage)] = None  # type: ignore[valid-type]
     scan: Maybe[_stage(ScanStage)] = None  # type: ignore[valid-type]
     toys: Maybe[_stage(ToysStage)] = None  # type: ignore[valid-type]
+    limits: Maybe[_stage(LimitsStage)] = None  # type: ignore[valid-type]
+    expected: Maybe[_stage(ExpectedStage)] = None  # type: ignore[valid-type]
 
 
 class Report(StrictModel):
