@@ -20,7 +20,8 @@ NA = "n/a"
 MINUS = "−"  # U+2212, as typeset; the ASCII hyphen is kept for exponents
 
 
-def _float(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
+    """``float(x)`` when that is a finite number, else None (missing, text, NaN, inf)."""
     try:
         f = float(x)
     except (TypeError, ValueError):
@@ -44,7 +45,7 @@ def decimals_for(error: float, digits: int = 2) -> int:
 
 def number(x: Any, sig: int = 4) -> str:
     """A number without an error: `sig` significant digits, fixed notation in the usual ranges."""
-    f = _float(x)
+    f = finite_or_none(x)
     if f is None:
         return NA if x is None or _is_number(x) else str(x)
     if f == 0:
@@ -69,7 +70,7 @@ def _is_number(x: Any) -> bool:
 
 def with_error(value: Any, error: Any) -> str:
     """'1.05 ± 0.21': the value rounded to the decimal place of the error's 2nd digit."""
-    v, e = _float(value), _float(error)
+    v, e = finite_or_none(value), finite_or_none(error)
     if v is None:
         return NA
     if e is None or e <= 0:
@@ -81,10 +82,10 @@ def with_error(value: Any, error: Any) -> str:
 def asymmetric(value: Any, err_lo: Any, err_hi: Any) -> str:
     """'1.05 −0.19 / +0.23' from signed offsets (err_lo <= 0 <= err_hi; signs are normalised).
     An open side (None) shows as 'open'."""
-    v = _float(value)
+    v = finite_or_none(value)
     if v is None:
         return NA
-    lo, hi = _float(err_lo), _float(err_hi)
+    lo, hi = finite_or_none(err_lo), finite_or_none(err_hi)
     known = [abs(e) for e in (lo, hi) if e is not None and e != 0]
     if not known:
         return number(v)
@@ -96,17 +97,17 @@ def asymmetric(value: Any, err_lo: Any, err_hi: Any) -> str:
 
 def error(err: Any, like: Any = None) -> str:
     """An error on its own ('0.21'), or to the decimals of another error `like`."""
-    e = _float(err)
+    e = finite_or_none(err)
     if e is None:
         return NA
-    ref = _float(like)
+    ref = finite_or_none(like)
     d = decimals_for(ref if ref else e)
     return _fixed(e, d)
 
 
 def against(value: Any, limit: Any) -> str:
     """A check value to the resolution of its limit: two digits past the limit's first."""
-    v, t = _float(value), _float(limit)
+    v, t = finite_or_none(value), finite_or_none(limit)
     if v is None:
         return NA
     if t is None or t == 0:
@@ -116,7 +117,7 @@ def against(value: Any, limit: Any) -> str:
 
 def mean_with_error(values: Any) -> tuple[float | None, float | None]:
     """Sample mean and its standard error (std / sqrt(n), ddof=1); (None, None) if empty."""
-    xs = [f for f in (_float(v) for v in values or []) if f is not None]
+    xs = [f for f in (finite_or_none(v) for v in values or []) if f is not None]
     if not xs:
         return None, None
     n = len(xs)

@@ -792,12 +792,7 @@ def fit_view(result: Mapping) -> FitView:
     )
 
 
-def _opt_float(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_opt_float = formatting.finite_or_none
 
 
 PARAMETER_COLUMNS = (

@@ -199,7 +199,8 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
             if res.compute.get(stage, {}).get("enabled"):
                 ck.add(
                     ("compute", stage),
-                    f"{stage} need the fit; enable compute.fit or disable {stage}",
+                    f"{stage} {'needs' if stage == 'expected' else 'need'} the fit; "
+                    f"enable compute.fit or disable {stage}",
                 )
     _in_fit_job(ck, res, bounds)
 

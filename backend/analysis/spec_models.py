@@ -227,7 +227,21 @@ Clearable = Annotated[T | None, OMITTED]
 _SPLIT_HINT = "an eval_sample is used whole: it is the evaluation part"
 
 
-class EvalSample(StrictModel):
+class _FileKeys(StrictModel):
+    """The keys every file sample has (a sample's own and its eval_sample's)."""
+
+    path: Maybe[NonEmpty] = None
+    format: Clearable[Literal[FORMATS]] = None  # type: ignore[valid-type]
+    tree: Clearable[NonEmpty] = None
+    features: Clearable[Features] = None
+    weight: Clearable[NonEmpty] = None
+    selection: Clearable[NonEmpty] = None
+    allow_negative_weights: Clearable[StrictBool] = None
+    columns: Clearable[list[StrictStr]] = None
+    entry_stop: Clearable[Annotated[StrictInt, Field(ge=1)]] = None
+
+
+class EvalSample(_FileKeys):
     """A file of evaluation events for a file sample (used whole: no split keys)."""
 
     key_hints: ClassVar[dict[str, str]] = {
@@ -239,30 +253,13 @@ class EvalSample(StrictModel):
     }
 
     path: NonEmpty
-    format: Clearable[Literal[FORMATS]] = None  # type: ignore[valid-type]
-    tree: Clearable[NonEmpty] = None
-    features: Clearable[Features] = None
-    weight: Clearable[NonEmpty] = None
-    selection: Clearable[NonEmpty] = None
-    allow_negative_weights: Clearable[StrictBool] = None
-    columns: Clearable[list[StrictStr]] = None
-    entry_stop: Clearable[Annotated[StrictInt, Field(ge=1)]] = None
 
 
-class FileSample(StrictModel):
+class FileSample(_FileKeys):
     """A sample read from a file (keys missing here come from `sample_defaults`)."""
 
     allowed_note: ClassVar[str] = " (or 'demo' alone)"
 
-    path: Maybe[NonEmpty] = None
-    format: Clearable[Literal[FORMATS]] = None  # type: ignore[valid-type]
-    tree: Clearable[NonEmpty] = None
-    features: Clearable[Features] = None
-    weight: Clearable[NonEmpty] = None
-    selection: Clearable[NonEmpty] = None
-    allow_negative_weights: Clearable[StrictBool] = None
-    columns: Clearable[list[StrictStr]] = None
-    entry_stop: Clearable[Annotated[StrictInt, Field(ge=1)]] = None
     eval_fraction: Clearable[
         Annotated[Number, Field(gt=0, lt=1, description="the share of events kept for evaluation")]
     ] = None

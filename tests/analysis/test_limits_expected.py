@@ -225,3 +225,28 @@ def test_fit_job_refuses_an_unknown_limit_method():
         limits_result(None, {"method": "bayes"})
     with pytest.raises(FitJobError, match="params.options.limits"):
         limits_result(None, {"method": "toys", "toys": 0})
+
+
+def test_fit_job_toy_limit_on_a_counting_workspace():
+    """method: toys through the fit job's entry point (5 signal on 5 background events)."""
+    import numpy as np
+
+    from sbi_engine.fit import Workspace
+    from sbi_engine.fit_jobs import limits_result
+
+    ws = Workspace.from_arrays(
+        pois={"mu": {"init": 1.0, "bounds": (0.0, 20.0)}},
+        processes={
+            "S": {"yield": 5.0, "coefficient": "mu", "ratio": np.ones(1)},
+            "B": {"yield": 5.0, "coefficient": "1", "ratio": np.ones(1)},
+        },
+        weights=np.array([5.0]),
+        data_kind="asimov",
+        generated_at={"mu": 0.0},
+    )
+    asym = limits_result(ws, {"cl": 0.95, "method": "asymptotic"})
+    toys = limits_result(ws, {"cl": 0.95, "method": "toys", "toys": 200, "seed": 3})
+    assert "error" not in toys and toys["method"] == "toys" and toys["n_toys"] == 200
+    assert len(toys["scan"]) >= 3 and toys["discovery"]["q0"] == pytest.approx(0.0, abs=1e-9)
+    # b = 5 is far from asymptotic (measured 1.48 with these toys against 1.15)
+    assert 0.8 < toys["observed"] / asym["observed"] < 1.5
