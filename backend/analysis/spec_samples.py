@@ -25,6 +25,19 @@ def _resolve_path(text: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p).resolve()
 
 
+def _split_clash(ck: Checker, path: PathKey, spec: Mapping[str, Any]) -> list[str]:
+    """Split keys given beside an eval_sample (reported even when other keys are broken: the
+    clash depends only on which keys are there)."""
+    clash = [k for k in ("eval_fraction", "split_by") if spec.get(k) is not None]
+    for key in clash:
+        ck.add(
+            (*path, key),
+            f"{key!r} cannot be combined with 'eval_sample' (the eval_sample is the "
+            "evaluation part; the whole sample is the training part)",
+        )
+    return clash
+
+
 def _check_split(
     ck: Checker,
     path: PathKey,
@@ -35,13 +48,7 @@ def _check_split(
     """The split keys of a file sample: (ok, resolved eval_sample or None)."""
     if "eval_sample" not in spec:
         return True, None
-    clash: list[str] = [k for k in ("eval_fraction", "split_by") if spec.get(k) is not None]
-    for key in clash:
-        ck.add(
-            (*path, key),
-            f"{key!r} cannot be combined with 'eval_sample' (the eval_sample is the "
-            "evaluation part; the whole sample is the training part)",
-        )
+    clash = _split_clash(ck, path, spec)
     epath = (*path, "eval_sample")
     resolved = _check_file(
         ck, epath, spec["eval_sample"], {k: v for k, v in defaults.items() if k not in SPLIT_KEYS}
@@ -120,6 +127,8 @@ def check_sample(
     """An inline sample spec ({demo: ...} or a file), resolved; None if it is not sound (the
     model's problems, or those added here)."""
     if not ck.ok(path):
+        if isinstance(value, Mapping) and "eval_sample" in value:
+            _split_clash(ck, path, value)
         return None
     if "demo" in value:
         return {"demo": dict(value["demo"])}

@@ -176,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
     def _on_term(signum, frame):  # SIGTERM behaves like Ctrl-C
         raise KeyboardInterrupt
 
+    # SIGINT too, explicitly: a process started in the background of a shell without job
+    # control (or under nohup-like wrappers) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler; the controller child handles it and would exit first.
+    signal.signal(signal.SIGINT, _on_term)
     signal.signal(signal.SIGTERM, _on_term)
     try:
         while True:

@@ -33,7 +33,15 @@ def get(url: str) -> str | None:
         return None
 
 
-def test_up_serves_dashboard_runs_controller_and_stops_on_ctrl_c(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["terminal", "background-job"])
+def test_up_serves_dashboard_runs_controller_and_stops_on_ctrl_c(tmp_path, sigint_ignored):
+    """Also when started with SIGINT ignored (a background job of a shell without job control
+    inherits that): `nsbi up` must still stop cleanly, not report its controller's exit as a
+    failure (exit 1 before the fix)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NSBI_STORE")}
     env["NSBI_HOME"] = str(tmp_path / "var")
@@ -45,6 +53,7 @@ def test_up_serves_dashboard_runs_controller_and_stops_on_ctrl_c(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
     )
     try:
         deadline = time.monotonic() + 120

@@ -355,9 +355,9 @@ def test_analysis_files_accept_and_validate_the_split_keys(files, monkeypatch, t
     )
     f.write_text(bad)
     got = {(p.path, p.line): p.message for p in validate_analysis(f, check_data=False)}
-    assert "in (0, 1)" in got[("sample_defaults.eval_fraction", 5)]
+    assert "expected a number < 1, got 1.5" in got[("sample_defaults.eval_fraction", 5)]
     assert "cannot be combined with 'eval_sample'" in got[("samples.S.split_by", 7)]
-    assert "not allowed in it" in got[("samples.S.eval_sample.eval_fraction", 7)]
+    assert "an eval_sample is used whole" in got[("samples.S.eval_sample.eval_fraction", 7)]
     assert "differ from the sample's ['a', 'b']" in got[("samples.B.eval_sample.features", 8)]
 
     # the content check reads the split expression too
