@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +59,45 @@ def engine_module(relative: str, name: str) -> ModuleType:
 # types and allowed values; the models below are derived from its fields and validate every
 # value through TrainConfig itself.
 TRAIN_CONFIG = engine_module("ratio/config.py", "_nsbi_train_config")
+EXPR = engine_module("fit/expr.py", "_nsbi_campaign_expr")  # the coefficient parser, no JAX
+
+
+def coefficient_problem(
+    text: Any, poi: str, bounds: tuple[float, float] | None
+) -> tuple[str | None, str | None]:
+    """(normalised text, None) for a coefficient m_c(poi) that parses and is finite across the
+    POI's bounds (checked at both ends and the middle), else (None, what is wrong). One check
+    for campaign configs and analysis files: `1/mu`, `mu/0` and `mu**9**9**9` are refused here,
+    not in a worker after training."""
+    try:
+        expr = EXPR.parse_expression(text, [poi], where="coefficient")
+    except EXPR.ExpressionError as exc:
+        return None, str(exc).removeprefix("coefficient: ")
+    if bounds is not None:
+        for mu in (bounds[0], 0.5 * (bounds[0] + bounds[1]), bounds[1]):
+            problem = _evaluate(expr, poi, mu)
+            if problem is not None:
+                return None, f"{expr.text!r} {problem} at {poi} = {mu:g} (inside the POI bounds)"
+    return expr.text, None
+
+
+def _evaluate(expr: Any, poi: str, mu: float) -> str | None:
+    """None if the coefficient is a finite number at `mu`, else what is wrong. NumPy scalars
+    turn 1/0 into inf (not ZeroDivisionError); an overflow of constants (9**9**9) still raises."""
+    import numpy as np  # noqa: PLC0415 - only validation needs it
+
+    try:
+        with np.errstate(all="ignore"):
+            val = float(np.real_if_close(expr({poi: np.float64(mu)}, np)))
+    except OverflowError:
+        return "overflows (a number too large for floating point)"
+    except ZeroDivisionError:
+        return "divides by zero"
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        return f"cannot be evaluated ({exc})"
+    return None if math.isfinite(val) else "is not finite"
+
+
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TRAIN_CONFIG.TrainConfig)}
 TRAIN_KEYS: tuple[str, ...] = tuple(_TRAIN_FIELDS)
 # "members" and "seed" are set per job by the expansion, so a config may not set them.

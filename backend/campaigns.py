@@ -46,6 +46,7 @@ from backend.campaign_model import (
     TRAIN_KEYS,
     CampaignModel,
     DemoSample,
+    coefficient_problem,
     train_config_problem,
 )
 from backend.costs import PriceError, load_catalogue, region_of_zone
@@ -124,8 +125,32 @@ def _check_sample_spec(spec: Any, where: str) -> list[str]:
         found = validate(DemoSample, spec["demo"])[1]
         return [f"{where}.{dotted(('demo', *p))}: {m}" for p, m in found]
     if "path" in spec:
-        return [] if isinstance(spec["path"], str) else [f"{where}.path: expected a string"]
+        if not isinstance(spec["path"], str):
+            return [f"{where}.path: expected a string"]
+        return _check_sample_file(spec["path"], f"{where}.path")
     return [f"{where}: a sample spec needs the key 'demo' or 'path'; got keys {sorted(spec)}"]
+
+
+def _check_sample_file(text: str, where: str) -> list[str]:
+    """The sample file a worker will read exists now (a missing one would fail the campaign's
+    jobs only after it was stored and launched). Paths are read as the workers' reader reads
+    them (`sbi_engine.readers`): local files, `file://` allowed, relative to the working
+    directory."""
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        return [
+            f"{where}: {text!r}: only local files can be read; copy remote objects "
+            "(gs://, root://, ...) to a local path first"
+        ]
+    try:
+        p = Path(text).expanduser()
+        if p.is_file():
+            return []
+        what = "is not a file" if p.exists() else "file not found"
+    except (OSError, ValueError, RuntimeError) as exc:  # an unreadable or malformed path
+        what = f"cannot be read ({exc})"
+    return [f"{where}: {text!r}: {what} (working directory {Path.cwd()})"]
 
 
 def _n_jobs(doc: Mapping[str, Any]) -> int:
@@ -237,10 +262,16 @@ def _fit_model_checks(fit: Mapping[str, Any], processes: Sequence[str]) -> list[
     """Process names in fit.coefficients / yields / norm_systematics exist; poi bounds ordered."""
     errs = []
     allowed = ", ".join(processes)
+    poi_bounds = tuple((fit.get("poi") or {}).get("bounds", (0.0, 20.0)))
     for key in ("coefficients", "yields"):
         for proc in fit.get(key) or {}:
             if proc not in processes:
                 errs.append(f"fit.{key}.{proc}: not a process; allowed values: {allowed}")
+    for proc, text in (fit.get("coefficients") or {}).items():
+        ok_bounds = poi_bounds if len(poi_bounds) == 2 and poi_bounds[0] < poi_bounds[1] else None
+        _, problem = coefficient_problem(text, "mu", ok_bounds)
+        if problem is not None:
+            errs.append(f"fit.coefficients.{proc}: {problem}")
     for i, item in enumerate(fit.get("norm_systematics") or []):
         for proc in item["effects"]:
             if proc not in processes:

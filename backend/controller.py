@@ -16,8 +16,10 @@ ordered so that a controller killed at any moment and restarted simply carries o
    step with one transaction per attempt so that one bad attempt holds back no other.
 4. **retry**: FAILED jobs go back to PENDING within their retry limit (a user retry always);
    PREEMPTED jobs always. The next attempt resumes from the newest checkpoint of the job. A
-   worker that exits with code 2 because its job spec is unusable (its exit.json says
-   ``"retryable": false``) leaves its job FAILED for good: no retry could succeed.
+   worker that exits with code 2 because its job spec or the inputs it names are unusable
+   (its exit.json says ``"retryable": false``, ``"failure_kind": "spec_error"`` for a missing
+   sample file, a bad column or a refused workspace) leaves its job FAILED for good at once:
+   no retry could succeed.
 5. **launch**: PENDING jobs of ACTIVE campaigns whose dependencies all SUCCEEDED are picked
    within the campaign's concurrency, the launcher's free slots and the budget (each
    campaign's spent and running cost read once per pass). Their spec.json files get the
@@ -772,8 +774,11 @@ class Controller:
         elif (
             exit_doc is not None and code == EXIT_BAD_SPEC and not exit_doc.get("retryable", False)
         ):
-            # the worker refused the job spec itself: every retry would fail the same way
+            # the worker refused the job spec or the inputs it names (failure_kind
+            # "spec_error": a missing sample file, a bad column, a workspace the engine
+            # refuses): every retry would fail the same way, so the job fails at once
             why = str(exit_doc.get("error") or "bad job spec").splitlines()[0]
+            label = "spec error" if exit_doc.get("failure_kind") == "spec_error" else "bad job spec"
             jobs_repo.end_attempt(
                 s,
                 job,
@@ -781,7 +786,7 @@ class Controller:
                 JobStatus.FAILED,
                 exit_code=code,
                 now=now,
-                failure_reason=f"bad job spec (exit code {code}; not retried): {why}"[:2000],
+                failure_reason=f"{label} (exit code {code}; not retried): {why}"[:2000],
             )
             jobs_repo.no_more_retries(s, job)
             report.failed += 1

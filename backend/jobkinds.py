@@ -143,8 +143,15 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
     from sbi_engine.sample_specs import sample_parts
 
     p = ctx.params
-    num_parts = sample_parts(_require(p, "numerator", "train"))
-    den_parts = sample_parts(_require(p, "denominator", "train"))
+    parts = {}
+    for role in ("numerator", "denominator"):
+        spec = _require(p, role, "train")
+        try:
+            parts[role] = sample_parts(spec)
+        except ValueError as exc:  # DataError and kin: a missing file, a bad column, ...
+            # the same spec fails every attempt alike: a spec error, never retried
+            raise JobSpecError(f"params.{role}: {exc}") from exc
+    num_parts, den_parts = parts["numerator"], parts["denominator"]
     numerator, denominator = num_parts.train, den_parts.train
     config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
     result = train_ensemble(

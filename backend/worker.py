@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -209,6 +210,32 @@ class WorkerOutcome:
     # False when another attempt of the same spec must fail the same way (a bad spec): the
     # controller then fails the job for good instead of retrying it
     retryable: bool = True
+    # why it failed, for the controller and the exit record: "spec_error" (the job spec or
+    # the inputs it names cannot be used: a missing sample file, a bad column, a workspace
+    # the engine refuses; never retried), "bad_spec" (spec.json itself), "environment",
+    # "error" (anything else: retried within the job's limit), None when it did not fail
+    failure_kind: str | None = None
+
+
+# Engine exceptions that mean "these inputs cannot be used": deterministic, so another attempt
+# of the same spec fails the same way. Looked up in sys.modules (a class not imported yet cannot
+# have been raised), so the worker imports no engine module for this.
+SPEC_ERROR_TYPES: tuple[tuple[str, str], ...] = (
+    ("sbi_engine.sample", "DataError"),  # sample files: missing, bad column, NaN, empty
+    ("sbi_engine.fit.workspace", "WorkspaceError"),
+    ("sbi_engine.fit_jobs", "FitJobError"),
+)
+
+
+def is_spec_error(exc: BaseException) -> bool:
+    """True for `JobSpecError` and the engine's input errors (`SPEC_ERROR_TYPES`)."""
+    if isinstance(exc, JobSpecError):
+        return True
+    for module, name in SPEC_ERROR_TYPES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def _write_exit(
@@ -222,6 +249,7 @@ def _write_exit(
             "exit_code": outcome.exit_code,
             "error": outcome.error,
             "retryable": outcome.retryable,
+            "failure_kind": outcome.failure_kind,
             "attempt": attempt,
             "started_at": started,
             "finished_at": time.time(),
@@ -260,6 +288,7 @@ def run_attempt(
             EXIT_FAILED,
             f"NSBI_JOB_KIND_MODULES: {type(exc).__name__}: {exc}",
             retryable=False,
+            failure_kind="environment",
         )
         _safe_exit(job_store, attempt, outcome, started)
         return outcome
@@ -276,7 +305,13 @@ def run_attempt(
         # a spec that is there but unusable fails every attempt alike; a missing or unreadable
         # one may be the store's passing trouble (the controller rewrites spec.json per launch)
         bad = isinstance(exc, JobSpecError) or isinstance(exc.__cause__, json.JSONDecodeError)
-        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc), retryable=not bad)
+        outcome = WorkerOutcome(
+            "failed",
+            EXIT_BAD_SPEC,
+            str(exc),
+            retryable=not bad,
+            failure_kind="bad_spec" if bad else "error",
+        )
         _safe_exit(job_store, attempt, outcome, started)
         return outcome
 
@@ -320,11 +355,19 @@ def run_attempt(
         if ticker.interrupted:
             why = f"{stop.reason}; did not stop within {ticker.grace_s:.0f} s, interrupted (last checkpoint stands)"
         outcome = WorkerOutcome("preempted", EXIT_PREEMPTED, why)
-    except JobSpecError as exc:
-        outcome = WorkerOutcome("failed", EXIT_BAD_SPEC, str(exc), retryable=False)
     except Exception as exc:
-        tb = traceback.format_exc(limit=8)
-        outcome = WorkerOutcome("failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}\n{tb[-3000:]}")
+        if is_spec_error(exc):  # the spec or its inputs: every attempt would fail alike
+            outcome = WorkerOutcome(
+                "failed", EXIT_BAD_SPEC, str(exc), retryable=False, failure_kind="spec_error"
+            )
+        else:
+            tb = traceback.format_exc(limit=8)
+            outcome = WorkerOutcome(
+                "failed",
+                EXIT_FAILED,
+                f"{type(exc).__name__}: {exc}\n{tb[-3000:]}",
+                failure_kind="error",
+            )
     finally:
         ticker.done.set()
         ticker.join(timeout=10)
@@ -332,7 +375,12 @@ def run_attempt(
         writer.tick()  # last metrics, a final resource sample and heartbeat
     except Exception as exc:
         if outcome.exit_code == EXIT_SUCCEEDED:
-            outcome = WorkerOutcome("failed", EXIT_FAILED, f"could not flush final segments: {exc}")
+            outcome = WorkerOutcome(
+                "failed",
+                EXIT_FAILED,
+                f"could not flush final segments: {exc}",
+                failure_kind="error",
+            )
     _safe_exit(job_store, attempt, outcome, started)
     return outcome
 

@@ -72,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the synthetic workspace to DIR (reused if already there) and stream its "
         "events from disk (StreamingModel) instead of holding them in memory",
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shard the events over N local devices (Model(devices=N); on CPU set "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N before the run); not with --stream",
+    )
 
 
 def _rss_peak_mb() -> float:
@@ -390,7 +398,11 @@ def run(args: argparse.Namespace) -> int:
         "processes": 3,
         "chunk_size": args.chunk_size,
         "device": str(jax.devices()[0]),
+        "devices": int(args.devices or 1),
     }
+    if args.stream and args.devices:
+        print("bench fit: --devices shards in-memory events; drop --stream", file=sys.stderr)
+        return 2
     model: Model  # a StreamingModel with --stream
     if args.stream:
         from sbi_engine.fit import Workspace  # noqa: PLC0415
@@ -410,8 +422,18 @@ def run(args: argparse.Namespace) -> int:
         _pin_malloc_threshold(1 << 20)
         ws = synthetic_workspace(n, k, args.seed)
         _pin_malloc_threshold(64 << 20)
-        model = Model(ws, **({"chunk_size": args.chunk_size} if args.chunk_size else {}))
+        model = Model(
+            ws,
+            devices=args.devices,
+            **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+        )
     out["data_mb"] = model.data_nbytes / 2**20
+    if not args.stream:
+        from sbi_engine.fit.sharding import bytes_per_device  # noqa: PLC0415
+
+        # the event arrays held by each device (1/devices of them, padding rows included)
+        out["event_bytes_per_device"] = bytes_per_device(model.data)
+        out["event_rows"] = int(model.n_rows)
     out["chunk_size"] = model.chunk_size
     clock = model.clock
 
@@ -445,6 +467,8 @@ def run(args: argparse.Namespace) -> int:
     out["fit_start_offset"] = args.start_offset
     out["fit_s"], res = timed(lambda: fit(model, init=start), 1, "fit")
     out["fit_converged"] = bool(res.converged)
+    out["q_min"] = float(res.q_min)
+    out["mu_hat"] = float(res.values["mu"])
     out["fit_iterations"] = res.n_iter
     out["fit_message"] = res.message
     out["impacts_cov_s"], _ = timed(lambda: covariance_impacts(model, res))

@@ -13,20 +13,17 @@ settings. Nothing here reads sample contents (see `spec_data`) or imports JAX.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from backend import campaigns
 from backend.analysis import spec_models
 from backend.analysis.spec_checker import DEFAULT_POI, Checker, Resolved
-from backend.analysis.spec_engine import expr_module
 from backend.analysis.spec_samples import check_sample, feature_names, sample_ref
 from backend.analysis.spec_training import check_training
 from backend.analysis.spec_yaml import PathKey
+from backend.campaign_model import coefficient_problem
 from sbi_engine.config_model import kind, validate
 
 POI = spec_models.POI
@@ -40,34 +37,10 @@ REPORT_KEYS = spec_models.REPORT_KEYS
 def _coefficient(
     ck: Checker, path: PathKey, value: Any, bounds: tuple[float, float] | None
 ) -> str | None:
-    expr_mod = expr_module()
-    try:
-        expr = expr_mod.parse_expression(value, [POI], where="coefficient")
-    except expr_mod.ExpressionError as exc:
-        ck.add(path, str(exc).removeprefix("coefficient: "))
-        return None
-    if bounds is not None:  # a coefficient must be finite across the POI range
-        for mu in (bounds[0], 0.5 * (bounds[0] + bounds[1]), bounds[1]):
-            problem = _evaluate(expr, mu)
-            if problem is not None:
-                ck.add(path, f"{expr.text!r} {problem} at {POI} = {mu:g} (inside poi.bounds)")
-                break
-    return expr.text
-
-
-def _evaluate(expr: Any, mu: float) -> str | None:
-    """None if the coefficient is a finite number at `mu`, else what is wrong. NumPy scalars
-    turn 1/0 into inf (not ZeroDivisionError); an overflow of constants (9**9**9) still raises."""
-    try:
-        with np.errstate(all="ignore"):
-            val = float(np.real_if_close(expr({POI: np.float64(mu)}, np)))
-    except OverflowError:
-        return "overflows (a number too large for floating point)"
-    except ZeroDivisionError:
-        return "divides by zero"
-    except (ArithmeticError, ValueError, TypeError) as exc:
-        return f"cannot be evaluated ({exc})"
-    return None if math.isfinite(val) else "is not finite"
+    text, problem = coefficient_problem(value, POI, bounds)
+    if problem is not None:
+        ck.add(path, problem.replace("(inside the POI bounds)", "(inside poi.bounds)"))
+    return text
 
 
 def _poi(ck: Checker, res: Resolved, raw: Any) -> tuple[float, float] | None:

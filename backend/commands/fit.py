@@ -79,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="events per chunk (default 16384 in memory, 8192 streamed)",
     )
     parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shard the events over N local devices (GPUs; on CPU set "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N); not with --stream",
+    )
+    parser.add_argument(
         "--mmap", action="store_true", help="memory-map .npy arrays instead of reading them"
     )
     parser.add_argument(
@@ -149,7 +157,9 @@ def _model(ws, args: argparse.Namespace):
     from sbi_engine.fit.stream import StreamingModel  # noqa: PLC0415
 
     kwargs = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-    return StreamingModel(ws, progress=_PassBar(), **kwargs) if args.stream else Model(ws, **kwargs)
+    if args.stream:
+        return StreamingModel(ws, progress=_PassBar(), **kwargs)
+    return Model(ws, devices=args.devices, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
             "drop --stream for those",
             file=sys.stderr,
         )
+        return 2
+    if args.stream and args.devices:
+        print("nsbi fit: --devices shards in-memory events; drop --stream", file=sys.stderr)
         return 2
     try:
         ws = Workspace.load(args.workspace, mmap=args.mmap or args.stream)
@@ -193,7 +206,11 @@ def run(args: argparse.Namespace) -> int:
     out: dict = {"workspace": str(Path(args.workspace))}
     with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("compile + fit")
-        model = _model(ws, args)
+        try:
+            model = _model(ws, args)
+        except ValueError as exc:  # e.g. --devices N with fewer devices present
+            print(f"nsbi fit: {exc}", file=sys.stderr)
+            return 2
         try:
             res = fit(model, fixed=fixed or None, backend=args.backend)
         except KeyError as exc:

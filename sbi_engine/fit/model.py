@@ -98,6 +98,10 @@ class Model:
         storage_dtype: dtype of the per-event arrays held by the model (float32 halves memory;
             arrays already of that dtype, e.g. JAX arrays from the caller, are not copied).
         hessian_method: "structured" (matrix products) or "autodiff" (forward-over-reverse).
+        devices: shard the events over this many local devices (``sbi_engine.fit.sharding``:
+            per-event arrays padded with zero-weight rows to ``n_rows``, a multiple of it, and
+            split over a 1-D mesh; the sums are reduced across devices in float64). None: one
+            device.
 
     The shape normalisation: ``has_norm`` (q includes n_c(alpha)), ``norm_source`` ("none",
     "norm_weights" or "asimov": where v comes from), ``normalisation(theta)`` (n_c),
@@ -111,6 +115,7 @@ class Model:
         chunk_size: int = DEFAULT_CHUNK,
         storage_dtype: Any = jnp.float32,
         hessian_method: str = "structured",
+        devices: int | None = None,
     ):
         if hessian_method not in ("structured", "autodiff"):
             raise ValueError(
@@ -121,6 +126,7 @@ class Model:
         self.chunk_size = int(chunk_size)
         self.storage_dtype = jnp.dtype(storage_dtype)
         self.hessian_method = hessian_method
+        self.mesh: Any = None  # a 1-D device mesh when the events are sharded (set below)
         self.clock = CompileClock()
         self.names: tuple[str, ...] = ws.parameter_names
         self.poi_names = ws.poi_names
@@ -178,6 +184,13 @@ class Model:
         v = self._norm_weights(ws)
         if v is not None:
             self.data = {**self.data, **self._norm_arrays(v, self.data)}
+        self.n_rows = self.n_events  # rows of the per-event arrays (padded when sharded)
+        if devices is not None:
+            from . import sharding  # noqa: PLC0415
+
+            self.mesh = sharding.event_mesh(int(devices))
+            self.n_rows = sharding.padded_length(self.n_events, int(devices))
+            self.data = sharding.shard_data(self.data, self.mesh)
         self._build_functions()
 
     # ------------------------------------------------------------------ data
@@ -325,6 +338,10 @@ class Model:
             else weights,
             dtype=jnp.float64,
         )
+        if self.mesh is not None and w.shape in ((self.n_events,), (self.n_rows,)):
+            from .sharding import shard_weights  # noqa: PLC0415
+
+            return shard_weights(w, self.mesh, self.n_rows)
         if w.shape != (self.n_events,):
             raise WorkspaceError(f"weights: need shape ({self.n_events},), got {tuple(w.shape)}")
         return w
@@ -574,7 +591,17 @@ class Model:
         return total
 
     def _event_sums(self, theta, data, order: int, method: str):
-        """Chunked sums of L (event term minus the normalisation term) and its derivatives."""
+        """Chunked sums of L (event term minus the normalisation term) and its derivatives;
+        with a device mesh, each device's shard summed locally, then across devices."""
+        if self.mesh is not None:
+            from .sharding import sharded_sums  # noqa: PLC0415
+
+            return sharded_sums(
+                lambda t, d: self._local_event_sums(t, d, order, method), theta, data, self.mesh
+            )
+        return self._local_event_sums(theta, data, order, method)
+
+    def _local_event_sums(self, theta, data, order: int, method: str):
         P = self.n_params
         zero = tuple(jnp.zeros(s, jnp.float64) for s in [(), (P,), (P, P)][: order + 1])
         if method == "structured":

@@ -154,6 +154,27 @@ def array_path(base: Path, name: str, where: str) -> Path:
     return base / name
 
 
+def _check_coefficient(expr: Expression, free: Sequence[FreeParameter], where: str) -> None:
+    """A coefficient must be a finite number at the initial values and at the middle of each
+    POI's (finite) range: `mu/0` or `mu**9**9**9` is a located error at load, not a traceback
+    from inside the fit."""
+    base = {p.name: np.float64(p.init) for p in free}
+    points = [base] + [
+        {**base, p.name: np.float64(0.5 * (p.bounds[0] + p.bounds[1]))}
+        for p in free
+        if p.is_poi and all(math.isfinite(b) for b in p.bounds)
+    ]
+    for values in points:
+        at = ", ".join(f"{k} = {float(v):g}" for k, v in values.items())
+        try:
+            with np.errstate(all="ignore"):
+                value = float(np.real_if_close(expr(values, np)))
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            raise _err(where, f"{expr.text!r} cannot be evaluated at {at}: {exc}") from None
+        if not math.isfinite(value):
+            raise _err(where, f"{expr.text!r} is not finite at {at}")
+
+
 def _bounds(value: Any, where: str, default: tuple[float, float]) -> tuple[float, float]:
     if value is None:
         return default
@@ -354,6 +375,7 @@ class Workspace:
                 if key not in spec:
                     raise _err(where, f"missing key {key!r}")
             expr = parse_expression(spec["coefficient"], free_names, where=f"process {name!r}")
+            _check_coefficient(expr, free, where + ".coefficient")
             ratio = _vector(spec["ratio"], n, where + ".ratio")
             if validate_values:
                 _positive_finite(ratio, where + ".ratio")
