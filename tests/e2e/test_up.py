@@ -33,8 +33,12 @@ def get(url: str) -> str | None:
         return None
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# exec'd with SIGINT ignored (kept across exec), as a background job of a shell without job
+# control starts it; no preexec_fn: forking a process that runs JAX threads can deadlock
+_EXEC_IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 @pytest.mark.parametrize("sigint_ignored", [False, True], ids=["terminal", "background-job"])
@@ -46,14 +50,23 @@ def test_up_serves_dashboard_runs_controller_and_stops_on_ctrl_c(tmp_path, sigin
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NSBI_STORE")}
     env["NSBI_HOME"] = str(tmp_path / "var")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "up", "--port", str(port), "--tick", "0.5"],
+        [
+            *([sys.executable, "-c", _EXEC_IGNORING_SIGINT] if sigint_ignored else []),
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "up",
+            "--port",
+            str(port),
+            "--tick",
+            "0.5",
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=_ignore_sigint if sigint_ignored else None,
     )
     try:
         deadline = time.monotonic() + 120
