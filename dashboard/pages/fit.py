@@ -22,17 +22,7 @@ def fit_page() -> None:
         return
     with st.expander("Start a fit", expanded=False):
         _start_form(campaign_id)
-    jobs = _fit_jobs(db, campaign_id)
-    unfinished = bool(
-        len(jobs) and not jobs["state"].astype(str).isin(queries.FINAL_JOB_STATES).all()
-    )
-    run_every = timedelta(seconds=LIVE_EVERY_S) if unfinished else None
-
-    @st.fragment(run_every=run_every)
-    def results() -> None:
-        _results(db, campaign_id)
-
-    results()
+    _results(db, campaign_id)
 
 
 def _fit_jobs(db: str, campaign_id: int) -> pd.DataFrame:
@@ -51,7 +41,7 @@ def _results(db: str, campaign_id: int) -> None:
     if len(runs) > 1:
         run = st.selectbox("Fit run", runs, format_func=lambda r: f"run {r}", key="fit-run")
     run_jobs = jobs[jobs["run"] == run] if run is not None and len(jobs) else jobs.iloc[0:0]
-    _progress(run, run_jobs)
+    _live_progress(db, campaign_id, run, run_jobs)
     view = views.get(run) if run is not None else None
     if view is None or view.empty:
         widgets.nothing_yet(
@@ -108,6 +98,26 @@ def _results(db: str, campaign_id: int) -> None:
             st.caption("The toys jobs reported summaries only (no per-toy pulls to histogram).")
     else:
         _jobs_table(run_jobs, table)
+
+
+def _live_progress(db: str, campaign_id: int, run: int | None, run_jobs: pd.DataFrame) -> None:
+    """The run's progress, refreshed every LIVE_EVERY_S s by a fragment while jobs are
+    unfinished; the rest of the page reruns only when another job has finished, so an open
+    menu or a selection is not interrupted every few seconds."""
+    if run is None or not len(run_jobs):
+        return
+    finished = queries.run_progress(run_jobs)["finished"]
+    live = finished < len(run_jobs)
+
+    @st.fragment(run_every=timedelta(seconds=LIVE_EVERY_S) if live else None)
+    def progress() -> None:
+        jobs = _fit_jobs(db, campaign_id)
+        now = jobs[jobs["run"] == run] if len(jobs) else run_jobs
+        _progress(run, now)
+        if live and len(now) and queries.run_progress(now)["finished"] != finished:
+            st.rerun()  # results arrived: redraw the whole page once
+
+    progress()
 
 
 def _progress(run: int | None, run_jobs: pd.DataFrame) -> None:
