@@ -166,8 +166,13 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
         # the new run opens with its live progress; run 1 keeps its results
         page.get_by_text(f"Run 2: 0 of {n_new} fit-stage jobs finished").wait_for()
         screenshot(page, "fit-run-progress")
-        page.locator("[data-testid='stSelectbox']").filter(has_text="Fit run").click()
-        page.get_by_role("option", name="run 1").click()
+        for _ in range(3):  # the live progress fragment's reruns can close an open menu
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Fit run").click()
+            try:
+                page.get_by_role("option", name="run 1").click(timeout=10_000)
+                break
+            except Exception:  # noqa: BLE001 - retried; the wait below fails loudly
+                pass
         page.get_by_text("Fitted parameters").wait_for()
         page.locator("[data-testid='stButtonGroup']").get_by_text("Pulls", exact=True).click()
         page.locator(".js-plotly-plot").first.wait_for()
