@@ -258,18 +258,52 @@ def _train_config_checks(tr: Mapping[str, Any]) -> list[str]:
     return errs
 
 
+def _free_parameter_specs(fit: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]]:
+    """{name: (key path, {init, bounds})} of the fit's POIs (``pois``, else ``poi`` called mu)
+    and free normalisation factors."""
+    out: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    if fit.get("pois"):
+        for name, p in fit["pois"].items():
+            out[name] = (f"fit.pois.{name}", p or {})
+    else:
+        out["mu"] = ("fit.poi", fit.get("poi") or {})
+    for name, p in (fit.get("norm_factors") or {}).items():
+        out[name] = (f"fit.norm_factors.{name}", p or {})
+    return out
+
+
 def _fit_model_checks(fit: Mapping[str, Any], processes: Sequence[str]) -> list[str]:
-    """Process names in fit.coefficients / yields / norm_systematics exist; poi bounds ordered."""
+    """Process names in fit.coefficients / yields / norm_systematics exist; poi bounds ordered;
+    coefficients finite over the bounds of every POI and free normalisation factor."""
     errs = []
     allowed = ", ".join(processes)
-    poi_bounds = tuple((fit.get("poi") or {}).get("bounds", (0.0, 20.0)))
+    if fit.get("pois") and fit.get("poi"):
+        errs.append("fit.poi: give either poi (one POI, mu) or pois (several), not both")
+    free = _free_parameter_specs(fit)
+    dup = set(fit.get("pois") or {}) & set(fit.get("norm_factors") or {})
+    if dup:
+        errs.append(f"fit.norm_factors: {sorted(dup)} also named in fit.pois")
+    ranges: dict[str, tuple[float, float] | None] = {}
+    bound_errs = []
+    for name, (where, p) in free.items():
+        lo, hi = p.get("bounds", (0.0, 20.0))
+        if not lo < hi:
+            bound_errs.append(
+                f"{where}.bounds: expected [low, high] with low < high, got {[lo, hi]}"
+            )
+            ranges[name] = None
+            continue
+        if not lo <= p.get("init", 1.0) <= hi:
+            bound_errs.append(
+                f"{where}.init: {p.get('init', 1.0)} is outside the bounds {[lo, hi]}"
+            )
+        ranges[name] = (lo, hi)
     for key in ("coefficients", "yields"):
         for proc in fit.get(key) or {}:
             if proc not in processes:
                 errs.append(f"fit.{key}.{proc}: not a process; allowed values: {allowed}")
     for proc, text in (fit.get("coefficients") or {}).items():
-        ok_bounds = poi_bounds if len(poi_bounds) == 2 and poi_bounds[0] < poi_bounds[1] else None
-        _, problem = coefficient_problem(text, "mu", ok_bounds)
+        _, problem = coefficient_problem(text, ranges)
         if problem is not None:
             errs.append(f"fit.coefficients.{proc}: {problem}")
     for i, item in enumerate(fit.get("norm_systematics") or []):
@@ -278,13 +312,7 @@ def _fit_model_checks(fit: Mapping[str, Any], processes: Sequence[str]) -> list[
                 errs.append(
                     f"fit.norm_systematics[{i}].effects.{proc}: not a process; allowed values: {allowed}"
                 )
-    poi = fit.get("poi") or {}
-    lo, hi = poi.get("bounds", (0.0, 20.0))
-    if not lo < hi:
-        errs.append(f"fit.poi.bounds: expected [low, high] with low < high, got {[lo, hi]}")
-    elif not lo <= poi.get("init", 1.0) <= hi:
-        errs.append(f"fit.poi.init: {poi.get('init', 1.0)} is outside the bounds {[lo, hi]}")
-    return errs
+    return errs + bound_errs
 
 
 def _region(backend: Mapping[str, Any], default: str) -> str:

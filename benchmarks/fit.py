@@ -42,7 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeat", type=int, default=2, help="best of this many calls for nll/grad/hessian"
     )
-    parser.add_argument("--refit-nps", type=int, default=2, help="NPs used to time refit impacts")
+    parser.add_argument(
+        "--refit-nps",
+        type=_refit_nps,
+        default=2,
+        help="NPs used to time one-at-a-time refit impacts, or 'all': every pre- and post-fit "
+        "refit impact in one batched computation (impacts_refit_all_s), checked against "
+        "one-at-a-time refits of --check-nps nuisances chosen at random "
+        "(impacts_refit_all_max_rel_dev)",
+    )
+    parser.add_argument(
+        "--check-nps", type=int, default=5, help="with --refit-nps all: NPs refitted one at a time"
+    )
+    parser.add_argument(
+        "--impacts-batch", type=int, default=100, help="refits advanced together per event pass"
+    )
+    parser.add_argument(
+        "--impacts-expansion",
+        choices=("taylor", "exact"),
+        default="taylor",
+        help="batched refits: per-event second-order expansion (fast) or the exact kernel",
+    )
     parser.add_argument(
         "--start-offset",
         type=float,
@@ -80,6 +100,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shard the events over N local devices (Model(devices=N); on CPU set "
         "XLA_FLAGS=--xla_force_host_platform_device_count=N before the run); not with --stream",
     )
+    from backend.commands.fit import add_distributed_arguments  # noqa: PLC0415
+
+    add_distributed_arguments(parser)
+
+
+def device_memory() -> dict[str, dict[str, int]]:
+    """Bytes in use and at peak on each of this process's devices, where the backend reports
+    them (GPUs do; CPU devices report nothing and are left out)."""
+    import jax  # noqa: PLC0415
+
+    out = {}
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # a backend without memory statistics
+            stats = {}
+        if stats:
+            out[str(d.id)] = {
+                k: int(stats[k])
+                for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")
+                if k in stats
+            }
+    return out
+
+
+def _refit_nps(text: str) -> int | str:
+    if text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
+
+
+def _refit_all(model, res, args, timed, out: dict[str, Any]) -> None:
+    """Every refit impact batched, then ``--check-nps`` random NPs one at a time.
+
+    ``impacts_refit_all_max_rel_dev``: over the checked NPs, the largest
+    ``max_shift |batched - one-at-a-time| / max_shift |one-at-a-time|`` (the deviation on the
+    scale of that NP's impact, so a near-zero shift does not divide by zero)."""
+    from sbi_engine.fit.impacts import refit_impacts  # noqa: PLC0415
+    from sbi_engine.fit.impacts_batched import batched_refit_impacts  # noqa: PLC0415
+
+    names = list(model.nuisance_names)
+    dt, batched = timed(
+        lambda: batched_refit_impacts(
+            model,
+            res,
+            names,
+            batch_size=args.impacts_batch,
+            expansion=args.impacts_expansion,
+        ),
+        1,
+        "impacts_refit_all",
+    )
+    out["impacts_refit_all_s"] = dt
+    for key, value in batched.to_dict().items():
+        if key != "seconds":
+            out[f"impacts_refit_all_{key}"] = value
+    out["impacts_refit_all_batch"] = args.impacts_batch
+    print(
+        f"  all refit impacts: {dt:.1f} s ({batched.refits} refits, {batched.passes} passes)",
+        file=sys.stderr,
+    )
+    rng = np.random.default_rng(args.seed + 14)
+    n_check = min(args.check_nps, len(names))
+    check = sorted(rng.choice(len(names), size=n_check, replace=False).tolist())
+    chosen = [names[i] for i in check]
+    dt1, single = timed(lambda: refit_impacts(model, res, chosen), 1)
+    out["impacts_refit_per_np_s"] = dt1 / max(n_check, 1)
+    out["impacts_refit_all_checked_nps"] = chosen
+    by_name = {(i.poi, i.nuisance): i for i in batched.impacts}
+    devs = []
+    keys = ("postfit_up", "postfit_down", "prefit_up", "prefit_down")
+    for one in single:
+        b = by_name[(one.poi, one.nuisance)]
+        ref = np.array([getattr(one, k) for k in keys])
+        got = np.array([getattr(b, k) for k in keys])
+        devs.append(float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-300)))
+    out["impacts_refit_all_rel_devs"] = devs
+    out["impacts_refit_all_max_rel_dev"] = max(devs) if devs else None
+    out["impacts_refit_all_one_at_a_time_projected_s"] = out["impacts_refit_per_np_s"] * len(names)
 
 
 def _rss_peak_mb() -> float:
@@ -386,10 +488,25 @@ def run(args: argparse.Namespace) -> int:
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
+    from backend.commands.fit import start_distributed  # noqa: PLC0415
     from sbi_engine.fit import Model, fit  # noqa: PLC0415
     from sbi_engine.fit.impacts import covariance_impacts, refit_impacts  # noqa: PLC0415
     from sbi_engine.precision import enable_float64  # noqa: PLC0415
 
+    try:
+        dist = start_distributed(args)  # before JAX touches a device
+    except ValueError as exc:
+        print(f"bench fit: {exc}", file=sys.stderr)
+        return 2
+    if dist is not None:
+        if args.devices is None:
+            args.devices = dist.global_devices
+        if args.devices != dist.global_devices:  # a mesh must hold devices of every process
+            print(
+                f"bench fit: with several processes --devices must be all {dist.global_devices}",
+                file=sys.stderr,
+            )
+            return 2
     enable_float64()
     n, k = int(args.events), int(args.nps)
     out: dict[str, Any] = {
@@ -399,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
         "chunk_size": args.chunk_size,
         "device": str(jax.devices()[0]),
         "devices": int(args.devices or 1),
+        "jax_processes": jax.process_count(),
     }
     if args.stream and args.devices:
         print("bench fit: --devices shards in-memory events; drop --stream", file=sys.stderr)
@@ -472,8 +590,10 @@ def run(args: argparse.Namespace) -> int:
     out["fit_iterations"] = res.n_iter
     out["fit_message"] = res.message
     out["impacts_cov_s"], _ = timed(lambda: covariance_impacts(model, res))
-    n_ref = max(0, min(args.refit_nps, k))
-    if n_ref:
+    n_ref = 0 if args.refit_nps == "all" else max(0, min(args.refit_nps, k))
+    if args.refit_nps == "all":
+        _refit_all(model, res, args, timed, out)
+    elif n_ref:
         dt, _ = timed(lambda: refit_impacts(model, res, list(model.nuisance_names[:n_ref])))
         out["impacts_refit_per_np_s"] = dt / n_ref
     else:
@@ -565,8 +685,24 @@ def run(args: argparse.Namespace) -> int:
     out.update(cpu)
     out["load_average_1m_at_end"] = os.getloadavg()[0]
     out["peak_rss_mb"] = _rss_peak_mb()
+    # the accelerators' own counters, per device (empty on CPU: see event_bytes_per_device)
+    out["device_memory"] = device_memory()
     text = json.dumps(out, indent=2, sort_keys=True)
+    if jax.process_index() != 0:  # every process computed the same figures; process 0 reports
+        return 0
     if args.json:
         Path(args.json).write_text(text + "\n")
     print(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.fit``: the same as ``nsbi bench fit`` without building the other
+    benchmarks' options (the GPU check runs it where the control plane's packages are absent)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fit")
+    add_arguments(parser)
+    return int(run(parser.parse_args(argv)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,10 @@ direction}}, systematics [{name, process, up, down}], nuisances [names], coeffic
 {process: expression} (default: the off-shell mixture for S, SBI, B), data ("asimov" or an
 observed sample spec), mu_true, options, optional norm_systematics [{name, effects: {process:
 [up, down]}}] (explicit yield factors), yields {process: nu} (default: the sample's sum of
-weights) and poi {init, bounds}, plus per kind: nps (impacts), poi_values (scan),
+weights) and poi {init, bounds} (one POI, called mu) or pois {name: {init, bounds}} (several
+POIs named in the coefficients; the first is the primary POI that mu_true, limits, expected
+results and scans refer to), optional norm_factors {name: {init, bounds}} (free normalisation
+factors), plus per kind: nps (impacts), poi_values (scan),
 toy_seeds / toy_mu_true (toys).
 """
 
@@ -34,6 +37,44 @@ class FitJobError(ValueError):
     """A fit-stage job spec that cannot be turned into a workspace (names the key)."""
 
 
+def poi_specs(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{name: {init, bounds}} of the job's parameters of interest, the primary one first:
+    ``params.pois`` when given, else the single ``params.poi`` called mu."""
+    given = params.get("pois")
+    if given:
+        if not isinstance(given, Mapping):
+            raise FitJobError("params.pois: expected {name: {init, bounds}}")
+        return _free_specs(list(given.items()))
+    return _free_specs([("mu", params.get("poi") or {})])
+
+
+def norm_factor_specs(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{name: {init, bounds}} of free normalisation factors (``params.norm_factors``): free
+    parameters named in the coefficients that are not parameters of interest."""
+    given = params.get("norm_factors") or {}
+    if not isinstance(given, Mapping):
+        raise FitJobError("params.norm_factors: expected {name: {init, bounds}}")
+    return _free_specs(list(given.items()))
+
+
+def _free_specs(items: Sequence[tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, p in items:
+        p = p or {}
+        out[str(name)] = {
+            "init": float(p.get("init", 1.0)),
+            "bounds": tuple(float(b) for b in p.get("bounds", (0.0, 20.0))),
+        }
+    return out
+
+
+def _generated_at(params: Mapping[str, Any], mu: float) -> dict[str, float]:
+    """Where Asimov data are made: the primary POI at ``mu``, the others at their init."""
+    pois = {**poi_specs(params), **norm_factor_specs(params)}
+    first = next(iter(pois))
+    return {n: (float(mu) if n == first else float(p["init"])) for n, p in pois.items()}
+
+
 def _coefficients(params: Mapping[str, Any]) -> dict[str, str]:
     given = dict(params.get("coefficients") or {})
     out = {}
@@ -55,15 +96,19 @@ class SimulatedAsimov:
     events: Sample
     blocks: dict[str, slice]
     coefficients: dict[str, str]
+    pois: dict[str, float] = field(default_factory=lambda: {"mu": 1.0})  # primary first
 
     def weights(self, mu: float) -> np.ndarray:
-        """sum_c m_c(mu) w_i on each process's block: the simulation's own expectation at mu."""
+        """sum_c m_c(mu) w_i on each process's block: the simulation's own expectation at mu
+        (the primary POI; any other POI at its value in ``pois``)."""
         from .fit import parse_expression
 
+        names = list(self.pois)
+        values = {**self.pois, names[0]: float(mu)}
         w = np.asarray(self.events.weights, dtype=np.float64).copy()
         for proc, block in self.blocks.items():
-            expr = parse_expression(self.coefficients[proc], ["mu"], where=f"process {proc!r}")
-            w[block] *= float(expr({"mu": float(mu)}, np))
+            expr = parse_expression(self.coefficients[proc], names, where=f"process {proc!r}")
+            w[block] *= float(expr(values, np))
         return w
 
     def at(self, mu: float) -> Sample:
@@ -95,7 +140,8 @@ def simulated_asimov(params: Mapping[str, Any], coefficients: Mapping[str, str])
         parts[0].names,
         "simulated Asimov events (evaluation parts of every process)",
     )
-    return SimulatedAsimov(events, blocks, dict(coefficients))
+    pois = {n: p["init"] for n, p in {**poi_specs(params), **norm_factor_specs(params)}.items()}
+    return SimulatedAsimov(events, blocks, dict(coefficients), pois)
 
 
 def _is_demo(spec: Mapping[str, Any]) -> bool:
@@ -254,7 +300,9 @@ def _model_asimov_weights(ws, mu: float) -> np.ndarray:
     # v_i s_i / V directly: a model without shape effects has no normalisation term of its own
     w = (
         v
-        * event_intensity(model, model.theta({"mu": mu}, base=model.reference_theta()))
+        * event_intensity(
+            model, model.theta({model.poi_names[0]: mu}, base=model.reference_theta())
+        )
         / float(np.sum(v))
     )
     bad = np.flatnonzero(w < 0)
@@ -369,21 +417,17 @@ def build_learned_fit(
         nuisances.setdefault(name, {})[proc] = effect
     add_norm_only_nuisances(params, processes, nuisances)
 
-    poi = params.get("poi") or {}
     mu_true = float(params.get("mu_true", 1.0))
+    generated = _generated_at(params, mu_true)
     ws = Workspace.from_arrays(
-        pois={
-            "mu": {
-                "init": float(poi.get("init", 1.0)),
-                "bounds": tuple(poi.get("bounds", (0.0, 20.0))),
-            }
-        },
+        pois=poi_specs(params),
+        norm_factors=norm_factor_specs(params) or None,
         processes=processes,
         weights=weights,
         norm_weights=norm_weights,
         nuisances=[{"name": n, "effects": e} for n, e in nuisances.items()],
         data_kind="asimov" if asimov else "observed",
-        generated_at={"mu": mu_true} if asimov else None,
+        generated_at=generated if asimov else None,
         metadata={
             "campaign": spec.get("campaign"),
             "job": spec.get("name"),
@@ -391,9 +435,7 @@ def build_learned_fit(
         },
     )
     if asimov:
-        ws = ws.with_data(
-            _model_asimov_weights(ws, mu_true), kind="asimov", generated_at={"mu": mu_true}
-        )
+        ws = ws.with_data(_model_asimov_weights(ws, mu_true), kind="asimov", generated_at=generated)
     provenance = {
         "evaluation_events": {p: len(s) for p, s in evals.items()},
         "normalisation_sample": {"process": ref, "events": len(norm)},
@@ -409,14 +451,15 @@ def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[st
     return build_learned_fit(spec, ensembles).workspace
 
 
-def _profile_errors(ws, result) -> dict[str, Any]:
-    """The asymmetric errors of mu: its 68 % and 95 % profile-likelihood intervals by root
-    finding (`sbi_engine.fit.intervals`). A failure here is recorded, not raised: the fit
-    itself stands."""
+def _profile_errors(ws, result, poi: str | None = None) -> dict[str, Any]:
+    """The asymmetric errors of a POI (default the primary one): its 68 % and 95 %
+    profile-likelihood intervals by root finding (`sbi_engine.fit.intervals`). A failure here
+    is recorded, not raised: the fit itself stands."""
     from .fit.intervals import profile_intervals
 
+    poi = poi or ws.poi_names[0]
     try:
-        ivs = profile_intervals(ws, result, "mu")
+        ivs = profile_intervals(ws, result, poi)
     except Exception as exc:  # noqa: BLE001 - the Hesse result is still worth reporting
         return {"profile": {"error": f"{type(exc).__name__}: {exc}"}}
     p68 = ivs["68"]
@@ -427,17 +470,56 @@ def _profile_errors(ws, result) -> dict[str, Any]:
     }
 
 
+def several_pois(ws, result, intervals: bool = False, contours: bool = False) -> dict[str, Any]:
+    """For a workspace with more than one POI: ``pois`` {name: value, error, and with
+    ``intervals`` err_lo / err_hi / profile}, ``correlations`` {a: {b: rho}} (Hesse) and, with
+    ``contours``, the 2-D profile-likelihood contours (68 %, 95 %) of the first two POIs
+    (`sbi_engine.fit.contours`: points by root finding along rays, other parameters
+    profiled). Empty for one POI. Failures are recorded, not raised."""
+    from .fit.contours import correlation, profile_contours
+
+    names = list(ws.poi_names)
+    if len(names) < 2:
+        return {}
+    pois: dict[str, Any] = {}
+    for n in names:
+        pois[n] = {"value": result.values[n], "error": result.errors[n]}
+        if intervals:
+            pe = _profile_errors(ws, result, n)
+            pois[n].update({"err_lo": pe.get("mu_err_lo"), "err_hi": pe.get("mu_err_hi"), **pe})
+            pois[n].pop("mu_err_lo", None)
+            pois[n].pop("mu_err_hi", None)
+    out: dict[str, Any] = {
+        "pois": pois,
+        "correlations": {a: {b: correlation(result, a, b) for b in names} for a in names},
+    }
+    if contours:
+        try:
+            out["contours"] = {
+                k: c.to_dict() for k, c in profile_contours(ws, result, names[:2]).items()
+            }
+        except Exception as exc:  # noqa: BLE001 - the fit itself stands
+            out["contours"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 def _fit_summary(ws, result, intervals: bool = False) -> dict[str, Any]:
-    """The nominal fit's summary; with ``intervals`` also mu's asymmetric (profile) errors:
-    ``mu_err_lo`` (<= 0) / ``mu_err_hi`` and ``profile`` {"68", "95"}: lo, hi, flags, fits."""
+    """The nominal fit's summary; with ``intervals`` also the primary POI's asymmetric
+    (profile) errors: ``mu_err_lo`` (<= 0) / ``mu_err_hi`` and ``profile`` {"68", "95"}: lo,
+    hi, flags, fits. ``mu_hat`` / ``sigma`` are the primary POI's (called mu unless the job
+    names several POIs: ``poi`` says which); with several POIs also `several_pois` (every
+    POI's errors, correlations and, with ``intervals``, the 2-D contours)."""
     from .fit import impacts as imp
     from .fit.results import to_jsonable
 
+    poi = ws.poi_names[0]
     return to_jsonable(
         {
-            "mu_hat": result.values["mu"],
-            "sigma": result.errors["mu"],
+            "poi": poi,
+            "mu_hat": result.values[poi],
+            "sigma": result.errors[poi],
             **(_profile_errors(ws, result) if intervals else {}),
+            **several_pois(ws, result, intervals=intervals, contours=intervals),
             "converged": result.converged,
             "fit": result.to_dict(),
             "pulls": imp.pulls(ws, result),
@@ -469,13 +551,15 @@ def limits_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
             "(asymptotic, or toys with toys > 0)"
         )
     try:
-        ul = upper_limit(ws, cl=cl, poi="mu", toys=n_toys, seed=int(settings.get("seed") or 0))
+        ul = upper_limit(
+            ws, cl=cl, poi=ws.poi_names[0], toys=n_toys, seed=int(settings.get("seed") or 0)
+        )
         out: dict[str, Any] = ul.to_dict()
         out["band"] = list(ul.band)
     except Exception as exc:  # noqa: BLE001 - the fit itself stands
         out = {"cl": cl, "method": method, **_failed(exc)}
     try:
-        out["discovery"] = discovery(ws, poi="mu").to_dict()
+        out["discovery"] = discovery(ws, poi=ws.poi_names[0]).to_dict()
     except Exception as exc:  # noqa: BLE001
         out["discovery"] = _failed(exc)
     return out
@@ -484,7 +568,10 @@ def limits_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
 def expected_workspace(ws, mu: float):
     """The workspace with the model's Asimov data at ``mu`` (nuisances at nominal): the data
     rows get weight 0, the normalisation rows v_i s_i(mu) / V. Nothing of the data is read."""
-    return ws.with_data(_model_asimov_weights(ws, mu), kind="asimov", generated_at={"mu": mu})
+    gen = dict(ws.data.generated_at or {})
+    gen = {p.name: float(gen.get(p.name, p.init)) for p in ws.free_parameters}
+    gen[ws.poi_names[0]] = float(mu)
+    return ws.with_data(_model_asimov_weights(ws, mu), kind="asimov", generated_at=gen)
 
 
 def expected_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -501,15 +588,15 @@ def expected_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "mu": mu,
         "data": f"asimov at mu={mu:g} (model expectation, nuisances at nominal)",
-        "mu_hat": result.values["mu"],
-        "sigma": result.errors.get("mu"),
+        "mu_hat": result.values[ews.poi_names[0]],
+        "sigma": result.errors.get(ews.poi_names[0]),
         **_profile_errors(ews, result),
         "converged": result.converged,
         "at_bound": list(result.at_bound),
         "parameters": result.to_dict(),
     }
     try:
-        out["discovery"] = discovery(ews, poi="mu").to_dict()
+        out["discovery"] = discovery(ews, poi=ews.poi_names[0]).to_dict()
     except Exception as exc:  # noqa: BLE001
         out["discovery"] = _failed(exc)
     return to_jsonable(out)
@@ -539,13 +626,26 @@ def learned_result(
     comps = lu.components(
         lf,
         result,
+        poi=lf.workspace.poi_names[0],
         n_nn=int(opts.get("nn_variants", lu.DEFAULT_NN_VARIANTS)),
         n_sim=int(opts.get("sim_variants", lu.DEFAULT_SIM_VARIANTS)),
         include=include,
         bootstrap=bootstrapped(lf),
     )
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
-    if bool(opts.get("closure", True)):
+    if bool(opts.get("closure", True)) and lf.workspace.poi_names[0] != "mu":
+        # closure_check fits the POI called mu (learned_uncertainty); say so instead of failing
+        checks.append(
+            lu.check(
+                "closure",
+                None,
+                0.0,
+                False,
+                "not run: the closure check fits the POI called mu; name the primary POI mu "
+                "or set options.uncertainty.closure: false",
+            )
+        )
+    elif bool(opts.get("closure", True)):
         params = spec["params"]
         sim = simulated_asimov(params, _coefficients(params))
         checks.append(
@@ -605,7 +705,7 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
     elif kind == "scan":
         values = np.asarray(params.get("poi_values") or [], dtype=float)
         out["scan"] = profile_scan(
-            ws, result, "mu", values=values if values.size else None
+            ws, result, ws.poi_names[0], values=values if values.size else None
         ).to_dict()
     elif kind == "toys":
         seeds = list(params.get("toy_seeds") or [0])
@@ -613,7 +713,7 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
             ws,
             n_toys=len(seeds),
             seed=int(seeds[0]),
-            params={"mu": float(params.get("toy_mu_true", params.get("mu_true", 1.0)))},
+            params={ws.poi_names[0]: float(params.get("toy_mu_true", params.get("mu_true", 1.0)))},
         )
     else:
         raise FitJobError(f"kind: unknown fit-stage job kind {kind!r} (fit, impacts, scan, toys)")

@@ -118,6 +118,11 @@ def collect_result(
             "data": cfg.get("fit", {}).get("data", "asimov"),
             "job": fit_job["name"] if fit_job else None,
             "parameters": (fit.get("fit") or {}),
+            # several POIs: each one's errors, their correlations, the 2-D contours
+            "poi": fit.get("poi", "mu"),
+            "pois": dict(fit.get("pois") or {}),
+            "correlations": dict(fit.get("correlations") or {}),
+            "contours": dict(fit.get("contours") or {}),
         },
         # CLs upper limit + discovery significance on the data, and the expected (Asimov) result
         "limits": dict(fit.get("limits") or {}),

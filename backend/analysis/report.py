@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.analysis.fit_figures import contour_figure, nice_ticks
+
 Q68, Q95 = 1.0, 3.841458820694124  # -2 Delta ln L at 68.27 % and 95 % CL (one parameter)
 BROWSERS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
 
@@ -283,10 +285,19 @@ def impacts_figure(
             )
         )
         reach = max((r["size"] for r in rows), default=1.0) * 1.2 or 1.0
+        ticks, reach = nice_ticks(reach)  # round ticks (0.05, not 0.0816)
         fig.update_layout(
             barmode="overlay",
             xaxis={"title": "pull (θ̂ − θ₀)/Δθ", "range": [-2.5, 2.5]},
-            xaxis2={"title": "Δμ", "overlaying": "x", "side": "top", "range": [-reach, reach]},
+            xaxis2={
+                "title": "Δμ",
+                "overlaying": "x",
+                "side": "top",
+                "range": [-reach, reach],
+                "tickmode": "array",
+                "tickvals": ticks,
+                "ticktext": [f"{t:g}" for t in ticks],
+            },
         )
     else:
         fig.add_annotation(
@@ -647,6 +658,48 @@ def _eval_provenance(result: Mapping[str, Any]) -> str:
     return text
 
 
+def pois_markdown(fit: Mapping[str, Any]) -> list[str]:
+    """Several POIs: each one's value, Hesse and profile errors, their correlations and the
+    areas of the 2-D contours (empty for one POI)."""
+    pois = fit.get("pois") or {}
+    if not pois:
+        return []
+    names = list(pois)
+    lines = [
+        "",
+        "## Parameters of interest",
+        "",
+        "| POI | value | Hesse error | profile 68 % (−/+) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for n, p in pois.items():
+        lines.append(
+            f"| {n} | {_fmt(p.get('value'))} | {_fmt(p.get('error'))} | "
+            f"{_signed(p.get('err_lo'), '−')} / {_signed(p.get('err_hi'), '+')} |"
+        )
+    corr = fit.get("correlations") or {}
+    if corr:
+        lines += ["", "Correlations (Hesse):", "", "| | " + " | ".join(names) + " |"]
+        lines.append("| --- " * (len(names) + 1) + "|")
+        for a in names:
+            row = corr.get(a) or {}
+            lines.append(f"| {a} | " + " | ".join(_fmt(row.get(b), 3) for b in names) + " |")
+    cons = fit.get("contours") or {}
+    lines.append("")
+    if cons.get("error"):
+        lines.append(f"2-D contours failed: {cons['error']}")
+    for k in ("68", "95"):
+        c = cons.get(k) or {}
+        if c.get("x"):
+            flags = sorted({f for fl in c.get("flags") or [] for f in fl})
+            lines.append(
+                f"- {k} % CL contour of {' and '.join(c.get('pois') or [])}: {len(c['x'])} points "
+                f"by root finding along rays (other parameters profiled), area {_fmt(c.get('area'), 4)}"
+                + (f"; flags: {', '.join(flags)}" if flags else "")
+            )
+    return lines
+
+
 def summary_markdown(
     result: Mapping[str, Any],
     plots: Mapping[str, Sequence[Path]],
@@ -711,6 +764,7 @@ def summary_markdown(
             f"± {_fmt(exp.get('sigma'))} (Hesse)"
         )
     lines += fit_table_markdown(fit, result.get("scan"))
+    lines += pois_markdown(fit)
     lines += uncertainty_markdown(result.get("uncertainty"))
     lines += shape_decisions_markdown(result.get("shape_decisions"))
     lines += limits_markdown(result.get("limits"))
@@ -759,6 +813,9 @@ def summary_markdown(
     ]
     for task, uris in sorted((result.get("ensembles") or {}).items()):
         lines.append(f"  - {task}: " + ", ".join(f"`{u}`" for u in uris))
+    if result.get("onnx"):
+        lines.append("- ONNX exports in this folder (`nsbi export onnx`):")
+        lines += [f"  - [{rel}]({rel})" for rel in result["onnx"]]
     lines += ["", "Every number above is in `result.json`."]
     return "\n".join(lines) + "\n"
 
@@ -774,9 +831,18 @@ def write_report(
         "impacts_pulls": impacts_figure(result.get("impacts") or [], result.get("pulls") or {}),
         "calibration": calibration_figure(result.get("calibration") or {}),
     }
+    contours = {
+        k: c
+        for k, c in ((result.get("fit") or {}).get("contours") or {}).items()
+        if isinstance(c, Mapping) and c.get("x")
+    }
+    if contours:
+        figures["poi_contours"] = contour_figure(contours)
     plots, problem = export_figures(figures, folder / "plots", static=static)
     doc = {
         **result,
+        # ensembles exported into the report folder (`nsbi export onnx ENSEMBLE <folder>/x.onnx`)
+        "onnx": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.onnx")),
         "plots": {k: [p.relative_to(folder).as_posix() for p in v] for k, v in plots.items()},
         "plot_export": problem or "png+pdf",
     }

@@ -125,6 +125,15 @@ def _campaign_config(m: Resolved) -> dict[str, Any]:
         "yields": dict(m.yields),
         "poi": {"init": m.poi["init"], "bounds": list(m.poi["bounds"])},
     }
+    if m.pois:  # several POIs replace the single mu
+        del fit["poi"]
+        fit["pois"] = {
+            n: {"init": p["init"], "bounds": list(p["bounds"])} for n, p in m.pois.items()
+        }
+    if m.norm_factors:
+        fit["norm_factors"] = {
+            n: {"init": p["init"], "bounds": list(p["bounds"])} for n, p in m.norm_factors.items()
+        }
     if fit_block.get("resources"):
         fit["resources"] = dict(fit_block["resources"])
     cfg: dict[str, Any] = {

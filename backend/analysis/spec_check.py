@@ -35,9 +35,13 @@ REPORT_KEYS = spec_models.REPORT_KEYS
 
 
 def _coefficient(
-    ck: Checker, path: PathKey, value: Any, bounds: tuple[float, float] | None
+    ck: Checker,
+    path: PathKey,
+    value: Any,
+    bounds: tuple[float, float] | None | Mapping[str, tuple[float, float] | None],
 ) -> str | None:
-    text, problem = coefficient_problem(value, POI, bounds)
+    params = bounds if isinstance(bounds, Mapping) else {POI: bounds}
+    text, problem = coefficient_problem(value, params)
     if problem is not None:
         ck.add(path, problem.replace("(inside the POI bounds)", "(inside poi.bounds)"))
     return text
@@ -55,6 +59,23 @@ def _poi(ck: Checker, res: Resolved, raw: Any) -> tuple[float, float] | None:
         ck.add(("poi", "init"), f"{p.init:g} is outside poi.bounds {[lo, hi]}")
     res.poi = {"init": p.init, "bounds": [lo, hi]}
     return lo, hi
+
+
+def _free_block(ck: Checker, key: str, raw: Any) -> dict[str, dict[str, Any]]:
+    """``pois`` / ``norm_factors``: {name: {init, bounds}} with ordered bounds holding init."""
+    out: dict[str, dict[str, Any]] = {}
+    if not ck.ok((key,)) or not isinstance(raw, Mapping):
+        return out
+    for name, item in raw.items():
+        p = spec_models.Poi.model_validate(item or {})
+        lo, hi = p.bounds
+        if not lo < hi:
+            ck.add((key, name, "bounds"), f"expected [low, high] with low < high, got {[lo, hi]}")
+            continue
+        if not lo <= p.init <= hi:
+            ck.add((key, name, "init"), f"{p.init:g} is outside {key}.{name}.bounds {[lo, hi]}")
+        out[str(name)] = {"init": p.init, "bounds": [lo, hi]}
+    return out
 
 
 def _systematics(
@@ -229,6 +250,30 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
         if "poi" in top
         else (DEFAULT_POI["bounds"][0], DEFAULT_POI["bounds"][1])
     )
+    # several POIs / free normalisation factors: the coefficients may name every one of them;
+    # mu-valued keys (data.asimov.mu, scans, limits, expected) refer to the first POI
+    free_ranges: dict[str, tuple[float, float] | None] | None = None
+    if "pois" in top and top["pois"] is not None:
+        if "poi" in top:
+            ck.add(("pois",), "give either poi (one POI, mu) or pois (several), not both")
+        res.pois = _free_block(ck, "pois", top["pois"])
+        if res.pois:
+            first = next(iter(res.pois.values()))
+            bounds = (first["bounds"][0], first["bounds"][1])
+    if top.get("norm_factors"):
+        res.norm_factors = _free_block(ck, "norm_factors", top["norm_factors"])
+        for name in set(res.norm_factors) & set(res.pois) if res.pois else {POI}:
+            ck.add(("norm_factors", name), "is also a parameter of interest")
+    if res.pois or res.norm_factors:
+        free_ranges = {
+            n: (p["bounds"][0], p["bounds"][1])
+            for n, p in {
+                **(res.pois or {POI: {"bounds": list(bounds or (0, 1))}}),
+                **res.norm_factors,
+            }.items()
+        }
+        if bounds is None and not res.pois:
+            free_ranges[POI] = None
 
     # the sound keys of sample_defaults (a bad one is reported once, there, and not inherited)
     sd = top.get("sample_defaults")
@@ -258,7 +303,9 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
             if spec is not None:
                 res.processes[name] = spec
         if "coefficient" in p and ck.ok((*where, "coefficient")):
-            text = _coefficient(ck, (*where, "coefficient"), p["coefficient"], bounds)
+            text = _coefficient(
+                ck, (*where, "coefficient"), p["coefficient"], free_ranges or bounds
+            )
             if text is not None:
                 res.coefficients[name] = text
         if "yield" in p and ck.ok((*where, "yield")):

@@ -41,6 +41,8 @@ class Resolved:
     poi: dict[str, Any] = field(
         default_factory=lambda: {"init": DEFAULT_POI["init"], "bounds": list(DEFAULT_POI["bounds"])}
     )
+    pois: dict[str, dict[str, Any]] = field(default_factory=dict)  # several POIs (else poi)
+    norm_factors: dict[str, dict[str, Any]] = field(default_factory=dict)
     shape_systematics: list[dict[str, Any]] = field(
         default_factory=list
     )  # {name, process, up, down}

@@ -42,6 +42,15 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
+def _parameter_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise ValueError(
+            f"parameter name {value!r}: letters, digits and _ only, not starting with a digit "
+            "(it is a variable of the coefficient expressions)"
+        )
+    return value
+
+
 def _named(what: str) -> Callable[[str], str]:
     def check(value: str) -> str:
         if not _NAME_RE.match(value):
@@ -59,6 +68,11 @@ AnalysisName = Annotated[StrictStr, AfterValidator(_named("analysis")), _PATTERN
 SampleName = Annotated[StrictStr, AfterValidator(_named("sample")), _PATTERN]
 ProcessName = Annotated[StrictStr, AfterValidator(_named("process")), _PATTERN]
 SystematicName = Annotated[StrictStr, AfterValidator(_named("systematic")), _PATTERN]
+ParameterName = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}),
+    AfterValidator(lambda v: _parameter_name(v)),
+]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
@@ -405,6 +419,16 @@ class AnalysisFile(StrictModel):
     processes: Annotated[dict[ProcessName, Process], Field(min_length=1)]
     reference: NonEmpty
     poi: Poi = Field(default_factory=Poi)
+    pois: Maybe[Annotated[dict[ParameterName, Poi], Field(min_length=1, max_length=8)]] = Field(
+        default=None,
+        description="several parameters of interest named in the coefficients, instead of "
+        "poi (mu); the first is the primary one (data.asimov.mu, limits, expected, scans)",
+    )
+    norm_factors: Maybe[Annotated[dict[ParameterName, Poi], Field(max_length=32)]] = Field(
+        default=None,
+        description="free normalisation factors named in the coefficients (fitted, "
+        "not parameters of interest)",
+    )
     systematics: Maybe[dict[SystematicName, Systematic]] = None
     training: Maybe[Training] = None
     data: Data = Field(default_factory=lambda: AsimovData(asimov=Asimov()))

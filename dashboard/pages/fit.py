@@ -7,9 +7,10 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
+from backend.analysis.fit_figures import contour_figure, nice_ticks
 from dashboard import cache, figures, formatting, intents, queries, widgets
 
-VIEWS = ("Parameters", "Pulls", "Impacts", "Correlations", "Scan", "Toys", "Jobs")
+VIEWS = ("Parameters", "Pulls", "Impacts", "Correlations", "Contours", "Scan", "Toys", "Jobs")
 LIVE_EVERY_S = 3  # while a fit run still has unfinished jobs the page refreshes itself
 
 
@@ -23,6 +24,60 @@ def fit_page() -> None:
     with st.expander("Start a fit", expanded=False):
         _start_form(campaign_id)
     _results(db, campaign_id)
+
+
+def _round_impact_ticks(fig):
+    """Round ticks on the impact axis (top): multiples of a 1-2-5 step such as 0.05, with the
+    range widened to the next tick, instead of ticks placed at the pull axis's positions
+    (which showed values such as +-0.0816)."""
+    rng = fig.layout.xaxis2.range
+    if rng is not None:
+        ticks, reach = nice_ticks(max(abs(float(rng[0])), abs(float(rng[1]))))
+        fig.update_layout(
+            xaxis2={
+                "range": [-reach, reach],
+                "tickmode": "array",
+                "tickvals": ticks,
+                "ticktext": [f"{t:g}" for t in ticks],
+            }
+        )
+    return fig
+
+
+def _contours(view) -> None:
+    """2-D profile-likelihood contours of the first two POIs, with every POI's errors and their
+    correlations (fit jobs of analyses with several POIs)."""
+    shown = {k: c for k, c in view.contours.items() if isinstance(c, dict) and c.get("x")}
+    if not shown:
+        error = view.contours.get("error") if view.contours else None
+        widgets.nothing_yet(
+            f"The contours failed: {error}"
+            if error
+            else "No contours: the analysis has one parameter of interest (contours need two: "
+            "give pois in the analysis file)."
+        )
+        return
+    widgets.chart(contour_figure(shown), "contours")
+    if view.pois:
+        rows = [
+            {
+                "POI": name,
+                "value": p.get("value"),
+                "error (Hesse)": p.get("error"),
+                "err_lo (profile)": p.get("err_lo"),
+                "err_hi (profile)": p.get("err_hi"),
+            }
+            for name, p in view.pois.items()
+        ]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="fit-pois-table")
+    if view.poi_correlations:
+        corr = pd.DataFrame(view.poi_correlations).T
+        st.caption("Correlations between the parameters of interest (Hesse)")
+        st.dataframe(corr, key="fit-poi-corr")
+    flagged = {k: sorted({f for fl in c.get("flags") or [] for f in fl}) for k, c in shown.items()}
+    for k, fl in flagged.items():
+        if fl:
+            st.warning(f"{k} % contour: some rays are flagged ({', '.join(fl)}).")
 
 
 def _fit_jobs(db: str, campaign_id: int) -> pd.DataFrame:
@@ -73,13 +128,16 @@ def _results(db: str, campaign_id: int) -> None:
         else:
             n = len(view.impacts)
             top = st.slider("Top impacts", 5, min(60, n), min(20, n), key="fit-top") if n > 5 else n
-            widgets.chart(figures.impacts_ranking(view.impacts, poi=view.poi, top=top), "impacts")
+            fig = _round_impact_ticks(figures.impacts_ranking(view.impacts, poi=view.poi, top=top))
+            widgets.chart(fig, "impacts")
             _impacts_table(view)
     elif shown == "Correlations":
         if view.corr_matrix.size:
             widgets.chart(figures.correlation(view.corr_names, view.corr_matrix), "correlation")
         else:
             widgets.nothing_yet("No correlation matrix.")
+    elif shown == "Contours":
+        _contours(view)
     elif shown == "Scan":
         if view.scan.empty:
             widgets.nothing_yet("No scan yet: start a scan job.")

@@ -49,6 +49,7 @@ __all__ = [
     "toy_study",
     "toy_pull_study",
     "neyman_construction",
+    "belt_interval",
 ]
 
 
@@ -588,22 +589,50 @@ def neyman_construction(
     poi: str | None = None,
     batch: int = 100,
     pad_to: int | None = None,
+    profile_nuisances: bool = True,
 ) -> dict:
-    """Neyman belt of t = q(poi) - q_min over a grid: toys at each value (nuisances at the
-    reference), the CL quantile of t, and (with ``observed``) the confidence set.
+    """Neyman belt of t = q(poi) - q_min over a grid, and (with ``observed``) the interval.
 
-    The conditional fits start from each toy's free fit moved along its covariance."""
+    At each grid value v the toys are generated at the *conditional fit on the data*: poi = v
+    and every other parameter (nuisances, other POIs, normalisation factors) at its profiled
+    value theta-hat-hat(v), with the auxiliary measurements drawn around those values (the
+    profile construction of the LHC experiments; ``profile_nuisances=False``: nuisances at the
+    reference point, as before). Each toy is fitted freely and with poi = v (started from its
+    free fit moved along its covariance); the critical value is the ``cl`` quantile of t.
+
+    The interval: d(v) = t_observed(v) - critical(v) is <= 0 where v is accepted; each end is
+    where d crosses 0, by linear interpolation between the neighbouring grid values (not the
+    outermost accepted grid value). An accepted grid end is reported as such (flags
+    ``lo_at_grid_end`` / ``hi_at_grid_end``: widen the grid); ``disjoint`` flags a set with holes.
+    ``cost``: wall seconds, toys, toy fits and conditional fits on the data.
+
+    Without ``observed`` the toys are generated at the reference point with ``poi`` = v
+    (there is no data to profile on).
+    """
+    import time  # noqa: PLC0415
+
+    t0 = time.perf_counter()
     model = _model(target)
     poi = poi or model.poi_names[0]
-    _ = model.index[poi]  # an unknown POI fails here, before any toys are generated
-    rows = []
+    p = model.index[poi]  # an unknown POI fails here, before any toys are generated
     values = np.asarray(poi_values, dtype=float)
-    sets = [
-        generate_toys(model, n_toys, seed + 7919 * j, {poi: float(v)}, pad_to=pad_to)
-        for j, v in enumerate(values)
-    ]
+    order = np.argsort(values)
+    values = values[order]
+    data_fits = []
+    if observed is not None:
+        for v in values:
+            r = fit(model, fixed={poi: float(v)}, init=conditional_start_one(model, observed, p, v))
+            data_fits.append(r)
+    sets = []
+    for j, v in enumerate(values):
+        if observed is not None and profile_nuisances:
+            gen = {n: float(x) for n, x in zip(model.names, data_fits[j].theta)}
+        else:
+            gen = {poi: float(v)}
+        sets.append(generate_toys(model, n_toys, seed + 7919 * j, gen, pad_to=pad_to))
     n_max = max(t.index.shape[1] for t in sets)  # one shape -> one compilation for the whole belt
-    for v, toys in zip(values, sets):
+    rows: list[dict[str, Any]] = []
+    for j, (v, toys) in enumerate(zip(values, sets)):
         if toys.index.shape[1] < n_max:
             pad = n_max - toys.index.shape[1]
             toys = ToySet(
@@ -622,14 +651,89 @@ def neyman_construction(
         )
         ok = free.converged & cond.converged
         t = np.clip(cond.q_min[ok] - free.q_min[ok], 0.0, None)
-        row = {"value": float(v), "critical": float(np.quantile(t, cl)), "n_ok": int(ok.sum())}
+        row: dict[str, Any] = {
+            "value": float(v),
+            "critical": float(np.quantile(t, cl)) if t.size else float("nan"),
+            "n_ok": int(ok.sum()),
+            "generated_at": {n: float(x) for n, x in zip(model.names, toys.theta_true)},
+        }
         if observed is not None:
-            r = fit(model, fixed={poi: float(v)}, init=observed.theta)
+            r = data_fits[j]
             row["t_observed"] = float(max(r.q_min - observed.q_min, 0.0))
             row["accepted"] = bool(row["t_observed"] <= row["critical"])
+            row["data_fit_converged"] = bool(r.converged)
         rows.append(row)
-    out = {"poi": poi, "cl": cl, "grid": rows}
+    out: dict[str, Any] = {
+        "poi": poi,
+        "cl": cl,
+        "grid": rows,
+        "profiled": bool(observed is not None and profile_nuisances),
+    }
     if observed is not None:
-        acc = [r["value"] for r in rows if r["accepted"]]
-        out["interval"] = [min(acc), max(acc)] if acc else None
+        out["interval"], out["interval_flags"] = belt_interval(
+            values,
+            np.array([r["t_observed"] - r["critical"] for r in rows]),
+        )
+        out["interval_grid"] = (
+            [
+                min(r["value"] for r in rows if r["accepted"]),
+                max(r["value"] for r in rows if r["accepted"]),
+            ]
+            if any(r["accepted"] for r in rows)
+            else None
+        )
+    out["cost"] = {
+        "seconds": time.perf_counter() - t0,
+        "toys": int(n_toys * len(values)),
+        "toy_fits": int(2 * n_toys * len(values)),
+        "data_fits": len(data_fits),
+    }
     return to_jsonable(out)
+
+
+def conditional_start_one(model: Model, result: FitResult, p: int, value: float) -> np.ndarray:
+    """A start for a fit with parameter ``p`` fixed at ``value``: ``result`` moved along its
+    covariance (the linear prediction of the profiled parameters)."""
+    C = result.covariance
+    theta = np.array(result.theta, dtype=np.float64)
+    if C[p, p] > 0:
+        theta = theta + C[:, p] / C[p, p] * (value - theta[p])
+    theta[p] = value
+    return np.clip(theta, model.lower, model.upper)
+
+
+def belt_interval(values: np.ndarray, d: np.ndarray) -> tuple[list[float] | None, list[str]]:
+    """The accepted set {v : d(v) <= 0} of a sorted grid with interpolated ends.
+
+    Each end is the zero of d linearly interpolated between the last accepted and the first
+    rejected grid value; an accepted grid end stays there (flagged). NaN d (no toys converged)
+    counts as rejected. ([lo, hi] or None, flags)."""
+    values = np.asarray(values, dtype=float)
+    d = np.asarray(d, dtype=float)
+    acc = np.isfinite(d) & (d <= 0)
+    if not acc.any():
+        return None, ["empty"]
+    idx = np.flatnonzero(acc)
+    i, k = int(idx[0]), int(idx[-1])
+    flags = []
+    if not acc[i : k + 1].all():
+        flags.append("disjoint")
+
+    def cross(a: int, b: int) -> float:
+        # d(a) <= 0 < d(b) (or d(b) not finite: the rejected neighbour itself)
+        if not np.isfinite(d[b]):
+            return float(values[b])
+        w = -d[a] / (d[b] - d[a]) if d[b] != d[a] else 0.5
+        return float(values[a] + w * (values[b] - values[a]))
+
+    if i == 0:
+        lo = float(values[0])
+        flags.append("lo_at_grid_end")
+    else:
+        lo = cross(i, i - 1)
+    if k == len(values) - 1:
+        hi = float(values[-1])
+        flags.append("hi_at_grid_end")
+    else:
+        hi = cross(k, k + 1)
+    return [lo, hi], flags

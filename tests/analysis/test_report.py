@@ -158,3 +158,14 @@ def test_summary_shows_error_components_shape_decisions_and_the_split(tmp_path):
     assert "| simulation statistics | 0.050 ± 0.010 | no (reported only) |" in text
     assert "| tiny | B | 0.0200 | 0.0300 | dropped shape (yield kept) |" in text
     assert "split by row_hash; normalisation sample: 30000 evaluation events of B" in text
+
+
+def test_onnx_exports_in_the_report_folder_are_linked(tmp_path):
+    folder = tmp_path / "rep"
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "onnx" / "S_vs_B.onnx").write_bytes(b"not really onnx")  # `nsbi export onnx` output
+    files = report.write_report(folder, _result(), static=False)
+    assert "[onnx/S_vs_B.onnx](onnx/S_vs_B.onnx)" in files.summary.read_text()
+    assert json.loads(files.result.read_text())["onnx"] == ["onnx/S_vs_B.onnx"]
+    empty = report.write_report(tmp_path / "other", _result(), static=False)
+    assert "ONNX" not in empty.summary.read_text()

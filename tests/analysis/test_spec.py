@@ -233,7 +233,7 @@ compute:
   fit: true
   scan: {poi_values: [0, 1], points_per_job: 0}
 backend:
-  launcher: slurm
+  launcher: kubernetes
 """
 
 
@@ -290,7 +290,12 @@ def test_malformed_file_reports_every_problem_with_key_path_and_line(tmp_path):
     )
     has("training.defaults.members", "    members: 4", "'members' is ensemble_size")
     has("compute.scan.points_per_job", "  scan: {poi_values", "expected an integer >= 1")
-    has("backend.launcher", "  launcher: slurm", "'slurm' is not allowed", "'local', 'gce'")
+    has(
+        "backend.launcher",
+        "  launcher: kubernetes",
+        "'kubernetes' is not allowed",
+        "'local', 'gce', 'slurm'",
+    )
     # the unknown-process systematic is the only problem on its line; nothing reported twice
     assert len(problems) == len(set(problems))
     assert problems == sorted(problems)  # in file order
