@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,9 +29,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import pydantic
 from pydantic import Field, StrictBool, StrictInt, StrictStr, create_model
 
+from backend.launchers.slurm_spec import extra_line_problem, slurm_time_seconds
 from sbi_engine.config_model import OMITTED, Maybe, Number, StrictModel, defaults
 
-LAUNCHERS: tuple[str, ...] = ("local", "gce")
+LAUNCHERS: tuple[str, ...] = ("local", "gce", "slurm")
 
 
 # --------------------------------------------------------------------------- TrainConfig
@@ -63,32 +66,42 @@ EXPR = engine_module("fit/expr.py", "_nsbi_campaign_expr")  # the coefficient pa
 
 
 def coefficient_problem(
-    text: Any, poi: str, bounds: tuple[float, float] | None
+    text: Any,
+    poi: str | Mapping[str, tuple[float, float] | None],
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[str | None, str | None]:
     """(normalised text, None) for a coefficient m_c(poi) that parses and is finite across the
     POI's bounds (checked at both ends and the middle), else (None, what is wrong). One check
     for campaign configs and analysis files: `1/mu`, `mu/0` and `mu**9**9**9` are refused here,
-    not in a worker after training."""
+    not in a worker after training. ``poi`` may map several free parameters (POIs, free
+    normalisation factors) to their bounds: every combination of their ends and middles is
+    checked."""
+    params = {poi: bounds} if isinstance(poi, str) else dict(poi)
     try:
-        expr = EXPR.parse_expression(text, [poi], where="coefficient")
+        expr = EXPR.parse_expression(text, list(params), where="coefficient")
     except EXPR.ExpressionError as exc:
         return None, str(exc).removeprefix("coefficient: ")
-    if bounds is not None:
-        for mu in (bounds[0], 0.5 * (bounds[0] + bounds[1]), bounds[1]):
-            problem = _evaluate(expr, poi, mu)
-            if problem is not None:
-                return None, f"{expr.text!r} {problem} at {poi} = {mu:g} (inside the POI bounds)"
+    grids = [[None] if b is None else [b[0], 0.5 * (b[0] + b[1]), b[1]] for b in params.values()]
+    for combo in itertools.product(*grids):
+        point = {n: v for n, v in zip(params, combo) if v is not None}
+        if not point:
+            continue
+        full = {n: point.get(n, 1.0) for n in params}
+        problem = _evaluate(expr, full)
+        if problem is not None:
+            at = ", ".join(f"{n} = {v:g}" for n, v in point.items())
+            return None, f"{expr.text!r} {problem} at {at} (inside the POI bounds)"
     return expr.text, None
 
 
-def _evaluate(expr: Any, poi: str, mu: float) -> str | None:
+def _evaluate(expr: Any, values: Mapping[str, float]) -> str | None:
     """None if the coefficient is a finite number at `mu`, else what is wrong. NumPy scalars
     turn 1/0 into inf (not ZeroDivisionError); an overflow of constants (9**9**9) still raises."""
     import numpy as np  # noqa: PLC0415 - only validation needs it
 
     try:
         with np.errstate(all="ignore"):
-            val = float(np.real_if_close(expr({poi: np.float64(mu)}, np)))
+            val = float(np.real_if_close(expr({n: np.float64(v) for n, v in values.items()}, np)))
     except OverflowError:
         return "overflows (a number too large for floating point)"
     except ZeroDivisionError:
@@ -206,10 +219,67 @@ class Resources(StrictModel):
     spot: Maybe[StrictBool] = None
 
 
+def _word(value: str) -> str:
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ValueError(f"{value!r} must be one word of printable characters (no spaces)")
+    return value
+
+
+Word = Annotated[StrictStr, pydantic.AfterValidator(_word), Field(min_length=1, max_length=200)]
+
+
+def _slurm_time(value: str) -> str:
+    slurm_time_seconds(value)  # raises ValueError with the formats it accepts
+    return value
+
+
+def _sbatch_line(value: str) -> str:
+    problem = extra_line_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class Slurm(StrictModel):
+    """The slurm launcher's job arrays: where they queue, what each task asks for, when the
+    checkpoint signal comes and what an hour costs (docs/hpc.md)."""
+
+    partition: Maybe[Word] = None
+    account: Maybe[Word] = None
+    qos: Maybe[Word] = None
+    time_limit: Maybe[
+        Annotated[StrictStr, pydantic.AfterValidator(_slurm_time), Field(max_length=32)]
+    ] = Field(default=None, description="sbatch --time: minutes, HH:MM:SS or D-HH:MM:SS")
+    constraint: Maybe[Word] = None
+    cpus_per_task: Maybe[Annotated[StrictInt, Field(ge=1, le=4096)]] = None
+    mem: Maybe[Annotated[StrictStr, Field(pattern=r"^\d+[KMGT]?$", max_length=32)]] = None
+    gpu_gres: Word = Field(default="gpu", description="GRES name of GPUs: --gres=NAME[:TYPE]:N")
+    gpu_type: Maybe[Word] = Field(default=None, description="GRES type of the GPUs, e.g. a100")
+    signal_before_s: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = Field(
+        default=300, description="SIGTERM (checkpoint and exit) this long before the time limit"
+    )
+    extra_sbatch: Annotated[
+        list[Annotated[StrictStr, pydantic.AfterValidator(_sbatch_line)]], Items
+    ] = Field(default=[], description="further #SBATCH options, one per item")
+    gpu_hour_usd: Annotated[Number, Field(ge=0, le=1e6)] = 0.0
+    cpu_hour_usd: Annotated[Number, Field(ge=0, le=1e6)] = 0.0
+
+    @pydantic.model_validator(mode="after")
+    def _signal_before_limit(self) -> Slurm:
+        if self.time_limit is not None:
+            limit = slurm_time_seconds(self.time_limit)
+            if self.signal_before_s >= limit:
+                raise ValueError(
+                    f"signal_before_s ({self.signal_before_s} s) must be shorter than "
+                    f"time_limit {self.time_limit!r} ({limit} s)"
+                )
+        return self
+
+
 class Backend(StrictModel):
     """Where jobs run and how many at once; the campaign's budget."""
 
-    launcher: Literal["local", "gce"] = "local"
+    launcher: Literal["local", "gce", "slurm"] = "local"
     machine_type: NonEmpty = "local"
     gpu_type: StrictStr | None = None
     gpu_count: Annotated[StrictInt, Field(ge=0, le=16)] = 0
@@ -219,6 +289,7 @@ class Backend(StrictModel):
     max_concurrency: Annotated[StrictInt, Field(ge=1, le=MAX_ITEMS)] = 2
     retry_limit: Annotated[StrictInt, Field(ge=0, le=100)] = 2
     budget_usd: Annotated[Number, Field(ge=0, le=MAX_USD)] | None = None
+    slurm: Maybe[Slurm] = None
 
 
 class Estimate(StrictModel):
@@ -355,6 +426,8 @@ class Fit(StrictModel):
     yields: Maybe[dict[StrictStr, Annotated[Number, Field(gt=0)]]] = None
     norm_systematics: Maybe[Annotated[list[NormSystematic], Items]] = None
     poi: Maybe[Poi] = None
+    pois: Maybe[dict[StrictStr, Poi]] = None  # several POIs (the first is the primary one)
+    norm_factors: Maybe[dict[StrictStr, Poi]] = None  # free normalisation factors
 
 
 class Impacts(StrictModel):

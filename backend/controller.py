@@ -82,6 +82,7 @@ from backend.launchers import (
     LaunchHandle,
     LaunchRequest,
 )
+from backend.launchers.base import worker_hours
 from backend.leader import LeaderLease, LeaseLost
 from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved
 from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, layout, open_store
@@ -104,6 +105,9 @@ class ControllerConfig:
     startup_timeout_s: float = 900.0  # launched but no first heartbeat yet (VM boot, JAX import)
     max_launches_per_tick: int = 32
     max_preemptions: int = 20  # PREEMPTED -> PENDING recoveries before giving up
+    # a pass that failed (the database restarting or unreachable) is retried after the tick
+    # interval, doubling with each further failure up to this (then a pass every this often)
+    max_retry_backoff_s: float = 5.0
     max_active_jobs: int | None = None  # quota: LAUNCHING + RUNNING jobs over all campaigns
     gpu_quota: int | None = None  # quota: GPUs of LAUNCHING + RUNNING jobs over all campaigns
 
@@ -336,6 +340,7 @@ class Controller:
         spec = job.spec or {}
         limit = spec.get("time_limit_s")
         return LaunchRequest(
+            options=launcher_options(campaign, job.launcher or campaign.launcher),
             campaign=campaign_key(campaign),
             job=job_key(job),
             attempt=attempt_no,
@@ -483,6 +488,7 @@ class Controller:
         """Call the launcher for attempts already committed in LAUNCHING; commit the outcomes
         together (what was launched before an unexpected error is still recorded)."""
         outcomes: list[tuple[_Launch, str, Any]] = []
+        self._launch_batches(todo, report)
         try:
             for item in todo:
                 outcome = self._call_launcher(item, report)
@@ -491,6 +497,23 @@ class Controller:
         finally:
             if outcomes:
                 self._record_launches(outcomes, report)
+
+    def _launch_batches(self, todo: list[_Launch], report: TickReport) -> None:
+        """Hand launchers that start many attempts at once (``launch_batch``: Slurm job arrays)
+        this pass's attempts together; the per-attempt ``launch`` that follows finds them."""
+        batches: dict[int, tuple[Any, list[LaunchRequest]]] = {}
+        for item in todo:
+            try:
+                launcher = None if item.cancel else self._observer(item.launcher, item.location)
+            except LauncherError:
+                continue
+            if launcher is not None and hasattr(launcher, "launch_batch"):
+                batches.setdefault(id(launcher), (launcher, []))[1].append(item.request)
+        for launcher, requests in batches.values():
+            try:
+                launcher.launch_batch(requests)
+            except LauncherError as exc:  # each attempt's own launch below reports it
+                report.errors.append(f"launch batch {launcher.name}: {exc}")
 
     def _call_launcher(self, item: _Launch, report: TickReport) -> tuple[str, Any] | None:
         """("launched", handle) | ("cancelled", status) | ("failed", error) | None (try later)."""
@@ -714,7 +737,8 @@ class Controller:
         report.metrics += got.metrics
         report.resources += got.resources
         if st.state.is_alive():
-            reason = self._lost_heartbeat(attempt, now)
+            queued = st.state is InstanceState.PENDING and self._batch_queue(attempt.launcher)
+            reason = None if queued else self._lost_heartbeat(attempt, now)
             if reason:
                 launcher = self._observer(attempt.launcher, attempt.launched_from)
                 if launcher is not None:  # else on another host: it stops on cancel.json or dies
@@ -799,7 +823,10 @@ class Controller:
                 why = f"instance gone without an exit record ({st.detail})"
             else:
                 extra = f"; {st.detail}" if st.detail else ""
-                why = f"worker died without an exit record (exit code {code}{extra})"
+                last = self._last_log_line(attempt)
+                why = f"worker died without an exit record (exit code {code}{extra})" + (
+                    f"; its log ends: {last}" if last else ""
+                )
             jobs_repo.end_attempt(
                 s,
                 job,
@@ -810,6 +837,44 @@ class Controller:
                 now=now,
             )
             report.failed += 1
+        self._bill_worker_time(attempt, exit_doc)
+
+    def _batch_queue(self, lname: str) -> bool:
+        """Whether launcher ``lname`` hands attempts to a batch queue (``batch_queue``:
+        Slurm): time waiting there is neither billed nor held against the startup timeout."""
+        try:
+            return getattr(self.launcher(lname), "batch_queue", False) is True
+        except LauncherError:
+            return False
+
+    def _bill_worker_time(self, attempt: Attempt, exit_doc: dict | None) -> None:
+        """A batch queue's ended attempt is charged for the time its worker ran by its exit
+        record (else launch to end stands)."""
+        hours = worker_hours(exit_doc) if self._batch_queue(attempt.launcher) else None
+        if hours is not None:
+            attempt.gpu_hours = hours * attempt.gpu_count
+            attempt.cost_usd = hours * attempt.price_per_hour
+
+    def _last_log_line(self, attempt: Attempt) -> str:
+        """The last line of the worker's log where its launcher keeps one here (the local
+        launcher), else "". A worker that could not write its exit record (a full store disk)
+        printed why there."""
+        try:
+            launcher = self._observer(attempt.launcher, attempt.launched_from)
+        except LauncherError:
+            return ""
+        log_path = getattr(launcher, "log_path", None)
+        if log_path is None or not attempt.instance_id:
+            return ""
+        try:
+            with open(log_path(attempt.instance_id), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 4096))
+                tail = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
 
     def _lost_heartbeat(self, attempt: Attempt, now: datetime) -> str | None:
         beat = _aware(attempt.last_heartbeat)
@@ -942,13 +1007,18 @@ class Controller:
                 free = slots[lname]
                 if free is not None and free <= 0:
                     continue
-                key = (
+                key: tuple = (
                     job.machine_type,
                     job.gpu_type,
                     job.gpu_count,
                     job.spot,
                     tuple(job.zones or ())[:1],
                 )
+                price_of = getattr(self.launcher(lname), "price_per_hour", None)
+                if price_of is not None:  # priced by the launcher (Slurm: the config's rates)
+                    key = (*key, lname, cid)
+                    if key not in prices:
+                        prices[key] = price_of(launcher_options(campaign, lname), job.gpu_count)
                 if key not in prices:
                     prices[key] = job_price_per_hour(job)
                 cost = prices[key] * float(job.est_hours or 0.0)
@@ -1240,14 +1310,33 @@ class Controller:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
         ticks = 0
+        failures = 0  # passes failed in a row: the wait before the next one doubles
         while not stop.is_set():
             t0 = time.monotonic()
+            interval = self.config.tick_interval_s
+            backoff = min(
+                max(interval, self.config.max_retry_backoff_s), interval * 2.0 ** min(failures, 30)
+            )
             try:
                 report = self.tick()
+                failures = 0
             except StoreError:
                 raise  # the store root is gone: stop with a clear error rather than spin
-            except Exception:  # noqa: BLE001 - one bad pass (DB locked, a launcher hiccup) must not end the loop
-                log.exception("controller: pass %d failed; retrying after the interval", ticks + 1)
+            except sa.exc.DBAPIError as exc:  # the database restarting, stopped, unreachable
+                failures += 1
+                cause = exc.orig if exc.orig is not None else exc
+                first = (str(cause).strip().splitlines() or [""])[0]
+                log.warning(
+                    "controller: pass %d failed: database error (%s: %s); retrying in %.1f s",
+                    ticks + 1,
+                    type(cause).__name__,
+                    first,
+                    backoff,
+                )
+                report = TickReport(errors=[f"database error: {first}"])
+            except Exception:  # noqa: BLE001 - one bad pass (a launcher hiccup) must not end the loop
+                failures += 1
+                log.exception("controller: pass %d failed; retrying in %.1f s", ticks + 1, backoff)
                 report = TickReport(errors=["pass failed; see the log"])
             ticks += 1
             if report.busy() or report.errors:
@@ -1256,9 +1345,10 @@ class Controller:
                 _write_status(status_path, ticks, report, "leader" if self.leading() else "standby")
             if max_ticks is not None and ticks >= max_ticks:
                 break
-            if until_idle and not self.has_work():
+            if until_idle and not failures and not self.has_work():
                 break
-            stop.wait(max(0.0, self.config.tick_interval_s - (time.monotonic() - t0)))
+            wait = backoff if failures else interval
+            stop.wait(max(0.0, wait - (time.monotonic() - t0)))
         return ticks
 
     def has_work(self) -> bool:
@@ -1288,6 +1378,12 @@ def _write_status(path: Path, ticks: int, report: TickReport, role: str = "leade
         )
     )
     os.replace(tmp, path)
+
+
+def launcher_options(campaign: Campaign, launcher: str) -> dict[str, Any]:
+    """The campaign config's table for ``launcher`` (``backend.slurm``), {} when it has none."""
+    block = ((campaign.config or {}).get("backend") or {}).get(launcher)
+    return dict(block) if isinstance(block, Mapping) else {}
 
 
 def job_price_per_hour(job: Job) -> float:

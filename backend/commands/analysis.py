@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="analysis file (.yaml)")
     p.add_argument(
         "--backend",
-        choices=("local", "gce"),
+        choices=("local", "gce", "slurm"),
         default=None,
         help="where jobs run (default: the file's backend.launcher, else local)",
     )

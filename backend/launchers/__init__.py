@@ -36,6 +36,7 @@ def _local(settings: Any, **overrides: Any) -> Launcher:
 REGISTRY: dict[str, Callable[..., Launcher] | str] = {
     "local": _local,
     "gce": "backend.launchers.gce:from_settings",
+    "slurm": "backend.launchers.slurm:from_settings",
 }
 
 

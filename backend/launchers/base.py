@@ -4,6 +4,13 @@ Everything backend-specific (a local process, a GCE VM, ...) stays behind :class
 the controller only sees the dataclasses below and :class:`InstanceState`. Launchers are
 idempotent by a deterministic instance name (``<campaign>-<job>-<attempt>``), so a controller
 restarted after a crash finds the instance it started instead of starting a second one.
+
+Optional extras the controller uses where a launcher has them: ``launch_batch(requests)``
+(start a pass's attempts together, e.g. as one Slurm job array; ``launch`` then finds them),
+``price_per_hour(options, gpus)`` (the launcher prices an attempt instead of the price
+catalogue), ``batch_queue = True`` (a batch system: queue time is neither billed, the worker's
+own running time is, nor held against the startup timeout), ``forget``, ``kill``,
+``location``/``observer`` and ``log_path``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class LauncherError(Exception):
@@ -70,6 +77,9 @@ class LaunchRequest:
     gpu_type: str | None = None
     spot: bool | None = None
     zones: tuple[str, ...] = ()
+    # The campaign config's table for this launcher (``backend.<launcher>``, e.g. the
+    # partition and account of ``backend.slurm``); launchers without such a table ignore it.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def instance_id(self) -> str:
@@ -141,6 +151,19 @@ def worker_command(python: str, request: LaunchRequest) -> list[str]:
         "--attempt",
         str(request.attempt),
     ]
+
+
+def worker_hours(exit_doc: Mapping[str, Any] | None) -> float | None:
+    """Hours a worker ran by its own exit record (``started_at`` to ``finished_at``), or None.
+
+    Attempts of launchers that hand work to a batch queue (``batch_queue = True``: Slurm) are
+    charged for this time instead of launch-to-end."""
+    if not exit_doc:
+        return None
+    start, end = exit_doc.get("started_at"), exit_doc.get("finished_at")
+    if not isinstance(start, int | float) or not isinstance(end, int | float) or end < start:
+        return None
+    return (float(end) - float(start)) / 3600.0
 
 
 def sequence_of(ids: Sequence[str] | str) -> list[str]:

@@ -61,8 +61,8 @@ def test_train_keys_match_the_engine_train_config():
 
 
 def test_unknown_launcher_names_key_and_allowed_values():
-    (err,) = _errors(_cfg(backend__launcher="slurm"))
-    assert err.startswith("backend.launcher: 'slurm' is not allowed")
+    (err,) = _errors(_cfg(backend__launcher="kubernetes"))
+    assert err.startswith("backend.launcher: 'kubernetes' is not allowed")
     assert all(repr(name) in err for name in LAUNCHERS)
 
 

@@ -61,12 +61,15 @@ def test_campaign_lifecycle_through_the_cli(nsbi_home, capsys):
 def test_bad_config_file_gives_clear_error_and_changes_nothing(nsbi_home, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        'name = "x"\nreference = "B"\n[backend]\nlauncher = "slurm"\n'
+        'name = "x"\nreference = "B"\n[backend]\nlauncher = "kubernetes"\n'
         '[processes]\nB = { demo = { process = "B", n = 10, seed = 1 } }\n'
     )
     assert _run(campaign_cmd, ["create", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "c.toml: backend.launcher: 'slurm' is not allowed; allowed values: 'local', 'gce'" in err
+    assert (
+        "c.toml: backend.launcher: 'kubernetes' is not allowed; allowed values: 'local', 'gce', 'slurm'"
+        in err
+    )
     with get_engine().connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM campaign")).scalar_one() == 0
         assert conn.execute(sa.text("SELECT count(*) FROM job")).scalar_one() == 0

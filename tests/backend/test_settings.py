@@ -240,6 +240,8 @@ ENVIRON_ALLOWED = {
     "backend/commands/up.py",  # pass-through: the controller's and dashboard's environment
     "backend/analysis/report.py",  # sets BROWSER_PATH for kaleido
     "dashboard/export.py",  # sets BROWSER_PATH for kaleido
+    "backend/launchers/slurm.py",  # pass-through to sbatch; NSBI_SLURM_* (README) like local.py
+    "backend/commands/fit.py",  # JAX's own JAX_COORDINATOR_ADDRESS/... as flag defaults
 }
 
 
