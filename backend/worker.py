@@ -40,6 +40,11 @@ EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", resumable from the last checkpoint
 
+# Metrics reported by the job (one batch per evaluation) are written as a segment within about
+# this many seconds, not only at the heartbeat interval: the curves then grow point by point on
+# the dashboard while a job trains. At most one metric segment per this interval (cheap on GCS).
+METRICS_FLUSH_S = 1.0
+
 # A stop request (SIGTERM, cancel.json) must end the attempt within 25 s. Kinds that poll the
 # stop flag get `NSBI_WORKER_STOP_GRACE_S` (default 15 s) to write a checkpoint and return; after
 # that (or at once for kinds that cannot stop cooperatively) the main thread is interrupted.
@@ -102,8 +107,10 @@ class StoreCheckpointer:
 class AttemptWriter:
     """Buffers metrics and writes heartbeat/metric/resource segments for one attempt.
 
-    Thread-safe: the job thread calls ``add_metrics``; a background thread calls ``tick``
-    every few seconds; ``close`` flushes what is left.
+    Thread-safe: the job thread calls ``add_metrics`` (it never waits on the store); the
+    background ticker writes buffered metrics within ``METRICS_FLUSH_S`` of their arrival
+    (``flush_due``) and calls ``tick`` (metrics, a resource sample, a heartbeat) every
+    interval; the worker's final ``tick`` flushes what is left.
     """
 
     store: ArtifactStore
@@ -113,23 +120,44 @@ class AttemptWriter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seq: dict[str, int] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
+    _last_flush: float = 0.0
+    # one segment write at a time: the job thread (the flush before a checkpoint) and the
+    # ticker would otherwise race for the same sequence number, and a store whose exclusive
+    # create is not enforced (the GCS emulator ignores preconditions) let the second upload
+    # replace the first; a store outage made both wait on the same key (points were lost)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _next(self, prefix: str, data: bytes, suffix: str) -> None:
-        seq, _ = append_segment(
-            self.store, prefix, data, suffix=suffix, start=self._seq.get(prefix, 1)
-        )
-        self._seq[prefix] = seq + 1
+        with self._write_lock:
+            seq, _ = append_segment(
+                self.store, prefix, data, suffix=suffix, start=self._seq.get(prefix, 1)
+            )
+            self._seq[prefix] = seq + 1
 
     def add_metrics(self, records: list[dict]) -> None:
         with self._lock:
             self._metrics.extend(records)
 
     def flush_metrics(self) -> int:
+        # a batch the store refuses (an outage, a full disk) goes back to the front of the
+        # buffer for the next flush: a store failure delays metric points, never drops them
         with self._lock:
             batch, self._metrics = self._metrics, []
+            self._last_flush = time.monotonic()
         if batch:
-            self._next(layout.metrics_prefix(self.attempt), encode_jsonl(batch), ".jsonl")
+            try:
+                self._next(layout.metrics_prefix(self.attempt), encode_jsonl(batch), ".jsonl")
+            except BaseException:
+                with self._lock:
+                    self._metrics[:0] = batch
+                raise
         return len(batch)
+
+    def flush_due(self, min_interval_s: float = METRICS_FLUSH_S) -> int:
+        """Flush buffered metrics if there are any and the last flush is `min_interval_s` old."""
+        with self._lock:
+            due = bool(self._metrics) and time.monotonic() - self._last_flush >= min_interval_s
+        return self.flush_metrics() if due else 0
 
     def heartbeat(self) -> None:
         beat = {"t": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **self.progress}
@@ -175,17 +203,24 @@ class _Ticker(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
-        last = time.monotonic()
-        while not self.done.wait(min(self.interval, 0.5)):
+        # resource samples and heartbeats at a steady rate: each tick is due `interval` after
+        # the previous one was due (not after it ended), so a slow store write does not stretch
+        # the spacing of the samples
+        due = time.monotonic()  # the first resource sample right at the start
+        while not self.done.wait(max(0.0, min(due - time.monotonic(), 0.25))):
             now = time.monotonic()
-            if now - last >= self.interval:
-                last = now
-                try:
+            try:
+                if now >= due:
+                    due += self.interval
+                    if due <= now:  # more than a whole interval late: skip, do not catch up
+                        due = now + self.interval
                     self.writer.tick()
                     if not self.stop_flag and self.job_store.exists(layout.CANCEL):
                         self.stop_flag.set("cancel requested (cancel.json)")
-                except Exception as exc:  # a flaky store must not kill the job; report at the end
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    self.writer.flush_due()  # each evaluation's points as they come
+            except Exception as exc:  # a flaky store must not kill the job; report at the end
+                self.errors.append(f"{type(exc).__name__}: {exc}")
             set_at = self.stop_flag.set_at
             if set_at is not None and not self.interrupted and now - set_at >= self.grace_s:
                 self.interrupted = True  # the job did not stop in time
@@ -320,7 +355,14 @@ def run_attempt(
     writer = AttemptWriter(job_store, attempt, sampler=ResourceSampler())
     checkpointer = StoreCheckpointer(job_store, attempt, before_save=writer.flush_metrics)
     ctx = JobContext(spec, job_store, attempt, writer, checkpointer, stop)
-    writer.heartbeat()
+    try:
+        writer.heartbeat()
+    except StoreError as exc:  # the store takes no writes (a full disk, an outage past retries)
+        outcome = WorkerOutcome(
+            "failed", EXIT_FAILED, f"first heartbeat: {exc}", failure_kind="error"
+        )
+        _safe_exit(job_store, attempt, outcome, started)
+        return outcome
     in_job["cooperative"] = kinds[kind].cooperative
 
     def deadline() -> None:

@@ -2,7 +2,9 @@
 
 Writes go to a temporary file in the destination folder and are then renamed into place
 (``os.replace``), so readers see either the old object or the whole new one. Exclusive
-creation (``put_new``) uses ``os.link``, which fails atomically when the name is taken.
+creation (``put_new``) uses ``os.link``, which fails atomically when the name is taken. A
+write that fails (a full disk: ENOSPC) raises `StoreError` naming the path and the cause,
+leaves no temporary file behind and the old object, if any, as it was.
 
 Every key stays inside the root: keys are checked as text (`check_key`: no absolute key, no
 '.' or '..' part), and the path each one names is resolved (`os.path.realpath`) and must lie
@@ -106,6 +108,9 @@ class LocalStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        except OSError as exc:  # e.g. ENOSPC: the store's disk is full; the old object stands
+            os.unlink(tmp)
+            raise StoreError(f"cannot write {path}: {exc}") from exc
         except BaseException:
             os.unlink(tmp)
             raise
@@ -114,7 +119,11 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> str:
         path = self.path_for(key)
         tmp = self._write_temp(path, data)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            os.unlink(tmp)
+            raise StoreError(f"cannot write {path}: {exc}") from exc
         return path.as_uri()
 
     def put_new(self, key: str, data: bytes) -> bool:
@@ -127,6 +136,8 @@ class LocalStore:
             return True
         except FileExistsError:
             return False
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc}") from exc
         finally:
             os.unlink(tmp)
 

@@ -4,7 +4,8 @@
 - `sqlite_file_engine`: a fresh SQLite file in WAL mode under tmp_path, migrated to head.
 - `pg_engine`: the real PostgreSQL on 127.0.0.1:5432, database `test` (override with
   NSBI_TEST_PG_URL), in a schema created for this test session and dropped afterwards; tables
-  are emptied after each test. Skips with the connection error when the server is unreachable.
+  are emptied after each test. Skips with the connection error when the server is unreachable
+  (fails instead when CI=true: .ci/run starts the server).
 - `engine`: parametrised over both (the PostgreSQL case carries the `postgres` marker).
 - `nsbi_home`: NSBI_HOME pointed at tmp_path and DATABASE_URL / NSBI_STORE cleared.
 - `noop_kind` (autouse): workers started by a test, in process or as subprocesses, know the
@@ -66,6 +67,8 @@ def _pg_url() -> tuple[str | None, str]:
 def pg_session_engine():
     url, why = _pg_url()
     if url is None:
+        if os.environ.get("CI", "").lower() == "true":  # .ci/run starts it: never skip there
+            pytest.fail(f"PostgreSQL not reachable in CI ({why})")
         pytest.skip(f"PostgreSQL not reachable ({why})")
     schema = f"nsbi_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(url)

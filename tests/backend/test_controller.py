@@ -230,7 +230,9 @@ def test_lost_heartbeat_fails_the_attempt_and_the_retry_resumes(sqlite_file_engi
     ctl = make_controller(
         engine, tmp_path, heartbeat_timeout_s=3.0
     )  # beats every 0.2 s; slack for a loaded box
-    cid = make_campaign(engine, [JobDef("hang", {"steps": 12, "step_s": 0.05})])
+    # 40 x 0.1 s: long enough to be frozen mid-run on a loaded machine (12 x 0.05 s once
+    # finished before its fourth metric point arrived).
+    cid = make_campaign(engine, [JobDef("hang", {"steps": 40, "step_s": 0.1})])
     stopped: list[int] = []
 
     def freeze_worker():
@@ -249,7 +251,7 @@ def test_lost_heartbeat_fails_the_attempt_and_the_retry_resumes(sqlite_file_engi
     assert stopped and [a.status for a in atts] == [JobStatus.FAILED, JobStatus.SUCCEEDED]
     assert atts[0].failure_reason.startswith("lost heartbeat")
     steps_2 = [s for a, s, _ in metric_keys(engine, "hang") if a == 2]
-    assert steps_2 and steps_2[0] > 1 and steps_2[-1] == 12  # resumed, not restarted
+    assert steps_2 and steps_2[0] > 1 and steps_2[-1] == 40  # resumed, not restarted
 
 
 def test_missing_store_changes_nothing_in_the_database(sqlite_file_engine, tmp_path):

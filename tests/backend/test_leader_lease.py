@@ -294,6 +294,9 @@ def test_controllers_share_a_sqlite_file(tmp_path, n, lease_env):
 )
 def test_controllers_share_a_postgresql_database(tmp_path, n, lease_env):
     if not postgres_available():
+        # issue 16's "done when" asks for this in CI: there it fails instead of skipping
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is not reachable in CI (.ci/run starts it)")
         pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
     with fresh_postgres_url() as url:  # fresh: the controllers run the migrations together
         _run_with_handover(tmp_path, url, n, lease_env)

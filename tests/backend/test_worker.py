@@ -129,6 +129,48 @@ def test_metrics_reach_the_store_before_the_checkpoint_that_covers_them(job):
     ]
 
 
+def test_each_evaluation_reaches_the_store_while_the_job_runs(job):
+    """Metrics are written within about a second of each report, not only at the heartbeat
+    interval (30 s here) or at a checkpoint; resource samples keep the interval's rate."""
+    import threading
+
+    steps = 8
+    put_json(
+        job,
+        layout.SPEC,
+        {"kind": "noop", "params": {"steps": steps, "step_s": 0.6, "checkpoint_every": 1000}},
+    )
+    seen: list[int] = []  # the newest step in the store, polled while the attempt runs
+    runner = threading.Thread(
+        target=lambda: seen.append(run_attempt(job.uri, 1, install_signals=False, interval=30.0))
+    )
+    runner.start()
+    polled: list[int] = []
+    while runner.is_alive():
+        steps_now = [r["step"] for r in metrics_of(job, 1) if r["name"] == "loss"]
+        polled.append(max(steps_now, default=0))
+        time.sleep(0.2)
+    runner.join()
+    assert seen[0].exit_code == EXIT_SUCCEEDED
+    growth = sorted(set(polled) - {0, steps})
+    assert len(growth) >= steps // 2, polled  # most evaluations seen on their own before the end
+    assert sorted(r["step"] for r in metrics_of(job, 1) if r["name"] == "loss") == list(
+        range(1, steps + 1)
+    )
+
+
+def test_resource_samples_come_at_a_steady_rate(job):
+    put_json(job, layout.SPEC, {"kind": "noop", "params": {"steps": 12, "step_s": 0.25}})
+    assert run_attempt(job.uri, 1, install_signals=False, interval=0.5).exit_code == 0
+    times = [
+        r["time"]
+        for _, k in list_segments(job, layout.resources_prefix(1))
+        for r in decode_jsonl(job.get_bytes(k))
+    ]
+    gaps = [b - a for a, b in zip(times, times[1:-1])]  # the last one is the final flush
+    assert len(times) >= 5 and all(0.3 < g < 0.8 for g in gaps), gaps
+
+
 def test_resource_sampler_reports_this_process():
     rec = ResourceSampler().sample()
     assert rec["rss_bytes"] > 10_000_000 and 0 <= rec["system_memory_percent"] <= 100
