@@ -25,6 +25,7 @@ PAGES = [
     st.Page("dashboard/pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
     st.Page("dashboard/pages/diagnostics.py", title="Diagnostics", icon=":material/fact_check:"),
     st.Page("dashboard/pages/fit.py", title="Fit", icon=":material/function:"),
+    st.Page("dashboard/pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("dashboard/pages/costs.py", title="Usage and cost", icon=":material/payments:"),
 ]
 

@@ -29,8 +29,9 @@ def _nvml():
             pynvml.nvmlInit()
             _nvml_state["ok"] = True
             _nvml_state["mod"] = pynvml
-        except Exception:  # no library, no driver, no device: all mean "no GPU"
+        except Exception as exc:  # no library, no driver, no device: all mean "no GPU"
             _nvml_state["ok"] = False
+            _nvml_state["error"] = f"{type(exc).__name__}: {exc}"
     return _nvml_state.get("mod") if _nvml_state["ok"] else None
 
 
@@ -43,6 +44,33 @@ def gpu_count() -> int:
         return int(nv.nvmlDeviceGetCount())
     except Exception:
         return 0
+
+
+def nvml_gpus() -> tuple[list[dict[str, Any]], str | None]:
+    """Every GPU NVML sees (index, name, memory_total_bytes, memory_used_bytes, driver), and
+    why there are none (the NVML error) where it sees none."""
+    nv = _nvml()
+    if nv is None:
+        return [], _nvml_state.get("error", "NVML unavailable")
+    out = []
+    try:
+        driver = nv.nvmlSystemGetDriverVersion()
+        for i in range(int(nv.nvmlDeviceGetCount())):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+            name = nv.nvmlDeviceGetName(h)
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_total_bytes": int(mem.total),
+                    "memory_used_bytes": int(mem.used),
+                    "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
+                }
+            )
+    except Exception as exc:
+        return out, f"{type(exc).__name__}: {exc}"
+    return out, None if out else "NVML found no GPU"
 
 
 def visible_gpu_indices() -> list[int]:

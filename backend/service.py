@@ -10,6 +10,7 @@ so callers keep one import (``from backend import service``):
     backend.listings            campaign summaries and details, job pages, events, progress
     backend.results_view        fit-stage results and train diagnostics
     backend.metrics_view        metric curves and resource samples, downsampled
+    backend.compare_view        ensembles across campaigns, their settings, mean curves
     backend.cost_view           estimates before launch and accrued cost summaries
     backend.budget              the budget rule the controller applies
     backend.campaign_rows       NotFound / IntentError
@@ -33,6 +34,7 @@ from backend.analysis.campaign import (
 from backend.budget import BudgetDecision, budget_allows_launch
 from backend.campaign_create import create_campaign
 from backend.campaign_rows import IntentError, NotFound
+from backend.compare_view import ensemble_curves, ensemble_diagnostics, ensembles
 from backend.cost_view import cost_summary, estimate_campaign
 from backend.db.models import FIT_KINDS
 from backend.fit_starts import start_fit
@@ -71,6 +73,9 @@ __all__ = [
     "campaign_ids",
     "campaign_progress",
     "cost_summary",
+    "ensemble_curves",
+    "ensemble_diagnostics",
+    "ensembles",
     "create_campaign",
     "create_campaign_from_analysis",
     "create_campaign_from_analysis_file",

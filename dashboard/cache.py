@@ -100,6 +100,30 @@ def diagnostics(db: str, campaign_id: int) -> dict:
     return queries.load_diagnostics(campaign_id)
 
 
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def ensembles(db: str) -> list[dict]:
+    """Every campaign's ensembles (the Compare page's choices): fixed at campaign creation."""
+    return queries.load_ensembles()
+
+
+@st.cache_data(ttl=LIVE_TTL_S * 2, show_spinner=False)
+def ensemble_curves(
+    db: str, runs: tuple[tuple[str, tuple[int, ...]], ...], max_points: int = 400
+) -> pd.DataFrame:
+    """The member-averaged curves of every compared run ((label, job ids), ...) in one frame
+    (column `item`): one cache entry per view, so a rerun unpickles one frame, not one per run."""
+    frames = [
+        queries.load_ensemble_curves(job_ids, max_points=max_points).assign(item=label)
+        for label, job_ids in runs
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@st.cache_data(ttl=SLOW_TTL_S, show_spinner=False)
+def ensemble_diagnostics(db: str, job_ids: tuple[int, ...]) -> dict | None:
+    return queries.load_ensemble_diagnostics(job_ids)
+
+
 def clear() -> None:
     """Drop every cached answer (after an intent such as launch, so the next view is fresh)."""
     st.cache_data.clear()

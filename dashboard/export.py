@@ -15,6 +15,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from dashboard.figures import COLORWAY
+
 FORMATS: dict[str, str] = {"png": "image/png", "pdf": "application/pdf"}
 DEFAULT_BROWSER = "/usr/bin/chromium"
 
@@ -53,11 +55,19 @@ def figure_bytes(
             "or set BROWSER_PATH"
         )
     h = height or fig.layout.height or 500
-    fig = go.Figure(fig).update_layout(template="plotly_white")  # a white page for print
+    fig = print_figure(fig)
     try:
         return fig.to_image(format=fmt, width=width, height=h, scale=scale if fmt == "png" else 1.0)
     except Exception as exc:  # kaleido raises a variety of errors from the browser side
         raise ExportError(f"{fmt.upper()} export failed: {type(exc).__name__}: {exc}") from exc
+
+
+def print_figure(fig: go.Figure) -> go.Figure:
+    """The figure as exported: a white page for print, with the colours the screen shows (the
+    figure's own colorway, `figures.COLORWAY` where it names none, so the template cannot
+    swap them)."""
+    colorway = fig.layout.colorway or COLORWAY
+    return go.Figure(fig).update_layout(template="plotly_white", colorway=list(colorway))
 
 
 def safe_filename(title: str, fmt: str) -> str:

@@ -20,6 +20,21 @@ TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
 PREFIT_COLOUR = "#7fb3e6"
 POSTFIT_COLOUR = "#1f4e9c"
+# The colours of traces that name none (resource panels, compared runs), in order. Pinned in
+# every figure's layout: otherwise the screen takes Streamlit's theme colours and an exported
+# PNG/PDF the export template's, and the same line would change colour between the two.
+COLORWAY = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 # Quantiles of the chi2 distribution with one degree of freedom: the thresholds for 68 % and
 # 95 % intervals of a one-parameter profile-likelihood scan of q = -2 Delta ln L.
@@ -40,6 +55,7 @@ def _layout(
     # validated), which adds up on pages with several charts.
     fig.update_layout(
         title={"text": title, "x": 0.01},
+        colorway=list(COLORWAY),
         height=height,
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1.0, "xanchor": "right"},
@@ -870,3 +886,128 @@ def usage_over_time(
     # points land on odd instants such as 23:59:59.9996)
     fig.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=86_400_000, title="day (UTC)")
     return _layout(fig, title)
+
+
+# --------------------------------------------------------------------------- compare
+
+# One colour per compared run, the same on every chart and table of the Compare page: the
+# colorway first, then the distinct darker colours of Plotly's Dark24.
+COMPARE_COLOURS = (
+    *COLORWAY,
+    "#2E91E5",
+    "#E15F99",
+    "#1CA71C",
+    "#FB0D0D",
+    "#DA16FF",
+    "#222A2A",
+    "#B68100",
+    "#750D86",
+    "#EB663B",
+    "#511CFB",
+    "#00A08B",
+    "#FB00D1",
+    "#FC0080",
+    "#B2828D",
+)
+
+
+def compare_colours(labels: Sequence[str]) -> dict[str, str]:
+    """{label: colour} by position, cycling after len(COMPARE_COLOURS)."""
+    return {lab: COMPARE_COLOURS[i % len(COMPARE_COLOURS)] for i, lab in enumerate(labels)}
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def compare_curves(
+    curves: pd.DataFrame,
+    colours: Mapping[str, str],
+    *,
+    title: str = "Loss and validation curves",
+    log_y: bool = False,
+    show_raw: bool = False,
+) -> go.Figure:
+    """Overlaid mean curves of the compared runs: one colour per run (`colours`), training
+    solid, validation dashed. `curves` is `queries.compare_curves_frame` (item, name, step,
+    raw, value); with `show_raw`, the unsmoothed curve is drawn faintly behind."""
+    if curves.empty:
+        return empty_figure("No metrics recorded for these runs yet.", title=title)
+    traces: list[dict] = []
+    for (item, name), g in curves.groupby(["item", "name"], sort=False):
+        colour = colours.get(str(item), COLORWAY[0])
+        dash = "dash" if _is_validation(str(name)) else "solid"
+        x = g["step"].to_numpy()
+        if show_raw:
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": x,
+                    "y": g["raw"].to_numpy(),
+                    "mode": "lines",
+                    "line": {"color": _rgba(colour, 0.25), "width": 1, "dash": dash},
+                    "hoverinfo": "skip",
+                    "showlegend": False,
+                    "legendgroup": str(item),
+                }
+            )
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x,
+                "y": g["value"].to_numpy(),
+                "mode": "lines",
+                "name": f"{item} · {name}",
+                "legendgroup": str(item),
+                "line": {"color": colour, "width": 2, "dash": dash},
+            }
+        )
+    fig = go.Figure(
+        data=traces,
+        layout={
+            "xaxis": {"title": "step"},
+            "yaxis": {"title": "loss (mean over members)", "type": "log" if log_y else "linear"},
+        },
+    )
+    fig = _layout(fig, title, height=480)
+    fig.update_layout(
+        legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"},
+        margin={"r": 260},
+    )
+    return fig
+
+
+def compare_fit(
+    fits: pd.DataFrame, colours: Mapping[str, str], *, title: str = "Fitted POI"
+) -> go.Figure:
+    """The fitted POI with its error per run (columns item, mu_hat, sigma), in run colours."""
+    fits = fits.dropna(subset=["mu_hat"]) if len(fits) else fits
+    if fits.empty:
+        return empty_figure("No fit results for these runs.", title=title)
+    traces = [
+        {
+            "type": "scatter",
+            "x": [float(r.mu_hat)],
+            "y": [str(r.item)],
+            "mode": "markers",
+            "name": str(r.item),
+            "showlegend": False,
+            "marker": {"color": colours.get(str(r.item), "black"), "size": 11},
+            "error_x": {
+                "type": "data",
+                "array": [float(r.sigma) if pd.notna(r.sigma) else 0.0],
+                "color": colours.get(str(r.item), "black"),
+                "thickness": 2,
+            },
+        }
+        for r in fits.itertuples()
+    ]
+    fig = go.Figure(
+        data=traces,
+        layout={
+            "xaxis": {"title": str(fits["poi"].iloc[0]) if "poi" in fits else "POI"},
+            "yaxis": {"type": "category", "autorange": "reversed"},
+        },
+    )
+    return _layout(fig, title, height=120 + 40 * len(fits))

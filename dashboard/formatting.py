@@ -59,6 +59,17 @@ def number(x: Any, sig: int = 4) -> str:
     return f"{f:.{sig - 1}e}".replace("-", MINUS, 1 if f < 0 else 0)
 
 
+def cell(x: Any) -> str:
+    """A setting as a table cell: numbers by `number`, booleans yes/no, nothing as ''."""
+    if x is None or (isinstance(x, str) and not x):
+        return ""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float)):
+        return number(x) if isinstance(x, float) else str(x)
+    return str(x)
+
+
 def _is_number(x: Any) -> bool:
     """True when x converts to a float (a non-finite one is shown as n/a)."""
     try:

@@ -275,16 +275,67 @@ def resources_frame(samples: Iterable[Any]) -> pd.DataFrame:
     return cap_points(df, by=("name", "job_id"))
 
 
-def sum_resources(resources: pd.DataFrame, *, freq: str = "1min") -> pd.DataFrame:
-    """Resources summed over jobs per time bucket: each job's mean in the bucket, then added."""
+def sample_interval(resources: pd.DataFrame, default_s: float = 5.0) -> pd.Timedelta:
+    """The typical time between two samples of one job (the median over jobs), whole seconds."""
+    gaps = []
+    for _, g in resources.groupby("job_id", sort=False):
+        t = g["time"].drop_duplicates().sort_values()
+        if len(t) > 1:
+            gaps.append(t.diff().dropna().dt.total_seconds().median())
+    seconds = float(np.median(gaps)) if gaps else default_s
+    return pd.Timedelta(seconds=max(1, round(seconds)))
+
+
+def sum_resources(
+    resources: pd.DataFrame, *, freq: str | None = None, max_buckets: int = 400
+) -> pd.DataFrame:
+    """Resources summed over jobs per time bucket: each job's mean in the bucket, then added.
+
+    The bucket is the workers' sampling interval (`sample_interval`), widened only so that the
+    chart keeps at most `max_buckets` points: a campaign sampled every 5 s shows a point every
+    5 s, not one a minute. A job that missed one bucket (its samples are not in phase with the
+    others) keeps its last value for up to two buckets, so the sum does not dip."""
     if resources.empty:
         return resources
     r = resources.copy()
-    r["time"] = r["time"].dt.floor(freq)
+    if freq is None:
+        span = r["time"].max() - r["time"].min()
+        bucket = max(sample_interval(r), span / max_buckets)
+        bucket = pd.Timedelta(seconds=max(1, math.ceil(bucket.total_seconds())))
+    else:
+        bucket = pd.Timedelta(freq)
+    r["time"] = r["time"].dt.floor(bucket)
     per_job = r.groupby(["time", "name", "job_id"], as_index=False)["value"].mean()
-    total = per_job.groupby(["time", "name"], as_index=False)["value"].sum()
-    total["job_id"] = "all"
-    return total[["time", "job_id", "name", "value"]]
+    wide = per_job.pivot_table(index="time", columns=["name", "job_id"], values="value")
+    grid = pd.date_range(wide.index.min(), wide.index.max(), freq=bucket)
+    wide = wide.reindex(grid).ffill(limit=2)
+    total = wide.T.groupby(level="name").sum(min_count=1).T
+    total.index.name = "time"
+    out = total.reset_index().melt(id_vars="time", var_name="name", value_name="value")
+    out = out.dropna(subset=["value"]).sort_values(["name", "time"], ignore_index=True)
+    out["job_id"] = "all"
+    return out[["time", "job_id", "name", "value"]]
+
+
+def split_gpu(resources: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(host rows: CPU and memory, GPU rows) of a long resources frame."""
+    is_gpu = resources["name"].astype(str).str.startswith("GPU")
+    return resources[~is_gpu], resources[is_gpu]
+
+
+def no_gpu_note(launcher: str | None, gpu_types: Sequence[str | None] = ()) -> str:
+    """Why a campaign's resource samples have no GPU readings, in plain words."""
+    asked = sorted({str(g) for g in gpu_types if g})
+    where = f"the {launcher} launcher" if launcher else "its launcher"
+    if asked:
+        return (
+            f"No GPU readings: the jobs asked for {', '.join(asked)} but their workers found no "
+            f"GPU (no NVIDIA driver/NVML where {where} ran them). CPU and memory only."
+        )
+    return (
+        f"No GPU on this machine: {where} ran these jobs on the CPU, so there is no GPU panel; "
+        "CPU and memory only."
+    )
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -524,6 +575,11 @@ class FitView:
     mu_err_lo: float | None = None  # asymmetric (profile-likelihood) errors of the POI
     mu_err_hi: float | None = None
     fit_message: str = ""
+    # several POIs: {"68"/"95": contour points (x, y, best, pois, area, correlation)} and
+    # {poi: value, error, err_lo, err_hi}, {a: {b: correlation}} (from the fit job)
+    contours: dict = field(default_factory=dict)
+    pois: dict = field(default_factory=dict)
+    poi_correlations: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -789,6 +845,9 @@ def fit_view(result: Mapping) -> FitView:
         mu_err_lo=_opt_float(result.get("mu_err_lo")),
         mu_err_hi=_opt_float(result.get("mu_err_hi")),
         fit_message=str(fit.get("message") or ""),
+        contours=dict(result.get("contours") or {}),
+        pois=dict(result.get("pois") or {}),
+        poi_correlations=dict(result.get("correlations") or {}),
     )
 
 
@@ -1057,3 +1116,162 @@ def load_diagnostics(campaign_id: int) -> dict[str, dict]:
         task = str(d.get("task") or d.get("name") or f"job {d.get('job_id')}")
         out[task] = dict(d.get("diagnostics") or d.get("payload") or d)
     return out
+
+
+# --------------------------------------------------------------------------- compare
+
+COMPARE_MODES = ("Ensembles", "Grid points", "Campaigns")
+MAX_COMPARED = 24  # lines that stay distinguishable on one chart (`figures.COMPARE_COLOURS`)
+
+
+def load_ensembles(campaign_ids: Sequence[int] | None = None) -> list[dict]:
+    """Every ensemble (campaign, task, grid point) with its job ids and flat settings."""
+    return list(_service().ensembles(list(campaign_ids) if campaign_ids is not None else None))
+
+
+def load_ensemble_curves(
+    job_ids: Sequence[int], names: Sequence[str] = ("train_loss", "val_loss"), max_points: int = 400
+) -> pd.DataFrame:
+    """Mean/min/max over an ensemble's members per (name, step), aggregated in the database."""
+    cols = ["name", "step", "mean", "min", "max", "n"]
+    rows = _service().ensemble_curves(list(job_ids), list(names), max_points)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def load_ensemble_diagnostics(job_ids: Sequence[int]) -> dict | None:
+    return _service().ensemble_diagnostics(list(job_ids))
+
+
+def compare_items(
+    catalog: Sequence[Mapping], mode: str, picks: Sequence[str], task: str | None = None
+) -> dict[str, dict]:
+    """{label: {job_ids, campaign_id, task, settings}} of what is compared.
+
+    "Ensembles" and "Grid points": `picks` are ensemble keys, each compared on its own.
+    "Campaigns": `picks` are campaign labels ("<id> · <name>"); each campaign's ensembles of
+    `task` (all grid points) are pooled, and a setting that varies between them reads
+    "a | b"."""
+    by_key = {str(e["key"]): e for e in catalog}
+    if mode != "Campaigns":
+        return {
+            k: {
+                "job_ids": list(by_key[k]["job_ids"]),
+                "campaign_id": int(by_key[k]["campaign_id"]),
+                "task": str(by_key[k]["task"]),
+                "settings": dict(by_key[k]["settings"]),
+            }
+            for k in picks
+            if k in by_key
+        }
+    out: dict[str, dict] = {}
+    for label in picks:
+        ens = [
+            e
+            for e in catalog
+            if f"{e['campaign_id']} · {e['campaign']}" == label
+            and (task is None or e["task"] == task)
+        ]
+        if not ens:
+            continue
+        settings: dict[str, Any] = {}
+        for key in dict.fromkeys(k for e in ens for k in e["settings"]):
+            values = list(dict.fromkeys(str(e["settings"].get(key, "")) for e in ens))
+            settings[key] = values[0] if len(values) == 1 else " | ".join(values)
+        settings["members"] = sum(int(e["members"]) for e in ens)
+        settings["jobs"] = sum(len(e["job_ids"]) for e in ens)
+        settings["grid point"] = f"{len(ens)} grid point(s)"
+        out[label] = {
+            "job_ids": [j for e in ens for j in e["job_ids"]],
+            "campaign_id": int(ens[0]["campaign_id"]),
+            "task": str(task or ens[0]["task"]),
+            "settings": settings,
+        }
+    return out
+
+
+def smooth(values: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average with the start-up bias removed
+    (weight 0: the raw values; 0.99: very smooth)."""
+    v = np.asarray(values, dtype=float)
+    if weight <= 0 or v.size == 0:
+        return v
+    out = np.empty_like(v)
+    acc, norm = 0.0, 0.0
+    for i, x in enumerate(v):
+        if np.isfinite(x):
+            acc = weight * acc + (1 - weight) * x
+            norm = weight * norm + (1 - weight)
+        out[i] = acc / norm if norm > 0 else np.nan
+    return out
+
+
+def compare_curves_frame(curves: Mapping[str, pd.DataFrame], weight: float = 0.0) -> pd.DataFrame:
+    """Long frame (item, name, step, raw, value) of each item's mean curve, `value` smoothed."""
+    parts = []
+    for item, df in curves.items():
+        for name, g in df.groupby("name", sort=True):
+            g = g.sort_values("step")
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "item": item,
+                        "name": name,
+                        "step": g["step"].to_numpy(),
+                        "raw": g["mean"].to_numpy(dtype=float),
+                        "value": smooth(g["mean"].to_numpy(dtype=float), weight),
+                    }
+                )
+            )
+    if not parts:
+        return pd.DataFrame(columns=["item", "name", "step", "raw", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def settings_table(items: Mapping[str, Mapping]) -> tuple[pd.DataFrame, list[bool]]:
+    """(setting x item table of strings, per row: do the items differ?)."""
+    keys = list(dict.fromkeys(k for it in items.values() for k in it["settings"]))
+    table = pd.DataFrame(
+        {
+            label: [formatting.cell(it["settings"].get(k)) for k in keys]
+            for label, it in items.items()
+        },
+        index=pd.Index(keys, name="setting"),
+    )
+    differs = [len(set(row)) > 1 for row in table.itertuples(index=False)]
+    return table, differs
+
+
+def diagnostics_summary(task: str, diag: Mapping | None) -> dict[str, Any]:
+    """One row of the diagnostics comparison: each check's value and light, the worst light."""
+    if not diag:
+        return {"checks": "no diagnostics recorded"}
+    checks = diagnostics_view(task, diag).checks
+    row: dict[str, Any] = {}
+    order = {"red": 3, "amber": 2, "unknown": 1, "green": 0}
+    worst = max(checks["status"], key=lambda s: order.get(str(s), 1), default="unknown")
+    failed = [str(r.check) for r in checks.itertuples() if r.status == "red"]
+    # the lights of the Diagnostics page; the campaign's result status says which checks gate
+    row["checks"] = "red: " + ", ".join(failed) if failed else f"worst light: {worst}"
+    for r in checks.itertuples():
+        row[str(r.check)] = (
+            f"{formatting.number(r.value, 3)} ({r.status})"
+            if r.value is not None and not pd.isna(r.value)
+            else "–"
+        )
+    return row
+
+
+def fit_summary(views: Mapping[int, FitView]) -> dict[str, Any]:
+    """The newest fit run of a campaign in one row: run, POI, value ± error, converged."""
+    if not views:
+        return {"fit run": "no fit results"}
+    run = max(views)
+    v = views[run]
+    return {
+        "fit run": run,
+        "poi": v.poi,
+        "mu_hat": v.mu_hat,
+        "sigma": v.sigma,
+        "value": formatting.with_error(v.mu_hat, v.sigma) if v.mu_hat is not None else "–",
+        "converged": "yes" if v.converged else "no" if v.converged is not None else "–",
+    }

@@ -299,8 +299,27 @@ def _resources(db: str, campaign_id: int, n_jobs: int) -> None:
     if res.empty:
         widgets.nothing_yet("No resource samples yet.")
         return
-    data = queries.sum_resources(res) if summed else res
-    widgets.chart(figures.resource_usage(data, summed=summed), "resources")
+    host, gpu = queries.split_gpu(res)
+    every = queries.sample_interval(host if len(host) else res).total_seconds()
+    st.caption(
+        f"Workers sample every {every:.0f} s; "
+        + ("the sum adds the jobs' samples per interval." if summed else "one line per job.")
+    )
+    if gpu.empty:
+        campaigns = cache.campaigns(db)
+        row = campaigns[campaigns["id"] == campaign_id]
+        launcher = str(row.iloc[0]["launcher"]) if len(row) and "launcher" in row else None
+        jobs, _ = cache.jobs(db, campaign_id, (), None, 0, 200)
+        gpu_types = list(jobs["gpu_type"]) if "gpu_type" in jobs else []
+        st.info(queries.no_gpu_note(launcher, gpu_types), icon=":material/memory:")
+    else:
+        data = queries.sum_resources(gpu) if summed else gpu
+        widgets.chart(figures.resource_usage(data, summed=summed, title="GPU"), "resources-gpu")
+    if len(host):
+        data = queries.sum_resources(host) if summed else host
+        widgets.chart(
+            figures.resource_usage(data, summed=summed, title="CPU and memory"), "resources"
+        )
 
 
 monitor_page()

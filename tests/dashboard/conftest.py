@@ -41,3 +41,14 @@ def empty_db(nsbi_env):
 @pytest.fixture
 def seeded(nsbi_env):
     return seed_module.seed(nsbi_env)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where the browser tests left their screenshots (a folder a reviewer can open)."""
+    from dash_browser import SAVED, SCREENSHOTS
+
+    if SAVED:
+        terminalreporter.write_line(
+            f"dashboard screenshots: {len(SAVED)} saved this run in {SCREENSHOTS} "
+            f"({', '.join(sorted(p.name for p in SAVED))})"
+        )

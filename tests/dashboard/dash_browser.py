@@ -14,6 +14,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+# every page the browser tests visit, as a reviewer sees it (git-ignored; CI keeps the folder;
+# NSBI_SCREENSHOTS moves it); the dashboard conftest prints where it is after the run
+SCREENSHOTS = Path(os.environ.get("NSBI_SCREENSHOTS", str(ARTIFACTS / "screenshots")))
+SAVED: list[Path] = []  # screenshots saved in this test session
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -132,11 +136,14 @@ def wait_title(page, timeout_ms: int = 60_000) -> None:
 
 
 def screenshot(page, name: str, *, show=None) -> Path:
-    """Save test-artifacts/<name>.png; `show` (a locator) is scrolled into view first, since
-    Streamlit scrolls inside its main container and full-page shots only see the viewport."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
+    """Save test-artifacts/screenshots/<name>.png; `show` (a locator) is scrolled into view
+    first, since Streamlit scrolls inside its main container and full-page shots only see the
+    viewport."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
     if show is not None:
         show.scroll_into_view_if_needed()
     page.screenshot(path=str(path))
+    SAVED.append(path)
+    print(f"screenshot: {path}")
     return path

@@ -230,12 +230,17 @@ def seed(
     train_states: tuple[str, ...] = STATES,
     fit_states: dict[str, str] | None = None,
     with_diagnostics: bool = False,
+    jobs_per_ensemble: int | None = None,
 ) -> Seeded:
     """Write one campaign with `n_jobs` train jobs (plus fit jobs) and their metrics.
 
     Train job i gets state train_states[i % len]; fit-like jobs are SUCCEEDED with results
     unless `fit_states` names another state (PENDING ones are held, without results).
     With `with_diagnostics`, every SUCCEEDED train job records `engine_diagnostics()`.
+    With `jobs_per_ensemble`, train jobs are named and specified as the campaign expansion
+    does (`train-<task>-g<grid>-m<first>-<last>`, spec params with the grid point and the train
+    settings): ensemble e (jobs e*k .. e*k+k-1) is task e % 3 at grid point e // 3, whose
+    width and learning rate differ.
     """
     fit_states = fit_states or {}
     rng = np.random.default_rng(seed_value)
@@ -259,12 +264,36 @@ def seed(
         jobs = []
         for i in range(n_jobs):
             state = train_states[i % len(train_states)]
+            name_i, task_i, spec_i = f"train-{i:04d}", f"task{i % 3}", {}
+            if jobs_per_ensemble:
+                e, k = divmod(i, jobs_per_ensemble)
+                task_i, gi = f"task{e % 3}", e // 3
+                first = k * members_per_job
+                name_i = f"train-{task_i}-g{gi}-m{first}-{first + members_per_job - 1}"
+                point = {"width": 32 * (1 + gi % 4), "learning_rate": 1e-3 * (1 + gi // 4)}
+                spec_i = {
+                    "kind": "train",
+                    "params": {
+                        "task": task_i,
+                        "grid_index": gi,
+                        "grid_point": point,
+                        "train": {
+                            "hidden_layers": 2,
+                            "batch_size": 512,
+                            "max_steps": steps,
+                            **point,
+                            "seed": i,
+                            "members": members_per_job,
+                        },
+                    },
+                }
             jobs.append(
                 {
                     "campaign_id": cid,
-                    "name": f"train-{i:04d}",
+                    "name": name_i,
                     "kind": "train",
-                    "task": f"task{i % 3}",
+                    "task": task_i,
+                    "spec": spec_i,
                     "members": list(range(members_per_job)),
                     "status": state,
                     "desired_state": "RUN",
@@ -302,7 +331,7 @@ def seed(
                 }
             )
         jobs = [
-            {"np_subset": [], "seeds": [], "depends_on": [], "spec": {}, "zones": [], **j}
+            {"np_subset": [], "seeds": [], "depends_on": [], "zones": [], "spec": {}, **j}
             for j in jobs
         ]
         conn.execute(sa.insert(Job.__table__), jobs)

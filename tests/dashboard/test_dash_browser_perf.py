@@ -1,10 +1,12 @@
 """Page render times in the browser with 1,000 jobs and 1,000,000 metric points.
 
-For each page: the time from clicking its navigation link (in-app navigation, the app
+For each page (Compare opening on 20 ensembles, i.e. 40 member-averaged curves, of the 500 in
+the seeded campaign): the time from clicking its navigation link (in-app navigation, the app
 already loaded) until the page's main content is drawn, and the cold time from `page.goto`
 (a fresh session: loading the app, connecting, running the script). The budget is 2 s per
 page (NSBI_PAGE_BUDGET_S overrides it, e.g. on a loaded machine); figures are printed and
-written to test-artifacts/page-times.json.
+written to test-artifacts/page-times.json; a screenshot of each page goes to
+test-artifacts/screenshots/perf-<page>.png.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-from dash_browser import ARTIFACTS, CHROMIUM, chromium_page, streamlit_server, wait_title
+from dash_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    chromium_page,
+    screenshot,
+    streamlit_server,
+    wait_title,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -69,6 +78,13 @@ PAGES = [
         "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
         "g.layout.title.text.includes('by'))",
     ),
+    (
+        "Compare",  # opens on 20 ensembles of the campaign: 40 mean curves (+ faint raw ones)
+        "compare",
+        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
+        "g.layout.title.text.includes('Loss and validation') && "
+        "new Set(g._fullData.map(t => t.legendgroup)).size === 20)",
+    ),
 ]
 
 
@@ -83,7 +99,13 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", url)
     t = time.perf_counter()
     seeded = seed.seed(
-        url, n_jobs=1000, members_per_job=2, steps=250, resource_points=20, with_diagnostics=True
+        url,
+        n_jobs=1000,
+        members_per_job=2,
+        steps=250,
+        resource_points=20,
+        with_diagnostics=True,
+        jobs_per_ensemble=2,  # 500 ensembles (3 tasks x 167 grid points)
     )
     seed_s = time.perf_counter() - t
     assert seeded.n_metric_points == 1_000_000 and len(seeded.train_job_ids) == 1000
@@ -112,6 +134,7 @@ def test_every_page_renders_within_budget(tmp_path, monkeypatch):
             )
             cold = time.perf_counter() - t0
             times[title] = {"navigate_s": round(nav, 3), "cold_load_s": round(cold, 3)}
+            screenshot(page, f"perf-{path or 'campaigns'}")
     server = _server_times()
     for title, seconds in server.items():
         times[title]["server_script_s"] = seconds
@@ -152,6 +175,7 @@ def _server_times() -> dict[str, float]:
         ("Diagnostics", "diagnostics"),
         ("Fit", "fit"),
         ("Usage and cost", "costs"),
+        ("Compare", "compare"),
     ):
         at = AppTest.from_file(page(name), default_timeout=120)
         at.run()  # imports

@@ -1,8 +1,8 @@
 """Browser walk of issue 17 (Playwright, Debian chromium, 1440 x 900): a campaign whose ensemble
 check fails shows "needs review" on Campaigns, Monitor and Fit; Diagnostics opens on the worst
-task; the Fit page's tables; a job's output on Monitor; CPU-hours on Usage and cost; labels
+task; the Fit page's tables; Compare; a job's output on Monitor; CPU-hours on Usage and cost; labels
 not cut off; and no request leaves the machine. Saves a screenshot of every page under
-test-artifacts/ (trust-*.png), which CI keeps for reviewers."""
+test-artifacts/screenshots/ (trust-*.png), which CI keeps for reviewers."""
 
 from __future__ import annotations
 
@@ -130,6 +130,23 @@ def test_trust_walk_every_page(tmp_path, monkeypatch):
         group.get_by_text("Jobs", exact=True).click()
         page.get_by_text("all 4 fit-stage jobs finished").wait_for()
         screenshot(page, "trust-fit-jobs")
+
+        # Compare: the campaign's ensembles side by side; the failed check shows there too
+        page.get_by_role("link", name="Compare").click()
+        wait_title(page)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')]"
+            ".some(g => g.layout && g.layout.title.text.includes('Loss and validation') && g._fullData)"
+        )
+        page.get_by_text("red: closure_chi2_ndf").first.wait_for(state="attached")
+        # the fit results carry the campaign's result status with its failed check
+        page.get_by_text("needs review: task1 closure χ²/ndf 21 > 3").first.wait_for(
+            state="attached"
+        )
+        screenshot(page, "trust-compare")
+        screenshot(
+            page, "trust-compare-diagnostics", show=page.get_by_role("heading", name="Fit results")
+        )
 
         # Usage and cost: CPU-hours and wall time next to cost and GPU-hours
         page.get_by_role("link", name="Usage and cost").click()

@@ -37,3 +37,35 @@ def test_unsupported_format_names_the_choices():
 
 def test_safe_filename():
     assert export.safe_filename("Impact on mu: top 20", "pdf") == "impact_on_mu_top_20.pdf"
+
+
+def _colours_in(png: bytes) -> set[tuple[int, int, int]]:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    return {rgb for _, rgb in img.getcolors(maxcolors=1 << 20)}
+
+
+@pytest.mark.slow
+def test_exported_png_keeps_the_screen_colours():
+    """Lines that name no colour (one per job on the resource chart) take the pinned colorway
+    on screen and in the PNG alike (the export template used to swap them)."""
+    t = pd.to_datetime([0, 5, 10, 0, 5, 10], unit="s", utc=True)
+    r = pd.DataFrame(
+        {
+            "time": t,
+            "job_id": [1, 1, 1, 2, 2, 2],
+            "name": "CPU (%)",
+            "value": [10, 20, 30, 50, 60, 70],
+        }
+    )
+    fig = figures.resource_usage(r)
+    assert list(fig.layout.colorway) == list(figures.COLORWAY)  # what the browser draws with
+    assert list(export.print_figure(fig).layout.colorway) == list(figures.COLORWAY)
+    fig.update_traces(line={"width": 6})
+    colours = _colours_in(export.figure_bytes(fig, "png", width=600, height=300, scale=1.0))
+    for hex_colour in figures.COLORWAY[:2]:  # job 1 and job 2
+        rgb = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        assert rgb in colours, (hex_colour, len(colours))
