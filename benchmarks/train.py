@@ -4,10 +4,13 @@ For each model (the ATLAS-sized 7x1500 MLP and a small 3x64 one), ensemble size 
 strategy ("vmap": all members in one compiled program; "packs": packs of k members one after
 another) it times the real training program (``sbi_engine.ratio.steps.make_interval``: batch
 draw, forward, backward, Adam update) and reports samples per second per member and the
-achieved GFLOP/s (6 x multiply-accumulates per sample: forward 2, backward 4; matmuls only).
-The machine's own XLA float32 matmul rate is measured in the same process, before and after
-the runs, so the fraction is fair to a loaded machine; on a GPU whose peak is known the
-fraction of that peak is reported too.
+achieved GFLOP/s (6 x multiply-accumulates per sample: forward 2, backward 4; matmuls only;
+the multiply-accumulates are the parameters less the biases, so this is the usual "6 x
+parameters x samples"). The machine's own XLA matmul rate is measured in the same process, in
+float32 and in bfloat16, before and after the runs, so the fraction is fair to a loaded
+machine: each run's ``matmul_fraction`` is its rate over the measured matmul rate of its own
+dtype (``--dtype float32,bfloat16`` times both); on a GPU whose peak is known the fraction of
+that peak is reported too.
 
 JAX and the engine's training code are imported inside the functions that time something:
 ``nsbi bench --help`` imports this module for its options.
@@ -55,7 +58,7 @@ class BenchPlan:
     strategies: tuple[str, ...] = ("vmap", "packs")
     pack_size: int = 1
     timed_calls: int = 2
-    dtype: str = "float32"
+    dtypes: tuple[str, ...] = ("float32",)
     n_features: int = 4
     n_train: int = 65536
     matmul_sizes: tuple[int, ...] | None = (
@@ -77,7 +80,11 @@ class BenchPlan:
         )
         return batch, note
 
-    def steps_per_call(self, model: str) -> int:
+    def steps_per_call(self, model: str, accelerator: bool = False) -> int:
+        """Steps per timed call: on a GPU enough that one call lasts well over the dispatch
+        and the host round trip (7x1500: ~1-20 ms a step there; 3x64: microseconds)."""
+        if accelerator:
+            return 20 if model == "7x1500" else 500
         return 1 if model == "7x1500" else 50
 
 
@@ -87,19 +94,23 @@ def _block(tree: Any) -> None:
     jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 
 
-def matmul_gflops(sizes: tuple[int, ...] | None = None, repeats: int = 3) -> dict[str, Any]:
-    """Best float32 XLA matmul rate over a few square sizes (GFLOP/s = 2 n^3 / s)."""
+def matmul_gflops(
+    sizes: tuple[int, ...] | None = None, repeats: int = 3, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Best XLA matmul rate over a few square sizes (GFLOP/s = 2 n^3 / s) in ``dtype``
+    (float32 or bfloat16; random normal inputs, XLA's default precision)."""
     import jax
     import jax.numpy as jnp
 
     if sizes is None:
         sizes = (1024, 2048) if jax.default_backend() == "cpu" else (4096, 8192)
+    dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     f = jax.jit(lambda a, b: a @ b)
     per_size = {}
     for n in sizes:
         key = jax.random.PRNGKey(n)
-        a = jax.random.normal(key, (n, n), dtype=jnp.float32)
-        b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype=jnp.float32)
+        a = jax.random.normal(key, (n, n), dtype=jnp.float32).astype(dt)
+        b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype=jnp.float32).astype(dt)
         f(a, b).block_until_ready()
         best = np.inf
         for _ in range(repeats):
@@ -107,7 +118,7 @@ def matmul_gflops(sizes: tuple[int, ...] | None = None, repeats: int = 3) -> dic
             f(a, b).block_until_ready()
             best = min(best, time.perf_counter() - t)
         per_size[str(n)] = 2.0 * n**3 / best / 1e9
-    return {"gflops": max(per_size.values()), "per_size": per_size}
+    return {"gflops": max(per_size.values()), "per_size": per_size, "dtype": dtype}
 
 
 def device_info() -> dict[str, Any]:
@@ -243,33 +254,39 @@ def run_bench(
     info = device_info()
     accelerator = info["backend"] != "cpu"
     t_start = time.perf_counter()
-    mm_start = matmul_gflops(plan.matmul_sizes)
-    jobs: list[tuple[str, int, str, str | None]] = []  # (model, members, strategy, alias)
-    for model in plan.models:
-        for members in plan.members:
-            for strategy in plan.strategies:
-                if (
-                    strategy == "packs"
-                    and min(plan.pack_size, members) >= members
-                    and "vmap" in plan.strategies
-                ):
-                    # one pack holding every member is the vmap layout: time it once, label both
-                    jobs.append((model, members, strategy, "same_as_vmap"))
-                    continue
-                jobs.append((model, members, strategy, None))
+    mm_dtypes = ("float32", "bfloat16")
+    mm_start = {d: matmul_gflops(plan.matmul_sizes, dtype=d) for d in mm_dtypes}
+    # (model, members, strategy, dtype, alias)
+    jobs: list[tuple[str, int, str, str, str | None]] = []
+    for dtype in plan.dtypes:
+        for model in plan.models:
+            for members in plan.members:
+                for strategy in plan.strategies:
+                    if (
+                        strategy == "packs"
+                        and min(plan.pack_size, members) >= members
+                        and "vmap" in plan.strategies
+                    ):
+                        # one pack holding every member is the vmap layout: time it once, label both
+                        jobs.append((model, members, strategy, dtype, "same_as_vmap"))
+                        continue
+                    jobs.append((model, members, strategy, dtype, None))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc="bench train", unit="config")
     runs: list[dict[str, Any]] = []
-    for model, members, strategy, alias in jobs:
+    for model, members, strategy, dtype, alias in jobs:
         batch, note = plan.batch(model, members, accelerator)
         if alias:
             src = next(
                 r
                 for r in runs
-                if r["model"] == model and r["members"] == members and r["strategy"] == "vmap"
+                if r["model"] == model
+                and r["members"] == members
+                and r["strategy"] == "vmap"
+                and r["dtype"] == dtype
             )
             run = {
                 **src,
@@ -283,9 +300,9 @@ def run_bench(
                 strategy,
                 plan.pack_size,
                 batch,
-                plan.steps_per_call(model),
+                plan.steps_per_call(model, accelerator),
                 plan.timed_calls,
-                plan.dtype,
+                dtype,
                 plan.n_features,
                 plan.n_train,
             )
@@ -297,30 +314,49 @@ def run_bench(
             bar.set_postfix(model=model, M=members, s=strategy, gflops=f"{run['gflops']:.0f}")
         if log:
             log(
-                f"{model:>7} M={members:<3} {strategy:<5} k={run['pack_size']:<3} batch={run['batch_size']:<5} "
+                f"{model:>7} {dtype:<8} M={members:<3} {strategy:<5} k={run['pack_size']:<3} batch={run['batch_size']:<5} "
                 f"{run['samples_per_s_per_member']:>12.0f} samples/s/member {run['gflops']:>8.1f} GFLOP/s"
             )
     if bar is not None:
         bar.close()
-    mm_end = matmul_gflops(plan.matmul_sizes)
-    matmul = max(mm_start["gflops"], mm_end["gflops"])
+    mm_end = {d: matmul_gflops(plan.matmul_sizes, dtype=d) for d in mm_dtypes}
+    rate = {d: max(mm_start[d]["gflops"], mm_end[d]["gflops"]) for d in mm_dtypes}
+    matmul = rate["float32"]
     for run in runs:
-        run["fraction_of_matmul"] = run["gflops"] / matmul
+        run["fraction_of_matmul"] = run["gflops"] / matmul  # against float32, whatever the dtype
+        run["matmul_fraction"] = run["gflops"] / rate[run["dtype"]]  # against its own dtype
+        run["matmul_fraction_fp32"] = run["gflops"] / rate["float32"]
+        run["matmul_fraction_bf16"] = run["gflops"] / rate["bfloat16"]
         run["fraction_of_peak"] = (
             run["gflops"] / info["peak_f32_gflops"] if info["peak_f32_gflops"] else None
         )
     big = [r for r in runs if r["model"] == "7x1500"]
-    best_big = max((r["fraction_of_matmul"] for r in big), default=None)
+    best_big = max((r["fraction_of_matmul"] for r in big if r["dtype"] == "float32"), default=None)
+    best: dict[str, dict[str, float]] = {}  # model -> dtype -> best matmul_fraction
+    for r in runs:
+        cell = best.setdefault(r["model"], {})
+        cell[r["dtype"]] = max(cell.get(r["dtype"], 0.0), r["matmul_fraction"])
+    best_per_member = {
+        m: {
+            d: max(
+                r["samples_per_s_per_member"] for r in runs if r["model"] == m and r["dtype"] == d
+            )
+            for d in best[m]
+        }
+        for m in best
+    }
     return {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": info,
         "matmul_gflops": matmul,
+        "matmul_gflops_bf16": rate["bfloat16"],
         "matmul": {
-            "start": mm_start,
-            "end": mm_end,
+            "start": mm_start["float32"],
+            "end": mm_end["float32"],
             "dtype": "float32",
-            "note": "best of the rates measured before and after the runs",
+            "bfloat16": {"start": mm_start["bfloat16"], "end": mm_end["bfloat16"]},
+            "note": "best of the rates measured before and after the runs, per dtype",
         },
         "matmul_fraction_of_peak": matmul / info["peak_f32_gflops"]
         if info["peak_f32_gflops"]
@@ -332,7 +368,7 @@ def run_bench(
             "strategies": list(plan.strategies),
             "pack_size": plan.pack_size,
             "timed_calls": plan.timed_calls,
-            "dtype": plan.dtype,
+            "dtypes": list(plan.dtypes),
             "n_train": plan.n_train,
             "n_features": plan.n_features,
         },
@@ -340,6 +376,9 @@ def run_bench(
         "summary": {
             "best_7x1500_fraction_of_matmul": best_big,
             "7x1500_at_least_half_matmul": (best_big >= 0.5) if best_big is not None else None,
+            # best achieved rate over the measured matmul rate of the same dtype, per model
+            "matmul_fraction": best,
+            "best_samples_per_s_per_member": best_per_member,
         },
         "wall_seconds": time.perf_counter() - t_start,
     }
@@ -395,9 +434,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="matmul dtype of the networks (bfloat16 is meant for GPUs)",
+        type=_str_list,
+        default=("float32",),
+        help="comma-separated compute dtypes of the networks to time: float32, bfloat16 "
+        "(mixed precision: bfloat16 matmuls, float32 weights and loss; meant for GPUs)",
     )
     parser.add_argument(
         "--matmul-sizes",
@@ -413,6 +453,13 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(
             f"nsbi bench train: unknown model(s) {unknown}; choose from {sorted(MODELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    bad_dtypes = [d for d in args.dtype if d not in ("float32", "bfloat16")]
+    if bad_dtypes or not args.dtype:
+        print(
+            f"nsbi bench train: --dtype takes float32 and/or bfloat16, got {list(args.dtype)}",
             file=sys.stderr,
         )
         return 2
@@ -435,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
         strategies=tuple(args.strategies),
         pack_size=args.pack_size,
         timed_calls=args.timed_calls,
-        dtype=args.dtype,
+        dtypes=tuple(args.dtype),
         matmul_sizes=tuple(args.matmul_sizes) if args.matmul_sizes else None,
     )
     report = run_bench(
@@ -447,10 +494,23 @@ def run(args: argparse.Namespace) -> int:
         write_report(report, args.json)
         s = report["summary"]
         print(
-            f"wrote {args.json}: matmul {report['matmul_gflops']:.1f} GFLOP/s, best 7x1500 fraction "
-            f"{s['best_7x1500_fraction_of_matmul']}",
+            f"wrote {args.json}: matmul {report['matmul_gflops']:.1f} GFLOP/s float32, "
+            f"{report['matmul_gflops_bf16']:.1f} bfloat16; best matmul fraction per model and "
+            f"dtype {s['matmul_fraction']}",
             file=sys.stderr,
         )
     else:
         print(json.dumps(report, indent=2, sort_keys=True))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.train``: the same as ``nsbi bench train`` without building the other
+    benchmarks' options (the GPU check runs it where the control plane's packages are absent)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train")
+    add_arguments(parser)
+    return int(run(parser.parse_args(argv)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,65 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "add_distributed_arguments", "run", "start_distributed"]
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--coordinator/--num-processes/--process-id/--distributed``: one fit over the devices of
+    several processes (hosts) through ``jax.distributed`` (docs/benchmarks.md)."""
+
+    def env_int(name: str) -> int | None:
+        value = os.environ.get(name)
+        return int(value) if value else None
+
+    g = parser.add_argument_group(
+        "several processes (jax.distributed)",
+        "Start the same command once per process (host); the events are sharded over the "
+        "devices of all processes (--devices defaults to all of them) and process 0 writes the "
+        "results. Defaults come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+    )
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="address of process 0, which listens there",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        default=env_int("JAX_NUM_PROCESSES"),
+    )
+    g.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        default=env_int("JAX_PROCESS_ID"),
+        help="this process's index, 0 .. N-1",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a run that JAX detects from the environment (Slurm's srun, Open MPI)",
+    )
+
+
+def start_distributed(args: argparse.Namespace):
+    """Join the multi-process run the flags describe (before JAX touches a device); None when
+    the flags ask for one process. Raises ValueError for incomplete flags."""
+    coordinator, n, pid = args.coordinator, args.num_processes, args.process_id
+    if not (coordinator or n is not None or pid is not None or args.distributed):
+        return None
+    if not args.distributed and None in (coordinator, n, pid):
+        raise ValueError(
+            "several processes need --coordinator HOST:PORT, --num-processes N and "
+            "--process-id I together (or --distributed under srun / mpirun)"
+        )
+    if n is not None and pid is not None and not 0 <= pid < n:
+        raise ValueError(f"--process-id {pid} is not in 0..{n - 1}")
+    from sbi_engine.fit.sharding import initialize_distributed  # noqa: PLC0415
+
+    return initialize_distributed(coordinator, n, pid)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mmap", action="store_true", help="memory-map .npy arrays instead of reading them"
     )
+    add_distributed_arguments(parser)
     parser.add_argument(
         "--stream",
         action="store_true",
@@ -184,6 +244,27 @@ def run(args: argparse.Namespace) -> int:
         print("nsbi fit: --devices shards in-memory events; drop --stream", file=sys.stderr)
         return 2
     try:
+        dist = start_distributed(args)
+    except ValueError as exc:
+        print(f"nsbi fit: {exc}", file=sys.stderr)
+        return 2
+    if dist is not None:
+        if args.stream:
+            print(
+                "nsbi fit: several processes shard in-memory events; drop --stream", file=sys.stderr
+            )
+            return 2
+        if args.devices is None:
+            args.devices = dist.global_devices
+        if args.devices != dist.global_devices:  # a mesh must hold devices of every process
+            print(
+                f"nsbi fit: with several processes --devices must be all "
+                f"{dist.global_devices} devices, got {args.devices}",
+                file=sys.stderr,
+            )
+            return 2
+    main = dist is None or dist.is_main  # only process 0 prints and writes
+    try:
         ws = Workspace.load(args.workspace, mmap=args.mmap or args.stream)
     except WorkspaceError as exc:
         print(f"nsbi fit: {exc}", file=sys.stderr)
@@ -204,7 +285,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nsbi fit: --cl must be in (0, 1), got {args.cl}", file=sys.stderr)
         return 2
     out: dict = {"workspace": str(Path(args.workspace))}
-    with tqdm(total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr) as bar:
+    with tqdm(
+        total=len(steps), desc="nsbi fit", unit="step", file=sys.stderr, disable=not main
+    ) as bar:
         bar.set_postfix_str("compile + fit")
         try:
             model = _model(ws, args)
@@ -229,7 +312,14 @@ def run(args: argparse.Namespace) -> int:
             subset = args.impact_nps.split(",") if args.impact_nps else None
             names = subset or list(model.nuisance_names)
             ref = []
-            for name in tqdm(names, desc="refit impacts", unit="NP", leave=False, file=sys.stderr):
+            for name in tqdm(
+                names,
+                desc="refit impacts",
+                unit="NP",
+                leave=False,
+                file=sys.stderr,
+                disable=not main,
+            ):
                 ref += refit_impacts(model, res, [name])
             out["impacts_refit"] = [i.to_dict() for i in ref]
             imps = ref
@@ -255,6 +345,11 @@ def run(args: argparse.Namespace) -> int:
             out["upper_limit"] = limit.to_dict()
             bar.update()
     out["compile_s"] = model.clock.seconds
+    if dist is not None:
+        out["processes"] = dist.process_count
+        out["devices"] = args.devices
+    if not main:
+        return 0 if res.converged else 1
     print(
         format_summary(res, model.poi_names, out["pulls"], ranking(imps), out["breakdown"], scans)
     )

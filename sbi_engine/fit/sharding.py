@@ -1,4 +1,4 @@
-"""The fit's event sums sharded over local devices (``Model(ws, devices=N)``).
+"""The fit's event sums sharded over devices (``Model(ws, devices=N)``), of one or several processes.
 
 Events are split along a 1-D mesh ``("events",)`` over the first N of ``jax.devices()``: every
 per-event array of the data pytree (``w``, ``v``, ``r``, ``up``, ``down``, also inside a
@@ -12,11 +12,19 @@ Padding rows carry weight 0 (``w = v = 0``) and ratios / shape factors 1, so the
 ln L, to the normalisation sums or to any derivative. Samples handed to the traced functions
 whose length is not a multiple of N (toys' gathered events, caller-built pytrees) are padded the
 same way inside the trace.
+
+Several processes (hosts) through ``jax.distributed``: call ``initialize_distributed`` in every
+process before JAX touches a device (``nsbi fit --coordinator HOST:PORT --num-processes N
+--process-id I``). ``jax.devices()`` then lists the devices of all processes, the mesh spans them,
+and each process keeps only its own devices' shards of the (identical) workspace it loaded; the
+``psum`` crosses processes (NCCL on GPUs, Gloo on CPUs), and every process gets the same
+replicated NLL, gradient and Hessian, so the fit runs the same Newton steps everywhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -25,7 +33,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["AXIS", "event_mesh", "padded_length", "shard_data", "sharded_sums", "bytes_per_device"]
+__all__ = [
+    "AXIS",
+    "DistributedInfo",
+    "bytes_per_device",
+    "distributed_info",
+    "event_mesh",
+    "initialize_distributed",
+    "padded_length",
+    "shard_data",
+    "sharded_sums",
+]
 
 AXIS = "events"
 _ZERO_PAD = ("w", "v")  # weights: padding rows weigh nothing
@@ -33,12 +51,66 @@ _ONE_PAD = ("r", "up", "down")  # ratios and shape factors: 1 keeps every log fi
 _PER_EVENT = _ZERO_PAD + _ONE_PAD
 
 
+@dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process stands in a multi-process run (one process: 0 of 1)."""
+
+    process_index: int
+    process_count: int
+    local_devices: int
+    global_devices: int
+
+    @property
+    def is_main(self) -> bool:
+        """True for the process that writes results (process 0)."""
+        return self.process_index == 0
+
+
+def distributed_info() -> DistributedInfo:
+    return DistributedInfo(
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count()
+    )
+
+
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+) -> DistributedInfo:
+    """Join a multi-process JAX run (``jax.distributed.initialize``); call it in every process
+    before any JAX array or device query.
+
+    ``coordinator`` is ``HOST:PORT`` of process 0 (it listens there); None falls back to JAX's
+    own detection (``JAX_COORDINATOR_ADDRESS``, Slurm's ``srun``, Open MPI). On CPUs the
+    cross-process collectives go through Gloo (``jax_cpu_collectives_implementation``), which
+    JAX 0.10 ships with jaxlib; on GPUs through NCCL.
+    """
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # an older JAX without the option: its CPU devices stay per process
+        pass
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=timeout_s,
+    )
+    return distributed_info()
+
+
 def event_mesh(n_devices: int) -> Mesh:
-    """A 1-D mesh over the first ``n_devices`` local devices."""
+    """A 1-D mesh over the first ``n_devices`` devices (all processes' devices, in a
+    ``jax.distributed`` run)."""
     devs = jax.devices()
     if not 1 <= n_devices <= len(devs):
+        where = (
+            f"{jax.process_count()} processes see"
+            if jax.process_count() > 1
+            else "this process sees"
+        )
         raise ValueError(
-            f"devices={n_devices}: this process sees {len(devs)} device(s) "
+            f"devices={n_devices}: {where} {len(devs)} device(s) "
             f"({devs[0].platform}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
             "before JAX is imported"
         )
@@ -140,7 +212,7 @@ def _specs(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def bytes_per_device(data: dict[str, Any]) -> dict[str, int]:
-    """Bytes of the data pytree held on each device (by device id)."""
+    """Bytes of the data pytree held on each of this process's devices (by device id)."""
     out: dict[str, int] = {}
     for leaf in jax.tree_util.tree_leaves(data):
         for shard in getattr(leaf, "addressable_shards", ()):

@@ -13,6 +13,15 @@ small or heavily weighted validation set is noisy, and a rule on the raw value s
 on a lucky evaluation while they are still learning (networks stopped that way learned a too
 flat ratio). The moving average is part of the checkpoint; a checkpoint written before it
 existed is resumed by recomputing it from the stored history, which holds every raw value.
+
+Keeping the device busy: the training and validation events are put on the device once per
+run and each pack's bootstrap weights once per pack (``_to_device``, the only host-to-device
+copies); an interval of ``eval_every`` steps is one compiled ``lax.scan`` that draws each
+step's batch on the device (random indices into the resident arrays), so no step reads the
+host. Between intervals the host sends the step counter and the smoothed-loss flags (a few
+bytes) and reads back the validation losses. ``TrainConfig.dtype="bfloat16"`` is mixed
+precision: matmuls and activations in bfloat16, parameters, Adam moments, logits and loss in
+float32 (``sbi_engine.ratio.model``).
 """
 
 from __future__ import annotations
@@ -45,6 +54,12 @@ _HISTORY_COLUMNS = ("member", "step", "train_loss", "val_loss", "best_val_loss")
 # TrainConfig fields added after CKPT_FORMAT 1 was defined: a checkpoint without them is resumed
 # with this run's value (the smoothed loss is then recomputed from the stored history).
 _COMPAT_FIELDS = ("early_stopping_smoothing",)
+
+
+def _to_device(x: Any) -> jax.Array:
+    """Every host-to-device copy of the training loop goes through here (explicit, so a
+    ``jax.transfer_guard("disallow")`` around training passes; the tests count its bytes)."""
+    return jax.device_put(x)
 
 
 class CheckpointMismatch(ValueError):
@@ -151,9 +166,10 @@ class _Trainer:
         self.loss_sums = loss_sums_program(
             config.hidden_layers, config.width, config.activation, config.dtype
         )
-        self.x = jnp.asarray(data.x_train)
-        self.y = jnp.asarray(data.y_train)
+        self.x = _to_device(np.asarray(data.x_train, np.float32))
+        self.y = _to_device(np.asarray(data.y_train, np.float32))
         self._val_chunks = self._make_val_chunks()
+        self._n_val = _to_device(np.float32(len(data.x_val)))
 
     def _make_val_chunks(self) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
         d = self.data
@@ -166,9 +182,9 @@ class _Trainer:
         w = np.concatenate([d.w_val, np.zeros(pad, np.float32)])
         return [
             (
-                jnp.asarray(x[i : i + chunk]),
-                jnp.asarray(y[i : i + chunk]),
-                jnp.asarray(w[i : i + chunk]),
+                _to_device(x[i : i + chunk]),
+                _to_device(y[i : i + chunk]),
+                _to_device(w[i : i + chunk]),
             )
             for i in range(0, len(x), chunk)
         ]
@@ -184,9 +200,13 @@ class _Trainer:
             )
         else:
             w = np.broadcast_to(self.data.w_train, (len(members), n))
-        return jnp.asarray(w, jnp.float32)
+        return _to_device(np.ascontiguousarray(w, np.float32))
 
     def fresh_state(self, members: range) -> MemberState:
+        with jax.transfer_guard_host_to_device("allow"):  # the seeds: a few scalars per pack
+            return self._fresh_state(members)
+
+    def _fresh_state(self, members: range) -> MemberState:
         keys = jnp.stack([member_key(self.config.seed, m) for m in members])
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         batch_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -210,7 +230,7 @@ class _Trainer:
             s = self.loss_sums(params, x, y, w)
             total = s if total is None else total + s
         assert total is not None  # prepare() rejects an empty validation split (_balanced)
-        return (total / len(self.data.x_val)).astype(jnp.float32)
+        return (total / self._n_val).astype(jnp.float32)
 
 
 # ---- checkpoint payloads ------------------------------------------------------------------
@@ -234,7 +254,7 @@ def _restore_leaves(template: Any, stored: dict[str, np.ndarray], what: str) -> 
             raise CheckpointMismatch(
                 f"checkpoint {what}[{i}]: shape {arr.shape}, expected {ref.shape}"
             )
-        out.append(jnp.asarray(arr, dtype=ref.dtype))
+        out.append(_to_device(arr.astype(ref.dtype)))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -402,7 +422,7 @@ def train_ensemble(
         )
         bar.update(pack_i * budget + step)
 
-    patience = jnp.asarray(config.patience, jnp.int32)
+    patience = _to_device(np.int32(config.patience))
     while pack_i < len(packs) and not stopped_early:
         members = packs[pack_i]
         if state is None:
@@ -416,7 +436,7 @@ def train_ensemble(
             params, opt_state, train_loss = trainer.interval(n)(
                 state.params,
                 state.opt_state,
-                jnp.asarray(step, jnp.int32),
+                _to_device(np.int32(step)),
                 ~state.stopped,
                 state.batch_keys,
                 trainer.x,
@@ -430,7 +450,7 @@ def train_ensemble(
             was_stopped = np.asarray(state.stopped)
             smooth_improved = smoother.update(np.asarray(val, np.float64), ~was_stopped)
             state = update_best(
-                state, val, jnp.asarray(smooth_improved), jnp.asarray(step, jnp.int32), patience
+                state, val, _to_device(smooth_improved), _to_device(np.int32(step)), patience
             )
             tl, vl, bv = (np.asarray(a, np.float64) for a in (train_loss, val, state.best_val))
             records = []

@@ -64,10 +64,31 @@ def test_cli_writes_the_documented_json(tmp_path):
     for r in runs:
         assert {"model", "members", "strategy", "samples_per_s_per_member", "gflops"} <= set(r)
         assert r["fraction_of_matmul"] == pytest.approx(r["gflops"] / report["matmul_gflops"])
+        assert r["matmul_fraction"] == r["matmul_fraction_fp32"] == r["fraction_of_matmul"]
     assert (
         report["device"]["backend"] == "cpu"
         and report["summary"]["best_7x1500_fraction_of_matmul"] is None
     )
+
+
+def test_bfloat16_runs_against_the_bfloat16_matmul_rate(tmp_path):
+    """``--dtype float32,bfloat16``: each run's ``matmul_fraction`` divides by the matmul rate of
+    its own dtype, both rates measured in the same run (on the CPU too)."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", "--json", str(out), "--models", "3x64", "--members", "2"]
+    argv += ["--strategies", "vmap", "--timed-calls", "1", "--matmul-sizes", "256"]
+    assert cli.main([*argv, "--dtype", "float32,bfloat16", "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["matmul_gflops"] > 0 and report["matmul_gflops_bf16"] > 0
+    assert report["matmul"]["bfloat16"]["start"]["dtype"] == "bfloat16"
+    by_dtype = {r["dtype"]: r for r in report["runs"]}
+    assert set(by_dtype) == {"float32", "bfloat16"}
+    bf = by_dtype["bfloat16"]
+    assert bf["matmul_fraction"] == pytest.approx(bf["gflops"] / report["matmul_gflops_bf16"])
+    assert bf["matmul_fraction"] == bf["matmul_fraction_bf16"]
+    assert set(report["summary"]["matmul_fraction"]["3x64"]) == {"float32", "bfloat16"}
+    assert report["summary"]["best_samples_per_s_per_member"]["3x64"]["bfloat16"] > 0
+    assert cli.main([*argv, "--dtype", "float16"]) == 2
 
 
 def test_cli_rejects_unknown_model(capsys):
