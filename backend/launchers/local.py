@@ -15,8 +15,6 @@ just-ended ones rather than every instance ever run (``free_slots`` reads them a
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import shlex
 import signal
@@ -24,8 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from backend.launchers.base import (
     sequence_of,
     worker_command,
 )
+from backend.launchers.records import InstanceRecords
 
 MARKER = "nsbi-instance:"  # $0 of the sh wrapper; lets a restarted launcher find a process
 
@@ -154,7 +152,7 @@ class _Record:
         return _Record(**{**self.__dict__, **kw})
 
 
-class LocalLauncher:
+class LocalLauncher(InstanceRecords[_Record]):
     """Runs workers as local subprocesses; see the module docstring for how it stays idempotent."""
 
     name = "local"
@@ -196,43 +194,14 @@ class LocalLauncher:
         self._children: dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------------ files
-    def _record_path(self, instance_id: str) -> Path:
-        return self.instances_dir / f"{instance_id}.json"
+    def _record_from_json(self, data: dict) -> _Record:
+        return _Record.from_json(data)
+
+    def _record_to_json(self, rec: _Record) -> dict:
+        return rec.to_json()
 
     def _rc_path(self, instance_id: str) -> Path:
         return self.instances_dir / f"{instance_id}.rc"
-
-    def _read(self, instance_id: str) -> _Record | None:
-        try:
-            return _Record.from_json(json.loads(self._record_path(instance_id).read_text()))
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise LauncherError(
-                f"{self._record_path(instance_id)}: corrupt instance record ({exc})"
-            ) from exc
-
-    def _write(self, rec: _Record) -> None:
-        path = self._record_path(rec.instance_id)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec.to_json(), sort_keys=True))
-        os.replace(tmp, path)
-
-    def _records(self) -> Iterator[_Record]:
-        for p in sorted(self.instances_dir.glob("*.json")):
-            rec = self._read(p.stem)
-            if rec is not None:
-                yield rec
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Serialise launches across processes sharing this var dir (belt and braces)."""
-        with open(self.var_dir / "launcher.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ process identity
     def _process(self, rec: _Record) -> psutil.Process | None:

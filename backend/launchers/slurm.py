@@ -32,8 +32,6 @@ The store must be reachable from the compute nodes: a shared filesystem path or 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import re
@@ -43,8 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +56,7 @@ from backend.launchers.base import (
     sequence_of,
 )
 from backend.launchers.local import JAX_CACHE_ENV, worker_environment
+from backend.launchers.records import InstanceRecords
 from backend.launchers.slurm_spec import (
     ArrayTask,
     SlurmJob,
@@ -145,7 +143,7 @@ class _Record:
         return _Record(**{**asdict(self), **kw})
 
 
-class SlurmLauncher:
+class SlurmLauncher(InstanceRecords[_Record]):
     """Runs attempts as Slurm array tasks (see the module docstring)."""
 
     name = "slurm"
@@ -237,40 +235,11 @@ class SlurmLauncher:
         return proc
 
     # ------------------------------------------------------------------ records
-    def _record_path(self, instance_id: str) -> Path:
-        return self.instances_dir / f"{instance_id}.json"
+    def _record_from_json(self, data: dict) -> _Record:
+        return _Record(**data)
 
-    def _read(self, instance_id: str) -> _Record | None:
-        try:
-            return _Record(**json.loads(self._record_path(instance_id).read_text()))
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise LauncherError(
-                f"{self._record_path(instance_id)}: corrupt instance record ({exc})"
-            ) from exc
-
-    def _write(self, rec: _Record) -> None:
-        path = self._record_path(rec.instance_id)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(rec), sort_keys=True))
-        os.replace(tmp, path)
-
-    def _records(self) -> Iterator[_Record]:
-        for path in sorted(self.instances_dir.glob("*.json")):
-            rec = self._read(path.stem)
-            if rec is not None:
-                yield rec
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Serialise submissions of processes sharing this folder."""
-        with open(self.var_dir / "launcher.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _record_to_json(self, rec: _Record) -> dict:
+        return asdict(rec)
 
     # ------------------------------------------------------------------ Slurm's view
     def _squeue(self, *, force: bool = False, name: str | None = None) -> dict[str, SlurmJob]:
