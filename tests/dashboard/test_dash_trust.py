@@ -308,6 +308,7 @@ def test_attempt_output_is_read_only_inside_the_launchers_log_folder(nsbi_env, t
     ("field", "value", "message"),
     [
         ("f-ensemble", -3, "ensemble size must be at least 1"),
+        ("f-ensemble", 0, "ensemble size must be at least 1"),
         ("f-budget", 1e15, "backend.budget_usd: expected a number <= 1e+09"),
         ("f-budget", -5.0, "the budget cannot be negative"),
     ],
@@ -337,6 +338,32 @@ def test_form_gpu_count_beyond_the_backend_limit(empty_db):
     errors = [e.value for e in at.error]
     assert any("backend.gpu_count: expected an integer <= 16, got 9999" in e for e in errors)
     assert service.list_campaigns() == []
+
+
+def test_estimate_breakdown_names_machine_gpus_and_spot_pricing(empty_db):
+    """The estimate by task carries the config's machine type, GPUs and spot / on-demand."""
+    from backend import service
+
+    at = run_page("campaigns")
+    at.selectbox(key="f-launcher").set_value("gce")
+    machines = at.selectbox(key="f-machine").options
+    machine = next(m for m in machines if m.startswith("n1-"))  # GPUs attach to N1 machines
+    at.selectbox(key="f-machine").set_value(machine)
+    gpu = next(g for g in at.selectbox(key="f-gpu").options if "t4" in str(g))
+    at.selectbox(key="f-gpu").set_value(gpu)
+    at.number_input(key="f-gpus").set_value(2)
+    at.checkbox(key="f-spot").check()
+    at.text_input(key="f-zones").set_value("us-central1-a")
+    at.button(key="FormSubmitter:campaign-form-Estimate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    breakdown = table_with(at, "price (USD/h)")
+    assert set(breakdown["machine type"]) == {machine}
+    assert set(breakdown["GPU"]) == {f"2 × {gpu}"}
+    assert set(breakdown["pricing"]) == {"spot"}
+    assert "train" in set(breakdown["kind"]) and (breakdown["jobs"] > 0).all()
+    assert all(float(v.replace(",", "")) > 0 for v in breakdown["GPU-hours"])
+    assert service.list_campaigns() == []  # estimating creates nothing
 
 
 def test_demo_button_label_matches_the_readme(empty_db):
