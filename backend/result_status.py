@@ -184,14 +184,29 @@ def campaign_result_status(
 
 
 def result_statuses(
-    campaign_ids: Iterable[int] | None = None, engine: Engine | None = None
+    campaign_ids: Iterable[int] | None = None,
+    engine: Engine | None = None,
+    *,
+    failing_so_far: bool = False,
 ) -> dict[int, ResultStatus | None]:
-    """{campaign id: stored result status or None}, in one query (for lists of campaigns)."""
-    q = sa.select(col(Campaign.id), col(Campaign.result_status))
+    """{campaign id: stored result status or None}, in one query (for lists of campaigns).
+
+    With `failing_so_far`, a campaign that is not final (no stored status yet) whose finished
+    jobs already failed a check gets that "needs review" status instead of None: a list must
+    not say "checks pending" for a result already known to need review. One more query per
+    such campaign; a campaign with no failed check so far stays None ("checks pending")."""
+    q = sa.select(col(Campaign.id), col(Campaign.status), col(Campaign.result_status))
     if campaign_ids is not None:
         q = q.where(col(Campaign.id).in_(list(campaign_ids)))
+    out: dict[int, ResultStatus | None] = {}
     with Session(resolve_engine(engine)) as s:
-        return {int(cid): ResultStatus.from_dict(doc) for cid, doc in s.execute(q)}
+        for cid, state, doc in s.execute(q).all():
+            status = ResultStatus.from_dict(doc)
+            if failing_so_far and state not in FINAL:
+                so_far = compute_result_status(s, int(cid))
+                status = None if so_far.passed else so_far
+            out[int(cid)] = status
+    return out
 
 
 def short_label(status: ResultStatus | None, campaign_status: str | None = None) -> str:

@@ -20,7 +20,8 @@ def run_noop(ctx: JobContext) -> dict[str, Any]:
     Resumes from the newest checkpoint of any attempt, so a retry runs fewer steps. Params:
     steps (10), step_s (0.05), checkpoint_every (1), and the faults: fail_on_attempts ([]) and
     fail_at_step (steps // 2) raise at that step on those attempts; ignore_stop (False: a stop
-    request is honoured within one step; True simulates a hung worker for the SIGKILL tests).
+    request is honoured within one step; True simulates a hung worker for the SIGKILL tests);
+    echo (False: True prints a line per step, the output the dashboard tails while it runs).
     """
     p = ctx.params
     steps = int(p.get("steps", 10))
@@ -50,6 +51,8 @@ def run_noop(ctx: JobContext) -> dict[str, Any]:
             ]
         )
         steps_run += 1
+        if p.get("echo"):
+            print(f"noop step {step} of {steps}", flush=True)
         ctx.set_progress(step=step)
         if step % every == 0 or step == steps:
             ctx.checkpointer.save(step, json.dumps({"step": step}).encode())

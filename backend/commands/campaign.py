@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.id is None:
             rows = service.list_campaigns(engine=engine)
-            checked = result_statuses([r.id for r in rows], engine=engine)
+            checked = result_statuses([r.id for r in rows], engine=engine, failing_so_far=True)
             if args.json:
                 print(
                     json.dumps(

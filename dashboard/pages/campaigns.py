@@ -144,12 +144,13 @@ def _stored_result_statuses(db: str) -> dict[int, dict | None]:
 
     return {
         cid: (s.to_dict() if s is not None else None)
-        for cid, s in result_status.result_statuses().items()
+        for cid, s in result_status.result_statuses(failing_so_far=True).items()
     }
 
 
 def _result_column(db: str, df: pd.DataFrame) -> list[str]:
-    """Per campaign: 'checks passed (N checks)', 'needs review: <failed checks>', 'checks pending'."""
+    """Per campaign: 'checks passed (N checks)', 'needs review: <failed checks>' (also while it
+    runs, once a finished job failed a check), 'checks pending'."""
     from backend import result_status
 
     try:

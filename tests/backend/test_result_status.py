@@ -281,6 +281,13 @@ def test_settling_a_campaign_stores_needs_review(engine, tmp_path):
         rs.campaign_result_status(cid, engine=engine, compute_missing=False) is None
     )  # not settled yet
     assert rs.campaign_result_status(cid, engine=engine).state == "needs review"  # so far, computed
+    # lists: only the stored status by default; the failed check so far on request (the
+    # Campaigns page and `nsbi campaign list` ask, so an ACTIVE campaign is not "checks pending")
+    assert rs.result_statuses(engine=engine)[cid] is None
+    so_far = rs.result_statuses(engine=engine, failing_so_far=True)[cid]
+    assert so_far.state == "needs review" and rs.badge(so_far, "ACTIVE").startswith(
+        "needs review: S_vs_B closure"
+    )
     _settle(engine, tmp_path)
     with Session(engine) as s:
         camp = s.get(Campaign, cid)
@@ -342,6 +349,8 @@ def test_failed_jobs_do_not_contribute_checks_and_unsettled_campaigns_are_pendin
     )
     _settle(engine, tmp_path)
     assert rs.result_statuses(engine=engine)[cid] is None
+    # a RUNNING job's spoiled diagnostics are not a result yet: still pending in lists
+    assert rs.result_statuses(engine=engine, failing_so_far=True)[cid] is None
     assert (
         rs.short_label(None, "ACTIVE") == "pending" and rs.badge(None, "ACTIVE") == "checks pending"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -147,3 +148,30 @@ def screenshot(page, name: str, *, show=None) -> Path:
     SAVED.append(path)
     print(f"screenshot: {path}")
     return path
+
+
+def chart_js(title: str) -> str:
+    """JS expression: the drawn Plotly chart whose title contains `title`, else undefined.
+
+    Streamlit puts text on the page before Plotly has drawn a chart (and a chart may have no
+    title), so every lookup checks `layout`, `_fullData` and the title before using them."""
+    return (
+        "[...document.querySelectorAll('.js-plotly-plot')].find(g => g.layout && g._fullData && "
+        f"((g.layout.title && g.layout.title.text) || '').includes({json.dumps(title)}))"
+    )
+
+
+def wait_chart(page, title: str, condition: str = "true", timeout_ms: int = 30_000) -> None:
+    """Wait until the chart titled `title` is drawn and the JS `condition` on it (`g`) holds."""
+    page.wait_for_function(
+        f"() => {{ const g = {chart_js(title)}; return !!g && ({condition}); }}", timeout=timeout_ms
+    )
+
+
+DATAFRAME_ROW_PX = 35  # Streamlit's st.dataframe: header and row height
+
+
+def select_dataframe_row(frame, row: int) -> None:
+    """Tick row `row` of an st.dataframe with on_select (a canvas grid: its row-marker column,
+    left of the first cell, toggles the row's selection)."""
+    frame.click(position={"x": 18, "y": DATAFRAME_ROW_PX * (row + 1) + DATAFRAME_ROW_PX // 2})

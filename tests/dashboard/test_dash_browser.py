@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import (
+    CHROMIUM,
+    chart_js,
+    chromium_page,
+    screenshot,
+    streamlit_server,
+    wait_chart,
+    wait_title,
+)
 
 from dashboard import formatting
 
@@ -84,14 +92,14 @@ def _write_metrics(url: str, job_id: int, steps: range) -> None:
         conn.execute(sa.insert(MetricPoint.__table__), rows)
 
 
-def _set_running(url: str, job_ids: list[int]) -> None:
+def _set_running(url: str, job_ids: list[int], status: str = "RUNNING") -> None:
     from backend.db import Job, get_engine
 
     with get_engine(url).begin() as conn:
         conn.execute(
             sa.update(Job.__table__)
             .where(Job.__table__.c.id.in_(job_ids))
-            .values(status="RUNNING", started_at=datetime.now(UTC))
+            .values(status=status, started_at=datetime.now(UTC))
         )
 
 
@@ -165,6 +173,19 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
         )  # the campaign was launched
         # the new run opens with its live progress; run 1 keeps its results
         page.get_by_text(f"Run 2: 0 of {n_new} fit-stage jobs finished").wait_for()
+        # the progress follows the jobs as they start and finish, without a reload
+        page.evaluate("() => { window.__noReload = 'same document'; }")
+        new_ids = sorted(j.id for j in new)
+        _set_running(url, new_ids[:2])
+        page.get_by_text(f"Run 2: 0 of {n_new} fit-stage jobs finished · 2 running").wait_for(
+            timeout=30_000
+        )
+        _set_running(url, new_ids[1:2], status="FAILED")  # finished (no result needed to count)
+        page.get_by_text(
+            f"Run 2: 1 of {n_new} fit-stage jobs finished · 1 running · {n_new - 2} waiting"
+            " · 1 failed"
+        ).wait_for(timeout=30_000)
+        assert page.evaluate("() => window.__noReload") == "same document"
         screenshot(page, "fit-run-progress")
         for _ in range(3):  # the live progress fragment's reruns can close an open menu
             page.locator("[data-testid='stSelectbox']").filter(has_text="Fit run").click()
@@ -175,20 +196,10 @@ def test_start_fit_and_see_pulls_and_impacts(tmp_path, monkeypatch):
                 pass
         page.get_by_text("Fitted parameters").wait_for()
         page.locator("[data-testid='stButtonGroup']").get_by_text("Pulls", exact=True).click()
-        page.locator(".js-plotly-plot").first.wait_for()
-        titles = page.evaluate(
-            "() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.layout.title.text)"
-        )
-        assert any("Nuisance-parameter pulls" in t for t in titles), titles
+        wait_chart(page, "Nuisance-parameter pulls")
         screenshot(page, "fit-pulls", show=page.locator("[data-testid='stPlotlyChart']").first)
         page.locator("[data-testid='stButtonGroup']").get_by_text("Impacts", exact=True).click()
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.js-plotly-plot')]"
-            ".some(g => g.layout.title.text.includes('Impact on mu') && g._fullData)"
-        )
-        n_bars = page.evaluate(
-            "() => [...document.querySelectorAll('.js-plotly-plot')]"
-            ".find(g => g.layout.title.text.includes('Impact on mu'))._fullData[0].y.length"
-        )
+        wait_chart(page, "Impact on mu")
+        n_bars = page.evaluate(f"() => {chart_js('Impact on mu')}._fullData[0].y.length")
         assert n_bars == len(seed.NPS)
         screenshot(page, "fit-impacts", show=page.locator("[data-testid='stPlotlyChart']").first)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import CHROMIUM, chart_js, chromium_page, screenshot, streamlit_server, wait_title
 
 from dashboard import figures
 
@@ -18,15 +18,14 @@ pytestmark = [
     ),
 ]
 
-CURVES_JS = """() => {
-  const gd = [...document.querySelectorAll('.js-plotly-plot')]
-    .find(g => g.layout && g.layout.title.text.includes('Loss and validation curves'));
-  if (!gd || !gd._fullData) return null;
+CURVES_JS = f"""() => {{
+  const gd = {chart_js("Loss and validation curves")};
+  if (!gd) return null;
   const lines = gd._fullData.filter(t => t.showlegend !== false);
-  return {groups: [...new Set(lines.map(t => t.legendgroup))],
+  return {{groups: [...new Set(lines.map(t => t.legendgroup))],
           colours: [...new Set(lines.map(t => t.line.color))],
-          yaxis: gd._fullLayout.yaxis.type, traces: gd._fullData.length};
-}"""
+          yaxis: gd._fullLayout.yaxis.type, traces: gd._fullData.length}};
+}}"""
 
 
 def test_compare_overlays_ensembles_and_campaigns(tmp_path, monkeypatch):

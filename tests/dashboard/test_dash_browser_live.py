@@ -1,8 +1,9 @@
 """Browser test of the live path end to end: a real controller (in a thread of this test)
 launches a real worker process through the local launcher; the worker reports a loss point
 per evaluation and a resource sample every 5 s (its default interval); the controller ingests;
-the Monitor page shows the curve growing point by point while the job runs, the resource
-samples at their steady rate, and the note that there is no GPU on this machine.
+the Monitor page shows the curve growing point by point while the job runs, the job's output
+tailing as it runs, the resource samples at their steady rate, and the note that there is no GPU
+on this machine.
 
 The job runs the tests' "noop" kind (no JAX): 50 evaluations, 0.4 s apart, and no checkpoint
 until the end, so nothing but the per-evaluation flush can bring the points in early.
@@ -15,7 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import (
+    CHROMIUM,
+    chart_js,
+    chromium_page,
+    screenshot,
+    select_dataframe_row,
+    streamlit_server,
+    wait_chart,
+    wait_title,
+)
 from test_dash_browser import LOSS_MAX_STEP_JS
 
 from dashboard import figures
@@ -28,6 +38,15 @@ pytestmark = [
 ]
 
 STEPS, STEP_S = 50, 0.4
+
+# the newest "noop step N" line in the job output shown on the page (-1: none)
+OUTPUT_MAX_STEP_JS = """() => {
+  let best = -1;
+  for (const el of document.querySelectorAll("[data-testid='stCode']")) {
+    for (const m of el.innerText.matchAll(/noop step (\\d+) of/g)) best = Math.max(best, +m[1]);
+  }
+  return best;
+}"""
 
 # points on the resource chart's first line (-1: no chart)
 RESOURCE_POINTS_JS = """() => {
@@ -63,7 +82,12 @@ def _campaign(url: str) -> int:
                 members=[0],
                 spec={
                     "kind": "noop",
-                    "params": {"steps": STEPS, "step_s": STEP_S, "checkpoint_every": 1000},
+                    "params": {
+                        "steps": STEPS,
+                        "step_s": STEP_S,
+                        "checkpoint_every": 1000,
+                        "echo": True,  # a line of output per step, tailed on the page
+                    },
                 },
                 desired_state=DesiredState.RUN,
             )
@@ -136,12 +160,19 @@ def test_monitor_streams_points_and_samples_while_the_job_runs(tmp_path, monkeyp
         ctl.start()
         try:
             seen: list[int] = []  # the newest step on the chart while the job is RUNNING
+            tailed: list[int] = []  # the newest step in the job's output shown while RUNNING
+            selected = False
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 state = _job_state(url)
                 n = page.evaluate(LOSS_MAX_STEP_JS)
                 if state == "RUNNING" and n > 0:
                     seen.append(n)
+                    if not selected:  # open the job's output: it tails while the job runs
+                        select_dataframe_row(page.locator("[data-testid='stDataFrame']").last, 0)
+                        selected = True
+                    if (m := page.evaluate(OUTPUT_MAX_STEP_JS)) > 0:
+                        tailed.append(m)
                 if state in ("SUCCEEDED", "FAILED"):
                     break
                 time.sleep(0.5)
@@ -150,6 +181,10 @@ def test_monitor_streams_points_and_samples_while_the_job_runs(tmp_path, monkeyp
             print(f"newest step on the loss chart while the job ran: {growth}")
             # the curve grew in many steps while the job ran, not all at once at the end
             assert len(growth) >= 5 and growth[0] < STEPS // 2, seen
+            print(f"newest step in the job's output while it ran: {sorted(set(tailed))}")
+            assert len(set(tailed)) >= 3 and min(tailed) < STEPS, tailed
+            page.get_by_text("tailing while it runs").wait_for(state="detached", timeout=30_000)
+            page.wait_for_function(f"({OUTPUT_MAX_STEP_JS})() >= {STEPS}", timeout=30_000)
             page.wait_for_function(f"({LOSS_MAX_STEP_JS})() >= {STEPS}", timeout=30_000)
             screenshot(page, "live-monitor-curve", show=page.locator(".js-plotly-plot").first)
 
@@ -162,10 +197,9 @@ def test_monitor_streams_points_and_samples_while_the_job_runs(tmp_path, monkeyp
             page.get_by_text("No GPU on this machine").wait_for(timeout=30_000)
             page.get_by_text("Workers sample every 5 s").wait_for()
             # the screen draws with the pinned colorway, the one the PNG export keeps
+            wait_chart(page, "CPU and memory")
             colours = page.evaluate(
-                "() => [...document.querySelectorAll('.js-plotly-plot')]"
-                ".find(g => g.layout.title.text.includes('CPU and memory'))"
-                "._fullData.map(t => t.line.color)"
+                f"() => {chart_js('CPU and memory')}._fullData.map(t => t.line.color)"
             )
             assert colours == [c.lower() for c in figures.COLORWAY[:2]], colours
             screenshot(page, "live-monitor-resources")

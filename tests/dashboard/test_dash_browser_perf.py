@@ -20,6 +20,7 @@ import pytest
 from dash_browser import (
     ARTIFACTS,
     CHROMIUM,
+    chart_js,
     chromium_page,
     screenshot,
     streamlit_server,
@@ -57,14 +58,12 @@ PAGES = [
     (
         "Monitor",
         "monitor",
-        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-        "g.layout.title.text.includes('loss') && g._fullData.length > 0)",
+        f"(g => !!g && g._fullData.length > 0)({chart_js('loss')})",
     ),
     (
         "Diagnostics",
         "diagnostics",
-        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-        "g.layout.title.text.includes('Calibration'))",
+        f"!!{chart_js('Calibration')}",
     ),
     (
         "Fit",
@@ -75,15 +74,12 @@ PAGES = [
     (
         "Usage and cost",
         "costs",
-        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-        "g.layout.title.text.includes('by'))",
+        f"!!{chart_js('by')}",
     ),
     (
         "Compare",  # opens on 20 ensembles of the campaign: 40 mean curves (+ faint raw ones)
         "compare",
-        "[...document.querySelectorAll('.js-plotly-plot')].some(g => g._fullData && "
-        "g.layout.title.text.includes('Loss and validation') && "
-        "new Set(g._fullData.map(t => t.legendgroup)).size === 20)",
+        f"(g => !!g && new Set(g._fullData.map(t => t.legendgroup)).size === 20)({chart_js('Loss and validation')})",
     ),
 ]
 

@@ -12,7 +12,14 @@ from urllib.parse import urlparse
 
 import pytest
 import sqlalchemy as sa
-from dash_browser import CHROMIUM, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import (
+    CHROMIUM,
+    chromium_page,
+    screenshot,
+    streamlit_server,
+    wait_chart,
+    wait_title,
+)
 from test_dash_browser import METRIC_JS
 
 pytestmark = [
@@ -106,10 +113,7 @@ def test_trust_walk_every_page(tmp_path, monkeypatch):
         page.get_by_role("link", name="Diagnostics").click()
         wait_title(page)
         page.get_by_text("RED").first.wait_for()
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.js-plotly-plot')]"
-            ".some(g => g.layout && g.layout.title.text.includes('Calibration: task1'))"
-        )
+        wait_chart(page, "Calibration: task1")
         screenshot(page, "trust-diagnostics")
 
         # Fit: badge, parameter table, impacts table, scan and toys
@@ -134,10 +138,7 @@ def test_trust_walk_every_page(tmp_path, monkeypatch):
         # Compare: the campaign's ensembles side by side; the failed check shows there too
         page.get_by_role("link", name="Compare").click()
         wait_title(page)
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.js-plotly-plot')]"
-            ".some(g => g.layout && g.layout.title.text.includes('Loss and validation') && g._fullData)"
-        )
+        wait_chart(page, "Loss and validation")
         page.get_by_text("red: closure_chi2_ndf").first.wait_for(state="attached")
         # the fit results carry the campaign's result status with its failed check
         page.get_by_text("needs review: task1 closure χ²/ndf 21 > 3").first.wait_for(

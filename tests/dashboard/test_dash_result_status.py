@@ -91,6 +91,15 @@ def test_campaigns_list_shows_needs_review_and_checks_passed(nsbi_env):
     running = seed.seed(
         nsbi_env, train_states=("RUNNING",), name="running", with_fit=False, seed_value=2
     )
+    # still ACTIVE, but a finished ensemble already failed a check (the seeded RED light)
+    failing = seed.seed(
+        nsbi_env,
+        train_states=("SUCCEEDED", "RUNNING"),
+        with_diagnostics=True,
+        name="failing-so-far",
+        with_fit=False,
+        seed_value=3,
+    )
     settle(nsbi_env, bad.campaign_id, diag_by_task={"task1": spoiled_diagnostics()})
     settle(
         nsbi_env,
@@ -106,6 +115,11 @@ def test_campaigns_list_shows_needs_review_and_checks_passed(nsbi_env):
     )  # the seeded diagnostics' RED light, every task
     assert table.loc["good", "result"] == "checks passed (21 checks)"
     assert table.loc["running", "result"] == "checks pending"
+    assert table.loc["failing-so-far", "status"] == "ACTIVE"
+    assert table.loc["failing-so-far", "result"].startswith("needs review:"), table.loc[
+        "failing-so-far", "result"
+    ]
+    assert failing.campaign_id not in (bad.campaign_id, running.campaign_id)
     assert running.campaign_id not in (bad.campaign_id, good.campaign_id)
 
 

@@ -204,5 +204,9 @@ def test_demo_toy_limit_agrees_with_asymptotic_2000_toys(demo2_model):
     CLs limit from toys (2000 per hypothesis and tested point, nuisances from the conditional
     fit, auxiliary measurements resampled) within 10 % of the asymptotic one."""
     asym, toys = _toy_vs_asymptotic(demo2_model, 2000, bands=False, max_points=6)
+    print(
+        f"95% CL upper limit: toys {toys.observed:.4f}, asymptotic {asym.observed:.4f}, "
+        f"ratio {toys.observed / asym.observed:.4f}; points {[round(r['mu'], 4) for r in toys.scan]}"
+    )
     assert all(r["n_sb"] >= 1900 and r["n_b"] >= 1900 for r in toys.scan), toys.scan
     assert abs(toys.observed / asym.observed - 1.0) < 0.10, (toys.observed, asym.observed)
