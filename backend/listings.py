@@ -475,15 +475,19 @@ def campaign_job_records(campaign_id: int, engine: Engine | None = None) -> list
 LOG_TAIL_BYTES = 64 * 1024  # the end of an attempt's output that the dashboard shows
 
 
+LOG_FOLDER_LAUNCHERS = ("local", "slurm")  # launchers whose output is <folder>/logs/<iid>.log
+
+
 def _local_log(attempt: Attempt) -> tuple[str | None, str]:
-    """(the end of a local attempt's output, a note): the local launcher writes the worker's
+    """(the end of an attempt's output, a note): the local launcher writes the worker's
     stdout and stderr together to ``<folder>/logs/<instance id>.log`` on the host in
-    ``launched_from`` (``host:folder``). Only a file on this host, inside that logs folder, is
-    read; other launchers keep their output elsewhere (a note says where to look)."""
+    ``launched_from`` (``host:folder``); the Slurm launcher's batch script links that name to
+    the task's output file. Only a file on this host (or a filesystem it shares), inside that
+    logs folder, is read; GCE keeps the output on the instance (a note says so)."""
     import socket
     from pathlib import Path
 
-    if attempt.launcher != "local":
+    if attempt.launcher not in LOG_FOLDER_LAUNCHERS:
         return None, f"the {attempt.launcher} launcher keeps the output on the instance"
     where = attempt.launched_from or ""
     host, _, folder = where.partition(":")

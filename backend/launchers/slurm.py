@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -559,6 +560,14 @@ class SlurmLauncher(InstanceRecords[_Record]):
         """The Slurm job id (``<array>_<task>``) of an instance, for tests and diagnostics."""
         rec = self._read(instance_id)
         return rec.job_id if rec else None
+
+    @property
+    def location(self) -> str:
+        """``host:folder`` of the records and logs, stored on each attempt as for the local
+        launcher: the dashboard reads a task's output from ``<folder>/logs/<instance id>.log``
+        (a link the batch script makes to ``%x-%a.log``) on this host or a shared filesystem,
+        and a controller over other records judges the attempt through the store."""
+        return f"{socket.gethostname()}:{self.var_dir.resolve()}"
 
     def log_path(self, instance_id: str) -> Path:
         """The task's log file (the batch script's output), where the controller reads the

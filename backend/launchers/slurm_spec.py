@@ -262,6 +262,9 @@ def build_script(
         array("NSBI_ATTEMPTS", [str(int(t.attempt)) for t in tasks]),
         "i=${SLURM_ARRAY_TASK_ID:-0}",
         'export NSBI_INSTANCE_ID="${NSBI_IDS[$i]}"',
+        # <instance id>.log names this task's output (%x-%a.log) for the dashboard's job view
+        f'ln -sfn {shlex.quote(name)}-"$i".log {shlex.quote(log_dir)}/"$NSBI_INSTANCE_ID".log'
+        " 2>/dev/null || true",
     ]
     for idx, t in ((i, t) for i, t in enumerate(tasks) if t.env):
         exports = "; ".join(f"export {k}={shlex.quote(str(v))}" for k, v in sorted(t.env.items()))

@@ -199,6 +199,14 @@ def test_demo_campaign_succeeds_through_slurm_with_a_resumed_job(control_plane, 
             )
         ).all()
     assert {a.launcher for a in attempts} == {"slurm"}
+    # each attempt's output is readable where the dashboard shows it (Monitor, job history)
+    from backend.listings import job_attempts
+
+    logs = job_attempts(cut["job"], engine=engine)
+    assert [a["attempt_no"] for a in logs] == [1, 2], logs
+    for a in logs:
+        assert a["output"] is not None, a["output_note"]
+    assert "SIGTERM" in logs[0]["output"] or "preempt" in logs[0]["output"].lower(), logs[0]
     train_first = [
         arrays[a.instance_id]
         for a in attempts
