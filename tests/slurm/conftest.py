@@ -17,15 +17,13 @@ from pathlib import Path
 import pytest
 from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
-from nsbi_testing import worker_env
+from nsbi_testing import unavailable, worker_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _unavailable(why: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"Slurm tests cannot run in CI: {why} (.ci/run installs slurm-wlm and munge)")
-    pytest.skip(f"no Slurm here: {why}")
+    unavailable(f"no Slurm here: {why}", in_ci_because=".ci/run installs slurm-wlm and munge")
 
 
 @pytest.fixture(scope="session")
