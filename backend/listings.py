@@ -483,7 +483,7 @@ def _local_log(attempt: Attempt) -> tuple[str | None, str]:
     stdout and stderr together to ``<folder>/logs/<instance id>.log`` on the host in
     ``launched_from`` (``host:folder``); the Slurm launcher's batch script links that name to
     the task's output file. Only a file on this host (or a filesystem it shares), inside that
-    logs folder, is read; GCE keeps the output on the instance (a note says so)."""
+    logs folder, is read; a GCE VM's output comes from the copy in the store (`_stored_log`)."""
     import socket
     from pathlib import Path
 
@@ -509,11 +509,34 @@ def _local_log(attempt: Attempt) -> tuple[str | None, str]:
     return text, note
 
 
+def _stored_log(job_uri: str | None, attempt_no: int) -> tuple[str | None, str]:
+    """(the end of the output the worker copied into the store, a note), for attempts whose
+    launcher's own log cannot be read from here (a GCE VM, another host)."""
+    from backend.stores import StoreError, open_store
+    from backend.worker_output import read_output_tail
+
+    if not job_uri:
+        return None, "the job has no store folder yet"
+    try:
+        tail = read_output_tail(open_store(job_uri), attempt_no, LOG_TAIL_BYTES)
+    except (StoreError, OSError) as exc:
+        return None, f"cannot read the stored output: {exc}"
+    if tail is None:
+        return None, "the worker has stored no output yet"
+    text, truncated = tail
+    return text, (
+        f"copied to the store by the worker · last {LOG_TAIL_BYTES // 1024} KiB"
+        if truncated
+        else "copied to the store by the worker"
+    )
+
+
 def job_attempts(job_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
     """Each attempt of a job, oldest first: attempt_no, status, launcher, instance_id,
     machine_type, launched_at, ended_at, exit_code, failure_reason (the worker's error and
-    traceback), output (the end of stdout + stderr where this host can read it, else None)
-    and output_note (why not, or that it is truncated)."""
+    traceback), output (the end of stdout + stderr: the launcher's log where this host can
+    read it, else the copy the worker keeps in the store, else None) and output_note (where it
+    comes from, that it is truncated, or why there is none)."""
     with session_scope(engine) as session:
         rows = list(
             session.exec(
@@ -522,12 +545,17 @@ def job_attempts(job_id: int, engine: Engine | None = None) -> list[dict[str, An
                 .order_by(col(Attempt.attempt_no))
             )
         )
+        job_uri = session.exec(select(Job.uri).where(col(Job.id) == job_id)).first()
         out = []
         for a in rows:
             try:
                 output, note = _local_log(a)
             except OSError as exc:
                 output, note = None, f"cannot read the output: {exc.strerror or exc}"
+            if output is None:
+                stored, stored_note = _stored_log(job_uri, a.attempt_no)
+                if stored is not None or a.launcher not in LOG_FOLDER_LAUNCHERS:
+                    output, note = stored, stored_note  # the store is where a VM's output is
             out.append(
                 {
                     "attempt_no": a.attempt_no,

@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from backend.jobkinds import JobContext, JobKind, JobSpecError, Preempted, StopF
 from backend.settings import get_settings
 from backend.stores import ArtifactStore, ObjectNotFound, StoreError, layout, open_store
 from backend.stores.base import append_segment, encode_jsonl, get_json, list_segments, put_json
+from backend.worker_output import OutputBuffer, captured_output, write_output_segment
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -116,6 +118,7 @@ class AttemptWriter:
     store: ArtifactStore
     attempt: int
     sampler: Any = None
+    output: OutputBuffer | None = None  # the attempt's stdout/stderr, copied to the store
     _metrics: list[dict] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seq: dict[str, int] = field(default_factory=dict)
@@ -171,8 +174,14 @@ class AttemptWriter:
                 ".jsonl",
             )
 
+    def flush_output(self) -> int:
+        if self.output is None:
+            return 0
+        return write_output_segment(self.attempt, self.output, self._next)
+
     def tick(self) -> None:
         self.flush_metrics()
+        self.flush_output()
         self.sample_resources()
         self.heartbeat()
 
@@ -295,10 +304,16 @@ def _write_exit(
 
 
 def run_attempt(
-    job_uri: str, attempt: int, *, install_signals: bool = True, interval: float | None = None
+    job_uri: str,
+    attempt: int,
+    *,
+    install_signals: bool = True,
+    interval: float | None = None,
+    capture_output: bool = False,
 ) -> WorkerOutcome:
     """Run one attempt end to end and return how it ended (exit.json is written unless the
-    store itself is unreachable)."""
+    store itself is unreachable). With ``capture_output`` (the ``nsbi worker`` command) what
+    the job writes to stdout and stderr is also copied into the store (`worker_output`)."""
     started = time.time()
     try:
         job_store = open_store(job_uri)
@@ -352,7 +367,8 @@ def run_attempt(
 
     from backend.resources import ResourceSampler
 
-    writer = AttemptWriter(job_store, attempt, sampler=ResourceSampler())
+    output = OutputBuffer() if capture_output else None
+    writer = AttemptWriter(job_store, attempt, sampler=ResourceSampler(), output=output)
     checkpointer = StoreCheckpointer(job_store, attempt, before_save=writer.flush_metrics)
     ctx = JobContext(spec, job_store, attempt, writer, checkpointer, stop)
     try:
@@ -379,6 +395,9 @@ def run_attempt(
         worker_settings.stop_grace_s if in_job["cooperative"] else 0.0,
         deadline,
     )
+    capture = ExitStack()
+    if output is not None:
+        capture.enter_context(captured_output(output))
     ticker.start()
     try:
         in_job["now"] = True
@@ -404,6 +423,8 @@ def run_attempt(
             )
         else:
             tb = traceback.format_exc(limit=8)
+            if output is not None:  # the stored output ends with the traceback, as a log would
+                print(tb, file=sys.stderr, end="", flush=True)
             outcome = WorkerOutcome(
                 "failed",
                 EXIT_FAILED,
@@ -413,8 +434,9 @@ def run_attempt(
     finally:
         ticker.done.set()
         ticker.join(timeout=10)
+        capture.close()
     try:
-        writer.tick()  # last metrics, a final resource sample and heartbeat
+        writer.tick()  # last metrics and output, a final resource sample and heartbeat
     except Exception as exc:
         if outcome.exit_code == EXIT_SUCCEEDED:
             outcome = WorkerOutcome(

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attempt < 1:
         print(f"nsbi worker: --attempt must be >= 1, got {args.attempt}", file=sys.stderr)
         return 2
-    outcome = run_attempt(args.job_uri, args.attempt, interval=args.interval)
+    outcome = run_attempt(args.job_uri, args.attempt, interval=args.interval, capture_output=True)
     line = f"nsbi worker: attempt {args.attempt} of {args.job_uri}: {outcome.status} (exit {outcome.exit_code})"
     print(
         line if not outcome.error else f"{line}\n{outcome.error}",

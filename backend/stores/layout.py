@@ -5,6 +5,7 @@ One place for the names so the worker (writer), the controller and ingest (reade
     <job>/spec.json
     <job>/attempts/<n>/heartbeat/<seq>.json
     <job>/attempts/<n>/metrics/<seq>.jsonl     resources/<seq>.jsonl
+    <job>/attempts/<n>/output/<seq>.txt        (stdout and stderr, backend/worker_output.py)
     <job>/attempts/<n>/checkpoints/<step>.ckpt
     <job>/attempts/<n>/result.json             exit.json
     <job>/attempts/<n>/artifacts/...           (ensembles and other outputs)
@@ -36,6 +37,11 @@ def metrics_prefix(attempt: int) -> str:
 
 def resources_prefix(attempt: int) -> str:
     return f"{attempt_prefix(attempt)}/resources"
+
+
+def output_prefix(attempt: int) -> str:
+    """The attempt's stdout and stderr as the worker copied them (numbered ``.txt`` segments)."""
+    return f"{attempt_prefix(attempt)}/output"
 
 
 def checkpoints_prefix(attempt: int) -> str:
