@@ -38,7 +38,13 @@ def estimate_plans(plans: Iterable[JobPlan], region: str) -> Estimate:
         price = prices[key]
         per_job.append(
             JobEstimate(
-                p.name, p.kind, p.est_hours, p.est_hours * p.gpu_count, price, p.est_hours * price
+                p.name,
+                p.kind,
+                p.est_hours,
+                p.est_hours * p.gpu_count,
+                price,
+                p.est_hours * price,
+                task=p.task,
             )
         )
     return Estimate(

@@ -251,6 +251,7 @@ class JobEstimate:
     gpu_hours: float
     price_per_hour: float
     cost: float
+    task: str | None = None  # the ratio task of a train job (the estimate's breakdown)
 
 
 @dataclass(frozen=True)

@@ -353,13 +353,11 @@ def as_plain(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
-def _task_of(job_name: str, kind: str) -> str:
-    """'train-S_vs_B-g0-m0-3' -> 'S_vs_B'; fit-stage jobs are grouped by kind."""
-    if kind != "train":
+def _task_of(job: Mapping[str, Any]) -> str:
+    """The ratio task of a train job (as planned); fit-stage jobs are grouped by kind."""
+    if job.get("kind") != "train":
         return "(fit stage)"
-    parts = str(job_name).split("-")
-    core = [p for p in parts[1:] if not (p[:1] in ("g", "m") and p[1:].isdigit())]
-    return "-".join(core) or "(train)"
+    return str(job.get("task") or "(train)")
 
 
 def estimate_breakdown(per_job: Sequence[Mapping[str, Any]], machine: Mapping | None = None):
@@ -370,7 +368,7 @@ def estimate_breakdown(per_job: Sequence[Mapping[str, Any]], machine: Mapping | 
     if not per_job:
         return pd.DataFrame()
     df = pd.DataFrame([dict(j) for j in per_job])
-    df["task"] = [_task_of(n, k) for n, k in zip(df["name"], df["kind"])]
+    df["task"] = [_task_of(j) for j in per_job]
     g = (
         df.groupby(["kind", "task"], sort=False)
         .agg(

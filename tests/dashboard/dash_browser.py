@@ -13,6 +13,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from nsbi_testing import in_ci
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 # every page the browser tests visit, as a reviewer sees it (git-ignored; CI keeps the folder;
@@ -28,6 +32,16 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-component-update",
     "--disable-sync",
+]
+
+# every browser test module: `pytestmark = BROWSER_MARKS`. Without chromium they skip here, but
+# not under CI (.ci/run installs it): there chromium_page fails loudly instead.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not in_ci(),
+        reason=f"{CHROMIUM} missing: apt-get install -y chromium",
+    ),
 ]
 
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from dash_browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     chart_js,
     chromium_page,
     screenshot,
@@ -26,12 +24,7 @@ from dash_browser import (
 
 from dashboard import formatting
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 METRIC_JS = """(label) => {
   for (const m of document.querySelectorAll("[data-testid='stMetric']")) {

@@ -4,19 +4,18 @@ differences highlighted, campaigns side by side. Screenshots in test-artifacts/s
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from dash_browser import CHROMIUM, chart_js, chromium_page, screenshot, streamlit_server, wait_title
+from dash_browser import (
+    BROWSER_MARKS,
+    chart_js,
+    chromium_page,
+    screenshot,
+    streamlit_server,
+    wait_title,
+)
 
 from dashboard import figures
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 CURVES_JS = f"""() => {{
   const gd = {chart_js("Loss and validation curves")};

@@ -15,9 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from dash_browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     chart_js,
     chromium_page,
     screenshot,
@@ -30,12 +29,7 @@ from test_dash_browser import LOSS_MAX_STEP_JS
 
 from dashboard import figures
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 STEPS, STEP_S = 50, 0.4
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 from dash_browser import (
     ARTIFACTS,
-    CHROMIUM,
+    BROWSER_MARKS,
     chart_js,
     chromium_page,
     screenshot,
@@ -27,13 +26,7 @@ from dash_browser import (
     wait_title,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
-    ),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
 
 BUDGET_S = float(os.environ.get("NSBI_PAGE_BUDGET_S", "2.0"))
 

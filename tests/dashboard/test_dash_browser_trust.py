@@ -7,13 +7,11 @@ test-artifacts/screenshots/ (trust-*.png), which CI keeps for reviewers."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
 import sqlalchemy as sa
 from dash_browser import (
-    CHROMIUM,
+    BROWSER_MARKS,
     chromium_page,
     screenshot,
     streamlit_server,
@@ -22,12 +20,7 @@ from dash_browser import (
 )
 from test_dash_browser import METRIC_JS
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 # elements whose text is cut off (ellipsis): metric values and button labels
 CUT_OFF_JS = """() => {
