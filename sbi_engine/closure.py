@@ -55,12 +55,13 @@ def compare_fits(learned_ws: Any, exact_ws: Any, *, intervals: bool = True) -> d
     out: dict[str, Any] = {}
     for label, ws in (("learned", learned_ws), ("exact", exact_ws)):
         r = fit(ws)
-        lo, hi = profile_interval(ws, r) if intervals else (None, None)
-        lower = ws.free_parameters[[p.name for p in ws.free_parameters].index("mu")].bounds[0]
-        at_bound = float(r.values["mu"]) <= lower + 1e-9 or not float(r.errors["mu"]) > 1e-9
+        poi = ws.poi_names[0]  # the primary POI (the benchmark problems call it mu)
+        lo, hi = profile_interval(ws, r, poi) if intervals else (None, None)
+        lower = ws.free_parameters[[p.name for p in ws.free_parameters].index(poi)].bounds[0]
+        at_bound = float(r.values[poi]) <= lower + 1e-9 or not float(r.errors[poi]) > 1e-9
         out[label] = {
-            "mu_hat": float(r.values["mu"]),
-            "sigma": float(r.errors["mu"]),
+            "mu_hat": float(r.values[poi]),
+            "sigma": float(r.errors[poi]),
             "converged": bool(r.converged),
             "at_bound": bool(at_bound),
             "interval68": [lo, hi],
@@ -184,9 +185,10 @@ def fit_experiments(
         index[k, : len(r)] = r
         counts[k, : len(r)] = 1.0
     aux = np.random.default_rng(seed).standard_normal((len(rows), model.n_np))
-    theta_true = model.theta({"mu": mu_true}, base=np.asarray(model.theta(None)))
+    poi = ws.poi_names[0]
+    theta_true = model.theta({poi: mu_true}, base=np.asarray(model.theta(None)))
     fits = fit_toys(model, ToySet(theta_true, index, counts, aux))
-    j = model.index["mu"]
+    j = model.index[poi]
     ok = np.asarray(fits.converged, dtype=bool)
     return {
         "mu_hat": np.where(ok, fits.theta[:, j], np.nan),

@@ -633,19 +633,7 @@ def learned_result(
         bootstrap=bootstrapped(lf),
     )
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
-    if bool(opts.get("closure", True)) and lf.workspace.poi_names[0] != "mu":
-        # closure_check fits the POI called mu (learned_uncertainty); say so instead of failing
-        checks.append(
-            lu.check(
-                "closure",
-                None,
-                0.0,
-                False,
-                "not run: the closure check fits the POI called mu; name the primary POI mu "
-                "or set options.uncertainty.closure: false",
-            )
-        )
-    elif bool(opts.get("closure", True)):
+    if bool(opts.get("closure", True)):
         params = spec["params"]
         sim = simulated_asimov(params, _coefficients(params))
         checks.append(
@@ -654,6 +642,7 @@ def learned_result(
                 lambda data: build_learned_fit(spec, ensembles, data=data),
                 float(params.get("mu_true", 1.0)),
                 comps.sim,
+                poi=lf.workspace.poi_names[0],
             )
         )
     return {

@@ -270,9 +270,11 @@ def closure_check(
     mu_true: float,
     sim_component: float | None,
     points: tuple[float, ...] = CLOSURE_POINTS,
+    poi: str = "mu",
 ) -> dict:
     """Fit the simulation's own Asimov expectation with the learned ratios at mu_true and at
-    ``points``; the worst |mu-hat - mu| / sigma is the check's value.
+    ``points`` (values of the primary POI ``poi``; any other POI stays at its initial value in
+    ``sim.pois``); the worst |mu-hat - mu| / sigma is the check's value.
 
     ``sim``: the simulated Asimov events (`fit_jobs.SimulatedAsimov`); ``build(data)``: the
     job's `LearnedFit` with ``data`` as its data rows (the caller knows the job spec).
@@ -292,12 +294,11 @@ def closure_check(
     for mu in dict.fromkeys((mu_true, *points)):
         w = np.zeros(lf.workspace.n_events)
         w[:n_data] = sim.weights(mu)
-        res = fit(model, weights=w, init={"mu": mu})
-        sigma = float(res.errors["mu"])
-        pull = (
-            (float(res.values["mu"]) - mu) / sigma if sigma > 0 and res.converged else float("inf")
-        )
-        rows.append(f"mu={mu:g}: {float(res.values['mu']):.4g} +- {sigma:.3g} ({pull:+.2f} sigma)")
+        res = fit(model, weights=w, init={poi: mu})
+        sigma = float(res.errors[poi])
+        value = float(res.values[poi])
+        pull = (value - mu) / sigma if sigma > 0 and res.converged else float("inf")
+        rows.append(f"{poi}={mu:g}: {value:.4g} +- {sigma:.3g} ({pull:+.2f} sigma)")
         if abs(pull) >= worst[0]:
             worst = (abs(pull), sigma)
     allowed = CLOSURE_LIMIT + 2.0 * ((sim_component or 0.0) / worst[1] if worst[1] else 0.0)

@@ -177,3 +177,56 @@ def test_error_components_vanish_for_identical_members_and_not_otherwise(tmp_pat
     varied = build_learned_fit(spec, ens(0.05))
     c1 = components(varied, fit(varied.workspace), n_sim=0, include=("nn",))
     assert c1.nn > 1e-3 and c1.sim is None and c1.total == pytest.approx(np.hypot(c1.hesse, c1.nn))
+
+
+def test_the_asimov_closure_check_fits_the_primary_poi_whatever_its_name():
+    """closure_check on a POI called mu_ggF (issue 14: analysis files name their POIs): a model
+    with the right signal yield closes at every point; one whose yield is 30 % high (what wrong
+    ratios do to the normalisation) returns mu_ggF-hat = mu / 1.3 and fails."""
+    from types import SimpleNamespace
+
+    from sbi_engine.fit import Workspace
+    from sbi_engine.fit_jobs import SimulatedAsimov
+    from sbi_engine.learned_uncertainty import closure_check
+    from sbi_engine.sample import Sample
+
+    n_s, n_b, s_yield, b_yield = 50, 50, 400.0, 100.0
+    events = Sample(
+        np.zeros((n_s + n_b, 1)),
+        np.concatenate([np.full(n_s, s_yield / n_s), np.full(n_b, b_yield / n_b)]),
+        ["x"],
+        "counting",
+    )
+    sim = SimulatedAsimov(
+        events,
+        {"S": slice(0, n_s), "B": slice(n_s, n_s + n_b)},
+        {"S": "mu_ggF", "B": "1"},
+        {"mu_ggF": 1.0},
+    )
+
+    def build(signal_scale: float):
+        def workspace(data: Sample) -> SimpleNamespace:
+            ones = np.ones(n_s + n_b)
+            return SimpleNamespace(
+                workspace=Workspace.from_arrays(
+                    pois={"mu_ggF": {"init": 1.0, "bounds": (0.0, 10.0)}},
+                    processes={
+                        "S": {
+                            "yield": s_yield * signal_scale,
+                            "coefficient": "mu_ggF",
+                            "ratio": ones,
+                        },
+                        "B": {"yield": b_yield, "coefficient": "1", "ratio": ones},
+                    },
+                    weights=np.asarray(data.weights),
+                )
+            )
+
+        return workspace
+
+    good = closure_check(sim, build(1.0), 1.0, None, poi="mu_ggF")
+    assert good["passed"] and good["value"] < 1e-3, good
+    assert "mu_ggF=2: 2 +-" in good["message"]
+    bad = closure_check(sim, build(1.3), 1.0, None, poi="mu_ggF")
+    assert not bad["passed"] and bad["value"] > 3.0, bad
+    assert "mu_ggF=2: 1.538" in bad["message"], bad["message"]
