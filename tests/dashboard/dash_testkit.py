@@ -476,3 +476,26 @@ def seed(
         cost=cost,
         gpu_hours=gpu_hours,
     )
+
+
+def failed_attempt_with_log(
+    url: str, job_id: int, folder: Path, instance_id: str, log: str, failure_reason: str
+) -> None:
+    """Make the job's attempt a local run whose launcher log (``<folder>/logs/<instance>.log``
+    on this host) holds ``log`` and whose failure reason is ``failure_reason``: what the job
+    view shows as the attempt's output and traceback."""
+    import socket
+
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    (folder / "logs" / f"{instance_id}.log").write_text(log)
+    with get_engine(url).begin() as conn:
+        conn.execute(
+            sa.update(Attempt.__table__)
+            .where(Attempt.__table__.c.job_id == job_id)
+            .values(
+                launcher="local",
+                instance_id=instance_id,
+                launched_from=f"{socket.gethostname()}:{folder}",
+                failure_reason=failure_reason,
+            )
+        )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -75,7 +74,7 @@ def _seed(tmp_path: Path, url: str) -> int:
 
     from backend import service
     from backend.campaigns import DEMO_CONFIG
-    from backend.db import Attempt, Job, get_engine
+    from backend.db import Job, get_engine
 
     s = seed.seed(
         url,
@@ -107,20 +106,14 @@ def _seed(tmp_path: Path, url: str) -> int:
     # item 6: free local runs using 1.5 cores (the GPU readings stay: item 4d)
     _local_attempts(url)
     # item 4e: the failed job 2's attempt, with its traceback and its log in the launcher folder
-    folder = tmp_path / "launcher"
-    (folder / "logs").mkdir(parents=True)
-    (folder / "logs" / "nsbi-items-2.log").write_text(f"step 0 train_loss 0.9\n{LOG_TEXT}\n")
-    with get_engine(url).begin() as conn:
-        conn.execute(
-            sa.update(Attempt.__table__)
-            .where(Attempt.__table__.c.job_id == s.train_job_ids[1])
-            .values(
-                instance_id="nsbi-items-2",
-                launched_from=f"{socket.gethostname()}:{folder}",
-                failure_reason=f"{TRACEBACK}\nTraceback (most recent call last):\n"
-                '  File "worker.py", line 300, in run',
-            )
-        )
+    seed.failed_attempt_with_log(
+        url,
+        s.train_job_ids[1],
+        tmp_path / "launcher",
+        "nsbi-items-2",
+        f"step 0 train_loss 0.9\n{LOG_TEXT}\n",
+        f'{TRACEBACK}\nTraceback (most recent call last):\n  File "worker.py", line 300, in run',
+    )
     # item 4b: a newer campaign that was never launched
     service.create_campaign({**DEMO_CONFIG, "name": "never-launched"})
     return s.campaign_id

@@ -6,10 +6,8 @@ test-artifacts/screenshots/ (trust-*.png), which CI keeps for reviewers."""
 
 from __future__ import annotations
 
-import socket
 from urllib.parse import urlparse
 
-import sqlalchemy as sa
 from dash_browser import (
     BROWSER_MARKS,
     chromium_page,
@@ -37,28 +35,18 @@ def _seed(tmp_path) -> int:
     import dash_testkit as seed
     from test_dash_result_status import settle, spoiled_diagnostics
 
-    from backend.db import Attempt, get_engine
-
     url = f"sqlite:///{tmp_path / 'nsbi.db'}"
     s = seed.seed(url, n_jobs=6, train_states=("SUCCEEDED", "FAILED"), with_diagnostics=True)
     settle(url, s.campaign_id, diag_by_task={"task1": spoiled_diagnostics()})
-    folder = tmp_path / "launcher"
-    (folder / "logs").mkdir(parents=True)
-    (folder / "logs" / "nsbi-2-1.log").write_text(
-        "".join(f"step {i} train_loss {1 / (1 + i):.4f}\n" for i in range(0, 400, 20))
+    seed.failed_attempt_with_log(
+        url,
+        s.train_job_ids[1],
+        tmp_path / "launcher",
+        "nsbi-2-1",
+        "".join(f"step {i} train_loss {1 / (1 + i):.4f}\n" for i in range(0, 400, 20)),
+        "RuntimeError: NaN loss at step 380\n"
+        'Traceback (most recent call last):\n  File "worker.py", line 300, in run',
     )
-    with get_engine(url).begin() as conn:
-        conn.execute(
-            sa.update(Attempt.__table__)
-            .where(Attempt.__table__.c.job_id == s.train_job_ids[1])
-            .values(
-                launcher="local",
-                instance_id="nsbi-2-1",
-                launched_from=f"{socket.gethostname()}:{folder}",
-                failure_reason="RuntimeError: NaN loss at step 380\n"
-                'Traceback (most recent call last):\n  File "worker.py", line 300, in run',
-            )
-        )
     return s.campaign_id
 
 
