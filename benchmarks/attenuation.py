@@ -39,7 +39,7 @@ import numpy as np
 
 def attenuated_ratios(
     lf: Any, force_lambda: float | None = None
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float | None]]]:
     """Corrected ratio arrays {process: r (n_rows,)} and, per task, lambda, noise and signal
     (``force_lambda`` 1: the uncorrected ratios through the same path, a check of the refit)."""
     from sbi_engine.learned_uncertainty import nuisance_shape_directions
@@ -53,7 +53,7 @@ def attenuated_ratios(
     design = design_all[rows]
     v = np.asarray(ws.data.norm_weights, dtype=np.float64)[norm_rows]
     ratios: dict[str, np.ndarray] = {}
-    info: dict[str, dict[str, float]] = {}
+    info: dict[str, dict[str, float | None]] = {}
     for proc, task in sorted(lf.process_task.items()):
         r = lf.ratios[task]
         x = r.nominal[rows]
