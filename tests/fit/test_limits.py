@@ -178,10 +178,10 @@ def demo2_model():
     return Model(ws, chunk_size=8192, storage_dtype=jnp.float64)
 
 
-def _toy_vs_asymptotic(model, n_toys, **kw):
+def _toy_vs_asymptotic(model, n_toys, seed=3, **kw):
     w0 = asimov_weights(model, {"mu": 0.0})
     asym = upper_limit(model, weights=w0)
-    toys = upper_limit(model, weights=w0, toys=n_toys, seed=3, **kw)
+    toys = upper_limit(model, weights=w0, toys=n_toys, seed=seed, **kw)
     return asym, toys
 
 
@@ -203,11 +203,20 @@ def test_demo_toy_limit_agrees_with_asymptotic_fast(demo2_model):
 def test_demo_toy_limit_agrees_with_asymptotic_2000_toys(demo2_model):
     """Done-when of issue 14: background-only Asimov on the exact demo workspace, the 95 % CL
     CLs limit from toys (2000 per hypothesis and tested point, nuisances from the conditional
-    fit, auxiliary measurements resampled) within 10 % of the asymptotic one."""
-    asym, toys = _toy_vs_asymptotic(demo2_model, 2000, bands=False, max_points=6)
+    fit, auxiliary measurements resampled) within 10 % of the asymptotic one. Measured: +10.4 %
+    (seed 3) and +12.0 % (seed 4, NSBI_TOY_SEED=4), each +-2 %: missed (docs/validation.md)."""
+    seed = int(os.environ.get("NSBI_TOY_SEED", "3"))
+    asym, toys = _toy_vs_asymptotic(demo2_model, 2000, seed=seed, bands=False, max_points=6)
     print(
-        f"95% CL upper limit: toys {toys.observed:.4f}, asymptotic {asym.observed:.4f}, "
-        f"ratio {toys.observed / asym.observed:.4f}; points {[round(r['mu'], 4) for r in toys.scan]}"
+        f"95% CL upper limit (toy seed {seed}): toys {toys.observed:.4f}, "
+        f"asymptotic {asym.observed:.4f}, ratio {toys.observed / asym.observed:.4f}"
     )
+    for r in toys.scan:  # each tested point's CLs with its binomial error
+        e_sb = math.sqrt(r["clsb"] * (1 - r["clsb"]) / r["n_sb"])
+        e_b = math.sqrt(r["clb"] * (1 - r["clb"]) / r["n_b"])
+        e = r["cls"] * math.hypot(e_sb / max(r["clsb"], 1e-12), e_b / max(r["clb"], 1e-12))
+        print(
+            f"  mu {r['mu']:.4f}: CLs+b {r['clsb']:.4f} CLb {r['clb']:.4f} CLs {r['cls']:.4f} +- {e:.4f}"
+        )
     assert all(r["n_sb"] >= 1900 and r["n_b"] >= 1900 for r in toys.scan), toys.scan
     assert abs(toys.observed / asym.observed - 1.0) < 0.10, (toys.observed, asym.observed)
