@@ -251,24 +251,16 @@ def test_monitor_status_selector_default_campaign_and_retry_rules(nsbi_env):
 
 
 def test_monitor_shows_each_attempts_output_and_traceback(nsbi_env, tmp_path):
-    from backend.db import Attempt, get_engine
-
     s = seed.seed(nsbi_env, n_jobs=4, train_states=("FAILED",))
     job = s.train_job_ids[0]
-    folder = tmp_path / "launcher"
-    (folder / "logs").mkdir(parents=True)
-    (folder / "logs" / "nsbi-1-1.log").write_text("step 10 loss 0.7\nstep 20 loss 0.6\n")
-    with get_engine(nsbi_env).begin() as conn:
-        conn.execute(
-            sa.update(Attempt.__table__)
-            .where(Attempt.__table__.c.job_id == job)
-            .values(
-                launcher="local",
-                instance_id="nsbi-1-1",
-                launched_from=f"{socket.gethostname()}:{folder}",
-                failure_reason="ValueError: boom\nTraceback (most recent call last): ...",
-            )
-        )
+    seed.failed_attempt_with_log(
+        nsbi_env,
+        job,
+        tmp_path / "launcher",
+        "nsbi-1-1",
+        "step 10 loss 0.7\nstep 20 loss 0.6\n",
+        "ValueError: boom\nTraceback (most recent call last): ...",
+    )
     at = run_page("monitor")
     jobs = at.dataframe[0].value
     row = int(jobs.index[jobs["job"] == job][0])
