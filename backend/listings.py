@@ -509,16 +509,29 @@ def _local_log(attempt: Attempt) -> tuple[str | None, str]:
     return text, note
 
 
-def _stored_log(job_uri: str | None, attempt_no: int) -> tuple[str | None, str]:
-    """(the end of the output the worker copied into the store, a note), for attempts whose
-    launcher's own log cannot be read from here (a GCE VM, another host)."""
+def _open_job_store(job_uri: str | None) -> Any:
+    """The job's store, or a note (str) saying why it cannot be opened."""
     from backend.stores import StoreError, open_store
-    from backend.worker_output import read_output_tail
 
     if not job_uri:
-        return None, "the job has no store folder yet"
+        return "the job has no store folder yet"
     try:
-        tail = read_output_tail(open_store(job_uri), attempt_no, LOG_TAIL_BYTES)
+        return open_store(job_uri)
+    except (StoreError, OSError) as exc:
+        return f"cannot read the stored output: {exc}"
+
+
+def _stored_log(job_store: Any, attempt_no: int) -> tuple[str | None, str]:
+    """(the end of the output the worker copied into the store, a note), for attempts whose
+    launcher's own log cannot be read from here (a GCE VM, another host). ``job_store``: the
+    job's opened store, or the note saying why it could not be opened."""
+    from backend.stores import StoreError
+    from backend.worker_output import read_output_tail
+
+    if isinstance(job_store, str):
+        return None, job_store
+    try:
+        tail = read_output_tail(job_store, attempt_no, LOG_TAIL_BYTES)
     except (StoreError, OSError) as exc:
         return None, f"cannot read the stored output: {exc}"
     if tail is None:
@@ -546,6 +559,7 @@ def job_attempts(job_id: int, engine: Engine | None = None) -> list[dict[str, An
             )
         )
         job_uri = session.exec(select(Job.uri).where(col(Job.id) == job_id)).first()
+        job_store: Any = None  # opened once, for the first attempt that needs the stored copy
         out = []
         for a in rows:
             try:
@@ -553,7 +567,9 @@ def job_attempts(job_id: int, engine: Engine | None = None) -> list[dict[str, An
             except OSError as exc:
                 output, note = None, f"cannot read the output: {exc.strerror or exc}"
             if output is None:
-                stored, stored_note = _stored_log(job_uri, a.attempt_no)
+                if job_store is None:
+                    job_store = _open_job_store(job_uri)
+                stored, stored_note = _stored_log(job_store, a.attempt_no)
                 if stored is not None or a.launcher not in LOG_FOLDER_LAUNCHERS:
                     output, note = stored, stored_note  # the store is where a VM's output is
             out.append(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -32,7 +33,7 @@ class OutputBuffer:
 
     def __init__(self, max_pending: int = MAX_PENDING_CHARS) -> None:
         self.max_pending = max_pending
-        self._parts: list[str] = []
+        self._parts: deque[str] = deque()
         self._size = 0
         self._dropped = 0
         self._lock = threading.RLock()  # a signal handler that prints runs on the same thread
@@ -43,17 +44,23 @@ class OutputBuffer:
         with self._lock:
             self._parts.append(text)
             self._size += len(text)
-            if self._size > self.max_pending:
-                joined = "".join(self._parts)
-                cut = len(joined) - self.max_pending
+            while self._size > self.max_pending:  # drop the oldest text, part by part
+                excess = self._size - self.max_pending
+                first = self._parts[0]
+                if len(first) <= excess:
+                    self._parts.popleft()
+                    cut = len(first)
+                else:
+                    self._parts[0] = first[excess:]
+                    cut = excess
+                self._size -= cut
                 self._dropped += cut
-                self._parts, self._size = [joined[cut:]], self.max_pending
 
     def drain(self) -> str:
         """Everything pending (with a note of what was dropped), emptying the buffer."""
         with self._lock:
             text, dropped = "".join(self._parts), self._dropped
-            self._parts, self._size, self._dropped = [], 0, 0
+            self._parts, self._size, self._dropped = deque(), 0, 0
         if dropped:
             text = (
                 f"[nsbi worker: {dropped} characters of output dropped: written too fast]\n{text}"
@@ -63,7 +70,7 @@ class OutputBuffer:
     def put_back(self, text: str) -> None:
         """Return drained text that the store refused, ahead of what came since."""
         with self._lock:
-            self._parts.insert(0, text)
+            self._parts.appendleft(text)
             self._size += len(text)
 
 
