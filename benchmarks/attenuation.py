@@ -1,24 +1,16 @@
-"""Does an attenuation (regression-dilution) correction of the learned log ratios help the fit?
+"""Does the noise shrinkage of the learned log ratios help the fit? (regression dilution)
 
-A study, not adopted code. On `interference` the learned SBI/B ratio's network noise is 60-74 %
-of the part of the log ratio that the profiled nuisance shapes cannot mimic, and the profiled
-fit with learned ratios has 0.50-0.61 of the exact fit's sigma and mu-hat 0.6 sigma low
-(docs/validation.md, "The misses and their causes"): noise in the regressor reads as
-information. The classical errors-in-variables remedy shrinks the noisy part towards its
-fitted value by lambda = 1 - noise^2 / var(residual).
-
-For every process ratio task: the nominal learned log ratio is regressed on [1, nuisance shape
-directions] by weighted least squares over the data rows (as ``TaskRatios.signal`` does), and
-only the residual is shrunk by lambda (noise^2: mean over the data rows of the member variance
-of log r, ``TaskRatios.noise`` squared; var(residual): ``TaskRatios.signal`` with the shape
-directions, squared). The same coefficients and lambda are applied to every row (data and
-normalisation), and the ratio is renormalised on the normalisation sample (E_ref[r] = 1).
+On `interference` the learned SBI/B ratio's network noise is 60-74 % of the part of the log
+ratio that the profiled nuisance shapes cannot mimic, and the profiled fit with learned ratios
+had 0.50-0.61 of the exact fit's sigma and mu-hat 0.6 sigma low (docs/validation.md): noise in
+the regressor reads as information. The classical errors-in-variables remedy shrinks the noisy
+part towards its fitted value by lambda = 1 - noise^2 / var(residual); the fit does this by
+default since session 9 (`sbi_engine.noise_shrinkage`, ``options.shrink_noise``).
 
 Training goes through the analysis path with the default training settings, as `nsbi closure`
 does (backend/commands/closure.py); then, on ``--datasets`` fresh pseudo-data sets at
 ``--mu-true`` (not the training events), three profiled fits with the same normalisation
-sample: exact ratios, learned ratios, learned ratios with the correction (a refit of the
-learned workspace with the corrected ratio arrays, `sbi_engine.fit.variations`).
+sample: exact ratios, learned ratios without the shrinkage, learned ratios with it.
 
     python -m benchmarks.attenuation --problem interference --datasets 5 --json out.json
 """
@@ -37,49 +29,6 @@ from typing import Any
 import numpy as np
 
 
-def attenuated_ratios(
-    lf: Any, force_lambda: float | None = None
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float | None]]]:
-    """Corrected ratio arrays {process: r (n_rows,)} and, per task, lambda, noise and signal
-    (``force_lambda`` 1: the uncorrected ratios through the same path, a check of the refit)."""
-    from sbi_engine.learned_uncertainty import nuisance_shape_directions
-
-    ws = lf.workspace
-    rows = np.asarray(lf.data_rows)
-    norm_rows = np.asarray(lf.norm_rows)
-    w = np.abs(np.asarray(ws.data.weights, dtype=np.float64)[rows])
-    shapes_all = nuisance_shape_directions(ws, np.arange(ws.n_events))
-    design_all = np.column_stack([np.ones(ws.n_events), shapes_all])
-    design = design_all[rows]
-    v = np.asarray(ws.data.norm_weights, dtype=np.float64)[norm_rows]
-    ratios: dict[str, np.ndarray] = {}
-    info: dict[str, dict[str, float | None]] = {}
-    for proc, task in sorted(lf.process_task.items()):
-        r = lf.ratios[task]
-        x = r.nominal[rows]
-        sw = np.sqrt(w)
-        coef, *_ = np.linalg.lstsq(design * sw[:, None], x * sw, rcond=None)
-        resid = x - design @ coef
-        mean = np.sum(w * resid) / np.sum(w)
-        resid_var = float(np.sum(w * (resid - mean) ** 2) / np.sum(w))
-        noise2 = r.noise(rows) ** 2
-        lam = float(max(0.0, 1.0 - noise2 / resid_var)) if resid_var > 0 else 1.0
-        if force_lambda is not None:
-            lam = force_lambda
-        fitted = design_all @ coef
-        log_r = fitted + lam * (r.nominal - fitted)
-        log_r -= np.log(np.sum(v * np.exp(log_r[norm_rows])) / np.sum(v))  # E_ref[r] = 1
-        ratios[proc] = np.exp(log_r)
-        info[task] = {
-            "lambda": lam,
-            "noise": float(np.sqrt(noise2)),
-            "signal": float(np.sqrt(resid_var)),
-            "noise_to_signal": float(np.sqrt(noise2 / resid_var)) if resid_var > 0 else None,
-            "shape_directions": int(shapes_all.shape[1]),
-        }
-    return ratios, info
-
-
 def _fit_summary(result: Any) -> dict[str, Any]:
     return {
         "mu_hat": float(result.values["mu"]),
@@ -89,30 +38,19 @@ def _fit_summary(result: Any) -> dict[str, Any]:
 
 
 def one_dataset(problem: Any, spec: dict, ensembles: dict, norm: Any, data: Any) -> dict:
-    """Exact, learned and attenuation-corrected profiled fits on one pseudo-data set."""
+    """Exact, learned (no shrinkage) and learned with the noise shrinkage: profiled fits on one
+    pseudo-data set."""
     from sbi_engine.fit import fit
-    from sbi_engine.fit.variations import Variant, refit_variants
     from sbi_engine.fit_jobs import build_learned_fit
     from sbi_engine.problems import exact_workspace
 
-    lf = build_learned_fit(spec, ensembles, data=data)
+    raw_spec = copy.deepcopy(spec)
+    raw_spec["params"].setdefault("options", {})["shrink_noise"] = False
     exact = _fit_summary(fit(exact_workspace(problem, data, norm)))
-    learned_result = fit(lf.workspace)
-    learned = _fit_summary(learned_result)
-    ratios, info = attenuated_ratios(lf)
-    same, _ = attenuated_ratios(lf, force_lambda=1.0)
-    fits = refit_variants(
-        lf.workspace, [Variant(ratios=ratios, label="attenuated"), Variant(ratios=same)]
-    )
-    j = list(fits.names).index("mu")
-    corrected = {
-        "mu_hat": float(fits.theta[0, j]),
-        "sigma": float(fits.errors[0, j]),
-        "converged": bool(fits.converged[0]),
-        # lambda = 1 through the same refit path: must reproduce the learned fit
-        "check_lambda1_mu_hat": float(fits.theta[1, j]),
-        "check_lambda1_sigma": float(fits.errors[1, j]),
-    }
+    learned = _fit_summary(fit(build_learned_fit(raw_spec, ensembles, data=data).workspace))
+    lf = build_learned_fit(spec, ensembles, data=data)
+    corrected = _fit_summary(fit(lf.workspace))
+    info = {x.task: x.to_dict() for x in lf.shrinkage}
     s = exact["sigma"]
     return {
         "n_events": len(data),
@@ -157,6 +95,7 @@ def study(
     train_s = time.monotonic() - t0
     spec = copy.deepcopy(_fit_spec(summary.campaign_id))
     spec["params"]["mu_true"] = mu_true
+    spec["params"].setdefault("options", {}).pop("shrink_noise", None)  # the default: shrink
     ensembles = _local(summary.result["ensembles"])
     params = spec["params"]
     norm = load_sample_spec(params["processes"][params["reference"]], role="eval")

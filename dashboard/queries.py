@@ -568,6 +568,8 @@ class FitView:
     uncertainty: dict = field(
         default_factory=dict
     )  # hesse, nn, sim, total, included: the learned model's error components
+    # per process ratio task: task, lambda, noise, residual, noise_to_signal (noise shrinkage)
+    noise_shrinkage: list = field(default_factory=list)
     # every parameter: parameter, role, value, error, err_lo, err_hi, pull, constraint, note
     parameters: pd.DataFrame = field(default_factory=pd.DataFrame)
     scan_flags: tuple[str, ...] = ()  # the scan's own flags (not_converged, non_monotonic_*)
@@ -839,6 +841,7 @@ def fit_view(result: Mapping) -> FitView:
         toy_summary=dict(toys_raw.get("summary") or {}) if isinstance(toys_raw, Mapping) else {},
         data=str(result.get("data") or "asimov"),
         uncertainty=dict(result.get("uncertainty") or {}),
+        noise_shrinkage=list(result.get("noise_shrinkage") or []),
         parameters=parameters_frame(result, fit, poi, pulls),
         scan_flags=tuple(scan_flags),
         scan_missing=scan_missing,

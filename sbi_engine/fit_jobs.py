@@ -27,6 +27,7 @@ import numpy as np
 
 from . import learned_uncertainty as lu
 from .learned_ratios import SHAPE_RESOLUTION, TaskRatios, task_ratios
+from .noise_shrinkage import Shrinkage, shape_directions, shrink
 from .pipeline import COEFFICIENTS
 from .precision import enable_float64
 from .sample import Sample
@@ -239,6 +240,8 @@ class LearnedFit:
     data_rows: np.ndarray
     norm_rows: np.ndarray
     provenance: dict[str, Any] = field(default_factory=dict)
+    shrinkage: tuple[Shrinkage, ...] = ()
+    unshrunk: dict[str, TaskRatios] = field(default_factory=dict)  # tasks before the shrinkage
 
 
 def _find_task(tasks: Mapping[str, Any], name: str, proc: str, direction: str) -> str | None:
@@ -416,6 +419,14 @@ def build_learned_fit(
             shape_tasks[(name, proc)] = (pair[0], pair[1])
         nuisances.setdefault(name, {})[proc] = effect
     add_norm_only_nuisances(params, processes, nuisances)
+    shrinkage: tuple[Shrinkage, ...] = ()
+    unshrunk = {task: ratios[task] for task in process_task.values()}
+    if bool(options.get("shrink_noise", True)):
+        # Asimov data are not known before the workspace: the reference events stand in for them
+        data_w = norm_weights[norm_rows] if asimov else weights[data_rows]
+        shrinkage = _shrink_process_ratios(
+            ratios, process_task, processes, shape_tasks, data_rows, data_w, norm_rows, v
+        )
 
     mu_true = float(params.get("mu_true", 1.0))
     generated = _generated_at(params, mu_true)
@@ -442,8 +453,42 @@ def build_learned_fit(
         "data": "asimov (model expectation on the normalisation sample)" if asimov else "observed",
     }
     return LearnedFit(
-        ws, ratios, process_task, shape_tasks, tuple(decisions), data_rows, norm_rows, provenance
+        ws,
+        ratios,
+        process_task,
+        shape_tasks,
+        tuple(decisions),
+        data_rows,
+        norm_rows,
+        provenance,
+        shrinkage,
+        unshrunk if shrinkage else {},
     )
+
+
+def _shrink_process_ratios(
+    ratios: dict[str, TaskRatios],
+    process_task: Mapping[str, str],
+    processes: dict[str, dict[str, Any]],
+    shape_tasks: Mapping[tuple[str, str], tuple[str, str]],
+    data_rows: np.ndarray,
+    data_weights: np.ndarray,
+    norm_rows: np.ndarray,
+    norm_weights: np.ndarray,
+) -> tuple[Shrinkage, ...]:
+    """Shrink the network noise out of every process ratio (`sbi_engine.noise_shrinkage`), in
+    place: ``ratios`` and the processes' ratio arrays become the shrunk ones."""
+    directions = shape_directions(
+        [ratios[u].nominal - ratios[d].nominal for u, d in shape_tasks.values()]
+    )
+    out = []
+    for proc, task in sorted(process_task.items()):
+        ratios[task], info = shrink(
+            ratios[task], directions, data_rows, data_weights, norm_rows, norm_weights
+        )
+        processes[proc]["ratio"] = np.exp(ratios[task].nominal)
+        out.append(info)
+    return tuple(out)
 
 
 def build_workspace(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]]):
@@ -650,6 +695,7 @@ def learned_result(
         "sigma_total": comps.total,
         "checks": checks,
         "shape_decisions": [d.to_dict() for d in lf.shape_decisions],
+        "noise_shrinkage": [s.to_dict() for s in lf.shrinkage],
         "provenance": lf.provenance,
     }
 

@@ -229,9 +229,11 @@ def ratio_checks(lf: Any) -> list[dict]:
     rows = np.asarray(lf.data_rows)
     w = np.asarray(lf.workspace.data.weights, dtype=np.float64)[rows]
     shapes = nuisance_shape_directions(lf.workspace, rows)
+    raw = getattr(lf, "unshrunk", None) or {}  # judged before the noise shrinkage
+    factors = {s.task: s.factor for s in getattr(lf, "shrinkage", ())}
     out = []
     for _proc, task in sorted(lf.process_task.items()):
-        r = lf.ratios[task]
+        r = raw.get(task, lf.ratios[task])
         noise = r.noise(rows)
         whole, signal = r.signal(rows, w), r.signal(rows, w, shapes)
         value = noise / signal if signal > 0 and np.isfinite(noise) else float("nan")
@@ -241,6 +243,8 @@ def ratio_checks(lf: Any) -> list[dict]:
             f"cannot mimic {signal:.3g} on the data (whole spread {whole:.3g}; noise/signal "
             f"{value:.2f}, limit {limit})"
         )
+        if task in factors:
+            msg += f"; its noisy part shrunk by lambda = {factors[task]:.3f} before the fit"
         if not ok:
             msg += (
                 "; unknown: the ensemble has one member"

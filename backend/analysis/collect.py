@@ -130,6 +130,7 @@ def collect_result(
         "uncertainty": dict(fit.get("uncertainty") or {}),
         "fit_checks": list(fit.get("checks") or []),
         "shape_decisions": list(fit.get("shape_decisions") or []),
+        "noise_shrinkage": list(fit.get("noise_shrinkage") or []),
         "data_provenance": dict(fit.get("provenance") or {}),
         "splits": {
             j["name"]: (_read_result(j) or {}).get("summary", {}).get("split")

@@ -640,6 +640,26 @@ def shape_decisions_markdown(decisions: Sequence[Mapping[str, Any]] | None) -> l
     return lines + [""]
 
 
+def noise_shrinkage_markdown(rows: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """How much of each process ratio's network noise the fit shrank away (lambda = 1 -
+    noise^2 / var(residual); docs/validation.md, "Noise shrinkage")."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Noise shrinkage of the learned ratios",
+        "",
+        "| ratio task | network noise | spread beyond the nuisance shapes | noise / spread | lambda |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.get('task')} | {_fmt(r.get('noise'), 4)} | {_fmt(r.get('residual'), 4)} "
+            f"| {_fmt(r.get('noise_to_signal'), 2)} | {_fmt(r.get('lambda'), 3)} |"
+        )
+    return lines + [""]
+
+
 def _eval_provenance(result: Mapping[str, Any]) -> str:
     """One line on the train / evaluation split (the fit, normalisation, Asimov data and the
     diagnostics use evaluation events only; docs/analysis.md, sample roles)."""
@@ -767,6 +787,7 @@ def summary_markdown(
     lines += pois_markdown(fit)
     lines += uncertainty_markdown(result.get("uncertainty"))
     lines += shape_decisions_markdown(result.get("shape_decisions"))
+    lines += noise_shrinkage_markdown(result.get("noise_shrinkage"))
     lines += limits_markdown(result.get("limits"))
     lines += expected_markdown(result.get("expected"))
     lines += [

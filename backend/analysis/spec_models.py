@@ -98,6 +98,7 @@ class FitOptions(StrictModel, extra="allow"):
 
     uncertainty: Maybe[Uncertainty] = None
     resolve_shapes: Maybe[StrictBool] = None
+    shrink_noise: Maybe[StrictBool] = None
 
 
 class FitStage(StrictModel):

@@ -171,6 +171,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             mu_true=mu,
             n_events=len(data),
             uncertainty=comps.to_dict(),
+            noise_shrinkage=[x.to_dict() for x in lf.shrinkage],
             passes=cl.passes(cmp["differences"]),
         )
         out["closure"].append(cl.strip_private(cmp))
@@ -207,6 +208,7 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
                 ).to_dict(),
                 "exact": cl.coverage(exact["mu_hat"], exact["sigma"], mu).to_dict(),
                 "components": comps.to_dict(),
+                "noise_shrinkage": [x.to_dict() for x in lf.shrinkage],
             }
         )
     if args.toys > 0 and args.model_toys_mu:
@@ -237,18 +239,28 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     )
 
 
+def _lambdas(row: dict[str, Any]) -> str:
+    """The noise-shrinkage factor of each process ratio task that it changed ("1" if none)."""
+    parts = [
+        f"{s['task']} {s['lambda']:.3f}"
+        for s in row.get("noise_shrinkage") or []
+        if s["lambda"] < 0.9995
+    ]
+    return ", ".join(parts) or "1"
+
+
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     """The closure and coverage tables."""
     lines = [
         f"Command: `{command}`",
         "",
         "| problem | mu_true | mu-hat learned | mu-hat exact | diff / sigma_ex | sigma_L / sigma_ex | "
-        "68% learned | 68% exact | ends diff / sigma_ex | NN | sim | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "68% learned | 68% exact | ends diff / sigma_ex | NN | sim | lambda | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['problem']} | | {r['error']} | | | | | | | | | |")
+            lines.append(f"| {r['problem']} | | {r['error']} | | | | | | | | | | |")
             continue
         for c in r["closure"]:
             L, E, d, u = c["learned"], c["exact"], c["differences"], c["uncertainty"]
@@ -258,7 +270,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
                 f"{_fmt(E['mu_hat'])} +- {_fmt(E['sigma'])} | {_fmt(d['mu_hat_in_sigma'], '+.2f')} | "
                 f"{_fmt(d['sigma_ratio'], '.2f')} | {iv(L['interval68'])} | {iv(E['interval68'])} | "
                 f"{_fmt(d.get('interval_low_in_sigma'), '+.2f')} / {_fmt(d.get('interval_high_in_sigma'), '+.2f')} | "
-                f"{_fmt(u.get('nn'))} | {_fmt(u.get('sim'))} | "
+                f"{_fmt(u.get('nn'))} | {_fmt(u.get('sim'))} | {_lambdas(c)} | "
                 f"{'yes' if all(c['passes'].values()) else 'NO: ' + ', '.join(k for k, v in c['passes'].items() if not v)} |"
             )
     lines += [

@@ -436,6 +436,7 @@ def _headline(view) -> None:
             "result status above (the checks of the ratios and of the fit)",
         )
     _components(view.uncertainty, view.sigma)
+    _noise_shrinkage(view.noise_shrinkage)
 
 
 def _components(u: dict, ref: float | None) -> None:
@@ -460,6 +461,25 @@ def _components(u: dict, ref: float | None) -> None:
     ):
         suffix = "" if key in inc else " (not in total)"
         col.metric(label + suffix, formatting.with_error(u.get(key), u.get(key + "_se")), help=how)
+
+
+def _noise_shrinkage(rows: list) -> None:
+    """One line on how much network noise the fit shrank out of each learned process ratio."""
+    shrunk = [r for r in rows if (r.get("lambda") or 1.0) < 0.9995]
+    if not rows:
+        return
+    if not shrunk:
+        st.caption("Noise shrinkage of the learned ratios: none needed (lambda 1).")
+        return
+    parts = [
+        f"{r.get('task')} lambda {r['lambda']:.3f} (noise {formatting.number(r.get('noise'))} "
+        f"against a spread of {formatting.number(r.get('residual'))})"
+        for r in shrunk
+    ]
+    st.caption(
+        "Noise shrinkage of the learned ratios (the noisy part of each log ratio scaled by lambda "
+        "before the fit; docs/validation.md): " + "; ".join(parts)
+    )
 
 
 @st.cache_data(

@@ -66,6 +66,13 @@ def test_closure_runs_the_user_path_and_compares_with_the_exact_fit(analysis_hom
         and u["sim"] > 0
         and u["total"] == pytest.approx(np.sqrt(u["hesse"] ** 2 + u["nn"] ** 2 + u["sim"] ** 2))
     )
+    # the noise shrinkage of every process ratio: lambda = 1 - (noise / residual spread)^2
+    shrink = c["noise_shrinkage"]
+    assert shrink and all(x["task"].endswith("_vs_B") for x in shrink)
+    for x in shrink:
+        assert x["lambda"] == pytest.approx(max(0.0, 1.0 - x["noise_to_signal"] ** 2), abs=1e-9)
+    report = next((analysis_home / "short" / "low_stats" / "report").rglob("*.md")).read_text()
+    assert "### Noise shrinkage of the learned ratios" in report
     (cov,) = r["coverage"]
     assert (
         cov["exact"]["n"] >= 38 and cov["learned_hesse"]["n"] >= 38

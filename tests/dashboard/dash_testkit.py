@@ -183,6 +183,10 @@ def fit_payloads(
             "total": sigma * float(np.sqrt(1.25)),
             "included": ["nn", "sim"],
         },
+        "noise_shrinkage": [
+            {"task": "SBI_vs_B", "lambda": 0.636, "noise": 0.0072, "residual": 0.0119},
+            {"task": "S_vs_B", "lambda": 1.0, "noise": 0.001, "residual": 0.5},
+        ],
     }
     mus = np.linspace(0.0, 2.0, 21)
     scan = Scan(

@@ -163,6 +163,10 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     assert shown["simulation statistics"] == formatting.with_error(
         0.4 * seeded.sigma, 0.05 * seeded.sigma
     )
+    # how much network noise was shrunk out of each ratio: only the task it changed is named
+    shrinkage = next(c.value for c in at.caption if c.value.startswith("Noise shrinkage"))
+    assert "SBI_vs_B lambda 0.636" in shrinkage and "0.0072" in shrinkage
+    assert "S_vs_B" not in shrinkage.replace("SBI_vs_B", "")
     # the page opens on the table of every parameter (numbers formatted by their errors)
     params = table_with(at, "value ± error")
     assert params["parameter"].tolist()[0] == "mu" and len(params) == 6
