@@ -4,8 +4,8 @@ On `interference` the learned SBI/B ratio's network noise is 60-74 % of the part
 ratio that the profiled nuisance shapes cannot mimic, and the profiled fit with learned ratios
 had 0.50-0.61 of the exact fit's sigma and mu-hat 0.6 sigma low (docs/validation.md): noise in
 the regressor reads as information. The classical errors-in-variables remedy shrinks the noisy
-part towards its fitted value by lambda = 1 - noise^2 / var(residual); the fit does this by
-default since session 9 (`sbi_engine.noise_shrinkage`, ``options.shrink_noise``).
+part towards its fitted value by lambda = 1 - noise^2 / var(residual); the fit does this when
+``options.shrink_noise`` is on (`sbi_engine.noise_shrinkage`, opt-in since session 9).
 
 Training goes through the analysis path with the default training settings, as `nsbi closure`
 does (backend/commands/closure.py); then, on ``--datasets`` fresh pseudo-data sets at
@@ -95,7 +95,7 @@ def study(
     train_s = time.monotonic() - t0
     spec = copy.deepcopy(_fit_spec(summary.campaign_id))
     spec["params"]["mu_true"] = mu_true
-    spec["params"].setdefault("options", {}).pop("shrink_noise", None)  # the default: shrink
+    spec["params"].setdefault("options", {})["shrink_noise"] = True
     ensembles = _local(summary.result["ensembles"])
     params = spec["params"]
     norm = load_sample_spec(params["processes"][params["reference"]], role="eval")

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-intervals", action="store_true", help="skip the profile intervals (faster)"
     )
+    parser.add_argument(
+        "--shrink-noise",
+        action="store_true",
+        help="closure and coverage fits with the noise shrinkage of the learned ratios "
+        "(fit option shrink_noise; docs/validation.md)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument(
         "--markdown", type=Path, default=None, help="write the table as markdown here"
@@ -145,6 +151,8 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
             "error": f"analysis campaign {summary.campaign_id} ended {summary.status}",
         }
     spec = _fit_spec(summary.campaign_id)
+    if getattr(args, "shrink_noise", False):
+        spec["params"]["options"] = {**(spec["params"].get("options") or {}), "shrink_noise": True}
     ensembles = _local(summary.result["ensembles"])
     params = spec["params"]
     norm = load_sample_spec(params["processes"][params["reference"]], role="eval")

@@ -49,6 +49,7 @@ def test_closure_runs_the_user_path_and_compares_with_the_exact_fit(analysis_hom
         "40",
         "--coverage-mu",
         "1",
+        "--shrink-noise",
     )
     assert code in (0, 1) and "error" not in r, r
     (c,) = r["closure"]
@@ -71,8 +72,6 @@ def test_closure_runs_the_user_path_and_compares_with_the_exact_fit(analysis_hom
     assert shrink and all(x["task"].endswith("_vs_B") for x in shrink)
     for x in shrink:
         assert x["lambda"] == pytest.approx(max(0.0, 1.0 - x["noise_to_signal"] ** 2), abs=1e-9)
-    report = next((analysis_home / "short" / "low_stats" / "report").rglob("*.md")).read_text()
-    assert "### Noise shrinkage of the learned ratios" in report
     (cov,) = r["coverage"]
     assert (
         cov["exact"]["n"] >= 38 and cov["learned_hesse"]["n"] >= 38

@@ -230,3 +230,33 @@ def test_the_asimov_closure_check_fits_the_primary_poi_whatever_its_name():
     bad = closure_check(sim, build(1.3), 1.0, None, poi="mu_ggF")
     assert not bad["passed"] and bad["value"] > 3.0, bad
     assert "mu_ggF=2: 1.538" in bad["message"], bad["message"]
+
+
+def test_noise_shrinkage_is_opt_in_and_reaches_the_fit(tmp_path):
+    """shrink_noise off (default): the fit uses the raw ratios. On: every process ratio task is
+    shrunk by its lambda (members too), the workspace holds the shrunk ratio, and the
+    noise_to_signal check still judges the raw ratio (it reads the same with or without)."""
+    ens = {
+        "S_vs_B": [linear_ensemble(tmp_path / "s.npz", [0.5, 0.52, 0.48, 0.5])],
+        "SBI_vs_B": [linear_ensemble(tmp_path / "i.npz", [0.1, 0.13, 0.07, 0.1])],
+        "m_up": [linear_ensemble(tmp_path / "u.npz", [0.3, 0.31, 0.29, 0.3])],
+        "m_dn": [linear_ensemble(tmp_path / "d.npz", [-0.3, -0.31, -0.29, -0.3])],
+    }
+    spec = _spec(None, None)
+    spec["params"]["data"] = {"demo": {"mu": 1.0, "seed": 8, "poisson": True, "n_nuisances": 3}}
+    off = build_learned_fit(spec, ens)
+    assert off.shrinkage == () and off.unshrunk == {}
+    spec["params"]["options"] = {"shrink_noise": True}
+    on = build_learned_fit(spec, ens)
+    assert {s.task for s in on.shrinkage} == {"S_vs_B", "SBI_vs_B"}
+    for s in on.shrinkage:
+        # the ratios are linear in m4l like the shape direction: nothing is left beyond it,
+        # so lambda is 0 (noise against a residual of float32 rounding size), and the members keep
+        # their differences along the direction
+        assert s.factor == 0.0 and s.directions == 1 and s.residual < 0.02 * s.noise
+        assert on.ratios[s.task].noise() > 0
+    proc = {p.name: p for p in on.workspace.processes}
+    np.testing.assert_allclose(proc["SBI"].ratio, np.exp(on.ratios["SBI_vs_B"].nominal))
+    raw = {c["task"]: c["value"] for c in ratio_checks(off) if c["name"] == "noise_to_signal"}
+    judged = {c["task"]: c["value"] for c in ratio_checks(on) if c["name"] == "noise_to_signal"}
+    assert judged == pytest.approx(raw, rel=1e-9, nan_ok=True)
