@@ -37,22 +37,75 @@ def _fit_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def one_dataset(problem: Any, spec: dict, ensembles: dict, norm: Any, data: Any) -> dict:
-    """Exact, learned (no shrinkage) and learned with the noise shrinkage: profiled fits on one
-    pseudo-data set."""
+def logit_slope(spec: dict, ensembles: dict, task: str, proc: str) -> tuple[float, float]:
+    """Slope b (and its error) of a weighted logistic regression of the label on the learned
+    log ratio over the evaluation events of ``proc`` (1) and the reference (0), classes weighted
+    to equal totals: b > 1 means the learned ratio is too flat on events it never saw."""
+    from sbi_engine.learned_ratios import task_ratios
+    from sbi_engine.sample_specs import load_sample_spec
+
+    params = spec["params"]
+    den = load_sample_spec(params["processes"][params["reference"]], role="eval")
+    num = load_sample_spec(params["processes"][proc], role="eval")
+    t = task_ratios(
+        task,
+        ensembles[task],
+        np.concatenate([num.features, den.features]),
+        den.features,
+        den.weights,
+    ).nominal
+    y = np.concatenate([np.ones(len(num)), np.zeros(len(den))])
+    w = np.concatenate([num.weights / num.weights.sum(), den.weights / den.weights.sum()])
+    design = np.column_stack([np.ones_like(t), t])
+    beta = np.array([0.0, 1.0])
+    for _ in range(50):  # Newton on the weighted log likelihood
+        p = 1.0 / (1.0 + np.exp(-(design @ beta)))
+        hess = (design * (w * p * (1 - p))[:, None]).T @ design
+        step = np.linalg.solve(hess, design.T @ (w * (y - p)))
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    n_eff = [np.sum(x.weights) ** 2 / np.sum(x.weights**2) for x in (num, den)]
+    scale = 2.0 / (1.0 / n_eff[0] + 1.0 / n_eff[1])  # weights sum to 2: per-event information
+    return float(beta[1]), float(np.sqrt(np.linalg.inv(hess)[1, 1] / scale))
+
+
+def one_dataset(
+    problem: Any, spec: dict, ensembles: dict, norm: Any, data: Any, slopes: dict | None = None
+) -> dict:
+    """Exact, learned (no shrinkage), learned with the noise shrinkage and, with ``slopes``
+    ({process: b}), learned with each process log ratio multiplied by its logit slope: profiled
+    fits on one pseudo-data set."""
     from sbi_engine.fit import fit
+    from sbi_engine.fit.variations import Variant, refit_variants
     from sbi_engine.fit_jobs import build_learned_fit
     from sbi_engine.problems import exact_workspace
 
     raw_spec = copy.deepcopy(spec)
     raw_spec["params"].setdefault("options", {})["shrink_noise"] = False
     exact = _fit_summary(fit(exact_workspace(problem, data, norm)))
-    learned = _fit_summary(fit(build_learned_fit(raw_spec, ensembles, data=data).workspace))
+    raw = build_learned_fit(raw_spec, ensembles, data=data)
+    raw_result = fit(raw.workspace)
+    learned = _fit_summary(raw_result)
     lf = build_learned_fit(spec, ensembles, data=data)
     corrected = _fit_summary(fit(lf.workspace))
     info = {x.task: x.to_dict() for x in lf.shrinkage}
     s = exact["sigma"]
-    return {
+    out: dict[str, Any] = {}
+    if slopes:
+        v = np.asarray(raw.workspace.data.norm_weights, dtype=np.float64)[raw.norm_rows]
+        ratios = {}
+        for proc, task in raw.process_task.items():
+            log_r = raw.ratios[task].nominal * slopes[proc]
+            log_r -= np.log(np.sum(v * np.exp(log_r[raw.norm_rows])) / np.sum(v))
+            ratios[proc] = np.exp(log_r)
+        fits = refit_variants(raw.workspace, [Variant(ratios=ratios)], init=raw_result)
+        j = list(fits.names).index("mu")
+        out = {
+            "recalibrated_dmu_in_sigma": (float(fits.theta[0, j]) - exact["mu_hat"]) / s,
+            "recalibrated_sigma_ratio": float(fits.errors[0, j]) / s,
+        }
+    return out | {
         "n_events": len(data),
         "exact": exact,
         "learned": learned,
@@ -99,10 +152,15 @@ def study(
     ensembles = _local(summary.result["ensembles"])
     params = spec["params"]
     norm = load_sample_spec(params["processes"][params["reference"]], role="eval")
+    process_tasks = {t["process"]: n for n, t in params["tasks"].items() if t["kind"] == "process"}
+    slopes = {p: logit_slope(spec, ensembles, t, p) for p, t in process_tasks.items()}
+    print(f"logit slopes on evaluation events: {slopes}", file=sys.stderr, flush=True)
     rows = []
     for k in range(datasets):
         data = problem.pseudo_data(mu_true, seed=seed + 5000 + k)  # not the closure's seeds
-        row = one_dataset(problem, spec, ensembles, norm, data)
+        row = one_dataset(
+            problem, spec, ensembles, norm, data, {p: b for p, (b, _) in slopes.items()}
+        )
         rows.append(row)
         lam = ", ".join(f"{t} {i['lambda']:.3f}" for t, i in row["tasks"].items())
         print(
@@ -120,6 +178,7 @@ def study(
         "mu_true": mu_true,
         "datasets": datasets,
         "campaign": summary.campaign_id,
+        "logit_slopes": {p: {"b": b, "error": e} for p, (b, e) in slopes.items()},
         "train_s": train_s,
         "seconds": time.monotonic() - t0,
         "summary": {
@@ -129,6 +188,8 @@ def study(
                 "learned_sigma_ratio",
                 "corrected_dmu_in_sigma",
                 "corrected_sigma_ratio",
+                "recalibrated_dmu_in_sigma",
+                "recalibrated_sigma_ratio",
             )
         }
         | {f"lambda {t}": _mean_sd([r["tasks"][t]["lambda"] for r in rows]) for t in tasks}
