@@ -425,7 +425,7 @@ def build_learned_fit(
         # Asimov data are not known before the workspace: the reference events stand in for them
         data_w = norm_weights[norm_rows] if asimov else weights[data_rows]
         shrinkage = _shrink_process_ratios(
-            ratios, process_task, processes, shape_tasks, data_rows, data_w, norm_rows, v
+            ratios, process_task, processes, shape_tasks, data_rows, data_w, norm_rows, v, len(x)
         )
 
     mu_true = float(params.get("mu_true", 1.0))
@@ -475,11 +475,12 @@ def _shrink_process_ratios(
     data_weights: np.ndarray,
     norm_rows: np.ndarray,
     norm_weights: np.ndarray,
+    n_rows: int,
 ) -> tuple[Shrinkage, ...]:
     """Shrink the network noise out of every process ratio (`sbi_engine.noise_shrinkage`), in
     place: ``ratios`` and the processes' ratio arrays become the shrunk ones."""
     directions = shape_directions(
-        [ratios[u].nominal - ratios[d].nominal for u, d in shape_tasks.values()]
+        [ratios[u].nominal - ratios[d].nominal for u, d in shape_tasks.values()], n_rows
     )
     out = []
     for proc, task in sorted(process_task.items()):

@@ -48,16 +48,22 @@ class TaskRatios:
         """r of member ``j`` (cycled when a variant index exceeds this task's member count)."""
         return np.exp(self.members[j % self.n_members])
 
-    def noise(self, rows: np.ndarray | slice = slice(None)) -> float:
-        """RMS over rows of the member standard deviation of log r: the estimated log-ratio error.
+    def noise(
+        self, rows: np.ndarray | slice = slice(None), weights: np.ndarray | None = None
+    ) -> float:
+        """RMS over rows (weighted by |weights| if given) of the member standard deviation of
+        log r: the estimated log-ratio error.
 
         With bootstrap members this is the error of one training on a fresh sample, which is of
         the size of the ensemble's shared finite-sample error (members alone do not remove it).
         """
         if self.n_members < 2:
             return float("nan")
-        sd = np.std(self.members[:, rows], axis=0, ddof=1)
-        return float(np.sqrt(np.mean(sd**2)))
+        var = np.var(self.members[:, rows], axis=0, ddof=1)
+        if weights is None:
+            return float(np.sqrt(np.mean(var)))
+        w = np.abs(np.asarray(weights, dtype=np.float64))
+        return float(np.sqrt(np.sum(w * var) / np.sum(w))) if w.sum() > 0 else float("nan")
 
     def signal(
         self,

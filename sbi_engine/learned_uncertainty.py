@@ -205,6 +205,8 @@ def check(
 
 def nuisance_shape_directions(workspace: Any, rows: np.ndarray) -> np.ndarray:
     """(len(rows), k): log(up / down) of every nuisance shape effect on ``rows`` (k may be 0)."""
+    from .noise_shrinkage import shape_directions
+
     cols = [
         np.log(np.asarray(e.shape[0], dtype=np.float64)[rows])
         - np.log(np.asarray(e.shape[1], dtype=np.float64)[rows])
@@ -212,8 +214,7 @@ def nuisance_shape_directions(workspace: Any, rows: np.ndarray) -> np.ndarray:
         for e in nu.effects.values()
         if e.shape is not None
     ]
-    cols = [c for c in cols if np.all(np.isfinite(c)) and np.std(c) > 0]
-    return np.column_stack(cols) if cols else np.empty((len(rows), 0))
+    return shape_directions(cols, len(rows))
 
 
 def ratio_checks(lf: Any) -> list[dict]:

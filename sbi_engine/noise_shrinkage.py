@@ -60,11 +60,12 @@ class Shrinkage:
         }
 
 
-def shape_directions(columns: Sequence[np.ndarray]) -> np.ndarray:
-    """(n, k) log(up / down) columns that can serve as regressors (finite, not constant)."""
+def shape_directions(columns: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """(n, k) log(up / down) columns that can serve as regressors (finite, not constant);
+    k may be 0."""
     cols = [np.asarray(c, dtype=np.float64) for c in columns]
     cols = [c for c in cols if np.all(np.isfinite(c)) and np.std(c) > 0]
-    return np.column_stack(cols) if cols else np.empty((0, 0))
+    return np.column_stack(cols) if cols else np.empty((n, 0))
 
 
 def _renormalised(log_r: np.ndarray, norm_rows: np.ndarray, norm_w: np.ndarray) -> np.ndarray:
@@ -72,14 +73,6 @@ def _renormalised(log_r: np.ndarray, norm_rows: np.ndarray, norm_w: np.ndarray) 
     on_norm = np.exp(log_r[..., norm_rows])
     shift = np.log(np.sum(norm_w * on_norm, axis=-1) / np.sum(norm_w))
     return log_r - np.asarray(shift)[..., None]
-
-
-def _weighted_noise(ratios: TaskRatios, rows: np.ndarray, w: np.ndarray) -> float:
-    """RMS member spread of log r over ``rows`` with weights ``w`` (nan for one member)."""
-    if ratios.n_members < 2 or w.sum() <= 0:
-        return float("nan")
-    var = np.var(ratios.members[:, rows], axis=0, ddof=1)
-    return float(np.sqrt(np.sum(w * var) / np.sum(w)))
 
 
 def shrink(
@@ -92,13 +85,13 @@ def shrink(
 ) -> tuple[TaskRatios, Shrinkage]:
     """The task's ratios with the noisy residual shrunk (see the module docstring).
 
-    ``directions`` (n_rows, k) or empty: nuisance shape directions on every row;
+    ``directions`` (n_rows, k), k >= 0 (`shape_directions`): nuisance shape directions on every row;
     ``data_weights``: the data weights of ``data_rows`` (|w| is used); ``norm_weights``: the
     simulation weights of ``norm_rows``. One member (noise unknown) or no residual: unchanged.
     """
     n = ratios.nominal.shape[0]
-    k = directions.shape[1] if directions.size else 0
-    design_all = np.column_stack([np.ones(n), directions]) if k else np.ones((n, 1))
+    k = directions.shape[1]
+    design_all = np.column_stack([np.ones(n), directions])
     rows = np.asarray(data_rows)
     w = np.abs(np.asarray(data_weights, dtype=np.float64))
     sw = np.sqrt(w)
@@ -110,7 +103,7 @@ def shrink(
     resid = ratios.nominal[rows] - design_all[rows] @ coef[:, 0]
     mean = np.sum(w * resid) / np.sum(w)
     resid_var = float(np.sum(w * (resid - mean) ** 2) / np.sum(w))
-    noise = _weighted_noise(ratios, rows, w)
+    noise = ratios.noise(rows, w)
     if not np.isfinite(noise) or resid_var <= 0:
         return ratios, Shrinkage(ratios.task, 1.0, noise, float(np.sqrt(resid_var)), k)
     lam = float(max(0.0, 1.0 - noise**2 / resid_var))

@@ -103,7 +103,7 @@ def test_one_member_or_no_shape_directions():
     single = TaskRatios("t", tr.members[:1], tr.nominal)
     out, info = _shrunk(single, c)
     assert out is single and info.factor == 1.0 and np.isnan(info.noise)
-    no_dirs = shape_directions([np.ones(N), np.full(N, np.nan)])  # constant, not finite: dropped
+    no_dirs = shape_directions([np.ones(N), np.full(N, np.nan)], N)  # constant, not finite: dropped
     assert no_dirs.size == 0
     _, info = shrink(tr, no_dirs, np.arange(N), np.ones(N), np.arange(N), np.ones(N))
     # without the direction its 0.3 c counts as signal: lambda is larger
