@@ -84,6 +84,7 @@ from backend.launchers import (
 )
 from backend.launchers.base import worker_hours
 from backend.leader import LeaderLease, LeaseLost
+from backend.signal_safe import handler_setting
 from backend.states import CampaignStatus, IllegalTransition, JobStatus, moved
 from backend.stores import ArtifactStore, ObjectNotFound, StoreError, join_uri, layout, open_store
 from backend.stores.base import list_segments, put_json
@@ -1308,7 +1309,7 @@ class Controller:
         stop = stop or threading.Event()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
+                signal.signal(sig, handler_setting(stop))  # not stop.set(): a deadlock
         ticks = 0
         failures = 0  # passes failed in a row: the wait before the next one doubles
         while not stop.is_set():

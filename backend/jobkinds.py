@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from backend.signal_safe import set_event_soon
 from backend.stores import ArtifactStore, layout, open_store
 
 if TYPE_CHECKING:
@@ -48,11 +49,16 @@ class StopFlag:
         self.reason = ""
         self.set_at: float | None = None
 
-    def set(self, reason: str) -> None:
+    def set(self, reason: str, *, from_signal: bool = False) -> None:
+        """Set the flag; ``from_signal`` in a signal handler (`backend.signal_safe`: a job
+        that waits on the event would otherwise deadlock its own main thread)."""
         if not self.event.is_set():
             self.reason = reason
             self.set_at = time.monotonic()
-            self.event.set()
+            if from_signal:
+                set_event_soon(self.event)
+            else:
+                self.event.set()
 
     def __bool__(self) -> bool:
         return self.event.is_set()

@@ -324,7 +324,7 @@ def run_attempt(
     if install_signals:
 
         def on_signal(signum, _frame):
-            stop.set(f"received {signal.Signals(signum).name}")
+            stop.set(f"received {signal.Signals(signum).name}", from_signal=True)
             if in_job["now"] and (in_job["force"] or not in_job["cooperative"]):
                 raise Preempted(stop.reason)  # cannot (or did not) stop by itself: stop right away
 

@@ -185,21 +185,18 @@ def _toy_vs_asymptotic(model, n_toys, seed=3, **kw):
     return asym, toys
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_demo_toy_limit_agrees_with_asymptotic_fast(demo2_model):
-    """150 toys per hypothesis and point, 4 points: a smoke-level agreement (25 %). About 2 min
-    on 2 shared CPU cores, hence slow too; the CI's fast toy-limit checks are the counting ones."""
+    """150 toys per hypothesis and point, 4 points: a smoke-level agreement (25 %). About 2-3 min
+    on 2 CPU cores, so outside CI: CI's toy-limit checks are the counting ones (against exact
+    Poisson probabilities) and the fit job's toy limit on a counting workspace."""
     asym, toys = _toy_vs_asymptotic(demo2_model, 150, bands=False, max_points=4)
     assert toys.method == "toys" and len(toys.scan) <= 4
     assert abs(toys.observed / asym.observed - 1.0) < 0.25, (toys.observed, asym.observed)
 
 
-@pytest.mark.slow
+@pytest.mark.study
 @pytest.mark.timeout(5400)  # about 45 min on 2 idle cores: past the suite's 600 s default
-@pytest.mark.skipif(
-    not os.environ.get("NSBI_RUN_STUDIES"),
-    reason="a study (tens of minutes on 2 cores), outside CI: run with NSBI_RUN_STUDIES=1",
-)
 def test_demo_toy_limit_agrees_with_asymptotic_2000_toys(demo2_model):
     """Done-when of issue 14: background-only Asimov on the exact demo workspace, the 95 % CL
     CLs limit from toys (2000 per hypothesis and tested point, nuisances from the conditional

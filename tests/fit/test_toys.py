@@ -103,11 +103,13 @@ def test_toy_study_reports_per_toy_results(study):
     )  # the two pulls agree where the likelihood is near-Gaussian
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_neyman_belt_is_close_to_wilks(big_model):
     """Toy-based critical values of t = q(mu) - q_min at three mu values: near the chi2_1 68 %
     quantile 0.99 (200 toys: standard error about 0.14 each, 0.08 for their mean), and the
-    confidence set of the Asimov fit contains its best fit but not the points 2 sigma away."""
+    confidence set of the Asimov fit contains its best fit but not the points 2 sigma away.
+    About a minute on 2 CPU cores, so outside CI; CI's Neyman check is tests/fit/test_neyman.py
+    (profiled nuisances, against the profile-likelihood interval)."""
     from sbi_engine.fit.toys import neyman_construction
 
     observed = fit(big_model)
