@@ -611,6 +611,26 @@ def limits_result(ws, settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def asymptotic_limit_check(limits: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``asymptotic_limit`` check of an asymptotic CLs limit: it fails where the expected
+    event count turns inside the limit range (`sbi_engine.fit.limits.yield_turning_points`), as
+    interference makes it do, since the asymptotic formulas then misplace the limit. None for
+    toy limits and failed ones (nothing asymptotic to judge)."""
+    extra = limits.get("extra") or {}
+    if limits.get("method") != "asymptotic" or "yield_turning_points" not in extra:
+        return None
+    turns = list(extra["yield_turning_points"])
+    return lu.check(
+        "asymptotic_limit",
+        float(len(turns)),
+        0.0,
+        not turns,
+        extra.get("asymptotic_warning")
+        or "the expected event count is monotonic in the POI up to the largest limit: the "
+        "asymptotic formulas apply",
+    )
+
+
 def expected_workspace(ws, mu: float):
     """The workspace with the model's Asimov data at ``mu`` (nuisances at nominal): the data
     rows get weight 0, the normalisation rows v_i s_i(mu) / V. Nothing of the data is read."""
@@ -737,6 +757,9 @@ def run_fit_job(spec: Mapping[str, Any], ensembles: Mapping[str, Sequence[str]])
         options = dict(params.get("options") or {})
         if options.get("limits"):
             out["limits"] = limits_result(ws, options["limits"])
+            limit_check = asymptotic_limit_check(out["limits"])
+            if limit_check is not None:
+                out["checks"].append(limit_check)
         if options.get("expected"):
             out["expected"] = expected_result(ws, options["expected"])
     elif kind == "impacts":

@@ -16,7 +16,8 @@ Two sources of records:
   lights use too). A check fails where the dashboard's light is RED; AMBER is a warning only.
 * fit-stage jobs: their summary may carry ``"checks"``, a list of records
   ``{"name", "task", "value", "threshold", "passed", "message"}`` (e.g. asimov_closure,
-  noise_to_signal, converged, norm_sample_size); `CheckRecord.from_dict` reads them as they are.
+  noise_to_signal, converged, norm_sample_size, asymptotic_limit); `CheckRecord.from_dict` reads
+  them as they are.
 
 Why each limit (the RED boundary; the GREEN one, where it differs, marks a warning):
 

@@ -581,6 +581,9 @@ def limits_markdown(limits: Mapping[str, Any] | None) -> list[str]:
         if at_bound:
             lines.append("")
             lines.append(f"At a bound in the free fit: {', '.join(at_bound)}.")
+        warning = (limits.get("extra") or {}).get("asymptotic_warning")
+        if warning:
+            lines += ["", f"**Warning:** {warning}."]
     lines += ["", f"Discovery test on the data: {_discovery_text(limits.get('discovery'))}", ""]
     return lines
 

@@ -171,6 +171,9 @@ def format_limit(limit) -> str:
         f"  expected  {f(e.get(0))}   -1 sigma {f(e.get(-1))}  +1 sigma {f(e.get(1))}"
         f"   -2 sigma {f(e.get(-2))}  +2 sigma {f(e.get(2))}",
     ]
+    warning = (limit.extra or {}).get("asymptotic_warning")
+    if warning:
+        lines.append(f"  WARNING: {warning}")
     return "\n".join(lines)
 
 

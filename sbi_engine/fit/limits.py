@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
@@ -69,6 +71,7 @@ __all__ = [
     "UpperLimit",
     "upper_limit",
     "toy_cls",
+    "yield_turning_points",
     "BANDS",
 ]
 
@@ -254,6 +257,54 @@ def discovery(
     )
 
 
+# ----------------------------------------------------------------------------- regularity
+
+
+def yield_turning_points(
+    target: Workspace | Model, poi: str, lo: float, hi: float, n: int = 401
+) -> list[float]:
+    """Where the expected unbinned event count turns as ``poi`` runs over [lo, hi] (other
+    parameters at their initial values, nuisances at their auxiliary values), on a grid of ``n``.
+
+    Interference makes the count fall, then rise (mu S + sqrt(mu) I + B with I < 0): distinct POI
+    values predict the same count, the likelihood is not regular in the POI there, and the
+    asymptotic formulas (Wald's approximation, CCGV section 3) can be off: on the exact demo the
+    count turns at mu = 0.41 and toys put the 95 % CLs limit 11 +- 2 % above the asymptotic one
+    (docs/validation.md). Linear or monotonic models have none."""
+    model = _model(target)
+    base = model.init.copy()
+    base[model.n_free :] = model.aux
+    grid = np.linspace(float(lo), float(hi), int(n))
+    thetas = np.stack([model.theta({poi: float(m)}, base=base) for m in grid])
+    nu = np.asarray(jax.vmap(lambda t: jnp.sum(model.amplitudes(t)))(jnp.asarray(thetas)))
+    step = np.diff(nu)
+    sign = np.where(np.abs(step) > 1e-9 * np.max(np.abs(nu)), np.sign(step), 0.0)
+    nonzero = np.flatnonzero(sign)
+    return [
+        float(grid[j]) for i, j in zip(nonzero[:-1], nonzero[1:], strict=True) if sign[i] != sign[j]
+    ]
+
+
+def _asymptotic_caveat(model: Model, poi: str, lo: float, limits: list[float]) -> dict[str, Any]:
+    """``extra`` entries of an asymptotic limit: the yield's turning points below the largest
+    limit and, where there are any, a warning that names them and the remedy (toys)."""
+    finite = [x for x in limits if math.isfinite(x)]
+    if not finite:
+        return {}
+    top = max(finite)
+    turns = yield_turning_points(model, poi, lo, top)
+    out: dict[str, Any] = {"yield_turning_points": turns}
+    if turns:
+        where = ", ".join(f"{t:.3g}" for t in turns)
+        out["asymptotic_warning"] = (
+            f"the expected event count is not monotonic in {poi} on [{lo:g}, {top:.3g}] (it "
+            f"turns at {poi} = {where}): the likelihood is not regular there and the asymptotic "
+            "CLs formulas can misplace the limit (on the exact demo by 11 %); compute it with "
+            "toys (compute.limits.method: toys, or nsbi fit --upper-limit --toys N)"
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- upper limits
 
 
@@ -383,6 +434,7 @@ def upper_limit(
             and all(r.converged for r in asimov._cond.values())
         ),
         "at_bound": list(obs.free.at_bound),
+        **_asymptotic_caveat(model, poi, lo, [observed, *expected.values()]),
     }
     asym = UpperLimit(poi, float(cl), "asymptotic", observed, expected, obs.mu_hat, extra=extra)
     if toys <= 0:
@@ -580,5 +632,10 @@ def _toy_limit(
         {k: v for k, v in row.items() if not k.startswith("_")}
         for _, row in sorted(engine.points.items())
     )
-    extra = {"asymptotic_observed": asym.observed, "seed": seed, "n_points": len(scan)}
+    extra = {
+        "asymptotic_observed": asym.observed,
+        "seed": seed,
+        "n_points": len(scan),
+        "yield_turning_points": asym.extra.get("yield_turning_points", []),
+    }
     return UpperLimit(obs.poi, asym.cl, "toys", observed, expected, obs.mu_hat, n_toys, scan, extra)

@@ -184,6 +184,11 @@ def test_limit_band_discovery_and_expected_result_in_the_report(limits_run):
     assert "## Expected result (Asimov data at μ = 1.00" in text
     assert f"| **{exp['mu_hat']:.4f}** |" in text
     assert "Discovery test on the data: q₀ = 0.000" in text
+    # S + B is linear in mu: the asymptotic formulas apply, and the check says so
+    assert lim["extra"]["yield_turning_points"] == [] and "asymptotic_warning" not in lim["extra"]
+    (check,) = [c for c in doc["fit_checks"] if c["name"] == "asymptotic_limit"]
+    assert check["passed"] and check["value"] == 0.0
+    assert "Warning" not in text
 
 
 # --------------------------------------------------------------------------- report, plain data
@@ -204,6 +209,8 @@ def test_report_tables_on_plain_data():
     assert "## Upper limit on μ (90 % CL, CLs, q̃_μ, toys, 500 toys per hypothesis" in text
     assert "| **1.5000** | 0.5000 | 0.8000 | 1.2000 | 1.7000 | 2.4000 |" in text
     assert "q₀ = 4.000, Z = 2.00 σ, p₀ = 0.0227" in text
+    warned = {**lim, "method": "asymptotic", "extra": {"asymptotic_warning": "it turns"}}
+    assert "**Warning:** it turns." in "\n".join(limits_markdown(warned))
     failed = "\n".join(limits_markdown({"cl": 0.95, "method": "asymptotic", "error": "X: y|z"}))
     assert "could not be computed: X: y/z" in failed
     assert limits_markdown({}) == [] and expected_markdown(None) == []
@@ -250,3 +257,21 @@ def test_fit_job_toy_limit_on_a_counting_workspace():
     assert len(toys["scan"]) >= 3 and toys["discovery"]["q0"] == pytest.approx(0.0, abs=1e-9)
     # b = 5 is far from asymptotic (measured 1.48 with these toys against 1.15)
     assert 0.8 < toys["observed"] / asym["observed"] < 1.5
+
+
+def test_asymptotic_limit_check_fails_only_where_the_yield_turns():
+    from sbi_engine.fit_jobs import asymptotic_limit_check
+
+    turned = {
+        "method": "asymptotic",
+        "extra": {"yield_turning_points": [0.41], "asymptotic_warning": "w"},
+    }
+    check = asymptotic_limit_check(turned)
+    assert check is not None and not check["passed"] and check["value"] == 1.0
+    assert check["message"] == "w" and check["name"] == "asymptotic_limit"
+    flat = asymptotic_limit_check({"method": "asymptotic", "extra": {"yield_turning_points": []}})
+    assert flat is not None and flat["passed"] and "monotonic" in flat["message"]
+    assert (
+        asymptotic_limit_check({"method": "toys", "extra": {"yield_turning_points": [0.4]}}) is None
+    )
+    assert asymptotic_limit_check({"method": "asymptotic", "error": "X: y"}) is None
