@@ -8,10 +8,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from backend.analysis.spec_check import fit_job_stage_settings
+from backend.analysis.spec_models import IN_FIT_JOB
 from backend.campaign_create import insert_plans
 from backend.campaign_rows import IntentError, add_campaign_event, campaign_or_raise
 from backend.campaigns import expand, validate_config
@@ -19,6 +22,30 @@ from backend.cost_view import estimate_plans
 from backend.db.engine import session_scope
 from backend.db.models import FIT_KINDS, Job
 from backend.states import CampaignStatus, DesiredState, utcnow
+
+
+def _fit_job_stage(stage: str, block: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's ``limits`` / ``expected`` settings, resolved as an analysis file's are
+    (`spec_check.fit_job_stage_settings`); a problem is a ValueError naming the key."""
+    if block is True:
+        block = {}
+    if not isinstance(block, Mapping):
+        raise ValueError(f"start_fit: {stage}: expected true/false or a mapping, got {block!r}")
+    fit = raw.get("fit") or {}
+    pois = fit.get("pois") or ({"mu": fit["poi"]} if fit.get("poi") else {})
+    first = next(iter(pois.values()), None) or {}
+    ends = first.get("bounds")
+    bounds = (float(ends[0]), float(ends[1])) if ends else None
+    try:
+        settings, problems = fit_job_stage_settings(stage, {"enabled": True, **block}, bounds)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"start_fit: {stage}.{key}: {err['msg']}") from None
+    if problems:
+        key, message = problems[0]
+        raise ValueError(f"start_fit: {stage}.{key}: {message}")
+    return settings
 
 
 def start_fit(
@@ -34,8 +61,10 @@ def start_fit(
     request keys (all optional): steps (subset of fit, impacts, scan, toys; a fit is always
     included because the others start from it), data ("asimov", "observed" or a sample spec),
     mu_true, scan {"low", "high", "points"} or poi_values, points_per_job, toys (count),
-    toys_per_job, nps_per_job. The new fit waits for every training job; the new jobs launch
-    once the campaign is launched (a finished campaign is reopened as ACTIVE).
+    toys_per_job, nps_per_job, limits {cl, method, toys, seed} and expected {mu} (computed in
+    the fit job, as compute.limits / compute.expected of an analysis file; a false value turns
+    off what the campaign config asks). The new fit waits for every training job; the new jobs
+    launch once the campaign is launched (a finished campaign is reopened as ACTIVE).
     """
     steps = set(request.get("steps") or FIT_KINDS) | {"fit"}
     bad = sorted(steps - set(FIT_KINDS))
@@ -68,6 +97,13 @@ def start_fit(
                         "(set fit.data to a sample spec)"
                     )
         raw["fit"].update(enabled=True, data=data, mu_true=mu_true)
+        options = dict(raw["fit"].get("options") or {})
+        for stage in IN_FIT_JOB:
+            if stage in request:
+                options.pop(stage, None)
+                if request[stage]:
+                    options[stage] = _fit_job_stage(stage, request[stage], raw)
+        raw["fit"]["options"] = options
         raw["impacts"].update(enabled="impacts" in steps)
         if "nps_per_job" in request:
             raw["impacts"]["nps_per_job"] = int(request["nps_per_job"])

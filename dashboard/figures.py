@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard.formatting import finite_or_none
+
 # Colours: train/validation and pre/post-fit pairs that stay readable in print.
 TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
@@ -733,6 +735,65 @@ def likelihood_scan(scan: pd.DataFrame, *, poi: str = "mu", title: str | None = 
         shapes=[_hline(q, c) for q, _, c in levels],
         annotations=[_label(t, x=0.0, y=q) for q, t, _ in levels],
     )
+
+
+LIMIT_BANDS = ("-2", "-1", "0", "1", "2")  # expected limits: mu-hat = N sigma under b-only
+
+
+def limit_band(
+    observed: float | None,
+    expected: Mapping[str, float | None],
+    *,
+    poi: str = "mu",
+    cl: float = 0.95,
+    title: str | None = None,
+) -> go.Figure:
+    """The CLs upper limit as one row of the usual 'Brazil' plot: the expected limit (dashed)
+    with its +-1 sigma (green) and +-2 sigma (yellow) bands, the observed limit as a marker.
+
+    `expected` maps "-2" .. "2" to the expected limits (as in the fit job's result JSON);
+    missing or non-finite ones are left out of the bands."""
+    title = title or f"{100 * cl:g} % CL upper limit on {poi} (CLs)"
+    e = {k: finite_or_none(expected.get(k)) for k in LIMIT_BANDS}
+    obs = finite_or_none(observed)
+    known = [v for v in (*e.values(), obs) if v is not None]
+    if not known:
+        return empty_figure("No limit.", title=title)
+    shapes: list[dict] = []
+    for lo, hi, colour, opacity in (("-2", "2", "#ffd92f", 0.7), ("-1", "1", "#66c2a5", 0.8)):
+        x0, x1 = e[lo], e[hi]
+        if x0 is not None and x1 is not None:
+            shapes.append(_vrect(x0, x1, colour, opacity))
+    median = e["0"]
+    if median is not None:
+        shapes.append(_vline(median, "black", "dash", width=2.0))
+    fig = go.Figure()
+    if obs is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[obs],
+                y=[0.5],
+                mode="markers",
+                marker={"color": "black", "size": 14, "symbol": "diamond"},
+                name=f"observed {obs:.3g}",
+            )
+        )
+    if median is not None:  # a legend entry for the dashed median line
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"color": "black", "dash": "dash"},
+                name=f"expected {median:.3g}",
+            )
+        )
+    span = max(known) - min(0.0, min(known))
+    fig.update_xaxes(
+        title=f"{poi} upper limit", range=[min(0.0, min(known)), max(known) + 0.15 * span]
+    )
+    fig.update_yaxes(visible=False, range=[0, 1])
+    return _layout(fig, title, height=220, shapes=shapes)
 
 
 def toy_pulls(

@@ -582,6 +582,10 @@ class FitView:
     contours: dict = field(default_factory=dict)
     pois: dict = field(default_factory=dict)
     poi_correlations: dict = field(default_factory=dict)
+    # the fit job's CLs upper limit (observed, expected "-2".."2", extra, discovery) and its
+    # expected (Asimov) result, where the run asked for them (compute.limits / .expected)
+    limits: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -851,6 +855,8 @@ def fit_view(result: Mapping) -> FitView:
         contours=dict(result.get("contours") or {}),
         pois=dict(result.get("pois") or {}),
         poi_correlations=dict(result.get("correlations") or {}),
+        limits=dict(result.get("limits") or {}),
+        expected=dict(result.get("expected") or {}),
     )
 
 

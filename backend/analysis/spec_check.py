@@ -199,6 +199,32 @@ def _compute(ck: Checker, res: Resolved, raw: Any, bounds: tuple[float, float] |
     _in_fit_job(ck, res, bounds)
 
 
+def fit_job_stage_settings(
+    stage: str, block: Mapping[str, Any], bounds: tuple[float, float] | None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The resolved settings (defaults filled in) of ``limits`` or ``expected``, a stage run
+    inside the fit job, and the problems found as (key, message). ``block`` must pass the
+    stage's model (`spec_models.STAGES`); the dashboard's fit form goes through here too
+    (`backend.fit_starts`), so both resolve the settings alike."""
+    problems: list[tuple[str, str]] = []
+    settings = spec_models.STAGES[stage].model_validate(block).model_dump()
+    settings.pop("enabled")
+    if stage == "limits":
+        if settings["method"] == "asymptotic" and settings["toys"] is not None:
+            problems.append(("toys", "is only used with method: toys"))
+        if settings["method"] == "toys" and settings["toys"] is None:
+            settings["toys"] = spec_models.DEFAULT_LIMIT_TOYS
+        settings["toys"] = settings["toys"] or 0
+        settings["seed"] = int(settings["seed"] or 0)
+        settings["cl"] = float(settings["cl"])
+    else:
+        mu = float(settings["mu"])
+        if bounds is not None and not bounds[0] <= mu <= bounds[1]:
+            problems.append(("mu", f"{mu:g} is outside poi.bounds [{bounds[0]:g}, {bounds[1]:g}]"))
+        settings["mu"] = mu
+    return settings, problems
+
+
 def _in_fit_job(ck: Checker, res: Resolved, bounds: tuple[float, float] | None) -> None:
     """compute.limits and compute.expected run inside the fit job: their resolved settings
     (defaults filled in) go into the fit's options, so they reach the job and its cache key."""
@@ -206,25 +232,9 @@ def _in_fit_job(ck: Checker, res: Resolved, bounds: tuple[float, float] | None) 
         block = res.compute.pop(stage, None)
         if not block or not block.get("enabled"):
             continue
-        where = ("compute", stage)
-        settings = spec_models.STAGES[stage].model_validate(block).model_dump()
-        settings.pop("enabled")
-        if stage == "limits":
-            if settings["method"] == "asymptotic" and settings["toys"] is not None:
-                ck.add((*where, "toys"), "is only used with method: toys")
-            if settings["method"] == "toys" and settings["toys"] is None:
-                settings["toys"] = spec_models.DEFAULT_LIMIT_TOYS
-            settings["toys"] = settings["toys"] or 0
-            settings["seed"] = int(settings["seed"] or 0)
-            settings["cl"] = float(settings["cl"])
-        else:
-            mu = float(settings["mu"])
-            if bounds is not None and not bounds[0] <= mu <= bounds[1]:
-                ck.add(
-                    (*where, "mu"),
-                    f"{mu:g} is outside poi.bounds [{bounds[0]:g}, {bounds[1]:g}]",
-                )
-            settings["mu"] = mu
+        settings, problems = fit_job_stage_settings(stage, block, bounds)
+        for key, message in problems:
+            ck.add(("compute", stage, key), message)
         fit = res.compute.setdefault("fit", {"enabled": True})
         fit["options"] = {**dict(fit.get("options") or {}), stage: settings}
 

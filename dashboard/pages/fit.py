@@ -10,7 +10,17 @@ import streamlit as st
 from backend.analysis.fit_figures import contour_figure, nice_ticks
 from dashboard import cache, figures, formatting, intents, queries, widgets
 
-VIEWS = ("Parameters", "Pulls", "Impacts", "Correlations", "Contours", "Scan", "Toys", "Jobs")
+VIEWS = (
+    "Parameters",
+    "Pulls",
+    "Impacts",
+    "Correlations",
+    "Contours",
+    "Scan",
+    "Limits",
+    "Toys",
+    "Jobs",
+)
 LIVE_EVERY_S = 3  # while a fit run still has unfinished jobs the page refreshes itself
 
 
@@ -145,6 +155,8 @@ def _results(db: str, campaign_id: int) -> None:
             _scan_quality(view)
             _intervals(view)
             widgets.chart(figures.likelihood_scan(view.scan, poi=view.poi), "scan")
+    elif shown == "Limits":
+        _limits(view)
     elif shown == "Toys":
         if view.toy_summary or view.toys.size:
             _toy_summary(view)
@@ -396,6 +408,73 @@ def _toy_summary(view) -> None:
         )
 
 
+def _limits(view) -> None:
+    """The CLs upper limit with its expected band, the discovery test, and the expected
+    (Asimov) result beside the observed fit, as the fit job computed them."""
+    lim, exp = view.limits, view.expected
+    if not lim and not exp:
+        widgets.nothing_yet(
+            "No upper limit or expected result in this run: tick them in the start form below, "
+            "or set compute.limits / compute.expected in the analysis file."
+        )
+        return
+    if lim:
+        cl = float(lim.get("cl") or 0.95)
+        method = str(lim.get("method") or "")
+        if method == "toys":
+            method += f", {lim.get('n_toys')} toys per hypothesis and point"
+        if lim.get("error"):
+            st.error(f"The upper limit could not be computed: {lim['error']}")
+        else:
+            warning = (lim.get("extra") or {}).get("asymptotic_warning")
+            if warning:
+                st.warning(f"Asymptotic limit not to be trusted as it is: {warning}.")
+            e = dict(lim.get("expected") or {})
+            cols = st.columns(3)
+            cols[0].metric(
+                f"observed {100 * cl:g} % CL limit",
+                formatting.number(lim.get("observed")),
+                help=f"CLs with q~_mu, {method}",
+            )
+            cols[1].metric(
+                "expected (median)",
+                formatting.number(e.get("0")),
+                help="the median limit under background only (mu = 0)",
+            )
+            cols[2].metric(
+                "expected ±1σ",
+                f"[{formatting.number(e.get('-1'))}, {formatting.number(e.get('1'))}]",
+                help=f"±2σ: [{formatting.number(e.get('-2'))}, {formatting.number(e.get('2'))}]",
+            )
+            widgets.chart(
+                figures.limit_band(lim.get("observed"), e, poi=view.poi, cl=cl), "limit-band"
+            )
+        disc = lim.get("discovery") or {}
+        if disc.get("error"):
+            st.caption(f"Discovery test failed: {disc['error']}")
+        elif disc:
+            st.caption(
+                f"Discovery test on the data: q₀ = {formatting.number(disc.get('q0'))}, "
+                f"Z = {formatting.number(disc.get('significance'))} σ, "
+                f"p₀ = {formatting.number(disc.get('p0'))}"
+            )
+    if exp:
+        st.markdown(f"**Expected result** ({exp.get('data') or 'Asimov data'})")
+        cols = st.columns(3)
+        cols[0].metric(
+            f"expected {view.poi}",
+            formatting.asymmetric(exp.get("mu_hat"), exp.get("mu_err_lo"), exp.get("mu_err_hi")),
+            help="fit of the model's Asimov data; the errors from the profile likelihood",
+        )
+        cols[1].metric(
+            f"observed {view.poi}",
+            formatting.asymmetric(view.mu_hat, view.mu_err_lo, view.mu_err_hi),
+            help="the fit of this run's data, for comparison",
+        )
+        z = (exp.get("discovery") or {}).get("significance")
+        cols[2].metric("expected significance", f"{formatting.number(z)} σ")
+
+
 def _intervals(view) -> None:
     cols = st.columns(2)
     for col, (level, label) in zip(cols, ((figures.Q_68, "68 % CL"), (figures.Q_95, "95 % CL"))):
@@ -526,6 +605,30 @@ def _start_form(campaign_id: int) -> None:
         n_toys = st.number_input(
             "Toys", min_value=10, max_value=100_000, value=200, step=10, key="fit-toys"
         )
+        l1, l2, l3, l4 = st.columns(4)
+        want_limit = l1.checkbox(
+            "Upper limit (CLs)",
+            key="fit-limit",
+            help="computed in the fit job (Limits view); unticked: as the campaign's config says",
+        )
+        cl = l2.number_input("CL", 0.5, 0.999, 0.95, step=0.01, key="fit-limit-cl")
+        method = l3.radio("Limit method", ("asymptotic", "toys"), key="fit-limit-method")
+        limit_toys = l4.number_input(
+            "Limit toys",
+            min_value=10,
+            max_value=100_000,
+            value=1000,
+            step=100,
+            key="fit-limit-toys",
+            help="toys per hypothesis and tested point (method toys)",
+        )
+        e1, e2 = st.columns(2)
+        want_expected = e1.checkbox(
+            "Expected result",
+            key="fit-expected",
+            help="fit of the model's Asimov data; unticked: as the campaign's config says",
+        )
+        expected_mu = e2.number_input("Expected at μ", value=1.0, key="fit-expected-mu")
         submitted = st.form_submit_button("Start fit", type="primary")
     if submitted:
         request = {
@@ -535,6 +638,12 @@ def _start_form(campaign_id: int) -> None:
             "scan": {"low": scan_lo, "high": scan_hi, "points": int(scan_n)},
             "toys": int(n_toys),
         }
+        if want_limit:  # unticked: as the campaign's config says (compute.limits)
+            request["limits"] = {"cl": float(cl), "method": method} | (
+                {"toys": int(limit_toys)} if method == "toys" else {}
+            )
+        if want_expected:
+            request["expected"] = {"mu": float(expected_mu)}
         try:
             n = intents.start_fit(campaign_id, request)
         except Exception as exc:  # validation or backend errors: shown, page keeps working

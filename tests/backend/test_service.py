@@ -497,6 +497,38 @@ def test_start_fit_adds_a_new_fit_run(engine):
         service.start_fit(cid, {}, engine=engine)
 
 
+def test_start_fit_carries_limits_and_expected_into_the_fit_job(engine):
+    """The dashboard's form asks for an upper limit and an expected result: they reach the new
+    fit job's options resolved as an analysis file's compute.limits / .expected are; bad values
+    are refused with the key named, and nothing is added."""
+    cid = service.create_campaign(demo_config(), engine=engine)
+    (fit_id,) = service.start_fit(
+        cid,
+        {"steps": ["fit"], "limits": {"cl": 0.9, "method": "toys"}, "expected": {"mu": 0.5}},
+        engine=engine,
+    )
+    with session_scope(engine) as s:
+        options = s.get(Job, fit_id).spec["params"]["options"]
+    assert options["limits"] == {"cl": 0.9, "method": "toys", "toys": 1000, "seed": 0}
+    assert options["expected"] == {"mu": 0.5}
+    (plain,) = service.start_fit(cid, {"steps": ["fit"], "limits": True}, engine=engine)
+    with session_scope(engine) as s:
+        options = s.get(Job, plain).spec["params"]["options"]
+    assert options["limits"] == {"cl": 0.95, "method": "asymptotic", "toys": 0, "seed": 0}
+    assert "expected" not in options
+    n_jobs = service.list_jobs(cid, engine=engine)[1]
+    for request, message in (
+        ({"limits": {"cl": 1.5}}, "start_fit: limits.cl:"),
+        ({"limits": {"method": "bayes"}}, "start_fit: limits.method:"),
+        ({"limits": {"toys": 100}}, "start_fit: limits.toys: is only used with method: toys"),
+        ({"limits": 0.95}, "start_fit: limits: expected true/false or a mapping"),
+        ({"expected": {"mu": "one"}}, "start_fit: expected.mu:"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            service.start_fit(cid, {"steps": ["fit"], **request}, engine=engine)
+    assert service.list_jobs(cid, engine=engine)[1] == n_jobs
+
+
 def test_campaign_diagnostics_come_from_train_results(sqlite_engine):
     e = sqlite_engine
     cid = service.create_campaign(demo_config(), engine=e)

@@ -29,6 +29,22 @@ from backend.db import (
 REPO = Path(__file__).resolve().parents[2]
 
 
+# the fit job's CLs limit as `sbi_engine.fit_jobs.limits_result` writes it (asymptotic, with the
+# warning an interference model gets: `sbi_engine.fit.limits.yield_turning_points`)
+LIMITS = {
+    "poi": "mu",
+    "cl": 0.95,
+    "method": "asymptotic",
+    "observed": 0.8142,
+    "expected": {"-2": 0.0492, "-1": 0.1263, "0": 0.8142, "1": 1.1997, "2": 1.5525},
+    "extra": {
+        "yield_turning_points": [0.411],
+        "asymptotic_warning": "the expected event count is not monotonic in mu on [0, 1.55]",
+    },
+    "discovery": {"q0": 0.0, "significance": 0.0, "p0": 0.5},
+}
+
+
 def page(name: str) -> str:
     """Absolute path of a page script (AppTest resolves relative paths against the caller)."""
     return str(REPO / "dashboard" / "pages" / f"{name}.py")
@@ -187,6 +203,15 @@ def fit_payloads(
             {"task": "SBI_vs_B", "lambda": 0.636, "noise": 0.0072, "residual": 0.0119},
             {"task": "S_vs_B", "lambda": 1.0, "noise": 0.001, "residual": 0.5},
         ],
+        "limits": LIMITS,
+        "expected": {
+            "mu": 1.0,
+            "data": "asimov at mu=1 (model expectation, nuisances at nominal)",
+            "mu_hat": 1.0,
+            "mu_err_lo": -0.25,
+            "mu_err_hi": 0.3,
+            "discovery": {"significance": 4.1},
+        },
     }
     mus = np.linspace(0.0, 2.0, 21)
     scan = Scan(

@@ -196,6 +196,31 @@ def test_fit_page_shows_mu_pulls_impacts(seeded):
     )
 
 
+def test_fit_page_limits_view_shows_the_band_the_warning_and_the_expected_result(seeded):
+    import dash_testkit as seed
+
+    at = run_page("fit")
+    at.button_group(key="fit-view").set_value("Limits").run()
+    assert not at.exception
+    shown = metric_values(at)
+    assert shown["observed 95 % CL limit"] == "0.8142"
+    assert shown["expected (median)"] == "0.8142"
+    assert shown["expected ±1σ"] == "[0.1263, 1.2]"  # 1.1997 to 4 significant digits
+    assert shown["expected mu"] == formatting.asymmetric(1.0, -0.25, 0.3)
+    assert shown["observed mu"] == formatting.number(seeded.mu_hat)  # no profile errors seeded
+    assert shown["expected significance"] == "4.1 σ"
+    (warning,) = at.warning
+    assert "not to be trusted" in warning.value
+    assert seed.LIMITS["extra"]["asymptotic_warning"] in warning.value
+    (chart,) = at.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["layout"]["title"]["text"] == "95 % CL upper limit on mu (CLs)"
+    rects = [s for s in spec["layout"]["shapes"] if s["type"] == "rect"]
+    assert [(r["x0"], r["x1"]) for r in rects] == [(0.0492, 1.5525), (0.1263, 1.1997)]
+    assert spec["data"][0]["x"] == [0.8142]  # the observed marker
+    assert any("Discovery test on the data" in c.value for c in at.caption)
+
+
 def test_fit_page_nothing_yet(empty_db):
     from backend import service
     from backend.campaigns import DEMO_CONFIG
