@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Much of the suite waits on subprocesses, servers and a browser,
+# so 2 processes on the 2-core CI machine take about 60 % of the serial time. Tests never share
+# a daemon, port, database schema or folder across processes; 0: serial.
+PYTEST_WORKERS ?= 2
 # Exact versions of every dependency (pyproject.toml keeps the supported ranges): every install
 # below and the Dockerfile use them, so two machines get the same packages. `make constraints`.
 CONSTRAINTS := constraints.txt
@@ -29,9 +33,9 @@ venv: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/nsbi up
 
-## make test: create or update .venv with the dev extra and run the whole suite (slow and browser tests included)
+## make test: create or update .venv with the dev extra and run the whole suite (slow and browser tests included) in $(PYTEST_WORKERS) processes
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --numprocesses $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## make lint: ruff (lint + format check), the import contracts (layers, no cycles), mypy
 lint: $(VENV)/.installed-dev

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from backend.analysis.fit_figures import LIMIT_BAND_KEYS
 from dashboard.formatting import finite_or_none
 
 # Colours: train/validation and pre/post-fit pairs that stay readable in print.
@@ -737,9 +738,6 @@ def likelihood_scan(scan: pd.DataFrame, *, poi: str = "mu", title: str | None = 
     )
 
 
-LIMIT_BANDS = ("-2", "-1", "0", "1", "2")  # expected limits: mu-hat = N sigma under b-only
-
-
 def limit_band(
     observed: float | None,
     expected: Mapping[str, float | None],
@@ -754,7 +752,7 @@ def limit_band(
     `expected` maps "-2" .. "2" to the expected limits (as in the fit job's result JSON);
     missing or non-finite ones are left out of the bands."""
     title = title or f"{100 * cl:g} % CL upper limit on {poi} (CLs)"
-    e = {k: finite_or_none(expected.get(k)) for k in LIMIT_BANDS}
+    e = {k: finite_or_none(expected.get(k)) for k in LIMIT_BAND_KEYS}
     obs = finite_or_none(observed)
     known = [v for v in (*e.values(), obs) if v is not None]
     if not known:

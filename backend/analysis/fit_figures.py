@@ -12,7 +12,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["nice_step", "nice_ticks", "contour_figure", "CONTOUR_STYLE"]
+__all__ = ["nice_step", "nice_ticks", "contour_figure", "CONTOUR_STYLE", "LIMIT_BAND_KEYS"]
+
+# keys of a limit result's "expected" map, in plotting order: the expected limit where mu-hat
+# is N sigma from 0 under the background-only hypothesis (sbi_engine.fit.limits.BANDS, as text)
+LIMIT_BAND_KEYS = ("-2", "-1", "0", "1", "2")
 
 CONTOUR_STYLE = {"68": ("#1f78b4", "solid"), "95": ("#33a02c", "dash")}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.analysis.fit_figures import contour_figure, nice_ticks
+from backend.analysis.fit_figures import LIMIT_BAND_KEYS, contour_figure, nice_ticks
 
 Q68, Q95 = 1.0, 3.841458820694124  # -2 Delta ln L at 68.27 % and 95 % CL (one parameter)
 BROWSERS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -540,9 +540,6 @@ def fit_table_markdown(fit: Mapping[str, Any], scan: Mapping[str, Any] | None = 
     return lines + [""]
 
 
-BAND_KEYS = ("-2", "-1", "0", "1", "2")  # expected limits: mu-hat = N sigma under b-only
-
-
 def _discovery_text(d: Mapping[str, Any] | None) -> str:
     if not d:
         return "–"
@@ -574,7 +571,7 @@ def limits_markdown(limits: Mapping[str, Any] | None) -> list[str]:
             "| expected +2σ |",
             "| --- | --- | --- | --- | --- | --- |",
             f"| **{_fmt(limits.get('observed'), 4)}** | "
-            + " | ".join(_fmt(exp.get(k), 4) for k in BAND_KEYS)
+            + " | ".join(_fmt(exp.get(k), 4) for k in LIMIT_BAND_KEYS)
             + " |",
         ]
         at_bound = (limits.get("extra") or {}).get("at_bound") or []

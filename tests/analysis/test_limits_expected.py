@@ -225,6 +225,15 @@ def test_report_tables_on_plain_data():
     assert "| **0.9999** | ±0.200 | +0.210 −0.190 | [0.600, 1.430] | True |" in text
 
 
+def test_report_and_dashboard_read_the_bands_the_limit_writes():
+    """The report and the Fit page read the "expected" keys the limit's JSON writes."""
+    from backend.analysis.fit_figures import LIMIT_BAND_KEYS
+    from sbi_engine.fit.limits import BANDS, UpperLimit
+
+    limit = UpperLimit("mu", 0.95, "asymptotic", 1.0, {n: 1.0 + 0.1 * n for n in BANDS}, 0.0)
+    assert tuple(limit.to_dict()["expected"]) == LIMIT_BAND_KEYS
+
+
 def test_fit_job_refuses_an_unknown_limit_method():
     from sbi_engine.fit_jobs import FitJobError, limits_result
 

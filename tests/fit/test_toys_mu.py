@@ -10,7 +10,6 @@ is tested against that analytic number, and the pulls of mu against N(0, 1).
 from __future__ import annotations
 
 import math
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -137,14 +136,12 @@ def test_pulls_are_standard_normal(model, mu):
 
     Tolerances: +-0.1 (the asymptotic allowance) plus two statistical errors; with 300 toys the
     pull mean has standard error 1/sqrt(300) = 0.058 and the width 1/sqrt(2 * 299) = 0.041."""
-    t0 = time.perf_counter()
     st = toy_pull_study(model, mu, 300, seed=101, batch=TOY_BATCH, pad_to=TOY_PAD)
     assert st["n_converged"] >= 297, st
     assert abs(st["pull_mean"]) < 0.1 + 2.0 * st["pull_mean_se"], st
     assert 0.9 - 2.0 * st["pull_width_se"] < st["pull_width"] < 1.1 + 2.0 * st["pull_width_se"], st
     assert abs(st["count_pull"]) < 4.0, st
     assert st["count_expected"] == pytest.approx(DemoProblem(2, LUMI).total_yield(mu), rel=1e-10)
-    assert time.perf_counter() - t0 < 20.0
 
 
 SMALL_SAMPLE_WARNING = (

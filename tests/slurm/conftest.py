@@ -1,6 +1,6 @@
 """Fixtures for the Slurm tests, on a real single-node Slurm started for the session.
 
-- ``slurm_cluster``: munged (reused when one answers), slurmctld and slurmd on loopback with
+- ``slurm_cluster``: a munged of its own, slurmctld and slurmd on loopback with
   a slurm.conf in a temporary folder (``slurm_cluster.py``); ``SLURM_CONF`` points the client
   commands at it for the session. Skips when the Slurm binaries are absent or the session is
   not root, unless ``CI=true``: then it fails, so CI never passes by skipping.

@@ -1,18 +1,23 @@
 """A real single-node Slurm for the tests: munged, slurmctld and slurmd on loopback.
 
 `start_cluster(folder)` writes slurm.conf into `folder` (free, non-default ports; state, spool,
-pid and log files inside it), starts the daemons as root without systemd, and waits until
-`sinfo` shows the node idle; `SlurmCluster.stop()` ends only the processes it started.
+pid and log files inside it), starts a munged of its own (its socket in a folder of its own,
+named by slurm.conf's ``AuthInfo``), then the Slurm daemons as root without systemd, and waits
+until `sinfo` shows the node idle; `SlurmCluster.stop()` ends only the processes it started.
+Nothing is shared with the machine's munged or another cluster, so test processes running in
+parallel (pytest-xdist) may each start one.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +30,6 @@ TIME_LIMIT_CHECK_S = 30
 _WARN_LINE = re.compile(r"^\[([0-9T:.-]+)\].*warning signal (\d+) to JobId=(\d+_\d+)\b")
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "munged")
-MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 
 def missing_binaries() -> list[str]:
@@ -67,6 +71,7 @@ class SlurmCluster:
     node: str
     cpus: int
     env: dict[str, str]
+    munge_dir: Path
     pids: list[int] = field(default_factory=list)
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
@@ -111,6 +116,7 @@ class SlurmCluster:
                 except ProcessLookupError:
                     pass
         self.pids.clear()
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
 
 
 def slurm_time(text: str) -> float:
@@ -168,25 +174,39 @@ def _pid_from(path: Path, timeout: float = 15) -> int:
     raise RuntimeError(f"no pid file {path} within {timeout} s")
 
 
-def _ensure_munged(cluster: SlurmCluster) -> None:
-    """Use a running munged, else start one as the munge user (and stop it at the end)."""
-    probe = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
-    if probe.returncode == 0:
-        return
-    run_dir = Path("/run/munge")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.chown(run_dir, "munge", "munge")
-    subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", _exe("munged")], check=True, timeout=30)
-    cluster.pids.append(_pid_from(run_dir / "munged.pid"))
+def munge_folder() -> Path:
+    """A folder for a munged of one cluster's own, outside pytest's root-only tmp folders:
+    munged runs as the munge user and wants every folder above its socket searchable."""
+    folder = Path(tempfile.mkdtemp(prefix="nsbi-munge-"))
+    folder.chmod(0o755)
+    shutil.chown(folder, "munge", "munge")
+    return folder
+
+
+def _start_munged(cluster: SlurmCluster) -> None:
+    """munged as the munge user with the machine's key (/etc/munge/munge.key), its socket, pid,
+    seed and log in ``cluster.munge_dir``."""
+    folder = cluster.munge_dir
+    socket_path = folder / "munge.socket"
+    argv = [
+        _exe("munged"),
+        f"--socket={socket_path}",
+        f"--pid-file={folder / 'munged.pid'}",
+        f"--seed-file={folder / 'munged.seed'}",
+        f"--log-file={folder / 'munged.log'}",
+    ]
+    subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", shlex.join(argv)], check=True, timeout=30)
+    cluster.pids.append(_pid_from(folder / "munged.pid"))
+    probe = ["munge", "-n", f"--socket={socket_path}"]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if subprocess.run(["munge", "-n"], capture_output=True, timeout=10).returncode == 0:
+        if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0:
             return
         time.sleep(0.2)
-    raise RuntimeError("munged did not answer within 15 s")
+    raise RuntimeError(f"munged did not answer on {socket_path} within 15 s")
 
 
-def write_conf(folder: Path, node: str, cpus: int, ports: list[int]) -> Path:
+def write_conf(folder: Path, node: str, cpus: int, ports: list[int], munge_socket: Path) -> Path:
     for sub in ("state", "spool"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     conf = folder / "slurm.conf"
@@ -194,6 +214,7 @@ def write_conf(folder: Path, node: str, cpus: int, ports: list[int]) -> Path:
         "\n".join(
             [
                 "ClusterName=nsbitest",
+                f"AuthInfo=socket={munge_socket}",  # auth/munge and cred/munge alike
                 f"SlurmctldHost={node}(127.0.0.1)",
                 "SlurmUser=root",
                 f"SlurmctldPort={ports[0]}",
@@ -232,11 +253,12 @@ def write_conf(folder: Path, node: str, cpus: int, ports: list[int]) -> Path:
 
 def start_cluster(folder: Path, cpus: int = 4, timeout: float = 60) -> SlurmCluster:
     node = socket.gethostname()
-    conf = write_conf(folder, node, cpus, free_ports(2))
+    munge_dir = munge_folder()
+    conf = write_conf(folder, node, cpus, free_ports(2), munge_dir / "munge.socket")
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    cluster = SlurmCluster(folder, conf, node, cpus, env)
+    cluster = SlurmCluster(folder, conf, node, cpus, env, munge_dir)
     try:
-        _ensure_munged(cluster)
+        _start_munged(cluster)
         subprocess.run([_exe("slurmctld"), "-f", str(conf)], env=env, check=True, timeout=30)
         cluster.pids.append(_pid_from(folder / "slurmctld.pid"))
         subprocess.run([_exe("slurmd"), "-f", str(conf)], env=env, check=True, timeout=30)
