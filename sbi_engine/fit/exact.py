@@ -26,28 +26,39 @@ def exact_demo_workspace(
     luminosity: float = 1.0,
     dtype: Any = np.float64,
     mu_bounds: tuple[float, float] = (0.0, 10.0),
+    linear: bool = False,
 ) -> Workspace:
     """A demo workspace with exact ratios.
 
     observed=False: ``n_events`` weighted SBI events (weighted Asimov data at mu = 1,
     ``generated_at={"mu": 1}``); observed=True: one Poisson pseudo-dataset at ``mu_data``
     (weights 1; ``n_events`` is ignored).
+
+    linear=True: the same signal and background without interference, mu S + B: a regular
+    model (yield rising with mu) to check what the interference model cannot, such as the
+    asymptotic limit formulas. Its events are ``n_events`` weighted B events
+    (``generated_at={"mu": 0}``); ``observed`` is not supported for it.
     """
     from sbi_engine.demo import PROCESSES, DemoProblem  # noqa: PLC0415
 
     prob = DemoProblem(n_nuisances=n_nuisances, luminosity=luminosity)
+    if linear and observed:
+        raise ValueError("exact_demo_workspace: linear=True makes weighted B events only")
     if observed:
         smp = prob.sample_mixture(mu_data, None, seed, poisson=True)
         gen = None
     else:
-        smp = prob.sample("SBI", n_events, seed)
-        gen = {"mu": 1.0}
+        smp = prob.sample("B" if linear else "SBI", n_events, seed)
+        gen = {"mu": 0.0 if linear else 1.0}
     x = smp.features.astype(np.float64)
-    ref = prob.log_density("SBI", x)
+    ref = prob.log_density("B" if linear else "SBI", x)
     processes = {}
-    coeff = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
+    if linear:
+        coeff = {"S": "mu", "B": "1"}
+    else:
+        coeff = {"S": "mu - sqrt(mu)", "SBI": "sqrt(mu)", "B": "1 - sqrt(mu)"}
     logp = {}
-    for c in PROCESSES:
+    for c in (c for c in PROCESSES if c in coeff):
         logp[c] = prob.log_density(c, x)
         processes[c] = {
             "yield": prob.yield_(c),
@@ -57,7 +68,7 @@ def exact_demo_workspace(
     nuisances = []
     for nk in prob.nuisances:
         effects: dict[str, dict[str, Any]] = {}
-        for c in nk.processes:
+        for c in (c for c in nk.processes if c in coeff):
             e: dict[str, Any] = {}
             if c in nk.norm_processes:
                 e["norm"] = (prob.yield_ratio(c, nk.name, 1.0), prob.yield_ratio(c, nk.name, -1.0))
@@ -75,5 +86,8 @@ def exact_demo_workspace(
         nuisances=nuisances,
         data_kind="observed" if observed else "asimov",
         generated_at=gen,
-        metadata={"source": f"demo exact ratios: {smp.source}, n_nuisances={n_nuisances}"},
+        metadata={
+            "source": f"demo exact ratios: {smp.source}, n_nuisances={n_nuisances}"
+            + (", linear mu S + B" if linear else "")
+        },
     )
