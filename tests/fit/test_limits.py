@@ -255,6 +255,10 @@ def test_linear_demo_is_a_regular_model(linear_demo_model):
     ul = upper_limit(m, weights=asimov_weights(m, {"mu": 0.0}))
     assert "asymptotic_warning" not in ul.extra and ul.extra["at_bound"] == ["mu"]
     assert 0.2 < ul.observed < 0.45, ul.observed  # about 2 sigma_A = 2 x 0.16
+    from sbi_engine.fit.exact import exact_demo_workspace  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="linear=True makes weighted B events only"):
+        exact_demo_workspace(100, n_nuisances=2, linear=True, observed=True)
 
 
 @pytest.mark.study
