@@ -205,6 +205,27 @@ def test_demo_toy_limit_agrees_with_asymptotic_fast(demo2_model):
     assert abs(toys.observed / asym.observed - 1.0) < 0.25, (toys.observed, asym.observed)
 
 
+def _study_2000_toys(model, label: str) -> tuple[float, float]:
+    """Toy (2000 per hypothesis and tested point, 6 points) and asymptotic 95 % CLs limits on
+    b-only Asimov data, printed with each point's CLs and binomial error (NSBI_TOY_SEED picks
+    the toys' seed, default 3)."""
+    seed = int(os.environ.get("NSBI_TOY_SEED", "3"))
+    asym, toys = _toy_vs_asymptotic(model, 2000, seed=seed, bands=False, max_points=6)
+    print(
+        f"{label}, 95% CL upper limit (toy seed {seed}): toys {toys.observed:.5g}, "
+        f"asymptotic {asym.observed:.5g}, ratio {toys.observed / asym.observed:.4f}"
+    )
+    for r in toys.scan:  # each tested point's CLs with its binomial error
+        e_sb = math.sqrt(r["clsb"] * (1 - r["clsb"]) / r["n_sb"])
+        e_b = math.sqrt(r["clb"] * (1 - r["clb"]) / r["n_b"])
+        e = r["cls"] * math.hypot(e_sb / max(r["clsb"], 1e-12), e_b / max(r["clb"], 1e-12))
+        print(
+            f"  mu {r['mu']:.5g}: CLs+b {r['clsb']:.4f} CLb {r['clb']:.4f} CLs {r['cls']:.4f} +- {e:.4f}"
+        )
+    assert all(r["n_sb"] >= 1900 and r["n_b"] >= 1900 for r in toys.scan), toys.scan
+    return toys.observed, asym.observed
+
+
 @pytest.mark.study
 @pytest.mark.timeout(5400)  # about 45 min on 2 idle cores: past the suite's 600 s default
 def test_demo_toy_limit_agrees_with_asymptotic_2000_toys(demo2_model):
@@ -212,21 +233,28 @@ def test_demo_toy_limit_agrees_with_asymptotic_2000_toys(demo2_model):
     CLs limit from toys (2000 per hypothesis and tested point, nuisances from the conditional
     fit, auxiliary measurements resampled) within 10 % of the asymptotic one. Measured: +10.4 %
     (seed 3) and +12.0 % (seed 4, NSBI_TOY_SEED=4), each +-2 %: missed (docs/validation.md)."""
-    seed = int(os.environ.get("NSBI_TOY_SEED", "3"))
-    asym, toys = _toy_vs_asymptotic(demo2_model, 2000, seed=seed, bands=False, max_points=6)
-    print(
-        f"95% CL upper limit (toy seed {seed}): toys {toys.observed:.4f}, "
-        f"asymptotic {asym.observed:.4f}, ratio {toys.observed / asym.observed:.4f}"
+    toys, asym = _study_2000_toys(demo2_model, "demo")
+    assert abs(toys / asym - 1.0) < 0.10, (toys, asym)
+
+
+@pytest.mark.study
+@pytest.mark.timeout(5400)  # 34 min on 2 idle cores
+def test_demo_at_10x_luminosity_toy_limit_agrees_with_asymptotic_2000_toys():
+    """The interference demo where the asymptotic_limit check passes: at 10x luminosity the
+    limit (0.017) lies below the count's turning point (0.41). Measured: toys 3.7 % below the
+    asymptotic limit (seed 3, about +-4 % from the toys; docs/validation.md)."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from sbi_engine.fit.exact import exact_demo_workspace  # noqa: PLC0415
+
+    ws = exact_demo_workspace(20000, n_nuisances=2, seed=1, luminosity=10.0)
+    model = Model(ws, chunk_size=8192, storage_dtype=jnp.float64)
+    toys, asym = _study_2000_toys(model, "demo at 10x luminosity")
+    assert (
+        "asymptotic_warning"
+        not in upper_limit(model, weights=asimov_weights(model, {"mu": 0.0})).extra
     )
-    for r in toys.scan:  # each tested point's CLs with its binomial error
-        e_sb = math.sqrt(r["clsb"] * (1 - r["clsb"]) / r["n_sb"])
-        e_b = math.sqrt(r["clb"] * (1 - r["clb"]) / r["n_b"])
-        e = r["cls"] * math.hypot(e_sb / max(r["clsb"], 1e-12), e_b / max(r["clb"], 1e-12))
-        print(
-            f"  mu {r['mu']:.4f}: CLs+b {r['clsb']:.4f} CLb {r['clb']:.4f} CLs {r['cls']:.4f} +- {e:.4f}"
-        )
-    assert all(r["n_sb"] >= 1900 and r["n_b"] >= 1900 for r in toys.scan), toys.scan
-    assert abs(toys.observed / asym.observed - 1.0) < 0.10, (toys.observed, asym.observed)
+    assert abs(toys / asym - 1.0) < 0.10, (toys, asym)
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +278,9 @@ def test_linear_demo_is_a_regular_model(linear_demo_model):
     m = linear_demo_model
     for mu in (0.0, 1.0, 2.5):
         assert asimov_weights(m, {"mu": mu}).sum() == pytest.approx(400.0 + 100.0 * mu, rel=1e-9)
-    assert fit(m, weights=asimov_weights(m, {"mu": 1.0})).values["mu"] == pytest.approx(1.0, abs=1e-4)
+    assert fit(m, weights=asimov_weights(m, {"mu": 1.0})).values["mu"] == pytest.approx(
+        1.0, abs=1e-4
+    )
     assert yield_turning_points(m, "mu", 0.0, 2.0) == []
     ul = upper_limit(m, weights=asimov_weights(m, {"mu": 0.0}))
     assert "asymptotic_warning" not in ul.extra and ul.extra["at_bound"] == ["mu"]
@@ -262,21 +292,14 @@ def test_linear_demo_is_a_regular_model(linear_demo_model):
 
 
 @pytest.mark.study
-@pytest.mark.timeout(5400)
+@pytest.mark.timeout(5400)  # 6.3 min on 2 idle cores
 def test_linear_demo_toy_limit_agrees_with_asymptotic_2000_toys(linear_demo_model):
     """The control of the 2000-toy study above on a regular model: the same demo signal and
     background without interference, the same 2000 toys per hypothesis and point. Where the
-    yield is monotonic in mu the asymptotic limit holds within 10 % (docs/validation.md)."""
-    seed = int(os.environ.get("NSBI_TOY_SEED", "3"))
-    asym, toys = _toy_vs_asymptotic(linear_demo_model, 2000, seed=seed, bands=False, max_points=6)
-    print(
-        f"linear demo, 95% CL upper limit (toy seed {seed}): toys {toys.observed:.4f}, "
-        f"asymptotic {asym.observed:.4f}, ratio {toys.observed / asym.observed:.4f}"
-    )
-    for r in toys.scan:
-        print(f"  mu {r['mu']:.4f}: CLs+b {r['clsb']:.4f} CLb {r['clb']:.4f} CLs {r['cls']:.4f}")
-    assert all(r["n_sb"] >= 1900 and r["n_b"] >= 1900 for r in toys.scan), toys.scan
-    assert abs(toys.observed / asym.observed - 1.0) < 0.10, (toys.observed, asym.observed)
+    yield is monotonic in mu the asymptotic limit holds within 10 % (measured: +1.3 % with
+    seed 3, +0.4 % with seed 4; docs/validation.md)."""
+    toys, asym = _study_2000_toys(linear_demo_model, "linear demo")
+    assert abs(toys / asym - 1.0) < 0.10, (toys, asym)
 
 
 def test_interference_yield_turns_and_the_asymptotic_limit_warns(demo2_model):
