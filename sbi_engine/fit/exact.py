@@ -44,14 +44,15 @@ def exact_demo_workspace(
     prob = DemoProblem(n_nuisances=n_nuisances, luminosity=luminosity)
     if linear and observed:
         raise ValueError("exact_demo_workspace: linear=True makes weighted B events only")
+    ref_process = "B" if linear else "SBI"  # the events' density: the model at generated_at
     if observed:
         smp = prob.sample_mixture(mu_data, None, seed, poisson=True)
         gen = None
     else:
-        smp = prob.sample("B" if linear else "SBI", n_events, seed)
+        smp = prob.sample(ref_process, n_events, seed)
         gen = {"mu": 0.0 if linear else 1.0}
     x = smp.features.astype(np.float64)
-    ref = prob.log_density("B" if linear else "SBI", x)
+    ref = prob.log_density(ref_process, x)
     processes = {}
     if linear:
         coeff = {"S": "mu", "B": "1"}

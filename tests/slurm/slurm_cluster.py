@@ -30,6 +30,7 @@ TIME_LIMIT_CHECK_S = 30
 _WARN_LINE = re.compile(r"^\[([0-9T:.-]+)\].*warning signal (\d+) to JobId=(\d+_\d+)\b")
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "munged")
+MUNGE_SOCKET = "munge.socket"  # inside the cluster's munge_dir
 
 
 def missing_binaries() -> list[str]:
@@ -187,7 +188,7 @@ def _start_munged(cluster: SlurmCluster) -> None:
     """munged as the munge user with the machine's key (/etc/munge/munge.key), its socket, pid,
     seed and log in ``cluster.munge_dir``."""
     folder = cluster.munge_dir
-    socket_path = folder / "munge.socket"
+    socket_path = folder / MUNGE_SOCKET
     argv = [
         _exe("munged"),
         f"--socket={socket_path}",
@@ -254,7 +255,7 @@ def write_conf(folder: Path, node: str, cpus: int, ports: list[int], munge_socke
 def start_cluster(folder: Path, cpus: int = 4, timeout: float = 60) -> SlurmCluster:
     node = socket.gethostname()
     munge_dir = munge_folder()
-    conf = write_conf(folder, node, cpus, free_ports(2), munge_dir / "munge.socket")
+    conf = write_conf(folder, node, cpus, free_ports(2), munge_dir / MUNGE_SOCKET)
     env = {**os.environ, "SLURM_CONF": str(conf)}
     cluster = SlurmCluster(folder, conf, node, cpus, env, munge_dir)
     try:
