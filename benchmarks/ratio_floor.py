@@ -204,7 +204,7 @@ def study(
         "families": {},
     }
     for family in families:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for t in range(trainings):
             t0 = time.perf_counter()
             learned, theta = fit_oracle(problem, family, seed=t, events=events, overrides=overrides)
@@ -217,7 +217,7 @@ def study(
             rows.append(
                 {
                     "training_seed": t,
-                    "theta": [float(v) for v in theta],
+                    "parameters": [float(v) for v in theta],  # network: the steps run
                     "error_sd_on_data": float(np.std(err)),
                     "dmu_over_sigma": diffs,
                     "dmu_mean_over_sigma": float(np.mean(diffs)),
