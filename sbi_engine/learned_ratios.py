@@ -23,6 +23,9 @@ SHAPE_RESOLUTION = (
 )
 
 
+EARLY_STOP_SHARE = 0.5  # best steps all before this share of the budget: training stopped early
+
+
 class LearnedRatioError(ValueError):
     """Ensemble files of a ratio task that cannot be used (missing, or disagreeing features)."""
 
@@ -39,6 +42,20 @@ class TaskRatios:
     members: np.ndarray
     nominal: np.ndarray
     bootstrapped: bool | None = None  # members trained on bootstrap replicas (None: not recorded)
+    best_steps: tuple[int, ...] = ()  # each member's best-validation step (as recorded)
+    step_budget: int | None = None  # the training's step budget (None: not recorded)
+
+    def stopped_early(self, share: float = EARLY_STOP_SHARE) -> bool:
+        """Whether every member's best step came before ``share`` of its step budget.
+
+        Why: early stopping on a validation loss whose gains are below its noise ends a weak
+        ratio's training long before the schedule has used its events; on `interference` with
+        3.5M events per class it stopped at 6,000 of 54,700 steps with twice the error of the
+        whole schedule (docs/validation.md, "Session 12"). More events do not help then.
+        """
+        return bool(
+            self.best_steps and self.step_budget and max(self.best_steps) < share * self.step_budget
+        )
 
     @property
     def n_members(self) -> int:
@@ -105,6 +122,21 @@ def _bootstrapped(ensembles: Sequence[Any]) -> bool | None:
     return None if any(f is None for f in flags) else all(bool(f) for f in flags)
 
 
+def _training_use(ensembles: Sequence[Any]) -> tuple[tuple[int, ...], int | None]:
+    """(every member's best-validation step, the step budget) from the ensembles' metadata;
+    ((), None) when a pack does not record them or the packs disagree on the budget."""
+    steps: list[int] = []
+    budgets = set()
+    for e in ensembles:
+        members = e.metadata.get("training", {}).get("members") or []
+        budget = e.metadata.get("config", {}).get("max_steps")
+        if not members or budget is None:
+            return (), None
+        steps.extend(int(m["best_step"]) for m in members)
+        budgets.add(int(budget))
+    return (tuple(steps), budgets.pop()) if len(budgets) == 1 else ((), None)
+
+
 def _log_mean_exp(a: np.ndarray, axis: int = 0) -> np.ndarray:
     top = np.max(a, axis=axis, keepdims=True)
     return np.squeeze(top, axis) + np.log(np.mean(np.exp(a - top), axis=axis))
@@ -132,4 +164,7 @@ def task_ratios(
     members = raw - member_shift[:, None]
     nominal_raw = _log_mean_exp(raw)
     nominal_shift = float(np.log(np.sum(w * np.exp(_log_mean_exp(on_den))) / np.sum(w)))
-    return TaskRatios(task, members, nominal_raw - nominal_shift, _bootstrapped(ensembles))
+    best_steps, budget = _training_use(ensembles)
+    return TaskRatios(
+        task, members, nominal_raw - nominal_shift, _bootstrapped(ensembles), best_steps, budget
+    )

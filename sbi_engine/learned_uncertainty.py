@@ -253,6 +253,12 @@ def ratio_checks(lf: Any) -> list[dict]:
                 else "; network noise this large reads as information about mu: train on more events, "
                 "longer, or with more bootstrap members"
             )
+            if np.isfinite(value) and r.stopped_early():
+                msg += (
+                    f"; early stopping ended it: the members' best steps are "
+                    f"{min(r.best_steps)}-{max(r.best_steps)} of a {r.step_budget}-step budget, "
+                    "so it never used its events: raise the training's patience first"
+                )
         out.append(check("noise_to_signal", value, limit, ok, msg, task))
     for d in lf.shape_decisions:
         out.append(

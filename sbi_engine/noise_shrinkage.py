@@ -29,6 +29,7 @@ each data set, which the NN component carries.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def shrink(
         np.asarray(norm_rows),
         np.asarray(norm_weights, dtype=np.float64),
     )
-    shrunk = TaskRatios(ratios.task, shrunk_all[1:], shrunk_all[0], ratios.bootstrapped)
+    shrunk = dataclasses.replace(ratios, members=shrunk_all[1:], nominal=shrunk_all[0])
     return shrunk, Shrinkage(ratios.task, lam, noise, float(np.sqrt(resid_var)), k)
 
 

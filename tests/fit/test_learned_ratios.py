@@ -19,8 +19,9 @@ from sbi_engine.ratio.prepare import Standardizer
 FEATURES = ["m4l", "cos_theta1", "cos_theta2", "phi"]
 
 
-def linear_ensemble(path, slopes) -> str:
-    """Members with log r_j = slopes[j] * (m4l - 400) / 200."""
+def linear_ensemble(path, slopes, best_steps=None, budget=None) -> str:
+    """Members with log r_j = slopes[j] * (m4l - 400) / 200; ``best_steps`` and ``budget``
+    record a training (each member's best-validation step, the step budget) as train.py does."""
     m = len(slopes)
     k = np.zeros((m, 4, 2), np.float32)
     k[:, 0] = [1.0, -1.0]
@@ -39,6 +40,16 @@ def linear_ensemble(path, slopes) -> str:
         "scaler": scaler.to_dict(),
         "config": {"bootstrap": True},
     }
+    if best_steps is not None:
+        meta["config"]["max_steps"] = budget
+        meta["training"] = {
+            "steps_run": budget * len(slopes),
+            "complete": True,
+            "members": [
+                {"member": j, "best_step": s, "best_val_loss": 0.69}
+                for j, s in enumerate(best_steps)
+            ],
+        }
     Ensemble(params, meta).save(path)
     return str(path)
 
@@ -260,3 +271,54 @@ def test_noise_shrinkage_is_opt_in_and_reaches_the_fit(tmp_path):
     raw = {c["task"]: c["value"] for c in ratio_checks(off) if c["name"] == "noise_to_signal"}
     judged = {c["task"]: c["value"] for c in ratio_checks(on) if c["name"] == "noise_to_signal"}
     assert judged == pytest.approx(raw, rel=1e-9, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "best_steps, stopped",
+    [([3_100, 6_000, 4_400, 5_200], True), ([3_100, 6_000, 54_000, 5_200], False)],
+)
+def test_a_noisy_ratio_whose_training_stopped_early_says_so(tmp_path, best_steps, stopped):
+    """The members' best steps and the budget come from the ensemble files; a noisy task whose
+    members all stopped before half the budget is told to raise patience (session 12: more events
+    did not help interference because early stopping never let the training use them)."""
+    noise = [-0.02, 0.0, 0.02, 0.0]
+    ens = {
+        "S_vs_B": [linear_ensemble(tmp_path / "s.npz", [0.5, 0.52, 0.48, 0.5])],
+        "SBI_vs_B": [
+            linear_ensemble(tmp_path / "i.npz", [0.1, 0.13, 0.07, 0.1], best_steps, 54_700)
+        ],
+        "m_up": [linear_ensemble(tmp_path / "u.npz", [0.002 + n for n in noise])],
+        "m_dn": [linear_ensemble(tmp_path / "d.npz", [-0.002 + n for n in noise])],
+    }
+    lf = build_learned_fit(_spec(None, None), ens)
+    checks = {c["task"]: c for c in ratio_checks(lf)}
+    sbi = checks["SBI_vs_B"]
+    assert not sbi["passed"]
+    assert ("early stopping ended it" in sbi["message"]) is stopped
+    if stopped:
+        assert "3100-6000 of a 54700-step budget" in sbi["message"]
+    # S/B records no training: no claim either way, and it passes
+    assert checks["S_vs_B"]["passed"] and "early stopping" not in checks["S_vs_B"]["message"]
+
+
+def test_a_real_training_records_its_best_steps_and_budget(tmp_path):
+    """What the check reads is what train.py writes: a weak ratio with patience 2 stops long
+    before a 3000-step budget, and the loaded task knows it."""
+    from sbi_engine.ratio.config import TrainConfig
+    from sbi_engine.ratio.train import train_ensemble
+    from sbi_engine.sample import Sample
+
+    rng = np.random.default_rng(0)
+    num = Sample(rng.normal(0.1, 1, (5000, 1)), np.ones(5000), ("x",), "num")
+    den = Sample(rng.normal(0.0, 1, (5000, 1)), np.ones(5000), ("x",), "den")
+    config = TrainConfig(
+        members=2, max_steps=3000, eval_every=50, patience=2, hidden_layers=1, width=8
+    )
+    result = train_ensemble(num, den, config)
+    path = tmp_path / "e.npz"
+    result.ensemble.save(path)
+    x = den.features.astype(np.float32)
+    tr = task_ratios("t", [str(path)], x, x, np.ones(len(x)))
+    assert tr.step_budget == 3000
+    assert len(tr.best_steps) == 2 and max(tr.best_steps) < result.steps_run
+    assert tr.stopped_early()
