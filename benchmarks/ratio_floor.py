@@ -184,6 +184,7 @@ def study(
     families: list[str],
     events: int = TRAIN_EVENTS,
     overrides: dict[str, Any] | None = None,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
     from sbi_engine.problems import get_problem
 
@@ -205,7 +206,7 @@ def study(
     }
     for family in families:
         rows: list[dict[str, Any]] = []
-        for t in range(trainings):
+        for t in range(first_seed, first_seed + trainings):
             t0 = time.perf_counter()
             learned, theta = fit_oracle(problem, family, seed=t, events=events, overrides=overrides)
             diffs = []
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--events", type=int, default=TRAIN_EVENTS, help="training events per class")
     ap.add_argument("--config", default="{}", help="network: TrainConfig overrides as JSON")
+    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first training")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     out = study(
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         args.families.split(","),
         args.events,
         json.loads(args.config),
+        args.first_seed,
     )
     text = json.dumps(out, indent=2)
     if args.json:
