@@ -88,14 +88,15 @@ def fit_network(
     return log_r, [float(result.steps_run)]
 
 
-def fit_oracle(
+def fit_estimator(
     problem: Any,
     family: str,
     seed: int,
     events: int = TRAIN_EVENTS,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[Callable, Any]:
-    """Logistic regression of SBI (1) against B (0) within ``family`` on fresh simulations."""
+    """An SBI/B log ratio learned on fresh simulations, and its parameters: a logistic regression
+    of SBI (1) against B (0) within an oracle ``family``, or the ``network`` ensemble."""
     if family == "network":
         return fit_network(problem, events, seed, overrides)
     num_s, den_s = _training_samples(problem, events, seed)
@@ -119,10 +120,12 @@ class ProfiledFit:
     """Extended unbinned NLL in (mu, bkg_slope, lumi) with exact densities, the SBI density's
     nominal ratio optionally replaced by a learned one (error e(x) = learned - true log r)."""
 
-    def __init__(self, problem: Any, data: np.ndarray, norm: np.ndarray, error: Any = None):
+    def __init__(
+        self, problem: Any, data: np.ndarray, norm: np.ndarray, learned: Callable | None = None
+    ):
         self.problem, self.data, self.norm = problem, data, norm
-        self.e_data = error(data) - problem.log_ratio("SBI", data) if error else 0.0
-        self.e_norm = error(norm) - problem.log_ratio("SBI", norm) if error else 0.0
+        self.e_data = learned(data) - problem.log_ratio("SBI", data) if learned else 0.0
+        self.e_norm = learned(norm) - problem.log_ratio("SBI", norm) if learned else 0.0
         self.log_b0_norm = problem.log_density("B", norm)
 
     def _sbi_log_density(self, alpha: dict[str, float]) -> np.ndarray:
@@ -208,10 +211,12 @@ def study(
         rows: list[dict[str, Any]] = []
         for t in range(first_seed, first_seed + trainings):
             t0 = time.perf_counter()
-            learned, theta = fit_oracle(problem, family, seed=t, events=events, overrides=overrides)
+            learned, theta = fit_estimator(
+                problem, family, seed=t, events=events, overrides=overrides
+            )
             diffs = []
             for data, (mu_ex, sig_ex) in zip(data_sets, exact):
-                fitter = ProfiledFit(problem, data, norm, error=learned)
+                fitter = ProfiledFit(problem, data, norm, learned=learned)
                 best, _ = fitter.minimise(np.array([mu_ex, 0.0, 0.0]))
                 diffs.append((float(best[0]) - mu_ex) / sig_ex)
             err = learned(data_sets[0]) - problem.log_ratio("SBI", data_sets[0])

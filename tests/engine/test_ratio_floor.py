@@ -23,7 +23,7 @@ def setup():
 
 def test_the_exact_ratio_as_learned_reproduces_the_exact_fit(setup) -> None:
     problem, data, norm, best, _ = setup
-    same = ProfiledFit(problem, data, norm, error=lambda x: problem.log_ratio("SBI", x))
+    same = ProfiledFit(problem, data, norm, learned=lambda x: problem.log_ratio("SBI", x))
     again, _ = same.minimise(np.array([1.0, 0.0, 0.0]))
     assert again == pytest.approx(best, abs=1e-6)
 
@@ -42,6 +42,6 @@ def test_noise_in_the_sbi_density_lowers_mu_hat(setup) -> None:
             wiggle = np.sin(2 * np.pi * 7 * x[:, 0]) * np.sin(2 * np.pi * 5 * x[:, 1])
             return problem.log_ratio("SBI", x) + size * wiggle
 
-        shifted, _ = ProfiledFit(problem, data, norm, error=noisy).minimise(best.copy())
+        shifted, _ = ProfiledFit(problem, data, norm, learned=noisy).minimise(best.copy())
         shifts.append((shifted[0] - best[0]) / sigma)
     assert np.mean(shifts) < -0.3, shifts
