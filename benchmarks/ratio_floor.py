@@ -85,7 +85,8 @@ def fit_network(
     def log_r(x: np.ndarray) -> np.ndarray:
         return result.ensemble.log_ratio(x)[0].astype(np.float64)
 
-    return log_r, [float(result.steps_run)]
+    members = result.ensemble.metadata["training"]["members"]
+    return log_r, [float(result.steps_run), *(float(m["best_step"]) for m in members)]
 
 
 def fit_estimator(
@@ -223,7 +224,7 @@ def study(
             rows.append(
                 {
                     "training_seed": t,
-                    "parameters": [float(v) for v in theta],  # network: the steps run
+                    "parameters": [float(v) for v in theta],  # network: steps run, members' best steps
                     "error_sd_on_data": float(np.std(err)),
                     "dmu_over_sigma": diffs,
                     "dmu_mean_over_sigma": float(np.mean(diffs)),

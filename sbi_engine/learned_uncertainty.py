@@ -257,7 +257,8 @@ def ratio_checks(lf: Any) -> list[dict]:
                 msg += (
                     f"; early stopping ended it: the members' best steps are "
                     f"{min(r.best_steps)}-{max(r.best_steps)} of a {r.step_budget}-step budget, "
-                    "so it never used its events: raise the training's patience first"
+                    "so it never used its events: raise the training's patience (or patience_epochs, "
+                    "passes over the events) first"
                 )
         out.append(check("noise_to_signal", value, limit, ok, msg, task))
     for d in lf.shape_decisions:

@@ -1,4 +1,4 @@
-"""`nsbi bench`: benchmarks that write JSON (train, fit, controlplane, launch).
+"""`nsbi bench`: benchmarks that write JSON (train, train-loop, fit, controlplane, launch).
 
 The benchmarks are development tools, not part of the installed package: they live in the
 top-level ``benchmarks`` package of the source checkout (``launch`` also needs the fake Compute
@@ -25,6 +25,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": (
         "benchmarks.train",
         "Training throughput of ratio ensembles vs the machine's matmul rate.",
+    ),
+    "train-loop": (
+        "benchmarks.train_loop",
+        "Wall time of whole trainings, validation passes included (eval_budget_share).",
     ),
     "fit": ("benchmarks.fit", "Fit benchmarks (NLL, Hessian, minimisation) with JSON output."),
     "controlplane": (

@@ -34,6 +34,21 @@ class TrainConfig:
     with the lowest raw validation loss. Checkpoints are taken at evaluation boundaries, once at least
     ``checkpoint_every`` steps have run since the last one.
     ``periodic_features`` names angle features (radians) fed to the network as (cos, sin).
+    ``patience_epochs``: patience is never shorter than this many passes over the training
+    events (`patience_evaluations`). Within a pass every batch is fresh, so a network cannot
+    overfit yet, and on a weak ratio a flat validation loss only means that the gains are below
+    its noise: on 3.5M events per class (`interference` at 10x) a patience of 10 evaluations
+    ended members after 1-2 of their 10 passes with a too-flat ratio, and 1.7 passes still ended
+    two of four members at 23 % and 40 % of the budget (log-ratio error 0.0050 against 0.0031
+    with 3 passes; docs/validation.md, "Session 13"). Up to 100k simulated events per sample
+    (every benchmark problem but `interference`) it changes nothing.
+    ``eval_budget_share``: a validation pass may cost at most this share of the arithmetic of
+    the training steps between two passes (a forward pass per validation event against forward
+    and backward per training event, 3x): the evaluation interval is raised from
+    ``eval_every`` to ``ceil(n_val / (3 batch_size share))`` steps when that is more
+    (`eval_interval`). Why: at 1.4M validation events a pass every 100 steps cost 4.6 times the
+    training itself (measured: 1000 steps on 3.2M training events, 38.6 s with 10 passes, 11.2 s
+    with one). Up to 154k validation events (every benchmark problem) it changes nothing.
     ``max_steps``: the step budget; None (default) = automatic: 2000 steps, or ``min_epochs``
     passes over the training events if that is more (`step_budget`). An explicit ``max_steps``
     is honoured exactly (smoke runs, deliberately short training).
@@ -52,7 +67,9 @@ class TrainConfig:
     max_steps: int | None = None
     min_epochs: float = 10.0
     eval_every: int = 100
+    eval_budget_share: float = 0.5
     patience: int = 10
+    patience_epochs: float = 3.0
     val_fraction: float = 0.2
     seed: int = 0
     bootstrap: bool = True
@@ -92,7 +109,19 @@ class TrainConfig:
             f"min_epochs must be in [0, 1000], got {self.min_epochs!r}",
         )
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(
+            isinstance(self.eval_budget_share, (int, float))
+            and not isinstance(self.eval_budget_share, bool)
+            and 0.0 < self.eval_budget_share <= 1000.0,
+            f"eval_budget_share must be in (0, 1000], got {self.eval_budget_share!r}",
+        )
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(
+            isinstance(self.patience_epochs, (int, float))
+            and not isinstance(self.patience_epochs, bool)
+            and 0.0 <= self.patience_epochs <= 1000.0,
+            f"patience_epochs must be in [0, 1000], got {self.patience_epochs!r}",
+        )
         need(
             0.0 < self.val_fraction < 1.0,
             f"val_fraction must be in (0, 1), got {self.val_fraction}",
@@ -129,6 +158,19 @@ class TrainConfig:
         if self.max_steps is not None:
             return self.max_steps
         return max(AUTO_MIN_STEPS, math.ceil(self.min_epochs * n_train / self.batch_size))
+
+    def eval_interval(self, n_val: int) -> int:
+        """Steps between validation passes over ``n_val`` events: ``eval_every``, raised so that
+        a pass costs at most ``eval_budget_share`` of the steps' arithmetic."""
+        capped = n_val / (3.0 * self.batch_size * self.eval_budget_share)
+        return max(self.eval_every, math.ceil(capped))
+
+    def patience_evaluations(self, n_train: int, n_val: int = 0) -> int:
+        """Evaluations without improvement before a member stops on ``n_train`` training events
+        (``n_val`` validation events set the interval): ``patience``, raised to cover
+        ``patience_epochs`` passes over the training events."""
+        steps = self.patience_epochs * n_train / self.batch_size
+        return max(self.patience, math.ceil(steps / self.eval_interval(n_val)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (tuples become lists)."""

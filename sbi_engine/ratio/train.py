@@ -1,8 +1,9 @@
 """``train_ensemble``: the training loop around the compiled steps.
 
 Members train in packs (one pack = all members when the layout is "vmap"). Each pack runs
-intervals of ``eval_every`` steps as one compiled program, then evaluates the validation
-loss, keeps each member's best parameters, and checkpoints when due. A checkpoint holds the
+intervals of ``eval_every`` steps (more on large validation sets: ``TrainConfig.eval_interval``)
+as one compiled program, then evaluates the validation loss, keeps each member's best
+parameters, and checkpoints when due. A checkpoint holds the
 whole loop state (parameters, optimiser state, best copies, patience counters, RNG keys,
 finished packs and history), so a run killed and resumed ends with the same parameters as an
 uninterrupted one.
@@ -53,7 +54,7 @@ _HISTORY_COLUMNS = ("member", "step", "train_loss", "val_loss", "best_val_loss")
 
 # TrainConfig fields added after CKPT_FORMAT 1 was defined: a checkpoint without them is resumed
 # with this run's value (the smoothed loss is then recomputed from the stored history).
-_COMPAT_FIELDS = ("early_stopping_smoothing",)
+_COMPAT_FIELDS = ("early_stopping_smoothing", "patience_epochs", "eval_budget_share")
 
 
 def _to_device(x: Any) -> jax.Array:
@@ -422,7 +423,9 @@ def train_ensemble(
         )
         bar.update(pack_i * budget + step)
 
-    patience = _to_device(np.int32(config.patience))
+    n_val = len(data.x_val)
+    eval_interval = config.eval_interval(n_val)
+    patience = _to_device(np.int32(config.patience_evaluations(n_train, n_val)))
     while pack_i < len(packs) and not stopped_early:
         members = packs[pack_i]
         if state is None:
@@ -432,7 +435,7 @@ def train_ensemble(
             smoother = Smoother(config.early_stopping_smoothing, len(members))
         weights = trainer.pack_weights(members)
         while step < budget and not bool(jnp.all(state.stopped)):
-            n = min(config.eval_every, budget - step)
+            n = min(eval_interval, budget - step)
             params, opt_state, train_loss = trainer.interval(n)(
                 state.params,
                 state.opt_state,
@@ -556,5 +559,13 @@ def _metadata(
             "pack_size": layout.pack_size,
             "reason": layout.reason,
         },
-        "training": {"steps_run": total, "complete": not partial, "members": best},
+        "training": {
+            "steps_run": total,
+            "complete": not partial,
+            "eval_interval": config.eval_interval(len(data.x_val)),
+            "patience_evaluations": config.patience_evaluations(
+                len(data.x_train), len(data.x_val)
+            ),
+            "members": best,
+        },
     }

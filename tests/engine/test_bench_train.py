@@ -114,3 +114,22 @@ def test_plan_reduces_cpu_batch_for_big_ensembles_and_says_so():
     batch, note = BenchPlan().batch("7x1500", 32, accelerator=False)
     assert batch == 256 and "reduced" in note
     assert BenchPlan().batch("7x1500", 32, accelerator=True) == (4096, None)
+
+
+def test_train_loop_cli_times_both_validation_rules(tmp_path):
+    """`nsbi bench train-loop`: 600k events per class leave 240k for validation, so the default
+    rule reads the loss every ceil(240000 / 1536) = 157 steps instead of 100; both runs see the
+    same data and seeds and must end at about the same best validation loss."""
+    out = tmp_path / "loop.json"
+    args = ["bench", "train-loop", "--events", "6e5", "--steps", "300", "--members", "2"]
+    assert cli.main([*args, "--features", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "nsbi-bench-train-loop/1"
+    base = report["runs"]["baseline_every_eval_every"]
+    new = report["runs"]["default_eval_budget_share"]
+    assert (base["eval_interval"], base["validation_passes"]) == (100, 3)
+    assert (new["eval_interval"], new["validation_passes"]) == (157, 2)
+    assert base["steps_run"] == new["steps_run"] == 300
+    assert report["speedup"] == pytest.approx(base["seconds"] / new["seconds"])
+    assert report["best_val_loss_rel_diff"] < 0.01
+    assert cli.main(["bench", "train-loop", "--events", "10"]) == 2

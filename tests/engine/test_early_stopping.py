@@ -140,3 +140,37 @@ def test_smoothing_is_validated():
     with pytest.raises(ValueError, match="early_stopping_smoothing"):
         TrainConfig(early_stopping_smoothing=-0.1)
     assert 0.0 < TrainConfig().early_stopping_smoothing < 1.0
+
+
+def test_patience_is_at_least_patience_epochs_passes(data):
+    """With small batches a pass over the 2,400 training events is 3.75 evaluations: patience 2
+    alone stops the member after about half a pass without a gain; patience_epochs 2 holds it
+    for 8 evaluations (two passes) after its last gain, as recorded in the metadata."""
+    num, den = data
+    base = NOISY.replace(batch_size=32, max_steps=600, early_stopping_smoothing=0.0)
+    short = train_ensemble(num, den, base.replace(patience_epochs=0.0))
+    held = train_ensemble(num, den, base.replace(patience_epochs=2.0))
+    assert short.ensemble.metadata["training"]["patience_evaluations"] == 2
+    assert held.ensemble.metadata["training"]["patience_evaluations"] == 8
+
+    def last_and_best(result):
+        best_step = result.ensemble.metadata["training"]["members"][0]["best_step"]
+        return val_series(result)[-1][0], best_step
+
+    stop_short, best_short = last_and_best(short)
+    stop_held, best_held = last_and_best(held)
+    assert stop_short < 600  # the short patience did stop the member early ...
+    assert stop_held > stop_short  # ... and the pass-based one let it go on
+    # a member stops only after `patience` evaluations without a gain (or at the budget)
+    assert stop_short - best_short >= 2 * NOISY.eval_every
+    assert stop_held == 600 or stop_held - best_held >= 8 * NOISY.eval_every
+
+
+def test_validation_interval_grows_with_the_validation_set(data):
+    """eval_budget_share 0.01 on 600 validation events at batch 256: a pass every
+    ceil(600 / (3 * 256 * 0.01)) = 79 steps instead of eval_every 20, recorded in the metadata."""
+    num, den = data
+    result = train_ensemble(num, den, NOISY.replace(eval_budget_share=0.01, patience=100))
+    steps = [s for s, _ in val_series(result)]
+    assert result.ensemble.metadata["training"]["eval_interval"] == 79
+    assert steps == [79, 158, 200]  # the last interval is cut at the 200-step budget

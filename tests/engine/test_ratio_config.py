@@ -67,9 +67,40 @@ def test_the_automatic_step_budget_covers_min_epochs_passes():
     assert c.replace(batch_size=4096).step_budget(560_000) == 2000
 
 
+def test_patience_covers_patience_epochs_passes():
+    """Patience is at least three passes over the training events (default patience_epochs 3):
+    unchanged at 112k training events (100k per sample: one pass is 110 steps), 17 evaluations
+    at 560k (interference at 500k per sample), 164 at 5.6M with a pass every 100 steps."""
+    c = TrainConfig()
+    assert c.patience_epochs == 3.0
+    assert c.patience_evaluations(112_000) == 10
+    assert c.patience_evaluations(560_000) == 17
+    assert c.patience_evaluations(5_600_000) == 165
+    assert c.replace(patience_epochs=0.0).patience_evaluations(5_600_000) == 10
+    assert c.replace(patience_epochs=2.0, batch_size=512).patience_evaluations(1_024_000) == 40
+
+
+def test_validation_passes_cost_at_most_their_share_of_the_training():
+    """A validation pass (forward only) may cost half the arithmetic of the training steps
+    between passes: eval_every (100) up to 153,600 validation events (the largest benchmark,
+    interference at 500k per sample, has 140k), every 912 steps at 1.4M, where the three
+    passes of patience_epochs are 18 evaluations."""
+    c = TrainConfig()
+    assert c.eval_budget_share == 0.5
+    assert c.eval_interval(140_000) == 100
+    assert c.eval_interval(153_600) == 100
+    assert c.eval_interval(1_400_000) == 912
+    assert c.replace(eval_budget_share=1000.0).eval_interval(1_400_000) == 100
+    assert c.patience_evaluations(5_600_000, 1_400_000) == 18  # 16,416 steps, 3 passes
+    assert c.replace(patience_epochs=1.0).patience_evaluations(5_600_000, 1_400_000) == 10
+
+
 @pytest.mark.parametrize(
     "changes, fragment",
     [
+        ({"patience_epochs": -0.5}, "patience_epochs must be in [0, 1000]"),
+        ({"patience_epochs": True}, "patience_epochs must be in [0, 1000]"),
+        ({"eval_budget_share": 0.0}, "eval_budget_share must be in (0, 1000]"),
         ({"max_steps": 0}, "max_steps must be None (automatic) or >= 1"),
         ({"min_epochs": -1.0}, "min_epochs must be in [0, 1000]"),
         ({"min_epochs": True}, "min_epochs must be in [0, 1000]"),
