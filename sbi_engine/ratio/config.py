@@ -46,9 +46,9 @@ class TrainConfig:
     the training steps between two passes (a forward pass per validation event against forward
     and backward per training event, 3x): the evaluation interval is raised from
     ``eval_every`` to ``ceil(n_val / (3 batch_size share))`` steps when that is more
-    (`eval_interval`). Why: at 1.4M validation events a pass every 100 steps cost 4.6 times the
-    training itself (measured: 1000 steps on 3.2M training events, 38.6 s with 10 passes, 11.2 s
-    with one). Up to 154k validation events (every benchmark problem) it changes nothing.
+    (`eval_interval`). Why: at 1.4M validation events a pass every 100 steps costs about 4.6
+    times the training itself (`nsbi bench train-loop`: 3.1x faster with the default). Up to
+    153,600 validation events (every benchmark problem) it changes nothing.
     ``max_steps``: the step budget; None (default) = automatic: 2000 steps, or ``min_epochs``
     passes over the training events if that is more (`step_budget`). An explicit ``max_steps``
     is honoured exactly (smoke runs, deliberately short training).
