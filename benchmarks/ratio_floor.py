@@ -224,7 +224,8 @@ def study(
             rows.append(
                 {
                     "training_seed": t,
-                    "parameters": [float(v) for v in theta],  # network: steps run, members' best steps
+                    # network: the steps run, then each member's best step
+                    "parameters": [float(v) for v in theta],
                     "error_sd_on_data": float(np.std(err)),
                     "dmu_over_sigma": diffs,
                     "dmu_mean_over_sigma": float(np.mean(diffs)),

@@ -563,9 +563,7 @@ def _metadata(
             "steps_run": total,
             "complete": not partial,
             "eval_interval": config.eval_interval(len(data.x_val)),
-            "patience_evaluations": config.patience_evaluations(
-                len(data.x_train), len(data.x_val)
-            ),
+            "patience_evaluations": config.patience_evaluations(len(data.x_train), len(data.x_val)),
             "members": best,
         },
     }
