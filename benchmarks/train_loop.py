@@ -46,7 +46,7 @@ def time_loop(numerator: Any, denominator: Any, config: Any) -> dict[str, Any]:
     result = train_ensemble(numerator, denominator, config)
     seconds = time.perf_counter() - t0
     training = result.ensemble.metadata["training"]
-    passes = sorted({r["step"] for r in result.history if r["name"] == "val_loss"})
+    passes = {r["step"] for r in result.history if r["name"] == "val_loss"}
     return {
         "seconds": seconds,
         "steps_run": int(result.steps_run),

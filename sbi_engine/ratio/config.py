@@ -20,6 +20,11 @@ DTYPES = ("float32", "bfloat16")
 AUTO_MIN_STEPS = 2000  # the automatic step budget's floor (max_steps None)
 
 
+def _is_real(value: Any) -> bool:
+    """An int or float, not a bool (True would pass as 1 otherwise)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines how an ensemble of ratio classifiers is trained.
@@ -103,23 +108,17 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(
-            isinstance(self.min_epochs, (int, float))
-            and not isinstance(self.min_epochs, bool)
-            and 0.0 <= self.min_epochs <= 1000.0,
+            _is_real(self.min_epochs) and 0.0 <= self.min_epochs <= 1000.0,
             f"min_epochs must be in [0, 1000], got {self.min_epochs!r}",
         )
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(
-            isinstance(self.eval_budget_share, (int, float))
-            and not isinstance(self.eval_budget_share, bool)
-            and 0.0 < self.eval_budget_share <= 1000.0,
+            _is_real(self.eval_budget_share) and 0.0 < self.eval_budget_share <= 1000.0,
             f"eval_budget_share must be in (0, 1000], got {self.eval_budget_share!r}",
         )
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(
-            isinstance(self.patience_epochs, (int, float))
-            and not isinstance(self.patience_epochs, bool)
-            and 0.0 <= self.patience_epochs <= 1000.0,
+            _is_real(self.patience_epochs) and 0.0 <= self.patience_epochs <= 1000.0,
             f"patience_epochs must be in [0, 1000], got {self.patience_epochs!r}",
         )
         need(
@@ -137,9 +136,7 @@ class TrainConfig:
         )
         need(self.dtype in DTYPES, f"dtype {self.dtype!r} not in {DTYPES}")
         need(
-            isinstance(self.early_stopping_smoothing, (int, float))
-            and not isinstance(self.early_stopping_smoothing, bool)
-            and 0.0 <= self.early_stopping_smoothing < 1.0,
+            _is_real(self.early_stopping_smoothing) and 0.0 <= self.early_stopping_smoothing < 1.0,
             f"early_stopping_smoothing must be in [0, 1), got {self.early_stopping_smoothing!r}",
         )
         if isinstance(self.periodic_features, str):

@@ -3,10 +3,9 @@
 Members train in packs (one pack = all members when the layout is "vmap"). Each pack runs
 intervals of ``eval_every`` steps (more on large validation sets: ``TrainConfig.eval_interval``)
 as one compiled program, then evaluates the validation loss, keeps each member's best
-parameters, and checkpoints when due. A checkpoint holds the
-whole loop state (parameters, optimiser state, best copies, patience counters, RNG keys,
-finished packs and history), so a run killed and resumed ends with the same parameters as an
-uninterrupted one.
+parameters, and checkpoints when due. A checkpoint holds the whole loop state (parameters,
+optimiser state, best copies, patience counters, RNG keys, finished packs and history), so a run
+killed and resumed ends with the same parameters as an uninterrupted one.
 
 Early stopping acts on a smoothed validation loss (an exponential moving average over
 evaluations, ``TrainConfig.early_stopping_smoothing``): the per-member validation loss of a
@@ -425,7 +424,8 @@ def train_ensemble(
 
     n_val = len(data.x_val)
     eval_interval = config.eval_interval(n_val)
-    patience = _to_device(np.int32(config.patience_evaluations(n_train, n_val)))
+    patience_n = config.patience_evaluations(n_train, n_val)
+    patience = _to_device(np.int32(patience_n))
     while pack_i < len(packs) and not stopped_early:
         members = packs[pack_i]
         if state is None:
@@ -515,7 +515,9 @@ def train_ensemble(
     n_members = int(jax.tree.leaves(params)[0].shape[0])
     ensemble = Ensemble(
         jax.device_get(params),
-        _metadata(config, data, layout, total, best, stopped_early, n_members),
+        _metadata(
+            config, data, layout, total, best, stopped_early, n_members, eval_interval, patience_n
+        ),
     )
     return TrainResult(
         ensemble,
@@ -536,6 +538,8 @@ def _metadata(
     best: list[dict],
     partial: bool,
     n_members: int,
+    eval_interval: int,
+    patience_evaluations: int,
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -562,8 +566,8 @@ def _metadata(
         "training": {
             "steps_run": total,
             "complete": not partial,
-            "eval_interval": config.eval_interval(len(data.x_val)),
-            "patience_evaluations": config.patience_evaluations(len(data.x_train), len(data.x_val)),
+            "eval_interval": eval_interval,
+            "patience_evaluations": patience_evaluations,
             "members": best,
         },
     }
