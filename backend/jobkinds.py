@@ -146,7 +146,7 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
     each sample was split (``summary["split"]``).
     """
     from sbi_engine.ratio import TrainConfig, train_ensemble
-    from sbi_engine.sample_specs import sample_parts
+    from sbi_engine.sample_specs import sample_parts, shared_events_split_apart
 
     p = ctx.params
     parts = {}
@@ -158,6 +158,9 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
             # the same spec fails every attempt alike: a spec error, never retried
             raise JobSpecError(f"params.{role}: {exc}") from exc
     num_parts, den_parts = parts["numerator"], parts["denominator"]
+    leak = shared_events_split_apart(num_parts, den_parts)
+    if leak:
+        raise JobSpecError(f"params.numerator/denominator: {leak}")
     numerator, denominator = num_parts.train, den_parts.train
     config = TrainConfig.from_dict(dict(p.get("train") or p.get("config") or {}))
     result = train_ensemble(

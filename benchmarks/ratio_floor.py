@@ -22,7 +22,12 @@ does) on ``--datasets`` fresh pseudo-data sets at ``--mu-true``. The spread over
 the learned-minus-exact mu-hat, in units of the exact sigma, is the floor that finite simulation
 sets for every estimator: a network cannot beat an estimator that knows the family.
 
+``--reweighted`` trains on the B events reweighted to SBI (`interference_reweighted`: the
+SBI weights are the exact matrix-element ratio, and the network trains paired) instead of an
+independent SBI simulation; the fits are the same.
+
     python -m benchmarks.ratio_floor --trainings 8 --datasets 4 --json out.json
+    python -m benchmarks.ratio_floor --families network,scale --reweighted --trainings 2 --json out.json
 """
 
 from __future__ import annotations
@@ -64,10 +69,12 @@ def _log_r(family: str, theta: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _training_samples(problem: Any, events: int, seed: int) -> tuple[Any, Any]:
-    return (
-        problem.sample("SBI", events, seed=10_000 + seed),
-        problem.sample("B", events, seed=20_000 + seed),
-    )
+    """SBI and B training events: independent simulations, or, for `interference_reweighted`,
+    the B events with SBI weights (paired training)."""
+    den = problem.sample("B", events, seed=20_000 + seed)
+    if problem.reweighted_from.get("SBI") == "B":
+        return problem.reweighted_sample("SBI", den, {}), den
+    return problem.sample("SBI", events, seed=10_000 + seed), den
 
 
 def fit_network(
@@ -102,13 +109,14 @@ def fit_estimator(
         return fit_network(problem, events, seed, overrides)
     num_s, den_s = _training_samples(problem, events, seed)
     num, den = num_s.features, den_s.features
+    w_num, w_den = num_s.weights, den_s.weights
     f_num, f_den = _features(problem, family, num), _features(problem, family, den)
     start = np.array([0.0, -1.0, 1.0]) if family == "amplitude" else np.array([0.0, 1.0])
 
-    def loss(theta: np.ndarray) -> float:  # mean binary cross-entropy, classes balanced
+    def loss(theta: np.ndarray) -> float:  # weighted binary cross-entropy, classes balanced
         return float(
-            np.mean(np.logaddexp(0.0, -_log_r(family, theta, f_num)))
-            + np.mean(np.logaddexp(0.0, _log_r(family, theta, f_den)))
+            np.average(np.logaddexp(0.0, -_log_r(family, theta, f_num)), weights=w_num)
+            + np.average(np.logaddexp(0.0, _log_r(family, theta, f_den)), weights=w_den)
         )
 
     theta = minimize(
@@ -189,10 +197,12 @@ def study(
     events: int = TRAIN_EVENTS,
     overrides: dict[str, Any] | None = None,
     first_seed: int = 0,
+    reweighted: bool = False,
 ) -> dict[str, Any]:
     from sbi_engine.problems import get_problem
 
-    problem = get_problem("interference")
+    # interference_reweighted: the same densities; SBI trained on the B events reweighted
+    problem = get_problem("interference_reweighted" if reweighted else "interference")
     norm = problem.sample("B", NORM_EVENTS, seed=99).features
     data_sets = [problem.pseudo_data(mu_true, seed=5000 + k).features for k in range(datasets)]
     exact = []
@@ -201,7 +211,7 @@ def study(
         best, _ = fitter.minimise(np.array([mu_true, 0.0, 0.0]))
         exact.append((float(best[0]), fitter.sigma_mu(best)))
     out: dict[str, Any] = {
-        "problem": "interference",
+        "problem": problem.name,
         "mu_true": mu_true,
         "train_events_per_class": events,
         "network_overrides": overrides or {},
@@ -263,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=TRAIN_EVENTS, help="training events per class")
     ap.add_argument("--config", default="{}", help="network: TrainConfig overrides as JSON")
     ap.add_argument("--first-seed", type=int, default=0, help="seed of the first training")
+    ap.add_argument(
+        "--reweighted",
+        action="store_true",
+        help="SBI simulated by reweighting the B training events (paired training)",
+    )
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     out = study(
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events,
         json.loads(args.config),
         args.first_seed,
+        args.reweighted,
     )
     text = json.dumps(out, indent=2)
     if args.json:

@@ -342,6 +342,37 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
     return SampleParts(train, ev, record)
 
 
+def _event_hashes(*parts: Sample) -> np.ndarray:
+    return np.sort(np.concatenate([row_hash(list(p.features.T)) for p in parts]))
+
+
+def shared_events_split_apart(numerator: SampleParts, denominator: SampleParts) -> str | None:
+    """A message when two samples hold the same events (a hypothesis simulated by reweighting)
+    but split them differently, else None.
+
+    The row hash includes the weight, so two weightings of the same events split differently
+    unless both use ``split_by`` on an event number: events the networks train on in one
+    sample would then be evaluation events of the other, and the training could not pair them.
+    """
+    n = len(numerator.train) + len(numerator.eval)
+    if n != len(denominator.train) + len(denominator.eval):
+        return None
+    if not np.array_equal(
+        _event_hashes(numerator.train, numerator.eval),
+        _event_hashes(denominator.train, denominator.eval),
+    ):
+        return None
+    if np.array_equal(_event_hashes(numerator.train), _event_hashes(denominator.train)):
+        return None
+    return (
+        f"{numerator.train.source} and {denominator.train.source} hold the same {n} events "
+        "with other weights, but split them into training and evaluation events differently "
+        f"(numerator: {numerator.record.get('method')}, denominator: "
+        f"{denominator.record.get('method')}): give both samples the same `split_by: <event "
+        "number>` so that an event is a training event of both or of neither"
+    )
+
+
 def split_record(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Provenance of the train / eval split of a sample spec (JSON-able).
 

@@ -8,7 +8,7 @@ exact ratios, from the project's fit and from an independent NumPy + iminuit NLL
 
 >>> from sbi_engine.problems import list_problems, get_problem
 >>> list_problems()
-['interference', 'correlated5', 'subnoise_syst', 'negative_weights', 'low_stats', 'high_stats']
+['interference', 'interference_reweighted', 'correlated5', 'subnoise_syst', 'negative_weights', 'low_stats', 'high_stats']
 >>> get_problem("correlated5").processes
 ('S', 'B')
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .base import BenchmarkProblem, coefficient_value, read_parquet, write_parquet
 from .correlated5 import Correlated5Problem
-from .interference import InterferenceProblem
+from .interference import InterferenceProblem, InterferenceReweightedProblem
 from .negative_weights import NegativeWeightsProblem
 from .reference import NumpyNLL, exact_reference_fit, exact_workspace, minuit_fit
 from .stats import HighStatsProblem, LowStatsProblem
@@ -40,6 +40,7 @@ _REGISTRY: dict[str, type[BenchmarkProblem]] = {
     cls.name: cls
     for cls in (
         InterferenceProblem,
+        InterferenceReweightedProblem,
         Correlated5Problem,
         SubnoiseSystProblem,
         NegativeWeightsProblem,

@@ -127,6 +127,9 @@ class BenchmarkProblem(ABC):
         str, ...
     ] = ()  # processes whose simulation has negative weights
     n_events: int = 100_000  # events per written sample at events_scale = 1
+    # process -> process whose simulated events its files reuse, reweighted by the exact density
+    # ratio (a generator's reweighting module); such problems number their events (`event`)
+    reweighted_from: dict[str, str] = {}
     mu_bounds: tuple[float, float] = (0.0, 20.0)
 
     # ------------------------------------------------------------------ to implement
@@ -333,19 +336,52 @@ class BenchmarkProblem(ABC):
     def events_per_sample(self, events_scale: float = 1.0) -> int:
         return max(int(round(self.n_events * float(events_scale))), 100)
 
+    def reweighted_sample(self, process: str, source: Sample, alpha: Mapping[str, float]) -> Sample:
+        """``source``'s events weighted to simulate ``process`` at alpha: w p_c / p_src, scaled
+        so the weights sum to nu_c(alpha) exactly (as a reweighting module's output is)."""
+        a = self._alpha(alpha)
+        x = np.asarray(source.features, np.float64)
+        src = self.reweighted_from[process]
+        ratio = np.exp(self.log_density(process, x, a) - self.log_density(src, x, a))
+        w = source.weights * ratio
+        w = w * (self.yield_(process, a) / float(np.sum(w)))
+        tag = ", ".join(f"{k}={v:g}" for k, v in a.items() if v)
+        return Sample(
+            source.features,
+            w,
+            self.feature_names,
+            f"{self.name}:{process} reweighted from {source.source}{' at ' + tag if tag else ''}",
+        )
+
     def write_samples(
         self, directory: str | Path, seed: int = 0, events_scale: float = 1.0
     ) -> dict[str, Path]:
-        """Parquet files (feature columns + `weight`) for every nominal and systematic sample."""
+        """Parquet files (feature columns + `weight`) for every nominal and systematic sample.
+        Processes in ``reweighted_from`` reuse their source process's events at the same alpha
+        (same seed), so those files hold the same events with other weights."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         n = self.events_per_sample(events_scale)
+        names = self.sample_names()
+        seeds = {key: 1000 * seed + i + 1 for i, key in enumerate(names)}
+
+        def simulated(key: str) -> Sample:
+            proc, nuis, direction = names[key]
+            return self.sample(proc, n, seed=seeds[key], alpha={nuis: direction} if nuis else None)
+
         out = {}
-        for i, (key, (proc, nuis, direction)) in enumerate(self.sample_names().items()):
-            s = self.sample(
-                proc, n, seed=1000 * seed + i + 1, alpha={nuis: direction} if nuis else None
+        for key, (proc, nuis, direction) in names.items():
+            if proc in self.reweighted_from:
+                src = self.reweighted_from[proc]
+                src_key = f"{src}_{nuis}_{'up' if direction > 0 else 'down'}" if nuis else src
+                s = self.reweighted_sample(
+                    proc, simulated(src_key), {nuis: direction} if nuis else {}
+                )
+            else:
+                s = simulated(key)
+            out[key] = write_parquet(
+                s, directory / f"{key}.parquet", event=bool(self.reweighted_from)
             )
-            out[key] = write_parquet(s, directory / f"{key}.parquet")
         return out
 
     def write_pseudo_data(
@@ -383,6 +419,11 @@ class BenchmarkProblem(ABC):
             spec: dict[str, Any] = {"path": where(f"{key}.parquet")}
             if proc in self.negative_weight_processes:
                 spec["allow_negative_weights"] = True
+            if self.reweighted_from:
+                # one split for the reweighted files and their source: the content hash would
+                # differ with the weight, and a training event of one class could be an
+                # evaluation event of the other
+                spec["split_by"] = "event"
             samples[key] = spec
         if observed is not None:
             samples["data"] = {"path": where(observed), "weight": None}
@@ -424,14 +465,17 @@ class BenchmarkProblem(ABC):
         }
 
 
-def write_parquet(sample: Sample, path: Path, weight: bool = True) -> Path:
-    """Feature columns (float32) and, if `weight`, a float64 `weight` column."""
+def write_parquet(sample: Sample, path: Path, weight: bool = True, event: bool = False) -> Path:
+    """Feature columns (float32) and, if `weight`, a float64 `weight` column; with `event`, an
+    int64 `event` number column (0, 1, ...)."""
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     cols = {name: pa.array(sample.features[:, j]) for j, name in enumerate(sample.names)}
     if weight:
         cols["weight"] = pa.array(sample.weights)
+    if event:
+        cols["event"] = pa.array(np.arange(len(sample.features), dtype=np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols), path)
     return path

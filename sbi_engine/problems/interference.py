@@ -166,3 +166,18 @@ class InterferenceProblem(BenchmarkProblem):
             chunks.append(keep)
             have += keep.shape[0]
         return np.concatenate(chunks)[:n]
+
+
+class InterferenceReweightedProblem(InterferenceProblem):
+    """`interference` with SBI simulated the way generators offer it for interference: the B
+    events reweighted by the matrix-element ratio |A_S + A_B|^2 / |A_B|^2 (exact p_SBI / p_B
+    here), instead of an independent SBI simulation. The SBI/B networks then see each event
+    with both weights (paired training, `sbi_engine.ratio.prepare`) and learn the ratio from
+    the weights rather than from the fluctuations of two independent samples."""
+
+    name = "interference_reweighted"
+    description = (
+        "interference with SBI simulated by reweighting the B events (matrix-element weights): "
+        "the same model, the SBI/B ratio learned from paired events"
+    )
+    reweighted_from = {"SBI": "B"}

@@ -4,6 +4,16 @@ Stratified seeded train/validation split, feature standardisation fitted on the 
 events, and class-balanced weights: each class's weights are rescaled to the same total
 (half the events of the split), so the Bayes-optimal classifier logit is log p_num/p_den
 whatever the samples' absolute yields are.
+
+**Paired samples.** When both samples are the same events with different weights (a
+hypothesis simulated by reweighting, as MadGraph's reweight module or a matrix-element
+weight column gives it), each event becomes one row with the soft label
+y = w_num / (w_num + w_den) and the weight w_num + w_den: the loss is then exactly
+w_num softplus(-f) + w_den softplus(f) per event, the same objective as two rows, but the
+split, the batches and the bootstrap see each event once. Two independent rows would give
+the two copies of an event different batches, validation roles and bootstrap counts, noise
+that on a ratio within a few per cent of 1 is as large as the ratio's own variation
+(docs/validation.md, "Session 14"). Samples with negative weights keep two rows.
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ class Standardizer:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Standardised float32 arrays; labels 1 = numerator, 0 = denominator."""
+    """Standardised float32 arrays; labels 1 = numerator, 0 = denominator (soft labels in
+    [0, 1] for paired samples)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -108,6 +119,25 @@ def _balanced(w: np.ndarray, y: np.ndarray, where: str) -> np.ndarray:
             )
         out[mask] = w[mask] * (0.5 * n / total)
     return out.astype(np.float32)
+
+
+def _paired_rows(w_num: np.ndarray, w_den: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(soft labels, row weights) of paired events, each class balanced to half the rows."""
+    y = np.concatenate([np.ones(len(w_num)), np.zeros(len(w_den))])
+    balanced = _balanced(np.concatenate([w_num, w_den]), y, where).astype(np.float64)
+    num, den = balanced[: len(w_num)], balanced[len(w_num) :]
+    total = num + den
+    return (num / total).astype(np.float32), (0.5 * total).astype(np.float32)
+
+
+def same_events(numerator: Any, denominator: Any) -> bool:
+    """Both samples hold the same events in the same order, with weights that pair safely
+    (none negative, no event weighted zero in both)."""
+    a, b = numerator.features, denominator.features
+    if a.shape != b.shape or not np.array_equal(a, b):
+        return False
+    wn, wd = np.asarray(numerator.weights), np.asarray(denominator.weights)
+    return bool(np.all(wn >= 0) and np.all(wd >= 0) and np.all(wn + wd > 0))
 
 
 def _split_indices(
@@ -165,25 +195,30 @@ def prepare(
         numerator.features, numerator.weights, denominator.features, denominator.weights
     )
     rng = np.random.default_rng([seed, 0x5EED])
+    paired = same_events(numerator, denominator)
     tr_n, va_n = _split_indices(len(numerator.features), val_fraction, rng)
-    tr_d, va_d = _split_indices(len(denominator.features), val_fraction, rng)
+    tr_d, va_d = (
+        (tr_n, va_n) if paired else _split_indices(len(denominator.features), val_fraction, rng)
+    )
 
-    def stack(idx_n: np.ndarray, idx_d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def stack(idx_n: np.ndarray, idx_d: np.ndarray, where: str) -> tuple[np.ndarray, ...]:
+        if paired:
+            y, w = _paired_rows(numerator.weights[idx_n], denominator.weights[idx_d], where)
+            return numerator.features[idx_n].astype(np.float32), y, w
         x = np.concatenate([numerator.features[idx_n], denominator.features[idx_d]]).astype(
             np.float32
         )
         y = np.concatenate([np.ones(len(idx_n), np.float32), np.zeros(len(idx_d), np.float32)])
-        w = np.concatenate([numerator.weights[idx_n], denominator.weights[idx_d]]).astype(
-            np.float64
-        )
-        return x, y, w
+        w = np.concatenate([numerator.weights[idx_n], denominator.weights[idx_d]])
+        return x, y, _balanced(w.astype(np.float64), y, where)
 
-    x_tr, y_tr, w_tr = stack(tr_n, tr_d)
-    x_va, y_va, w_va = stack(va_n, va_d)
+    x_tr, y_tr, w_tr = stack(tr_n, tr_d, "training split")
+    x_va, y_va, w_va = stack(va_n, va_d, "validation split")
     scaler = Standardizer.fit(x_tr, periodic)
     split = {
         "seed": int(seed),
         "val_fraction": float(val_fraction),
+        "paired": paired,
         "numerator": {
             "source": str(numerator.source),
             "n_train": int(len(tr_n)),
@@ -199,10 +234,10 @@ def prepare(
     return PreparedData(
         x_train=scaler.transform(x_tr),
         y_train=y_tr,
-        w_train=_balanced(w_tr, y_tr, "training split"),
+        w_train=w_tr,
         x_val=scaler.transform(x_va),
         y_val=y_va,
-        w_val=_balanced(w_va, y_va, "validation split"),
+        w_val=w_va,
         scaler=scaler,
         names=tuple(numerator.names),
         split=split,

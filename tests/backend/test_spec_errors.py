@@ -120,6 +120,36 @@ def test_train_job_with_a_missing_sample_records_a_spec_error(tmp_path):
     assert "gone.npz: file not found" in exit_doc["error"]
 
 
+def test_train_job_on_reweighted_samples_split_apart_records_a_spec_error(tmp_path):
+    """SBI written as the B events with other weights, both split by the row hash (which
+    includes the weight): the job refuses before training and names the remedy."""
+    from sbi_engine.problems import get_problem
+
+    files = get_problem("interference_reweighted").write_samples(
+        tmp_path / "samples", events_scale=0.002
+    )
+    job_uri = (tmp_path / "job").as_uri()
+    store = open_store(job_uri, create=True)
+    sample = {"format": "parquet", "features": ["m", "c"], "weight": "weight"}
+    spec = {
+        "kind": "train",
+        "params": {
+            "numerator": {**sample, "path": str(files["SBI"])},
+            "denominator": {**sample, "path": str(files["B"])},
+        },
+    }
+    store.put_bytes("spec.json", json.dumps(spec).encode())
+    outcome = run_attempt(job_uri, 1, install_signals=False, interval=0.2)
+    assert (outcome.status, outcome.exit_code, outcome.retryable) == (
+        "failed",
+        EXIT_BAD_SPEC,
+        False,
+    )
+    error = get_json(store, "attempts/1/exit.json")["error"]
+    assert error.startswith("params.numerator/denominator: ")
+    assert "hold the same 1000 events" in error and "split_by" in error
+
+
 @pytest.mark.timeout(600)
 def test_sample_deleted_after_validation_fails_the_job_once_with_the_message(tmp_path):
     sample = tmp_path / "S.npz"
