@@ -182,6 +182,8 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         "seconds": float(result.seconds),
         "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},
         "split": {"numerator": num_parts.record, "denominator": den_parts.record},
+        # the same events with two weightings, one row each (sbi_engine.ratio.prepare)
+        "paired": bool(result.ensemble.metadata["split"].get("paired", False)),
         "diagnostics": ensemble_diagnostics(
             result.ensemble, p, numerator, denominator, held_out=(num_parts.eval, den_parts.eval)
         ),

@@ -169,10 +169,11 @@ def stacked_experiments(
 
 
 def fit_experiments(
-    ws: Any, rows: Sequence[np.ndarray], mu_true: float, seed: int
+    ws: Any, rows: Sequence[np.ndarray], mu_true: float, seed: int, progress: str | None = None
 ) -> dict[str, np.ndarray]:
     """Fit every experiment (its own rows, each with count 1; aux ~ N(0, 1)) as gathered toys:
-    one vmapped compiled fit, the normalisation term over the full normalisation sample."""
+    one vmapped compiled fit, the normalisation term over the full normalisation sample.
+    ``progress``: label of a progress bar over the experiments."""
     from .fit import model_for
     from .fit.toys import ToySet, _padded_size, fit_toys
 
@@ -187,7 +188,7 @@ def fit_experiments(
     aux = np.random.default_rng(seed).standard_normal((len(rows), model.n_np))
     poi = ws.poi_names[0]
     theta_true = model.theta({poi: mu_true}, base=np.asarray(model.theta(None)))
-    fits = fit_toys(model, ToySet(theta_true, index, counts, aux))
+    fits = fit_toys(model, ToySet(theta_true, index, counts, aux), progress=progress)
     j = model.index[poi]
     ok = np.asarray(fits.converged, dtype=bool)
     return {

@@ -74,6 +74,11 @@ def collect_result(
                 uri = (out.get("artifacts") or {}).get("ensemble")
                 if uri:
                     ensembles.setdefault(j["task"] or j["name"], []).append(uri)
+    train_summaries = {
+        j["name"]: dict((_read_result(j) or {}).get("summary") or {})
+        for j in jobs
+        if j["kind"] == "train" and j["status"] == "SUCCEEDED"
+    }
     diag = campaign_diagnostics(campaign_id, engine=engine)
     calibration = {task: list(d.get("calibration") or []) for task, d in diag.items()}
     ensemble_checks = {
@@ -132,11 +137,10 @@ def collect_result(
         "shape_decisions": list(fit.get("shape_decisions") or []),
         "noise_shrinkage": list(fit.get("noise_shrinkage") or []),
         "data_provenance": dict(fit.get("provenance") or {}),
-        "splits": {
-            j["name"]: (_read_result(j) or {}).get("summary", {}).get("split")
-            for j in jobs
-            if j["kind"] == "train" and j["status"] == "SUCCEEDED"
-        },
+        "splits": {name: summary.get("split") for name, summary in train_summaries.items()},
+        "paired_tasks": sorted(
+            {str(sm.get("task")) for sm in train_summaries.values() if sm.get("paired")}
+        ),
         "intervals": intervals,
         "pulls": dict(fit.get("pulls") or {}),
         "impacts": impact_ranking(refit, fit.get("impacts_covariance") or []),

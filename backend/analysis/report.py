@@ -675,6 +675,9 @@ def _eval_provenance(result: Mapping[str, Any]) -> str:
     text = f"split by {', '.join(methods) or 'n/a'}"
     if norm:
         text += f"; normalisation sample: {norm.get('events')} evaluation events of {norm.get('process')}"
+    paired = result.get("paired_tasks") or []
+    if paired:
+        text += f"; trained paired (the same events with two weightings): {', '.join(paired)}"
     return text
 
 

@@ -201,9 +201,19 @@ def study_problem(name: str, args: argparse.Namespace, workdir: Path) -> dict[st
         comps = comps_at.get(mu) or components(
             lf, fit(lf.workspace), bootstrap=ensembles_bootstrapped(lf)
         )
-        learned = cl.fit_experiments(lf.workspace, rows, mu, seed=args.seed + j)
+        learned = cl.fit_experiments(
+            lf.workspace,
+            rows,
+            mu,
+            seed=args.seed + j,
+            progress=f"{name} coverage mu={mu:g} learned",
+        )
         exact = cl.fit_experiments(
-            exact_workspace(problem, stacked, norm), rows, mu, seed=args.seed + j
+            exact_workspace(problem, stacked, norm),
+            rows,
+            mu,
+            seed=args.seed + j,
+            progress=f"{name} coverage mu={mu:g} exact",
         )
         extra = (comps.nn or 0.0) ** 2 + (comps.sim or 0.0) ** 2
         out["coverage"].append(

@@ -307,12 +307,15 @@ def fit_toys(
     edm_tol: float = 1e-8,
     max_iter: int = 30,
     init: np.ndarray | None = None,
+    progress: str | None = None,
 ) -> ToyFits:
     """Fit every toy (vectorised in batches of ``batch``; one compilation per batch shape).
 
     Each toy's event term runs over its gathered events; the normalisation term n_c(alpha) over
     the model's full normalisation sample (the same fixed v for every toy, never the gathered
-    subset). ``init`` (T, P): per-toy starting points (default: the truth).
+    subset). ``init`` (T, P): per-toy starting points (default: the truth). ``progress``: the
+    label of a progress bar over the toys (on a large normalisation sample a batch takes
+    minutes).
     """
     model = _model(target)
     T, n_max = toys.index.shape
@@ -342,6 +345,12 @@ def fit_toys(
             data["w"] = jnp.asarray(toys.counts[sel_p])
             yield sel.size, jnp.asarray(th0), data, jnp.asarray(toys.aux[sel_p])
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, desc=progress, unit="toy")
+
     def run(rows: np.ndarray, start: np.ndarray, iters: int) -> list[np.ndarray]:
         out: list[list[np.ndarray]] = [[] for _ in range(5)]  # theta, q, H, status, it
         for size, th0, data, aux in batches(rows, start):
@@ -356,6 +365,8 @@ def fit_toys(
             )
             for acc, v in zip(out, res):
                 acc.append(np.asarray(v)[:size])
+            if bar is not None and bar.n < T:
+                bar.update(min(size, T - bar.n))  # the first pass; bound escapes come after
         return [np.concatenate(acc) for acc in out]
 
     def q_at(rows: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -370,6 +381,8 @@ def fit_toys(
     theta, q, H, status, it = run(np.arange(T), theta0, max_iter)
     for p in (model.index[n] for n in model.poi_names):
         _escape_toy_bound(model, run, q_at, p, mask, max_iter, (theta, q, H, status, it))
+    if bar is not None:
+        bar.close()
     at = bound_mask(theta, model.lower, model.upper, mask)
     cov = _covariances(H, ~mask, at)
     errors = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None))

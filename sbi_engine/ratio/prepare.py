@@ -191,11 +191,17 @@ def prepare(
             f"(features: {list(numerator.names)})"
         )
     periodic = tuple(numerator.names.index(name) for name in periodic_features)
+    paired = same_events(numerator, denominator)
+    # a paired layout is other training data: a checkpoint of the two-row layout must not resume
+    layout_tag = [np.array([1], np.int8)] if paired else []
     fp = fingerprint(
-        numerator.features, numerator.weights, denominator.features, denominator.weights
+        numerator.features,
+        numerator.weights,
+        denominator.features,
+        denominator.weights,
+        *layout_tag,
     )
     rng = np.random.default_rng([seed, 0x5EED])
-    paired = same_events(numerator, denominator)
     tr_n, va_n = _split_indices(len(numerator.features), val_fraction, rng)
     tr_d, va_d = (
         (tr_n, va_n) if paired else _split_indices(len(denominator.features), val_fraction, rng)

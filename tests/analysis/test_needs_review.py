@@ -122,3 +122,20 @@ def test_exit_codes_and_a_passing_report():
         {"result_status": {"state": "checks passed", "n_checks": 7, "failed": []}}, {}, None, None
     )
     assert "**Result status: checks passed** (all 7 checks passed)" in md.split("μ̂")[0]
+
+
+def test_report_names_the_tasks_trained_paired():
+    from backend.analysis.report import summary_markdown
+
+    split = {"numerator": {"method": "split_by"}, "denominator": {"method": "split_by"}}
+    result = {
+        "result_status": {"state": "checks passed", "n_checks": 1, "failed": []},
+        "splits": {"train-sbi": split, "train-s": split},
+        "paired_tasks": ["SBI_vs_B"],
+    }
+    md = summary_markdown(result, {}, None, None)
+    line = next(x for x in md.splitlines() if x.startswith("- events the networks never saw"))
+    assert "split by split_by" in line
+    assert "trained paired (the same events with two weightings): SBI_vs_B" in line
+    result["paired_tasks"] = []
+    assert "paired" not in summary_markdown(result, {}, None, None)

@@ -85,6 +85,7 @@ def test_report_holds_result_and_provenance(first, analysis_home):
 
     assert all(path_from_uri(u).is_file() for uris in doc["ensembles"].values() for u in uris)
     assert set(doc["seeds"]["train"].values()) == {0}
+    assert doc["paired_tasks"] == []  # the demo simulates every process on its own
     assert {i["nuisance"] for i in doc["impacts"]} == {"m4l_scale", "lumi"}
     assert all(i["method"] == "refit" for i in doc["impacts"])
     assert set(doc["pulls"]) == {"m4l_scale", "lumi"}

@@ -150,6 +150,36 @@ def test_train_job_on_reweighted_samples_split_apart_records_a_spec_error(tmp_pa
     assert "hold the same 1000 events" in error and "split_by" in error
 
 
+def test_train_job_on_reweighted_samples_split_by_event_trains_paired(tmp_path):
+    """The remedy the refusal above names: with `split_by: event` on both samples the job
+    trains, paired, and says so in its summary."""
+    from backend.stores.layout import result_key
+    from sbi_engine.problems import get_problem
+
+    files = get_problem("interference_reweighted").write_samples(
+        tmp_path / "samples", events_scale=0.002
+    )
+    job_uri = (tmp_path / "job").as_uri()
+    store = open_store(job_uri, create=True)
+    sample = {"format": "parquet", "features": ["m", "c"], "weight": "weight", "split_by": "event"}
+    spec = {
+        "kind": "train",
+        "params": {
+            "task": "SBI_vs_B",
+            "numerator": {**sample, "path": str(files["SBI"])},
+            "denominator": {**sample, "path": str(files["B"])},
+            "train": {"members": 1, "hidden_layers": 1, "width": 8, "max_steps": 20},
+        },
+    }
+    store.put_bytes("spec.json", json.dumps(spec).encode())
+    outcome = run_attempt(job_uri, 1, install_signals=False, interval=0.2)
+    assert outcome.status == "succeeded", get_json(store, "attempts/1/exit.json")
+    summary = get_json(store, result_key(1))["summary"]
+    assert summary["paired"] is True
+    assert summary["split"]["numerator"]["method"] == "split_by"
+    assert summary["split"]["numerator"]["sizes"] == summary["split"]["denominator"]["sizes"]
+
+
 @pytest.mark.timeout(600)
 def test_sample_deleted_after_validation_fails_the_job_once_with_the_message(tmp_path):
     sample = tmp_path / "S.npz"

@@ -8,7 +8,7 @@ import pytest
 
 from sbi_engine.fit import Model, fit
 from sbi_engine.fit.exact import exact_demo_workspace
-from sbi_engine.fit.toys import asimov_weights, expected_fit, generate_toys, toy_study
+from sbi_engine.fit.toys import asimov_weights, expected_fit, fit_toys, generate_toys, toy_study
 
 
 def test_asimov_weights_are_the_models_expectation(demo_model):
@@ -43,6 +43,15 @@ def test_toys_are_poisson_resamples(demo_model):
     assert abs(n.mean() - lam) < 4 * np.sqrt(lam / 200)
     assert n.var(ddof=1) == pytest.approx(lam, rel=0.25)
     assert toys.aux.std() == pytest.approx(1.0, rel=0.1) and abs(toys.aux.mean()) < 0.05
+
+
+def test_toy_fits_with_a_progress_bar_are_the_same_fits(demo_model, capsys):
+    toys = generate_toys(demo_model, 7, seed=2)
+    plain = fit_toys(demo_model, toys, batch=3)
+    shown = fit_toys(demo_model, toys, batch=3, progress="coverage mu=1")
+    np.testing.assert_array_equal(plain.theta, shown.theta)
+    err = capsys.readouterr().err
+    assert "coverage mu=1" in err and "7/7" in err and "toy" in err
 
 
 @pytest.fixture(scope="module")
