@@ -170,6 +170,7 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         raise Preempted(ctx.stop.reason)  # a checkpoint was saved; the retry resumes from it
     uri = ctx.put_artifact("ensemble.npz", result.ensemble.to_bytes())
     resumed = result.resumed_from
+    paired = bool(result.ensemble.metadata["split"].get("paired", False))
     finals: dict[str, dict[int, float]] = {}  # {metric: {member: last value}}
     for rec in result.history:  # last value of each metric, averaged over members
         finals.setdefault(rec["name"], {})[rec["member"]] = float(rec["value"])
@@ -183,10 +184,17 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         "final": {k: sum(v.values()) / len(v) for k, v in finals.items()},
         "split": {"numerator": num_parts.record, "denominator": den_parts.record},
         # the same events with two weightings, one row each (sbi_engine.ratio.prepare)
-        "paired": bool(result.ensemble.metadata["split"].get("paired", False)),
-        "diagnostics": ensemble_diagnostics(
-            result.ensemble, p, numerator, denominator, held_out=(num_parts.eval, den_parts.eval)
-        ),
+        "paired": paired,
+        "diagnostics": {
+            **ensemble_diagnostics(
+                result.ensemble,
+                p,
+                numerator,
+                denominator,
+                held_out=(num_parts.eval, den_parts.eval),
+            ),
+            "paired": paired,
+        },
     }
     return {"artifacts": {"ensemble": uri}, "summary": summary}
 

@@ -49,6 +49,13 @@ def diagnostics_page() -> None:
         "Ratio task", tasks, index=tasks.index(worst) if worst in tasks else 0, key="diag-task"
     )
     view = queries.diagnostics_view(task, by_task[task])
+    if by_task[task].get("paired"):
+        st.caption(
+            "Trained paired: both samples are the same events with two weightings (a hypothesis "
+            "simulated by reweighting). Closure and calibration below use the errors of two "
+            "independent samples, looser than the pairs' own precision; the noise-to-signal "
+            "check of the fit weighs this ratio."
+        )
     _lights(view.checks)
     _fit_checks(status, task)
     shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="diag-view") or VIEWS[0]

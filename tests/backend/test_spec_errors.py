@@ -175,7 +175,7 @@ def test_train_job_on_reweighted_samples_split_by_event_trains_paired(tmp_path):
     outcome = run_attempt(job_uri, 1, install_signals=False, interval=0.2)
     assert outcome.status == "succeeded", get_json(store, "attempts/1/exit.json")
     summary = get_json(store, result_key(1))["summary"]
-    assert summary["paired"] is True
+    assert summary["paired"] is True and summary["diagnostics"]["paired"] is True
     assert summary["split"]["numerator"]["method"] == "split_by"
     assert summary["split"]["numerator"]["sizes"] == summary["split"]["denominator"]["sizes"]
 

@@ -265,6 +265,37 @@ def test_diagnostics_page_lights_and_charts(nsbi_env):
     assert at.dataframe[0].value["holdout_loss"].tolist() == [0.62, 0.66]
 
 
+def test_diagnostics_page_says_when_a_task_trained_paired(nsbi_env):
+    import dash_testkit as seed
+    import sqlalchemy as sa
+    from dash_testkit import engine_diagnostics
+
+    from backend.db import FitResult, Job, get_engine
+
+    seeded = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    fr, job = FitResult.__table__, Job.__table__
+    with get_engine(nsbi_env).begin() as conn:
+        ids = [
+            r.id
+            for r in conn.execute(
+                sa.select(job.c.id).where(
+                    job.c.campaign_id == seeded.campaign_id, job.c.task == "task1"
+                )
+            )
+        ]
+        conn.execute(
+            sa.update(fr)
+            .where(fr.c.job_id.in_(ids))
+            .values(
+                payload={"task": "task1", "diagnostics": {**engine_diagnostics(), "paired": True}}
+            )
+        )
+    at = run_page("diagnostics")
+    assert not any("Trained paired" in c.value for c in at.caption)  # task0: two samples
+    at.selectbox(key="diag-task").set_value("task1").run()
+    assert any("Trained paired" in c.value for c in at.caption)
+
+
 def test_costs_page_totals_match_seed(seeded):
     at = run_page("costs")
     shown = metric_values(at)
