@@ -44,6 +44,9 @@ class TaskRatios:
     bootstrapped: bool | None = None  # members trained on bootstrap replicas (None: not recorded)
     best_steps: tuple[int, ...] = ()  # each member's best-validation step (as recorded)
     step_budget: int | None = None  # the training's step budget (None: not recorded)
+    paired: bool | None = (
+        None  # trained on the same events with two weightings (None: not recorded)
+    )
 
     def stopped_early(self, share: float = EARLY_STOP_SHARE) -> bool:
         """Whether every member's best step came before ``share`` of its step budget.
@@ -122,6 +125,13 @@ def _bootstrapped(ensembles: Sequence[Any]) -> bool | None:
     return None if any(f is None for f in flags) else all(bool(f) for f in flags)
 
 
+def _paired(ensembles: Sequence[Any]) -> bool | None:
+    """Whether every pack trained paired (`sbi_engine.ratio.prepare`; None if a pack does not
+    say, as ensembles trained before it existed)."""
+    flags = [e.metadata.get("split", {}).get("paired") for e in ensembles]
+    return None if any(f is None for f in flags) else all(bool(f) for f in flags)
+
+
 def _training_use(ensembles: Sequence[Any]) -> tuple[tuple[int, ...], int | None]:
     """(every member's best-validation step, the step budget) from the ensembles' metadata;
     ((), None) when a pack does not record them or the packs disagree on the budget."""
@@ -166,5 +176,11 @@ def task_ratios(
     nominal_shift = float(np.log(np.sum(w * np.exp(_log_mean_exp(on_den))) / np.sum(w)))
     best_steps, budget = _training_use(ensembles)
     return TaskRatios(
-        task, members, nominal_raw - nominal_shift, _bootstrapped(ensembles), best_steps, budget
+        task,
+        members,
+        nominal_raw - nominal_shift,
+        _bootstrapped(ensembles),
+        best_steps,
+        budget,
+        _paired(ensembles),
     )

@@ -253,6 +253,12 @@ def ratio_checks(lf: Any) -> list[dict]:
                 else "; network noise this large reads as information about mu: train on more events, "
                 "longer, or with more bootstrap members"
             )
+            if np.isfinite(value) and r.paired is False:
+                msg += (
+                    "; or, where the generator can weight the reference's events to this "
+                    "hypothesis, train on those (paired training: docs/analysis.md, hypotheses "
+                    "simulated by reweighting)"
+                )
             if np.isfinite(value) and r.stopped_early():
                 msg += (
                     f"; early stopping ended it: the members' best steps are "

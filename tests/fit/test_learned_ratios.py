@@ -19,9 +19,10 @@ from sbi_engine.ratio.prepare import Standardizer
 FEATURES = ["m4l", "cos_theta1", "cos_theta2", "phi"]
 
 
-def linear_ensemble(path, slopes, best_steps=None, budget=None) -> str:
+def linear_ensemble(path, slopes, best_steps=None, budget=None, paired=None) -> str:
     """Members with log r_j = slopes[j] * (m4l - 400) / 200; ``best_steps`` and ``budget``
-    record a training (each member's best-validation step, the step budget) as train.py does."""
+    record a training (each member's best-validation step, the step budget) as train.py does;
+    ``paired`` its ``split.paired``."""
     m = len(slopes)
     k = np.zeros((m, 4, 2), np.float32)
     k[:, 0] = [1.0, -1.0]
@@ -40,6 +41,8 @@ def linear_ensemble(path, slopes, best_steps=None, budget=None) -> str:
         "scaler": scaler.to_dict(),
         "config": {"bootstrap": True},
     }
+    if paired is not None:
+        meta["split"] = {"paired": paired}
     if best_steps is not None:
         meta["config"]["max_steps"] = budget
         meta["training"] = {
@@ -301,6 +304,26 @@ def test_a_noisy_ratio_whose_training_stopped_early_says_so(tmp_path, best_steps
     assert checks["S_vs_B"]["passed"] and "early stopping" not in checks["S_vs_B"]["message"]
 
 
+@pytest.mark.parametrize("paired, suggested", [(False, True), (True, False), (None, False)])
+def test_a_noisy_ratio_from_two_simulations_is_told_about_paired_training(
+    tmp_path, paired, suggested
+):
+    """A noisy task trained on two independent simulations (split.paired False) is pointed to
+    reweighting the reference's events; a paired one, or one that does not record it, is not."""
+    noise = [-0.02, 0.0, 0.02, 0.0]
+    ens = {
+        "S_vs_B": [linear_ensemble(tmp_path / "s.npz", [0.5, 0.52, 0.48, 0.5])],
+        "SBI_vs_B": [linear_ensemble(tmp_path / "i.npz", [0.1, 0.13, 0.07, 0.1], paired=paired)],
+        "m_up": [linear_ensemble(tmp_path / "u.npz", [0.002 + n for n in noise])],
+        "m_dn": [linear_ensemble(tmp_path / "d.npz", [-0.002 + n for n in noise])],
+    }
+    lf = build_learned_fit(_spec(None, None), ens)
+    assert lf.ratios["SBI_vs_B"].paired is paired
+    sbi = {c["task"]: c for c in ratio_checks(lf)}["SBI_vs_B"]
+    assert not sbi["passed"]
+    assert ("paired training" in sbi["message"]) is suggested
+
+
 def test_a_real_training_records_its_best_steps_and_budget(tmp_path):
     """What the check reads is what train.py writes: a weak ratio with patience 2 stops long
     before a 3000-step budget, and the loaded task knows it."""
@@ -319,6 +342,6 @@ def test_a_real_training_records_its_best_steps_and_budget(tmp_path):
     result.ensemble.save(path)
     x = den.features.astype(np.float32)
     tr = task_ratios("t", [str(path)], x, x, np.ones(len(x)))
-    assert tr.step_budget == 3000
+    assert tr.step_budget == 3000 and tr.paired is False  # two independent samples
     assert len(tr.best_steps) == 2 and max(tr.best_steps) < result.steps_run
     assert tr.stopped_early()
