@@ -120,9 +120,8 @@ def test_train_job_with_a_missing_sample_records_a_spec_error(tmp_path):
     assert "gone.npz: file not found" in exit_doc["error"]
 
 
-def test_train_job_on_reweighted_samples_split_apart_records_a_spec_error(tmp_path):
-    """SBI written as the B events with other weights, both split by the row hash (which
-    includes the weight): the job refuses before training and names the remedy."""
+def _reweighted_train_job(tmp_path, **sample_keys) -> tuple[str, object]:
+    """A train job of SBI (the B events with SBI weights) against B: (job URI, its store)."""
     from sbi_engine.problems import get_problem
 
     files = get_problem("interference_reweighted").write_samples(
@@ -130,15 +129,24 @@ def test_train_job_on_reweighted_samples_split_apart_records_a_spec_error(tmp_pa
     )
     job_uri = (tmp_path / "job").as_uri()
     store = open_store(job_uri, create=True)
-    sample = {"format": "parquet", "features": ["m", "c"], "weight": "weight"}
+    sample = {"format": "parquet", "features": ["m", "c"], "weight": "weight", **sample_keys}
     spec = {
         "kind": "train",
         "params": {
+            "task": "SBI_vs_B",
             "numerator": {**sample, "path": str(files["SBI"])},
             "denominator": {**sample, "path": str(files["B"])},
+            "train": {"members": 1, "hidden_layers": 1, "width": 8, "max_steps": 20},
         },
     }
     store.put_bytes("spec.json", json.dumps(spec).encode())
+    return job_uri, store
+
+
+def test_train_job_on_reweighted_samples_split_apart_records_a_spec_error(tmp_path):
+    """SBI written as the B events with other weights, both split by the row hash (which
+    includes the weight): the job refuses before training and names the remedy."""
+    job_uri, store = _reweighted_train_job(tmp_path)
     outcome = run_attempt(job_uri, 1, install_signals=False, interval=0.2)
     assert (outcome.status, outcome.exit_code, outcome.retryable) == (
         "failed",
@@ -154,24 +162,8 @@ def test_train_job_on_reweighted_samples_split_by_event_trains_paired(tmp_path):
     """The remedy the refusal above names: with `split_by: event` on both samples the job
     trains, paired, and says so in its summary."""
     from backend.stores.layout import result_key
-    from sbi_engine.problems import get_problem
 
-    files = get_problem("interference_reweighted").write_samples(
-        tmp_path / "samples", events_scale=0.002
-    )
-    job_uri = (tmp_path / "job").as_uri()
-    store = open_store(job_uri, create=True)
-    sample = {"format": "parquet", "features": ["m", "c"], "weight": "weight", "split_by": "event"}
-    spec = {
-        "kind": "train",
-        "params": {
-            "task": "SBI_vs_B",
-            "numerator": {**sample, "path": str(files["SBI"])},
-            "denominator": {**sample, "path": str(files["B"])},
-            "train": {"members": 1, "hidden_layers": 1, "width": 8, "max_steps": 20},
-        },
-    }
-    store.put_bytes("spec.json", json.dumps(spec).encode())
+    job_uri, store = _reweighted_train_job(tmp_path, split_by="event")
     outcome = run_attempt(job_uri, 1, install_signals=False, interval=0.2)
     assert outcome.status == "succeeded", get_json(store, "attempts/1/exit.json")
     summary = get_json(store, result_key(1))["summary"]
