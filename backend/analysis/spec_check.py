@@ -20,7 +20,12 @@ from typing import Any
 from backend import campaigns
 from backend.analysis import spec_models
 from backend.analysis.spec_checker import DEFAULT_POI, Checker, Resolved
-from backend.analysis.spec_samples import check_sample, feature_names, sample_ref
+from backend.analysis.spec_samples import (
+    check_reweighted_splits,
+    check_sample,
+    feature_names,
+    sample_ref,
+)
 from backend.analysis.spec_training import check_training
 from backend.analysis.spec_yaml import PathKey
 from backend.campaign_model import coefficient_problem
@@ -301,6 +306,7 @@ def check(data: Any, base_dir: Path) -> tuple[Resolved, list[tuple[PathKey, str]
             named_bad.add(name)
         else:
             res.samples[name] = spec
+    check_reweighted_splits(ck, res.samples)
 
     procs = top.get("processes")
     procs_raw: dict[str, Any] = dict(procs) if isinstance(procs, Mapping) else {}

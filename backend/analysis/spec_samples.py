@@ -163,6 +163,41 @@ def sample_ref(
     return spec
 
 
+_SAME_EVENTS_KEYS = ("path", "format", "tree", "selection", "entry_stop", "features")
+
+
+def check_reweighted_splits(ck: Checker, samples: Mapping[str, dict[str, Any]]) -> None:
+    """Samples that read the same events (file, tree, selection, features) with different
+    weights -- hypotheses simulated by reweighting -- must split them alike: the row hash that
+    splits a sample without `split_by` includes the weight, so an event could be a training
+    event of one and an evaluation event of the other. Both need the same `split_by` (and
+    `eval_fraction`); then a ratio between them also trains paired."""
+    groups: dict[str, list[str]] = {}
+    for name, spec in samples.items():
+        if "demo" in spec or "eval_sample" in spec:
+            continue
+        key = repr([spec.get(k) for k in _SAME_EVENTS_KEYS])
+        groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        first = samples[names[0]]
+        for name in names[1:]:
+            spec = samples[name]
+            if spec.get("weight") == first.get("weight"):
+                continue
+            split = [(s.get("split_by"), s.get("eval_fraction")) for s in (first, spec)]
+            if split[0] == split[1] and split[0][0] is not None:
+                continue
+            ck.add(
+                ("samples", name),
+                f"reads the same events as sample {names[0]!r} (same file, tree, selection and "
+                f"features) with another weight ({spec.get('weight')!r} against "
+                f"{first.get('weight')!r}), but they are not split by the same `split_by`: "
+                "without it the split hashes each event with its weight, so an event could "
+                "train one sample and evaluate the other; give both `split_by: <event number>` "
+                "(and the same eval_fraction)",
+            )
+
+
 def feature_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
     if "demo" in spec:
         return DEMO_FEATURES

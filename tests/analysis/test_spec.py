@@ -520,3 +520,45 @@ def test_campaign_config_is_plain_json_and_deterministic():
     cfg["processes"]["S"]["demo"]["n"] = 1  # a copy: the analysis is unchanged
     assert a.campaign_config()["processes"]["S"]["demo"]["n"] == 80000
     assert math.isclose(a.fit_settings["fit"]["mu_true"], 1.0)
+
+
+def test_samples_reweighting_the_same_events_must_split_them_alike(tmp_path):
+    """Two samples reading the same file with different weights (a hypothesis simulated by
+    reweighting) split by the row hash, which includes the weight: the validation says so at
+    the sample's line and names `split_by`; with the same `split_by` on both the file is valid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 200
+    pq.write_table(
+        pa.table(
+            {
+                "m": rng.random(n),
+                "event": np.arange(n),
+                "w_B": np.ones(n),
+                "w_SBI": 1 + 0.01 * rng.random(n),
+            }
+        ),
+        tmp_path / "bkg.parquet",
+    )
+    pq.write_table(pa.table({"m": rng.random(n)}), tmp_path / "sig.parquet")
+
+    def text(split: str) -> str:
+        return (
+            "name: x\nsample_defaults: {format: parquet, features: [m]}\nsamples:\n"
+            f"  B: {{path: bkg.parquet, weight: w_B{split}}}\n"
+            f"  SBI: {{path: bkg.parquet, weight: w_SBI{split}}}\n"
+            "  S: {path: sig.parquet}\n"
+            "processes:\n  S: {sample: S, coefficient: 'mu - sqrt(mu)'}\n"
+            "  SBI: {sample: SBI, coefficient: 'sqrt(mu)'}\n"
+            "  B: {sample: B, coefficient: '1 - sqrt(mu)'}\nreference: B\n"
+        )
+
+    f = tmp_path / "a.yaml"
+    f.write_text(text(""))
+    problems = validate_analysis(f, check_data=False)
+    (p,) = [p for p in problems if p.path == "samples.SBI"]
+    assert p.line == 5 and "same events as sample 'B'" in p.message and "split_by" in p.message
+    f.write_text(text(", split_by: event"))
+    assert validate_analysis(f) == []  # with the content checks, which evaluate split_by
