@@ -131,13 +131,31 @@ def _paired_rows(w_num: np.ndarray, w_den: np.ndarray, where: str) -> tuple[np.n
 
 
 def same_events(numerator: Any, denominator: Any) -> bool:
-    """Both samples hold the same events in the same order, with weights that pair safely
-    (none negative, no event weighted zero in both)."""
+    """Both samples hold the same events in the same order (`aligned_to` puts them in it), with
+    weights that pair safely (none negative, no event weighted zero in both)."""
     a, b = numerator.features, denominator.features
     if a.shape != b.shape or not np.array_equal(a, b):
         return False
     wn, wd = np.asarray(numerator.weights), np.asarray(denominator.weights)
     return bool(np.all(wn >= 0) and np.all(wd >= 0) and np.all(wn + wd > 0))
+
+
+def aligned_to(numerator: Any, denominator: Any) -> Any:
+    """``denominator`` reordered to the numerator's event order when both hold the same events
+    in another order (two files of one reweighted simulation written in different orders);
+    otherwise ``denominator`` itself. Rows with identical features may swap partners, which
+    leaves the paired loss unchanged (it depends on the features only through f(x))."""
+    a, b = np.asarray(numerator.features), np.asarray(denominator.features)
+    if a.shape != b.shape or a.ndim != 2 or np.array_equal(a, b):
+        return denominator
+    if not np.array_equal(np.sort(a[:, 0]), np.sort(b[:, 0])):
+        return denominator  # the cheap test first: independent simulations end here
+    order_a, order_b = np.lexsort(a.T[::-1]), np.lexsort(b.T[::-1])
+    if not np.array_equal(a[order_a], b[order_b]):
+        return denominator
+    perm = np.empty_like(order_a)
+    perm[order_a] = order_b  # row i of the numerator pairs with row perm[i] of the denominator
+    return denominator.subset(perm)
 
 
 def _split_indices(
@@ -191,6 +209,7 @@ def prepare(
             f"(features: {list(numerator.names)})"
         )
     periodic = tuple(numerator.names.index(name) for name in periodic_features)
+    denominator = aligned_to(numerator, denominator)
     paired = same_events(numerator, denominator)
     # a paired layout is other training data: a checkpoint of the two-row layout must not resume
     layout_tag = [np.array([1], np.int8)] if paired else []

@@ -10,7 +10,7 @@ from sbi_engine.data import Sample
 from sbi_engine.problems import get_problem
 from sbi_engine.ratio import TrainConfig, train_ensemble
 from sbi_engine.ratio.model import weighted_bce
-from sbi_engine.ratio.prepare import prepare, same_events
+from sbi_engine.ratio.prepare import aligned_to, prepare, same_events
 from sbi_engine.sample_specs import load_sample_spec, sample_parts, shared_events_split_apart
 
 NAMES = ("a", "b")
@@ -59,23 +59,48 @@ def test_same_events_become_one_row_with_a_soft_label_and_the_same_objective():
 
 @pytest.mark.parametrize(
     "change",
-    ["other order", "negative weight", "zero in both"],
+    ["other events", "negative weight", "zero in both"],
 )
 def test_samples_that_cannot_pair_keep_two_rows(change):
     x = _events(500, 2)
     w_num, w_den = np.exp(true_log_ratio(x)), np.ones(500)
     x_den = x
-    if change == "other order":
-        x_den = x[::-1].copy()
+    if change == "other events":
+        x_den = x.copy()
+        x_den[0, 0] += 1e-3
     elif change == "negative weight":
         w_num[7] = -0.1
     else:
         w_num[3] = w_den[3] = 0.0
     num, den = Sample(x, w_num, NAMES), Sample(x_den, w_den, NAMES)
-    assert not same_events(num, den)
+    assert not same_events(num, aligned_to(num, den))
     data = prepare(num, den, 0.2, seed=0)
     assert data.split["paired"] is False and len(data.x_train) == 800
     assert set(np.unique(data.y_train)) == {0.0, 1.0}
+
+
+def test_the_same_events_in_another_order_are_aligned_and_pair():
+    """Two files of one reweighted simulation written in different orders: the denominator is
+    put in the numerator's order, each event keeping its own weight, and the two train paired
+    exactly as if the files had agreed."""
+    x = _events(500, 3)
+    x[10] = x[11]  # two events with identical features may swap partners: the loss is the same
+    w_num, w_den = np.exp(true_log_ratio(x)), 1.0 + np.arange(500) / 500
+    order = np.random.default_rng(4).permutation(500)
+    num = Sample(x, w_num, NAMES)
+    den = Sample(x[order], w_den[order], NAMES)
+    aligned = aligned_to(num, den)
+    np.testing.assert_array_equal(aligned.features, num.features)
+    keep = np.ones(500, bool)
+    keep[[10, 11]] = False
+    np.testing.assert_array_equal(aligned.weights[keep], w_den[keep])
+    assert sorted(aligned.weights[~keep]) == sorted(w_den[~keep])
+    assert same_events(num, aligned)
+    shuffled = prepare(num, den, 0.2, seed=0)
+    in_order = prepare(num, Sample(num.features, aligned.weights, NAMES), 0.2, seed=0)
+    assert shuffled.split["paired"] is True
+    np.testing.assert_array_equal(shuffled.y_train, in_order.y_train)
+    np.testing.assert_array_equal(shuffled.w_train, in_order.w_train)
 
 
 def test_a_weak_ratio_is_learned_far_better_from_paired_events():
