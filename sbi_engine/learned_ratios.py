@@ -44,9 +44,8 @@ class TaskRatios:
     bootstrapped: bool | None = None  # members trained on bootstrap replicas (None: not recorded)
     best_steps: tuple[int, ...] = ()  # each member's best-validation step (as recorded)
     step_budget: int | None = None  # the training's step budget (None: not recorded)
-    paired: bool | None = (
-        None  # trained on the same events with two weightings (None: not recorded)
-    )
+    # trained on the same events with two weightings (None: not recorded)
+    paired: bool | None = None
 
     def stopped_early(self, share: float = EARLY_STOP_SHARE) -> bool:
         """Whether every member's best step came before ``share`` of its step budget.
@@ -119,16 +118,10 @@ def _member_log_ratios(ensembles: Sequence[Any], x: np.ndarray) -> np.ndarray:
     )
 
 
-def _bootstrapped(ensembles: Sequence[Any]) -> bool | None:
-    """Whether every pack was trained with bootstrap members (None if a pack does not say)."""
-    flags = [e.metadata.get("config", {}).get("bootstrap") for e in ensembles]
-    return None if any(f is None for f in flags) else all(bool(f) for f in flags)
-
-
-def _paired(ensembles: Sequence[Any]) -> bool | None:
-    """Whether every pack trained paired (`sbi_engine.ratio.prepare`; None if a pack does not
-    say, as ensembles trained before it existed)."""
-    flags = [e.metadata.get("split", {}).get("paired") for e in ensembles]
+def _every_pack(ensembles: Sequence[Any], section: str, key: str) -> bool | None:
+    """Whether every pack's metadata says ``section.key`` is true (None if a pack does not say,
+    as ensembles trained before the key existed)."""
+    flags = [e.metadata.get(section, {}).get(key) for e in ensembles]
     return None if any(f is None for f in flags) else all(bool(f) for f in flags)
 
 
@@ -179,8 +172,8 @@ def task_ratios(
         task,
         members,
         nominal_raw - nominal_shift,
-        _bootstrapped(ensembles),
+        _every_pack(ensembles, "config", "bootstrap"),  # bootstrap members
         best_steps,
         budget,
-        _paired(ensembles),
+        _every_pack(ensembles, "split", "paired"),  # sbi_engine.ratio.prepare
     )

@@ -342,8 +342,9 @@ def sample_parts(spec: Mapping[str, Any]) -> SampleParts:
     return SampleParts(train, ev, record)
 
 
-def _event_hashes(*parts: Sample) -> np.ndarray:
-    return np.sort(np.concatenate([row_hash(list(p.features.T)) for p in parts]))
+def _event_hashes(part: Sample) -> np.ndarray:
+    """Sorted content hashes of a part's events (features only: the weight may differ)."""
+    return np.sort(row_hash(list(part.features.T)))
 
 
 def shared_events_split_apart(numerator: SampleParts, denominator: SampleParts) -> str | None:
@@ -357,12 +358,12 @@ def shared_events_split_apart(numerator: SampleParts, denominator: SampleParts) 
     n = len(numerator.train) + len(numerator.eval)
     if n != len(denominator.train) + len(denominator.eval):
         return None
-    if not np.array_equal(
-        _event_hashes(numerator.train, numerator.eval),
-        _event_hashes(denominator.train, denominator.eval),
-    ):
-        return None
-    if np.array_equal(_event_hashes(numerator.train), _event_hashes(denominator.train)):
+    num_train, den_train = _event_hashes(numerator.train), _event_hashes(denominator.train)
+    if np.array_equal(num_train, den_train):
+        return None  # the same training events (or independent samples alike in size)
+    whole_num = np.sort(np.concatenate([num_train, _event_hashes(numerator.eval)]))
+    whole_den = np.sort(np.concatenate([den_train, _event_hashes(denominator.eval)]))
+    if not np.array_equal(whole_num, whole_den):
         return None
     return (
         f"{numerator.train.source} and {denominator.train.source} hold the same {n} events "

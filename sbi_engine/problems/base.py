@@ -365,9 +365,15 @@ class BenchmarkProblem(ABC):
         names = self.sample_names()
         seeds = {key: 1000 * seed + i + 1 for i, key in enumerate(names)}
 
+        cache: dict[str, Sample] = {}  # a reweighting source is simulated once
+
         def simulated(key: str) -> Sample:
-            proc, nuis, direction = names[key]
-            return self.sample(proc, n, seed=seeds[key], alpha={nuis: direction} if nuis else None)
+            if key not in cache:
+                proc, nuis, direction = names[key]
+                cache[key] = self.sample(
+                    proc, n, seed=seeds[key], alpha={nuis: direction} if nuis else None
+                )
+            return cache[key]
 
         out = {}
         for key, (proc, nuis, direction) in names.items():

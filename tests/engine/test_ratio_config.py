@@ -70,7 +70,7 @@ def test_the_automatic_step_budget_covers_min_epochs_passes():
 def test_patience_covers_patience_epochs_passes():
     """Patience is at least three passes over the training events (default patience_epochs 3):
     unchanged at 112k training events (100k per sample: one pass is 110 steps), 17 evaluations
-    at 560k (interference at 500k per sample), 164 at 5.6M with a pass every 100 steps."""
+    at 560k (interference at 500k per sample), 165 at 5.6M with a pass every 100 steps."""
     c = TrainConfig()
     assert c.patience_epochs == 3.0
     assert c.patience_evaluations(112_000) == 10
