@@ -362,19 +362,31 @@ def is_signal_task(task: str) -> bool:
     return "_vs_" in str(task)
 
 
-def threshold_text(check: str, task: str | None = None) -> str:
+def threshold_text(
+    check: str, task: str | None = None, limits: tuple[float, float] | None = None
+) -> str:
+    """The limits in words; ``limits`` = (green, red) of one ensemble (`diagnostic_limits`)."""
     direction, green, amber, _ = DIAGNOSTIC_THRESHOLDS[check]
+    if limits is not None:
+        green, amber = limits
     if direction == "below":
         return f"green ≤ {green:g}, amber ≤ {amber:g}"
     if check == "auc" and task is not None and is_signal_task(task):
-        return f"green > {AUC_SIGNAL_WARN:g} (signal task), red < {amber:g}"
+        return f"green > {AUC_SIGNAL_WARN:g} (signal task), red < {amber:.4g}"
+    if amber < green:
+        return f"green > {green:g}, red < {amber:.4g}"
     return f"green > {green:g}"
 
 
-def light(check: str, value: float | None, task: str | None = None) -> str:
+def light(
+    check: str,
+    value: float | None,
+    task: str | None = None,
+    limits: tuple[float, float] | None = None,
+) -> str:
     """The traffic light the Diagnostics page shows: `traffic_light` (RED exactly where the
     result check fails), with AUCs near 0.5 AMBER for signal tasks (`AUC_SIGNAL_WARN`)."""
-    status = traffic_light(value, check)
+    status = traffic_light(value, check, limits)
     if (
         check == "auc"
         and status == "green"
@@ -486,46 +498,17 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
             }
         )
 
-    ens_curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
-    norm = diag.get("normalization", diag.get("normalisation"))
-    gaps = []
-    for r in losses.to_dict("records"):
-        train, hold = r.get("train_loss"), r.get("holdout_loss")
-        if train is not None and hold is not None and np.isfinite(train) and train > 0:
-            gaps.append((hold - train) / train)
-    finite_norm = m_norm[np.isfinite(m_norm)]
-    values: dict[str, float | None] = {
-        "closure_chi2_ndf": max(
-            (
-                float(c["chi2"]) / max(float(c["ndf"]), 1.0)
-                for c in closure
-                if c.get("chi2") is not None and c.get("ndf")
-            ),
-            default=None,
-        ),
-        "normalisation": abs(float(norm) - 1.0) if norm is not None else None,
-        "calibration": (
-            float(ens_curve["max_deviation"])
-            if ens_curve and ens_curve.get("max_deviation") is not None
-            else None
-        ),
-        "overtraining": max(gaps) if gaps else None,
-        "ensemble_spread": (
-            float(finite_norm.std() / abs(finite_norm.mean()))
-            if finite_norm.size > 1 and finite_norm.mean() != 0
-            else None
-        ),
-        "saturation": diag.get("saturated_fraction"),
-        "auc": float(auc) if auc is not None else None,
-    }
+    # the same numbers and limits as the result status (`sbi_engine.result_checks`)
+    values = _result_checks.diagnostic_values(diag)
+    limits = _result_checks.diagnostic_limits(diag)
     checks = pd.DataFrame(
         [
             {
                 "check": name,
                 "value": v,
-                "threshold": threshold_text(name, task),
-                "status": light(name, v, task),
-                "limit": DIAGNOSTIC_THRESHOLDS[name][2],
+                "threshold": threshold_text(name, task, limits[name]),
+                "status": light(name, v, task, limits[name]),
+                "limit": limits[name][1],
                 "description": DIAGNOSTIC_THRESHOLDS[name][3],
             }
             for name, v in values.items()

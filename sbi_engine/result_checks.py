@@ -29,17 +29,29 @@ Why each limit (the RED boundary; the GREEN one, where it differs, marks a warni
   changes the process yield. 5 % is twice a typical luminosity uncertainty (2.5 %); a larger
   error is absorbed into mu. Warning above 0.02.
 * ``CALIBRATION_MAX_SIGMA = 3.0`` -- the largest deviation of the ensemble's reliability curve
-  from the diagonal, in standard errors. The maximum over ~20 bins exceeds 3 sigma by chance
-  about 5 % of the time; beyond it the scores (hence the ratios) are miscalibrated. Warning
-  above 2.
+  from the diagonal, as a global significance over the bins it tested (Sidak: the largest of
+  20 bins exceeds 3 local sigma in 5 % of perfectly calibrated curves, 3 global sigma in
+  0.27 %); beyond it the scores (hence the ratios) are miscalibrated. Warning above 2.
+  Diagnostics stored before the correction (no ``global_deviation``) are read as the local
+  maximum, the stricter reading.
 * ``OVERTRAINING_MAX = 0.05`` -- worst member's (holdout - train) / train loss: more than 5 %
   means the network learned the training sample's fluctuations. Warning above 0.02.
 * ``ENSEMBLE_SPREAD_MAX = 0.05`` -- std / mean of the members' normalisations: members that
   disagree by more than 5 % have not converged to the same function. Warning above 0.02.
-* ``SATURATION_MAX = 0.01`` -- fraction of events whose |log r-hat| hits the clip: there the
-  ratio is a limit, not an estimate; above 1 % of events it matters. Warning above 0.001.
+* ``SATURATION_MAX = 0.01`` -- the largest share of a class's events that r-hat calls
+  impossible for that class (|log r-hat| > 13.8 on the wrong side; at most 1e-6 for the true
+  ratio, however steep: `sbi_engine.ratio.diagnostics.overconfident_fraction`). Above 1 % the
+  network is overconfident where it matters. Warning above 0.001. Older diagnostics without
+  ``overconfident_fraction`` are read with the share of all events beyond the limit, which a
+  steep true ratio can fail (3 % of `negative_weights`'s S/B events).
 * ``AUC_MIN = 0.5`` -- an AUC below 0.5 on held-out events means the classifier ranks the
-  classes the wrong way round: broken, not merely weak.
+  classes the wrong way round: broken, not merely weak. It fails more than 3 standard
+  deviations of an indistinguishable pair's AUC below 0.5 (``auc_null_error``, Mann-Whitney
+  with Kish sizes): a systematic whose true effect is below the noise has an AUC of 0.5 +- that
+  error, and lands just under 0.5 half the time (a warning).
+
+Every limit is checked against the truth: ``python -m benchmarks.check_null`` runs these checks
+with the exact ratios of every benchmark problem on fresh evaluation-size samples.
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ OVERTRAINING_MAX = 0.05
 ENSEMBLE_SPREAD_MAX = 0.05
 SATURATION_MAX = 0.01
 AUC_MIN = 0.5
+AUC_NULL_SIGMAS = 3.0  # an AUC fails this many null standard deviations below AUC_MIN
 
 # GREEN boundaries: between GREEN and RED a check passes with a warning (AMBER)
 CLOSURE_CHI2_NDF_WARN = 1.5
@@ -90,7 +103,7 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
         "below",
         CALIBRATION_WARN_SIGMA,
         CALIBRATION_MAX_SIGMA,
-        "largest deviation of the ensemble reliability curve, in σ",
+        "largest deviation of the ensemble reliability curve, global σ over its bins",
     ),
     "overtraining": (
         "below",
@@ -108,13 +121,13 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
         "below",
         SATURATION_WARN,
         SATURATION_MAX,
-        "fraction of events with |log r̂| beyond the saturation limit",
+        "largest share of a class that r̂ calls impossible for it (|log r̂| > 13.8, wrong side)",
     ),
     "auc": (
         "above",
         AUC_MIN,
         AUC_MIN,
-        "AUC on holdout events (0.5: the classes are indistinguishable)",
+        "AUC on holdout events (0.5: indistinguishable; red 3 null σ below it)",
     ),
 }
 
@@ -222,15 +235,30 @@ class CheckRecord:
         )
 
 
-def traffic_light(value: float | None, check: str) -> str:
-    """'green', 'amber', 'red' or 'unknown' for a value under DIAGNOSTIC_THRESHOLDS[check]."""
+def traffic_light(
+    value: float | None, check: str, limits: tuple[float, float] | None = None
+) -> str:
+    """'green', 'amber', 'red' or 'unknown' for a value under DIAGNOSTIC_THRESHOLDS[check]
+    (or under ``limits`` = (green, red), an ensemble's own limits from `diagnostic_limits`)."""
     if value is None or not _finite(value):
         return "unknown"
     direction, green, red, _ = DIAGNOSTIC_THRESHOLDS[check]
+    if limits is not None:
+        green, red = limits
     v = float(value)
     if direction == "below":
         return "green" if v <= green else "amber" if v <= red else "red"
     return "green" if v > green else "amber" if v >= red else "red"
+
+
+def diagnostic_limits(diag: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """(green, red) limits of each check for one diagnostics dict: DIAGNOSTIC_THRESHOLDS, with
+    the AUC's red limit 3 null standard deviations below 0.5 where the error is recorded."""
+    limits = {name: (green, red) for name, (_, green, red, _) in DIAGNOSTIC_THRESHOLDS.items()}
+    err = _float(diag.get("auc_null_error"))
+    if math.isfinite(err) and err > 0:
+        limits["auc"] = (AUC_MIN, AUC_MIN - AUC_NULL_SIGMAS * err)
+    return limits
 
 
 def diagnostic_values(diag: Mapping[str, Any]) -> dict[str, float | None]:
@@ -246,9 +274,11 @@ def diagnostic_values(diag: Mapping[str, Any]) -> dict[str, float | None]:
     norm = diag.get("normalization", diag.get("normalisation"))
     values["normalisation"] = abs(_float(norm) - 1.0) if norm is not None else None
     curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
-    values["calibration"] = (
-        _float(curve["max_deviation"]) if curve and curve.get("max_deviation") is not None else None
-    )
+    values["calibration"] = None
+    if curve:
+        glob = curve.get("global_deviation")
+        worst = glob if glob is not None and _finite(glob) else curve.get("max_deviation")
+        values["calibration"] = _float(worst) if worst is not None else None
     gaps = []
     for r in diag.get("losses") or []:
         train, hold = r.get("train_loss"), r.get("holdout_loss")
@@ -270,7 +300,9 @@ def diagnostic_values(diag: Mapping[str, Any]) -> dict[str, float | None]:
         if mean != 0:
             spread = math.sqrt(sum((v - mean) ** 2 for v in norms) / len(norms)) / abs(mean)
     values["ensemble_spread"] = spread
-    sat = diag.get("saturated_fraction")
+    sat = diag.get("overconfident_fraction")
+    if sat is None or not _finite(sat):
+        sat = diag.get("saturated_fraction")
     values["saturation"] = _float(sat) if sat is not None else None
     auc = diag.get("auc")
     values["auc"] = _float(auc) if auc is not None else None
@@ -303,11 +335,13 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
             )
         ]
     out = []
+    limits = diagnostic_limits(diagnostics)
     for name, value in diagnostic_values(diagnostics).items():
         if value is None or not math.isfinite(value):
             continue
-        direction, _, limit, what = DIAGNOSTIC_THRESHOLDS[name]
-        light = traffic_light(value, name)
+        direction, _, _, what = DIAGNOSTIC_THRESHOLDS[name]
+        limit = limits[name][1]
+        light = traffic_light(value, name, limits[name])
         held = "" if diagnostics.get("held_out", True) else " (on training events)"
         out.append(
             CheckRecord(

@@ -353,14 +353,10 @@ class BenchmarkProblem(ABC):
             f"{self.name}:{process} reweighted from {source.source}{' at ' + tag if tag else ''}",
         )
 
-    def write_samples(
-        self, directory: str | Path, seed: int = 0, events_scale: float = 1.0
-    ) -> dict[str, Path]:
-        """Parquet files (feature columns + `weight`) for every nominal and systematic sample.
-        Processes in ``reweighted_from`` reuse their source process's events at the same alpha
-        (same seed), so those files hold the same events with other weights."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def simulate_samples(self, seed: int = 0, events_scale: float = 1.0) -> dict[str, Sample]:
+        """Every nominal and systematic sample, as `write_samples` writes them. Processes in
+        ``reweighted_from`` reuse their source process's events at the same alpha (same seed),
+        so those samples hold the same events with other weights."""
         n = self.events_per_sample(events_scale)
         names = self.sample_names()
         seeds = {key: 1000 * seed + i + 1 for i, key in enumerate(names)}
@@ -380,15 +376,24 @@ class BenchmarkProblem(ABC):
             if proc in self.reweighted_from:
                 src = self.reweighted_from[proc]
                 src_key = f"{src}_{nuis}_{'up' if direction > 0 else 'down'}" if nuis else src
-                s = self.reweighted_sample(
+                out[key] = self.reweighted_sample(
                     proc, simulated(src_key), {nuis: direction} if nuis else {}
                 )
             else:
-                s = simulated(key)
-            out[key] = write_parquet(
-                s, directory / f"{key}.parquet", event=bool(self.reweighted_from)
-            )
+                out[key] = simulated(key)
         return out
+
+    def write_samples(
+        self, directory: str | Path, seed: int = 0, events_scale: float = 1.0
+    ) -> dict[str, Path]:
+        """Parquet files (feature columns + `weight`, and `event` where samples share events)
+        for every nominal and systematic sample (`simulate_samples`)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return {
+            key: write_parquet(s, directory / f"{key}.parquet", event=bool(self.reweighted_from))
+            for key, s in self.simulate_samples(seed, events_scale).items()
+        }
 
     def write_pseudo_data(
         self, path: str | Path, mu: float, seed: int, alpha: Mapping[str, float] | None = None

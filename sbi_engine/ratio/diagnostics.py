@@ -10,16 +10,25 @@ later without JAX. Conventions:
   every observable; compared as unit-area histograms (shape) with chi2 over the bins and
   ndf = bins - 1. The normalisation E_ref[r-hat] (should be 1) is reported separately;
 * losses use the training definition: mean of weight x BCE with each class's weights scaled
-  to half the events, so holdout and training losses are directly comparable.
+  to half the events, so holdout and training losses are directly comparable;
+* every gating number has a known distribution under the true ratio, so a check fails for the
+  networks, not for the problem: the calibration deviation is also given as a global
+  significance over the bins it looked at (`look_elsewhere_sigma`), saturation counts only the
+  events r-hat calls impossible for their own class (`overconfident_fraction`, at most
+  e^-limit for the true ratio however steep it is), and the AUC carries its error under
+  indistinguishable classes (`auc_null_error`). ``benchmarks/check_null.py`` measures the
+  false-alarm rate of every check with the exact ratios of the benchmark problems.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from ..precision import enable_float64
 from .ensemble import Ensemble
@@ -53,6 +62,8 @@ class CalibrationCurve:
     observed_error: tuple[float, ...]
     weight: tuple[float, ...]
     max_deviation: float  # largest |observed - mean score| / error over bins with n_eff >= 10
+    tested_bins: int = 0  # bins with n_eff >= 10 (the trials of the look-elsewhere correction)
+    global_deviation: float = float("nan")  # max_deviation as a global significance
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,8 @@ class Diagnostics:
     saturated_fraction: float
     member_saturated_fraction: tuple[float, ...]
     histogram_calibration: HistogramCalibration | None = None
+    overconfident_fraction: float = float("nan")  # the saturation check's value
+    auc_null_error: float = float("nan")  # sd of the AUC when the classes are indistinguishable
 
     @property
     def max_closure_chi2_ndf(self) -> float:
@@ -154,6 +167,62 @@ def weighted_bce(
     loss = np.sum(bn * np.logaddexp(0.0, -np.asarray(logit_num, np.float64)))
     loss += np.sum(br * np.logaddexp(0.0, np.asarray(logit_ref, np.float64)))
     return float(loss / (len(w_num) + len(w_ref)))
+
+
+def kish_size(w: np.ndarray) -> float:
+    """Effective number of events of a weighted (possibly signed) sample: (sum w)^2 / sum w^2."""
+    w = np.asarray(w, np.float64)
+    w2 = float(np.sum(w * w))
+    return float(np.sum(w)) ** 2 / w2 if w2 > 0 else 0.0
+
+
+def auc_null_error(w_num: np.ndarray, w_ref: np.ndarray) -> float:
+    """Standard deviation of the AUC of two indistinguishable classes (Mann-Whitney,
+    sqrt((n1 + n2 + 1) / (12 n1 n2)) with Kish effective sizes): a ratio whose true effect is
+    tiny has an AUC within a few of these of 0.5 on either side."""
+    n1, n2 = kish_size(w_num), kish_size(w_ref)
+    if n1 <= 0 or n2 <= 0:
+        return float("nan")
+    return math.sqrt((n1 + n2 + 1.0) / (12.0 * n1 * n2))
+
+
+def look_elsewhere_sigma(z_local: float, trials: int) -> float:
+    """The largest of ``trials`` independent two-sided deviations, as a global significance.
+
+    A reliability curve tests ~20 disjoint bins of events; the largest of 20 standard normal
+    deviations exceeds 3 in 5 % of curves of a perfectly calibrated ratio. The Sidak
+    correction p_global = 1 - (1 - p_local)^trials gives the significance of the whole curve,
+    whose null distribution does not depend on how many bins were populated.
+    """
+    if not math.isfinite(z_local) or trials <= 1:
+        return float(z_local)
+    p_local = 2.0 * float(norm.sf(abs(z_local)))
+    if p_local <= 0.0:  # beyond float resolution: the correction cannot matter
+        return float(z_local)
+    p_global = -math.expm1(trials * math.log1p(-min(p_local, 1.0 - 1e-16)))
+    return float(norm.isf(p_global / 2.0))
+
+
+def overconfident_fraction(
+    log_r_num: np.ndarray,
+    log_r_ref: np.ndarray,
+    w_num: np.ndarray,
+    w_ref: np.ndarray,
+    limit: float,
+) -> float:
+    """Largest share of a class's weight that r-hat calls impossible for that class:
+    numerator events with log r-hat < -limit, reference events with log r-hat > +limit.
+
+    A steep true ratio (a narrow signal over a wide background) drives |log r| past any limit
+    on the events where the other class dominates, and that is right. Against its own class
+    it cannot be: P_num(r < e^-L) = E_ref[r; r < e^-L] <= e^-L, and likewise for the
+    reference, so beyond ~1e-6 (L = 13.8) the share is the network's overconfidence.
+    """
+    wn, wr = np.asarray(w_num, np.float64), np.asarray(w_ref, np.float64)
+    tn, tr = float(np.sum(wn)), float(np.sum(wr))
+    share_num = float(np.sum(wn[np.asarray(log_r_num) < -limit])) / tn if tn else 0.0
+    share_ref = float(np.sum(wr[np.asarray(log_r_ref) > limit])) / tr if tr else 0.0
+    return max(share_num, share_ref, 0.0)
 
 
 def weighted_roc(
@@ -206,6 +275,8 @@ def calibration_curve(
     dev = np.abs(frac - mean_s) / err
     enough = has & (n_eff >= 10)  # the max deviation ignores nearly empty bins
     mean_s[~has], frac[~has], err[~has] = np.nan, np.nan, np.nan
+    worst = float(np.max(dev[enough])) if enough.any() else float("nan")
+    tested = int(enough.sum())
     return CalibrationCurve(
         member,
         tuple(edges),
@@ -213,7 +284,9 @@ def calibration_curve(
         tuple(frac),
         tuple(err),
         tuple(sw),
-        float(np.max(dev[enough])) if enough.any() else float("nan"),
+        worst,
+        tested,
+        look_elsewhere_sigma(worst, tested),
     )
 
 
@@ -395,4 +468,6 @@ def diagnostics(
         saturated_fraction=sat,
         member_saturated_fraction=member_sat,
         histogram_calibration=histogram_calibration(en, er, wn, wr) if calibrate else None,
+        overconfident_fraction=overconfident_fraction(en, er, wn, wr, saturation_logit),
+        auc_null_error=auc_null_error(wn, wr),
     )

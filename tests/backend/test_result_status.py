@@ -451,3 +451,32 @@ def test_campaign_status_command_shows_the_result_status(sqlite_file_engine, tmp
         "result: checks passed (7 checks) (so far: the campaign is not final)"
         in capsys.readouterr().out
     )
+
+
+def test_recorded_null_errors_and_corrections_set_the_limits():
+    """The AUC fails 3 null errors below 0.5, calibration reads the global significance and
+    saturation the overconfident share where the diagnostics record them; older records are
+    read with the old, stricter rules."""
+    tiny = good_diagnostics(auc=0.497, auc_null_error=0.002)  # 1.5 null sd below 0.5
+    (auc,) = [r for r in rc.ensemble_checks("t", tiny) if r.name == "auc"]
+    assert auc.passed and "amber" in auc.message and auc.threshold == pytest.approx(0.494)
+    broken = good_diagnostics(auc=0.49, auc_null_error=0.002)  # 5 sd below
+    (auc,) = [r for r in rc.ensemble_checks("t", broken) if r.name == "auc"]
+    assert not auc.passed
+    assert not [
+        r
+        for r in rc.ensemble_checks("t", good_diagnostics(auc=0.497))
+        if r.passed and r.name == "auc"
+    ]
+
+    curve = {"member": None, "max_deviation": 3.2, "tested_bins": 20, "global_deviation": 2.3}
+    values = rc.diagnostic_values(good_diagnostics(calibration=[curve]))
+    assert values["calibration"] == 2.3
+    old = {"member": None, "max_deviation": 3.2}
+    assert rc.diagnostic_values(good_diagnostics(calibration=[old]))["calibration"] == 3.2
+
+    steep = good_diagnostics(saturated_fraction=0.033, overconfident_fraction=0.0)
+    assert all(r.passed for r in rc.ensemble_checks("t", steep))
+    assert not all(
+        r.passed for r in rc.ensemble_checks("t", good_diagnostics(saturated_fraction=0.033))
+    )

@@ -401,3 +401,33 @@ def test_cli_generate_writes_an_analysis_that_validates(tmp_path, capsys, monkey
     )
     assert read_parquet(out / "S.parquet", p.feature_names).total_weight == pytest.approx(200.0)
     assert main(["problems", "generate", "nope", str(out)]) == 2
+
+
+@pytest.mark.parametrize("name", list_problems())
+def test_the_exact_ratios_pass_every_ensemble_check(name):
+    """Every check with the true ratio on fresh evaluation-size events: a failure here would be
+    a false alarm on every analysis of the problem (`benchmarks/check_null.py` measures the
+    rate over seeds). Before the overconfidence reading of saturation, the exact S/B ratio of
+    negative_weights failed it (3.3 % of events beyond |log r| 13.8) and the tiny_slope AUC
+    fell below 0.5 by noise."""
+    from sbi_engine.problems.null_checks import truth_checks
+
+    failed = [
+        r.short()
+        for recs in truth_checks(get_problem(name), seed=0).values()
+        for r in recs
+        if not r.passed
+    ]
+    assert failed == []
+
+
+def test_a_ratio_too_flat_fails_the_checks():
+    """The way networks err (a learned log ratio flatter than the truth): at slope 0.8 on
+    correlated5's S/B the calibration and closure checks fail."""
+    from sbi_engine.problems.null_checks import truth_checks
+
+    recs = {
+        r.name: r for r in truth_checks(get_problem("correlated5"), seed=0, slope=0.8)["S_vs_B"]
+    }
+    assert not recs["calibration"].passed and recs["calibration"].value > 6
+    assert not recs["closure_chi2_ndf"].passed

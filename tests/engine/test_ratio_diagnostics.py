@@ -129,3 +129,59 @@ def test_calibration_curve_is_diagonal_for_true_posterior():
     np.testing.assert_allclose(
         np.asarray(c.observed_fraction)[ok], np.asarray(c.mean_score)[ok], atol=0.03
     )
+
+
+def test_look_elsewhere_sigma_is_the_sidak_global_significance():
+    from sbi_engine.ratio.diagnostics import look_elsewhere_sigma
+
+    assert look_elsewhere_sigma(2.5, 1) == 2.5
+    p_local = 2 * norm.sf(3.0)
+    p_global = 1 - (1 - p_local) ** 20
+    assert look_elsewhere_sigma(3.0, 20) == pytest.approx(norm.isf(p_global / 2), rel=1e-9)
+    assert 1.9 < look_elsewhere_sigma(3.0, 20) < 2.0  # 3 local sigma in 20 bins: p 0.053
+    assert look_elsewhere_sigma(12.0, 20) == pytest.approx(11.8, abs=0.1)  # far out: ~local
+    # under the null the global significance exceeds 3 in 0.27 % of curves, whatever the bins
+    rng = np.random.default_rng(0)
+    z = np.abs(rng.normal(size=(200_000, 20))).max(axis=1)
+    glob = np.array([look_elsewhere_sigma(v, 20) for v in z[:20_000]])
+    assert np.mean(z > 3) == pytest.approx(0.053, abs=0.003)
+    assert np.mean(glob > 3) == pytest.approx(0.0027, abs=0.0012)
+
+
+def test_a_steep_true_ratio_saturates_but_is_not_overconfident():
+    """A narrow numerator over a wide reference: the true |log r| passes 13.8 on 1/4 of the
+    reference events (where the numerator has no density), but no numerator event is called
+    impossible; 40 times the true log ratio calls a fifth of the reference impossible."""
+    rng = np.random.default_rng(2)
+    n = 40_000
+    num = Sample(rng.normal(0.0, 0.2, (n, 1)), np.ones(n), ("x",), "narrow")
+    ref = Sample(rng.normal(0.0, 2.0, (n, 1)), np.ones(n), ("x",), "wide")
+    # log N(x; 0, 0.2) - log N(x; 0, 2) = log 10 - x^2 (1 / 0.08 - 1 / 8) / 2
+    from sbi_engine.ratio.diagnostics import overconfident_fraction
+
+    def log_r(x):
+        return np.log(10.0) - x[:, 0] ** 2 * (1 / 0.08 - 1 / 8) / 2
+
+    zn, zr = log_r(num.features), log_r(ref.features)
+    assert np.mean(np.abs(zr) > 13.8) > 0.2  # the old saturation reading fails the truth
+    assert overconfident_fraction(zn, zr, num.weights, ref.weights, 13.8) == 0.0
+    assert overconfident_fraction(40 * zn, 40 * zr, num.weights, ref.weights, 13.8) > 0.15
+    signed = np.where(rng.random(n) < 0.1, -1.0, 1.0)  # signed weights: shares stay in [0, 1]
+    assert 0.0 <= overconfident_fraction(zn, zr, signed, ref.weights, 13.8) <= 1.0
+
+
+def test_auc_null_error_is_the_spread_of_indistinguishable_aucs():
+    from sbi_engine.ratio.diagnostics import auc_null_error
+
+    rng = np.random.default_rng(3)
+    n1, n2 = 400, 600
+    w1, w2 = rng.uniform(0.5, 1.5, n1), rng.uniform(0.5, 1.5, n2)
+    aucs = [
+        weighted_roc(rng.normal(size=n1), rng.normal(size=n2), w1, w2, points=2)[0]
+        for _ in range(1500)
+    ]
+    err = auc_null_error(w1, w2)
+    # Kish sizes of U(0.5, 1.5) weights are 12/13 of the counts; the sd of an sd from 1500
+    # draws is 1.8 %, so 8 % is over 4 of its errors
+    assert np.mean(aucs) == pytest.approx(0.5, abs=3 * err / np.sqrt(1500) + 1e-3)
+    assert np.std(aucs) == pytest.approx(err, rel=0.08)
