@@ -427,6 +427,24 @@ class DiagnosticsView:
     roc: pd.DataFrame  # label, fpr, tpr, auc
     losses: pd.DataFrame  # member, train_loss, holdout_loss, best_val_loss
     auc: float | None = None
+    calibration_note: str = ""  # the local worst bin against the check's global value
+
+
+def calibration_note(diag: Mapping) -> str:
+    """How the calibration check reads the curve: its worst bin, and that deviation corrected
+    for the number of bins looked at (what the check compares with its limit)."""
+    curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
+    if not curve or curve.get("max_deviation") is None:
+        return ""
+    local = float(curve["max_deviation"])
+    bins, glob = curve.get("tested_bins"), curve.get("global_deviation")
+    if not bins or glob is None or not math.isfinite(float(glob)):
+        return f"Worst bin {local:.2f} σ from the diagonal (the check's value)."
+    return (
+        f"Worst bin {local:.2f} σ from the diagonal; over the {int(bins)} bins looked at "
+        f"that is {float(glob):.2f} σ globally, the check's value (limit "
+        f"{DIAGNOSTIC_THRESHOLDS['calibration'][2]:g})."
+    )
 
 
 def _calibration_frame(curves: Any) -> pd.DataFrame:
@@ -523,6 +541,7 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
         roc=roc,
         losses=losses,
         auc=values["auc"],
+        calibration_note=calibration_note(diag),
     )
 
 

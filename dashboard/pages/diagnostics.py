@@ -65,6 +65,8 @@ def diagnostics_page() -> None:
             widgets.chart(
                 figures.calibration(view.calibration, title=f"Calibration: {task}"), "calibration"
             )
+            if view.calibration_note:
+                st.caption(view.calibration_note)
         with right:
             if view.roc.empty:
                 st.metric("AUC (holdout)", formatting.against(view.auc, 0.5))

@@ -259,3 +259,24 @@ def test_scan_interval_of_parabola_is_mu_pm_k_sigma():
         pytest.approx(1.1 + 0.3 * z95, abs=2e-3),
     )
     assert queries.scan_interval(scan, 100.0) == (None, None)  # never reached inside the scan
+
+
+def test_diagnostics_view_reads_the_corrected_checks_and_explains_calibration():
+    """Calibration shows the global significance with the worst bin beside it; an AUC just
+    under 0.5 within its null error is AMBER, not RED; saturation reads the overconfident share."""
+    from dash_testkit import engine_diagnostics
+
+    d = engine_diagnostics()
+    d["calibration"][0].update(max_deviation=3.2, tested_bins=20, global_deviation=2.3)
+    d.update(auc=0.497, auc_null_error=0.002, saturated_fraction=0.03, overconfident_fraction=0.0)
+    v = queries.diagnostics_view("tiny_slope_up_B", d)
+    c = v.checks.set_index("check")
+    assert c.loc["calibration", "value"] == pytest.approx(2.3)
+    assert c.loc["calibration", "status"] == "amber"
+    assert "3.20 σ" in v.calibration_note and "20 bins" in v.calibration_note
+    assert "2.30 σ globally" in v.calibration_note
+    assert c.loc["auc", "status"] == "amber" and c.loc["auc", "limit"] == pytest.approx(0.494)
+    assert "red < 0.494" in c.loc["auc", "threshold"]
+    assert c.loc["saturation", "value"] == 0.0 and c.loc["saturation", "status"] == "green"
+    old = queries.diagnostics_view("S_vs_B", engine_diagnostics())
+    assert old.calibration_note.startswith("Worst bin 2.50 σ")
