@@ -42,6 +42,7 @@ def logit_slope(spec: dict, ensembles: dict, task: str, proc: str) -> tuple[floa
     log ratio over the evaluation events of ``proc`` (1) and the reference (0), classes weighted
     to equal totals: b > 1 means the learned ratio is too flat on events it never saw."""
     from sbi_engine.learned_ratios import task_ratios
+    from sbi_engine.ratio.diagnostics import logit_slope as slope_of
     from sbi_engine.sample_specs import load_sample_spec
 
     params = spec["params"]
@@ -54,20 +55,7 @@ def logit_slope(spec: dict, ensembles: dict, task: str, proc: str) -> tuple[floa
         den.features,
         den.weights,
     ).nominal
-    y = np.concatenate([np.ones(len(num)), np.zeros(len(den))])
-    w = np.concatenate([num.weights / num.weights.sum(), den.weights / den.weights.sum()])
-    design = np.column_stack([np.ones_like(t), t])
-    beta = np.array([0.0, 1.0])
-    for _ in range(50):  # Newton on the weighted log likelihood
-        p = 1.0 / (1.0 + np.exp(-(design @ beta)))
-        hess = (design * (w * p * (1 - p))[:, None]).T @ design
-        step = np.linalg.solve(hess, design.T @ (w * (y - p)))
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    n_eff = [np.sum(x.weights) ** 2 / np.sum(x.weights**2) for x in (num, den)]
-    scale = 2.0 / (1.0 / n_eff[0] + 1.0 / n_eff[1])  # weights sum to 2: per-event information
-    return float(beta[1]), float(np.sqrt(np.linalg.inv(hess)[1, 1] / scale))
+    return slope_of(t[: len(num)], t[len(num) :], num.weights, den.weights)
 
 
 def one_dataset(

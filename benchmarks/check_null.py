@@ -5,7 +5,8 @@ samples (30 % of the problem's simulation, as the analysis path holds out), puts
 ratio (or the exact log ratio times ``--slope``, a ratio too flat) where the trained ensemble
 would stand, and runs every check of `sbi_engine.result_checks.ensemble_checks`. With slope 1
 every failure is a false alarm. It reports per check and per problem how often a task, and an
-analysis (any of its tasks), fails, under the current rules and under the rules before the
+analysis (any of its tasks), fails, and how often the logistic calibration slope
+(reported, not a gate) is more than 3 errors from 1, under the current rules and under the rules before the
 look-elsewhere calibration, the overconfidence reading of saturation and the AUC's null error
 (the same events, read without those fields).
 
@@ -44,6 +45,8 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
     task_fail: dict[str, Counter[str]] = {r: Counter() for r in rules}  # check -> tasks
     analysis_fail: dict[str, Counter[str]] = {r: Counter() for r in rules}  # problem -> seeds
     tasks_seen = 0
+    slope_beyond_3: Counter[str] = Counter()  # task kind -> |b - 1| > 3 errors
+    slope_seen: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     for name in problems:
         problem = get_problem(name)
@@ -53,6 +56,22 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
             failed_any = dict.fromkeys(rules, False)
             for task, diag in diags.items():
                 tasks_seen += 1
+                b, err = diag.get("logit_slope"), diag.get("logit_slope_error")
+                kind = "process" if "_vs_" in task else "systematic"
+                if b is not None and err:
+                    slope_seen[kind] += 1
+                    slope_beyond_3[kind] += abs(b - 1.0) > 3.0 * err
+                    rows.append(
+                        {
+                            "problem": name,
+                            "seed": seed,
+                            "task": task,
+                            "check": "logit_slope (not gating)",
+                            "value": b,
+                            "limit": err,
+                            "passed": abs(b - 1.0) <= 3.0 * err,
+                        }
+                    )
                 for rule, d in (("current", diag), ("before", legacy(diag))):
                     recs = ensemble_checks(task, d)
                     for rec in recs:
@@ -90,6 +109,9 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
         "analyses": analyses,
         "task_failures": {r: dict(task_fail[r]) for r in rules},
         "analysis_failures": {r: dict(analysis_fail[r]) for r in rules},
+        "logit_slope_beyond_3_errors": {
+            k: f"{slope_beyond_3[k]} of {slope_seen[k]}" for k in sorted(slope_seen)
+        },
         "analysis_failure_rate": {
             r: sum(analysis_fail[r].values()) / analyses if analyses else float("nan")
             for r in rules

@@ -432,19 +432,28 @@ class DiagnosticsView:
 
 def calibration_note(diag: Mapping) -> str:
     """How the calibration check reads the curve: its worst bin, and that deviation corrected
-    for the number of bins looked at (what the check compares with its limit)."""
+    for the number of bins looked at (what the check compares with its limit); and the
+    logistic calibration slope (reported, not a check), which sees a too-flat small ratio."""
     curve = next((c for c in diag.get("calibration") or [] if c.get("member") is None), None)
-    if not curve or curve.get("max_deviation") is None:
-        return ""
-    local = float(curve["max_deviation"])
-    bins, glob = curve.get("tested_bins"), curve.get("global_deviation")
-    if not bins or glob is None or not math.isfinite(float(glob)):
-        return f"Worst bin {local:.2f} σ from the diagonal (the check's value)."
-    return (
-        f"Worst bin {local:.2f} σ from the diagonal; over the {int(bins)} bins looked at "
-        f"that is {float(glob):.2f} σ globally, the check's value (limit "
-        f"{DIAGNOSTIC_THRESHOLDS['calibration'][2]:g})."
-    )
+    parts = []
+    if curve and curve.get("max_deviation") is not None:
+        local = float(curve["max_deviation"])
+        bins, glob = curve.get("tested_bins"), curve.get("global_deviation")
+        if not bins or glob is None or not math.isfinite(float(glob)):
+            parts.append(f"Worst bin {local:.2f} σ from the diagonal (the check's value).")
+        else:
+            parts.append(
+                f"Worst bin {local:.2f} σ from the diagonal; over the {int(bins)} bins looked "
+                f"at that is {float(glob):.2f} σ globally, the check's value (limit "
+                f"{DIAGNOSTIC_THRESHOLDS['calibration'][2]:g})."
+            )
+    b, err = diag.get("logit_slope"), diag.get("logit_slope_error")
+    if b is not None and err is not None and math.isfinite(float(b)) and math.isfinite(float(err)):
+        parts.append(
+            f"Calibration slope {float(b):.3f} ± {float(err):.3f} (1 when calibrated, above 1 "
+            f"when r̂ is too flat; {(float(b) - 1) / float(err):+.1f} σ, reported, not a check)."
+        )
+    return " ".join(parts)
 
 
 def _calibration_frame(curves: Any) -> pd.DataFrame:

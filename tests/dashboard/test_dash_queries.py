@@ -269,12 +269,14 @@ def test_diagnostics_view_reads_the_corrected_checks_and_explains_calibration():
     d = engine_diagnostics()
     d["calibration"][0].update(max_deviation=3.2, tested_bins=20, global_deviation=2.3)
     d.update(auc=0.497, auc_null_error=0.002, saturated_fraction=0.03, overconfident_fraction=0.0)
+    d.update(logit_slope=1.1, logit_slope_error=0.02)
     v = queries.diagnostics_view("tiny_slope_up_B", d)
     c = v.checks.set_index("check")
     assert c.loc["calibration", "value"] == pytest.approx(2.3)
     assert c.loc["calibration", "status"] == "amber"
     assert "3.20 σ" in v.calibration_note and "20 bins" in v.calibration_note
     assert "2.30 σ globally" in v.calibration_note
+    assert "slope 1.100 ± 0.020" in v.calibration_note and "+5.0 σ" in v.calibration_note
     assert c.loc["auc", "status"] == "amber" and c.loc["auc", "limit"] == pytest.approx(0.494)
     assert "red < 0.494" in c.loc["auc", "threshold"]
     assert c.loc["saturation", "value"] == 0.0 and c.loc["saturation", "status"] == "green"

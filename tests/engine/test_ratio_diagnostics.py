@@ -185,3 +185,26 @@ def test_auc_null_error_is_the_spread_of_indistinguishable_aucs():
     # draws is 1.8 %, so 8 % is over 4 of its errors
     assert np.mean(aucs) == pytest.approx(0.5, abs=3 * err / np.sqrt(1500) + 1e-3)
     assert np.std(aucs) == pytest.approx(err, rel=0.08)
+
+
+def test_logit_slope_is_one_for_the_true_ratio_and_the_inverse_flattening_otherwise(holdout):
+    """b = 1 within its error for the exact ratio; a log ratio at half the slope gives b = 2
+    (the regression undoes the flattening); the error matches the spread over fresh samples."""
+    from sbi_engine.ratio.diagnostics import logit_slope
+
+    num, ref = holdout
+    exact = linear_ensemble([MU], [-(MU**2) / 2])
+    d = diagnostics(exact, num, ref)
+    assert abs(d.logit_slope - 1.0) < 3 * d.logit_slope_error
+    assert 0.005 < d.logit_slope_error < 0.03  # 40k + 40k events, separation 0.7
+    flat = diagnostics(linear_ensemble([MU / 2], [-(MU**2) / 8]), num, ref)
+    assert flat.logit_slope == pytest.approx(2.0, abs=4 * flat.logit_slope_error)
+    slopes = []
+    for seed in range(40):
+        n, r = samples(4000, seed=100 + seed)
+        z = lambda s: MU * s.features[:, 0] - MU**2 / 2  # noqa: E731
+        slopes.append(logit_slope(z(n), z(r), n.weights, r.weights))
+    b, err = np.array(slopes).T
+    # the sd of an sd from 40 draws is 11 %: 35 % is 3 of its errors
+    assert np.std(b) == pytest.approx(np.mean(err), rel=0.35)
+    assert abs(np.mean(b) - 1) < 3 * np.mean(err) / np.sqrt(40)
