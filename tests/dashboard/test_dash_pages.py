@@ -292,6 +292,8 @@ def test_diagnostics_page_says_when_a_task_trained_paired(nsbi_env):
         )
     at = run_page("diagnostics")
     assert not any("Trained paired" in c.value for c in at.caption)  # task0: two samples
+    # the calibration view explains how the check reads the curve
+    assert any(c.value.startswith("Worst bin") for c in at.caption)
     at.selectbox(key="diag-task").set_value("task1").run()
     assert any("Trained paired" in c.value for c in at.caption)
 
