@@ -131,6 +131,34 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
     ),
 }
 
+# What to try when an ensemble check fails (RED): appended to the failed record's message, so
+# the report, the CLI and the dashboard say it where the failure is shown. Keys are the
+# training options of `sbi_engine.ratio.config.TrainConfig` (analysis file: `training:`).
+REMEDIES: dict[str, str] = {
+    "closure_chi2_ndf": (
+        "the ratio misses the numerator somewhere: train longer or wider (max_steps, "
+        "min_epochs, hidden_layers, width) or on more simulated events"
+    ),
+    "normalisation": (
+        "r-hat does not integrate to one: train longer or with more members, and check that "
+        "both samples cover the same feature range"
+    ),
+    "calibration": (
+        "the scores are off the diagonal: train longer or wider (max_steps, min_epochs, "
+        "hidden_layers, width) or on more simulated events"
+    ),
+    "overtraining": (
+        "the networks learned the training events' fluctuations: more simulated events, a "
+        "smaller network (hidden_layers, width) or weight_decay"
+    ),
+    "ensemble_spread": "the members disagree: train longer (max_steps, min_epochs) or on more events",
+    "saturation": (
+        "r-hat calls events of their own class impossible: look for feature regions only one "
+        "sample populates (a selection or binning difference), then train longer"
+    ),
+    "auc": "r-hat ranks the classes the wrong way round: are numerator and denominator swapped?",
+}
+
 LABELS = {
     "closure_chi2_ndf": "closure χ²/ndf",
     "normalisation": "normalisation",
@@ -342,7 +370,9 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
         direction, _, _, what = DIAGNOSTIC_THRESHOLDS[name]
         limit = limits[name][1]
         light = traffic_light(value, name, limits[name])
-        held = "" if diagnostics.get("held_out", True) else " (on training events)"
+        note = "" if diagnostics.get("held_out", True) else " (on training events)"
+        if light == "red":
+            note += f"; try: {REMEDIES[name]}"
         out.append(
             CheckRecord(
                 name,
@@ -350,7 +380,7 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
                 float(value),
                 float(limit),
                 light != "red",
-                f"{what}: {light}{held}",
+                f"{what}: {light}{note}",
                 direction,
             )
         )

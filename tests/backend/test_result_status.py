@@ -480,3 +480,18 @@ def test_recorded_null_errors_and_corrections_set_the_limits():
     assert not all(
         r.passed for r in rc.ensemble_checks("t", good_diagnostics(saturated_fraction=0.033))
     )
+
+
+def test_a_failed_ensemble_check_says_what_to_try():
+    """Only RED records carry the remedy, naming training options that exist."""
+    from sbi_engine.ratio.config import TrainConfig
+
+    recs = {r.name: r for r in rc.ensemble_checks("S_vs_B", spoiled_diagnostics())}
+    assert "try: the ratio misses the numerator" in recs["closure_chi2_ndf"].message
+    assert "hidden_layers" in recs["calibration"].message
+    assert "try:" not in recs["auc"].message  # passed: no advice
+    options = set(TrainConfig.__dataclass_fields__)
+    for text in rc.REMEDIES.values():
+        for word in ("max_steps", "min_epochs", "hidden_layers", "width", "weight_decay"):
+            if word in text:
+                assert word in options
