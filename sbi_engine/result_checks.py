@@ -136,16 +136,17 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
 # training options of `sbi_engine.ratio.config.TrainConfig` (analysis file: `training:`).
 REMEDIES: dict[str, str] = {
     "closure_chi2_ndf": (
-        "the ratio misses the numerator somewhere: train longer or wider (max_steps, "
-        "min_epochs, hidden_layers, width) or on more simulated events"
+        "the ratio misses the numerator somewhere: more simulated events for this ratio (what "
+        "the members share is their training sample's noise), or longer or wider training where "
+        "it stopped early (max_steps, min_epochs, hidden_layers, width)"
     ),
     "normalisation": (
         "r-hat does not integrate to one: train longer or with more members, and check that "
         "both samples cover the same feature range"
     ),
     "calibration": (
-        "the scores are off the diagonal: train longer or wider (max_steps, min_epochs, "
-        "hidden_layers, width) or on more simulated events"
+        "the scores are off the diagonal: more simulated events for this ratio, or longer or "
+        "wider training where it stopped early (max_steps, min_epochs, hidden_layers, width)"
     ),
     "overtraining": (
         "the networks learned the training events' fluctuations: more simulated events, a "
