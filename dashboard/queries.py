@@ -420,7 +420,7 @@ class DiagnosticsView:
     """The diagnostics of one ratio task in plotting shape."""
 
     task: str
-    checks: pd.DataFrame  # check, value, threshold, status, description
+    checks: pd.DataFrame  # check, value, threshold, status, limit, description, remedy (RED only)
     calibration: pd.DataFrame  # label, predicted, observed[, error]
     closure: tuple[dict, ...]  # {observable, edges, numerator, reweighted, denominator, chi2, ndf}
     spread: pd.DataFrame  # member, normalisation, auc (per-member values)
@@ -537,6 +537,9 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
                 "status": light(name, v, task, limits[name]),
                 "limit": limits[name][1],
                 "description": DIAGNOSTIC_THRESHOLDS[name][3],
+                "remedy": _result_checks.REMEDIES[name]
+                if light(name, v, task, limits[name]) == "red"
+                else "",
             }
             for name, v in values.items()
         ]

@@ -136,28 +136,30 @@ DIAGNOSTIC_THRESHOLDS: dict[str, tuple[str, float, float, str]] = {
 # training options of `sbi_engine.ratio.config.TrainConfig` (analysis file: `training:`).
 REMEDIES: dict[str, str] = {
     "closure_chi2_ndf": (
-        "the ratio misses the numerator somewhere: more simulated events for this ratio (what "
-        "the members share is their training sample's noise), or longer or wider training where "
-        "it stopped early (max_steps, min_epochs, hidden_layers, width)"
+        "the ratio misses the numerator somewhere; try more simulated events for this ratio "
+        "(what the members share is their training sample's noise), or longer or wider "
+        "training where it stopped early (max_steps, min_epochs, hidden_layers, width)"
     ),
     "normalisation": (
-        "r-hat does not integrate to one: train longer or with more members, and check that "
+        "r-hat does not integrate to one; try longer training or more members, and check that "
         "both samples cover the same feature range"
     ),
     "calibration": (
-        "the scores are off the diagonal: more simulated events for this ratio, or longer or "
-        "wider training where it stopped early (max_steps, min_epochs, hidden_layers, width)"
+        "the scores are off the diagonal; try more simulated events for this ratio, or longer "
+        "or wider training where it stopped early (max_steps, min_epochs, hidden_layers, width)"
     ),
     "overtraining": (
-        "the networks learned the training events' fluctuations: more simulated events, a "
+        "the networks learned the training events' fluctuations; try more simulated events, a "
         "smaller network (hidden_layers, width) or weight_decay"
     ),
-    "ensemble_spread": "the members disagree: train longer (max_steps, min_epochs) or on more events",
+    "ensemble_spread": (
+        "the members disagree; try longer training (max_steps, min_epochs) or more events"
+    ),
     "saturation": (
-        "r-hat calls events of their own class impossible: look for feature regions only one "
+        "r-hat calls events of their own class impossible; look for feature regions only one "
         "sample populates (a selection or binning difference), then train longer"
     ),
-    "auc": "r-hat ranks the classes the wrong way round: are numerator and denominator swapped?",
+    "auc": "r-hat ranks the classes the wrong way round; are numerator and denominator swapped?",
 }
 
 LABELS = {
@@ -373,7 +375,7 @@ def ensemble_checks(task: str | None, diagnostics: Mapping[str, Any] | None) -> 
         light = traffic_light(value, name, limits[name])
         note = "" if diagnostics.get("held_out", True) else " (on training events)"
         if light == "red":
-            note += f"; try: {REMEDIES[name]}"
+            note += f"; {REMEDIES[name]}"
         out.append(
             CheckRecord(
                 name,

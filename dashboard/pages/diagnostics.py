@@ -164,6 +164,9 @@ def _lights(checks) -> None:
             unsafe_allow_html=True,
             help=row.description,
         )
+    for row in checks.itertuples():
+        if getattr(row, "remedy", ""):
+            st.error(f"{LABELS.get(row.check, row.check).capitalize()} failed: {row.remedy}.")
 
 
 diagnostics_page()

@@ -294,6 +294,8 @@ def test_diagnostics_page_says_when_a_task_trained_paired(nsbi_env):
     assert not any("Trained paired" in c.value for c in at.caption)  # task0: two samples
     # the calibration view explains how the check reads the curve
     assert any(c.value.startswith("Worst bin") for c in at.caption)
+    # a RED light says what to try (the seeded task's overtraining is RED)
+    assert any("failed: the networks learned" in e.value for e in at.error)
     at.selectbox(key="diag-task").set_value("task1").run()
     assert any("Trained paired" in c.value for c in at.caption)
 

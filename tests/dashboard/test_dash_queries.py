@@ -118,6 +118,8 @@ def test_diagnostics_view_of_engine_output():
     assert c.loc["calibration", "value"] == pytest.approx(2.5)  # the ensemble curve, not the member
     assert c.loc["overtraining", "value"] == pytest.approx(0.06 / 0.60)  # worst member
     assert c.loc["overtraining", "status"] == "red"
+    assert "smaller network" in c.loc["overtraining", "remedy"]
+    assert c.loc["normalisation", "remedy"] == ""  # amber: no advice
     assert c.loc["ensemble_spread", "value"] == pytest.approx(np.std([1.0, 1.1]) / 1.05)
     assert c.loc["saturation", "status"] == "amber"
     assert c.loc["auc", "status"] == "green"
