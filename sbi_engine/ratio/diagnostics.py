@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
-
 from ..precision import enable_float64
 from .ensemble import Ensemble
 
@@ -198,11 +197,11 @@ def look_elsewhere_sigma(z_local: float, trials: int) -> float:
     """
     if not math.isfinite(z_local) or trials <= 1:
         return float(z_local)
-    p_local = 2.0 * float(norm.sf(abs(z_local)))
+    p_local = math.erfc(abs(z_local) / math.sqrt(2.0))  # two-sided; stdlib: no SciPy here
     if p_local <= 0.0:  # beyond float resolution: the correction cannot matter
         return float(z_local)
     p_global = -math.expm1(trials * math.log1p(-min(p_local, 1.0 - 1e-16)))
-    return float(norm.isf(p_global / 2.0))
+    return float(-NormalDist().inv_cdf(min(p_global / 2.0, 0.5)))
 
 
 def logit_slope(
