@@ -29,6 +29,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
 from ..precision import enable_float64
 from .ensemble import Ensemble
 
