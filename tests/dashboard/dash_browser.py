@@ -157,7 +157,17 @@ def screenshot(page, name: str, *, show=None) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     if show is not None:
-        show.scroll_into_view_if_needed()
+        from playwright.sync_api import Error as PlaywrightError
+
+        # a live page (the Monitor's refreshing fragment) can replace the element while it is
+        # being scrolled to; the locator finds the new one on the next try. The scroll only
+        # frames the picture, so after three tries the shot is taken as the page stands.
+        for _ in range(3):
+            try:
+                show.scroll_into_view_if_needed(timeout=15_000)
+                break
+            except PlaywrightError:
+                page.wait_for_timeout(500)
     page.screenshot(path=str(path))
     SAVED.append(path)
     print(f"screenshot: {path}")
