@@ -68,7 +68,7 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
                             "task": task,
                             "check": "logit_slope (not gating)",
                             "value": b,
-                            "limit": err,
+                            "error": err,
                             "passed": abs(b - 1.0) <= 3.0 * err,
                         }
                     )

@@ -528,22 +528,21 @@ def diagnostics_view(task: str, diag: Mapping) -> DiagnosticsView:
     # the same numbers and limits as the result status (`sbi_engine.result_checks`)
     values = _result_checks.diagnostic_values(diag)
     limits = _result_checks.diagnostic_limits(diag)
-    checks = pd.DataFrame(
-        [
+    rows = []
+    for name, v in values.items():
+        status = light(name, v, task, limits[name])
+        rows.append(
             {
                 "check": name,
                 "value": v,
                 "threshold": threshold_text(name, task, limits[name]),
-                "status": light(name, v, task, limits[name]),
+                "status": status,
                 "limit": limits[name][1],
                 "description": DIAGNOSTIC_THRESHOLDS[name][3],
-                "remedy": _result_checks.REMEDIES[name]
-                if light(name, v, task, limits[name]) == "red"
-                else "",
+                "remedy": _result_checks.REMEDIES[name] if status == "red" else "",
             }
-            for name, v in values.items()
-        ]
-    )
+        )
+    checks = pd.DataFrame(rows)
     return DiagnosticsView(
         task=task,
         checks=checks,

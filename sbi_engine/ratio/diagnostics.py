@@ -219,7 +219,6 @@ def logit_slope(
     w = np.concatenate([wn / np.sum(wn), wr / np.sum(wr)])
     design = np.column_stack([np.ones_like(t), t])
     beta = np.array([0.0, 1.0])
-    hess = np.eye(2)
     for _ in range(50):  # Newton on the weighted log likelihood
         p = 1.0 / (1.0 + np.exp(-(design @ beta)))
         hess = (design * (w * p * (1 - p))[:, None]).T @ design
