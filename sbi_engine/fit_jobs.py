@@ -242,6 +242,15 @@ class LearnedFit:
     provenance: dict[str, Any] = field(default_factory=dict)
     shrinkage: tuple[Shrinkage, ...] = ()
     unshrunk: dict[str, TaskRatios] = field(default_factory=dict)  # tasks before the shrinkage
+    # task -> (numerator, denominator) sample specs: where its evaluation events come from
+    task_samples: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = field(
+        default_factory=dict
+    )
+
+    def evaluation_samples(self, task: str) -> tuple[Sample, Sample]:
+        """The task's numerator and denominator evaluation events (read again from the specs)."""
+        num, den = self.task_samples[task]
+        return load_sample_spec(num, role="eval"), load_sample_spec(den, role="eval")
 
 
 def _find_task(tasks: Mapping[str, Any], name: str, proc: str, direction: str) -> str | None:
@@ -371,6 +380,7 @@ def build_learned_fit(
     by_process = {t["process"]: name for name, t in tasks.items() if t["kind"] == "process"}
     ratios: dict[str, TaskRatios] = {}
     process_task: dict[str, str] = {}
+    task_samples: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
     processes = {}
     yields = params.get("yields") or {}
     for proc in specs:
@@ -382,6 +392,7 @@ def build_learned_fit(
             )
             ratios[task] = task_ratios(task, paths, x, norm.features, norm.weights)
             process_task[proc] = task
+            task_samples[task] = (specs[proc], specs[ref])
             ratio = np.exp(ratios[task].nominal)
         nu = float(yields[proc]) if proc in yields else totals[proc]
         processes[proc] = {"yield": nu, "coefficient": coefficients[proc], "ratio": ratio}
@@ -401,6 +412,7 @@ def build_learned_fit(
                 f"systematic {name!r} ({direction}) on {proc!r}",
             )
             ratios[task] = task_ratios(task, paths, x, evals[proc].features, evals[proc].weights)
+            task_samples[task] = (syst[direction], specs[proc])
             pair.append(task)
         up, down = ratios[pair[0]], ratios[pair[1]]
         on_proc = (
@@ -463,6 +475,7 @@ def build_learned_fit(
         provenance,
         shrinkage,
         unshrunk if shrinkage else {},
+        task_samples,
     )
 
 
@@ -680,7 +693,8 @@ def learned_result(
     """The learned model's error components, its checks and the shape decisions of a fit job.
 
     ``params.options.uncertainty``: {include: [nn, sim] (what enters the total; default both),
-    nn_variants, sim_variants, closure (default true)}.
+    nn_variants, sim_variants, closure (default true), calibration_effect (default true: refit
+    with each visibly miscalibrated ratio recalibrated, `sbi_engine.calibration_effect`)}.
     """
     opts = dict((spec["params"].get("options") or {}).get("uncertainty") or {})
     include = tuple(opts.get("include", ("nn", "sim")))
@@ -699,6 +713,10 @@ def learned_result(
         bootstrap=bootstrapped(lf),
     )
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
+    if bool(opts.get("calibration_effect", True)):
+        from .calibration_effect import calibration_effect_checks
+
+        checks += calibration_effect_checks(lf, result, ensembles, lf.evaluation_samples)
     if bool(opts.get("closure", True)):
         params = spec["params"]
         sim = simulated_asimov(params, _coefficients(params))

@@ -188,10 +188,13 @@ def check(
     message: str,
     task: str | None = None,
     direction: str = "below",
+    error: float | None = None,
 ) -> dict:
     """One check record (the shape `sbi_engine.result_checks` reads); value None when unknown.
-    ``direction`` "below": the value must be at most the threshold; "above": at least."""
+    ``direction`` "below": the value must be at most the threshold; "above": at least.
+    ``error``: the value's own uncertainty, where the check estimates one."""
     shown = float(value) if value is not None and np.isfinite(value) else None
+    extra = {"error": float(error)} if error is not None and np.isfinite(error) else {}
     return {
         "name": name,
         "task": task,
@@ -200,6 +203,7 @@ def check(
         "passed": bool(passed),
         "message": message,
         "direction": direction,
+        **extra,
     }
 
 

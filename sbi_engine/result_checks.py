@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 CHECKS_PASSED = "checks passed"
@@ -171,6 +171,7 @@ LABELS = {
     "saturation": "saturation",
     "auc": "AUC",
     "diagnostics": "diagnostics",
+    "calibration_effect": "calibration effect (σ of the POI)",
 }
 
 
@@ -210,6 +211,7 @@ class CheckRecord:
     passed: bool
     message: str = ""
     direction: str = "below"
+    error: float = math.nan  # the value's own uncertainty, where the check estimates one
 
     @property
     def label(self) -> str:
@@ -229,6 +231,12 @@ class CheckRecord:
             return v / t
         return math.inf if v > t else 1.0
 
+    @property
+    def excused(self) -> bool:
+        """Passed although its value is beyond its threshold: a failure the result was shown not
+        to depend on (a calibration whose effect on the fit is within its limit)."""
+        return self.passed and math.isfinite(self.excess) and self.excess > 1.0
+
     def short(self) -> str:
         """'S_vs_B closure χ²/ndf 21.3 > 3' (or the check's own message when it has no numbers)."""
         v, t = _float(self.value), _float(self.threshold)
@@ -239,7 +247,8 @@ class CheckRecord:
             if not self.passed
             else (">=" if self.direction == "above" else "<=")
         )
-        return f"{self.label} {_fmt(v)} {op} {_fmt(t)}"
+        err = f" ± {_fmt(self.error)}" if math.isfinite(_float(self.error)) else ""
+        return f"{self.label} {_fmt(v)}{err} {op} {_fmt(t)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +259,7 @@ class CheckRecord:
             "passed": bool(self.passed),
             "message": self.message,
             "direction": self.direction,
+            **({"error": _num(_float(self.error))} if math.isfinite(_float(self.error)) else {}),
         }
 
     @classmethod
@@ -263,6 +273,7 @@ class CheckRecord:
             passed=bool(d.get("passed", False)),
             message=str(d.get("message") or ""),
             direction="above" if d.get("direction") == "above" else "below",
+            error=_float(d.get("error")),
         )
 
 
@@ -473,17 +484,58 @@ def _worse(a: CheckRecord, b: CheckRecord) -> bool:
     return (not a.passed, a.excess) > (not b.passed, b.excess)
 
 
+def _shown_harmless(effect: CheckRecord | None) -> bool:
+    """A ``calibration_effect`` that bounds the effect below its limit: the shift plus its own
+    noise (``error``) within the threshold. A passed record whose noise is too large to tell
+    (it fails only when clearly beyond the limit), or without a noise (the recalibration did
+    not capture the deviation), does not."""
+    if effect is None or not effect.passed:
+        return False
+    v, e, t = _float(effect.value), _float(effect.error), _float(effect.threshold)
+    return math.isfinite(v) and math.isfinite(e) and v + e <= t
+
+
+def _weighed_by_effect(
+    kept: dict[tuple[str | None, str], CheckRecord],
+) -> dict[tuple[str | None, str], CheckRecord]:
+    """A failed ensemble calibration whose task's ``calibration_effect`` is shown harmless (the
+    fit redone with that ratio recalibrated moved no POI by more than the limit, noise
+    included; every fit job that judged it agreed, since the worst record is kept) passes:
+    significant, but irrelevant to the result. Why: with large evaluation samples the
+    significance test flags deviations too small to matter; the effect is what a result must
+    be judged on (`sbi_engine.calibration_effect`)."""
+    out = dict(kept)
+    for key, r in kept.items():
+        effect = kept.get((r.task, "calibration_effect"))
+        if (
+            r.name == "calibration"
+            and not r.passed
+            and effect is not None
+            and _shown_harmless(effect)
+        ):
+            what = r.message.split("; ")[0]
+            out[key] = replace(
+                r,
+                passed=True,
+                message=f"{what}, but irrelevant to the result: calibration effect "
+                f"{_fmt(effect.value)} ± {_fmt(effect.error)} sigma <= {_fmt(effect.threshold)} "
+                "(refit with the ratio recalibrated)",
+            )
+    return out
+
+
 def result_status(records: Iterable[CheckRecord]) -> ResultStatus:
     """One status from all records: "needs review" as soon as one check failed.
 
     Records of the same check and task (e.g. one per training job of a task) are merged into
-    the worst of them; the failed ones are listed worst first (largest value / threshold).
+    the worst of them; the failed ones are listed worst first (largest value / threshold). A
+    failed calibration whose effect on the fit passed is passed (`_weighed_by_effect`).
     """
     kept: dict[tuple[str | None, str], CheckRecord] = {}
     for r in records:
         key = (r.task, r.name)
         if key not in kept or _worse(r, kept[key]):
             kept[key] = r
-    checks = tuple(kept.values())
+    checks = tuple(_weighed_by_effect(kept).values())
     failed = tuple(sorted((r for r in checks if not r.passed), key=lambda r: -r.excess))
     return ResultStatus(NEEDS_REVIEW if failed else CHECKS_PASSED, failed, checks)

@@ -91,6 +91,7 @@ class Uncertainty(StrictModel):
     nn_variants: Maybe[Annotated[StrictInt, Field(ge=0, le=1000)]] = None
     sim_variants: Maybe[Annotated[StrictInt, Field(ge=0, le=1000)]] = None
     closure: Maybe[StrictBool] = None
+    calibration_effect: Maybe[StrictBool] = None
 
 
 class FitOptions(StrictModel, extra="allow"):

@@ -56,7 +56,7 @@ def diagnostics_page() -> None:
             "independent samples, looser than the pairs' own precision; the noise-to-signal "
             "check of the fit weighs this ratio."
         )
-    _lights(view.checks)
+    _lights(view.checks, _excused(status, task))
     _fit_checks(status, task)
     shown = st.segmented_control("Show", VIEWS, default=VIEWS[0], key="diag-view") or VIEWS[0]
     if shown == "Calibration":
@@ -144,15 +144,26 @@ def _result_badge(db: str, campaign_id: int):
 
 
 def _fit_checks(status, task: str) -> None:
-    """What the fit measured about this task's ratios (noise relative to the variation the ratio
-    must carry): a noisy ratio can pass every check above and still shrink the interval."""
+    """What the fit measured about this task's ratios: noise relative to the variation the ratio
+    must carry (a noisy ratio can pass every check above and still shrink the interval) and
+    what recalibrating it does to the result."""
     for c in status.checks if status is not None else ():
-        if c.task == task and c.name == "noise_to_signal":
+        if c.task == task and c.name in ("noise_to_signal", "calibration_effect"):
             text = f"In the fit: {c.message}"
             (st.caption if c.passed else st.error)(text)
 
 
-def _lights(checks) -> None:
+def _excused(status, task: str) -> dict[str, str]:
+    """Checks of ``task`` that the result status passes although their value is RED (a
+    significant miscalibration the fit was shown not to depend on), with the reason."""
+    return {
+        c.name: c.message
+        for c in (status.checks if status is not None else ())
+        if c.task == task and c.excused
+    }
+
+
+def _lights(checks, excused: dict[str, str]) -> None:
     st.subheader("Checks")
     cols = st.columns(len(checks))
     for col, row in zip(cols, checks.itertuples()):
@@ -165,8 +176,13 @@ def _lights(checks) -> None:
             help=row.description,
         )
     for row in checks.itertuples():
-        if getattr(row, "remedy", ""):
-            st.error(f"{LABELS.get(row.check, row.check).capitalize()} failed: {row.remedy}.")
+        label = LABELS.get(row.check, row.check).capitalize()
+        if row.check in excused:
+            st.info(
+                f"{label} is red here, and the result does not depend on it: {excused[row.check]}."
+            )
+        elif getattr(row, "remedy", ""):
+            st.error(f"{label} failed: {row.remedy}.")
 
 
 diagnostics_page()

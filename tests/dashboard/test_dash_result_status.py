@@ -219,3 +219,37 @@ def test_diagnostics_shows_the_fits_noise_to_signal_of_the_task(nsbi_env):
     assert not at.error and "In the fit: noise/signal 0.05, limit 0.2" in [
         c.value for c in at.caption
     ]
+
+
+def test_a_red_calibration_the_fit_does_not_depend_on_is_explained_not_failed(nsbi_env):
+    """task1's reliability curve is 3.4 sigma off (RED), and the fit redone with task1
+    recalibrated moved mu by 0.02 +- 0.01 sigma: the result passes, and the Diagnostics page
+    says why under the RED light instead of a failure box."""
+    s = seed.seed(nsbi_env, train_states=("SUCCEEDED",), with_diagnostics=True)
+    off = good_diagnostics()
+    off["calibration"][0]["max_deviation"] = 3.4  # no global_deviation: read as 3.4 sigma
+    effect = {
+        "name": "calibration_effect",
+        "task": "task1",
+        "value": 0.02,
+        "error": 0.01,
+        "threshold": 0.1,
+        "passed": True,
+        "message": "refit with the ratio recalibrated moves mu +0.020 ± 0.010 sigma",
+    }
+    settle(
+        nsbi_env,
+        s.campaign_id,
+        diag_by_task={"task0": good_diagnostics(), "task1": off, "task2": good_diagnostics()},
+        fit_checks=[effect],
+    )
+    at = run_page("diagnostics")
+    badge = next(m.value for m in at.markdown if m.value.startswith("**Result:**"))
+    assert badge.startswith("**Result:** :green-badge[checks passed]"), badge
+    at.selectbox(key="diag-task").set_value("task1").run()
+    assert ":red-badge[RED]  \n**calibration**" in " ".join(m.value for m in at.markdown)
+    assert not at.error
+    (info,) = [i.value for i in at.info]
+    assert info.startswith("Calibration is red here, and the result does not depend on it")
+    assert "0.02 ± 0.01 sigma <= 0.1" in info
+    assert "In the fit: " + effect["message"] in [c.value for c in at.caption]
