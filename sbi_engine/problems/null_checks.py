@@ -107,3 +107,71 @@ def truth_checks(
             problem, seed, slope=slope, eval_share=eval_share
         ).items()
     }
+
+
+def truth_calibration_effects(
+    problem: BenchmarkProblem,
+    seed: int,
+    *,
+    slope: float = 1.0,
+    mu: float = 1.0,
+    eval_share: float = EVAL_SHARE,
+) -> list[dict[str, Any]]:
+    """The ``calibration_effect`` record of every ratio task of the problem's exact fit.
+
+    The fit: the exact workspace on pseudo-data at ``mu`` (seed ``seed``) with a fresh
+    reference sample as normalisation rows. For each task in turn its log ratio is made
+    ``slope`` x exact (the others stay exact), the fit is redone as the base, and the check
+    recalibrates that ratio on fresh evaluation-size samples and refits, as a fit job does with
+    a trained ensemble. With slope 1 the recalibration has nothing to correct: every shift is
+    the method's own (noise or bias), and a failure is a false alarm. With slope < 1 the shift
+    is the effect of a ratio too flat, which the check must see.
+    """
+    from types import SimpleNamespace
+
+    from ..calibration_effect import TaskCalibration, _variant, effect_check
+    from ..fit import fit
+    from ..fit.variations import refit_variants
+    from ..learned_ratios import TaskRatios
+    from ..ratio.diagnostics import calibration_curve
+    from .reference import exact_workspace
+
+    samples = problem.simulate_samples(seed=20_000 + seed, events_scale=eval_share)
+    norm = problem.simulate_samples(seed=30_000 + seed, events_scale=eval_share)[problem.reference]
+    data = problem.pseudo_data(mu, seed=40_000 + seed)
+    ws = exact_workspace(problem, data, norm)
+    x = np.concatenate([np.asarray(data.features), np.asarray(norm.features)])
+    tasks = ratio_tasks(problem)
+    ref = problem.reference
+    exact = {t.name: np.asarray(t.log_ratio(x), np.float64) for t in tasks}
+    view = SimpleNamespace(
+        workspace=ws,
+        process_task={c: f"{c}_vs_{ref}" for c in problem.processes if c != ref},
+        shape_tasks={
+            (k, c): (f"{k}_up_{c}", f"{k}_down_{c}")
+            for k in problem.nuisances
+            for c in problem.shape_processes.get(k, ())
+        },
+        ratios={},
+        unshrunk={},
+    )
+    exact_fit = fit(ws)
+    out = []
+    for task in tasks:
+        log_r = slope * exact[task.name]
+        view.ratios = {n: TaskRatios(n, v[None, :], v) for n, v in exact.items()}
+        view.ratios[task.name] = TaskRatios(task.name, log_r[None, :], log_r)
+        base = (
+            exact_fit
+            if slope == 1.0
+            else refit_variants(ws, [_variant(view, task.name, log_r, "flat")], init=exact_fit)
+            .results[0]
+        )
+        num, den = samples[task.numerator], samples[task.denominator]
+        ln = slope * np.asarray(task.log_ratio(num.features), np.float64)
+        ld = slope * np.asarray(task.log_ratio(den.features), np.float64)
+        wn, wd = np.asarray(num.weights, np.float64), np.asarray(den.weights, np.float64)
+        deviation = calibration_curve(ln, ld, wn, wd).global_deviation
+        cal = TaskCalibration(task.name, float(deviation), ln, ld, wn, wd)
+        out.append(effect_check(view, cal, base))
+    return out

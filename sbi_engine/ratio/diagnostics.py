@@ -269,7 +269,7 @@ class PolynomialCalibration:
     histogram map moved mu by +0.1 sigma on average with the *exact* ratio of a weak systematic,
     docs/validation.md). Slope, curvature and an odd cubic term are how networks err (too flat,
 saturating at both ends).
-    Beyond the range of the events it was fitted on, the outermost correction is kept.
+    Beyond the central 99 % of the events it was fitted on, the outermost correction is kept.
     """
 
     coefficients: tuple[float, ...]  # in powers of (log r-hat - center) / scale
@@ -294,20 +294,24 @@ def polynomial_calibration(
 ) -> PolynomialCalibration | None:
     """The `PolynomialCalibration` of r-hat on these events (None if log r-hat is constant)."""
     t, y, w = _class_design(log_r_num, log_r_ref, w_num, w_ref)
-    center = float(np.sum(w * t) / np.sum(w))
-    scale = float(np.sqrt(np.sum(w * (t - center) ** 2) / np.sum(w)))
+    # the polynomial lives on the central 99 % of the events (balanced, |weights|): a few events
+    # where one density vanishes (log r-hat of -35) would otherwise set its scale
+    order = np.argsort(t)
+    cw = np.cumsum(np.abs(w[order]))
+    low, high = np.interp([0.005 * cw[-1], 0.995 * cw[-1]], cw, t[order])
+    tc = np.clip(t, low, high)
+    center = float(np.sum(np.abs(w) * tc) / np.sum(np.abs(w)))
+    scale = float(np.sqrt(np.sum(np.abs(w) * (tc - center) ** 2) / np.sum(np.abs(w))))
     if not np.isfinite(scale) or scale <= 0:
         return None
-    u = (t - center) / scale
+    u = (tc - center) / scale
     design = np.column_stack([u**k for k in range(degree + 1)])
     start = np.zeros(degree + 1)
     start[0], start[1] = center, scale  # the identity map
     fitted = _weighted_logistic(design, y, w, start)
-    if fitted is None:
+    if fitted is None or not np.all(np.isfinite(fitted[0])):
         return None
-    return PolynomialCalibration(
-        tuple(float(b) for b in fitted[0]), center, scale, float(t.min()), float(t.max())
-    )
+    return PolynomialCalibration(tuple(float(b) for b in fitted[0]), center, scale, low, high)
 
 
 def overconfident_fraction(

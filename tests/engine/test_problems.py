@@ -431,3 +431,19 @@ def test_a_ratio_too_flat_fails_the_checks():
     }
     assert not recs["calibration"].passed and recs["calibration"].value > 6
     assert not recs["closure_chi2_ndf"].passed
+
+
+@pytest.mark.parametrize("name", ["low_stats", "negative_weights"])
+def test_the_calibration_effect_of_the_exact_ratio_is_nil_and_of_a_flat_one_is_seen(name):
+    """The exact ratio recalibrated on fresh evaluation-size events moves mu by the method's own
+    noise only: every task within 0.1 sigma with that noise (what excuses a failed calibration);
+    made 20 % too flat, the signal ratio's effect (0.28-0.34 sigma, measured) fails the check.
+    negative_weights: 14 % negative weights in S, and log r-hat down to -35 where S vanishes."""
+    from sbi_engine.problems.null_checks import truth_calibration_effects
+
+    problem = get_problem(name)
+    for rec in truth_calibration_effects(problem, 0):
+        assert rec["passed"] and rec["value"] + rec["error"] <= 0.1, rec["message"]
+    flat = {r["task"]: r for r in truth_calibration_effects(problem, 0, slope=0.8)}
+    signal = flat[f"S_vs_{problem.reference}"]
+    assert not signal["passed"] and signal["value"] > 0.2, signal["message"]
