@@ -43,6 +43,7 @@ CALIBRATION_REPLICAS = 10  # bootstrap replicas of the recalibration (its noise)
 # 0.73 and 95 % quantile 2.05 of |N(0, 1)|, with a tail to 5.7), and 4 keeps false alarms
 # near 0.3 % per task
 CLEAR_MARGIN = 4.0
+MAX_TASKS = 32  # ratio tasks refitted per fit job (11 refits each), the most deviating first
 
 
 @dataclass(frozen=True)
@@ -218,21 +219,64 @@ def calibration_effect_checks(
     result: Any,
     ensembles: Mapping[str, Sequence[str]],
     load_eval: Any,
+    max_tasks: int = MAX_TASKS,
 ) -> list[dict]:
-    """One ``calibration_effect`` record per ratio task the fit uses.
+    """One ``calibration_effect`` record per ratio task the fit uses (at most ``max_tasks``).
 
     Every task, not only those whose curve fails: the train jobs judge each job's members on
     raw outputs, the fit uses all of a task's members normalised (E_den[r] = 1), and the two
-    curves differ (low_stats: one job's 3.07 sigma, the fit's ensemble 1.86). ``load_eval(task)``
-    gives the task's (numerator, denominator) evaluation samples.
+    curves differ (low_stats: one job's 3.07 sigma, the fit's ensemble 1.86). Beyond
+    ``max_tasks`` (an analysis with a hundred shape systematics) the tasks whose curves deviate
+    most are refitted and one record says how many were not. ``load_eval(task)`` gives the
+    task's (numerator, denominator) evaluation samples. A task whose effect cannot be measured
+    gets a record saying why (it excuses nothing, and fails nothing): the fit job goes on.
     """
-    out = []
+    from .learned_uncertainty import check
+
+    out: list[dict] = []
+    cals: list[TaskCalibration] = []
     for task in used_tasks(lf):
         if task not in ensembles or task not in lf.task_samples:
             continue
-        num, den = load_eval(task)
-        out.append(effect_check(lf, task_calibration(task, ensembles[task], num, den), result))
+        try:
+            num, den = load_eval(task)
+            cals.append(task_calibration(task, ensembles[task], num, den))
+        except Exception as exc:  # noqa: BLE001 - reported in the record, never fatal
+            out.append(_unmeasured(task, exc))
+    cals.sort(key=lambda c: -c.deviation if np.isfinite(c.deviation) else 0.0)
+    for cal in cals[:max_tasks]:
+        try:
+            out.append(effect_check(lf, cal, result))
+        except Exception as exc:  # noqa: BLE001
+            out.append(_unmeasured(cal.task, exc))
+    if len(cals) > max_tasks:
+        skipped = [c.task for c in cals[max_tasks:]]
+        out.append(
+            check(
+                "calibration_effect",
+                None,
+                CALIBRATION_EFFECT_LIMIT,
+                True,
+                f"measured for the {max_tasks} tasks whose reliability curves deviate most; not "
+                f"for {len(skipped)} more ({', '.join(skipped[:5])}"
+                f"{', ...' if len(skipped) > 5 else ''}), whose failed calibrations are not excused "
+                "(options.uncertainty.calibration_effect: N measures N tasks)",
+            )
+        )
     return out
+
+
+def _unmeasured(task: str, exc: Exception) -> dict:
+    from .learned_uncertainty import check
+
+    return check(
+        "calibration_effect",
+        None,
+        CALIBRATION_EFFECT_LIMIT,
+        True,
+        f"not measured: {type(exc).__name__}: {exc}",
+        task,
+    )
 
 
 __all__ = [

@@ -694,7 +694,8 @@ def learned_result(
 
     ``params.options.uncertainty``: {include: [nn, sim] (what enters the total; default both),
     nn_variants, sim_variants, closure (default true), calibration_effect (default true: refit
-    with each visibly miscalibrated ratio recalibrated, `sbi_engine.calibration_effect`)}.
+    with each ratio recalibrated, at most 32 tasks; a number N: at most N; false: none;
+    `sbi_engine.calibration_effect`)}.
     """
     opts = dict((spec["params"].get("options") or {}).get("uncertainty") or {})
     include = tuple(opts.get("include", ("nn", "sim")))
@@ -713,10 +714,12 @@ def learned_result(
         bootstrap=bootstrapped(lf),
     )
     checks = lu.fit_checks(result, comps) + lu.ratio_checks(lf)
-    if bool(opts.get("calibration_effect", True)):
-        from .calibration_effect import calibration_effect_checks
+    measure = opts.get("calibration_effect", True)
+    if measure is not False and measure != 0:
+        from .calibration_effect import MAX_TASKS, calibration_effect_checks
 
-        checks += calibration_effect_checks(lf, result, ensembles, lf.evaluation_samples)
+        cap = MAX_TASKS if measure is True else int(measure)
+        checks += calibration_effect_checks(lf, result, ensembles, lf.evaluation_samples, cap)
     if bool(opts.get("closure", True)):
         params = spec["params"]
         sim = simulated_asimov(params, _coefficients(params))

@@ -443,7 +443,7 @@ def result_status_markdown(status: Mapping[str, Any] | None) -> list[str]:
     failed = list(status.get("failed") or [])
     if not failed:
         said = f"all {n} check{'s' if n != 1 else ''} passed" if n else "no checks recorded"
-        return [f"**Result status: checks passed** ({said})", ""]
+        return [f"**Result status: checks passed** ({said})", ""] + _excused_markdown(status)
     lines = [
         f"**Result status: NEEDS REVIEW** -- {len(failed)} of {n} checks failed; "
         "the numbers below rest on them.",
@@ -457,6 +457,33 @@ def result_status_markdown(status: Mapping[str, Any] | None) -> list[str]:
         lines.append(
             f"| {r.get('name', '')} | {r.get('task') or '–'} | {_fmt(r.get('value'), 4)} "
             f"| {op} {_fmt(r.get('threshold'), 4)} | {message} |"
+        )
+    return lines + [""] + _excused_markdown(status)
+
+
+def _excused_markdown(status: Mapping[str, Any]) -> list[str]:
+    """Checks that passed although their value is beyond the threshold, and why (a significant
+    miscalibration the fit was shown not to depend on: `sbi_engine.calibration_effect`)."""
+    from sbi_engine.result_checks import CheckRecord
+
+    excused = [
+        CheckRecord.from_dict(r)
+        for r in status.get("checks") or []
+        if isinstance(r, Mapping) and CheckRecord.from_dict(r).excused
+    ]
+    if not excused:
+        return []
+    lines = [
+        "Beyond their threshold, but the result was shown not to depend on them:",
+        "",
+        "| check | task | value | threshold | why it passes |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in excused:
+        message = r.message.replace("|", "\\|")
+        lines.append(
+            f"| {r.name} | {r.task or '–'} | {_fmt(r.value, 4)} | ≤ {_fmt(r.threshold, 4)} "
+            f"| {message} |"
         )
     return lines + [""]
 

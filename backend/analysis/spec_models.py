@@ -91,7 +91,8 @@ class Uncertainty(StrictModel):
     nn_variants: Maybe[Annotated[StrictInt, Field(ge=0, le=1000)]] = None
     sim_variants: Maybe[Annotated[StrictInt, Field(ge=0, le=1000)]] = None
     closure: Maybe[StrictBool] = None
-    calibration_effect: Maybe[StrictBool] = None
+    # true (at most 32 ratio tasks), false, or the number of tasks to measure
+    calibration_effect: Maybe[StrictBool | Annotated[StrictInt, Field(ge=0, le=10000)]] = None
 
 
 class FitOptions(StrictModel, extra="allow"):

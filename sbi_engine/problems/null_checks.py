@@ -164,8 +164,9 @@ def truth_calibration_effects(
         base = (
             exact_fit
             if slope == 1.0
-            else refit_variants(ws, [_variant(view, task.name, log_r, "flat")], init=exact_fit)
-            .results[0]
+            else refit_variants(
+                ws, [_variant(view, task.name, log_r, "flat")], init=exact_fit
+            ).results[0]
         )
         num, den = samples[task.numerator], samples[task.denominator]
         ln = slope * np.asarray(task.log_ratio(num.features), np.float64)

@@ -262,14 +262,14 @@ def logit_slope(
 @dataclass(frozen=True)
 class PolynomialCalibration:
     """log r-hat -> calibrated log r as a polynomial in log r-hat, fitted by weighted logistic
-    regression of the class on it (classes to equal totals, so the logit is the log ratio).
+        regression of the class on it (classes to equal totals, so the logit is the log ratio).
 
-    Few parameters on purpose: a recalibration is itself estimated from finite samples, and its
-    noise, put into a fit, biases it (a shape ratio's noise reads as information; a 30-bin
-    histogram map moved mu by +0.1 sigma on average with the *exact* ratio of a weak systematic,
-    docs/validation.md). Slope, curvature and an odd cubic term are how networks err (too flat,
-saturating at both ends).
-    Beyond the central 99 % of the events it was fitted on, the outermost correction is kept.
+        Few parameters on purpose: a recalibration is itself estimated from finite samples, and its
+        noise, put into a fit, biases it (a shape ratio's noise reads as information; a 30-bin
+        histogram map moved mu by +0.1 sigma on average with the *exact* ratio of a weak systematic,
+        docs/validation.md). Slope, curvature and an odd cubic term are how networks err (too flat,
+    saturating at both ends).
+        Beyond the central 99 % of the events it was fitted on, the outermost correction is kept.
     """
 
     coefficients: tuple[float, ...]  # in powers of (log r-hat - center) / scale

@@ -209,3 +209,46 @@ def test_a_miscalibration_stays_failed_unless_every_fit_found_it_harmless(record
     status = result_status(records)
     assert not status.passed
     assert {r.name for r in status.failed} == failed
+
+
+def test_the_report_lists_an_excused_calibration_and_why():
+    from backend.analysis.report import result_status_markdown
+
+    status = result_status(
+        [
+            _rec("calibration", "A", False, 3.4, 3.0),
+            _rec("calibration_effect", "A", True, 0.03, 0.1),
+        ]
+    ).to_dict()
+    md = "\n".join(result_status_markdown(status))
+    assert md.startswith("**Result status: checks passed** (all 2 checks passed)")
+    assert "Beyond their threshold, but the result was shown not to depend on them" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| calibration | A |")]
+    assert "| 3.4000 | ≤ 3.0000 |" in row and "irrelevant to the result" in row
+    # nothing to excuse: no such table
+    plain = result_status([_rec("calibration", "A", True, 1.0, 3.0)]).to_dict()
+    assert "Beyond their threshold" not in "\n".join(result_status_markdown(plain))
+
+
+def test_a_cap_measures_the_most_deviating_tasks_and_an_unreadable_task_is_reported(tmp_path, spec):
+    """max_tasks 0: nothing refitted, one record names the task left out; a task whose
+    evaluation events cannot be read gets a record saying why, and the fit job goes on."""
+    ens = {"S_vs_B": [linear_ensemble(tmp_path / "s.npz", [S_SHIFT] * 4)]}
+    lf = build_learned_fit(spec, ens)
+    res = fit(lf.workspace)
+    (left,) = calibration_effect_checks(lf, res, ens, lf.evaluation_samples, max_tasks=0)
+    assert left["passed"] and left["value"] is None and "not for 1 more (S_vs_B)" in left["message"]
+
+    def unreadable(task):
+        raise OSError(f"{task}: evaluation file gone")
+
+    (rec,) = calibration_effect_checks(lf, res, ens, unreadable)
+    assert rec["task"] == "S_vs_B" and rec["value"] is None and rec["passed"]
+    assert rec["message"] == "not measured: OSError: S_vs_B: evaluation file gone"
+    excused = result_status(
+        [
+            CheckRecord("calibration", "S_vs_B", 3.4, 3.0, False, "calibration: red"),
+            CheckRecord.from_dict(rec),
+        ]
+    )
+    assert not excused.passed  # an unmeasured effect excuses nothing
