@@ -129,7 +129,7 @@ def truth_calibration_effects(
     """
     from types import SimpleNamespace
 
-    from ..calibration_effect import TaskCalibration, _variant, effect_check
+    from ..calibration_effect import TaskCalibration, effect_check, replaced_variant
     from ..fit import fit
     from ..fit.variations import refit_variants
     from ..learned_ratios import TaskRatios
@@ -165,7 +165,7 @@ def truth_calibration_effects(
             exact_fit
             if slope == 1.0
             else refit_variants(
-                ws, [_variant(view, task.name, log_r, "flat")], init=exact_fit
+                ws, [replaced_variant(view, task.name, log_r, "flat")], init=exact_fit
             ).results[0]
         )
         num, den = samples[task.numerator], samples[task.denominator]

@@ -252,3 +252,23 @@ def test_a_cap_measures_the_most_deviating_tasks_and_an_unreadable_task_is_repor
         ]
     )
     assert not excused.passed  # an unmeasured effect excuses nothing
+
+
+def test_with_the_noise_shrinkage_the_effect_is_measured_on_the_networks_own_ratio(tmp_path, spec):
+    """shrink_noise on: the fit uses a shrunk S ratio, but the recalibration judges the
+    networks' output, so the shift is taken from a refit with the unshrunk ratio and equals
+    the one without the shrinkage (the same recalibrated arrays against the same base)."""
+    import copy
+
+    ens = {"S_vs_B": [linear_ensemble(tmp_path / "s.npz", [S_SHIFT * 0.5] * 3 + [S_SHIFT * 0.52])]}
+    plain = build_learned_fit(spec, ens)
+    (want,) = calibration_effect_checks(plain, fit(plain.workspace), ens, plain.evaluation_samples)
+    shrunk_spec = copy.deepcopy(spec)
+    shrunk_spec["params"]["options"] = {"shrink_noise": True}
+    shrunk = build_learned_fit(shrunk_spec, ens)
+    assert shrunk.shrinkage and "S_vs_B" in shrunk.unshrunk
+    (got,) = calibration_effect_checks(
+        shrunk, fit(shrunk.workspace), ens, shrunk.evaluation_samples
+    )
+    assert got["value"] == pytest.approx(want["value"], rel=1e-3, abs=1e-4)
+    assert not got["passed"] and got["value"] > 0.3  # half the slope: it matters either way
