@@ -13,8 +13,6 @@ correct, so every shift is the method's own and every failure a false alarm; wit
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -63,26 +61,9 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sbi_engine.problems import list_problems
+    from benchmarks.check_null import study_main
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", default=",".join(list_problems()))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--slope", type=float, default=1.0, help="log r-hat = slope x exact log r")
-    ap.add_argument("--json", help="write the result here")
-    args = ap.parse_args(argv)
-    problems = [p for p in args.problems.split(",") if p]
-    unknown = sorted(set(problems) - set(list_problems()))
-    if unknown:
-        ap.error(f"--problems: unknown {unknown}; known: {list_problems()}")
-    if args.seeds < 1:
-        ap.error("--seeds must be at least 1")
-    out = run(problems, args.seeds, args.slope)
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-    return 0
+    return study_main(argv, __doc__ or "", run, 3, "log r-hat = slope x exact log r")
 
 
 if __name__ == "__main__":

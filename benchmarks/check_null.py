@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 NEW_FIELDS = ("auc_null_error", "overconfident_fraction")  # absent in diagnostics before them
@@ -120,13 +121,21 @@ def run(problems: list[str], seeds: int, slope: float) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def study_main(
+    argv: list[str] | None,
+    doc: str,
+    run_study: Callable[[list[str], int, float], dict[str, Any]],
+    seeds: int,
+    slope_help: str,
+) -> int:
+    """The command line of a study over benchmark problems, seeds and a slope: parse, run,
+    print the summary (everything but ``rows``) and write the whole result to ``--json``."""
     from sbi_engine.problems import list_problems
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--problems", default=",".join(list_problems()))
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--slope", type=float, default=1.0, help="r-hat = exp(slope x exact log r)")
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--slope", type=float, default=1.0, help=slope_help)
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     problems = [p for p in args.problems.split(",") if p]
@@ -135,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--problems: unknown {unknown}; known: {list_problems()}")
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
-    out = run(problems, args.seeds, args.slope)
-    summary = {k: v for k, v in out.items() if k != "rows"}
-    print(json.dumps(summary, indent=2))
+    out = run_study(problems, args.seeds, args.slope)
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=2))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main(argv, __doc__ or "", run, 10, "r-hat = exp(slope x exact log r)")
 
 
 if __name__ == "__main__":

@@ -447,3 +447,16 @@ def test_the_calibration_effect_of_the_exact_ratio_is_nil_and_of_a_flat_one_is_s
     flat = {r["task"]: r for r in truth_calibration_effects(problem, 0, slope=0.8)}
     signal = flat[f"S_vs_{problem.reference}"]
     assert not signal["passed"] and signal["value"] > 0.2, signal["message"]
+
+
+def test_the_calibration_effect_study_runs_and_writes_its_json(tmp_path, capsys):
+    """`python -m benchmarks.calibration_effect_null` on one problem and seed: every exact-ratio
+    task passes and the JSON holds a row per task with its shift and noise."""
+    from benchmarks.calibration_effect_null import main
+
+    out = tmp_path / "null.json"
+    assert main(["--problems", "low_stats", "--seeds", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["tasks"] == 3 and got["failed"] == 0 and len(got["rows"]) == 3
+    assert all(r["value"] < 0.1 and r["error"] > 0 for r in got["rows"])
+    assert json.loads(capsys.readouterr().out)["tasks"] == 3  # the summary, without rows
