@@ -55,6 +55,9 @@ class TaskCalibration:
     log_r_den: np.ndarray  # ... and on the denominator's
     w_num: np.ndarray
     w_den: np.ndarray
+    # the two samples are the same events with two weightings, row for row (a hypothesis
+    # simulated by reweighting): a replica resamples events, each with both its weights
+    paired: bool = False
 
     def recalibration(self, replica: int | None = None) -> Any:
         """The `PolynomialCalibration` from these events (replica k: from Poisson(1)-resampled
@@ -64,7 +67,8 @@ class TaskCalibration:
         wn, wd = self.w_num, self.w_den
         if replica is not None:
             rng = np.random.default_rng(1000 + replica)
-            wn, wd = wn * rng.poisson(1.0, wn.size), wd * rng.poisson(1.0, wd.size)
+            k = rng.poisson(1.0, wn.size)
+            wn, wd = wn * k, wd * (k if self.paired else rng.poisson(1.0, wd.size))
         return polynomial_calibration(self.log_r_num, self.log_r_den, wn, wd)
 
     def recalibrated(self, log_r: np.ndarray, replica: int | None = None) -> np.ndarray:
@@ -96,10 +100,15 @@ class TaskCalibration:
 def task_calibration(
     task: str, paths: Sequence[str], numerator: Any, denominator: Any
 ) -> TaskCalibration:
-    """The fit's ensemble of ``task`` (all its files) on the two evaluation samples."""
+    """The fit's ensemble of ``task`` (all its files) on the two evaluation samples (the
+    denominator put in the numerator's event order when both hold the same events, as the
+    paired training does)."""
     from .learned_ratios import task_ratios
     from .ratio.diagnostics import calibration_curve
+    from .ratio.prepare import aligned_to, same_events
 
+    denominator = aligned_to(numerator, denominator)
+    paired = same_events(numerator, denominator)
     x = np.concatenate([np.asarray(numerator.features), np.asarray(denominator.features)])
     r = task_ratios(task, paths, x, denominator.features, denominator.weights)
     n = len(numerator)
@@ -107,7 +116,7 @@ def task_calibration(
     wn = np.asarray(numerator.weights, dtype=np.float64)
     wd = np.asarray(denominator.weights, dtype=np.float64)
     curve = calibration_curve(ln, ld, wn, wd)
-    return TaskCalibration(task, float(curve.global_deviation), ln, ld, wn, wd)
+    return TaskCalibration(task, float(curve.global_deviation), ln, ld, wn, wd, paired)
 
 
 def replaced_variant(lf: Any, task: str, log_r: np.ndarray, label: str) -> Any:

@@ -134,6 +134,7 @@ def truth_calibration_effects(
     from ..fit.variations import refit_variants
     from ..learned_ratios import TaskRatios
     from ..ratio.diagnostics import calibration_curve
+    from ..ratio.prepare import aligned_to, same_events
     from .reference import exact_workspace
 
     samples = problem.simulate_samples(seed=20_000 + seed, events_scale=eval_share)
@@ -168,11 +169,12 @@ def truth_calibration_effects(
                 ws, [replaced_variant(view, task.name, log_r, "flat")], init=exact_fit
             ).results[0]
         )
-        num, den = samples[task.numerator], samples[task.denominator]
+        num = samples[task.numerator]
+        den = aligned_to(num, samples[task.denominator])
         ln = slope * np.asarray(task.log_ratio(num.features), np.float64)
         ld = slope * np.asarray(task.log_ratio(den.features), np.float64)
         wn, wd = np.asarray(num.weights, np.float64), np.asarray(den.weights, np.float64)
         deviation = calibration_curve(ln, ld, wn, wd).global_deviation
-        cal = TaskCalibration(task.name, float(deviation), ln, ld, wn, wd)
+        cal = TaskCalibration(task.name, float(deviation), ln, ld, wn, wd, same_events(num, den))
         out.append(effect_check(view, cal, base))
     return out

@@ -294,17 +294,20 @@ def polynomial_calibration(
 ) -> PolynomialCalibration | None:
     """The `PolynomialCalibration` of r-hat on these events (None if log r-hat is constant)."""
     t, y, w = _class_design(log_r_num, log_r_ref, w_num, w_ref)
-    # the polynomial lives on the central 99 % of the events (balanced, |weights|): a few events
-    # where one density vanishes (log r-hat of -35) would otherwise set its scale
+    # the polynomial is fitted on the central 99 % of the events (balanced, |weights|): a few
+    # events where one density vanishes (log r-hat of -35) would otherwise set its scale. The
+    # others are left out, not clipped: a selection on log r-hat keeps the class probabilities
+    # given log r-hat, so a calibrated r-hat still fits as itself
     order = np.argsort(t)
     cw = np.cumsum(np.abs(w[order]))
     low, high = np.interp([0.005 * cw[-1], 0.995 * cw[-1]], cw, t[order])
-    tc = np.clip(t, low, high)
-    center = float(np.sum(np.abs(w) * tc) / np.sum(np.abs(w)))
-    scale = float(np.sqrt(np.sum(np.abs(w) * (tc - center) ** 2) / np.sum(np.abs(w))))
+    keep = (t >= low) & (t <= high)
+    t, y, w = t[keep], y[keep], w[keep]
+    center = float(np.sum(np.abs(w) * t) / np.sum(np.abs(w)))
+    scale = float(np.sqrt(np.sum(np.abs(w) * (t - center) ** 2) / np.sum(np.abs(w))))
     if not np.isfinite(scale) or scale <= 0:
         return None
-    u = (tc - center) / scale
+    u = (t - center) / scale
     design = np.column_stack([u**k for k in range(degree + 1)])
     start = np.zeros(degree + 1)
     start[0], start[1] = center, scale  # the identity map
