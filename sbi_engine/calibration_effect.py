@@ -74,26 +74,32 @@ class TaskCalibration:
     def recalibrated(self, log_r: np.ndarray, replica: int | None = None) -> np.ndarray:
         """``log_r`` through the recalibration, renormalised so that E_den[r] = 1 on the
         denominator's events (unchanged when there is nothing to recalibrate)."""
+        return self.recalibrated_all((log_r,), replica)[0]
+
+    def recalibrated_all(
+        self, arrays: Sequence[np.ndarray], replica: int | None = None
+    ) -> list[np.ndarray]:
+        """`recalibrated` for several arrays with one fit of the recalibration."""
         cal = self.recalibration(replica)
         if cal is None:
-            return np.asarray(log_r, np.float64)
+            return [np.asarray(a, np.float64) for a in arrays]
         on_den = cal.apply(self.log_r_den)
         shift = np.log(np.sum(self.w_den * np.exp(on_den)) / np.sum(self.w_den))
-        return cal.apply(log_r) - shift
+        return [cal.apply(a) - shift for a in arrays]
 
-    def residual_deviation(self) -> float:
+    def residual_deviation(
+        self, on_num: np.ndarray | None = None, on_den: np.ndarray | None = None
+    ) -> float:
         """The reliability curve's deviation (global sigma) after the recalibration, on the same
-        events: beyond the calibration limit, the recalibration did not capture what is off (a
-        bump, not a slope, curvature or saturation), so its effect says nothing about the
+        events (``on_num``/``on_den``: the recalibrated log ratios there, if already known):
+        beyond the calibration limit, the recalibration did not capture what is off (a bump,
+        not a slope, curvature or saturation), so its effect says nothing about the
         deviation."""
         from .ratio.diagnostics import calibration_curve
 
-        curve = calibration_curve(
-            self.recalibrated(self.log_r_num),
-            self.recalibrated(self.log_r_den),
-            self.w_num,
-            self.w_den,
-        )
+        if on_num is None or on_den is None:
+            on_num, on_den = self.recalibrated_all((self.log_r_num, self.log_r_den))
+        curve = calibration_curve(on_num, on_den, self.w_num, self.w_den)
         return float(curve.global_deviation)
 
 
@@ -150,7 +156,9 @@ def effect_check(lf: Any, cal: TaskCalibration, result: Any) -> dict:
     # the network's own output: a ratio the noise shrinkage changed is compared unshrunk
     raw = getattr(lf, "unshrunk", {}).get(cal.task)
     nominal = (raw or lf.ratios[cal.task]).nominal
-    variants = [replaced_variant(lf, cal.task, cal.recalibrated(nominal), "recalibrated")] + [
+    # one fit of the recalibration for the fit's rows and the check of what it left
+    rows, on_num, on_den = cal.recalibrated_all((nominal, cal.log_r_num, cal.log_r_den))
+    variants = [replaced_variant(lf, cal.task, rows, "recalibrated")] + [
         replaced_variant(lf, cal.task, cal.recalibrated(nominal, k), f"replica {k}")
         for k in range(CALIBRATION_REPLICAS)
     ]
@@ -183,7 +191,7 @@ def effect_check(lf: Any, cal: TaskCalibration, result: Any) -> dict:
         "bootstrap replicas)"
     )
     significant = cal.deviation > CALIBRATION_MAX_SIGMA
-    residual = cal.residual_deviation()
+    residual = cal.residual_deviation(on_num, on_den)
     if not ok_fits:
         msg += "; a refit did not converge, so the effect is unknown"
     elif residual > CALIBRATION_MAX_SIGMA:

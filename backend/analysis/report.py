@@ -466,11 +466,10 @@ def _excused_markdown(status: Mapping[str, Any]) -> list[str]:
     miscalibration the fit was shown not to depend on: `sbi_engine.calibration_effect`)."""
     from sbi_engine.result_checks import CheckRecord
 
-    excused = [
-        CheckRecord.from_dict(r)
-        for r in status.get("checks") or []
-        if isinstance(r, Mapping) and CheckRecord.from_dict(r).excused
+    records = [
+        CheckRecord.from_dict(r) for r in status.get("checks") or [] if isinstance(r, Mapping)
     ]
+    excused = [r for r in records if r.excused]
     if not excused:
         return []
     lines = [
